@@ -1,0 +1,1 @@
+//! Storage backends: null, RAM, regular files (memmap2), block devices (libc, O_DIRECT).

@@ -1,0 +1,2 @@
+//! The management service: the cluster map, its generation, and the control API.
+#![forbid(unsafe_code)]

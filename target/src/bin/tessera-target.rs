@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("tessera-target: not implemented yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,1 @@
+//! The Tessera NVMe/TCP target: transport, controllers, namespaces; and the initiator.

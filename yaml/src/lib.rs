@@ -1,0 +1,2 @@
+//! YAML layout declarations: listeners, subsystems, namespaces.
+#![forbid(unsafe_code)]
