@@ -1,0 +1,77 @@
+//! The `null` backend: a capacity and nothing behind it. Reads return zeros, writes are
+//! dropped. For protocol benchmarks, where the storage must not be the bottleneck.
+
+use crate::{Backend, IoError, Op, OpenError, buf_len, check_range};
+
+/// Reads zeros, discards writes; every range is still checked against the capacity.
+#[derive(Debug, Clone)]
+pub struct NullBackend {
+    len_bytes: u64,
+}
+
+impl NullBackend {
+    /// A null volume of `len_bytes` (> 0) bytes.
+    pub fn new(len_bytes: u64) -> Result<NullBackend, OpenError> {
+        if len_bytes == 0 {
+            return Err(OpenError::InvalidSize {
+                backend: "null",
+                size: 0,
+                reason: "a volume needs at least one byte",
+            });
+        }
+        Ok(NullBackend { len_bytes })
+    }
+
+    fn check(&self, op: Op, offset: u64, len: u64) -> Result<(), IoError> {
+        check_range(op, offset, len, self.len_bytes, 1)
+    }
+}
+
+impl Backend for NullBackend {
+    fn kind(&self) -> &'static str {
+        "null"
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    fn block_align(&self) -> usize {
+        1
+    }
+
+    fn may_block(&self) -> bool {
+        false
+    }
+
+    /// Nothing is stored, so nothing can be lost: no cache to flush.
+    fn volatile_write_cache(&self) -> bool {
+        false
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.check(Op::Read, offset, buf_len(buf))?;
+        buf.fill(0);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.check(Op::Write, offset, buf_len(buf))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), IoError> {
+        self.check(Op::WriteZeroes, offset, len)
+    }
+
+    fn deallocate(&self, offset: u64, len: u64) -> Result<(), IoError> {
+        self.check(Op::Deallocate, offset, len)
+    }
+
+    fn flush(&self) -> Result<(), IoError> {
+        Ok(())
+    }
+
+    fn write_fua(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.write_at(offset, buf)
+    }
+}
