@@ -1,0 +1,359 @@
+//! From text to a validated [`Layout`]: the document, listeners and subsystems.
+//! Namespaces and backends are in `namespace.rs`.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use saphyr::{LoadableYamlNode, MarkedYaml, ScanError};
+
+use crate::error::{ErrorKind, LayoutError, Location};
+use crate::ids::{MODEL_BYTES_MAX, SERIAL_BYTES_MAX, derived_serial};
+use crate::model::{HostPolicy, Layout, Listener, Subsystem};
+use crate::namespace::{IdRegistry, build_namespaces};
+use crate::nqn::{DISCOVERY_NQN, NQN_EXPECTED, check_nqn};
+use crate::tree::{At, Map};
+
+/// A layout is written by hand; 1 MiB holds thousands of namespaces and bounds what a wrong
+/// path (a disk image given as `--config`) makes us parse.
+pub const LAYOUT_BYTES_MAX: usize = 1 << 20;
+/// Listeners per layout: a server has a handful of portals; 64 bounds accept tasks and sockets.
+pub const LISTENERS_MAX: usize = 64;
+/// Subsystems per layout (SPDK's `nvmf_tgt` defaults to the same 1024).
+pub const SUBSYSTEMS_MAX: usize = 1024;
+/// Allowed hosts per subsystem: bounds the linear host check done on every Connect.
+pub const HOSTS_MAX: usize = 1024;
+
+/// Default model number (Identify Controller MN).
+pub const DEFAULT_MODEL: &str = "Tessera";
+/// IANA-assigned NVMe/TCP port, the default when a listener names none.
+pub const DEFAULT_PORT: u16 = 4420;
+
+const ROOT_KEYS: &[&str] = &["listeners", "subsystems"];
+const LISTENER_KEYS: &[&str] = &["address", "port"];
+const SUBSYSTEM_KEYS: &[&str] = &[
+    "nqn",
+    "serial",
+    "model",
+    "allow_any_host",
+    "hosts",
+    "namespaces",
+];
+
+pub(crate) fn build(file: &str, text: &str, base_dir: &Path) -> Result<Layout, LayoutError> {
+    if text.len() > LAYOUT_BYTES_MAX {
+        return Err(LayoutError::new(
+            ErrorKind::Io,
+            Location {
+                file: file.to_owned(),
+                ..Location::default()
+            },
+            format!(
+                "layout is {} bytes (expected at most {LAYOUT_BYTES_MAX})",
+                text.len()
+            ),
+        ));
+    }
+    let docs = MarkedYaml::load_from_str(text).map_err(|e| syntax_error(file, text, &e))?;
+    let doc_loc = |line, column| Location {
+        file: file.to_owned(),
+        line,
+        column,
+        field: "(document)".to_owned(),
+    };
+    let root = match docs.as_slice() {
+        [] => None,
+        [only] if only.data.is_badvalue() || only.data.is_null() => None,
+        [only] => Some(only),
+        [_, second, ..] => {
+            return Err(LayoutError::new(
+                ErrorKind::Document,
+                crate::tree::loc_of(file, second, "(document)"),
+                "a second YAML document (expected one document per layout file)",
+            ));
+        }
+    };
+    let Some(root) = root else {
+        return Err(LayoutError::new(
+            ErrorKind::Document,
+            doc_loc(1, 1),
+            "empty layout (expected a mapping with listeners and subsystems)",
+        ));
+    };
+    let root = At::root(file, text, root);
+    let map = root.map(ROOT_KEYS, "a mapping with listeners and subsystems")?;
+    let listeners = build_listeners(&map)?;
+    let subsystems = build_subsystems(&map, base_dir)?;
+    Ok(Layout {
+        listeners,
+        subsystems,
+        source: file.to_owned(),
+    })
+}
+
+fn syntax_error(file: &str, text: &str, e: &ScanError) -> LayoutError {
+    /// Longest key quoted in a duplicate-key message.
+    const KEY_CHARS_MAX: usize = 40;
+    let m = e.marker();
+    let (kind, message) = if e.info() == "duplicated key in mapping" {
+        // saphyr marks the key; name it (up to the `:` on its line).
+        let key: String = text
+            .chars()
+            .skip(m.index())
+            .take_while(|&c| c != ':' && c != '\n')
+            .take(KEY_CHARS_MAX)
+            .collect();
+        (
+            ErrorKind::DuplicateKey,
+            format!(
+                "duplicate key {:?} in one mapping (expected each key once)",
+                key.trim()
+            ),
+        )
+    } else {
+        (
+            ErrorKind::Syntax,
+            format!("YAML syntax error: {}", e.info()),
+        )
+    };
+    LayoutError::new(
+        kind,
+        Location {
+            file: file.to_owned(),
+            line: m.line(),
+            column: m.col().saturating_add(1),
+            field: "(syntax)".to_owned(),
+        },
+        message,
+    )
+}
+
+/// Refuses more than `max` entries, pointing at the first one past the limit.
+pub(crate) fn check_count(items: &[At<'_, '_>], max: usize, what: &str) -> Result<(), LayoutError> {
+    match items.get(max) {
+        Some(extra) => Err(extra.err(
+            ErrorKind::TooMany,
+            format!("more than {max} {what} (expected at most {max})"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn build_listeners(root: &Map<'_, '_>) -> Result<Vec<Listener>, LayoutError> {
+    let node = root.require("listeners", "a list of {address, port}")?;
+    let items = node.seq("a list of {address, port}")?;
+    if items.is_empty() {
+        return Err(node.err(
+            ErrorKind::MissingField,
+            "no listeners (expected at least one {address, port})",
+        ));
+    }
+    check_count(&items, LISTENERS_MAX, "listeners")?;
+    let mut out: Vec<(Listener, usize)> = Vec::with_capacity(items.len());
+    for item in &items {
+        let map = item.map(LISTENER_KEYS, "a mapping {address, port}")?;
+        let addr_node = map.require("address", "an IP address such as 127.0.0.1 or \"::1\"")?;
+        let text = addr_node.str("an IP address such as 127.0.0.1 or \"::1\"")?;
+        let addr: IpAddr = text.parse().map_err(|_| {
+            addr_node.err(
+                ErrorKind::BadAddress,
+                format!(
+                    "not an IP address: {text:?} (expected an IPv4 or IPv6 literal such as \
+                     127.0.0.1 or \"::1\"; host names are not resolved)"
+                ),
+            )
+        })?;
+        let port = match map.get("port") {
+            None => DEFAULT_PORT,
+            Some(p) => {
+                let expected = "a TCP port from 1 to 65535, usually 4420";
+                let n = p.int(expected)?;
+                match u16::try_from(n) {
+                    Ok(port) if port != 0 => port,
+                    _ => {
+                        return Err(p.err(
+                            ErrorKind::BadPort,
+                            format!("port {n} is out of range (expected {expected})"),
+                        ));
+                    }
+                }
+            }
+        };
+        for (earlier, line) in &out {
+            if earlier.port != port {
+                continue;
+            }
+            let here = std::net::SocketAddr::new(addr, port);
+            let same_family = earlier.addr.is_ipv4() == addr.is_ipv4();
+            if earlier.addr == addr {
+                return Err(item.err(
+                    ErrorKind::DuplicateListener,
+                    format!("duplicate listener {here} (first declared at line {line})"),
+                ));
+            }
+            if same_family && (earlier.addr.is_unspecified() || addr.is_unspecified()) {
+                return Err(item.err(
+                    ErrorKind::DuplicateListener,
+                    format!(
+                        "listener {here} overlaps {} declared at line {line} (expected each \
+                         address and port once; a wildcard address covers its whole family)",
+                        earlier.socket_addr()
+                    ),
+                ));
+            }
+        }
+        out.push((
+            Listener {
+                addr,
+                port,
+                loc: item.loc(),
+            },
+            item.line(),
+        ));
+    }
+    Ok(out.into_iter().map(|(l, _)| l).collect())
+}
+
+fn build_subsystems(root: &Map<'_, '_>, base_dir: &Path) -> Result<Vec<Subsystem>, LayoutError> {
+    let expected = "a list of subsystems {nqn, hosts or allow_any_host, namespaces}";
+    let node = root.require("subsystems", expected)?;
+    let items = node.seq(expected)?;
+    check_count(&items, SUBSYSTEMS_MAX, "subsystems")?;
+    let mut out: Vec<Subsystem> = Vec::with_capacity(items.len());
+    let mut nqn_lines: Vec<(String, usize)> = Vec::with_capacity(items.len());
+    let mut ids = IdRegistry::default();
+    for item in &items {
+        let map = item.map(
+            SUBSYSTEM_KEYS,
+            "a mapping {nqn, hosts or allow_any_host, namespaces}",
+        )?;
+        let nqn_node = map.require("nqn", NQN_EXPECTED)?;
+        let nqn = nqn_node.str(NQN_EXPECTED)?;
+        check_nqn(nqn).map_err(|m| nqn_node.err(ErrorKind::BadNqn, m))?;
+        if nqn == DISCOVERY_NQN {
+            return Err(nqn_node.err(
+                ErrorKind::BadNqn,
+                format!(
+                    "{DISCOVERY_NQN} is the discovery subsystem, served on every listener \
+                     (expected the NQN of an NVM subsystem)"
+                ),
+            ));
+        }
+        if let Some((_, line)) = nqn_lines.iter().find(|(n, _)| n == nqn) {
+            return Err(nqn_node.err(
+                ErrorKind::DuplicateNqn,
+                format!("duplicate subsystem NQN {nqn} (first declared at line {line})"),
+            ));
+        }
+        nqn_lines.push((nqn.to_owned(), nqn_node.line()));
+
+        let serial = match map.get("serial") {
+            Some(s) => ascii_field(&s, "serial number", SERIAL_BYTES_MAX)?,
+            None => derived_serial(nqn),
+        };
+        let model = match map.get("model") {
+            Some(s) => ascii_field(&s, "model number", MODEL_BYTES_MAX)?,
+            None => DEFAULT_MODEL.to_owned(),
+        };
+        let hosts = host_policy(item, &map)?;
+        let namespaces = build_namespaces(&map, nqn, base_dir, &mut ids)?;
+        out.push(Subsystem {
+            nqn: nqn.to_owned(),
+            serial,
+            model,
+            hosts,
+            namespaces,
+            loc: item.loc(),
+        });
+    }
+    Ok(out)
+}
+
+/// Identify Controller SN and MN are ASCII strings (NVMe Base 2.0 section 1.5, "ASCII string":
+/// printable characters 20h to 7Eh, padded with spaces).
+fn ascii_field(node: &At<'_, '_>, what: &str, max: usize) -> Result<String, LayoutError> {
+    let expected = format!("1 to {max} printable ASCII characters");
+    let s = node.str(&expected)?;
+    if s.is_empty() {
+        return Err(node.err(
+            ErrorKind::BadString,
+            format!("empty {what} (expected {expected}, or omit the field)"),
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(node.err(
+            ErrorKind::BadString,
+            format!(
+                "{what} {s:?} contains {c:?}, which is not printable ASCII (expected {expected})"
+            ),
+        ));
+    }
+    if s.len() > max {
+        return Err(node.err(
+            ErrorKind::BadString,
+            format!(
+                "{what} {s:?} is {} characters long (expected {expected})",
+                s.len()
+            ),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn host_policy(item: &At<'_, '_>, map: &Map<'_, '_>) -> Result<HostPolicy, LayoutError> {
+    const EXACTLY_ONE: &str = "expected exactly one of: hosts: [host NQNs], allow_any_host: true";
+    let any = match map.get("allow_any_host") {
+        Some(node) => node.bool()?,
+        None => false,
+    };
+    let Some(hosts_node) = map.get("hosts") else {
+        if any {
+            return Ok(HostPolicy::Any);
+        }
+        let loc = map.key_loc("allow_any_host").unwrap_or_else(|| item.loc());
+        return Err(LayoutError::new(
+            ErrorKind::HostPolicy,
+            loc,
+            format!(
+                "no host may connect: neither hosts nor allow_any_host: true is set ({EXACTLY_ONE})"
+            ),
+        ));
+    };
+    if any {
+        let loc = map.key_loc("hosts").unwrap_or_else(|| hosts_node.loc());
+        return Err(LayoutError::new(
+            ErrorKind::HostPolicy,
+            loc,
+            format!("both hosts and allow_any_host: true are set ({EXACTLY_ONE})"),
+        ));
+    }
+    let expected = "a list of host NQNs";
+    let items = hosts_node.seq(expected)?;
+    if items.is_empty() {
+        return Err(hosts_node.err(
+            ErrorKind::HostPolicy,
+            format!("empty host list: no host may connect ({EXACTLY_ONE})"),
+        ));
+    }
+    check_count(&items, HOSTS_MAX, "hosts")?;
+    let mut hosts: Vec<(String, usize)> = Vec::with_capacity(items.len());
+    for h in &items {
+        let nqn = h.str(NQN_EXPECTED)?;
+        check_nqn(nqn).map_err(|m| h.err(ErrorKind::BadNqn, m))?;
+        if nqn == DISCOVERY_NQN {
+            return Err(h.err(
+                ErrorKind::BadNqn,
+                format!("{DISCOVERY_NQN} is the discovery subsystem NQN (expected a host NQN)"),
+            ));
+        }
+        if let Some((_, line)) = hosts.iter().find(|(n, _)| n == nqn) {
+            return Err(h.err(
+                ErrorKind::DuplicateNqn,
+                format!("duplicate host NQN {nqn} (first listed at line {line})"),
+            ));
+        }
+        hosts.push((nqn.to_owned(), h.line()));
+    }
+    Ok(HostPolicy::Only(
+        hosts.into_iter().map(|(h, _)| h).collect(),
+    ))
+}
