@@ -1,4 +1,125 @@
-fn main() {
-    eprintln!("tessera-target: not implemented yet");
-    std::process::exit(2);
+//! `tessera-target`: the NVMe/TCP storage server.
+//!
+//! With no arguments it serves the embedded default layout (one 1 GiB RAM namespace on
+//! 127.0.0.1:4420); `--config FILE` serves a YAML layout; `--check FILE` validates one and exits.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tessera::config::build_registry;
+use tessera::server::Target;
+use tessera::transport::TransportConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "tessera-target", version, about = "Tessera NVMe/TCP target")]
+struct Args {
+    /// Serve the layout declared in this YAML file (default: the embedded default layout).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate this YAML layout (and that its backends open) without serving it.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    if let Some(path) = &args.check {
+        return match yaml::load(path) {
+            Ok(layout) => {
+                let namespaces: usize = layout.subsystems.iter().map(|s| s.namespaces.len()).sum();
+                println!(
+                    "{}: OK ({} listener(s), {} subsystem(s), {} namespace(s))",
+                    path.display(),
+                    layout.listeners.len(),
+                    layout.subsystems.len(),
+                    namespaces
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+
+    let layout = match &args.config {
+        Some(path) => match yaml::load(path) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => yaml::default_layout(),
+    };
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tessera-target: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let registry = match build_registry(&layout) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        let addrs: Vec<_> = layout.listeners.iter().map(|l| l.socket_addr()).collect();
+        let target = match Target::start(registry, &addrs, TransportConfig::default()).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Name the listener's place in the layout (e.g. a port already in use).
+                let loc = layout
+                    .listeners
+                    .iter()
+                    .find(|l| e.to_string().contains(&l.socket_addr().to_string()))
+                    .map(|l| format!("{}: ", l.loc))
+                    .unwrap_or_default();
+                eprintln!("{loc}{e}");
+                return ExitCode::from(1);
+            }
+        };
+        for s in target.registry.subsystems.values() {
+            tracing::info!(subnqn = %s.nqn, namespaces = s.namespaces.len(), "serving subsystem");
+        }
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        target.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

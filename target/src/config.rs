@@ -1,0 +1,87 @@
+//! From a validated YAML layout to the objects a target serves: opens every backend and builds
+//! subsystems. Errors name the layout file, line and field (the `yaml` crate keeps locations).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use hw::BackendSpec;
+use yaml::{BackendDecl, Layout, Location};
+
+use crate::namespace::Namespace;
+use crate::subsys::{HostPolicy, Registry, Subsystem};
+use crate::volume::LocalVolume;
+
+/// The generation a standalone server (no manager) runs at. Stamped commands must carry it.
+pub const STANDALONE_GENERATION: u64 = 1;
+
+/// A layout that could not be brought up.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub loc: Location,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.loc, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn spec_of(decl: &BackendDecl, size_bytes: u64) -> BackendSpec {
+    match decl {
+        BackendDecl::Null { size } => BackendSpec::Null { size: *size },
+        BackendDecl::Ram { size, preallocate } => BackendSpec::Ram {
+            size: *size,
+            preallocate: *preallocate,
+        },
+        BackendDecl::File { path, size, create } => BackendSpec::File {
+            path: path.clone(),
+            size: size.or(Some(size_bytes)),
+            create: *create,
+        },
+        BackendDecl::Block { path } => BackendSpec::Block { path: path.clone() },
+    }
+}
+
+/// Opens every backend of `layout` and builds the registry.
+pub fn build_registry(layout: &Layout) -> Result<Arc<Registry>, ConfigError> {
+    let mut subsystems = Vec::new();
+    for s in &layout.subsystems {
+        let mut namespaces = BTreeMap::new();
+        for n in &s.namespaces {
+            let backend =
+                hw::open(&spec_of(&n.backend, n.size_bytes)).map_err(|e| ConfigError {
+                    loc: n.backend_loc.clone(),
+                    message: format!("cannot open {} backend: {e}", n.backend.kind()),
+                })?;
+            let len = backend.len_bytes();
+            if len < u64::from(n.block_size) {
+                return Err(ConfigError {
+                    loc: n.backend_loc.clone(),
+                    message: format!(
+                        "backend is {len} bytes, smaller than one {}-byte block",
+                        n.block_size
+                    ),
+                });
+            }
+            let volume = Arc::new(LocalVolume::new(backend));
+            let ns = Namespace::new(n.nsid, n.block_size, n.nguid, n.uuid, volume);
+            namespaces.insert(n.nsid, Arc::new(ns));
+        }
+        let hosts = match &s.hosts {
+            yaml::HostPolicy::Any => HostPolicy::Any,
+            yaml::HostPolicy::Only(v) => HostPolicy::Only(v.clone()),
+        };
+        subsystems.push(Subsystem::new(
+            s.nqn.clone(),
+            s.serial.clone(),
+            s.model.clone(),
+            hosts,
+            namespaces,
+        ));
+    }
+    Ok(Arc::new(Registry::new(subsystems, STANDALONE_GENERATION)))
+}

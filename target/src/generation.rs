@@ -1,0 +1,143 @@
+//! The map generation check (shared/DESIGN.md, "The generation on the wire").
+//!
+//! Every stamped NVM I/O command carries the sender's map generation in CDW2/CDW3. It is compared
+//! with this server's generation before the command runs: equal runs; older completes with
+//! SCT 7h / SC 80h "stale map" and our generation in CQE DW0/DW1; newer completes with SC 81h
+//! "server behind" and a Command Retry Delay (a standalone server has no manager to catch up from;
+//! the cluster waits a bounded time for the newer map first). Unstamped commands (0) are accepted
+//! on host-facing controllers, where a standard Linux host always sends 0, and rejected on internal
+//! connections. Every mismatch is counted and shown in vendor log page C0h.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use codec::nvme::Status;
+
+/// Index into Identify Controller CRDT1..3 that "server behind" completions carry in CRD; CRDT1
+/// is advertised as [`SERVER_BEHIND_RETRY_DELAY_100MS`].
+pub const SERVER_BEHIND_CRD: u8 = 1;
+/// Retry delay advertised in CRDT1, in units of 100 ms (NVMe Base 2.0, Identify Controller CRDT1).
+pub const SERVER_BEHIND_RETRY_DELAY_100MS: u16 = 1;
+
+/// A generation check that failed: the status to complete with and CQE DW0/DW1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mismatch {
+    pub status: Status,
+    pub dw0: u32,
+    pub dw1: u32,
+}
+
+/// This server's generation and the mismatch counters behind vendor log page C0h.
+#[derive(Debug, Default)]
+pub struct GenerationState {
+    current: AtomicU64,
+    pub stale_seen: AtomicU64,
+    pub behind_seen: AtomicU64,
+    pub unstamped_rejected: AtomicU64,
+    pub reports_sent: AtomicU64,
+    pub reports_dropped: AtomicU64,
+    pub checked: AtomicU64,
+}
+
+impl GenerationState {
+    pub fn new(generation: u64) -> Self {
+        let s = Self::default();
+        s.current.store(generation, Ordering::Release);
+        s
+    }
+
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Installs a new generation (the cluster's map push). Generations only move forward.
+    pub fn install(&self, generation: u64) {
+        self.current.fetch_max(generation, Ordering::AcqRel);
+    }
+
+    /// Checks one command's stamp. `internal` connections must stamp every command.
+    pub fn check(&self, stamp: u64, internal: bool) -> Result<(), Mismatch> {
+        let cur = self.current();
+        if stamp == 0 {
+            if internal {
+                self.unstamped_rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Mismatch {
+                    status: Status::INVALID_FIELD.with_dnr(),
+                    dw0: low(cur),
+                    dw1: high(cur),
+                });
+            }
+            return Ok(());
+        }
+        self.checked.fetch_add(1, Ordering::Relaxed);
+        match stamp.cmp(&cur) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => {
+                self.stale_seen.fetch_add(1, Ordering::Relaxed);
+                Err(Mismatch {
+                    status: Status::STALE_MAP,
+                    dw0: low(cur),
+                    dw1: high(cur),
+                })
+            }
+            std::cmp::Ordering::Greater => {
+                self.behind_seen.fetch_add(1, Ordering::Relaxed);
+                Err(Mismatch {
+                    status: Status::SERVER_BEHIND.with_crd(SERVER_BEHIND_CRD),
+                    dw0: low(cur),
+                    dw1: high(cur),
+                })
+            }
+        }
+    }
+}
+
+fn low(v: u64) -> u32 {
+    // Truncation intended: the low 32 bits go in DW0.
+    #[allow(clippy::cast_possible_truncation)]
+    let l = v as u32;
+    l
+}
+
+fn high(v: u64) -> u32 {
+    low(v >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_runs_older_is_stale_newer_is_behind() {
+        let g = GenerationState::new(7);
+        assert_eq!(g.check(7, true), Ok(()));
+        let e = g.check(6, true).expect_err("older stamp must be refused");
+        assert!(e.status.same_code(Status::STALE_MAP));
+        assert!(!e.status.dnr(), "stale map is retryable");
+        assert_eq!((e.dw0, e.dw1), (7, 0));
+        let e = g.check(8, false).expect_err("newer stamp must be refused");
+        assert!(e.status.same_code(Status::SERVER_BEHIND));
+        assert_eq!(e.status.crd(), SERVER_BEHIND_CRD);
+        assert_eq!(g.stale_seen.load(Ordering::Relaxed), 1);
+        assert_eq!(g.behind_seen.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn unstamped_is_accepted_from_hosts_and_refused_internally() {
+        let g = GenerationState::new(1 << 40);
+        assert_eq!(g.check(0, false), Ok(()));
+        let e = g
+            .check(0, true)
+            .expect_err("internal commands must be stamped");
+        assert_eq!((e.dw0, e.dw1), (0, 1 << 8));
+        assert_eq!(g.unstamped_rejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn generation_only_moves_forward() {
+        let g = GenerationState::new(5);
+        g.install(4);
+        assert_eq!(g.current(), 5);
+        g.install(9);
+        assert_eq!(g.current(), 9);
+    }
+}

@@ -1,0 +1,655 @@
+//! One NVMe/TCP connection (= one queue): IC exchange, command capsules, R2T/H2CData for writes,
+//! C2HData for reads, responses, and the connection-fatal error path (C2HTermReq, then close).
+//!
+//! A connection lives in one task. It reads PDUs, parses each command, decides where its data
+//! comes from (in-capsule or R2T) before anything runs, runs it (inline or as a future kept in
+//! `inflight`), and queues completions into a [`Writer`] that flushes when nothing else is ready.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use codec::nvme::Status;
+use codec::nvme::cmd::{self, Command, DataDir, QueueKind};
+use codec::nvme::sgl::SglDescriptor;
+use codec::nvme::{Cqe, Sqe};
+use codec::pdu::{
+    C2HData, CapsuleCmd, CapsuleResp, ConnParams, Fes, H2CData, IcReq, IcResp, Pdu, PduCodec,
+    PduError, R2T, Role, TermReq,
+};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::TransportConfig;
+use super::writer::Writer;
+use crate::exec::{self, Completion, Outcome, Queue};
+use crate::subsys::Registry;
+
+/// How long a connection waits for in-flight commands when the target shuts down.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// How long a new connection may take to send its ICReq (Linux sends it at once).
+const IC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes read from the socket per `read` call at most (many PDUs per syscall).
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A write waiting for its data through R2T/H2CData (NVMe/TCP 1.0, section 3.4.3).
+struct PendingWrite {
+    cid: u16,
+    sqe: Sqe,
+    cmd: Command,
+    /// Data received so far; its length is the next expected DATAO.
+    buf: BytesMut,
+    /// Total transfer length.
+    len: u32,
+    /// Offset up to which R2Ts have been sent.
+    solicited: u32,
+}
+
+/// Where a connection is in its life (one doc line per state; transitions in `set_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// Waiting for the host's ICReq.
+    AwaitIcReq,
+    /// IC exchange done; only a Fabrics Connect may come.
+    AwaitConnect,
+    /// Connect accepted: admin or I/O commands flow.
+    Live,
+    /// Stopped reading: draining in-flight commands before closing.
+    Draining,
+}
+
+type InflightFuture = Pin<Box<dyn std::future::Future<Output = (u16, Completion)> + Send>>;
+
+/// Serves one TCP connection until it ends.
+pub async fn serve(
+    registry: Arc<Registry>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    cfg: TransportConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = info_span!("conn", %peer);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let mut c = Conn {
+            registry,
+            cfg,
+            state: ConnState::AwaitIcReq,
+            codec: PduCodec::new(Role::Target, cfg.limits(cfg.admin_incapsule)),
+            rd,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            out: Writer::new(wr),
+            queue: Queue::default(),
+            pending: Vec::new(),
+            inflight: FuturesUnordered::new(),
+            sqhd: 0,
+            host_maxr2t: 1,
+        };
+        match c.run(shutdown).await {
+            Ok(()) => debug!("connection closed"),
+            Err(e) => debug!(error = %e, "connection ended"),
+        }
+        c.out.close().await;
+        c.finish();
+    }
+    .instrument(span)
+    .await
+}
+
+struct Conn {
+    registry: Arc<Registry>,
+    cfg: TransportConfig,
+    state: ConnState,
+    codec: PduCodec,
+    rd: tokio::net::tcp::OwnedReadHalf,
+    rbuf: BytesMut,
+    out: Writer,
+    queue: Queue,
+    /// Writes waiting for H2CData, indexed by TTAG.
+    pending: Vec<Option<PendingWrite>>,
+    inflight: FuturesUnordered<InflightFuture>,
+    /// SQ head pointer reported in every CQE (NVMe-oF 1.1, section 3.3.2.x: SQ flow control).
+    sqhd: u16,
+    /// R2Ts the host accepts outstanding per command (ICReq MAXR2T + 1).
+    host_maxr2t: u32,
+}
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the socket failed.
+    Io(std::io::Error),
+    /// The peer broke the protocol; a C2HTermReq was sent.
+    Fatal(String),
+    /// Controller torn down (keep-alive expiry, Disconnect) or target shutdown.
+    Closed(&'static str),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Io(e) => write!(f, "I/O: {e}"),
+            End::Fatal(s) => write!(f, "protocol error: {s}"),
+            End::Closed(s) => write!(f, "closed: {s}"),
+        }
+    }
+}
+
+impl Conn {
+    fn set_state(&mut self, next: ConnState) {
+        use ConnState::*;
+        debug_assert!(
+            matches!(
+                (self.state, next),
+                (AwaitIcReq, AwaitConnect)
+                    | (AwaitConnect, Live)
+                    | (AwaitIcReq | AwaitConnect | Live, Draining)
+            ),
+            "illegal connection transition {:?} -> {next:?}",
+            self.state
+        );
+        self.state = next;
+    }
+
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), End> {
+        let ic_deadline = tokio::time::Instant::now() + IC_TIMEOUT;
+        let mut dead: Option<watch::Receiver<bool>> = None;
+        loop {
+            // Handle every complete PDU already buffered before reading more.
+            self.drain_input().await?;
+            if dead.is_none()
+                && let Some(c) = &self.queue.ctrl
+            {
+                dead = Some(c.watch_dead());
+            }
+            // Back-pressure: stop reading while the queue is full (a host may not exceed SQSIZE
+            // anyway); completions make room.
+            let can_read = self.inflight.len() < self.queue.depth_limit();
+            if !self.inflight.is_empty() || self.out.queued_bytes() > 0 {
+                // Complete whatever is ready without waiting, then flush once for the batch.
+                while let Some(Some((cid, done))) =
+                    futures::FutureExt::now_or_never(self.inflight.next())
+                {
+                    self.complete(cid, done)?;
+                }
+                self.out.flush().await.map_err(End::Io)?;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    return self.drain("target shutting down").await;
+                }
+                _ = wait_dead(&mut dead) => {
+                    return self.drain("controller torn down").await;
+                }
+                Some((cid, done)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.complete(cid, done)?;
+                }
+                r = self.rd.read_buf(&mut self.rbuf), if can_read => {
+                    match r {
+                        Ok(0) => return Err(End::Closed("peer closed the connection")),
+                        Ok(_) => {}
+                        Err(e) => return Err(End::Io(e)),
+                    }
+                }
+                () = tokio::time::sleep_until(ic_deadline), if self.state == ConnState::AwaitIcReq => {
+                    return Err(End::Closed("no ICReq in time"));
+                }
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+        }
+    }
+
+    /// Stops reading, waits (bounded) for in-flight commands, sends their completions, closes.
+    async fn drain(&mut self, why: &'static str) -> Result<(), End> {
+        self.set_state(ConnState::Draining);
+        // An admin queue takes its controller down first: parked AERs complete (aborted) at
+        // once instead of holding the drain, and the controller's I/O queues drain too.
+        if let Some(c) = &self.queue.ctrl
+            && self.queue.qid == 0
+        {
+            c.teardown(why);
+        }
+        let deadline = tokio::time::sleep(SHUTDOWN_DRAIN);
+        tokio::pin!(deadline);
+        while !self.inflight.is_empty() {
+            tokio::select! {
+                Some((cid, done)) = self.inflight.next() => self.complete(cid, done)?,
+                () = &mut deadline => break,
+            }
+        }
+        self.out.close().await;
+        Err(End::Closed(why))
+    }
+
+    /// Decodes and handles every complete PDU in the receive buffer.
+    async fn drain_input(&mut self) -> Result<(), End> {
+        use tokio_util::codec::Decoder;
+        loop {
+            if !self.state_accepts_input() {
+                return Ok(());
+            }
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(pdu)) => self.on_pdu(pdu)?,
+                Ok(None) => return Ok(()),
+                Err(PduError::DataDigest { cccid, .. }) => {
+                    // NVMe/TCP 1.0, section 3.6.2.1: a data digest error fails the command
+                    // with Transient Transport Error; the connection stays up.
+                    warn!(cid = cccid, "data digest error");
+                    if let Some(slot) = self
+                        .pending
+                        .iter_mut()
+                        .find(|p| p.as_ref().is_some_and(|p| p.cid == cccid))
+                    {
+                        *slot = None;
+                    }
+                    let st = Status::TRANSIENT_TRANSPORT_ERROR;
+                    self.respond(cccid, Completion::status(st))?;
+                }
+                Err(e) => return Err(self.fatal_pdu_error(e).await),
+            }
+        }
+    }
+
+    fn state_accepts_input(&self) -> bool {
+        self.state != ConnState::Draining
+    }
+
+    /// Sends the C2HTermReq a malformed PDU calls for, then ends the connection.
+    async fn fatal_pdu_error(&mut self, e: PduError) -> End {
+        let msg = e.to_string();
+        if let Some(term) = e.term_req() {
+            debug!(error = %msg, "malformed PDU: sending C2HTermReq");
+            let _ = self.out.push(&mut self.codec, &Pdu::C2HTermReq(term));
+        }
+        self.out.close().await;
+        End::Fatal(msg)
+    }
+
+    /// A protocol violation found above the codec (e.g. H2CData for an unknown TTAG).
+    fn fatal(&mut self, fes: Fes, fei: u32, what: &'static str) -> End {
+        let term = TermReq {
+            fes,
+            fei,
+            data: Bytes::new(),
+        };
+        let _ = self.out.push(&mut self.codec, &Pdu::C2HTermReq(term));
+        End::Fatal(what.to_string())
+    }
+
+    fn on_pdu(&mut self, pdu: Pdu) -> Result<(), End> {
+        match pdu {
+            Pdu::IcReq(ic) => self.on_icreq(ic),
+            Pdu::CapsuleCmd(c) => self.on_command(c),
+            Pdu::H2CData(d) => self.on_h2c_data(d),
+            Pdu::H2CTermReq(t) => {
+                debug!(fes = %t.fes, fei = t.fei, "host terminated the connection");
+                Err(End::Closed("H2CTermReq"))
+            }
+            // The codec only yields PDUs a target may receive.
+            other => Err(self.fatal(
+                Fes::INVALID_PDU_HEADER_FIELD,
+                0,
+                match other.pdu_type().name() {
+                    Some(_) => "PDU type not valid from a host",
+                    None => "unknown PDU type",
+                },
+            )),
+        }
+    }
+
+    fn on_icreq(&mut self, ic: IcReq) -> Result<(), End> {
+        // NVMe/TCP 1.0, section 3.6.2.2: PFV 0 is the only version.
+        if ic.pfv != 0 {
+            return Err(self.fatal(Fes::UNSUPPORTED_PARAMETER, 8, "ICReq PFV not 0"));
+        }
+        // HPDA above 31 is reserved (the field is 5 bits wide).
+        if ic.hpda > codec::pdu::params::PDA_MAX {
+            return Err(self.fatal(Fes::UNSUPPORTED_PARAMETER, 10, "ICReq HPDA out of range"));
+        }
+        self.host_maxr2t = ic.maxr2t.saturating_add(1);
+        let resp = IcResp {
+            pfv: 0,
+            cpda: 0,
+            hdgst: ic.hdgst,
+            ddgst: ic.ddgst,
+            maxh2cdata: self.cfg.max_h2c_data,
+        };
+        self.out
+            .push(&mut self.codec, &Pdu::IcResp(resp))
+            .map_err(|e| End::Fatal(e.to_string()))?;
+        let mut p = self.cfg.limits(self.cfg.admin_incapsule);
+        p.hdgst = ic.hdgst;
+        p.ddgst = ic.ddgst;
+        p.hpda = ic.hpda;
+        p.cpda = 0;
+        self.codec.set_params(p);
+        self.set_state(ConnState::AwaitConnect);
+        Ok(())
+    }
+
+    fn on_command(&mut self, cap: CapsuleCmd) -> Result<(), End> {
+        let CapsuleCmd { sqe, data } = cap;
+        let cid = sqe.cid();
+        self.sqhd = if self.queue.sqsize == 0 {
+            0
+        } else {
+            (self.sqhd + 1) % self.queue.sqsize.saturating_add(1)
+        };
+        if let Some(c) = &self.queue.ctrl {
+            c.keep_alive();
+        }
+        let kind = if self.queue.qid == 0 {
+            QueueKind::Admin
+        } else {
+            QueueKind::Io
+        };
+        let cmd = match cmd::parse(&sqe, kind) {
+            Ok(c) => c,
+            Err(st) => {
+                debug!(cid, opcode = sqe.opcode(), status = %st, "command rejected at parse");
+                return self.respond(cid, Completion::status(st));
+            }
+        };
+        if self.state == ConnState::AwaitConnect && !matches!(cmd, Command::Fabrics(_)) {
+            return self.respond(cid, Completion::status(Status::CMD_SEQ_ERROR.with_dnr()));
+        }
+        // Decide where the data comes from before anything runs.
+        let dir = match exec::data_dir(&self.queue, &cmd) {
+            Ok(d) => d,
+            Err(st) => return self.respond(cid, Completion::status(st)),
+        };
+        match dir {
+            DataDir::HostToCtrl(len) if len > 0 => {
+                let len = match u32::try_from(len) {
+                    Ok(l) if l <= self.cfg.mdts_bytes => l,
+                    _ => {
+                        return self
+                            .respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
+                    }
+                };
+                match SglDescriptor::parse(&sqe.dptr()) {
+                    Ok(SglDescriptor::InCapsule {
+                        offset,
+                        len: sgl_len,
+                    }) => {
+                        // ICDOFF is 0: in-capsule data starts right after the SQE.
+                        if offset != 0 {
+                            return self.respond(
+                                cid,
+                                Completion::status(Status::SGL_OFFSET_INVALID.with_dnr()),
+                            );
+                        }
+                        if sgl_len != len || data.len() != len as usize {
+                            return self.respond(
+                                cid,
+                                Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
+                            );
+                        }
+                        self.execute(cid, sqe, cmd, data)
+                    }
+                    Ok(SglDescriptor::Transport { len: sgl_len, .. }) => {
+                        if sgl_len != len || !data.is_empty() {
+                            return self.respond(
+                                cid,
+                                Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
+                            );
+                        }
+                        self.solicit(cid, sqe, cmd, len)
+                    }
+                    Ok(_) => {
+                        self.respond(cid, Completion::status(Status::SGL_INVALID_TYPE.with_dnr()))
+                    }
+                    Err(e) => self.respond(cid, Completion::status(e.status())),
+                }
+            }
+            DataDir::CtrlToHost(len) if len > 0 => {
+                if len > u64::from(self.cfg.mdts_bytes) && !matches!(cmd, Command::Admin(_)) {
+                    return self.respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
+                }
+                match SglDescriptor::parse(&sqe.dptr()) {
+                    Ok(SglDescriptor::Transport { len: sgl_len, .. })
+                        if u64::from(sgl_len) == len => {}
+                    Ok(SglDescriptor::Transport { .. }) => {
+                        return self.respond(
+                            cid,
+                            Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
+                        );
+                    }
+                    Ok(_) => {
+                        return self
+                            .respond(cid, Completion::status(Status::SGL_INVALID_TYPE.with_dnr()));
+                    }
+                    Err(e) => return self.respond(cid, Completion::status(e.status())),
+                }
+                self.execute(cid, sqe, cmd, Bytes::new())
+            }
+            _ => self.execute(cid, sqe, cmd, data),
+        }
+    }
+
+    /// Allocates a TTAG for a write whose data the host must send, and sends the first R2Ts.
+    fn solicit(&mut self, cid: u16, sqe: Sqe, cmd: Command, len: u32) -> Result<(), End> {
+        let ttag = match self.pending.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.pending.len() < self.queue.depth_limit() => {
+                self.pending.push(None);
+                self.pending.len() - 1
+            }
+            None => {
+                return self.respond(cid, Completion::status(Status::CMD_SEQ_ERROR));
+            }
+        };
+        let Ok(ttag16) = u16::try_from(ttag) else {
+            return self.respond(cid, Completion::status(Status::INTERNAL));
+        };
+        let mut buf = BytesMut::new();
+        buf.reserve(len as usize);
+        self.pending[ttag] = Some(PendingWrite {
+            cid,
+            sqe,
+            cmd,
+            buf,
+            len,
+            solicited: 0,
+        });
+        self.send_r2ts(ttag16)
+    }
+
+    /// Sends R2Ts for `ttag` while fewer than MAXR2T are outstanding and data remains.
+    fn send_r2ts(&mut self, ttag: u16) -> Result<(), End> {
+        let max_r2t_len = self.cfg.r2t_len_max;
+        let outstanding_max = self.host_maxr2t.min(self.cfg.r2t_outstanding_max);
+        let Some(Some(p)) = self.pending.get_mut(usize::from(ttag)) else {
+            return Ok(());
+        };
+        let received = u32::try_from(p.buf.len()).unwrap_or(u32::MAX);
+        let mut r2ts = Vec::new();
+        while p.solicited < p.len {
+            let outstanding = (p.solicited - received).div_ceil(max_r2t_len);
+            if outstanding >= outstanding_max {
+                break;
+            }
+            let n = (p.len - p.solicited).min(max_r2t_len);
+            r2ts.push(R2T {
+                cccid: p.cid,
+                ttag,
+                r2to: p.solicited,
+                r2tl: n,
+            });
+            p.solicited += n;
+        }
+        for r in r2ts {
+            self.out
+                .push(&mut self.codec, &Pdu::R2T(r))
+                .map_err(|e| End::Fatal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn on_h2c_data(&mut self, d: H2CData) -> Result<(), End> {
+        // NVMe/TCP 1.0, section 3.6.2.8: TTAG names the R2T; an unknown one is a header field
+        // error at TTAG's offset (byte 10); DATAO must be where the data so far ends and the
+        // data must stay inside what was solicited (Data Transfer Out of Range otherwise).
+        let idx = usize::from(d.ttag);
+        let Some(Some(p)) = self.pending.get_mut(idx) else {
+            return Err(self.fatal(
+                Fes::INVALID_PDU_HEADER_FIELD,
+                10,
+                "H2CData for an unknown TTAG",
+            ));
+        };
+        if p.cid != d.cccid {
+            return Err(self.fatal(
+                Fes::INVALID_PDU_HEADER_FIELD,
+                8,
+                "H2CData CCCID does not match its TTAG",
+            ));
+        }
+        let received = u32::try_from(p.buf.len()).unwrap_or(u32::MAX);
+        let datal = u32::try_from(d.data.len()).unwrap_or(u32::MAX);
+        if d.datao != received {
+            return Err(self.fatal(
+                Fes::DATA_OUT_OF_RANGE,
+                0,
+                "H2CData DATAO is not the next expected offset",
+            ));
+        }
+        let end = received.saturating_add(datal);
+        if end > p.solicited {
+            return Err(self.fatal(
+                Fes::DATA_OUT_OF_RANGE,
+                0,
+                "H2CData beyond the solicited range",
+            ));
+        }
+        p.buf.extend_from_slice(&d.data);
+        if end == p.len {
+            let Some(p) = self.pending[idx].take() else {
+                return Ok(());
+            };
+            return self.execute(p.cid, p.sqe, p.cmd, p.buf.freeze());
+        }
+        // The R2T window is used up: solicit the next one.
+        if end == p.solicited {
+            let ttag = d.ttag;
+            return self.send_r2ts(ttag);
+        }
+        Ok(())
+    }
+
+    /// Runs a parsed command whose data (if any) is all here.
+    fn execute(&mut self, cid: u16, sqe: Sqe, cmd: Command, data: Bytes) -> Result<(), End> {
+        let outcome = exec::execute(&self.registry, &mut self.queue, &sqe, cmd, data);
+        match outcome {
+            Outcome::Done(c) => self.respond(cid, c),
+            Outcome::Pending(f) => {
+                self.inflight.push(Box::pin(async move { (cid, f.await) }));
+                Ok(())
+            }
+            Outcome::Connected(c) => {
+                self.on_connected();
+                self.respond(cid, c)
+            }
+        }
+    }
+
+    /// The queue's Connect was accepted: I/O queues get the I/O in-capsule limit.
+    fn on_connected(&mut self) {
+        if self.state == ConnState::AwaitConnect {
+            self.set_state(ConnState::Live);
+        }
+        let incapsule = if self.queue.qid == 0 {
+            self.cfg.admin_incapsule
+        } else {
+            self.cfg.io_incapsule
+        };
+        let old = *self.codec.params();
+        let mut p = self.cfg.limits(incapsule);
+        p.hdgst = old.hdgst;
+        p.ddgst = old.ddgst;
+        p.hpda = old.hpda;
+        p.cpda = old.cpda;
+        self.codec.set_params(p);
+    }
+
+    fn complete(&mut self, cid: u16, done: Completion) -> Result<(), End> {
+        self.respond(cid, done)
+    }
+
+    /// Queues the completion of `cid`: C2HData (with SUCCESS when SQ flow control is off, so
+    /// no response capsule follows), and/or a response capsule.
+    fn respond(&mut self, cid: u16, done: Completion) -> Result<(), End> {
+        let ok = done.status.is_success();
+        let mut resp_needed = true;
+        if let Some(data) = done.data.filter(|d| ok && !d.is_empty()) {
+            let success = self.queue.sq_flow_disabled && done.dw0 == 0 && done.dw1 == 0;
+            let pdu = Pdu::C2HData(C2HData {
+                cccid: cid,
+                datao: 0,
+                last: true,
+                success,
+                data,
+            });
+            self.out
+                .push(&mut self.codec, &pdu)
+                .map_err(|e| End::Fatal(e.to_string()))?;
+            resp_needed = !success;
+        }
+        if resp_needed {
+            let mut cqe = Cqe::default();
+            cqe.set_cid(cid);
+            cqe.set_dw0(done.dw0);
+            cqe.set_dw1(done.dw1);
+            cqe.set_sqhd(self.sqhd);
+            cqe.set_sqid(self.queue.qid);
+            cqe.set_status_field(done.status.field());
+            self.out
+                .push(&mut self.codec, &Pdu::CapsuleResp(CapsuleResp { cqe }))
+                .map_err(|e| End::Fatal(e.to_string()))?;
+        }
+        if done.close_after {
+            return Err(End::Closed("Disconnect"));
+        }
+        Ok(())
+    }
+
+    /// Releases what the queue holds in its controller.
+    fn finish(&mut self) {
+        exec::queue_closed(&self.queue);
+    }
+}
+
+async fn wait_dead(dead: &mut Option<watch::Receiver<bool>>) {
+    match dead {
+        Some(rx) => {
+            if rx.wait_for(|d| *d).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl TransportConfig {
+    /// Codec limits for a queue whose in-capsule data limit is `incapsule`.
+    pub fn limits(&self, incapsule: u32) -> ConnParams {
+        ConnParams {
+            max_pdu_len: ConnParams::derived_max_pdu_len(self.max_h2c_data, incapsule),
+            max_h2c_data: self.max_h2c_data,
+            max_incapsule_data: incapsule,
+            ..ConnParams::default()
+        }
+    }
+}

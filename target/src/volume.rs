@@ -1,0 +1,169 @@
+//! Where a namespace's blocks live.
+//!
+//! A namespace (see [`crate::namespace`]) speaks in LBAs and NVMe status; a [`Volume`] speaks in
+//! byte ranges and backend errors. This trait is the one seam between the two: today the only
+//! implementation is [`LocalVolume`] (a `hw` backend on this server); the cluster adds a volume that
+//! routes each extent to the server the map names, stamping what it forwards.
+//!
+//! Operations return [`IoFuture`], which completes inline for backends that never sleep (null, RAM)
+//! and runs on tokio's bounded blocking pool for those that may (file, block), so no blocking
+//! syscall ever runs on a reactor thread and the inline path allocates nothing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use hw::{Backend, IoError};
+
+/// Result of a volume operation.
+pub type IoResult<T> = Result<T, IoError>;
+
+/// A future for a volume operation: ready at once, on the blocking pool, or boxed (routed I/O).
+pub enum IoFuture<T> {
+    /// Completed inline (non-blocking backend). `None` once taken.
+    Ready(Option<IoResult<T>>),
+    /// Running on tokio's blocking pool.
+    Blocking(tokio::task::JoinHandle<IoResult<T>>),
+    /// Anything else (e.g. forwarded to another server).
+    Boxed(Pin<Box<dyn Future<Output = IoResult<T>> + Send>>),
+}
+
+impl<T> IoFuture<T> {
+    /// Runs `f` inline when the backend never blocks, else on the blocking pool.
+    fn run<F>(inline: bool, f: F) -> Self
+    where
+        F: FnOnce() -> IoResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        if inline {
+            IoFuture::Ready(Some(f()))
+        } else {
+            IoFuture::Blocking(tokio::task::spawn_blocking(f))
+        }
+    }
+}
+
+// The value of a `Ready` future is moved out, never pinned; JoinHandle and Pin<Box<..>> are
+// Unpin: nothing in IoFuture relies on staying at one address.
+impl<T> Unpin for IoFuture<T> {}
+
+impl<T> Future for IoFuture<T> {
+    type Output = IoResult<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // IoFuture holds no self-references: JoinHandle and Pin<Box<..>> are Unpin.
+        let this = self.get_mut();
+        match this {
+            IoFuture::Ready(r) => match r.take() {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Ready(Err(IoError::Io {
+                    op: hw::Op::Read,
+                    errno: libc_eio(),
+                })),
+            },
+            IoFuture::Blocking(h) => match Pin::new(h).poll(cx) {
+                Poll::Ready(Ok(r)) => Poll::Ready(r),
+                // The blocking task panicked or was cancelled by runtime shutdown.
+                Poll::Ready(Err(_)) => Poll::Ready(Err(IoError::Io {
+                    op: hw::Op::Read,
+                    errno: libc_eio(),
+                })),
+                Poll::Pending => Poll::Pending,
+            },
+            IoFuture::Boxed(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// EIO, for failures that are not the backend's own (a lost blocking task).
+const fn libc_eio() -> i32 {
+    5
+}
+
+/// Byte-addressed storage behind one namespace.
+pub trait Volume: Send + Sync + 'static {
+    /// Capacity in bytes.
+    fn len_bytes(&self) -> u64;
+    /// True when acknowledged writes need a flush to be durable (reported as VWC).
+    fn volatile_write_cache(&self) -> bool;
+    /// Backend kind, for logs and the SMART page.
+    fn kind(&self) -> &'static str;
+    /// Reads `len` bytes at `offset` into a new buffer.
+    fn read(&self, offset: u64, len: usize) -> IoFuture<Bytes>;
+    /// Writes `data` at `offset`; with `fua` it is durable on completion.
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()>;
+    /// Zeroes a range.
+    fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()>;
+    /// Discards a range (reads return zeros afterwards).
+    fn deallocate(&self, offset: u64, len: u64) -> IoFuture<()>;
+    /// Makes every acknowledged write durable.
+    fn flush(&self) -> IoFuture<()>;
+}
+
+/// A volume whose blocks all live in one local backend.
+pub struct LocalVolume {
+    backend: Arc<dyn Backend>,
+    inline: bool,
+}
+
+impl LocalVolume {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        let inline = !backend.may_block();
+        Self { backend, inline }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+}
+
+impl Volume for LocalVolume {
+    fn len_bytes(&self) -> u64 {
+        self.backend.len_bytes()
+    }
+
+    fn volatile_write_cache(&self) -> bool {
+        self.backend.volatile_write_cache()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> IoFuture<Bytes> {
+        let b = Arc::clone(&self.backend);
+        IoFuture::run(self.inline, move || {
+            let mut buf = BytesMut::zeroed(len);
+            b.read_at(offset, &mut buf)?;
+            Ok(buf.freeze())
+        })
+    }
+
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()> {
+        let b = Arc::clone(&self.backend);
+        IoFuture::run(self.inline, move || {
+            if fua {
+                b.write_fua(offset, &data)
+            } else {
+                b.write_at(offset, &data)
+            }
+        })
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
+        let b = Arc::clone(&self.backend);
+        IoFuture::run(self.inline, move || b.write_zeroes(offset, len))
+    }
+
+    fn deallocate(&self, offset: u64, len: u64) -> IoFuture<()> {
+        let b = Arc::clone(&self.backend);
+        IoFuture::run(self.inline, move || b.deallocate(offset, len))
+    }
+
+    fn flush(&self) -> IoFuture<()> {
+        let b = Arc::clone(&self.backend);
+        IoFuture::run(self.inline, move || b.flush())
+    }
+}
