@@ -95,3 +95,52 @@ impl Cqe {
         put_u16(&mut self.0, off::STATUS, (v << 1) | p)
     }
 }
+
+impl Cqe {
+    /// A completion for `cid` with `status` (phase tag 0: fabrics do not use it).
+    pub fn new(cid: u16, status: crate::nvme::Status) -> Self {
+        let mut c = Self::default();
+        c.set_cid(cid);
+        c.set_status(status);
+        c
+    }
+    /// The Status Field as a typed [`Status`](crate::nvme::Status).
+    #[inline]
+    pub fn status(&self) -> crate::nvme::Status {
+        crate::nvme::Status::from_field(self.status_field())
+    }
+    /// Set the Status Field (phase tag unchanged).
+    #[inline]
+    pub fn set_status(&mut self, s: crate::nvme::Status) {
+        self.set_status_field(s.field())
+    }
+    /// DW0 and DW1 as one little-endian u64 (e.g. a Property Get value, or the server's
+    /// generation on a stale-map completion).
+    #[inline]
+    pub fn dw0_1(&self) -> u64 {
+        crate::wire::get_u64(&self.0, off::DW0)
+    }
+    #[inline]
+    pub fn set_dw0_1(&mut self, v: u64) {
+        crate::wire::put_u64(&mut self.0, off::DW0, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::Status;
+
+    #[test]
+    fn status_sits_above_the_phase_tag() {
+        let mut c = Cqe::new(0x1234, Status::INVALID_FIELD.with_dnr());
+        // Status 0x4002 shifted left by one: 0x8004, little-endian at bytes 14..16.
+        assert_eq!(&c.0[12..16], &[0x34, 0x12, 0x04, 0x80]);
+        c.0[14] |= 1; // phase tag set by someone else survives
+        c.set_status(Status::SUCCESS);
+        assert_eq!(&c.0[14..16], &[0x01, 0x00]);
+        assert_eq!(c.status(), Status::SUCCESS);
+        c.set_dw0_1(0x1122_3344_5566_7788);
+        assert_eq!((c.dw0(), c.dw1()), (0x5566_7788, 0x1122_3344));
+    }
+}

@@ -26,6 +26,13 @@ pub mod off {
 }
 
 const _: () = assert!(off::CDW15 + 4 == SQE_LEN);
+
+/// PSDT (byte 1 bits 7:6) = 01b: SGLs for data, MPTR a contiguous buffer. What NVMe/TCP hosts
+/// (Linux `NVME_CMD_SGL_METABUF`, SPDK) send in byte 1; fabrics require SGLs (NVMe Base 2.0,
+/// section 4.1.8; NVMe over Fabrics 1.1, section 2.2).
+pub const PSDT_SGL: u8 = 0b01 << 6;
+/// PSDT = 10b: SGLs for data, MPTR points to an SGL segment.
+pub const PSDT_SGL_MPTR_SEGMENT: u8 = 0b10 << 6;
 const _: () = assert!(off::DPTR + 16 == off::CDW10);
 
 /// A 64-byte submission queue entry, kept as bytes with typed accessors so that every field the
