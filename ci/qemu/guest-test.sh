@@ -1,0 +1,369 @@
+#!/bin/sh
+# The Linux-kernel-host acceptance test, run inside the QEMU guest (busybox sh).
+#
+#   guest-test.sh ADDR PORT SUBNQN HOSTNQN BAD_HOSTNQN [DIGESTS]
+#
+# ADDR/PORT: the NVMe/TCP portal (discovery and I/O); SUBNQN: the subsystem under test, which
+# must have namespace 1 and must allow HOSTNQN and refuse BAD_HOSTNQN. DIGESTS: off, on or both
+# (default): "both" runs the whole sequence twice, plainly and then with header and data digests
+# (-g -G) and a smaller data set. Then a connect as BAD_HOSTNQN must fail.
+#
+# Every step runs under its own timeout (busybox timeout: 143 on expiry, not 124). On the first
+# failure: print why and the kernel log tail, disconnect best-effort, write the step's name to
+# /tmp/tessera-failed-step and exit 1. Exit 0 when everything passed. /init prints the verdict.
+#
+# The script calls itself as `guest-test.sh --step NAME` to run one step in a child that
+# `timeout` can kill; steps share state through files in $STATE and exported variables.
+
+# shellcheck disable=SC2329 # the step_* functions are called through "step_$name"
+set -u
+SELF="$0"
+STATE=/tmp/tessera-state
+MNT=/mnt/tessera
+NSID=1
+export STATE MNT NSID
+
+log() { echo "$*"; }
+die() { echo "ERROR: $*"; exit 1; }
+put() { echo "$2" > "$STATE/$1"; }
+get() { cat "$STATE/$1" 2>/dev/null; }
+
+# hostid: the UUID of a uuid-style host NQN, else a fixed one derived from nothing in particular.
+hostid_of() {
+  case "$1" in
+    *:uuid:*) echo "${1##*:uuid:}" ;;
+    *) echo "$2" ;;
+  esac
+}
+
+# Controllers (nvmeN) of subsystem $NQN over TCP, one per line.
+ctrls_of_nqn() {
+  for c in /sys/class/nvme/nvme*; do
+    [ -e "$c/subsysnqn" ] || continue
+    [ "$(cat "$c/subsysnqn")" = "$NQN" ] || continue
+    [ "$(cat "$c/transport" 2>/dev/null)" = tcp ] || continue
+    basename "$c"
+  done
+}
+all_ctrls() {
+  n=0
+  for c in /sys/class/nvme/nvme*; do [ -e "$c" ] && n=$((n + 1)); done
+  echo "$n"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Steps. Each runs in its own process; a non-zero exit (or die) fails the step.
+
+step_discover() {
+  out="$(nvme discover --transport=tcp --traddr="$ADDR" --trsvcid="$PORT" \
+    --hostnqn="$HOSTNQN" --hostid="$HOSTID" 2>&1)"
+  rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || die "nvme discover exited $rc"
+  # One record per "Discovery Log Entry"; the subsystem must be offered over tcp.
+  echo "$out" | awk -v nqn="$NQN" '
+    /Discovery Log Entry/ { if (sub_ok && tcp) found = 1; sub_ok = 0; tcp = 0 }
+    $1 == "trtype:" && $2 == "tcp" { tcp = 1 }
+    $1 == "subnqn:" && $2 == nqn { sub_ok = 1 }
+    END { if (sub_ok && tcp) found = 1; exit !found }' ||
+    die "subsystem $NQN (trtype tcp) is not in the discovery log"
+}
+
+step_connect() {
+  [ -z "$(ctrls_of_nqn)" ] || die "a controller of $NQN exists before connect: $(ctrls_of_nqn)"
+  # shellcheck disable=SC2086 # $DIGEST_FLAGS is a list of flags
+  # -vv: libnvme prints the option string it writes to /dev/nvme-fabrics ("connect ctrl, '...'").
+  out="$(nvme connect --transport=tcp --traddr="$ADDR" --trsvcid="$PORT" --nqn="$NQN" \
+    --hostnqn="$HOSTNQN" --hostid="$HOSTID" $DIGEST_FLAGS --verbose --verbose 2>&1)"
+  rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || die "nvme connect exited $rc"
+  opts="$(echo "$out" | sed -n "s/^connect ctrl, '\(.*\)'\$/\1/p" | head -n1)"
+  case "$DIGEST_FLAGS" in
+    *--hdr-digest*)
+      case ",$opts," in *,hdr_digest,*) ;; *) die "hdr_digest not requested: '$opts'" ;; esac
+      case ",$opts," in *,data_digest,*) ;; *) die "data_digest not requested: '$opts'" ;; esac ;;
+    *)
+      case ",$opts," in *_digest*) die "a digest was requested in the plain pass: '$opts'" ;; esac ;;
+  esac
+}
+
+step_wait_ns() {
+  i=0
+  while [ $i -lt 300 ]; do
+    ctrl="$(ctrls_of_nqn | head -n1)"
+    if [ -n "$ctrl" ] && [ "$(cat "/sys/class/nvme/$ctrl/state")" = live ]; then
+      for b in /sys/block/nvme*n*; do
+        [ -e "$b" ] || continue
+        name="$(basename "$b")"
+        case "$name" in nvme*c*n*) continue ;; esac       # a multipath path's hidden disk
+        [ "$(cat "$b/device/subsysnqn" 2>/dev/null)" = "$NQN" ] || continue
+        [ "$(cat "$b/nsid" 2>/dev/null)" = "$NSID" ] || continue
+        [ -b "/dev/$name" ] || continue
+        put ctrl "$ctrl"
+        put ns "$name"
+        log "controller $ctrl ($(cat "/sys/class/nvme/$ctrl/address")), namespace /dev/$name," \
+          "$(cat "$b/size") sectors, logical block $(cat "$b/queue/logical_block_size")"
+        addr="$(cat "/sys/class/nvme/$ctrl/address")"
+        case ",$addr," in *",traddr=$ADDR,"*) ;; *) die "controller address '$addr' is not $ADDR" ;; esac
+        case ",$addr," in *",trsvcid=$PORT,"*) ;; *) die "controller address '$addr' is not port $PORT" ;; esac
+        return 0
+      done
+    fi
+    sleep 0.1
+    i=$((i + 1))
+  done
+  ls -l /sys/class/nvme/ /sys/block/ 2>&1
+  die "no live controller with namespace $NSID of $NQN appeared"
+}
+
+step_list() {
+  ns="$(get ns)"
+  out="$(nvme list 2>&1)"
+  rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || die "nvme list exited $rc"
+  echo "$out" | grep -q "^/dev/$ns " || die "/dev/$ns is not in nvme list"
+  nvme list-subsys 2>&1 || true
+}
+
+step_id_ctrl() {
+  ctrl="$(get ctrl)"
+  out="$(nvme id-ctrl "/dev/$ctrl" 2>&1)"
+  rc=$?
+  [ $rc -eq 0 ] || { echo "$out"; die "nvme id-ctrl exited $rc"; }
+  echo "$out" | awk '$1 ~ /^(vid|sn|mn|fr|mdts|cntlid|ver|cmic|oacs|oncs|vwc|sgls|kas|ioccsz|iorcsz|icdoff|maxcmd|nn|subnqn)$/'
+  subnqn="$(echo "$out" | awk '$1 == "subnqn" { print $3 }')"
+  [ "$subnqn" = "$NQN" ] || die "id-ctrl subnqn is '$subnqn', want '$NQN'"
+}
+
+step_id_ns() {
+  ns="$(get ns)"
+  out="$(nvme id-ns "/dev/$ns" 2>&1)"
+  rc=$?
+  echo "$out" | grep -E '^(nsze|ncap|nuse|nsfeat|nlbaf|flbas|nmic|nguid|eui64|lbaf .*in use)'
+  [ $rc -eq 0 ] || { echo "$out"; die "nvme id-ns exited $rc"; }
+  nsze="$(echo "$out" | awk '$1 == "nsze" { print $3 }')"
+  lbads="$(echo "$out" | sed -n 's/.*lbads:\([0-9]*\).*(in use).*/\1/p' | head -n1)"
+  [ -n "$nsze" ] && [ -n "$lbads" ] || die "no nsze or in-use LBA format in id-ns"
+  bytes=$(( nsze << lbads ))
+  sys=$(( $(cat "/sys/block/$ns/size") * 512 ))
+  [ "$bytes" -gt 0 ] || die "namespace size is 0"
+  [ "$bytes" -eq "$sys" ] || die "id-ns size $bytes bytes (nsze $nsze, lbads $lbads) != block device $sys bytes"
+  [ $(( 1 << lbads )) -eq "$(cat "/sys/block/$ns/queue/logical_block_size")" ] ||
+    die "LBA data size 2^$lbads != logical_block_size $(cat "/sys/block/$ns/queue/logical_block_size")"
+}
+
+step_smart_log() {
+  ctrl="$(get ctrl)"
+  out="$(nvme smart-log "/dev/$ctrl" 2>&1)"
+  rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || die "nvme smart-log exited $rc"
+  echo "$out" | grep -q '^critical_warning' || die "no critical_warning in smart-log output"
+}
+
+step_fio() {
+  ns="$(get ns)"
+  out="$(fio --name=tessera-verify --filename="/dev/$ns" --ioengine=libaio --direct=1 \
+    --rw=randwrite --bsrange=4k-128k --iodepth=16 --size="$FIO_SIZE" \
+    --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+    --randrepeat=0 --group_reporting 2>&1)"
+  rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || die "fio exited $rc"
+  # "  write: IOPS=1274, BW=56.2MiB/s (59.0MB/s)(32.0MiB/569msec)" and the verify phase's "read:"
+  w="$(echo "$out" | sed -n 's/^ *write: \(IOPS=[^,]*\), \(BW=[^ ]*\) .*(\([^)]*\)).*/\1 \2 (\3)/p')"
+  r="$(echo "$out" | sed -n 's/^ *read: \(IOPS=[^,]*\), \(BW=[^ ]*\) .*(\([^)]*\)).*/\1 \2 (\3)/p')"
+  [ -n "$w" ] && [ -n "$r" ] || die "fio did not report both the write and the verify (read) phase"
+  echo "FIO-FIGURES $PASS: randwrite 4k-128k qd16 libaio direct: write $w; verify read $r"
+}
+
+step_mkfs() {
+  ns="$(get ns)"
+  mkfs.ext4 -F -q -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "/dev/$ns" ||
+    die "mkfs.ext4 failed"
+}
+
+step_fs_write() {
+  ns="$(get ns)"
+  mkdir -p "$MNT"
+  mount -t ext4 "/dev/$ns" "$MNT" || die "mount failed"
+  cd "$MNT" || die "cd $MNT"
+  mkdir -p a/b/c d || die "mkdir"
+  echo "tessera $PASS $(date)" > hello.txt
+  dd if=/dev/urandom of=empty bs=1 count=0 2>/dev/null
+  dd if=/dev/urandom of=one-byte bs=1 count=1 2>/dev/null
+  dd if=/dev/urandom of=a/4k bs=4096 count=1 2>/dev/null
+  dd if=/dev/urandom of=a/b/odd bs=1000 count=1237 2>/dev/null      # not a block multiple
+  dd if=/dev/urandom of=a/b/c/big bs=1M count="$FILES_MB" 2>/dev/null
+  i=0
+  while [ $i -lt 50 ]; do
+    dd if=/dev/urandom of="d/small-$i" bs=$((512 + i * 97)) count=1 2>/dev/null
+    i=$((i + 1))
+  done
+  find . -type f ! -path './lost+found/*' | sort | xargs sha256sum > "$STATE/sums" ||
+    die "sha256sum failed"
+  [ "$(wc -l < "$STATE/sums")" -eq 56 ] || die "expected 56 files, listed $(wc -l < "$STATE/sums")"
+  cd / && sync && umount "$MNT" || die "umount failed"
+}
+
+step_fs_verify() {
+  ns="$(get ns)"
+  echo 3 > /proc/sys/vm/drop_caches
+  mount -t ext4 "/dev/$ns" "$MNT" || die "remount failed"
+  cd "$MNT" || die "cd $MNT"
+  sha256sum -c "$STATE/sums" > "$STATE/sums.check" 2>&1 ||
+    { grep -v ': OK$' "$STATE/sums.check"; die "checksums differ after remount"; }
+  echo "$(wc -l < "$STATE/sums") files verified after remount"
+  cd / && umount "$MNT" || die "umount failed"
+}
+
+step_fsck() {
+  ns="$(get ns)"
+  e2fsck -fn "/dev/$ns"
+  rc=$?
+  [ $rc -eq 0 ] || die "e2fsck -fn exited $rc"
+}
+
+step_flush() {
+  ns="$(get ns)"
+  nvme flush "/dev/$ns" --namespace-id="$NSID" || die "nvme flush exited $?"
+}
+
+# Write Zeroes over an odd range (not 4K-aligned, not a power of two), with one random block on
+# either side that must survive.
+step_write_zeroes() {
+  ns="$(get ns)"
+  dev="/dev/$ns"
+  lbs="$(cat "/sys/block/$ns/queue/logical_block_size")"
+  slba=$(( 8 * 1024 * 1024 / lbs + 1 ))
+  nlb=$(( 65536 / lbs + 3 ))
+  # random data over [slba-1, slba+nlb+1)
+  dd if=/dev/urandom of="$dev" bs="$lbs" seek=$((slba - 1)) count=$((nlb + 2)) conv=fsync 2>/dev/null ||
+    die "dd of random data failed"
+  blockdev --flushbufs "$dev"; echo 3 > /proc/sys/vm/drop_caches
+  before_lo="$(dd if="$dev" bs="$lbs" skip=$((slba - 1)) count=1 2>/dev/null | sha256sum)"
+  before_hi="$(dd if="$dev" bs="$lbs" skip=$((slba + nlb)) count=1 2>/dev/null | sha256sum)"
+  zeros="$(dd if=/dev/zero bs="$lbs" count="$nlb" 2>/dev/null | sha256sum)"
+  [ "$(dd if="$dev" bs="$lbs" skip="$slba" count="$nlb" 2>/dev/null | sha256sum)" != "$zeros" ] ||
+    die "range is zero before write-zeroes (random write did not land)"
+  echo "write-zeroes: slba $slba, $nlb blocks of $lbs bytes"
+  nvme write-zeroes "$dev" --namespace-id="$NSID" --start-block="$slba" --block-count=$((nlb - 1)) ||
+    die "nvme write-zeroes exited $?"
+  blockdev --flushbufs "$dev"; echo 3 > /proc/sys/vm/drop_caches
+  got="$(dd if="$dev" bs="$lbs" skip="$slba" count="$nlb" 2>/dev/null | sha256sum)"
+  [ "$got" = "$zeros" ] || {
+    dd if="$dev" bs="$lbs" skip="$slba" count="$nlb" 2>/dev/null | hexdump -C | head -n 20
+    die "range is not zero after write-zeroes"
+  }
+  [ "$(dd if="$dev" bs="$lbs" skip=$((slba - 1)) count=1 2>/dev/null | sha256sum)" = "$before_lo" ] ||
+    die "block $((slba - 1)) before the range changed"
+  [ "$(dd if="$dev" bs="$lbs" skip=$((slba + nlb)) count=1 2>/dev/null | sha256sum)" = "$before_hi" ] ||
+    die "block $((slba + nlb)) after the range changed"
+}
+
+step_disconnect() {
+  out="$(nvme disconnect --nqn="$NQN" 2>&1)"
+  rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || die "nvme disconnect exited $rc"
+  echo "$out" | grep -q 'disconnected 1 controller' || die "expected exactly 1 controller disconnected"
+  i=0
+  while [ -n "$(ctrls_of_nqn)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  [ -z "$(ctrls_of_nqn)" ] || die "controller(s) still present: $(ctrls_of_nqn)"
+  [ ! -b "/dev/$(get ns)" ] || die "/dev/$(get ns) still present"
+}
+
+step_bad_host() {
+  before="$(all_ctrls)"
+  nvme connect --transport=tcp --traddr="$ADDR" --trsvcid="$PORT" --nqn="$NQN" \
+    --hostnqn="$BADHOSTNQN" --hostid="$BADHOSTID"
+  rc=$?
+  echo "nvme connect as $BADHOSTNQN exited $rc"
+  if [ $rc -eq 0 ]; then
+    nvme disconnect --nqn="$NQN" || true
+    die "connect with a host NQN that is not allowed succeeded"
+  fi
+  sleep 1
+  after="$(all_ctrls)"
+  [ -z "$(ctrls_of_nqn)" ] || die "a controller of $NQN exists after the refused connect"
+  [ "$after" -eq "$before" ] || die "controller count went from $before to $after"
+}
+
+# ---------------------------------------------------------------------------------------------
+if [ "${1:-}" = --step ]; then
+  fn="step_$(echo "$2" | tr - _)"
+  "$fn"
+  exit $?
+fi
+
+[ $# -ge 5 ] || { echo "usage: $0 ADDR PORT SUBNQN HOSTNQN BAD_HOSTNQN [off|on|both]"; exit 2; }
+ADDR="$1" PORT="$2" NQN="$3" HOSTNQN="$4" BADHOSTNQN="$5" DIGESTS="${6:-both}"
+HOSTID="$(hostid_of "$HOSTNQN" 5e55e4a0-0000-4000-8000-000000000001)"
+BADHOSTID="$(hostid_of "$BADHOSTNQN" 5e55e4a0-0000-4000-8000-000000000002)"
+export ADDR PORT NQN HOSTNQN BADHOSTNQN HOSTID BADHOSTID
+rm -rf "$STATE" /tmp/tessera-failed-step /tmp/tessera-current-step
+mkdir -p "$STATE" "$MNT"
+
+PASS=""
+T0="$(date +%s)"
+cleanup() {
+  cd /
+  umount "$MNT" 2>/dev/null
+  [ -n "$(ctrls_of_nqn)" ] && timeout -k 5 20 nvme disconnect --nqn="$NQN"
+}
+run() { # run STEP TIMEOUT_SECONDS
+  label="$1"; [ -n "$PASS" ] && label="$PASS/$1"
+  s="$(date +%s)"
+  echo "=== STEP $label (timeout $2 s, t+$((s - T0)) s)"
+  echo "$label" > /tmp/tessera-current-step
+  timeout -k 5 "$2" sh "$SELF" --step "$1"
+  rc=$?
+  e=$(( $(date +%s) - s ))
+  if [ $rc -ne 0 ]; then
+    case $rc in
+      143|124|137) why="timed out after $2 s" ;;
+      *) why="exit $rc" ;;
+    esac
+    echo "=== FAIL $label: $why (${e} s)"
+    echo "--- kernel log (tail)"
+    dmesg | tail -n 40
+    echo "$label" > /tmp/tessera-failed-step
+    cleanup
+    exit 1
+  fi
+  echo "=== OK $label (${e} s)"
+}
+
+pass() { # pass NAME DIGEST_FLAGS FIO_SIZE FILES_MB
+  PASS="$1" DIGEST_FLAGS="$2" FIO_SIZE="$3" FILES_MB="$4"
+  export PASS DIGEST_FLAGS FIO_SIZE FILES_MB
+  echo "=== ROUND $PASS: connect flags '${DIGEST_FLAGS}', fio ${FIO_SIZE}, ${FILES_MB} MiB file"
+  run discover 60
+  run connect 60
+  run wait-ns 40
+  run list 30
+  run id-ctrl 30
+  run id-ns 30
+  run smart-log 30
+  run fio 180
+  run mkfs 120
+  run fs-write 120
+  run fs-verify 120
+  run fsck 120
+  run flush 30
+  run write-zeroes 60
+  run disconnect 60
+}
+
+case "$DIGESTS" in
+  off) pass plain "" 32m 4 ;;
+  on) pass digest "--hdr-digest --data-digest" 16m 2 ;;
+  both) pass plain "" 32m 4; pass digest "--hdr-digest --data-digest" 16m 2 ;;
+  *) echo "bad DIGESTS '$DIGESTS'"; exit 2 ;;
+esac
+PASS=""
+run bad-host 60
+echo "=== all guest steps passed in $(( $(date +%s) - T0 )) s"
+exit 0
