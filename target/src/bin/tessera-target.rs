@@ -8,8 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tessera::config::build_registry;
-use tessera::server::Target;
-use tessera::transport::TransportConfig;
+use tessera::server::{Target, TargetOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "tessera-target", version, about = "Tessera NVMe/TCP target")]
@@ -20,6 +19,12 @@ struct Args {
     /// Validate this YAML layout (and that its backends open) without serving it.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check: Option<PathBuf>,
+    /// Reactor threads (one connection lives on one reactor); default: one per usable CPU.
+    #[arg(long, default_value_t = 0)]
+    reactors: usize,
+    /// Pin reactor threads to these CPUs, e.g. `--cpus 0` or `--cpus 0,1`.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
 }
 
 fn main() -> ExitCode {
@@ -83,7 +88,12 @@ fn main() -> ExitCode {
             }
         };
         let addrs: Vec<_> = layout.listeners.iter().map(|l| l.socket_addr()).collect();
-        let target = match Target::start(registry, &addrs, TransportConfig::default()).await {
+        let opts = TargetOptions {
+            reactors: args.reactors,
+            cpus: args.cpus.clone(),
+            ..TargetOptions::default()
+        };
+        let target = match Target::start_with(registry, &addrs, opts).await {
             Ok(t) => t,
             Err(e) => {
                 // Name the listener's place in the layout (e.g. a port already in use).

@@ -32,6 +32,7 @@ use codec::pdu::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{InitiatorError, Result};
@@ -497,10 +498,10 @@ impl Reader {
         }
         let err = self.shared.error();
         self.fail_all(&err);
-        if let Some(t) = term {
-            if self.to_writer.send(ToWriter::Terminate(t)).is_ok() {
-                let _ = tokio::time::timeout(TERM_REQ_GRACE, self.shared.cancel.cancelled()).await;
-            }
+        if let Some(t) = term
+            && self.to_writer.send(ToWriter::Terminate(t)).is_ok()
+        {
+            let _ = tokio::time::timeout(TERM_REQ_GRACE, self.shared.cancel.cancelled()).await;
         }
         self.shared.cancel.cancel();
     }

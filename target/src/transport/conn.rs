@@ -554,7 +554,12 @@ impl Conn {
         let outcome = exec::execute(&self.registry, &mut self.queue, &sqe, cmd, data);
         match outcome {
             Outcome::Done(c) => self.respond(cid, c),
-            Outcome::Pending(f) => {
+            Outcome::Pending(mut f) => {
+                // Inline backends (RAM, null) finish on the first poll: complete at once rather
+                // than parking the command in `inflight`.
+                if let Some(c) = futures::FutureExt::now_or_never(f.as_mut()) {
+                    return self.respond(cid, c);
+                }
                 self.inflight.push(Box::pin(async move { (cid, f.await) }));
                 Ok(())
             }
