@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use codec::nvme::Sqe;
 use codec::nvme::Status;
 use codec::nvme::cmd::{DatasetManagement, DsmRange, IoCommand, Rw, WriteZeroes};
@@ -91,23 +91,28 @@ fn done(r: Result<(), hw::IoError>) -> Completion {
 fn read(ctrl: &Arc<Controller>, ns: &Namespace, rw: Rw) -> Result<Outcome, Status> {
     let (off, len) = ns.byte_range(rw.slba, u64::from(rw.nlb))?;
     let len = usize::try_from(len).map_err(|_| Status::INVALID_FIELD.with_dnr())?;
-    let f = ns.volume.read(off, len);
+    let mut f = ns.volume.read(off, BytesMut::zeroed(len));
+    if let Some(r) = f.take_ready() {
+        return Ok(read_done(ctrl, r).into());
+    }
     let ctrl = Arc::clone(ctrl);
-    Ok(Outcome::Pending(Box::pin(async move {
-        match f.await {
-            Ok(b) => {
-                let c = &ctrl.counters;
-                c.read_cmds.fetch_add(1, Ordering::Relaxed);
-                c.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
-                Completion::data(b)
-            }
-            Err(e) => {
-                ctrl.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "backend read failed");
-                Completion::status(from_io_error(&e))
-            }
+    Ok(Outcome::Pending(Box::pin(async move { read_done(&ctrl, f.await) })))
+}
+
+fn read_done(ctrl: &Controller, r: Result<Bytes, hw::IoError>) -> Completion {
+    let c = &ctrl.counters;
+    match r {
+        Ok(b) => {
+            c.read_cmds.fetch_add(1, Ordering::Relaxed);
+            c.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
+            Completion::data(b)
         }
-    })))
+        Err(e) => {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "backend read failed");
+            Completion::status(from_io_error(&e))
+        }
+    }
 }
 
 fn write(ctrl: &Arc<Controller>, ns: &Namespace, rw: Rw, data: Bytes) -> Result<Outcome, Status> {
@@ -116,19 +121,23 @@ fn write(ctrl: &Arc<Controller>, ns: &Namespace, rw: Rw, data: Bytes) -> Result<
         // The transport checked the SGL length against NLB; this is our own invariant.
         return Err(Status::SGL_INVALID_DATA_LEN.with_dnr());
     }
-    let f = ns.volume.write(off, data, rw.fua);
+    let mut f = ns.volume.write(off, data, rw.fua);
+    if let Some(r) = f.take_ready() {
+        return Ok(write_done(ctrl, len, r).into());
+    }
     let ctrl = Arc::clone(ctrl);
-    Ok(Outcome::Pending(Box::pin(async move {
-        let r = f.await;
-        let c = &ctrl.counters;
-        if r.is_ok() {
-            c.write_cmds.fetch_add(1, Ordering::Relaxed);
-            c.bytes_written.fetch_add(len, Ordering::Relaxed);
-        } else {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        done(r)
-    })))
+    Ok(Outcome::Pending(Box::pin(async move { write_done(&ctrl, len, f.await) })))
+}
+
+fn write_done(ctrl: &Controller, len: u64, r: Result<(), hw::IoError>) -> Completion {
+    let c = &ctrl.counters;
+    if r.is_ok() {
+        c.write_cmds.fetch_add(1, Ordering::Relaxed);
+        c.bytes_written.fetch_add(len, Ordering::Relaxed);
+    } else {
+        c.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    done(r)
 }
 
 fn compare(ns: &Namespace, rw: Rw, data: Bytes) -> Result<Outcome, Status> {
@@ -137,7 +146,7 @@ fn compare(ns: &Namespace, rw: Rw, data: Bytes) -> Result<Outcome, Status> {
         return Err(Status::SGL_INVALID_DATA_LEN.with_dnr());
     }
     let len = usize::try_from(len).map_err(|_| Status::INVALID_FIELD.with_dnr())?;
-    let f = ns.volume.read(off, len);
+    let f = ns.volume.read(off, BytesMut::zeroed(len));
     Ok(Outcome::Pending(Box::pin(async move {
         match f.await {
             Ok(b) if b == data => Completion::ok(),

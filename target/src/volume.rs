@@ -31,6 +31,14 @@ pub enum IoFuture<T> {
 }
 
 impl<T> IoFuture<T> {
+    /// The result, if the operation already finished (inline backends).
+    pub fn take_ready(&mut self) -> Option<IoResult<T>> {
+        match self {
+            IoFuture::Ready(r) => r.take(),
+            _ => None,
+        }
+    }
+
     /// Runs `f` inline when the backend never blocks, else on the blocking pool.
     fn run<F>(inline: bool, f: F) -> Self
     where
@@ -90,8 +98,9 @@ pub trait Volume: Send + Sync + 'static {
     fn volatile_write_cache(&self) -> bool;
     /// Backend kind, for logs and the SMART page.
     fn kind(&self) -> &'static str;
-    /// Reads `len` bytes at `offset` into a new buffer.
-    fn read(&self, offset: u64, len: usize) -> IoFuture<Bytes>;
+    /// Fills `buf` (all of its length) from `offset` and returns it frozen. The caller supplies
+    /// the buffer so that it can come from a per-connection pool.
+    fn read(&self, offset: u64, buf: BytesMut) -> IoFuture<Bytes>;
     /// Writes `data` at `offset`; with `fua` it is durable on completion.
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()>;
     /// Zeroes a range.
@@ -132,16 +141,29 @@ impl Volume for LocalVolume {
         self.backend.kind()
     }
 
-    fn read(&self, offset: u64, len: usize) -> IoFuture<Bytes> {
+    fn read(&self, offset: u64, mut buf: BytesMut) -> IoFuture<Bytes> {
+        if self.inline {
+            // No Arc clone, no closure: the inline path is a plain call.
+            return IoFuture::Ready(Some(
+                self.backend.read_at(offset, &mut buf).map(|()| buf.freeze()),
+            ));
+        }
         let b = Arc::clone(&self.backend);
-        IoFuture::run(self.inline, move || {
-            let mut buf = BytesMut::zeroed(len);
+        IoFuture::run(false, move || {
             b.read_at(offset, &mut buf)?;
             Ok(buf.freeze())
         })
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()> {
+        if self.inline {
+            let b = &self.backend;
+            return IoFuture::Ready(Some(if fua {
+                b.write_fua(offset, &data)
+            } else {
+                b.write_at(offset, &data)
+            }));
+        }
         let b = Arc::clone(&self.backend);
         IoFuture::run(self.inline, move || {
             if fua {

@@ -91,9 +91,17 @@ struct Register {
 /// Reader to writer.
 enum ToWriter {
     /// Send `data` (the R2T's range of the command's data, starting at `r2to`) as H2CData.
-    H2C { cid: u16, ttag: u16, r2to: u32, data: Bytes },
+    H2C {
+        cid: u16,
+        ttag: u16,
+        r2to: u32,
+        data: Bytes,
+    },
     /// The command in slot `index` is complete: the slot and its permit are free again.
-    Free { index: usize, permit: OwnedSemaphorePermit },
+    Free {
+        index: usize,
+        permit: OwnedSemaphorePermit,
+    },
     /// The target broke the protocol: send this H2CTermReq, then close.
     Terminate(TermReq),
 }
@@ -120,7 +128,10 @@ impl Engine {
         use tracing::Instrument;
         let (reg_tx, reg_rx) = mpsc::unbounded_channel();
         let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
-        debug_assert!(self.depth <= CID_INDEX_MASK + 1, "queue depth above the CID index space");
+        debug_assert!(
+            self.depth <= CID_INDEX_MASK + 1,
+            "queue depth above the CID index space"
+        );
         let writer = Writer {
             wr: self.wr,
             codec: self.tx_codec,
@@ -200,7 +211,10 @@ impl Batch {
                 let mut slices = Vec::with_capacity(WRITE_IOVECS_MAX.min(self.parts.len() - i));
                 slices.push(IoSlice::new(self.parts[i].get(off..).unwrap_or_default()));
                 slices.extend(
-                    self.parts[i + 1..].iter().take(WRITE_IOVECS_MAX - 1).map(|p| IoSlice::new(p)),
+                    self.parts[i + 1..]
+                        .iter()
+                        .take(WRITE_IOVECS_MAX - 1)
+                        .map(|p| IoSlice::new(p)),
                 );
                 wr.write_vectored(&slices).await?
             };
@@ -312,7 +326,12 @@ impl Writer {
     fn handle(&mut self, m: WriterMsg) -> Result<bool> {
         match m {
             WriterMsg::Submit(s) => self.submit(s),
-            WriterMsg::Ctrl(ToWriter::H2C { cid, ttag, r2to, data }) => {
+            WriterMsg::Ctrl(ToWriter::H2C {
+                cid,
+                ttag,
+                r2to,
+                data,
+            }) => {
                 self.h2c(cid, ttag, r2to, &data)?;
             }
             WriterMsg::Ctrl(ToWriter::Free { index, permit }) => {
@@ -331,11 +350,20 @@ impl Writer {
     }
 
     fn submit(&mut self, s: Submit) {
-        let Submit { mut sqe, incapsule, r2t_data, data_in_len, reply, permit } = s;
+        let Submit {
+            mut sqe,
+            incapsule,
+            r2t_data,
+            data_in_len,
+            reply,
+            permit,
+        } = s;
         let Some(index) = self.free.pop() else {
             // Permits and slots are created equal and returned together; this is our bug.
             debug_assert!(false, "a permit was held but no CID slot was free");
-            let _ = reply.send(Err(InitiatorError::Protocol { what: "internal: no free CID" }));
+            let _ = reply.send(Err(InitiatorError::Protocol {
+                what: "internal: no free CID",
+            }));
             return;
         };
         let generation = (self.gens[index] + 1) & CID_GEN_MASK;
@@ -343,7 +371,10 @@ impl Writer {
         // index < depth <= 2^CID_INDEX_BITS and generation <= CID_GEN_MASK: 16 bits in all.
         let cid = (generation << CID_INDEX_BITS) | u16::try_from(index).unwrap_or(0);
         sqe.set_cid(cid);
-        let pdu = Pdu::CapsuleCmd(CapsuleCmd { sqe, data: incapsule });
+        let pdu = Pdu::CapsuleCmd(CapsuleCmd {
+            sqe,
+            data: incapsule,
+        });
         if let Err(e) = self.batch.push(&mut self.codec, &pdu) {
             self.free.push(index);
             let _ = reply.send(Err(e.into()));
@@ -351,7 +382,13 @@ impl Writer {
         }
         tracing::trace!(cid, opcode = sqe.opcode(), "submit");
         // Registered before the batch is flushed, so before the target can answer.
-        let _ = self.reg_tx.send(Register { cid, reply, data_in_len, r2t_data, permit });
+        let _ = self.reg_tx.send(Register {
+            cid,
+            reply,
+            data_in_len,
+            r2t_data,
+            permit,
+        });
     }
 
     fn h2c(&mut self, cid: u16, ttag: u16, r2to: u32, data: &Bytes) -> Result<()> {
@@ -434,7 +471,9 @@ impl Slot {
         }
         let index = usize::from(self.cid) & CID_INDEX_MASK;
         let result = if cqe.status().is_success() && self.received != self.data_in_len {
-            Err(InitiatorError::Protocol { what: "command completed before all its data arrived" })
+            Err(InitiatorError::Protocol {
+                what: "command completed before all its data arrived",
+            })
         } else {
             let data = match self.rx {
                 RxData::Empty => Bytes::new(),
@@ -463,7 +502,10 @@ impl From<InitiatorError> for Stop {
 
 impl From<PduError> for Stop {
     fn from(e: PduError) -> Self {
-        Stop { term: e.term_req(), err: e.into() }
+        Stop {
+            term: e.term_req(),
+            err: e.into(),
+        }
     }
 }
 
@@ -471,7 +513,11 @@ impl From<PduError> for Stop {
 fn fatal(fes: Fes, fei: u32, what: &'static str) -> Stop {
     Stop {
         err: InitiatorError::Protocol { what },
-        term: Some(TermReq { fes, fei, data: Bytes::new() }),
+        term: Some(TermReq {
+            fes,
+            fei,
+            data: Bytes::new(),
+        }),
     }
 }
 
@@ -527,9 +573,11 @@ impl Reader {
                 let r = match self.codec.decode(&mut self.buf) {
                     Ok(Some(pdu)) => self.handle(pdu),
                     Ok(None) => break,
-                    Err(PduError::DataDigest { pdu_type: PduType::C2H_DATA, cccid, .. }) => {
-                        self.c2h_digest_error(cccid, pdu_flags)
-                    }
+                    Err(PduError::DataDigest {
+                        pdu_type: PduType::C2H_DATA,
+                        cccid,
+                        ..
+                    }) => self.c2h_digest_error(cccid, pdu_flags),
                     Err(e) => Err(Stop::from(e)),
                 };
                 if let Err(stop) = r {
@@ -584,7 +632,9 @@ impl Reader {
 
     fn take_slot(&mut self, cid: u16) -> Option<Slot> {
         self.slot_mut(cid)?;
-        self.slots.get_mut(usize::from(cid) & CID_INDEX_MASK)?.take()
+        self.slots
+            .get_mut(usize::from(cid) & CID_INDEX_MASK)?
+            .take()
     }
 
     fn free(&mut self, index: usize, permit: OwnedSemaphorePermit) {
@@ -608,7 +658,11 @@ impl Reader {
             Pdu::R2T(r) => self.r2t(r),
             Pdu::C2HTermReq(t) => {
                 tracing::debug!(fes = ?t.fes, fei = t.fei, "C2HTermReq");
-                Err(InitiatorError::TermReq { fes: t.fes, fei: t.fei }.into())
+                Err(InitiatorError::TermReq {
+                    fes: t.fes,
+                    fei: t.fei,
+                }
+                .into())
             }
             // The codec lets only controller-to-host types through, and ICResp only once.
             other => Err(fatal(
@@ -623,18 +677,36 @@ impl Reader {
     }
 
     fn c2h(&mut self, d: C2HData) -> std::result::Result<(), Stop> {
-        let C2HData { cccid, datao, success, data, .. } = d;
+        let C2HData {
+            cccid,
+            datao,
+            success,
+            data,
+            ..
+        } = d;
         let Some(slot) = self.slot_mut(cccid) else {
-            return Err(fatal(Fes::INVALID_PDU_HEADER_FIELD, 8, "C2HData for a CID not in flight"));
+            return Err(fatal(
+                Fes::INVALID_PDU_HEADER_FIELD,
+                8,
+                "C2HData for a CID not in flight",
+            ));
         };
         // DATAO + DATAL was checked not to overflow by the codec; DATAL fits in a u32 then.
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
         let end = datao.saturating_add(len);
         if end > slot.data_in_len {
-            return Err(fatal(Fes::DATA_OUT_OF_RANGE, 0, "C2HData beyond the command's data"));
+            return Err(fatal(
+                Fes::DATA_OUT_OF_RANGE,
+                0,
+                "C2HData beyond the command's data",
+            ));
         }
         if datao < slot.rx_end {
-            return Err(fatal(Fes::DATA_OUT_OF_RANGE, 0, "C2HData overlaps data already received"));
+            return Err(fatal(
+                Fes::DATA_OUT_OF_RANGE,
+                0,
+                "C2HData overlaps data already received",
+            ));
         }
         slot.place(datao, data);
         slot.received += len;
@@ -650,7 +722,11 @@ impl Reader {
     fn c2h_digest_error(&mut self, cccid: u16, pdu_flags: u8) -> std::result::Result<(), Stop> {
         tracing::debug!(cccid, "C2HData data digest error");
         let Some(slot) = self.slot_mut(cccid) else {
-            return Err(fatal(Fes::INVALID_PDU_HEADER_FIELD, 8, "C2HData for a CID not in flight"));
+            return Err(fatal(
+                Fes::INVALID_PDU_HEADER_FIELD,
+                8,
+                "C2HData for a CID not in flight",
+            ));
         };
         slot.ddgst_error = true;
         if pdu_flags & flags::SUCCESS != 0 {
@@ -667,26 +743,48 @@ impl Reader {
     }
 
     fn r2t(&mut self, r: R2T) -> std::result::Result<(), Stop> {
-        let R2T { cccid, ttag, r2to, r2tl } = r;
+        let R2T {
+            cccid,
+            ttag,
+            r2to,
+            r2tl,
+        } = r;
         let Some(slot) = self.slot_mut(cccid) else {
-            return Err(fatal(Fes::INVALID_PDU_HEADER_FIELD, 8, "R2T for a CID not in flight"));
+            return Err(fatal(
+                Fes::INVALID_PDU_HEADER_FIELD,
+                8,
+                "R2T for a CID not in flight",
+            ));
         };
         let total = u32::try_from(slot.r2t_data.len()).unwrap_or(u32::MAX);
         if slot.r2t_data.is_empty() {
-            return Err(fatal(Fes::INVALID_PDU_HEADER_FIELD, 8, "R2T for a command without R2T data"));
+            return Err(fatal(
+                Fes::INVALID_PDU_HEADER_FIELD,
+                8,
+                "R2T for a command without R2T data",
+            ));
         }
         // Linux: "R2T data overflow" / "Unexpected R2T offset". The codec checked R2TL != 0
         // and that R2TO + R2TL does not overflow.
         let end = r2to.saturating_add(r2tl);
         if end > total || r2to < slot.solicited {
-            return Err(fatal(Fes::DATA_OUT_OF_RANGE, 0, "R2T outside the command's data"));
+            return Err(fatal(
+                Fes::DATA_OUT_OF_RANGE,
+                0,
+                "R2T outside the command's data",
+            ));
         }
         slot.solicited = end;
         // r2to < end <= total, the data length: in range.
         let range = usize::try_from(r2to).unwrap_or(0)..usize::try_from(end).unwrap_or(0);
         let data = slot.r2t_data.slice(range);
         tracing::trace!(cid = cccid, ttag, r2to, r2tl, "R2T");
-        let _ = self.to_writer.send(ToWriter::H2C { cid: cccid, ttag, r2to, data });
+        let _ = self.to_writer.send(ToWriter::H2C {
+            cid: cccid,
+            ttag,
+            r2to,
+            data,
+        });
         Ok(())
     }
 }

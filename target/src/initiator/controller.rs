@@ -7,21 +7,27 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use codec::nvme::cmd::{
-    AdminCommand, FeatureId, GetFeatures, GetLogPage, Identify, SetFeatures, cns,
-    feature_data_len,
+    AdminCommand, FeatureId, GetFeatures, GetLogPage, Identify, SetFeatures, cns, feature_data_len,
 };
 use codec::nvme::fabrics::{
     CAP_CSS_IO_SETS, CNTLID_DYNAMIC, Cap, Cc, Csts, PropertyGet, PropertySet, Version, cc_css,
     prop, property_size, shn, shst,
 };
+use codec::nvme::generation::{
+    GENCHK_VERSION, GENERATION_LOG_LEN, GENERATION_LOG_LID, GenCheckInfo, GenerationLog,
+};
+use codec::nvme::identify::{
+    IdentifyController, IdentifyNamespace, NsIdDescriptor, parse_active_ns_list,
+    parse_ns_id_descriptors,
+};
 use codec::nvme::sgl::SglDescriptor;
 use codec::nvme::{IDENTIFY_DATA_LEN, Sqe};
 use tokio::task::JoinHandle;
 
+use super::ADMIN_SQSIZE;
 use super::error::{InitiatorError, Result};
 use super::options::{ControllerOptions, QueueOptions, hostid_from_nqn};
 use super::queue::{Completion, Queue};
-use super::ADMIN_SQSIZE;
 
 /// How often CSTS is polled while waiting for RDY or SHST.
 pub const CSTS_POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -61,7 +67,12 @@ impl AsyncEvent {
     /// Decode completion DW0.
     pub fn from_dw0(dw0: u32) -> Self {
         let b = dw0.to_le_bytes();
-        Self { event_type: b[0] & 0x7, event_info: b[1], log_page: b[2], dw0 }
+        Self {
+            event_type: b[0] & 0x7,
+            event_info: b[1],
+            log_page: b[2],
+            dw0,
+        }
     }
 }
 
@@ -111,8 +122,12 @@ impl Controller {
         };
         let admin = Queue::connect_tcp(addr, &qopts).await?;
         let cntlid = admin.cntlid();
-        let keep_alive = (opts.keep_alive && opts.kato_ms > 0)
-            .then(|| spawn_keep_alive(admin.clone(), Duration::from_millis(u64::from(opts.kato_ms) / 2)));
+        let keep_alive = (opts.keep_alive && opts.kato_ms > 0).then(|| {
+            spawn_keep_alive(
+                admin.clone(),
+                Duration::from_millis(u64::from(opts.kato_ms) / 2),
+            )
+        });
         Ok(Controller {
             admin,
             cntlid,
@@ -175,7 +190,10 @@ impl Controller {
         data_in_len: u32,
     ) -> Result<Completion> {
         let sqe = cmd.to_sqe(0, SglDescriptor::transport(0));
-        self.admin.submit(sqe, data_out, data_in_len).await?.into_result()
+        self.admin
+            .submit(sqe, data_out, data_in_len)
+            .await?
+            .into_result()
     }
 
     async fn submit_ok(&self, sqe: Sqe) -> Result<Completion> {
@@ -187,14 +205,29 @@ impl Controller {
     /// Property Get; 8 bytes for CAP, 4 for the others (and for offsets we do not know).
     pub async fn property_get(&self, offset: u32) -> Result<u64> {
         let size8 = property_size(offset) == Some(8);
-        let c = self.submit_ok(PropertyGet { size8, offset }.to_sqe(0)).await?;
-        Ok(if size8 { c.cqe.dw0_1() } else { u64::from(c.dw0()) })
+        let c = self
+            .submit_ok(PropertyGet { size8, offset }.to_sqe(0))
+            .await?;
+        Ok(if size8 {
+            c.cqe.dw0_1()
+        } else {
+            u64::from(c.dw0())
+        })
     }
 
     /// Property Set; 8 bytes for CAP (read-only anyway), 4 for the others.
     pub async fn property_set(&self, offset: u32, value: u64) -> Result<()> {
         let size8 = property_size(offset) == Some(8);
-        self.submit_ok(PropertySet { size8, offset, value }.to_sqe(0)).await.map(drop)
+        self.submit_ok(
+            PropertySet {
+                size8,
+                offset,
+                value,
+            }
+            .to_sqe(0),
+        )
+        .await
+        .map(drop)
     }
 
     async fn property_get32(&self, offset: u32) -> Result<u32> {
@@ -228,7 +261,11 @@ impl Controller {
     /// IOCQES 4, then poll CSTS until RDY=1 within CAP.TO (500 ms units).
     pub async fn enable(&self) -> Result<()> {
         let cap = self.cap().await?;
-        let css = if cap.css & CAP_CSS_IO_SETS != 0 { cc_css::ALL_IO_SETS } else { cc_css::NVM };
+        let css = if cap.css & CAP_CSS_IO_SETS != 0 {
+            cc_css::ALL_IO_SETS
+        } else {
+            cc_css::NVM
+        };
         let cc = Cc {
             en: true,
             css,
@@ -247,7 +284,10 @@ impl Controller {
     /// Disable: CC.EN = 0, then poll CSTS until RDY = 0 (bounded by CAP.TO).
     pub async fn disable(&self) -> Result<()> {
         let cap = self.cap().await?;
-        let cc = Cc { en: false, ..self.cc().await? };
+        let cc = Cc {
+            en: false,
+            ..self.cc().await?
+        };
         self.property_set(prop::CC, u64::from(cc.to_u32())).await?;
         let timeout = Duration::from_millis(500 * (u64::from(cap.to) + 1));
         self.wait_csts(timeout, "CSTS.RDY = 0", |c| !c.rdy).await
@@ -255,10 +295,15 @@ impl Controller {
 
     /// Normal shutdown: CC.SHN = 01b, then poll CSTS until SHST = 10b (complete).
     pub async fn shutdown(&self) -> Result<()> {
-        let cc = Cc { shn: shn::NORMAL, ..self.cc().await? };
+        let cc = Cc {
+            shn: shn::NORMAL,
+            ..self.cc().await?
+        };
         self.property_set(prop::CC, u64::from(cc.to_u32())).await?;
-        self.wait_csts(SHUTDOWN_TIMEOUT, "CSTS.SHST = complete", |c| c.shst == shst::COMPLETE)
-            .await
+        self.wait_csts(SHUTDOWN_TIMEOUT, "CSTS.SHST = complete", |c| {
+            c.shst == shst::COMPLETE
+        })
+        .await
     }
 
     async fn wait_csts(
@@ -274,7 +319,9 @@ impl Controller {
                 return Ok(());
             }
             if csts.cfs {
-                return Err(InitiatorError::Protocol { what: "controller fatal status (CSTS.CFS)" });
+                return Err(InitiatorError::Protocol {
+                    what: "controller fatal status (CSTS.CFS)",
+                });
             }
             if start.elapsed() >= timeout {
                 tracing::debug!(what, ?csts, "CSTS wait timed out");
@@ -311,20 +358,67 @@ impl Controller {
         self.identify(cns::NAMESPACE, nsid, 0).await
     }
 
+    /// Identify Controller, parsed by the codec.
+    pub async fn identify_controller_parsed(&self) -> Result<IdentifyController> {
+        Ok(IdentifyController::parse(
+            &self.identify_controller().await?,
+        ))
+    }
+
+    /// Identify Namespace, parsed by the codec.
+    pub async fn identify_namespace_parsed(&self, nsid: u32) -> Result<IdentifyNamespace> {
+        Ok(IdentifyNamespace::parse(
+            &self.identify_namespace(nsid).await?,
+        ))
+    }
+
     /// Active Namespace ID list (CNS 02h): the active NSIDs greater than `after_nsid`, in
     /// order (up to 1024).
     pub async fn active_ns_list(&self, after_nsid: u32) -> Result<Vec<u32>> {
         let data = self.identify(cns::ACTIVE_NSID_LIST, after_nsid, 0).await?;
-        Ok(data
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .take_while(|&n| n != 0)
-            .collect())
+        Ok(parse_active_ns_list(&data))
     }
 
     /// Namespace Identification Descriptor list (CNS 03h), raw.
     pub async fn ns_descriptors(&self, nsid: u32) -> Result<Bytes> {
         self.identify(cns::NS_ID_DESCRIPTOR_LIST, nsid, 0).await
+    }
+
+    /// Namespace Identification Descriptor list, parsed by the codec.
+    pub async fn ns_descriptors_parsed(&self, nsid: u32) -> Result<Vec<NsIdDescriptor>> {
+        Ok(parse_ns_id_descriptors(&self.ns_descriptors(nsid).await?))
+    }
+
+    /// The generation-check advertisement in Identify Controller's vendor area, if any
+    /// (DESIGN.md). A layout-aware client refuses a peer without it: see
+    /// [`Controller::require_generation_check`].
+    pub async fn generation_check_info(&self) -> Result<Option<GenCheckInfo>> {
+        let raw = self.identify_controller().await?;
+        // A short reply reads as zeros (no advertisement) rather than failing.
+        let mut id = [0u8; IDENTIFY_DATA_LEN];
+        let n = raw.len().min(IDENTIFY_DATA_LEN);
+        id[..n].copy_from_slice(&raw[..n]);
+        Ok(GenCheckInfo::parse(&id))
+    }
+
+    /// Fail closed: the peer must advertise the generation check (version 1 or later).
+    pub async fn require_generation_check(&self) -> Result<GenCheckInfo> {
+        match self.generation_check_info().await? {
+            Some(i) if i.version >= GENCHK_VERSION => Ok(i),
+            _ => Err(InitiatorError::Protocol {
+                what: "peer does not advertise the generation check",
+            }),
+        }
+    }
+
+    /// Vendor log page C0h: the peer's generation and mismatch counters.
+    pub async fn generation_log(&self) -> Result<GenerationLog> {
+        // 512: fits a u32.
+        let len = u32::try_from(GENERATION_LOG_LEN).unwrap_or(512);
+        let page = self.get_log_page(GENERATION_LOG_LID, 0, len, 0).await?;
+        GenerationLog::parse(&page).ok_or(InitiatorError::Protocol {
+            what: "generation log page short",
+        })
     }
 
     // -- Log pages, features -------------------------------------------------------------------
@@ -353,15 +447,25 @@ impl Controller {
                 what: "log page length and offset must be whole dwords (length non-zero)",
             });
         }
-        let len = u32::try_from(g.numd_bytes)
-            .map_err(|_| InitiatorError::InvalidArgument { what: "log page above 4 GiB" })?;
-        Ok(self.admin_command(&AdminCommand::GetLogPage(g), None, len).await?.data)
+        let len = u32::try_from(g.numd_bytes).map_err(|_| InitiatorError::InvalidArgument {
+            what: "log page above 4 GiB",
+        })?;
+        Ok(self
+            .admin_command(&AdminCommand::GetLogPage(g), None, len)
+            .await?
+            .data)
     }
 
     /// Get Features (current value): the completion has DW0 and, for features with a data
     /// structure, the data.
     pub async fn get_features(&self, fid: FeatureId, nsid: u32, cdw11: u32) -> Result<Completion> {
-        let cmd = AdminCommand::GetFeatures(GetFeatures { nsid, fid, sel: 0, cdw11, uuid_index: 0 });
+        let cmd = AdminCommand::GetFeatures(GetFeatures {
+            nsid,
+            fid,
+            sel: 0,
+            cdw11,
+            uuid_index: 0,
+        });
         let len = u32::try_from(feature_data_len(fid, false, cdw11)).unwrap_or(0);
         self.admin_command(&cmd, None, len).await
     }
@@ -390,10 +494,14 @@ impl Controller {
     /// returns how many I/O queue pairs were granted (min of NSQA and NCQA, 1's based).
     pub async fn set_num_queues(&self, n: u16) -> Result<u16> {
         if n == 0 {
-            return Err(InitiatorError::InvalidArgument { what: "at least one I/O queue" });
+            return Err(InitiatorError::InvalidArgument {
+                what: "at least one I/O queue",
+            });
         }
         let n0 = u32::from(n - 1);
-        let c = self.set_features(FeatureId::NUMBER_OF_QUEUES, 0, n0 | (n0 << 16), None).await?;
+        let c = self
+            .set_features(FeatureId::NUMBER_OF_QUEUES, 0, n0 | (n0 << 16), None)
+            .await?;
         let [a, b, c2, d] = c.dw0().to_le_bytes();
         let nsqa = u16::from_le_bytes([a, b]);
         let ncqa = u16::from_le_bytes([c2, d]);
@@ -402,7 +510,9 @@ impl Controller {
 
     /// Keep Alive (18h).
     pub async fn keep_alive(&self) -> Result<()> {
-        self.admin_command(&AdminCommand::KeepAlive, None, 0).await.map(drop)
+        self.admin_command(&AdminCommand::KeepAlive, None, 0)
+            .await
+            .map(drop)
     }
 
     /// Submit an Asynchronous Event Request. Returns once it is queued, with a future that

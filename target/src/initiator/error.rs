@@ -27,7 +27,10 @@ pub enum InitiatorError {
     Status(Status),
     /// A stamped command was refused for its map generation (SCT 7h, SC 80h "stale map" or
     /// 81h "server behind"); `server_generation` is CQE DW0/DW1 (DESIGN.md).
-    Generation { status: Status, server_generation: u64 },
+    Generation {
+        status: Status,
+        server_generation: u64,
+    },
     /// Fabrics Connect was rejected; for Connect Invalid Parameters, `iattr`/`ipo` name the
     /// offending field.
     ConnectRejected(ConnectReject),
@@ -50,7 +53,10 @@ impl InitiatorError {
 
     /// Whether this error ends the connection (as opposed to failing one command).
     pub fn is_connection_fatal(&self) -> bool {
-        matches!(self, Self::Io(_) | Self::Protocol { .. } | Self::TermReq { .. } | Self::Closed)
+        matches!(
+            self,
+            Self::Io(_) | Self::Protocol { .. } | Self::TermReq { .. } | Self::Closed
+        )
     }
 
     pub(crate) fn io(e: std::io::Error) -> Self {
@@ -77,7 +83,9 @@ impl From<PduError> for InitiatorError {
     fn from(e: PduError) -> Self {
         match e {
             PduError::Fatal { what, .. } | PduError::Abort { what } => Self::Protocol { what },
-            PduError::DataDigest { .. } => Self::Protocol { what: "data digest mismatch" },
+            PduError::DataDigest { .. } => Self::Protocol {
+                what: "data digest mismatch",
+            },
             PduError::Io(e) => Self::io(e),
         }
     }
@@ -93,8 +101,14 @@ impl fmt::Display for InitiatorError {
             }
             Self::Timeout { what } => write!(f, "timed out: {what}"),
             Self::Status(s) => write!(f, "NVMe status {s:?}"),
-            Self::Generation { status, server_generation } => {
-                write!(f, "generation refused ({status:?}), server generation {server_generation}")
+            Self::Generation {
+                status,
+                server_generation,
+            } => {
+                write!(
+                    f,
+                    "generation refused ({status:?}), server generation {server_generation}"
+                )
             }
             Self::ConnectRejected(r) => write!(
                 f,

@@ -28,7 +28,10 @@ pub struct Stamped<'a> {
 impl Queue {
     /// The I/O helpers with `generation` in CDW2/CDW3.
     pub fn with_generation(&self, generation: u64) -> Stamped<'_> {
-        Stamped { queue: self, generation }
+        Stamped {
+            queue: self,
+            generation,
+        }
     }
 
     fn stamped(&self) -> Stamped<'_> {
@@ -98,9 +101,12 @@ impl Stamped<'_> {
     pub async fn read(&self, nsid: u32, slba: u64, nlb: u32, lba_size: u32) -> Result<Bytes> {
         check_nlb(nlb)?;
         let len = u64::from(nlb) * u64::from(lba_size);
-        let len = u32::try_from(len)
-            .map_err(|_| InitiatorError::InvalidArgument { what: "read above 4 GiB" })?;
-        let c = self.submit_io(&IoCommand::Read(self.rw(nsid, slba, nlb)), None, len).await?;
+        let len = u32::try_from(len).map_err(|_| InitiatorError::InvalidArgument {
+            what: "read above 4 GiB",
+        })?;
+        let c = self
+            .submit_io(&IoCommand::Read(self.rw(nsid, slba, nlb)), None, len)
+            .await?;
         Ok(c.into_result()?.data)
     }
 
@@ -114,20 +120,32 @@ impl Stamped<'_> {
         fua: bool,
     ) -> Result<()> {
         let nlb = blocks(data.len(), lba_size)?;
-        let cmd = IoCommand::Write(Rw { fua, ..self.rw(nsid, slba, nlb) });
-        self.submit_io(&cmd, Some(data), 0).await?.into_result().map(drop)
+        let cmd = IoCommand::Write(Rw {
+            fua,
+            ..self.rw(nsid, slba, nlb)
+        });
+        self.submit_io(&cmd, Some(data), 0)
+            .await?
+            .into_result()
+            .map(drop)
     }
 
     /// Compare: `Err(Status(COMPARE_FAILURE))` when the blocks differ.
     pub async fn compare(&self, nsid: u32, slba: u64, lba_size: u32, data: Bytes) -> Result<()> {
         let nlb = blocks(data.len(), lba_size)?;
         let cmd = IoCommand::Compare(self.rw(nsid, slba, nlb));
-        self.submit_io(&cmd, Some(data), 0).await?.into_result().map(drop)
+        self.submit_io(&cmd, Some(data), 0)
+            .await?
+            .into_result()
+            .map(drop)
     }
 
     /// Flush the namespace's volatile write cache.
     pub async fn flush(&self, nsid: u32) -> Result<()> {
-        let cmd = IoCommand::Flush(Flush { nsid, generation: NonZeroU64::new(self.generation) });
+        let cmd = IoCommand::Flush(Flush {
+            nsid,
+            generation: NonZeroU64::new(self.generation),
+        });
         self.submit_io(&cmd, None, 0).await?.into_result().map(drop)
     }
 
@@ -149,11 +167,20 @@ impl Stamped<'_> {
     /// Dataset Management with the Deallocate attribute over `(slba, nlb)` ranges (1 to 256).
     pub async fn dsm_deallocate(&self, nsid: u32, ranges: &[(u64, u32)]) -> Result<()> {
         if ranges.is_empty() || ranges.len() > DSM_RANGES_MAX {
-            return Err(InitiatorError::InvalidArgument { what: "DSM needs 1 to 256 ranges" });
+            return Err(InitiatorError::InvalidArgument {
+                what: "DSM needs 1 to 256 ranges",
+            });
         }
         let mut data = BytesMut::with_capacity(ranges.len() * DSM_RANGE_LEN);
         for &(slba, nlb) in ranges {
-            data.extend_from_slice(&DsmRange { cattr: 0, nlb, slba }.to_bytes());
+            data.extend_from_slice(
+                &DsmRange {
+                    cattr: 0,
+                    nlb,
+                    slba,
+                }
+                .to_bytes(),
+            );
         }
         let cmd = IoCommand::DatasetManagement(DatasetManagement {
             nsid,
@@ -164,13 +191,18 @@ impl Stamped<'_> {
             idr: false,
             generation: NonZeroU64::new(self.generation),
         });
-        self.submit_io(&cmd, Some(data.freeze()), 0).await?.into_result().map(drop)
+        self.submit_io(&cmd, Some(data.freeze()), 0)
+            .await?
+            .into_result()
+            .map(drop)
     }
 }
 
 fn check_nlb(nlb: u32) -> Result<()> {
     if nlb == 0 || nlb > NLB_MAX {
-        return Err(InitiatorError::InvalidArgument { what: "NLB must be 1 to 65536" });
+        return Err(InitiatorError::InvalidArgument {
+            what: "NLB must be 1 to 65536",
+        });
     }
     Ok(())
 }

@@ -62,10 +62,15 @@ mod tests;
 
 use std::time::Duration;
 
-pub use controller::{AsyncEvent, Controller};
-pub use discovery::{DiscoveryEntry, DiscoveryLog, discover};
+pub use controller::{
+    AsyncEvent, CC_IOCQES, CC_IOSQES, CSTS_POLL_INTERVAL, Controller, SHUTDOWN_TIMEOUT,
+};
+pub use discovery::{
+    DISCOVERY_GENCTR_RETRIES, DISCOVERY_RECORDS_MAX, DiscoveryLog, DiscoveryLogEntry, discover,
+    parse_discovery_log,
+};
 pub use error::{InitiatorError, Result};
-pub use io::Stamped;
+pub use io::{DSM_RANGES_MAX, NLB_MAX, Stamped};
 pub use options::{
     ControllerOptions, QueueOptions, TransportOptions, hostid_from_nqn, incapsule_data_from_ioccsz,
 };

@@ -94,7 +94,13 @@ impl QueueOptions {
 
     /// Options for I/O queue `qid` of controller `cntlid` (KATO 0, as Linux).
     pub fn io(subnqn: &str, hostnqn: &str, cntlid: u16, qid: u16, sqsize: u16) -> Self {
-        Self { qid, sqsize, cntlid, kato_ms: 0, ..Self::admin(subnqn, hostnqn) }
+        Self {
+            qid,
+            sqsize,
+            cntlid,
+            kato_ms: 0,
+            ..Self::admin(subnqn, hostnqn)
+        }
     }
 }
 

@@ -65,7 +65,10 @@ impl Completion {
         if status.is_success() {
             Ok(self)
         } else if status.same_code(Status::STALE_MAP) || status.same_code(Status::SERVER_BEHIND) {
-            Err(InitiatorError::Generation { status, server_generation: cqe_generation(&self.cqe) })
+            Err(InitiatorError::Generation {
+                status,
+                server_generation: cqe_generation(&self.cqe),
+            })
         } else {
             Err(InitiatorError::Status(status))
         }
@@ -91,7 +94,9 @@ impl Future for PendingCompletion {
         if let Some(d) = self.deadline.as_mut()
             && d.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(Err(InitiatorError::Timeout { what: "command completion" }));
+            return Poll::Ready(Err(InitiatorError::Timeout {
+                what: "command completion",
+            }));
         }
         Poll::Pending
     }
@@ -149,7 +154,9 @@ impl Queue {
         };
         tokio::time::timeout(opts.transport.connect_timeout, run)
             .await
-            .map_err(|_| InitiatorError::Timeout { what: "queue connect" })?
+            .map_err(|_| InitiatorError::Timeout {
+                what: "queue connect",
+            })?
     }
 
     /// TCP and ICReq/ICResp only: a running queue on which no Connect was sent yet (tests
@@ -163,7 +170,9 @@ impl Queue {
         };
         let (stream, icresp, buf) = tokio::time::timeout(t.connect_timeout, connect)
             .await
-            .map_err(|_| InitiatorError::Timeout { what: "TCP connect and ICReq/ICResp" })??;
+            .map_err(|_| InitiatorError::Timeout {
+                what: "TCP connect and ICReq/ICResp",
+            })??;
         let peer = stream.peer_addr()?;
         let params = ConnParams {
             hdgst: t.hdgst,
@@ -179,7 +188,10 @@ impl Queue {
         // without it SQSIZE + 1 (Linux: queue_depth = sqsize + 1).
         let entries = u32::from(opts.sqsize) + u32::from(opts.disable_sq_flow_control);
         let depth = usize::try_from(entries.clamp(1, QUEUE_DEPTH_MAX)).unwrap_or(1);
-        debug_assert!(depth <= CID_INDEX_MASK + 1, "QUEUE_DEPTH_MAX exceeds the CID index space");
+        debug_assert!(
+            depth <= CID_INDEX_MASK + 1,
+            "QUEUE_DEPTH_MAX exceeds the CID index space"
+        );
         let shared = Arc::new(Shared::default());
         let (submit_tx, submit_rx) = mpsc::channel(depth);
         let (rd, wr) = stream.into_split();
@@ -223,7 +235,9 @@ impl Queue {
     /// Returns the controller ID the target assigned (response DW0 bits 15:0).
     pub async fn fabrics_connect(&self, opts: &QueueOptions) -> Result<u16> {
         if opts.subnqn.len() > NQN_MAX_LEN || opts.hostnqn.len() > NQN_MAX_LEN {
-            return Err(InitiatorError::InvalidArgument { what: "NQN longer than 223 bytes" });
+            return Err(InitiatorError::InvalidArgument {
+                what: "NQN longer than 223 bytes",
+            });
         }
         let (sqe, data) = connect_capsule(opts);
         let c = self.submit(sqe, Some(data), 0).await?;
@@ -262,7 +276,8 @@ impl Queue {
         data_out: Option<Bytes>,
         data_in_len: u32,
     ) -> Result<PendingCompletion> {
-        self.start_with_timeout(sqe, data_out, data_in_len, self.inner.command_timeout).await
+        self.start_with_timeout(sqe, data_out, data_in_len, self.inner.command_timeout)
+            .await
     }
 
     pub(crate) async fn start_with_timeout(
@@ -297,7 +312,11 @@ impl Queue {
                 }
             }
             // No data: a null Transport SGL Data Block, as Linux sends.
-            None => (SglDescriptor::transport(data_in_len), Bytes::new(), Bytes::new()),
+            None => (
+                SglDescriptor::transport(data_in_len),
+                Bytes::new(),
+                Bytes::new(),
+            ),
         };
         sqe.set_dptr(sgl.to_bytes());
         sqe.set_flags((sqe.flags() & 0x3f) | PSDT_SGL);
@@ -310,8 +329,19 @@ impl Queue {
             () = cancel.cancelled() => return Err(inner.shared.error()),
         };
         let (reply, rx) = oneshot::channel();
-        let submit = Submit { sqe, incapsule, r2t_data, data_in_len, reply, permit };
-        inner.submit_tx.send(submit).await.map_err(|_| inner.shared.error())?;
+        let submit = Submit {
+            sqe,
+            incapsule,
+            r2t_data,
+            data_in_len,
+            reply,
+            permit,
+        };
+        inner
+            .submit_tx
+            .send(submit)
+            .await
+            .map_err(|_| inner.shared.error())?;
         Ok(PendingCompletion {
             rx,
             deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
@@ -396,7 +426,11 @@ pub(crate) fn connect_capsule(opts: &QueueOptions) -> (Sqe, Bytes) {
         recfmt: 0,
         qid: opts.qid,
         sqsize: opts.sqsize,
-        cattr: if opts.disable_sq_flow_control { CATTR_DISABLE_SQ_FLOW_CONTROL } else { 0 },
+        cattr: if opts.disable_sq_flow_control {
+            CATTR_DISABLE_SQ_FLOW_CONTROL
+        } else {
+            0
+        },
         kato_ms: opts.kato_ms,
     };
     let data = ConnectData {
@@ -417,7 +451,13 @@ async fn ic_exchange(
     t: &TransportOptions,
 ) -> Result<(TcpStream, IcResp, BytesMut)> {
     let mut codec = PduCodec::new(Role::Host, ConnParams::default());
-    let icreq = IcReq { pfv: 0, hpda: 0, hdgst: t.hdgst, ddgst: t.ddgst, maxr2t: t.maxr2t };
+    let icreq = IcReq {
+        pfv: 0,
+        hpda: 0,
+        hdgst: t.hdgst,
+        ddgst: t.ddgst,
+        maxr2t: t.maxr2t,
+    };
     let mut out = BytesMut::new();
     codec.encode(Pdu::IcReq(icreq), &mut out)?;
     stream.write_all(&out).await?;
@@ -435,8 +475,13 @@ async fn ic_exchange(
             check_icresp(&icreq, &r)?;
             Ok((stream, r, buf))
         }
-        Pdu::C2HTermReq(t) => Err(InitiatorError::TermReq { fes: t.fes, fei: t.fei }),
-        _ => Err(InitiatorError::Protocol { what: "expected an ICResp" }),
+        Pdu::C2HTermReq(t) => Err(InitiatorError::TermReq {
+            fes: t.fes,
+            fei: t.fei,
+        }),
+        _ => Err(InitiatorError::Protocol {
+            what: "expected an ICResp",
+        }),
     }
 }
 

@@ -39,10 +39,15 @@ impl RawConn {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<RawConn> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| InitiatorError::Timeout { what: "TCP connect" })??;
+            .map_err(|_| InitiatorError::Timeout {
+                what: "TCP connect",
+            })??;
         stream.set_nodelay(true)?;
         // Accept PDUs up to the codec's cap: a raw test reads whatever the target sends.
-        let limits = ConnParams { max_pdu_len: MAX_PDU_LEN_CAP, ..ConnParams::default() };
+        let limits = ConnParams {
+            max_pdu_len: MAX_PDU_LEN_CAP,
+            ..ConnParams::default()
+        };
         Ok(RawConn {
             stream,
             codec: PduCodec::new(Role::Host, limits),
@@ -63,9 +68,16 @@ impl RawConn {
         let r = match c.recv().await? {
             RawEvent::Pdu(Pdu::IcResp(r)) => r,
             RawEvent::Pdu(Pdu::C2HTermReq(t)) => {
-                return Err(InitiatorError::TermReq { fes: t.fes, fei: t.fei });
+                return Err(InitiatorError::TermReq {
+                    fes: t.fes,
+                    fei: t.fei,
+                });
             }
-            RawEvent::Pdu(_) => return Err(InitiatorError::Protocol { what: "expected an ICResp" }),
+            RawEvent::Pdu(_) => {
+                return Err(InitiatorError::Protocol {
+                    what: "expected an ICResp",
+                });
+            }
             RawEvent::Eof => return Err(InitiatorError::eof()),
         };
         check_icresp(&icreq, &r)?;
@@ -121,7 +133,9 @@ impl RawConn {
             }
             let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
                 .await
-                .map_err(|_| InitiatorError::Timeout { what: "raw receive" })?;
+                .map_err(|_| InitiatorError::Timeout {
+                    what: "raw receive",
+                })?;
             match read {
                 Ok(0) => return Ok(RawEvent::Eof),
                 Ok(_) => {}
@@ -137,7 +151,9 @@ impl RawConn {
     pub async fn expect_term_req(&mut self) -> Result<TermReq> {
         match self.recv().await? {
             RawEvent::Pdu(Pdu::C2HTermReq(t)) => Ok(t),
-            RawEvent::Pdu(_) => Err(InitiatorError::Protocol { what: "expected a C2HTermReq" }),
+            RawEvent::Pdu(_) => Err(InitiatorError::Protocol {
+                what: "expected a C2HTermReq",
+            }),
             RawEvent::Eof => Err(InitiatorError::eof()),
         }
     }
@@ -146,7 +162,9 @@ impl RawConn {
     pub async fn expect_eof(&mut self) -> Result<()> {
         match self.recv().await? {
             RawEvent::Eof => Ok(()),
-            RawEvent::Pdu(_) => Err(InitiatorError::Protocol { what: "expected the end of the connection" }),
+            RawEvent::Pdu(_) => Err(InitiatorError::Protocol {
+                what: "expected the end of the connection",
+            }),
         }
     }
 
