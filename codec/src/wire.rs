@@ -15,7 +15,11 @@ pub struct Short {
 
 impl std::fmt::Display for Short {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "buffer too short for field `{}` at byte {}", self.field, self.offset)
+        write!(
+            f,
+            "buffer too short for field `{}` at byte {}",
+            self.field, self.offset
+        )
     }
 }
 
@@ -45,7 +49,10 @@ impl<'a> Reader<'a> {
 
     /// Take `n` bytes, or fail naming `field`.
     pub fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], Short> {
-        let short = Short { field, offset: self.pos };
+        let short = Short {
+            field,
+            offset: self.pos,
+        };
         let end = self.pos.checked_add(n).ok_or(short)?;
         let s = self.buf.get(self.pos..end).ok_or(short)?;
         self.pos = end;
@@ -86,7 +93,10 @@ impl<'a> Reader<'a> {
 /// asserts; out-of-range offsets are our bug, so they are reported by `debug_assert` and read as 0.
 #[inline]
 pub fn get_u16<const N: usize>(b: &[u8; N], off: usize) -> u16 {
-    debug_assert!(off + 2 <= N, "get_u16 offset {off} outside a {N}-byte structure");
+    debug_assert!(
+        off + 2 <= N,
+        "get_u16 offset {off} outside a {N}-byte structure"
+    );
     match b.get(off..off + 2) {
         Some(s) => u16::from_le_bytes([s[0], s[1]]),
         None => 0,
@@ -95,7 +105,10 @@ pub fn get_u16<const N: usize>(b: &[u8; N], off: usize) -> u16 {
 
 #[inline]
 pub fn get_u32<const N: usize>(b: &[u8; N], off: usize) -> u32 {
-    debug_assert!(off + 4 <= N, "get_u32 offset {off} outside a {N}-byte structure");
+    debug_assert!(
+        off + 4 <= N,
+        "get_u32 offset {off} outside a {N}-byte structure"
+    );
     match b.get(off..off + 4) {
         Some(s) => u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
         None => 0,
@@ -104,7 +117,10 @@ pub fn get_u32<const N: usize>(b: &[u8; N], off: usize) -> u32 {
 
 #[inline]
 pub fn get_u64<const N: usize>(b: &[u8; N], off: usize) -> u64 {
-    debug_assert!(off + 8 <= N, "get_u64 offset {off} outside a {N}-byte structure");
+    debug_assert!(
+        off + 8 <= N,
+        "get_u64 offset {off} outside a {N}-byte structure"
+    );
     match b.get(off..off + 8) {
         Some(s) => {
             let mut a = [0u8; 8];
@@ -117,7 +133,10 @@ pub fn get_u64<const N: usize>(b: &[u8; N], off: usize) -> u64 {
 
 #[inline]
 pub fn put_u16<const N: usize>(b: &mut [u8; N], off: usize, v: u16) {
-    debug_assert!(off + 2 <= N, "put_u16 offset {off} outside a {N}-byte structure");
+    debug_assert!(
+        off + 2 <= N,
+        "put_u16 offset {off} outside a {N}-byte structure"
+    );
     if let Some(s) = b.get_mut(off..off + 2) {
         s.copy_from_slice(&v.to_le_bytes());
     }
@@ -125,7 +144,10 @@ pub fn put_u16<const N: usize>(b: &mut [u8; N], off: usize, v: u16) {
 
 #[inline]
 pub fn put_u32<const N: usize>(b: &mut [u8; N], off: usize, v: u32) {
-    debug_assert!(off + 4 <= N, "put_u32 offset {off} outside a {N}-byte structure");
+    debug_assert!(
+        off + 4 <= N,
+        "put_u32 offset {off} outside a {N}-byte structure"
+    );
     if let Some(s) = b.get_mut(off..off + 4) {
         s.copy_from_slice(&v.to_le_bytes());
     }
@@ -133,7 +155,10 @@ pub fn put_u32<const N: usize>(b: &mut [u8; N], off: usize, v: u32) {
 
 #[inline]
 pub fn put_u64<const N: usize>(b: &mut [u8; N], off: usize, v: u64) {
-    debug_assert!(off + 8 <= N, "put_u64 offset {off} outside a {N}-byte structure");
+    debug_assert!(
+        off + 8 <= N,
+        "put_u64 offset {off} outside a {N}-byte structure"
+    );
     if let Some(s) = b.get_mut(off..off + 8) {
         s.copy_from_slice(&v.to_le_bytes());
     }
@@ -156,7 +181,13 @@ mod tests {
     fn reader_names_the_missing_field() {
         let mut r = Reader::new(&[1, 0, 2]);
         assert_eq!(r.u16("hlen"), Ok(1));
-        assert_eq!(r.u16("plen"), Err(Short { field: "plen", offset: 2 }));
+        assert_eq!(
+            r.u16("plen"),
+            Err(Short {
+                field: "plen",
+                offset: 2
+            })
+        );
         // A failed read consumes nothing.
         assert_eq!(r.u8("pdo"), Ok(2));
         assert_eq!(r.remaining(), 0);

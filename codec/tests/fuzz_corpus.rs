@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 fn entry(name: &str) -> Option<fn(&[u8])> {
     match name {
         "pdu_stream" => Some(codec::pdu::fuzz::pdu_stream),
+        "command" => Some(codec::pdu::fuzz::command),
         _ => None,
     }
 }

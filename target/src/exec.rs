@@ -14,6 +14,7 @@ use codec::nvme::Status;
 use codec::nvme::cmd::{Command, DataDir};
 use codec::nvme::fabrics::{Cc, Csts};
 
+use crate::bufpool::BufPool;
 use crate::ctrl::Controller;
 use crate::subsys::{Registry, lock};
 use crate::{admin, discovery, fabrics, io};
@@ -103,6 +104,8 @@ pub struct Queue {
     pub sq_flow_disabled: bool,
     /// An internal (server-to-server) connection: every I/O command must be stamped.
     pub internal: bool,
+    /// Data buffers for reads on this queue, recycled after they are sent.
+    pub pool: BufPool,
 }
 
 /// Commands a queue holds before Connect sets its real size (Connect is the only one legal).
@@ -169,7 +172,7 @@ pub fn execute(
             if let Err(st) = check_enabled(&ctrl) {
                 return st.into();
             }
-            io::execute(&ctrl, queue.internal, sqe, io, data)
+            io::execute(&ctrl, queue.internal, sqe, io, data, &mut queue.pool)
         }
     }
 }

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use codec::nvme::Sqe;
 use codec::nvme::Status;
 use codec::nvme::cmd::{DatasetManagement, DsmRange, IoCommand, Rw, WriteZeroes};
 
+use crate::bufpool::BufPool;
 use crate::ctrl::Controller;
 use crate::exec::{Completion, Outcome};
 use crate::namespace::Namespace;
@@ -25,6 +26,7 @@ pub fn execute(
     _sqe: &Sqe,
     cmd: IoCommand,
     data: Bytes,
+    pool: &mut BufPool,
 ) -> Outcome {
     // Invariant 1: nothing stamped with generation g runs unless this server is at g.
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
@@ -61,7 +63,7 @@ pub fn execute(
         return Status::INVALID_NS.with_dnr().into();
     };
     let run = match cmd {
-        IoCommand::Read(rw) => read(ctrl, &ns, rw),
+        IoCommand::Read(rw) => read(ctrl, &ns, rw, pool),
         IoCommand::Write(rw) => write(ctrl, &ns, rw, data),
         IoCommand::Compare(rw) => compare(&ns, rw, data),
         IoCommand::Flush(_) => {
@@ -88,15 +90,22 @@ fn done(r: Result<(), hw::IoError>) -> Completion {
     }
 }
 
-fn read(ctrl: &Arc<Controller>, ns: &Namespace, rw: Rw) -> Result<Outcome, Status> {
+fn read(
+    ctrl: &Arc<Controller>,
+    ns: &Namespace,
+    rw: Rw,
+    pool: &mut BufPool,
+) -> Result<Outcome, Status> {
     let (off, len) = ns.byte_range(rw.slba, u64::from(rw.nlb))?;
     let len = usize::try_from(len).map_err(|_| Status::INVALID_FIELD.with_dnr())?;
-    let mut f = ns.volume.read(off, BytesMut::zeroed(len));
+    let mut f = ns.volume.read(off, pool.take(len));
     if let Some(r) = f.take_ready() {
         return Ok(read_done(ctrl, r).into());
     }
     let ctrl = Arc::clone(ctrl);
-    Ok(Outcome::Pending(Box::pin(async move { read_done(&ctrl, f.await) })))
+    Ok(Outcome::Pending(Box::pin(async move {
+        read_done(&ctrl, f.await)
+    })))
 }
 
 fn read_done(ctrl: &Controller, r: Result<Bytes, hw::IoError>) -> Completion {
@@ -126,7 +135,9 @@ fn write(ctrl: &Arc<Controller>, ns: &Namespace, rw: Rw, data: Bytes) -> Result<
         return Ok(write_done(ctrl, len, r).into());
     }
     let ctrl = Arc::clone(ctrl);
-    Ok(Outcome::Pending(Box::pin(async move { write_done(&ctrl, len, f.await) })))
+    Ok(Outcome::Pending(Box::pin(async move {
+        write_done(&ctrl, len, f.await)
+    })))
 }
 
 fn write_done(ctrl: &Controller, len: u64, r: Result<(), hw::IoError>) -> Completion {
@@ -146,7 +157,7 @@ fn compare(ns: &Namespace, rw: Rw, data: Bytes) -> Result<Outcome, Status> {
         return Err(Status::SGL_INVALID_DATA_LEN.with_dnr());
     }
     let len = usize::try_from(len).map_err(|_| Status::INVALID_FIELD.with_dnr())?;
-    let f = ns.volume.read(off, BytesMut::zeroed(len));
+    let f = ns.volume.read(off, vec![0u8; len]);
     Ok(Outcome::Pending(Box::pin(async move {
         match f.await {
             Ok(b) if b == data => Completion::ok(),

@@ -7,6 +7,7 @@
 //! through the `volume::Volume` trait.
 
 pub mod admin;
+pub mod bufpool;
 pub mod config;
 pub mod ctrl;
 pub mod discovery;

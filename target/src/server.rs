@@ -36,6 +36,8 @@ pub struct TargetOptions {
     pub reactors: usize,
     /// Pin reactor i to CPU `cpus[i % len]` (none: let the kernel place them).
     pub cpus: Vec<usize>,
+    /// Called first on every reactor thread (tests use it to mark the threads they measure).
+    pub on_reactor_start: Option<fn()>,
 }
 
 struct Reactor {
@@ -75,9 +77,9 @@ impl Target {
     ) -> std::io::Result<Self> {
         let mut listeners = Vec::new();
         for a in listen {
-            let l = TcpListener::bind(a).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))
-            })?;
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
             listeners.push(l);
         }
         let (shutdown, _) = watch::channel(false);
@@ -92,6 +94,7 @@ impl Target {
             reactors.push(spawn_reactor(
                 i,
                 cpu,
+                opts.on_reactor_start,
                 Arc::clone(&registry),
                 opts.transport,
                 shutdown.subscribe(),
@@ -159,6 +162,7 @@ fn pin_to_cpu(cpu: usize) {
 fn spawn_reactor(
     index: usize,
     cpu: Option<usize>,
+    on_start: Option<fn()>,
     registry: Arc<Registry>,
     cfg: TransportConfig,
     shutdown: watch::Receiver<bool>,
@@ -175,6 +179,9 @@ fn spawn_reactor(
         .spawn(move || {
             if let Some(cpu) = cpu {
                 pin_to_cpu(cpu);
+            }
+            if let Some(f) = on_start {
+                f();
             }
             rt.block_on(async move {
                 let mut conns = JoinSet::new();
@@ -218,7 +225,10 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let total: usize = reactors.iter().map(|r| r.live.load(Ordering::Relaxed)).sum();
+        let total: usize = reactors
+            .iter()
+            .map(|r| r.live.load(Ordering::Relaxed))
+            .sum();
         tokio::select! {
             _ = shutdown.changed() => break,
             r = l.accept(), if total < CONNECTIONS_MAX => match r {

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hw::{Backend, IoError};
 
 /// Result of a volume operation.
@@ -100,7 +100,7 @@ pub trait Volume: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Fills `buf` (all of its length) from `offset` and returns it frozen. The caller supplies
     /// the buffer so that it can come from a per-connection pool.
-    fn read(&self, offset: u64, buf: BytesMut) -> IoFuture<Bytes>;
+    fn read(&self, offset: u64, buf: Vec<u8>) -> IoFuture<Bytes>;
     /// Writes `data` at `offset`; with `fua` it is durable on completion.
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()>;
     /// Zeroes a range.
@@ -141,17 +141,20 @@ impl Volume for LocalVolume {
         self.backend.kind()
     }
 
-    fn read(&self, offset: u64, mut buf: BytesMut) -> IoFuture<Bytes> {
+    fn read(&self, offset: u64, mut buf: Vec<u8>) -> IoFuture<Bytes> {
         if self.inline {
-            // No Arc clone, no closure: the inline path is a plain call.
+            // No Arc clone, no closure: the inline path is a plain call. `Bytes::from` a Vec
+            // whose length equals its capacity allocates nothing.
             return IoFuture::Ready(Some(
-                self.backend.read_at(offset, &mut buf).map(|()| buf.freeze()),
+                self.backend
+                    .read_at(offset, &mut buf)
+                    .map(|()| Bytes::from(buf)),
             ));
         }
         let b = Arc::clone(&self.backend);
         IoFuture::run(false, move || {
             b.read_at(offset, &mut buf)?;
-            Ok(buf.freeze())
+            Ok(Bytes::from(buf))
         })
     }
 

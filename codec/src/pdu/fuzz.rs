@@ -133,3 +133,58 @@ fn round_trip(role: Role, params: &ConnParams, is_ic: bool, pdu: &Pdu) {
         "invariant: our encoding is exactly one PDU"
     );
 }
+
+/// Feed `input` to command parsing: byte 0 picks the queue kind (bit 0: I/O) and the LBA size
+/// (bit 1: 4096, else 512); the next 64 bytes are the SQE (zero-padded when short).
+///
+/// Checks, besides "never panics": a parsed I/O command's data length is its NLB times the LBA
+/// size; a parsed command rebuilt with `to_sqe` parses back to the same command.
+pub fn command(input: &[u8]) {
+    use crate::nvme::cmd::{self, Command, QueueKind};
+    use crate::nvme::{SQE_LEN, SglDescriptor, Sqe};
+
+    let Some((&cfg, rest)) = input.split_first() else {
+        return;
+    };
+    let mut raw = [0u8; SQE_LEN];
+    let n = rest.len().min(SQE_LEN);
+    raw[..n].copy_from_slice(&rest[..n]);
+    let sqe = Sqe::from_bytes(raw);
+    let kind = if cfg & 1 == 0 {
+        QueueKind::Admin
+    } else {
+        QueueKind::Io
+    };
+    let lba: u32 = if cfg & 2 == 0 { 512 } else { 4096 };
+    let Ok(parsed) = cmd::parse(&sqe, kind) else {
+        return;
+    };
+    let dir_len = match &parsed {
+        Command::Admin(a) => a.data_dir().len(),
+        Command::Fabrics(f) => f.data_dir().len(),
+        Command::Io(io) => {
+            let d = io.data_dir(lba);
+            if let cmd::IoCommand::Read(rw) | cmd::IoCommand::Write(rw) = io {
+                assert_eq!(
+                    d.len(),
+                    u64::from(rw.nlb) * u64::from(lba),
+                    "I/O data length"
+                );
+            }
+            d.len()
+        }
+    };
+    // Rebuild with a descriptor of the same length and parse again.
+    let sgl = SglDescriptor::transport(u32::try_from(dir_len).unwrap_or(u32::MAX));
+    let rebuilt = match &parsed {
+        Command::Admin(a) => a.to_sqe(sqe.cid(), sgl),
+        Command::Fabrics(f) => f.to_sqe(sqe.cid(), sgl),
+        Command::Io(io) => io.to_sqe(sqe.cid(), sgl),
+    };
+    let again = cmd::parse(&rebuilt, kind);
+    assert_eq!(
+        again.as_ref(),
+        Ok(&parsed),
+        "command does not survive to_sqe + parse"
+    );
+}

@@ -471,6 +471,39 @@ impl PduCodec {
         pdu: &Pdu,
         dst: &mut BytesMut,
     ) -> Result<Option<DataTail>, PduError> {
+        Ok(self.encode_head_inner(pdu, dst)?.map(|ddgst| DataTail {
+            data: pdu.data().cloned().unwrap_or_default(),
+            ddgst,
+        }))
+    }
+
+    /// [`PduCodec::encode_head`] that takes the PDU by value and moves its data into the
+    /// [`DataTail`] instead of cloning the `Bytes` handle: no reference-count traffic, and a
+    /// `Bytes` built from a `Vec` stays uniquely owned, so the caller can recycle its buffer
+    /// after the write (the target's per-connection buffer pool relies on this).
+    pub fn encode_head_owned(
+        &mut self,
+        mut pdu: Pdu,
+        dst: &mut BytesMut,
+    ) -> Result<Option<DataTail>, PduError> {
+        let Some(ddgst) = self.encode_head_inner(&pdu, dst)? else {
+            return Ok(None);
+        };
+        let data = match &mut pdu {
+            Pdu::CapsuleCmd(c) => std::mem::take(&mut c.data),
+            Pdu::H2CData(d) => std::mem::take(&mut d.data),
+            Pdu::C2HData(d) => std::mem::take(&mut d.data),
+            _ => Bytes::new(),
+        };
+        Ok(Some(DataTail { data, ddgst }))
+    }
+
+    /// Encodes the header area; `Some(digest trailer)` when data follows.
+    fn encode_head_inner(
+        &mut self,
+        pdu: &Pdu,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Option<[u8; DIGEST_LEN]>>, PduError> {
         let ty = pdu.pdu_type();
         if !self.role.may_send(ty) {
             return Err(PduError::invalid_input(
@@ -478,7 +511,7 @@ impl PduCodec {
             ));
         }
         check_encodable(pdu, &self.params)?;
-        let data = pdu.data().cloned().unwrap_or_default();
+        let data: &[u8] = pdu.data().map_or(&[], |b| &b[..]);
         let hdgst = self.params.hdgst && valid_flags(ty) & flags::HDGSTF != 0;
         let ddgst = self.params.ddgst && !data.is_empty();
         let hlen = ty.hlen().unwrap_or(0);
@@ -535,8 +568,8 @@ impl PduCodec {
         }
         // PAD: zeros up to PDO.
         dst.put_bytes(0, (start + pdo).saturating_sub(dst.len()));
-        let ddgst = ddgst.then(|| crc32c(&data).to_le_bytes());
-        Ok(Some(DataTail { data, ddgst }))
+        let ddgst = ddgst.then(|| crc32c(data).to_le_bytes());
+        Ok(Some(ddgst))
     }
 }
 

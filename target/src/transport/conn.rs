@@ -40,6 +40,9 @@ const IC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from the socket per `read` call at most (many PDUs per syscall).
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Free space below which the receive buffer is topped up before the next read.
+const READ_FREE_MIN: usize = 16 * 1024;
+
 /// A write waiting for its data through R2T/H2CData (NVMe/TCP 1.0, section 3.4.3).
 struct PendingWrite {
     cid: u16,
@@ -98,7 +101,7 @@ pub async fn serve(
             Ok(()) => debug!("connection closed"),
             Err(e) => debug!(error = %e, "connection ended"),
         }
-        c.out.close().await;
+        c.out.close(&mut c.queue.pool).await;
         c.finish();
     }
     .instrument(span)
@@ -181,7 +184,10 @@ impl Conn {
                 {
                     self.complete(cid, done)?;
                 }
-                self.out.flush().await.map_err(End::Io)?;
+                self.out
+                    .flush(&mut self.queue.pool)
+                    .await
+                    .map_err(End::Io)?;
             }
             tokio::select! {
                 biased;
@@ -205,8 +211,14 @@ impl Conn {
                     return Err(End::Closed("no ICReq in time"));
                 }
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                self.rbuf.reserve(READ_CHUNK);
+            if self.rbuf.capacity() - self.rbuf.len() < READ_FREE_MIN {
+                // Ask for no more than the original buffer holds: once every PDU carved out of
+                // it has been dropped, BytesMut takes the same allocation back instead of
+                // allocating (the decoder reserves a whole large PDU itself when it needs to).
+                let want = READ_CHUNK
+                    .saturating_sub(self.rbuf.len())
+                    .max(READ_FREE_MIN);
+                self.rbuf.reserve(want);
             }
         }
     }
@@ -229,7 +241,7 @@ impl Conn {
                 () = &mut deadline => break,
             }
         }
-        self.out.close().await;
+        self.out.close(&mut self.queue.pool).await;
         Err(End::Closed(why))
     }
 
@@ -271,9 +283,11 @@ impl Conn {
         let msg = e.to_string();
         if let Some(term) = e.term_req() {
             debug!(error = %msg, "malformed PDU: sending C2HTermReq");
-            let _ = self.out.push(&mut self.codec, &Pdu::C2HTermReq(term));
+            let _ = self
+                .out
+                .push(&mut self.codec, Pdu::C2HTermReq(term), &mut self.queue.pool);
         }
-        self.out.close().await;
+        self.out.close(&mut self.queue.pool).await;
         End::Fatal(msg)
     }
 
@@ -284,7 +298,9 @@ impl Conn {
             fei,
             data: Bytes::new(),
         };
-        let _ = self.out.push(&mut self.codec, &Pdu::C2HTermReq(term));
+        let _ = self
+            .out
+            .push(&mut self.codec, Pdu::C2HTermReq(term), &mut self.queue.pool);
         End::Fatal(what.to_string())
     }
 
@@ -327,7 +343,7 @@ impl Conn {
             maxh2cdata: self.cfg.max_h2c_data,
         };
         self.out
-            .push(&mut self.codec, &Pdu::IcResp(resp))
+            .push(&mut self.codec, Pdu::IcResp(resp), &mut self.queue.pool)
             .map_err(|e| End::Fatal(e.to_string()))?;
         let mut p = self.cfg.limits(self.cfg.admin_incapsule);
         p.hdgst = ic.hdgst;
@@ -454,13 +470,12 @@ impl Conn {
         let Ok(ttag16) = u16::try_from(ttag) else {
             return self.respond(cid, Completion::status(Status::INTERNAL));
         };
-        let mut buf = BytesMut::new();
-        buf.reserve(len as usize);
+        // The buffer is reserved on the first H2CData that does not carry everything.
         self.pending[ttag] = Some(PendingWrite {
             cid,
             sqe,
             cmd,
-            buf,
+            buf: BytesMut::new(),
             len,
             solicited: 0,
         });
@@ -471,28 +486,32 @@ impl Conn {
     fn send_r2ts(&mut self, ttag: u16) -> Result<(), End> {
         let max_r2t_len = self.cfg.r2t_len_max;
         let outstanding_max = self.host_maxr2t.min(self.cfg.r2t_outstanding_max);
-        let Some(Some(p)) = self.pending.get_mut(usize::from(ttag)) else {
+        // Borrow the fields apart: the pending write and the output queue are disjoint.
+        let Conn {
+            pending,
+            out,
+            codec,
+            queue,
+            ..
+        } = self;
+        let Some(Some(p)) = pending.get_mut(usize::from(ttag)) else {
             return Ok(());
         };
         let received = u32::try_from(p.buf.len()).unwrap_or(u32::MAX);
-        let mut r2ts = Vec::new();
         while p.solicited < p.len {
             let outstanding = (p.solicited - received).div_ceil(max_r2t_len);
             if outstanding >= outstanding_max {
                 break;
             }
             let n = (p.len - p.solicited).min(max_r2t_len);
-            r2ts.push(R2T {
+            let r2t = R2T {
                 cccid: p.cid,
                 ttag,
                 r2to: p.solicited,
                 r2tl: n,
-            });
+            };
             p.solicited += n;
-        }
-        for r in r2ts {
-            self.out
-                .push(&mut self.codec, &Pdu::R2T(r))
+            out.push(codec, Pdu::R2T(r2t), &mut queue.pool)
                 .map_err(|e| End::Fatal(e.to_string()))?;
         }
         Ok(())
@@ -533,6 +552,17 @@ impl Conn {
                 0,
                 "H2CData beyond the solicited range",
             ));
+        }
+        if received == 0 && end == p.len {
+            // One H2CData carries the whole transfer (Linux: R2TL = MAXH2CDATA = MDTS): use
+            // its bytes where they landed in the receive buffer, no copy.
+            let Some(p) = self.pending[idx].take() else {
+                return Ok(());
+            };
+            return self.execute(p.cid, p.sqe, p.cmd, d.data);
+        }
+        if p.buf.capacity() == 0 {
+            p.buf.reserve(p.len as usize);
         }
         p.buf.extend_from_slice(&d.data);
         if end == p.len {
@@ -608,7 +638,7 @@ impl Conn {
                 data,
             });
             self.out
-                .push(&mut self.codec, &pdu)
+                .push(&mut self.codec, pdu, &mut self.queue.pool)
                 .map_err(|e| End::Fatal(e.to_string()))?;
             resp_needed = !success;
         }
@@ -621,7 +651,11 @@ impl Conn {
             cqe.set_sqid(self.queue.qid);
             cqe.set_status_field(done.status.field());
             self.out
-                .push(&mut self.codec, &Pdu::CapsuleResp(CapsuleResp { cqe }))
+                .push(
+                    &mut self.codec,
+                    Pdu::CapsuleResp(CapsuleResp { cqe }),
+                    &mut self.queue.pool,
+                )
                 .map_err(|e| End::Fatal(e.to_string()))?;
         }
         if done.close_after {
