@@ -49,14 +49,14 @@ fn identify_cmd(
             let ns = subsys
                 .namespace(id.nsid)
                 .ok_or(Status::INVALID_NS.with_dnr())?;
-            identify::namespace(ns).to_vec()
+            identify::namespace(&ns).to_vec()
         }
         cns::ACTIVE_NSID_LIST => identify::active_ns_list(subsys, id.nsid).to_vec(),
         cns::NS_ID_DESCRIPTOR_LIST => {
             let ns = subsys
                 .namespace(id.nsid)
                 .ok_or(Status::INVALID_NS.with_dnr())?;
-            identify::ns_descriptors(ns).to_vec()
+            identify::ns_descriptors(&ns).to_vec()
         }
         // I/O Command Set specific structures for the NVM command set (CSI 0): all fields are
         // reserved or zero for us (no PI, no extended LBA formats).
@@ -71,7 +71,7 @@ fn identify_cmd(
             let ns = subsys
                 .namespace(id.nsid)
                 .ok_or(Status::INVALID_NS.with_dnr())?;
-            identify::cs_independent_namespace(ns).to_vec()
+            identify::cs_independent_namespace(&ns).to_vec()
         }
         _ => return Err(Status::INVALID_FIELD.with_dnr()),
     };
@@ -172,7 +172,7 @@ fn set_features(
         }
         FeatureId::VOLATILE_WRITE_CACHE => {
             let any_volatile = ctrl.subsys.as_ref().is_some_and(|s| {
-                s.namespaces
+                s.namespaces()
                     .values()
                     .any(|n| n.volume.volatile_write_cache())
             });

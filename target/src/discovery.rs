@@ -101,8 +101,8 @@ pub fn log_page(registry: &Registry, hostnqn: &str) -> DiscoveryLog {
             subtype::CURRENT_DISCOVERY,
             DISCOVERY_NQN,
         ));
-        for s in registry.subsystems.values() {
-            if s.hosts.allows(hostnqn) {
+        for s in registry.subsystems().values() {
+            if s.hosts_allow(hostnqn) {
                 entries.push(entry(addr, portid, subtype::NVME, &s.nqn));
             }
         }

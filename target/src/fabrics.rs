@@ -130,7 +130,7 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
             tracing::debug!(subnqn = %d.subnqn, "Connect to an unknown subsystem");
             return reject(ConnectReject::invalid_data_field(connect_data_off::SUBNQN));
         };
-        if !subsys.hosts.allows(&d.hostnqn) {
+        if !subsys.hosts_allow(&d.hostnqn) {
             tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect from a host that is not allowed");
             return reject(ConnectReject::invalid_host());
         }
@@ -139,11 +139,11 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
                 return reject(ConnectReject::invalid_data_field(connect_data_off::CNTLID));
             }
             let vwc = subsys
-                .namespaces
+                .namespaces()
                 .values()
                 .any(|n| n.volume.volatile_write_cache());
             let reg = Arc::clone(registry);
-            let sub = Arc::clone(subsys);
+            let sub = Arc::clone(&subsys);
             let made = subsys.add_controller(|id| {
                 Arc::new(Controller::new(
                     id,
@@ -185,6 +185,7 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
     };
     tracing::debug!(cntlid = ctrl.cntlid, qid = c.qid, sqsize = c.sqsize, hostnqn = %ctrl.hostnqn, "queue connected");
     let cntlid = ctrl.cntlid;
+    queue.internal = ctrl.subsys.as_ref().is_some_and(|s| s.internal);
     queue.qid = c.qid;
     queue.sqsize = c.sqsize;
     queue.sq_flow_disabled = c.sq_flow_control_disabled();
@@ -275,7 +276,7 @@ fn property_set(queue: &Queue, p: PropertySet) -> Outcome {
     // Shutdown notification: make volatile data durable, then report shutdown complete.
     Outcome::Pending(Box::pin(async move {
         if let Some(s) = &ctrl.subsys {
-            for ns in s.namespaces.values() {
+            for ns in s.namespaces().values() {
                 if ns.volume.volatile_write_cache()
                     && let Err(e) = ns.volume.flush().await
                 {

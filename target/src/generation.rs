@@ -26,6 +26,25 @@ pub struct Mismatch {
     pub dw1: u32,
 }
 
+/// One mismatch, as reported to the management service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MismatchReport {
+    pub kind: MismatchKind,
+    pub stamp: u64,
+    pub current: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MismatchKind {
+    Stale,
+    Behind,
+    Unstamped,
+}
+
+/// Reports queued for the reporter task at most; past it they are counted as dropped (the
+/// counters in log C0h stay exact).
+pub const REPORT_QUEUE_MAX: usize = 1024;
+
 /// This server's generation and the mismatch counters behind vendor log page C0h.
 #[derive(Debug, Default)]
 pub struct GenerationState {
@@ -36,6 +55,12 @@ pub struct GenerationState {
     pub reports_sent: AtomicU64,
     pub reports_dropped: AtomicU64,
     pub checked: AtomicU64,
+    /// Woken on every install (commands waiting for a newer map).
+    installed: tokio::sync::Notify,
+    /// Where mismatch reports go (cluster mode); none for a standalone server.
+    reports: std::sync::OnceLock<tokio::sync::mpsc::Sender<MismatchReport>>,
+    /// How long a command stamped ahead of us waits for our map to catch up (0: not at all).
+    pub behind_wait_ms: AtomicU64,
 }
 
 impl GenerationState {
@@ -52,6 +77,41 @@ impl GenerationState {
     /// Installs a new generation (the cluster's map push). Generations only move forward.
     pub fn install(&self, generation: u64) {
         self.current.fetch_max(generation, Ordering::AcqRel);
+        self.installed.notify_waiters();
+    }
+
+    /// Waits until this server is at `generation` or later, at most `timeout`.
+    pub async fn wait_for(&self, generation: u64, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.installed.notified();
+            if self.current() >= generation {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.current() >= generation;
+            }
+        }
+    }
+
+    /// Sends mismatch reports to `tx` from now on (cluster mode).
+    pub fn set_reporter(&self, tx: tokio::sync::mpsc::Sender<MismatchReport>) {
+        let _ = self.reports.set(tx);
+    }
+
+    fn report(&self, kind: MismatchKind, stamp: u64, current: u64) {
+        if let Some(tx) = self.reports.get() {
+            if tx
+                .try_send(MismatchReport {
+                    kind,
+                    stamp,
+                    current,
+                })
+                .is_err()
+            {
+                self.reports_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Checks one command's stamp. `internal` connections must stamp every command.
@@ -60,6 +120,7 @@ impl GenerationState {
         if stamp == 0 {
             if internal {
                 self.unstamped_rejected.fetch_add(1, Ordering::Relaxed);
+                self.report(MismatchKind::Unstamped, 0, cur);
                 return Err(Mismatch {
                     status: Status::INVALID_FIELD.with_dnr(),
                     dw0: low(cur),
@@ -73,6 +134,7 @@ impl GenerationState {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Less => {
                 self.stale_seen.fetch_add(1, Ordering::Relaxed);
+                self.report(MismatchKind::Stale, stamp, cur);
                 Err(Mismatch {
                     status: Status::STALE_MAP,
                     dw0: low(cur),
@@ -81,6 +143,7 @@ impl GenerationState {
             }
             std::cmp::Ordering::Greater => {
                 self.behind_seen.fetch_add(1, Ordering::Relaxed);
+                self.report(MismatchKind::Behind, stamp, cur);
                 Err(Mismatch {
                     status: Status::SERVER_BEHIND.with_crd(SERVER_BEHIND_CRD),
                     dw0: low(cur),

@@ -66,13 +66,11 @@ pub fn controller(ctrl: &Controller) -> [u8; IDENTIFY_DATA_LEN] {
 }
 
 fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
-    let vwc = s
-        .namespaces
-        .values()
-        .any(|n| n.volume.volatile_write_cache());
+    let namespaces = s.namespaces();
+    let vwc = namespaces.values().any(|n| n.volume.volatile_write_cache());
     // NN: the largest NSID in use (at least 1). MNAN must be non-zero and at most NN when ANA
     // is reported (Linux refuses the controller otherwise: "Invalid MNAN value").
-    let nn = s.namespaces.keys().next_back().copied().unwrap_or(1).max(1);
+    let nn = namespaces.keys().next_back().copied().unwrap_or(1).max(1);
     IdentifyController {
         sn: s.serial.clone(),
         mn: s.model.clone(),
@@ -187,7 +185,7 @@ pub fn cs_independent_namespace(_ns: &Namespace) -> [u8; IDENTIFY_DATA_LEN] {
 
 /// Active Namespace ID list (CNS 02h): NSIDs greater than `after`, ascending.
 pub fn active_ns_list(s: &Subsystem, after: u32) -> [u8; IDENTIFY_DATA_LEN] {
-    let nsids: Vec<u32> = s.namespaces.keys().copied().collect();
+    let nsids: Vec<u32> = s.namespaces().keys().copied().collect();
     identify::active_ns_list(&nsids, after)
 }
 

@@ -20,6 +20,10 @@ use crate::volume::Volume;
 /// NSID FFFFFFFFh: "all namespaces" (Flush only, when VWC reports broadcast support).
 pub const NSID_BROADCAST: u32 = 0xFFFF_FFFF;
 
+/// How long a command stamped with a newer generation than ours waits for our map to catch up
+/// before it completes with "server behind" (cluster mode; docs/cluster-protocol.md).
+pub const BEHIND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn execute(
     ctrl: &Arc<Controller>,
     internal: bool,
@@ -28,17 +32,97 @@ pub fn execute(
     data: Bytes,
     pool: &mut BufPool,
 ) -> Outcome {
+    // Cluster nodes: pass the install gate first, so that a command held while a new map is
+    // installed is checked against that map.
+    let pass = match &ctrl.registry.gate {
+        None => None,
+        Some(gate) => match gate.try_enter() {
+            Some(p) => Some(p),
+            None => {
+                let gate = Arc::clone(gate);
+                let ctrl = Arc::clone(ctrl);
+                return Outcome::Pending(Box::pin(async move {
+                    let pass = gate.enter().await;
+                    checked(&ctrl, internal, cmd, data, None, Some(pass)).await
+                }));
+            }
+        },
+    };
     // Invariant 1: nothing stamped with generation g runs unless this server is at g.
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
-    if let Err(m) = ctrl.registry.generation.check(stamp, internal) {
-        return Completion {
-            status: m.status,
-            dw0: m.dw0,
-            dw1: m.dw1,
-            ..Completion::default()
+    let generation = &ctrl.registry.generation;
+    match generation.check(stamp, internal) {
+        Ok(()) => with_pass(run(ctrl, cmd, data, Some(pool)), pass),
+        Err(m)
+            if m.status.same_code(Status::SERVER_BEHIND)
+                && generation.behind_wait_ms.load(Ordering::Relaxed) > 0 =>
+        {
+            // Ahead of us: our map is on its way (watch stream); wait for it, bounded. The gate
+            // pass is released meanwhile so an install can proceed.
+            drop(pass);
+            let ctrl = Arc::clone(ctrl);
+            Outcome::Pending(Box::pin(async move {
+                let g = &ctrl.registry.generation;
+                let wait =
+                    std::time::Duration::from_millis(g.behind_wait_ms.load(Ordering::Relaxed));
+                g.wait_for(stamp, wait).await;
+                let pass = match &ctrl.registry.gate {
+                    Some(gate) => Some(gate.enter().await),
+                    None => None,
+                };
+                checked(&ctrl, internal, cmd, data, None, pass).await
+            }))
         }
-        .into();
+        Err(m) => mismatch(m),
     }
+}
+
+fn mismatch(m: crate::generation::Mismatch) -> Outcome {
+    Completion {
+        status: m.status,
+        dw0: m.dw0,
+        dw1: m.dw1,
+        ..Completion::default()
+    }
+    .into()
+}
+
+/// Checks the stamp (again) and runs: the slow path, after waiting at the gate or for a map.
+async fn checked(
+    ctrl: &Arc<Controller>,
+    internal: bool,
+    cmd: IoCommand,
+    data: Bytes,
+    pool: Option<&mut BufPool>,
+    pass: Option<crate::gate::Pass>,
+) -> Completion {
+    let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
+    let outcome = match ctrl.registry.generation.check(stamp, internal) {
+        Ok(()) => run(ctrl, cmd, data, pool),
+        Err(m) => mismatch(m),
+    };
+    let c = match outcome {
+        Outcome::Done(c) | Outcome::Connected(c) => c,
+        Outcome::Pending(f) => f.await,
+    };
+    drop(pass);
+    c
+}
+
+/// Keeps the gate pass until the command has completed.
+fn with_pass(o: Outcome, pass: Option<crate::gate::Pass>) -> Outcome {
+    match (o, pass) {
+        (Outcome::Pending(f), Some(pass)) => Outcome::Pending(Box::pin(async move {
+            let c = f.await;
+            drop(pass);
+            c
+        })),
+        (o, _) => o,
+    }
+}
+
+/// Runs a command whose stamp passed.
+fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut BufPool>) -> Outcome {
     let Some(subsys) = &ctrl.subsys else {
         return Status::INVALID_OPCODE.with_dnr().into();
     };
@@ -46,7 +130,7 @@ pub fn execute(
         && f.nsid == NSID_BROADCAST
     {
         let vols: Vec<Arc<dyn Volume>> = subsys
-            .namespaces
+            .namespaces()
             .values()
             .map(|n| Arc::clone(&n.volume))
             .collect();
@@ -59,10 +143,10 @@ pub fn execute(
             Completion::ok()
         }));
     }
-    let Some(ns) = subsys.namespace(cmd.nsid()).cloned() else {
+    let Some(ns) = subsys.namespace(cmd.nsid()) else {
         return Status::INVALID_NS.with_dnr().into();
     };
-    let run = match cmd {
+    let r = match cmd {
         IoCommand::Read(rw) => read(ctrl, &ns, rw, pool),
         IoCommand::Write(rw) => write(ctrl, &ns, rw, data),
         IoCommand::Compare(rw) => compare(&ns, rw, data),
@@ -77,7 +161,7 @@ pub fn execute(
             Err(Status::INVALID_OPCODE.with_dnr())
         }
     };
-    run.unwrap_or_else(Outcome::from)
+    r.unwrap_or_else(Outcome::from)
 }
 
 fn done(r: Result<(), hw::IoError>) -> Completion {
@@ -94,11 +178,15 @@ fn read(
     ctrl: &Arc<Controller>,
     ns: &Namespace,
     rw: Rw,
-    pool: &mut BufPool,
+    pool: Option<&mut BufPool>,
 ) -> Result<Outcome, Status> {
     let (off, len) = ns.byte_range(rw.slba, u64::from(rw.nlb))?;
     let len = usize::try_from(len).map_err(|_| Status::INVALID_FIELD.with_dnr())?;
-    let mut f = ns.volume.read(off, pool.take(len));
+    let buf = match pool {
+        Some(p) => p.take(len),
+        None => vec![0u8; len],
+    };
+    let mut f = ns.volume.read(off, buf);
     if let Some(r) = f.take_ready() {
         return Ok(read_done(ctrl, r).into());
     }

@@ -13,6 +13,7 @@ pub mod ctrl;
 pub mod discovery;
 pub mod exec;
 pub mod fabrics;
+pub mod gate;
 pub mod generation;
 pub mod identify;
 pub mod initiator;

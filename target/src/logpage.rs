@@ -95,7 +95,7 @@ fn ana(ctrl: &Controller, groups_only: bool) -> Vec<u8> {
     let nsids = ctrl
         .subsys
         .as_ref()
-        .map(|s| s.namespaces.keys().copied().collect())
+        .map(|s| s.namespaces().keys().copied().collect())
         .unwrap_or_default();
     AnaLog {
         chgcnt: 1,

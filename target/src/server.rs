@@ -136,8 +136,8 @@ impl Target {
             }
         })
         .await;
-        for s in self.registry.subsystems.values() {
-            for ns in s.namespaces.values() {
+        for s in self.registry.subsystems().values() {
+            for ns in s.namespaces().values() {
                 if let Err(e) = ns.volume.flush().await {
                     tracing::error!(subnqn = %s.nqn, nsid = ns.nsid, error = %e, "flush at exit failed");
                 }

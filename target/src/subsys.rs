@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use arc_swap::ArcSwap;
+
 use crate::ctrl::Controller;
 use crate::generation::GenerationState;
 use crate::namespace::Namespace;
@@ -34,14 +36,20 @@ impl HostPolicy {
     }
 }
 
+/// Namespaces of a subsystem by NSID; replaced whole when the set changes (cluster map).
+pub type NamespaceMap = BTreeMap<u32, Arc<Namespace>>;
+
 /// An NVM subsystem: NQN, identity strings, namespaces and allowed hosts.
 pub struct Subsystem {
     pub nqn: String,
     pub serial: String,
     pub model: String,
-    pub hosts: HostPolicy,
-    pub namespaces: BTreeMap<u32, Arc<Namespace>>,
+    hosts: Mutex<HostPolicy>,
+    /// Read on every I/O command without a lock (one atomic load); written on map changes.
+    namespaces: ArcSwap<NamespaceMap>,
     ctrls: Mutex<CtrlTable>,
+    /// A server-to-server subsystem: every I/O command on it must carry a generation stamp.
+    pub internal: bool,
 }
 
 /// Live controllers of one subsystem, by CNTLID.
@@ -58,25 +66,87 @@ impl Subsystem {
         serial: String,
         model: String,
         hosts: HostPolicy,
-        namespaces: BTreeMap<u32, Arc<Namespace>>,
+        namespaces: NamespaceMap,
     ) -> Self {
+        Self::with_cntlid_range(
+            nqn, serial, model, hosts, namespaces, CNTLID_MIN, CNTLID_MAX,
+        )
+    }
+
+    /// A subsystem whose controllers get CNTLIDs in `[min, max]` (a cluster gives every server
+    /// a disjoint range so that multipath hosts see distinct controllers).
+    pub fn with_cntlid_range(
+        nqn: String,
+        serial: String,
+        model: String,
+        hosts: HostPolicy,
+        namespaces: NamespaceMap,
+        min: u16,
+        max: u16,
+    ) -> Self {
+        debug_assert!(
+            min >= CNTLID_MIN && min <= max && max <= CNTLID_MAX,
+            "CNTLID range"
+        );
         Self {
             nqn,
             serial,
             model,
-            hosts,
-            namespaces,
+            hosts: Mutex::new(hosts),
+            namespaces: ArcSwap::from_pointee(namespaces),
             ctrls: Mutex::new(CtrlTable {
                 by_id: HashMap::new(),
-                next: CNTLID_MIN,
-                min: CNTLID_MIN,
-                max: CNTLID_MAX,
+                next: min,
+                min,
+                max,
             }),
+            internal: false,
         }
     }
 
-    pub fn namespace(&self, nsid: u32) -> Option<&Arc<Namespace>> {
-        self.namespaces.get(&nsid)
+    /// Marks this subsystem as internal (stamps required).
+    #[must_use]
+    pub fn into_internal(mut self) -> Self {
+        self.internal = true;
+        self
+    }
+
+    pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+        self.namespaces.load().get(&nsid).cloned()
+    }
+
+    /// A snapshot of the namespaces.
+    pub fn namespaces(&self) -> Arc<NamespaceMap> {
+        self.namespaces.load_full()
+    }
+
+    /// Replaces the namespace set; returns the NSIDs whose attributes changed (added, removed,
+    /// resized) so that controllers can be told (Namespace Attribute Changed).
+    pub fn set_namespaces(&self, new: NamespaceMap) -> Vec<u32> {
+        let old = self.namespaces.swap(Arc::new(new));
+        let new = self.namespaces.load();
+        let mut changed: Vec<u32> = Vec::new();
+        for (id, ns) in new.iter() {
+            match old.get(id) {
+                Some(o) if o.nlbas == ns.nlbas && o.block_size == ns.block_size => {}
+                _ => changed.push(*id),
+            }
+        }
+        for id in old.keys() {
+            if !new.contains_key(id) {
+                changed.push(*id);
+            }
+        }
+        changed.sort_unstable();
+        changed
+    }
+
+    pub fn hosts_allow(&self, hostnqn: &str) -> bool {
+        lock(&self.hosts).allows(hostnqn)
+    }
+
+    pub fn set_hosts(&self, hosts: HostPolicy) {
+        *lock(&self.hosts) = hosts;
     }
 
     /// Allocates a free CNTLID and registers the controller `make` builds for it.
@@ -124,9 +194,12 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Subsystems by NQN; replaced whole when the set changes.
+pub type SubsystemMap = BTreeMap<String, Arc<Subsystem>>;
+
 /// Everything a target serves.
 pub struct Registry {
-    pub subsystems: BTreeMap<String, Arc<Subsystem>>,
+    subsystems: ArcSwap<SubsystemMap>,
     /// Portals this target listens on (for the discovery log).
     listeners: Mutex<Vec<SocketAddr>>,
     /// Discovery log GENCTR: bumped whenever subsystems or portals change.
@@ -135,6 +208,8 @@ pub struct Registry {
     pub discovery: Subsystem,
     /// The map generation this server checks stamped commands against.
     pub generation: GenerationState,
+    /// Cluster nodes: the install gate every NVM I/O command passes (none when standalone).
+    pub gate: Option<Arc<crate::gate::Gate>>,
 }
 
 impl Registry {
@@ -144,7 +219,7 @@ impl Registry {
             .map(|s| (s.nqn.clone(), Arc::new(s)))
             .collect();
         Self {
-            subsystems,
+            subsystems: ArcSwap::from_pointee(subsystems),
             listeners: Mutex::new(Vec::new()),
             genctr: AtomicU64::new(1),
             discovery: Subsystem::new(
@@ -155,21 +230,47 @@ impl Registry {
                 BTreeMap::new(),
             ),
             generation: GenerationState::new(generation),
+            gate: None,
         }
     }
 
-    pub fn subsystem(&self, nqn: &str) -> Option<&Arc<Subsystem>> {
-        self.subsystems.get(nqn)
+    /// A cluster node's registry: generation from the map, an install gate on the I/O path.
+    pub fn new_cluster(subsystems: Vec<Subsystem>, generation: u64) -> Self {
+        let mut r = Self::new(subsystems, generation);
+        r.gate = Some(Arc::new(crate::gate::Gate::default()));
+        r
+    }
+
+    pub fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        self.subsystems.load().get(nqn).cloned()
+    }
+
+    /// A snapshot of the subsystems.
+    pub fn subsystems(&self) -> Arc<SubsystemMap> {
+        self.subsystems.load_full()
+    }
+
+    /// Adds a subsystem (cluster map change); the discovery log changes.
+    pub fn add_subsystem(&self, s: Arc<Subsystem>) {
+        let mut m = SubsystemMap::clone(&self.subsystems.load());
+        m.insert(s.nqn.clone(), s);
+        self.subsystems.store(Arc::new(m));
+        self.bump_genctr();
+    }
+
+    /// The discovery log changed: GENCTR moves and discovery controllers are notified.
+    pub fn bump_genctr(&self) {
+        self.genctr.fetch_add(1, Ordering::AcqRel);
+        for c in self.discovery.controllers() {
+            c.notify_discovery_change();
+        }
     }
 
     /// Records a portal we now listen on; the discovery log changes, so GENCTR moves and every
     /// discovery controller that asked for it gets a Discovery Log Page Change notice.
     pub fn add_listener(&self, addr: SocketAddr) {
         lock(&self.listeners).push(addr);
-        self.genctr.fetch_add(1, Ordering::AcqRel);
-        for c in self.discovery.controllers() {
-            c.notify_discovery_change();
-        }
+        self.bump_genctr();
     }
 
     pub fn listeners(&self) -> Vec<SocketAddr> {
@@ -183,7 +284,7 @@ impl Registry {
     /// Every live controller of every subsystem (and discovery).
     pub fn all_controllers(&self) -> Vec<Arc<Controller>> {
         let mut v = self.discovery.controllers();
-        for s in self.subsystems.values() {
+        for s in self.subsystems.load().values() {
             v.extend(s.controllers());
         }
         v

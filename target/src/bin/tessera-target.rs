@@ -107,8 +107,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        for s in target.registry.subsystems.values() {
-            tracing::info!(subnqn = %s.nqn, namespaces = s.namespaces.len(), "serving subsystem");
+        for s in target.registry.subsystems().values() {
+            tracing::info!(subnqn = %s.nqn, namespaces = s.namespaces().len(), "serving subsystem");
         }
         wait_for_signal().await;
         tracing::info!("shutting down");

@@ -1,4 +1,340 @@
-fn main() {
-    eprintln!("tessera: not implemented yet");
-    std::process::exit(2);
+//! `tessera`: the project's command-line tools.
+//!
+//! * `tessera bench` — NVMe/TCP load generator (spdk_nvme_perf-like) on the project's own
+//!   initiator; `--baseline` measures the machine's limit instead; `--hold-connections N`
+//!   measures what idle connections cost the target.
+//! * `tessera bench-baseline-server` — the server side of `--baseline`.
+//! * `tessera bench-report` — the markdown table (and JSON) of many `bench --json` records.
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use bench::report::{self, BaselineMode, Record};
+use bench::workload::RwMode;
+
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about = "Tessera tools")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Drive I/O against an NVMe/TCP subsystem and report IOPS, bandwidth and latency.
+    Bench(BenchArgs),
+    /// Serve `tessera bench --baseline` (plain TCP stream and ping-pong).
+    BenchBaselineServer(ServerArgs),
+    /// Merge `tessera bench --json` records (one per line) into the ci/bench report.
+    BenchReport(ReportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Digest {
+    /// Header digest (CRC32C over every PDU header).
+    Hdr,
+    /// Data digest (CRC32C over every PDU's data).
+    Data,
+    /// Neither.
+    None,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Target address.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    addr: IpAddr,
+    /// Target port.
+    #[arg(long, default_value_t = 4420)]
+    port: u16,
+    /// Subsystem NQN.
+    #[arg(long, default_value = "nqn.2026-11.dev.tessera:default")]
+    nqn: String,
+    /// Host NQN to connect as.
+    #[arg(long, default_value = "nqn.2026-11.dev.tessera:bench")]
+    hostnqn: String,
+    /// Namespace ID.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Access pattern.
+    #[arg(long, value_enum, default_value_t = RwMode::Randread)]
+    rw: RwMode,
+    /// Percentage of reads for randrw.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    mix: u8,
+    /// I/O size (bytes, or with K/M suffix: 4k, 128K).
+    #[arg(long, default_value = "4k", value_parser = bench::parse_size)]
+    bs: u64,
+    /// Commands in flight per queue.
+    #[arg(long, default_value_t = 1)]
+    qd: u32,
+    /// I/O queues (one TCP connection each) on the one controller.
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Seconds measured (after --warmup).
+    #[arg(long, default_value_t = 5.0, conflicts_with = "ios")]
+    time: f64,
+    /// Stop after this many I/Os instead of after --time.
+    #[arg(long)]
+    ios: Option<u64>,
+    /// Seconds run before measuring.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Digests to ask for: hdr, data, hdr,data or none.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "none")]
+    digest: Vec<Digest>,
+    /// Pin this process to a CPU.
+    #[arg(long)]
+    core: Option<usize>,
+    /// Print one JSON record on stdout instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// Write a pattern encoding (block, generation), read every write back, and check every
+    /// read of a block this run wrote. Fails on the first mismatch.
+    #[arg(long)]
+    verify: bool,
+    /// Seed of the offset generator.
+    #[arg(long, default_value_t = 0x7e55_e7a)]
+    seed: u64,
+    /// Free text kept in the JSON record (ci/bench: the backend).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// PID of the target on this machine: report its CPU time per I/O (or, with
+    /// --hold-connections, its RSS and idle CPU).
+    #[arg(long)]
+    target_pid: Option<u32>,
+    /// Measure the machine instead of the target: run against `bench-baseline-server`.
+    #[arg(long, value_enum, conflicts_with_all = ["hold_connections", "verify", "ios"])]
+    baseline: Option<BaselineMode>,
+    /// Open this many controllers (admin + --queues I/O queues each), hold them idle for
+    /// --time seconds, and report the target's RSS and CPU (needs --target-pid).
+    #[arg(long, requires = "target_pid", conflicts_with_all = ["verify", "ios"])]
+    hold_connections: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    addr: IpAddr,
+    /// Port to listen on.
+    #[arg(long)]
+    port: u16,
+    /// Pin this process to a CPU.
+    #[arg(long)]
+    core: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// Files of JSON records, one per line ("-" for stdin).
+    #[arg(required = true)]
+    input: Vec<PathBuf>,
+    /// Also write the records, the aims and `--meta` as one JSON document here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// KEY=VALUE facts kept in the JSON document (machine, date, load...).
+    #[arg(long, value_parser = parse_kv)]
+    meta: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{what} {v}: not a duration"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Bench(a) => bench_main(&a),
+        Cmd::BenchBaselineServer(a) => server_main(&a),
+        Cmd::BenchReport(a) => report_main(&a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tessera: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pin(core: Option<usize>) -> Result<(), String> {
+    if let Some(c) = core {
+        bench::pin_to_cpu(c).map_err(|e| format!("--core {c}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn server_main(a: &ServerArgs) -> Result<(), String> {
+    pin(a.core)?;
+    let rt = bench::runtime().map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(bench::baseline::serve(SocketAddr::new(a.addr, a.port)))
+        .map_err(|e| format!("bench-baseline-server: {e}"))
+}
+
+fn bench_main(a: &BenchArgs) -> Result<(), String> {
+    pin(a.core)?;
+    let rt = bench::runtime().map_err(|e| format!("runtime: {e}"))?;
+    let addr = SocketAddr::new(a.addr, a.port);
+    let time = secs(a.time, "time")?;
+    let warmup = secs(a.warmup, "warmup")?;
+    let record = if let Some(mode) = a.baseline {
+        Record::Baseline(rt.block_on(bench::baseline::run(addr, mode, time, warmup))?)
+    } else if let Some(n) = a.hold_connections {
+        let o = bench::hold::HoldOpts {
+            addr,
+            nqn: a.nqn.clone(),
+            hostnqn: a.hostnqn.clone(),
+            controllers: n,
+            queues: a.queues,
+            time,
+            target_pid: a
+                .target_pid
+                .ok_or("--hold-connections needs --target-pid")?,
+        };
+        Record::Hold(rt.block_on(bench::hold::run(&o))?)
+    } else {
+        let has = |d| a.digest.contains(&d);
+        let o = bench::run::IoOpts {
+            addr,
+            nqn: a.nqn.clone(),
+            hostnqn: a.hostnqn.clone(),
+            nsid: a.nsid,
+            rw: a.rw,
+            mix: a.mix,
+            bs: a.bs,
+            qd: a.qd,
+            queues: a.queues,
+            time,
+            ios: a.ios,
+            warmup,
+            hdgst: has(Digest::Hdr),
+            ddgst: has(Digest::Data),
+            verify: a.verify,
+            seed: a.seed,
+            label: a.label.clone(),
+            target_pid: a.target_pid,
+            progress: std::io::stderr().is_terminal(),
+        };
+        Record::Io(rt.block_on(bench::run::run(&o))?)
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&record).map_err(|e| format!("JSON: {e}"))?
+        );
+    } else {
+        print!("{}", human(&record));
+    }
+    Ok(())
+}
+
+/// The summary for a person at a terminal.
+fn human(r: &Record) -> String {
+    match r {
+        Record::Io(i) => {
+            let l = &i.latency;
+            let mut s = format!(
+                "{}{} on {} queue(s), digests {}, {:.1} s: {:.0} IOPS, {:.1} MiB/s\n\
+                 latency µs: mean {:.1}  min {:.1}  p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n\
+                 CPU per I/O: bench {:.2} µs",
+                i.workload(),
+                if i.label.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", i.label)
+                },
+                i.queues,
+                i.digests(),
+                i.seconds,
+                i.iops,
+                i.mib_s,
+                l.mean_us,
+                l.min_us,
+                l.p50_us,
+                l.p99_us,
+                l.p999_us,
+                l.max_us,
+                i.bench_cpu_us_per_io,
+            );
+            if let Some(t) = i.target_cpu_us_per_io {
+                s += &format!(", target {t:.2} µs");
+            }
+            s.push('\n');
+            if let (Some(v), Some(u)) = (i.verified, i.unverified) {
+                s += &format!("verify: {v} checked, {u} reads of blocks not written by this run\n");
+            }
+            s
+        }
+        Record::Baseline(b) => {
+            let mut s = format!(
+                "{}: {:.1} MiB/s ({:.1} MB/s, {:.2} GB/s), bench CPU {:.0}%\n",
+                b.mode.name(),
+                b.mib_s,
+                b.mb_s,
+                b.gb_s,
+                b.bench_cpu_pct
+            );
+            if let Some(l) = &b.latency {
+                s += &format!(
+                    "round trips: {:.0}/s, µs: mean {:.1}  p50 {:.1}  p99 {:.1}  max {:.1}\n",
+                    b.rate, l.mean_us, l.p50_us, l.p99_us, l.max_us
+                );
+            }
+            s
+        }
+        Record::Hold(h) => format!(
+            "{} controller(s), {} TCP connections: target RSS {:.1} -> {:.1} MiB \
+             ({:.0} KiB per controller), target CPU {:.2}% of a core over {:.1} s\n",
+            h.controllers,
+            h.tcp_connections,
+            h.rss_before_kib as f64 / 1024.0,
+            h.rss_after_kib as f64 / 1024.0,
+            h.rss_per_controller_kib(),
+            h.target_cpu_pct,
+            h.seconds
+        ),
+    }
+}
+
+fn report_main(a: &ReportArgs) -> Result<(), String> {
+    let mut records = Vec::new();
+    for p in &a.input {
+        let text = if p.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| format!("stdin: {e}"))?
+        } else {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?
+        };
+        records.extend(report::parse_records(&text).map_err(|e| format!("{}: {e}", p.display()))?);
+    }
+    print!("{}", report::markdown(&records));
+    if let Some(out) = &a.json {
+        let meta: serde_json::Map<String, serde_json::Value> = a
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let doc = serde_json::json!({
+            "meta": meta,
+            "records": records,
+            "aims": report::aims(&records),
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| format!("JSON: {e}"))?;
+        std::fs::write(out, text + "\n").map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(())
 }

@@ -1,0 +1,111 @@
+//! `tessera bench`: an NVMe/TCP load generator in the spirit of SPDK's `spdk_nvme_perf`, driving
+//! the project's own initiator, plus the machine baselines it is judged against.
+//!
+//! Binary-only: `src/bin/tessera.rs` declares this tree with `#[path]`, so the library does not
+//! carry a benchmark tool. Layout:
+//! * `workload` — offsets (seeded xorshift, aligned to the block size) and the read/write mix;
+//! * `pattern`  — the verify pattern (LBA, generation) and the per-block version map;
+//! * `run`      — the NVMe workload: one controller, `--queues` I/O queues, `--qd` commands each;
+//! * `baseline` — the plain TCP stream and ping-pong (the "limit of this machine");
+//! * `hold`     — many idle connections, for the target's RSS and idle CPU;
+//! * `stats`    — latency histograms, CPU time (own and the target's), RSS;
+//! * `report`   — JSON records and the markdown table `ci/bench` prints.
+//!
+//! Threading: one thread, pinned with `--core`, one current-thread tokio runtime. The initiator's
+//! reader and writer tasks run on that same thread, so the CPU time the tool reports per I/O is
+//! the whole host-side cost of an I/O.
+
+pub mod baseline;
+pub mod hold;
+pub mod pattern;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod workload;
+
+use std::time::Duration;
+
+/// Extra time a run may take past its planned end before it is declared hung: commands have no
+/// per-command timeout in the tool (a timer per I/O costs more than the I/O at QD32), so this
+/// one watchdog bounds the whole run instead.
+pub const RUN_GRACE: Duration = Duration::from_secs(30);
+
+/// Pins the calling thread (and the threads it starts later) to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    if cpu >= usize::try_from(libc::CPU_SETSIZE).unwrap_or(0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is beyond CPU_SETSIZE"),
+        ));
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it (cpu < CPU_SETSIZE was
+    // checked above), and sched_setaffinity(0, ..) reads it for the calling thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The single-threaded runtime every mode of the tool runs on (the target's reactors use the
+/// same kind, so the baselines measure the same machinery).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Parses a size such as `4096`, `4k`, `4K`, `128KiB`, `1M` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with an optional K/M/G suffix"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M or G: binary units)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: size too large"))
+}
+
+/// A block size for humans: `4K`, `128K`, `512`.
+pub fn fmt_size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{}M", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
+        format!("{}K", bytes >> 10)
+    } else {
+        bytes.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("128K"), Ok(131_072));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("4KB").is_err());
+        assert!(parse_size("k").is_err());
+        assert_eq!(fmt_size(4096), "4K");
+        assert_eq!(fmt_size(131_072), "128K");
+        assert_eq!(fmt_size(512), "512");
+        assert_eq!(fmt_size(1 << 20), "1M");
+    }
+}

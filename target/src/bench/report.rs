@@ -1,0 +1,660 @@
+//! Results as JSON records (one per `tessera bench --json` run) and the markdown report
+//! `ci/bench` prints: the I/O table, the baselines, memory and idle CPU, and the aims.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::fmt_size;
+use super::stats::Latency;
+use super::workload::RwMode;
+
+/// One measurement, as `tessera bench --json` prints it (one JSON object per line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Io(IoRecord),
+    Baseline(BaselineRecord),
+    Hold(HoldRecord),
+}
+
+/// An NVMe workload run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IoRecord {
+    /// Free text from `--label` (ci/bench: the backend, "null" or "ram").
+    pub label: String,
+    pub rw: RwMode,
+    pub read_pct: u8,
+    pub bs: u64,
+    pub qd: u32,
+    pub queues: u16,
+    pub hdgst: bool,
+    pub ddgst: bool,
+    /// Length of the measured window (after warmup).
+    pub seconds: f64,
+    /// Commands completed in the window.
+    pub ios: u64,
+    pub iops: f64,
+    pub mib_s: f64,
+    pub latency: Latency,
+    /// This tool's CPU time (all threads) per I/O in the window.
+    pub bench_cpu_us_per_io: f64,
+    /// The target's CPU time per I/O (with `--target-pid`).
+    pub target_cpu_us_per_io: Option<f64>,
+    /// With `--verify`: reads checked against what was written, and reads of blocks this run
+    /// had not written (content unknown, not checked).
+    pub verified: Option<u64>,
+    pub unverified: Option<u64>,
+}
+
+impl IoRecord {
+    pub fn digests(&self) -> &'static str {
+        match (self.hdgst, self.ddgst) {
+            (false, false) => "off",
+            (true, true) => "hdr+data",
+            (true, false) => "hdr",
+            (false, true) => "data",
+        }
+    }
+
+    pub fn workload(&self) -> String {
+        let mut s = format!("{} {}", fmt_size(self.bs), self.rw.name());
+        if self.rw == RwMode::Randrw {
+            let _ = write!(s, " {}%r", self.read_pct);
+        }
+        let _ = write!(s, " QD{}", self.qd);
+        if self.queues > 1 {
+            let _ = write!(s, "x{}q", self.queues);
+        }
+        s
+    }
+
+    /// Same workload, backend and shape, digests aside.
+    fn same_shape(&self, o: &IoRecord) -> bool {
+        self.label == o.label
+            && self.rw == o.rw
+            && self.read_pct == o.read_pct
+            && self.bs == o.bs
+            && self.qd == o.qd
+            && self.queues == o.queues
+    }
+}
+
+/// Which machine limit a baseline measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineMode {
+    /// Server to client bulk stream: the direction of read data.
+    Stream,
+    /// Client to server bulk stream: the direction of write data.
+    StreamWrite,
+    /// 72-byte request, 4096 + 24-byte answer, one at a time: a 4K read's wire exchange.
+    Pingpong,
+}
+
+impl BaselineMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stream => "TCP stream, server to client (read direction)",
+            Self::StreamWrite => "TCP stream, client to server (write direction)",
+            Self::Pingpong => "ping-pong 72 B / 4120 B (a 4K read's capsule and C2HData)",
+        }
+    }
+}
+
+/// A baseline run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRecord {
+    pub mode: BaselineMode,
+    pub seconds: f64,
+    /// Payload bytes moved in the window (both directions for ping-pong).
+    pub bytes: u64,
+    pub mib_s: f64,
+    pub mb_s: f64,
+    pub gb_s: f64,
+    /// Ping-pong: exchanges completed, per second, and their round-trip latency.
+    pub round_trips: u64,
+    pub rate: f64,
+    pub latency: Option<Latency>,
+    pub bench_cpu_pct: f64,
+}
+
+/// Idle connections held open against the target (memory and idle CPU).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    /// Controllers (host connections), each with an admin queue and `io_queues` I/O queues.
+    pub controllers: u32,
+    pub io_queues: u16,
+    /// SQSIZE + 1 of each I/O queue.
+    pub queue_size: u32,
+    pub tcp_connections: u32,
+    /// Target RSS before connecting and once every connection is up and settled.
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    /// Target CPU over the hold, as a percentage of one core.
+    pub seconds: f64,
+    pub target_cpu_pct: f64,
+}
+
+impl HoldRecord {
+    pub fn rss_per_controller_kib(&self) -> f64 {
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
+            / f64::from(self.controllers.max(1))
+    }
+
+    pub fn rss_per_tcp_kib(&self) -> f64 {
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
+            / f64::from(self.tcp_connections.max(1))
+    }
+}
+
+/// SPDK's 4K randread QD32 figure on this machine class (the issue's aim).
+pub const SPDK_4K_RANDREAD_IOPS: f64 = 826_000.0;
+
+/// One aim of the issue, as measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aim {
+    pub aim: String,
+    pub measured: String,
+    /// `None`: not measured in this run.
+    pub reached: Option<bool>,
+}
+
+fn baseline(records: &[Record], mode: BaselineMode) -> Option<&BaselineRecord> {
+    records.iter().find_map(|r| match r {
+        Record::Baseline(b) if b.mode == mode => Some(b),
+        _ => None,
+    })
+}
+
+fn ios(records: &[Record]) -> impl Iterator<Item = &IoRecord> {
+    records.iter().filter_map(|r| match r {
+        Record::Io(i) => Some(i),
+        _ => None,
+    })
+}
+
+fn holds(records: &[Record]) -> impl Iterator<Item = &HoldRecord> {
+    records.iter().filter_map(|r| match r {
+        Record::Hold(h) => Some(h),
+        _ => None,
+    })
+}
+
+/// The ratio of `r` to the machine's limit, as the table's "vs limit" column says it: latency
+/// against the ping-pong round trip for QD1 reads, bandwidth against the stream otherwise.
+pub fn vs_limit(r: &IoRecord, records: &[Record]) -> Option<String> {
+    if r.qd == 1 && r.queues == 1 && r.read_pct == 100 {
+        // Medians: on a shared 2-core machine a few scheduling delays move the mean a lot.
+        let pp = baseline(records, BaselineMode::Pingpong)?.latency?;
+        if pp.p50_us > 0.0 {
+            return Some(format!(
+                "p50 lat {:.2}x ping-pong",
+                r.latency.p50_us / pp.p50_us
+            ));
+        }
+        return None;
+    }
+    let mode = if r.read_pct == 0 {
+        BaselineMode::StreamWrite
+    } else {
+        BaselineMode::Stream
+    };
+    let s = baseline(records, mode).or_else(|| baseline(records, BaselineMode::Stream))?;
+    (s.mib_s > 0.0).then(|| format!("bw {:.0}% of stream", 100.0 * r.mib_s / s.mib_s))
+}
+
+/// Throughput lost to digests: 1 - IOPS(on) / IOPS(off) of the same workload, in percent.
+pub fn digest_cost_pct(r: &IoRecord, records: &[Record]) -> Option<f64> {
+    if !r.hdgst && !r.ddgst {
+        return None;
+    }
+    let off = ios(records).find(|o| !o.hdgst && !o.ddgst && o.same_shape(r))?;
+    (off.iops > 0.0).then(|| 100.0 * (1.0 - r.iops / off.iops))
+}
+
+fn f1(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+fn iops_str(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1}K", v / 1000.0)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The I/O table: one row per workload x backend x digests.
+pub fn io_table(records: &[Record]) -> String {
+    let mut t = String::from(
+        "| workload | backend | digests | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs \
+         | max µs | bench CPU µs/IO | target CPU µs/IO | vs limit | digest cost |\n\
+         |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n",
+    );
+    for r in ios(records) {
+        let l = &r.latency;
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+            r.workload(),
+            r.label,
+            r.digests(),
+            iops_str(r.iops),
+            f1(r.mib_s),
+            f1(l.mean_us),
+            f1(l.p50_us),
+            f1(l.p99_us),
+            f1(l.p999_us),
+            f1(l.max_us),
+            r.bench_cpu_us_per_io,
+            r.target_cpu_us_per_io
+                .map_or_else(|| "–".to_string(), |v| format!("{v:.2}")),
+            vs_limit(r, records).unwrap_or_else(|| "–".into()),
+            digest_cost_pct(r, records).map_or_else(|| "–".into(), |v| format!("{v:.1}%")),
+        );
+    }
+    t
+}
+
+/// The baselines: what this machine does without NVMe/TCP.
+pub fn baseline_table(records: &[Record]) -> String {
+    let mut t = String::from(
+        "| limit of this machine | MiB/s | MB/s | GB/s | round trips/s | mean µs | p50 µs \
+         | p99 µs | bench CPU % |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for r in records {
+        let Record::Baseline(b) = r else { continue };
+        let lat = |f: fn(&Latency) -> f64| b.latency.as_ref().map_or("–".into(), |l| f1(f(l)));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {:.0} |",
+            b.mode.name(),
+            f1(b.mib_s),
+            f1(b.mb_s),
+            b.gb_s,
+            if b.round_trips > 0 {
+                iops_str(b.rate)
+            } else {
+                "–".into()
+            },
+            lat(|l| l.mean_us),
+            lat(|l| l.p50_us),
+            lat(|l| l.p99_us),
+            b.bench_cpu_pct,
+        );
+    }
+    t
+}
+
+/// Memory and idle CPU of the target.
+pub fn memory_table(records: &[Record]) -> String {
+    let mut t = String::from(
+        "| target with | TCP connections | RSS before MiB | RSS after MiB | per extra controller \
+         KiB | per extra TCP connection KiB | target CPU % of a core |\n\
+         |---|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for h in holds(records) {
+        let _ = writeln!(
+            t,
+            "| {} controller(s) x (admin + {} I/O queue(s) of {}) | {} | {:.1} | {:.1} | {:.0} \
+             | {:.0} | {:.2} |",
+            h.controllers,
+            h.io_queues,
+            h.queue_size,
+            h.tcp_connections,
+            h.rss_before_kib as f64 / 1024.0,
+            h.rss_after_kib as f64 / 1024.0,
+            h.rss_per_controller_kib(),
+            h.rss_per_tcp_kib(),
+            h.target_cpu_pct,
+        );
+    }
+    t
+}
+
+fn find_io<'a>(
+    records: &'a [Record],
+    label: &str,
+    rw: &[RwMode],
+    bs: u64,
+    qd: u32,
+) -> Option<&'a IoRecord> {
+    ios(records).find(|r| {
+        r.label == label && rw.contains(&r.rw) && r.bs == bs && r.qd == qd && !r.hdgst && !r.ddgst
+    })
+}
+
+/// The issue's aims, checked against `records`.
+pub fn aims(records: &[Record]) -> Vec<Aim> {
+    let mut out = Vec::new();
+    let mut labels: Vec<&str> = ios(records).map(|r| r.label.as_str()).collect();
+    labels.dedup();
+    let stream = baseline(records, BaselineMode::Stream);
+    let stream_w = baseline(records, BaselineMode::StreamWrite).or(stream);
+    let pp = baseline(records, BaselineMode::Pingpong).and_then(|b| b.latency);
+    let kb = 1024;
+    for label in &labels {
+        for (rw, pct, what, lim) in [
+            (RwMode::Read, 90.0, "read", stream),
+            (RwMode::Write, 70.0, "write", stream_w),
+        ] {
+            let r = find_io(records, label, &[rw], 128 * kb, 8);
+            let aim = format!("{label}: 128K seq {what} >= {pct:.0}% of the plain TCP stream");
+            out.push(match (r, lim) {
+                (Some(r), Some(s)) if s.mib_s > 0.0 => {
+                    let ratio = 100.0 * r.mib_s / s.mib_s;
+                    Aim {
+                        aim,
+                        measured: format!("{ratio:.0}% ({:.0} of {:.0} MiB/s)", r.mib_s, s.mib_s),
+                        reached: Some(ratio >= pct),
+                    }
+                }
+                _ => Aim {
+                    aim,
+                    measured: "not measured".into(),
+                    reached: None,
+                },
+            });
+        }
+        let aim = format!("{label}: QD1 4K read latency <= 2x the ping-pong round trip (p50)");
+        let r = find_io(records, label, &[RwMode::Randread, RwMode::Read], 4 * kb, 1);
+        out.push(match (r, pp) {
+            (Some(r), Some(p)) if p.p50_us > 0.0 && p.mean_us > 0.0 => {
+                let x = r.latency.p50_us / p.p50_us;
+                Aim {
+                    aim,
+                    measured: format!(
+                        "p50 {x:.2}x ({:.1} vs {:.1} µs); mean {:.2}x ({:.1} vs {:.1} µs)",
+                        r.latency.p50_us,
+                        p.p50_us,
+                        r.latency.mean_us / p.mean_us,
+                        r.latency.mean_us,
+                        p.mean_us
+                    ),
+                    reached: Some(x <= 2.0),
+                }
+            }
+            _ => Aim {
+                aim,
+                measured: "not measured".into(),
+                reached: None,
+            },
+        });
+        let aim = format!("{label}: 4K randread QD32 >= 826K IOPS (SPDK)");
+        out.push(
+            match find_io(records, label, &[RwMode::Randread], 4 * kb, 32) {
+                Some(r) => Aim {
+                    aim,
+                    measured: format!(
+                        "{} IOPS ({:.0}% of SPDK)",
+                        iops_str(r.iops),
+                        100.0 * r.iops / SPDK_4K_RANDREAD_IOPS
+                    ),
+                    reached: Some(r.iops >= SPDK_4K_RANDREAD_IOPS),
+                },
+                None => Aim {
+                    aim,
+                    measured: "not measured".into(),
+                    reached: None,
+                },
+            },
+        );
+    }
+    for (small, limit) in [(true, 10.0), (false, 15.0)] {
+        let costs: Vec<(String, f64)> = ios(records)
+            .filter(|r| (r.bs <= 4 * kb) == small)
+            .filter_map(|r| {
+                digest_cost_pct(r, records).map(|c| (format!("{} {}", r.label, r.workload()), c))
+            })
+            .collect();
+        let aim = format!(
+            "digests cost <= {limit:.0}% at {}",
+            if small { "4K" } else { "128K" }
+        );
+        let worst = costs
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(w, c)| (w.clone(), *c));
+        out.push(match worst {
+            Some((w, c)) => Aim {
+                aim,
+                measured: format!("worst {c:.1}% ({w})"),
+                reached: Some(c <= limit),
+            },
+            None => Aim {
+                aim,
+                measured: "not measured".into(),
+                reached: None,
+            },
+        });
+    }
+    let one = holds(records).find(|h| h.controllers == 1);
+    let many = holds(records).filter(|h| h.controllers > 1).last();
+    out.push(match one {
+        Some(h) => Aim {
+            aim: "idle target (1 connection) < 1% of a core".into(),
+            measured: format!("{:.2}% over {:.0} s", h.target_cpu_pct, h.seconds),
+            reached: Some(h.target_cpu_pct < 1.0),
+        },
+        None => Aim {
+            aim: "idle target (1 connection) < 1% of a core".into(),
+            measured: "not measured".into(),
+            reached: None,
+        },
+    });
+    out.push(match one {
+        Some(h) => Aim {
+            aim: "RSS <= 64 MiB idle".into(),
+            measured: format!("{:.1} MiB", h.rss_before_kib as f64 / 1024.0),
+            reached: Some(h.rss_before_kib <= 64 * 1024),
+        },
+        None => Aim {
+            aim: "RSS <= 64 MiB idle".into(),
+            measured: "not measured".into(),
+            reached: None,
+        },
+    });
+    out.push(match many {
+        Some(h) => Aim {
+            aim: "RSS <= 1 MiB per extra idle connection (controller with its queues)".into(),
+            measured: format!(
+                "{:.0} KiB per controller ({:.0} KiB per TCP connection, {} controllers)",
+                h.rss_per_controller_kib(),
+                h.rss_per_tcp_kib(),
+                h.controllers
+            ),
+            reached: Some(h.rss_per_controller_kib() <= 1024.0),
+        },
+        None => Aim {
+            aim: "RSS <= 1 MiB per extra idle connection (controller with its queues)".into(),
+            measured: "not measured".into(),
+            reached: None,
+        },
+    });
+    out
+}
+
+pub fn aims_table(aims: &[Aim]) -> String {
+    let mut t = String::from("| aim | measured | reached |\n|---|---|---|\n");
+    for a in aims {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} |",
+            a.aim,
+            a.measured,
+            match a.reached {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            }
+        );
+    }
+    t
+}
+
+/// The whole markdown report.
+pub fn markdown(records: &[Record]) -> String {
+    let mut s = String::new();
+    if ios(records).next().is_some() {
+        s.push_str(&io_table(records));
+        s.push('\n');
+    }
+    if records.iter().any(|r| matches!(r, Record::Baseline(_))) {
+        s.push_str(&baseline_table(records));
+        s.push('\n');
+    }
+    if holds(records).next().is_some() {
+        s.push_str(&memory_table(records));
+        s.push('\n');
+    }
+    s.push_str(&aims_table(&aims(records)));
+    s
+}
+
+/// Reads JSON records, one per line (blank lines ignored).
+pub fn parse_records(text: &str) -> Result<Vec<Record>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", n + 1)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(label: &str, rw: RwMode, bs: u64, qd: u32, digests: bool, iops: f64) -> Record {
+        Record::Io(IoRecord {
+            label: label.into(),
+            rw,
+            read_pct: rw.read_pct(50),
+            bs,
+            qd,
+            queues: 1,
+            hdgst: digests,
+            ddgst: digests,
+            seconds: 5.0,
+            ios: 0,
+            iops,
+            mib_s: iops * bs as f64 / 1_048_576.0,
+            latency: Latency {
+                mean_us: 1e6 / iops * f64::from(qd),
+                p50_us: 1e6 / iops * f64::from(qd),
+                ..Latency::default()
+            },
+            bench_cpu_us_per_io: 1.5,
+            target_cpu_us_per_io: Some(2.25),
+            verified: None,
+            unverified: None,
+        })
+    }
+
+    fn sample() -> Vec<Record> {
+        vec![
+            io("ram", RwMode::Randread, 4096, 1, false, 25_000.0),
+            io("ram", RwMode::Randread, 4096, 1, true, 20_000.0),
+            io("ram", RwMode::Read, 131_072, 8, false, 10_000.0),
+            io("ram", RwMode::Read, 131_072, 8, true, 9_000.0),
+            io("ram", RwMode::Write, 131_072, 8, false, 5_000.0),
+            Record::Baseline(BaselineRecord {
+                mode: BaselineMode::Stream,
+                seconds: 5.0,
+                bytes: 0,
+                mib_s: 2500.0,
+                mb_s: 2621.4,
+                gb_s: 2.62,
+                round_trips: 0,
+                rate: 0.0,
+                latency: None,
+                bench_cpu_pct: 100.0,
+            }),
+            Record::Baseline(BaselineRecord {
+                mode: BaselineMode::Pingpong,
+                seconds: 5.0,
+                bytes: 0,
+                mib_s: 100.0,
+                mb_s: 104.8,
+                gb_s: 0.1,
+                round_trips: 250_000,
+                rate: 50_000.0,
+                latency: Some(Latency {
+                    mean_us: 20.0,
+                    p50_us: 20.0,
+                    ..Latency::default()
+                }),
+                bench_cpu_pct: 50.0,
+            }),
+            Record::Hold(HoldRecord {
+                controllers: 1,
+                io_queues: 1,
+                queue_size: 128,
+                tcp_connections: 2,
+                rss_before_kib: 10 * 1024,
+                rss_after_kib: 10 * 1024 + 200,
+                seconds: 5.0,
+                target_cpu_pct: 0.05,
+            }),
+        ]
+    }
+
+    #[test]
+    fn table_rows_ratios_and_digest_cost() {
+        let recs = sample();
+        let t = io_table(&recs);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2 + 5, "header, rule, one row per run:\n{t}");
+        assert!(lines.iter().all(|l| l.starts_with('|') && l.ends_with('|')));
+        let cols = lines[0].matches('|').count();
+        assert!(lines.iter().all(|l| l.matches('|').count() == cols), "{t}");
+        // QD1 4K read: mean 40 µs vs a 20 µs ping-pong.
+        assert!(
+            lines[2].starts_with("| 4K randread QD1 | ram | off | 25.0K |"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].contains("p50 lat 2.00x ping-pong"), "{}", lines[2]);
+        // Digests on: 20K instead of 25K is a 20% cost.
+        assert!(lines[3].contains("| hdr+data |") && lines[3].ends_with("| 20.0% |"));
+        // 128K read: 1250 MiB/s of a 2500 MiB/s stream.
+        assert!(lines[4].contains("bw 50% of stream"), "{}", lines[4]);
+        // Write falls back to the read-direction stream when stream-write was not run.
+        assert!(lines[6].contains("bw 25% of stream"), "{}", lines[6]);
+        assert!(lines[6].contains("| 1.50 | 2.25 |"));
+    }
+
+    #[test]
+    fn aims_are_judged() {
+        let a = aims(&sample());
+        let get = |prefix: &str| {
+            a.iter()
+                .find(|x| x.aim.starts_with(prefix))
+                .expect("every aim is listed")
+        };
+        assert_eq!(get("ram: 128K seq read").reached, Some(false));
+        // Exactly 2x (40 µs against 20 µs) is within the aim.
+        assert_eq!(get("ram: QD1 4K read").reached, Some(true));
+        assert_eq!(get("ram: 4K randread QD32").reached, None);
+        assert_eq!(get("digests cost <= 10%").reached, Some(false));
+        assert_eq!(get("digests cost <= 15%").reached, Some(true));
+        assert_eq!(get("idle target").reached, Some(true));
+        assert_eq!(get("RSS <= 64 MiB").reached, Some(true));
+        assert_eq!(get("RSS <= 1 MiB").reached, None);
+        let md = markdown(&sample());
+        assert!(md.contains("| aim | measured | reached |"));
+        assert!(md.contains("**no**"));
+    }
+
+    #[test]
+    fn records_round_trip_through_json_lines() {
+        let recs = sample();
+        let text: String = recs
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("serializable") + "\n")
+            .collect();
+        assert!(text.contains(r#""kind":"io""#) && text.contains(r#""mode":"pingpong""#));
+        assert_eq!(parse_records(&text).expect("parses"), recs);
+        assert!(parse_records("{\"kind\":\"nope\"}").is_err());
+    }
+}
