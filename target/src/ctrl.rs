@@ -109,6 +109,8 @@ pub struct Controller {
     pub io_queues: Mutex<HashSet<u16>>,
     /// Becomes true when the controller is torn down; every queue's connection watches it.
     dead: watch::Sender<bool>,
+    /// NSIDs whose attributes changed since the host last read log page 04h.
+    changed_ns: Mutex<Vec<u32>>,
     pub counters: Counters,
 }
 
@@ -146,6 +148,7 @@ impl Controller {
             event_notify: Notify::new(),
             io_queues: Mutex::new(HashSet::new()),
             dead,
+            changed_ns: Mutex::new(Vec::new()),
             counters: Counters::default(),
         }
     }
@@ -244,6 +247,30 @@ impl Controller {
         ev.queued.push_back(event);
         drop(ev);
         self.event_notify.notify_one();
+    }
+
+    /// Namespaces were added, removed or resized: remember them for log page 04h and send a
+    /// Namespace Attribute Changed notice.
+    pub fn namespaces_changed(&self, nsids: &[u32]) {
+        {
+            let mut l = lock(&self.changed_ns);
+            for n in nsids {
+                if !l.contains(n) {
+                    l.push(*n);
+                }
+            }
+            // NVMe Base 2.0, Figure 208: more than 1024 changes are reported as FFFFFFFFh.
+            if l.len() > 1024 {
+                l.clear();
+                l.push(u32::MAX);
+            }
+        }
+        self.post_event(aen::NS_ATTR_CHANGED, aec::NS_ATTR);
+    }
+
+    /// Takes the changed-namespace list (reading log page 04h clears it).
+    pub fn take_changed_namespaces(&self) -> Vec<u32> {
+        std::mem::take(&mut *lock(&self.changed_ns))
     }
 
     pub fn notify_discovery_change(&self) {

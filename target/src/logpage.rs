@@ -32,8 +32,7 @@ pub fn build(ctrl: &Controller, g: &GetLogPage) -> Result<Vec<u8>, Status> {
             frs[0] = FIRMWARE_REVISION.to_string();
             FwSlotLog { afi: 1, frs }.to_bytes().to_vec()
         }
-        // No namespace changes while a standalone server runs.
-        lid::CHANGED_NS_LIST => changed_ns_list(&[]).to_vec(),
+        lid::CHANGED_NS_LIST => changed_ns_list(&ctrl.take_changed_namespaces()).to_vec(),
         lid::COMMANDS_SUPPORTED_AND_EFFECTS => effects_log().to_bytes().to_vec(),
         lid::ANA => ana(ctrl, g.lsp & ANA_LSP_RGO != 0),
         lid::VENDOR_GENERATION => generation_log(ctrl).to_vec(),

@@ -7,6 +7,10 @@
 //!   4120 bytes (C2HData: 24-byte header + 4096 bytes of data), one exchange at a time: the wire
 //!   exchange of a 4K read at QD1 with digests off.
 //!
+//! * `pingpong-spin`: the same exchange with both ends spinning on non-blocking sockets instead
+//!   of sleeping in epoll: what the wire costs without the sleep/wake-up of each side (SPDK
+//!   polls; on a VM a wake-up is an inter-processor interrupt and often a VM exit).
+//!
 //! The client sends one byte first to say which.
 
 use std::net::SocketAddr;
@@ -30,6 +34,37 @@ pub const STREAM_READ_MAX: usize = 256 * 1024;
 const MODE_STREAM: u8 = b'R';
 const MODE_STREAM_WRITE: u8 = b'W';
 const MODE_PINGPONG: u8 = b'P';
+const MODE_PINGPONG_SPIN: u8 = b'S';
+
+/// Fills `buf` from a non-blocking socket by spinning (never sleeps).
+fn spin_read_exact(s: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` to a non-blocking socket by spinning.
+fn spin_write_all(s: &mut std::net::TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut put = 0;
+    while put < buf.len() {
+        match s.write(&buf[put..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => put += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// Serves baseline connections on `addr` until killed.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
@@ -64,6 +99,22 @@ async fn serve_one(mut s: TcpStream) -> std::io::Result<()> {
             while s.read(&mut buf).await? > 0 {}
             Ok(())
         }
+        MODE_PINGPONG_SPIN => {
+            // Spinning blocks the thread: give the connection one of its own (it inherits
+            // the process's CPU pinning).
+            let mut std = s.into_std()?;
+            std.set_nonblocking(true)?;
+            tokio::task::spawn_blocking(move || {
+                let mut req = [0u8; PING_LEN];
+                let resp = vec![0x5au8; PONG_LEN];
+                loop {
+                    spin_read_exact(&mut std, &mut req)?;
+                    spin_write_all(&mut std, &resp)?;
+                }
+            })
+            .await
+            .map_err(std::io::Error::other)?
+        }
         MODE_PINGPONG => {
             let mut req = [0u8; PING_LEN];
             let resp = vec![0x5au8; PONG_LEN];
@@ -93,6 +144,7 @@ pub async fn run(
         BaselineMode::Stream => MODE_STREAM,
         BaselineMode::StreamWrite => MODE_STREAM_WRITE,
         BaselineMode::Pingpong => MODE_PINGPONG,
+        BaselineMode::PingpongSpin => MODE_PINGPONG_SPIN,
     };
     s.write_u8(byte).await.map_err(io("hello"))?;
     let start = Instant::now() + warmup;
@@ -156,6 +208,27 @@ pub async fn run(
                 }
             }
         }
+        BaselineMode::PingpongSpin => {
+            let mut std = s.into_std().map_err(io("into_std"))?;
+            std.set_nonblocking(true).map_err(io("nonblocking"))?;
+            let req = [0u8; PING_LEN];
+            let mut resp = vec![0u8; PONG_LEN];
+            loop {
+                let t = Instant::now();
+                spin_write_all(&mut std, &req).map_err(io("write"))?;
+                spin_read_exact(&mut std, &mut resp).map_err(io("read"))?;
+                let now = Instant::now();
+                match window(now, &mut cpu0) {
+                    None => break,
+                    Some(true) => {
+                        bytes += (PING_LEN + PONG_LEN) as u64;
+                        round_trips += 1;
+                        stats::record(&mut hist, now - t);
+                    }
+                    Some(false) => {}
+                }
+            }
+        }
     }
     let cpu = stats::self_cpu().saturating_sub(cpu0.unwrap_or_default());
     let secs = time.as_secs_f64();
@@ -168,7 +241,8 @@ pub async fn run(
         gb_s: bytes as f64 / secs / 1e9,
         round_trips,
         rate: round_trips as f64 / secs,
-        latency: (mode == BaselineMode::Pingpong).then(|| Latency::from_histogram(&hist)),
+        latency: matches!(mode, BaselineMode::Pingpong | BaselineMode::PingpongSpin)
+            .then(|| Latency::from_histogram(&hist)),
         bench_cpu_pct: 100.0 * cpu.as_secs_f64() / secs,
     })
 }

@@ -90,6 +90,9 @@ pub enum BaselineMode {
     StreamWrite,
     /// 72-byte request, 4096 + 24-byte answer, one at a time: a 4K read's wire exchange.
     Pingpong,
+    /// The same ping-pong with both ends busy-polling non-blocking sockets (SPDK's way):
+    /// no sleep and no wake-up per exchange.
+    PingpongSpin,
 }
 
 impl BaselineMode {
@@ -98,6 +101,7 @@ impl BaselineMode {
             Self::Stream => "TCP stream, server to client (read direction)",
             Self::StreamWrite => "TCP stream, client to server (write direction)",
             Self::Pingpong => "ping-pong 72 B / 4120 B (a 4K read's capsule and C2HData)",
+            Self::PingpongSpin => "ping-pong 72 B / 4120 B, both ends busy-polling",
         }
     }
 }

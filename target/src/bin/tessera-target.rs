@@ -25,6 +25,17 @@ struct Args {
     /// Pin reactor threads to these CPUs, e.g. `--cpus 0` or `--cpus 0,1`.
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
+    /// Cluster mode: the management service's control address (e.g. 127.0.0.1:7700). The
+    /// server gets its map (portals, volumes, pool size) from there.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["config", "check"], requires = "server_id")]
+    manager: Option<String>,
+    /// Cluster mode: this server's id in the cluster map.
+    #[arg(long, value_name = "ID", requires = "manager")]
+    server_id: Option<String>,
+    /// Cluster mode: the pool backend (its size comes from the map): ram, null, file:PATH or
+    /// block:PATH.
+    #[arg(long, default_value = "ram")]
+    pool: tessera::cluster::PoolSpec,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +67,10 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         };
+    }
+
+    if let (Some(manager), Some(id)) = (&args.manager, &args.server_id) {
+        return run_cluster(manager, id, &args);
     }
 
     let layout = match &args.config {
@@ -132,4 +147,36 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tessera-target: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let opts = TargetOptions {
+            reactors: args.reactors,
+            cpus: args.cpus.clone(),
+            ..TargetOptions::default()
+        };
+        let node = match tessera::cluster::start(manager, id, &args.pool, opts).await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("tessera-target: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        node.target.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
 }

@@ -1,0 +1,392 @@
+//! Cluster mode: a storage server driven by the management service's map
+//! (docs/cluster-protocol.md).
+//!
+//! `start` fetches the first map before serving anything, opens the pool, exports every
+//! volume's subsystem on the host portal (namespaces are [`routed::RoutedVolume`]s) and the
+//! internal subsystem (the pool, stamps required) on the internal portal, then follows the
+//! manager's watch stream: each new generation is installed (fencing and final-copying extents
+//! this server loses, phase 1a) and acknowledged.
+
+pub mod mover;
+pub mod peers;
+pub mod pool;
+pub mod routed;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use manager::api::{ReportKind, ReportRequest, Role};
+use manager::client::Client;
+use manager::map::ClusterMap;
+
+use crate::generation::{MismatchKind, MismatchReport, REPORT_QUEUE_MAX};
+use crate::namespace::Namespace;
+use crate::server::{Target, TargetOptions};
+use crate::subsys::{HostPolicy, NamespaceMap, Registry, Subsystem};
+use peers::{INTERNAL_BLOCK, INTERNAL_NSID, Peers, internal_nqn, server_hostnqn};
+use pool::{PoolVolume, TrackedPool};
+use routed::RoutedVolume;
+
+/// How long a starting server keeps asking for its first map.
+pub const FIRST_MAP_WAIT: Duration = Duration::from_secs(30);
+/// Mismatch reports sent to the manager per second at most (DESIGN.md: rate-limited).
+pub const REPORTS_PER_SECOND: u32 = 10;
+
+/// The pool backend kind (its size comes from the map).
+#[derive(Debug, Clone)]
+pub enum PoolSpec {
+    Ram,
+    Null,
+    File(std::path::PathBuf),
+    Block(std::path::PathBuf),
+}
+
+impl std::str::FromStr for PoolSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "ram" => Ok(Self::Ram),
+            None if s == "null" => Ok(Self::Null),
+            Some(("file", p)) => Ok(Self::File(p.into())),
+            Some(("block", p)) => Ok(Self::Block(p.into())),
+            _ => Err(format!(
+                "pool `{s}`: expected ram, null, file:PATH or block:PATH"
+            )),
+        }
+    }
+}
+
+/// State shared by the routing volumes, the watcher and the movers of one server.
+pub struct NodeShared {
+    pub me: String,
+    pub map: ArcSwap<ClusterMap>,
+    pub pool: PoolVolume,
+    pub peers: Peers,
+    pub registry: Arc<Registry>,
+    pub client: Client,
+    /// Wakes the watcher to fetch the map now (a peer answered "stale map").
+    pub refresh: tokio::sync::Notify,
+    /// Routed pieces retried after a generation mismatch (figures for tests).
+    pub stale_retries: AtomicU64,
+    pub movers: mover::Movers,
+}
+
+/// A running cluster storage server.
+pub struct Node {
+    pub target: Target,
+    pub shared: Arc<NodeShared>,
+}
+
+#[derive(Debug)]
+pub struct NodeError(pub String);
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// Starts a storage server `server_id` of the cluster managed at `manager`.
+pub async fn start(
+    manager: &str,
+    server_id: &str,
+    pool_spec: &PoolSpec,
+    opts: TargetOptions,
+) -> Result<Node, NodeError> {
+    let client = Client::new(manager);
+    let role = Role::Server(server_id.to_string());
+    let deadline = tokio::time::Instant::now() + FIRST_MAP_WAIT;
+    let map = loop {
+        match client.map(&role).await {
+            Ok(m) => break m,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "waiting for the manager's first map");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(NodeError(format!(
+                    "no map from the manager at {manager}: {e}"
+                )));
+            }
+        }
+    };
+    let entry = map
+        .server(server_id)
+        .ok_or_else(|| NodeError(format!("server id `{server_id}` is not in the cluster map")))?
+        .clone();
+    let spec = match pool_spec {
+        PoolSpec::Ram => hw::BackendSpec::Ram {
+            size: entry.pool_bytes,
+            preallocate: false,
+        },
+        PoolSpec::Null => hw::BackendSpec::Null {
+            size: entry.pool_bytes,
+        },
+        PoolSpec::File(p) => hw::BackendSpec::File {
+            path: p.clone(),
+            size: Some(entry.pool_bytes),
+            create: true,
+        },
+        PoolSpec::Block(p) => hw::BackendSpec::Block { path: p.clone() },
+    };
+    let backend = hw::open(&spec).map_err(|e| NodeError(format!("cannot open the pool: {e}")))?;
+    let pool = PoolVolume(Arc::new(TrackedPool::new(backend)));
+
+    let internal = Subsystem::with_cntlid_range(
+        internal_nqn(server_id),
+        yaml::derived_serial(&internal_nqn(server_id)),
+        "Tessera internal".to_string(),
+        HostPolicy::Only(map.servers.iter().map(|s| server_hostnqn(&s.id)).collect()),
+        NamespaceMap::new(),
+        entry.cntlid_min,
+        entry.cntlid_max,
+    )
+    .into_internal();
+    let pool_ns = Namespace::new(
+        INTERNAL_NSID,
+        INTERNAL_BLOCK,
+        uuid_of(&internal_nqn(server_id)),
+        uuid_of(&internal_nqn(server_id)),
+        Arc::new(pool.clone()),
+    );
+    internal.set_namespaces(BTreeMap::from([(INTERNAL_NSID, Arc::new(pool_ns))]));
+    let registry = Arc::new(Registry::new_cluster(vec![internal], map.generation));
+    registry.generation.behind_wait_ms.store(
+        u64::try_from(crate::io::BEHIND_WAIT.as_millis()).unwrap_or(2000),
+        Ordering::Relaxed,
+    );
+    let (report_tx, report_rx) = tokio::sync::mpsc::channel(REPORT_QUEUE_MAX);
+    registry.generation.set_reporter(report_tx);
+
+    let shared = Arc::new(NodeShared {
+        me: server_id.to_string(),
+        map: ArcSwap::from_pointee(map.clone()),
+        pool,
+        peers: Peers::new(server_id),
+        registry: Arc::clone(&registry),
+        client: client.clone(),
+        refresh: tokio::sync::Notify::new(),
+        stale_retries: AtomicU64::new(0),
+        movers: mover::Movers::default(),
+    });
+    sync_subsystems(&shared, &map);
+    let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
+        .await
+        .map_err(|e| NodeError(e.to_string()))?;
+    mover::sync(&shared, &map);
+    if let Err(e) = client.ack(server_id, map.generation).await {
+        tracing::warn!(error = %e, "first ack failed");
+    }
+    tokio::spawn(watch(Arc::clone(&shared)));
+    tokio::spawn(report(Arc::clone(&shared), report_rx));
+    tracing::info!(
+        server = server_id,
+        generation = map.generation,
+        "cluster storage server up"
+    );
+    Ok(Node { target, shared })
+}
+
+/// A stable 16-byte id from a name (for the internal namespace's NGUID/UUID).
+fn uuid_of(name: &str) -> [u8; 16] {
+    yaml::derived_namespace_id(name, INTERNAL_NSID)
+}
+
+/// Makes the registry's subsystems and namespaces match `map`; tells controllers about
+/// namespaces that appeared, disappeared or changed size (Namespace Attribute Changed).
+pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
+    let Some(me) = map.server(&node.me) else {
+        return;
+    };
+    let reg = &node.registry;
+    if let Some(internal) = reg.subsystem(&internal_nqn(&node.me)) {
+        internal.set_hosts(HostPolicy::Only(
+            map.servers.iter().map(|s| server_hostnqn(&s.id)).collect(),
+        ));
+    }
+    for sub in &map.subsystems {
+        let hosts = match &sub.hosts {
+            manager::map::HostPolicy::Any => HostPolicy::Any,
+            manager::map::HostPolicy::Only(v) => HostPolicy::Only(v.clone()),
+        };
+        let s = match reg.subsystem(&sub.nqn) {
+            Some(s) => {
+                s.set_hosts(hosts);
+                s
+            }
+            None => {
+                let s = Arc::new(Subsystem::with_cntlid_range(
+                    sub.nqn.clone(),
+                    yaml::derived_serial(&sub.nqn),
+                    "Tessera".to_string(),
+                    hosts,
+                    NamespaceMap::new(),
+                    me.cntlid_min,
+                    me.cntlid_max,
+                ));
+                reg.add_subsystem(Arc::clone(&s));
+                s
+            }
+        };
+        let old = s.namespaces();
+        let mut next = NamespaceMap::new();
+        for vol in map.namespaces_of(&sub.nqn) {
+            let keep = old.get(&vol.nsid).filter(|n| {
+                n.volume.len_bytes() == vol.size_bytes
+                    && n.block_size == vol.block_size
+                    && n.nguid == vol.uuid
+            });
+            let ns = match keep {
+                Some(n) => Arc::clone(n),
+                None => Arc::new(Namespace::new(
+                    vol.nsid,
+                    vol.block_size,
+                    vol.uuid,
+                    vol.uuid,
+                    Arc::new(RoutedVolume::new(
+                        Arc::clone(node),
+                        &vol.name,
+                        vol.size_bytes,
+                    )),
+                )),
+            };
+            next.insert(vol.nsid, ns);
+        }
+        let changed = s.set_namespaces(next);
+        if !changed.is_empty() && !old.is_empty() {
+            for c in s.controllers() {
+                c.namespaces_changed(&changed);
+            }
+        }
+    }
+}
+
+/// Follows the manager's pushes for this server; installs and acknowledges each generation.
+async fn watch(node: Arc<NodeShared>) {
+    let role = Role::Server(node.me.clone());
+    loop {
+        let after = node.registry.generation.current();
+        let mut stream = Box::pin(node.client.watch(role.clone(), after));
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Ok(map)) => install(&node, map).await,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "watch stream error (reconnecting)");
+                    }
+                    None => break,
+                },
+                () = node.refresh.notified() => {
+                    if let Ok(map) = node.client.map(&role).await {
+                        install(&node, map).await;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Installs `new` if it is newer (docs/cluster-protocol.md, "Publishing a change").
+pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
+    let _one = node.movers.install_lock.lock().await;
+    let old = node.map.load_full();
+    if new.generation <= old.generation {
+        return;
+    }
+    let lost: Vec<_> = ClusterMap::changed_owners(&old, &new)
+        .into_iter()
+        .filter(|l| l.old_owner == node.me)
+        .collect();
+    let gate = node.registry.gate.clone();
+    if !lost.is_empty() {
+        // Phase 1a: fence the extents we lose. No I/O runs while the gate is closed; the last
+        // writes are copied to the new owner (stamped with the generation it still has), and
+        // only then does our generation move, so a stale stamp can never land on the old copy.
+        if let Some(g) = &gate {
+            g.close().await;
+        }
+        for l in &lost {
+            mover::finish(node, &old, &new, &l.volume, l.extent).await;
+        }
+    }
+    node.map.store(Arc::new(new.clone()));
+    sync_subsystems(node, &new);
+    node.registry.generation.install(new.generation);
+    if !lost.is_empty()
+        && let Some(g) = &gate
+    {
+        g.open();
+    }
+    tracing::info!(
+        generation = new.generation,
+        lost = lost.len(),
+        "map installed"
+    );
+    mover::sync(node, &new);
+    for attempt in 0..5u32 {
+        match node.client.ack(&node.me, new.generation).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "ack failed");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+}
+
+/// Sends mismatch reports to the manager, batched and rate-limited.
+async fn report(node: Arc<NodeShared>, mut rx: tokio::sync::mpsc::Receiver<MismatchReport>) {
+    let period = Duration::from_millis(1000 / u64::from(REPORTS_PER_SECOND));
+    while let Some(first) = rx.recv().await {
+        // Gather what else arrived within one period, then send one report per kind.
+        let mut batch: BTreeMap<u8, (MismatchReport, u64)> = BTreeMap::new();
+        let key = |r: &MismatchReport| match r.kind {
+            MismatchKind::Stale => 0u8,
+            MismatchKind::Behind => 1,
+            MismatchKind::Unstamped => 2,
+        };
+        batch.insert(key(&first), (first, 1));
+        let deadline = tokio::time::Instant::now() + period;
+        while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            let e = batch.entry(key(&r)).or_insert((r, 0));
+            e.0 = r;
+            e.1 += 1;
+        }
+        for (r, count) in batch.into_values() {
+            let kind = match r.kind {
+                MismatchKind::Stale => ReportKind::Stale,
+                MismatchKind::Behind => ReportKind::Behind,
+                MismatchKind::Unstamped => ReportKind::Unstamped,
+            };
+            let req = ReportRequest {
+                server: node.me.clone(),
+                kind,
+                stamp: r.stamp,
+                current: r.current,
+                count,
+            };
+            let g = &node.registry.generation;
+            match node.client.report(&req).await {
+                Ok(()) => {
+                    g.reports_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    g.reports_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// For tests: the stale-retry counter.
+pub fn stale_retries(node: &NodeShared) -> u64 {
+    node.stale_retries.load(Ordering::Relaxed)
+}

@@ -1,0 +1,310 @@
+//! Copy-then-switch for extents this server owns and the map says are moving
+//! (docs/cluster-protocol.md, "Moving an extent").
+//!
+//! While the map says `moving: {to}`, writes to the extent's pool range are recorded in a dirty
+//! map ([`super::pool::DirtyRegion`]); the copier copies the whole extent to `to`, then only
+//! what was written meanwhile, until a pass finds little left, and tells the manager. At the
+//! switch ([`finish`], called with the install gate closed) the copier is stopped at a chunk
+//! boundary (chunks it had taken but not copied are marked dirty again), the remaining dirty
+//! chunks are copied, and tracking ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bitvec::prelude::{BitVec, Lsb0};
+use manager::api::MoveReadyRequest;
+use manager::map::{ClusterMap, Replica};
+
+use super::NodeShared;
+use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
+use super::pool::{DirtyRegion, TRACK_CHUNK, read_pool};
+use crate::initiator::InitiatorError;
+use crate::subsys::lock;
+
+/// Bytes copied per write to the new owner (one MDTS).
+pub const COPY_IO_MAX: u64 = 128 * 1024;
+/// Dirty passes before the copier reports ready anyway (the final pass under the gate copies
+/// whatever is left).
+pub const PASSES_MAX: u32 = 16;
+/// A pass that copied at most this many chunks counts as converged.
+pub const CONVERGED_CHUNKS: usize = 64;
+
+struct Active {
+    region: Arc<DirtyRegion>,
+    dest: Replica,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Movers of one server, by (volume, extent).
+#[derive(Default)]
+pub struct Movers {
+    active: std::sync::Mutex<HashMap<(String, usize), Active>>,
+    /// One install at a time (installs and movers' start/stop agree on the map).
+    pub install_lock: tokio::sync::Mutex<()>,
+}
+
+/// Starts copiers for extents this server owns that `map` says are moving; forgets the ones
+/// that are no longer moving here (a move that was switched or cancelled).
+pub fn sync(node: &Arc<NodeShared>, map: &ClusterMap) {
+    let mut want: HashMap<(String, usize), (u64, u64, Replica)> = HashMap::new();
+    for v in &map.volumes {
+        for (i, e) in v.extents.iter().enumerate() {
+            let (Some(owner), Some(mv)) = (e.replicas.first(), &e.moving) else {
+                continue;
+            };
+            if owner.server != node.me {
+                continue;
+            }
+            if let Some((_, len)) = v.extent_range(i) {
+                want.insert((v.name.clone(), i), (owner.offset, len, mv.to.clone()));
+            }
+        }
+    }
+    let mut active = lock(&node.movers.active);
+    active.retain(|k, a| {
+        let keep = want.get(k).is_some_and(|(_, _, to)| *to == a.dest);
+        if !keep {
+            a.stop.store(true, Ordering::Release);
+            a.task.abort();
+            node.pool.0.untrack(&a.region);
+        }
+        keep
+    });
+    for (k, (off, len, dest)) in want {
+        if active.contains_key(&k) {
+            continue;
+        }
+        let region = node.pool.0.track(off, len);
+        region.mark_all();
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(copier(
+            Arc::clone(node),
+            k.0.clone(),
+            k.1,
+            Arc::clone(&region),
+            dest.clone(),
+            Arc::clone(&stop),
+        ));
+        tracing::info!(volume = %k.0, extent = k.1, to = %dest.server, "extent copy started");
+        active.insert(
+            k,
+            Active {
+                region,
+                dest,
+                stop,
+                task,
+            },
+        );
+    }
+}
+
+async fn copier(
+    node: Arc<NodeShared>,
+    volume: String,
+    extent: usize,
+    region: Arc<DirtyRegion>,
+    dest: Replica,
+    stop: Arc<AtomicBool>,
+) {
+    let mut passes = 0u32;
+    loop {
+        let bits = region.take();
+        let n = bits.count_ones();
+        if copy(&node, &region, &bits, &dest, Some(&stop))
+            .await
+            .is_err()
+        {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        passes += 1;
+        if n <= CONVERGED_CHUNKS || passes >= PASSES_MAX {
+            break;
+        }
+    }
+    tracing::info!(%volume, extent, passes, "extent copy converged");
+    let req = MoveReadyRequest {
+        server: node.me.clone(),
+        volume: volume.clone(),
+        extent,
+        generation: node.registry.generation.current(),
+    };
+    // Keep telling the manager until it switches (or this mover is stopped).
+    while !stop.load(Ordering::Acquire) {
+        match node.client.move_ready(&req).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "move-ready not accepted yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Copies the chunks set in `bits` of `region` to `dest`. With `stop`, it stops at a chunk
+/// boundary when asked and marks what it had not copied dirty again.
+async fn copy(
+    node: &Arc<NodeShared>,
+    region: &DirtyRegion,
+    bits: &BitVec<u64, Lsb0>,
+    dest: &Replica,
+    stop: Option<&AtomicBool>,
+) -> Result<(), ()> {
+    let chunks_per_io = usize::try_from(COPY_IO_MAX / TRACK_CHUNK).unwrap_or(1);
+    let mut c = 0usize;
+    let total = bits.len();
+    while c < total {
+        if !bits[c] {
+            c += 1;
+            continue;
+        }
+        let mut end = c + 1;
+        while end < total && bits[end] && end - c < chunks_per_io {
+            end += 1;
+        }
+        if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+            remark(region, bits, c);
+            return Err(());
+        }
+        let off = region.start + c as u64 * TRACK_CHUNK;
+        let len = ((end - c) as u64 * TRACK_CHUNK).min(region.start + region.len - off);
+        if let Err(e) = copy_range(
+            node,
+            off,
+            len,
+            dest.offset + (off - region.start),
+            &dest.server,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "extent copy I/O failed");
+            remark(region, bits, c);
+            return Err(());
+        }
+        c = end;
+    }
+    Ok(())
+}
+
+/// Marks chunks `from..` of a taken map dirty again (they were not copied).
+fn remark(region: &DirtyRegion, bits: &BitVec<u64, Lsb0>, from: usize) {
+    for i in bits.iter_ones().filter(|i| *i >= from) {
+        let off = region.start + i as u64 * TRACK_CHUNK;
+        region.mark_range(off, TRACK_CHUNK);
+    }
+}
+
+async fn copy_range(
+    node: &Arc<NodeShared>,
+    pool_off: u64,
+    len: u64,
+    dest_off: u64,
+    dest_server: &str,
+) -> Result<(), String> {
+    let data = read_pool(&node.pool, pool_off, usize::try_from(len).unwrap_or(0))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut backoff = Duration::from_millis(10);
+    for _ in 0..20 {
+        let map = node.map.load_full();
+        let addr = map
+            .server(dest_server)
+            .map(|s| s.internal)
+            .ok_or_else(|| format!("server {dest_server} left the map"))?;
+        let q = match node.peers.queue(dest_server, addr).await {
+            Ok(q) => q,
+            Err(e) => {
+                node.peers.drop_peer(dest_server);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                tracing::debug!(error = %e, "copy: peer unreachable");
+                continue;
+            }
+        };
+        let g = node.registry.generation.current();
+        match q
+            .with_generation(g)
+            .write(
+                INTERNAL_NSID,
+                dest_off / u64::from(INTERNAL_BLOCK),
+                INTERNAL_BLOCK,
+                data.clone(),
+                false,
+            )
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(InitiatorError::Generation {
+                server_generation, ..
+            }) => {
+                if server_generation > g {
+                    node.refresh.notify_one();
+                    node.registry
+                        .generation
+                        .wait_for(server_generation, backoff * 4)
+                        .await;
+                } else {
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+            Err(e) if e.is_connection_fatal() => {
+                node.peers.drop_peer(dest_server);
+                tokio::time::sleep(backoff).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+    Err(format!("copy to {dest_server} kept failing"))
+}
+
+/// The switch, on the old owner, with the install gate closed: stop the copier, copy what is
+/// still dirty, stop tracking. `new` names the new owner.
+pub async fn finish(
+    node: &Arc<NodeShared>,
+    _old: &ClusterMap,
+    new: &ClusterMap,
+    volume: &str,
+    extent: usize,
+) {
+    let taken = lock(&node.movers.active).remove(&(volume.to_string(), extent));
+    let Some(dest) = new.owner(volume, extent).cloned() else {
+        return;
+    };
+    let Some(a) = taken else {
+        // No copier here (e.g. this server restarted during the move): nothing was tracked, so
+        // copy the whole extent to be safe.
+        if let (Some(v), Some(old_owner)) = (_old.volume(volume), _old.owner(volume, extent))
+            && let Some((_, len)) = v.extent_range(extent)
+        {
+            let region = node.pool.0.track(old_owner.offset, len);
+            region.mark_all();
+            let bits = region.take();
+            let _ = copy(node, &region, &bits, &dest, None).await;
+            node.pool.0.untrack(&region);
+        }
+        return;
+    };
+    a.stop.store(true, Ordering::Release);
+    let _ = a.task.await;
+    // The gate is closed: nothing writes the region now. Copy the rest until clean.
+    for _ in 0..4 {
+        let bits = a.region.take();
+        if bits.not_any() {
+            break;
+        }
+        if copy(node, &a.region, &bits, &dest, None).await.is_err() {
+            tracing::error!(volume, extent, "final copy failed; retrying");
+            remark(&a.region, &bits, 0);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    node.pool.0.untrack(&a.region);
+    tracing::info!(volume, extent, to = %dest.server, "extent switched");
+}

@@ -1,0 +1,97 @@
+//! Internal NVMe/TCP connections to the other storage servers (server-to-server I/O).
+//!
+//! One controller and one I/O queue per peer, opened on first use and reopened after a failure.
+//! The peer must advertise the generation check in its Identify Controller vendor area, or it
+//! is refused (fail closed, DESIGN.md).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::initiator::{Controller, ControllerOptions, InitiatorError, Queue};
+use crate::subsys::lock;
+
+/// The internal subsystem NQN of a server.
+pub fn internal_nqn(server_id: &str) -> String {
+    format!("nqn.2026-11.dev.tessera:internal:{server_id}")
+}
+
+/// The host NQN a server uses on internal connections.
+pub fn server_hostnqn(server_id: &str) -> String {
+    format!("nqn.2026-11.dev.tessera:server:{server_id}")
+}
+
+/// Block size of the internal namespace (NSID 1 = the whole pool).
+pub const INTERNAL_BLOCK: u32 = 512;
+pub const INTERNAL_NSID: u32 = 1;
+
+/// Queue entries of an internal I/O queue.
+const INTERNAL_QUEUE_SQSIZE: u16 = 127;
+
+struct Peer {
+    addr: SocketAddr,
+    ctrl: Controller,
+    queue: Queue,
+}
+
+/// Connections to peers, by server id.
+pub struct Peers {
+    me: String,
+    conns: Mutex<HashMap<String, Arc<Peer>>>,
+    /// Serialises connection setup (one connect per peer at a time).
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Peers {
+    pub fn new(me: &str) -> Self {
+        Self {
+            me: me.to_string(),
+            conns: Mutex::new(HashMap::new()),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The I/O queue to `id` at `addr`, connecting if needed.
+    pub async fn queue(&self, id: &str, addr: SocketAddr) -> Result<Queue, InitiatorError> {
+        if let Some(p) = lock(&self.conns).get(id)
+            && p.addr == addr
+            && !p.queue.is_closed()
+        {
+            return Ok(p.queue.clone());
+        }
+        let _g = self.connecting.lock().await;
+        if let Some(p) = lock(&self.conns).get(id)
+            && p.addr == addr
+            && !p.queue.is_closed()
+        {
+            return Ok(p.queue.clone());
+        }
+        let opts = ControllerOptions::default();
+        let ctrl =
+            Controller::connect(addr, &internal_nqn(id), &server_hostnqn(&self.me), &opts).await?;
+        ctrl.enable().await?;
+        // Fail closed: a peer that does not check generations must not get our I/O.
+        ctrl.require_generation_check().await?;
+        ctrl.set_num_queues(1).await?;
+        let queue = ctrl.connect_io_queue(1, INTERNAL_QUEUE_SQSIZE).await?;
+        tracing::info!(peer = id, %addr, "internal connection up");
+        let peer = Arc::new(Peer {
+            addr,
+            ctrl,
+            queue: queue.clone(),
+        });
+        lock(&self.conns).insert(id.to_string(), peer);
+        Ok(queue)
+    }
+
+    /// Forgets a broken connection (the next use reconnects).
+    pub fn drop_peer(&self, id: &str) {
+        if let Some(p) = lock(&self.conns).remove(id) {
+            tracing::debug!(
+                peer = id,
+                cntlid = p.ctrl.cntlid(),
+                "internal connection dropped"
+            );
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! A volume routed by the cluster map: each byte range is split at extent boundaries and every
+//! piece goes to its extent's owner — this server's pool, or a peer over an internal
+//! connection, stamped with this server's generation. On "stale map" / "server behind" the
+//! routing server refreshes its map and retries, bounded; the host never sees a vendor status
+//! (docs/cluster-protocol.md, "Routing host I/O").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hw::{IoError, Op};
+
+use super::NodeShared;
+use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
+use crate::initiator::InitiatorError;
+use crate::volume::{IoFuture, IoResult, Volume};
+
+/// Tries per piece before the host gets a path error (then it retries itself).
+pub const ROUTE_TRIES: u32 = 6;
+/// Backoff between tries: 10 ms doubling to 320 ms (well under Linux's 30 s I/O timeout).
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// errno marking "no path right now" for the one status mapping (status.rs): the host gets a
+/// retryable path error.
+pub const ENOPATH: i32 = libc::EAGAIN;
+
+/// One piece of a request: `len` bytes at byte `vol_off` of the volume, in extent `extent`.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    extent: usize,
+    vol_off: u64,
+    len: u64,
+    /// Offset of the piece inside the request's buffer.
+    buf_off: usize,
+}
+
+pub struct RoutedVolume {
+    node: Arc<NodeShared>,
+    name: String,
+    size_bytes: u64,
+}
+
+enum Target {
+    Local(u64),
+    Remote {
+        server: String,
+        addr: std::net::SocketAddr,
+        pool_off: u64,
+    },
+}
+
+impl RoutedVolume {
+    pub fn new(node: Arc<NodeShared>, name: &str, size_bytes: u64) -> Self {
+        Self {
+            node,
+            name: name.to_string(),
+            size_bytes,
+        }
+    }
+
+    fn pieces(&self, off: u64, len: u64) -> Result<Vec<Piece>, IoError> {
+        let map = self.node.map.load();
+        let vol = map.volume(&self.name).ok_or(IoError::Io {
+            op: Op::Read,
+            errno: ENOPATH,
+        })?;
+        let end = off
+            .checked_add(len)
+            .filter(|e| *e <= vol.size_bytes)
+            .ok_or(IoError::OutOfRange {
+                op: Op::Read,
+                offset: off,
+                len,
+                capacity: vol.size_bytes,
+            })?;
+        let mut v = Vec::new();
+        let mut at = off;
+        while at < end {
+            let i = vol.extent_of(at).ok_or(IoError::Io {
+                op: Op::Read,
+                errno: ENOPATH,
+            })?;
+            let (start, elen) = vol.extent_range(i).ok_or(IoError::Io {
+                op: Op::Read,
+                errno: ENOPATH,
+            })?;
+            let n = (start + elen).min(end) - at;
+            v.push(Piece {
+                extent: i,
+                vol_off: at,
+                len: n,
+                buf_off: usize::try_from(at - off).unwrap_or(usize::MAX),
+            });
+            at += n;
+        }
+        Ok(v)
+    }
+
+    /// Where extent piece `p` lives under the current map.
+    fn locate(node: &NodeShared, name: &str, p: &Piece) -> Option<Target> {
+        let map = node.map.load();
+        let vol = map.volume(name)?;
+        let owner = vol.owner(p.extent)?;
+        let (start, _) = vol.extent_range(p.extent)?;
+        let pool_off = owner.offset + (p.vol_off - start);
+        if owner.server == node.me {
+            return Some(Target::Local(pool_off));
+        }
+        let s = map.server(&owner.server)?;
+        Some(Target::Remote {
+            server: owner.server.clone(),
+            addr: s.internal,
+            pool_off,
+        })
+    }
+
+    /// Runs `op` on one piece with routing retries.
+    async fn with_retries<T, F, Fut>(
+        node: &Arc<NodeShared>,
+        name: &str,
+        p: Piece,
+        op: F,
+    ) -> IoResult<T>
+    where
+        F: Fn(Target, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RouteError>>,
+    {
+        let mut backoff = BACKOFF_MIN;
+        let mut last = IoError::Io {
+            op: Op::Read,
+            errno: ENOPATH,
+        };
+        for _ in 0..ROUTE_TRIES {
+            let generation = node.registry.generation.current();
+            let Some(t) = Self::locate(node, name, &p) else {
+                return Err(last);
+            };
+            match op(t, generation).await {
+                Ok(v) => return Ok(v),
+                Err(RouteError::Io(e)) => return Err(e),
+                Err(RouteError::Generation { server_generation }) => {
+                    node.stale_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if server_generation > generation {
+                        // We are behind: ask for the map now and wait for it (bounded).
+                        node.refresh.notify_one();
+                        node.registry
+                            .generation
+                            .wait_for(server_generation, backoff * 4)
+                            .await;
+                    } else {
+                        // The peer is behind: it catches up through its own watch stream.
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                Err(RouteError::Unreachable(server)) => {
+                    node.peers.drop_peer(&server);
+                    last = IoError::Io {
+                        op: Op::Read,
+                        errno: ENOPATH,
+                    };
+                    node.refresh.notify_one();
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(320));
+        }
+        Err(last)
+    }
+}
+
+/// Why one routed piece failed.
+pub enum RouteError {
+    /// A final answer (media error, out of range...).
+    Io(IoError),
+    /// SC 80h / 81h from the peer, with its generation.
+    Generation { server_generation: u64 },
+    /// The peer could not be reached.
+    Unreachable(String),
+}
+
+fn route_err(server: &str, e: InitiatorError) -> RouteError {
+    match e {
+        InitiatorError::Generation {
+            server_generation, ..
+        } => RouteError::Generation { server_generation },
+        InitiatorError::Status(s) => {
+            // A standard status from the peer: keep its class (the host sees a standard one).
+            let errno = if s.same_code(codec::nvme::Status::LBA_RANGE) {
+                libc::ERANGE
+            } else if s.same_code(codec::nvme::Status::CAP_EXCEEDED) {
+                libc::ENOSPC
+            } else {
+                libc::EIO
+            };
+            if errno == libc::ENOSPC {
+                RouteError::Io(IoError::NoSpace {
+                    op: Op::Write,
+                    errno,
+                })
+            } else {
+                RouteError::Io(IoError::Io {
+                    op: Op::Write,
+                    errno,
+                })
+            }
+        }
+        _ => RouteError::Unreachable(server.to_string()),
+    }
+}
+
+fn lba(off: u64) -> u64 {
+    off / u64::from(INTERNAL_BLOCK)
+}
+
+fn nlb(len: u64) -> u32 {
+    u32::try_from(len / u64::from(INTERNAL_BLOCK)).unwrap_or(u32::MAX)
+}
+
+impl Volume for RoutedVolume {
+    fn len_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn volatile_write_cache(&self) -> bool {
+        self.node.pool.volatile_write_cache()
+    }
+
+    fn kind(&self) -> &'static str {
+        "routed"
+    }
+
+    fn read(&self, offset: u64, buf: Vec<u8>) -> IoFuture<Bytes> {
+        let node = Arc::clone(&self.node);
+        let name = self.name.clone();
+        let pieces = self.pieces(offset, buf.len() as u64);
+        IoFuture::Boxed(Box::pin(async move {
+            let pieces = pieces?;
+            let mut out = BytesMut::from(&buf[..]);
+            for p in pieces {
+                let node2 = Arc::clone(&node);
+                let data = Self::with_retries(&node, &name, p, move |t, generation| {
+                    let node = Arc::clone(&node2);
+                    async move {
+                        match t {
+                            Target::Local(off) => {
+                                let len = usize::try_from(p.len).unwrap_or(0);
+                                node.pool
+                                    .read(off, vec![0u8; len])
+                                    .await
+                                    .map_err(RouteError::Io)
+                            }
+                            Target::Remote {
+                                server,
+                                addr,
+                                pool_off,
+                            } => {
+                                let q = node
+                                    .peers
+                                    .queue(&server, addr)
+                                    .await
+                                    .map_err(|e| route_err(&server, e))?;
+                                q.with_generation(generation)
+                                    .read(INTERNAL_NSID, lba(pool_off), nlb(p.len), INTERNAL_BLOCK)
+                                    .await
+                                    .map_err(|e| route_err(&server, e))
+                            }
+                        }
+                    }
+                })
+                .await?;
+                let end = p.buf_off + data.len();
+                if let Some(dst) = out.get_mut(p.buf_off..end) {
+                    dst.copy_from_slice(&data);
+                }
+            }
+            Ok(out.freeze())
+        }))
+    }
+
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()> {
+        let node = Arc::clone(&self.node);
+        let name = self.name.clone();
+        let pieces = self.pieces(offset, data.len() as u64);
+        IoFuture::Boxed(Box::pin(async move {
+            for p in pieces? {
+                let chunk = data.slice(p.buf_off..p.buf_off + usize::try_from(p.len).unwrap_or(0));
+                let node2 = Arc::clone(&node);
+                Self::with_retries(&node, &name, p, move |t, generation| {
+                    let node = Arc::clone(&node2);
+                    let chunk = chunk.clone();
+                    async move {
+                        match t {
+                            Target::Local(off) => node
+                                .pool
+                                .write(off, chunk, fua)
+                                .await
+                                .map_err(RouteError::Io),
+                            Target::Remote {
+                                server,
+                                addr,
+                                pool_off,
+                            } => {
+                                let q = node
+                                    .peers
+                                    .queue(&server, addr)
+                                    .await
+                                    .map_err(|e| route_err(&server, e))?;
+                                q.with_generation(generation)
+                                    .write(INTERNAL_NSID, lba(pool_off), INTERNAL_BLOCK, chunk, fua)
+                                    .await
+                                    .map_err(|e| route_err(&server, e))
+                            }
+                        }
+                    }
+                })
+                .await?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
+        self.zero_like(offset, len, false)
+    }
+
+    fn deallocate(&self, offset: u64, len: u64) -> IoFuture<()> {
+        self.zero_like(offset, len, true)
+    }
+
+    fn flush(&self) -> IoFuture<()> {
+        let node = Arc::clone(&self.node);
+        IoFuture::Boxed(Box::pin(async move {
+            node.pool.flush().await?;
+            // Peers' pools hold our extents too: flush every server the map names.
+            let map = node.map.load_full();
+            for s in &map.servers {
+                if s.id == node.me {
+                    continue;
+                }
+                if let Ok(q) = node.peers.queue(&s.id, s.internal).await {
+                    let g = node.registry.generation.current();
+                    let _ = q.with_generation(g).flush(INTERNAL_NSID).await;
+                }
+            }
+            Ok(())
+        }))
+    }
+}
+
+impl RoutedVolume {
+    fn zero_like(&self, offset: u64, len: u64, deallocate: bool) -> IoFuture<()> {
+        let node = Arc::clone(&self.node);
+        let name = self.name.clone();
+        let pieces = self.pieces(offset, len);
+        IoFuture::Boxed(Box::pin(async move {
+            for p in pieces? {
+                let node2 = Arc::clone(&node);
+                Self::with_retries(&node, &name, p, move |t, generation| {
+                    let node = Arc::clone(&node2);
+                    async move {
+                        match t {
+                            Target::Local(off) => {
+                                let f = if deallocate {
+                                    node.pool.deallocate(off, p.len)
+                                } else {
+                                    node.pool.write_zeroes(off, p.len)
+                                };
+                                f.await.map_err(RouteError::Io)
+                            }
+                            Target::Remote {
+                                server,
+                                addr,
+                                pool_off,
+                            } => {
+                                let q = node
+                                    .peers
+                                    .queue(&server, addr)
+                                    .await
+                                    .map_err(|e| route_err(&server, e))?;
+                                let s = q.with_generation(generation);
+                                let mut left = p.len;
+                                let mut at = pool_off;
+                                // Write Zeroes NLB is 16 bits: split large ranges.
+                                let max = u64::from(crate::initiator::NLB_MAX)
+                                    * u64::from(INTERNAL_BLOCK);
+                                while left > 0 {
+                                    let n = left.min(max);
+                                    s.write_zeroes(INTERNAL_NSID, lba(at), nlb(n), deallocate)
+                                        .await
+                                        .map_err(|e| route_err(&server, e))?;
+                                    left -= n;
+                                    at += n;
+                                }
+                                Ok(())
+                            }
+                        }
+                    }
+                })
+                .await?;
+            }
+            Ok(())
+        }))
+    }
+}

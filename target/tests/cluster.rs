@@ -1,0 +1,439 @@
+//! The cluster, multi-process: one `tessera-manager` and three `tessera-target` storage
+//! servers on loopback, started by the test. A host (our initiator, speaking standard unstamped
+//! NVMe/TCP) writes and reads through every server's portal; blocks land where the map says;
+//! stale stamps are refused and reported; extents move under a verified write load.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use codec::nvme::Status;
+use manager::api::Role;
+use manager::client::Client;
+use manager::map::ClusterMap;
+use tessera::cluster::peers::{INTERNAL_BLOCK, INTERNAL_NSID, internal_nqn, server_hostnqn};
+use tessera::initiator::{Controller, ControllerOptions, InitiatorError, Queue};
+
+const NQN: &str = "nqn.2026-11.dev.tessera:vol1";
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:c1c1c1c1-0000-0000-0000-000000000001";
+const EXTENT: u64 = 1 << 20;
+const VOL: u64 = 16 << 20;
+const LBA: u32 = 512;
+
+/// A child process killed when the test ends (by PID, never by name).
+struct Proc(Child, #[allow(dead_code)] &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The manager binary sits next to ours in the same target directory (`cargo test
+/// --workspace` builds it); build it if this package's tests run alone.
+fn manager_bin() -> PathBuf {
+    let ours = PathBuf::from(env!("CARGO_BIN_EXE_tessera-target"));
+    let theirs = ours.with_file_name("tessera-manager");
+    if !theirs.exists() {
+        let release = ours
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "release");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "-p", "tessera-manager", "--bin", "tessera-manager"]);
+        if release {
+            c.arg("--release");
+        }
+        assert!(
+            c.status().unwrap().success(),
+            "building tessera-manager failed"
+        );
+    }
+    theirs
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    _manager: Proc,
+    servers: Vec<(String, SocketAddr, SocketAddr, Proc)>,
+    client: Client,
+}
+
+fn cluster_yaml(ports: &[(u16, u16)]) -> String {
+    let mut y = String::from("servers:\n");
+    for (i, (p, q)) in ports.iter().enumerate() {
+        y.push_str(&format!(
+            "  - id: s{}\n    portal: 127.0.0.1:{p}\n    internal: 127.0.0.1:{q}\n    pool: 64MiB\n",
+            i + 1
+        ));
+    }
+    y.push_str(&format!(
+        "subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\nvolumes:\n  - name: vol1\n    size: {VOL}\n    subsystem: {NQN}\n    nsid: 1\n    extent_size: {EXTENT}\n"
+    ));
+    y
+}
+
+async fn start_cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let yaml = dir.path().join("cluster.yaml");
+    std::fs::write(&yaml, cluster_yaml(&ports)).unwrap();
+    let mport = free_port();
+    let maddr = format!("127.0.0.1:{mport}");
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    let manager = Proc(
+        Command::new(manager_bin())
+            .args(["--config", yaml.to_str().unwrap(), "--data-dir"])
+            .arg(dir.path().join("mgr"))
+            .args(["--listen", &maddr])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log("manager.log"))
+            .spawn()
+            .unwrap(),
+        "manager",
+    );
+    let mut servers = Vec::new();
+    for (i, (p, q)) in ports.iter().enumerate() {
+        let id = format!("s{}", i + 1);
+        let child = Command::new(env!("CARGO_BIN_EXE_tessera-target"))
+            .args(["--manager", &maddr, "--server-id", &id, "--reactors", "1"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log(&format!("{id}.log")))
+            .spawn()
+            .unwrap();
+        servers.push((
+            id,
+            SocketAddr::from(([127, 0, 0, 1], *p)),
+            SocketAddr::from(([127, 0, 0, 1], *q)),
+            Proc(child, "server"),
+        ));
+    }
+    let client = Client::new(&maddr);
+    let c = Cluster {
+        _dir: dir,
+        _manager: manager,
+        servers,
+        client,
+    };
+    c.wait_acked(1).await;
+    c
+}
+
+impl Cluster {
+    /// Waits until every server acknowledged generation `g` or later.
+    async fn wait_acked(&self, g: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = self.client.status().await
+                && s.committed >= g
+                && s.servers.iter().all(|x| x.acked >= g)
+                && s.servers.len() == self.servers.len()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "servers did not reach generation {g}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn map(&self) -> ClusterMap {
+        self.client.map(&Role::Client).await.unwrap()
+    }
+
+    async fn host_queue(&self, i: usize) -> (Controller, Queue) {
+        connect_queue(self.servers[i].1, NQN, HOST).await
+    }
+
+    /// A stamped queue to server `i`'s internal namespace (as a peer server would open it).
+    async fn internal_queue(&self, i: usize) -> (Controller, Queue) {
+        connect_queue(
+            self.servers[i].2,
+            &internal_nqn(&self.servers[i].0),
+            &server_hostnqn("s1"),
+        )
+        .await
+    }
+}
+
+async fn connect_queue(addr: SocketAddr, nqn: &str, host: &str) -> (Controller, Queue) {
+    let ctrl = Controller::connect(addr, nqn, host, &ControllerOptions::default())
+        .await
+        .unwrap();
+    ctrl.enable().await.unwrap();
+    ctrl.set_num_queues(1).await.unwrap();
+    let q = ctrl.connect_io_queue(1, 63).await.unwrap();
+    (ctrl, q)
+}
+
+/// The pattern of one 4 KiB block: its LBA and a version, so stale data is recognisable.
+fn block(lba: u64, version: u32) -> Bytes {
+    let mut v = vec![0u8; 4096];
+    for (i, c) in v.chunks_mut(16).enumerate() {
+        c[..8].copy_from_slice(&lba.to_le_bytes());
+        c[8..12].copy_from_slice(&version.to_le_bytes());
+        c[12..16].copy_from_slice(&(i as u32).to_le_bytes());
+    }
+    Bytes::from(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn striped_volume_is_served_by_every_server_and_blocks_live_where_the_map_says() {
+    let c = start_cluster().await;
+    let map = c.map().await;
+    let vol = map.volume("vol1").unwrap();
+    let owners: std::collections::BTreeSet<&str> = vol
+        .extents
+        .iter()
+        .map(|e| e.replicas[0].server.as_str())
+        .collect();
+    assert_eq!(
+        owners.len(),
+        3,
+        "extents must be striped over all servers: {owners:?}"
+    );
+
+    // Write the whole volume through s1, 4 KiB blocks at the start of every 64 KiB.
+    let (_c1, q1) = c.host_queue(0).await;
+    let step = 64 * 1024;
+    for off in (0..VOL).step_by(step) {
+        let lba = off / u64::from(LBA);
+        q1.write(1, lba, LBA, block(lba, 1), false).await.unwrap();
+    }
+    // A write spanning an extent boundary (split and joined by the server).
+    let span = EXTENT - 2048;
+    let mut both = block(span / 512, 9).to_vec();
+    both.truncate(4096);
+    q1.write(1, span / 512, LBA, Bytes::from(both.clone()), false)
+        .await
+        .unwrap();
+
+    // Read back through every server.
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        for off in (0..VOL).step_by(step) {
+            let lba = off / u64::from(LBA);
+            // The boundary-spanning write overwrote part of the block after it.
+            if off < span + 4096 && span < off + 4096 {
+                continue;
+            }
+            let got = qi.read(1, lba, 8, LBA).await.unwrap();
+            assert_eq!(got, block(lba, 1), "server s{} read LBA {lba}", i + 1);
+        }
+        let got = qi.read(1, span / 512, 8, LBA).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &both[..],
+            "boundary-spanning block through s{}",
+            i + 1
+        );
+    }
+
+    // Every block is where the map says: read each extent's first block straight from its
+    // owner's pool (internal namespace, stamped with the current generation).
+    let g = map.generation;
+    for (i, e) in vol.extents.iter().enumerate() {
+        let owner = &e.replicas[0];
+        let k = c.servers.iter().position(|s| s.0 == owner.server).unwrap();
+        let (_ck, qk) = c.internal_queue(k).await;
+        let ext_start = i as u64 * EXTENT;
+        let lba = ext_start / 512;
+        let got = qk
+            .with_generation(g)
+            .read(
+                INTERNAL_NSID,
+                owner.offset / u64::from(INTERNAL_BLOCK),
+                8,
+                INTERNAL_BLOCK,
+            )
+            .await
+            .unwrap();
+        if !(ext_start < span + 4096 && span < ext_start + 4096) {
+            assert_eq!(
+                got,
+                block(lba, 1),
+                "extent {i} on {} at pool offset {}",
+                owner.server,
+                owner.offset
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_unstamped_internal_commands_are_refused_and_reported() {
+    let c = start_cluster().await;
+    let (_ci, qi) = c.internal_queue(1).await;
+    // Unstamped on an internal connection: refused.
+    let e = qi
+        .with_generation(0)
+        .read(INTERNAL_NSID, 0, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, InitiatorError::Status(s) if s.same_code(Status::INVALID_FIELD)),
+        "{e:?}"
+    );
+    // A change: create a second volume → generation 2.
+    let req = manager::api::CreateVolumeRequest {
+        name: "vol2".into(),
+        size: 8 << 20,
+        block_size: None,
+        extent_size: Some(EXTENT),
+        replicas: None,
+        subsystem: NQN.into(),
+        nsid: Some(2),
+        hosts: None,
+    };
+    let m = c.client.create_volume(&req).await.unwrap();
+    assert_eq!(m.generation, 2);
+    c.wait_acked(2).await;
+    // A client still stamping generation 1 gets SC 80h with the server's generation (2).
+    let e = qi
+        .with_generation(1)
+        .read(INTERNAL_NSID, 0, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap_err();
+    match e {
+        InitiatorError::Generation {
+            status,
+            server_generation,
+        } => {
+            assert!(status.same_code(Status::STALE_MAP), "{status}");
+            assert_eq!(server_generation, 2);
+        }
+        other => panic!("expected stale map, got {other:?}"),
+    }
+    // One stamped ahead (3): the server waits (bounded) for generation 3, then says 81h.
+    let t = Instant::now();
+    let e = qi
+        .with_generation(3)
+        .read(INTERNAL_NSID, 0, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, InitiatorError::Generation { status, .. } if status.same_code(Status::SERVER_BEHIND)),
+        "{e:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "server behind answered without waiting"
+    );
+    // The current generation runs.
+    qi.with_generation(2)
+        .read(INTERNAL_NSID, 0, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    // The manager heard about all three kinds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = c.client.status().await.unwrap().reports;
+        if r.stale >= 1 && r.behind >= 1 && r.unstamped >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reports not received: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new volume is a namespace on every server (NSID 2), of the declared size.
+    for i in 0..3 {
+        let (ctrl, _q) = c.host_queue(i).await;
+        let ns = ctrl.identify_namespace_parsed(2).await.unwrap();
+        assert_eq!(ns.nsze * 512, 8 << 20, "vol2 size on s{}", i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extents_move_back_and_forth_under_a_verified_write_load() {
+    let c = start_cluster().await;
+    let (_c2, host) = c.host_queue(1).await; // the host uses s2's portal
+    // Versions written per 4 KiB block of the first 4 extents.
+    let blocks = (4 * EXTENT / 4096) as usize;
+    let mut version = vec![0u32; blocks];
+    for (b, v) in version.iter_mut().enumerate() {
+        let lba = b as u64 * 8;
+        host.write(1, lba, LBA, block(lba, 1), false).await.unwrap();
+        *v = 1;
+    }
+    let servers = ["s1", "s2", "s3"];
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut moves = 0;
+    for round in 0..6u32 {
+        // Start moving extent (round % 4) to another server, keep writing and reading while
+        // the copy runs and the switch happens.
+        let ext = (round % 4) as usize;
+        let map = c.map().await;
+        let owner = map.volume("vol1").unwrap().extents[ext].replicas[0]
+            .server
+            .clone();
+        let to = servers.iter().find(|s| **s != owner).copied().unwrap();
+        let before = map.generation;
+        c.client.move_extent("vol1", ext, to).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for _ in 0..32 {
+                let b = (next() % blocks as u64) as usize;
+                let lba = b as u64 * 8;
+                if next() % 2 == 0 {
+                    version[b] += 1;
+                    host.write(1, lba, LBA, block(lba, version[b]), false)
+                        .await
+                        .unwrap();
+                } else {
+                    let got = host.read(1, lba, 8, LBA).await.unwrap();
+                    assert_eq!(
+                        got,
+                        block(lba, version[b]),
+                        "round {round}: LBA {lba} stale or lost"
+                    );
+                }
+            }
+            let m = c.map().await;
+            if m.volume("vol1").unwrap().extents[ext].replicas[0].server == to
+                && m.volume("vol1").unwrap().extents[ext].moving.is_none()
+                && m.generation >= before + 2
+            {
+                c.wait_acked(m.generation).await;
+                moves += 1;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "move of extent {ext} to {to} did not finish"
+            );
+        }
+    }
+    assert_eq!(moves, 6);
+    // Everything reads back at its last acknowledged version, through every server.
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (b, v) in version.iter().enumerate() {
+            let lba = b as u64 * 8;
+            let got = qi.read(1, lba, 8, LBA).await.unwrap();
+            assert_eq!(got, block(lba, *v), "after moves, s{} LBA {lba}", i + 1);
+        }
+    }
+}
