@@ -28,11 +28,11 @@ impl BufPool {
     /// A zero-filled or recycled buffer of exactly `len` bytes (its old contents are stale data
     /// of this same connection, overwritten in full by the read before anyone sees them).
     pub fn take(&mut self, len: usize) -> Vec<u8> {
-        if let Some((_, free)) = self.classes.iter_mut().find(|(l, _)| *l == len) {
-            if let Some(v) = free.pop() {
-                self.bytes -= len;
-                return v;
-            }
+        if let Some((_, free)) = self.classes.iter_mut().find(|(l, _)| *l == len)
+            && let Some(v) = free.pop()
+        {
+            self.bytes -= len;
+            return v;
         }
         self.misses += 1;
         vec![0u8; len]

@@ -100,17 +100,16 @@ impl GenerationState {
     }
 
     fn report(&self, kind: MismatchKind, stamp: u64, current: u64) {
-        if let Some(tx) = self.reports.get() {
-            if tx
+        if let Some(tx) = self.reports.get()
+            && tx
                 .try_send(MismatchReport {
                     kind,
                     stamp,
                     current,
                 })
                 .is_err()
-            {
-                self.reports_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        {
+            self.reports_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -67,8 +67,9 @@ fn manager_bin() -> PathBuf {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
-    _manager: Proc,
+    dir: tempfile::TempDir,
+    manager: Proc,
+    maddr: String,
     servers: Vec<(String, SocketAddr, SocketAddr, Proc)>,
     client: Client,
 }
@@ -87,6 +88,30 @@ fn cluster_yaml(ports: &[(u16, u16)]) -> String {
     y
 }
 
+fn spawn_manager(dir: &Path, maddr: &str) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("manager.log"))
+        .unwrap();
+    Proc(
+        Command::new(manager_bin())
+            .args([
+                "--config",
+                dir.join("cluster.yaml").to_str().unwrap(),
+                "--data-dir",
+            ])
+            .arg(dir.join("mgr"))
+            .args(["--listen", maddr])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+        "manager",
+    )
+}
+
 async fn start_cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -95,18 +120,7 @@ async fn start_cluster() -> Cluster {
     let mport = free_port();
     let maddr = format!("127.0.0.1:{mport}");
     let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
-    let manager = Proc(
-        Command::new(manager_bin())
-            .args(["--config", yaml.to_str().unwrap(), "--data-dir"])
-            .arg(dir.path().join("mgr"))
-            .args(["--listen", &maddr])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log("manager.log"))
-            .spawn()
-            .unwrap(),
-        "manager",
-    );
+    let manager = spawn_manager(dir.path(), &maddr);
     let mut servers = Vec::new();
     for (i, (p, q)) in ports.iter().enumerate() {
         let id = format!("s{}", i + 1);
@@ -126,8 +140,9 @@ async fn start_cluster() -> Cluster {
     }
     let client = Client::new(&maddr);
     let c = Cluster {
-        _dir: dir,
-        _manager: manager,
+        dir,
+        manager,
+        maddr,
         servers,
         client,
     };
@@ -436,4 +451,178 @@ async fn extents_move_back_and_forth_under_a_verified_write_load() {
             assert_eq!(got, block(lba, *v), "after moves, s{} LBA {lba}", i + 1);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_the_old_map_cannot_write_to_the_old_owner_after_the_switch() {
+    let c = start_cluster().await;
+    let (_h, host) = c.host_queue(0).await;
+    for b in 0..(EXTENT / 4096) {
+        let lba = b * 8;
+        host.write(1, lba, LBA, block(lba, 1), false).await.unwrap();
+    }
+    let before = c.map().await;
+    let old = before.volume("vol1").unwrap().extents[0].replicas[0].clone();
+    let a = c.servers.iter().position(|s| s.0 == old.server).unwrap();
+    let to = c
+        .servers
+        .iter()
+        .find(|s| s.0 != old.server)
+        .unwrap()
+        .0
+        .clone();
+    c.client.move_extent("vol1", 0, &to).await.unwrap();
+    // Wait for the switch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let m = c.map().await;
+        let e = &m.volume("vol1").unwrap().extents[0];
+        if e.replicas[0].server == to && e.moving.is_none() {
+            c.wait_acked(m.generation).await;
+            break m;
+        }
+        assert!(Instant::now() < deadline, "switch did not happen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A client still on the map before the switch keeps writing to the old owner: every write
+    // is refused as stale, with the old owner's (new) generation.
+    let (_ca, qa) = c.internal_queue(a).await;
+    let stale_gen = after.generation - 1;
+    let mut refused = 0;
+    for b in 0..64u64 {
+        let lba = b * 8;
+        let r = qa
+            .with_generation(stale_gen)
+            .write(
+                INTERNAL_NSID,
+                old.offset / 512 + lba,
+                INTERNAL_BLOCK,
+                block(lba, 2),
+                false,
+            )
+            .await;
+        match r {
+            Err(InitiatorError::Generation {
+                status,
+                server_generation,
+            }) => {
+                assert!(status.same_code(Status::STALE_MAP));
+                assert_eq!(server_generation, after.generation);
+                refused += 1;
+            }
+            other => panic!("write with the old map was not refused: {other:?}"),
+        }
+    }
+    assert_eq!(refused, 64);
+    // The old copy did not change, and every path reads version 1; new writes land on the new
+    // owner only.
+    let old_copy = qa
+        .with_generation(after.generation)
+        .read(INTERNAL_NSID, old.offset / 512, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    assert_eq!(
+        old_copy,
+        block(0, 1),
+        "the old owner's copy was modified after the switch"
+    );
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        assert_eq!(qi.read(1, 8, 8, LBA).await.unwrap(), block(8, 1));
+    }
+    host.write(1, 0, LBA, block(0, 3), false).await.unwrap();
+    let new = after.volume("vol1").unwrap().extents[0].replicas[0].clone();
+    let b = c.servers.iter().position(|s| s.0 == new.server).unwrap();
+    let (_cb, qb) = c.internal_queue(b).await;
+    let on_new = qb
+        .with_generation(after.generation)
+        .read(INTERNAL_NSID, new.offset / 512, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    assert_eq!(
+        on_new,
+        block(0, 3),
+        "the write did not land on the new owner"
+    );
+    let still_old = qa
+        .with_generation(after.generation)
+        .read(INTERNAL_NSID, old.offset / 512, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    assert_eq!(
+        still_old,
+        block(0, 1),
+        "a write landed on the old owner after the switch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_keeps_serving_when_the_manager_is_killed_and_it_comes_back_with_the_same_generation()
+ {
+    let mut c = start_cluster().await;
+    // Generation 2 before the crash.
+    let req = manager::api::CreateVolumeRequest {
+        name: "vol2".into(),
+        size: 4 << 20,
+        block_size: None,
+        extent_size: Some(EXTENT),
+        replicas: None,
+        subsystem: NQN.into(),
+        nsid: Some(2),
+        hosts: None,
+    };
+    assert_eq!(c.client.create_volume(&req).await.unwrap().generation, 2);
+    c.wait_acked(2).await;
+    let (_h, host) = c.host_queue(2).await;
+    // Load running while the manager dies (SIGKILL) and is down.
+    let load = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let mut ops = 0u64;
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(3) {
+                let lba = (ops * 8 * 17) % (VOL / 512 - 8);
+                host.write(1, lba, LBA, block(lba, ops as u32), false)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    host.read(1, lba, 8, LBA).await.unwrap(),
+                    block(lba, ops as u32)
+                );
+                ops += 1;
+            }
+            ops
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = c.manager.0.kill(); // SIGKILL
+    let _ = c.manager.0.wait();
+    let ops = load.await.unwrap();
+    assert!(
+        ops > 50,
+        "the cluster stopped serving without its manager ({ops} ops)"
+    );
+    // Back with the same data directory: same generation, and it pushes on.
+    c.manager = spawn_manager(c.dir.path(), &c.maddr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(s) = c.client.status().await {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "manager did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.generation, 2, "the manager lost its generation");
+    let req3 = manager::api::CreateVolumeRequest {
+        name: "vol3".into(),
+        nsid: Some(3),
+        ..req
+    };
+    assert_eq!(c.client.create_volume(&req3).await.unwrap().generation, 3);
+    c.wait_acked(3).await;
+    let (ctrl, _q) = c.host_queue(0).await;
+    assert!(
+        ctrl.active_ns_list(0).await.unwrap().contains(&3),
+        "generation 3 did not reach s1"
+    );
 }
