@@ -9,8 +9,14 @@ use hw::{Direction, IoError, IoErrorKind};
 ///   namespace would be our bug, reported the same way);
 /// - no space (ENOSPC/EDQUOT): Capacity Exceeded, DNR — as Linux nvmet's file backend does;
 /// - media read / write errors: Unrecovered Read Error / Write Fault, retryable;
+/// - no path right now (a routed volume whose owner is unreachable or whose map is settling,
+///   errno EAGAIN from `cluster::routed`): Internal Path Error, retryable — a Linux host requeues
+///   it (multipath) instead of failing the I/O, and never sees a vendor status;
 /// - anything else: Internal Error, retryable.
 pub fn from_io_error(e: &IoError) -> Status {
+    if e.errno() == Some(crate::cluster::routed::ENOPATH) {
+        return Status::INTERNAL_PATH_ERROR;
+    }
     match e.kind() {
         IoErrorKind::OutOfRange => Status::LBA_RANGE.with_dnr(),
         IoErrorKind::NoSpace => Status::CAP_EXCEEDED.with_dnr(),

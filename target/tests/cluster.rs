@@ -626,3 +626,102 @@ async fn the_cluster_keeps_serving_when_the_manager_is_killed_and_it_comes_back_
         "generation 3 did not reach s1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_reaches_hosts_as_a_namespace_change_and_a_new_server_gets_new_extents() {
+    let mut c = start_cluster().await;
+    let (ctrl, q) = c.host_queue(1).await;
+    // The host enables namespace attribute notices and parks an AER, as Linux does.
+    ctrl.set_features(
+        codec::nvme::cmd::FeatureId::ASYNC_EVENT_CONFIG,
+        0,
+        1 << 8,
+        None,
+    )
+    .await
+    .unwrap();
+    let aer = ctrl.async_event_request().await.unwrap();
+    q.write(1, 0, LBA, block(0, 1), false).await.unwrap();
+    let m = c.client.resize_volume("vol1", 2 * VOL).await.unwrap();
+    assert_eq!(m.generation, 2);
+    c.wait_acked(2).await;
+    let ev = tokio::time::timeout(Duration::from_secs(5), aer)
+        .await
+        .expect("no AEN after resize")
+        .unwrap();
+    assert_eq!(
+        (ev.event_type, ev.event_info, ev.log_page),
+        (2, 0x00, 0x04),
+        "{ev:?}"
+    );
+    let changed = ctrl.get_log_page(0x04, 0xFFFF_FFFF, 4096, 0).await.unwrap();
+    assert_eq!(
+        u32::from_le_bytes(changed[..4].try_into().unwrap()),
+        1,
+        "changed NS list"
+    );
+    let ns = ctrl.identify_namespace_parsed(1).await.unwrap();
+    assert_eq!(ns.nsze * 512, 2 * VOL, "new size not visible");
+    // The grown part works and the old data is still there.
+    let last = 2 * VOL / 512 - 8;
+    q.write(1, last, LBA, block(last, 1), false).await.unwrap();
+    assert_eq!(q.read(1, last, 8, LBA).await.unwrap(), block(last, 1));
+    assert_eq!(q.read(1, 0, 8, LBA).await.unwrap(), block(0, 1));
+
+    // A fourth server joins; a new volume's extents are spread over it too.
+    let (p, i) = (free_port(), free_port());
+    let add = manager::api::AddServerRequest {
+        id: "s4".into(),
+        portal: SocketAddr::from(([127, 0, 0, 1], p)),
+        internal: SocketAddr::from(([127, 0, 0, 1], i)),
+        pool_bytes: 64 << 20,
+    };
+    let m = c.client.add_server(&add).await.unwrap();
+    assert_eq!(m.generation, 3);
+    let child = Command::new(env!("CARGO_BIN_EXE_tessera-target"))
+        .args([
+            "--manager",
+            &c.maddr,
+            "--server-id",
+            "s4",
+            "--reactors",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(c.dir.path().join("s4.log")).unwrap())
+        .spawn()
+        .unwrap();
+    c.servers
+        .push(("s4".into(), add.portal, add.internal, Proc(child, "server")));
+    let req = manager::api::CreateVolumeRequest {
+        name: "vol2".into(),
+        size: 8 * EXTENT,
+        block_size: None,
+        extent_size: Some(EXTENT),
+        replicas: None,
+        subsystem: NQN.into(),
+        nsid: Some(2),
+        hosts: None,
+    };
+    let m = c.client.create_volume(&req).await.unwrap();
+    c.wait_acked(m.generation).await;
+    let on_s4 = m
+        .volume("vol2")
+        .unwrap()
+        .extents
+        .iter()
+        .filter(|e| e.replicas[0].server == "s4")
+        .count();
+    assert!(on_s4 >= 2, "the new server got {on_s4} of 8 extents");
+    // Data written through the new server lands and reads back through an old one.
+    let (_c4, q4) = c.host_queue(3).await;
+    for e in 0..8u64 {
+        let lba = e * EXTENT / 512;
+        q4.write(2, lba, LBA, block(lba, 5), false).await.unwrap();
+    }
+    let (_c1, q1) = c.host_queue(0).await;
+    for e in 0..8u64 {
+        let lba = e * EXTENT / 512;
+        assert_eq!(q1.read(2, lba, 8, LBA).await.unwrap(), block(lba, 5));
+    }
+}
