@@ -40,6 +40,25 @@ const SUBSYSTEM_KEYS: &[&str] = &[
 ];
 
 pub(crate) fn build(file: &str, text: &str, base_dir: &Path) -> Result<Layout, LayoutError> {
+    let docs = load_docs(file, text)?;
+    let root = single_root(
+        file,
+        &docs,
+        "empty layout (expected a mapping with listeners and subsystems)",
+    )?;
+    let root = At::root(file, text, root);
+    let map = root.map(ROOT_KEYS, "a mapping with listeners and subsystems")?;
+    let listeners = build_listeners(&map)?;
+    let subsystems = build_subsystems(&map, base_dir)?;
+    Ok(Layout {
+        listeners,
+        subsystems,
+        source: file.to_owned(),
+    })
+}
+
+/// Parses `text` (at most [`LAYOUT_BYTES_MAX`] bytes) into spanned documents.
+pub(crate) fn load_docs<'y>(file: &str, text: &'y str) -> Result<Vec<MarkedYaml<'y>>, LayoutError> {
     if text.len() > LAYOUT_BYTES_MAX {
         return Err(LayoutError::new(
             ErrorKind::Io,
@@ -53,17 +72,19 @@ pub(crate) fn build(file: &str, text: &str, base_dir: &Path) -> Result<Layout, L
             ),
         ));
     }
-    let docs = MarkedYaml::load_from_str(text).map_err(|e| syntax_error(file, text, &e))?;
-    let doc_loc = |line, column| Location {
-        file: file.to_owned(),
-        line,
-        column,
-        field: "(document)".to_owned(),
-    };
-    let root = match docs.as_slice() {
-        [] => None,
-        [only] if only.data.is_badvalue() || only.data.is_null() => None,
-        [only] => Some(only),
+    MarkedYaml::load_from_str(text).map_err(|e| syntax_error(file, text, &e))
+}
+
+/// The one document of a file; `empty_message` when there is none (or it is null).
+pub(crate) fn single_root<'a, 'y>(
+    file: &str,
+    docs: &'a [MarkedYaml<'y>],
+    empty_message: &str,
+) -> Result<&'a MarkedYaml<'y>, LayoutError> {
+    match docs {
+        [] => {}
+        [only] if only.data.is_badvalue() || only.data.is_null() => {}
+        [only] => return Ok(only),
         [_, second, ..] => {
             return Err(LayoutError::new(
                 ErrorKind::Document,
@@ -71,23 +92,17 @@ pub(crate) fn build(file: &str, text: &str, base_dir: &Path) -> Result<Layout, L
                 "a second YAML document (expected one document per layout file)",
             ));
         }
-    };
-    let Some(root) = root else {
-        return Err(LayoutError::new(
-            ErrorKind::Document,
-            doc_loc(1, 1),
-            "empty layout (expected a mapping with listeners and subsystems)",
-        ));
-    };
-    let root = At::root(file, text, root);
-    let map = root.map(ROOT_KEYS, "a mapping with listeners and subsystems")?;
-    let listeners = build_listeners(&map)?;
-    let subsystems = build_subsystems(&map, base_dir)?;
-    Ok(Layout {
-        listeners,
-        subsystems,
-        source: file.to_owned(),
-    })
+    }
+    Err(LayoutError::new(
+        ErrorKind::Document,
+        Location {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            field: "(document)".to_owned(),
+        },
+        empty_message,
+    ))
 }
 
 fn syntax_error(file: &str, text: &str, e: &ScanError) -> LayoutError {
@@ -299,7 +314,7 @@ fn ascii_field(node: &At<'_, '_>, what: &str, max: usize) -> Result<String, Layo
     Ok(s.to_owned())
 }
 
-fn host_policy(item: &At<'_, '_>, map: &Map<'_, '_>) -> Result<HostPolicy, LayoutError> {
+pub(crate) fn host_policy(item: &At<'_, '_>, map: &Map<'_, '_>) -> Result<HostPolicy, LayoutError> {
     const EXACTLY_ONE: &str = "expected exactly one of: hosts: [host NQNs], allow_any_host: true";
     let any = match map.get("allow_any_host") {
         Some(node) => node.bool()?,

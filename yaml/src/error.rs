@@ -91,6 +91,14 @@ pub enum ErrorKind {
     BadBackend,
     /// A file or block backend whose path does not exist (and `create` is false).
     MissingFile,
+    /// A server id or volume name with characters outside `A-Z a-z 0-9 . _ -`, or too long.
+    BadName,
+    /// Two servers share an id, or two volumes a name.
+    DuplicateName,
+    /// A volume names a subsystem the cluster file does not declare.
+    UnknownReference,
+    /// A replica count of 0 or above the limit.
+    BadReplicas,
 }
 
 /// A layout that cannot be served, with the place that says so.

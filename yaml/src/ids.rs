@@ -26,6 +26,15 @@ pub fn derived_namespace_id(nqn: &str, nsid: u32) -> [u8; 16] {
     *Uuid::new_v5(&TESSERA_UUID_NAMESPACE, name.as_bytes()).as_bytes()
 }
 
+/// The UUID (also NGUID) of cluster volume `name` when the cluster YAML or the create call gives
+/// none: the version 5 UUID of `"volume:{name}"` under Tessera's name-space UUID, so the same
+/// volume name always presents the same identifiers.
+#[must_use]
+pub fn derived_volume_uuid(name: &str) -> [u8; 16] {
+    let name = format!("volume:{name}");
+    *Uuid::new_v5(&TESSERA_UUID_NAMESPACE, name.as_bytes()).as_bytes()
+}
+
 /// The serial number derived for subsystem `nqn` when the layout declares none: `TS` followed by
 /// 18 upper-case hex digits of the version 5 UUID of `"serial:{nqn}"` (20 characters).
 #[must_use]

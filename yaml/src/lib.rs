@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod build;
+mod cluster;
 mod error;
 mod ids;
 mod model;
@@ -16,9 +17,15 @@ use std::path::Path;
 pub use build::{
     DEFAULT_MODEL, DEFAULT_PORT, HOSTS_MAX, LAYOUT_BYTES_MAX, LISTENERS_MAX, SUBSYSTEMS_MAX,
 };
+pub use cluster::{
+    CLUSTER_SERVERS_MAX, CLUSTER_VOLUMES_MAX, Cluster, ClusterServer, ClusterSubsystem,
+    ClusterVolume, DEFAULT_EXTENT_SIZE, DeclaredState, NAME_CHARS_MAX, REPLICAS_MAX, load_cluster,
+    parse_cluster_str,
+};
 pub use error::{ErrorKind, LayoutError, Location};
 pub use ids::{
-    MODEL_BYTES_MAX, SERIAL_BYTES_MAX, derived_namespace_id, derived_serial, hex16, uuid_string,
+    MODEL_BYTES_MAX, SERIAL_BYTES_MAX, derived_namespace_id, derived_serial, derived_volume_uuid,
+    hex16, uuid_string,
 };
 pub use model::{BackendDecl, HostPolicy, Layout, Listener, Namespace, Subsystem};
 pub use namespace::{BLOCK_SIZES, DEFAULT_BLOCK_SIZE, NAMESPACES_MAX};
@@ -41,6 +48,15 @@ pub const DEFAULT_SOURCE: &str = "<embedded default.yaml>";
 /// # Errors
 /// The first problem found, with its file, line, column and field.
 pub fn load(path: &Path) -> Result<Layout, LayoutError> {
+    let (file, text) = read_source(path)?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let base_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    build::build(&file, &text, &base_dir)
+}
+
+/// Reads a layout or cluster file: at most [`LAYOUT_BYTES_MAX`] bytes of UTF-8. Returns the
+/// source name (the path as displayed) and the text.
+pub(crate) fn read_source(path: &Path) -> Result<(String, String), LayoutError> {
     let file = path.display().to_string();
     let io_err = |message: String| {
         LayoutError::new(
@@ -92,9 +108,7 @@ pub fn load(path: &Path) -> Result<Layout, LayoutError> {
             "invalid UTF-8 (expected a UTF-8 text file)",
         )
     })?;
-    let dir = path.parent().unwrap_or(Path::new(""));
-    let base_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    build::build(&file, &text, &base_dir)
+    Ok((file, text))
 }
 
 /// Validates layout `text` whose locations will name `source_name`.

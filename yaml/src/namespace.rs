@@ -261,7 +261,7 @@ fn kind_of<'a, 'y>(node: &At<'a, 'y>) -> Option<At<'a, 'y>> {
 }
 
 /// A `size` value: an integer byte count or a string with a unit; non-zero, whole blocks.
-fn declared_size(node: &At<'_, '_>, block: u64) -> Result<u64, LayoutError> {
+pub(crate) fn declared_size(node: &At<'_, '_>, block: u64) -> Result<u64, LayoutError> {
     let size = match node.int_or_str(SIZE_EXPECTED)? {
         IntOrStr::Int(i) => u64::try_from(i).map_err(|_| {
             node.err(
@@ -276,7 +276,12 @@ fn declared_size(node: &At<'_, '_>, block: u64) -> Result<u64, LayoutError> {
 }
 
 /// Refuses a zero size or one that is not a whole number of blocks.
-fn check_blocks(node: &At<'_, '_>, size: u64, block: u64, what: &str) -> Result<(), LayoutError> {
+pub(crate) fn check_blocks(
+    node: &At<'_, '_>,
+    size: u64,
+    block: u64,
+    what: &str,
+) -> Result<(), LayoutError> {
     if size == 0 {
         return Err(node.err(
             ErrorKind::ZeroSize,

@@ -202,7 +202,8 @@ fn every_bad_example_has_an_expected_message() {
     let mut files: Vec<String> = std::fs::read_dir(examples_dir().join("bad"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".yaml"))
+        // cluster-*.yaml are the manager's cluster layouts: tests/cluster.rs lists them.
+        .filter(|n| n.ends_with(".yaml") && !n.starts_with("cluster-"))
         .collect();
     files.sort();
     let mut listed: Vec<String> = BAD.iter().map(|(n, _, _)| (*n).to_owned()).collect();

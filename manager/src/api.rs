@@ -1,0 +1,241 @@
+//! Bodies of the control API (docs/cluster-protocol.md, "Control API"), shared by
+//! [`crate::server`] and [`crate::client`] so both sides agree on every field.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::map::{Generation, HostPolicy, ServerState};
+
+/// Which map a caller gets (`role=` on `GET /v1/map` and `GET /v1/watch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A storage server with this id: the newest map whose phase 1a is done, or the map being
+    /// published when this server is one of its phase-1a old owners.
+    Server(String),
+    /// A layout-aware client: the newest committed map.
+    Client,
+}
+
+impl Role {
+    /// A server role.
+    #[must_use]
+    pub fn server(id: impl Into<String>) -> Self {
+        Self::Server(id.into())
+    }
+
+    /// The query string for this role (`role=server&server=s1` or `role=client`).
+    #[must_use]
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Server(id) => vec![("role", "server".to_owned()), ("server", id.clone())],
+            Self::Client => vec![("role", "client".to_owned())],
+        }
+    }
+}
+
+/// `GET /v1/map` and `GET /v1/watch` query.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapQuery {
+    /// `server` or `client`.
+    pub role: String,
+    /// The calling server's id (role=server; without it the server gets the map every server
+    /// gets, never a phase-1a map).
+    pub server: Option<String>,
+    /// Watch only: send maps newer than this generation (default 0: the current one first).
+    pub after: Option<Generation>,
+}
+
+/// `POST /v1/ack`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Server id.
+    pub server: String,
+    /// The generation it has installed.
+    pub generation: Generation,
+}
+
+/// What a mismatch report is about (`POST /v1/report`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportKind {
+    /// A command stamped older than the server's generation (SC 80h).
+    Stale,
+    /// A command stamped newer than the server could reach (SC 81h).
+    Behind,
+    /// An unstamped command on an internal connection.
+    Unstamped,
+}
+
+/// `POST /v1/report`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// Reporting server.
+    pub server: String,
+    /// What was seen.
+    pub kind: ReportKind,
+    /// The stamp of the (last) offending command.
+    pub stamp: Generation,
+    /// The server's generation then.
+    pub current: Generation,
+    /// How many such commands this report stands for (the sender batches).
+    pub count: u64,
+}
+
+/// `POST /v1/move-ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveReadyRequest {
+    /// The owner that copied the extent.
+    pub server: String,
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// The generation the owner was at when the copy converged.
+    pub generation: Generation,
+}
+
+/// `POST /v1/volumes`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeRequest {
+    /// Volume name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block size (default 512).
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    /// Extent size in bytes (default 64 MiB).
+    #[serde(default)]
+    pub extent_size: Option<u64>,
+    /// Replicas per extent (default 1).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Subsystem NQN; created when absent from the map (then `hosts` is required).
+    pub subsystem: String,
+    /// NSID (default: the lowest free one in the subsystem).
+    #[serde(default)]
+    pub nsid: Option<u32>,
+    /// Host policy of a new subsystem; for an existing one it must be absent or equal.
+    #[serde(default)]
+    pub hosts: Option<HostPolicy>,
+}
+
+/// `POST /v1/volumes/{name}/resize`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    /// New size in bytes (grow only).
+    pub size: u64,
+}
+
+/// `POST /v1/servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddServerRequest {
+    /// Server id.
+    pub id: String,
+    /// Host-facing portal.
+    pub portal: SocketAddr,
+    /// Internal portal.
+    pub internal: SocketAddr,
+    /// Pool size in bytes.
+    pub pool_bytes: u64,
+}
+
+/// `POST /v1/extents/move`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// Destination server id.
+    pub to: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Status {
+    /// Newest durable generation (being published, or committed).
+    pub generation: Generation,
+    /// Newest committed generation (what clients have).
+    pub committed: Generation,
+    /// Newest generation whose phase 1a is done (what servers fetch).
+    pub servers_generation: Generation,
+    /// Per server.
+    pub servers: Vec<ServerStatus>,
+    /// Mismatch reports received, by kind.
+    pub reports: ReportCounts,
+    /// Extents being moved.
+    pub moves: Vec<MoveStatus>,
+    /// The publication in progress, if any.
+    pub publishing: Option<PublishStatus>,
+}
+
+/// One server in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ServerStatus {
+    /// Server id.
+    pub id: String,
+    /// Newest generation it acked (0: none yet).
+    pub acked: Generation,
+    /// Its state in the newest map.
+    pub state: ServerState,
+    /// It missed the phase-1b deadline of a publication and has not acked since.
+    pub late: bool,
+}
+
+/// Counters of `POST /v1/report`, summed over `count`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ReportCounts {
+    /// Stale-stamp reports.
+    pub stale: u64,
+    /// Server-behind reports.
+    pub behind: u64,
+    /// Unstamped-command reports.
+    pub unstamped: u64,
+}
+
+/// One move in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct MoveStatus {
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// Current owner.
+    pub from: String,
+    /// Destination.
+    pub to: String,
+}
+
+/// The publication in progress, in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct PublishStatus {
+    /// Its generation.
+    pub generation: Generation,
+    /// `1a` or `1b`.
+    pub phase: String,
+    /// Servers whose ack is awaited.
+    pub waiting: Vec<String>,
+    /// Durable maps queued behind it.
+    pub queued: usize,
+}
+
+/// The body of every 4xx/5xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong, specifically.
+    pub error: String,
+}
+
+/// The body of answers that carry nothing (`{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Empty {}

@@ -1,0 +1,399 @@
+//! Publishing a map in two phases (docs/cluster-protocol.md, "Publishing a change"), as a
+//! sans-I/O state machine: it takes [`Event`]s and returns [`Action`]s, and owns no socket, task
+//! or clock, so the server and a deterministic simulation drive the same code.
+//!
+//! One publication at a time, in generation order; maps committed meanwhile wait in a queue.
+//! - **1a**: the old owners of extents whose owner changes get the map and must ack (they fence
+//!   those extents first). No deadline: skipping an old owner could let a write land on data it
+//!   no longer owns, so the map is re-sent every [`PHASE_1A_RESEND_MS`] until it acks. An old
+//!   owner that a later durable map marks `down` is no longer waited for (the operator has
+//!   declared it dead), which is how a publication stuck on a dead server is released.
+//! - **1b**: the map becomes every server's map; `up` servers ack, bounded by
+//!   [`PHASE_1B_TIMEOUT_MS`]; those that miss it are marked late and catch up by stamp checks.
+//! - **2**: the map becomes the clients' (committed) map.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::map::{ClusterMap, Generation, ServerState};
+
+/// Phase 1a re-send period: a live old owner acks within milliseconds; a second try catches a
+/// watch stream that reconnected between the send and the ack.
+pub const PHASE_1A_RESEND_MS: u64 = 1_000;
+/// Phase 1b bound (docs/cluster-protocol.md: "bounded wait: 5 s").
+pub const PHASE_1B_TIMEOUT_MS: u64 = 5_000;
+/// Durable maps waiting behind the one being published. Changes are refused (the server answers
+/// 503) beyond it: a stuck phase 1a must not let the queue grow without bound.
+pub const QUEUE_MAX: usize = 64;
+
+/// The phase a publication waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// 1a: waiting for the old owners of moved extents.
+    OldOwners,
+    /// 1b: waiting for every `up` server.
+    Servers,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OldOwners => "1a",
+            Self::Servers => "1b",
+        })
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new map is durable: publish it after those before it.
+    Committed(Arc<ClusterMap>),
+    /// `server` has installed `generation` (or newer).
+    Ack {
+        /// Server id.
+        server: String,
+        /// Installed generation.
+        generation: Generation,
+    },
+    /// A timer from [`Action::StartTimer`] fired.
+    Timeout {
+        /// Its generation.
+        generation: Generation,
+        /// Its phase.
+        phase: Phase,
+    },
+    /// `server` fetched (or was streamed) map `generation` with `role=server`: recorded for
+    /// status, not an ack.
+    ServerFetched {
+        /// Server id.
+        server: String,
+        /// The generation it got.
+        generation: Generation,
+    },
+}
+
+/// What the I/O layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Phase 1a: send `map` to these servers' watch streams (only theirs).
+    SendToServers {
+        /// Server ids.
+        servers: Vec<String>,
+        /// The map.
+        map: Arc<ClusterMap>,
+    },
+    /// Phase 1b: `map` is now every server's map (`role=server` fetches and watches).
+    PublishToServers(Arc<ClusterMap>),
+    /// Phase 2: `map` is committed; clients' fetches and watches get it. The store records it.
+    PublishToClients(Arc<ClusterMap>),
+    /// Feed `Event::Timeout { generation, phase }` back after `ms` milliseconds.
+    StartTimer {
+        /// Generation.
+        generation: Generation,
+        /// Phase.
+        phase: Phase,
+        /// Delay.
+        ms: u64,
+    },
+}
+
+/// The publication in progress.
+#[derive(Debug, Clone)]
+struct Publication {
+    map: Arc<ClusterMap>,
+    phase: Phase,
+    /// Old owners of phase 1a (all of them, acked or not): they get `map` when they fetch.
+    old_owners: BTreeSet<String>,
+    /// Acks still awaited in the current phase.
+    waiting: BTreeSet<String>,
+}
+
+/// The coordinator's state.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    /// Newest committed map: the clients'.
+    committed: Arc<ClusterMap>,
+    /// Newest map whose phase 1a is done: every server's.
+    servers_map: Arc<ClusterMap>,
+    pending: Option<Publication>,
+    queue: VecDeque<Arc<ClusterMap>>,
+    /// Newest generation each server acked.
+    acked: BTreeMap<String, Generation>,
+    /// Newest generation each server fetched.
+    fetched: BTreeMap<String, Generation>,
+    /// Servers that missed a phase-1b deadline and have not acked since.
+    late: BTreeSet<String>,
+}
+
+impl Coordinator {
+    /// A coordinator whose committed map is `committed` (loaded from the store, or generation 1
+    /// freshly built). Feed maps that are durable but were not committed as
+    /// [`Event::Committed`] next.
+    #[must_use]
+    pub fn new(committed: ClusterMap) -> Self {
+        let committed = Arc::new(committed);
+        Self {
+            servers_map: Arc::clone(&committed),
+            committed,
+            pending: None,
+            queue: VecDeque::new(),
+            acked: BTreeMap::new(),
+            fetched: BTreeMap::new(),
+            late: BTreeSet::new(),
+        }
+    }
+
+    /// The clients' map: the newest committed one.
+    #[must_use]
+    pub fn client_map(&self) -> Arc<ClusterMap> {
+        Arc::clone(&self.committed)
+    }
+
+    /// The map server `server` gets: the one in phase 1a if it is one of its old owners, else
+    /// the newest whose phase 1a is done. `None` (an anonymous server fetch) gets the latter.
+    #[must_use]
+    pub fn server_map(&self, server: Option<&str>) -> Arc<ClusterMap> {
+        if let (Some(p), Some(id)) = (&self.pending, server) {
+            if p.phase == Phase::OldOwners && p.old_owners.contains(id) {
+                return Arc::clone(&p.map);
+            }
+        }
+        Arc::clone(&self.servers_map)
+    }
+
+    /// The newest generation known (durable): being published, queued or committed.
+    #[must_use]
+    pub fn head_generation(&self) -> Generation {
+        self.queue
+            .back()
+            .map(|m| m.generation)
+            .or(self.pending.as_ref().map(|p| p.map.generation))
+            .unwrap_or(self.committed.generation)
+    }
+
+    /// Whether another change may be committed now (the queue has room).
+    #[must_use]
+    pub fn can_accept(&self) -> bool {
+        self.queue.len() < QUEUE_MAX
+    }
+
+    /// The publication in progress: generation, phase, awaited servers, queued maps.
+    #[must_use]
+    pub fn publishing(&self) -> Option<(Generation, Phase, Vec<String>, usize)> {
+        self.pending.as_ref().map(|p| {
+            (
+                p.map.generation,
+                p.phase,
+                p.waiting.iter().cloned().collect(),
+                self.queue.len(),
+            )
+        })
+    }
+
+    /// Newest generation `server` acked (0: none).
+    #[must_use]
+    pub fn acked(&self, server: &str) -> Generation {
+        self.acked.get(server).copied().unwrap_or(0)
+    }
+
+    /// Newest generation `server` fetched (0: none).
+    #[must_use]
+    pub fn fetched(&self, server: &str) -> Generation {
+        self.fetched.get(server).copied().unwrap_or(0)
+    }
+
+    /// Whether `server` missed a phase-1b deadline and has not acked since.
+    #[must_use]
+    pub fn is_late(&self, server: &str) -> bool {
+        self.late.contains(server)
+    }
+
+    /// Feeds one event; returns what to do, in order.
+    #[must_use]
+    pub fn handle(&mut self, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Committed(map) => {
+                debug_assert!(
+                    map.generation > self.head_generation(),
+                    "maps are committed in increasing generation order"
+                );
+                self.excuse_down_servers(&map);
+                self.queue.push_back(map);
+                self.advance(&mut out);
+            }
+            Event::Ack { server, generation } => {
+                if generation > self.head_generation() {
+                    // Not a map we made: a confused or lying server. Ignored, not counted.
+                    tracing::warn!(%server, generation, "ack of an unknown generation ignored");
+                    return out;
+                }
+                let a = self.acked.entry(server.clone()).or_insert(0);
+                *a = (*a).max(generation);
+                if generation >= self.servers_map.generation {
+                    self.late.remove(&server);
+                }
+                if let Some(p) = &mut self.pending {
+                    if generation >= p.map.generation {
+                        p.waiting.remove(&server);
+                    }
+                }
+                self.advance(&mut out);
+            }
+            Event::Timeout { generation, phase } => {
+                let Some(p) = &mut self.pending else {
+                    return out;
+                };
+                if p.map.generation != generation || p.phase != phase {
+                    return out; // a timer of a phase already over
+                }
+                match phase {
+                    Phase::OldOwners => {
+                        out.push(Action::SendToServers {
+                            servers: p.waiting.iter().cloned().collect(),
+                            map: Arc::clone(&p.map),
+                        });
+                        out.push(Action::StartTimer {
+                            generation,
+                            phase,
+                            ms: PHASE_1A_RESEND_MS,
+                        });
+                    }
+                    Phase::Servers => {
+                        tracing::warn!(
+                            generation,
+                            late = ?p.waiting,
+                            "phase 1b deadline: committing without these servers' acks"
+                        );
+                        self.late.extend(std::mem::take(&mut p.waiting));
+                        self.advance(&mut out);
+                    }
+                }
+            }
+            Event::ServerFetched { server, generation } => {
+                let f = self.fetched.entry(server).or_insert(0);
+                *f = (*f).max(generation);
+            }
+        }
+        out
+    }
+
+    /// Old owners marked `down` by a newer durable map are not waited for in phase 1a.
+    fn excuse_down_servers(&mut self, newer: &ClusterMap) {
+        if let Some(p) = &mut self.pending {
+            if p.phase == Phase::OldOwners {
+                p.waiting.retain(|id| {
+                    newer
+                        .server(id)
+                        .is_some_and(|s| s.state != ServerState::Down)
+                });
+            }
+        }
+    }
+
+    /// Moves publications forward as far as acks allow.
+    fn advance(&mut self, out: &mut Vec<Action>) {
+        loop {
+            match &self.pending {
+                None => {
+                    let Some(map) = self.queue.pop_front() else {
+                        return;
+                    };
+                    self.start(map, out);
+                }
+                Some(p) if !p.waiting.is_empty() => return,
+                Some(p) => match p.phase {
+                    Phase::OldOwners => self.enter_servers_phase(out),
+                    Phase::Servers => self.commit(out),
+                },
+            }
+        }
+    }
+
+    /// Starts publishing `map`: phase 1a if some extent changes owner, else straight to 1b.
+    fn start(&mut self, map: Arc<ClusterMap>, out: &mut Vec<Action>) {
+        debug_assert!(self.pending.is_none(), "one publication at a time");
+        debug_assert!(
+            Arc::ptr_eq(&self.servers_map, &self.committed),
+            "between publications servers and clients have the same map"
+        );
+        let old_owners: BTreeSet<String> = ClusterMap::changed_owners(&self.committed, &map)
+            .into_iter()
+            .map(|l| l.old_owner)
+            .collect();
+        // A server that already acked this generation (it cannot have, but acks are idempotent)
+        // or that the new map declares down is not waited for.
+        let waiting: BTreeSet<String> = old_owners
+            .iter()
+            .filter(|id| {
+                map.server(id).is_some_and(|s| s.state != ServerState::Down)
+                    && self.acked(id) < map.generation
+            })
+            .cloned()
+            .collect();
+        let generation = map.generation;
+        if !waiting.is_empty() {
+            out.push(Action::SendToServers {
+                servers: waiting.iter().cloned().collect(),
+                map: Arc::clone(&map),
+            });
+            out.push(Action::StartTimer {
+                generation,
+                phase: Phase::OldOwners,
+                ms: PHASE_1A_RESEND_MS,
+            });
+        }
+        self.pending = Some(Publication {
+            map,
+            phase: Phase::OldOwners,
+            old_owners,
+            waiting,
+        });
+    }
+
+    /// Phase 1a is done: the map becomes every server's.
+    fn enter_servers_phase(&mut self, out: &mut Vec<Action>) {
+        let Some(p) = &mut self.pending else {
+            debug_assert!(false, "phase 1b without a publication");
+            return;
+        };
+        debug_assert!(p.phase == Phase::OldOwners && p.waiting.is_empty());
+        p.phase = Phase::Servers;
+        let map = Arc::clone(&p.map);
+        let acked = &self.acked;
+        p.waiting = map
+            .servers
+            .iter()
+            .filter(|s| s.state == ServerState::Up)
+            .filter(|s| acked.get(&s.id).copied().unwrap_or(0) < map.generation)
+            .map(|s| s.id.clone())
+            .collect();
+        if !p.waiting.is_empty() {
+            out.push(Action::StartTimer {
+                generation: map.generation,
+                phase: Phase::Servers,
+                ms: PHASE_1B_TIMEOUT_MS,
+            });
+        }
+        self.servers_map = Arc::clone(&map);
+        out.push(Action::PublishToServers(map));
+    }
+
+    /// Phase 1b is done: the map is committed (phase 2).
+    fn commit(&mut self, out: &mut Vec<Action>) {
+        let Some(p) = self.pending.take() else {
+            debug_assert!(false, "commit without a publication");
+            return;
+        };
+        debug_assert!(p.phase == Phase::Servers && p.waiting.is_empty());
+        debug_assert!(Arc::ptr_eq(&p.map, &self.servers_map));
+        self.committed = Arc::clone(&p.map);
+        out.push(Action::PublishToClients(p.map));
+    }
+}
+
+#[cfg(test)]
+#[path = "coord_tests.rs"]
+mod tests;

@@ -1,0 +1,295 @@
+//! Coordinator tests: the two phases step by step, and a property test over random event
+//! orders checking the protocol's ordering rules.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::api::{CreateVolumeRequest, MoveReadyRequest, MoveRequest};
+use crate::map::{ClusterMap, HostPolicy};
+use crate::plan;
+
+const MIB: u64 = 1 << 20;
+
+fn base() -> ClusterMap {
+    let m = plan::tests::two_servers();
+    plan::create_volume(
+        &m,
+        &CreateVolumeRequest {
+            name: "a".into(),
+            size: 16 * MIB,
+            block_size: None,
+            extent_size: Some(8 * MIB),
+            replicas: None,
+            subsystem: "nqn.2026-11.dev.tessera:t".into(),
+            nsid: None,
+            hosts: Some(HostPolicy::Any),
+        },
+    )
+    .unwrap()
+}
+
+/// Maps g+1 (start moving extent 0 to the other server) and g+2 (switch it).
+fn move_maps(m: &ClusterMap) -> (ClusterMap, ClusterMap, String) {
+    let owner = m.owner("a", 0).unwrap().server.clone();
+    let to = if owner == "s1" { "s2" } else { "s1" };
+    let m1 = plan::start_move(
+        m,
+        &MoveRequest {
+            volume: "a".into(),
+            extent: 0,
+            to: to.into(),
+        },
+    )
+    .unwrap();
+    let m2 = plan::switch_move(
+        &m1,
+        &MoveReadyRequest {
+            server: owner.clone(),
+            volume: "a".into(),
+            extent: 0,
+            generation: m1.generation,
+        },
+    )
+    .unwrap();
+    (m1, m2, owner)
+}
+
+fn ack(server: &str, generation: u64) -> Event {
+    Event::Ack {
+        server: server.into(),
+        generation,
+    }
+}
+
+fn published_to_clients(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PublishToClients(m) => Some(m.generation),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn change_without_owner_change_skips_phase_1a() {
+    let m = base();
+    let g = m.generation;
+    let (m1, _, _) = move_maps(&m);
+    let mut c = Coordinator::new(m);
+    let a = c.handle(Event::Committed(Arc::new(m1.clone())));
+    assert!(matches!(
+        &a[0],
+        Action::StartTimer {
+            phase: Phase::Servers,
+            ms: PHASE_1B_TIMEOUT_MS,
+            ..
+        }
+    ));
+    assert!(matches!(&a[1], Action::PublishToServers(x) if x.generation == g + 1));
+    assert_eq!(c.server_map(Some("s1")).generation, g + 1);
+    assert_eq!(c.client_map().generation, g);
+    assert!(c.handle(ack("s1", g + 1)).is_empty());
+    assert_eq!(
+        c.client_map().generation,
+        g,
+        "clients wait for every up server"
+    );
+    let a = c.handle(ack("s2", g + 1));
+    assert_eq!(published_to_clients(&a), [g + 1]);
+    assert_eq!(c.client_map().generation, g + 1);
+    assert!(c.publishing().is_none());
+}
+
+#[test]
+fn switch_goes_to_the_old_owner_first() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let other = if owner == "s1" { "s2" } else { "s1" };
+    let mut c = Coordinator::new(m1.clone());
+    let g2 = m2.generation;
+    let a = c.handle(Event::Committed(Arc::new(m2)));
+    assert_eq!(
+        a[0],
+        Action::SendToServers {
+            servers: vec![owner.clone()],
+            map: c.server_map(Some(&owner)),
+        }
+    );
+    assert_eq!(c.server_map(Some(&owner)).generation, g2);
+    assert_eq!(
+        c.server_map(Some(other)).generation,
+        m1.generation,
+        "others wait for 1a"
+    );
+    assert_eq!(c.server_map(None).generation, m1.generation);
+    // An ack from a server that is not an old owner does not end phase 1a.
+    assert!(c.handle(ack(other, g2)).is_empty());
+    // 1a timeout: re-send, never skip.
+    let a = c.handle(Event::Timeout {
+        generation: g2,
+        phase: Phase::OldOwners,
+    });
+    assert!(matches!(&a[0], Action::SendToServers { servers, .. } if *servers == [owner.clone()]));
+    let a = c.handle(ack(&owner, g2));
+    // `other` acked already, so phase 1b has nothing to wait for: committed at once.
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g2))
+    );
+    assert_eq!(published_to_clients(&a), [g2]);
+}
+
+#[test]
+fn phase_1b_deadline_commits_and_marks_late() {
+    let m = base();
+    let (m1, _, _) = move_maps(&m);
+    let g = m1.generation;
+    let mut c = Coordinator::new(m);
+    let _ = c.handle(Event::Committed(Arc::new(m1)));
+    let _ = c.handle(ack("s1", g));
+    // A stale timer is ignored.
+    assert!(
+        c.handle(Event::Timeout {
+            generation: g - 1,
+            phase: Phase::Servers
+        })
+        .is_empty()
+    );
+    let a = c.handle(Event::Timeout {
+        generation: g,
+        phase: Phase::Servers,
+    });
+    assert_eq!(published_to_clients(&a), [g]);
+    assert!(c.is_late("s2") && !c.is_late("s1"));
+    let _ = c.handle(ack("s2", g));
+    assert!(!c.is_late("s2"));
+    assert_eq!(c.acked("s2"), g);
+}
+
+#[test]
+fn changes_queue_behind_the_publication() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let (g1, g2) = (m1.generation, m2.generation);
+    let mut c = Coordinator::new(m);
+    let _ = c.handle(Event::Committed(Arc::new(m1)));
+    let a = c.handle(Event::Committed(Arc::new(m2)));
+    assert!(a.is_empty(), "g2 waits for g1");
+    assert_eq!(c.publishing().unwrap().3, 1);
+    assert_eq!(c.head_generation(), g2);
+    let _ = c.handle(ack("s1", g1));
+    let a = c.handle(ack("s2", g1));
+    assert_eq!(published_to_clients(&a), [g1]);
+    assert!(matches!(&a[1], Action::SendToServers { servers, .. } if *servers == [owner.clone()]));
+    assert_eq!(c.publishing().unwrap().1, Phase::OldOwners);
+}
+
+#[test]
+fn old_owner_declared_down_is_no_longer_awaited() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let mut c = Coordinator::new(m1);
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    let down = plan::set_server_state(&m2, &owner, crate::map::ServerState::Down).unwrap();
+    let a = c.handle(Event::Committed(Arc::new(down)));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == m2.generation))
+    );
+}
+
+#[test]
+fn acks_of_unknown_generations_are_ignored() {
+    let m = base();
+    let g = m.generation;
+    let mut c = Coordinator::new(m);
+    assert!(c.handle(ack("s1", g + 5)).is_empty());
+    assert_eq!(c.acked("s1"), 0);
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Ack(usize),
+    Timeout1a,
+    Timeout1b,
+    Commit,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Random interleavings of commits (moves and switches), acks and timeouts: clients get
+    /// every generation once, in order, and never before the old owners acked it; servers get
+    /// a map before clients do.
+    #[test]
+    fn publication_order_holds(steps in proptest::collection::vec(
+        prop_oneof![
+            (0..2usize).prop_map(Step::Ack),
+            Just(Step::Timeout1a),
+            Just(Step::Timeout1b),
+            Just(Step::Commit),
+        ], 1..80)) {
+        let servers = ["s1", "s2"];
+        let mut head = base();
+        let mut c = Coordinator::new(head.clone());
+        let mut maps: BTreeMap<u64, ClusterMap> = BTreeMap::new();
+        let mut installed: BTreeMap<&str, u64> = servers.iter().map(|s| (*s, head.generation)).collect();
+        let mut client_seen = vec![head.generation];
+        let mut server_published = vec![head.generation];
+        for step in steps {
+            let actions = match step {
+                Step::Commit => {
+                    if !c.can_accept() { continue; }
+                    let moving = head.volume("a").unwrap().extents[0].moving.is_some();
+                    let next = if moving {
+                        let owner = head.owner("a", 0).unwrap().server.clone();
+                        plan::switch_move(&head, &MoveReadyRequest { server: owner, volume: "a".into(), extent: 0, generation: head.generation }).unwrap()
+                    } else {
+                        move_maps(&head).0
+                    };
+                    maps.insert(next.generation, next.clone());
+                    head = next;
+                    c.handle(Event::Committed(Arc::new(head.clone())))
+                }
+                Step::Ack(k) => {
+                    // A server installs whatever the coordinator gives it, then acks.
+                    let id = servers[k];
+                    let m = c.server_map(Some(id));
+                    installed.insert(id, m.generation);
+                    c.handle(ack(id, m.generation))
+                }
+                Step::Timeout1a | Step::Timeout1b => {
+                    let Some((g, phase, _, _)) = c.publishing() else { continue };
+                    let want = if matches!(step, Step::Timeout1a) { Phase::OldOwners } else { Phase::Servers };
+                    if phase != want { continue; }
+                    c.handle(Event::Timeout { generation: g, phase })
+                }
+            };
+            for a in actions {
+                match a {
+                    Action::PublishToServers(m) => {
+                        prop_assert_eq!(m.generation, server_published.last().unwrap() + 1);
+                        // Every old owner of the previous map has installed this one.
+                        let prev = maps.get(&(m.generation - 1)).cloned().unwrap_or_else(base);
+                        for lost in ClusterMap::changed_owners(&prev, &m) {
+                            prop_assert!(installed[lost.old_owner.as_str()] >= m.generation);
+                        }
+                        server_published.push(m.generation);
+                    }
+                    Action::PublishToClients(m) => {
+                        prop_assert_eq!(m.generation, client_seen.last().unwrap() + 1);
+                        prop_assert!(server_published.contains(&m.generation));
+                        client_seen.push(m.generation);
+                    }
+                    Action::SendToServers { .. } | Action::StartTimer { .. } => {}
+                }
+            }
+            prop_assert!(c.client_map().generation <= c.server_map(None).generation);
+            prop_assert!(c.server_map(None).generation <= c.head_generation());
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The endpoints of the control API table, one handler each.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::{ApiError, REPORTS_PER_SECOND_MAX, REQUEST_BYTES_MAX, ReportWindow, Shared};
+use crate::api::{
+    AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MapQuery,
+    MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, ReportKind, ReportRequest,
+    ResizeRequest, ServerStatus, Status,
+};
+use crate::coord::Event;
+use crate::map::ClusterMap;
+use crate::plan::Change;
+
+type S = State<Arc<Shared>>;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(status = self.status, "{}", self.message);
+        } else {
+            tracing::debug!(status = self.status, "{}", self.message);
+        }
+        (
+            status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The request body as `T`, or a 4xx naming what is wrong with it.
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(t)| t)
+        .map_err(|r| ApiError::new(r.status().as_u16(), r.body_text()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|r| ApiError::new(r.status().as_u16(), r.body_text()))
+}
+
+/// Which map a `role=` query asks for: `Some(server)` for servers (maybe anonymous).
+pub(super) fn role_of(q: &MapQuery) -> Result<Option<Option<String>>, ApiError> {
+    match (q.role.as_str(), &q.server) {
+        ("client", None) => Ok(None),
+        ("client", Some(_)) => Err(ApiError::new(
+            400,
+            "server= is only for role=server (expected role=server&server=ID or role=client)",
+        )),
+        ("server", s) => Ok(Some(s.clone())),
+        (other, _) => Err(ApiError::new(
+            400,
+            format!("unknown role {other:?} (expected server or client)"),
+        )),
+    }
+}
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/map", get(map))
+        .route("/v1/watch", get(super::watch::watch))
+        .route("/v1/ack", post(ack))
+        .route("/v1/report", post(report))
+        .route("/v1/move-ready", post(move_ready))
+        .route("/v1/status", get(status))
+        .route("/v1/volumes", post(create_volume))
+        .route("/v1/volumes/{name}/resize", post(resize_volume))
+        .route("/v1/servers", post(add_server))
+        .route("/v1/extents/move", post(move_extent))
+        .route("/v1/reload", post(reload))
+        .fallback(|| async {
+            ApiError::new(404, "no such endpoint (see docs/cluster-protocol.md)")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                405,
+                "method not allowed on this endpoint (see docs/cluster-protocol.md)",
+            )
+        })
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(shared)
+}
+
+async fn map(
+    State(s): S,
+    q: Result<Query<MapQuery>, QueryRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let q = query(q)?;
+    if q.after.is_some() {
+        return Err(ApiError::new(400, "after= is only for /v1/watch"));
+    }
+    let role = role_of(&q)?;
+    let m = {
+        let mut inner = s.lock();
+        match role {
+            None => inner.coord.client_map(),
+            Some(server) => {
+                let m = inner.coord.server_map(server.as_deref());
+                if let Some(id) = server {
+                    let _ = inner.coord.handle(Event::ServerFetched {
+                        server: id,
+                        generation: m.generation,
+                    });
+                }
+                m
+            }
+        }
+    };
+    Ok(Json((*m).clone()))
+}
+
+/// The server must be in the newest map (bounds per-server state to the map's servers).
+fn known_server(s: &Shared, id: &str) -> Result<(), ApiError> {
+    if s.lock().head.server(id).is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::new(404, format!("unknown server {id:?}")))
+    }
+}
+
+async fn ack(
+    State(s): S,
+    b: Result<Json<AckRequest>, JsonRejection>,
+) -> Result<Json<Empty>, ApiError> {
+    let req = body(b)?;
+    known_server(&s, &req.server)?;
+    tracing::debug!(server = %req.server, generation = req.generation, "ack");
+    let actions = s.feed(Event::Ack {
+        server: req.server,
+        generation: req.generation,
+    });
+    super::run_actions(&s, actions);
+    Ok(Json(Empty {}))
+}
+
+async fn report(
+    State(s): S,
+    b: Result<Json<ReportRequest>, JsonRejection>,
+) -> Result<Json<Empty>, ApiError> {
+    let req = body(b)?;
+    known_server(&s, &req.server)?;
+    let now = Instant::now();
+    let mut inner = s.lock();
+    let w = inner
+        .report_windows
+        .entry(req.server.clone())
+        .or_insert(ReportWindow {
+            start: now,
+            count: 0,
+        });
+    if now.duration_since(w.start) >= Duration::from_secs(1) {
+        *w = ReportWindow {
+            start: now,
+            count: 0,
+        };
+    }
+    if w.count >= REPORTS_PER_SECOND_MAX {
+        return Err(ApiError::new(
+            429,
+            format!(
+                "more than {REPORTS_PER_SECOND_MAX} reports per second from server {:?} \
+                 (expected batched reports, at most 10 per second)",
+                req.server
+            ),
+        ));
+    }
+    w.count += 1;
+    let c = &mut inner.reports;
+    let counter = match req.kind {
+        ReportKind::Stale => &mut c.stale,
+        ReportKind::Behind => &mut c.behind,
+        ReportKind::Unstamped => &mut c.unstamped,
+    };
+    *counter = counter.saturating_add(req.count);
+    tracing::debug!(server = %req.server, kind = ?req.kind, stamp = req.stamp, current = req.current, count = req.count, "mismatch report");
+    Ok(Json(Empty {}))
+}
+
+async fn move_ready(
+    State(s): S,
+    b: Result<Json<MoveReadyRequest>, JsonRejection>,
+) -> Result<Json<Empty>, ApiError> {
+    let req = body(b)?;
+    s.change(Change::SwitchMove(req)).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn status(State(s): S) -> Json<Status> {
+    let inner = s.lock();
+    let head = &inner.head;
+    let coord = &inner.coord;
+    let servers = head
+        .servers
+        .iter()
+        .map(|e| ServerStatus {
+            id: e.id.clone(),
+            acked: coord.acked(&e.id),
+            state: e.state,
+            late: coord.is_late(&e.id),
+        })
+        .collect();
+    let mut moves = Vec::new();
+    for v in &head.volumes {
+        for (i, ext) in v.extents.iter().enumerate() {
+            if let (Some(m), Some(owner)) = (&ext.moving, ext.replicas.first()) {
+                moves.push(MoveStatus {
+                    volume: v.name.clone(),
+                    extent: i,
+                    from: owner.server.clone(),
+                    to: m.to.server.clone(),
+                });
+            }
+        }
+    }
+    let publishing = coord
+        .publishing()
+        .map(|(generation, phase, waiting, queued)| PublishStatus {
+            generation,
+            phase: phase.to_string(),
+            waiting,
+            queued,
+        });
+    Json(Status {
+        generation: head.generation,
+        committed: coord.client_map().generation,
+        servers_generation: coord.server_map(None).generation,
+        servers,
+        reports: inner.reports.clone(),
+        moves,
+        publishing,
+    })
+}
+
+async fn create_volume(
+    State(s): S,
+    b: Result<Json<CreateVolumeRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let req = body(b)?;
+    Ok(Json(s.change(Change::CreateVolume(req)).await?))
+}
+
+async fn resize_volume(
+    State(s): S,
+    name: Result<Path<String>, PathRejection>,
+    b: Result<Json<ResizeRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let Path(name) = name.map_err(|r| ApiError::new(r.status().as_u16(), r.body_text()))?;
+    let req = body(b)?;
+    Ok(Json(
+        s.change(Change::ResizeVolume {
+            name,
+            size: req.size,
+        })
+        .await?,
+    ))
+}
+
+async fn add_server(
+    State(s): S,
+    b: Result<Json<AddServerRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let req = body(b)?;
+    Ok(Json(s.change(Change::AddServer(req)).await?))
+}
+
+async fn move_extent(
+    State(s): S,
+    b: Result<Json<MoveRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let req = body(b)?;
+    Ok(Json(s.change(Change::StartMove(req)).await?))
+}
+
+async fn reload(
+    State(s): S,
+    b: Result<Json<Empty>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    body(b)?;
+    let file = s.cluster_file.clone();
+    let cluster = tokio::task::spawn_blocking(move || yaml::load_cluster(&file))
+        .await
+        .map_err(|e| ApiError::new(500, format!("reload task failed: {e}")))?
+        .map_err(|e| ApiError::new(400, e.to_string()))?;
+    Ok(Json(s.change(Change::Reload(cluster)).await?))
+}

@@ -1,0 +1,138 @@
+//! The `tessera-manager` binary: killed with SIGKILL, it comes back with the same map and
+//! generation; SIGTERM stops it cleanly; a bad cluster file is refused at start.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use manager::api::{CreateVolumeRequest, Role};
+use manager::client::Client;
+use manager::map::HostPolicy;
+
+const CLUSTER: &str = "servers:
+  - id: s1
+    portal: 127.0.0.1:24420
+    internal: 127.0.0.1:24430
+    pool: 256MiB
+subsystems: []
+";
+
+/// Starts the binary on 127.0.0.1:0 and reads the bound address from its log.
+fn spawn(dir: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-manager"))
+        .arg("--config")
+        .arg(dir.join("cluster.yaml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.contains("control API listening") {
+                // ... addr=127.0.0.1:PORT
+                let addr = line.rsplit("addr=").next().unwrap().trim().to_owned();
+                let _ = tx.send(addr);
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the manager logs its address");
+    (child, addr.parse().unwrap())
+}
+
+#[tokio::test]
+async fn sigkill_keeps_the_generation_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).unwrap();
+    let (mut child, addr) = spawn(dir.path());
+    let c = Client::new(addr);
+    let m = c
+        .create_volume(&CreateVolumeRequest {
+            name: "v".into(),
+            size: 16 << 20,
+            block_size: None,
+            extent_size: Some(8 << 20),
+            replicas: None,
+            subsystem: "nqn.2026-11.dev.tessera:t".into(),
+            nsid: None,
+            hosts: Some(HostPolicy::Any),
+        })
+        .await
+        .unwrap();
+    assert_eq!(m.generation, 2);
+    let m3 = c.resize_volume("v", 24 << 20).await.unwrap();
+    assert_eq!(m3.generation, 3);
+    // Not acked: both are durable but not committed when the manager dies.
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // The cluster file is not read again: the store wins.
+    std::fs::write(dir.path().join("cluster.yaml"), "not: a cluster\n").unwrap();
+    let (mut child, addr) = spawn(dir.path());
+    let c = Client::new(addr);
+    let st = c.status().await.unwrap();
+    assert_eq!(st.generation, 3);
+    assert_eq!(st.committed, 1, "g2 and g3 are published again");
+    c.ack("s1", 3).await.unwrap();
+    let mut committed = 0;
+    for _ in 0..100 {
+        committed = c.status().await.unwrap().committed;
+        if committed == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(committed, 3);
+    assert_eq!(c.map(&Role::Client).await.unwrap(), m3);
+
+    // SIGTERM: clean exit.
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Committed survives too.
+    let (mut child, addr) = spawn(dir.path());
+    let st = Client::new(addr).status().await.unwrap();
+    assert_eq!((st.generation, st.committed), (3, 3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn bad_cluster_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, CLUSTER.replace("pool: 256MiB", "pool: 1000")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera-manager"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "tessera-manager: {}:5:11: servers[0].pool: size 1000 bytes is not a multiple of the block size 512",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
