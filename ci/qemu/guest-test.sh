@@ -165,8 +165,16 @@ step_smart_log() {
 
 step_fio() {
   ns="$(get ns)"
+  # FIO_SPAN=device (tessera.fiospan=device): FIO_SIZE of I/O spread over the whole namespace
+  # (every extent of a striped cluster volume) instead of over its first FIO_SIZE bytes.
+  region="--size=$FIO_SIZE" where=""
+  if [ "${FIO_SPAN:-}" = device ]; then
+    region="--size=$(( $(cat "/sys/block/$ns/size") * 512 )) --io_size=$FIO_SIZE"
+    where=" over the whole device"
+  fi
+  # shellcheck disable=SC2086 # $region is a list of options
   out="$(fio --name=tessera-verify --filename="/dev/$ns" --ioengine=libaio --direct=1 \
-    --rw=randwrite --bsrange=4k-128k --iodepth=16 --size="$FIO_SIZE" \
+    --rw=randwrite --bsrange=4k-128k --iodepth=16 $region \
     --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
     --randrepeat=0 --group_reporting 2>&1)"
   rc=$?
@@ -176,7 +184,7 @@ step_fio() {
   w="$(echo "$out" | sed -n 's/^ *write: \(IOPS=[^,]*\), \(BW=[^ ]*\) .*(\([^)]*\)).*/\1 \2 (\3)/p')"
   r="$(echo "$out" | sed -n 's/^ *read: \(IOPS=[^,]*\), \(BW=[^ ]*\) .*(\([^)]*\)).*/\1 \2 (\3)/p')"
   [ -n "$w" ] && [ -n "$r" ] || die "fio did not report both the write and the verify (read) phase"
-  echo "FIO-FIGURES $PASS: randwrite 4k-128k qd16 libaio direct: write $w; verify read $r"
+  echo "FIO-FIGURES $PASS: randwrite 4k-128k qd16 libaio direct${where}: write $w; verify read $r"
 }
 
 step_mkfs() {
@@ -357,10 +365,12 @@ pass() { # pass NAME DIGEST_FLAGS FIO_SIZE FILES_MB
   run disconnect 60
 }
 
+# GUEST_FIO_SIZE (tessera.fiosize=): the fio data size of every pass instead of 32m / 16m.
 case "$DIGESTS" in
-  off) pass plain "" 32m 4 ;;
-  on) pass digest "--hdr-digest --data-digest" 16m 2 ;;
-  both) pass plain "" 32m 4; pass digest "--hdr-digest --data-digest" 16m 2 ;;
+  off) pass plain "" "${GUEST_FIO_SIZE:-32m}" 4 ;;
+  on) pass digest "--hdr-digest --data-digest" "${GUEST_FIO_SIZE:-16m}" 2 ;;
+  both) pass plain "" "${GUEST_FIO_SIZE:-32m}" 4
+        pass digest "--hdr-digest --data-digest" "${GUEST_FIO_SIZE:-16m}" 2 ;;
   *) echo "bad DIGESTS '$DIGESTS'"; exit 2 ;;
 esac
 PASS=""
