@@ -725,3 +725,95 @@ async fn resize_reaches_hosts_as_a_namespace_change_and_a_new_server_gets_new_ex
         assert_eq!(q1.read(2, lba, 8, LBA).await.unwrap(), block(lba, 5));
     }
 }
+
+/// Runs the `tessera` CLI against the cluster's manager.
+fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .args(["--manager", &c.maddr])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tessera_cli_changes_the_cluster_and_refuses_bad_changes_whole() {
+    let c = start_cluster().await;
+    let (ok, out, err) = cli(&c, &["status"]);
+    assert!(ok, "status failed: {err}");
+    assert!(
+        out.contains("generation 1") && out.contains("s1") && out.contains("vol1"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(
+        &c,
+        &[
+            "volume",
+            "create",
+            "vol2",
+            "--size",
+            "4MiB",
+            "--subsystem",
+            NQN,
+            "--nsid",
+            "2",
+            "--extent-size",
+            "1MiB",
+        ],
+    );
+    assert!(ok, "create failed: {err}");
+    assert!(out.contains("generation 2"), "{out}");
+    let (ok, out, err) = cli(&c, &["volume", "resize", "vol2", "--size", "8MiB"]);
+    assert!(ok && out.contains("generation 3"), "resize: {out} {err}");
+    // Refused whole: shrinking, an unknown volume, a size not a multiple of the block size.
+    for bad in [
+        vec!["volume", "resize", "vol2", "--size", "2MiB"],
+        vec!["volume", "resize", "nope", "--size", "8MiB"],
+        vec![
+            "volume",
+            "create",
+            "vol3",
+            "--size",
+            "1000",
+            "--subsystem",
+            NQN,
+            "--nsid",
+            "3",
+        ],
+    ] {
+        let (ok, _out, err) = cli(&c, &bad);
+        assert!(!ok, "{bad:?} was accepted");
+        assert!(
+            err.starts_with("tessera: ") && err.len() > 20,
+            "unclear error for {bad:?}: {err}"
+        );
+    }
+    assert_eq!(
+        c.map().await.generation,
+        3,
+        "a refused change moved the generation"
+    );
+    let owner = c.map().await.volume("vol2").unwrap().extents[0].replicas[0]
+        .server
+        .clone();
+    let to = if owner == "s1" { "s2" } else { "s1" };
+    let (ok, out, err) = cli(&c, &["extent", "move", "vol2", "0", "--to", to]);
+    assert!(
+        ok && out.contains("moving vol2 extent 0"),
+        "move: {out} {err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = c.map().await;
+        let e = &m.volume("vol2").unwrap().extents[0];
+        if e.replicas[0].server == to && e.moving.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the move did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -33,8 +33,40 @@ enum Cmd {
     Bench(BenchArgs),
     /// Serve `tessera bench --baseline` (plain TCP stream and ping-pong).
     BenchBaselineServer(ServerArgs),
-    /// Merge `tessera bench --json` records (one per line) into the ci/bench report.
+    /// Merge `tessera bench --json` records (one per line) into the ci/bench report; repeated
+    /// runs of one shape count as their median run.
     BenchReport(ReportArgs),
+    /// Show the cluster (manager control API): generation, servers, volumes, reports, moves.
+    Status(ManagerOnly),
+    /// Create or resize a volume.
+    Volume {
+        #[command(subcommand)]
+        cmd: tessera::cli::VolumeCmd,
+        #[command(flatten)]
+        m: tessera::cli::ManagerArg,
+    },
+    /// Add a storage server.
+    Server {
+        #[command(subcommand)]
+        cmd: tessera::cli::ServerCmd,
+        #[command(flatten)]
+        m: tessera::cli::ManagerArg,
+    },
+    /// Move an extent (copy, then switch).
+    Extent {
+        #[command(subcommand)]
+        cmd: tessera::cli::ExtentCmd,
+        #[command(flatten)]
+        m: tessera::cli::ManagerArg,
+    },
+    /// Ask the manager to re-read its cluster YAML and apply the differences.
+    Reload(ManagerOnly),
+}
+
+#[derive(Args, Debug)]
+struct ManagerOnly {
+    #[command(flatten)]
+    m: tessera::cli::ManagerArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,11 +194,30 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench_main(&a),
         Cmd::BenchBaselineServer(a) => server_main(&a),
         Cmd::BenchReport(a) => report_main(&a),
+        Cmd::Status(a) => return admin(&a.m.manager, tessera::cli::AdminCmd::Status),
+        Cmd::Volume { cmd, m } => return admin(&m.manager, tessera::cli::AdminCmd::Volume(cmd)),
+        Cmd::Server { cmd, m } => return admin(&m.manager, tessera::cli::AdminCmd::Server(cmd)),
+        Cmd::Extent { cmd, m } => return admin(&m.manager, tessera::cli::AdminCmd::Extent(cmd)),
+        Cmd::Reload(a) => return admin(&a.m.manager, tessera::cli::AdminCmd::Reload),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tessera: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Operator commands against the manager (see `tessera::cli`).
+fn admin(manager: &str, cmd: tessera::cli::AdminCmd) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(tessera::cli::run(manager, cmd)),
+        Err(e) => {
+            eprintln!("tessera: runtime: {e}");
             ExitCode::FAILURE
         }
     }
@@ -321,6 +372,7 @@ fn report_main(a: &ReportArgs) -> Result<(), String> {
         };
         records.extend(report::parse_records(&text).map_err(|e| format!("{}: {e}", p.display()))?);
     }
+    let records = report::median_of_repeats(&records);
     print!("{}", report::markdown(&records));
     if let Some(out) = &a.json {
         let meta: serde_json::Map<String, serde_json::Value> = a
