@@ -162,8 +162,7 @@ impl Controller {
         self.keep_alive();
     }
 
-    /// Resets the keep-alive timer (Keep Alive command, or any command: we are lenient, as
-    /// traffic-based keep alive would be).
+    /// Resets the keep-alive timer (Keep Alive, or any admin command).
     pub fn keep_alive(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_keep_alive_ms.store(now, Ordering::Relaxed);

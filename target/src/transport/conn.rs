@@ -363,7 +363,12 @@ impl Conn {
         } else {
             (self.sqhd + 1) % self.queue.sqsize.saturating_add(1)
         };
-        if let Some(c) = &self.queue.ctrl {
+        // Any admin command restarts the keep-alive timer (Keep Alive itself does in admin.rs).
+        // I/O commands do not: we do not advertise traffic-based keep alive (CTRATT.TBKAS), so
+        // hosts send Keep Alive every KATO/2 anyway, and the I/O path saves a clock read.
+        if self.queue.qid == 0
+            && let Some(c) = &self.queue.ctrl
+        {
             c.keep_alive();
         }
         let kind = if self.queue.qid == 0 {
