@@ -817,3 +817,47 @@ async fn the_tessera_cli_changes_the_cluster_and_refuses_bad_changes_whole() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ahead_of_a_server_is_served_once_the_server_catches_up() {
+    let c = start_cluster().await;
+    let (_ci, qi) = c.internal_queue(2).await;
+    qi.with_generation(1)
+        .write(INTERNAL_NSID, 0, INTERNAL_BLOCK, block(0, 7), false)
+        .await
+        .unwrap();
+    // Stamped with generation 2 while every server is still at 1: the server waits for its map.
+    let ahead = {
+        let qi = qi.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = qi
+                .with_generation(2)
+                .read(INTERNAL_NSID, 0, 8, INTERNAL_BLOCK)
+                .await;
+            (r, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let req = manager::api::CreateVolumeRequest {
+        name: "vol2".into(),
+        size: 4 << 20,
+        block_size: None,
+        extent_size: Some(EXTENT),
+        replicas: None,
+        subsystem: NQN.into(),
+        nsid: Some(2),
+        hosts: None,
+    };
+    assert_eq!(c.client.create_volume(&req).await.unwrap().generation, 2);
+    let (r, waited) = ahead.await.unwrap();
+    assert_eq!(
+        r.unwrap(),
+        block(0, 7),
+        "the command ahead was not served after the catch-up"
+    );
+    assert!(
+        waited >= Duration::from_millis(150),
+        "served before the server had generation 2"
+    );
+}
