@@ -1,0 +1,805 @@
+//! A storage server, following target/src/cluster/mod.rs (start, watch, install), io.rs (gate,
+//! stamp check, behind-wait) and routed.rs (host I/O routed with retries). The stamp check is
+//! the REAL `tessera::generation::GenerationState`; the model keeps its own record of the
+//! installed generation too, so a broken check is caught at the execution point.
+//!
+//! The pool is durable (a crash is a process restart: the pool survives, RAM does not: map,
+//! generation, gate, dirty maps, commands in flight).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use manager::map::{ClusterMap, Replica};
+use tessera::generation::GenerationState;
+
+use super::client::Watch;
+use super::mover::{Mover, Pass};
+use super::world::{
+    BLOCK, BlockKey, Gen, IoRes, Msg, Mutation, Node, POOL_BLOCKS, Rep, Req, Role, Timer, World,
+};
+
+/// routed.rs `ROUTE_TRIES`, and its backoff (10 ms doubling to 320 ms).
+pub const ROUTE_TRIES: u32 = 6;
+pub const ROUTE_BACKOFF_MAX_MS: u64 = 320;
+/// mover.rs `copy_range`: 20 tries, backoff 10 ms doubling to 500 ms.
+pub const COPY_TRIES: u32 = 20;
+pub const COPY_BACKOFF_MAX_MS: u64 = 500;
+/// io.rs `BEHIND_WAIT`.
+pub const BEHIND_WAIT_MS: u64 = 2_000;
+/// cluster/mod.rs: a starting server asks for its first map every 500 ms.
+pub const BOOT_RETRY_MS: u64 = 500;
+/// mover.rs `finish`: final-copy rounds.
+pub const FINAL_ROUNDS: u32 = 4;
+/// cluster/mod.rs `install`: ack tries, sleeping 100 ms << attempt after each failure.
+pub const ACK_TRIES: u32 = 5;
+
+/// An internal command waiting at this server (closed gate or behind-wait).
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    pub id: u64,
+    pub from: Node,
+    pub stamp: Gen,
+    pub blk: u64,
+    pub nblk: u64,
+    pub data: Option<Vec<u64>>,
+}
+
+/// What a control-API request of this server was for.
+#[derive(Debug, Clone)]
+pub enum RpcFor {
+    Boot,
+    BootAck,
+    InstallAck,
+    MoveReady((String, usize)),
+    Refresh,
+}
+
+/// Retry state shared by routed pieces and copies.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub tries: u32,
+    pub backoff: u64,
+    /// The command in flight and the generation it was stamped with.
+    pub io: Option<(u64, Gen)>,
+    /// Waiting for this server to reach this generation (`wait_for`).
+    pub wait: Option<Gen>,
+    pub token: u64,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self {
+            tries: 0,
+            backoff: 10,
+            io: None,
+            wait: None,
+            token: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum CopyOwner {
+    Mover((String, usize)),
+    Install,
+    /// Its mover was aborted: the command still runs, nobody waits for it.
+    Orphan,
+}
+
+#[derive(Debug)]
+pub enum Task {
+    /// A host command routed by this server (holds a gate pass once started).
+    Host {
+        host: usize,
+        hid: u64,
+        key: BlockKey,
+        data: Option<u64>,
+        started: bool,
+        r: Retry,
+    },
+    /// One `copy_range`: data read once, then written to `dest` with retries.
+    Copy {
+        owner: CopyOwner,
+        dest: String,
+        dest_blk: u64,
+        data: Vec<u64>,
+        r: Retry,
+    },
+}
+
+impl Task {
+    fn retry(&mut self) -> &mut Retry {
+        match self {
+            Self::Host { r, .. } | Self::Copy { r, .. } => r,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct FinalCopy {
+    pub key: (String, usize),
+    pub dest: Replica,
+    pub start: u64,
+    pub nblk: u64,
+    pub round: u32,
+    /// No copier was running (restart during the move): one full pass, errors ignored.
+    pub fallback: bool,
+    pub pass: Pass,
+}
+
+#[derive(Debug)]
+pub enum InSt {
+    /// Gate closed, waiting for commands inside to leave.
+    Drain,
+    /// Waiting for the copier of this extent to stop.
+    Stopping((String, usize)),
+    Final(FinalCopy),
+    FinalSleep(FinalCopy),
+    Ack(u32),
+    AckSleep(u32),
+}
+
+#[derive(Debug)]
+pub struct Install {
+    pub new: Arc<ClusterMap>,
+    pub old: Arc<ClusterMap>,
+    pub lost: Vec<(String, usize)>,
+    pub idx: usize,
+    pub st: Option<InSt>,
+    pub token: u64,
+}
+
+pub struct Server {
+    pub id: String,
+    /// In the cluster (a joining server starts when the operator adds it).
+    pub started: bool,
+    pub up: bool,
+    pub inc: u64,
+    /// Has its first map (serves).
+    pub booted: bool,
+    pub map: Arc<ClusterMap>,
+    pub generation: GenerationState,
+    /// The model's own record of the installed generation (invariant 1's second witness).
+    pub model_gen: Gen,
+    /// Durable: one version per pool block (0: never written).
+    pub pool: Vec<u64>,
+    pub gate_closed: bool,
+    pub inside: u32,
+    pub gate_wait: Vec<Cmd>,
+    pub gate_wait_hosts: Vec<u64>,
+    pub behind_wait: Vec<Cmd>,
+    pub watch: Watch,
+    /// Stream lines not yet taken by the watch loop (it installs one map at a time).
+    pub inbox: VecDeque<Arc<ClusterMap>>,
+    /// `refresh` Notify permit (a peer said our map is old).
+    pub refresh: bool,
+    pub fetching: bool,
+    pub install: Option<Install>,
+    pub movers: BTreeMap<(String, usize), Mover>,
+    pub tasks: BTreeMap<u64, Task>,
+    pub rpcs: BTreeMap<u64, RpcFor>,
+}
+
+impl Server {
+    pub fn new(i: usize) -> Self {
+        Self {
+            id: format!("s{}", i + 1),
+            started: false,
+            up: false,
+            inc: 0,
+            booted: false,
+            map: Arc::new(ClusterMap::empty()),
+            generation: GenerationState::new(0),
+            model_gen: 0,
+            pool: vec![0; POOL_BLOCKS as usize],
+            gate_closed: false,
+            inside: 0,
+            gate_wait: Vec::new(),
+            gate_wait_hosts: Vec::new(),
+            behind_wait: Vec::new(),
+            watch: Watch::default(),
+            inbox: VecDeque::new(),
+            refresh: false,
+            fetching: false,
+            install: None,
+            movers: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            rpcs: BTreeMap::new(),
+        }
+    }
+
+    /// Forgets a command whose connection was torn down.
+    pub fn drop_cmd(&mut self, id: u64) {
+        self.gate_wait.retain(|c| c.id != id);
+        self.behind_wait.retain(|c| c.id != id);
+    }
+
+    fn task_by_io(&self, io: u64) -> Option<u64> {
+        self.tasks.iter().find_map(|(t, task)| match task {
+            Task::Host { r, .. } | Task::Copy { r, .. } => {
+                (r.io.map(|x| x.0) == Some(io)).then_some(*t)
+            }
+        })
+    }
+}
+
+impl World {
+    pub fn me(i: usize) -> Node {
+        Node::Srv(i)
+    }
+
+    pub fn rpc(&mut self, node: Node, req: Req) -> u64 {
+        let id = self.id();
+        self.send(node, Node::Mgr, Msg::Rpc { id, req });
+        self.timer(node, super::world::RPC_TIMEOUT_MS, Timer::RpcTimeout(id));
+        id
+    }
+
+    pub fn srv_rpc(&mut self, i: usize, req: Req, purpose: RpcFor) -> u64 {
+        let id = self.rpc(Self::me(i), req);
+        self.srv[i].rpcs.insert(id, purpose);
+        id
+    }
+
+    // ---- start, crash ----------------------------------------------------------------
+
+    /// `cluster::start`: fetch the first map (role=server), serve, start movers, ack, watch.
+    pub fn srv_start(&mut self, i: usize) {
+        let s = &mut self.srv[i];
+        s.started = true;
+        if s.up {
+            return;
+        }
+        let pool = std::mem::take(&mut s.pool);
+        let inc = s.inc + 1;
+        *s = Server::new(i);
+        s.started = true;
+        s.up = true;
+        s.inc = inc;
+        s.pool = pool;
+        self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Boot);
+    }
+
+    fn srv_booted(&mut self, i: usize, map: Arc<ClusterMap>) {
+        let s = &mut self.srv[i];
+        let g = map.generation;
+        s.booted = true;
+        s.map = map;
+        s.generation = GenerationState::new(g);
+        s.model_gen = g;
+        self.note(format!("{} booted at g{g}", self.srv[i].id));
+        self.mover_sync(i);
+        self.srv_rpc(
+            i,
+            Req::Ack {
+                server: i,
+                generation: g,
+            },
+            RpcFor::BootAck,
+        );
+        self.subscribe(Self::me(i));
+        self.state_check = true;
+    }
+
+    pub fn srv_crash(&mut self, i: usize) {
+        self.note(format!("CRASH {}", self.srv[i].id));
+        self.stats.server_crashes += 1;
+        self.srv[i].up = false;
+        self.srv[i].inc += 1;
+        self.purge_node(Self::me(i));
+        self.mgr_drop_sub(Self::me(i));
+        // Hosts whose command was at (or on its way to) this server see the connection drop.
+        for k in 0..self.cli.len() {
+            if let Some(op) = &self.cli[k].op
+                && op.via == Some(i)
+            {
+                let id = op.id;
+                self.timer(Node::Cli(k), 1, Timer::HostLost(id));
+            }
+        }
+        let s = &mut self.srv[i];
+        let pool = std::mem::take(&mut s.pool);
+        let inc = s.inc;
+        *s = Server::new(i);
+        s.started = true;
+        s.inc = inc;
+        s.pool = pool;
+    }
+
+    // ---- messages and timers -----------------------------------------------------------
+
+    pub fn srv_on_msg(&mut self, i: usize, from: Node, msg: Msg) {
+        match msg {
+            Msg::StreamOpened { .. } | Msg::StreamMap { .. } => {
+                if let Some(map) = self.on_stream_msg(Self::me(i), msg)
+                    && self.srv[i].booted
+                {
+                    self.srv[i].inbox.push_back(map);
+                    self.srv_kick(i);
+                }
+            }
+            Msg::RpcReply { id, rep } => {
+                if let Some(p) = self.srv[i].rpcs.remove(&id) {
+                    self.srv_rpc_done(i, p, Some(rep));
+                }
+            }
+            Msg::Io {
+                id,
+                stamp,
+                blk,
+                nblk,
+                data,
+            } => {
+                if !self.srv[i].booted {
+                    // Not serving yet: the connection is refused.
+                    self.timer(from, 1, Timer::IoTimeout(id));
+                    return;
+                }
+                let cmd = Cmd {
+                    id,
+                    from,
+                    stamp,
+                    blk,
+                    nblk,
+                    data,
+                };
+                self.srv_on_cmd(i, cmd);
+            }
+            Msg::IoReply { id, res } => {
+                if self.ios.remove(&id).is_none() {
+                    return; // a duplicate, or a command given up on
+                }
+                if let Some(t) = self.srv[i].task_by_io(id) {
+                    self.task_result(i, t, Some(res));
+                }
+            }
+            Msg::HostIo { id, key, data } => {
+                let Node::Cli(host) = from else {
+                    return;
+                };
+                if !self.srv[i].booted {
+                    self.send(Self::me(i), from, Msg::HostReply { id, res: None });
+                    return;
+                }
+                let t = self.id();
+                self.srv[i].tasks.insert(
+                    t,
+                    Task::Host {
+                        host,
+                        hid: id,
+                        key,
+                        data,
+                        started: false,
+                        r: Retry::new(),
+                    },
+                );
+                if self.srv[i].gate_closed {
+                    self.srv[i].gate_wait_hosts.push(t);
+                } else {
+                    self.host_begin(i, t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn srv_on_timer(&mut self, i: usize, t: Timer) {
+        match t {
+            Timer::WatchCheck(_) | Timer::StreamBroken(_) | Timer::Resubscribe(_) => {
+                self.on_watch_timer(Self::me(i), &t);
+            }
+            Timer::RpcTimeout(id) => {
+                if let Some(p) = self.srv[i].rpcs.remove(&id) {
+                    self.srv_rpc_done(i, p, None);
+                }
+            }
+            Timer::Boot if !self.srv[i].booted => {
+                self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Boot);
+            }
+            Timer::IoTimeout(id) => {
+                if !self.ios.contains_key(&id) {
+                    return;
+                }
+                self.cancel_io(id);
+                if let Some(t) = self.srv[i].task_by_io(id) {
+                    self.task_result(i, t, None);
+                }
+            }
+            Timer::TaskWake { task, token } => {
+                let Some(tk) = self.srv[i].tasks.get_mut(&task) else {
+                    return;
+                };
+                let r = tk.retry();
+                if r.token != token || r.io.is_some() {
+                    return;
+                }
+                r.wait = None;
+                self.task_try(i, task);
+            }
+            Timer::BehindTimeout(id) => {
+                let s = &mut self.srv[i];
+                if let Some(k) = s.behind_wait.iter().position(|c| c.id == id) {
+                    let cmd = s.behind_wait.remove(k);
+                    self.srv_enter_then_check(i, cmd);
+                }
+            }
+            Timer::MoverWake { key, token } => self.mover_wake(i, &key, token),
+            Timer::InstallWake(token) => self.install_wake(i, token),
+            _ => {}
+        }
+    }
+
+    fn srv_rpc_done(&mut self, i: usize, p: RpcFor, rep: Option<Rep>) {
+        match p {
+            RpcFor::Boot => match rep {
+                Some(Rep::Map(m)) if m.server(&self.srv[i].id).is_some() => self.srv_booted(i, m),
+                _ => self.timer(Self::me(i), BOOT_RETRY_MS, Timer::Boot),
+            },
+            RpcFor::BootAck => {}
+            RpcFor::InstallAck => self.install_ack_done(i, matches!(rep, Some(Rep::Ok))),
+            RpcFor::MoveReady(key) => self.mover_ready_done(i, &key, matches!(rep, Some(Rep::Ok))),
+            RpcFor::Refresh => {
+                self.srv[i].fetching = false;
+                if let Some(Rep::Map(m)) = rep {
+                    self.srv[i].inbox.push_front(m);
+                }
+                self.srv_kick(i);
+            }
+        }
+    }
+
+    // ---- the gate and the stamp check --------------------------------------------------
+
+    pub fn gate_open(&mut self, i: usize) {
+        self.srv[i].gate_closed = false;
+        let cmds = std::mem::take(&mut self.srv[i].gate_wait);
+        for c in cmds {
+            self.srv_checked(i, c);
+        }
+        let hosts = std::mem::take(&mut self.srv[i].gate_wait_hosts);
+        for t in hosts {
+            self.host_begin(i, t);
+        }
+    }
+
+    /// Wakes what waits for this server's generation (`installed.notify_waiters()`).
+    pub fn wake_waiters(&mut self, i: usize) {
+        let cur = self.srv[i].generation.current();
+        let (ready, wait): (Vec<Cmd>, Vec<Cmd>) = std::mem::take(&mut self.srv[i].behind_wait)
+            .into_iter()
+            .partition(|c| c.stamp <= cur);
+        self.srv[i].behind_wait = wait;
+        for c in ready {
+            self.srv_enter_then_check(i, c);
+        }
+        let mut wake = Vec::new();
+        for (t, task) in &mut self.srv[i].tasks {
+            let r = task.retry();
+            if r.wait.is_some_and(|g| g <= cur) {
+                r.token += 1;
+                wake.push((*t, r.token));
+            }
+        }
+        for (task, token) in wake {
+            self.timer(Self::me(i), 0, Timer::TaskWake { task, token });
+        }
+    }
+
+    /// The stamp check: the real `GenerationState::check`, plus the test's deliberate bug.
+    fn srv_check(&self, i: usize, stamp: Gen) -> Result<(), (bool, Gen)> {
+        let s = &self.srv[i];
+        let r = s.generation.check(stamp, true);
+        match r {
+            Ok(()) => Ok(()),
+            Err(_)
+                if self.cfg.mutation == Mutation::AcceptStaleByOne
+                    && stamp + 1 == s.generation.current() =>
+            {
+                Ok(())
+            }
+            Err(m) => {
+                let cur = (u64::from(m.dw1) << 32) | u64::from(m.dw0);
+                Err((stamp < cur, cur))
+            }
+        }
+    }
+
+    /// io.rs `execute`: the gate, then the check; a newer stamp waits (bounded).
+    fn srv_on_cmd(&mut self, i: usize, cmd: Cmd) {
+        if self.srv[i].gate_closed {
+            self.srv[i].gate_wait.push(cmd);
+            return;
+        }
+        match self.srv_check(i, cmd.stamp) {
+            Ok(()) => self.srv_exec(i, &cmd),
+            Err((false, _)) => {
+                let id = cmd.id;
+                self.srv[i].behind_wait.push(cmd);
+                self.timer(Self::me(i), BEHIND_WAIT_MS, Timer::BehindTimeout(id));
+            }
+            Err((true, cur)) => self.srv_reply(i, &cmd, IoRes::Stale(cur)),
+        }
+    }
+
+    fn srv_enter_then_check(&mut self, i: usize, cmd: Cmd) {
+        if self.srv[i].gate_closed {
+            self.srv[i].gate_wait.push(cmd);
+        } else {
+            self.srv_checked(i, cmd);
+        }
+    }
+
+    /// io.rs `checked`: check again and run, or answer the mismatch.
+    fn srv_checked(&mut self, i: usize, cmd: Cmd) {
+        match self.srv_check(i, cmd.stamp) {
+            Ok(()) => self.srv_exec(i, &cmd),
+            Err((true, cur)) => self.srv_reply(i, &cmd, IoRes::Stale(cur)),
+            Err((false, cur)) => self.srv_reply(i, &cmd, IoRes::Behind(cur)),
+        }
+    }
+
+    fn srv_reply(&mut self, i: usize, cmd: &Cmd, res: IoRes) {
+        if !matches!(res, IoRes::Done(_)) {
+            self.stats.refused += 1;
+        }
+        self.send(Self::me(i), cmd.from, Msg::IoReply { id: cmd.id, res });
+    }
+
+    /// Runs a command whose stamp passed the check.
+    fn srv_exec(&mut self, i: usize, cmd: &Cmd) {
+        let s = &self.srv[i];
+        // Invariant 1, witnessed by the model independently of `GenerationState::check`.
+        if cmd.stamp != s.model_gen {
+            let what = format!(
+                "invariant 1: io#{} stamped g{} from {:?} executed on {} whose installed \
+                 generation is g{}",
+                cmd.id, cmd.stamp, cmd.from, s.id, s.model_gen
+            );
+            return self.fail(what);
+        }
+        if s.gate_closed {
+            return self.fail(format!(
+                "model: io#{} ran on {} with its gate closed",
+                cmd.id, s.id
+            ));
+        }
+        if cmd.blk + cmd.nblk > POOL_BLOCKS {
+            return self.fail(format!("model: io#{} outside {}'s pool", cmd.id, s.id));
+        }
+        self.stats.executed += 1;
+        let res = match &cmd.data {
+            Some(d) => {
+                self.pool_write(i, cmd.blk, d);
+                IoRes::Done(Vec::new())
+            }
+            None => {
+                let (a, b) = (cmd.blk as usize, (cmd.blk + cmd.nblk) as usize);
+                IoRes::Done(self.srv[i].pool[a..b].to_vec())
+            }
+        };
+        self.srv_reply(i, cmd, res);
+    }
+
+    /// A write to the pool; regions being moved record it in their dirty maps.
+    pub fn pool_write(&mut self, i: usize, blk: u64, data: &[u64]) {
+        let s = &mut self.srv[i];
+        for (k, v) in data.iter().enumerate() {
+            if let Some(p) = s.pool.get_mut(blk as usize + k) {
+                *p = *v;
+            }
+        }
+        for m in s.movers.values_mut() {
+            m.mark(blk, data.len() as u64);
+        }
+    }
+
+    // ---- routed host I/O (routed.rs) and copies (mover.rs copy_range) -----------------
+
+    fn host_begin(&mut self, i: usize, t: u64) {
+        let s = &mut self.srv[i];
+        let Some(Task::Host { started, key, .. }) = s.tasks.get_mut(&t) else {
+            return;
+        };
+        *started = true;
+        let key = *key;
+        s.inside += 1;
+        // `pieces`: the volume and range must exist in our map.
+        let exists = s
+            .map
+            .volume(&self.vol_names[key.0])
+            .is_some_and(|v| key.1 < v.size_bytes / BLOCK);
+        if exists {
+            self.task_try(i, t);
+        } else {
+            self.host_finish(i, t, None);
+        }
+    }
+
+    fn host_finish(&mut self, i: usize, t: u64, res: Option<u64>) {
+        let Some(Task::Host {
+            host, hid, started, ..
+        }) = self.srv[i].tasks.remove(&t)
+        else {
+            return;
+        };
+        if started {
+            self.srv[i].inside -= 1;
+        }
+        self.send(
+            Self::me(i),
+            Node::Cli(host),
+            Msg::HostReply { id: hid, res },
+        );
+        self.install_drained(i);
+    }
+
+    /// Starts one `copy_range` from pool block `src`; returns its task id.
+    pub fn copy_start(
+        &mut self,
+        i: usize,
+        owner: CopyOwner,
+        src: u64,
+        n: u64,
+        dest: String,
+        dest_blk: u64,
+    ) -> u64 {
+        let data = self.srv[i].pool[src as usize..(src + n) as usize].to_vec();
+        let t = self.id();
+        self.srv[i].tasks.insert(
+            t,
+            Task::Copy {
+                owner,
+                dest,
+                dest_blk,
+                data,
+                r: Retry::new(),
+            },
+        );
+        self.task_try(i, t);
+        t
+    }
+
+    /// One try of a routed piece or a copy.
+    fn task_try(&mut self, i: usize, t: u64) {
+        let cur = self.srv[i].generation.current();
+        let me = self.srv[i].id.clone();
+        let map = Arc::clone(&self.srv[i].map);
+        let Some(task) = self.srv[i].tasks.get_mut(&t) else {
+            return;
+        };
+        match task {
+            Task::Host { key, data, r, .. } => {
+                if r.tries >= ROUTE_TRIES {
+                    return self.host_finish(i, t, None);
+                }
+                r.tries += 1;
+                let (key, data) = (*key, *data);
+                // `locate`, under the current map.
+                let loc = map.volume(&self.vol_names[key.0]).and_then(|v| {
+                    let e = v.extent_of(key.1 * BLOCK)?;
+                    let (start, _) = v.extent_range(e)?;
+                    let o = v.owner(e)?;
+                    Some((o.server.clone(), o.offset / BLOCK + key.1 - start / BLOCK))
+                });
+                let Some((owner, blk)) = loc else {
+                    return self.host_finish(i, t, None);
+                };
+                if owner == me {
+                    let v = match data {
+                        Some(v) => {
+                            self.pool_write(i, blk, &[v]);
+                            0
+                        }
+                        None => self.srv[i].pool[blk as usize],
+                    };
+                    return self.host_finish(i, t, Some(v));
+                }
+                let Some(d) = World::server_index(&owner) else {
+                    return self.host_finish(i, t, None);
+                };
+                let io = self.send_io(
+                    Self::me(i),
+                    Node::Srv(d),
+                    cur,
+                    blk,
+                    1,
+                    data.map(|v| vec![v]),
+                );
+                if let Some(task) = self.srv[i].tasks.get_mut(&t) {
+                    task.retry().io = Some((io, cur));
+                }
+            }
+            Task::Copy {
+                dest,
+                dest_blk,
+                data,
+                r,
+                ..
+            } => {
+                if r.tries >= COPY_TRIES {
+                    return self.copy_finish(i, t, false);
+                }
+                r.tries += 1;
+                let (dest, dest_blk, data) = (dest.clone(), *dest_blk, data.clone());
+                let Some(d) = map.server(&dest).and_then(|_| World::server_index(&dest)) else {
+                    return self.copy_finish(i, t, false);
+                };
+                let n = data.len() as u64;
+                let io = self.send_io(Self::me(i), Node::Srv(d), cur, dest_blk, n, Some(data));
+                if let Some(task) = self.srv[i].tasks.get_mut(&t) {
+                    task.retry().io = Some((io, cur));
+                }
+            }
+        }
+    }
+
+    /// The answer to a task's command (`None`: the connection failed or timed out).
+    fn task_result(&mut self, i: usize, t: u64, res: Option<IoRes>) {
+        let Some(task) = self.srv[i].tasks.get_mut(&t) else {
+            return;
+        };
+        let is_host = matches!(task, Task::Host { .. });
+        let r = task.retry();
+        let Some((_, sent)) = r.io.take() else {
+            return;
+        };
+        let max = if is_host {
+            ROUTE_BACKOFF_MAX_MS
+        } else {
+            COPY_BACKOFF_MAX_MS
+        };
+        let backoff = r.backoff;
+        r.backoff = (r.backoff * 2).min(max);
+        match res {
+            Some(IoRes::Done(v)) => {
+                if is_host {
+                    let val = v.first().copied().unwrap_or(0);
+                    self.host_finish(i, t, Some(val));
+                } else {
+                    self.copy_finish(i, t, true);
+                }
+            }
+            Some(IoRes::Stale(g) | IoRes::Behind(g)) => {
+                if g > sent {
+                    // We are behind: fetch the map now and wait for it (bounded).
+                    self.srv_refresh(i);
+                    self.task_wait(i, t, Some(g), backoff * 4);
+                } else {
+                    // The peer is behind: it catches up through its own watch stream.
+                    self.task_wait(i, t, None, backoff);
+                }
+            }
+            None => {
+                if is_host {
+                    self.srv_refresh(i);
+                }
+                self.task_wait(i, t, None, backoff);
+            }
+        }
+    }
+
+    /// Sleeps, or waits for generation `g` (woken early by an install).
+    fn task_wait(&mut self, i: usize, t: u64, g: Option<Gen>, ms: u64) {
+        let cur = self.srv[i].generation.current();
+        let Some(task) = self.srv[i].tasks.get_mut(&t) else {
+            return;
+        };
+        let r = task.retry();
+        r.token += 1;
+        let token = r.token;
+        let ms = if g.is_some_and(|g| g <= cur) { 0 } else { ms };
+        r.wait = g;
+        self.timer(Self::me(i), ms, Timer::TaskWake { task: t, token });
+    }
+
+    fn copy_finish(&mut self, i: usize, t: u64, ok: bool) {
+        let Some(Task::Copy { owner, .. }) = self.srv[i].tasks.remove(&t) else {
+            return;
+        };
+        match owner {
+            CopyOwner::Mover(key) => self.mover_copy_done(i, &key, ok),
+            CopyOwner::Install => self.install_copy_done(i, ok),
+            CopyOwner::Orphan => {}
+        }
+    }
+}
