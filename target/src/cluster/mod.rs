@@ -33,6 +33,8 @@ use routed::RoutedVolume;
 
 /// How long a starting server keeps asking for its first map.
 pub const FIRST_MAP_WAIT: Duration = Duration::from_secs(30);
+/// How often a server repeats the ack of its installed generation (idempotent).
+pub const REACK_PERIOD: Duration = Duration::from_secs(1);
 /// Mismatch reports sent to the manager per second at most (DESIGN.md: rate-limited).
 pub const REPORTS_PER_SECOND: u32 = 10;
 
@@ -270,6 +272,8 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
 /// Follows the manager's pushes for this server; installs and acknowledges each generation.
 async fn watch(node: Arc<NodeShared>) {
     let role = Role::Server(node.me.clone());
+    let mut reack = tokio::time::interval(REACK_PERIOD);
+    reack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let after = node.registry.generation.current();
         let mut stream = Box::pin(node.client.watch(role.clone(), after));
@@ -286,6 +290,13 @@ async fn watch(node: Arc<NodeShared>) {
                     if let Ok(map) = node.client.map(&role).await {
                         install(&node, map).await;
                     }
+                }
+                _ = reack.tick() => {
+                    // Acks are idempotent. Repeating ours covers a manager that restarted and
+                    // forgot it (its publication would otherwise wait for an ack we already sent,
+                    // while our watch stream, already at that generation, brings nothing new).
+                    let g = node.registry.generation.current();
+                    let _ = node.client.ack(&node.me, g).await;
                 }
             }
         }
@@ -312,8 +323,23 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
         if let Some(g) = &gate {
             g.close().await;
         }
+        let mut ok = true;
         for l in &lost {
-            mover::finish(node, &old, &new, &l.volume, l.extent).await;
+            ok &= mover::finish(node, &old, &new, &l.volume, l.extent)
+                .await
+                .is_ok();
+        }
+        if !ok {
+            // Not installed, not acked: we keep serving at the old generation (the lost
+            // extents stay tracked) and the manager sends this map again.
+            if let Some(g) = &gate {
+                g.open();
+            }
+            tracing::warn!(
+                generation = new.generation,
+                "install postponed: final copy incomplete"
+            );
+            return;
         }
     }
     node.map.store(Arc::new(new.clone()));

@@ -113,7 +113,7 @@ async fn copier(
     loop {
         let bits = region.take();
         let n = bits.count_ones();
-        if copy(&node, &region, &bits, &dest, Some(&stop))
+        if copy(&node, &region, &bits, &dest, Some(&stop), false)
             .await
             .is_err()
         {
@@ -155,6 +155,7 @@ async fn copy(
     bits: &BitVec<u64, Lsb0>,
     dest: &Replica,
     stop: Option<&AtomicBool>,
+    final_pass: bool,
 ) -> Result<(), ()> {
     let chunks_per_io = usize::try_from(COPY_IO_MAX / TRACK_CHUNK).unwrap_or(1);
     let mut c = 0usize;
@@ -180,6 +181,7 @@ async fn copy(
             len,
             dest.offset + (off - region.start),
             &dest.server,
+            final_pass,
         )
         .await
         {
@@ -200,17 +202,23 @@ fn remark(region: &DirtyRegion, bits: &BitVec<u64, Lsb0>, from: usize) {
     }
 }
 
+/// Copies one range to the new owner. `final_pass`: the copy runs inside an install (the
+/// watch loop is busy with it), so instead of waiting for our own map to catch up, the write is
+/// stamped with the generation the new owner reports — the protocol's rule for the final copy
+/// ("stamped with the generation the target server still has").
 async fn copy_range(
     node: &Arc<NodeShared>,
     pool_off: u64,
     len: u64,
     dest_off: u64,
     dest_server: &str,
+    final_pass: bool,
 ) -> Result<(), String> {
     let data = read_pool(&node.pool, pool_off, usize::try_from(len).unwrap_or(0))
         .await
         .map_err(|e| e.to_string())?;
     let mut backoff = Duration::from_millis(10);
+    let mut stamp = node.registry.generation.current();
     for _ in 0..20 {
         let map = node.map.load_full();
         let addr = map
@@ -227,7 +235,10 @@ async fn copy_range(
                 continue;
             }
         };
-        let g = node.registry.generation.current();
+        if !final_pass {
+            stamp = node.registry.generation.current();
+        }
+        let g = stamp;
         match q
             .with_generation(g)
             .write(
@@ -265,46 +276,76 @@ async fn copy_range(
 }
 
 /// The switch, on the old owner, with the install gate closed: stop the copier, copy what is
-/// still dirty, stop tracking. `new` names the new owner.
+/// still dirty, stop tracking. `new` names the new owner. On failure nothing is lost: the region
+/// stays tracked, the caller does not install the new map (and does not ack it), and the manager
+/// sends it again, so the final copy is retried while the extent keeps being served here.
 pub async fn finish(
     node: &Arc<NodeShared>,
-    _old: &ClusterMap,
+    old: &ClusterMap,
     new: &ClusterMap,
     volume: &str,
     extent: usize,
-) {
-    let taken = lock(&node.movers.active).remove(&(volume.to_string(), extent));
+) -> Result<(), ()> {
+    let key = (volume.to_string(), extent);
+    let taken = lock(&node.movers.active).remove(&key);
     let Some(dest) = new.owner(volume, extent).cloned() else {
-        return;
+        return Ok(());
     };
-    let Some(a) = taken else {
-        // No copier here (e.g. this server restarted during the move): nothing was tracked, so
-        // copy the whole extent to be safe.
-        if let (Some(v), Some(old_owner)) = (_old.volume(volume), _old.owner(volume, extent))
-            && let Some((_, len)) = v.extent_range(extent)
-        {
+    let a = match taken {
+        Some(a) => a,
+        None => {
+            // No copier state (this server restarted during the move, or the move started and
+            // switched between two maps we did not see): what was written meanwhile is not
+            // known, so the whole extent is copied.
+            let (Some(v), Some(old_owner)) = (old.volume(volume), old.owner(volume, extent)) else {
+                return Ok(());
+            };
+            let Some((_, len)) = v.extent_range(extent) else {
+                return Ok(());
+            };
             let region = node.pool.0.track(old_owner.offset, len);
             region.mark_all();
-            let bits = region.take();
-            let _ = copy(node, &region, &bits, &dest, None).await;
-            node.pool.0.untrack(&region);
+            Active {
+                region,
+                dest: dest.clone(),
+                stop: Arc::new(AtomicBool::new(true)),
+                task: tokio::spawn(async {}),
+            }
         }
-        return;
     };
-    a.stop.store(true, Ordering::Release);
-    let _ = a.task.await;
+    let Active {
+        region, stop, task, ..
+    } = a;
+    stop.store(true, Ordering::Release);
+    let _ = task.await;
     // The gate is closed: nothing writes the region now. Copy the rest until clean.
     for _ in 0..4 {
-        let bits = a.region.take();
+        let bits = region.take();
         if bits.not_any() {
-            break;
+            node.pool.0.untrack(&region);
+            tracing::info!(volume, extent, to = %dest.server, "extent switched");
+            return Ok(());
         }
-        if copy(node, &a.region, &bits, &dest, None).await.is_err() {
-            tracing::error!(volume, extent, "final copy failed; retrying");
-            remark(&a.region, &bits, 0);
+        if copy(node, &region, &bits, &dest, None, true).await.is_err() {
+            remark(&region, &bits, 0);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    node.pool.0.untrack(&a.region);
-    tracing::info!(volume, extent, to = %dest.server, "extent switched");
+    let left = region.take();
+    if left.not_any() {
+        node.pool.0.untrack(&region);
+        return Ok(());
+    }
+    remark(&region, &left, 0);
+    tracing::error!(volume, extent, to = %dest.server, "final copy failed; not installing, will retry");
+    lock(&node.movers.active).insert(
+        key,
+        Active {
+            region,
+            dest,
+            stop: Arc::new(AtomicBool::new(true)),
+            task: tokio::spawn(async {}),
+        },
+    );
+    Err(())
 }
