@@ -51,6 +51,10 @@ fn identify_cmd(
                 .ok_or(Status::INVALID_NS.with_dnr())?;
             identify::namespace(&ns).to_vec()
         }
+        // NVMe Base 2.0, section 5.17.2.2: NSID FFFFFFFEh and FFFFFFFFh are invalid here.
+        cns::ACTIVE_NSID_LIST if id.nsid >= 0xFFFF_FFFE => {
+            return Err(Status::INVALID_NS.with_dnr());
+        }
         cns::ACTIVE_NSID_LIST => identify::active_ns_list(subsys, id.nsid).to_vec(),
         cns::NS_ID_DESCRIPTOR_LIST => {
             let ns = subsys

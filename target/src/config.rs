@@ -85,3 +85,38 @@ pub fn build_registry(layout: &Layout) -> Result<Arc<Registry>, ConfigError> {
     }
     Ok(Arc::new(Registry::new(subsystems, STANDALONE_GENERATION)))
 }
+
+/// What `tessera-target --check` verifies beyond the YAML: that every file and block backend
+/// can be opened as declared (without creating anything: a file to be created needs an
+/// existing directory). RAM and null backends need nothing.
+pub fn check_backends(layout: &Layout) -> Result<(), ConfigError> {
+    for s in &layout.subsystems {
+        for n in &s.namespaces {
+            let err = |message: String| ConfigError {
+                loc: n.backend_loc.clone(),
+                message,
+            };
+            match &n.backend {
+                BackendDecl::Null { .. } | BackendDecl::Ram { .. } => {}
+                BackendDecl::File { path, create, .. } if *create && !path.exists() => {
+                    let dir = path
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or_else(|| std::path::Path::new("."));
+                    if !dir.is_dir() {
+                        return Err(err(format!(
+                            "cannot create {}: directory {} does not exist",
+                            path.display(),
+                            dir.display()
+                        )));
+                    }
+                }
+                decl => {
+                    hw::open(&spec_of(decl, n.size_bytes))
+                        .map_err(|e| err(format!("cannot open {} backend: {e}", decl.kind())))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

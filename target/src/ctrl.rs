@@ -139,7 +139,9 @@ impl Controller {
             last_keep_alive_ms: AtomicU64::new(0),
             regs: Mutex::new(Regs::default()),
             features: Mutex::new(Features {
-                io_queues: 0,
+                // Until Set Features Number of Queues asks for fewer, every queue we allow is
+                // allocated (Get Features reports it, and Connect accepts it).
+                io_queues: IO_QUEUES_MAX,
                 async_event_config: 0,
                 volatile_write_cache,
                 acre: false,

@@ -127,6 +127,9 @@ pub fn data_dir(queue: &Queue, cmd: &Command) -> Result<DataDir, Status> {
     match cmd {
         Command::Fabrics(f) => Ok(f.data_dir()),
         Command::Admin(a) => Ok(a.data_dir()),
+        // Commands without data (Flush, Write Zeroes...) need no namespace here; Flush may
+        // name every namespace (NSID FFFFFFFFh), which io.rs handles.
+        Command::Io(io) if !io.transfers_data() => Ok(DataDir::None),
         Command::Io(io) => {
             let ctrl = queue
                 .ctrl

@@ -2,7 +2,7 @@
 //! Values the Linux host reads are explained where they are set.
 
 use codec::nvme::fabrics::VS_1_4;
-use codec::nvme::generation::{GENCHK_VERSION, GenCheckInfo};
+use codec::nvme::generation::{GENCHK_FLAG_REQUIRE_STAMP, GENCHK_VERSION, GenCheckInfo};
 use codec::nvme::identify::{
     self, DLFEAT_READ_ZEROES, DLFEAT_WRITE_ZEROES_DEALLOCATES, IDENTIFY_DATA_LEN,
     IdentifyController, IdentifyNamespace, IdentifyNsIndependent, LbaFormat, NMIC_SHARED,
@@ -14,7 +14,6 @@ use crate::fabrics::MQES;
 use crate::generation::SERVER_BEHIND_RETRY_DELAY_100MS;
 use crate::namespace::{ANA_GROUP_ID, Namespace};
 use crate::subsys::{DISCOVERY_NQN, Subsystem};
-use crate::transport::{IO_INCAPSULE_DATA, MDTS_BYTES};
 
 /// Firmware revision string (8 ASCII bytes).
 pub const FIRMWARE_REVISION: &str = concat!("TS", env!("CARGO_PKG_VERSION"));
@@ -51,10 +50,10 @@ const ANACAP: u8 = (1 << 0) | (1 << 6);
 /// FRMW: slot 1 read-only (bit 0), one slot (bits 3:1).
 const FRMW: u8 = 0b0011;
 
-/// MDTS in units of the minimum page size (4 KiB), as a power of two.
-fn mdts() -> u8 {
-    let pages = MDTS_BYTES / 4096;
-    u8::try_from(pages.trailing_zeros()).unwrap_or(0)
+/// MDTS in units of the minimum page size (4 KiB), as a power of two (rounded down).
+fn mdts(mdts_bytes: u32) -> u8 {
+    let pages = (mdts_bytes / 4096).max(1);
+    u8::try_from(31 - pages.leading_zeros()).unwrap_or(0)
 }
 
 /// Identify Controller (CNS 01h) for `ctrl`.
@@ -71,13 +70,14 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
     // NN: the largest NSID in use (at least 1). MNAN must be non-zero and at most NN when ANA
     // is reported (Linux refuses the controller otherwise: "Invalid MNAN value").
     let nn = namespaces.keys().next_back().copied().unwrap_or(1).max(1);
+    let cfg = ctrl.registry.transport();
     IdentifyController {
         sn: s.serial.clone(),
         mn: s.model.clone(),
         fr: FIRMWARE_REVISION.to_string(),
         rab: 6,
         cmic: CMIC_MULTI_CTRL | CMIC_ANA,
-        mdts: mdts(),
+        mdts: mdts(cfg.mdts_bytes),
         cntlid: ctrl.cntlid,
         ver: VS_1_4,
         oaes: OAES_NS_ATTR | OAES_ANA,
@@ -108,7 +108,7 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
         mnan: nn,
         subnqn: s.nqn.clone(),
         // IOCCSZ/IORCSZ in 16-byte units: the 64-byte SQE plus in-capsule data; a 16-byte CQE.
-        ioccsz: (64 + IO_INCAPSULE_DATA) / 16,
+        ioccsz: (64 + cfg.io_incapsule) / 16,
         iorcsz: 1,
         icdoff: 0,
         fcatt: 0,
@@ -119,7 +119,12 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
         },
         genchk: Some(GenCheckInfo {
             version: GENCHK_VERSION,
-            flags: 0,
+            // Internal subsystems refuse unstamped commands; say so.
+            flags: if s.internal {
+                GENCHK_FLAG_REQUIRE_STAMP
+            } else {
+                0
+            },
             generation: ctrl.registry.generation.current(),
         }),
         ..IdentifyController::default()

@@ -82,6 +82,7 @@ impl Target {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
             listeners.push(l);
         }
+        registry.set_transport(opts.transport);
         let (shutdown, _) = watch::channel(false);
         let n = if opts.reactors == 0 {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

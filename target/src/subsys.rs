@@ -210,6 +210,8 @@ pub struct Registry {
     pub generation: GenerationState,
     /// Cluster nodes: the install gate every NVM I/O command passes (none when standalone).
     pub gate: Option<Arc<crate::gate::Gate>>,
+    /// The transport limits in force (Identify advertises them); set when the target starts.
+    transport: std::sync::OnceLock<crate::transport::TransportConfig>,
 }
 
 impl Registry {
@@ -231,6 +233,7 @@ impl Registry {
             ),
             generation: GenerationState::new(generation),
             gate: None,
+            transport: std::sync::OnceLock::new(),
         }
     }
 
@@ -239,6 +242,16 @@ impl Registry {
         let mut r = Self::new(subsystems, generation);
         r.gate = Some(Arc::new(crate::gate::Gate::default()));
         r
+    }
+
+    /// Records the transport limits the target serves with (first call wins).
+    pub fn set_transport(&self, cfg: crate::transport::TransportConfig) {
+        let _ = self.transport.set(cfg);
+    }
+
+    /// The transport limits in force.
+    pub fn transport(&self) -> crate::transport::TransportConfig {
+        self.transport.get().copied().unwrap_or_default()
     }
 
     pub fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {

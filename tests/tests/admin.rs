@@ -273,7 +273,6 @@ async fn identify_active_namespace_list() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: Identify CNS 02h with NSID FFFFFFFEh/FFFFFFFFh succeeds instead of Invalid Namespace or Format"]
 async fn identify_active_namespace_list_rejects_reserved_nsids() {
     // NVMe Base 2.0, Active Namespace ID list (CNS 02h): "If the NSID field is set to FFFFFFFEh
     // or FFFFFFFFh, then the controller shall abort the command with a status code of Invalid
@@ -682,7 +681,6 @@ async fn asynchronous_event_requests_park_and_are_limited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: admin commands are exempt from MDTS: Get Log Page of 1 MiB succeeds (and the target allocates whatever NUMD asks, up to 4 GiB per command)"]
 async fn get_log_page_above_mdts_is_invalid_field() {
     // NVMe Base 2.0, Identify Controller MDTS: "If a command is submitted that exceeds this
     // transfer size, then the command is aborted with a status code of Invalid Field in
@@ -720,7 +718,6 @@ async fn host_behavior_support_feature_round_trips() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: before Set Features Number of Queues, Get Features reports 1 I/O queue allocated but an I/O Connect for QID 1 is refused"]
 async fn io_queues_reported_before_set_features_can_be_connected() {
     // Get Features Number of Queues returns the queues allocated (0's based). Whatever the
     // default, a host may connect the queues the controller says it has (Linux nvmet allows
@@ -744,7 +741,6 @@ async fn io_queues_reported_before_set_features_can_be_connected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: Identify Controller IOCCSZ and MDTS are constants and ignore TransportConfig (io_incapsule, mdts_bytes), so a host that trusts them is refused"]
 async fn identify_follows_the_transport_config() {
     // A target started with 4 KiB of in-capsule data and 64 KiB MDTS must say so: a host sizes
     // its in-capsule writes from IOCCSZ and its transfers from MDTS.

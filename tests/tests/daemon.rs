@@ -152,7 +152,6 @@ fn check_accepts_the_good_examples() {
 }
 
 #[test]
-#[ignore = "BUG: --check says OK for a layout whose backend cannot be opened, although its help promises to check that backends open; --config then fails"]
 fn check_fails_when_a_backend_cannot_be_opened() {
     // `tessera-target --help`: "--check: Validate this YAML layout (and that its backends open)
     // without serving it". A file backend with create: true in a directory that does not exist

@@ -286,7 +286,6 @@ async fn internal_connections_require_stamps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: an internal controller rejects unstamped I/O but its Identify vendor area leaves GENCHK_FLAG_REQUIRE_STAMP clear (flags hard-coded to 0)"]
 async fn internal_controllers_advertise_that_they_require_stamps() {
     // codec::nvme::generation: GenCheckInfo flags bit 0 (GENCHK_FLAG_REQUIRE_STAMP) means
     // "this controller rejects unstamped I/O", which an internal controller does.

@@ -130,7 +130,6 @@ async fn fua_and_flush() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: Flush with NSID FFFFFFFFh fails with Invalid Namespace although Identify VWC bits 2:1 = 11b advertise it"]
 async fn flush_of_every_namespace_nsid_ffffffff() {
     // NVM Command Set 1.0, Flush: NSID FFFFFFFFh applies to every attached namespace when
     // Identify Controller VWC bits 2:1 are 11b, which this target reports.

@@ -99,6 +99,12 @@ pub enum PduError {
         cccid: u16,
         received: u32,
         computed: u32,
+        /// For H2CData/C2HData: where the failed data belongs, so the receiver can account for
+        /// it (the transfer goes on; only the command fails). Zero for a CapsuleCmd.
+        ttag: u16,
+        datao: u32,
+        datal: u32,
+        last: bool,
     },
     /// The underlying transport failed, or the caller asked to encode something this side may
     /// not send (`ErrorKind::InvalidInput`).

@@ -432,17 +432,22 @@ impl PduCodec {
             let received = read_digest(&whole[data_end..]).unwrap_or(0);
             let computed = crc32c(&data);
             if received != computed {
-                let cccid = match &p.head {
-                    Pdu::CapsuleCmd(c) => c.sqe.cid(),
-                    Pdu::H2CData(d) => d.cccid,
-                    Pdu::C2HData(d) => d.cccid,
-                    _ => 0,
+                let datal = u32::try_from(data_len).unwrap_or(u32::MAX);
+                let (cccid, ttag, datao, last) = match &p.head {
+                    Pdu::CapsuleCmd(c) => (c.sqe.cid(), 0, 0, true),
+                    Pdu::H2CData(d) => (d.cccid, d.ttag, d.datao, d.last),
+                    Pdu::C2HData(d) => (d.cccid, 0, d.datao, d.last),
+                    _ => (0, 0, 0, true),
                 };
                 return Err(PduError::DataDigest {
                     pdu_type: ty,
                     cccid,
                     received,
                     computed,
+                    ttag,
+                    datao,
+                    datal,
+                    last,
                 });
             }
         }

@@ -8,6 +8,8 @@
 //! * `run`      — the NVMe workload: one controller, `--queues` I/O queues, `--qd` commands each;
 //! * `baseline` — the plain TCP stream and ping-pong (the "limit of this machine");
 //! * `hold`     — many idle connections, for the target's RSS and idle CPU;
+//! * `cluster`  — runs through a cluster server's portal (servers, forwarded share) and getting
+//!   a test cluster ready (acks, extent placement);
 //! * `stats`    — latency histograms, CPU time (own and the target's), RSS;
 //! * `report`   — JSON records and the markdown table `ci/bench` prints.
 //!
@@ -16,6 +18,7 @@
 //! the whole host-side cost of an I/O.
 
 pub mod baseline;
+pub mod cluster;
 pub mod hold;
 pub mod pattern;
 pub mod report;

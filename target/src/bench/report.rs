@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::ClusterShape;
 use super::fmt_size;
 use super::stats::Latency;
 use super::workload::RwMode;
@@ -30,6 +31,12 @@ pub struct IoRecord {
     pub queues: u16,
     pub hdgst: bool,
     pub ddgst: bool,
+    /// Map generation stamped in every command (`--generation`; 0: unstamped).
+    #[serde(default)]
+    pub generation: u64,
+    /// Through a cluster server's portal (`--manager`): which server, how much forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterShape>,
     /// Length of the measured window (after warmup).
     pub seconds: f64,
     /// Commands completed in the window.
@@ -69,7 +76,7 @@ impl IoRecord {
         s
     }
 
-    /// Same workload, backend and shape, digests aside.
+    /// Same workload, backend, cluster path and shape; digests and stamp aside.
     fn same_shape(&self, o: &IoRecord) -> bool {
         self.label == o.label
             && self.rw == o.rw
@@ -77,6 +84,36 @@ impl IoRecord {
             && self.bs == o.bs
             && self.qd == o.qd
             && self.queues == o.queues
+            && self.cluster_key() == o.cluster_key()
+    }
+
+    /// Digests off and unstamped: what the "cost" column compares against.
+    fn is_plain(&self) -> bool {
+        !self.hdgst && !self.ddgst && self.generation == 0
+    }
+
+    /// The cluster path, as far as it tells runs apart (the generation of the map aside).
+    fn cluster_key(&self) -> Option<(u32, &str, &str, u32)> {
+        self.cluster.as_ref().map(|c| {
+            (
+                c.servers,
+                c.via.as_str(),
+                c.volume.as_str(),
+                c.forwarded_extents,
+            )
+        })
+    }
+
+    /// The "backend" column: the label, the stamp, the cluster path.
+    pub fn backend(&self) -> String {
+        let mut s = self.label.clone();
+        if self.generation != 0 {
+            let _ = write!(s, ", stamped g{}", self.generation);
+        }
+        if let Some(c) = &self.cluster {
+            let _ = write!(s, " ({})", c.describe());
+        }
+        s
     }
 }
 
@@ -208,26 +245,37 @@ pub fn vs_limit(r: &IoRecord, records: &[Record]) -> Option<String> {
     (s.mib_s > 0.0).then(|| format!("bw {:.0}% of stream", 100.0 * r.mib_s / s.mib_s))
 }
 
-/// Throughput lost to digests: 1 - IOPS(on) / IOPS(off) of the same workload, in percent.
-pub fn digest_cost_pct(r: &IoRecord, records: &[Record]) -> Option<f64> {
-    if !r.hdgst && !r.ddgst {
+/// The plain run (digests off, unstamped) of the same workload as `r`, when `r` is not plain.
+fn plain_of<'a>(r: &IoRecord, records: &'a [Record]) -> Option<&'a IoRecord> {
+    if r.is_plain() {
         return None;
     }
-    let off = ios(records).find(|o| !o.hdgst && !o.ddgst && o.same_shape(r))?;
+    ios(records).find(|o| o.is_plain() && o.same_shape(r))
+}
+
+/// Throughput lost to digests or to the generation stamp (and its check): 1 - IOPS(on) /
+/// IOPS(off) of the same workload, in percent.
+pub fn digest_cost_pct(r: &IoRecord, records: &[Record]) -> Option<f64> {
+    let off = plain_of(r, records)?;
     (off.iops > 0.0).then(|| 100.0 * (1.0 - r.iops / off.iops))
 }
 
-/// CPU added by digests: host plus target CPU time per I/O of the same workload, on against
-/// off, in percent. Steadier than the IOPS figure on a shared machine (time spent waiting for
-/// the CPU is not CPU time).
+/// CPU added by digests or by the stamp: host plus target CPU time per I/O of the same
+/// workload, on against off, in percent. Steadier than the IOPS figure on a shared machine
+/// (time spent waiting for the CPU is not CPU time).
 pub fn digest_cpu_pct(r: &IoRecord, records: &[Record]) -> Option<f64> {
-    if !r.hdgst && !r.ddgst {
-        return None;
-    }
-    let off = ios(records).find(|o| !o.hdgst && !o.ddgst && o.same_shape(r))?;
+    let off = plain_of(r, records)?;
     let on_cpu = r.bench_cpu_us_per_io + r.target_cpu_us_per_io?;
     let off_cpu = off.bench_cpu_us_per_io + off.target_cpu_us_per_io?;
     (off_cpu > 0.0).then(|| 100.0 * (on_cpu / off_cpu - 1.0))
+}
+
+/// Target CPU added per I/O by the stamp (the generation check runs on the target only), in
+/// percent.
+pub fn target_cpu_cost_pct(r: &IoRecord, records: &[Record]) -> Option<f64> {
+    let off = plain_of(r, records)?;
+    let (on, off) = (r.target_cpu_us_per_io?, off.target_cpu_us_per_io?);
+    (off > 0.0).then(|| 100.0 * (on / off - 1.0))
 }
 
 fn f1(v: f64) -> String {
@@ -242,20 +290,23 @@ fn iops_str(v: f64) -> String {
     }
 }
 
-/// The I/O table: one row per workload x backend x digests.
-pub fn io_table(records: &[Record]) -> String {
+/// The I/O table: one row per workload x backend x digests x stamp, for the single target
+/// (`cluster = false`) or for the runs through a cluster server's portal (`cluster = true`;
+/// target CPU is then the sum over every storage server). Same columns either way.
+pub fn io_table(records: &[Record], cluster: bool) -> String {
     let mut t = String::from(
         "| workload | backend | digests | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs \
-         | max µs | bench CPU µs/IO | target CPU µs/IO | vs limit | digest cost: IOPS / CPU |\n\
+         | max µs | bench CPU µs/IO | target CPU µs/IO | vs limit | cost of digests or stamp: \
+         IOPS / CPU |\n\
          |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n",
     );
-    for r in ios(records) {
+    for r in ios(records).filter(|r| r.cluster.is_some() == cluster) {
         let l = &r.latency;
         let _ = writeln!(
             t,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
             r.workload(),
-            r.label,
+            r.backend(),
             r.digests(),
             iops_str(r.iops),
             f1(r.mib_s),
@@ -342,15 +393,49 @@ fn find_io<'a>(
     qd: u32,
 ) -> Option<&'a IoRecord> {
     ios(records).find(|r| {
-        r.label == label && rw.contains(&r.rw) && r.bs == bs && r.qd == qd && !r.hdgst && !r.ddgst
+        r.label == label
+            && rw.contains(&r.rw)
+            && r.bs == bs
+            && r.qd == qd
+            && r.is_plain()
+            && r.cluster.is_none()
     })
+}
+
+/// QD1 4K reads through the cluster: pairs of the same volume (label) read through a server
+/// that owns none of it (every I/O forwarded) and through one that owns all of it (local).
+fn forwarded_local_pairs(records: &[Record]) -> Vec<(&IoRecord, &IoRecord)> {
+    let qd1_4k = |r: &&IoRecord| {
+        r.qd == 1 && r.queues == 1 && r.bs == 4096 && r.read_pct == 100 && r.is_plain()
+    };
+    let mut out = Vec::new();
+    for f in ios(records).filter(qd1_4k) {
+        let Some(fc) = &f.cluster else { continue };
+        if fc.forwarded_extents == 0 || fc.forwarded_extents != fc.extents {
+            continue;
+        }
+        let local = ios(records).filter(qd1_4k).find(|l| {
+            l.label == f.label
+                && l.cluster.as_ref().is_some_and(|lc| {
+                    lc.volume == fc.volume && lc.servers == fc.servers && lc.forwarded_extents == 0
+                })
+        });
+        if let Some(l) = local {
+            out.push((f, l));
+        }
+    }
+    out
 }
 
 /// The issue's aims, checked against `records`.
 pub fn aims(records: &[Record]) -> Vec<Aim> {
     let mut out = Vec::new();
-    let mut labels: Vec<&str> = ios(records).map(|r| r.label.as_str()).collect();
-    labels.dedup();
+    let mut labels: Vec<&str> = Vec::new();
+    for r in ios(records).filter(|r| r.cluster.is_none()) {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
     let stream = baseline(records, BaselineMode::Stream);
     let stream_w = baseline(records, BaselineMode::StreamWrite).or(stream);
     let pp = baseline(records, BaselineMode::Pingpong).and_then(|b| b.latency);
@@ -424,7 +509,7 @@ pub fn aims(records: &[Record]) -> Vec<Aim> {
     }
     for (small, limit) in [(true, 10.0), (false, 15.0)] {
         let costs: Vec<(String, f64)> = ios(records)
-            .filter(|r| (r.bs <= 4 * kb) == small)
+            .filter(|r| (r.bs <= 4 * kb) == small && (r.hdgst || r.ddgst))
             .filter_map(|r| {
                 let cpu = digest_cpu_pct(r, records)
                     .map_or_else(String::new, |p| format!(", CPU per I/O {p:+.1}%"));
@@ -453,6 +538,87 @@ pub fn aims(records: &[Record]) -> Vec<Aim> {
             },
         });
     }
+    // The generation check: stamped runs against the same runs unstamped (single target).
+    let stamped: Vec<(&IoRecord, f64, Option<f64>, Option<f64>)> = ios(records)
+        .filter(|r| r.generation != 0 && !r.hdgst && !r.ddgst && r.cluster.is_none())
+        .filter_map(|r| {
+            Some((
+                r,
+                digest_cost_pct(r, records)?,
+                target_cpu_cost_pct(r, records),
+                plain_of(r, records).map(|p| 100.0 * (r.latency.p50_us / p.latency.p50_us - 1.0)),
+            ))
+        })
+        .collect();
+    let aim = "generation check <= 1% cost (stamped vs unstamped)".to_string();
+    out.push(if stamped.is_empty() {
+        Aim {
+            aim,
+            measured: "not measured".into(),
+            reached: None,
+        }
+    } else {
+        let measured = stamped
+            .iter()
+            .map(|(r, iops, cpu, p50)| {
+                let mut m = format!("{} {}: IOPS {:+.1}%", r.label, r.workload(), -iops);
+                if let Some(c) = cpu {
+                    let _ = write!(m, ", target CPU/IO {c:+.1}%");
+                }
+                if let Some(p) = p50 {
+                    let _ = write!(m, ", p50 {p:+.1}%");
+                }
+                m
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        // Judged on the target's CPU per I/O where known (the check is target CPU work, and
+        // CPU time does not count waiting for a CPU), else on IOPS.
+        let worst = stamped
+            .iter()
+            .map(|(_, iops, cpu, _)| cpu.unwrap_or(*iops))
+            .fold(f64::MIN, f64::max);
+        Aim {
+            aim,
+            measured,
+            reached: Some(worst <= 1.0),
+        }
+    });
+    let aim = "cluster: forwarded 4K read <= 2x the latency of a local one (QD1 p50)".to_string();
+    let pairs = forwarded_local_pairs(records);
+    out.push(if pairs.is_empty() {
+        Aim {
+            aim,
+            measured: "not measured".into(),
+            reached: None,
+        }
+    } else {
+        let worst = pairs
+            .iter()
+            .map(|(f, l)| f.latency.p50_us / l.latency.p50_us)
+            .fold(f64::MIN, f64::max);
+        Aim {
+            aim,
+            measured: pairs
+                .iter()
+                .map(|(f, l)| {
+                    format!(
+                        "p50 {:.2}x ({:.1} via {} vs {:.1} µs via {}); mean {:.2}x ({:.1} vs {:.1} µs)",
+                        f.latency.p50_us / l.latency.p50_us,
+                        f.latency.p50_us,
+                        f.cluster.as_ref().map_or("?", |c| c.via.as_str()),
+                        l.latency.p50_us,
+                        l.cluster.as_ref().map_or("?", |c| c.via.as_str()),
+                        f.latency.mean_us / l.latency.mean_us,
+                        f.latency.mean_us,
+                        l.latency.mean_us,
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            reached: Some(worst <= 2.0),
+        }
+    });
     let one = holds(records).find(|h| h.controllers == 1);
     let many = holds(records).filter(|h| h.controllers > 1).last();
     out.push(match one {
@@ -520,8 +686,13 @@ pub fn aims_table(aims: &[Aim]) -> String {
 /// The whole markdown report.
 pub fn markdown(records: &[Record]) -> String {
     let mut s = String::new();
-    if ios(records).next().is_some() {
-        s.push_str(&io_table(records));
+    if ios(records).any(|r| r.cluster.is_none()) {
+        s.push_str(&io_table(records, false));
+        s.push('\n');
+    }
+    if ios(records).any(|r| r.cluster.is_some()) {
+        s.push_str("Cluster: through one storage server's portal (target CPU: all servers).\n\n");
+        s.push_str(&io_table(records, true));
         s.push('\n');
     }
     if records.iter().any(|r| matches!(r, Record::Baseline(_))) {
@@ -544,7 +715,7 @@ pub fn median_of_repeats(records: &[Record]) -> Vec<Record> {
     fn key(r: &Record) -> String {
         match r {
             Record::Io(i) => format!(
-                "io/{}/{}/{}/{}/{}/{}/{}/{}",
+                "io/{}/{}/{}/{}/{}/{}/{}/{}/{}/{:?}",
                 i.label,
                 i.rw.name(),
                 i.read_pct,
@@ -552,7 +723,9 @@ pub fn median_of_repeats(records: &[Record]) -> Vec<Record> {
                 i.qd,
                 i.queues,
                 i.hdgst,
-                i.ddgst
+                i.ddgst,
+                i.generation,
+                i.cluster_key()
             ),
             Record::Baseline(b) => format!("baseline/{:?}", b.mode),
             Record::Hold(h) => format!("hold/{}/{}", h.controllers, h.io_queues),
@@ -611,6 +784,8 @@ mod tests {
             queues: 1,
             hdgst: digests,
             ddgst: digests,
+            generation: 0,
+            cluster: None,
             seconds: 5.0,
             ios: 0,
             iops,
@@ -678,7 +853,7 @@ mod tests {
     #[test]
     fn table_rows_ratios_and_digest_cost() {
         let recs = sample();
-        let t = io_table(&recs);
+        let t = io_table(&recs, false);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2 + 5, "header, rule, one row per run:\n{t}");
         assert!(lines.iter().all(|l| l.starts_with('|') && l.ends_with('|')));
@@ -721,6 +896,134 @@ mod tests {
         let md = markdown(&sample());
         assert!(md.contains("| aim | measured | reached |"));
         assert!(md.contains("**no**"));
+    }
+
+    fn edit(mut r: Record, f: impl FnOnce(&mut IoRecord)) -> Record {
+        if let Record::Io(i) = &mut r {
+            f(i);
+        }
+        r
+    }
+
+    fn through(servers: u32, via: &str, volume: &str, extents: u32, fwd: u32) -> ClusterShape {
+        ClusterShape {
+            servers,
+            via: via.into(),
+            volume: volume.into(),
+            extents,
+            forwarded_extents: fwd,
+            forwarded_pct: 100.0 * f64::from(fwd) / f64::from(extents),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn stamp_cost_against_the_unstamped_run() {
+        let mut recs = sample();
+        recs.push(edit(
+            io("ram", RwMode::Randread, 4096, 1, false, 24_750.0),
+            |i| {
+                i.generation = 1;
+                i.target_cpu_us_per_io = Some(2.25 * 1.005);
+            },
+        ));
+        let t = io_table(&recs, false);
+        let row = t
+            .lines()
+            .find(|l| l.contains("stamped g1"))
+            .expect("a stamped row");
+        assert!(
+            row.starts_with("| 4K randread QD1 | ram, stamped g1 | off |"),
+            "{row}"
+        );
+        // 24.75K against 25K: 1% lost; CPU (1.5 + 2.26125) against 3.75: +0.3%.
+        assert!(row.ends_with("| 1.0% / +0.3% |"), "{row}");
+        let a = aims(&recs);
+        let g = a
+            .iter()
+            .find(|x| x.aim.starts_with("generation check"))
+            .expect("listed");
+        // Judged on the target's CPU per I/O: +0.5%.
+        assert_eq!(g.reached, Some(true), "{g:?}");
+        assert!(
+            g.measured.contains("IOPS -1.0%, target CPU/IO +0.5%"),
+            "{g:?}"
+        );
+        // Stamped runs stay out of the digest aims and of the per-backend aims.
+        let d = a
+            .iter()
+            .find(|x| x.aim.starts_with("digests cost <= 10%"))
+            .expect("listed");
+        assert!(d.measured.contains("hdr+data"), "{d:?}");
+        assert_eq!(
+            median_of_repeats(&recs).len(),
+            recs.len(),
+            "stamped and unstamped are different shapes"
+        );
+    }
+
+    #[test]
+    fn cluster_rows_and_the_forwarded_to_local_ratio() {
+        let mut recs = sample();
+        let c = |via: &str, fwd: u32, p50: f64| {
+            edit(
+                io("ram, all on s2", RwMode::Randread, 4096, 1, false, 10_000.0),
+                |i| {
+                    i.cluster = Some(through(2, via, "fwd", 2, fwd));
+                    i.latency.p50_us = p50;
+                },
+            )
+        };
+        recs.push(c("s1", 2, 90.0));
+        recs.push(c("s2", 0, 60.0));
+        recs.push(edit(
+            io("ram", RwMode::Randread, 4096, 32, false, 100_000.0),
+            |i| i.cluster = Some(through(2, "s1", "bench", 16, 8)),
+        ));
+        let single = io_table(&recs, false);
+        assert!(!single.contains("fwd via"), "{single}");
+        let cl = io_table(&recs, true);
+        let rows: Vec<&str> = cl.lines().skip(2).collect();
+        assert_eq!(rows.len(), 3, "{cl}");
+        assert!(
+            rows[0]
+                .starts_with("| 4K randread QD1 | ram, all on s2 (2 servers, 100% fwd via s1) |"),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            rows[2].contains("(2 servers, 50% fwd via s1)"),
+            "{}",
+            rows[2]
+        );
+        let a = aims(&recs);
+        let f = a
+            .iter()
+            .find(|x| x.aim.starts_with("cluster: forwarded"))
+            .expect("listed");
+        assert_eq!(f.reached, Some(true), "{f:?}");
+        assert!(
+            f.measured
+                .starts_with("p50 1.50x (90.0 via s1 vs 60.0 µs via s2)"),
+            "{f:?}"
+        );
+        // Cluster labels make no per-backend aims of their own.
+        assert!(!a.iter().any(|x| x.aim.starts_with("ram, all on s2")));
+        let md = markdown(&recs);
+        assert!(md.contains("Cluster: through one storage server's portal"));
+        // The three cluster runs stay three shapes (and apart from the single target's).
+        assert_eq!(median_of_repeats(&recs).len(), recs.len());
+    }
+
+    #[test]
+    fn records_of_older_runs_still_parse() {
+        // docs/bench-baseline.json predates `generation` and `cluster`.
+        let old = r#"{"kind":"io","label":"ram","rw":"randread","read_pct":100,"bs":4096,"qd":1,"queues":1,"hdgst":false,"ddgst":false,"seconds":5.0,"ios":1,"iops":1.0,"mib_s":0.0,"latency":{"mean_us":1.0,"min_us":1.0,"p50_us":1.0,"p99_us":1.0,"p999_us":1.0,"max_us":1.0},"bench_cpu_us_per_io":1.0,"target_cpu_us_per_io":null,"verified":null,"unverified":null}"#;
+        let r = parse_records(old).expect("parses");
+        let Record::Io(i) = &r[0] else {
+            unreachable!("an I/O record")
+        };
+        assert_eq!((i.generation, i.cluster.is_none()), (0, true));
     }
 
     #[test]

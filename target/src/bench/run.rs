@@ -45,7 +45,11 @@ pub struct IoOpts {
     pub verify: bool,
     pub seed: u64,
     pub label: String,
-    pub target_pid: Option<u32>,
+    /// Map generation stamped in CDW2/CDW3 of every command (0: unstamped).
+    pub generation: u64,
+    /// PIDs of the target processes on this machine (a cluster has several): their CPU time
+    /// per I/O is summed.
+    pub target_pids: Vec<u32>,
     /// Print a progress line every second (on a terminal).
     pub progress: bool,
 }
@@ -225,13 +229,8 @@ async fn run_on(o: &IoOpts, ctrl: &Controller) -> Result<IoRecord, String> {
         done_total: Cell::new(0),
         done_bytes: Cell::new(0),
     };
-    let snap = |pid: Option<u32>| {
-        (
-            stats::self_cpu(),
-            pid.and_then(|p| stats::proc_cpu_ns(p).ok()),
-        )
-    };
-    let first = Cell::new(snap(o.target_pid));
+    let snap = |pids: &[u32]| (stats::self_cpu(), stats::procs_cpu_ns(pids));
+    let first = Cell::new(snap(&o.target_pids));
     let last = Cell::new(None);
     let loops = futures::future::try_join_all(queues.iter().map(|q| queue_loop(q, &ctx)));
     let control = async {
@@ -251,14 +250,14 @@ async fn run_on(o: &IoOpts, ctrl: &Controller) -> Result<IoRecord, String> {
             tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
             let now = Instant::now();
             if !measuring && now >= start {
-                first.set(snap(o.target_pid));
+                first.set(snap(&o.target_pids));
                 measuring = true;
             }
             if let Some(end) = ctx.end
                 && !ctx.stop.get()
                 && now >= end
             {
-                last.set(Some(snap(o.target_pid)));
+                last.set(Some(snap(&o.target_pids)));
                 ctx.stop.set(true);
             }
             if now < next_tick {
@@ -298,7 +297,7 @@ async fn run_on(o: &IoOpts, ctrl: &Controller) -> Result<IoRecord, String> {
     }
     let per_queue = per_queue?;
     let (cpu0, tgt0) = first.get();
-    let (cpu1, tgt1) = last.get().unwrap_or_else(|| snap(o.target_pid));
+    let (cpu1, tgt1) = last.get().unwrap_or_else(|| snap(&o.target_pids));
 
     let mut hist = stats::new_histogram();
     let (mut ios, mut bytes, mut verified, mut unverified) = (0u64, 0u64, 0u64, 0u64);
@@ -329,6 +328,8 @@ async fn run_on(o: &IoOpts, ctrl: &Controller) -> Result<IoRecord, String> {
         queues: o.queues,
         hdgst: o.hdgst,
         ddgst: o.ddgst,
+        generation: o.generation,
+        cluster: None,
         seconds,
         ios,
         iops: ios as f64 / seconds,
@@ -461,7 +462,7 @@ async fn submit(
     data: Option<Bytes>,
 ) -> Result<(Rec, Bytes), String> {
     let slba = ctx.slba(unit);
-    let rw = Rw::new(ctx.o.nsid, slba, ctx.nlb, 0);
+    let rw = Rw::new(ctx.o.nsid, slba, ctx.nlb, ctx.o.generation);
     let (cmd, data_in) = match dir {
         Dir::Read => (
             IoCommand::Read(rw),

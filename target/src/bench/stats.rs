@@ -90,6 +90,17 @@ pub fn proc_cpu_ns(pid: u32) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// CPU time of every thread of every process in `pids`, in nanoseconds (a cluster's storage
+/// servers together); `None` for no PIDs or when one of them cannot be read (a total missing a
+/// server would understate the cost).
+pub fn procs_cpu_ns(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .try_fold(0u64, |t, &p| Some(t.saturating_add(proc_cpu_ns(p).ok()?)))
+}
+
 /// Resident set size of process `pid` in KiB (`VmRSS` of /proc/PID/status).
 pub fn proc_rss_kib(pid: u32) -> std::io::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -140,5 +151,8 @@ mod tests {
         let me = std::process::id();
         assert!(proc_rss_kib(me).expect("own status") > 0);
         assert!(proc_cpu_ns(me).expect("own schedstat") > 0);
+        assert_eq!(procs_cpu_ns(&[]), None);
+        assert!(procs_cpu_ns(&[me, me]).expect("own schedstat twice") > 0);
+        assert_eq!(procs_cpu_ns(&[me, u32::MAX]), None, "one unreadable PID");
     }
 }

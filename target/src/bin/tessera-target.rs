@@ -50,7 +50,11 @@ fn main() -> ExitCode {
         .init();
 
     if let Some(path) = &args.check {
-        return match yaml::load(path) {
+        return match yaml::load(path).map_err(|e| e.to_string()).and_then(|l| {
+            tessera::config::check_backends(&l)
+                .map(|()| l)
+                .map_err(|e| e.to_string())
+        }) {
             Ok(layout) => {
                 let namespaces: usize = layout.subsystems.iter().map(|s| s.namespaces.len()).sum();
                 println!(

@@ -5,6 +5,10 @@
 //!   measures what idle connections cost the target.
 //! * `tessera bench-baseline-server` — the server side of `--baseline`.
 //! * `tessera bench-report` — the markdown table (and JSON) of many `bench --json` records.
+//! * `tessera bench-cluster` — gets a test cluster ready for `ci/bench` (every server acked the
+//!   newest map; optionally a volume's extents all moved to one server).
+//! * `tessera status|volume|server|extent|reload` — operator commands against the manager
+//!   (`tessera::cli`).
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -36,6 +40,9 @@ enum Cmd {
     /// Merge `tessera bench --json` records (one per line) into the ci/bench report; repeated
     /// runs of one shape count as their median run.
     BenchReport(ReportArgs),
+    /// Wait until a test cluster is ready to measure (every server acked the newest generation,
+    /// nothing moving); optionally move every extent of a volume to one server first.
+    BenchCluster(ClusterArgs),
     /// Show the cluster (manager control API): generation, servers, volumes, reports, moves.
     Status(ManagerOnly),
     /// Create or resize a volume.
@@ -140,9 +147,18 @@ struct BenchArgs {
     #[arg(long, default_value = "")]
     label: String,
     /// PID of the target on this machine: report its CPU time per I/O (or, with
-    /// --hold-connections, its RSS and idle CPU).
-    #[arg(long)]
-    target_pid: Option<u32>,
+    /// --hold-connections, its RSS and idle CPU). A cluster: every storage server's PID,
+    /// comma-separated; their CPU time is summed (--hold-connections uses the first).
+    #[arg(long, value_delimiter = ',')]
+    target_pid: Vec<u32>,
+    /// Stamp every command with this map generation in CDW2/CDW3 (0: unstamped, as a Linux
+    /// host). A standalone tessera-target is at generation 1 and checks stamped commands.
+    #[arg(long, default_value_t = 0)]
+    generation: u64,
+    /// The target is a cluster storage server managed here (e.g. 127.0.0.1:7740): the record
+    /// names the routing server, the servers up and the share of the volume it forwards.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["baseline", "hold_connections"])]
+    manager: Option<String>,
     /// Measure the machine instead of the target: run against `bench-baseline-server`.
     #[arg(long, value_enum, conflicts_with_all = ["hold_connections", "verify", "ios"])]
     baseline: Option<BaselineMode>,
@@ -150,6 +166,25 @@ struct BenchArgs {
     /// --time seconds, and report the target's RSS and CPU (needs --target-pid).
     #[arg(long, requires = "target_pid", conflicts_with_all = ["verify", "ios"])]
     hold_connections: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    /// The manager's control address.
+    #[arg(long, value_name = "ADDR")]
+    manager: String,
+    /// Servers that must be listed and have acked the newest generation.
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
+    /// Move every extent of this volume to --on first (one move at a time, each waited for).
+    #[arg(long, value_name = "VOLUME", requires = "on")]
+    place: Option<String>,
+    /// The server to move --place's extents to.
+    #[arg(long, value_name = "SERVER", requires = "place")]
+    on: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
 }
 
 #[derive(Args, Debug)]
@@ -194,6 +229,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench_main(&a),
         Cmd::BenchBaselineServer(a) => server_main(&a),
         Cmd::BenchReport(a) => report_main(&a),
+        Cmd::BenchCluster(a) => cluster_main(&a),
         Cmd::Status(a) => return admin(&a.m.manager, tessera::cli::AdminCmd::Status),
         Cmd::Volume { cmd, m } => return admin(&m.manager, tessera::cli::AdminCmd::Volume(cmd)),
         Cmd::Server { cmd, m } => return admin(&m.manager, tessera::cli::AdminCmd::Server(cmd)),
@@ -253,8 +289,9 @@ fn bench_main(a: &BenchArgs) -> Result<(), String> {
             controllers: n,
             queues: a.queues,
             time,
-            target_pid: a
+            target_pid: *a
                 .target_pid
+                .first()
                 .ok_or("--hold-connections needs --target-pid")?,
         };
         Record::Hold(rt.block_on(bench::hold::run(&o))?)
@@ -278,10 +315,18 @@ fn bench_main(a: &BenchArgs) -> Result<(), String> {
             verify: a.verify,
             seed: a.seed,
             label: a.label.clone(),
-            target_pid: a.target_pid,
+            generation: a.generation,
+            target_pids: a.target_pid.clone(),
             progress: std::io::stderr().is_terminal(),
         };
-        Record::Io(rt.block_on(bench::run::run(&o))?)
+        // The map is read before the run: the path measured is the one it describes.
+        let shape = match &a.manager {
+            Some(m) => Some(rt.block_on(bench::cluster::shape(m, addr, &a.nqn, a.nsid))?),
+            None => None,
+        };
+        let mut r = rt.block_on(bench::run::run(&o))?;
+        r.cluster = shape;
+        Record::Io(r)
     };
     if a.json {
         println!(
@@ -304,10 +349,10 @@ fn human(r: &Record) -> String {
                  latency µs: mean {:.1}  min {:.1}  p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n\
                  CPU per I/O: bench {:.2} µs",
                 i.workload(),
-                if i.label.is_empty() {
+                if i.backend().is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", i.label)
+                    format!(" ({})", i.backend())
                 },
                 i.queues,
                 i.digests(),
@@ -360,6 +405,23 @@ fn human(r: &Record) -> String {
             h.seconds
         ),
     }
+}
+
+fn cluster_main(a: &ClusterArgs) -> Result<(), String> {
+    let rt = bench::runtime().map_err(|e| format!("runtime: {e}"))?;
+    let timeout = secs(a.timeout, "timeout")?;
+    let place = a.place.as_deref().zip(a.on.as_deref());
+    let g = rt.block_on(bench::cluster::prepare(
+        &a.manager, a.servers, place, timeout,
+    ))?;
+    match place {
+        Some((v, on)) => eprintln!("cluster ready at generation {g}: every extent of {v} on {on}"),
+        None => eprintln!(
+            "cluster ready at generation {g}: {} server(s) acked",
+            a.servers
+        ),
+    }
+    Ok(())
 }
 
 fn report_main(a: &ReportArgs) -> Result<(), String> {

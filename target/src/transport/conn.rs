@@ -48,8 +48,14 @@ struct PendingWrite {
     cid: u16,
     sqe: Sqe,
     cmd: Command,
-    /// Data received so far; its length is the next expected DATAO.
+    /// Data received so far (when it came in several PDUs).
     buf: BytesMut,
+    /// Bytes accounted for so far: the next expected DATAO.
+    received: u32,
+    /// A data digest error hit one of its PDUs: the rest of the transfer is received and
+    /// discarded, and the command fails with Transient Transport Error (NVMe/TCP 1.0,
+    /// section 3.6.2.1: only the command fails, the connection stays).
+    failed: bool,
     /// Total transfer length.
     len: u32,
     /// Offset up to which R2Ts have been sent.
@@ -255,19 +261,25 @@ impl Conn {
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(pdu)) => self.on_pdu(pdu)?,
                 Ok(None) => return Ok(()),
-                Err(PduError::DataDigest { cccid, .. }) => {
+                Err(PduError::DataDigest {
+                    pdu_type,
+                    cccid,
+                    ttag,
+                    datao,
+                    datal,
+                    ..
+                }) => {
                     // NVMe/TCP 1.0, section 3.6.2.1: a data digest error fails the command
-                    // with Transient Transport Error; the connection stays up.
+                    // with Transient Transport Error; the connection stays up. For H2CData the
+                    // rest of the transfer may already be on its way: it is received and
+                    // discarded before the command completes.
                     warn!(cid = cccid, "data digest error");
-                    if let Some(slot) = self
-                        .pending
-                        .iter_mut()
-                        .find(|p| p.as_ref().is_some_and(|p| p.cid == cccid))
-                    {
-                        *slot = None;
+                    if pdu_type == codec::pdu::PduType::H2C_DATA {
+                        self.h2c_arrived(cccid, ttag, datao, datal, None)?;
+                    } else {
+                        let st = Status::TRANSIENT_TRANSPORT_ERROR;
+                        self.respond(cccid, Completion::status(st))?;
                     }
-                    let st = Status::TRANSIENT_TRANSPORT_ERROR;
-                    self.respond(cccid, Completion::status(st))?;
                 }
                 Err(e) => return Err(self.fatal_pdu_error(e).await),
             }
@@ -358,8 +370,10 @@ impl Conn {
     fn on_command(&mut self, cap: CapsuleCmd) -> Result<(), End> {
         let CapsuleCmd { sqe, data } = cap;
         let cid = sqe.cid();
+        // SQ head after this command is consumed (the Connect itself counts: its response
+        // carries SQHD 1, as Linux nvmet and SPDK report).
         self.sqhd = if self.queue.sqsize == 0 {
-            0
+            self.sqhd.wrapping_add(1)
         } else {
             (self.sqhd + 1) % self.queue.sqsize.saturating_add(1)
         };
@@ -436,7 +450,9 @@ impl Conn {
                 }
             }
             DataDir::CtrlToHost(len) if len > 0 => {
-                if len > u64::from(self.cfg.mdts_bytes) && !matches!(cmd, Command::Admin(_)) {
+                // MDTS applies to every command (a Get Log Page of 4 GiB would otherwise make us
+                // allocate whatever the host asks for).
+                if len > u64::from(self.cfg.mdts_bytes) {
                     return self.respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
                 }
                 match SglDescriptor::parse(&sqe.dptr()) {
@@ -481,6 +497,8 @@ impl Conn {
             sqe,
             cmd,
             buf: BytesMut::new(),
+            received: 0,
+            failed: false,
             len,
             solicited: 0,
         });
@@ -502,7 +520,7 @@ impl Conn {
         let Some(Some(p)) = pending.get_mut(usize::from(ttag)) else {
             return Ok(());
         };
-        let received = u32::try_from(p.buf.len()).unwrap_or(u32::MAX);
+        let received = p.received;
         while p.solicited < p.len {
             let outstanding = (p.solicited - received).div_ceil(max_r2t_len);
             if outstanding >= outstanding_max {
@@ -523,10 +541,23 @@ impl Conn {
     }
 
     fn on_h2c_data(&mut self, d: H2CData) -> Result<(), End> {
+        let datal = u32::try_from(d.data.len()).unwrap_or(u32::MAX);
+        self.h2c_arrived(d.cccid, d.ttag, d.datao, datal, Some(d.data))
+    }
+
+    /// One H2CData PDU for `ttag`: its data, or `None` when its data digest failed.
+    fn h2c_arrived(
+        &mut self,
+        cccid: u16,
+        ttag: u16,
+        datao: u32,
+        datal: u32,
+        data: Option<Bytes>,
+    ) -> Result<(), End> {
         // NVMe/TCP 1.0, section 3.6.2.8: TTAG names the R2T; an unknown one is a header field
         // error at TTAG's offset (byte 10); DATAO must be where the data so far ends and the
         // data must stay inside what was solicited (Data Transfer Out of Range otherwise).
-        let idx = usize::from(d.ttag);
+        let idx = usize::from(ttag);
         let Some(Some(p)) = self.pending.get_mut(idx) else {
             return Err(self.fatal(
                 Fes::INVALID_PDU_HEADER_FIELD,
@@ -534,16 +565,15 @@ impl Conn {
                 "H2CData for an unknown TTAG",
             ));
         };
-        if p.cid != d.cccid {
+        if p.cid != cccid {
             return Err(self.fatal(
                 Fes::INVALID_PDU_HEADER_FIELD,
                 8,
                 "H2CData CCCID does not match its TTAG",
             ));
         }
-        let received = u32::try_from(p.buf.len()).unwrap_or(u32::MAX);
-        let datal = u32::try_from(d.data.len()).unwrap_or(u32::MAX);
-        if d.datao != received {
+        let received = p.received;
+        if datao != received {
             return Err(self.fatal(
                 Fes::DATA_OUT_OF_RANGE,
                 0,
@@ -558,27 +588,38 @@ impl Conn {
                 "H2CData beyond the solicited range",
             ));
         }
-        if received == 0 && end == p.len {
-            // One H2CData carries the whole transfer (Linux: R2TL = MAXH2CDATA = MDTS): use
-            // its bytes where they landed in the receive buffer, no copy.
+        p.received = end;
+        match data {
+            None => p.failed = true,
+            Some(data) if !p.failed => {
+                if received == 0 && end == p.len {
+                    // One H2CData carries the whole transfer (Linux: R2TL = MAXH2CDATA =
+                    // MDTS): use its bytes where they landed in the receive buffer, no copy.
+                    let Some(p) = self.pending[idx].take() else {
+                        return Ok(());
+                    };
+                    return self.execute(p.cid, p.sqe, p.cmd, data);
+                }
+                if p.buf.capacity() == 0 {
+                    p.buf.reserve(p.len as usize);
+                }
+                p.buf.extend_from_slice(&data);
+            }
+            Some(_) => {}
+        }
+        let failed = p.failed;
+        if end == p.len || (failed && end == p.solicited) {
+            // All data is in, or a failed transfer has no R2T left outstanding: finish.
             let Some(p) = self.pending[idx].take() else {
                 return Ok(());
             };
-            return self.execute(p.cid, p.sqe, p.cmd, d.data);
-        }
-        if p.buf.capacity() == 0 {
-            p.buf.reserve(p.len as usize);
-        }
-        p.buf.extend_from_slice(&d.data);
-        if end == p.len {
-            let Some(p) = self.pending[idx].take() else {
-                return Ok(());
-            };
+            if p.failed {
+                return self.respond(p.cid, Completion::status(Status::TRANSIENT_TRANSPORT_ERROR));
+            }
             return self.execute(p.cid, p.sqe, p.cmd, p.buf.freeze());
         }
         // The R2T window is used up: solicit the next one.
         if end == p.solicited {
-            let ttag = d.ttag;
             return self.send_r2ts(ttag);
         }
         Ok(())
