@@ -792,8 +792,11 @@ async fn the_tessera_cli_changes_the_cluster_and_refuses_bad_changes_whole() {
             "unclear error for {bad:?}: {err}"
         );
     }
+    // The manager answers once a change is durable; publishing it to servers and clients
+    // follows. Wait for that, then check nothing else moved.
+    c.wait_acked(3).await;
     assert_eq!(
-        c.map().await.generation,
+        c.client.status().await.unwrap().generation,
         3,
         "a refused change moved the generation"
     );
