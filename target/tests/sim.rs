@@ -16,6 +16,15 @@
 //! Seeds: `TESSERA_SIM_SEEDS=<n>` (default 2000 in release builds, 200 in debug ones) runs
 //! seeds 0..n; `TESSERA_SIM_SEED=<s>` replays one seed. A failure prints the seed, the step and
 //! the last events.
+//!
+//! Bugs not fixed (their scenarios are ignored; CI runs variants that avoid them):
+//! - restart-in-1a (known), see `restart_in_phase_1a_skips_the_final_copy`. The model records
+//!   each occurrence, and a failure on an extent it hit is labelled "after known bug
+//!   restart-in-1a".
+//! - postponed-install-never-retried (new, liveness), see
+//!   `a_postponed_install_is_retried_seed_36`; a healing run that wedges on it says so.
+//!
+//! Fixed bugs, kept as regression tests: late-old-owner and forgotten-acks.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -45,16 +54,26 @@ use std::time::Instant;
 use world::{Config, Failure, FaultSet, Mutation, Stats, World};
 
 /// Events per seed with faults on (tens of simulated seconds: several moves, crashes and
-/// phase-1b timeouts per seed; 2000 seeds stay well under a minute in release).
+/// phase-1b timeouts per seed; 2000 seeds take about 4 s per scenario in release).
 const STEPS: u64 = 3_000;
 const SEEDS_RELEASE: u64 = 2_000;
 const SEEDS_DEBUG: u64 = 200;
 /// Failing seeds listed before giving up on a run.
 const FAILURES_SHOWN: usize = 5;
 /// Seeds that found the bugs reported with the tests below.
-const SEED_RESTART_IN_1A: u64 = 226;
+const SEED_RESTART_IN_1A: u64 = 311;
 const SEED_LATE_OLD_OWNER: u64 = 1131;
+/// A seed whose late old owner's final copy adopts the new owner's generation under the
+/// current model (seeds do not carry over when the model changes: 1131 no longer does).
+const SEED_STAMP_ADOPTED: u64 = 70;
 const SEED_FORGOTTEN_ACKS: u64 = 4;
+const SEED_POSTPONED: u64 = 36;
+/// The label the model puts on a failure of an extent that restart-in-1a hit.
+const RESTART_IN_1A: &str = "after known bug restart-in-1a";
+/// The label of a healing run that wedged on postponed-install-never-retried.
+const POSTPONED: &str = "NEW BUG postponed-install-never-retried";
+/// The bugs the ignored scenarios are known to find.
+const KNOWN: [&str; 2] = [RESTART_IN_1A, POSTPONED];
 
 const REORDER: FaultSet = FaultSet {
     reorder: true,
@@ -62,6 +81,7 @@ const REORDER: FaultSet = FaultSet {
     drops: false,
     manager_crashes: false,
     server_crashes: false,
+    spare_old_owners: false,
 };
 const LONG_DELAYS: FaultSet = FaultSet {
     long_delays: true,
@@ -79,6 +99,21 @@ const SERVER_CRASHES: FaultSet = FaultSet {
     server_crashes: true,
     ..REORDER
 };
+/// Server crashes, except of a server that may be an old owner in phase 1a (restart-in-1a).
+const SERVER_CRASHES_OUTSIDE_1A: FaultSet = FaultSet {
+    spare_old_owners: true,
+    ..SERVER_CRASHES
+};
+const ALL_OUTSIDE_1A: FaultSet = FaultSet {
+    spare_old_owners: true,
+    ..FaultSet::ALL
+};
+const NO_SERVER_CRASHES: FaultSet = FaultSet {
+    server_crashes: false,
+    ..FaultSet::ALL
+};
+/// Healing runs in CI (release; `TESSERA_SIM_SEED(S)` overrides).
+const LIVENESS_SEEDS: u64 = 300;
 
 fn config(faults: FaultSet) -> Config {
     Config {
@@ -92,7 +127,19 @@ fn config(faults: FaultSet) -> Config {
     }
 }
 
+fn liveness(faults: FaultSet) -> Config {
+    Config {
+        check_liveness: true,
+        ..config(faults)
+    }
+}
+
 fn seeds() -> Vec<u64> {
+    seeds_or(SEEDS_RELEASE)
+}
+
+/// `release` seeds by default in release builds (at most [`SEEDS_DEBUG`] in debug ones).
+fn seeds_or(release: u64) -> Vec<u64> {
     if let Ok(s) = std::env::var("TESSERA_SIM_SEED") {
         let seed = s
             .trim()
@@ -105,14 +152,14 @@ fn seeds() -> Vec<u64> {
             .trim()
             .parse()
             .expect("TESSERA_SIM_SEEDS must be an unsigned integer"),
-        Err(_) if cfg!(debug_assertions) => SEEDS_DEBUG,
-        Err(_) => SEEDS_RELEASE,
+        Err(_) if cfg!(debug_assertions) => SEEDS_DEBUG.min(release),
+        Err(_) => release,
     };
     (0..n).collect()
 }
 
-/// Runs every seed; returns the totals and the first failures.
-fn run_all(seeds: &[u64], cfg: Config) -> (Stats, Vec<Failure>) {
+/// Runs every seed; returns the totals and the failures (at most `limit`).
+fn run_all(seeds: &[u64], cfg: Config, limit: usize) -> (Stats, Vec<Failure>) {
     let mut total = Stats::default();
     let mut failures = Vec::new();
     for &seed in seeds {
@@ -120,7 +167,7 @@ fn run_all(seeds: &[u64], cfg: Config) -> (Stats, Vec<Failure>) {
             Ok(s) => total += s,
             Err(f) => {
                 failures.push(f);
-                if failures.len() >= FAILURES_SHOWN {
+                if failures.len() >= limit {
                     break;
                 }
             }
@@ -131,9 +178,13 @@ fn run_all(seeds: &[u64], cfg: Config) -> (Stats, Vec<Failure>) {
 
 /// Runs the seeds of `TESSERA_SIM_SEED(S)`; panics with the first failure (seed, step, trace).
 fn check(name: &str, cfg: Config) {
-    let seeds = seeds();
+    check_n(name, cfg, SEEDS_RELEASE);
+}
+
+fn check_n(name: &str, cfg: Config, release_seeds: u64) {
+    let seeds = seeds_or(release_seeds);
     let started = Instant::now();
-    let (total, failures) = run_all(&seeds, cfg);
+    let (total, failures) = run_all(&seeds, cfg, FAILURES_SHOWN);
     eprintln!(
         "{name}: {} seeds in {:.1} s: {total:?}",
         seeds.len(),
@@ -142,6 +193,42 @@ fn check(name: &str, cfg: Config) {
     if let Some(first) = failures.first() {
         let others: Vec<u64> = failures.iter().skip(1).map(|f| f.seed).collect();
         panic!("{name}: {first}\n(other failing seeds: {others:?})");
+    }
+}
+
+/// For the scenarios that known bugs ([`KNOWN`]) break: runs every seed and fails, listing
+/// first the failures labelled with none of them (something new), then the labelled ones.
+fn check_all_but_known(name: &str, cfg: Config) {
+    let seeds = seeds();
+    let started = Instant::now();
+    let (total, failures) = run_all(&seeds, cfg, usize::MAX);
+    eprintln!(
+        "{name}: {} seeds in {:.1} s: {total:?}",
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let new: Vec<&Failure> = failures
+        .iter()
+        .filter(|f| !KNOWN.iter().any(|k| f.what.contains(k)))
+        .collect();
+    for k in KNOWN {
+        let hit: Vec<u64> = failures
+            .iter()
+            .filter(|f| f.what.contains(k))
+            .map(|f| f.seed)
+            .collect();
+        eprintln!("{name}: {} failed with \"{k}\": {hit:?}", hit.len());
+    }
+    eprintln!(
+        "{name}: {} failed otherwise: {:?}",
+        new.len(),
+        new.iter().map(|f| f.seed).collect::<Vec<_>>()
+    );
+    if let Some(f) = new.first() {
+        panic!("{name}: NOT a known bug:\n{f}");
+    }
+    if let Some(f) = failures.first() {
+        panic!("{name}: only known bugs; first:\n{f}");
     }
 }
 
@@ -160,96 +247,200 @@ fn still_fails(seed: u64, cfg: Config, what: &str) {
     }
 }
 
+/// One seed that found a bug that is now fixed: it must pass.
+fn now_passes(seed: u64, cfg: Config) -> Stats {
+    match World::new(seed, cfg).run() {
+        Ok(s) => {
+            eprintln!("seed {seed}: {s:?}");
+            s
+        }
+        Err(f) => panic!("seed {seed} finds its bug again:\n{f}"),
+    }
+}
+
 /// CI: delays (up to 200 ms, so no server misses a phase-1b deadline), reordering and
-/// duplication, with every kind of map change. Green.
+/// duplication, with every kind of map change.
 #[test]
 fn invariants_hold_under_short_delays_reordering_and_duplication() {
     check("reorder", config(REORDER));
 }
 
+/// CI: delays of seconds (servers miss phase-1b deadlines: late old owners).
 #[test]
-#[ignore = "BUG late-old-owner: see late_old_owner_final_copy_is_refused"]
 fn invariants_hold_under_long_delays() {
     check("long delays", config(LONG_DELAYS));
 }
 
+/// CI: lost messages and broken watch streams.
 #[test]
-#[ignore = "BUG late-old-owner: see late_old_owner_final_copy_is_refused"]
 fn invariants_hold_under_lost_messages() {
     check("drops", config(DROPS));
 }
 
+/// CI: manager crashes and restarts.
 #[test]
 fn invariants_hold_under_manager_crashes() {
     check("manager crashes", config(MANAGER_CRASHES));
 }
 
+/// CI: server crashes and restarts, except of a server that is (or may become while down)
+/// the old owner in a phase-1a map: those hit restart-in-1a.
 #[test]
-#[ignore = "BUG restart-in-1a: see restart_in_phase_1a_skips_the_final_copy"]
-fn invariants_hold_under_server_crashes() {
-    check("server crashes", config(SERVER_CRASHES));
-}
-
-#[test]
-#[ignore = "BUG: restart-in-1a and late-old-owner"]
-fn invariants_hold_under_every_fault() {
-    check("all faults", config(FaultSet::ALL));
-}
-
-/// Healing: once faults stop and every process is back, every durable map must be published
-/// and installed within a minute. Not one of DESIGN.md's invariants, but a protocol that wedges
-/// keeps clients on stale maps forever.
-#[test]
-#[ignore = "BUG forgotten-acks: see manager_restart_forgets_phase_1a_acks"]
-fn publications_complete_once_faults_stop() {
+fn invariants_hold_under_server_crashes_outside_phase_1a() {
     check(
-        "liveness",
-        Config {
-            check_liveness: true,
-            ..config(FaultSet::ALL)
-        },
+        "server crashes outside 1a",
+        config(SERVER_CRASHES_OUTSIDE_1A),
     );
 }
 
-/// BUG restart-in-1a. A server that crashes while it is the old owner of a phase-1a map
-/// (copy converged, move-ready sent, writes still arriving and tracked only in RAM) restarts
-/// and `cluster::start` fetches `role=server` with its id, which is that phase-1a map; it
-/// installs it directly (`Registry::new_cluster(map.generation)`) and acks: no gate, no
-/// `mover::finish`, so the writes acknowledged after the copier's last pass never reach the
-/// new owner.
+/// CI: every fault, with server crashes as above.
+#[test]
+fn invariants_hold_under_every_fault_outside_phase_1a() {
+    check("all faults outside 1a", config(ALL_OUTSIDE_1A));
+}
+
+/// CI, healing: once faults stop and every process is back, every durable map must be
+/// published and installed within a minute. Not one of DESIGN.md's invariants, but a protocol
+/// that wedges keeps clients on stale maps forever. Every fault but server crashes (see
+/// `publications_complete_once_faults_stop_outside_phase_1a`); a healing run costs about
+/// ten faulty ones, so CI runs [`LIVENESS_SEEDS`] seeds.
+#[test]
+fn publications_complete_once_faults_stop_without_server_crashes() {
+    check_n(
+        "liveness without server crashes",
+        liveness(NO_SERVER_CRASHES),
+        LIVENESS_SEEDS,
+    );
+}
+
+/// CI, healing with every fault, server crashes included but not during phase 1a as an old
+/// owner (the known restart-in-1a bug). A postponed install is retried a second later
+/// (`cluster::POSTPONED_RETRY`); without that retry seed 36 wedged here.
+#[test]
+fn publications_complete_once_faults_stop_outside_phase_1a() {
+    check_n(
+        "liveness outside 1a",
+        liveness(ALL_OUTSIDE_1A),
+        LIVENESS_SEEDS,
+    );
+}
+
+/// NEW BUG postponed-install-never-retried (liveness), found with the fixes. A final copy
+/// that fails (here: the new owner crashed and stays down for the four rounds) postpones the
+/// install, as intended; but nothing installs that map again. The manager's 1 s phase-1a
+/// re-send goes through the watch streams, and a stream sends a map only if it is newer than
+/// the last one it sent (manager/src/server/watch.rs), which it is not; the client side of the
+/// stream skips it too (`map.generation <= self.after`) and reconnects with that `after`; the
+/// watch loop retries only if a routed command or a copy notified `refresh` meanwhile. So
+/// phase 1a of that map (and every map queued behind it) waits forever once the new owner is
+/// back. Un-ignore `publications_complete_once_faults_stop_outside_phase_1a` when fixed.
+/// Regression: the install postponed by a failed final copy is retried (it used to wedge
+/// phase 1a forever on this seed).
+#[test]
+fn a_postponed_install_is_retried_seed_36() {
+    let s = now_passes(SEED_POSTPONED, liveness(ALL_OUTSIDE_1A));
+    assert!(
+        s.installs_postponed > 0,
+        "seed {SEED_POSTPONED} no longer postpones an install: pick another"
+    );
+}
+
+#[test]
+#[ignore = "BUG restart-in-1a (known, not fixed): see restart_in_phase_1a_skips_the_final_copy"]
+fn invariants_hold_under_server_crashes() {
+    check_all_but_known("server crashes", config(SERVER_CRASHES));
+}
+
+#[test]
+#[ignore = "BUG restart-in-1a (known, not fixed): see restart_in_phase_1a_skips_the_final_copy"]
+fn invariants_hold_under_every_fault() {
+    check_all_but_known("all faults", config(FaultSet::ALL));
+}
+
+#[test]
+#[ignore = "BUG restart-in-1a (known, not fixed): see restart_in_phase_1a_skips_the_final_copy; NEW BUG postponed-install-never-retried may follow it"]
+fn publications_complete_once_faults_stop() {
+    check_all_but_known("liveness", liveness(FaultSet::ALL));
+}
+
+/// BUG restart-in-1a (known, not fixed). A server that crashes while it is the old owner of a
+/// phase-1a map (copy converged, move-ready sent, writes still arriving and tracked only in
+/// RAM) restarts and `cluster::start` fetches `role=server` with its id, which is that
+/// phase-1a map; it installs it directly (`Registry::new_cluster(map.generation)`) and acks:
+/// no gate, no `mover::finish`, so the writes acknowledged after the copier's last pass never
+/// reach the new owner. (With RAM pools the restarted server lost its data anyway; with
+/// durable pools the fix needs persisted installed generations.)
 #[test]
 #[ignore = "BUG restart-in-1a: un-ignore when fixed (this test then fails: it expects the bug)"]
 fn restart_in_phase_1a_skips_the_final_copy() {
-    still_fails(SEED_RESTART_IN_1A, config(SERVER_CRASHES), "invariant 3");
+    still_fails(SEED_RESTART_IN_1A, config(SERVER_CRASHES), RESTART_IN_1A);
 }
 
-/// BUG late-old-owner. An old owner that missed a phase-1b deadline (still at g-1 while the
-/// new owner is at g) gets phase-1a map g+1; `mover::finish` stamps the final copy with its own
-/// generation g-1, the new owner answers "stale map", the refresh cannot run (the watch loop is
-/// inside this very install) so `wait_for` times out, 20 tries x 4 rounds later `finish` gives
-/// up, and `install` installs g+1 and acks anyway: the dirty blocks are lost.
+/// The read check on its own (without the state-form check) catches restart-in-1a too: a
+/// client really reads stale data.
 #[test]
-#[ignore = "BUG late-old-owner: un-ignore when fixed (this test then fails: it expects the bug)"]
-fn late_old_owner_final_copy_is_refused() {
-    still_fails(SEED_LATE_OLD_OWNER, config(LONG_DELAYS), "invariant 3");
+#[ignore = "BUG restart-in-1a: un-ignore when fixed (this test then fails: it expects the bug)"]
+fn a_client_reads_stale_data_after_a_restart_in_phase_1a() {
+    let cfg = Config {
+        state_check: false,
+        ..config(SERVER_CRASHES)
+    };
+    let seeds: Vec<u64> = (0..2_000).collect();
+    let (_, failures) = run_all(&seeds, cfg, usize::MAX);
+    let read = failures
+        .iter()
+        .find(|f| f.what.contains("invariant 3: read of") && f.what.contains(RESTART_IN_1A));
+    match read {
+        Some(f) => eprintln!("{f}"),
+        None => panic!("no stale read in 2000 seeds: un-ignore the server-crash scenario"),
+    }
 }
 
-/// BUG forgotten-acks (liveness). A manager restart rebuilds the coordinator with no acks; the
-/// publication in progress starts over at phase 1a and waits for old owners that installed it
-/// before the crash. Their watch streams reconnect with `after` = that generation, so the
-/// 1 s re-send sends nothing, and they never ack again: publishing stops for good (clients
-/// stay on the old committed map, whose stamps the old owner refuses).
+/// Fixed bug late-old-owner (regression). An old owner that missed a phase-1b deadline (still
+/// at g-1 while the new owner is at g) gets phase-1a map g+1; its final copy was stamped with
+/// its own g-1, refused as stale, the refresh could not run (the watch loop is inside this
+/// very install), `finish` gave up and `install` installed g+1 and acked anyway: the dirty
+/// blocks were lost. Now the final copy adopts the generation of the 80h answer and retries at
+/// once; a final copy that still fails postpones the install (no ack).
+/// (Seed 1131 passes, healed too; under the current model it no longer reaches the late old
+/// owner's final copy, so seed 70 under lost messages, which does, is checked as well.)
 #[test]
-#[ignore = "BUG forgotten-acks: un-ignore when fixed (this test then fails: it expects the bug)"]
-fn manager_restart_forgets_phase_1a_acks() {
-    still_fails(
-        SEED_FORGOTTEN_ACKS,
-        Config {
-            check_liveness: true,
-            ..config(FaultSet::ALL)
-        },
-        "phase 1a",
+fn late_old_owner_final_copy_now_succeeds_seed_1131() {
+    now_passes(SEED_LATE_OLD_OWNER, config(LONG_DELAYS));
+    now_passes(SEED_LATE_OLD_OWNER, liveness(LONG_DELAYS));
+    let s = now_passes(SEED_STAMP_ADOPTED, liveness(DROPS));
+    assert!(
+        s.stamps_adopted > 0,
+        "seed {SEED_STAMP_ADOPTED} no longer adopts a stamp: pick another (DROPS, \
+         stamps_adopted > 0)"
     );
+}
+
+/// Without the stamp adoption (the final copy keeping its own stamp, as `copy_range` does in
+/// 6886384: its 80h branch never assigns the answer's generation to `stamp`) the late old
+/// owner no longer loses data (the postpone rule) but wedges: it retries the same refused
+/// copy forever (its `refresh` fetch brings the same phase-1a map), so phase 1a never
+/// completes. The regression test above is not vacuous.
+#[test]
+fn late_old_owner_wedges_without_the_stamp_adoption_seed_70() {
+    let keep = |cfg| Config {
+        mutation: Mutation::FinalCopyKeepsOwnStamp,
+        ..cfg
+    };
+    still_fails(SEED_STAMP_ADOPTED, keep(liveness(DROPS)), "liveness");
+    let s = now_passes(SEED_STAMP_ADOPTED, keep(config(DROPS)));
+    assert_eq!(s.stamps_adopted, 0);
+}
+
+/// Fixed bug forgotten-acks (regression, liveness). A manager restart rebuilds the
+/// coordinator with no acks; the publication in progress starts over at phase 1a and waited
+/// for old owners that installed it before the crash (their watch streams reconnect with
+/// `after` = that generation, so the 1 s re-send sends nothing). Now every server re-acks its
+/// installed generation every second.
+#[test]
+fn manager_restart_forgotten_acks_now_repeated_seed_4() {
+    let s = now_passes(SEED_FORGOTTEN_ACKS, liveness(FaultSet::ALL));
+    assert!(s.manager_crashes > 0 && s.reacks > 0);
 }
 
 /// The checks themselves: a server that accepts a stamp one generation old must be caught.
@@ -260,7 +451,7 @@ fn a_broken_stamp_check_is_caught() {
         mutation: Mutation::AcceptStaleByOne,
         ..config(REORDER)
     };
-    let (_, failures) = run_all(&seeds, cfg);
+    let (_, failures) = run_all(&seeds, cfg, FAILURES_SHOWN);
     let caught = failures.iter().find(|f| f.what.contains("invariant 1"));
     assert!(
         caught.is_some(),
@@ -268,26 +459,6 @@ fn a_broken_stamp_check_is_caught() {
          failures seen: {:?}",
         failures.iter().map(|f| &f.what).collect::<Vec<_>>()
     );
-}
-
-/// The read check on its own (without the state-form check) catches the restart bug too:
-/// a client really reads stale data.
-#[test]
-#[ignore = "BUG restart-in-1a: un-ignore when fixed (this test then fails: it expects the bug)"]
-fn a_client_reads_stale_data_after_a_restart_in_phase_1a() {
-    let cfg = Config {
-        state_check: false,
-        ..config(SERVER_CRASHES)
-    };
-    let seeds: Vec<u64> = (0..2_000).collect();
-    let (_, failures) = run_all(&seeds, cfg);
-    let read = failures
-        .iter()
-        .find(|f| f.what.contains("invariant 3: read of"));
-    match read {
-        Some(f) => eprintln!("{f}"),
-        None => panic!("no stale read in 2000 seeds: un-ignore the server-crash scenario"),
-    }
 }
 
 /// A seed replays exactly.

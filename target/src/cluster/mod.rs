@@ -33,6 +33,8 @@ use routed::RoutedVolume;
 
 /// How long a starting server keeps asking for its first map.
 pub const FIRST_MAP_WAIT: Duration = Duration::from_secs(30);
+/// When a postponed install (its final copy failed) is tried again.
+pub const POSTPONED_RETRY: Duration = Duration::from_secs(1);
 /// How often a server repeats the ack of its installed generation (idempotent).
 pub const REACK_PERIOD: Duration = Duration::from_secs(1);
 /// Mismatch reports sent to the manager per second at most (DESIGN.md: rate-limited).
@@ -339,6 +341,13 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
                 generation = new.generation,
                 "install postponed: final copy incomplete"
             );
+            // The watch stream will not send this generation again: fetch it again in a
+            // while and retry (the manager keeps waiting for our phase-1a ack).
+            let node = Arc::clone(node);
+            tokio::spawn(async move {
+                tokio::time::sleep(POSTPONED_RETRY).await;
+                node.refresh.notify_one();
+            });
             return;
         }
     }

@@ -254,6 +254,12 @@ async fn copy_range(
             Err(InitiatorError::Generation {
                 server_generation, ..
             }) => {
+                if server_generation > g && final_pass {
+                    // Inside an install our own map cannot move: adopt the new owner's
+                    // generation for the final copy and retry at once.
+                    stamp = server_generation;
+                    continue;
+                }
                 if server_generation > g {
                     node.refresh.notify_one();
                     node.registry

@@ -30,10 +30,13 @@ pub const THINK_MS_MAX: u64 = 30;
 /// Delay before a broken watch stream reconnects (cluster/mod.rs `watch`).
 pub const RECONNECT_MS: u64 = 200;
 
+/// A watch stream (manager/src/client.rs `watch`): it keeps the generation of the last map
+/// it passed on, skips lines not newer than that, and reconnects with it as `after`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Watch {
     pub stream: u64,
     pub open: bool,
+    pub after: Gen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +97,8 @@ impl World {
     pub fn subscribe(&mut self, node: Node) {
         let stream = self.id();
         let (role, after) = match node {
-            Node::Srv(i) => (Role::Server(i), self.srv[i].model_gen),
+            // A server's stream starts at its generation (`watch`), set at boot.
+            Node::Srv(i) => (Role::Server(i), self.srv[i].watch.after),
             Node::Cli(k) => (Role::Client, self.cli[k].map.generation),
             Node::Mgr => return,
         };
@@ -102,6 +106,7 @@ impl World {
             *w = Watch {
                 stream,
                 open: false,
+                after,
             };
         }
         self.send(
@@ -143,6 +148,10 @@ impl World {
             }
             Msg::StreamMap { stream, map } if stream == w.stream => {
                 w.open = true;
+                if map.generation <= w.after {
+                    return None;
+                }
+                w.after = map.generation;
                 Some(map)
             }
             _ => None,
@@ -407,12 +416,14 @@ impl World {
                         Some(s) => format!("through host path {}", self.srv[s].id),
                         None => format!("by layout-aware client {k}"),
                     };
+                    let extent = (op.key.1 * BLOCK / super::world::EXTENT) as usize;
                     let msg = format!(
                         "invariant 3: read of {name}[{}] {path} returned {}, but write #{} was \
-                         acknowledged before the read began",
+                         acknowledged before the read began{}",
                         op.key.1,
                         self.describe(have),
-                        op.floor
+                        op.floor,
+                        self.known_bug(&name, extent),
                     );
                     self.fail(msg);
                 }

@@ -1,23 +1,28 @@
-//! A server's watch loop and `install` (target/src/cluster/mod.rs): one map at a time; a map
-//! that takes extents away closes the gate, waits for the commands inside, stops each lost
-//! extent's copier and final-copies its dirty chunks (`mover::finish`), then installs the
-//! generation, opens the gate and acks (5 tries).
+//! A server's watch loop and `install` (target/src/cluster/mod.rs): one map at a time, and a
+//! re-ack of the installed generation every `REACK_PERIOD` (1 s); a map that takes extents
+//! away closes the gate, waits for the commands inside, stops each lost extent's copier and
+//! final-copies its dirty chunks (`mover::finish`; the copy is stamped with the generation
+//! the new owner reports), then installs the generation, opens the gate and acks (5 tries).
+//! If a final copy fails, the gate reopens and nothing is installed or acked: the extent stays
+//! tracked, and the install runs again when the watch loop gets that map again.
 
 use std::sync::Arc;
 
 use manager::map::{ClusterMap, Replica};
 
-use super::mover::Pass;
-use super::server::{ACK_TRIES, CopyOwner, FINAL_ROUNDS, FinalCopy, InSt, Install, RpcFor};
+use super::mover::{Mover, MvSt, Pass, chunks};
+use super::server::{
+    ACK_TRIES, CopyOwner, FINAL_ROUNDS, FinalCopy, InSt, Install, REACK_MS, RpcFor,
+};
 use super::world::{BLOCK, Req, Role, Timer, World};
 
 impl World {
     // ---- the watch loop and install ----------------------------------------------------
 
-    /// The watch loop: one install (or refresh fetch) at a time.
+    /// The watch loop: one install (or refresh fetch, or re-ack) at a time.
     pub fn srv_kick(&mut self, i: usize) {
         let s = &mut self.srv[i];
-        if !s.up || !s.booted || s.install.is_some() || s.fetching {
+        if !s.up || !s.booted || s.install.is_some() || s.fetching || s.reacking {
             return;
         }
         if let Some(m) = s.inbox.pop_front() {
@@ -26,6 +31,22 @@ impl World {
             s.refresh = false;
             s.fetching = true;
             self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Refresh);
+        } else if s.reack_due {
+            // `reack.tick()` (MissedTickBehavior::Delay: the next tick is a period after this
+            // one was taken): ack the installed generation again.
+            s.reack_due = false;
+            s.reacking = true;
+            let generation = s.generation.current();
+            self.stats.reacks += 1;
+            self.srv_rpc(
+                i,
+                Req::Ack {
+                    server: i,
+                    generation,
+                },
+                RpcFor::ReAck,
+            );
+            self.timer(Self::me(i), REACK_MS, Timer::ReAck);
         }
     }
 
@@ -53,6 +74,7 @@ impl World {
             old,
             lost,
             idx: 0,
+            ok: true,
             st: None,
             token: 0,
         });
@@ -98,13 +120,17 @@ impl World {
         }
     }
 
-    /// `mover::finish` for each lost extent, in order.
+    /// `mover::finish` for each lost extent, in order (all of them, even after a failure).
     pub fn install_next_lost(&mut self, i: usize) {
         let Some(ins) = &self.srv[i].install else {
             return;
         };
         let Some(key) = ins.lost.get(ins.idx).cloned() else {
-            return self.install_apply(i);
+            return if ins.ok {
+                self.install_apply(i)
+            } else {
+                self.install_postpone(i)
+            };
         };
         let (old, new) = (Arc::clone(&ins.old), Arc::clone(&ins.new));
         let Some(dest) = new.owner(&key.0, key.1).cloned() else {
@@ -125,16 +151,37 @@ impl World {
                 self.set_install(i, InSt::Stopping(key));
             } else {
                 m.finish();
-                self.final_begin(i, key, dest, false, 0, 0);
+                self.final_begin(i, key, dest);
             }
             return;
         }
-        // No copier (restarted during the move): copy the whole extent, errors ignored.
+        // No copier state (restarted during the move, or a move started and switched between
+        // two maps we did not see): track the whole extent, all of it dirty, and go on as
+        // with a stopped copier.
         let range = old.volume(&key.0).and_then(|v| v.extent_range(key.1));
         match (old.owner(&key.0, key.1), range) {
             (Some(o), Some((_, len))) => {
-                let start = o.offset / BLOCK;
-                self.final_begin(i, key, dest, true, start, len / BLOCK);
+                let nblk = len / BLOCK;
+                let id = self.srv[i].id.clone();
+                self.note(format!(
+                    "{id}: no copier state for {}[{}]: the whole extent is dirty",
+                    key.0, key.1
+                ));
+                self.srv[i].movers.insert(
+                    key.clone(),
+                    Mover {
+                        start: o.offset / BLOCK,
+                        nblk,
+                        dest: dest.clone(),
+                        dirty: vec![true; chunks(nblk)],
+                        stop: true,
+                        st: MvSt::Done,
+                        passes: 0,
+                        token: 0,
+                        req: None,
+                    },
+                );
+                self.final_begin(i, key, dest);
             }
             _ => self.install_lost_done(i),
         }
@@ -156,25 +203,13 @@ impl World {
         else {
             return;
         };
-        self.final_begin(i, key.clone(), dest, false, 0, 0);
+        self.final_begin(i, key.clone(), dest);
     }
 
-    fn final_begin(
-        &mut self,
-        i: usize,
-        key: (String, usize),
-        dest: Replica,
-        fallback: bool,
-        start: u64,
-        nblk: u64,
-    ) {
-        let (start, nblk) = if fallback {
-            (start, nblk)
-        } else {
-            match self.srv[i].movers.get(&key) {
-                Some(m) => (m.start, m.nblk),
-                None => return self.install_lost_done(i),
-            }
+    fn final_begin(&mut self, i: usize, key: (String, usize), dest: Replica) {
+        let (start, nblk) = match self.srv[i].movers.get(&key) {
+            Some(m) => (m.start, m.nblk),
+            None => return self.install_lost_done(i),
         };
         let fc = FinalCopy {
             key,
@@ -182,7 +217,6 @@ impl World {
             start,
             nblk,
             round: 0,
-            fallback,
             pass: Pass::default(),
         };
         self.final_round(i, fc);
@@ -192,29 +226,16 @@ impl World {
         if fc.round >= FINAL_ROUNDS {
             return self.final_done(i, &fc);
         }
-        let bits = if fc.fallback {
-            vec![true; super::mover::chunks(fc.nblk)]
-        } else {
-            match self.srv[i].movers.get_mut(&fc.key) {
-                Some(m) => m.take(),
-                None => return self.final_done(i, &fc),
-            }
+        let bits = match self.srv[i].movers.get_mut(&fc.key) {
+            Some(m) => m.take(),
+            None => return self.final_done(i, &fc),
         };
         if !bits.iter().any(|b| *b) {
             return self.final_done(i, &fc);
         }
         let what = format!(
-            "{}: final copy of {}[{}] to {}, round {}{}",
-            self.srv[i].id,
-            fc.key.0,
-            fc.key.1,
-            fc.dest.server,
-            fc.round,
-            if fc.fallback {
-                " (whole extent: no copier)"
-            } else {
-                ""
-            }
+            "{}: final copy of {}[{}] to {}, round {}",
+            self.srv[i].id, fc.key.0, fc.key.1, fc.dest.server, fc.round,
         );
         self.note(what);
         fc.pass = Pass::new(bits);
@@ -230,9 +251,6 @@ impl World {
         match fc.pass.next_range(fc.nblk) {
             None => {
                 // The pass succeeded.
-                if fc.fallback {
-                    return self.final_done(i, &fc);
-                }
                 fc.round += 1;
                 self.final_round(i, fc);
             }
@@ -255,9 +273,6 @@ impl World {
         if ok {
             self.set_install(i, InSt::Final(fc));
             return self.final_step(i);
-        }
-        if fc.fallback {
-            return self.final_done(i, &fc);
         }
         let id = self.srv[i].id.clone();
         self.note(format!(
@@ -282,19 +297,45 @@ impl World {
         }
     }
 
+    /// The end of `mover::finish`: clean -> `untrack`, Ok; dirty chunks left -> the region
+    /// stays tracked (a stopped mover), Err.
     fn final_done(&mut self, i: usize, fc: &FinalCopy) {
-        if !fc.fallback
-            && let Some(m) = self.srv[i].movers.remove(&fc.key)
-            && m.dirty.iter().any(|b| *b)
-        {
-            // (The mover is removed either way: `untrack`.)
+        let dirty = self.srv[i]
+            .movers
+            .get(&fc.key)
+            .is_some_and(|m| m.dirty.iter().any(|b| *b));
+        if dirty {
             let id = self.srv[i].id.clone();
             self.note(format!(
-                "{id}: final copy of {}[{}] gave up with dirty blocks left",
+                "{id}: final copy of {}[{}] failed; not installing, will retry",
                 fc.key.0, fc.key.1
             ));
+            if let Some(ins) = &mut self.srv[i].install {
+                ins.ok = false;
+            }
+        } else {
+            self.srv[i].movers.remove(&fc.key);
         }
         self.install_lost_done(i);
+    }
+
+    /// `install` after a failed `mover::finish`: gate open, no install, no ack.
+    fn install_postpone(&mut self, i: usize) {
+        let Some(ins) = self.srv[i].install.take() else {
+            return;
+        };
+        self.stats.installs_postponed += 1;
+        self.srv[i].postponed = Some(ins.new.generation);
+        let id = self.srv[i].id.clone();
+        self.note(format!(
+            "{id}: install of g{} postponed: final copy incomplete",
+            ins.new.generation
+        ));
+        self.gate_open(i);
+        // The watch stream will not send that generation again: the target schedules a
+        // refresh fetch (cluster::POSTPONED_RETRY, 1 s) to retry the install.
+        self.timer(Self::me(i), 1000, Timer::PostponedRetry);
+        self.srv_kick(i);
     }
 
     fn install_lost_done(&mut self, i: usize) {
@@ -332,6 +373,9 @@ impl World {
         let fenced = !ins.lost.is_empty();
         let s = &mut self.srv[i];
         s.map = Arc::clone(&new);
+        if s.postponed.is_some_and(|g| g <= new.generation) {
+            s.postponed = None;
+        }
         s.generation.install(new.generation);
         s.model_gen = new.generation;
         let id = s.id.clone();

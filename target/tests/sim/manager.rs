@@ -174,6 +174,16 @@ impl World {
                 role,
                 after,
             } => {
+                // A request its subscriber gave up on (it re-subscribed since): its connection
+                // is closed, so it opens no stream (and does not replace the live one).
+                let current = match from {
+                    Node::Srv(i) => self.srv[i].watch.stream,
+                    Node::Cli(k) => self.cli[k].watch.stream,
+                    Node::Mgr => 0,
+                };
+                if current != stream {
+                    return;
+                }
                 self.mgr_drop_sub(from);
                 self.mgr.subs.push(Sub {
                     node: from,

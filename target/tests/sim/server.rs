@@ -32,6 +32,8 @@ pub const BOOT_RETRY_MS: u64 = 500;
 pub const FINAL_ROUNDS: u32 = 4;
 /// cluster/mod.rs `install`: ack tries, sleeping 100 ms << attempt after each failure.
 pub const ACK_TRIES: u32 = 5;
+/// cluster/mod.rs `REACK_PERIOD`: the watch loop re-acks the installed generation.
+pub const REACK_MS: u64 = 1_000;
 
 /// An internal command waiting at this server (closed gate or behind-wait).
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub enum RpcFor {
     InstallAck,
     MoveReady((String, usize)),
     Refresh,
+    /// The watch loop's periodic re-ack (`reack.tick()`).
+    ReAck,
 }
 
 /// Retry state shared by routed pieces and copies.
@@ -104,6 +108,11 @@ pub enum Task {
         dest_blk: u64,
         data: Vec<u64>,
         r: Retry,
+        /// `final_pass` (the copy runs inside an install): stamped with `stamp`, which starts
+        /// as our generation and becomes the generation the new owner reports in an 80h
+        /// answer; otherwise stamped with our current generation at each try.
+        final_pass: bool,
+        stamp: Gen,
     },
 }
 
@@ -122,8 +131,6 @@ pub struct FinalCopy {
     pub start: u64,
     pub nblk: u64,
     pub round: u32,
-    /// No copier was running (restart during the move): one full pass, errors ignored.
-    pub fallback: bool,
     pub pass: Pass,
 }
 
@@ -145,6 +152,8 @@ pub struct Install {
     pub old: Arc<ClusterMap>,
     pub lost: Vec<(String, usize)>,
     pub idx: usize,
+    /// Every `mover::finish` so far succeeded (`ok &= finish(..)`): else no install, no ack.
+    pub ok: bool,
     pub st: Option<InSt>,
     pub token: u64,
 }
@@ -163,6 +172,11 @@ pub struct Server {
     pub model_gen: Gen,
     /// Durable: one version per pool block (0: never written).
     pub pool: Vec<u64>,
+    /// For the known-bug label only: the generation installed when it last crashed.
+    pub before_crash: Gen,
+    /// For the new-bug label only: the generation whose install was postponed (a failed
+    /// final copy) and has not been installed since.
+    pub postponed: Option<Gen>,
     pub gate_closed: bool,
     pub inside: u32,
     pub gate_wait: Vec<Cmd>,
@@ -174,6 +188,10 @@ pub struct Server {
     /// `refresh` Notify permit (a peer said our map is old).
     pub refresh: bool,
     pub fetching: bool,
+    /// `reack.tick()` is ready (it fires while the loop is busy: taken when it is idle).
+    pub reack_due: bool,
+    /// The watch loop is awaiting a re-ack.
+    pub reacking: bool,
     pub install: Option<Install>,
     pub movers: BTreeMap<(String, usize), Mover>,
     pub tasks: BTreeMap<u64, Task>,
@@ -192,6 +210,8 @@ impl Server {
             generation: GenerationState::new(0),
             model_gen: 0,
             pool: vec![0; POOL_BLOCKS as usize],
+            before_crash: 0,
+            postponed: None,
             gate_closed: false,
             inside: 0,
             gate_wait: Vec::new(),
@@ -201,6 +221,8 @@ impl Server {
             inbox: VecDeque::new(),
             refresh: false,
             fetching: false,
+            reack_due: false,
+            reacking: false,
             install: None,
             movers: BTreeMap::new(),
             tasks: BTreeMap::new(),
@@ -252,15 +274,18 @@ impl World {
         }
         let pool = std::mem::take(&mut s.pool);
         let inc = s.inc + 1;
+        let before_crash = s.before_crash;
         *s = Server::new(i);
         s.started = true;
         s.up = true;
         s.inc = inc;
         s.pool = pool;
+        s.before_crash = before_crash;
         self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Boot);
     }
 
     fn srv_booted(&mut self, i: usize, map: Arc<ClusterMap>) {
+        self.note_boot(i, &map);
         let s = &mut self.srv[i];
         let g = map.generation;
         s.booted = true;
@@ -268,6 +293,7 @@ impl World {
         s.generation = GenerationState::new(g);
         s.model_gen = g;
         self.note(format!("{} booted at g{g}", self.srv[i].id));
+        self.srv[i].watch.after = g;
         self.mover_sync(i);
         self.srv_rpc(
             i,
@@ -278,6 +304,8 @@ impl World {
             RpcFor::BootAck,
         );
         self.subscribe(Self::me(i));
+        // `watch`: `tokio::time::interval(REACK_PERIOD)`, whose first tick is immediate.
+        self.timer(Self::me(i), 0, Timer::ReAck);
         self.state_check = true;
     }
 
@@ -300,10 +328,17 @@ impl World {
         let s = &mut self.srv[i];
         let pool = std::mem::take(&mut s.pool);
         let inc = s.inc;
+        // (A server that crashes again before booting keeps the generation it had.)
+        let before_crash = if s.booted {
+            s.model_gen
+        } else {
+            s.before_crash
+        };
         *s = Server::new(i);
         s.started = true;
         s.inc = inc;
         s.pool = pool;
+        s.before_crash = before_crash;
     }
 
     // ---- messages and timers -----------------------------------------------------------
@@ -425,6 +460,14 @@ impl World {
             }
             Timer::MoverWake { key, token } => self.mover_wake(i, &key, token),
             Timer::InstallWake(token) => self.install_wake(i, token),
+            Timer::ReAck => {
+                self.srv[i].reack_due = true;
+                self.srv_kick(i);
+            }
+            Timer::PostponedRetry => {
+                self.srv_refresh(i);
+                self.srv_kick(i);
+            }
             _ => {}
         }
     }
@@ -438,6 +481,10 @@ impl World {
             RpcFor::BootAck => {}
             RpcFor::InstallAck => self.install_ack_done(i, matches!(rep, Some(Rep::Ok))),
             RpcFor::MoveReady(key) => self.mover_ready_done(i, &key, matches!(rep, Some(Rep::Ok))),
+            RpcFor::ReAck => {
+                self.srv[i].reacking = false;
+                self.srv_kick(i);
+            }
             RpcFor::Refresh => {
                 self.srv[i].fetching = false;
                 if let Some(Rep::Map(m)) = rep {
@@ -633,7 +680,8 @@ impl World {
         self.install_drained(i);
     }
 
-    /// Starts one `copy_range` from pool block `src`; returns its task id.
+    /// Starts one `copy_range` from pool block `src`; returns its task id. The final copy
+    /// (`CopyOwner::Install`) runs with `final_pass`.
     pub fn copy_start(
         &mut self,
         i: usize,
@@ -645,6 +693,8 @@ impl World {
     ) -> u64 {
         let data = self.srv[i].pool[src as usize..(src + n) as usize].to_vec();
         let t = self.id();
+        let final_pass = matches!(owner, CopyOwner::Install);
+        let stamp = self.srv[i].generation.current();
         self.srv[i].tasks.insert(
             t,
             Task::Copy {
@@ -653,6 +703,8 @@ impl World {
                 dest_blk,
                 data,
                 r: Retry::new(),
+                final_pass,
+                stamp,
             },
         );
         self.task_try(i, t);
@@ -714,6 +766,8 @@ impl World {
                 dest_blk,
                 data,
                 r,
+                final_pass,
+                stamp,
                 ..
             } => {
                 if r.tries >= COPY_TRIES {
@@ -721,13 +775,14 @@ impl World {
                 }
                 r.tries += 1;
                 let (dest, dest_blk, data) = (dest.clone(), *dest_blk, data.clone());
+                let g = if *final_pass { *stamp } else { cur };
                 let Some(d) = map.server(&dest).and_then(|_| World::server_index(&dest)) else {
                     return self.copy_finish(i, t, false);
                 };
                 let n = data.len() as u64;
-                let io = self.send_io(Self::me(i), Node::Srv(d), cur, dest_blk, n, Some(data));
+                let io = self.send_io(Self::me(i), Node::Srv(d), g, dest_blk, n, Some(data));
                 if let Some(task) = self.srv[i].tasks.get_mut(&t) {
-                    task.retry().io = Some((io, cur));
+                    task.retry().io = Some((io, g));
                 }
             }
         }
@@ -739,6 +794,13 @@ impl World {
             return;
         };
         let is_host = matches!(task, Task::Host { .. });
+        let final_pass = matches!(
+            task,
+            Task::Copy {
+                final_pass: true,
+                ..
+            }
+        );
         let r = task.retry();
         let Some((_, sent)) = r.io.take() else {
             return;
@@ -760,7 +822,15 @@ impl World {
                 }
             }
             Some(IoRes::Stale(g) | IoRes::Behind(g)) => {
-                if g > sent {
+                if g > sent && final_pass && self.cfg.mutation != Mutation::FinalCopyKeepsOwnStamp {
+                    // The final copy adopts the new owner's generation and retries at once
+                    // (our own map cannot catch up: the watch loop is inside this install).
+                    if let Some(Task::Copy { stamp, .. }) = self.srv[i].tasks.get_mut(&t) {
+                        *stamp = g;
+                    }
+                    self.stats.stamps_adopted += 1;
+                    self.task_wait(i, t, None, 0);
+                } else if g > sent {
                     // We are behind: fetch the map now and wait for it (bounded).
                     self.srv_refresh(i);
                     self.task_wait(i, t, Some(g), backoff * 4);
