@@ -113,29 +113,49 @@ fn spawn_manager(dir: &Path, maddr: &str) -> Proc {
 }
 
 async fn start_cluster() -> Cluster {
+    start_cluster_with(false).await
+}
+
+/// A storage server process; with `file_pool`, its pool is a file in the test directory.
+fn spawn_server(dir: &Path, maddr: &str, id: &str, file_pool: bool) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{id}.log")))
+        .unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera-target"));
+    c.args(["--manager", maddr, "--server-id", id, "--reactors", "1"]);
+    if file_pool {
+        c.arg("--pool")
+            .arg(format!("file:{}", dir.join(format!("{id}.pool")).display()));
+    }
+    Proc(
+        c.env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+        "server",
+    )
+}
+
+async fn start_cluster_with(file_pools: bool) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let yaml = dir.path().join("cluster.yaml");
     std::fs::write(&yaml, cluster_yaml(&ports)).unwrap();
     let mport = free_port();
     let maddr = format!("127.0.0.1:{mport}");
-    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
     let manager = spawn_manager(dir.path(), &maddr);
     let mut servers = Vec::new();
     for (i, (p, q)) in ports.iter().enumerate() {
         let id = format!("s{}", i + 1);
-        let child = Command::new(env!("CARGO_BIN_EXE_tessera-target"))
-            .args(["--manager", &maddr, "--server-id", &id, "--reactors", "1"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log(&format!("{id}.log")))
-            .spawn()
-            .unwrap();
+        let child = spawn_server(dir.path(), &maddr, &id, file_pools);
         servers.push((
             id,
             SocketAddr::from(([127, 0, 0, 1], *p)),
             SocketAddr::from(([127, 0, 0, 1], *q)),
-            Proc(child, "server"),
+            child,
         ));
     }
     let client = Client::new(&maddr);
@@ -863,4 +883,61 @@ async fn a_client_ahead_of_a_server_is_served_once_the_server_catches_up() {
         waited >= Duration::from_millis(150),
         "served before the server had generation 2"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_pool_server_restarts_from_its_persisted_map_and_keeps_its_data() {
+    let mut c = start_cluster_with(true).await;
+    let (_h, host) = c.host_queue(1).await;
+    for e in 0..(VOL / EXTENT) {
+        let lba = e * EXTENT / 512;
+        host.write(1, lba, LBA, block(lba, 4), true).await.unwrap();
+    }
+    // Generation 2, installed and persisted by every server.
+    let owner = c.map().await.volume("vol1").unwrap().extents[0].replicas[0]
+        .server
+        .clone();
+    let to = if owner == "s1" { "s2" } else { "s1" };
+    c.client.move_extent("vol1", 0, to).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let g = loop {
+        let m = c.map().await;
+        let e = &m.volume("vol1").unwrap().extents[0];
+        if e.replicas[0].server == to && e.moving.is_none() {
+            c.wait_acked(m.generation).await;
+            break m.generation;
+        }
+        assert!(Instant::now() < deadline, "move did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let state = c.dir.path().join("s1.pool.tessera-map.json");
+    let persisted: ClusterMap = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(
+        persisted.generation, g,
+        "the installed map was not persisted"
+    );
+    // SIGKILL s1 and start it again: it resumes from its map and serves the same data.
+    let _ = c.servers[0].3.0.kill();
+    let _ = c.servers[0].3.0.wait();
+    c.servers[0].3 = spawn_server(c.dir.path(), &c.maddr, "s1", true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let q = loop {
+        if let Ok(ctrl) =
+            Controller::connect(c.servers[0].1, NQN, HOST, &ControllerOptions::default()).await
+        {
+            ctrl.enable().await.unwrap();
+            ctrl.set_num_queues(1).await.unwrap();
+            break (ctrl.connect_io_queue(1, 63).await.unwrap(), ctrl);
+        }
+        assert!(Instant::now() < deadline, "s1 did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for e in 0..(VOL / EXTENT) {
+        let lba = e * EXTENT / 512;
+        assert_eq!(
+            q.0.read(1, lba, 8, LBA).await.unwrap(),
+            block(lba, 4),
+            "extent {e} after restart"
+        );
+    }
 }

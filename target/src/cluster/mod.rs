@@ -77,6 +77,8 @@ pub struct NodeShared {
     /// Routed pieces retried after a generation mismatch (figures for tests).
     pub stale_retries: AtomicU64,
     pub movers: mover::Movers,
+    /// Where the installed map is persisted (durable pools only).
+    pub state: Option<std::path::PathBuf>,
 }
 
 /// A running cluster storage server.
@@ -142,6 +144,25 @@ pub async fn start(
     let backend = hw::open(&spec).map_err(|e| NodeError(format!("cannot open the pool: {e}")))?;
     let pool = PoolVolume(Arc::new(TrackedPool::new(backend)));
 
+    // A durable pool keeps the map this server last installed beside it, and the server starts
+    // from that map: a newer map then arrives through the normal install path, so extents lost
+    // while it was down are fenced and copied (docs/cluster-protocol.md, "restarting during
+    // phase 1a"). A RAM pool starts empty: the fetched map is all there is.
+    let state = state_path(pool_spec);
+    let boot = state
+        .as_deref()
+        .and_then(load_state)
+        .filter(|m| m.generation <= map.generation && m.server(server_id).is_some())
+        .unwrap_or_else(|| map.clone());
+    if boot.generation < map.generation {
+        tracing::info!(
+            persisted = boot.generation,
+            current = map.generation,
+            "starting from the persisted map; catching up through installs"
+        );
+    }
+    let map = boot;
+
     let internal = Subsystem::with_cntlid_range(
         internal_nqn(server_id),
         yaml::derived_serial(&internal_nqn(server_id)),
@@ -178,12 +199,14 @@ pub async fn start(
         refresh: tokio::sync::Notify::new(),
         stale_retries: AtomicU64::new(0),
         movers: mover::Movers::default(),
+        state,
     });
     sync_subsystems(&shared, &map);
     let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
         .await
         .map_err(|e| NodeError(e.to_string()))?;
     mover::sync(&shared, &map);
+    persist(&shared, &map).await;
     if let Err(e) = client.ack(server_id, map.generation).await {
         tracing::warn!(error = %e, "first ack failed");
     }
@@ -354,6 +377,8 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
     node.map.store(Arc::new(new.clone()));
     sync_subsystems(node, &new);
     node.registry.generation.install(new.generation);
+    // Durable before the ack: a restart resumes from here (see `start`).
+    persist(node, &new).await;
     if !lost.is_empty()
         && let Some(g) = &gate
     {
@@ -424,4 +449,56 @@ async fn report(node: Arc<NodeShared>, mut rx: tokio::sync::mpsc::Receiver<Misma
 /// For tests: the stale-retry counter.
 pub fn stale_retries(node: &NodeShared) -> u64 {
     node.stale_retries.load(Ordering::Relaxed)
+}
+
+/// The state file of a durable pool: the last installed map, beside a file pool. (Block pools
+/// have no place for it yet: they start from the fetched map, as RAM pools do.)
+fn state_path(pool: &PoolSpec) -> Option<std::path::PathBuf> {
+    match pool {
+        PoolSpec::File(p) => Some(std::path::PathBuf::from(format!(
+            "{}.tessera-map.json",
+            p.display()
+        ))),
+        _ => None,
+    }
+}
+
+fn load_state(path: &std::path::Path) -> Option<ClusterMap> {
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable map state file");
+            None
+        }
+    }
+}
+
+/// Writes `map` to the state file durably (temporary file, fsync, rename, fsync directory).
+async fn persist(node: &NodeShared, map: &ClusterMap) {
+    let Some(path) = node.state.clone() else {
+        return;
+    };
+    let Ok(json) = serde_json::to_vec(map) else {
+        return;
+    };
+    let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await;
+    if !matches!(r, Ok(Ok(()))) {
+        tracing::error!(
+            generation = map.generation,
+            "cannot persist the installed map"
+        );
+    }
 }
