@@ -17,14 +17,11 @@
 //! seeds 0..n; `TESSERA_SIM_SEED=<s>` replays one seed. A failure prints the seed, the step and
 //! the last events.
 //!
-//! Bugs not fixed (their scenarios are ignored; CI runs variants that avoid them):
-//! - restart-in-1a (known), see `restart_in_phase_1a_skips_the_final_copy`. The model records
-//!   each occurrence, and a failure on an extent it hit is labelled "after known bug
-//!   restart-in-1a".
-//! - postponed-install-never-retried (new, liveness), see
-//!   `a_postponed_install_is_retried_seed_36`; a healing run that wedges on it says so.
-//!
-//! Fixed bugs, kept as regression tests: late-old-owner and forgotten-acks.
+//! No scenario is ignored. Fixed bugs, kept as regression tests: late-old-owner,
+//! forgotten-acks, postponed-install-never-retried (a healing run that wedges on it again says
+//! so) and restart-in-1a (the model boots a restarted server from its persisted map; with
+//! `Mutation::BootAtFetchedMap` it boots at the fetched map as before the fix, records each
+//! occurrence, and labels a failure on an extent it hit "after known bug restart-in-1a").
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -62,6 +59,9 @@ const SEEDS_DEBUG: u64 = 200;
 const FAILURES_SHOWN: usize = 5;
 /// Seeds that found the bugs reported with the tests below.
 const SEED_RESTART_IN_1A: u64 = 311;
+/// The seeds (of 0..2000, SERVER_CRASHES, state check off) where restart-in-1a made a client
+/// read stale data.
+const SEEDS_STALE_READ: [u64; 3] = [311, 569, 672];
 const SEED_LATE_OLD_OWNER: u64 = 1131;
 /// A seed whose late old owner's final copy adopts the new owner's generation under the
 /// current model (seeds do not carry over when the model changes: 1131 no longer does).
@@ -70,10 +70,6 @@ const SEED_FORGOTTEN_ACKS: u64 = 4;
 const SEED_POSTPONED: u64 = 36;
 /// The label the model puts on a failure of an extent that restart-in-1a hit.
 const RESTART_IN_1A: &str = "after known bug restart-in-1a";
-/// The label of a healing run that wedged on postponed-install-never-retried.
-const POSTPONED: &str = "NEW BUG postponed-install-never-retried";
-/// The bugs the ignored scenarios are known to find.
-const KNOWN: [&str; 2] = [RESTART_IN_1A, POSTPONED];
 
 const REORDER: FaultSet = FaultSet {
     reorder: true,
@@ -99,7 +95,8 @@ const SERVER_CRASHES: FaultSet = FaultSet {
     server_crashes: true,
     ..REORDER
 };
-/// Server crashes, except of a server that may be an old owner in phase 1a (restart-in-1a).
+/// Server crashes, except of a server that may be an old owner in phase 1a (the variant CI ran
+/// while restart-in-1a was open; kept: it crashes the other servers more often).
 const SERVER_CRASHES_OUTSIDE_1A: FaultSet = FaultSet {
     spare_old_owners: true,
     ..SERVER_CRASHES
@@ -132,10 +129,6 @@ fn liveness(faults: FaultSet) -> Config {
         check_liveness: true,
         ..config(faults)
     }
-}
-
-fn seeds() -> Vec<u64> {
-    seeds_or(SEEDS_RELEASE)
 }
 
 /// `release` seeds by default in release builds (at most [`SEEDS_DEBUG`] in debug ones).
@@ -196,44 +189,9 @@ fn check_n(name: &str, cfg: Config, release_seeds: u64) {
     }
 }
 
-/// For the scenarios that known bugs ([`KNOWN`]) break: runs every seed and fails, listing
-/// first the failures labelled with none of them (something new), then the labelled ones.
-fn check_all_but_known(name: &str, cfg: Config) {
-    let seeds = seeds();
-    let started = Instant::now();
-    let (total, failures) = run_all(&seeds, cfg, usize::MAX);
-    eprintln!(
-        "{name}: {} seeds in {:.1} s: {total:?}",
-        seeds.len(),
-        started.elapsed().as_secs_f64()
-    );
-    let new: Vec<&Failure> = failures
-        .iter()
-        .filter(|f| !KNOWN.iter().any(|k| f.what.contains(k)))
-        .collect();
-    for k in KNOWN {
-        let hit: Vec<u64> = failures
-            .iter()
-            .filter(|f| f.what.contains(k))
-            .map(|f| f.seed)
-            .collect();
-        eprintln!("{name}: {} failed with \"{k}\": {hit:?}", hit.len());
-    }
-    eprintln!(
-        "{name}: {} failed otherwise: {:?}",
-        new.len(),
-        new.iter().map(|f| f.seed).collect::<Vec<_>>()
-    );
-    if let Some(f) = new.first() {
-        panic!("{name}: NOT a known bug:\n{f}");
-    }
-    if let Some(f) = failures.first() {
-        panic!("{name}: only known bugs; first:\n{f}");
-    }
-}
-
-/// One seed that found a bug: it must keep failing until the bug is fixed (then this test
-/// fails, and the `#[ignore]` comes off).
+/// One seed that must fail with `what`: a bug not fixed yet (its test fails once it is, and
+/// the `#[ignore]` comes off), or a fixed one that a mutation puts back (the regression test
+/// is not vacuous).
 fn still_fails(seed: u64, cfg: Config, what: &str) {
     match World::new(seed, cfg).run() {
         Ok(_) => panic!("seed {seed} no longer finds the bug ({what}): un-ignore its scenario"),
@@ -284,7 +242,7 @@ fn invariants_hold_under_manager_crashes() {
 }
 
 /// CI: server crashes and restarts, except of a server that is (or may become while down)
-/// the old owner in a phase-1a map: those hit restart-in-1a.
+/// the old owner in a phase-1a map (those hit restart-in-1a before its fix).
 #[test]
 fn invariants_hold_under_server_crashes_outside_phase_1a() {
     check(
@@ -314,7 +272,7 @@ fn publications_complete_once_faults_stop_without_server_crashes() {
 }
 
 /// CI, healing with every fault, server crashes included but not during phase 1a as an old
-/// owner (the known restart-in-1a bug). A postponed install is retried a second later
+/// owner (restart-in-1a before its fix). A postponed install is retried a second later
 /// (`cluster::POSTPONED_RETRY`); without that retry seed 36 wedged here.
 #[test]
 fn publications_complete_once_faults_stop_outside_phase_1a() {
@@ -345,54 +303,74 @@ fn a_postponed_install_is_retried_seed_36() {
     );
 }
 
+/// CI: server crashes and restarts, old owners in phase 1a included (restart-in-1a, fixed:
+/// a restart boots from the persisted map and installs the newer one through `install`).
 #[test]
-#[ignore = "BUG restart-in-1a (known, not fixed): see restart_in_phase_1a_skips_the_final_copy"]
 fn invariants_hold_under_server_crashes() {
-    check_all_but_known("server crashes", config(SERVER_CRASHES));
+    check("server crashes", config(SERVER_CRASHES));
 }
 
+/// CI: every fault.
 #[test]
-#[ignore = "BUG restart-in-1a (known, not fixed): see restart_in_phase_1a_skips_the_final_copy"]
 fn invariants_hold_under_every_fault() {
-    check_all_but_known("all faults", config(FaultSet::ALL));
+    check("all faults", config(FaultSet::ALL));
 }
 
+/// CI, healing with every fault, server crashes in phase 1a included.
 #[test]
-#[ignore = "BUG restart-in-1a (known, not fixed): see restart_in_phase_1a_skips_the_final_copy; NEW BUG postponed-install-never-retried may follow it"]
 fn publications_complete_once_faults_stop() {
-    check_all_but_known("liveness", liveness(FaultSet::ALL));
+    check_n("liveness", liveness(FaultSet::ALL), LIVENESS_SEEDS);
 }
 
-/// BUG restart-in-1a (known, not fixed). A server that crashes while it is the old owner of a
-/// phase-1a map (copy converged, move-ready sent, writes still arriving and tracked only in
-/// RAM) restarts and `cluster::start` fetches `role=server` with its id, which is that
-/// phase-1a map; it installs it directly (`Registry::new_cluster(map.generation)`) and acks:
-/// no gate, no `mover::finish`, so the writes acknowledged after the copier's last pass never
-/// reach the new owner. (With RAM pools the restarted server lost its data anyway; with
-/// durable pools the fix needs persisted installed generations.)
+/// Fixed bug restart-in-1a (regression). A server that crashed while it was the old owner of
+/// a phase-1a map (copy converged, move-ready sent, writes still arriving and tracked only in
+/// RAM) restarted, fetched `role=server` (that phase-1a map) and installed it directly: no
+/// gate, no `mover::finish`, so the writes acknowledged after the copier's last pass never
+/// reached the new owner. Now a server with a durable pool persists every installed map
+/// (before the ack) and the map it boots with, boots from it, and installs the newer map
+/// through `install`, whose no-copier-state branch final-copies the whole lost extent.
 #[test]
-#[ignore = "BUG restart-in-1a: un-ignore when fixed (this test then fails: it expects the bug)"]
-fn restart_in_phase_1a_skips_the_final_copy() {
-    still_fails(SEED_RESTART_IN_1A, config(SERVER_CRASHES), RESTART_IN_1A);
+fn restart_in_phase_1a_now_final_copies_seed_311() {
+    let s = now_passes(SEED_RESTART_IN_1A, config(SERVER_CRASHES));
+    assert!(
+        s.restart_final_copies > 0,
+        "seed {SEED_RESTART_IN_1A} no longer restarts an old owner in phase 1a: pick another \
+         (SERVER_CRASHES, restart_final_copies > 0)"
+    );
+    now_passes(SEED_RESTART_IN_1A, liveness(SERVER_CRASHES));
+    // Not vacuous: booting at the fetched map (the target before the fix) still loses data.
+    still_fails(
+        SEED_RESTART_IN_1A,
+        Config {
+            mutation: Mutation::BootAtFetchedMap,
+            ..config(SERVER_CRASHES)
+        },
+        RESTART_IN_1A,
+    );
 }
 
-/// The read check on its own (without the state-form check) catches restart-in-1a too: a
-/// client really reads stale data.
+/// The read check on its own (without the state-form check) caught restart-in-1a too: with
+/// the restart booting at the fetched map, clients of these seeds (of 0..2000 under
+/// SERVER_CRASHES) read stale data. Regression: they now read what was acknowledged.
 #[test]
-#[ignore = "BUG restart-in-1a: un-ignore when fixed (this test then fails: it expects the bug)"]
-fn a_client_reads_stale_data_after_a_restart_in_phase_1a() {
-    let cfg = Config {
+fn no_stale_read_after_a_restart_in_phase_1a() {
+    let reads_only = |mutation| Config {
         state_check: false,
+        mutation,
         ..config(SERVER_CRASHES)
     };
-    let seeds: Vec<u64> = (0..2_000).collect();
-    let (_, failures) = run_all(&seeds, cfg, usize::MAX);
-    let read = failures
-        .iter()
-        .find(|f| f.what.contains("invariant 3: read of") && f.what.contains(RESTART_IN_1A));
-    match read {
-        Some(f) => eprintln!("{f}"),
-        None => panic!("no stale read in 2000 seeds: un-ignore the server-crash scenario"),
+    for seed in SEEDS_STALE_READ {
+        now_passes(seed, reads_only(Mutation::None));
+        match World::new(seed, reads_only(Mutation::BootAtFetchedMap)).run() {
+            Ok(_) => panic!(
+                "seed {seed} no longer reads stale data when booting at the fetched map: \
+                 pick others (rescan 0..2000, state_check off, Mutation::BootAtFetchedMap)"
+            ),
+            Err(f) => assert!(
+                f.what.contains("invariant 3: read of") && f.what.contains(RESTART_IN_1A),
+                "seed {seed} fails differently when booting at the fetched map:\n{f}"
+            ),
+        }
     }
 }
 

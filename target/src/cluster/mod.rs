@@ -366,10 +366,18 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
             );
             // The watch stream will not send this generation again: fetch it again in a
             // while and retry (the manager keeps waiting for our phase-1a ack).
+            // Keep trying until this generation is installed: a retry's fetch can fail too
+            // (the manager may be down meanwhile).
             let node = Arc::clone(node);
+            let g = new.generation;
             tokio::spawn(async move {
-                tokio::time::sleep(POSTPONED_RETRY).await;
-                node.refresh.notify_one();
+                loop {
+                    tokio::time::sleep(POSTPONED_RETRY).await;
+                    if node.registry.generation.current() >= g {
+                        return;
+                    }
+                    node.refresh.notify_one();
+                }
             });
             return;
         }

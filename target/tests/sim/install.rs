@@ -69,6 +69,10 @@ impl World {
             .map(|l| (l.volume, l.extent))
             .collect();
         let fence = !lost.is_empty();
+        if std::mem::take(&mut s.boot_install) && fence {
+            self.stats.restart_final_copies += 1;
+        }
+        let s = &mut self.srv[i];
         s.install = Some(Install {
             new,
             old,
@@ -378,6 +382,8 @@ impl World {
         }
         s.generation.install(new.generation);
         s.model_gen = new.generation;
+        // Persisted (durably) after the final copies and the install, before the ack.
+        s.persisted = Some(Arc::clone(&new));
         let id = s.id.clone();
         self.note(format!("{id} installed g{}", new.generation));
         self.state_check = true;

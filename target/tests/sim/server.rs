@@ -4,7 +4,11 @@
 //! installed generation too, so a broken check is caught at the execution point.
 //!
 //! The pool is durable (a crash is a process restart: the pool survives, RAM does not: map,
-//! generation, gate, dirty maps, commands in flight).
+//! generation, gate, dirty maps, commands in flight). So is the persisted map (the restart-in-1a
+//! fix): every install persists its map after the final copies and before the ack, a boot
+//! persists the map it boots with, and a restart boots from the persisted map, then installs
+//! the manager's newer map through the normal `install` (gate, `mover::finish` of the whole
+//! lost extent: a restarted server has no copier state).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -172,6 +176,10 @@ pub struct Server {
     pub model_gen: Gen,
     /// Durable: one version per pool block (0: never written).
     pub pool: Vec<u64>,
+    /// Durable, beside the pool: the map last installed (or booted with).
+    pub persisted: Option<Arc<ClusterMap>>,
+    /// The next install is the first one after a boot from the persisted map (figures only).
+    pub boot_install: bool,
     /// For the known-bug label only: the generation installed when it last crashed.
     pub before_crash: Gen,
     /// For the new-bug label only: the generation whose install was postponed (a failed
@@ -210,6 +218,8 @@ impl Server {
             generation: GenerationState::new(0),
             model_gen: 0,
             pool: vec![0; POOL_BLOCKS as usize],
+            persisted: None,
+            boot_install: false,
             before_crash: 0,
             postponed: None,
             gate_closed: false,
@@ -275,26 +285,61 @@ impl World {
         let pool = std::mem::take(&mut s.pool);
         let inc = s.inc + 1;
         let before_crash = s.before_crash;
+        let persisted = s.persisted.take();
         *s = Server::new(i);
         s.started = true;
         s.up = true;
         s.inc = inc;
         s.pool = pool;
+        s.persisted = persisted;
         s.before_crash = before_crash;
         self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Boot);
     }
 
-    fn srv_booted(&mut self, i: usize, map: Arc<ClusterMap>) {
+    /// `fetched`: the manager's role=server map, which lists this server. With a persisted
+    /// map the server boots from it, serving at its generation, and then installs `fetched`
+    /// (if newer) through the normal `install`; without one (first boot) it boots at `fetched`.
+    /// Either way the map it boots with is persisted.
+    fn srv_booted(&mut self, i: usize, fetched: Arc<ClusterMap>) {
+        let persisted = if self.cfg.mutation == Mutation::BootAtFetchedMap {
+            None
+        } else {
+            self.srv[i].persisted.clone()
+        };
+        let from_persisted = persisted.is_some();
+        let (map, newer) = match persisted {
+            Some(p) => {
+                let newer = (fetched.generation > p.generation).then_some(fetched);
+                (p, newer)
+            }
+            None => (fetched, None),
+        };
         self.note_boot(i, &map);
         let s = &mut self.srv[i];
         let g = map.generation;
         s.booted = true;
+        s.persisted = Some(Arc::clone(&map));
         s.map = map;
         s.generation = GenerationState::new(g);
         s.model_gen = g;
-        self.note(format!("{} booted at g{g}", self.srv[i].id));
+        s.boot_install = newer.is_some();
+        let how = if from_persisted {
+            self.stats.boots_from_persisted += 1;
+            " from its persisted map"
+        } else {
+            ""
+        };
+        let then = newer
+            .as_ref()
+            .map(|m| format!(", then installs g{}", m.generation))
+            .unwrap_or_default();
+        self.note(format!("{} booted at g{g}{how}{then}", self.srv[i].id));
         self.srv[i].watch.after = g;
-        self.mover_sync(i);
+        // With a newer map to install, the copiers start after that install (`install_apply`
+        // syncs them): the install finds no copier state and final-copies whole extents.
+        if newer.is_none() {
+            self.mover_sync(i);
+        }
         self.srv_rpc(
             i,
             Req::Ack {
@@ -307,6 +352,10 @@ impl World {
         // `watch`: `tokio::time::interval(REACK_PERIOD)`, whose first tick is immediate.
         self.timer(Self::me(i), 0, Timer::ReAck);
         self.state_check = true;
+        if let Some(m) = newer {
+            self.srv[i].inbox.push_front(m);
+            self.srv_kick(i);
+        }
     }
 
     pub fn srv_crash(&mut self, i: usize) {
@@ -334,10 +383,12 @@ impl World {
         } else {
             s.before_crash
         };
+        let persisted = s.persisted.take();
         *s = Server::new(i);
         s.started = true;
         s.inc = inc;
         s.pool = pool;
+        s.persisted = persisted;
         s.before_crash = before_crash;
     }
 
@@ -465,8 +516,12 @@ impl World {
                 self.srv_kick(i);
             }
             Timer::PostponedRetry => {
-                self.srv_refresh(i);
-                self.srv_kick(i);
+                // The target retries every POSTPONED_RETRY until the generation is installed.
+                if self.srv[i].postponed.is_some() {
+                    self.srv_refresh(i);
+                    self.srv_kick(i);
+                    self.timer(Self::me(i), 1000, Timer::PostponedRetry);
+                }
             }
             _ => {}
         }

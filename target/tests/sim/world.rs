@@ -319,6 +319,9 @@ pub enum Mutation {
     /// late-old-owner fix, and as committed in 6886384, whose 80h branch never assigns the
     /// answer's generation to `stamp`).
     FinalCopyKeepsOwnStamp,
+    /// A restarted server ignores its persisted map and boots directly at the map it fetches
+    /// (`cluster::start` before the restart-in-1a fix: no gate, no final copy).
+    BootAtFetchedMap,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -353,7 +356,7 @@ pub struct FaultSet {
     /// Server crashes spare a server that is, or may become while it is down, the old owner
     /// in a map whose phase 1a may not be done (it owns an extent moving in the newest
     /// durable map, or loses one in a durable map newer than the commit record): the
-    /// known restart-in-1a bug cannot happen.
+    /// restart-in-1a bug (fixed) could not happen.
     pub spare_old_owners: bool,
 }
 
@@ -390,6 +393,11 @@ pub struct Stats {
     pub installs_postponed: u64,
     /// Periodic re-acks sent (forgotten-acks fix).
     pub reacks: u64,
+    /// Restarts that booted from the persisted map (restart-in-1a fix).
+    pub boots_from_persisted: u64,
+    /// Of those, restarts whose first install (of the newer fetched map) took extents away
+    /// from the server: the final copy of the whole extent (the restart-in-1a case).
+    pub restart_final_copies: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -408,6 +416,8 @@ impl std::ops::AddAssign for Stats {
         self.stamps_adopted += o.stamps_adopted;
         self.installs_postponed += o.installs_postponed;
         self.reacks += o.reacks;
+        self.boots_from_persisted += o.boots_from_persisted;
+        self.restart_final_copies += o.restart_final_copies;
     }
 }
 
@@ -1053,7 +1063,9 @@ impl World {
 
     /// A server restarted and booted directly at map `g` in which it loses extents it owned
     /// in the map it had installed before its crash: their final copy was skipped
-    /// (restart-in-1a). Recorded so that a failure on those extents is labelled.
+    /// (restart-in-1a). Recorded so that a failure on those extents is labelled. Since the fix
+    /// a restart boots from its persisted map (the one installed before the crash), so this
+    /// fires only under `Mutation::BootAtFetchedMap` (or if the fix breaks).
     pub fn note_boot(&mut self, i: usize, map: &ClusterMap) {
         let g = map.generation;
         let h = self.srv[i].before_crash;
