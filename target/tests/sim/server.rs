@@ -515,13 +515,11 @@ impl World {
                 self.srv[i].reack_due = true;
                 self.srv_kick(i);
             }
-            Timer::PostponedRetry => {
-                // The target retries every POSTPONED_RETRY until the generation is installed.
-                if self.srv[i].postponed.is_some() {
-                    self.srv_refresh(i);
-                    self.srv_kick(i);
-                    self.timer(Self::me(i), 1000, Timer::PostponedRetry);
-                }
+            // The target retries every POSTPONED_RETRY until the generation is installed.
+            Timer::PostponedRetry if self.srv[i].postponed.is_some() => {
+                self.srv_refresh(i);
+                self.srv_kick(i);
+                self.timer(Self::me(i), 1000, Timer::PostponedRetry);
             }
             _ => {}
         }
