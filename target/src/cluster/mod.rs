@@ -79,6 +79,8 @@ pub struct NodeShared {
     pub movers: mover::Movers,
     /// Where the installed map is persisted (durable pools only).
     pub state: Option<std::path::PathBuf>,
+    /// A postponed install's retry loop is running.
+    pub retrying: std::sync::atomic::AtomicBool,
 }
 
 /// A running cluster storage server.
@@ -200,6 +202,7 @@ pub async fn start(
         stale_retries: AtomicU64::new(0),
         movers: mover::Movers::default(),
         state,
+        retrying: std::sync::atomic::AtomicBool::new(false),
     });
     sync_subsystems(&shared, &map);
     let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
@@ -368,17 +371,21 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
             // while and retry (the manager keeps waiting for our phase-1a ack).
             // Keep trying until this generation is installed: a retry's fetch can fail too
             // (the manager may be down meanwhile).
-            let node = Arc::clone(node);
-            let g = new.generation;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(POSTPONED_RETRY).await;
-                    if node.registry.generation.current() >= g {
-                        return;
+            // One retry loop per server at most: every failed retry postpones again.
+            if !node.retrying.swap(true, Ordering::AcqRel) {
+                let node = Arc::clone(node);
+                let g = new.generation;
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(POSTPONED_RETRY).await;
+                        if node.registry.generation.current() >= g {
+                            break;
+                        }
+                        node.refresh.notify_one();
                     }
-                    node.refresh.notify_one();
-                }
-            });
+                    node.retrying.store(false, Ordering::Release);
+                });
+            }
             return;
         }
     }

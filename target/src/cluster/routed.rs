@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hw::{IoError, Op};
 
 use super::NodeShared;
@@ -236,7 +236,8 @@ impl Volume for RoutedVolume {
         let pieces = self.pieces(offset, buf.len() as u64);
         IoFuture::Boxed(Box::pin(async move {
             let pieces = pieces?;
-            let mut out = BytesMut::from(&buf[..]);
+            // Pieces land in the caller's (pooled) buffer: no second buffer, no extra copy.
+            let mut out = buf;
             for p in pieces {
                 let node2 = Arc::clone(&node);
                 let data = Self::with_retries(&node, &name, p, move |t, generation| {
@@ -274,7 +275,7 @@ impl Volume for RoutedVolume {
                     dst.copy_from_slice(&data);
                 }
             }
-            Ok(out.freeze())
+            Ok(Bytes::from(out))
         }))
     }
 
