@@ -476,10 +476,12 @@ impl PduCodec {
         pdu: &Pdu,
         dst: &mut BytesMut,
     ) -> Result<Option<DataTail>, PduError> {
-        Ok(self.encode_head_inner(pdu, dst)?.map(|ddgst| DataTail {
-            data: pdu.data().cloned().unwrap_or_default(),
-            ddgst,
-        }))
+        Ok(self
+            .encode_head_inner(pdu, None, dst)?
+            .map(|ddgst| DataTail {
+                data: pdu.data().cloned().unwrap_or_default(),
+                ddgst,
+            }))
     }
 
     /// [`PduCodec::encode_head`] that takes the PDU by value and moves its data into the
@@ -491,7 +493,7 @@ impl PduCodec {
         mut pdu: Pdu,
         dst: &mut BytesMut,
     ) -> Result<Option<DataTail>, PduError> {
-        let Some(ddgst) = self.encode_head_inner(&pdu, dst)? else {
+        let Some(ddgst) = self.encode_head_inner(&pdu, None, dst)? else {
             return Ok(None);
         };
         let data = match &mut pdu {
@@ -503,10 +505,43 @@ impl PduCodec {
         Ok(Some(DataTail { data, ddgst }))
     }
 
-    /// Encodes the header area; `Some(digest trailer)` when data follows.
+    /// Encodes the header area of a C2HData whose `data_len` (> 0) bytes of data the caller
+    /// sends itself, from memory the codec never sees (zero-copy reads from a backend's
+    /// memory): `c2h.data` must be empty. Refused when data digests are on (the digest needs
+    /// the data: copy it into the PDU and use [`PduCodec::encode_head_owned`] instead).
+    pub fn encode_c2h_head_external(
+        &mut self,
+        c2h: &C2HData,
+        data_len: usize,
+        dst: &mut BytesMut,
+    ) -> Result<(), PduError> {
+        if self.params.ddgst {
+            return Err(PduError::invalid_input(
+                "a data digest needs the data: external C2HData data is for digest-free queues",
+            ));
+        }
+        if !c2h.data.is_empty() || data_len == 0 {
+            return Err(PduError::invalid_input(
+                "external C2HData data: the PDU must carry none and the length must be > 0",
+            ));
+        }
+        let end = u32::try_from(data_len)
+            .ok()
+            .and_then(|l| c2h.datao.checked_add(l));
+        if end.is_none() {
+            return Err(PduError::invalid_input("DATAO + DATAL overflows 32 bits"));
+        }
+        let pdu = Pdu::C2HData(c2h.clone());
+        self.encode_head_inner(&pdu, Some(data_len), dst)?;
+        Ok(())
+    }
+
+    /// Encodes the header area; `Some(digest trailer)` when data follows. `ext_len`: the data
+    /// is not in the PDU but this long (no data digest then).
     fn encode_head_inner(
         &mut self,
         pdu: &Pdu,
+        ext_len: Option<usize>,
         dst: &mut BytesMut,
     ) -> Result<Option<Option<[u8; DIGEST_LEN]>>, PduError> {
         let ty = pdu.pdu_type();
@@ -517,11 +552,12 @@ impl PduCodec {
         }
         check_encodable(pdu, &self.params)?;
         let data: &[u8] = pdu.data().map_or(&[], |b| &b[..]);
+        let data_len = ext_len.unwrap_or(data.len());
         let hdgst = self.params.hdgst && valid_flags(ty) & flags::HDGSTF != 0;
-        let ddgst = self.params.ddgst && !data.is_empty();
+        let ddgst = self.params.ddgst && data_len > 0 && ext_len.is_none();
         let hlen = ty.hlen().unwrap_or(0);
         let header_end = hlen + if hdgst { DIGEST_LEN } else { 0 };
-        let pdo = if data.is_empty() {
+        let pdo = if data_len == 0 {
             0
         } else {
             header_end.next_multiple_of(self.params.tx_alignment(self.role))
@@ -529,12 +565,12 @@ impl PduCodec {
         let tail = if ddgst { DIGEST_LEN } else { 0 };
         let plen = match pdu {
             Pdu::H2CTermReq(t) | Pdu::C2HTermReq(t) => TERM_HLEN + t.wire_data().len(),
-            _ if data.is_empty() => header_end,
-            _ => pdo + data.len() + tail,
+            _ if data_len == 0 => header_end,
+            _ => pdo + data_len + tail,
         };
         let plen = u32::try_from(plen).map_err(|_| PduError::invalid_input("PLEN above 4 GiB"))?;
         let datal =
-            u32::try_from(data.len()).map_err(|_| PduError::invalid_input("DATAL above 4 GiB"))?;
+            u32::try_from(data_len).map_err(|_| PduError::invalid_input("DATAL above 4 GiB"))?;
         let mut fl = if hdgst { flags::HDGSTF } else { 0 } | if ddgst { flags::DDGSTF } else { 0 };
         let ch = |fl: u8| CommonHeader {
             pdu_type: ty,
@@ -568,7 +604,7 @@ impl PduCodec {
             }
             Pdu::R2T(r) => put_header::<R2T_HLEN>(dst, ch(fl), hdgst, |h| r.encode_psh(h)),
         }
-        if data.is_empty() {
+        if data_len == 0 {
             return Ok(None);
         }
         // PAD: zeros up to PDO.
