@@ -13,14 +13,16 @@
 //! | `file`  | [`file`](mod@file) | pread/pwrite through the page cache   | yes (fdatasync)      |
 //! | `block` | [`block`]   | O_DIRECT pread/pwrite, bounce buffers | yes (fdatasync)      |
 //!
-//! `unsafe` lives in three small modules, each block with a `// SAFETY:` line:
-//! `region` (the RAM mapping), `aligned` (O_DIRECT bounce buffers) and `sys` (libc calls).
+//! `unsafe` lives in four small modules, each block with a `// SAFETY:` line:
+//! `region` (the RAM mapping), `mapped` (zero-copy ranges of it), `aligned` (O_DIRECT bounce
+//! buffers) and `sys` (libc calls).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod aligned;
 pub mod block;
 mod error;
 pub mod file;
+mod mapped;
 pub mod null;
 mod pio;
 pub mod ram;
@@ -31,6 +33,7 @@ mod sys;
 pub use block::BlockBackend;
 pub use error::{Direction, IoError, IoErrorKind, Op, OpenError};
 pub use file::FileBackend;
+pub use mapped::Mapped;
 pub use null::NullBackend;
 pub use ram::RamBackend;
 pub use spec::{BackendSpec, open};
@@ -69,6 +72,14 @@ pub trait Backend: Send + Sync + 'static {
     fn write_fua(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
         self.write_at(offset, buf)?;
         self.flush()
+    }
+    /// A read without a copy: the range `[offset, offset + len)` of the backend's own memory,
+    /// for the transport to hand to the kernel ([`Mapped`]). `None` when the backend has no
+    /// such memory (file, block: use [`Backend::read_at`]); the range is checked as every
+    /// other read's.
+    fn read_mapped(&self, offset: u64, len: u64) -> Option<Result<Mapped, IoError>> {
+        let _ = (offset, len);
+        None
     }
 }
 

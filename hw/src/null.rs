@@ -1,7 +1,12 @@
 //! The `null` backend: a capacity and nothing behind it. Reads return zeros, writes are
 //! dropped. For protocol benchmarks, where the storage must not be the bottleneck.
 
-use crate::{Backend, IoError, Op, OpenError, buf_len, check_range};
+use crate::{Backend, IoError, Mapped, Op, OpenError, buf_len, check_range};
+
+/// Zeroes every zero-copy read of up to this size points into (in `.bss`: the pages are the
+/// kernel's zero page until touched, and nothing touches them). Larger reads copy.
+const ZEROES_LEN: usize = 1 << 20;
+static ZEROES: [u8; ZEROES_LEN] = [0; ZEROES_LEN];
 
 /// Reads zeros, discards writes; every range is still checked against the capacity.
 #[derive(Debug, Clone)]
@@ -47,6 +52,15 @@ impl Backend for NullBackend {
     /// Nothing is stored, so nothing can be lost: no cache to flush.
     fn volatile_write_cache(&self) -> bool {
         false
+    }
+
+    /// Zero-copy: up to 1 MiB of shared static zeroes.
+    fn read_mapped(&self, offset: u64, len: u64) -> Option<Result<Mapped, IoError>> {
+        let n = usize::try_from(len).ok().filter(|&n| n <= ZEROES_LEN)?;
+        Some(self.check(Op::Read, offset, len).map(|()| {
+            // SAFETY: `ZEROES` is static, immutable and at least `n` bytes long.
+            unsafe { Mapped::new(ZEROES.as_ptr(), n, None) }
+        }))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {

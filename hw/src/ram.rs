@@ -17,13 +17,16 @@
 //! write cache would only make hosts send flushes that cannot change that. Durability across
 //! a crash for a RAM volume comes only from replicas on other servers.
 
+use std::sync::Arc;
+
 use crate::region::Region;
-use crate::{Backend, IoError, Op, OpenError, buf_len, check_range};
+use crate::{Backend, IoError, Mapped, Op, OpenError, buf_len, check_range};
 
 /// A RAM volume; see the module doc.
 #[derive(Debug)]
 pub struct RamBackend {
-    region: Region,
+    /// Shared with the zero-copy reads in flight ([`Mapped`] keeps it mapped).
+    region: Arc<Region>,
     len_bytes: u64,
     preallocate: bool,
 }
@@ -49,7 +52,7 @@ impl RamBackend {
         })?;
         debug_assert_eq!(region.len(), len, "the region maps exactly the volume");
         Ok(RamBackend {
-            region,
+            region: Arc::new(region),
             len_bytes,
             preallocate,
         })
@@ -58,15 +61,6 @@ impl RamBackend {
     /// Whether the pages were faulted in at open.
     pub fn is_preallocated(&self) -> bool {
         self.preallocate
-    }
-
-    /// The region, for a future zero-copy read path inside the crate.
-    #[allow(
-        dead_code,
-        reason = "kept for the zero-copy read hook the target will add"
-    )]
-    pub(crate) fn region(&self) -> &Region {
-        &self.region
     }
 
     /// Checks the range and converts it to region indices.
@@ -118,6 +112,24 @@ impl Backend for RamBackend {
         self.region
             .read(start, buf)
             .map_err(|_| self.out_of_range(Op::Read, offset, len))
+    }
+
+    /// Zero-copy: the region's own bytes (a sparse page not yet written reads as the kernel's
+    /// zero page).
+    fn read_mapped(&self, offset: u64, len: u64) -> Option<Result<Mapped, IoError>> {
+        Some(
+            self.range(Op::Read, offset, len)
+                .and_then(|(start, count)| {
+                    let ptr = self
+                        .region
+                        .ptr_at(start, count)
+                        .map_err(|_| self.out_of_range(Op::Read, offset, len))?;
+                    let keep: Arc<dyn std::any::Any + Send + Sync> = self.region.clone();
+                    // SAFETY: `ptr_at` checked `[start, start + count)` is inside the region, which
+                    // stays mapped while `keep` (a reference to it) lives.
+                    Ok(unsafe { Mapped::new(ptr, count, Some(keep)) })
+                }),
+        )
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {

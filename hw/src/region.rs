@@ -48,7 +48,8 @@ pub(crate) struct Region {
 }
 
 impl Region {
-    /// Maps `len` (> 0) zeroed bytes. `populate`: fault every page in now (MAP_POPULATE) so the
+    /// Maps `len` (> 0) zeroed bytes. `populate`: fault every page in now (huge pages where the
+    /// kernel has them, MADV_POPULATE_WRITE or MAP_POPULATE) so the
     /// data path never page-faults; otherwise pages are allocated on first write (sparse) and
     /// the mapping does not reserve swap (MAP_NORESERVE), so a large idle volume costs nothing.
     pub(crate) fn new_anonymous(len: usize, populate: bool) -> io::Result<Region> {
@@ -57,12 +58,25 @@ impl Region {
         }
         let mut options = MmapOptions::new();
         options.len(len);
-        if populate {
-            options.populate();
+        let map = if populate {
+            // Preallocated: ask for transparent huge pages first (a random 4K read over a large
+            // volume then misses the TLB far less; sparse volumes keep 4 KiB pages, since a huge
+            // page would commit 2 MiB per first write), then fault everything in.
+            let m = options.map_anon()?;
+            let _ = m.advise(memmap2::Advice::HugePage);
+            if m.advise(memmap2::Advice::PopulateWrite).is_ok() {
+                m
+            } else {
+                // Kernels before 5.14 lack MADV_POPULATE_WRITE: MAP_POPULATE instead.
+                drop(m);
+                options.populate();
+                options.map_anon()?
+            }
         } else {
             options.no_reserve_swap();
-        }
-        let map = MmapRaw::from(options.map_anon()?);
+            options.map_anon()?
+        };
+        let map = MmapRaw::from(map);
         Ok(Region {
             map,
             len,
@@ -75,13 +89,11 @@ impl Region {
         self.len
     }
 
-    /// Start of the region, for a future zero-copy read path. Valid while `self` lives.
-    #[allow(
-        dead_code,
-        reason = "kept for the zero-copy read hook the target will add"
-    )]
-    pub(crate) fn as_ptr(&self) -> *const u8 {
-        self.map.as_ptr()
+    /// The address of `[offset, offset + len)`, for a zero-copy read (`mapped`): in bounds,
+    /// valid while the region lives.
+    pub(crate) fn ptr_at(&self, offset: usize, len: usize) -> Result<*const u8, OutOfBounds> {
+        self.check(offset, len)?;
+        Ok(self.map.as_ptr().wrapping_add(offset))
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
