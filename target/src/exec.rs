@@ -27,6 +27,8 @@ pub struct Completion {
     pub dw1: u32,
     /// Data for the host (controller-to-host commands), sent before the completion.
     pub data: Option<Bytes>,
+    /// Or the same straight from the backend's memory (zero-copy reads of RAM and null).
+    pub mapped: Option<hw::Mapped>,
     /// Close the connection once this completion is sent (Disconnect).
     pub close_after: bool,
 }
@@ -53,6 +55,13 @@ impl Completion {
     pub fn data(data: Bytes) -> Self {
         Self {
             data: Some(data),
+            ..Self::default()
+        }
+    }
+
+    pub fn mapped(data: hw::Mapped) -> Self {
+        Self {
+            mapped: Some(data),
             ..Self::default()
         }
     }

@@ -181,6 +181,10 @@ fn read(
     pool: Option<&mut BufPool>,
 ) -> Result<Outcome, Status> {
     let (off, len) = ns.byte_range(rw.slba, u64::from(rw.nlb))?;
+    if let Some(r) = ns.volume.read_mapped(off, len) {
+        // Zero-copy: the transport sends the backend's own bytes.
+        return Ok(read_done(ctrl, r.map(ReadData::Mapped)).into());
+    }
     let len = usize::try_from(len).map_err(|_| Status::INVALID_FIELD.with_dnr())?;
     let buf = match pool {
         Some(p) => p.take(len),
@@ -188,21 +192,35 @@ fn read(
     };
     let mut f = ns.volume.read(off, buf);
     if let Some(r) = f.take_ready() {
-        return Ok(read_done(ctrl, r).into());
+        return Ok(read_done(ctrl, r.map(ReadData::Buf)).into());
     }
     let ctrl = Arc::clone(ctrl);
     Ok(Outcome::Pending(Box::pin(async move {
-        read_done(&ctrl, f.await)
+        read_done(&ctrl, f.await.map(ReadData::Buf))
     })))
 }
 
-fn read_done(ctrl: &Controller, r: Result<Bytes, hw::IoError>) -> Completion {
+/// What a read returns: a filled buffer, or the backend's own memory.
+enum ReadData {
+    Buf(Bytes),
+    Mapped(hw::Mapped),
+}
+
+fn read_done(ctrl: &Controller, r: Result<ReadData, hw::IoError>) -> Completion {
     let c = &ctrl.counters;
     match r {
-        Ok(b) => {
+        Ok(d) => {
             c.read_cmds.fetch_add(1, Ordering::Relaxed);
-            c.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
-            Completion::data(b)
+            match d {
+                ReadData::Buf(b) => {
+                    c.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    Completion::data(b)
+                }
+                ReadData::Mapped(m) => {
+                    c.bytes_read.fetch_add(m.len() as u64, Ordering::Relaxed);
+                    Completion::mapped(m)
+                }
+            }
         }
         Err(e) => {
             c.errors.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod bufpool;
+pub mod busypoll;
 pub mod cli;
 pub mod cluster;
 pub mod config;

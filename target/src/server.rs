@@ -5,8 +5,9 @@
 //! may use (`sched_getaffinity`, so `taskset -c 0 tessera-target` gives one reactor). A
 //! connection is accepted on the listener thread and moved to the reactor with the fewest live
 //! connections, where it stays: its PDUs, commands and completions never cross threads, and the
-//! reactor sleeps in epoll when idle (no busy polling, no core burnt at rest). Backends that may
-//! block (file, block) run on each reactor's bounded blocking pool.
+//! reactor polls its sockets for a short window after I/O and sleeps in epoll once traffic
+//! stops (`busypoll`: no core burnt at rest). Backends that may block (file, block) run on each
+//! reactor's bounded blocking pool.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub struct TargetOptions {
     pub cpus: Vec<usize>,
     /// Called first on every reactor thread (tests use it to mark the threads they measure).
     pub on_reactor_start: Option<fn()>,
+    /// Adaptive busy polling: after I/O, a reactor polls its sockets for this long before it
+    /// sleeps in epoll again (`busypoll`). Zero (the default here; the daemon's default is
+    /// [`crate::busypoll::DEFAULT_WINDOW`]): never poll.
+    pub poll: Duration,
 }
 
 struct Reactor {
@@ -96,6 +101,7 @@ impl Target {
                 i,
                 cpu,
                 opts.on_reactor_start,
+                opts.poll,
                 Arc::clone(&registry),
                 opts.transport,
                 shutdown.subscribe(),
@@ -164,6 +170,7 @@ fn spawn_reactor(
     index: usize,
     cpu: Option<usize>,
     on_start: Option<fn()>,
+    poll: Duration,
     registry: Arc<Registry>,
     cfg: TransportConfig,
     shutdown: watch::Receiver<bool>,
@@ -185,6 +192,8 @@ fn spawn_reactor(
                 f();
             }
             rt.block_on(async move {
+                // Ends with the runtime when the reactor stops.
+                tokio::spawn(crate::busypoll::poller(poll));
                 let mut conns = JoinSet::new();
                 let mut stop = shutdown.clone();
                 loop {

@@ -101,6 +101,13 @@ pub trait Volume: Send + Sync + 'static {
     /// Fills `buf` (all of its length) from `offset` and returns it frozen. The caller supplies
     /// the buffer so that it can come from a per-connection pool.
     fn read(&self, offset: u64, buf: Vec<u8>) -> IoFuture<Bytes>;
+    /// A read without a copy: the bytes at `[offset, offset + len)` in the backend's own memory
+    /// (RAM, null), which the transport hands to `writev` as they are. `None` when the volume
+    /// has no such memory: the caller uses [`Volume::read`].
+    fn read_mapped(&self, offset: u64, len: u64) -> Option<Result<hw::Mapped, hw::IoError>> {
+        let _ = (offset, len);
+        None
+    }
     /// Writes `data` at `offset`; with `fua` it is durable on completion.
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()>;
     /// Zeroes a range.
@@ -139,6 +146,14 @@ impl Volume for LocalVolume {
 
     fn kind(&self) -> &'static str {
         self.backend.kind()
+    }
+
+    fn read_mapped(&self, offset: u64, len: u64) -> Option<Result<hw::Mapped, hw::IoError>> {
+        if self.inline {
+            self.backend.read_mapped(offset, len)
+        } else {
+            None
+        }
     }
 
     fn read(&self, offset: u64, mut buf: Vec<u8>) -> IoFuture<Bytes> {

@@ -209,7 +209,7 @@ impl Conn {
                 r = self.rd.read_buf(&mut self.rbuf), if can_read => {
                     match r {
                         Ok(0) => return Err(End::Closed("peer closed the connection")),
-                        Ok(_) => {}
+                        Ok(_) => crate::busypoll::note_activity(),
                         Err(e) => return Err(End::Io(e)),
                     }
                 }
@@ -674,7 +674,20 @@ impl Conn {
     fn respond(&mut self, cid: u16, done: Completion) -> Result<(), End> {
         let ok = done.status.is_success();
         let mut resp_needed = true;
-        if let Some(data) = done.data.filter(|d| ok && !d.is_empty()) {
+        if let Some(data) = done.mapped.filter(|d| ok && !d.is_empty()) {
+            let success = self.queue.sq_flow_disabled && done.dw0 == 0 && done.dw1 == 0;
+            let head = C2HData {
+                cccid: cid,
+                datao: 0,
+                last: true,
+                success,
+                data: Bytes::new(),
+            };
+            self.out
+                .push_mapped(&mut self.codec, head, data, &mut self.queue.pool)
+                .map_err(|e| End::Fatal(e.to_string()))?;
+            resp_needed = !success;
+        } else if let Some(data) = done.data.filter(|d| ok && !d.is_empty()) {
             let success = self.queue.sq_flow_disabled && done.dw0 == 0 && done.dw1 == 0;
             let pdu = Pdu::C2HData(C2HData {
                 cccid: cid,

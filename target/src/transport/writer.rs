@@ -1,16 +1,18 @@
 //! Batched, vectored PDU output for one connection.
 //!
 //! PDUs are encoded as they complete into a list of segments: header areas go into one growing
-//! buffer, data `Bytes` are moved in as they are (never copied, never cloned), and the whole
-//! batch leaves in as few `writev` calls as the kernel allows when the connection loop has
-//! nothing else ready. Data buffers that were ours alone go back to the connection's
+//! buffer, data `Bytes` are moved in as they are (never copied, never cloned), read data that
+//! lives in a backend's memory ([`hw::Mapped`], RAM and null) is referenced where it lies, and
+//! the whole batch leaves in as few `writev` calls as the kernel allows when the connection loop
+//! has nothing else ready. Data buffers that were ours alone go back to the connection's
 //! [`BufPool`] once written.
-
-use std::io::IoSlice;
+//!
+//! `writev` is called on the raw socket with iovecs built from raw addresses: a `Mapped` range
+//! must never become a Rust reference (`hw`'s `region` module doc), and `IoSlice` would be one.
 
 use bytes::{Buf, Bytes, BytesMut};
-use codec::pdu::{Pdu, PduCodec, PduError};
-use tokio::io::AsyncWriteExt;
+use codec::pdu::{C2HData, Pdu, PduCodec, PduError};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::bufpool::BufPool;
@@ -30,6 +32,37 @@ struct Segment {
     bytes: Bytes,
     /// A data buffer to hand back to the pool after the write.
     recycle: bool,
+    /// Backend memory sent in place of `bytes` (which is then empty).
+    mapped: Option<hw::Mapped>,
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        self.mapped
+            .as_ref()
+            .map_or(self.bytes.len(), hw::Mapped::len)
+    }
+
+    fn iovec(&self) -> libc::iovec {
+        let (ptr, len) = match &self.mapped {
+            Some(m) => (m.as_ptr(), m.len()),
+            None => (self.bytes.as_ptr(), self.bytes.len()),
+        };
+        // writev only reads through iov_base; the C type is not const.
+        libc::iovec {
+            iov_base: ptr.cast_mut().cast::<libc::c_void>(),
+            iov_len: len,
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        match &mut self.mapped {
+            Some(m) => m.advance(n),
+            None => self.bytes.advance(n),
+        }
+        // A partly sent buffer no longer starts where it was allocated.
+        self.recycle = false;
+    }
 }
 
 /// Queued output of one connection.
@@ -76,10 +109,41 @@ impl Writer {
                 self.segments.push(Segment {
                     bytes: tail.data,
                     recycle: true,
+                    mapped: None,
                 });
             }
             self.head.extend_from_slice(trailer.as_slice());
         }
+        Ok(())
+    }
+
+    /// Encodes a C2HData whose data is backend memory: referenced in place, or copied into a
+    /// pooled buffer when the queue uses data digests (the digest needs the bytes).
+    pub fn push_mapped(
+        &mut self,
+        codec: &mut PduCodec,
+        head: C2HData,
+        data: hw::Mapped,
+        pool: &mut BufPool,
+    ) -> Result<(), PduError> {
+        if codec.params().ddgst || data.len() <= COPY_DATA_MAX {
+            let mut buf = pool.take(data.len());
+            data.copy_to(&mut buf);
+            let pdu = Pdu::C2HData(C2HData {
+                data: Bytes::from(buf),
+                ..head
+            });
+            return self.push(codec, pdu, pool);
+        }
+        let before = self.head.len();
+        codec.encode_c2h_head_external(&head, data.len(), &mut self.head)?;
+        self.queued_bytes += self.head.len() - before + data.len();
+        self.seal_head();
+        self.segments.push(Segment {
+            bytes: Bytes::new(),
+            recycle: false,
+            mapped: Some(data),
+        });
         Ok(())
     }
 
@@ -89,6 +153,7 @@ impl Writer {
             self.segments.push(Segment {
                 bytes,
                 recycle: false,
+                mapped: None,
             });
         }
     }
@@ -98,14 +163,7 @@ impl Writer {
         self.seal_head();
         let mut first = 0;
         while first < self.segments.len() {
-            let n = {
-                let end = self.segments.len().min(first + IOV_MAX);
-                let mut iov = [IoSlice::new(&[]); IOV_MAX];
-                for (slot, seg) in iov.iter_mut().zip(&self.segments[first..end]) {
-                    *slot = IoSlice::new(&seg.bytes);
-                }
-                self.half.write_vectored(&iov[..end - first]).await?
-            };
+            let n = self.writev(first).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
@@ -113,13 +171,12 @@ impl Writer {
             let mut left = n;
             while left > 0 && first < self.segments.len() {
                 let seg = &mut self.segments[first];
-                if seg.bytes.len() <= left {
-                    left -= seg.bytes.len();
+                let len = seg.len();
+                if len <= left {
+                    left -= len;
                     first += 1;
                 } else {
-                    seg.bytes.advance(left);
-                    // A partly sent buffer no longer starts where it was allocated.
-                    seg.recycle = false;
+                    seg.advance(left);
                     left = 0;
                 }
             }
@@ -135,6 +192,39 @@ impl Writer {
             self.head.reserve(HEAD_CAPACITY);
         }
         Ok(())
+    }
+
+    /// One `writev` of the segments from `first` (at most [`IOV_MAX`]), waiting while the
+    /// socket is full. The iovecs are rebuilt on every attempt (they hold raw addresses, which
+    /// must not live across an await: the connection's future moves between polls).
+    async fn writev(&self, first: usize) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let sock: &tokio::net::TcpStream = self.half.as_ref();
+        let fd = sock.as_raw_fd();
+        let segs = &self.segments[first..self.segments.len().min(first + IOV_MAX)];
+        loop {
+            let r = sock.try_io(Interest::WRITABLE, || {
+                let mut iov = [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; IOV_MAX];
+                for (slot, seg) in iov.iter_mut().zip(segs) {
+                    *slot = seg.iovec();
+                }
+                let cnt = libc::c_int::try_from(segs.len()).unwrap_or(0);
+                // SAFETY: `iov` holds `cnt` iovecs, each naming memory that stays valid until
+                // this call returns: a `Bytes` held by its segment, or a `hw::Mapped` range
+                // whose mapping the segment keeps alive. writev only reads that memory.
+                let rc = unsafe { libc::writev(fd, iov.as_ptr(), cnt) };
+                usize::try_from(rc).map_err(|_| std::io::Error::last_os_error())
+            });
+            match r {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => sock.writable().await?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Flushes and shuts the write side down (FIN).
