@@ -11,6 +11,10 @@
 //!   of sleeping in epoll: what the wire costs without the sleep/wake-up of each side (SPDK
 //!   polls; on a VM a wake-up is an inter-processor interrupt and often a VM exit).
 //!
+//! * `stream-spin` / `stream-write-spin`: the streams with both ends spinning on non-blocking
+//!   sockets: the bandwidth limit for a data path that polls (the target polls while I/O flows,
+//!   the bench always), so the "vs limit" ratios take the better of the two kinds.
+//!
 //! The client sends one byte first to say which.
 
 use std::net::SocketAddr;
@@ -35,6 +39,8 @@ const MODE_STREAM: u8 = b'R';
 const MODE_STREAM_WRITE: u8 = b'W';
 const MODE_PINGPONG: u8 = b'P';
 const MODE_PINGPONG_SPIN: u8 = b'S';
+const MODE_STREAM_SPIN: u8 = b'r';
+const MODE_STREAM_WRITE_SPIN: u8 = b'w';
 
 /// Fills `buf` from a non-blocking socket by spinning (never sleeps).
 fn spin_read_exact(s: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
@@ -49,6 +55,19 @@ fn spin_read_exact(s: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Resu
         }
     }
     Ok(())
+}
+
+/// Reads what is there (at least one byte, 0 at the end) from a non-blocking socket by
+/// spinning.
+fn spin_read_some(s: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    loop {
+        match s.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Writes all of `buf` to a non-blocking socket by spinning.
@@ -99,6 +118,26 @@ async fn serve_one(mut s: TcpStream) -> std::io::Result<()> {
             while s.read(&mut buf).await? > 0 {}
             Ok(())
         }
+        MODE_STREAM_SPIN | MODE_STREAM_WRITE_SPIN => {
+            let mut std = s.into_std()?;
+            std.set_nonblocking(true)?;
+            tokio::task::spawn_blocking(move || {
+                if mode == MODE_STREAM_SPIN {
+                    let chunk = vec![0x5au8; STREAM_CHUNK];
+                    loop {
+                        spin_write_all(&mut std, &chunk)?;
+                    }
+                }
+                let mut buf = vec![0u8; STREAM_READ_MAX];
+                loop {
+                    if spin_read_some(&mut std, &mut buf)? == 0 {
+                        return Ok(());
+                    }
+                }
+            })
+            .await
+            .map_err(std::io::Error::other)?
+        }
         MODE_PINGPONG_SPIN => {
             // Spinning blocks the thread: give the connection one of its own (it inherits
             // the process's CPU pinning).
@@ -145,6 +184,8 @@ pub async fn run(
         BaselineMode::StreamWrite => MODE_STREAM_WRITE,
         BaselineMode::Pingpong => MODE_PINGPONG,
         BaselineMode::PingpongSpin => MODE_PINGPONG_SPIN,
+        BaselineMode::StreamSpin => MODE_STREAM_SPIN,
+        BaselineMode::StreamWriteSpin => MODE_STREAM_WRITE_SPIN,
     };
     s.write_u8(byte).await.map_err(io("hello"))?;
     let start = Instant::now() + warmup;
@@ -204,6 +245,29 @@ pub async fn run(
                         round_trips += 1;
                         stats::record(&mut hist, now - t);
                     }
+                    Some(false) => {}
+                }
+            }
+        }
+        BaselineMode::StreamSpin | BaselineMode::StreamWriteSpin => {
+            let mut std = s.into_std().map_err(io("into_std"))?;
+            std.set_nonblocking(true).map_err(io("nonblocking"))?;
+            let chunk = vec![0x5au8; STREAM_CHUNK];
+            let mut buf = vec![0u8; STREAM_READ_MAX];
+            loop {
+                let n = if mode == BaselineMode::StreamSpin {
+                    let n = spin_read_some(&mut std, &mut buf).map_err(io("read"))?;
+                    if n == 0 {
+                        return Err("baseline server closed the stream".into());
+                    }
+                    n
+                } else {
+                    spin_write_all(&mut std, &chunk).map_err(io("write"))?;
+                    chunk.len()
+                };
+                match window(Instant::now(), &mut cpu0) {
+                    None => break,
+                    Some(true) => bytes += n as u64,
                     Some(false) => {}
                 }
             }

@@ -13,9 +13,11 @@
 //! * `stats`    — latency histograms, CPU time (own and the target's), RSS;
 //! * `report`   — JSON records and the markdown table `ci/bench` prints.
 //!
-//! Threading: one thread, pinned with `--core`, one current-thread tokio runtime. The initiator's
-//! reader and writer tasks run on that same thread, so the CPU time the tool reports per I/O is
-//! the whole host-side cost of an I/O.
+//! Threading: pinned with `--core`. The admin queue (and its keep-alive) runs on a
+//! current-thread tokio runtime; the I/O queues are `DirectQueue`s driven by one polling loop on
+//! a second thread (`run`), like `spdk_nvme_perf`: no task, channel or allocation per I/O, and
+//! no sleep in epoll while I/O is in flight (`--poll-us`). The CPU time the tool reports per
+//! I/O is therefore a full core divided by the IOPS whenever the loop polls.
 
 pub mod baseline;
 pub mod cluster;

@@ -1,5 +1,6 @@
-//! The NVMe workload: one controller, `--queues` I/O queues, each keeping `--qd` commands in
-//! flight from one task (pipelined through [`Queue::start`]), all on one thread.
+//! The NVMe workload: one controller, `--queues` I/O queues ([`DirectQueue`]s), each keeping
+//! `--qd` commands in flight, all driven by one polling loop on one thread (the admin queue and
+//! its keep-alive stay on the tool's runtime thread).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -8,10 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use codec::nvme::cmd::{IoCommand, Rw};
 use codec::nvme::sgl::SglDescriptor;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
-use tessera::initiator::{Controller, ControllerOptions, DEFAULT_IO_SQSIZE, NLB_MAX, Queue};
+use tessera::initiator::{
+    Controller, ControllerOptions, DEFAULT_IO_SQSIZE, DirectCompletion, DirectQueue, NLB_MAX,
+    QueueOptions,
+};
 
 use super::pattern::{self, VersionMap};
 use super::report::IoRecord;
@@ -52,6 +54,8 @@ pub struct IoOpts {
     pub target_pids: Vec<u32>,
     /// Print a progress line every second (on a terminal).
     pub progress: bool,
+    /// Keep polling the sockets this long after the last I/O before sleeping in `poll(2)`.
+    pub poll: Duration,
 }
 
 /// One planned command.
@@ -67,22 +71,15 @@ enum Planned {
     },
 }
 
-/// One finished command, as the statistics see it.
-#[derive(Clone, Copy)]
-struct Rec {
-    end: Instant,
-    lat: Duration,
-}
-
 /// Checks a read against the version map: how it went.
 enum Checked {
     Verified,
     Unknown,
 }
 
-/// State shared by the queue loops (one thread: `Cell`s, no atomics).
-struct Ctx<'a> {
-    o: &'a IoOpts,
+/// State of the run (one thread: `Cell`s, no atomics).
+struct Ctx {
+    o: IoOpts,
     lba: u32,
     nlb: u32,
     bs: usize,
@@ -98,7 +95,6 @@ struct Ctx<'a> {
     end: Option<Instant>,
     /// Every completion, warmup included (progress line, stall detection).
     done_total: Cell<u64>,
-    done_bytes: Cell<u64>,
 }
 
 /// What one queue loop measured.
@@ -201,21 +197,13 @@ async fn run_on(o: &IoOpts, ctrl: &Controller) -> Result<IoRecord, String> {
     } else {
         None
     };
-    let mut queues = Vec::with_capacity(usize::from(o.queues));
-    for qid in 1..=o.queues {
-        queues.push(
-            ctrl.connect_io_queue(qid, sqsize)
-                .await
-                .map_err(|e| format!("connecting I/O queue {qid}: {e}"))?,
-        );
-    }
+    let opts: Vec<_> = (1..=o.queues)
+        .map(|qid| ctrl.io_queue_options(qid, sqsize))
+        .collect();
     let mut buf = vec![0u8; bs];
     pattern::fill(&mut buf, 0, 0);
-
-    let t0 = Instant::now();
-    let start = t0 + o.warmup;
     let ctx = Ctx {
-        o,
+        o: o.clone(),
         lba,
         nlb,
         bs,
@@ -224,128 +212,18 @@ async fn run_on(o: &IoOpts, ctrl: &Controller) -> Result<IoRecord, String> {
         write_buf: Bytes::from(buf),
         stop: Cell::new(false),
         budget: Cell::new(o.ios.unwrap_or(u64::MAX)),
-        start,
-        end: o.ios.is_none().then(|| start + o.time),
+        start: Instant::now(),
+        end: None,
         done_total: Cell::new(0),
-        done_bytes: Cell::new(0),
     };
-    let snap = |pids: &[u32]| (stats::self_cpu(), stats::procs_cpu_ns(pids));
-    let first = Cell::new(snap(&o.target_pids));
-    let last = Cell::new(None);
-    let loops = futures::future::try_join_all(queues.iter().map(|q| queue_loop(q, &ctx)));
-    let control = async {
-        let mut next_tick = t0 + Duration::from_secs(1);
-        let (mut prev, mut prev_bytes, mut stalled) = (0u64, 0u64, Duration::ZERO);
-        let mut measuring = o.warmup.is_zero();
-        loop {
-            let mut wake = next_tick;
-            if !measuring {
-                wake = wake.min(start);
-            }
-            if let Some(end) = ctx.end
-                && !ctx.stop.get()
-            {
-                wake = wake.min(end);
-            }
-            tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
-            let now = Instant::now();
-            if !measuring && now >= start {
-                first.set(snap(&o.target_pids));
-                measuring = true;
-            }
-            if let Some(end) = ctx.end
-                && !ctx.stop.get()
-                && now >= end
-            {
-                last.set(Some(snap(&o.target_pids)));
-                ctx.stop.set(true);
-            }
-            if now < next_tick {
-                continue;
-            }
-            next_tick += Duration::from_secs(1);
-            let (n, b) = (ctx.done_total.get(), ctx.done_bytes.get());
-            if o.progress {
-                eprint!(
-                    "\r[{:>4} s] {:>10.0} IOPS {:>10.1} MiB/s{}   ",
-                    t0.elapsed().as_secs(),
-                    (n - prev) as f64,
-                    (b - prev_bytes) as f64 / 1_048_576.0,
-                    if measuring { "" } else { " (warmup)" }
-                );
-            }
-            stalled = if n == prev {
-                stalled + Duration::from_secs(1)
-            } else {
-                Duration::ZERO
-            };
-            if stalled >= RUN_GRACE {
-                return format!("no I/O completed for {} s", stalled.as_secs());
-            }
-            (prev, prev_bytes) = (n, b);
-        }
-    };
-    let per_queue = tokio::select! {
-        r = loops => r,
-        e = control => Err(e),
-    };
-    if o.progress {
-        eprintln!();
-    }
-    for q in &queues {
-        q.close().await;
-    }
-    let per_queue = per_queue?;
-    let (cpu0, tgt0) = first.get();
-    let (cpu1, tgt1) = last.get().unwrap_or_else(|| snap(&o.target_pids));
-
-    let mut hist = stats::new_histogram();
-    let (mut ios, mut bytes, mut verified, mut unverified) = (0u64, 0u64, 0u64, 0u64);
-    let mut last_end = None;
-    for q in &per_queue {
-        hist.add(&q.hist)
-            .map_err(|e| format!("merging histograms: {e:?}"))?;
-        ios += q.ios;
-        bytes += q.bytes;
-        verified += q.verified;
-        unverified += q.unverified;
-        last_end = last_end.max(q.last_end);
-    }
-    let seconds = match ctx.end {
-        Some(end) => end.duration_since(start).as_secs_f64(),
-        None => last_end.map_or(0.0, |e| e.duration_since(start).as_secs_f64()),
-    };
-    if ios == 0 || seconds <= 0.0 {
-        return Err("no I/O completed in the measured window".into());
-    }
-    let per_io_us = |d: Duration| d.as_secs_f64() * 1e6 / ios as f64;
-    Ok(IoRecord {
-        label: o.label.clone(),
-        rw: o.rw,
-        read_pct: o.rw.read_pct(o.mix),
-        bs: o.bs,
-        qd: o.qd,
-        queues: o.queues,
-        hdgst: o.hdgst,
-        ddgst: o.ddgst,
-        generation: o.generation,
-        cluster: None,
-        seconds,
-        ios,
-        iops: ios as f64 / seconds,
-        mib_s: bytes as f64 / seconds / 1_048_576.0,
-        latency: Latency::from_histogram(&hist),
-        bench_cpu_us_per_io: per_io_us(cpu1.saturating_sub(cpu0)),
-        target_cpu_us_per_io: match (tgt0, tgt1) {
-            (Some(a), Some(b)) => Some(per_io_us(Duration::from_nanos(b.saturating_sub(a)))),
-            _ => None,
-        },
-        verified: o.verify.then_some(verified),
-        unverified: o.verify.then_some(unverified),
-    })
+    // The I/O runs on a thread of its own (it inherits the tool's CPU pinning) so that this
+    // runtime stays free for the admin queue's keep-alive while the loop polls its sockets.
+    tokio::task::spawn_blocking(move || drive(ctx, &opts))
+        .await
+        .map_err(|e| format!("I/O thread: {e}"))?
 }
 
-impl Ctx<'_> {
+impl Ctx {
     /// Takes one I/O from the budget; false when the run is over.
     fn take(&self) -> bool {
         if self.stop.get() {
@@ -410,94 +288,270 @@ impl Ctx<'_> {
             v.borrow_mut().release(unit);
         }
     }
-}
 
-/// Keeps `qd` commands in flight on `q` until the run stops, then drains.
-async fn queue_loop(q: &Queue, ctx: &Ctx<'_>) -> Result<QStats, String> {
-    let qd = usize::try_from(ctx.o.qd).unwrap_or(1);
-    let mut inflight = FuturesUnordered::new();
-    let mut s = QStats {
-        hist: stats::new_histogram(),
-        ios: 0,
-        bytes: 0,
-        verified: 0,
-        unverified: 0,
-        last_end: None,
-    };
-    loop {
-        while inflight.len() < qd && ctx.take() {
-            inflight.push(one_io(q, ctx, ctx.plan()?));
-        }
-        let Some(done) = inflight.next().await else {
-            return Ok(s);
-        };
-        let (recs, checked) = done?;
-        match checked {
-            Some(Checked::Verified) => s.verified += 1,
-            Some(Checked::Unknown) => s.unverified += 1,
-            None => {}
-        }
-        for r in recs.into_iter().flatten() {
-            ctx.done_total.set(ctx.done_total.get() + 1);
-            ctx.done_bytes.set(ctx.done_bytes.get() + ctx.o.bs);
-            let in_window = r.end >= ctx.start && ctx.end.is_none_or(|e| r.end < e);
-            if in_window {
-                stats::record(&mut s.hist, r.lat);
-                s.ios += 1;
-                s.bytes += ctx.o.bs;
-                s.last_end = s.last_end.max(Some(r.end));
-            }
-        }
+    fn in_window(&self, end: Instant) -> bool {
+        end >= self.start && self.end.is_none_or(|e| end < e)
     }
 }
 
-/// Submits one command and waits for it; `None` for the read-back slot when not verifying.
-type IoDone = ([Option<Rec>; 2], Option<Checked>);
+/// What an I/O slot of the tool is waiting for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Read {
+        unit: u64,
+        expect: u32,
+    },
+    Write {
+        unit: u64,
+        generation: u32,
+    },
+    /// `--verify`: the read-back of a write, while its block is still claimed.
+    ReadBack {
+        unit: u64,
+        generation: u32,
+    },
+}
 
-async fn submit(
-    q: &Queue,
-    ctx: &Ctx<'_>,
-    dir: Dir,
-    unit: u64,
+/// One queue and the tool's I/Os on it (at most `--qd`; the tag of a command is its index).
+struct QState {
+    q: DirectQueue,
+    phase: Vec<Phase>,
+    started: Vec<Instant>,
+    free: Vec<u64>,
+    stats: QStats,
+}
+
+/// Connects the I/O queues, keeps `--qd` commands in flight on each until the run ends, drains
+/// them, and returns the figures. Polls the sockets while I/O is in flight (`--poll-us`, like
+/// `spdk_nvme_perf`; a wake-up from `epoll_wait` costs more than the I/O here) and sleeps in
+/// `poll(2)` once nothing happened for that long.
+fn drive(mut ctx: Ctx, opts: &[QueueOptions]) -> Result<IoRecord, String> {
+    let o = ctx.o.clone();
+    let qd = usize::try_from(o.qd).unwrap_or(1);
+    let mut qs = Vec::with_capacity(opts.len());
+    for qo in opts {
+        let q = DirectQueue::connect(o.addr, qo)
+            .map_err(|e| format!("connecting I/O queue {}: {e}", qo.qid))?;
+        qs.push(QState {
+            q,
+            phase: vec![Phase::Read { unit: 0, expect: 0 }; qd],
+            started: vec![Instant::now(); qd],
+            free: (0..qd as u64).rev().collect(),
+            stats: QStats {
+                hist: stats::new_histogram(),
+                ios: 0,
+                bytes: 0,
+                verified: 0,
+                unverified: 0,
+                last_end: None,
+            },
+        });
+    }
+    let t0 = Instant::now();
+    ctx.start = t0 + o.warmup;
+    ctx.end = o.ios.is_none().then(|| ctx.start + o.time);
+    let snap = |pids: &[u32]| (stats::self_cpu(), stats::procs_cpu_ns(pids));
+    let mut first = snap(&o.target_pids);
+    let mut last = None;
+    let mut measuring = o.warmup.is_zero();
+    let mut next_tick = t0 + Duration::from_secs(1);
+    let (mut prev, mut prev_bytes, mut stalled) = (0u64, 0u64, Duration::ZERO);
+    let mut done = Vec::with_capacity(256);
+    let mut quiet_since = t0;
+    let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(qs.len());
+    loop {
+        let mut busy = false;
+        let mut in_flight = 0;
+        for st in &mut qs {
+            // Top the queue up to --qd.
+            while let Some(&tag) = st.free.last()
+                && ctx.take()
+            {
+                st.free.pop();
+                let p = ctx.plan()?;
+                let (phase, data) = match p {
+                    Planned::Read { unit, expect } => (Phase::Read { unit, expect }, None),
+                    Planned::Write {
+                        unit,
+                        generation,
+                        data,
+                    } => (Phase::Write { unit, generation }, Some(data)),
+                };
+                submit(&ctx, st, tag, phase, data)?;
+                busy = true;
+            }
+            if st.q.has_output() {
+                st.q.flush()
+                    .map_err(|e| format!("queue {}: {e}", st.q.qid()))?;
+            }
+            let n =
+                st.q.poll(&mut done)
+                    .map_err(|e| format!("queue {}: {e}", st.q.qid()))?;
+            if n > 0 {
+                busy = true;
+            }
+            let now = Instant::now();
+            for c in done.drain(..) {
+                complete(&ctx, st, c, now)?;
+            }
+            if st.q.has_output() {
+                st.q.flush()
+                    .map_err(|e| format!("queue {}: {e}", st.q.qid()))?;
+            }
+            in_flight += st.q.in_flight();
+        }
+        let now = Instant::now();
+        if busy {
+            quiet_since = now;
+        }
+        if !measuring && now >= ctx.start {
+            first = snap(&o.target_pids);
+            measuring = true;
+        }
+        if let Some(end) = ctx.end
+            && !ctx.stop.get()
+            && now >= end
+        {
+            last = Some(snap(&o.target_pids));
+            ctx.stop.set(true);
+        }
+        if in_flight == 0 && (ctx.stop.get() || ctx.budget.get() == 0) {
+            break;
+        }
+        if now >= next_tick {
+            next_tick += Duration::from_secs(1);
+            let n = ctx.done_total.get();
+            let b: u64 = n * o.bs;
+            if o.progress {
+                eprint!(
+                    "\r[{:>4} s] {:>10.0} IOPS {:>10.1} MiB/s{}   ",
+                    t0.elapsed().as_secs(),
+                    (n - prev) as f64,
+                    (b - prev_bytes) as f64 / 1_048_576.0,
+                    if measuring { "" } else { " (warmup)" }
+                );
+            }
+            stalled = if n == prev {
+                stalled + Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            if stalled >= RUN_GRACE {
+                return Err(format!("no I/O completed for {} s", stalled.as_secs()));
+            }
+            (prev, prev_bytes) = (n, b);
+        }
+        if !busy && now.duration_since(quiet_since) >= o.poll {
+            // Nothing for a while: sleep until a socket is ready (or the next tick).
+            pfds.clear();
+            for st in &qs {
+                let mut events = libc::POLLIN;
+                if st.q.has_output() {
+                    events |= libc::POLLOUT;
+                }
+                pfds.push(libc::pollfd {
+                    fd: st.q.fd(),
+                    events,
+                    revents: 0,
+                });
+            }
+            let wait = next_tick
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(100));
+            let ms = libc::c_int::try_from(wait.as_millis().max(1)).unwrap_or(100);
+            // SAFETY: `pfds` is a live array of `pfds.len()` initialised pollfd structures;
+            // poll only writes their `revents` fields.
+            let _ = unsafe {
+                libc::poll(
+                    pfds.as_mut_ptr(),
+                    libc::nfds_t::try_from(pfds.len()).unwrap_or(0),
+                    ms,
+                )
+            };
+        }
+    }
+    if o.progress {
+        eprintln!();
+    }
+    let (cpu0, tgt0) = first;
+    let (cpu1, tgt1) = last.unwrap_or_else(|| snap(&o.target_pids));
+    let mut hist = stats::new_histogram();
+    let (mut ios, mut bytes, mut verified, mut unverified) = (0u64, 0u64, 0u64, 0u64);
+    let mut last_end = None;
+    for st in &qs {
+        let q = &st.stats;
+        hist.add(&q.hist)
+            .map_err(|e| format!("merging histograms: {e:?}"))?;
+        ios += q.ios;
+        bytes += q.bytes;
+        verified += q.verified;
+        unverified += q.unverified;
+        last_end = last_end.max(q.last_end);
+    }
+    let seconds = match ctx.end {
+        Some(end) => end.duration_since(ctx.start).as_secs_f64(),
+        None => last_end.map_or(0.0, |e| e.duration_since(ctx.start).as_secs_f64()),
+    };
+    if ios == 0 || seconds <= 0.0 {
+        return Err("no I/O completed in the measured window".into());
+    }
+    let per_io_us = |d: Duration| d.as_secs_f64() * 1e6 / ios as f64;
+    Ok(IoRecord {
+        label: o.label.clone(),
+        rw: o.rw,
+        read_pct: o.rw.read_pct(o.mix),
+        bs: o.bs,
+        qd: o.qd,
+        queues: o.queues,
+        hdgst: o.hdgst,
+        ddgst: o.ddgst,
+        generation: o.generation,
+        cluster: None,
+        seconds,
+        ios,
+        iops: ios as f64 / seconds,
+        mib_s: bytes as f64 / seconds / 1_048_576.0,
+        latency: Latency::from_histogram(&hist),
+        bench_cpu_us_per_io: per_io_us(cpu1.saturating_sub(cpu0)),
+        target_cpu_us_per_io: match (tgt0, tgt1) {
+            (Some(a), Some(b)) => Some(per_io_us(Duration::from_nanos(b.saturating_sub(a)))),
+            _ => None,
+        },
+        verified: o.verify.then_some(verified),
+        unverified: o.verify.then_some(unverified),
+    })
+}
+
+/// Queues the command of I/O `tag` in `phase` on `st`'s queue.
+fn submit(
+    ctx: &Ctx,
+    st: &mut QState,
+    tag: u64,
+    phase: Phase,
     data: Option<Bytes>,
-) -> Result<(Rec, Bytes), String> {
-    let slba = ctx.slba(unit);
-    let rw = Rw::new(ctx.o.nsid, slba, ctx.nlb, ctx.o.generation);
-    let (cmd, data_in) = match dir {
-        Dir::Read => (
+) -> Result<(), String> {
+    let (unit, write) = match phase {
+        Phase::Read { unit, .. } | Phase::ReadBack { unit, .. } => (unit, false),
+        Phase::Write { unit, .. } => (unit, true),
+    };
+    let rw = Rw::new(ctx.o.nsid, ctx.slba(unit), ctx.nlb, ctx.o.generation);
+    let (cmd, data_in) = if write {
+        (IoCommand::Write(rw), 0)
+    } else {
+        (
             IoCommand::Read(rw),
             u32::try_from(ctx.bs).unwrap_or(u32::MAX),
-        ),
-        Dir::Write => (IoCommand::Write(rw), 0),
+        )
     };
     let sqe = cmd.to_sqe(0, SglDescriptor::transport(0));
-    let t = Instant::now();
-    let c = q
-        .start(sqe, data, data_in)
-        .await
-        .map_err(|e| format!("queue {}: {e}", q.qid()))?
-        .await
-        .map_err(|e| format!("queue {}: {e}", q.qid()))?;
-    let end = Instant::now();
-    if !c.status().is_success() {
-        return Err(format!(
-            "{} of {} at LBA {slba} failed: {}",
-            if dir == Dir::Read { "read" } else { "write" },
-            fmt_size(ctx.o.bs),
-            c.status()
-        ));
-    }
-    if dir == Dir::Read && c.data.len() != ctx.bs {
-        return Err(format!(
-            "read at LBA {slba} returned {} bytes, {} expected",
-            c.data.len(),
-            ctx.bs
-        ));
-    }
-    Ok((Rec { end, lat: end - t }, c.data))
+    let i = usize::try_from(tag).unwrap_or(usize::MAX);
+    st.phase[i] = phase;
+    st.started[i] = Instant::now();
+    st.q.submit(sqe, data, data_in, tag)
+        .map_err(|e| format!("queue {}: {e}", st.q.qid()))
 }
 
-fn verify_read(ctx: &Ctx<'_>, unit: u64, expect: u32, data: &[u8]) -> Result<Checked, String> {
+fn verify_read(ctx: &Ctx, unit: u64, expect: u32, data: &[u8]) -> Result<Checked, String> {
     if expect == 0 {
         return Ok(Checked::Unknown);
     }
@@ -511,43 +565,70 @@ fn verify_read(ctx: &Ctx<'_>, unit: u64, expect: u32, data: &[u8]) -> Result<Che
     Ok(Checked::Verified)
 }
 
-async fn one_io(q: &Queue, ctx: &Ctx<'_>, p: Planned) -> Result<IoDone, String> {
-    let verifying = ctx.vmap.is_some();
-    match p {
-        Planned::Read { unit, expect } => {
-            let r = submit(q, ctx, Dir::Read, unit, None).await;
+/// One finished command of `st`: statistics, checks, and the next step of its I/O.
+fn complete(ctx: &Ctx, st: &mut QState, c: DirectCompletion, now: Instant) -> Result<(), String> {
+    let tag = c.tag;
+    let i = usize::try_from(tag).unwrap_or(usize::MAX);
+    let (Some(&phase), Some(&t)) = (st.phase.get(i), st.started.get(i)) else {
+        return Err(format!(
+            "queue {}: completion for unknown I/O {tag}",
+            st.q.qid()
+        ));
+    };
+    let (unit, write) = match phase {
+        Phase::Read { unit, .. } | Phase::ReadBack { unit, .. } => (unit, false),
+        Phase::Write { unit, .. } => (unit, true),
+    };
+    let status = c.cqe.status();
+    if !status.is_success() {
+        ctx.release(unit);
+        return Err(format!(
+            "{} of {} at LBA {} failed: {status}",
+            if write { "write" } else { "read" },
+            fmt_size(ctx.o.bs),
+            ctx.slba(unit),
+        ));
+    }
+    if !write && c.data.len() != ctx.bs {
+        return Err(format!(
+            "read at LBA {} returned {} bytes, {} expected",
+            ctx.slba(unit),
+            c.data.len(),
+            ctx.bs
+        ));
+    }
+    ctx.done_total.set(ctx.done_total.get() + 1);
+    if ctx.in_window(now) {
+        stats::record(&mut st.stats.hist, now - t);
+        st.stats.ios += 1;
+        st.stats.bytes += ctx.o.bs;
+        st.stats.last_end = st.stats.last_end.max(Some(now));
+    }
+    match phase {
+        Phase::Read { unit, expect } => {
             ctx.release(unit);
-            let (rec, data) = r?;
-            let checked = if verifying {
-                Some(verify_read(ctx, unit, expect, &data)?)
-            } else {
-                None
-            };
-            Ok(([Some(rec), None], checked))
-        }
-        Planned::Write {
-            unit,
-            generation,
-            data,
-        } => {
-            let w = submit(q, ctx, Dir::Write, unit, Some(data)).await;
-            let Some(vmap) = &ctx.vmap else {
-                return Ok(([Some(w?.0), None], None));
-            };
-            let w = match w {
-                Ok((rec, _)) => rec,
-                Err(e) => {
-                    ctx.release(unit);
-                    return Err(e);
+            if ctx.vmap.is_some() {
+                match verify_read(ctx, unit, expect, &c.data)? {
+                    Checked::Verified => st.stats.verified += 1,
+                    Checked::Unknown => st.stats.unverified += 1,
                 }
-            };
-            vmap.borrow_mut().written(unit, generation);
-            // Read it back while the block is still ours.
-            let r = submit(q, ctx, Dir::Read, unit, None).await;
+            }
+        }
+        Phase::Write { unit, generation } => {
+            if let Some(vmap) = &ctx.vmap {
+                vmap.borrow_mut().written(unit, generation);
+                // Read it back while the block is still ours.
+                return submit(ctx, st, tag, Phase::ReadBack { unit, generation }, None);
+            }
+        }
+        Phase::ReadBack { unit, generation } => {
             ctx.release(unit);
-            let (rec, back) = r?;
-            let checked = verify_read(ctx, unit, generation, &back)?;
-            Ok(([Some(w), Some(rec)], Some(checked)))
+            match verify_read(ctx, unit, generation, &c.data)? {
+                Checked::Verified => st.stats.verified += 1,
+                Checked::Unknown => st.stats.unverified += 1,
+            }
         }
     }
+    st.free.push(tag);
+    Ok(())
 }

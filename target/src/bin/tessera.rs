@@ -133,6 +133,10 @@ struct BenchArgs {
     /// Pin this process to a CPU.
     #[arg(long)]
     core: Option<usize>,
+    /// Keep polling the sockets this many µs after the last completion before sleeping in
+    /// poll(2) (0: sleep at once; use 0 when the tool and the target share one CPU).
+    #[arg(long, value_name = "US", default_value_t = 100)]
+    poll_us: u64,
     /// Print one JSON record on stdout instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -318,6 +322,7 @@ fn bench_main(a: &BenchArgs) -> Result<(), String> {
             generation: a.generation,
             target_pids: a.target_pid.clone(),
             progress: std::io::stderr().is_terminal(),
+            poll: std::time::Duration::from_micros(a.poll_us),
         };
         // The map is read before the run: the path measured is the one it describes.
         let shape = match &a.manager {

@@ -173,13 +173,19 @@ impl Controller {
     /// Connect I/O queue `qid` with `sqsize` (0's based) on a new TCP connection, to this
     /// controller (its CNTLID), with the I/O options of the controller.
     pub async fn connect_io_queue(&self, qid: u16, sqsize: u16) -> Result<Queue> {
+        Queue::connect_tcp(self.addr, &self.io_queue_options(qid, sqsize)).await
+    }
+
+    /// The options [`Controller::connect_io_queue`] connects I/O queue `qid` with (for a
+    /// queue of another kind, e.g. a [`super::DirectQueue`]).
+    pub fn io_queue_options(&self, qid: u16, sqsize: u16) -> QueueOptions {
         let mut q = QueueOptions::io(&self.subnqn, &self.hostnqn, self.cntlid, qid, sqsize);
         q.transport = self.opts.transport.clone();
         q.hostid = self.hostid;
         q.disable_sq_flow_control = self.opts.disable_sq_flow_control;
         q.incapsule_data_max = self.opts.io_incapsule_data_max;
         q.generation = self.opts.generation;
-        Queue::connect_tcp(self.addr, &q).await
+        q
     }
 
     /// Run an admin command built by the codec; an NVMe error status becomes an error.

@@ -50,6 +50,7 @@
 
 mod conn;
 mod controller;
+mod direct;
 mod discovery;
 mod error;
 mod io;
@@ -65,6 +66,7 @@ use std::time::Duration;
 pub use controller::{
     AsyncEvent, CC_IOCQES, CC_IOSQES, CSTS_POLL_INTERVAL, Controller, SHUTDOWN_TIMEOUT,
 };
+pub use direct::{DirectCompletion, DirectQueue};
 pub use discovery::{
     DISCOVERY_GENCTR_RETRIES, DISCOVERY_RECORDS_MAX, DiscoveryLog, DiscoveryLogEntry, discover,
     parse_discovery_log,
