@@ -8,7 +8,7 @@
 //! than the target serves, like `spdk_nvme_perf`, so it uses this queue instead: the caller
 //! [`DirectQueue::submit`]s commands (encoded into the output batch at once),
 //! [`DirectQueue::flush`]es the batch with one `writev`, and [`DirectQueue::poll`]s for
-//! completions (one non-blocking `recv` of up to [`RECV_CHUNK`] bytes, every complete PDU in it
+//! completions (one non-blocking `recv` of up to [`RECV_BUF`] bytes, every complete PDU in it
 //! decoded and handled). The socket is non-blocking after the connect; the caller decides
 //! whether to spin or to sleep in `poll(2)` on [`DirectQueue::fd`].
 //!
@@ -39,8 +39,15 @@ use super::error::{InitiatorError, Result};
 use super::options::QueueOptions;
 use super::queue::{check_icresp, connect_capsule};
 
-/// Bytes asked for per `recv`: dozens of 4 KiB completions, or two 128 KiB ones.
-pub const RECV_CHUNK: usize = 256 * 1024;
+/// The receive buffer: every `recv` fills what is free of it (hundreds of 4 KiB completions or
+/// a dozen 128 KiB ones per call). PDUs are split out of it without a copy; once the caller
+/// has dropped them, the same allocation is taken back (the partial PDU at its end moves to the
+/// front once per buffer, not once per `recv`), so steady state neither allocates nor faults.
+pub const RECV_BUF: usize = 2 * 1024 * 1024;
+
+/// Free space below which the receive buffer is recycled before the next `recv`: more than a
+/// 128 KiB C2HData, so a whole one always fits.
+pub const RECV_FREE_MIN: usize = 256 * 1024;
 
 /// Data up to this size is copied next to its PDU header instead of getting its own iovec.
 const COPY_DATA_MAX: usize = 512;
@@ -119,7 +126,7 @@ impl DirectQueue {
             stream,
             rx: PduCodec::new(Role::Host, limits),
             tx: PduCodec::new(Role::Host, limits),
-            rbuf: BytesMut::with_capacity(RECV_CHUNK),
+            rbuf: BytesMut::with_capacity(RECV_BUF),
             head: BytesMut::with_capacity(16 * 1024),
             segs: Vec::with_capacity(IOV_MAX),
             pending_out: 0,
@@ -392,8 +399,10 @@ impl DirectQueue {
     /// holds: finished commands are appended to `done`. Returns the bytes received. R2Ts are
     /// answered into the output batch (call [`DirectQueue::flush`]).
     pub fn poll(&mut self, done: &mut Vec<DirectCompletion>) -> Result<usize> {
-        if self.rbuf.capacity() - self.rbuf.len() < RECV_CHUNK / 4 {
-            self.rbuf.reserve(RECV_CHUNK);
+        if self.rbuf.capacity() - self.rbuf.len() < RECV_FREE_MIN {
+            // Ask for no more than the original allocation holds: BytesMut then reclaims it.
+            let want = RECV_BUF.saturating_sub(self.rbuf.len()).max(RECV_FREE_MIN);
+            self.rbuf.reserve(want);
         }
         let n = recv_into(self.stream.as_raw_fd(), &mut self.rbuf)?;
         if n == 0 {
