@@ -181,7 +181,13 @@ fn read(
     pool: Option<&mut BufPool>,
 ) -> Result<Outcome, Status> {
     let (off, len) = ns.byte_range(rw.slba, u64::from(rw.nlb))?;
-    if let Some(r) = ns.volume.read_mapped(off, len) {
+    if let Some(r) = ctrl
+        .registry
+        .transport()
+        .zero_copy_reads
+        .then(|| ns.volume.read_mapped(off, len))
+        .flatten()
+    {
         // Zero-copy: the transport sends the backend's own bytes.
         return Ok(read_done(ctrl, r.map(ReadData::Mapped)).into());
     }

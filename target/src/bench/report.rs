@@ -52,6 +52,37 @@ pub struct IoRecord {
     /// had not written (content unknown, not checked).
     pub verified: Option<u64>,
     pub unverified: Option<u64>,
+    /// One side of an optimisation's before/after pair (`--opt`): kept out of the main table
+    /// and the aims, shown in the optimisations table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt: Option<OptTag>,
+}
+
+/// `--opt NAME=on|off`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptTag {
+    pub name: String,
+    pub on: bool,
+}
+
+impl OptTag {
+    pub fn parse(s: &str) -> Result<OptTag, String> {
+        let (name, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--opt {s:?}: expected NAME=on or NAME=off"))?;
+        let on = match v {
+            "on" => true,
+            "off" => false,
+            _ => return Err(format!("--opt {s:?}: the value is on or off")),
+        };
+        if name.is_empty() {
+            return Err(format!("--opt {s:?}: empty name"));
+        }
+        Ok(OptTag {
+            name: name.to_string(),
+            on,
+        })
+    }
 }
 
 impl IoRecord {
@@ -240,11 +271,79 @@ fn best_pingpong(records: &[Record]) -> Option<&BaselineRecord> {
         })
 }
 
+/// The I/O runs of the main tables and the aims (optimisation pairs aside).
 fn ios(records: &[Record]) -> impl Iterator<Item = &IoRecord> {
     records.iter().filter_map(|r| match r {
-        Record::Io(i) => Some(i),
+        Record::Io(i) if i.opt.is_none() => Some(i),
         _ => None,
     })
+}
+
+/// The optimisation before/after runs (`--opt`).
+fn opt_ios(records: &[Record]) -> impl Iterator<Item = &IoRecord> {
+    records.iter().filter_map(|r| match r {
+        Record::Io(i) if i.opt.is_some() => Some(i),
+        _ => None,
+    })
+}
+
+/// What each optimisation buys: for every `--opt` name and workload, the run without it and
+/// the run with it (medians when repeated), side by side.
+pub fn opt_table(records: &[Record]) -> String {
+    let mut t = String::from(
+        "| optimisation | workload | backend | without: IOPS | MiB/s | p50 µs | target CPU µs/IO          | with: IOPS | MiB/s | p50 µs | target CPU µs/IO | gain: IOPS | p50 |\n\
+         |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    let cpu = |r: &IoRecord| {
+        r.target_cpu_us_per_io
+            .map_or_else(|| "–".to_string(), |v| format!("{v:.2}"))
+    };
+    let mut seen: Vec<(String, String, String)> = Vec::new();
+    for r in opt_ios(records) {
+        let Some(tag) = &r.opt else { continue };
+        let key = (tag.name.clone(), r.workload(), r.label.clone());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let side = |on: bool| {
+            opt_ios(records).find(|o| {
+                o.opt
+                    .as_ref()
+                    .is_some_and(|t| t.name == tag.name && t.on == on)
+                    && o.workload() == r.workload()
+                    && o.label == r.label
+            })
+        };
+        let (Some(off), Some(on)) = (side(false), side(true)) else {
+            continue;
+        };
+        let pct = |a: f64, b: f64| {
+            if a > 0.0 {
+                format!("{:+.0}%", 100.0 * (b / a - 1.0))
+            } else {
+                "–".into()
+            }
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            tag.name,
+            r.workload(),
+            r.label,
+            iops_str(off.iops),
+            f1(off.mib_s),
+            f1(off.latency.p50_us),
+            cpu(off),
+            iops_str(on.iops),
+            f1(on.mib_s),
+            f1(on.latency.p50_us),
+            cpu(on),
+            pct(off.iops, on.iops),
+            pct(off.latency.p50_us, on.latency.p50_us),
+        );
+    }
+    t
 }
 
 fn holds(records: &[Record]) -> impl Iterator<Item = &HoldRecord> {
@@ -722,6 +821,11 @@ pub fn markdown(records: &[Record]) -> String {
         s.push_str(&io_table(records, true));
         s.push('\n');
     }
+    if opt_ios(records).next().is_some() {
+        s.push_str("What each optimisation buys (each pair interleaved, medians of repeats):\n\n");
+        s.push_str(&opt_table(records));
+        s.push('\n');
+    }
     if records.iter().any(|r| matches!(r, Record::Baseline(_))) {
         s.push_str(&baseline_table(records));
         s.push('\n');
@@ -730,7 +834,9 @@ pub fn markdown(records: &[Record]) -> String {
         s.push_str(&memory_table(records));
         s.push('\n');
     }
-    s.push_str(&aims_table(&aims(records)));
+    if ios(records).next().is_some() || records.iter().any(|r| !matches!(r, Record::Io(_))) {
+        s.push_str(&aims_table(&aims(records)));
+    }
     s
 }
 
@@ -742,7 +848,8 @@ pub fn median_of_repeats(records: &[Record]) -> Vec<Record> {
     fn key(r: &Record) -> String {
         match r {
             Record::Io(i) => format!(
-                "io/{}/{}/{}/{}/{}/{}/{}/{}/{}/{:?}",
+                "io/{:?}/{}/{}/{}/{}/{}/{}/{}/{}/{}/{:?}",
+                i.opt,
                 i.label,
                 i.rw.name(),
                 i.read_pct,
@@ -826,6 +933,7 @@ mod tests {
             target_cpu_us_per_io: Some(2.25),
             verified: None,
             unverified: None,
+            opt: None,
         })
     }
 
@@ -1077,5 +1185,91 @@ mod tests {
         assert!(text.contains(r#""kind":"io""#) && text.contains(r#""mode":"pingpong""#));
         assert_eq!(parse_records(&text).expect("parses"), recs);
         assert!(parse_records("{\"kind\":\"nope\"}").is_err());
+    }
+
+    fn tagged(r: Record, name: &str, on: bool) -> Record {
+        match r {
+            Record::Io(mut i) => {
+                i.opt = Some(OptTag {
+                    name: name.into(),
+                    on,
+                });
+                Record::Io(i)
+            }
+            other => other,
+        }
+    }
+
+    #[test]
+    fn optimisation_pairs_get_their_own_table_and_stay_out_of_the_aims() {
+        let mut recs = sample();
+        let main_rows = io_table(&recs, false).lines().count();
+        recs.push(tagged(
+            io("ram", RwMode::Randread, 4096, 32, false, 400_000.0),
+            "zero-copy",
+            false,
+        ));
+        recs.push(tagged(
+            io("ram", RwMode::Randread, 4096, 32, false, 500_000.0),
+            "zero-copy",
+            true,
+        ));
+        // An unpaired run is left out.
+        recs.push(tagged(
+            io("ram", RwMode::Read, 131_072, 8, false, 1.0),
+            "lonely",
+            true,
+        ));
+        assert_eq!(io_table(&recs, false).lines().count(), main_rows);
+        let t = opt_table(&recs);
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert_eq!(rows.len(), 1, "{t}");
+        assert!(
+            rows[0].starts_with("| zero-copy | 4K randread QD32 | ram | 400.0K |"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[0].contains("| 500.0K |"), "{}", rows[0]);
+        assert!(rows[0].contains("| +25% |"), "{}", rows[0]);
+        // The aims ignore the tagged runs (the 128K read aim still uses the untagged one).
+        let md = markdown(&recs);
+        assert!(md.contains("What each optimisation buys"), "{md}");
+        assert!(!md.contains("lonely"), "{md}");
+        assert!(OptTag::parse("x=maybe").is_err());
+        assert!(OptTag::parse("=on").is_err());
+        assert_eq!(
+            OptTag::parse("polling=off"),
+            Ok(OptTag {
+                name: "polling".into(),
+                on: false
+            })
+        );
+    }
+
+    #[test]
+    fn the_limit_is_the_better_of_the_sleeping_and_the_polling_baseline() {
+        let mut recs = sample();
+        let ratio = |recs: &[Record]| {
+            let r = match &recs[2] {
+                Record::Io(i) => i.clone(),
+                _ => unreachable!(),
+            };
+            vs_limit(&r, recs).unwrap()
+        };
+        // 128K read at 1250 MiB/s against the 2500 MiB/s stream.
+        assert_eq!(ratio(&recs), "bw 50% of stream");
+        recs.push(Record::Baseline(BaselineRecord {
+            mode: BaselineMode::StreamSpin,
+            seconds: 5.0,
+            bytes: 0,
+            mib_s: 5000.0,
+            mb_s: 5242.9,
+            gb_s: 5.24,
+            round_trips: 0,
+            rate: 0.0,
+            latency: None,
+            bench_cpu_pct: 100.0,
+        }));
+        assert_eq!(ratio(&recs), "bw 25% of stream");
     }
 }

@@ -56,6 +56,12 @@ pub struct IoOpts {
     pub progress: bool,
     /// Keep polling the sockets this long after the last I/O before sleeping in `poll(2)`.
     pub poll: Duration,
+    /// In-capsule write data limit (None: the initiator's default, 8 KiB).
+    pub incapsule: Option<u32>,
+    /// Leave SQ flow control on (reads then end with a response capsule, no SUCCESS flag).
+    pub sq_flow_control: bool,
+    /// Which optimisation's before/after pair this run belongs to (kept in the record).
+    pub opt: Option<super::report::OptTag>,
 }
 
 /// One planned command.
@@ -124,6 +130,10 @@ pub async fn run(o: &IoOpts) -> Result<IoRecord, String> {
     copts.transport.ddgst = o.ddgst;
     // One watchdog for the whole run instead of a timer per command (see RUN_GRACE).
     copts.transport.command_timeout = None;
+    if let Some(n) = o.incapsule {
+        copts.io_incapsule_data_max = n;
+    }
+    copts.disable_sq_flow_control = !o.sq_flow_control;
     let ctrl = Controller::connect(o.addr, &o.nqn, &o.hostnqn, &copts)
         .await
         .map_err(ctx_err("connecting the admin queue"))?;
@@ -519,6 +529,7 @@ fn drive(mut ctx: Ctx, opts: &[QueueOptions]) -> Result<IoRecord, String> {
         },
         verified: o.verify.then_some(verified),
         unverified: o.verify.then_some(unverified),
+        opt: o.opt.clone(),
     })
 }
 

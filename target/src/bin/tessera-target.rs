@@ -31,6 +31,10 @@ struct Args {
     /// still sleeps.
     #[arg(long, value_name = "US", default_value_t = 100)]
     poll_us: u64,
+    /// Copy read data into a buffer instead of sending RAM and null namespaces' memory as it
+    /// is (for measuring what zero-copy reads buy; slower).
+    #[arg(long, hide = true)]
+    no_zero_copy: bool,
     /// Cluster mode: the management service's control address (e.g. 127.0.0.1:7700). The
     /// server gets its map (portals, volumes, pool size) from there.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["config", "check"], requires = "server_id")]
@@ -117,6 +121,10 @@ fn main() -> ExitCode {
             reactors: args.reactors,
             cpus: args.cpus.clone(),
             poll: std::time::Duration::from_micros(args.poll_us),
+            transport: tessera::transport::TransportConfig {
+                zero_copy_reads: !args.no_zero_copy,
+                ..Default::default()
+            },
             ..TargetOptions::default()
         };
         let target = match Target::start_with(registry, &addrs, opts).await {
@@ -176,6 +184,10 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
             reactors: args.reactors,
             cpus: args.cpus.clone(),
             poll: std::time::Duration::from_micros(args.poll_us),
+            transport: tessera::transport::TransportConfig {
+                zero_copy_reads: !args.no_zero_copy,
+                ..Default::default()
+            },
             ..TargetOptions::default()
         };
         let node = match tessera::cluster::start(manager, id, &args.pool, opts).await {

@@ -137,6 +137,18 @@ struct BenchArgs {
     /// poll(2) (0: sleep at once; use 0 when the tool and the target share one CPU).
     #[arg(long, value_name = "US", default_value_t = 100)]
     poll_us: u64,
+    /// Most write data sent in the command capsule (default: the 8 KiB our target and Linux
+    /// nvmet advertise); larger writes go through R2T. 0: every write waits for an R2T.
+    #[arg(long, value_name = "BYTES", value_parser = bench::parse_size)]
+    incapsule: Option<u64>,
+    /// Keep SQ flow control on (Connect CATTR bit 2 clear, unlike Linux): the target then
+    /// completes every read with a response capsule after its C2HData instead of SUCCESS.
+    #[arg(long)]
+    sq_flow_control: bool,
+    /// Tag the record as one side of an optimisation's before/after pair, e.g.
+    /// `zero-copy=off` (ci/bench sets the matching switches; the report pairs them up).
+    #[arg(long, value_name = "NAME=on|off")]
+    opt: Option<String>,
     /// Print one JSON record on stdout instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -323,6 +335,16 @@ fn bench_main(a: &BenchArgs) -> Result<(), String> {
             target_pids: a.target_pid.clone(),
             progress: std::io::stderr().is_terminal(),
             poll: std::time::Duration::from_micros(a.poll_us),
+            incapsule: a
+                .incapsule
+                .map(|v| u32::try_from(v).map_err(|_| "--incapsule too large".to_string()))
+                .transpose()?,
+            sq_flow_control: a.sq_flow_control,
+            opt: a
+                .opt
+                .as_deref()
+                .map(bench::report::OptTag::parse)
+                .transpose()?,
         };
         // The map is read before the run: the path measured is the one it describes.
         let shape = match &a.manager {

@@ -30,6 +30,9 @@ pub struct TransportConfig {
     pub r2t_len_max: u32,
     /// R2Ts outstanding per command at most (also bounded by the host's MAXR2T + 1).
     pub r2t_outstanding_max: u32,
+    /// Reads of RAM and null namespaces send the backend's memory as it is (no copy into a
+    /// buffer). Off only to measure what that buys (`tessera-target --no-zero-copy`).
+    pub zero_copy_reads: bool,
 }
 
 impl Default for TransportConfig {
@@ -41,6 +44,7 @@ impl Default for TransportConfig {
             mdts_bytes: MDTS_BYTES,
             r2t_len_max: MDTS_BYTES,
             r2t_outstanding_max: 4,
+            zero_copy_reads: true,
         }
     }
 }
