@@ -1254,7 +1254,7 @@ mod tests {
                 Record::Io(i) => i.clone(),
                 _ => unreachable!(),
             };
-            vs_limit(&r, recs).unwrap()
+            vs_limit(&r, recs).expect("a ratio")
         };
         // 128K read at 1250 MiB/s against the 2500 MiB/s stream.
         assert_eq!(ratio(&recs), "bw 50% of stream");
