@@ -291,7 +291,7 @@ fn opt_ios(records: &[Record]) -> impl Iterator<Item = &IoRecord> {
 /// the run with it (medians when repeated), side by side.
 pub fn opt_table(records: &[Record]) -> String {
     let mut t = String::from(
-        "| optimisation | workload | backend | without: IOPS | MiB/s | p50 µs | target CPU µs/IO          | with: IOPS | MiB/s | p50 µs | target CPU µs/IO | gain: IOPS | p50 |\n\
+        "| optimisation | workload | backend | without: IOPS | MiB/s | p50 µs | target CPU µs/IO | with: IOPS | MiB/s | p50 µs | target CPU µs/IO | gain: IOPS | p50 |\n\
          |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     let cpu = |r: &IoRecord| {
