@@ -188,6 +188,17 @@ impl TestTarget {
 // Controllers and queues
 // -------------------------------------------------------------------------------------------
 
+/// Small transport limits: 8 KiB per R2T, 4 KiB per H2CData PDU, 4 KiB in-capsule, so that a
+/// 128 KiB write takes many R2Ts and H2CData PDUs.
+pub fn small_limits() -> TransportConfig {
+    TransportConfig {
+        r2t_len_max: 8192,
+        max_h2c_data: 4096,
+        io_incapsule: 4096,
+        ..TransportConfig::default()
+    }
+}
+
 /// Controller options for tests: Linux's defaults, with a command timeout of [`STEP`].
 pub fn ctrl_opts() -> ControllerOptions {
     let mut o = ControllerOptions::default();

@@ -11,18 +11,7 @@ use codec::nvme::cmd::{IoCommand, Rw};
 use codec::nvme::fabrics::CNTLID_DYNAMIC;
 use codec::pdu::{Fes, H2CData, IcReq, Pdu};
 use tessera::initiator::{Controller, RawConn, RawEvent};
-use tessera::transport::TransportConfig;
 use tessera_tests::*;
-
-/// Small limits so that digests cover multi-R2T and multi-PDU transfers too.
-fn small_limits() -> TransportConfig {
-    TransportConfig {
-        r2t_len_max: 8192,
-        max_h2c_data: 4096,
-        io_incapsule: 4096,
-        ..TransportConfig::default()
-    }
-}
 
 /// Reads, writes (in-capsule and R2T), compare, write zeroes, flush, and admin commands, all
 /// verified, over queues with the given digests.

@@ -17,7 +17,6 @@ use codec::nvme::cmd::{IoCommand, Rw};
 use codec::nvme::sgl::SglDescriptor;
 use tessera::initiator::{DirectCompletion, DirectQueue};
 use tessera::server::{Target, TargetOptions};
-use tessera::transport::TransportConfig;
 use tessera_tests::*;
 
 /// One command for [`run_batch`]: write `data` or read `nlb` blocks, at `slba` of `nsid`.
@@ -138,16 +137,6 @@ async fn write_read_matrix(t: &TestTarget, hdgst: bool, ddgst: bool, incapsule: 
             bs,
             &format!("read {} (hdgst {hdgst}, ddgst {ddgst})", c.tag),
         );
-    }
-}
-
-/// Small transport limits: a 128 KiB write takes many R2Ts of 8 KiB and H2CData PDUs of 4 KiB.
-fn small_limits() -> TransportConfig {
-    TransportConfig {
-        r2t_len_max: 8192,
-        max_h2c_data: 4096,
-        io_incapsule: 4096,
-        ..TransportConfig::default()
     }
 }
 

@@ -12,7 +12,6 @@ use codec::nvme::Status;
 use codec::nvme::cmd::{IoCommand, Rw};
 use codec::pdu::{IcReq, Pdu};
 use tessera::initiator::{InitiatorError, Queue, RawEvent};
-use tessera::transport::TransportConfig;
 use tessera_tests::*;
 
 /// (NSID, block size) of the namespaces that keep data, with file backends.
@@ -483,16 +482,6 @@ async fn in_capsule_and_r2t_paths_with_default_limits() {
     assert_blocks(&got, &d, 100, 512, "read back through the raw queue");
     c.disconnect().await.unwrap();
     t.stop().await;
-}
-
-/// Small transport limits: 8 KiB per R2T, 4 KiB per H2CData PDU, 4 KiB in-capsule.
-fn small_limits() -> TransportConfig {
-    TransportConfig {
-        r2t_len_max: 8192,
-        max_h2c_data: 4096,
-        io_incapsule: 4096,
-        ..TransportConfig::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

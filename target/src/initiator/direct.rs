@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use codec::nvme::fabrics::ConnectReject;
-use codec::nvme::sgl::SglDescriptor;
 use codec::nvme::sqe::PSDT_SGL;
 use codec::nvme::{Cqe, Sqe, Status};
 use codec::pdu::params::{ADMIN_INCAPSULE_DATA, MAX_PDU_LEN_CAP};
@@ -37,7 +36,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::QUEUE_DEPTH_MAX;
 use super::error::{InitiatorError, Result};
 use super::options::QueueOptions;
-use super::queue::{check_icresp, connect_capsule};
+use super::queue::{check_icresp, connect_capsule, place_data};
 
 /// The receive buffer: every `recv` fills what is free of it (hundreds of 4 KiB completions or
 /// a dozen 128 KiB ones per call). PDUs are split out of it without a copy; once the caller
@@ -268,39 +267,13 @@ impl DirectQueue {
         data_in_len: u32,
         tag: u64,
     ) -> Result<()> {
-        let data_out = data_out.filter(|d| !d.is_empty());
         let Some(&cid) = self.free.last() else {
             return Err(InitiatorError::InvalidArgument {
                 what: "queue full: depth commands already in flight",
             });
         };
-        let (sgl, incapsule, r2t) = match data_out {
-            Some(_) if data_in_len > 0 => {
-                return Err(InitiatorError::InvalidArgument {
-                    what: "NVMe/TCP commands move data in one direction only",
-                });
-            }
-            Some(d) => {
-                let len = u32::try_from(d.len()).map_err(|_| InitiatorError::InvalidArgument {
-                    what: "data above 4 GiB",
-                })?;
-                let max = if sqe.opcode() == codec::nvme::opcode::AdminOpcode::FABRICS.0 {
-                    self.incapsule_data_max.max(ADMIN_INCAPSULE_DATA)
-                } else {
-                    self.incapsule_data_max
-                };
-                if len <= max {
-                    (SglDescriptor::in_capsule(len), d, Bytes::new())
-                } else {
-                    (SglDescriptor::transport(len), Bytes::new(), d)
-                }
-            }
-            None => (
-                SglDescriptor::transport(data_in_len),
-                Bytes::new(),
-                Bytes::new(),
-            ),
-        };
+        let (sgl, incapsule, r2t) =
+            place_data(&sqe, data_out, data_in_len, self.incapsule_data_max)?;
         sqe.set_cid(cid);
         sqe.set_dptr(sgl.to_bytes());
         sqe.set_flags((sqe.flags() & 0x3f) | PSDT_SGL);

@@ -288,36 +288,8 @@ impl Queue {
         timeout: Option<Duration>,
     ) -> Result<PendingCompletion> {
         let inner = &*self.inner;
-        let data_out = data_out.filter(|d| !d.is_empty());
-        let (sgl, incapsule, r2t_data) = match data_out {
-            Some(_) if data_in_len > 0 => {
-                return Err(InitiatorError::InvalidArgument {
-                    what: "NVMe/TCP commands move data in one direction only",
-                });
-            }
-            Some(d) => {
-                let len = u32::try_from(d.len()).map_err(|_| InitiatorError::InvalidArgument {
-                    what: "data above 4 GiB",
-                })?;
-                // The admin queue and Fabrics commands may carry 8 KiB whatever IOCCSZ says.
-                let max = if sqe.opcode() == AdminOpcode::FABRICS.0 {
-                    inner.incapsule_data_max.max(ADMIN_INCAPSULE_DATA)
-                } else {
-                    inner.incapsule_data_max
-                };
-                if len <= max {
-                    (SglDescriptor::in_capsule(len), d, Bytes::new())
-                } else {
-                    (SglDescriptor::transport(len), Bytes::new(), d)
-                }
-            }
-            // No data: a null Transport SGL Data Block, as Linux sends.
-            None => (
-                SglDescriptor::transport(data_in_len),
-                Bytes::new(),
-                Bytes::new(),
-            ),
-        };
+        let (sgl, incapsule, r2t_data) =
+            place_data(&sqe, data_out, data_in_len, inner.incapsule_data_max)?;
         sqe.set_dptr(sgl.to_bytes());
         sqe.set_flags((sqe.flags() & 0x3f) | PSDT_SGL);
         let cancel = inner.shared.cancel.clone();
@@ -417,6 +389,43 @@ impl Queue {
         for t in tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// Where a command's data goes: SGL1 for it, the in-capsule data, and the data to send
+/// through R2T/H2CData. Writes up to `incapsule_max` (8 KiB on the admin queue and for Fabrics
+/// commands, whatever the I/O limit) go in the capsule; no data at all is a null Transport SGL
+/// Data Block, as Linux sends.
+pub(crate) fn place_data(
+    sqe: &Sqe,
+    data_out: Option<Bytes>,
+    data_in_len: u32,
+    incapsule_max: u32,
+) -> Result<(SglDescriptor, Bytes, Bytes)> {
+    match data_out.filter(|d| !d.is_empty()) {
+        Some(_) if data_in_len > 0 => Err(InitiatorError::InvalidArgument {
+            what: "NVMe/TCP commands move data in one direction only",
+        }),
+        Some(d) => {
+            let len = u32::try_from(d.len()).map_err(|_| InitiatorError::InvalidArgument {
+                what: "data above 4 GiB",
+            })?;
+            let max = if sqe.opcode() == AdminOpcode::FABRICS.0 {
+                incapsule_max.max(ADMIN_INCAPSULE_DATA)
+            } else {
+                incapsule_max
+            };
+            Ok(if len <= max {
+                (SglDescriptor::in_capsule(len), d, Bytes::new())
+            } else {
+                (SglDescriptor::transport(len), Bytes::new(), d)
+            })
+        }
+        None => Ok((
+            SglDescriptor::transport(data_in_len),
+            Bytes::new(),
+            Bytes::new(),
+        )),
     }
 }
 
