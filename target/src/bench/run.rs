@@ -64,19 +64,6 @@ pub struct IoOpts {
     pub opt: Option<super::report::OptTag>,
 }
 
-/// One planned command.
-enum Planned {
-    Read {
-        unit: u64,
-        expect: u32,
-    },
-    Write {
-        unit: u64,
-        generation: u32,
-        data: Bytes,
-    },
-}
-
 /// Checks a read against the version map: how it went.
 enum Checked {
     Verified,
@@ -249,18 +236,21 @@ impl Ctx {
         }
     }
 
-    fn plan(&self) -> Result<Planned, String> {
+    /// The next I/O: what it waits for, and the data of a write.
+    fn plan(&self) -> Result<(Phase, Option<Bytes>), String> {
         let mut wl = self.wl.borrow_mut();
         let dir = wl.next_dir();
         let Some(vmap) = &self.vmap else {
             let unit = wl.next_unit();
             return Ok(match dir {
-                Dir::Read => Planned::Read { unit, expect: 0 },
-                Dir::Write => Planned::Write {
-                    unit,
-                    generation: 0,
-                    data: self.write_buf.clone(),
-                },
+                Dir::Read => (Phase::Read { unit, expect: 0 }, None),
+                Dir::Write => (
+                    Phase::Write {
+                        unit,
+                        generation: 0,
+                    },
+                    Some(self.write_buf.clone()),
+                ),
             });
         };
         let mut vmap = vmap.borrow_mut();
@@ -270,19 +260,18 @@ impl Ctx {
                 continue;
             }
             return Ok(match dir {
-                Dir::Read => Planned::Read {
-                    unit,
-                    expect: vmap.expected(unit),
-                },
+                Dir::Read => (
+                    Phase::Read {
+                        unit,
+                        expect: vmap.expected(unit),
+                    },
+                    None,
+                ),
                 Dir::Write => {
                     let generation = vmap.new_generation();
                     let mut b = vec![0u8; self.bs];
                     pattern::fill(&mut b, unit, generation);
-                    Planned::Write {
-                        unit,
-                        generation,
-                        data: Bytes::from(b),
-                    }
+                    (Phase::Write { unit, generation }, Some(Bytes::from(b)))
                 }
             });
         }
@@ -378,15 +367,7 @@ fn drive(mut ctx: Ctx, opts: &[QueueOptions]) -> Result<IoRecord, String> {
                 && ctx.take()
             {
                 st.free.pop();
-                let p = ctx.plan()?;
-                let (phase, data) = match p {
-                    Planned::Read { unit, expect } => (Phase::Read { unit, expect }, None),
-                    Planned::Write {
-                        unit,
-                        generation,
-                        data,
-                    } => (Phase::Write { unit, generation }, Some(data)),
-                };
+                let (phase, data) = ctx.plan()?;
                 submit(&ctx, st, tag, phase, data)?;
                 busy = true;
             }

@@ -29,14 +29,14 @@ use codec::nvme::sqe::PSDT_SGL;
 use codec::nvme::{Cqe, Sqe, Status};
 use codec::pdu::params::{ADMIN_INCAPSULE_DATA, MAX_PDU_LEN_CAP};
 use codec::pdu::{
-    C2HData, CapsuleCmd, ConnParams, H2CData, IcReq, Pdu, PduCodec, PduError, PduType, R2T, Role,
+    C2HData, CapsuleCmd, ConnParams, H2CData, Pdu, PduCodec, PduError, PduType, R2T, Role,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::QUEUE_DEPTH_MAX;
 use super::error::{InitiatorError, Result};
 use super::options::QueueOptions;
-use super::queue::{check_icresp, connect_capsule, place_data};
+use super::queue::{check_icresp, connect_capsule, icreq, place_data};
 
 /// The receive buffer: every `recv` fills what is free of it (hundreds of 4 KiB completions or
 /// a dozen 128 KiB ones per call). PDUs are split out of it without a copy; once the caller
@@ -143,13 +143,7 @@ impl DirectQueue {
             qid: opts.qid,
         };
         // IC exchange.
-        let icreq = IcReq {
-            pfv: 0,
-            hpda: 0,
-            hdgst: t.hdgst,
-            ddgst: t.ddgst,
-            maxr2t: t.maxr2t,
-        };
+        let icreq = icreq(t);
         let mut out = BytesMut::new();
         q.tx.encode(Pdu::IcReq(icreq), &mut out)?;
         q.stream.write_all(&out)?;

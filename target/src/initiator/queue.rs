@@ -454,19 +454,24 @@ pub(crate) fn connect_capsule(opts: &QueueOptions) -> (Sqe, Bytes) {
     (sqe, Bytes::copy_from_slice(&data.to_bytes()))
 }
 
+/// The ICReq for `t`: PFV 0, no host PDU alignment, the digests and MAXR2T asked for.
+pub(crate) fn icreq(t: &TransportOptions) -> IcReq {
+    IcReq {
+        pfv: 0,
+        hpda: 0,
+        hdgst: t.hdgst,
+        ddgst: t.ddgst,
+        maxr2t: t.maxr2t,
+    }
+}
+
 /// Send the ICReq, read the ICResp and check it as Linux does (`nvme_tcp_init_connection`).
 async fn ic_exchange(
     mut stream: TcpStream,
     t: &TransportOptions,
 ) -> Result<(TcpStream, IcResp, BytesMut)> {
     let mut codec = PduCodec::new(Role::Host, ConnParams::default());
-    let icreq = IcReq {
-        pfv: 0,
-        hpda: 0,
-        hdgst: t.hdgst,
-        ddgst: t.ddgst,
-        maxr2t: t.maxr2t,
-    };
+    let icreq = icreq(t);
     let mut out = BytesMut::new();
     codec.encode(Pdu::IcReq(icreq), &mut out)?;
     stream.write_all(&out).await?;

@@ -673,29 +673,24 @@ impl Conn {
     /// no response capsule follows), and/or a response capsule.
     fn respond(&mut self, cid: u16, done: Completion) -> Result<(), End> {
         let ok = done.status.is_success();
+        // SUCCESS in the C2HData replaces the response capsule (NVMe/TCP 1.0, 3.6.2.9) when SQ
+        // flow control is off and the completion carries nothing else.
+        let success = self.queue.sq_flow_disabled && done.dw0 == 0 && done.dw1 == 0;
+        let head = C2HData {
+            cccid: cid,
+            datao: 0,
+            last: true,
+            success,
+            data: Bytes::new(),
+        };
         let mut resp_needed = true;
         if let Some(data) = done.mapped.filter(|d| ok && !d.is_empty()) {
-            let success = self.queue.sq_flow_disabled && done.dw0 == 0 && done.dw1 == 0;
-            let head = C2HData {
-                cccid: cid,
-                datao: 0,
-                last: true,
-                success,
-                data: Bytes::new(),
-            };
             self.out
                 .push_mapped(&mut self.codec, head, data, &mut self.queue.pool)
                 .map_err(|e| End::Fatal(e.to_string()))?;
             resp_needed = !success;
         } else if let Some(data) = done.data.filter(|d| ok && !d.is_empty()) {
-            let success = self.queue.sq_flow_disabled && done.dw0 == 0 && done.dw1 == 0;
-            let pdu = Pdu::C2HData(C2HData {
-                cccid: cid,
-                datao: 0,
-                last: true,
-                success,
-                data,
-            });
+            let pdu = Pdu::C2HData(C2HData { data, ..head });
             self.out
                 .push(&mut self.codec, pdu, &mut self.queue.pool)
                 .map_err(|e| End::Fatal(e.to_string()))?;
