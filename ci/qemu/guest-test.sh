@@ -8,6 +8,19 @@
 # (default): "both" runs the whole sequence twice, plainly and then with header and data digests
 # (-g -G) and a smaller data set. Then a connect as BAD_HOSTNQN must fail.
 #
+# Optional parts, from the environment (set by /init from tessera.* kernel arguments):
+#   GUEST_DISCARD=1     (default) blkdiscard of a range and of the whole device, fstrim on ext4;
+#                       discarded blocks must read back as the namespace's DLFEAT promises
+#   GUEST_MDTS=N        id-ctrl must report MDTS N (0: unlimited) and max_hw_sectors_kb must
+#                       match; nvme write/read passthrough of 512 KiB and 1 MiB (default: skipped)
+#   GUEST_ANY_NQN=NQN   a subsystem allowing any host: connect with a host NQN that is not
+#                       NQN-formed, write and read back 64 KiB, disconnect (default: skipped)
+#   GUEST_ASSUME_ZEROES=1  expect discarded blocks to read as zeroes even when DLFEAT does not
+#                       promise it (reference mode: nvmet's null_blk does)
+#   GUEST_IDENTIFY=1    (default) print Identify Controller (I/O and discovery controller) and
+#                       Identify Namespace 1 as nvme-cli JSON, each line prefixed
+#                       "IDJSON <io_ctrl|namespace|discovery_ctrl>: " (first pass only)
+#
 # Every step runs under its own timeout (busybox timeout: 143 on expiry, not 124). On the first
 # failure: print why and the kernel log tail, disconnect best-effort, write the step's name to
 # /tmp/tessera-failed-step and exit 1. Exit 0 when everything passed. /init prints the verdict.
@@ -36,11 +49,11 @@ hostid_of() {
   esac
 }
 
-# Controllers (nvmeN) of subsystem $NQN over TCP, one per line.
+# Controllers (nvmeN) of subsystem $1 (default $NQN) over TCP, one per line.
 ctrls_of_nqn() {
   for c in /sys/class/nvme/nvme*; do
     [ -e "$c/subsysnqn" ] || continue
-    [ "$(cat "$c/subsysnqn")" = "$NQN" ] || continue
+    [ "$(cat "$c/subsysnqn")" = "${1:-$NQN}" ] || continue
     [ "$(cat "$c/transport" 2>/dev/null)" = tcp ] || continue
     basename "$c"
   done
@@ -49,6 +62,40 @@ all_ctrls() {
   n=0
   for c in /sys/class/nvme/nvme*; do [ -e "$c" ] && n=$((n + 1)); done
   echo "$n"
+}
+
+# What DLFEAT bits 2:0 promise deallocated blocks read as.
+dealloc_reads() {
+  case $(( $1 & 7 )) in
+    1) echo zeroes ;;
+    2) echo "all ones (0xff)" ;;
+    *) echo "nothing promised" ;;
+  esac
+}
+# Drop the host's caches of the block device so that reads go to the target.
+nocache() { blockdev --flushbufs "$1"; echo 3 > /proc/sys/vm/drop_caches; }
+# sha256 of COUNT blocks of BS bytes at block SKIP of DEV.
+dev_sum() { dd if="$1" bs="$2" skip="$3" count="$4" 2>/dev/null | sha256sum | cut -d' ' -f1; }
+zero_sum() { dd if=/dev/zero bs="$1" count="$2" 2>/dev/null | sha256sum | cut -d' ' -f1; }
+# check_deallocated DEV BS SKIP COUNT WHAT: the blocks read as DLFEAT promises (zeroes); when
+# DLFEAT promises nothing, say so (the discard's success was all there was to check).
+# GUEST_ASSUME_ZEROES=1 (reference mode): expect zeroes although DLFEAT does not promise them
+# (nvmet reports DLFEAT 0, but its memory-backed null_blk frees discarded sectors, which then
+# read as zeroes): this exercises the zero checks against the reference too.
+check_deallocated() {
+  dlfeat="$(get dlfeat)"
+  why="DLFEAT $dlfeat (bits 2:0 = 001b) promises zeroes"
+  [ $(( dlfeat & 7 )) -ne 1 ] && [ "${GUEST_ASSUME_ZEROES:-0}" = 1 ] &&
+    why="DLFEAT $dlfeat promises nothing, but the reference's null_blk reads discarded sectors as zeroes"
+  if [ $(( dlfeat & 7 )) -eq 1 ] || [ "${GUEST_ASSUME_ZEROES:-0}" = 1 ]; then
+    [ "$(dev_sum "$1" "$2" "$3" "$4")" = "$(zero_sum "$2" "$4")" ] || {
+      dd if="$1" bs="$2" skip="$3" count="$4" 2>/dev/null | hexdump -C | head -n 12
+      die "$5: not zeroes after the discard, although $why"
+    }
+    echo "$5: reads as zeroes ($why)"
+  else
+    echo "$5: DLFEAT $dlfeat promises nothing for deallocated blocks: only the discard's success is checked"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +149,7 @@ step_wait_ns() {
         [ -b "/dev/$name" ] || continue
         put ctrl "$ctrl"
         put ns "$name"
+        put lbs "$(cat "$b/queue/logical_block_size")"
         log "controller $ctrl ($(cat "/sys/class/nvme/$ctrl/address")), namespace /dev/$name," \
           "$(cat "$b/size") sectors, logical block $(cat "$b/queue/logical_block_size")"
         addr="$(cat "/sys/class/nvme/$ctrl/address")"
@@ -144,6 +192,12 @@ step_id_ns() {
   echo "$out" | grep -E '^(nsze|ncap|nuse|nsfeat|nlbaf|flbas|nmic|nguid|eui64|lbaf .*in use)'
   [ $rc -eq 0 ] || { echo "$out"; die "nvme id-ns exited $rc"; }
   nsze="$(echo "$out" | awk '$1 == "nsze" { print $3 }')"
+  # DLFEAT (NVM Command Set spec, Identify Namespace byte 33): bits 2:0 = 001b: deallocated logical
+  # blocks read as zeroes; 000b: not reported; 010b: as all ones. The discard steps check it.
+  dlfeat="$(echo "$out" | awk '$1 == "dlfeat" { print $3 }')"
+  [ -n "$dlfeat" ] || die "no dlfeat in id-ns"
+  put dlfeat "$dlfeat"
+  echo "dlfeat $dlfeat: deallocated blocks read as $(dealloc_reads "$dlfeat")"
   lbads="$(echo "$out" | sed -n 's/.*lbads:\([0-9]*\).*(in use).*/\1/p' | head -n1)"
   [ -n "$nsze" ] && [ -n "$lbads" ] || die "no nsze or in-use LBA format in id-ns"
   bytes=$(( nsze << lbads ))
@@ -271,6 +325,204 @@ step_write_zeroes() {
     die "block $((slba + nlb)) after the range changed"
 }
 
+# blkdiscard (BLKDISCARD: Dataset Management, Deallocate) of a range that is 4 KiB-aligned but
+# neither a power of two nor 128 KiB-aligned, with a random 4 KiB guard on either side that
+# must survive; the range must read back as DLFEAT promises.
+step_discard_range() {
+  ns="$(get ns)" dev="/dev/$(get ns)"
+  off=$(( 24 * 1024 * 1024 + 12 * 1024 ))     # bytes
+  len=$(( 780 * 1024 ))
+  g=4096
+  dd if=/dev/urandom of="$dev" bs=$g seek=$(( (off - g) / g )) count=$(( (len + 2 * g) / g )) \
+    conv=fsync 2>/dev/null || die "dd of random data failed"
+  nocache "$dev"
+  lo="$(dev_sum "$dev" $g $(( (off - g) / g )) 1)" hi="$(dev_sum "$dev" $g $(( (off + len) / g )) 1)"
+  [ "$(dev_sum "$dev" $g $(( off / g )) $(( len / g )))" != "$(zero_sum $g $(( len / g )))" ] ||
+    die "range is zero before the discard (the random write did not land)"
+  echo "blkdiscard -o $off -l $len $dev"
+  out="$(blkdiscard -o "$off" -l "$len" "$dev" 2>&1)"
+  rc=$?
+  [ $rc -eq 0 ] || die "blkdiscard -o $off -l $len exited $rc: $out (the kernel log below has the NVMe status)"
+  nocache "$dev"
+  check_deallocated "$dev" $g $(( off / g )) $(( len / g )) "discarded range [$off, +$len)"
+  [ "$(dev_sum "$dev" $g $(( (off - g) / g )) 1)" = "$lo" ] || die "the 4 KiB before the discarded range changed"
+  [ "$(dev_sum "$dev" $g $(( (off + len) / g )) 1)" = "$hi" ] || die "the 4 KiB after the discarded range changed"
+}
+
+# blkdiscard of the whole namespace: 1 MiB of random data at its start, middle and end must
+# then read back as DLFEAT promises.
+step_discard_all() {
+  ns="$(get ns)" dev="/dev/$(get ns)"
+  mib=$(( $(cat "/sys/block/$ns/size") / 2048 ))
+  for at in 0 $(( mib / 2 )) $(( mib - 1 )); do
+    dd if=/dev/urandom of="$dev" bs=1M seek="$at" count=1 conv=fsync 2>/dev/null ||
+      die "dd of random data at MiB $at failed"
+  done
+  nocache "$dev"
+  z="$(zero_sum 1048576 1)"
+  for at in 0 $(( mib / 2 )) $(( mib - 1 )); do
+    [ "$(dev_sum "$dev" 1M "$at" 1)" != "$z" ] || die "MiB $at is zero before the discard"
+  done
+  echo "blkdiscard $dev ($mib MiB)"
+  out="$(blkdiscard "$dev" 2>&1)"
+  rc=$?
+  [ $rc -eq 0 ] || die "blkdiscard of the whole device exited $rc: $out (the kernel log below has the NVMe status)"
+  nocache "$dev"
+  for at in 0 $(( mib / 2 )) $(( mib - 1 )); do
+    check_deallocated "$dev" 1M "$at" 1 "MiB $at of $mib after the whole-device discard"
+  done
+}
+
+# fstrim (FITRIM) on a mounted ext4: a file of 2 MiB of random data is written and its blocks located
+# with debugfs (they must hold the file's bytes: the check of the mapping itself); the file is
+# deleted, fstrim -v must succeed and report trimmed bytes > 0, and the file's former blocks
+# must then read back as DLFEAT promises. mkfs ran with -E nodiscard and the mount does not
+# use -o discard, so only fstrim can have deallocated them.
+step_fstrim() {
+  ns="$(get ns)" dev="/dev/$(get ns)"
+  dd if=/dev/urandom of="$STATE/trim.pat" bs=1M count=2 2>/dev/null || die "dd"
+  mount -t ext4 "$dev" "$MNT" || die "mount failed"
+  cp "$STATE/trim.pat" "$MNT/trim-me" || die "cp failed"
+  sync
+  umount "$MNT" || die "umount failed"
+  bs="$(debugfs -R stats "$dev" 2>/dev/null | awk '$1 == "Block" && $2 == "size:" { print $3 }')"
+  [ -n "$bs" ] || die "debugfs stats: no block size"
+  # Physical block numbers, compressed to "START COUNT" runs.
+  debugfs -R "blocks /trim-me" "$dev" 2>/dev/null | awk '{ for (i = 1; i <= NF; i++) {
+      b = $i; if (n && b == s + n) n++; else { if (n) print s, n; s = b; n = 1 } } }
+      END { if (n) print s, n }' > "$STATE/trim.runs"
+  [ -s "$STATE/trim.runs" ] || die "debugfs found no blocks of /trim-me"
+  echo "trim-me: $(wc -l < "$STATE/trim.runs") extent(s) of $bs-byte blocks: $(tr '\n' ' ' < "$STATE/trim.runs")"
+  nocache "$dev"
+  while read -r start n; do dd if="$dev" bs="$bs" skip="$start" count="$n" 2>/dev/null; done \
+    < "$STATE/trim.runs" | cmp -s - "$STATE/trim.pat" ||
+    die "the blocks debugfs lists for /trim-me do not hold its data"
+  mount -t ext4 "$dev" "$MNT" || die "remount failed"
+  rm "$MNT/trim-me" && sync || die "rm failed"
+  out="$(fstrim -v "$MNT" 2>&1)"
+  rc=$?
+  echo "fstrim -v $MNT: $out"
+  umount "$MNT" || die "umount failed"
+  [ $rc -eq 0 ] || die "fstrim exited $rc: $out (the kernel log below has the NVMe status)"
+  # util-linux: "MNT: 200 MiB (209715200 bytes) trimmed"; busybox: "MNT: 209715200 bytes trimmed"
+  bytes="$(echo "$out" | sed -n 's/.*[ (]\([0-9][0-9]*\) bytes.*/\1/p' | head -n1)"
+  [ -n "$bytes" ] || die "fstrim -v printed no trimmed byte count"
+  [ "$bytes" -gt 0 ] || die "fstrim trimmed 0 bytes"
+  nocache "$dev"
+  while read -r start n; do
+    check_deallocated "$dev" "$bs" "$start" "$n" "deleted file's blocks $start..$(( start + n - 1 )) after fstrim"
+  done < "$STATE/trim.runs"
+}
+
+# MDTS (Identify Controller byte 77: a power of two in units of the minimum memory page size,
+# 4 KiB here; 0 = no limit) as GUEST_MDTS expects, and the host's request size limit from it.
+step_mdts() {
+  ctrl="$(get ctrl)" ns="$(get ns)"
+  out="$(nvme id-ctrl "/dev/$ctrl" 2>&1)" || { echo "$out"; die "nvme id-ctrl exited $?"; }
+  mdts="$(echo "$out" | awk '$1 == "mdts" { print $3 }')"
+  kb="$(cat "/sys/block/$ns/queue/max_hw_sectors_kb")"
+  echo "mdts $mdts, /sys/block/$ns/queue/max_hw_sectors_kb $kb"
+  [ "$mdts" = "$GUEST_MDTS" ] || die "id-ctrl mdts is $mdts, want $GUEST_MDTS"
+  if [ "$mdts" -gt 0 ]; then
+    [ "$kb" -eq $(( 4 << mdts )) ] || die "max_hw_sectors_kb $kb does not reflect mdts $mdts ($(( 4 << mdts )) KiB)"
+  else
+    [ "$kb" -ge 1024 ] || die "max_hw_sectors_kb $kb < 1024 with no MDTS limit"
+  fi
+}
+
+# nvme write / nvme read passthrough (one command each, no splitting by the block layer) of
+# 512 KiB and 1 MiB of random data, compared.
+step_passthru_big() {
+  ns="$(get ns)" lbs="$(get lbs)"
+  slba=$(( 40 * 1024 * 1024 / lbs ))
+  for size in 524288 1048576; do
+    nlb=$(( size / lbs ))
+    dd if=/dev/urandom of="$STATE/big.out" bs="$size" count=1 2>/dev/null || die "dd"
+    echo "nvme write/read: slba $slba, $nlb blocks ($size bytes)"
+    out="$(nvme write "/dev/$ns" --start-block="$slba" --block-count=$((nlb - 1)) \
+      --data-size="$size" --data="$STATE/big.out" 2>&1)"
+    rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || die "nvme write of $size bytes exited $rc: $out" \
+      "(max_hw_sectors_kb $(cat "/sys/block/$ns/queue/max_hw_sectors_kb"): the kernel refuses a larger passthrough with EINVAL)"
+    rm -f "$STATE/big.in"
+    out="$(nvme read "/dev/$ns" --start-block="$slba" --block-count=$((nlb - 1)) \
+      --data-size="$size" --data="$STATE/big.in" 2>&1)"
+    rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || die "nvme read of $size bytes exited $rc: $out"
+    cmp "$STATE/big.out" "$STATE/big.in" || die "nvme read of $size bytes returned other data than nvme write wrote"
+    slba=$(( slba + nlb ))
+  done
+}
+
+# Identify Controller of the I/O and of the discovery controller and Identify Namespace 1 as
+# nvme-cli JSON on the console, every line prefixed "IDJSON <name>: " (the harness collects and
+# compares them). The discovery controller is a persistent one (nvme discover -p), removed again.
+step_identify() {
+  ctrl="$(get ctrl)" ns="$(get ns)"
+  dnqn=nqn.2014-08.org.nvmexpress.discovery
+  nvme id-ctrl "/dev/$ctrl" -o json > "$STATE/id-io_ctrl.json" || die "nvme id-ctrl -o json exited $?"
+  nvme id-ns "/dev/$ns" -o json > "$STATE/id-namespace.json" || die "nvme id-ns -o json exited $?"
+  before="$(ctrls_of_nqn "$dnqn")"
+  nvme discover --transport=tcp --traddr="$ADDR" --trsvcid="$PORT" --hostnqn="$HOSTNQN" \
+    --hostid="$HOSTID" --persistent > /dev/null || die "nvme discover --persistent exited $?"
+  dctrl=""
+  for c in $(ctrls_of_nqn "$dnqn"); do
+    case " $before " in *" $c "*) continue ;; esac
+    a="$(cat "/sys/class/nvme/$c/address")"
+    case ",$a," in *",traddr=$ADDR,"*) ;; *) continue ;; esac
+    case ",$a," in *",trsvcid=$PORT,"*) dctrl="$c" ;; esac
+  done
+  [ -n "$dctrl" ] || die "no persistent discovery controller appeared after nvme discover --persistent"
+  nvme id-ctrl "/dev/$dctrl" -o json > "$STATE/id-discovery_ctrl.json"
+  rc=$?
+  nvme disconnect --device="$dctrl" || echo "WARNING: nvme disconnect -d $dctrl exited $?"
+  [ $rc -eq 0 ] || die "nvme id-ctrl -o json of the discovery controller $dctrl exited $rc"
+  for n in io_ctrl namespace discovery_ctrl; do
+    echo "IDJSON-BEGIN $n"
+    sed "s/^/IDJSON $n: /" "$STATE/id-$n.json"
+    echo "IDJSON-END $n"
+  done
+}
+
+# Connect to GUEST_ANY_NQN (a subsystem allowing any host) with a host NQN that is not
+# NQN-formed (NVMe Base 2.0 4.5: "nqn." ...): it must be accepted; then 64 KiB written and read
+# back through the block device, and a disconnect.
+step_any_host() {
+  name=tessera-guest-plain-name
+  out="$(nvme connect --transport=tcp --traddr="$ADDR" --trsvcid="$PORT" --nqn="$GUEST_ANY_NQN" \
+    --hostnqn="$name" --hostid=5e55e4a0-0000-4000-8000-000000000003 2>&1)"
+  rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || die "nvme connect to $GUEST_ANY_NQN (allows any host) as host NQN '$name' exited $rc: $out"
+  dev=""
+  i=0
+  while [ -z "$dev" ] && [ $i -lt 300 ]; do
+    for b in /sys/block/nvme*n*; do
+      [ -e "$b" ] || continue
+      case "$(basename "$b")" in nvme*c*n*) continue ;; esac
+      [ "$(cat "$b/device/subsysnqn" 2>/dev/null)" = "$GUEST_ANY_NQN" ] || continue
+      [ -b "/dev/$(basename "$b")" ] && dev="/dev/$(basename "$b")"
+    done
+    [ -n "$dev" ] || sleep 0.1
+    i=$((i + 1))
+  done
+  [ -n "$dev" ] || die "connected to $GUEST_ANY_NQN, but no namespace appeared"
+  hn="$(cat "/sys/class/nvme/$(ctrls_of_nqn "$GUEST_ANY_NQN" | head -n1)/hostnqn" 2>/dev/null)"
+  [ "$hn" = "$name" ] || die "the controller's hostnqn is '$hn', not '$name'"
+  dd if=/dev/urandom of="$STATE/any.out" bs=65536 count=1 2>/dev/null
+  dd if="$STATE/any.out" of="$dev" bs=65536 seek=3 conv=fsync 2>/dev/null || die "write to $dev failed"
+  nocache "$dev"
+  dd if="$dev" bs=65536 skip=3 count=1 2>/dev/null | cmp -s - "$STATE/any.out" ||
+    die "64 KiB read back from $dev differ from what was written"
+  echo "$dev: 64 KiB written and read back as host '$name'"
+  out="$(nvme disconnect --nqn="$GUEST_ANY_NQN" 2>&1)" || die "nvme disconnect --nqn=$GUEST_ANY_NQN exited $?: $out"
+  i=0
+  while [ -n "$(ctrls_of_nqn "$GUEST_ANY_NQN")" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  [ -z "$(ctrls_of_nqn "$GUEST_ANY_NQN")" ] || die "controller(s) of $GUEST_ANY_NQN still present"
+}
+
 step_disconnect() {
   out="$(nvme disconnect --nqn="$NQN" 2>&1)"
   rc=$?
@@ -320,6 +572,8 @@ cleanup() {
   cd /
   umount "$MNT" 2>/dev/null
   [ -n "$(ctrls_of_nqn)" ] && timeout -k 5 20 nvme disconnect --nqn="$NQN"
+  [ -n "${GUEST_ANY_NQN:-}" ] && [ -n "$(ctrls_of_nqn "$GUEST_ANY_NQN")" ] &&
+    timeout -k 5 20 nvme disconnect --nqn="$GUEST_ANY_NQN"
 }
 run() { # run STEP TIMEOUT_SECONDS
   label="$1"; [ -n "$PASS" ] && label="$PASS/$1"
@@ -355,17 +609,27 @@ pass() { # pass NAME DIGEST_FLAGS FIO_SIZE FILES_MB
   run id-ctrl 30
   run id-ns 30
   run smart-log 30
+  [ "$PASS" = "$FIRST_PASS" ] && [ "${GUEST_IDENTIFY:-1}" = 1 ] && run identify 60
+  [ -n "${GUEST_MDTS:-}" ] && run mdts 30
   run fio 180
+  if [ "${GUEST_DISCARD:-1}" = 1 ]; then
+    run discard-range 60
+    run discard-all 60
+  fi
   run mkfs 120
   run fs-write 120
   run fs-verify 120
   run fsck 120
+  [ "${GUEST_DISCARD:-1}" = 1 ] && run fstrim 90
   run flush 30
   run write-zeroes 60
+  [ -n "${GUEST_MDTS:-}" ] && run passthru-big 90
   run disconnect 60
 }
 
 # GUEST_FIO_SIZE (tessera.fiosize=): the fio data size of every pass instead of 32m / 16m.
+FIRST_PASS=plain
+[ "$DIGESTS" = on ] && FIRST_PASS=digest
 case "$DIGESTS" in
   off) pass plain "" "${GUEST_FIO_SIZE:-32m}" 4 ;;
   on) pass digest "--hdr-digest --data-digest" "${GUEST_FIO_SIZE:-16m}" 2 ;;
@@ -374,6 +638,7 @@ case "$DIGESTS" in
   *) echo "bad DIGESTS '$DIGESTS'"; exit 2 ;;
 esac
 PASS=""
+[ -n "${GUEST_ANY_NQN:-}" ] && run any-host 60
 run bad-host 60
 echo "=== all guest steps passed in $(( $(date +%s) - T0 )) s"
 exit 0
