@@ -937,7 +937,7 @@ async fn resize_reaches_hosts_as_a_namespace_change_and_a_new_server_gets_new_ex
             "1",
         ])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&c.dir.join("s4.log")).unwrap())
+        .stderr(log_file(&c.dir, "s4"))
         .spawn()
         .unwrap();
     c.servers
@@ -1145,7 +1145,7 @@ async fn a_file_pool_server_restarts_from_its_persisted_map_and_keeps_its_data()
         assert!(Instant::now() < deadline, "move did not finish");
         tokio::time::sleep(POLL).await;
     };
-    let state = &c.dir.join("s1.pool.tessera-map.json");
+    let state = c.dir.join("s1.pool.tessera-map.json");
     let persisted: ClusterMap = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(
         persisted.generation, g,
