@@ -65,9 +65,47 @@ pub fn poller_sleeping() -> bool {
     STATE.with(|s| s.waker.borrow().is_some())
 }
 
+/// The poller's "keep polling?" decision, apart from any clock so that tests can drive it with
+/// made-up instants: polling goes on while activity was reported within the last `window`.
+#[derive(Debug, Clone, Copy)]
+struct PollWindow {
+    window: Duration,
+    /// The activity count last seen, and when it was first seen.
+    seen: u64,
+    last: Instant,
+}
+
+impl PollWindow {
+    /// A window opened at `now` by activity count `activity`.
+    fn open(window: Duration, activity: u64, now: Instant) -> Self {
+        Self {
+            window,
+            seen: activity,
+            last: now,
+        }
+    }
+
+    /// One polling turn saw activity count `activity` at `now`: whether to poll again. New
+    /// activity restarts the window; without any, polling stops once `window` has passed
+    /// since the last activity seen.
+    fn keep_polling(&mut self, activity: u64, now: Instant) -> bool {
+        if activity != self.seen {
+            self.seen = activity;
+            self.last = now;
+            return true;
+        }
+        now.saturating_duration_since(self.last) < self.window
+    }
+}
+
 /// The poller of one reactor; spawn it on the reactor's runtime. Never returns (it ends with
 /// the runtime). A zero `window` returns at once: no polling.
 pub async fn poller(window: Duration) {
+    poller_with_clock(window, Instant::now).await;
+}
+
+/// [`poller`] reading time from `now` (the tests' clock is a counter they advance).
+async fn poller_with_clock(window: Duration, now: impl Fn() -> Instant) {
     if window.is_zero() {
         return;
     }
@@ -85,19 +123,15 @@ pub async fn poller(window: Duration) {
         })
         .await;
         // Poll until nothing happened for `window`.
-        let mut seen = activity();
-        let mut last = Instant::now();
+        let mut w = PollWindow::open(window, activity(), now());
         loop {
             tokio::task::yield_now().await;
             // Give the CPU to whoever else is runnable on it (another server or a peer process
             // sharing the core) before polling again: costs a syscall per turn when alone.
             std::thread::yield_now();
-            let a = activity();
-            let now = Instant::now();
-            if a != seen {
-                seen = a;
-                last = now;
-            } else if now.duration_since(last) >= window {
+            #[cfg(test)]
+            tests::TURNS.with(|t| t.set(t.get() + 1));
+            if !w.keep_polling(activity(), now()) {
                 break;
             }
         }
@@ -108,7 +142,60 @@ pub async fn poller(window: Duration) {
 mod tests {
     use super::*;
 
-    /// The poller spins after activity and sleeps once nothing happened for its window.
+    thread_local! {
+        /// Polling turns taken by the poller on this thread.
+        pub(super) static TURNS: Cell<u64> = const { Cell::new(0) };
+        /// The test clock: an offset from a fixed origin, advanced by hand.
+        static CLOCK: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    }
+
+    fn origin() -> Instant {
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now)
+    }
+
+    fn test_now() -> Instant {
+        origin() + CLOCK.with(Cell::get)
+    }
+
+    fn advance(d: Duration) {
+        CLOCK.with(|c| c.set(c.get() + d));
+    }
+
+    fn turns() -> u64 {
+        TURNS.with(Cell::get)
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// The decision alone, on made-up instants: activity restarts the window, and quiet for the
+    /// whole window (not less) stops polling.
+    #[test]
+    fn keeps_polling_exactly_while_activity_is_recent() {
+        let t0 = origin();
+        let mut w = PollWindow::open(2 * MS, 7, t0);
+        assert!(w.keep_polling(7, t0), "no time passed: keep polling");
+        assert!(w.keep_polling(7, t0 + MS), "half the window: keep polling");
+        assert!(
+            w.keep_polling(8, t0 + 3 * MS),
+            "new activity after the window still counts: keep polling"
+        );
+        assert!(
+            w.keep_polling(8, t0 + 4 * MS),
+            "the window restarted at the new activity"
+        );
+        assert!(
+            !w.keep_polling(8, t0 + 5 * MS),
+            "quiet for the whole window: stop"
+        );
+        // A clock that went backwards (it does not, but) is no reason to stop.
+        let mut w = PollWindow::open(2 * MS, 0, t0 + 10 * MS);
+        assert!(w.keep_polling(0, t0));
+    }
+
+    /// The poller spins after activity (many turns, while the test clock stands still) and
+    /// sleeps once nothing happened for its window on that clock. No wall-clock timing: the
+    /// current-thread runtime runs the poller exactly when the test yields.
     #[test]
     fn polls_after_activity_then_sleeps() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -116,26 +203,67 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            tokio::spawn(poller(Duration::from_millis(2)));
+            tokio::spawn(poller_with_clock(2 * MS, test_now));
             tokio::task::yield_now().await;
             assert!(poller_sleeping(), "no activity yet: the poller sleeps");
+            let before = turns();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(turns(), before, "a sleeping poller takes no turns");
+
             note_activity();
-            tokio::task::yield_now().await;
+            // Within the window (the clock does not move) it polls on every chance it gets.
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
             assert!(!poller_sleeping(), "activity wakes the poller");
-            // Keep it busy past several windows.
-            for _ in 0..5 {
+            assert!(
+                turns() >= before + 10,
+                "the poller took {} turns in 50 yields",
+                turns() - before
+            );
+            // Activity every half window keeps it polling for many windows.
+            for _ in 0..10 {
+                advance(MS);
                 note_activity();
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
                 assert!(
                     !poller_sleeping(),
                     "activity within the window keeps it polling"
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Quiet for less than the window: still polling; for the window: asleep within a
+            // turn or two.
+            advance(MS);
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert!(
+                !poller_sleeping(),
+                "quiet for half the window: still polling"
+            );
+            advance(MS);
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
             assert!(
                 poller_sleeping(),
-                "quiet for longer than the window: asleep again"
+                "quiet for the whole window: asleep again"
             );
+            let asleep = turns();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(turns(), asleep, "asleep: no more turns");
+            // And it wakes again on the next activity.
+            note_activity();
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!poller_sleeping() && turns() > asleep, "woken again");
         });
     }
 

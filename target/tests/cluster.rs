@@ -9,9 +9,12 @@
     clippy::cast_possible_truncation
 )]
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,8 +31,30 @@ const EXTENT: u64 = 1 << 20;
 const VOL: u64 = 16 << 20;
 const LBA: u32 = 512;
 
+// Deadlines. They only bound waiting, so that a hang fails the test instead of hanging the
+// suite; none asserts speed. They are generous because the suite runs on 2 shared cores next to
+// other builds and tests (`stress-ng --cpu 2` included): five processes start, fsync and talk
+// over loopback, and each may get a fraction of a core.
+
+/// The cluster is up: the manager answers and every server acknowledged generation 1.
+const START_DEADLINE: Duration = Duration::from_secs(90);
+/// Every server acknowledged a new generation (publication, install, ack: each a round trip).
+const ACK_DEADLINE: Duration = Duration::from_secs(60);
+/// An extent move finished (copy of 1 MiB, final copy, switch: several generations).
+const MOVE_DEADLINE: Duration = Duration::from_secs(120);
+/// A restarted process (the manager, a server) answers again.
+const RESTART_DEADLINE: Duration = Duration::from_secs(60);
+/// The manager heard the servers' mismatch reports (rate-limited, sent in the background).
+const REPORT_DEADLINE: Duration = Duration::from_secs(30);
+/// A host's parked Asynchronous Event Request completes after a namespace change.
+const AEN_DEADLINE: Duration = Duration::from_secs(30);
+/// How often a wait loop looks again.
+const POLL: Duration = Duration::from_millis(50);
+/// Starts of the whole cluster, each on fresh ports, when a process finds a port taken.
+const START_ATTEMPTS: usize = 4;
+
 /// A child process killed when the test ends (by PID, never by name).
-struct Proc(Child, #[allow(dead_code)] &'static str);
+struct Proc(Child, &'static str);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -38,9 +63,114 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// The test's directory (configuration, data, every process's log). Deleted when the test
+/// passes; kept when it fails (a panic is unwinding), with its path and the tail of every log
+/// printed, so that a failure leaves its cause behind.
+struct KeptDir(Option<tempfile::TempDir>);
+
+impl KeptDir {
+    fn new() -> Self {
+        Self(Some(
+            tempfile::Builder::new()
+                .prefix("tessera-cluster-test-")
+                .tempdir()
+                .unwrap(),
+        ))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_ref().map(tempfile::TempDir::path).unwrap()
+    }
+}
+
+/// The last `n` lines of every `*.log` under `dir` (one level of subdirectories).
+fn log_tails(dir: &Path, n: usize) -> String {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            dirs.push(e.path());
+        }
+    }
+    for d in dirs {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort();
+    let mut out = String::new();
+    for f in files {
+        let mut text = String::new();
+        let _ = std::fs::File::open(&f).and_then(|mut h| h.read_to_string(&mut text));
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(n)..];
+        out.push_str(&format!(
+            "----- {} (last {} of {} lines)\n{}\n",
+            f.display(),
+            tail.len(),
+            lines.len(),
+            tail.join("\n")
+        ));
+    }
+    out
+}
+
+impl Drop for KeptDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(d) = self.0.take()
+        {
+            let path = d.keep();
+            eprintln!(
+                "test failed: its directory and logs are kept in {}\n{}",
+                path.display(),
+                log_tails(&path, 40)
+            );
+        }
+    }
+}
+
+/// Loopback ports for the daemons, which must be told their ports before they start (a server's
+/// portals come from the cluster map; the manager must keep its port across a restart).
+///
+/// Not "bind port 0, read the number, drop the socket, reuse the number": that number comes
+/// from the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), which every outgoing
+/// connection on the machine draws its local port from too (this test's HTTP and NVMe clients,
+/// the servers' connections to the manager and to each other), so one can take it between the
+/// drop and the daemon's bind; and a client retrying a connect to a dead port of that range can
+/// even connect to itself (TCP simultaneous open) and hold the port a restarting daemon needs.
+/// Ports below the ephemeral range are only ever taken by an explicit bind. So: a per-process
+/// slice of that range (by PID), each port checked free by a bind; and a start that still finds
+/// a port taken (another process with an overlapping slice) is retried on fresh ports.
+fn daemon_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const SLICE: u64 = 128;
+    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // The larger free stretch: below the ephemeral range (from 10000, above the well-known and
+    // most registered ports) or above it.
+    let (lo, hi) = if eph_lo.saturating_sub(10_000) >= 65_535u64.saturating_sub(eph_hi) {
+        (10_000, eph_lo)
+    } else {
+        (eph_hi + 1, 65_536)
+    };
+    let slices = ((hi - lo) / SLICE).max(1);
+    let base = lo + (u64::from(std::process::id()) % slices) * SLICE;
+    for _ in 0..SLICE {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(base + n % SLICE).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {base}..{}", base + SLICE);
 }
 
 /// The manager binary sits next to ours in the same target directory (`cargo test
@@ -67,11 +197,14 @@ fn manager_bin() -> PathBuf {
 }
 
 struct Cluster {
-    dir: tempfile::TempDir,
+    /// This start's directory (inside `_logs`).
+    dir: PathBuf,
     manager: Proc,
     maddr: String,
     servers: Vec<(String, SocketAddr, SocketAddr, Proc)>,
     client: Client,
+    /// Last: dropped after the processes are killed, so that kept logs are complete.
+    _logs: KeptDir,
 }
 
 fn cluster_yaml(ports: &[(u16, u16)]) -> String {
@@ -88,12 +221,16 @@ fn cluster_yaml(ports: &[(u16, u16)]) -> String {
     y
 }
 
-fn spawn_manager(dir: &Path, maddr: &str) -> Proc {
-    let log = std::fs::OpenOptions::new()
+/// A log file of `dir`, appended to (a restarted process continues its predecessor's log).
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("manager.log"))
-        .unwrap();
+        .open(dir.join(format!("{name}.log")))
+        .unwrap()
+}
+
+fn spawn_manager(dir: &Path, maddr: &str) -> Proc {
     Proc(
         Command::new(manager_bin())
             .args([
@@ -105,7 +242,7 @@ fn spawn_manager(dir: &Path, maddr: &str) -> Proc {
             .args(["--listen", maddr])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log_file(dir, "manager"))
             .spawn()
             .unwrap(),
         "manager",
@@ -118,11 +255,6 @@ async fn start_cluster() -> Cluster {
 
 /// A storage server process; with `file_pool`, its pool is a file in the test directory.
 fn spawn_server(dir: &Path, maddr: &str, id: &str, file_pool: bool) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{id}.log")))
-        .unwrap();
     let mut c = Command::new(env!("CARGO_BIN_EXE_tessera-target"));
     c.args(["--manager", maddr, "--server-id", id, "--reactors", "1"]);
     if file_pool {
@@ -132,25 +264,80 @@ fn spawn_server(dir: &Path, maddr: &str, id: &str, file_pool: bool) -> Proc {
     Proc(
         c.env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log_file(dir, id))
             .spawn()
             .unwrap(),
         "server",
     )
 }
 
+/// Why a process of a starting cluster exited.
+enum Exited {
+    /// One of its ports was taken (by another process): start again on other ports.
+    PortTaken(String),
+    /// Anything else: a failure.
+    Failed(String),
+}
+
+/// Whether `p` exited; why, from its log.
+fn exited(p: &mut Proc, log: &Path) -> Option<Exited> {
+    let st = p.0.try_wait().unwrap()?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let what = format!(
+        "{} exited with {st}; its log ends:\n{}",
+        p.1,
+        tail(&text, 20)
+    );
+    Some(if text.contains("in use") {
+        Exited::PortTaken(what)
+    } else {
+        Exited::Failed(what)
+    })
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 async fn start_cluster_with(file_pools: bool) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let yaml = dir.path().join("cluster.yaml");
-    std::fs::write(&yaml, cluster_yaml(&ports)).unwrap();
-    let mport = free_port();
-    let maddr = format!("127.0.0.1:{mport}");
-    let manager = spawn_manager(dir.path(), &maddr);
+    let logs = KeptDir::new();
+    for attempt in 1..=START_ATTEMPTS {
+        let dir = logs.path().join(format!("start{attempt}"));
+        std::fs::create_dir(&dir).unwrap();
+        match try_start(&dir, file_pools).await {
+            Ok((manager, maddr, servers)) => {
+                let client = Client::new(&maddr);
+                return Cluster {
+                    dir,
+                    manager,
+                    maddr,
+                    servers,
+                    client,
+                    _logs: logs,
+                };
+            }
+            // The processes of this attempt are gone (dropped); its logs stay in `dir`.
+            Err(why) => eprintln!("cluster start {attempt}: {why}; starting again"),
+        }
+    }
+    panic!("the cluster did not start in {START_ATTEMPTS} attempts (ports taken every time)");
+}
+
+type Servers = Vec<(String, SocketAddr, SocketAddr, Proc)>;
+
+/// One start: the manager and three servers on fresh ports, until every server acknowledged
+/// generation 1. `Err` if a process found its port taken (the caller starts again); panics on
+/// any other failure.
+async fn try_start(dir: &Path, file_pools: bool) -> Result<(Proc, String, Servers), String> {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (daemon_port(), daemon_port())).collect();
+    std::fs::write(dir.join("cluster.yaml"), cluster_yaml(&ports)).unwrap();
+    let maddr = format!("127.0.0.1:{}", daemon_port());
+    let mut manager = spawn_manager(dir, &maddr);
     let mut servers = Vec::new();
     for (i, (p, q)) in ports.iter().enumerate() {
         let id = format!("s{}", i + 1);
-        let child = spawn_server(dir.path(), &maddr, &id, file_pools);
+        let child = spawn_server(dir, &maddr, &id, file_pools);
         servers.push((
             id,
             SocketAddr::from(([127, 0, 0, 1], *p)),
@@ -159,34 +346,48 @@ async fn start_cluster_with(file_pools: bool) -> Cluster {
         ));
     }
     let client = Client::new(&maddr);
-    let c = Cluster {
-        dir,
-        manager,
-        maddr,
-        servers,
-        client,
-    };
-    c.wait_acked(1).await;
-    c
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        // A process that exited will never ack.
+        let mut gone = exited(&mut manager, &dir.join("manager.log"));
+        for s in &mut servers {
+            gone = gone.or_else(|| exited(&mut s.3, &dir.join(format!("{}.log", s.0))));
+        }
+        match gone {
+            Some(Exited::PortTaken(why)) => return Err(why),
+            Some(Exited::Failed(why)) => panic!("cluster start: {why}"),
+            None => {}
+        }
+        if all_acked(&client, 1, servers.len()).await {
+            return Ok((manager, maddr, servers));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "servers did not reach generation 1 within {START_DEADLINE:?}; manager status: {:?}",
+            client.status().await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether the manager committed generation `g` and all `n` servers acknowledged it (or later).
+async fn all_acked(client: &Client, g: u64, n: usize) -> bool {
+    matches!(client.status().await, Ok(s) if s.committed >= g
+        && s.servers.len() == n
+        && s.servers.iter().all(|x| x.acked >= g))
 }
 
 impl Cluster {
     /// Waits until every server acknowledged generation `g` or later.
     async fn wait_acked(&self, g: u64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(s) = self.client.status().await
-                && s.committed >= g
-                && s.servers.iter().all(|x| x.acked >= g)
-                && s.servers.len() == self.servers.len()
-            {
-                return;
-            }
+        let deadline = Instant::now() + ACK_DEADLINE;
+        while !all_acked(&self.client, g, self.servers.len()).await {
             assert!(
                 Instant::now() < deadline,
-                "servers did not reach generation {g}"
+                "servers did not reach generation {g} within {ACK_DEADLINE:?}; manager status: {:?}",
+                self.client.status().await
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -368,8 +569,11 @@ async fn stale_and_unstamped_internal_commands_are_refused_and_reported() {
         matches!(e, InitiatorError::Generation { status, .. } if status.same_code(Status::SERVER_BEHIND)),
         "{e:?}"
     );
+    // A lower bound only, which load cannot break: the server holds the command for
+    // BEHIND_WAIT (2 s) of its own monotonic clock before it answers, and this clock started
+    // before the command was sent. (Half of it, in case BEHIND_WAIT is tuned down.)
     assert!(
-        t.elapsed() >= Duration::from_secs(1),
+        t.elapsed() >= tessera::io::BEHIND_WAIT / 2,
         "server behind answered without waiting"
     );
     // The current generation runs.
@@ -378,14 +582,14 @@ async fn stale_and_unstamped_internal_commands_are_refused_and_reported() {
         .await
         .unwrap();
     // The manager heard about all three kinds.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + REPORT_DEADLINE;
     loop {
         let r = c.client.status().await.unwrap().reports;
         if r.stale >= 1 && r.behind >= 1 && r.unstamped >= 1 {
             break;
         }
         assert!(Instant::now() < deadline, "reports not received: {r:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
     // The new volume is a namespace on every server (NSID 2), of the declared size.
     for i in 0..3 {
@@ -427,7 +631,7 @@ async fn extents_move_back_and_forth_under_a_verified_write_load() {
         let to = servers.iter().find(|s| **s != owner).copied().unwrap();
         let before = map.generation;
         c.client.move_extent("vol1", ext, to).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + MOVE_DEADLINE;
         loop {
             for _ in 0..32 {
                 let b = (next() % blocks as u64) as usize;
@@ -493,7 +697,7 @@ async fn a_client_with_the_old_map_cannot_write_to_the_old_owner_after_the_switc
         .clone();
     c.client.move_extent("vol1", 0, &to).await.unwrap();
     // Wait for the switch.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + MOVE_DEADLINE;
     let after = loop {
         let m = c.map().await;
         let e = &m.volume("vol1").unwrap().extents[0];
@@ -502,7 +706,7 @@ async fn a_client_with_the_old_map_cannot_write_to_the_old_owner_after_the_switc
             break m;
         }
         assert!(Instant::now() < deadline, "switch did not happen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     };
     // A client still on the map before the switch keeps writing to the old owner: every write
     // is refused as stale, with the old owner's (new) generation.
@@ -594,13 +798,21 @@ async fn the_cluster_keeps_serving_when_the_manager_is_killed_and_it_comes_back_
     assert_eq!(c.client.create_volume(&req).await.unwrap().generation, 2);
     c.wait_acked(2).await;
     let (_h, host) = c.host_queue(2).await;
-    // Load running while the manager dies (SIGKILL) and is down.
+    // Load running while the manager dies (SIGKILL) and is down: verified writes and reads,
+    // until OPS_WITHOUT_MANAGER of them were done after the manager was dead (counted, not
+    // timed: the point is that they are served at all, however slowly a loaded machine runs).
+    const OPS_BEFORE_KILL: u64 = 20;
+    const OPS_WITHOUT_MANAGER: u64 = 50;
+    let killed = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
     let load = {
         let host = host.clone();
+        let (killed, done) = (Arc::clone(&killed), Arc::clone(&done));
         tokio::spawn(async move {
             let mut ops = 0u64;
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(3) {
+            let mut after_kill = 0u64;
+            while after_kill < OPS_WITHOUT_MANAGER {
+                let dead = killed.load(Ordering::Acquire);
                 let lba = (ops * 8 * 17) % (VOL / 512 - 8);
                 host.write(1, lba, LBA, block(lba, ops as u32), false)
                     .await
@@ -610,27 +822,44 @@ async fn the_cluster_keeps_serving_when_the_manager_is_killed_and_it_comes_back_
                     block(lba, ops as u32)
                 );
                 ops += 1;
+                done.store(ops, Ordering::Release);
+                if dead {
+                    after_kill += 1;
+                }
             }
             ops
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + ACK_DEADLINE;
+    while done.load(Ordering::Acquire) < OPS_BEFORE_KILL {
+        assert!(
+            Instant::now() < deadline && !load.is_finished(),
+            "the load did not get going"
+        );
+        tokio::time::sleep(POLL).await;
+    }
     let _ = c.manager.0.kill(); // SIGKILL
     let _ = c.manager.0.wait();
-    let ops = load.await.unwrap();
-    assert!(
-        ops > 50,
-        "the cluster stopped serving without its manager ({ops} ops)"
-    );
+    killed.store(true, Ordering::Release);
+    let ops = tokio::time::timeout(ACK_DEADLINE, load)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the cluster stopped serving without its manager ({} ops in all)",
+                done.load(Ordering::Acquire)
+            )
+        })
+        .unwrap();
+    assert!(ops >= OPS_BEFORE_KILL + OPS_WITHOUT_MANAGER);
     // Back with the same data directory: same generation, and it pushes on.
-    c.manager = spawn_manager(c.dir.path(), &c.maddr);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    c.manager = spawn_manager(&c.dir, &c.maddr);
+    let deadline = Instant::now() + RESTART_DEADLINE;
     let status = loop {
         if let Ok(s) = c.client.status().await {
             break s;
         }
         assert!(Instant::now() < deadline, "manager did not come back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     };
     assert_eq!(status.generation, 2, "the manager lost its generation");
     let req3 = manager::api::CreateVolumeRequest {
@@ -665,7 +894,7 @@ async fn resize_reaches_hosts_as_a_namespace_change_and_a_new_server_gets_new_ex
     let m = c.client.resize_volume("vol1", 2 * VOL).await.unwrap();
     assert_eq!(m.generation, 2);
     c.wait_acked(2).await;
-    let ev = tokio::time::timeout(Duration::from_secs(5), aer)
+    let ev = tokio::time::timeout(AEN_DEADLINE, aer)
         .await
         .expect("no AEN after resize")
         .unwrap();
@@ -689,7 +918,7 @@ async fn resize_reaches_hosts_as_a_namespace_change_and_a_new_server_gets_new_ex
     assert_eq!(q.read(1, 0, 8, LBA).await.unwrap(), block(0, 1));
 
     // A fourth server joins; a new volume's extents are spread over it too.
-    let (p, i) = (free_port(), free_port());
+    let (p, i) = (daemon_port(), daemon_port());
     let add = manager::api::AddServerRequest {
         id: "s4".into(),
         portal: SocketAddr::from(([127, 0, 0, 1], p)),
@@ -708,7 +937,7 @@ async fn resize_reaches_hosts_as_a_namespace_change_and_a_new_server_gets_new_ex
             "1",
         ])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(c.dir.path().join("s4.log")).unwrap())
+        .stderr(log_file(&c.dir, "s4"))
         .spawn()
         .unwrap();
     c.servers
@@ -829,7 +1058,7 @@ async fn the_tessera_cli_changes_the_cluster_and_refuses_bad_changes_whole() {
         ok && out.contains("moving vol2 extent 0"),
         "move: {out} {err}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + MOVE_DEADLINE;
     loop {
         let m = c.map().await;
         let e = &m.volume("vol2").unwrap().extents[0];
@@ -837,7 +1066,7 @@ async fn the_tessera_cli_changes_the_cluster_and_refuses_bad_changes_whole() {
             break;
         }
         assert!(Instant::now() < deadline, "the move did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -850,18 +1079,24 @@ async fn a_client_ahead_of_a_server_is_served_once_the_server_catches_up() {
         .await
         .unwrap();
     // Stamped with generation 2 while every server is still at 1: the server waits for its map.
+    // Whether it waited is told by order, not by time: `changing` is set before generation 2
+    // is asked for, so a command served at generation 1 completes while it is still unset.
+    let changing = Arc::new(AtomicBool::new(false));
     let ahead = {
         let qi = qi.clone();
+        let changing = Arc::clone(&changing);
         tokio::spawn(async move {
-            let t = Instant::now();
             let r = qi
                 .with_generation(2)
                 .read(INTERNAL_NSID, 0, 8, INTERNAL_BLOCK)
                 .await;
-            (r, t.elapsed())
+            (r, changing.load(Ordering::Acquire))
         })
     };
+    // Time for the command to reach the server (if it has not, it is sent later and the test
+    // proves less, but does not fail), well inside the server's BEHIND_WAIT (2 s).
     tokio::time::sleep(Duration::from_millis(200)).await;
+    changing.store(true, Ordering::Release);
     let req = manager::api::CreateVolumeRequest {
         name: "vol2".into(),
         size: 4 << 20,
@@ -873,15 +1108,15 @@ async fn a_client_ahead_of_a_server_is_served_once_the_server_catches_up() {
         hosts: None,
     };
     assert_eq!(c.client.create_volume(&req).await.unwrap().generation, 2);
-    let (r, waited) = ahead.await.unwrap();
+    let (r, after_change) = ahead.await.unwrap();
     assert_eq!(
         r.unwrap(),
         block(0, 7),
         "the command ahead was not served after the catch-up"
     );
     assert!(
-        waited >= Duration::from_millis(150),
-        "served before the server had generation 2"
+        after_change,
+        "served before generation 2 was even asked for"
     );
 }
 
@@ -899,7 +1134,7 @@ async fn a_file_pool_server_restarts_from_its_persisted_map_and_keeps_its_data()
         .clone();
     let to = if owner == "s1" { "s2" } else { "s1" };
     c.client.move_extent("vol1", 0, to).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + MOVE_DEADLINE;
     let g = loop {
         let m = c.map().await;
         let e = &m.volume("vol1").unwrap().extents[0];
@@ -908,9 +1143,9 @@ async fn a_file_pool_server_restarts_from_its_persisted_map_and_keeps_its_data()
             break m.generation;
         }
         assert!(Instant::now() < deadline, "move did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     };
-    let state = c.dir.path().join("s1.pool.tessera-map.json");
+    let state = c.dir.join("s1.pool.tessera-map.json");
     let persisted: ClusterMap = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(
         persisted.generation, g,
@@ -919,8 +1154,8 @@ async fn a_file_pool_server_restarts_from_its_persisted_map_and_keeps_its_data()
     // SIGKILL s1 and start it again: it resumes from its map and serves the same data.
     let _ = c.servers[0].3.0.kill();
     let _ = c.servers[0].3.0.wait();
-    c.servers[0].3 = spawn_server(c.dir.path(), &c.maddr, "s1", true);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    c.servers[0].3 = spawn_server(&c.dir, &c.maddr, "s1", true);
+    let deadline = Instant::now() + RESTART_DEADLINE;
     let q = loop {
         if let Ok(ctrl) =
             Controller::connect(c.servers[0].1, NQN, HOST, &ControllerOptions::default()).await
@@ -930,7 +1165,7 @@ async fn a_file_pool_server_restarts_from_its_persisted_map_and_keeps_its_data()
             break (ctrl.connect_io_queue(1, 63).await.unwrap(), ctrl);
         }
         assert!(Instant::now() < deadline, "s1 did not come back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     };
     for e in 0..(VOL / EXTENT) {
         let lba = e * EXTENT / 512;

@@ -11,8 +11,15 @@ use std::time::{Duration, Instant};
 use tessera::initiator::{ControllerOptions, discover};
 use tessera_tests::*;
 
-/// How long the daemon may take to listen, or to exit after a signal.
-const DAEMON_STEP: Duration = Duration::from_secs(15);
+/// Bounds the wait for the daemon to listen, or to exit after a signal: a hang fails the test
+/// rather than hanging the suite. Not a speed requirement (both take milliseconds when the
+/// machine is idle); generous because the suite runs on 2 shared cores next to builds and
+/// other tests, and a file backend's flush on exit waits for the disk.
+const DAEMON_STEP: Duration = Duration::from_secs(60);
+/// How often a wait loop looks again.
+const POLL: Duration = Duration::from_millis(20);
+/// Starts of a daemon, each on a fresh port, when its port was taken by another process.
+const START_ATTEMPTS: usize = 5;
 
 /// A `tessera-target` process; killed (by its PID) if a test fails while it runs.
 struct Daemon {
@@ -55,7 +62,7 @@ impl Daemon {
                 "daemon not listening on {addr} after {DAEMON_STEP:?}:\n{}",
                 self.log()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -79,7 +86,7 @@ impl Daemon {
                 "daemon did not exit within {DAEMON_STEP:?}:\n{}",
                 self.log()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 }
@@ -93,14 +100,8 @@ impl Drop for Daemon {
     }
 }
 
-/// A loopback port that was free a moment ago (the kernel's ephemeral allocator picked it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// How long the default-layout test waits for 127.0.0.1:4420 to be free.
+const PORT_4420_WAIT: Duration = Duration::from_secs(120);
 
 /// Runs the binary to completion (bounded) and returns (exit code, stdout, stderr).
 fn run(args: &[&Path]) -> (Option<i32>, String, String) {
@@ -156,7 +157,7 @@ fn check_fails_when_a_backend_cannot_be_opened() {
     // `tessera-target --help`: "--check: Validate this YAML layout (and that its backends open)
     // without serving it". A file backend with create: true in a directory that does not exist
     // passes the YAML checks but cannot be opened.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let layout = dir.path().join("layout.yaml");
     std::fs::write(
         &layout,
@@ -179,7 +180,7 @@ fn check_fails_when_a_backend_cannot_be_opened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_port_in_use_is_reported_with_its_place_in_the_layout() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let layout = dir.path().join("layout.yaml");
@@ -254,10 +255,11 @@ subsystems:
     layout
 }
 
-/// Starts the daemon on a free port (retrying if another process takes the port first).
-async fn start_daemon(dir: &Path, name: &str, port: Option<u16>) -> (Daemon, SocketAddr) {
-    for attempt in 0..5 {
-        let port = port.unwrap_or_else(free_port);
+/// Starts the daemon on a free port (see `daemon_port`), on another one if a process took it
+/// first.
+async fn start_daemon(dir: &Path, name: &str) -> (Daemon, SocketAddr) {
+    for attempt in 0..START_ATTEMPTS {
+        let port = daemon_port();
         let layout = file_layout(dir, port);
         let mut d = Daemon::spawn(
             &["--config", layout.to_str().unwrap(), "--reactors", "1"],
@@ -273,7 +275,7 @@ async fn start_daemon(dir: &Path, name: &str, port: Option<u16>) -> (Daemon, Soc
             Err(st) => panic!("daemon exited with {st}:\n{}", d.log()),
         }
     }
-    panic!("no free port after 5 attempts");
+    panic!("no free port after {START_ATTEMPTS} attempts");
 }
 
 /// What each phase writes: (NSID, block size, LBA, blocks, seed, FUA).
@@ -317,8 +319,8 @@ async fn verify_phase(addr: SocketAddr, salt: u64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_sigterm_and_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut d, addr) = start_daemon(dir.path(), "first", None).await;
+    let dir = TestDir::new();
+    let (mut d, addr) = start_daemon(dir.path(), "first").await;
     write_phase(addr, 0).await;
     // Written but neither FUA nor flushed: SIGTERM flushes before exit.
     let (c, q) = connect_with_io(addr, SUBNQN).await;
@@ -331,7 +333,7 @@ async fn data_survives_sigterm_and_a_restart() {
     assert_eq!(st.code(), Some(0), "exit after SIGTERM:\n{}", d.log());
     // The relative backend path was resolved against the layout's directory.
     assert!(dir.path().join("ns1.img").is_file());
-    let (mut d2, addr2) = start_daemon(dir.path(), "second", None).await;
+    let (mut d2, addr2) = start_daemon(dir.path(), "second").await;
     verify_phase(addr2, 0, "after SIGTERM and restart").await;
     let (c, q) = connect_with_io(addr2, SUBNQN).await;
     assert_blocks(
@@ -349,13 +351,13 @@ async fn data_survives_sigterm_and_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_data_survives_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut d, addr) = start_daemon(dir.path(), "killed", None).await;
+    let dir = TestDir::new();
+    let (mut d, addr) = start_daemon(dir.path(), "killed").await;
     write_phase(addr, 1000).await;
     d.signal(libc::SIGKILL);
     let st = d.wait_exit().await;
     assert_eq!(st.code(), None, "killed by a signal");
-    let (mut d2, addr2) = start_daemon(dir.path(), "after-kill", None).await;
+    let (mut d2, addr2) = start_daemon(dir.path(), "after-kill").await;
     verify_phase(addr2, 1000, "after SIGKILL and restart").await;
     d2.signal(libc::SIGTERM);
     assert_eq!(d2.wait_exit().await.code(), Some(0));
@@ -364,25 +366,37 @@ async fn flushed_data_survives_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_default_serves_the_default_subsystem() {
     const DEFAULT_NQN: &str = "nqn.2026-11.dev.tessera:default";
-    // The default listens on 127.0.0.1:4420, which other engineers' tests may hold.
-    if let Err(e) = TcpListener::bind("127.0.0.1:4420") {
-        eprintln!(
-            "SKIPPED the_embedded_default_serves_the_default_subsystem: 127.0.0.1:4420 is in use ({e})"
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::spawn(&["--reactors", "1"], dir.path(), "default");
+    // The default layout listens on 127.0.0.1:4420 (the NVMe/TCP port), which another test
+    // (e.g. a QEMU guest's target run by hand) may hold for a while. Wait for it (bounded), then
+    // fail: a test that cannot run is not a pass.
+    let dir = TestDir::new();
     let addr = SocketAddr::from(([127, 0, 0, 1], 4420));
-    if let Err(st) = d.wait_listening(addr).await {
-        if d.log().contains("in use") {
-            eprintln!(
-                "SKIPPED the_embedded_default_serves_the_default_subsystem: 4420 was taken meanwhile"
+    let deadline = Instant::now() + PORT_4420_WAIT;
+    let mut attempt = 0;
+    let mut d = loop {
+        while let Err(e) = TcpListener::bind(addr) {
+            assert!(
+                Instant::now() < deadline,
+                "127.0.0.1:4420, which the embedded default layout listens on, stayed in use \
+                 for {PORT_4420_WAIT:?} ({e}): this test cannot run"
             );
-            return;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("default daemon exited with {st}:\n{}", d.log());
-    }
+        attempt += 1;
+        let mut d = Daemon::spawn(
+            &["--reactors", "1"],
+            dir.path(),
+            &format!("default-{attempt}"),
+        );
+        match d.wait_listening(addr).await {
+            Ok(()) => break d,
+            // Taken between the check and the daemon's bind: wait for it again.
+            Err(st) if d.log().contains("in use") && Instant::now() < deadline => {
+                eprintln!("127.0.0.1:4420 was taken meanwhile ({st}); waiting again");
+            }
+            Err(st) => panic!("default daemon exited with {st}:\n{}", d.log()),
+        }
+    };
     let mut o = ControllerOptions::discovery();
     o.transport.connect_timeout = STEP;
     o.transport.command_timeout = Some(STEP);

@@ -232,6 +232,13 @@ async fn a_polling_target_serves_and_then_sleeps() {
     // Idle: after the window the reactor sleeps in epoll. Connections stay open (keep-alive
     // traffic every few seconds at most), so a poller that never stopped would burn the
     // thread's whole share of a core here.
+    //
+    // A CPU-time bound, kept because its margin is huge and load cannot break it: a sleeping
+    // reactor uses microseconds (it wakes for keep alives at most, then polls 200 µs), so the
+    // 50 ms bound is hundreds of times what it needs; load and a slow machine only stretch the
+    // sleeps below, during which a sleeping thread still uses nothing. (The busypoll unit tests
+    // check the poller's decision itself, on a made-up clock.) Load can make a never-stopping
+    // poller pass (it yields the CPU to others on every turn), never a correct one fail.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let tid = *REACTOR_TIDS
         .lock()
