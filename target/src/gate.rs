@@ -85,6 +85,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// How long a test waits for something that must happen: it only bounds a hang, so it is
+    /// generous enough for a loaded 2-core machine (the 20 ms sleeps below only let other tasks
+    /// run; the checks after them hold however long the sleep really was).
+    const PROGRESS_DEADLINE: Duration = Duration::from_secs(30);
+
     #[tokio::test]
     async fn close_waits_for_commands_inside_and_blocks_new_ones() {
         let g = Arc::new(Gate::default());
@@ -100,7 +105,7 @@ mod tests {
         );
         assert!(g.try_enter().is_none(), "entered a closed gate");
         drop(pass);
-        tokio::time::timeout(Duration::from_secs(1), closer)
+        tokio::time::timeout(PROGRESS_DEADLINE, closer)
             .await
             .expect("close did not finish after the command left")
             .expect("closer task");
@@ -111,7 +116,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "entered while closed");
         g.open();
-        tokio::time::timeout(Duration::from_secs(1), waiter)
+        tokio::time::timeout(PROGRESS_DEADLINE, waiter)
             .await
             .expect("waiter not admitted after open")
             .expect("waiter task");
