@@ -46,13 +46,20 @@ fn connect_data_vector() {
 fn connect_data_rejections_name_the_field() {
     let mut b = [0u8; 1024];
     b[256..260].copy_from_slice(b"nqn.");
-    // HOSTNQN empty.
+    // HOSTNQN empty: decoded (the subsystem's host policy decides, not the decoder).
+    assert_eq!(ConnectData::parse(&b).unwrap().hostnqn, "");
+    // HOSTNQN with no NUL in its 256 bytes: refused, naming HOSTNQN.
+    b[512..768].fill(b'h');
     let r = ConnectData::parse(&b).unwrap_err();
     assert_eq!(
         (r.status, r.iattr, r.ipo),
         (Status::CONNECT_INVALID_PARAMETERS.with_dnr(), 1, 512)
     );
     assert_eq!(r.dw0(), 0x0001_0200);
+    // HOSTNQN that is not UTF-8: refused (NQNs are UTF-8, NVMe Base 2.0, section 4.5).
+    b[512..768].fill(0);
+    b[512] = 0xff;
+    assert_eq!(ConnectData::parse(&b).unwrap_err().ipo, 512);
     // Invalid UTF-8 in SUBNQN.
     b[512..516].copy_from_slice(b"nqn.");
     b[258] = 0xff;

@@ -97,6 +97,10 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
         Ok(d) => d,
         Err(r) => return reject(r),
     };
+    // An empty or free-form HOSTNQN (SPDK's initiator sends "" by default) is for the host
+    // policy to judge: refused below where an allow-list applies, accepted (and said so once
+    // per association) where the subsystem allows any host.
+    let informal_host = !d.hostnqn_is_nqn_formed();
     let ctrl = if d.subnqn == DISCOVERY_NQN {
         if !c.is_admin() {
             // A discovery controller has only an admin queue.
@@ -130,6 +134,10 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
             tracing::debug!(subnqn = %d.subnqn, "Connect to an unknown subsystem");
             return reject(ConnectReject::invalid_data_field(connect_data_off::SUBNQN));
         };
+        if informal_host && !subsys.allows_any_host() {
+            tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect refused: host NQN is empty/not NQN-formed and the subsystem has a host allow-list");
+            return reject(ConnectReject::invalid_host());
+        }
         if !subsys.hosts_allow(&d.hostnqn) {
             tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect from a host that is not allowed");
             return reject(ConnectReject::invalid_host());
@@ -183,6 +191,13 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
             ctrl
         }
     };
+    if c.is_admin() {
+        // A new association: worth an info line (the connection's span carries the peer).
+        if informal_host {
+            tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, cntlid = ctrl.cntlid, "host NQN is empty/not NQN-formed, accepted because the subsystem allows any host");
+        }
+        tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, cntlid = ctrl.cntlid, kato_ms = c.kato_ms, "host connected (new association)");
+    }
     tracing::debug!(cntlid = ctrl.cntlid, qid = c.qid, sqsize = c.sqsize, hostnqn = %ctrl.hostnqn, "queue connected");
     let cntlid = ctrl.cntlid;
     queue.internal = ctrl.subsys.as_ref().is_some_and(|s| s.internal);

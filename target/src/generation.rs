@@ -3,10 +3,12 @@
 //! Every stamped NVM I/O command carries the sender's map generation in CDW2/CDW3. It is compared
 //! with this server's generation before the command runs: equal runs; older completes with
 //! SCT 7h / SC 80h "stale map" and our generation in CQE DW0/DW1; newer completes with SC 81h
-//! "server behind" and a Command Retry Delay (a standalone server has no manager to catch up from;
-//! the cluster waits a bounded time for the newer map first). Unstamped commands (0) are accepted
-//! on host-facing controllers, where a standard Linux host always sends 0, and rejected on internal
-//! connections. Every mismatch is counted and shown in vendor log page C0h.
+//! "server behind" and a Command Retry Delay. A standalone server (no manager) answers 81h at
+//! once: no manager will ever bring its generation forward, so waiting would only stall the
+//! command ([`GenerationState::behind_wait_ms`] stays 0; only cluster mode sets it, to wait a
+//! bounded time for the newer map first). Unstamped commands (0) are accepted on host-facing
+//! controllers, where a standard Linux host always sends 0, and rejected on internal
+//! connections. Every mismatch is counted once and shown in vendor log page C0h.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,6 +62,8 @@ pub struct GenerationState {
     /// Where mismatch reports go (cluster mode); none for a standalone server.
     reports: std::sync::OnceLock<tokio::sync::mpsc::Sender<MismatchReport>>,
     /// How long a command stamped ahead of us waits for our map to catch up (0: not at all).
+    /// 0 unless [`GenerationState::set_behind_wait`] is called, which only cluster mode does:
+    /// a standalone target has no manager to catch up from and answers 81h at once.
     pub behind_wait_ms: AtomicU64,
 }
 
@@ -94,6 +98,21 @@ impl GenerationState {
         }
     }
 
+    /// Lets commands stamped ahead of us wait up to `wait` for our map (cluster mode only).
+    pub fn set_behind_wait(&self, wait: std::time::Duration) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.behind_wait_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long a command stamped ahead of us may wait for our map; `None` (answer 81h at
+    /// once) on a standalone target.
+    pub fn behind_wait(&self) -> Option<std::time::Duration> {
+        match self.behind_wait_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
+
     /// Sends mismatch reports to `tx` from now on (cluster mode).
     pub fn set_reporter(&self, tx: tokio::sync::mpsc::Sender<MismatchReport>) {
         let _ = self.reports.set(tx);
@@ -113,8 +132,23 @@ impl GenerationState {
         }
     }
 
-    /// Checks one command's stamp. `internal` connections must stamp every command.
+    /// Checks one command's stamp. `internal` connections must stamp every command. Counts
+    /// (and reports) what it finds; a command that then waits for our map is checked again
+    /// with [`GenerationState::recheck_after_wait`], which does not count it twice.
     pub fn check(&self, stamp: u64, internal: bool) -> Result<(), Mismatch> {
+        self.judge(stamp, internal, true)
+    }
+
+    /// Checks again a command that [`GenerationState::check`] found stamped ahead of us and
+    /// that then waited for our map. Its "behind" was counted and reported then (log C0h: a
+    /// newer stamp is counted whether it ran after the wait or got 81h), so a verdict that is
+    /// still "behind" is not counted again, nor is the stamp counted as checked twice. A stamp
+    /// our map has overtaken meanwhile is counted as stale: that is a new answer (80h).
+    pub fn recheck_after_wait(&self, stamp: u64, internal: bool) -> Result<(), Mismatch> {
+        self.judge(stamp, internal, false)
+    }
+
+    fn judge(&self, stamp: u64, internal: bool, first: bool) -> Result<(), Mismatch> {
         let cur = self.current();
         if stamp == 0 {
             if internal {
@@ -128,7 +162,9 @@ impl GenerationState {
             }
             return Ok(());
         }
-        self.checked.fetch_add(1, Ordering::Relaxed);
+        if first {
+            self.checked.fetch_add(1, Ordering::Relaxed);
+        }
         match stamp.cmp(&cur) {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Less => {
@@ -141,8 +177,10 @@ impl GenerationState {
                 })
             }
             std::cmp::Ordering::Greater => {
-                self.behind_seen.fetch_add(1, Ordering::Relaxed);
-                self.report(MismatchKind::Behind, stamp, cur);
+                if first {
+                    self.behind_seen.fetch_add(1, Ordering::Relaxed);
+                    self.report(MismatchKind::Behind, stamp, cur);
+                }
                 Err(Mismatch {
                     status: Status::SERVER_BEHIND.with_crd(SERVER_BEHIND_CRD),
                     dw0: low(cur),
@@ -192,6 +230,31 @@ mod tests {
             .expect_err("internal commands must be stamped");
         assert_eq!((e.dw0, e.dw1), (0, 1 << 8));
         assert_eq!(g.unstamped_rejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_standalone_state_never_waits_and_a_recheck_counts_nothing_twice() {
+        let g = GenerationState::new(3);
+        assert_eq!(g.behind_wait(), None, "standalone: 81h at once");
+        assert_eq!(g.behind_wait_ms.load(Ordering::Relaxed), 0);
+        let e = g.check(4, false).expect_err("newer");
+        assert!(e.status.same_code(Status::SERVER_BEHIND));
+        // Waited, still behind: the same answer, not counted again.
+        let e = g.recheck_after_wait(4, false).expect_err("still newer");
+        assert!(e.status.same_code(Status::SERVER_BEHIND));
+        assert_eq!(g.behind_seen.load(Ordering::Relaxed), 1);
+        assert_eq!(g.checked.load(Ordering::Relaxed), 1);
+        // Waited, caught up: runs.
+        g.install(4);
+        assert_eq!(g.recheck_after_wait(4, false), Ok(()));
+        // Waited, overtaken: stale, counted as such.
+        g.install(6);
+        let e = g.recheck_after_wait(5, false).expect_err("overtaken");
+        assert!(e.status.same_code(Status::STALE_MAP));
+        assert_eq!(g.stale_seen.load(Ordering::Relaxed), 1);
+        assert_eq!(g.behind_seen.load(Ordering::Relaxed), 1);
+        g.set_behind_wait(std::time::Duration::from_secs(2));
+        assert_eq!(g.behind_wait(), Some(std::time::Duration::from_secs(2)));
     }
 
     #[test]

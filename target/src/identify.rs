@@ -45,6 +45,17 @@ const VWC_FLUSH_BROADCAST: u8 = 0b11 << 1;
 /// SGLS bits 1:0 = 01b: SGLs supported, no alignment required; bit 20: Data Block descriptors
 /// with the Offset subtype (in-capsule data) are supported.
 const SGLS: u32 = 0b01 | (1 << 20);
+/// SGLS bit 18 ("SGL Length"): a command may carry a data SGL longer than the data it
+/// transfers; the transport uses only the bytes needed (one rule for every command, the
+/// codec's check_sgl). Linux's discard path relies on it.
+const SGLS_LONGER_THAN_DATA: u32 = 1 << 18;
+/// CTRATT bit 0: 128-bit Host Identifier. Fabrics hosts always identify with the 128-bit
+/// HOSTID of the Connect data (NVMe Base 2.0, Figure 549; the Host Identifier feature, FID
+/// 81h, allows only the 128-bit extended form over fabrics), so every controller here uses
+/// 128-bit host IDs. Linux nvmet and SPDK set the bit too.
+const CTRATT_HOST_ID_128: u32 = 1 << 0;
+/// OFCS bit 0: the Disconnect command is supported (fabrics.rs).
+const OFCS_DISCONNECT: u16 = 1 << 0;
 /// ANACAP bit 0: reports ANA Optimized state; bit 6: ANAGRPID does not change while attached.
 const ANACAP: u8 = (1 << 0) | (1 << 6);
 /// FRMW: slot 1 read-only (bit 0), one slot (bits 3:1).
@@ -81,6 +92,7 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
         cntlid: ctrl.cntlid,
         ver: VS_1_4,
         oaes: OAES_NS_ATTR | OAES_ANA,
+        ctratt: CTRATT_HOST_ID_128,
         cntrltype: 1,
         crdt: [SERVER_BEHIND_RETRY_DELAY_100MS, 0, 0],
         acl: 3,
@@ -104,7 +116,7 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
         } else {
             VWC_FLUSH_BROADCAST
         },
-        sgls: SGLS,
+        sgls: SGLS | SGLS_LONGER_THAN_DATA,
         mnan: nn,
         subnqn: s.nqn.clone(),
         // IOCCSZ/IORCSZ in 16-byte units: the 64-byte SQE plus in-capsule data; a 16-byte CQE.
@@ -113,10 +125,10 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
         icdoff: 0,
         fcatt: 0,
         msdbd: 1,
-        psd0: PowerState {
-            mp: 2500,
-            ..PowerState::default()
-        },
+        ofcs: OFCS_DISCONNECT,
+        // A software target has no device power of its own to report: MP 0 and ENLAT/EXLAT 0
+        // ("not reported") rather than an invented 25 W. nvme-cli prints "0.00W".
+        psd0: PowerState::default(),
         genchk: Some(GenCheckInfo {
             version: GENCHK_VERSION,
             // Internal subsystems refuse unstamped commands; say so.
@@ -132,14 +144,28 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
     .to_bytes()
 }
 
+/// The discovery controller's serial number: stable per target, derived like a subsystem's
+/// (yaml's derived_serial) from the discovery NQN and this target's listeners, so two targets
+/// (different portals) differ and a restart keeps it. Linux nvmet reports its discovery
+/// subsystem's serial too; an empty SN is what nvme-cli showed as blank.
+pub fn discovery_serial(listeners: &[std::net::SocketAddr]) -> String {
+    let portals: Vec<String> = listeners.iter().map(ToString::to_string).collect();
+    yaml::derived_serial(&format!("{DISCOVERY_NQN}@{}", portals.join(",")))
+}
+
 fn discovery_controller(ctrl: &Controller) -> [u8; IDENTIFY_DATA_LEN] {
+    let cfg = ctrl.registry.transport();
     IdentifyController {
-        sn: String::new(),
+        sn: discovery_serial(&ctrl.registry.listeners()),
         mn: "Tessera discovery".to_string(),
         fr: FIRMWARE_REVISION.to_string(),
+        // The transport caps every command's data, Get Log Page included: say so (0 would
+        // claim no limit).
+        mdts: mdts(cfg.mdts_bytes),
         cntlid: ctrl.cntlid,
         ver: VS_1_4,
         oaes: OAES_DISCOVERY,
+        ctratt: CTRATT_HOST_ID_128,
         cntrltype: 2,
         aerl: u8::try_from(AER_OUTSTANDING_MAX - 1).unwrap_or(0),
         lpa: LPA_EXTENDED,
@@ -150,6 +176,7 @@ fn discovery_controller(ctrl: &Controller) -> [u8; IDENTIFY_DATA_LEN] {
         sgls: SGLS,
         subnqn: DISCOVERY_NQN.to_string(),
         msdbd: 1,
+        ofcs: OFCS_DISCONNECT,
         ..IdentifyController::default()
     }
     .to_bytes()

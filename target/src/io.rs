@@ -43,7 +43,7 @@ pub fn execute(
                 let ctrl = Arc::clone(ctrl);
                 return Outcome::Pending(Box::pin(async move {
                     let pass = gate.enter().await;
-                    checked(&ctrl, internal, cmd, data, None, Some(pass)).await
+                    checked(&ctrl, internal, cmd, data, None, Some(pass), false).await
                 }));
             }
         },
@@ -70,7 +70,7 @@ pub fn execute(
                     Some(gate) => Some(gate.enter().await),
                     None => None,
                 };
-                checked(&ctrl, internal, cmd, data, None, pass).await
+                checked(&ctrl, internal, cmd, data, None, pass, true).await
             }))
         }
         Err(m) => mismatch(m),
@@ -95,9 +95,17 @@ async fn checked(
     data: Bytes,
     pool: Option<&mut BufPool>,
     pass: Option<crate::gate::Pass>,
+    after_behind_wait: bool,
 ) -> Completion {
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
-    let outcome = match ctrl.registry.generation.check(stamp, internal) {
+    let g = &ctrl.registry.generation;
+    // After a wait for our map the first check already counted this command as "behind".
+    let verdict = if after_behind_wait {
+        g.recheck_after_wait(stamp, internal)
+    } else {
+        g.check(stamp, internal)
+    };
+    let outcome = match verdict {
         Ok(()) => run(ctrl, cmd, data, pool),
         Err(m) => mismatch(m),
     };

@@ -145,6 +145,11 @@ impl Subsystem {
         lock(&self.hosts).allows(hostnqn)
     }
 
+    /// Whether any host may connect (no allow-list applies).
+    pub fn allows_any_host(&self) -> bool {
+        matches!(*lock(&self.hosts), HostPolicy::Any)
+    }
+
     pub fn set_hosts(&self, hosts: HostPolicy) {
         *lock(&self.hosts) = hosts;
     }

@@ -79,6 +79,60 @@ async fn connect_to_an_unknown_subsystem_or_as_a_foreign_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informal_host_nqns_need_an_any_host_subsystem() {
+    // SPDK's initiator sends an empty HOSTNQN by default; `nvme connect --hostnqn myhost`
+    // sends "myhost". Both are accepted where any host may connect, refused with Connect
+    // Invalid Host (SCT 1h / SC 84h, DNR) where a host allow-list applies.
+    let t = TestTarget::start(&two_subsystems()).await;
+    let mut disc = ControllerOptions::discovery();
+    disc.transport.connect_timeout = STEP;
+    disc.transport.command_timeout = Some(STEP);
+    for (i, host) in ["", "myhost"].into_iter().enumerate() {
+        let c = connect_as(t.addr, SUBNQN, host, &ctrl_opts())
+            .await
+            .unwrap_or_else(|e| panic!("host NQN {host:?} on an any-host subsystem: {e}"));
+        // I/O queues Connect with the same (informal) host NQN and carry I/O.
+        let q = io_queues(&c, 1).await.remove(0);
+        let d = blocks(i as u64 + 40, 0, 8, 512);
+        q.write(NS_RAM512, 0, 512, d.clone(), false).await.unwrap();
+        assert_blocks(
+            &q.read(NS_RAM512, 0, 8, 512).await.unwrap(),
+            &d,
+            0,
+            512,
+            "I/O on a queue of an informal host",
+        );
+        // An I/O queue of that controller under another host NQN is still refused.
+        let mut o = QueueOptions::io(SUBNQN, HOSTNQN, c.cntlid(), 2, 31);
+        o.transport.connect_timeout = STEP;
+        let r = rejected(t.addr, &o).await;
+        assert_status(r.status, Status::CONNECT_INVALID_HOST, Some(true));
+        assert_eq!(r.status.sct(), 1);
+        assert_eq!(r.status.sc(), 0x84);
+        q.close().await;
+        c.disconnect().await.unwrap();
+        // A subsystem with an allow-list: Connect Invalid Host, not Invalid Parameters.
+        let r = rejected(t.addr, &admin_opts(RESTRICTED, host)).await;
+        assert_status(r.status, Status::CONNECT_INVALID_HOST, Some(true));
+        assert_eq!((r.status.sct(), r.status.sc()), (1, 0x84), "{host:?}");
+        assert_eq!(ConnectReject::from_dw0(r.status, r.dw0()).ipo, 0);
+        // Discovery answers that host too, listing only the any-host subsystem.
+        let log = within("discover", discover(t.addr, host, &disc))
+            .await
+            .unwrap_or_else(|e| panic!("discovery as {host:?}: {e}"));
+        let nvme: Vec<&str> = log
+            .entries
+            .iter()
+            .filter(|e| e.subtype == subtype::NVME)
+            .map(|e| e.subnqn.as_str())
+            .collect();
+        assert_eq!(nvme, vec![SUBNQN], "discovery log for {host:?}");
+    }
+    assert_still_serving(t.addr).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_sqsize_limits() {
     let t = TestTarget::start(STD_YAML).await;
     // The admin queue needs at least 32 entries (NVMe over Fabrics 1.1, section 3.3.1).
@@ -594,8 +648,10 @@ async fn malformed_connect_data() {
         ("empty SUBNQN", connect_data_off::SUBNQN, |b| {
             b[256..512].fill(0)
         }),
-        ("empty HOSTNQN", connect_data_off::HOSTNQN, |b| {
-            b[512..768].fill(0)
+        // An empty HOSTNQN is fine (see informal_host_nqns_need_an_any_host_subsystem); one
+        // with no NUL anywhere in its 256 bytes is not.
+        ("HOSTNQN without its NUL", connect_data_off::HOSTNQN, |b| {
+            b[512..768].fill(b'h')
         }),
     ];
     for (what, ipo, edit) in cases {

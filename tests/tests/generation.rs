@@ -301,3 +301,107 @@ async fn internal_controllers_advertise_that_they_require_stamps() {
     c.disconnect().await.unwrap();
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_target_answers_a_newer_stamp_at_once_counted_once() {
+    // No manager will ever bring a standalone target's generation forward, so a command stamped
+    // ahead of it gets SCT 7h / SC 81h at once (with CRD 1), never after a wait.
+    let t = TestTarget::start(STD_YAML).await;
+    // "At once" without a clock: a registry without a manager has no behind wait, so the I/O
+    // path takes its no-wait branch (io.rs waits only when behind_wait_ms > 0).
+    let gen_state = &t.registry().generation;
+    assert_eq!(gen_state.behind_wait(), None);
+    assert_eq!(
+        gen_state
+            .behind_wait_ms
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let (c, q) = connect_with_io(t.addr, SUBNQN).await;
+    let before = c.generation_log().await.unwrap();
+    let g = before.current_generation;
+    let done = within(
+        "a newer-stamped read completes",
+        submit_io(
+            &q,
+            &IoCommand::Read(Rw::new(NS_RAM512, 0, 1, g + 1)),
+            None,
+            512,
+        ),
+    )
+    .await;
+    let st = done.status();
+    assert_eq!((st.sct(), st.sc()), (7, 0x81), "newer stamp: {st}");
+    assert_eq!(st.crd(), 1, "CRD names CRDT1");
+    assert!(!st.dnr());
+    assert_eq!(cqe_generation(&done.cqe), g);
+    let after = c.generation_log().await.unwrap();
+    assert_eq!(after.server_behind_seen, before.server_behind_seen + 1);
+    assert_eq!(after.stale_map_seen, before.stale_map_seen);
+    assert_eq!(after.current_generation, g, "nothing moved the generation");
+    c.disconnect().await.unwrap();
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_waits_for_the_map_is_counted_once() {
+    // Cluster mode lets a command stamped ahead wait for the map; whether it then runs or still
+    // gets 81h, log C0h counts it once. The wait is switched on here by hand, as cluster mode
+    // does (cluster/mod.rs), on an otherwise standalone registry.
+    let t = TestTarget::start(STD_YAML).await;
+    let gen_state = &t.registry().generation;
+    let (c, q) = connect_with_io(t.addr, SUBNQN).await;
+    let g = c.generation_log().await.unwrap().current_generation;
+    // 1. Waits (briefly), nothing arrives, 81h: counted once.
+    gen_state.set_behind_wait(std::time::Duration::from_millis(20));
+    let before = c.generation_log().await.unwrap();
+    let done = within(
+        "newer-stamped read after its wait",
+        submit_io(
+            &q,
+            &IoCommand::Read(Rw::new(NS_RAM512, 0, 1, g + 1)),
+            None,
+            512,
+        ),
+    )
+    .await;
+    assert_eq!((done.status().sct(), done.status().sc()), (7, 0x81));
+    let after = c.generation_log().await.unwrap();
+    assert_eq!(
+        after.server_behind_seen,
+        before.server_behind_seen + 1,
+        "waited and got 81h: counted once"
+    );
+    // 2. Waits (generously), the map arrives meanwhile, the command runs: counted once too.
+    gen_state.set_behind_wait(STEP * 3);
+    let before = after;
+    let q2 = q.clone();
+    let read = tokio::spawn(async move {
+        submit_io(
+            &q2,
+            &IoCommand::Read(Rw::new(NS_RAM512, 0, 1, g + 1)),
+            None,
+            512,
+        )
+        .await
+    });
+    // The first check counts it before it waits: install only then (deterministic order).
+    within("the command is seen ahead", async {
+        while gen_state
+            .behind_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == before.server_behind_seen
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    gen_state.install(g + 1);
+    let done = within("the waiting read runs", read).await.unwrap();
+    assert!(done.status().is_success(), "{}", done.status());
+    let after = c.generation_log().await.unwrap();
+    assert_eq!(after.server_behind_seen, before.server_behind_seen + 1);
+    assert_eq!(after.stale_map_seen, before.stale_map_seen);
+    c.disconnect().await.unwrap();
+    t.stop().await;
+}

@@ -184,10 +184,9 @@ pub async fn start(
     );
     internal.set_namespaces(BTreeMap::from([(INTERNAL_NSID, Arc::new(pool_ns))]));
     let registry = Arc::new(Registry::new_cluster(vec![internal], map.generation));
-    registry.generation.behind_wait_ms.store(
-        u64::try_from(crate::io::BEHIND_WAIT.as_millis()).unwrap_or(2000),
-        Ordering::Relaxed,
-    );
+    // Only a cluster node waits for a newer map (its manager will push it); a standalone
+    // target never does (generation.rs).
+    registry.generation.set_behind_wait(crate::io::BEHIND_WAIT);
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(REPORT_QUEUE_MAX);
     registry.generation.set_reporter(report_tx);
 

@@ -146,8 +146,19 @@ pub struct ConnectData {
 }
 
 impl ConnectData {
-    /// Decode Connect data. A short buffer or a malformed NQN is Connect Invalid Parameters with
-    /// IATTR = 1 (the data) and IPO = the offending field's offset (NVMe Base 2.0, Figure 551).
+    /// Decode Connect data. A short buffer or a malformed field is Connect Invalid Parameters
+    /// with IATTR = 1 (the data) and IPO = the offending field's offset (NVMe Base 2.0,
+    /// Figure 551).
+    ///
+    /// SUBNQN must be a non-empty UTF-8 string of at most 223 bytes, NUL terminated in its
+    /// field (NVMe Base 2.0, section 4.5): it names what the host wants and must match one of
+    /// ours exactly. HOSTNQN is only required to be UTF-8 and NUL terminated within its 256
+    /// bytes; it may be empty or not NQN-formed (SPDK's initiator sends an empty one by default,
+    /// `nvme connect --hostnqn myhost` sends "myhost"). Whether such a host may connect is the
+    /// subsystem's host policy to decide, not the decoder's (Linux nvmet likewise only forces
+    /// the field's last byte to NUL and leaves the rest to its host allow-list). A field with
+    /// no NUL at all is refused rather than cut: the identity compared against an allow-list
+    /// must be exactly what the host sent.
     pub fn parse(b: &[u8]) -> Result<Self, ConnectReject> {
         let b: &[u8; CONNECT_DATA_LEN] = b
             .get(..CONNECT_DATA_LEN)
@@ -159,8 +170,14 @@ impl ConnectData {
             hostid,
             cntlid: get_u16(b, connect_data_off::CNTLID),
             subnqn: parse_nqn(b, connect_data_off::SUBNQN)?,
-            hostnqn: parse_nqn(b, connect_data_off::HOSTNQN)?,
+            hostnqn: parse_host_nqn(b)?,
         })
+    }
+
+    /// Whether HOSTNQN has the NQN form a host should send (see [`is_nqn_formed`]); an empty
+    /// or free-form host NQN is accepted only where the subsystem allows any host.
+    pub fn hostnqn_is_nqn_formed(&self) -> bool {
+        is_nqn_formed(&self.hostnqn)
     }
 
     /// Encode; NQNs longer than [`NQN_MAX_LEN`] are truncated so the field stays NUL terminated.
@@ -184,6 +201,34 @@ fn parse_nqn(b: &[u8; CONNECT_DATA_LEN], off: usize) -> Result<String, ConnectRe
     }
     let s = std::str::from_utf8(&field[..len]).map_err(|_| reject)?;
     Ok(s.to_owned())
+}
+
+/// Read HOSTNQN: UTF-8, NUL terminated within its 256-byte field, possibly empty or longer
+/// than [`NQN_MAX_LEN`] (see [`ConnectData::parse`] for why it is not held to the NQN rules).
+fn parse_host_nqn(b: &[u8; CONNECT_DATA_LEN]) -> Result<String, ConnectReject> {
+    let off = connect_data_off::HOSTNQN;
+    let reject = ConnectReject::invalid_data_field(off);
+    let field = b.get(off..off + NQN_FIELD_LEN).ok_or(reject)?;
+    let len = field.iter().position(|&c| c == 0).ok_or(reject)?;
+    let s = std::str::from_utf8(&field[..len]).map_err(|_| reject)?;
+    Ok(s.to_owned())
+}
+
+/// Whether `s` has the form of an NQN (NVMe Base 2.0, section 4.5): at most 223 bytes,
+/// "nqn." followed by a date "yyyy-mm", a ".", and at least one more byte (the reverse domain
+/// name and the rest; the UUID form "nqn.2014-08.org.nvmexpress:uuid:..." fits the same
+/// pattern). A loose check: it only tells a host that followed the rule from one that did not.
+pub fn is_nqn_formed(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    b.len() <= NQN_MAX_LEN
+        && b.len() > 12
+        && b.starts_with(b"nqn.")
+        && digits(4..8)
+        && b[8] == b'-'
+        && digits(9..11)
+        && b[11] == b'.'
 }
 
 /// Write `nqn` NUL-terminated into a 256-byte field (any byte slice of at least `off + 256`).
@@ -337,6 +382,19 @@ mod tests {
         d.subnqn.clear();
         let e = ConnectData::parse(&d.to_bytes()).expect_err("empty nqn");
         assert_eq!((e.iattr, e.ipo), (1, 256));
+        // An empty or free-form HOSTNQN decodes (the host policy decides), a long one too.
+        d.subnqn = "nqn.2024-01.io.tessera:vol".into();
+        for host in ["", "myhost", &"h".repeat(255)] {
+            let mut raw = d.to_bytes();
+            raw[512..768].fill(0);
+            raw[512..512 + host.len()].copy_from_slice(host.as_bytes());
+            let got = ConnectData::parse(&raw).expect("any NUL-terminated host NQN decodes");
+            assert_eq!(got.hostnqn, host);
+            assert!(!got.hostnqn_is_nqn_formed());
+        }
+        assert!(is_nqn_formed("nqn.2014-08.org.nvmexpress:uuid:1"));
+        assert!(!is_nqn_formed("nqn.2014-08."));
+        assert!(!is_nqn_formed("nqn.14-08-2000.org"));
         // A field with no NUL is rejected.
         let mut raw = [b'a'; CONNECT_DATA_LEN];
         raw[256 + 10] = 0;
