@@ -173,7 +173,7 @@ fn discovery_controller(ctrl: &Controller) -> [u8; IDENTIFY_DATA_LEN] {
         sqes: 0x66,
         cqes: 0x44,
         maxcmd: MQES + 1,
-        sgls: SGLS,
+        sgls: SGLS | SGLS_LONGER_THAN_DATA,
         subnqn: DISCOVERY_NQN.to_string(),
         msdbd: 1,
         ofcs: OFCS_DISCONNECT,
