@@ -97,7 +97,10 @@ pub async fn serve(
             rd,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             out: Writer::new(wr),
-            queue: Queue::default(),
+            queue: Queue {
+                pool: crate::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
+                ..Queue::default()
+            },
             pending: Vec::new(),
             inflight: FuturesUnordered::new(),
             sqhd: 0,
