@@ -599,11 +599,12 @@ fn check_sgl_rules() {
     let mut s = Sqe::default();
     s.set_dptr(transport_sgl(0));
     assert_eq!(check_sgl(&s, DataDir::None), Ok(None));
+    // No data moves: DPTR is not looked at (a longer buffer, or PRP bits under PSDT 00b).
     s.set_dptr(transport_sgl(8));
-    assert_eq!(
-        check_sgl(&s, DataDir::None),
-        Err(Status::SGL_INVALID_DATA_LEN.with_dnr())
-    );
+    assert_eq!(check_sgl(&s, DataDir::None), Ok(None));
+    s.set_dptr([0xff; 16]);
+    assert_eq!(check_sgl(&s, DataDir::None), Ok(None));
+    s.set_dptr(transport_sgl(8));
     assert_eq!(
         check_sgl(&s, DataDir::CtrlToHost(16)),
         Err(Status::SGL_INVALID_DATA_LEN.with_dnr())
@@ -611,6 +612,36 @@ fn check_sgl_rules() {
     assert_eq!(
         check_sgl(&s, DataDir::CtrlToHost(8)),
         Ok(Some(SglDescriptor::transport(8)))
+    );
+    // Longer than the transfer: accepted for every direction and kind (SGLS bit 18); the
+    // descriptor comes back as sent, the caller moves only `dir.len()` bytes.
+    assert_eq!(
+        check_sgl(&s, DataDir::CtrlToHost(4)),
+        Ok(Some(SglDescriptor::transport(8)))
+    );
+    assert_eq!(
+        check_sgl(&s, DataDir::HostToCtrl(4)),
+        Ok(Some(SglDescriptor::transport(8)))
+    );
+    // Linux's discard: 2 ranges (32 bytes) in a 4 KiB page, in-capsule or by R2T.
+    s.set_dptr(in_capsule_sgl(4096));
+    assert_eq!(
+        check_sgl(&s, DataDir::HostToCtrl(32)),
+        Ok(Some(SglDescriptor::in_capsule(4096)))
+    );
+    assert_eq!(
+        check_sgl(&s, DataDir::HostToCtrl(4097)),
+        Err(Status::SGL_INVALID_DATA_LEN.with_dnr())
+    );
+    // In-capsule data cannot carry data back to the host.
+    assert_eq!(
+        check_sgl(&s, DataDir::CtrlToHost(16)),
+        Err(Status::SGL_INVALID_TYPE.with_dnr())
+    );
+    s.set_dptr(transport_sgl(4096));
+    assert_eq!(
+        check_sgl(&s, DataDir::HostToCtrl(32)),
+        Ok(Some(SglDescriptor::transport(4096)))
     );
     // A keyed (RDMA) descriptor is not an NVMe/TCP one.
     let mut d = transport_sgl(8);

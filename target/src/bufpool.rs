@@ -9,22 +9,57 @@
 
 use bytes::Bytes;
 
-/// Most bytes one connection keeps for reuse: a queue depth of 128 KiB reads (16 MiB) would be
-/// more than an idle connection should hold; 4 MiB covers QD32 of 128 KiB or QD1024 of 4 KiB.
+/// Most bytes one connection keeps for reuse by default: a queue depth of 128 KiB reads
+/// (16 MiB) would be more than an idle connection should hold; 4 MiB covers QD32 of 128 KiB or
+/// QD1024 of 4 KiB.
 pub const POOL_BYTES_MAX: usize = 4 << 20;
+
+/// With a larger MDTS the pool keeps up to this many MDTS-sized buffers (so QD4 of the largest
+/// reads recycles), never more than [`POOL_BYTES_CAP`]. Nothing is preallocated: buffers enter
+/// the pool only after a read used them.
+pub const POOL_MDTS_BUFFERS: usize = 4;
+
+/// Most bytes any connection's pool keeps, whatever MDTS is: 32 MiB.
+pub const POOL_BYTES_CAP: usize = 32 << 20;
 
 /// Distinct transfer sizes kept (hosts use a handful: 4 KiB, 8 KiB, 128 KiB...).
 pub const POOL_CLASSES_MAX: usize = 8;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BufPool {
     classes: Vec<(usize, Vec<Vec<u8>>)>,
     bytes: usize,
+    /// Most bytes kept for reuse.
+    bytes_max: usize,
     /// Buffers handed out that had to be allocated (for tests and figures).
     pub misses: u64,
 }
 
+impl Default for BufPool {
+    fn default() -> Self {
+        Self {
+            classes: Vec::new(),
+            bytes: 0,
+            bytes_max: POOL_BYTES_MAX,
+            misses: 0,
+        }
+    }
+}
+
 impl BufPool {
+    /// A pool for a connection whose commands move at most `mdts` bytes: it keeps
+    /// [`POOL_BYTES_MAX`], or [`POOL_MDTS_BUFFERS`] buffers of `mdts` bytes if that is more,
+    /// capped at [`POOL_BYTES_CAP`].
+    pub fn for_mdts(mdts: u32) -> Self {
+        let mdts = usize::try_from(mdts).unwrap_or(usize::MAX);
+        Self {
+            bytes_max: mdts
+                .saturating_mul(POOL_MDTS_BUFFERS)
+                .clamp(POOL_BYTES_MAX, POOL_BYTES_CAP),
+            ..Self::default()
+        }
+    }
+
     /// A zero-filled or recycled buffer of exactly `len` bytes (its old contents are stale data
     /// of this same connection, overwritten in full by the read before anyone sees them).
     pub fn take(&mut self, len: usize) -> Vec<u8> {
@@ -40,7 +75,7 @@ impl BufPool {
 
     /// Returns a buffer sent by the writer; kept if it is ours alone and there is room.
     pub fn give(&mut self, b: Bytes) {
-        if b.is_empty() || self.bytes + b.len() > POOL_BYTES_MAX {
+        if b.is_empty() || self.bytes + b.len() > self.bytes_max {
             return;
         }
         let Ok(m) = b.try_into_mut() else { return };
@@ -88,5 +123,17 @@ mod tests {
             p.give(Bytes::from(vec![0u8; 65536]));
         }
         assert!(p.bytes <= POOL_BYTES_MAX);
+    }
+
+    #[test]
+    fn the_bound_follows_mdts_within_the_cap() {
+        assert_eq!(BufPool::for_mdts(128 * 1024).bytes_max, POOL_BYTES_MAX);
+        assert_eq!(BufPool::for_mdts(4 << 20).bytes_max, 16 << 20);
+        assert_eq!(BufPool::for_mdts(8 << 20).bytes_max, POOL_BYTES_CAP);
+        let mut p = BufPool::for_mdts(2 << 20);
+        for _ in 0..6 {
+            p.give(Bytes::from(vec![0u8; 2 << 20]));
+        }
+        assert_eq!(p.bytes, 8 << 20, "four 2 MiB buffers kept, no more");
     }
 }

@@ -46,6 +46,13 @@ fn spec_of(decl: &BackendDecl, size_bytes: u64) -> BackendSpec {
     }
 }
 
+/// The transport limits a layout asks for (its `transport:` section; defaults when absent).
+/// Other transport settings (zero-copy reads...) keep their defaults for the caller to change.
+pub fn transport_config(layout: &Layout) -> crate::transport::TransportConfig {
+    let t = layout.transport;
+    crate::transport::TransportConfig::with_limits(t.max_io_size, t.in_capsule_data_size)
+}
+
 /// Opens every backend of `layout` and builds the registry.
 pub fn build_registry(layout: &Layout) -> Result<Arc<Registry>, ConfigError> {
     let mut subsystems = Vec::new();

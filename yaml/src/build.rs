@@ -8,10 +8,11 @@ use saphyr::{LoadableYamlNode, MarkedYaml, ScanError};
 
 use crate::error::{ErrorKind, LayoutError, Location};
 use crate::ids::{MODEL_BYTES_MAX, SERIAL_BYTES_MAX, derived_serial};
-use crate::model::{HostPolicy, Layout, Listener, Subsystem};
+use crate::model::{HostPolicy, Layout, Listener, Subsystem, TransportDecl};
 use crate::namespace::{IdRegistry, build_namespaces};
 use crate::nqn::{DISCOVERY_NQN, NQN_EXPECTED, check_nqn};
-use crate::tree::{At, Map};
+use crate::size::parse_size;
+use crate::tree::{At, IntOrStr, Map};
 
 /// A layout is written by hand; 1 MiB holds thousands of namespaces and bounds what a wrong
 /// path (a disk image given as `--config`) makes us parse.
@@ -28,7 +29,22 @@ pub const DEFAULT_MODEL: &str = "Tessera";
 /// IANA-assigned NVMe/TCP port, the default when a listener names none.
 pub const DEFAULT_PORT: u16 = 4420;
 
-const ROOT_KEYS: &[&str] = &["listeners", "subsystems"];
+/// Default `transport.max_io_size` (MDTS): 128 KiB, SPDK's default max_io_size.
+pub const DEFAULT_MAX_IO_SIZE: u32 = 128 * 1024;
+/// Smallest `max_io_size`: 4 KiB, one memory page (MDTS is a power of two in units of the
+/// 4 KiB minimum page size, NVMe Base 2.0, Figure 275; MDTS 0 would mean "no limit").
+pub const MAX_IO_SIZE_MIN: u32 = 4096;
+/// Largest `max_io_size`: 8 MiB. One command's buffer is held whole, so this bounds what one
+/// command may pin (Linux caps its own requests far below: max_hw_sectors).
+pub const MAX_IO_SIZE_MAX: u32 = 8 << 20;
+/// Default `transport.in_capsule_data_size`: 8 KiB (Linux nvmet's default on TCP).
+pub const DEFAULT_IN_CAPSULE_DATA: u32 = 8192;
+/// Largest `in_capsule_data_size`: 64 KiB. A capsule is received whole before the command
+/// runs; larger writes gain little over one R2T round trip.
+pub const IN_CAPSULE_DATA_MAX: u32 = 64 * 1024;
+
+const ROOT_KEYS: &[&str] = &["listeners", "subsystems", "transport"];
+const TRANSPORT_KEYS: &[&str] = &["max_io_size", "in_capsule_data_size"];
 const LISTENER_KEYS: &[&str] = &["address", "port"];
 const SUBSYSTEM_KEYS: &[&str] = &[
     "nqn",
@@ -50,10 +66,12 @@ pub(crate) fn build(file: &str, text: &str, base_dir: &Path) -> Result<Layout, L
     let map = root.map(ROOT_KEYS, "a mapping with listeners and subsystems")?;
     let listeners = build_listeners(&map)?;
     let subsystems = build_subsystems(&map, base_dir)?;
+    let transport = build_transport(&map)?;
     Ok(Layout {
         listeners,
         subsystems,
         source: file.to_owned(),
+        transport,
     })
 }
 
@@ -371,4 +389,75 @@ pub(crate) fn host_policy(item: &At<'_, '_>, map: &Map<'_, '_>) -> Result<HostPo
     Ok(HostPolicy::Only(
         hosts.into_iter().map(|(h, _)| h).collect(),
     ))
+}
+
+/// The optional `transport:` section: MDTS and I/O queue in-capsule data size.
+fn build_transport(root: &Map<'_, '_>) -> Result<TransportDecl, LayoutError> {
+    let mut t = TransportDecl::default();
+    let Some(node) = root.get("transport") else {
+        return Ok(t);
+    };
+    let map = node.map(
+        TRANSPORT_KEYS,
+        "a mapping {max_io_size, in_capsule_data_size}",
+    )?;
+    if let Some(n) = map.get("max_io_size") {
+        let expected = "a power of two from 4KiB to 8MiB, such as \"1MiB\"";
+        let v = transport_size(&n, expected)?;
+        if !(u64::from(MAX_IO_SIZE_MIN)..=u64::from(MAX_IO_SIZE_MAX)).contains(&v) {
+            return Err(n.err(
+                ErrorKind::BadTransport,
+                format!("max_io_size {v} is out of range (expected {expected})"),
+            ));
+        }
+        if !v.is_power_of_two() {
+            return Err(n.err(
+                ErrorKind::BadTransport,
+                format!("max_io_size {v} is not a power of two (expected {expected})"),
+            ));
+        }
+        t.max_io_size = u32::try_from(v).unwrap_or(MAX_IO_SIZE_MAX);
+    }
+    if let Some(n) = map.get("in_capsule_data_size") {
+        let expected = "a multiple of 16 from 0 to 64KiB, such as \"8KiB\"";
+        let v = transport_size(&n, expected)?;
+        if v > u64::from(IN_CAPSULE_DATA_MAX) {
+            return Err(n.err(
+                ErrorKind::BadTransport,
+                format!("in_capsule_data_size {v} is out of range (expected {expected})"),
+            ));
+        }
+        if v % 16 != 0 {
+            // IOCCSZ counts 16-byte units (NVMe over Fabrics 1.1, Identify Controller IOCCSZ).
+            return Err(n.err(
+                ErrorKind::BadTransport,
+                format!("in_capsule_data_size {v} is not a multiple of 16 (expected {expected})"),
+            ));
+        }
+        if v > u64::from(t.max_io_size) {
+            return Err(n.err(
+                ErrorKind::BadTransport,
+                format!(
+                    "in_capsule_data_size {v} is above max_io_size {} (expected at most \
+                     max_io_size: no command carries more)",
+                    t.max_io_size
+                ),
+            ));
+        }
+        t.in_capsule_data_size = u32::try_from(v).unwrap_or(IN_CAPSULE_DATA_MAX);
+    }
+    Ok(t)
+}
+
+/// A transport size: an integer byte count or a string with a unit (0 allowed).
+fn transport_size(node: &At<'_, '_>, expected: &str) -> Result<u64, LayoutError> {
+    match node.int_or_str(expected)? {
+        IntOrStr::Int(i) => u64::try_from(i).map_err(|_| {
+            node.err(
+                ErrorKind::BadTransport,
+                format!("negative size {i} (expected {expected})"),
+            )
+        }),
+        IntOrStr::Str(s) => parse_size(s).map_err(|m| node.err(ErrorKind::BadSize, m)),
+    }
 }

@@ -99,6 +99,9 @@ pub enum ErrorKind {
     UnknownReference,
     /// A replica count of 0 or above the limit.
     BadReplicas,
+    /// A transport limit out of its bounds, not a power of two (`max_io_size`) or not a
+    /// multiple of 16 (`in_capsule_data_size`).
+    BadTransport,
 }
 
 /// A layout that cannot be served, with the place that says so.

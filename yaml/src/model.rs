@@ -15,6 +15,28 @@ pub struct Layout {
     pub subsystems: Vec<Subsystem>,
     /// The source name the layout was read from (the path given to `load`).
     pub source: String,
+    /// Transport limits (the optional `transport:` section; defaults when absent).
+    pub transport: TransportDecl,
+}
+
+/// Transport limits of the target (`transport:`), checked against their bounds
+/// ([`crate::MAX_IO_SIZE_MIN`]..=[`crate::MAX_IO_SIZE_MAX`], a power of two;
+/// in-capsule data 0..=[`crate::IN_CAPSULE_DATA_MAX`], a multiple of 16, at most `max_io_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportDecl {
+    /// Largest transfer one command may carry, in bytes (advertised as MDTS).
+    pub max_io_size: u32,
+    /// In-capsule data I/O queues accept, in bytes (advertised as IOCCSZ = (64 + this) / 16).
+    pub in_capsule_data_size: u32,
+}
+
+impl Default for TransportDecl {
+    fn default() -> Self {
+        Self {
+            max_io_size: crate::build::DEFAULT_MAX_IO_SIZE,
+            in_capsule_data_size: crate::build::DEFAULT_IN_CAPSULE_DATA,
+        }
+    }
 }
 
 /// One NVMe/TCP portal.

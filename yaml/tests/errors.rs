@@ -27,7 +27,7 @@ fn non_string_key() {
         fail("listeners: []\n1: 2\n"),
         (
             ErrorKind::WrongType,
-            "t.yaml:2:1: (document): wrong type: found key integer 1 (expected a key, one of: listeners, subsystems)".to_owned()
+            "t.yaml:2:1: (document): wrong type: found key integer 1 (expected a key, one of: listeners, subsystems, transport)".to_owned()
         )
     );
 }
@@ -447,5 +447,60 @@ fn block_backend_checks_at_load() {
         .unwrap_err()
         .kind,
         ErrorKind::UnknownKey
+    );
+}
+
+#[test]
+fn transport_section_defaults_and_values() {
+    let base = "listeners:\n  - address: 127.0.0.1\nsubsystems:\n  - nqn: nqn.2026-11.dev.tessera:t\n    \
+                allow_any_host: true\n    namespaces:\n      - nsid: 1\n        backend: { kind: ram, size: 1MiB }\n";
+    let l = parse_str("t.yaml", base).unwrap();
+    assert_eq!(l.transport, yaml::TransportDecl::default());
+    assert_eq!(l.transport.max_io_size, 128 * 1024);
+    assert_eq!(l.transport.in_capsule_data_size, 8192);
+    let l = parse_str(
+        "t.yaml",
+        &format!("{base}transport:\n  max_io_size: 1MiB\n  in_capsule_data_size: 0\n"),
+    )
+    .unwrap();
+    assert_eq!(l.transport.max_io_size, 1 << 20);
+    assert_eq!(l.transport.in_capsule_data_size, 0);
+    let l = parse_str(
+        "t.yaml",
+        &format!("{base}transport: {{ max_io_size: 8MiB }}\n"),
+    )
+    .unwrap();
+    assert_eq!(l.transport.max_io_size, 8 << 20);
+    assert_eq!(l.transport.in_capsule_data_size, 8192);
+    // Below the minimum, above the in-capsule maximum, above max_io_size, negative, not a map.
+    for (t, msg) in [
+        (
+            "{ max_io_size: 2KiB }",
+            "t.yaml:9:27: transport.max_io_size: max_io_size 2048 is out of range",
+        ),
+        (
+            "{ in_capsule_data_size: 128KiB }",
+            "t.yaml:9:36: transport.in_capsule_data_size: in_capsule_data_size 131072 is out of range",
+        ),
+        (
+            "{ max_io_size: 4KiB, in_capsule_data_size: 8KiB }",
+            "t.yaml:9:55: transport.in_capsule_data_size: in_capsule_data_size 8192 is above max_io_size 4096",
+        ),
+        (
+            "{ max_io_size: -1 }",
+            "t.yaml:9:27: transport.max_io_size: negative size -1",
+        ),
+    ] {
+        let (kind, text) = fail(&format!("{base}transport: {t}\n"));
+        assert_eq!(kind, ErrorKind::BadTransport, "{t}");
+        assert!(text.starts_with(msg), "{t}: {text}");
+    }
+    assert_eq!(
+        fail(&format!("{base}transport: 1MiB\n")).0,
+        ErrorKind::WrongType
+    );
+    assert_eq!(
+        fail(&format!("{base}transport: {{ max_io_size: 1GB }}\n")).0,
+        ErrorKind::BadSize
     );
 }

@@ -177,6 +177,26 @@ const BAD: &[(&str, ErrorKind, &str)] = &[
         ErrorKind::Document,
         "1:1: (document): empty layout (expected a mapping with listeners and subsystems)",
     ),
+    (
+        "transport-not-power-of-two.yaml",
+        ErrorKind::BadTransport,
+        "10:16: transport.max_io_size: max_io_size 786432 is not a power of two (expected a power of two from 4KiB to 8MiB, such as \"1MiB\")",
+    ),
+    (
+        "transport-max-io-size.yaml",
+        ErrorKind::BadTransport,
+        "10:16: transport.max_io_size: max_io_size 16777216 is out of range (expected a power of two from 4KiB to 8MiB, such as \"1MiB\")",
+    ),
+    (
+        "transport-in-capsule-multiple.yaml",
+        ErrorKind::BadTransport,
+        "10:25: transport.in_capsule_data_size: in_capsule_data_size 1000 is not a multiple of 16 (expected a multiple of 16 from 0 to 64KiB, such as \"8KiB\")",
+    ),
+    (
+        "transport-unknown-key.yaml",
+        ErrorKind::UnknownKey,
+        "11:3: transport.mdts: unknown key \"mdts\" (expected one of: max_io_size, in_capsule_data_size)",
+    ),
 ];
 
 #[test]

@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             poll: std::time::Duration::from_micros(args.poll_us),
             transport: tessera::transport::TransportConfig {
                 zero_copy_reads: !args.no_zero_copy,
-                ..Default::default()
+                ..tessera::config::transport_config(&layout)
             },
             ..TargetOptions::default()
         };
@@ -152,19 +152,31 @@ fn main() -> ExitCode {
     })
 }
 
+/// Waits for SIGTERM or SIGINT (then the caller drains and stops). SIGHUP, which would kill
+/// the process by default, is caught: live reload does not exist yet, so it only says so and
+/// the target keeps serving its configuration unchanged.
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers we can only run until killed.
         std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::warn!(
+                    "SIGHUP: configuration reload is not supported yet; the configuration is \
+                     unchanged and the target keeps serving"
+                );
+            }
+        }
     }
 }
 
@@ -184,6 +196,8 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
             reactors: args.reactors,
             cpus: args.cpus.clone(),
             poll: std::time::Duration::from_micros(args.poll_us),
+            // A storage server has no layout of its own (the manager assigns its volumes), so
+            // it keeps the default transport limits (docs/transport.md).
             transport: tessera::transport::TransportConfig {
                 zero_copy_reads: !args.no_zero_copy,
                 ..Default::default()

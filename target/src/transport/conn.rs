@@ -97,7 +97,10 @@ pub async fn serve(
             rd,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             out: Writer::new(wr),
-            queue: Queue::default(),
+            queue: Queue {
+                pool: crate::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
+                ..Queue::default()
+            },
             pending: Vec::new(),
             inflight: FuturesUnordered::new(),
             sqhd: 0,
@@ -405,73 +408,49 @@ impl Conn {
             Ok(d) => d,
             Err(st) => return self.respond(cid, Completion::status(st)),
         };
-        match dir {
-            DataDir::HostToCtrl(len) if len > 0 => {
-                let len = match u32::try_from(len) {
-                    Ok(l) if l <= self.cfg.mdts_bytes => l,
-                    _ => {
-                        return self
-                            .respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
-                    }
-                };
-                match SglDescriptor::parse(&sqe.dptr()) {
-                    Ok(SglDescriptor::InCapsule {
-                        offset,
-                        len: sgl_len,
-                    }) => {
-                        // ICDOFF is 0: in-capsule data starts right after the SQE.
-                        if offset != 0 {
-                            return self.respond(
-                                cid,
-                                Completion::status(Status::SGL_OFFSET_INVALID.with_dnr()),
-                            );
-                        }
-                        if sgl_len != len || data.len() != len as usize {
-                            return self.respond(
-                                cid,
-                                Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
-                            );
-                        }
-                        self.execute(cid, sqe, cmd, data)
-                    }
-                    Ok(SglDescriptor::Transport { len: sgl_len, .. }) => {
-                        if sgl_len != len || !data.is_empty() {
-                            return self.respond(
-                                cid,
-                                Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
-                            );
-                        }
-                        self.solicit(cid, sqe, cmd, len)
-                    }
-                    Ok(_) => {
-                        self.respond(cid, Completion::status(Status::SGL_INVALID_TYPE.with_dnr()))
-                    }
-                    Err(e) => self.respond(cid, Completion::status(e.status())),
+        // MDTS applies to every command that moves data (a Get Log Page of 4 GiB would
+        // otherwise make us allocate whatever the host asks for). It bounds the transfer, not
+        // the host's buffer: a longer SGL moves only `dir.len()` bytes.
+        let Ok(len) = u32::try_from(dir.len()) else {
+            return self.respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
+        };
+        if len > self.cfg.mdts_bytes {
+            return self.respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
+        }
+        // The one SGL rule (codec check_sgl, docs/transport.md): at least `len` bytes
+        // described, longer accepted.
+        let sgl = match cmd::check_sgl(&sqe, dir) {
+            Ok(s) => s,
+            Err(st) => return self.respond(cid, Completion::status(st)),
+        };
+        match (dir, sgl) {
+            (DataDir::HostToCtrl(_), Some(SglDescriptor::InCapsule { len: sgl_len, .. })) => {
+                // The capsule holds exactly what its descriptor describes (NVMe/TCP 1.0,
+                // section 3.3.2: in-capsule data follows the SQE, its length given by SGL1);
+                // of those bytes the command uses the first `len`.
+                let mut data = data;
+                if data.len() != sgl_len as usize {
+                    return self.respond(
+                        cid,
+                        Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
+                    );
                 }
+                data.truncate(len as usize);
+                self.execute(cid, sqe, cmd, data)
             }
-            DataDir::CtrlToHost(len) if len > 0 => {
-                // MDTS applies to every command (a Get Log Page of 4 GiB would otherwise make us
-                // allocate whatever the host asks for).
-                if len > u64::from(self.cfg.mdts_bytes) {
-                    return self.respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
+            (DataDir::HostToCtrl(_), Some(_)) => {
+                // A Transport SGL: the data comes by R2T/H2CData, so the capsule has none. Only
+                // the `len` bytes the command uses are solicited.
+                if !data.is_empty() {
+                    return self.respond(
+                        cid,
+                        Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
+                    );
                 }
-                match SglDescriptor::parse(&sqe.dptr()) {
-                    Ok(SglDescriptor::Transport { len: sgl_len, .. })
-                        if u64::from(sgl_len) == len => {}
-                    Ok(SglDescriptor::Transport { .. }) => {
-                        return self.respond(
-                            cid,
-                            Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
-                        );
-                    }
-                    Ok(_) => {
-                        return self
-                            .respond(cid, Completion::status(Status::SGL_INVALID_TYPE.with_dnr()));
-                    }
-                    Err(e) => return self.respond(cid, Completion::status(e.status())),
-                }
-                self.execute(cid, sqe, cmd, Bytes::new())
+                self.solicit(cid, sqe, cmd, len)
             }
+            // Reads send `len` bytes by C2HData whatever the host's buffer holds beyond.
+            (DataDir::CtrlToHost(_), Some(_)) => self.execute(cid, sqe, cmd, Bytes::new()),
             _ => self.execute(cid, sqe, cmd, data),
         }
     }

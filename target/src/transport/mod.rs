@@ -35,6 +35,27 @@ pub struct TransportConfig {
     pub zero_copy_reads: bool,
 }
 
+impl TransportConfig {
+    /// The default limits with MDTS `mdts_bytes` and I/O in-capsule data `io_incapsule` (the
+    /// layout's `transport:` section, already checked by the yaml crate; docs/transport.md).
+    ///
+    /// MAXH2CDATA and the largest R2T follow MDTS, so a host sends a whole write in one
+    /// H2CData PDU, which the connection hands on where it landed in the receive buffer (no
+    /// copy, no per-command buffer); the codec's largest PDU follows both
+    /// ([`TransportConfig::limits`]). MAXH2CDATA must be at least 4 KiB (NVMe/TCP 1.0, section
+    /// 3.6.2.3), which MDTS's own lower bound (4 KiB) already ensures.
+    pub fn with_limits(mdts_bytes: u32, io_incapsule: u32) -> Self {
+        let mdts = mdts_bytes.max(codec::pdu::params::MAXH2CDATA_MIN);
+        Self {
+            max_h2c_data: mdts,
+            io_incapsule,
+            mdts_bytes: mdts,
+            r2t_len_max: mdts,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for TransportConfig {
     fn default() -> Self {
         Self {

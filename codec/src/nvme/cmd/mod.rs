@@ -86,28 +86,35 @@ pub fn parse(sqe: &Sqe, queue: QueueKind) -> Result<Command, Status> {
 }
 
 /// Check SGL1 of a command against the data it needs, `dir` (from the parsed command), the way
-/// an NVMe/TCP controller must (NVMe/TCP 1.0, section 3.3.2; NVMe Base 2.0, section 4.1.8):
+/// an NVMe/TCP controller must (NVMe/TCP 1.0, section 3.3.2; NVMe Base 2.0, section 4.1.8).
+/// This is the one SGL rule of the whole transport (docs/transport.md):
 ///
-/// * no data: the descriptor must describe 0 bytes (Linux sends a null Transport SGL);
+/// * no data: DPTR is not looked at (nothing moves; PSDT may even be 00b, PRPs, which a fabric
+///   cannot use but a command without data may leave there); a non-empty descriptor is simply
+///   longer than the 0 bytes moved, which the next rule accepts;
 /// * data: the descriptor must be in-capsule (Data Block, Offset subtype, at offset 0 since
-///   ICDOFF is 0 and the capsule holds one data block) or a Transport SGL Data Block;
-///   anything else is SGL Descriptor Type Invalid;
-/// * it must describe at least the bytes the command moves (else Data SGL Length Invalid);
-///   a longer buffer is accepted and only `dir.len()` bytes move.
+///   ICDOFF is 0 and the capsule holds one data block), only for host-to-controller data (a
+///   capsule carries no data back), or a Transport SGL Data Block; anything else is SGL
+///   Descriptor Type Invalid;
+/// * it must describe at least the bytes the command moves, else Data SGL Length Invalid. A
+///   longer buffer is accepted and only `dir.len()` bytes move: we advertise SGLS bit 18 ("SGL
+///   Length", NVMe Base 2.0, Figure 275: commands may carry a data SGL longer than the data
+///   they transfer), and Linux sends such a buffer for Dataset Management (a 4 KiB range
+///   page for fewer than 256 ranges).
 ///
 /// Returns the descriptor when data moves.
 pub fn check_sgl(sqe: &Sqe, dir: DataDir) -> Result<Option<SglDescriptor>, Status> {
-    let sgl = SglDescriptor::from_sqe(sqe)?;
     if dir.is_empty() {
-        return if sgl.is_empty() {
-            Ok(None)
-        } else {
-            Err(Status::SGL_INVALID_DATA_LEN.with_dnr())
-        };
+        return Ok(None);
     }
-    match sgl {
-        SglDescriptor::InCapsule { offset: 0, .. } | SglDescriptor::Transport { .. } => {}
-        SglDescriptor::InCapsule { .. } => return Err(Status::SGL_OFFSET_INVALID.with_dnr()),
+    let sgl = SglDescriptor::from_sqe(sqe)?;
+    match (sgl, dir) {
+        (SglDescriptor::InCapsule { offset: 0, .. }, DataDir::HostToCtrl(_))
+        | (SglDescriptor::Transport { .. }, _) => {}
+        (SglDescriptor::InCapsule { offset: 0, .. }, _) => {
+            return Err(Status::SGL_INVALID_TYPE.with_dnr());
+        }
+        (SglDescriptor::InCapsule { .. }, _) => return Err(Status::SGL_OFFSET_INVALID.with_dnr()),
         _ => return Err(Status::SGL_INVALID_TYPE.with_dnr()),
     }
     if sgl.len() < dir.len() {
