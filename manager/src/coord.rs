@@ -155,10 +155,11 @@ impl Coordinator {
     /// the newest whose phase 1a is done. `None` (an anonymous server fetch) gets the latter.
     #[must_use]
     pub fn server_map(&self, server: Option<&str>) -> Arc<ClusterMap> {
-        if let (Some(p), Some(id)) = (&self.pending, server) {
-            if p.phase == Phase::OldOwners && p.old_owners.contains(id) {
-                return Arc::clone(&p.map);
-            }
+        if let (Some(p), Some(id)) = (&self.pending, server)
+            && p.phase == Phase::OldOwners
+            && p.old_owners.contains(id)
+        {
+            return Arc::clone(&p.map);
         }
         Arc::clone(&self.servers_map)
     }
@@ -235,10 +236,10 @@ impl Coordinator {
                 if generation >= self.servers_map.generation {
                     self.late.remove(&server);
                 }
-                if let Some(p) = &mut self.pending {
-                    if generation >= p.map.generation {
-                        p.waiting.remove(&server);
-                    }
+                if let Some(p) = &mut self.pending
+                    && generation >= p.map.generation
+                {
+                    p.waiting.remove(&server);
                 }
                 self.advance(&mut out);
             }
@@ -282,14 +283,14 @@ impl Coordinator {
 
     /// Old owners marked `down` by a newer durable map are not waited for in phase 1a.
     fn excuse_down_servers(&mut self, newer: &ClusterMap) {
-        if let Some(p) = &mut self.pending {
-            if p.phase == Phase::OldOwners {
-                p.waiting.retain(|id| {
-                    newer
-                        .server(id)
-                        .is_some_and(|s| s.state != ServerState::Down)
-                });
-            }
+        if let Some(p) = &mut self.pending
+            && p.phase == Phase::OldOwners
+        {
+            p.waiting.retain(|id| {
+                newer
+                    .server(id)
+                    .is_some_and(|s| s.state != ServerState::Down)
+            });
         }
     }
 

@@ -515,14 +515,14 @@ impl ClusterMap {
                 });
             }
         }
-        if let Some(m) = &ext.moving {
-            if ext.replicas.iter().any(|r| r.server == m.to.server) {
-                return Err(MapError::MoveToReplica {
-                    volume: v.name.clone(),
-                    extent: i,
-                    server: m.to.server.clone(),
-                });
-            }
+        if let Some(m) = &ext.moving
+            && ext.replicas.iter().any(|r| r.server == m.to.server)
+        {
+            return Err(MapError::MoveToReplica {
+                volume: v.name.clone(),
+                extent: i,
+                server: m.to.server.clone(),
+            });
         }
         Ok(())
     }

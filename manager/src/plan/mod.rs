@@ -465,7 +465,7 @@ pub(crate) fn edit_add_server(m: &mut ClusterMap, req: &AddServerRequest) -> Res
     if req.pool_bytes == 0 {
         return Err(PlanError::ZeroSize("pool"));
     }
-    if req.pool_bytes % POOL_BLOCK_BYTES != 0 {
+    if !req.pool_bytes.is_multiple_of(POOL_BLOCK_BYTES) {
         return Err(PlanError::NotMultiple {
             what: "pool",
             value: req.pool_bytes,

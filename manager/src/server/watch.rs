@@ -46,13 +46,13 @@ impl WatchState {
             None => inner.coord.client_map(),
             Some(server) => {
                 let m = inner.coord.server_map(server.as_deref());
-                if let Some(id) = server {
-                    if m.generation > self.last {
-                        let _ = inner.coord.handle(Event::ServerFetched {
-                            server: id.clone(),
-                            generation: m.generation,
-                        });
-                    }
+                if let Some(id) = server
+                    && m.generation > self.last
+                {
+                    let _ = inner.coord.handle(Event::ServerFetched {
+                        server: id.clone(),
+                        generation: m.generation,
+                    });
                 }
                 m
             }
