@@ -330,5 +330,5 @@ fn file_backed_example_resolves_and_keeps_the_path_location() {
         ns.backend_loc.field,
         "subsystems[0].namespaces[0].backend.path"
     );
-    assert_eq!((ns.backend_loc.line, ns.backend_loc.column), (22, 17));
+    assert_eq!((ns.backend_loc.line, ns.backend_loc.column), (25, 17));
 }
