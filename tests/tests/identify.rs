@@ -137,8 +137,8 @@ fn ctrl_fields() -> Vec<(&'static str, F)> {
         ("ofcs", Num(1804, 2)),
         // Power state descriptor 0 at 2048 (Figure 276).
         ("max_power", Num(2048, 2)),
-        ("max_power_scale", Bits(2051, 0b01)),
-        ("non-operational_state", Bits(2051, 0b10)),
+        // Byte 3 of the descriptor: MXPS (bit 0) and NOPS (bit 1); nvme-cli prints it whole.
+        ("flags", Num(2051, 1)),
         ("entry_lat", Num(2052, 4)),
         ("exit_lat", Num(2056, 4)),
     ]
