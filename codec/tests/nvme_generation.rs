@@ -1,4 +1,4 @@
-//! Tessera's generation protocol on the wire (DESIGN.md): the stamp in CDW2/CDW3, the server's
+//! Tessera's generation protocol on the wire (docs/cluster-protocol.md): the stamp in CDW2/CDW3, the server's
 //! generation in CQE DW0/DW1, the Identify Controller vendor area and vendor log page C0h.
 #![allow(clippy::unwrap_used, clippy::panic)]
 

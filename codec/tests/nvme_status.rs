@@ -47,7 +47,7 @@ fn names_are_unique_per_code_except_the_documented_shared_ones() {
 
 #[test]
 fn spec_vectors() {
-    // (status, SCT, SC) from NVMe Base 2.0 Figures 101-104, Fabrics Figure 20, DESIGN.md.
+    // (status, SCT, SC) from NVMe Base 2.0 Figures 101-104, Fabrics Figure 20, docs/cluster-protocol.md.
     let v: &[(Status, u8, u8)] = &[
         (Status::SUCCESS, 0, 0x00),
         (Status::INVALID_OPCODE, 0, 0x01),

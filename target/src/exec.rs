@@ -1,5 +1,5 @@
 //! Transport-independent command execution: the one ops table between a transport's queue and
-//! the controller (STYLE.md: nvmet's transports reach the core through one table).
+//! the controller (as Linux nvmet's transports reach its core through one table).
 //!
 //! The transport parses a command, asks [`data_dir`] where its data goes, gathers the data, then
 //! calls [`execute`], which returns either a completion or a future of one.

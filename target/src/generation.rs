@@ -1,4 +1,4 @@
-//! The map generation check (shared/DESIGN.md, "The generation on the wire").
+//! The map generation check (docs/cluster-protocol.md, "The generation on the wire").
 //!
 //! Every stamped NVM I/O command carries the sender's map generation in CDW2/CDW3. It is compared
 //! with this server's generation before the command runs: equal runs; older completes with

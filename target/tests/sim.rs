@@ -1,11 +1,11 @@
-//! A deterministic, seeded simulation of the map protocol (TigerBeetle-style, STYLE.md): the
+//! A deterministic, seeded simulation of the map protocol (seeded, TigerBeetle-style): the
 //! manager (the REAL `manager::coord` state machine and `manager::plan`), storage servers (the
 //! REAL `tessera::generation::GenerationState` stamp check around a model of
 //! target/src/cluster: install with the gate and the final copy, copy-then-switch, routing),
 //! layout-aware clients and hosts, over a network that delays, reorders, drops and duplicates
 //! messages, with server and manager crashes and restarts.
 //!
-//! After every step it checks shared/DESIGN.md's
+//! After every step it checks docs/cluster-protocol.md's
 //! - invariant 1: no command stamped g executes on a server whose generation is not g
 //!   (asserted where a command runs, against the model's own record of the installed
 //!   generation, so a broken `check` is caught too);
@@ -258,7 +258,7 @@ fn invariants_hold_under_every_fault_outside_phase_1a() {
 }
 
 /// CI, healing: once faults stop and every process is back, every durable map must be
-/// published and installed within a minute. Not one of DESIGN.md's invariants, but a protocol
+/// published and installed within a minute. Not one of docs/cluster-protocol.md's invariants, but a protocol
 /// that wedges keeps clients on stale maps forever. Every fault but server crashes (see
 /// `publications_complete_once_faults_stop_outside_phase_1a`); a healing run costs about
 /// ten faulty ones, so CI runs [`LIVENESS_SEEDS`] seeds.

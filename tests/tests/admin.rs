@@ -165,7 +165,7 @@ async fn identify_controller_describes_this_target() {
     assert!(id.aerl >= 1, "AERL");
     assert_ne!(id.cmic & (1 << 3), 0, "CMIC: ANA reporting");
     assert!(id.anagrpmax >= 1 && id.nanagrpid >= 1);
-    // The vendor area advertises the generation check (DESIGN.md), at generation 1.
+    // The vendor area advertises the generation check (docs/cluster-protocol.md), at generation 1.
     let g = id
         .genchk
         .expect("Identify vendor area must advertise the generation check");

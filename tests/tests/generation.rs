@@ -1,4 +1,4 @@
-//! The map generation on the wire (DESIGN.md, "The generation on the wire"): NVM I/O commands
+//! The map generation on the wire (docs/cluster-protocol.md, "The generation on the wire"): NVM I/O commands
 //! stamped in CDW2/CDW3 are checked before they run. Equal runs; older is "stale map" (SCT 7h,
 //! SC 80h) and newer "server behind" (SC 81h), both retryable with the server generation in CQE
 //! DW0/DW1; unstamped commands are accepted from hosts and refused on internal connections;
@@ -214,7 +214,7 @@ async fn internal_target(generation: u64) -> TestTarget {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_connections_require_stamps() {
-    // DESIGN.md: "Commands on internal connections must be stamped; an unstamped one there is
+    // docs/cluster-protocol.md: "Commands on internal connections must be stamped; an unstamped one there is
     // rejected." The rejection carries the server generation in DW0/DW1 and is counted in log
     // page C0h; stamped commands follow the usual rules.
     let g: u64 = 0x0000_0002_0000_0009;

@@ -678,7 +678,7 @@ async fn losing_the_admin_queue_with_io_in_flight() {
     // writers on two I/O queues write their own slot again and again until the admin
     // connection drops. Every command then ends (completed, or failed with its connection),
     // nothing hangs, and each slot holds its last acknowledged write or the one in flight at
-    // the end (DESIGN.md invariant 3: a read after an acknowledged write returns it or newer).
+    // the end (docs/cluster-protocol.md invariant 3: a read after an acknowledged write returns it or newer).
     let dir = tempfile::tempdir().unwrap();
     let t = TestTarget::start(&std_yaml_with_files(dir.path())).await;
     let c = connect(t.addr, SUBNQN).await;

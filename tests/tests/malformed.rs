@@ -2,7 +2,7 @@
 //! C2HTermReq whose FES names the kind of error and, for header field and parameter errors, whose
 //! FEI is the byte offset of the offending field (FEI is reserved, so 0, for sequence and data
 //! range/limit errors); then the target closes the connection. After each, the target serves a
-//! fresh connection: no panic, no hang, nothing else disturbed (DESIGN.md invariant 4).
+//! fresh connection: no panic, no hang, nothing else disturbed (docs/cluster-protocol.md invariant 4).
 //! Everything is bounded by [`RAW_TIMEOUT`].
 //!
 //! Errors that belong to one command (a bad SGL, an unknown opcode) are not fatal: the last tests

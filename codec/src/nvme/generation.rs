@@ -1,4 +1,4 @@
-//! Tessera's map-generation check on the wire (DESIGN.md, "The generation on the wire").
+//! Tessera's map-generation check on the wire (docs/cluster-protocol.md, "The generation on the wire").
 //!
 //! * The stamp: a 64-bit generation in CDW2 (low 32 bits) and CDW3 (high 32 bits) of NVM I/O
 //!   submission entries. In the NVM Command Set those dwords carry storage/reference tags only

@@ -271,7 +271,7 @@ statuses! {
     HOST_PATH_ERROR = (P, 0x70, "Host Pathing Error");
     CMD_ABORTED_BY_HOST = (P, 0x71, "Command Aborted By Host");
 
-    // Vendor Specific (SCT 7h): Tessera's generation check (DESIGN.md, "The generation on the
+    // Vendor Specific (SCT 7h): Tessera's generation check (docs/cluster-protocol.md, "The generation on the
     // wire"). The server's generation rides in CQE DW0 (low) / DW1 (high).
     /// The request's generation is older than the server's map: refresh the map and retry.
     STALE_MAP = (V, 0x80, "Stale Map");

@@ -37,7 +37,7 @@ pub const FIRST_MAP_WAIT: Duration = Duration::from_secs(30);
 pub const POSTPONED_RETRY: Duration = Duration::from_secs(1);
 /// How often a server repeats the ack of its installed generation (idempotent).
 pub const REACK_PERIOD: Duration = Duration::from_secs(1);
-/// Mismatch reports sent to the manager per second at most (DESIGN.md: rate-limited).
+/// Mismatch reports sent to the manager per second at most (docs/cluster-protocol.md: rate-limited).
 pub const REPORTS_PER_SECOND: u32 = 10;
 
 /// The pool backend kind (its size comes from the map).

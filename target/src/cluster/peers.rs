@@ -2,7 +2,7 @@
 //!
 //! One controller and one I/O queue per peer, opened on first use and reopened after a failure.
 //! The peer must advertise the generation check in its Identify Controller vendor area, or it
-//! is refused (fail closed, DESIGN.md).
+//! is refused (fail closed, docs/cluster-protocol.md).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

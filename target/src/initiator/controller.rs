@@ -396,7 +396,7 @@ impl Controller {
     }
 
     /// The generation-check advertisement in Identify Controller's vendor area, if any
-    /// (DESIGN.md). A layout-aware client refuses a peer without it: see
+    /// (docs/cluster-protocol.md). A layout-aware client refuses a peer without it: see
     /// [`Controller::require_generation_check`].
     pub async fn generation_check_info(&self) -> Result<Option<GenCheckInfo>> {
         let raw = self.identify_controller().await?;

@@ -26,7 +26,7 @@ pub enum InitiatorError {
     /// A helper that expects success got this NVMe status.
     Status(Status),
     /// A stamped command was refused for its map generation (SCT 7h, SC 80h "stale map" or
-    /// 81h "server behind"); `server_generation` is CQE DW0/DW1 (DESIGN.md).
+    /// 81h "server behind"); `server_generation` is CQE DW0/DW1 (docs/cluster-protocol.md).
     Generation {
         status: Status,
         server_generation: u64,

@@ -1,5 +1,5 @@
 //! NVM I/O helpers (NVM Command Set 1.0, section 3), optionally stamped with a map generation
-//! in CDW2 (low) / CDW3 (high) (DESIGN.md, "The generation on the wire").
+//! in CDW2 (low) / CDW3 (high) (docs/cluster-protocol.md, "The generation on the wire").
 
 use bytes::{Bytes, BytesMut};
 use codec::nvme::cmd::{

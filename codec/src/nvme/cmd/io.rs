@@ -203,7 +203,7 @@ impl IoCommand {
         }
     }
 
-    /// The generation stamp. DESIGN.md lists Read, Write, Write Zeroes, Dataset Management,
+    /// The generation stamp. docs/cluster-protocol.md lists Read, Write, Write Zeroes, Dataset Management,
     /// Flush and Compare; Verify and Write Uncorrectable address blocks the same way and their
     /// CDW2/CDW3 carry nothing else for our (PI-less) namespaces, so they are checked too.
     pub fn generation(&self) -> Option<NonZeroU64> {

@@ -1,4 +1,4 @@
-//! Parse, then execute (STYLE.md 3): a submission entry becomes a typed command that knows its
+//! Parse, then execute: a submission entry becomes a typed command that knows its
 //! data direction and transfer length before anything runs, so the transport can decide between
 //! in-capsule data and R2T (NVMe/TCP 1.0, section 3.3) without looking at opcodes itself.
 //!
