@@ -42,7 +42,7 @@ use tessera::initiator::{
     Controller, ControllerOptions, InitiatorError, Queue, RawConn, RawEvent, hostid_from_nqn,
 };
 use tessera::server::{Target, TargetOptions};
-use tessera::subsys::Registry;
+use tessera::subsystem::Registry;
 use tessera::transport::TransportConfig;
 
 pub use tessera::config::STANDALONE_GENERATION;

@@ -3,8 +3,8 @@
 //! - [`map`]: the map's JSON types and lookups (what the target routes with);
 //! - [`plan`]: changes to a map (pure);
 //! - [`coord`]: the two-phase publication state machine (sans-I/O);
-//! - [`store`]: the durable copy of the map (redb);
-//! - [`server`]: the control API (HTTP + JSON);
+//! - `store`: the durable copy of the map (redb; feature `server`);
+//! - `server`: the control API (HTTP + JSON; feature `server`);
 //! - [`api`]: request and answer bodies of the control API;
 //! - [`client`]: the control API's client, used by the target and the `tessera` CLI.
 #![forbid(unsafe_code)]
@@ -14,5 +14,7 @@ pub mod client;
 pub mod coord;
 pub mod map;
 pub mod plan;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod store;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use hw::BackendSpec;
 use yaml::{BackendDecl, Layout, Location};
 
-use crate::namespace::Namespace;
-use crate::subsys::{HostPolicy, Registry, Subsystem};
-use crate::volume::LocalVolume;
+use crate::subsystem::namespace::Namespace;
+use crate::subsystem::volume::LocalVolume;
+use crate::subsystem::{HostPolicy, Registry, Subsystem};
 
 /// The generation a standalone server (no manager) runs at. Stamped commands must carry it.
 pub const STANDALONE_GENERATION: u64 = 1;

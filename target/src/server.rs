@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::subsys::Registry;
+use crate::subsystem::Registry;
 use crate::transport::{TransportConfig, conn};
 
 /// Connections served at once per target; further ones wait in the kernel's accept backlog.
@@ -41,7 +41,7 @@ pub struct TargetOptions {
     pub on_reactor_start: Option<fn()>,
     /// Adaptive busy polling: after I/O, a reactor polls its sockets for this long before it
     /// sleeps in epoll again (`busypoll`). Zero (the default here; the daemon's default is
-    /// [`crate::busypoll::DEFAULT_WINDOW`]): never poll.
+    /// [`crate::transport::busypoll::DEFAULT_WINDOW`]): never poll.
     pub poll: Duration,
 }
 
@@ -193,7 +193,7 @@ fn spawn_reactor(
             }
             rt.block_on(async move {
                 // Ends with the runtime when the reactor stops.
-                tokio::spawn(crate::busypoll::poller(poll));
+                tokio::spawn(crate::transport::busypoll::poller(poll));
                 let mut conns = JoinSet::new();
                 let mut stop = shutdown.clone();
                 loop {

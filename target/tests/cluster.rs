@@ -176,22 +176,25 @@ fn daemon_port() -> u16 {
 /// The manager binary sits next to ours in the same target directory (`cargo test
 /// --workspace` builds it); build it if this package's tests run alone.
 fn manager_bin() -> PathBuf {
+    sibling_bin("tessera-manager", "tessera-manager")
+}
+
+/// A binary of another workspace package (`bin` of `package`), next to ours in the same target
+/// directory; built if it is not there (this package's tests run alone).
+fn sibling_bin(bin: &str, package: &str) -> PathBuf {
     let ours = PathBuf::from(env!("CARGO_BIN_EXE_tessera-target"));
-    let theirs = ours.with_file_name("tessera-manager");
+    let theirs = ours.with_file_name(bin);
     if !theirs.exists() {
         let release = ours
             .parent()
             .and_then(Path::file_name)
             .is_some_and(|n| n == "release");
         let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", "tessera-manager", "--bin", "tessera-manager"]);
+        c.args(["build", "-p", package, "--bin", bin]);
         if release {
             c.arg("--release");
         }
-        assert!(
-            c.status().unwrap().success(),
-            "building tessera-manager failed"
-        );
+        assert!(c.status().unwrap().success(), "building {bin} failed");
     }
     theirs
 }
@@ -573,7 +576,7 @@ async fn stale_and_unstamped_internal_commands_are_refused_and_reported() {
     // BEHIND_WAIT (2 s) of its own monotonic clock before it answers, and this clock started
     // before the command was sent. (Half of it, in case BEHIND_WAIT is tuned down.)
     assert!(
-        t.elapsed() >= tessera::io::BEHIND_WAIT / 2,
+        t.elapsed() >= tessera::controller::io::BEHIND_WAIT / 2,
         "server behind answered without waiting"
     );
     // The current generation runs.
@@ -977,7 +980,7 @@ async fn resize_reaches_hosts_as_a_namespace_change_and_a_new_server_gets_new_ex
 
 /// Runs the `tessera` CLI against the cluster's manager.
 fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let out = Command::new(sibling_bin("tessera", "tessera-tool"))
         .args(args)
         .args(["--manager", &c.maddr])
         .output()

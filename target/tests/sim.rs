@@ -1,6 +1,6 @@
 //! A deterministic, seeded simulation of the map protocol (seeded, TigerBeetle-style): the
 //! manager (the REAL `manager::coord` state machine and `manager::plan`), storage servers (the
-//! REAL `tessera::generation::GenerationState` stamp check around a model of
+//! REAL `tessera::cluster::generation::GenerationState` stamp check around a model of
 //! target/src/cluster: install with the gate and the final copy, copy-then-switch, routing),
 //! layout-aware clients and hosts, over a network that delays, reorders, drops and duplicates
 //! messages, with server and manager crashes and restarts.

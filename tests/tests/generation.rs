@@ -181,9 +181,9 @@ async fn generation_stamps() {
 /// A target whose only subsystem is internal (server-to-server: every command must be
 /// stamped), with one 1 MiB RAM namespace of 512-byte blocks, at `generation`.
 async fn internal_target(generation: u64) -> TestTarget {
-    use tessera::namespace::Namespace;
-    use tessera::subsys::{HostPolicy, Registry, Subsystem};
-    use tessera::volume::LocalVolume;
+    use tessera::subsystem::namespace::Namespace;
+    use tessera::subsystem::volume::LocalVolume;
+    use tessera::subsystem::{HostPolicy, Registry, Subsystem};
     let backend = hw::open(&hw::BackendSpec::Ram {
         size: 1 << 20,
         preallocate: false,

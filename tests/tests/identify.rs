@@ -293,10 +293,16 @@ async fn discovery_controller_reports_the_intended_values() {
     assert_eq!(sn.len(), 20, "discovery SN {sn:?}");
     assert!(sn.bytes().all(|c| c.is_ascii_graphic()), "{sn:?}");
     assert_eq!(serials[0], serials[1], "discovery SN is stable");
-    assert_eq!(sn, tessera::identify::discovery_serial(&t.target.addrs));
+    assert_eq!(
+        sn,
+        tessera::controller::identify::discovery_serial(&t.target.addrs)
+    );
     let ci: std::net::SocketAddr = "127.0.0.1:4420".parse().unwrap();
     assert_eq!(
-        format!("{:?}", tessera::identify::discovery_serial(&[ci])),
+        format!(
+            "{:?}",
+            tessera::controller::identify::discovery_serial(&[ci])
+        ),
         expected("discovery_ctrl")["sn"],
         "the JSON's discovery SN is the CI listener's"
     );

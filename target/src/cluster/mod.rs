@@ -7,6 +7,8 @@
 //! manager's watch stream: each new generation is installed (fencing and final-copying extents
 //! this server loses, phase 1a) and acknowledged.
 
+pub mod gate;
+pub mod generation;
 pub mod mover;
 pub mod peers;
 pub mod pool;
@@ -23,10 +25,10 @@ use manager::api::{ReportKind, ReportRequest, Role};
 use manager::client::Client;
 use manager::map::ClusterMap;
 
-use crate::generation::{MismatchKind, MismatchReport, REPORT_QUEUE_MAX};
-use crate::namespace::Namespace;
+use crate::cluster::generation::{MismatchKind, MismatchReport, REPORT_QUEUE_MAX};
 use crate::server::{Target, TargetOptions};
-use crate::subsys::{HostPolicy, NamespaceMap, Registry, Subsystem};
+use crate::subsystem::namespace::Namespace;
+use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem};
 use peers::{INTERNAL_BLOCK, INTERNAL_NSID, Peers, internal_nqn, server_hostnqn};
 use pool::{PoolVolume, TrackedPool};
 use routed::RoutedVolume;
@@ -186,7 +188,9 @@ pub async fn start(
     let registry = Arc::new(Registry::new_cluster(vec![internal], map.generation));
     // Only a cluster node waits for a newer map (its manager will push it); a standalone
     // target never does (generation.rs).
-    registry.generation.set_behind_wait(crate::io::BEHIND_WAIT);
+    registry
+        .generation
+        .set_behind_wait(crate::controller::io::BEHIND_WAIT);
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(REPORT_QUEUE_MAX);
     registry.generation.set_reporter(report_tx);
 

@@ -21,7 +21,7 @@ use super::NodeShared;
 use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
 use super::pool::{DirtyRegion, TRACK_CHUNK, read_pool};
 use crate::initiator::InitiatorError;
-use crate::subsys::lock;
+use crate::subsystem::lock;
 
 /// Bytes copied per write to the new owner (one MDTS).
 pub const COPY_IO_MAX: u64 = 128 * 1024;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::initiator::{Controller, ControllerOptions, InitiatorError, Queue};
-use crate::subsys::lock;
+use crate::subsystem::lock;
 
 /// The internal subsystem NQN of a server.
 pub fn internal_nqn(server_id: &str) -> String {

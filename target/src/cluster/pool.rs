@@ -10,7 +10,7 @@ use bitvec::prelude::{BitVec, Lsb0};
 use bytes::Bytes;
 use hw::{Backend, IoError};
 
-use crate::volume::{IoFuture, LocalVolume, Volume};
+use crate::subsystem::volume::{IoFuture, LocalVolume, Volume};
 
 /// Dirty-tracking granularity: 4 KiB (a 64 MiB extent is a 2 KiB bitmap).
 pub const TRACK_CHUNK: u64 = 4096;

@@ -13,7 +13,7 @@ use hw::{IoError, Op};
 use super::NodeShared;
 use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
 use crate::initiator::InitiatorError;
-use crate::volume::{IoFuture, IoResult, Volume};
+use crate::subsystem::volume::{IoFuture, IoResult, Volume};
 
 /// Tries per piece before the host gets a path error (then it retries itself).
 pub const ROUTE_TRIES: u32 = 6;

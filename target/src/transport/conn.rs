@@ -28,8 +28,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::TransportConfig;
 use super::writer::Writer;
-use crate::exec::{self, Completion, Outcome, Queue};
-use crate::subsys::Registry;
+use crate::controller::exec::{self, Completion, Outcome, Queue};
+use crate::subsystem::Registry;
 
 /// How long a connection waits for in-flight commands when the target shuts down.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
@@ -98,7 +98,7 @@ pub async fn serve(
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             out: Writer::new(wr),
             queue: Queue {
-                pool: crate::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
+                pool: crate::transport::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
                 ..Queue::default()
             },
             pending: Vec::new(),
@@ -212,7 +212,7 @@ impl Conn {
                 r = self.rd.read_buf(&mut self.rbuf), if can_read => {
                     match r {
                         Ok(0) => return Err(End::Closed("peer closed the connection")),
-                        Ok(_) => crate::busypoll::note_activity(),
+                        Ok(_) => crate::transport::busypoll::note_activity(),
                         Err(e) => return Err(End::Io(e)),
                     }
                 }

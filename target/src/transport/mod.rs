@@ -1,5 +1,7 @@
 //! The NVMe/TCP transport (NVMe/TCP Transport Specification 1.0): connection handling on tokio.
 
+pub mod bufpool;
+pub mod busypoll;
 pub mod conn;
 pub mod writer;
 

@@ -15,7 +15,7 @@ use codec::pdu::{C2HData, Pdu, PduCodec, PduError};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::bufpool::BufPool;
+use crate::transport::bufpool::BufPool;
 
 /// Data smaller than this is copied next to its header instead of getting its own iovec: a
 /// short copy is cheaper than an extra segment.

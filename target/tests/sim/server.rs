@@ -1,6 +1,6 @@
 //! A storage server, following target/src/cluster/mod.rs (start, watch, install), io.rs (gate,
 //! stamp check, behind-wait) and routed.rs (host I/O routed with retries). The stamp check is
-//! the REAL `tessera::generation::GenerationState`; the model keeps its own record of the
+//! the REAL `tessera::cluster::generation::GenerationState`; the model keeps its own record of the
 //! installed generation too, so a broken check is caught at the execution point.
 //!
 //! The pool is durable (a crash is a process restart: the pool survives, RAM does not: map,
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use manager::map::{ClusterMap, Replica};
-use tessera::generation::GenerationState;
+use tessera::cluster::generation::GenerationState;
 
 use super::client::Watch;
 use super::mover::{Mover, Pass};

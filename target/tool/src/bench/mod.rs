@@ -1,8 +1,7 @@
 //! `tessera bench`: an NVMe/TCP load generator in the spirit of SPDK's `spdk_nvme_perf`, driving
 //! the project's own initiator, plus the machine baselines it is judged against.
 //!
-//! Binary-only: `src/bin/tessera.rs` declares this tree with `#[path]`, so the library does not
-//! carry a benchmark tool. Layout:
+//! Part of the `tessera` tool's crate (target/tool), not of the daemon. Layout:
 //! * `workload` — offsets (seeded xorshift, aligned to the block size) and the read/write mix;
 //! * `pattern`  — the verify pattern (LBA, generation) and the per-block version map;
 //! * `run`      — the NVMe workload: one controller, `--queues` I/O queues, `--qd` commands each;

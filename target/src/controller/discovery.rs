@@ -11,11 +11,11 @@ use codec::nvme::log::{
     DiscoveryLog, DiscoveryLogEntry, adrfam, lid, sectype, subtype, treq, trtype,
 };
 
-use crate::admin::{async_event_request, sized};
-use crate::ctrl::{Controller, aec};
-use crate::exec::{Completion, Outcome};
-use crate::identify;
-use crate::subsys::{DISCOVERY_NQN, Registry, lock};
+use crate::controller::admin::{async_event_request, sized};
+use crate::controller::ctrl::{Controller, aec};
+use crate::controller::exec::{Completion, Outcome};
+use crate::controller::identify;
+use crate::subsystem::{DISCOVERY_NQN, Registry, lock};
 
 /// ASQSZ advertised for each entry: the admin queue size a host should use (32 entries).
 const ASQSZ: u16 = 32;

@@ -1,6 +1,9 @@
 //! Subsystems and the target-wide registry: which NQNs exist, their namespaces, allowed hosts,
 //! live controllers (CNTLID allocation) and the discovery generation counter.
 
+pub mod namespace;
+pub mod volume;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,9 +11,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
-use crate::ctrl::Controller;
-use crate::generation::GenerationState;
-use crate::namespace::Namespace;
+use crate::cluster::generation::GenerationState;
+use crate::controller::ctrl::Controller;
+use crate::subsystem::namespace::Namespace;
 
 /// The well-known discovery subsystem NQN (NVMe Base 2.0, section 7.9 / NVMe-oF 1.1 5.1).
 pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
@@ -214,7 +217,7 @@ pub struct Registry {
     /// The map generation this server checks stamped commands against.
     pub generation: GenerationState,
     /// Cluster nodes: the install gate every NVM I/O command passes (none when standalone).
-    pub gate: Option<Arc<crate::gate::Gate>>,
+    pub gate: Option<Arc<crate::cluster::gate::Gate>>,
     /// The transport limits in force (Identify advertises them); set when the target starts.
     transport: std::sync::OnceLock<crate::transport::TransportConfig>,
 }
@@ -245,7 +248,7 @@ impl Registry {
     /// A cluster node's registry: generation from the map, an install gate on the I/O path.
     pub fn new_cluster(subsystems: Vec<Subsystem>, generation: u64) -> Self {
         let mut r = Self::new(subsystems, generation);
-        r.gate = Some(Arc::new(crate::gate::Gate::default()));
+        r.gate = Some(Arc::new(crate::cluster::gate::Gate::default()));
         r
     }
 

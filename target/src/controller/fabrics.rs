@@ -12,9 +12,9 @@ use codec::nvme::fabrics::{
     prop, shn, shst,
 };
 
-use crate::ctrl::{Controller, CtrlKind};
-use crate::exec::{Completion, Outcome, Queue};
-use crate::subsys::{DISCOVERY_NQN, Registry, lock};
+use crate::controller::ctrl::{Controller, CtrlKind};
+use crate::controller::exec::{Completion, Outcome, Queue};
+use crate::subsystem::{DISCOVERY_NQN, Registry, lock};
 
 /// CAP.MQES (0's based): 128 entries per queue, SPDK's default queue depth; Linux asks for 128
 /// I/O queue entries and 32 admin entries by default.

@@ -1,6 +1,6 @@
 //! Where a namespace's blocks live.
 //!
-//! A namespace (see [`crate::namespace`]) speaks in LBAs and NVMe status; a [`Volume`] speaks in
+//! A namespace (see [`crate::subsystem::namespace`]) speaks in LBAs and NVMe status; a [`Volume`] speaks in
 //! byte ranges and backend errors. This trait is the one seam between the two: today the only
 //! implementation is [`LocalVolume`] (a `hw` backend on this server); the cluster adds a volume that
 //! routes each extent to the server the map names, stamping what it forwards.

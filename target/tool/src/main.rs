@@ -8,10 +8,10 @@
 //! * `tessera bench-cluster` — gets a test cluster ready for `ci/bench` (every server acked the
 //!   newest map; optionally a volume's extents all moved to one server).
 //! * `tessera status|volume|server|extent|reload` — operator commands against the manager
-//!   (`tessera::cli`).
+//!   (`cli`).
 
-#[path = "../bench/mod.rs"]
 mod bench;
+mod cli;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -48,23 +48,23 @@ enum Cmd {
     /// Create or resize a volume.
     Volume {
         #[command(subcommand)]
-        cmd: tessera::cli::VolumeCmd,
+        cmd: cli::VolumeCmd,
         #[command(flatten)]
-        m: tessera::cli::ManagerArg,
+        m: cli::ManagerArg,
     },
     /// Add a storage server.
     Server {
         #[command(subcommand)]
-        cmd: tessera::cli::ServerCmd,
+        cmd: cli::ServerCmd,
         #[command(flatten)]
-        m: tessera::cli::ManagerArg,
+        m: cli::ManagerArg,
     },
     /// Move an extent (copy, then switch).
     Extent {
         #[command(subcommand)]
-        cmd: tessera::cli::ExtentCmd,
+        cmd: cli::ExtentCmd,
         #[command(flatten)]
-        m: tessera::cli::ManagerArg,
+        m: cli::ManagerArg,
     },
     /// Ask the manager to re-read its cluster YAML and apply the differences.
     Reload(ManagerOnly),
@@ -73,7 +73,7 @@ enum Cmd {
 #[derive(Args, Debug)]
 struct ManagerOnly {
     #[command(flatten)]
-    m: tessera::cli::ManagerArg,
+    m: cli::ManagerArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,11 +246,11 @@ fn main() -> ExitCode {
         Cmd::BenchBaselineServer(a) => server_main(&a),
         Cmd::BenchReport(a) => report_main(&a),
         Cmd::BenchCluster(a) => cluster_main(&a),
-        Cmd::Status(a) => return admin(&a.m.manager, tessera::cli::AdminCmd::Status),
-        Cmd::Volume { cmd, m } => return admin(&m.manager, tessera::cli::AdminCmd::Volume(cmd)),
-        Cmd::Server { cmd, m } => return admin(&m.manager, tessera::cli::AdminCmd::Server(cmd)),
-        Cmd::Extent { cmd, m } => return admin(&m.manager, tessera::cli::AdminCmd::Extent(cmd)),
-        Cmd::Reload(a) => return admin(&a.m.manager, tessera::cli::AdminCmd::Reload),
+        Cmd::Status(a) => return admin(&a.m.manager, cli::AdminCmd::Status),
+        Cmd::Volume { cmd, m } => return admin(&m.manager, cli::AdminCmd::Volume(cmd)),
+        Cmd::Server { cmd, m } => return admin(&m.manager, cli::AdminCmd::Server(cmd)),
+        Cmd::Extent { cmd, m } => return admin(&m.manager, cli::AdminCmd::Extent(cmd)),
+        Cmd::Reload(a) => return admin(&a.m.manager, cli::AdminCmd::Reload),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -261,13 +261,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Operator commands against the manager (see `tessera::cli`).
-fn admin(manager: &str, cmd: tessera::cli::AdminCmd) -> ExitCode {
+/// Operator commands against the manager (see `cli`).
+fn admin(manager: &str, cmd: cli::AdminCmd) -> ExitCode {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(tessera::cli::run(manager, cmd)),
+        Ok(rt) => rt.block_on(cli::run(manager, cmd)),
         Err(e) => {
             eprintln!("tessera: runtime: {e}");
             ExitCode::FAILURE

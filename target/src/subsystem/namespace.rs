@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use codec::nvme::Status;
 
-use crate::volume::Volume;
+use crate::subsystem::volume::Volume;
 
 /// The ANA group every local namespace belongs to (one group per server until the cluster
 /// introduces per-path states).

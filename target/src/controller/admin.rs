@@ -6,10 +6,10 @@ use bytes::{Bytes, BytesMut};
 use codec::nvme::Status;
 use codec::nvme::cmd::{AdminCommand, FeatureId, GetFeatures, GetLogPage, SetFeatures, cns, sel};
 
-use crate::ctrl::{Controller, IO_QUEUES_MAX};
-use crate::exec::{Completion, Outcome};
-use crate::subsys::lock;
-use crate::{identify, logpage};
+use super::{identify, logpage};
+use crate::controller::ctrl::{Controller, IO_QUEUES_MAX};
+use crate::controller::exec::{Completion, Outcome};
+use crate::subsystem::lock;
 
 pub fn execute(ctrl: &Arc<Controller>, cmd: AdminCommand, data: Bytes) -> Outcome {
     match cmd {
@@ -134,7 +134,8 @@ fn get_features(ctrl: &Arc<Controller>, g: &GetFeatures) -> Result<Completion, S
 }
 
 /// AEN kinds this controller can send (OAES): namespace attribute and ANA change notices.
-const AEC_SUPPORTED: u32 = crate::ctrl::aec::NS_ATTR | crate::ctrl::aec::ANA_CHANGE;
+const AEC_SUPPORTED: u32 =
+    crate::controller::ctrl::aec::NS_ATTR | crate::controller::ctrl::aec::ANA_CHANGE;
 
 fn set_features(
     ctrl: &Arc<Controller>,

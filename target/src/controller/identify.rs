@@ -9,11 +9,11 @@ use codec::nvme::identify::{
     NsIdDescriptor, PowerState,
 };
 
-use crate::ctrl::{AER_OUTSTANDING_MAX, Controller, CtrlKind};
-use crate::fabrics::MQES;
-use crate::generation::SERVER_BEHIND_RETRY_DELAY_100MS;
-use crate::namespace::{ANA_GROUP_ID, Namespace};
-use crate::subsys::{DISCOVERY_NQN, Subsystem};
+use crate::cluster::generation::SERVER_BEHIND_RETRY_DELAY_100MS;
+use crate::controller::ctrl::{AER_OUTSTANDING_MAX, Controller, CtrlKind};
+use crate::controller::fabrics::MQES;
+use crate::subsystem::namespace::{ANA_GROUP_ID, Namespace};
+use crate::subsystem::{DISCOVERY_NQN, Subsystem};
 
 /// Firmware revision string (8 ASCII bytes).
 pub const FIRMWARE_REVISION: &str = concat!("TS", env!("CARGO_PKG_VERSION"));

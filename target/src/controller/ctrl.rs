@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use crate::subsys::{Registry, Subsystem, lock};
+use crate::subsystem::{Registry, Subsystem, lock};
 
 /// Controller type (Identify Controller CNTRLTYPE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use codec::nvme::log::{
 };
 use codec::nvme::opcode::{AdminOpcode, IoOpcode};
 
-use crate::ctrl::Controller;
-use crate::identify::FIRMWARE_REVISION;
-use crate::namespace::ANA_GROUP_ID;
+use crate::controller::ctrl::Controller;
+use crate::controller::identify::FIRMWARE_REVISION;
+use crate::subsystem::namespace::ANA_GROUP_ID;
 
 /// Error Information log entries kept: none (ELPE 0 = one entry, always empty); errors are
 /// reported in completions and counted in SMART.

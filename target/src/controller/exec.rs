@@ -14,10 +14,10 @@ use codec::nvme::Status;
 use codec::nvme::cmd::{Command, DataDir};
 use codec::nvme::fabrics::{Cc, Csts};
 
-use crate::bufpool::BufPool;
-use crate::ctrl::Controller;
-use crate::subsys::{Registry, lock};
-use crate::{admin, discovery, fabrics, io};
+use super::{admin, discovery, fabrics, io};
+use crate::controller::ctrl::Controller;
+use crate::subsystem::{Registry, lock};
+use crate::transport::bufpool::BufPool;
 
 /// The result of a command.
 #[derive(Debug, Clone, Default)]

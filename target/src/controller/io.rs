@@ -10,12 +10,12 @@ use codec::nvme::Sqe;
 use codec::nvme::Status;
 use codec::nvme::cmd::{DatasetManagement, DsmRange, IoCommand, Rw, WriteZeroes};
 
-use crate::bufpool::BufPool;
-use crate::ctrl::Controller;
-use crate::exec::{Completion, Outcome};
-use crate::namespace::Namespace;
-use crate::status::from_io_error;
-use crate::volume::Volume;
+use crate::controller::ctrl::Controller;
+use crate::controller::exec::{Completion, Outcome};
+use crate::controller::status::from_io_error;
+use crate::subsystem::namespace::Namespace;
+use crate::subsystem::volume::Volume;
+use crate::transport::bufpool::BufPool;
 
 /// NSID FFFFFFFFh: "all namespaces" (Flush only, when VWC reports broadcast support).
 pub const NSID_BROADCAST: u32 = 0xFFFF_FFFF;
@@ -77,7 +77,7 @@ pub fn execute(
     }
 }
 
-fn mismatch(m: crate::generation::Mismatch) -> Outcome {
+fn mismatch(m: crate::cluster::generation::Mismatch) -> Outcome {
     Completion {
         status: m.status,
         dw0: m.dw0,
@@ -94,7 +94,7 @@ async fn checked(
     cmd: IoCommand,
     data: Bytes,
     pool: Option<&mut BufPool>,
-    pass: Option<crate::gate::Pass>,
+    pass: Option<crate::cluster::gate::Pass>,
     after_behind_wait: bool,
 ) -> Completion {
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
@@ -118,7 +118,7 @@ async fn checked(
 }
 
 /// Keeps the gate pass until the command has completed.
-fn with_pass(o: Outcome, pass: Option<crate::gate::Pass>) -> Outcome {
+fn with_pass(o: Outcome, pass: Option<crate::cluster::gate::Pass>) -> Outcome {
     match (o, pass) {
         (Outcome::Pending(f), Some(pass)) => Outcome::Pending(Box::pin(async move {
             let c = f.await;
