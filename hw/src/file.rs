@@ -200,30 +200,16 @@ impl Backend for FileBackend {
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), IoError> {
         self.check(Op::WriteZeroes, offset, len)?;
-        if len == 0 {
-            return Ok(()); // fallocate refuses a zero length with EINVAL.
-        }
-        let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-        if pio::try_fallocate(&self.file, mode, offset, len, Op::WriteZeroes)? {
-            return Ok(());
-        }
-        self.write_zero_chunks(offset, len, Op::WriteZeroes)
+        pio::zero_range(&self.file, offset, len, |at, n, op| {
+            self.write_zero_chunks(at, n, op)
+        })
     }
 
     fn deallocate(&self, offset: u64, len: u64) -> Result<(), IoError> {
         self.check(Op::Deallocate, offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        if pio::try_fallocate(&self.file, punch, offset, len, Op::Deallocate)? {
-            return Ok(());
-        }
-        let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-        if pio::try_fallocate(&self.file, zero, offset, len, Op::Deallocate)? {
-            return Ok(());
-        }
-        self.write_zero_chunks(offset, len, Op::Deallocate)
+        pio::deallocate_range(&self.file, offset, len, |at, n, op| {
+            self.write_zero_chunks(at, n, op)
+        })
     }
 
     fn flush(&self) -> Result<(), IoError> {

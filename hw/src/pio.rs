@@ -108,6 +108,50 @@ pub(crate) fn try_fallocate(
     }
 }
 
+/// Write Zeroes on a file or block device: `FALLOC_FL_ZERO_RANGE` where the filesystem or
+/// device offers it, else `write_zeros(offset, len, op)`, the backend's own writing of zeros.
+/// The caller has checked the range; a zero length is a no-op (fallocate refuses it).
+pub(crate) fn zero_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    write_zeros: impl FnOnce(u64, u64, Op) -> Result<(), IoError>,
+) -> Result<(), IoError> {
+    let op = Op::WriteZeroes;
+    if len == 0 {
+        return Ok(());
+    }
+    let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    if try_fallocate(file, zero, offset, len, op)? {
+        return Ok(());
+    }
+    write_zeros(offset, len, op)
+}
+
+/// Deallocate (Dataset Management) on a file or block device: punch a hole, else zero the
+/// range with fallocate, else `write_zeros(offset, len, op)`. Deallocated blocks read as zeros
+/// (DLFEAT says so), which each step keeps. The caller has checked the range.
+pub(crate) fn deallocate_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    write_zeros: impl FnOnce(u64, u64, Op) -> Result<(), IoError>,
+) -> Result<(), IoError> {
+    let op = Op::Deallocate;
+    if len == 0 {
+        return Ok(());
+    }
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    if try_fallocate(file, punch, offset, len, op)? {
+        return Ok(());
+    }
+    let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    if try_fallocate(file, zero, offset, len, op)? {
+        return Ok(());
+    }
+    write_zeros(offset, len, op)
+}
+
 /// Zeroes `[offset, offset + len)` by writing `zeros` (all zero bytes) repeatedly; every chunk
 /// but the last is `zeros.len()` long, so for O_DIRECT `zeros` must be aligned and a multiple
 /// of the block size, and so must `len`.
