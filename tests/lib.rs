@@ -53,8 +53,8 @@ pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5b0a3c2e-7d41-4f6a-9e
 pub const HOSTNQN2: &str = "nqn.2026-11.dev.tessera:host:second";
 /// The subsystem of [`STD_YAML`].
 pub const SUBNQN: &str = "nqn.2026-11.dev.tessera:test";
-/// The well-known discovery NQN.
-pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+/// The well-known discovery NQN (the codec's).
+pub use codec::nvme::fabrics::DISCOVERY_NQN;
 
 /// Bound on any single step of a test (connect, one command, a read of the next PDU). Generous:
 /// the suite runs on 2 shared cores, but a hang still fails within seconds.

@@ -1,12 +1,12 @@
 //! NVMe Qualified Names (NVMe Base Specification 2.0, section 4.5).
 
-/// NVMe Base 2.0 section 4.5: "The NQN shall be ... no more than 223 bytes in length"
-/// (the fabrics Connect data reserves 256 bytes, NUL-terminated).
-pub const NQN_BYTES_MAX: usize = 223;
+/// NVMe Base 2.0 section 4.5: an NQN is at most 223 bytes (the fabrics Connect data reserves
+/// 256 bytes, NUL-terminated). The codec's constant: one definition for the wire and the YAML.
+pub const NQN_BYTES_MAX: usize = codec::nvme::fabrics::NQN_MAX_LEN;
 
-/// The well-known discovery subsystem NQN (NVMe Base 2.0 section 4.5 / NVMe-oF 1.1 section 5).
-/// Every listener serves it; no declared subsystem may take it.
-pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+/// The well-known discovery subsystem NQN (the codec's). Every listener serves it; no declared
+/// subsystem may take it.
+pub use codec::nvme::fabrics::DISCOVERY_NQN;
 
 /// Prefix of the UUID-based NQN format (NVMe Base 2.0 section 4.5, second format).
 const UUID_NQN_PREFIX: &str = "nqn.2014-08.org.nvmexpress:uuid:";

@@ -2,13 +2,10 @@
 //! `examples/bad/cluster-*.yaml` fails with exactly its message; more errors from strings.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-
 use yaml::{DeclaredState, ErrorKind, HostPolicy, parse_cluster_str};
 
-fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
+mod common;
+use common::examples_dir;
 
 /// (file in examples/bad, kind, message after `FILE:`).
 const BAD: &[(&str, ErrorKind, &str)] = &[

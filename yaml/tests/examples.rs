@@ -1,13 +1,10 @@
 //! Every `examples/*.yaml` loads; every `examples/bad/*.yaml` fails with exactly its message.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-
 use yaml::ErrorKind;
 
-fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
+mod common;
+use common::examples_dir;
 
 /// (file in examples/bad, kind, message after `FILE:`). `{dir}` stands for the absolute
 /// directory of the bad examples (relative backend paths are resolved against it).

@@ -15,13 +15,13 @@ use crate::cluster::generation::GenerationState;
 use crate::controller::ctrl::Controller;
 use crate::subsystem::namespace::Namespace;
 
-/// The well-known discovery subsystem NQN (NVMe Base 2.0, section 7.9 / NVMe-oF 1.1 5.1).
-pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+/// The well-known discovery subsystem NQN (defined once, in the codec).
+pub use codec::nvme::fabrics::DISCOVERY_NQN;
 
 /// Dynamic controller IDs are allocated from this range (NVMe-oF 1.1, section 3.3.1.1: FFFFh asks
 /// for a dynamic CNTLID; FFF0h–FFFFh are reserved). A cluster gives each server a disjoint slice.
 pub const CNTLID_MIN: u16 = 1;
-pub const CNTLID_MAX: u16 = 0xFFEF;
+pub const CNTLID_MAX: u16 = codec::nvme::fabrics::CNTLID_MAX;
 
 /// Which hosts may connect.
 #[derive(Debug, Clone)]
