@@ -1,5 +1,6 @@
 //! A controller as the host sees it: the admin queue and its CNTLID, with helpers for the
-//! bring-up sequence Linux runs (LINUX-HOST.md) and the admin commands tests need.
+//! bring-up sequence the Linux host runs (Connect, read CAP and VS, set CC.EN, wait for
+//! CSTS.RDY, Identify, Set Features Number of Queues, I/O queues) and the admin commands tests need.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
-//! NVMe/TCP initiator (host side): the project's own client, used by the integration tests,
-//! `tessera bench` and (later) server-to-server forwarding with generation stamps.
+//! NVMe/TCP initiator (host side): the project's own client, used by cluster mode to forward
+//! commands to the server that owns an extent and to copy extents (stamped with a map
+//! generation), by `tessera bench`, and by the integration tests.
 //!
 //! # Layers
 //! * [`Queue`] (`queue.rs`, engine in `conn.rs`): one TCP connection = one NVMe queue.
