@@ -12,9 +12,9 @@ use codec::nvme::cmd::{DatasetManagement, DsmRange, IoCommand, Rw, WriteZeroes};
 
 use crate::controller::ctrl::Controller;
 use crate::controller::exec::{Completion, Outcome};
-use crate::controller::status::from_io_error;
+use crate::controller::status::from_volume_error;
 use crate::subsystem::namespace::Namespace;
-use crate::subsystem::volume::Volume;
+use crate::subsystem::volume::{IoResult, Volume};
 use crate::transport::bufpool::BufPool;
 
 /// NSID FFFFFFFFh: "all namespaces" (Flush only, when VWC reports broadcast support).
@@ -145,7 +145,7 @@ fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut Bu
         return Outcome::Pending(Box::pin(async move {
             for v in vols {
                 if let Err(e) = v.flush().await {
-                    return Completion::status(from_io_error(&e));
+                    return Completion::status(from_volume_error(&e));
                 }
             }
             Completion::ok()
@@ -172,12 +172,12 @@ fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut Bu
     r.unwrap_or_else(Outcome::from)
 }
 
-fn done(r: Result<(), hw::IoError>) -> Completion {
+fn done(r: IoResult<()>) -> Completion {
     match r {
         Ok(()) => Completion::ok(),
         Err(e) => {
             tracing::warn!(error = %e, "backend I/O failed");
-            Completion::status(from_io_error(&e))
+            Completion::status(from_volume_error(&e))
         }
     }
 }
@@ -220,7 +220,7 @@ enum ReadData {
     Mapped(hw::Mapped),
 }
 
-fn read_done(ctrl: &Controller, r: Result<ReadData, hw::IoError>) -> Completion {
+fn read_done(ctrl: &Controller, r: IoResult<ReadData>) -> Completion {
     let c = &ctrl.counters;
     match r {
         Ok(d) => {
@@ -239,7 +239,7 @@ fn read_done(ctrl: &Controller, r: Result<ReadData, hw::IoError>) -> Completion 
         Err(e) => {
             c.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "backend read failed");
-            Completion::status(from_io_error(&e))
+            Completion::status(from_volume_error(&e))
         }
     }
 }
@@ -260,7 +260,7 @@ fn write(ctrl: &Arc<Controller>, ns: &Namespace, rw: Rw, data: Bytes) -> Result<
     })))
 }
 
-fn write_done(ctrl: &Controller, len: u64, r: Result<(), hw::IoError>) -> Completion {
+fn write_done(ctrl: &Controller, len: u64, r: IoResult<()>) -> Completion {
     let c = &ctrl.counters;
     if r.is_ok() {
         c.write_cmds.fetch_add(1, Ordering::Relaxed);
@@ -283,7 +283,7 @@ fn compare(ns: &Namespace, rw: Rw, data: Bytes) -> Result<Outcome, Status> {
             Ok(b) if b == data => Completion::ok(),
             // NVM Command Set 1.0, section 3.2.1: a miscompare is Compare Failure.
             Ok(_) => Completion::status(Status::COMPARE_FAILURE.with_dnr()),
-            Err(e) => Completion::status(from_io_error(&e)),
+            Err(e) => Completion::status(from_volume_error(&e)),
         }
     })))
 }
@@ -329,7 +329,7 @@ fn dataset_management(
                 continue;
             }
             if let Err(e) = vol.deallocate(off, len).await {
-                return Completion::status(from_io_error(&e));
+                return Completion::status(from_volume_error(&e));
             }
         }
         Completion::ok()
