@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use codec::nvme::Sqe;
 use codec::nvme::Status;
 use codec::nvme::cmd::{DatasetManagement, DsmRange, IoCommand, Rw, WriteZeroes};
 
@@ -24,10 +23,12 @@ pub const NSID_BROADCAST: u32 = 0xFFFF_FFFF;
 /// before it completes with "server behind" (cluster mode; docs/cluster-protocol.md).
 pub const BEHIND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Runs an NVM I/O command on `ns`, the namespace the transport resolved when the command
+/// arrived (`None` only for a Flush to every namespace).
 pub fn execute(
     ctrl: &Arc<Controller>,
     internal: bool,
-    _sqe: &Sqe,
+    ns: Option<Arc<Namespace>>,
     cmd: IoCommand,
     data: Bytes,
     pool: &mut BufPool,
@@ -43,7 +44,7 @@ pub fn execute(
                 let ctrl = Arc::clone(ctrl);
                 return Outcome::Pending(Box::pin(async move {
                     let pass = gate.enter().await;
-                    checked(&ctrl, internal, cmd, data, None, Some(pass), false).await
+                    checked(&ctrl, internal, ns, cmd, data, None, Some(pass), false).await
                 }));
             }
         },
@@ -52,7 +53,7 @@ pub fn execute(
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
     let generation = &ctrl.registry.generation;
     match generation.check(stamp, internal) {
-        Ok(()) => with_pass(run(ctrl, cmd, data, Some(pool)), pass),
+        Ok(()) => with_pass(run(ctrl, ns, cmd, data, Some(pool)), pass),
         Err(m)
             if m.status.same_code(Status::SERVER_BEHIND)
                 && generation.behind_wait_ms.load(Ordering::Relaxed) > 0 =>
@@ -70,7 +71,7 @@ pub fn execute(
                     Some(gate) => Some(gate.enter().await),
                     None => None,
                 };
-                checked(&ctrl, internal, cmd, data, None, pass, true).await
+                checked(&ctrl, internal, ns, cmd, data, None, pass, true).await
             }))
         }
         Err(m) => mismatch(m),
@@ -88,9 +89,11 @@ fn mismatch(m: crate::cluster::generation::Mismatch) -> Outcome {
 }
 
 /// Checks the stamp (again) and runs: the slow path, after waiting at the gate or for a map.
+#[allow(clippy::too_many_arguments)]
 async fn checked(
     ctrl: &Arc<Controller>,
     internal: bool,
+    ns: Option<Arc<Namespace>>,
     cmd: IoCommand,
     data: Bytes,
     pool: Option<&mut BufPool>,
@@ -106,7 +109,7 @@ async fn checked(
         g.check(stamp, internal)
     };
     let outcome = match verdict {
-        Ok(()) => run(ctrl, cmd, data, pool),
+        Ok(()) => run(ctrl, ns, cmd, data, pool),
         Err(m) => mismatch(m),
     };
     let c = match outcome {
@@ -130,7 +133,13 @@ fn with_pass(o: Outcome, pass: Option<crate::cluster::gate::Pass>) -> Outcome {
 }
 
 /// Runs a command whose stamp passed.
-fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut BufPool>) -> Outcome {
+fn run(
+    ctrl: &Arc<Controller>,
+    ns: Option<Arc<Namespace>>,
+    cmd: IoCommand,
+    data: Bytes,
+    pool: Option<&mut BufPool>,
+) -> Outcome {
     let Some(subsys) = &ctrl.subsys else {
         return Status::INVALID_OPCODE.with_dnr().into();
     };
@@ -151,7 +160,8 @@ fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut Bu
             Completion::ok()
         }));
     }
-    let Some(ns) = subsys.namespace(cmd.nsid()) else {
+    // Resolved once when the command arrived (exec::resolve).
+    let Some(ns) = ns else {
         return Status::INVALID_NS.with_dnr().into();
     };
     let r = match cmd {
