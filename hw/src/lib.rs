@@ -13,9 +13,10 @@
 //! | `file`  | [`file`](mod@file) | pread/pwrite through the page cache   | yes (fdatasync)      |
 //! | `block` | [`block`]   | O_DIRECT pread/pwrite, bounce buffers | yes (fdatasync)      |
 //!
-//! `unsafe` lives in four small modules, each block with a `// SAFETY:` line:
-//! `region` (the RAM mapping), `mapped` (zero-copy ranges of it), `aligned` (O_DIRECT bounce
-//! buffers) and `sys` (libc calls).
+//! `unsafe` appears in six modules, each block with a `// SAFETY:` line: `region` (the RAM
+//! mapping), `mapped` (zero-copy ranges of it; `Mapped::new` is an unsafe constructor),
+//! `aligned` (O_DIRECT bounce buffers), `sys` (libc calls, CPU affinity included), and the two
+//! callers of `Mapped::new`: `ram` (ranges of its mapping) and `null` (a static zero page).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod aligned;
@@ -28,7 +29,7 @@ mod pio;
 pub mod ram;
 mod region;
 mod spec;
-mod sys;
+pub mod sys;
 
 pub use block::BlockBackend;
 pub use error::{Direction, IoError, IoErrorKind, Op, OpenError};

@@ -1,5 +1,6 @@
 //! Thin wrappers over the Linux calls std does not expose. Each returns `io::Result` with the
-//! errno intact; all `unsafe` for syscalls is here.
+//! errno intact; all `unsafe` for syscalls is here. CPU affinity ([`pin_to_cpu`],
+//! [`allowed_cpus`]) is public: the target's reactors and the bench pin their threads with it.
 
 use std::fs::File;
 use std::io;
@@ -121,9 +122,122 @@ pub(crate) fn lock_exclusive(file: &File) -> io::Result<()> {
     retry(|| unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }).map(|_| ())
 }
 
+/// Number of CPUs a `cpu_set_t` can name (glibc's CPU_SETSIZE, 1024).
+const CPU_SET_CPUS: usize = 1024;
+const _: () = assert!(CPU_SET_CPUS == libc::CPU_SETSIZE as usize);
+
+/// The CPUs the calling thread may run on (`sched_getaffinity(2)`), ascending.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain old data; all-zero bytes are the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a writable cpu_set_t of the size passed, live for the call; pid 0 is
+    // the calling thread.
+    retry(|| unsafe {
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
+    })?;
+    Ok((0..CPU_SET_CPUS)
+        // SAFETY: CPU_ISSET reads one bit of `set`, inside it for every cpu < CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// `0-3,6,8-9`: a CPU list as Linux prints one (e.g. in `/sys/devices/system/cpu/online`).
+pub fn cpu_list(cpus: &[usize]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        let mut end = start;
+        while i + 1 < cpus.len() && cpus[i + 1] == end + 1 {
+            i += 1;
+            end = cpus[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if end == start {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}-{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Checks that `cpu` exists and that this process may run on it, with an error that says which
+/// CPUs it may use (`InvalidInput`) when not.
+pub fn check_cpu(cpu: usize) -> io::Result<()> {
+    let allowed = allowed_cpus()?;
+    if allowed.binary_search(&cpu).is_ok() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "CPU {cpu} is not one this process may run on (it may use CPUs {})",
+            cpu_list(&allowed)
+        ),
+    ))
+}
+
+/// Pins the calling thread (and the threads it starts afterwards) to `cpu`. A CPU that does not
+/// exist or that this process may not use is an `InvalidInput` error naming the CPUs it may use;
+/// nothing is changed then.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    check_cpu(cpu)?;
+    // SAFETY: cpu_set_t is plain old data; all-zero bytes are the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of `set`: `cpu` is in the allowed set, which holds CPUs
+    // below CPU_SETSIZE only, so the bit is inside it.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a readable cpu_set_t of the size passed, live for the call; pid 0 is the
+    // calling thread.
+    retry(|| unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_read_like_linux() {
+        assert_eq!(cpu_list(&[]), "");
+        assert_eq!(cpu_list(&[0]), "0");
+        assert_eq!(cpu_list(&[0, 1]), "0-1");
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+    }
+
+    #[test]
+    fn absent_and_out_of_range_cpus_are_errors_that_name_the_allowed_ones() {
+        let allowed = allowed_cpus().expect("sched_getaffinity");
+        assert!(!allowed.is_empty(), "this thread runs somewhere");
+        let absent = (0..CPU_SET_CPUS).find(|c| !allowed.contains(c));
+        for cpu in absent.into_iter().chain([CPU_SET_CPUS, usize::MAX]) {
+            let e = pin_to_cpu(cpu).expect_err("not an allowed CPU");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "CPU {cpu}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("CPU {cpu} ")), "{msg}");
+            assert!(msg.contains(&cpu_list(&allowed)), "{msg}");
+        }
+        // Nothing changed for this thread.
+        assert_eq!(allowed_cpus().expect("sched_getaffinity"), allowed);
+    }
+
+    #[test]
+    fn pinning_to_an_allowed_cpu_works() {
+        let allowed = allowed_cpus().expect("sched_getaffinity");
+        let cpu = *allowed.last().expect("some CPU");
+        // On a thread of its own: pinning is per thread, leave the test harness's alone.
+        let got = std::thread::spawn(move || {
+            pin_to_cpu(cpu).expect("pin");
+            allowed_cpus().expect("sched_getaffinity")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(got, vec![cpu]);
+    }
 
     #[test]
     fn page_size_is_a_power_of_two() {

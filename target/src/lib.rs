@@ -15,6 +15,12 @@
 //! - [`server`]: reactors and listeners; [`config`]: a YAML layout to a subsystem registry.
 //!
 //! docs/design.md follows one command from the socket to the backend and back, file by file.
+//!
+//! No `unsafe` here: system calls go through `hw::sys` (CPU affinity) or std and tokio. The two
+//! exceptions are raw socket calls where the call itself is the point, each allowed locally
+//! with its `// SAFETY:` argument: the transport's `writev` of backend memory (which must never
+//! become a Rust reference) and the polled initiator's `recv` into a buffer's spare capacity.
+#![deny(unsafe_code)]
 
 pub mod cluster;
 pub mod config;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::subsystem::Registry;
@@ -35,7 +35,8 @@ pub struct TargetOptions {
     pub transport: TransportConfig,
     /// Reactor threads; 0 = one per CPU this process may run on.
     pub reactors: usize,
-    /// Pin reactor i to CPU `cpus[i % len]` (none: let the kernel place them).
+    /// Pin reactor i to CPU `cpus[i % len]` (none: let the kernel place them). Every CPU listed
+    /// must exist and be one this process may run on: otherwise the target does not start.
     pub cpus: Vec<usize>,
     /// Called first on every reactor thread (tests use it to mark the threads they measure).
     pub on_reactor_start: Option<fn()>,
@@ -94,10 +95,17 @@ impl Target {
         } else {
             opts.reactors
         };
+        // Every CPU asked for must exist and be ours: a target never serves unpinned when it
+        // was told to pin (nor panics on a CPU number beyond the set).
+        for &cpu in &opts.cpus {
+            hw::sys::check_cpu(cpu)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot pin reactors: {e}")))?;
+        }
         let mut reactors = Vec::with_capacity(n);
+        let mut pinned = Vec::with_capacity(n);
         for i in 0..n {
-            let cpu = (!opts.cpus.is_empty()).then(|| opts.cpus[i % opts.cpus.len()]);
-            reactors.push(spawn_reactor(
+            let cpu = opts.cpus.get(i % opts.cpus.len().max(1)).copied();
+            let (r, started) = spawn_reactor(
                 i,
                 cpu,
                 opts.on_reactor_start,
@@ -105,7 +113,27 @@ impl Target {
                 Arc::clone(&registry),
                 opts.transport,
                 shutdown.subscribe(),
-            )?);
+            )?;
+            reactors.push(r);
+            pinned.push(started);
+        }
+        // A reactor that could not pin itself has stopped; the others stop when `reactors`
+        // (their connection channels) is dropped with the error.
+        for (i, started) in pinned.into_iter().enumerate() {
+            match started.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot pin reactor {i}: {e}"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(std::io::Error::other(format!(
+                        "reactor {i} stopped while starting"
+                    )));
+                }
+            }
         }
         let reactors = Arc::new(reactors);
         let mut accept_tasks = JoinSet::new();
@@ -153,19 +181,6 @@ impl Target {
     }
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it, and
-    // sched_setaffinity(0, ..) reads it for the calling thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::warn!(cpu, "cannot pin reactor thread");
-        }
-    }
-}
-
 fn spawn_reactor(
     index: usize,
     cpu: Option<usize>,
@@ -174,7 +189,8 @@ fn spawn_reactor(
     registry: Arc<Registry>,
     cfg: TransportConfig,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<Reactor> {
+) -> std::io::Result<(Reactor, oneshot::Receiver<std::io::Result<()>>)> {
+    let (started_tx, started) = oneshot::channel();
     let (tx, mut rx) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
     let live = Arc::new(AtomicUsize::new(0));
     let live2 = Arc::clone(&live);
@@ -185,8 +201,13 @@ fn spawn_reactor(
     let thread = std::thread::Builder::new()
         .name(format!("reactor-{index}"))
         .spawn(move || {
-            if let Some(cpu) = cpu {
-                pin_to_cpu(cpu);
+            // Pinned first, before the runtime serves anything; a reactor that cannot pin
+            // says so and stops (the target then fails to start).
+            let pinned = cpu.map_or(Ok(()), hw::sys::pin_to_cpu);
+            let failed = pinned.is_err();
+            let _ = started_tx.send(pinned);
+            if failed {
+                return;
             }
             if let Some(f) = on_start {
                 f();
@@ -222,11 +243,14 @@ fn spawn_reactor(
                 while conns.join_next().await.is_some() {}
             });
         })?;
-    Ok(Reactor {
-        tx,
-        live,
-        thread: Some(thread),
-    })
+    Ok((
+        Reactor {
+            tx,
+            live,
+            thread: Some(thread),
+        },
+        started,
+    ))
 }
 
 async fn accept_loop(

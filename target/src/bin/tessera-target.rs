@@ -2,6 +2,7 @@
 //!
 //! With no arguments it serves the embedded default layout (one 1 GiB RAM namespace on
 //! 127.0.0.1:4420); `--config FILE` serves a YAML layout; `--check FILE` validates one and exits.
+#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +23,8 @@ struct Args {
     /// Reactor threads (one connection lives on one reactor); default: one per usable CPU.
     #[arg(long, default_value_t = 0)]
     reactors: usize,
-    /// Pin reactor threads to these CPUs, e.g. `--cpus 0` or `--cpus 0,1`.
+    /// Pin reactor threads to these CPUs, e.g. `--cpus 0` or `--cpus 0,1`. Each must be a CPU
+    /// this process may run on; otherwise the target does not start (exit status 1).
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
     /// Adaptive busy polling: after I/O, each reactor keeps polling its sockets for this many

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use bitvec::prelude::{BitVec, Lsb0};
 use bytes::Bytes;
-use hw::{Backend, IoError};
+use hw::Backend;
 
-use crate::subsystem::volume::{IoFuture, LocalVolume, Volume};
+use crate::subsystem::volume::{IoFuture, IoResult, LocalVolume, Volume};
 
 /// Dirty-tracking granularity: 4 KiB (a 64 MiB extent is a 2 KiB bitmap).
 pub const TRACK_CHUNK: u64 = 4096;
@@ -176,7 +176,7 @@ impl Volume for PoolVolume {
 }
 
 /// Reads `len` bytes of the pool synchronously-or-not (for the mover).
-pub async fn read_pool(pool: &PoolVolume, off: u64, len: usize) -> Result<Bytes, IoError> {
+pub async fn read_pool(pool: &PoolVolume, off: u64, len: usize) -> IoResult<Bytes> {
     pool.read(off, vec![0u8; len]).await
 }
 

@@ -13,16 +13,12 @@ use hw::{IoError, Op};
 use super::NodeShared;
 use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
 use crate::initiator::InitiatorError;
-use crate::subsystem::volume::{IoFuture, IoResult, Volume};
+use crate::subsystem::volume::{IoFuture, IoResult, NoPath, Volume, VolumeError};
 
 /// Tries per piece before the host gets a path error (then it retries itself).
 pub const ROUTE_TRIES: u32 = 6;
 /// Backoff between tries: 10 ms doubling to 320 ms (well under Linux's 30 s I/O timeout).
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
-
-/// errno marking "no path right now" for the one status mapping (status.rs): the host gets a
-/// retryable path error.
-pub const ENOPATH: i32 = libc::EAGAIN;
 
 /// One piece of a request: `len` bytes at byte `vol_off` of the volume, in extent `extent`.
 #[derive(Debug, Clone, Copy)]
@@ -58,12 +54,11 @@ impl RoutedVolume {
         }
     }
 
-    fn pieces(&self, off: u64, len: u64) -> Result<Vec<Piece>, IoError> {
+    fn pieces(&self, off: u64, len: u64) -> Result<Vec<Piece>, VolumeError> {
         let map = self.node.map.load();
-        let vol = map.volume(&self.name).ok_or(IoError::Io {
-            op: Op::Read,
-            errno: ENOPATH,
-        })?;
+        let vol = map
+            .volume(&self.name)
+            .ok_or(VolumeError::NoPath(NoPath::Unmapped))?;
         let end = off
             .checked_add(len)
             .filter(|e| *e <= vol.size_bytes)
@@ -76,14 +71,12 @@ impl RoutedVolume {
         let mut v = Vec::new();
         let mut at = off;
         while at < end {
-            let i = vol.extent_of(at).ok_or(IoError::Io {
-                op: Op::Read,
-                errno: ENOPATH,
-            })?;
-            let (start, elen) = vol.extent_range(i).ok_or(IoError::Io {
-                op: Op::Read,
-                errno: ENOPATH,
-            })?;
+            let i = vol
+                .extent_of(at)
+                .ok_or(VolumeError::NoPath(NoPath::Unmapped))?;
+            let (start, elen) = vol
+                .extent_range(i)
+                .ok_or(VolumeError::NoPath(NoPath::Unmapped))?;
             let n = (start + elen).min(end) - at;
             v.push(Piece {
                 extent: i,
@@ -126,10 +119,7 @@ impl RoutedVolume {
         Fut: std::future::Future<Output = Result<T, RouteError>>,
     {
         let mut backoff = BACKOFF_MIN;
-        let mut last = IoError::Io {
-            op: Op::Read,
-            errno: ENOPATH,
-        };
+        let mut last = VolumeError::NoPath(NoPath::Unmapped);
         for _ in 0..ROUTE_TRIES {
             let generation = node.registry.generation.current();
             let Some(t) = Self::locate(node, name, &p) else {
@@ -139,6 +129,7 @@ impl RoutedVolume {
                 Ok(v) => return Ok(v),
                 Err(RouteError::Io(e)) => return Err(e),
                 Err(RouteError::Generation { server_generation }) => {
+                    last = VolumeError::NoPath(NoPath::MapSettling);
                     node.stale_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if server_generation > generation {
@@ -155,10 +146,7 @@ impl RoutedVolume {
                 }
                 Err(RouteError::Unreachable(server)) => {
                     node.peers.drop_peer(&server);
-                    last = IoError::Io {
-                        op: Op::Read,
-                        errno: ENOPATH,
-                    };
+                    last = VolumeError::NoPath(NoPath::Unreachable);
                     node.refresh.notify_one();
                     tokio::time::sleep(backoff).await;
                 }
@@ -172,7 +160,7 @@ impl RoutedVolume {
 /// Why one routed piece failed.
 pub enum RouteError {
     /// A final answer (media error, out of range...).
-    Io(IoError),
+    Io(VolumeError),
     /// SC 80h / 81h from the peer, with its generation.
     Generation { server_generation: u64 },
     /// The peer could not be reached.
@@ -194,15 +182,15 @@ fn route_err(server: &str, e: InitiatorError) -> RouteError {
                 libc::EIO
             };
             if errno == libc::ENOSPC {
-                RouteError::Io(IoError::NoSpace {
+                RouteError::Io(VolumeError::Backend(IoError::NoSpace {
                     op: Op::Write,
                     errno,
-                })
+                }))
             } else {
-                RouteError::Io(IoError::Io {
+                RouteError::Io(VolumeError::Backend(IoError::Io {
                     op: Op::Write,
                     errno,
-                })
+                }))
             }
         }
         _ => RouteError::Unreachable(server.to_string()),

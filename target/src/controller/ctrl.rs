@@ -2,7 +2,7 @@
 //! created by the admin queue's Connect and found again by CNTLID from I/O queue Connects).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,11 @@ pub struct Controller {
     started: Instant,
     /// Milliseconds since `started` of the last command that resets the keep-alive timer.
     last_keep_alive_ms: AtomicU64,
+    /// CC and CSTS for Property Get/Set. Change them through [`Controller::set_regs`], which
+    /// keeps `ready` in step.
     pub regs: Mutex<Regs>,
+    /// CC.EN && CSTS.RDY, for the command path to read without taking `regs`' lock.
+    ready: AtomicBool,
     pub features: Mutex<Features>,
     events: Mutex<Events>,
     event_notify: Notify,
@@ -138,6 +142,7 @@ impl Controller {
             started: Instant::now(),
             last_keep_alive_ms: AtomicU64::new(0),
             regs: Mutex::new(Regs::default()),
+            ready: AtomicBool::new(false),
             features: Mutex::new(Features {
                 // Until Set Features Number of Queues asks for fewer, every queue we allow is
                 // allocated (Get Features reports it, and Connect accepts it).
@@ -153,6 +158,22 @@ impl Controller {
             changed_ns: Mutex::new(Vec::new()),
             counters: Counters::default(),
         }
+    }
+
+    /// Whether the controller is enabled and ready (CC.EN = 1 and CSTS.RDY = 1): admin and
+    /// I/O commands run only then. Lock-free: read on every command.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Stores new register values into `regs` (the caller holds its lock, so concurrent
+    /// Property Sets publish in the order they changed the registers) and publishes
+    /// CC.EN && CSTS.RDY for [`Controller::is_ready`].
+    pub fn set_regs(&self, regs: &mut Regs, new: Regs) {
+        use codec::nvme::fabrics::{Cc, Csts};
+        *regs = new;
+        let ready = Cc::from_u32(new.cc).en && Csts::from_u32(new.csts).rdy;
+        self.ready.store(ready, Ordering::Release);
     }
 
     pub fn kato_ms(&self) -> u32 {

@@ -1,21 +1,21 @@
 //! Transport-independent command execution: the one ops table between a transport's queue and
 //! the controller (as Linux nvmet's transports reach its core through one table).
 //!
-//! The transport parses a command, asks [`data_dir`] where its data goes, gathers the data, then
-//! calls [`execute`], which returns either a completion or a future of one.
+//! The transport parses a command, asks [`resolve`] where its data goes (and which namespace it
+//! addresses, looked up once), gathers the data, then calls [`execute`], which returns either a
+//! completion or a future of one.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use codec::nvme::Sqe;
 use codec::nvme::Status;
-use codec::nvme::cmd::{Command, DataDir};
-use codec::nvme::fabrics::{Cc, Csts};
+use codec::nvme::cmd::{Command, DataDir, IoCommand};
 
 use super::{admin, discovery, fabrics, io};
 use crate::controller::ctrl::Controller;
+use crate::subsystem::namespace::Namespace;
 use crate::subsystem::{Registry, lock};
 use crate::transport::bufpool::BufPool;
 
@@ -118,7 +118,7 @@ pub struct Queue {
 }
 
 /// Commands a queue holds before Connect sets its real size (Connect is the only one legal).
-const UNCONNECTED_DEPTH: usize = 4;
+pub const UNCONNECTED_DEPTH: usize = 4;
 
 impl Queue {
     /// Commands the queue may hold at once: SQSIZE + 1 entries.
@@ -131,35 +131,40 @@ impl Queue {
     }
 }
 
-/// Where a command's data goes and how much, before anything runs.
-pub fn data_dir(queue: &Queue, cmd: &Command) -> Result<DataDir, Status> {
+/// Where a command's data goes and how much, before anything runs, and for an NVM I/O command
+/// the namespace it addresses: looked up here once, then carried to [`execute`].
+pub fn resolve(queue: &Queue, cmd: &Command) -> Result<(DataDir, Option<Arc<Namespace>>), Status> {
     match cmd {
-        Command::Fabrics(f) => Ok(f.data_dir()),
-        Command::Admin(a) => Ok(a.data_dir()),
-        // Commands without data (Flush, Write Zeroes...) need no namespace here; Flush may
-        // name every namespace (NSID FFFFFFFFh), which io.rs handles.
-        Command::Io(io) if !io.transfers_data() => Ok(DataDir::None),
+        Command::Fabrics(f) => Ok((f.data_dir(), None)),
+        Command::Admin(a) => Ok((a.data_dir(), None)),
+        // A Flush may name every namespace (NSID FFFFFFFFh), which io.rs handles.
+        Command::Io(IoCommand::Flush(f)) if f.nsid == io::NSID_BROADCAST => {
+            Ok((DataDir::None, None))
+        }
         Command::Io(io) => {
             let ctrl = queue
                 .ctrl
                 .as_ref()
                 .ok_or(Status::CMD_SEQ_ERROR.with_dnr())?;
-            let ns = ctrl
+            // A discovery controller has no namespaces and no NVM command set.
+            let subsys = ctrl
                 .subsys
                 .as_ref()
-                .and_then(|s| s.namespace(io.nsid()))
+                .ok_or(Status::INVALID_OPCODE.with_dnr())?;
+            let ns = subsys
+                .namespace(io.nsid())
                 .ok_or(Status::INVALID_NS.with_dnr())?;
-            Ok(io.data_dir(ns.block_size))
+            Ok((io.data_dir(ns.block_size), Some(ns)))
         }
     }
 }
 
-/// Runs a command whose data (if any) has arrived.
+/// Runs a command whose data (if any) has arrived; `ns` is what [`resolve`] found.
 pub fn execute(
     registry: &Arc<Registry>,
     queue: &mut Queue,
-    sqe: &Sqe,
     cmd: Command,
+    ns: Option<Arc<Namespace>>,
     data: Bytes,
 ) -> Outcome {
     match cmd {
@@ -184,15 +189,15 @@ pub fn execute(
             if let Err(st) = check_enabled(&ctrl) {
                 return st.into();
             }
-            io::execute(&ctrl, queue.internal, sqe, io, data, &mut queue.pool)
+            io::execute(&ctrl, queue.internal, ns, io, data, &mut queue.pool)
         }
     }
 }
 
 /// Admin and I/O commands need an enabled, ready controller (NVMe Base 2.0, section 3.5.1).
+/// Read without a lock: Property Set publishes CC.EN && CSTS.RDY in an atomic.
 fn check_enabled(ctrl: &Controller) -> Result<(), Status> {
-    let r = *lock(&ctrl.regs);
-    if !Cc::from_u32(r.cc).en || !Csts::from_u32(r.csts).rdy {
+    if !ctrl.is_ready() {
         return Err(Status::CMD_SEQ_ERROR.with_dnr());
     }
     Ok(())

@@ -12,7 +12,7 @@ use codec::nvme::fabrics::{
     prop, shn, shst,
 };
 
-use crate::controller::ctrl::{Controller, CtrlKind};
+use crate::controller::ctrl::{Controller, CtrlKind, Regs};
 use crate::controller::exec::{Completion, Outcome, Queue};
 use crate::subsystem::{DISCOVERY_NQN, Registry, lock};
 
@@ -278,12 +278,17 @@ fn property_set(queue: &Queue, p: PropertySet) -> Outcome {
         csts.rdy = false;
         csts.shst = shst::NORMAL;
     }
-    regs.cc = new.to_u32();
     let shutting = new.shn != shn::NONE && old.shn == shn::NONE;
     if shutting {
         csts.shst = shst::OCCURRING;
     }
-    regs.csts = csts.to_u32();
+    ctrl.set_regs(
+        &mut regs,
+        Regs {
+            cc: new.to_u32(),
+            csts: csts.to_u32(),
+        },
+    );
     drop(regs);
     if !shutting {
         return Completion::ok().into();
@@ -302,7 +307,14 @@ fn property_set(queue: &Queue, p: PropertySet) -> Outcome {
         let mut regs = lock(&ctrl.regs);
         let mut csts = Csts::from_u32(regs.csts);
         csts.shst = shst::COMPLETE;
-        regs.csts = csts.to_u32();
+        let cc = regs.cc;
+        ctrl.set_regs(
+            &mut regs,
+            Regs {
+                cc,
+                csts: csts.to_u32(),
+            },
+        );
         Completion::ok()
     }))
 }

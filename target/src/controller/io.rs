@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use codec::nvme::Sqe;
 use codec::nvme::Status;
 use codec::nvme::cmd::{DatasetManagement, DsmRange, IoCommand, Rw, WriteZeroes};
 
 use crate::controller::ctrl::Controller;
 use crate::controller::exec::{Completion, Outcome};
-use crate::controller::status::from_io_error;
+use crate::controller::status::from_volume_error;
 use crate::subsystem::namespace::Namespace;
-use crate::subsystem::volume::Volume;
+use crate::subsystem::volume::{IoResult, Volume};
 use crate::transport::bufpool::BufPool;
 
 /// NSID FFFFFFFFh: "all namespaces" (Flush only, when VWC reports broadcast support).
@@ -24,10 +23,12 @@ pub const NSID_BROADCAST: u32 = 0xFFFF_FFFF;
 /// before it completes with "server behind" (cluster mode; docs/cluster-protocol.md).
 pub const BEHIND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Runs an NVM I/O command on `ns`, the namespace the transport resolved when the command
+/// arrived (`None` only for a Flush to every namespace).
 pub fn execute(
     ctrl: &Arc<Controller>,
     internal: bool,
-    _sqe: &Sqe,
+    ns: Option<Arc<Namespace>>,
     cmd: IoCommand,
     data: Bytes,
     pool: &mut BufPool,
@@ -43,7 +44,7 @@ pub fn execute(
                 let ctrl = Arc::clone(ctrl);
                 return Outcome::Pending(Box::pin(async move {
                     let pass = gate.enter().await;
-                    checked(&ctrl, internal, cmd, data, None, Some(pass), false).await
+                    checked(&ctrl, internal, ns, cmd, data, None, Some(pass), false).await
                 }));
             }
         },
@@ -52,7 +53,7 @@ pub fn execute(
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
     let generation = &ctrl.registry.generation;
     match generation.check(stamp, internal) {
-        Ok(()) => with_pass(run(ctrl, cmd, data, Some(pool)), pass),
+        Ok(()) => with_pass(run(ctrl, ns, cmd, data, Some(pool)), pass),
         Err(m)
             if m.status.same_code(Status::SERVER_BEHIND)
                 && generation.behind_wait_ms.load(Ordering::Relaxed) > 0 =>
@@ -70,7 +71,7 @@ pub fn execute(
                     Some(gate) => Some(gate.enter().await),
                     None => None,
                 };
-                checked(&ctrl, internal, cmd, data, None, pass, true).await
+                checked(&ctrl, internal, ns, cmd, data, None, pass, true).await
             }))
         }
         Err(m) => mismatch(m),
@@ -88,9 +89,11 @@ fn mismatch(m: crate::cluster::generation::Mismatch) -> Outcome {
 }
 
 /// Checks the stamp (again) and runs: the slow path, after waiting at the gate or for a map.
+#[allow(clippy::too_many_arguments)]
 async fn checked(
     ctrl: &Arc<Controller>,
     internal: bool,
+    ns: Option<Arc<Namespace>>,
     cmd: IoCommand,
     data: Bytes,
     pool: Option<&mut BufPool>,
@@ -106,7 +109,7 @@ async fn checked(
         g.check(stamp, internal)
     };
     let outcome = match verdict {
-        Ok(()) => run(ctrl, cmd, data, pool),
+        Ok(()) => run(ctrl, ns, cmd, data, pool),
         Err(m) => mismatch(m),
     };
     let c = match outcome {
@@ -130,7 +133,13 @@ fn with_pass(o: Outcome, pass: Option<crate::cluster::gate::Pass>) -> Outcome {
 }
 
 /// Runs a command whose stamp passed.
-fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut BufPool>) -> Outcome {
+fn run(
+    ctrl: &Arc<Controller>,
+    ns: Option<Arc<Namespace>>,
+    cmd: IoCommand,
+    data: Bytes,
+    pool: Option<&mut BufPool>,
+) -> Outcome {
     let Some(subsys) = &ctrl.subsys else {
         return Status::INVALID_OPCODE.with_dnr().into();
     };
@@ -145,13 +154,14 @@ fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut Bu
         return Outcome::Pending(Box::pin(async move {
             for v in vols {
                 if let Err(e) = v.flush().await {
-                    return Completion::status(from_io_error(&e));
+                    return Completion::status(from_volume_error(&e));
                 }
             }
             Completion::ok()
         }));
     }
-    let Some(ns) = subsys.namespace(cmd.nsid()) else {
+    // Resolved once when the command arrived (exec::resolve).
+    let Some(ns) = ns else {
         return Status::INVALID_NS.with_dnr().into();
     };
     let r = match cmd {
@@ -172,12 +182,12 @@ fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut Bu
     r.unwrap_or_else(Outcome::from)
 }
 
-fn done(r: Result<(), hw::IoError>) -> Completion {
+fn done(r: IoResult<()>) -> Completion {
     match r {
         Ok(()) => Completion::ok(),
         Err(e) => {
             tracing::warn!(error = %e, "backend I/O failed");
-            Completion::status(from_io_error(&e))
+            Completion::status(from_volume_error(&e))
         }
     }
 }
@@ -220,7 +230,7 @@ enum ReadData {
     Mapped(hw::Mapped),
 }
 
-fn read_done(ctrl: &Controller, r: Result<ReadData, hw::IoError>) -> Completion {
+fn read_done(ctrl: &Controller, r: IoResult<ReadData>) -> Completion {
     let c = &ctrl.counters;
     match r {
         Ok(d) => {
@@ -239,7 +249,7 @@ fn read_done(ctrl: &Controller, r: Result<ReadData, hw::IoError>) -> Completion 
         Err(e) => {
             c.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "backend read failed");
-            Completion::status(from_io_error(&e))
+            Completion::status(from_volume_error(&e))
         }
     }
 }
@@ -260,7 +270,7 @@ fn write(ctrl: &Arc<Controller>, ns: &Namespace, rw: Rw, data: Bytes) -> Result<
     })))
 }
 
-fn write_done(ctrl: &Controller, len: u64, r: Result<(), hw::IoError>) -> Completion {
+fn write_done(ctrl: &Controller, len: u64, r: IoResult<()>) -> Completion {
     let c = &ctrl.counters;
     if r.is_ok() {
         c.write_cmds.fetch_add(1, Ordering::Relaxed);
@@ -283,7 +293,7 @@ fn compare(ns: &Namespace, rw: Rw, data: Bytes) -> Result<Outcome, Status> {
             Ok(b) if b == data => Completion::ok(),
             // NVM Command Set 1.0, section 3.2.1: a miscompare is Compare Failure.
             Ok(_) => Completion::status(Status::COMPARE_FAILURE.with_dnr()),
-            Err(e) => Completion::status(from_io_error(&e)),
+            Err(e) => Completion::status(from_volume_error(&e)),
         }
     })))
 }
@@ -329,7 +339,7 @@ fn dataset_management(
                 continue;
             }
             if let Err(e) = vol.deallocate(off, len).await {
-                return Completion::status(from_io_error(&e));
+                return Completion::status(from_volume_error(&e));
             }
         }
         Completion::ok()

@@ -1,7 +1,22 @@
-//! Backend errors become NVMe status here, and only here.
+//! Volume errors become NVMe status here, and only here.
 
 use codec::nvme::Status;
 use hw::{Direction, IoError, IoErrorKind};
+
+use crate::subsystem::volume::VolumeError;
+
+/// The NVMe status a failed volume operation completes with.
+///
+/// - the backend failed: [`from_io_error`];
+/// - no path right now (a routed volume whose owner is unreachable or whose map is settling):
+///   Internal Path Error, retryable — a Linux host requeues it (multipath) instead of failing
+///   the I/O, and never sees a vendor status.
+pub fn from_volume_error(e: &VolumeError) -> Status {
+    match e {
+        VolumeError::Backend(e) => from_io_error(e),
+        VolumeError::NoPath(_) => Status::INTERNAL_PATH_ERROR,
+    }
+}
 
 /// The NVMe status a failed backend operation completes with.
 ///
@@ -9,14 +24,9 @@ use hw::{Direction, IoError, IoErrorKind};
 ///   namespace would be our bug, reported the same way);
 /// - no space (ENOSPC/EDQUOT): Capacity Exceeded, DNR — as Linux nvmet's file backend does;
 /// - media read / write errors: Unrecovered Read Error / Write Fault, retryable;
-/// - no path right now (a routed volume whose owner is unreachable or whose map is settling,
-///   errno EAGAIN from `cluster::routed`): Internal Path Error, retryable — a Linux host requeues
-///   it (multipath) instead of failing the I/O, and never sees a vendor status;
-/// - anything else: Internal Error, retryable.
+/// - anything else (an unexpected errno, EAGAIN included): Internal Error, retryable. A
+///   backend error is never a path error: only [`VolumeError::NoPath`] is.
 pub fn from_io_error(e: &IoError) -> Status {
-    if e.errno() == Some(crate::cluster::routed::ENOPATH) {
-        return Status::INTERNAL_PATH_ERROR;
-    }
     match e.kind() {
         IoErrorKind::OutOfRange => Status::LBA_RANGE.with_dnr(),
         IoErrorKind::NoSpace => Status::CAP_EXCEEDED.with_dnr(),
@@ -69,6 +79,42 @@ mod tests {
         for (e, want) in cases {
             let got = from_io_error(&e);
             assert!(got.same_code(want), "{e}: got {got}, want {want}");
+            let got = from_volume_error(&VolumeError::Backend(e.clone()));
+            assert!(
+                got.same_code(want),
+                "{e} as a volume error: got {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_backend_eagain_is_not_a_path_error() {
+        // A backend's own EAGAIN (e.g. a device out of resources) is an unexpected errno: an
+        // Internal Error, never the path status that makes a host fail over.
+        for op in [Op::Read, Op::Write, Op::Flush] {
+            let e = VolumeError::Backend(IoError::Io {
+                op,
+                errno: libc::EAGAIN,
+            });
+            let got = from_volume_error(&e);
+            assert!(!got.is_path_error(), "{e}: got path status {got}");
+            assert!(got.same_code(Status::INTERNAL), "{e}: got {got}");
+        }
+    }
+
+    #[test]
+    fn every_routing_failure_is_the_retryable_path_error() {
+        use crate::subsystem::volume::NoPath;
+        for why in [NoPath::Unmapped, NoPath::Unreachable, NoPath::MapSettling] {
+            let got = from_volume_error(&VolumeError::NoPath(why));
+            assert!(
+                got.same_code(Status::INTERNAL_PATH_ERROR),
+                "{why:?}: got {got}"
+            );
+            assert!(
+                got.is_path_error() && !got.dnr(),
+                "{why:?}: {got} must be a retryable path error"
+            );
         }
     }
 }

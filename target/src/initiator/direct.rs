@@ -509,6 +509,9 @@ impl DirectQueue {
 
 /// One non-blocking `recv` into the spare capacity of `buf`: the bytes read (0 when nothing is
 /// waiting), or an error (the peer's close included).
+// A raw non-blocking recv into uninitialised spare capacity is the point (no zeroing per
+// read, no await on the polled path).
+#[allow(unsafe_code)]
 fn recv_into(fd: RawFd, buf: &mut BytesMut) -> Result<usize> {
     let spare = buf.spare_capacity_mut();
     // SAFETY: `spare` is writable memory owned by `buf` of `spare.len()` bytes; recv writes at

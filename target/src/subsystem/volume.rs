@@ -1,9 +1,16 @@
 //! Where a namespace's blocks live.
 //!
 //! A namespace (see [`crate::subsystem::namespace`]) speaks in LBAs and NVMe status; a [`Volume`] speaks in
-//! byte ranges and backend errors. This trait is the one seam between the two: today the only
-//! implementation is [`LocalVolume`] (a `hw` backend on this server); the cluster adds a volume that
-//! routes each extent to the server the map names, stamping what it forwards.
+//! byte ranges and [`VolumeError`]s. This trait is the one seam between the two. Its
+//! implementations: [`LocalVolume`] (a `hw` backend on this server), the cluster's pool volume
+//! (the storage server's own backend, tracking writes for extent moves) and its routed volume
+//! (each extent goes to the server the map names, stamped with this server's generation).
+//!
+//! A [`VolumeError`] keeps apart the two ways an operation fails: the backend that holds the
+//! blocks failed ([`VolumeError::Backend`], its `hw::IoError` as it came), or there is no path
+//! to that backend right now ([`VolumeError::NoPath`]: a routed volume's owner is unreachable
+//! or the map is settling). They become different NVMe statuses (`controller::status`): a
+//! backend's own EAGAIN is an Internal Error like any other unexpected errno, never a path error.
 //!
 //! Operations return [`IoFuture`], which completes inline for backends that never sleep (null, RAM)
 //! and runs on tokio's bounded blocking pool for those that may (file, block), so no blocking
@@ -18,7 +25,68 @@ use bytes::Bytes;
 use hw::{Backend, IoError};
 
 /// Result of a volume operation.
-pub type IoResult<T> = Result<T, IoError>;
+pub type IoResult<T> = Result<T, VolumeError>;
+
+/// Why a volume operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeError {
+    /// The backend holding the blocks failed (media, space, range...).
+    Backend(IoError),
+    /// No path to the blocks right now; the host should retry, on this path or another.
+    NoPath(NoPath),
+}
+
+/// Why a routed volume has no path to an extent (each becomes the same retryable path status;
+/// the reason is for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPath {
+    /// The map has no such volume, or no owner for the extent (the map is being changed).
+    Unmapped,
+    /// The server that owns the extent could not be reached.
+    Unreachable,
+    /// The owner and this server disagreed on the map generation until the retries ran out.
+    MapSettling,
+}
+
+impl VolumeError {
+    /// The backend error, if the backend is what failed.
+    pub fn backend(&self) -> Option<&IoError> {
+        match self {
+            VolumeError::Backend(e) => Some(e),
+            VolumeError::NoPath(_) => None,
+        }
+    }
+}
+
+impl From<IoError> for VolumeError {
+    fn from(e: IoError) -> Self {
+        VolumeError::Backend(e)
+    }
+}
+
+impl std::fmt::Display for VolumeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VolumeError::Backend(e) => e.fmt(f),
+            VolumeError::NoPath(NoPath::Unmapped) => {
+                f.write_str("no path: the map names no owner for this range")
+            }
+            VolumeError::NoPath(NoPath::Unreachable) => {
+                f.write_str("no path: the server owning this range is unreachable")
+            }
+            VolumeError::NoPath(NoPath::MapSettling) => {
+                f.write_str("no path: the map generation did not settle in time")
+            }
+        }
+    }
+}
+
+impl std::error::Error for VolumeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.backend()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A future for a volume operation: ready at once, on the blocking pool, or boxed (routed I/O).
 pub enum IoFuture<T> {
@@ -66,18 +134,18 @@ impl<T> Future for IoFuture<T> {
         match this {
             IoFuture::Ready(r) => match r.take() {
                 Some(r) => Poll::Ready(r),
-                None => Poll::Ready(Err(IoError::Io {
+                None => Poll::Ready(Err(VolumeError::Backend(IoError::Io {
                     op: hw::Op::Read,
                     errno: libc_eio(),
-                })),
+                }))),
             },
             IoFuture::Blocking(h) => match Pin::new(h).poll(cx) {
                 Poll::Ready(Ok(r)) => Poll::Ready(r),
                 // The blocking task panicked or was cancelled by runtime shutdown.
-                Poll::Ready(Err(_)) => Poll::Ready(Err(IoError::Io {
+                Poll::Ready(Err(_)) => Poll::Ready(Err(VolumeError::Backend(IoError::Io {
                     op: hw::Op::Read,
                     errno: libc_eio(),
-                })),
+                }))),
                 Poll::Pending => Poll::Pending,
             },
             IoFuture::Boxed(f) => f.as_mut().poll(cx),
@@ -104,7 +172,7 @@ pub trait Volume: Send + Sync + 'static {
     /// A read without a copy: the bytes at `[offset, offset + len)` in the backend's own memory
     /// (RAM, null), which the transport hands to `writev` as they are. `None` when the volume
     /// has no such memory: the caller uses [`Volume::read`].
-    fn read_mapped(&self, offset: u64, len: u64) -> Option<Result<hw::Mapped, hw::IoError>> {
+    fn read_mapped(&self, offset: u64, len: u64) -> Option<IoResult<hw::Mapped>> {
         let _ = (offset, len);
         None
     }
@@ -148,9 +216,11 @@ impl Volume for LocalVolume {
         self.backend.kind()
     }
 
-    fn read_mapped(&self, offset: u64, len: u64) -> Option<Result<hw::Mapped, hw::IoError>> {
+    fn read_mapped(&self, offset: u64, len: u64) -> Option<IoResult<hw::Mapped>> {
         if self.inline {
-            self.backend.read_mapped(offset, len)
+            self.backend
+                .read_mapped(offset, len)
+                .map(|r| r.map_err(VolumeError::Backend))
         } else {
             None
         }
@@ -163,7 +233,8 @@ impl Volume for LocalVolume {
             return IoFuture::Ready(Some(
                 self.backend
                     .read_at(offset, &mut buf)
-                    .map(|()| Bytes::from(buf)),
+                    .map(|()| Bytes::from(buf))
+                    .map_err(VolumeError::Backend),
             ));
         }
         let b = Arc::clone(&self.backend);
@@ -176,34 +247,37 @@ impl Volume for LocalVolume {
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()> {
         if self.inline {
             let b = &self.backend;
-            return IoFuture::Ready(Some(if fua {
-                b.write_fua(offset, &data)
-            } else {
-                b.write_at(offset, &data)
-            }));
+            return IoFuture::Ready(Some(
+                if fua {
+                    b.write_fua(offset, &data)
+                } else {
+                    b.write_at(offset, &data)
+                }
+                .map_err(VolumeError::Backend),
+            ));
         }
         let b = Arc::clone(&self.backend);
         IoFuture::run(self.inline, move || {
-            if fua {
+            Ok(if fua {
                 b.write_fua(offset, &data)
             } else {
                 b.write_at(offset, &data)
-            }
+            }?)
         })
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
         let b = Arc::clone(&self.backend);
-        IoFuture::run(self.inline, move || b.write_zeroes(offset, len))
+        IoFuture::run(self.inline, move || Ok(b.write_zeroes(offset, len)?))
     }
 
     fn deallocate(&self, offset: u64, len: u64) -> IoFuture<()> {
         let b = Arc::clone(&self.backend);
-        IoFuture::run(self.inline, move || b.deallocate(offset, len))
+        IoFuture::run(self.inline, move || Ok(b.deallocate(offset, len)?))
     }
 
     fn flush(&self) -> IoFuture<()> {
         let b = Arc::clone(&self.backend);
-        IoFuture::run(self.inline, move || b.flush())
+        IoFuture::run(self.inline, move || Ok(b.flush()?))
     }
 }

@@ -1,9 +1,11 @@
 //! One NVMe/TCP connection (= one queue): IC exchange, command capsules, R2T/H2CData for writes,
 //! C2HData for reads, responses, and the connection-fatal error path (C2HTermReq, then close).
 //!
-//! A connection lives in one task. It reads PDUs, parses each command, decides where its data
-//! comes from (in-capsule or R2T) before anything runs, runs it (inline or as a future kept in
-//! `inflight`), and queues completions into a [`Writer`] that flushes when nothing else is ready.
+//! A connection lives in one task. It reads PDUs; each command gets one entry in the queue's
+//! [`CommandTable`] (a CID already in flight is refused), is parsed, has its namespace resolved
+//! and where its data comes from (in-capsule or R2T) decided before anything runs, runs (inline
+//! or as a future kept in `inflight`), and its completion is queued into a [`Writer`] that
+//! flushes when nothing else is ready; then its entry is free again.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,8 +14,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use codec::nvme::Status;
-use codec::nvme::cmd::{self, Command, DataDir, QueueKind};
-use codec::nvme::sgl::SglDescriptor;
+use codec::nvme::cmd::{self, Command, QueueKind};
 use codec::nvme::{Cqe, Sqe};
 use codec::pdu::{
     C2HData, CapsuleCmd, CapsuleResp, ConnParams, Fes, H2CData, IcReq, IcResp, Pdu, PduCodec,
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::TransportConfig;
+use super::command::{CmdState, CommandTable, DataPlan, H2cTransfer, plan_data};
 use super::writer::Writer;
 use crate::controller::exec::{self, Completion, Outcome, Queue};
 use crate::subsystem::Registry;
@@ -43,25 +45,6 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Free space below which the receive buffer is topped up before the next read.
 const READ_FREE_MIN: usize = 16 * 1024;
 
-/// A write waiting for its data through R2T/H2CData (NVMe/TCP 1.0, section 3.4.3).
-struct PendingWrite {
-    cid: u16,
-    sqe: Sqe,
-    cmd: Command,
-    /// Data received so far (when it came in several PDUs).
-    buf: BytesMut,
-    /// Bytes accounted for so far: the next expected DATAO.
-    received: u32,
-    /// A data digest error hit one of its PDUs: the rest of the transfer is received and
-    /// discarded, and the command fails with Transient Transport Error (NVMe/TCP 1.0,
-    /// section 3.6.2.1: only the command fails, the connection stays).
-    failed: bool,
-    /// Total transfer length.
-    len: u32,
-    /// Offset up to which R2Ts have been sent.
-    solicited: u32,
-}
-
 /// Where a connection is in its life (one doc line per state; transitions in `set_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
@@ -75,6 +58,7 @@ enum ConnState {
     Draining,
 }
 
+/// A command running on a backend: resolves to its tag and its completion.
 type InflightFuture = Pin<Box<dyn std::future::Future<Output = (u16, Completion)> + Send>>;
 
 /// Serves one TCP connection until it ends.
@@ -101,7 +85,7 @@ pub async fn serve(
                 pool: crate::transport::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
                 ..Queue::default()
             },
-            pending: Vec::new(),
+            table: CommandTable::new(exec::UNCONNECTED_DEPTH),
             inflight: FuturesUnordered::new(),
             sqhd: 0,
             host_maxr2t: 1,
@@ -111,7 +95,7 @@ pub async fn serve(
             Err(e) => debug!(error = %e, "connection ended"),
         }
         c.out.close(&mut c.queue.pool).await;
-        c.finish();
+        c.release();
     }
     .instrument(span)
     .await
@@ -126,8 +110,9 @@ struct Conn {
     rbuf: BytesMut,
     out: Writer,
     queue: Queue,
-    /// Writes waiting for H2CData, indexed by TTAG.
-    pending: Vec<Option<PendingWrite>>,
+    /// Every command the queue holds, from its capsule to its completion.
+    table: CommandTable,
+    /// The table's commands that are running on a backend (their tags).
     inflight: FuturesUnordered<InflightFuture>,
     /// SQ head pointer reported in every CQE (NVMe-oF 1.1, section 3.3.2.x: SQ flow control).
     sqhd: u16,
@@ -188,10 +173,10 @@ impl Conn {
             let can_read = self.inflight.len() < self.queue.depth_limit();
             if !self.inflight.is_empty() || self.out.queued_bytes() > 0 {
                 // Complete whatever is ready without waiting, then flush once for the batch.
-                while let Some(Some((cid, done))) =
+                while let Some(Some((tag, done))) =
                     futures::FutureExt::now_or_never(self.inflight.next())
                 {
-                    self.complete(cid, done)?;
+                    self.finish(tag, done)?;
                 }
                 self.out
                     .flush(&mut self.queue.pool)
@@ -206,8 +191,8 @@ impl Conn {
                 _ = wait_dead(&mut dead) => {
                     return self.drain("controller torn down").await;
                 }
-                Some((cid, done)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.complete(cid, done)?;
+                Some((tag, done)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.finish(tag, done)?;
                 }
                 r = self.rd.read_buf(&mut self.rbuf), if can_read => {
                     match r {
@@ -246,7 +231,7 @@ impl Conn {
         tokio::pin!(deadline);
         while !self.inflight.is_empty() {
             tokio::select! {
-                Some((cid, done)) = self.inflight.next() => self.complete(cid, done)?,
+                Some((tag, done)) = self.inflight.next() => self.finish(tag, done)?,
                 () = &mut deadline => break,
             }
         }
@@ -388,117 +373,91 @@ impl Conn {
         {
             c.keep_alive();
         }
+        // One entry per command from here to its completion; a CID already in flight on this
+        // queue is refused before anything else (Command ID Conflict).
+        let tag = match self.table.begin(cid) {
+            Ok(t) => t,
+            Err(why) => {
+                debug!(cid, opcode = sqe.opcode(), ?why, "command refused");
+                return self.respond(cid, Completion::status(why.status()));
+            }
+        };
+        let plan = match self.admit(tag, &sqe, data.len()) {
+            Ok(p) => p,
+            Err(st) => return self.finish(tag, Completion::status(st)),
+        };
+        match plan {
+            DataPlan::InCapsule { len } => {
+                // Of the bytes the capsule carries, the command uses the first `len`.
+                let mut data = data;
+                data.truncate(len as usize);
+                self.table.set_state(tag, CmdState::ReadyToExecute);
+                self.execute(tag, data)
+            }
+            DataPlan::Solicit { len } => self.solicit(tag, len),
+            // Reads send `len` bytes by C2HData whatever the host's buffer holds beyond.
+            DataPlan::ToHost { .. } | DataPlan::None => {
+                self.table.set_state(tag, CmdState::ReadyToExecute);
+                self.execute(tag, Bytes::new())
+            }
+        }
+    }
+
+    /// Parses the command of `tag`, resolves its namespace and decides where its data comes
+    /// from, filling its entry once.
+    fn admit(&mut self, tag: u16, sqe: &Sqe, capsule_len: usize) -> Result<DataPlan, Status> {
         let kind = if self.queue.qid == 0 {
             QueueKind::Admin
         } else {
             QueueKind::Io
         };
-        let cmd = match cmd::parse(&sqe, kind) {
-            Ok(c) => c,
-            Err(st) => {
-                debug!(cid, opcode = sqe.opcode(), status = %st, "command rejected at parse");
-                return self.respond(cid, Completion::status(st));
-            }
-        };
+        let cmd = cmd::parse(sqe, kind).inspect_err(|st| {
+            debug!(cid = sqe.cid(), opcode = sqe.opcode(), status = %st, "command rejected at parse");
+        })?;
         if self.state == ConnState::AwaitConnect && !matches!(cmd, Command::Fabrics(_)) {
-            return self.respond(cid, Completion::status(Status::CMD_SEQ_ERROR.with_dnr()));
+            return Err(Status::CMD_SEQ_ERROR.with_dnr());
         }
-        // Decide where the data comes from before anything runs.
-        let dir = match exec::data_dir(&self.queue, &cmd) {
-            Ok(d) => d,
-            Err(st) => return self.respond(cid, Completion::status(st)),
-        };
-        // MDTS applies to every command that moves data (a Get Log Page of 4 GiB would
-        // otherwise make us allocate whatever the host asks for). It bounds the transfer, not
-        // the host's buffer: a longer SGL moves only `dir.len()` bytes.
-        let Ok(len) = u32::try_from(dir.len()) else {
-            return self.respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
-        };
-        if len > self.cfg.mdts_bytes {
-            return self.respond(cid, Completion::status(Status::INVALID_FIELD.with_dnr()));
+        let (dir, ns) = exec::resolve(&self.queue, &cmd)?;
+        // MDTS and the one SGL rule (docs/transport.md): at least the transfer described,
+        // longer accepted, in-capsule data exactly as described.
+        let plan = plan_data(sqe, dir, capsule_len, self.cfg.mdts_bytes)?;
+        if let Some(e) = self.table.get_mut(tag) {
+            e.cmd = Some(cmd);
+            e.ns = ns;
         }
-        // The one SGL rule (codec check_sgl, docs/transport.md): at least `len` bytes
-        // described, longer accepted.
-        let sgl = match cmd::check_sgl(&sqe, dir) {
-            Ok(s) => s,
-            Err(st) => return self.respond(cid, Completion::status(st)),
-        };
-        match (dir, sgl) {
-            (DataDir::HostToCtrl(_), Some(SglDescriptor::InCapsule { len: sgl_len, .. })) => {
-                // The capsule holds exactly what its descriptor describes (NVMe/TCP 1.0,
-                // section 3.3.2: in-capsule data follows the SQE, its length given by SGL1);
-                // of those bytes the command uses the first `len`.
-                let mut data = data;
-                if data.len() != sgl_len as usize {
-                    return self.respond(
-                        cid,
-                        Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
-                    );
-                }
-                data.truncate(len as usize);
-                self.execute(cid, sqe, cmd, data)
-            }
-            (DataDir::HostToCtrl(_), Some(_)) => {
-                // A Transport SGL: the data comes by R2T/H2CData, so the capsule has none. Only
-                // the `len` bytes the command uses are solicited.
-                if !data.is_empty() {
-                    return self.respond(
-                        cid,
-                        Completion::status(Status::SGL_INVALID_DATA_LEN.with_dnr()),
-                    );
-                }
-                self.solicit(cid, sqe, cmd, len)
-            }
-            // Reads send `len` bytes by C2HData whatever the host's buffer holds beyond.
-            (DataDir::CtrlToHost(_), Some(_)) => self.execute(cid, sqe, cmd, Bytes::new()),
-            _ => self.execute(cid, sqe, cmd, data),
-        }
+        Ok(plan)
     }
 
-    /// Allocates a TTAG for a write whose data the host must send, and sends the first R2Ts.
-    fn solicit(&mut self, cid: u16, sqe: Sqe, cmd: Command, len: u32) -> Result<(), End> {
-        let ttag = match self.pending.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if self.pending.len() < self.queue.depth_limit() => {
-                self.pending.push(None);
-                self.pending.len() - 1
-            }
-            None => {
-                return self.respond(cid, Completion::status(Status::CMD_SEQ_ERROR));
-            }
-        };
-        let Ok(ttag16) = u16::try_from(ttag) else {
-            return self.respond(cid, Completion::status(Status::INTERNAL));
-        };
-        // The buffer is reserved on the first H2CData that does not carry everything.
-        self.pending[ttag] = Some(PendingWrite {
-            cid,
-            sqe,
-            cmd,
-            buf: BytesMut::new(),
-            received: 0,
-            failed: false,
-            len,
-            solicited: 0,
-        });
-        self.send_r2ts(ttag16)
+    /// Starts the R2T/H2CData transfer of a write's `len` bytes: its TTAG is its tag.
+    fn solicit(&mut self, tag: u16, len: u32) -> Result<(), End> {
+        if let Some(e) = self.table.get_mut(tag) {
+            // The buffer is reserved on the first H2CData that does not carry everything.
+            e.h2c = H2cTransfer {
+                len,
+                ..H2cTransfer::default()
+            };
+        }
+        self.table.set_state(tag, CmdState::AwaitingH2cData);
+        self.send_r2ts(tag)
     }
 
     /// Sends R2Ts for `ttag` while fewer than MAXR2T are outstanding and data remains.
     fn send_r2ts(&mut self, ttag: u16) -> Result<(), End> {
         let max_r2t_len = self.cfg.r2t_len_max;
         let outstanding_max = self.host_maxr2t.min(self.cfg.r2t_outstanding_max);
-        // Borrow the fields apart: the pending write and the output queue are disjoint.
+        // Borrow the fields apart: the command's entry and the output queue are disjoint.
         let Conn {
-            pending,
+            table,
             out,
             codec,
             queue,
             ..
         } = self;
-        let Some(Some(p)) = pending.get_mut(usize::from(ttag)) else {
+        let Some(e) = table.awaiting_data(ttag) else {
             return Ok(());
         };
+        let cid = e.cid;
+        let p = &mut e.h2c;
         let received = p.received;
         while p.solicited < p.len {
             let outstanding = (p.solicited - received).div_ceil(max_r2t_len);
@@ -507,7 +466,7 @@ impl Conn {
             }
             let n = (p.len - p.solicited).min(max_r2t_len);
             let r2t = R2T {
-                cccid: p.cid,
+                cccid: cid,
                 ttag,
                 r2to: p.solicited,
                 r2tl: n,
@@ -536,21 +495,21 @@ impl Conn {
         // NVMe/TCP 1.0, section 3.6.2.8: TTAG names the R2T; an unknown one is a header field
         // error at TTAG's offset (byte 10); DATAO must be where the data so far ends and the
         // data must stay inside what was solicited (Data Transfer Out of Range otherwise).
-        let idx = usize::from(ttag);
-        let Some(Some(p)) = self.pending.get_mut(idx) else {
+        let Some(e) = self.table.awaiting_data(ttag) else {
             return Err(self.fatal(
                 Fes::INVALID_PDU_HEADER_FIELD,
                 10,
                 "H2CData for an unknown TTAG",
             ));
         };
-        if p.cid != cccid {
+        if e.cid != cccid {
             return Err(self.fatal(
                 Fes::INVALID_PDU_HEADER_FIELD,
                 8,
                 "H2CData CCCID does not match its TTAG",
             ));
         }
+        let p = &mut e.h2c;
         let received = p.received;
         if datao != received {
             return Err(self.fatal(
@@ -574,10 +533,8 @@ impl Conn {
                 if received == 0 && end == p.len {
                     // One H2CData carries the whole transfer (Linux: R2TL = MAXH2CDATA =
                     // MDTS): use its bytes where they landed in the receive buffer, no copy.
-                    let Some(p) = self.pending[idx].take() else {
-                        return Ok(());
-                    };
-                    return self.execute(p.cid, p.sqe, p.cmd, data);
+                    self.table.set_state(ttag, CmdState::ReadyToExecute);
+                    return self.execute(ttag, data);
                 }
                 if p.buf.capacity() == 0 {
                     p.buf.reserve(p.len as usize);
@@ -586,16 +543,15 @@ impl Conn {
             }
             Some(_) => {}
         }
-        let failed = p.failed;
-        if end == p.len || (failed && end == p.solicited) {
+        if end == p.len || (p.failed && end == p.solicited) {
             // All data is in, or a failed transfer has no R2T left outstanding: finish.
-            let Some(p) = self.pending[idx].take() else {
-                return Ok(());
-            };
             if p.failed {
-                return self.respond(p.cid, Completion::status(Status::TRANSIENT_TRANSPORT_ERROR));
+                let st = Status::TRANSIENT_TRANSPORT_ERROR;
+                return self.finish(ttag, Completion::status(st));
             }
-            return self.execute(p.cid, p.sqe, p.cmd, p.buf.freeze());
+            let data = std::mem::take(&mut p.buf).freeze();
+            self.table.set_state(ttag, CmdState::ReadyToExecute);
+            return self.execute(ttag, data);
         }
         // The R2T window is used up: solicit the next one.
         if end == p.solicited {
@@ -604,23 +560,32 @@ impl Conn {
         Ok(())
     }
 
-    /// Runs a parsed command whose data (if any) is all here.
-    fn execute(&mut self, cid: u16, sqe: Sqe, cmd: Command, data: Bytes) -> Result<(), End> {
-        let outcome = exec::execute(&self.registry, &mut self.queue, &sqe, cmd, data);
+    /// Runs the command of `tag`, whose data (if any) is all here.
+    fn execute(&mut self, tag: u16, data: Bytes) -> Result<(), End> {
+        let Some(e) = self.table.get_mut(tag) else {
+            debug_assert!(false, "execute: tag {tag} holds no command");
+            return Ok(());
+        };
+        let (Some(cmd), ns) = (e.cmd.take(), e.ns.take()) else {
+            debug_assert!(false, "execute: tag {tag} has no parsed command");
+            return self.finish(tag, Completion::status(Status::INTERNAL));
+        };
+        self.table.set_state(tag, CmdState::Executing);
+        let outcome = exec::execute(&self.registry, &mut self.queue, cmd, ns, data);
         match outcome {
-            Outcome::Done(c) => self.respond(cid, c),
+            Outcome::Done(c) => self.finish(tag, c),
             Outcome::Pending(mut f) => {
                 // Inline backends (RAM, null) finish on the first poll: complete at once rather
                 // than parking the command in `inflight`.
                 if let Some(c) = futures::FutureExt::now_or_never(f.as_mut()) {
-                    return self.respond(cid, c);
+                    return self.finish(tag, c);
                 }
-                self.inflight.push(Box::pin(async move { (cid, f.await) }));
+                self.inflight.push(Box::pin(async move { (tag, f.await) }));
                 Ok(())
             }
             Outcome::Connected(c) => {
                 self.on_connected();
-                self.respond(cid, c)
+                self.finish(tag, c)
             }
         }
     }
@@ -630,6 +595,8 @@ impl Conn {
         if self.state == ConnState::AwaitConnect {
             self.set_state(ConnState::Live);
         }
+        // The queue's real depth (SQSIZE + 1) is known now.
+        self.table.grow(self.queue.depth_limit());
         let incapsule = if self.queue.qid == 0 {
             self.cfg.admin_incapsule
         } else {
@@ -644,8 +611,15 @@ impl Conn {
         self.codec.set_params(p);
     }
 
-    fn complete(&mut self, cid: u16, done: Completion) -> Result<(), End> {
-        self.respond(cid, done)
+    /// Ends the command of `tag`: frees its entry (and its CID) and queues its completion.
+    fn finish(&mut self, tag: u16, done: Completion) -> Result<(), End> {
+        match self.table.complete(tag) {
+            Some(cid) => self.respond(cid, done),
+            None => {
+                debug_assert!(false, "finish: tag {tag} holds no command");
+                Ok(())
+            }
+        }
     }
 
     /// Queues the completion of `cid`: C2HData (with SUCCESS when SQ flow control is off, so
@@ -698,7 +672,7 @@ impl Conn {
     }
 
     /// Releases what the queue holds in its controller.
-    fn finish(&mut self) {
+    fn release(&mut self) {
         exec::queue_closed(&self.queue);
     }
 }

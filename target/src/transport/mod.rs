@@ -2,6 +2,7 @@
 
 pub mod bufpool;
 pub mod busypoll;
+pub mod command;
 pub mod conn;
 pub mod writer;
 

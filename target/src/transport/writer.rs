@@ -197,6 +197,9 @@ impl Writer {
     /// One `writev` of the segments from `first` (at most [`IOV_MAX`]), waiting while the
     /// socket is full. The iovecs are rebuilt on every attempt (they hold raw addresses, which
     /// must not live across an await: the connection's future moves between polls).
+    // The one raw syscall of the transport: iovecs of raw addresses are the point (see the
+    // module doc), so std's `IoSlice` (a reference) cannot be used.
+    #[allow(unsafe_code)]
     async fn writev(&self, first: usize) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
         let sock: &tokio::net::TcpStream = self.half.as_ref();

@@ -34,28 +34,10 @@ use std::time::Duration;
 /// one watchdog bounds the whole run instead.
 pub const RUN_GRACE: Duration = Duration::from_secs(30);
 
-/// Pins the calling thread (and the threads it starts later) to `cpu`.
-pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
-    if cpu >= usize::try_from(libc::CPU_SETSIZE).unwrap_or(0) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("CPU {cpu} is beyond CPU_SETSIZE"),
-        ));
-    }
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it (cpu < CPU_SETSIZE was
-    // checked above), and sched_setaffinity(0, ..) reads it for the calling thread only.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
+/// Pins the calling thread (and the threads it starts later) to `cpu`: the one bounded
+/// implementation the target's reactors use too (an absent or out-of-range CPU is an error that
+/// names the CPUs this process may use).
+pub use hw::sys::pin_to_cpu;
 
 /// The single-threaded runtime every mode of the tool runs on (the target's reactors use the
 /// same kind, so the baselines measure the same machinery).
