@@ -18,6 +18,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod controller;
 pub mod initiator;
 pub mod server;

@@ -194,6 +194,34 @@ impl Subsystem {
             .filter_map(Weak::upgrade)
             .collect()
     }
+
+    /// The allowed hosts in force.
+    pub fn host_policy(&self) -> HostPolicy {
+        lock(&self.hosts).clone()
+    }
+
+    /// Tears down every controller whose host the policy no longer allows (its connections
+    /// close); returns their CNTLIDs. Live reconfiguration calls it after [`Self::set_hosts`].
+    pub fn drop_disallowed_hosts(&self, why: &str) -> Vec<u16> {
+        let mut gone = Vec::new();
+        for c in self.controllers() {
+            if !self.hosts_allow(&c.hostnqn) {
+                c.teardown(why);
+                gone.push(c.cntlid);
+            }
+        }
+        gone.sort_unstable();
+        gone
+    }
+
+    /// Tears down every controller of this subsystem (it is being removed).
+    pub fn drop_all_controllers(&self, why: &str) -> usize {
+        let all = self.controllers();
+        for c in &all {
+            c.teardown(why);
+        }
+        all.len()
+    }
 }
 
 /// Locks a mutex, recovering the data if a holder panicked: every table here stays consistent
@@ -273,10 +301,30 @@ impl Registry {
 
     /// Adds a subsystem (cluster map change); the discovery log changes.
     pub fn add_subsystem(&self, s: Arc<Subsystem>) {
-        let mut m = SubsystemMap::clone(&self.subsystems.load());
-        m.insert(s.nqn.clone(), s);
-        self.subsystems.store(Arc::new(m));
+        self.insert_subsystem(s);
         self.bump_genctr();
+    }
+
+    /// Adds (or replaces) a subsystem without moving GENCTR: for a batch of changes after
+    /// which the caller calls [`Self::bump_genctr`] once (live reconfiguration).
+    pub fn insert_subsystem(&self, s: Arc<Subsystem>) {
+        self.subsystems.rcu(|m| {
+            let mut m = SubsystemMap::clone(m);
+            m.insert(s.nqn.clone(), Arc::clone(&s));
+            m
+        });
+    }
+
+    /// Removes a subsystem without moving GENCTR (see [`Self::insert_subsystem`]). New
+    /// Connects to it fail at once; the caller tears down its controllers.
+    pub fn remove_subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        let mut gone = None;
+        self.subsystems.rcu(|m| {
+            let mut m = SubsystemMap::clone(m);
+            gone = m.remove(nqn);
+            m
+        });
+        gone
     }
 
     /// The discovery log changed: GENCTR moves and discovery controllers are notified.
@@ -292,6 +340,22 @@ impl Registry {
     pub fn add_listener(&self, addr: SocketAddr) {
         lock(&self.listeners).push(addr);
         self.bump_genctr();
+    }
+
+    /// Records a portal without moving GENCTR (see [`Self::insert_subsystem`]).
+    pub fn insert_listener(&self, addr: SocketAddr) {
+        let mut l = lock(&self.listeners);
+        if !l.contains(&addr) {
+            l.push(addr);
+        }
+    }
+
+    /// Forgets a portal (the discovery log no longer lists it) without moving GENCTR.
+    pub fn remove_listener(&self, addr: SocketAddr) -> bool {
+        let mut l = lock(&self.listeners);
+        let before = l.len();
+        l.retain(|a| *a != addr);
+        l.len() != before
     }
 
     pub fn listeners(&self) -> Vec<SocketAddr> {
