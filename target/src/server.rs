@@ -18,9 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::subsystem::lock;
-
-use crate::subsystem::Registry;
+use crate::subsystem::{Registry, lock};
 use crate::transport::{TransportConfig, conn};
 
 /// Connections served at once per target; further ones wait in the kernel's accept backlog.
