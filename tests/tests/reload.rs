@@ -429,8 +429,19 @@ async fn io_keeps_flowing_while_namespaces_hosts_subsystems_and_listeners_change
     // A host reaches C through the new portal.
     let (c_ctrl, c_q) = connect_with_io(addr2, SUB_C).await;
     within("read C", c_q.read(1, 0, 8, 512)).await.unwrap();
-    // B's host was not concerned.
+    // B's host was not concerned: its I/O works and it was told of no namespace change.
     within("B read", b_q.read(1, 0, 1, 512)).await.unwrap();
+    let page = within(
+        "B's Changed Namespace List",
+        b_ctrl.get_log_page(0x04, 0xFFFF_FFFF, 4096, 0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        u32::from_le_bytes(page[..4].try_into().unwrap()),
+        0,
+        "B's controller was told of A's namespace changes"
+    );
     io.advances(
         20,
         "after namespaces, a subsystem and a listener were added",
