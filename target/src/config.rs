@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hw::BackendSpec;
@@ -10,7 +11,7 @@ use yaml::{BackendDecl, Layout, Location};
 
 use crate::subsystem::namespace::Namespace;
 use crate::subsystem::volume::LocalVolume;
-use crate::subsystem::{HostPolicy, Registry, Subsystem};
+use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem};
 
 /// The generation a standalone server (no manager) runs at. Stamped commands must carry it.
 pub const STANDALONE_GENERATION: u64 = 1;
@@ -55,42 +56,61 @@ pub fn transport_config(layout: &Layout) -> crate::transport::TransportConfig {
 
 /// Opens every backend of `layout` and builds the registry.
 pub fn build_registry(layout: &Layout) -> Result<Arc<Registry>, ConfigError> {
-    let mut subsystems = Vec::new();
-    for s in &layout.subsystems {
-        let mut namespaces = BTreeMap::new();
-        for n in &s.namespaces {
-            let backend =
-                hw::open(&spec_of(&n.backend, n.size_bytes)).map_err(|e| ConfigError {
-                    loc: n.backend_loc.clone(),
-                    message: format!("cannot open {} backend: {e}", n.backend.kind()),
-                })?;
-            let len = backend.len_bytes();
-            if len < u64::from(n.block_size) {
-                return Err(ConfigError {
-                    loc: n.backend_loc.clone(),
-                    message: format!(
-                        "backend is {len} bytes, smaller than one {}-byte block",
-                        n.block_size
-                    ),
-                });
-            }
-            let volume = Arc::new(LocalVolume::new(backend));
-            let ns = Namespace::new(n.nsid, n.block_size, n.nguid, n.uuid, volume);
-            namespaces.insert(n.nsid, Arc::new(ns));
-        }
-        let hosts = match &s.hosts {
-            yaml::HostPolicy::Any => HostPolicy::Any,
-            yaml::HostPolicy::Only(v) => HostPolicy::Only(v.clone()),
-        };
-        subsystems.push(Subsystem::new(
-            s.nqn.clone(),
-            s.serial.clone(),
-            s.model.clone(),
-            hosts,
-            namespaces,
-        ));
-    }
+    let subsystems = layout
+        .subsystems
+        .iter()
+        .map(build_subsystem)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Arc::new(Registry::new(subsystems, STANDALONE_GENERATION)))
+}
+
+/// Opens the backend of one declared namespace.
+pub fn open_namespace(n: &yaml::Namespace) -> Result<Arc<Namespace>, ConfigError> {
+    let backend = hw::open(&spec_of(&n.backend, n.size_bytes)).map_err(|e| ConfigError {
+        loc: n.backend_loc.clone(),
+        message: format!("cannot open {} backend: {e}", n.backend.kind()),
+    })?;
+    let len = backend.len_bytes();
+    if len < u64::from(n.block_size) {
+        return Err(ConfigError {
+            loc: n.backend_loc.clone(),
+            message: format!(
+                "backend is {len} bytes, smaller than one {}-byte block",
+                n.block_size
+            ),
+        });
+    }
+    let volume = Arc::new(LocalVolume::new(backend));
+    Ok(Arc::new(Namespace::new(
+        n.nsid,
+        n.block_size,
+        n.nguid,
+        n.uuid,
+        volume,
+    )))
+}
+
+/// The target's host policy for a declared one.
+pub fn host_policy(h: &yaml::HostPolicy) -> HostPolicy {
+    match h {
+        yaml::HostPolicy::Any => HostPolicy::Any,
+        yaml::HostPolicy::Only(v) => HostPolicy::Only(v.clone()),
+    }
+}
+
+/// Opens every backend of one declared subsystem and builds it.
+pub fn build_subsystem(s: &yaml::Subsystem) -> Result<Subsystem, ConfigError> {
+    let mut namespaces = BTreeMap::new();
+    for n in &s.namespaces {
+        namespaces.insert(n.nsid, open_namespace(n)?);
+    }
+    Ok(Subsystem::new(
+        s.nqn.clone(),
+        s.serial.clone(),
+        s.model.clone(),
+        host_policy(&s.hosts),
+        namespaces,
+    ))
 }
 
 /// What `tessera-target --check` verifies beyond the YAML: that every file and block backend
@@ -126,4 +146,510 @@ pub fn check_backends(layout: &Layout) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+// -------------------------------------------------------------------------------------------
+// Live reconfiguration: what differs between the layout in force and a new one
+// -------------------------------------------------------------------------------------------
+
+/// How one subsystem present in both layouts changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubsystemChange {
+    pub nqn: String,
+    /// The new host policy, when it differs.
+    pub hosts: Option<yaml::HostPolicy>,
+    /// Namespaces declared only in the new layout.
+    pub namespaces_added: Vec<yaml::Namespace>,
+    /// NSIDs declared only in the old layout.
+    pub namespaces_removed: Vec<u32>,
+}
+
+/// The difference between the layout a target serves and a new one: what a reload does.
+/// Everything the new layout declares identically is left alone (and so are the connections
+/// that use it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayoutDiff {
+    /// Portals to open (with their place in the new layout, to name a bind failure).
+    pub listeners_added: Vec<yaml::Listener>,
+    /// Portals to close.
+    pub listeners_removed: Vec<SocketAddr>,
+    /// Subsystems declared only in the new layout.
+    pub subsystems_added: Vec<yaml::Subsystem>,
+    /// NQNs declared only in the old layout.
+    pub subsystems_removed: Vec<String>,
+    /// Subsystems in both layouts whose hosts or namespaces differ.
+    pub subsystems_changed: Vec<SubsystemChange>,
+}
+
+impl LayoutDiff {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether the discovery log changes (GENCTR must move): portals, subsystems or the hosts
+    /// that may see a subsystem.
+    pub fn changes_discovery(&self) -> bool {
+        !self.listeners_added.is_empty()
+            || !self.listeners_removed.is_empty()
+            || !self.subsystems_added.is_empty()
+            || !self.subsystems_removed.is_empty()
+            || self.subsystems_changed.iter().any(|c| c.hosts.is_some())
+    }
+
+    /// One line per change, for logs and for the caller of a reload.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in &self.listeners_added {
+            out.push(format!("listener {} added", l.socket_addr()));
+        }
+        for a in &self.listeners_removed {
+            out.push(format!("listener {a} removed"));
+        }
+        for s in &self.subsystems_added {
+            out.push(format!(
+                "subsystem {} added ({} namespace(s))",
+                s.nqn,
+                s.namespaces.len()
+            ));
+        }
+        for nqn in &self.subsystems_removed {
+            out.push(format!("subsystem {nqn} removed"));
+        }
+        for c in &self.subsystems_changed {
+            if let Some(h) = &c.hosts {
+                let shown = match h {
+                    yaml::HostPolicy::Any => "any host".to_string(),
+                    yaml::HostPolicy::Only(v) => v.join(", "),
+                };
+                out.push(format!("subsystem {}: allowed hosts now {shown}", c.nqn));
+            }
+            for n in &c.namespaces_added {
+                out.push(format!("subsystem {}: namespace {} added", c.nqn, n.nsid));
+            }
+            for id in &c.namespaces_removed {
+                out.push(format!("subsystem {}: namespace {id} removed", c.nqn));
+            }
+        }
+        out
+    }
+}
+
+/// Whether two declarations of one NSID describe the same namespace (locations aside).
+fn same_namespace(a: &yaml::Namespace, b: &yaml::Namespace) -> bool {
+    a.nsid == b.nsid
+        && a.block_size == b.block_size
+        && a.size_bytes == b.size_bytes
+        && a.backend == b.backend
+        && a.nguid == b.nguid
+        && a.uuid == b.uuid
+}
+
+/// What differs between `old` (in force) and `new`, or why `new` cannot be applied to a
+/// running target. Refused, with the new layout's location:
+/// - a namespace whose backend, size, block size, NGUID or UUID changed under the same NSID:
+///   a host holding it would read other data, or see its size change, under the same identity.
+///   Remove it (or declare it under a new NSID) in one reload and add it back in another;
+/// - a subsystem whose serial or model changed: hosts key their view of a subsystem on them;
+/// - a changed `transport:` section: the limits are advertised to every live controller.
+pub fn diff(old: &Layout, new: &Layout) -> Result<LayoutDiff, ConfigError> {
+    let mut d = LayoutDiff::default();
+    if old.transport != new.transport {
+        return Err(ConfigError {
+            loc: Location {
+                file: new.source.clone(),
+                line: 0,
+                column: 0,
+                field: "transport".to_string(),
+            },
+            message: "the transport limits cannot change while the target runs (every live \
+                      controller was told them); restart the target to change them"
+                .to_string(),
+        });
+    }
+    let old_addrs: Vec<SocketAddr> = old
+        .listeners
+        .iter()
+        .map(yaml::Listener::socket_addr)
+        .collect();
+    let new_addrs: Vec<SocketAddr> = new
+        .listeners
+        .iter()
+        .map(yaml::Listener::socket_addr)
+        .collect();
+    d.listeners_added = new
+        .listeners
+        .iter()
+        .filter(|l| !old_addrs.contains(&l.socket_addr()))
+        .cloned()
+        .collect();
+    d.listeners_removed = old_addrs
+        .iter()
+        .filter(|a| !new_addrs.contains(a))
+        .copied()
+        .collect();
+    for o in &old.subsystems {
+        if !new.subsystems.iter().any(|n| n.nqn == o.nqn) {
+            d.subsystems_removed.push(o.nqn.clone());
+        }
+    }
+    for n in &new.subsystems {
+        let Some(o) = old.subsystems.iter().find(|o| o.nqn == n.nqn) else {
+            d.subsystems_added.push(n.clone());
+            continue;
+        };
+        if o.serial != n.serial || o.model != n.model {
+            return Err(ConfigError {
+                loc: n.loc.clone(),
+                message: format!(
+                    "subsystem {}: serial and model cannot change while it is served (hosts \
+                     identify the subsystem by them); remove the subsystem in one reload and \
+                     declare it again in the next",
+                    n.nqn
+                ),
+            });
+        }
+        let mut c = SubsystemChange {
+            nqn: n.nqn.clone(),
+            hosts: (o.hosts != n.hosts).then(|| n.hosts.clone()),
+            namespaces_added: Vec::new(),
+            namespaces_removed: Vec::new(),
+        };
+        for ns in &n.namespaces {
+            match o.namespaces.iter().find(|x| x.nsid == ns.nsid) {
+                None => c.namespaces_added.push(ns.clone()),
+                Some(x) if same_namespace(x, ns) => {}
+                Some(x) => {
+                    return Err(ConfigError {
+                        loc: ns.loc.clone(),
+                        message: format!(
+                            "namespace {} of {}: {} cannot change while it is served (a host \
+                             would see other blocks under the same identity); remove it in \
+                             one reload and add it back in the next, or declare the new one \
+                             under another NSID",
+                            ns.nsid,
+                            n.nqn,
+                            namespace_difference(x, ns)
+                        ),
+                    });
+                }
+            }
+        }
+        for x in &o.namespaces {
+            if !n.namespaces.iter().any(|ns| ns.nsid == x.nsid) {
+                c.namespaces_removed.push(x.nsid);
+            }
+        }
+        if c.hosts.is_some() || !c.namespaces_added.is_empty() || !c.namespaces_removed.is_empty() {
+            d.subsystems_changed.push(c);
+        }
+    }
+    Ok(d)
+}
+
+/// Names what differs between two declarations of one NSID.
+fn namespace_difference(a: &yaml::Namespace, b: &yaml::Namespace) -> String {
+    let mut what = Vec::new();
+    if a.backend != b.backend {
+        what.push("its backend");
+    }
+    if a.size_bytes != b.size_bytes {
+        what.push("its size");
+    }
+    if a.block_size != b.block_size {
+        what.push("its block size");
+    }
+    if a.nguid != b.nguid || a.uuid != b.uuid {
+        what.push("its NGUID/UUID");
+    }
+    if what.is_empty() {
+        "its declaration".to_string()
+    } else {
+        what.join(" and ")
+    }
+}
+
+/// A [`LayoutDiff`] whose new backends are open: applying it cannot fail.
+pub struct PreparedChange {
+    pub diff: LayoutDiff,
+    subsystems: Vec<Arc<Subsystem>>,
+    /// Per changed subsystem (same order as `diff.subsystems_changed`), its new namespaces.
+    namespaces: Vec<Vec<Arc<Namespace>>>,
+}
+
+/// Opens every backend `diff` adds (nothing in the registry changes). A backend that does not
+/// open fails the whole change.
+pub fn prepare(diff: LayoutDiff) -> Result<PreparedChange, ConfigError> {
+    let subsystems = diff
+        .subsystems_added
+        .iter()
+        .map(|s| build_subsystem(s).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let namespaces = diff
+        .subsystems_changed
+        .iter()
+        .map(|c| c.namespaces_added.iter().map(open_namespace).collect())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PreparedChange {
+        diff,
+        subsystems,
+        namespaces,
+    })
+}
+
+/// What applying a change removed, for the caller to flush (off the registry's path).
+#[derive(Default)]
+pub struct Removed {
+    pub namespaces: Vec<Arc<Namespace>>,
+    /// Controllers torn down (removed hosts and removed subsystems).
+    pub controllers: usize,
+}
+
+impl PreparedChange {
+    /// Applies the subsystem part of the change to `registry` (listeners are the server's):
+    /// - subsystems added, then removed (their controllers torn down, their connections
+    ///   closed);
+    /// - per changed subsystem: the host policy, then every controller of a host no longer
+    ///   allowed torn down; the namespace set, then a Namespace Attribute Changed notice (and
+    ///   log page 04h entries) to every remaining controller. A removed NSID answers Invalid
+    ///   Namespace from then on; commands already running on it finish.
+    ///
+    /// GENCTR is left to the caller, which moves it once after the listeners changed too.
+    pub fn apply(self, registry: &Registry) -> Removed {
+        let mut removed = Removed::default();
+        for s in self.subsystems {
+            registry.insert_subsystem(s);
+        }
+        for nqn in &self.diff.subsystems_removed {
+            if let Some(s) = registry.remove_subsystem(nqn) {
+                removed.controllers += s.drop_all_controllers("subsystem removed by reload");
+                removed.namespaces.extend(s.namespaces().values().cloned());
+            }
+        }
+        for (c, added) in self.diff.subsystems_changed.iter().zip(self.namespaces) {
+            let Some(s) = registry.subsystem(&c.nqn) else {
+                // diff() was taken against the layout in force, which this registry serves.
+                debug_assert!(false, "changed subsystem {} is not served", c.nqn);
+                continue;
+            };
+            if let Some(h) = &c.hosts {
+                s.set_hosts(host_policy(h));
+                removed.controllers += s
+                    .drop_disallowed_hosts("host no longer allowed (reload)")
+                    .len();
+            }
+            if added.is_empty() && c.namespaces_removed.is_empty() {
+                continue;
+            }
+            let old = s.namespaces();
+            let mut next = NamespaceMap::clone(&old);
+            for id in &c.namespaces_removed {
+                if let Some(ns) = next.remove(id) {
+                    removed.namespaces.push(ns);
+                }
+            }
+            for ns in added {
+                next.insert(ns.nsid, ns);
+            }
+            let changed = s.set_namespaces(next);
+            if !changed.is_empty() {
+                for ctrl in s.controllers() {
+                    ctrl.namespaces_changed(&changed);
+                }
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listeners:
+  - address: 127.0.0.1
+    port: 4420
+subsystems:
+  - nqn: nqn.2026-11.dev.tessera:a
+    allow_any_host: true
+    namespaces:
+      - nsid: 1
+        backend: { kind: ram, size: 1MiB }
+      - nsid: 2
+        backend: { kind: null, size: 1MiB }
+  - nqn: nqn.2026-11.dev.tessera:b
+    hosts: [nqn.2026-11.dev.tessera:host:one]
+    namespaces:
+      - nsid: 1
+        backend: { kind: ram, size: 1MiB }
+";
+
+    fn layout(name: &str, text: &str) -> Layout {
+        yaml::parse_str(name, text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn the_same_declarations_elsewhere_in_another_file_are_no_change() {
+        let old = layout("old.yaml", BASE);
+        // Same content, other source name and other locations (a comment shifts every line).
+        let new = layout("new.yaml", &format!("# moved\n{BASE}"));
+        let d = diff(&old, &new).unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        assert!(!d.changes_discovery());
+        assert!(d.describe().is_empty());
+    }
+
+    #[test]
+    fn additions_and_removals_of_every_kind_are_found() {
+        let old = layout("old.yaml", BASE);
+        let text = BASE
+            .replace("    port: 4420\n", "    port: 4421\n")
+            .replace(
+                "      - nsid: 2\n        backend: { kind: null, size: 1MiB }\n",
+                "      - nsid: 3\n        backend: { kind: null, size: 2MiB }\n",
+            )
+            .replace(
+                "hosts: [nqn.2026-11.dev.tessera:host:one]",
+                "hosts: [nqn.2026-11.dev.tessera:host:two]",
+            )
+            + "  - nqn: nqn.2026-11.dev.tessera:c
+    allow_any_host: true
+    namespaces:
+      - nsid: 9
+        backend: { kind: null, size: 1MiB }
+";
+        let new = layout("new.yaml", &text);
+        let d = diff(&old, &new).unwrap();
+        assert_eq!(
+            d.describe(),
+            [
+                "listener 127.0.0.1:4421 added",
+                "listener 127.0.0.1:4420 removed",
+                "subsystem nqn.2026-11.dev.tessera:c added (1 namespace(s))",
+                "subsystem nqn.2026-11.dev.tessera:a: namespace 3 added",
+                "subsystem nqn.2026-11.dev.tessera:a: namespace 2 removed",
+                "subsystem nqn.2026-11.dev.tessera:b: allowed hosts now \
+                 nqn.2026-11.dev.tessera:host:two",
+            ]
+        );
+        assert!(d.changes_discovery());
+        // Removing a subsystem, the other way round.
+        let back = diff(&new, &old).unwrap();
+        assert_eq!(back.subsystems_removed, ["nqn.2026-11.dev.tessera:c"]);
+    }
+
+    #[test]
+    fn a_namespace_changed_in_place_is_refused_at_its_location() {
+        let old = layout("old.yaml", BASE);
+        for (from, to, what) in [
+            (
+                "kind: null, size: 1MiB",
+                "kind: null, size: 2MiB",
+                "its size",
+            ),
+            (
+                "kind: null, size: 1MiB",
+                "kind: ram, size: 1MiB",
+                "its backend",
+            ),
+        ] {
+            let new = layout("new.yaml", &BASE.replace(from, to));
+            let e = diff(&old, &new).unwrap_err().to_string();
+            assert!(
+                e.starts_with(
+                    "new.yaml:10:9: subsystems[0].namespaces[1]: namespace 2 of \
+                               nqn.2026-11.dev.tessera:a: "
+                ) && e.contains(what)
+                    && e.contains("remove it in one reload"),
+                "{e}"
+            );
+        }
+        let new = layout(
+            "new.yaml",
+            &BASE.replace(
+                "  - nqn: nqn.2026-11.dev.tessera:b\n",
+                "  - nqn: nqn.2026-11.dev.tessera:b\n    serial: OTHER\n",
+            ),
+        );
+        let e = diff(&old, &new).unwrap_err().to_string();
+        assert!(
+            e.contains("subsystems[1]") && e.contains("serial and model"),
+            "{e}"
+        );
+        let new = layout(
+            "new.yaml",
+            &format!("{BASE}transport:\n  max_io_size: 1MiB\n"),
+        );
+        let e = diff(&old, &new).unwrap_err().to_string();
+        assert!(e.starts_with("new.yaml: transport: "), "{e}");
+    }
+
+    #[test]
+    fn applying_a_change_moves_namespaces_hosts_and_subsystems() {
+        let old = layout("old.yaml", BASE);
+        let registry = build_registry(&old).unwrap();
+        let genctr = registry.genctr();
+        let text = BASE
+            .replace(
+                "      - nsid: 2\n        backend: { kind: null, size: 1MiB }\n",
+                "      - nsid: 3\n        backend: { kind: null, size: 2MiB }\n",
+            )
+            .replace(
+                "  - nqn: nqn.2026-11.dev.tessera:b
+    hosts: [nqn.2026-11.dev.tessera:host:one]
+    namespaces:
+      - nsid: 1
+        backend: { kind: ram, size: 1MiB }
+",
+                "",
+            )
+            .replace(
+                "allow_any_host: true",
+                "hosts: [nqn.2026-11.dev.tessera:host:one]",
+            );
+        let new = layout("new.yaml", &text);
+        let a = registry.subsystem("nqn.2026-11.dev.tessera:a").unwrap();
+        let kept = a.namespace(1).unwrap();
+        let removed = prepare(diff(&old, &new).unwrap()).unwrap().apply(&registry);
+        assert_eq!(removed.namespaces.len(), 2, "NSID 2 of a and NSID 1 of b");
+        assert!(registry.subsystem("nqn.2026-11.dev.tessera:b").is_none());
+        assert!(a.namespace(2).is_none());
+        assert_eq!(a.namespace(3).unwrap().nlbas, 2 * 1024 * 1024 / 512);
+        assert!(
+            Arc::ptr_eq(&kept, &a.namespace(1).unwrap()),
+            "an unchanged namespace is the same live object"
+        );
+        assert!(a.hosts_allow("nqn.2026-11.dev.tessera:host:one"));
+        assert!(!a.hosts_allow("nqn.2026-11.dev.tessera:host:two"));
+        assert_eq!(registry.genctr(), genctr, "GENCTR is the caller's to move");
+    }
+
+    #[test]
+    fn a_backend_that_does_not_open_fails_the_whole_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = layout("old.yaml", BASE);
+        let path = dir.path().join("gone.img");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let text = format!(
+            "{BASE}  - nqn: nqn.2026-11.dev.tessera:c
+    allow_any_host: true
+    namespaces:
+      - nsid: 1
+        backend: {{ kind: file, path: {} }}
+",
+            path.display()
+        );
+        let new = layout("new.yaml", &text);
+        std::fs::remove_file(&path).unwrap();
+        let e = prepare(diff(&old, &new).unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "new.yaml:21:38: subsystems[2].namespaces[0].backend.path: cannot open file backend"
+            ),
+            "{e}"
+        );
+    }
 }

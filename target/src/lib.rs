@@ -12,7 +12,9 @@
 //! - [`cluster`]: cluster mode: the map from the manager, the generation check and gate,
 //!   routing of I/O to the server that owns an extent, and extent moves;
 //! - [`initiator`]: an NVMe/TCP host (controllers, queues, the polled `DirectQueue`);
-//! - [`server`]: reactors and listeners; [`config`]: a YAML layout to a subsystem registry.
+//! - [`server`]: reactors and listeners; [`config`]: a YAML layout to a subsystem registry,
+//!   and the difference between two layouts; [`control`]: live reconfiguration (SIGHUP,
+//!   reload, apply) and the local control socket.
 //!
 //! docs/design.md follows one command from the socket to the backend and back, file by file.
 //!
@@ -24,6 +26,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod controller;
 pub mod initiator;
 pub mod server;

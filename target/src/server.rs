@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::subsystem::Registry;
+use crate::subsystem::{Registry, lock};
 use crate::transport::{TransportConfig, conn};
 
 /// Connections served at once per target; further ones wait in the kernel's accept backlog.
@@ -35,8 +35,7 @@ pub struct TargetOptions {
     pub transport: TransportConfig,
     /// Reactor threads; 0 = one per CPU this process may run on.
     pub reactors: usize,
-    /// Pin reactor i to CPU `cpus[i % len]` (none: let the kernel place them). Every CPU listed
-    /// must exist and be one this process may run on: otherwise the target does not start.
+    /// Pin reactor i to CPU `cpus[i % len]` (none: let the kernel place them).
     pub cpus: Vec<usize>,
     /// Called first on every reactor thread (tests use it to mark the threads they measure).
     pub on_reactor_start: Option<fn()>,
@@ -47,18 +46,30 @@ pub struct TargetOptions {
 }
 
 struct Reactor {
-    tx: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    tx: mpsc::UnboundedSender<Adopt>,
     live: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A connection handed from a portal's accept loop to a reactor.
+struct Adopt {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// The portal it came in through.
+    portal: SocketAddr,
+    /// Turns true when the portal closes (removed by a reload, or the target stops): the
+    /// connection then drains and closes.
+    close: watch::Receiver<bool>,
 }
 
 /// A running target: its registry, bound portals and a shutdown switch.
 pub struct Target {
     pub registry: Arc<Registry>,
+    /// The portals bound at start (live reconfiguration may add and remove some later:
+    /// [`Portals::addrs`] has the current set).
     pub addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    accept_tasks: JoinSet<()>,
-    reactors: Arc<Vec<Reactor>>,
+    portals: Arc<Portals>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Target {
@@ -101,11 +112,13 @@ impl Target {
             hw::sys::check_cpu(cpu)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot pin reactors: {e}")))?;
         }
+        let conns = Arc::new(ConnTable::default());
         let mut reactors = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
         let mut pinned = Vec::with_capacity(n);
         for i in 0..n {
             let cpu = opts.cpus.get(i % opts.cpus.len().max(1)).copied();
-            let (r, started) = spawn_reactor(
+            let (r, t, started) = spawn_reactor(
                 i,
                 cpu,
                 opts.on_reactor_start,
@@ -113,8 +126,10 @@ impl Target {
                 Arc::clone(&registry),
                 opts.transport,
                 shutdown.subscribe(),
+                Arc::clone(&conns),
             )?;
             reactors.push(r);
+            threads.push(t);
             pinned.push(started);
         }
         // A reactor that could not pin itself has stopped; the others stop when `reactors`
@@ -135,39 +150,45 @@ impl Target {
                 }
             }
         }
-        let reactors = Arc::new(reactors);
-        let mut accept_tasks = JoinSet::new();
+        let portals = Arc::new(Portals {
+            registry: Arc::clone(&registry),
+            reactors: Arc::new(reactors),
+            shutdown: shutdown.subscribe(),
+            open: std::sync::Mutex::new(Vec::new()),
+            conns,
+        });
         let mut addrs = Vec::new();
         for l in listeners {
-            let addr = l.local_addr()?;
-            registry.add_listener(addr);
+            let addr = portals.serve(l)?;
             addrs.push(addr);
-            accept_tasks.spawn(accept_loop(l, Arc::clone(&reactors), shutdown.subscribe()));
             tracing::info!(%addr, reactors = n, "listening for NVMe/TCP");
         }
+        registry.bump_genctr();
         Ok(Self {
             registry,
             addrs,
             shutdown,
-            accept_tasks,
-            reactors,
+            portals,
+            threads,
         })
+    }
+
+    /// The portals, to add and remove while the target runs (live reconfiguration) and to
+    /// list the connections.
+    pub fn portals(&self) -> Arc<Portals> {
+        Arc::clone(&self.portals)
     }
 
     /// Stops accepting, lets every connection drain its in-flight commands (bounded), then
     /// flushes every volume with a volatile write cache.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        while self.accept_tasks.join_next().await.is_some() {}
-        let reactors = Arc::clone(&self.reactors);
+        self.portals.close_all().await;
+        let threads = std::mem::take(&mut self.threads);
         // Joining reactor threads blocks: do it off the caller's runtime.
         let _ = tokio::task::spawn_blocking(move || {
-            if let Ok(mut v) = Arc::try_unwrap(reactors).map_err(|_| ()) {
-                for r in &mut v {
-                    if let Some(t) = r.thread.take() {
-                        let _ = t.join();
-                    }
-                }
+            for t in threads {
+                let _ = t.join();
             }
         })
         .await;
@@ -181,6 +202,7 @@ impl Target {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_reactor(
     index: usize,
     cpu: Option<usize>,
@@ -189,9 +211,14 @@ fn spawn_reactor(
     registry: Arc<Registry>,
     cfg: TransportConfig,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<(Reactor, oneshot::Receiver<std::io::Result<()>>)> {
+    table: Arc<ConnTable>,
+) -> std::io::Result<(
+    Reactor,
+    std::thread::JoinHandle<()>,
+    oneshot::Receiver<std::io::Result<()>>,
+)> {
     let (started_tx, started) = oneshot::channel();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Adopt>();
     let live = Arc::new(AtomicUsize::new(0));
     let live2 = Arc::clone(&live);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -224,12 +251,19 @@ fn spawn_reactor(
                             live2.fetch_sub(1, Ordering::Relaxed);
                         }
                         m = rx.recv() => {
-                            let Some((std_stream, peer)) = m else { break };
+                            let Some(Adopt { stream: std_stream, peer, portal, close }) = m else {
+                                break;
+                            };
                             match tokio::net::TcpStream::from_std(std_stream) {
                                 Ok(s) => {
-                                    conns.spawn(conn::serve(
-                                        Arc::clone(&registry), s, peer, cfg, shutdown.clone(),
-                                    ));
+                                    let entry = table.enter(peer, portal, index);
+                                    let serve = conn::serve(
+                                        Arc::clone(&registry), s, peer, cfg, close,
+                                    );
+                                    conns.spawn(async move {
+                                        serve.await;
+                                        drop(entry);
+                                    });
                                 }
                                 Err(e) => {
                                     live2.fetch_sub(1, Ordering::Relaxed);
@@ -243,21 +277,24 @@ fn spawn_reactor(
                 while conns.join_next().await.is_some() {}
             });
         })?;
-    Ok((
-        Reactor {
-            tx,
-            live,
-            thread: Some(thread),
-        },
-        started,
-    ))
+    Ok((Reactor { tx, live }, thread, started))
 }
 
 async fn accept_loop(
     l: TcpListener,
     reactors: Arc<Vec<Reactor>>,
     mut shutdown: watch::Receiver<bool>,
+    close: watch::Receiver<bool>,
 ) {
+    let portal = match l.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "listener without an address: not accepting");
+            return;
+        }
+    };
+    // `close` stays unobserved here, so that every connection's clone of it sees the change.
+    let mut closed = close.clone();
     loop {
         let total: usize = reactors
             .iter()
@@ -265,6 +302,7 @@ async fn accept_loop(
             .sum();
         tokio::select! {
             _ = shutdown.changed() => break,
+            _ = closed.changed() => break,
             r = l.accept(), if total < CONNECTIONS_MAX => match r {
                 Ok((stream, peer)) => {
                     let Some(best) = reactors.iter().min_by_key(|r| r.live.load(Ordering::Relaxed)) else {
@@ -278,7 +316,8 @@ async fn accept_loop(
                         }
                     };
                     best.live.fetch_add(1, Ordering::Relaxed);
-                    if best.tx.send((std_stream, peer)).is_err() {
+                    let adopt = Adopt { stream: std_stream, peer, portal, close: close.clone() };
+                    if best.tx.send(adopt).is_err() {
                         best.live.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
@@ -290,6 +329,153 @@ async fn accept_loop(
             },
             // Re-check the connection count now and then when at the limit.
             () = tokio::time::sleep(Duration::from_millis(100)), if total >= CONNECTIONS_MAX => {}
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Portals opened and closed while the target runs, and the connections they carry
+// -------------------------------------------------------------------------------------------
+
+/// One open portal: its accept loop and the switch that closes it and its connections.
+struct Portal {
+    addr: SocketAddr,
+    close: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The target's portals (listening sockets). Live reconfiguration opens and closes them here;
+/// every connection is tied to the portal it came in through, so closing a portal closes its
+/// connections too (the hosts reconnect through the portals that remain, as with a port
+/// removed from Linux nvmet or an SPDK listener removed).
+pub struct Portals {
+    registry: Arc<Registry>,
+    reactors: Arc<Vec<Reactor>>,
+    shutdown: watch::Receiver<bool>,
+    open: std::sync::Mutex<Vec<Portal>>,
+    conns: Arc<ConnTable>,
+}
+
+impl Portals {
+    /// Binds `addr` (not yet accepting: [`Self::serve`] starts it). Binding first lets a
+    /// reload fail whole on "address in use" before it changes anything.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    }
+
+    /// Starts accepting on a bound listener and lists it in the discovery log (GENCTR is the
+    /// caller's to move, once per batch of changes). Returns its address.
+    pub fn serve(&self, l: TcpListener) -> std::io::Result<SocketAddr> {
+        let addr = l.local_addr()?;
+        let (close, close_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            l,
+            Arc::clone(&self.reactors),
+            self.shutdown.clone(),
+            close_rx,
+        ));
+        lock(&self.open).push(Portal { addr, close, task });
+        self.registry.insert_listener(addr);
+        Ok(addr)
+    }
+
+    /// Stops accepting on `addr`, closes the connections that came in through it (each drains
+    /// its in-flight commands first) and drops it from the discovery log (GENCTR: the
+    /// caller's). Returns how many connections it carried, or `None` if it was not open.
+    pub async fn close(&self, addr: SocketAddr) -> Option<usize> {
+        let portal = {
+            let mut open = lock(&self.open);
+            let i = open.iter().position(|p| p.addr == addr)?;
+            open.remove(i)
+        };
+        self.registry.remove_listener(addr);
+        let carried = self
+            .connections()
+            .iter()
+            .filter(|c| c.portal == addr)
+            .count();
+        let _ = portal.close.send(true);
+        // The listening socket is closed once the accept loop has ended.
+        let _ = portal.task.await;
+        Some(carried)
+    }
+
+    /// Closes every portal (the target stops).
+    pub async fn close_all(&self) {
+        let all = std::mem::take(&mut *lock(&self.open));
+        for p in &all {
+            let _ = p.close.send(true);
+        }
+        for p in all {
+            let _ = p.task.await;
+        }
+    }
+
+    /// The portals open now.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        lock(&self.open).iter().map(|p| p.addr).collect()
+    }
+
+    /// The connections served now.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        lock(&self.conns.live).values().cloned().collect()
+    }
+}
+
+/// One TCP connection the target serves (one queue of one controller, once connected).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnInfo {
+    /// A number unique within this target's life.
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// The portal it came in through.
+    pub portal: SocketAddr,
+    /// The reactor thread that serves it.
+    pub reactor: usize,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+}
+
+/// Live connections, for listing.
+#[derive(Default)]
+struct ConnTable {
+    next: std::sync::atomic::AtomicU64,
+    live: std::sync::Mutex<std::collections::BTreeMap<u64, ConnInfo>>,
+}
+
+/// Keeps a connection listed while it lives.
+struct ConnEntry {
+    table: Arc<ConnTable>,
+    id: u64,
+}
+
+impl Drop for ConnEntry {
+    fn drop(&mut self) {
+        lock(&self.table.live).remove(&self.id);
+    }
+}
+
+impl ConnTable {
+    fn enter(self: &Arc<Self>, peer: SocketAddr, portal: SocketAddr, reactor: usize) -> ConnEntry {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let since_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        lock(&self.live).insert(
+            id,
+            ConnInfo {
+                id,
+                peer,
+                portal,
+                reactor,
+                since_unix_ms,
+            },
+        );
+        ConnEntry {
+            table: Arc::clone(self),
+            id,
         }
     }
 }

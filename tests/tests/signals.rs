@@ -1,16 +1,19 @@
-//! The real `tessera-target` binary and signals: SIGHUP is not fatal (live reload does not
-//! exist yet: the target says so and keeps serving), SIGTERM still drains and exits 0.
+//! The real `tessera-target` binary and signals: SIGHUP re-reads the layout file and applies
+//! the difference (an unchanged file changes nothing, a file with an error is refused and
+//! logged, and the target keeps serving the same connections throughout); SIGTERM still
+//! drains, removes the control socket and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tessera::control::{self, Request};
 use tessera_tests::*;
 
-/// How long the daemon may take to listen, or to exit after a signal.
+/// How long the daemon may take to listen, to handle a signal, or to exit after one.
 const DAEMON_STEP: Duration = Duration::from_secs(15);
-/// Ports tried: a port found free may be taken by someone else before the daemon binds it.
+/// Ports tried: another process may take a port before the daemon binds it.
 const PORT_TRIES: usize = 5;
 
 /// The daemon; killed (by its PID) if the test fails while it runs.
@@ -33,15 +36,12 @@ fn signal(child: &Child, sig: i32) {
     assert_eq!(r, 0, "kill({pid}, {sig})");
 }
 
-/// Starts the daemon on a port the kernel just handed out; if another process took that port
-/// in between (the daemon exits), tries another one. Returns the daemon and its address.
-async fn start(dir: &std::path::Path) -> (Daemon, std::net::SocketAddr, std::path::PathBuf) {
+/// Starts the daemon on a free port below the ephemeral range (`daemon_port`); if another
+/// process took that port in between (the daemon exits), tries another one. Returns the
+/// daemon, its address, its layout file, its log and its control socket.
+async fn start(dir: &Path) -> (Daemon, std::net::SocketAddr, PathBuf, PathBuf, PathBuf) {
     for attempt in 0..PORT_TRIES {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = daemon_port();
         let layout = dir.join(format!("layout{attempt}.yaml"));
         std::fs::write(
             &layout,
@@ -49,9 +49,12 @@ async fn start(dir: &std::path::Path) -> (Daemon, std::net::SocketAddr, std::pat
         )
         .unwrap();
         let log = dir.join(format!("target{attempt}.stderr"));
+        let socket = dir.join(format!("control{attempt}.sock"));
         let child = Command::new(target_bin())
             .arg("--config")
             .arg(&layout)
+            .arg("--control")
+            .arg(&socket)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -67,8 +70,8 @@ async fn start(dir: &std::path::Path) -> (Daemon, std::net::SocketAddr, std::pat
                 assert!(text.contains("in use"), "daemon exited at start:\n{text}");
                 break; // The port was taken meanwhile: another one.
             }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return (d, addr, log);
+            if tokio::net::TcpStream::connect(addr).await.is_ok() && socket.exists() {
+                return (d, addr, layout, log, socket);
             }
             assert!(t0.elapsed() < DAEMON_STEP, "daemon not listening on {addr}");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -77,36 +80,94 @@ async fn start(dir: &std::path::Path) -> (Daemon, std::net::SocketAddr, std::pat
     panic!("no free port after {PORT_TRIES} tries");
 }
 
+/// Waits until the daemon's log holds `n` lines containing `needle`; the daemon must stay up.
+async fn wait_log(d: &mut Daemon, log: &Path, needle: &str, n: usize) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(needle)).count() >= n {
+            return text;
+        }
+        assert!(
+            d.0.try_wait().unwrap().is_none(),
+            "the target died waiting for {needle:?}:\n{text}"
+        );
+        assert!(
+            t0.elapsed() < DAEMON_STEP,
+            "no {needle:?} in the log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn status(socket: &Path) -> control::Status {
+    let p = socket.to_path_buf();
+    let r = within(
+        "control status",
+        tokio::task::spawn_blocking(move || control::request(&p, &Request::Status)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    r.status.expect("a status")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_is_not_fatal_and_sigterm_still_exits_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut d, addr, log) = start(dir.path()).await;
+async fn sighup_reloads_the_layout_and_sigterm_still_exits_0() {
+    let dir = TestDir::new();
+    let (mut d, addr, layout, log, socket) = start(dir.path()).await;
     let (ctrl, q) = connect_with_io(addr, SUBNQN).await;
     let data = blocks(1, 0, 8, 512);
     within("write", q.write(NS_RAM512, 0, 512, data.clone(), false))
         .await
         .unwrap();
+    let before = status(&socket).await;
 
+    // An unchanged file: nothing changes, and the target keeps serving the same queue.
     signal(&d.0, libc::SIGHUP);
-    // The log line says the signal was handled; until then the process might still die of it.
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("reload is not supported")
-    {
-        assert!(
-            d.0.try_wait().unwrap().is_none(),
-            "SIGHUP killed the target:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        assert!(t0.elapsed() < DAEMON_STEP, "no SIGHUP log line");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Still serving, on the same controller and queue: the data is there.
+    wait_log(&mut d, &log, "nothing changed", 1).await;
     let got = within("read after SIGHUP", q.read(NS_RAM512, 0, 8, 512))
         .await
         .unwrap();
     assert_blocks(&got, &data, 0, 512, "after SIGHUP");
+    let after = status(&socket).await;
+    assert_eq!(after.subsystems, before.subsystems);
+    assert_eq!(after.genctr, before.genctr);
+
+    // A namespace added to the file: the same controller sees it.
+    let text = std::fs::read_to_string(&layout).unwrap();
+    std::fs::write(
+        &layout,
+        format!("{text}      - nsid: 9\n        backend: {{ kind: ram, size: 1MiB }}\n"),
+    )
+    .unwrap();
+    signal(&d.0, libc::SIGHUP);
+    wait_log(&mut d, &log, "namespace 9 added", 1).await;
+    let active = within("active NS list", ctrl.active_ns_list(0))
+        .await
+        .unwrap();
+    assert!(active.contains(&9), "{active:?}");
+
+    // A file with an error: refused whole, logged with its place, still serving.
+    std::fs::write(&layout, format!("{text}      - nsid: 0\n")).unwrap();
+    signal(&d.0, libc::SIGHUP);
+    let text = wait_log(&mut d, &log, "reload refused", 1).await;
+    let line = text.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(
+        line.contains(&format!("{}:", layout.display())) && line.contains("namespaces[3]"),
+        "{line}"
+    );
+    assert!(
+        within("active NS list", ctrl.active_ns_list(0))
+            .await
+            .unwrap()
+            .contains(&9),
+        "a refused file changed the namespaces"
+    );
+    let got = within("read after a refused reload", q.read(NS_RAM512, 0, 8, 512))
+        .await
+        .unwrap();
+    assert_blocks(&got, &data, 0, 512, "after a refused reload");
     drop(q);
     ctrl.disconnect().await.unwrap();
 
@@ -120,4 +181,5 @@ async fn sighup_is_not_fatal_and_sigterm_still_exits_0() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(st.code(), Some(0), "SIGTERM exit status");
+    assert!(!socket.exists(), "the control socket outlived the target");
 }

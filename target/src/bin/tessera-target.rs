@@ -2,13 +2,17 @@
 //!
 //! With no arguments it serves the embedded default layout (one 1 GiB RAM namespace on
 //! 127.0.0.1:4420); `--config FILE` serves a YAML layout; `--check FILE` validates one and exits.
+//! SIGHUP re-reads the layout file and applies the difference (docs/reload.md), as does
+//! `tessera target reload` through the control socket (`--control`).
 #![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tessera::config::build_registry;
+use tessera::control::{ControlSocket, LiveConfig};
 use tessera::server::{Target, TargetOptions};
 
 #[derive(Parser, Debug)]
@@ -48,6 +52,12 @@ struct Args {
     /// block:PATH.
     #[arg(long, default_value = "ram")]
     pool: tessera::cluster::PoolSpec,
+    /// The local control socket (line-delimited JSON: status, apply, reload; `tessera target`
+    /// drives it), or `off`. Default: `<dir>/<layout file stem>.sock`, `<dir>` being
+    /// $RUNTIME_DIRECTORY or /run/tessera (a default that cannot be created is only warned
+    /// about; a path given here must work). Standalone targets only.
+    #[arg(long, value_name = "PATH|off", conflicts_with = "manager")]
+    control: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -146,18 +156,60 @@ fn main() -> ExitCode {
         for s in target.registry.subsystems().values() {
             tracing::info!(subnqn = %s.nqn, namespaces = s.namespaces().len(), "serving subsystem");
         }
-        wait_for_signal().await;
+        let live = Arc::new(LiveConfig::new(
+            Arc::clone(&target.registry),
+            target.portals(),
+            layout,
+            args.config.clone(),
+        ));
+        let control = match start_control(&args, &live) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tessera-target: {e}");
+                target.shutdown().await;
+                return ExitCode::from(1);
+            }
+        };
+        wait_for_signal(Some(&live)).await;
         tracing::info!("shutting down");
+        if let Some(c) = control {
+            c.close();
+        }
         target.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
+/// Opens the control socket `--control` asks for. `Ok(None)`: none (`off`, or the default
+/// path could not be set up, which is only warned about: an unprivileged user running the
+/// target by hand has no /run/tessera).
+fn start_control(args: &Args, live: &Arc<LiveConfig>) -> Result<Option<ControlSocket>, String> {
+    let (path, explicit) = match args.control.as_deref() {
+        Some("off") => return Ok(None),
+        Some(p) => (PathBuf::from(p), true),
+        None => (
+            tessera::control::default_socket_path(args.config.as_deref()),
+            false,
+        ),
+    };
+    match ControlSocket::start(&path, Arc::clone(live)) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if explicit => Err(format!("--control: {e}")),
+        Err(e) => {
+            tracing::warn!(
+                "no control socket ({e}); `tessera target` cannot reach this target (give \
+                 --control PATH, or --control off to silence this)"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// Waits for SIGTERM or SIGINT (then the caller drains and stops). SIGHUP, which would kill
-/// the process by default, is caught: live reload does not exist yet, so it only says so and
-/// the target keeps serving its configuration unchanged.
-async fn wait_for_signal() {
+/// the process by default, re-reads the layout file and applies the difference (`live`); a
+/// cluster server (`None`) takes its configuration from the manager, so there it only says so.
+async fn wait_for_signal(live: Option<&LiveConfig>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -172,12 +224,17 @@ async fn wait_for_signal() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => {
-                tracing::warn!(
-                    "SIGHUP: configuration reload is not supported yet; the configuration is \
-                     unchanged and the target keeps serving"
-                );
-            }
+            _ = hup.recv() => match live {
+                // The outcome (changes, or the error that kept the file out) is logged there.
+                Some(live) => {
+                    tracing::info!("SIGHUP: reloading the layout");
+                    let _ = live.reload().await;
+                }
+                None => tracing::warn!(
+                    "SIGHUP: a cluster server's configuration comes from the manager \
+                     (`tessera reload` there); nothing to reload here"
+                ),
+            },
         }
     }
 }
@@ -213,7 +270,7 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_signal().await;
+        wait_for_signal(None).await;
         tracing::info!("shutting down");
         node.target.shutdown().await;
         tracing::info!("stopped");

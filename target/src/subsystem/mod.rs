@@ -53,6 +53,9 @@ pub struct Subsystem {
     ctrls: Mutex<CtrlTable>,
     /// A server-to-server subsystem: every I/O command on it must carry a generation stamp.
     pub internal: bool,
+    /// Removed from the registry (live reconfiguration): no controller may join it any more,
+    /// not even one whose Connect found it just before it went.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// Live controllers of one subsystem, by CNTLID.
@@ -104,6 +107,7 @@ impl Subsystem {
                 max,
             }),
             internal: false,
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -158,19 +162,28 @@ impl Subsystem {
     }
 
     /// Allocates a free CNTLID and registers the controller `make` builds for it.
-    /// `None` when every CNTLID in range is taken.
+    /// `None` when every CNTLID in range is taken, and when a reload retired the subsystem or
+    /// stopped allowing the controller's host while its Connect was under way (the check runs
+    /// under the table's lock, so a controller is either refused here or registered in time
+    /// for the reload to tear it down).
     pub fn add_controller(
         &self,
         make: impl FnOnce(u16) -> Arc<Controller>,
     ) -> Option<Arc<Controller>> {
         let mut t = lock(&self.ctrls);
         t.by_id.retain(|_, w| w.strong_count() > 0);
+        if self.retired.load(Ordering::Acquire) {
+            return None;
+        }
         let span = usize::from(t.max - t.min) + 1;
         for _ in 0..span {
             let id = t.next;
             t.next = if id >= t.max { t.min } else { id + 1 };
             if let std::collections::hash_map::Entry::Vacant(e) = t.by_id.entry(id) {
                 let c = make(id);
+                if !self.hosts_allow(&c.hostnqn) {
+                    return None;
+                }
                 e.insert(Arc::downgrade(&c));
                 return Some(c);
             }
@@ -193,6 +206,36 @@ impl Subsystem {
             .values()
             .filter_map(Weak::upgrade)
             .collect()
+    }
+
+    /// The allowed hosts in force.
+    pub fn host_policy(&self) -> HostPolicy {
+        lock(&self.hosts).clone()
+    }
+
+    /// Tears down every controller whose host the policy no longer allows (its connections
+    /// close); returns their CNTLIDs. Live reconfiguration calls it after [`Self::set_hosts`].
+    pub fn drop_disallowed_hosts(&self, why: &str) -> Vec<u16> {
+        let mut gone = Vec::new();
+        for c in self.controllers() {
+            if !self.hosts_allow(&c.hostnqn) {
+                c.teardown(why);
+                gone.push(c.cntlid);
+            }
+        }
+        gone.sort_unstable();
+        gone
+    }
+
+    /// Retires the subsystem (it was removed from the registry: no controller joins it from
+    /// now on) and tears down every controller it has.
+    pub fn drop_all_controllers(&self, why: &str) -> usize {
+        self.retired.store(true, Ordering::Release);
+        let all = self.controllers();
+        for c in &all {
+            c.teardown(why);
+        }
+        all.len()
     }
 }
 
@@ -273,10 +316,30 @@ impl Registry {
 
     /// Adds a subsystem (cluster map change); the discovery log changes.
     pub fn add_subsystem(&self, s: Arc<Subsystem>) {
-        let mut m = SubsystemMap::clone(&self.subsystems.load());
-        m.insert(s.nqn.clone(), s);
-        self.subsystems.store(Arc::new(m));
+        self.insert_subsystem(s);
         self.bump_genctr();
+    }
+
+    /// Adds (or replaces) a subsystem without moving GENCTR: for a batch of changes after
+    /// which the caller calls [`Self::bump_genctr`] once (live reconfiguration).
+    pub fn insert_subsystem(&self, s: Arc<Subsystem>) {
+        self.subsystems.rcu(|m| {
+            let mut m = SubsystemMap::clone(m);
+            m.insert(s.nqn.clone(), Arc::clone(&s));
+            m
+        });
+    }
+
+    /// Removes a subsystem without moving GENCTR (see [`Self::insert_subsystem`]). New
+    /// Connects to it fail at once; the caller tears down its controllers.
+    pub fn remove_subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        let mut gone = None;
+        self.subsystems.rcu(|m| {
+            let mut m = SubsystemMap::clone(m);
+            gone = m.remove(nqn);
+            m
+        });
+        gone
     }
 
     /// The discovery log changed: GENCTR moves and discovery controllers are notified.
@@ -294,6 +357,22 @@ impl Registry {
         self.bump_genctr();
     }
 
+    /// Records a portal without moving GENCTR (see [`Self::insert_subsystem`]).
+    pub fn insert_listener(&self, addr: SocketAddr) {
+        let mut l = lock(&self.listeners);
+        if !l.contains(&addr) {
+            l.push(addr);
+        }
+    }
+
+    /// Forgets a portal (the discovery log no longer lists it) without moving GENCTR.
+    pub fn remove_listener(&self, addr: SocketAddr) -> bool {
+        let mut l = lock(&self.listeners);
+        let before = l.len();
+        l.retain(|a| *a != addr);
+        l.len() != before
+    }
+
     pub fn listeners(&self) -> Vec<SocketAddr> {
         lock(&self.listeners).clone()
     }
@@ -309,5 +388,54 @@ impl Registry {
             v.extend(s.controllers());
         }
         v
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::controller::ctrl::CtrlKind;
+
+    #[test]
+    fn removed_hosts_and_retired_subsystems_lose_their_controllers_and_get_no_new_ones() {
+        let reg = Arc::new(Registry::new(Vec::new(), 1));
+        let s = Subsystem::new(
+            "nqn.2026-11.dev.tessera:s".into(),
+            "S".into(),
+            "M".into(),
+            HostPolicy::Only(vec!["h1".into(), "h2".into()]),
+            BTreeMap::new(),
+        );
+        let make = |host: &str| {
+            let (reg, host) = (Arc::clone(&reg), host.to_string());
+            move |id| {
+                Arc::new(Controller::new(
+                    id,
+                    CtrlKind::Io,
+                    None,
+                    reg,
+                    host,
+                    [0; 16],
+                    0,
+                    false,
+                ))
+            }
+        };
+        let c1 = s.add_controller(make("h1")).unwrap();
+        let c2 = s.add_controller(make("h2")).unwrap();
+        assert!(s.add_controller(make("h3")).is_none(), "a host not allowed");
+        s.set_hosts(HostPolicy::Only(vec!["h1".into()]));
+        assert_eq!(s.drop_disallowed_hosts("test"), [c2.cntlid]);
+        assert!(c2.is_dead() && !c1.is_dead());
+        // (A real controller frees its CNTLID in teardown; this one has no subsystem link.)
+        drop(c2);
+        assert!(s.add_controller(make("h2")).is_none(), "a removed host");
+        assert_eq!(s.drop_all_controllers("test"), 1);
+        assert!(c1.is_dead());
+        assert!(
+            s.add_controller(make("h1")).is_none(),
+            "a retired subsystem"
+        );
     }
 }

@@ -9,9 +9,12 @@
 //!   newest map; optionally a volume's extents all moved to one server).
 //! * `tessera status|volume|server|extent|reload` — operator commands against the manager
 //!   (`cli`).
+//! * `tessera target status|apply FILE|reload` — a standalone target's control socket
+//!   (`target_ctl`).
 
 mod bench;
 mod cli;
+mod target_ctl;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -68,6 +71,13 @@ enum Cmd {
     },
     /// Ask the manager to re-read its cluster YAML and apply the differences.
     Reload(ManagerOnly),
+    /// A standalone tessera-target, through its control socket: status, apply, reload.
+    Target {
+        #[command(subcommand)]
+        cmd: target_ctl::TargetCmd,
+        #[command(flatten)]
+        c: target_ctl::ControlArg,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +261,7 @@ fn main() -> ExitCode {
         Cmd::Server { cmd, m } => return admin(&m.manager, cli::AdminCmd::Server(cmd)),
         Cmd::Extent { cmd, m } => return admin(&m.manager, cli::AdminCmd::Extent(cmd)),
         Cmd::Reload(a) => return admin(&a.m.manager, cli::AdminCmd::Reload),
+        Cmd::Target { cmd, c } => return target_ctl::run(&cmd, &c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
