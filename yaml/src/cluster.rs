@@ -161,6 +161,17 @@ pub fn load_cluster(path: &Path) -> Result<Cluster, LayoutError> {
     parse_cluster_str(&file, &text)
 }
 
+/// Reads and validates the cluster file at `path`; returns its text too (the manager records the
+/// file it applied).
+///
+/// # Errors
+/// The first problem found, with its file, line, column and field.
+pub fn load_cluster_text(path: &Path) -> Result<(Cluster, String), LayoutError> {
+    let (file, text) = crate::read_source(path)?;
+    let c = parse_cluster_str(&file, &text)?;
+    Ok((c, text))
+}
+
 /// Validates cluster `text` whose locations will name `source_name`.
 ///
 /// # Errors

@@ -254,8 +254,14 @@ fn credentials_all_or_nothing() {
     );
     let with = |s1: &str, s2: &str, op: &str| {
         let mut t = two
-            .replace("pool: 1GiB\n  - id: s2", &format!("pool: 1GiB{s1}\n  - id: s2"))
-            .replace("internal: 127.0.0.1:4431\n    pool: 1GiB", &format!("internal: 127.0.0.1:4431\n    pool: 1GiB{s2}"));
+            .replace(
+                "pool: 1GiB\n  - id: s2",
+                &format!("pool: 1GiB{s1}\n  - id: s2"),
+            )
+            .replace(
+                "internal: 127.0.0.1:4431\n    pool: 1GiB",
+                &format!("internal: 127.0.0.1:4431\n    pool: 1GiB{s2}"),
+            );
         t.push_str(op);
         t
     };
