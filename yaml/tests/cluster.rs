@@ -48,6 +48,11 @@ const BAD: &[(&str, ErrorKind, &str)] = &[
         "13:18: volumes[0].extent_size: extent_size 6144 bytes is not a multiple of the block size 4096 (expected a multiple of 4096, e.g. 8192)",
     ),
     (
+        "cluster-missing-credential.yaml",
+        ErrorKind::MissingField,
+        "9:5: servers[1]: server s2 has no credential (expected credential: FILE on every server when credentials.operator is set)",
+    ),
+    (
         "cluster-no-servers.yaml",
         ErrorKind::MissingField,
         "1:10: servers: no servers (expected at least one {id, portal, internal, pool})",
@@ -244,6 +249,31 @@ fn duplicate_volume_uuid() {
             "c.yaml:15:5: volumes[1]: duplicate volume UUID 123e4567-e89b-12d3-a456-426614174000 (first used by volume a at line 10; expected identifiers unique across the cluster)".to_owned()
         )
     );
+}
+
+#[test]
+fn credentials_example_names_a_file_per_identity() {
+    let c = yaml::load_cluster(&examples_dir().join("cluster-credentials.yaml")).unwrap();
+    assert_eq!(
+        c.operator_credential.as_deref(),
+        Some(Path::new("keys/operator.key"))
+    );
+    let files: Vec<&Path> = c
+        .servers
+        .iter()
+        .map(|s| s.credential.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            Path::new("keys/s1.key"),
+            Path::new("keys/s2.key"),
+            Path::new("keys/s3.key")
+        ]
+    );
+    // The plain example has none (loopback only).
+    let plain = yaml::load_cluster(&examples_dir().join("cluster.yaml")).unwrap();
+    assert!(plain.operator_credential.is_none());
 }
 
 #[test]
