@@ -459,3 +459,84 @@ async fn a_hung_old_owner_is_marked_down_after_the_bound() {
     );
     r.shutdown().await.unwrap();
 }
+
+/// Without credentials (loopback only), one peer address gets at most
+/// `WATCHES_PER_CALLER_MAX` client streams, and a server's own stream still gets through.
+#[tokio::test]
+async fn without_credentials_watch_streams_are_limited_per_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = CLUSTER
+        .replace("    credential: keys/s1.key\n", "")
+        .replace("    credential: keys/s2.key\n", "")
+        .replace("credentials:\n  operator: keys/operator.key\n", "");
+    let r = start(&setup(dir.path(), &plain)).await.unwrap();
+    let url = format!("http://{}/v1/watch", r.local_addr());
+    let http = reqwest::Client::new();
+    let mut held = Vec::new();
+    for _ in 0..WATCHES_PER_CALLER_MAX {
+        let resp = http
+            .get(&url)
+            .query(&[("role", "client")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        held.push(resp);
+    }
+    let resp = http
+        .get(&url)
+        .query(&[("role", "client")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let c = Client::new(r.local_addr());
+    let mut w = Box::pin(c.watch(Role::server("s1"), 0));
+    let first = tokio::time::timeout(DEADLINE, w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.generation, 1);
+    c.create_volume(&volume("v")).await.unwrap();
+    let next = tokio::time::timeout(DEADLINE, w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.generation, 2);
+    drop(held);
+    r.shutdown().await.unwrap();
+}
+
+/// A reload switches to the tokens in the files: a rotated token replaces the old one.
+#[tokio::test]
+async fn a_reload_rotates_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&setup(dir.path(), CLUSTER)).await.unwrap();
+    let c = clients(&r);
+    let rotated = "cm90YXRlZC1zMS10b2tlbi1mb3ItdGVzdHM=";
+    write_key(&dir.path().join("keys/s1.key"), rotated, 0o600);
+    assert_eq!(
+        c.s1.status().await.unwrap().generation,
+        1,
+        "not before the reload"
+    );
+    // A reload whose files cannot be used is refused and changes nothing.
+    write_key(&dir.path().join("keys/s2.key"), TOKENS[2].1, 0o644);
+    let (status, message) = http_err(c.op.reload().await);
+    assert_eq!(status, 400);
+    assert!(message.contains("chmod 600"), "{message}");
+    assert_eq!(c.s1.status().await.unwrap().generation, 1);
+    write_key(&dir.path().join("keys/s2.key"), TOKENS[2].1, 0o600);
+    assert_eq!(c.op.reload().await.unwrap().generation, 1);
+    assert_eq!(
+        http_err(c.s1.status().await).0,
+        401,
+        "the old token is gone"
+    );
+    let s1 = Client::with_credential(r.local_addr(), rotated);
+    s1.ack("s1", 1).await.unwrap();
+    c.s2.ack("s2", 1).await.unwrap();
+    r.shutdown().await.unwrap();
+}

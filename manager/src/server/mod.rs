@@ -331,6 +331,17 @@ impl Shared {
     async fn mark_down(self: Arc<Self>, generation: u64, servers: Vec<String>) {
         for id in servers {
             let _serial = self.changes.lock().await;
+            // It may have acked (or been marked down) since the coordinator asked.
+            let still_waiting = self
+                .lock()
+                .coord
+                .publishing()
+                .is_some_and(|(g, phase, w, _)| {
+                    g == generation && phase == crate::coord::Phase::OldOwners && w.contains(&id)
+                });
+            if !still_waiting {
+                continue;
+            }
             let change = Change::SetServerState {
                 id: id.clone(),
                 state: crate::map::ServerState::Down,
