@@ -236,6 +236,15 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// `POST /v1/servers/{id}/state`: set a server's state (e.g. `up` again after the manager marked
+/// it `down`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerStateRequest {
+    /// `up`, `draining` or `down`.
+    pub state: ServerState,
+}
+
 /// The body of answers that carry nothing (`{}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Empty {}

@@ -28,9 +28,9 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MoveReadyRequest,
-    MoveRequest, ReportRequest, ResizeRequest, Role, Status,
+    MoveRequest, ReportRequest, ResizeRequest, Role, ServerStateRequest, Status,
 };
-use crate::map::{ClusterMap, Generation};
+use crate::map::{ClusterMap, Generation, ServerState};
 
 /// Connecting to the manager (loopback or a LAN): longer means it is down.
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -71,6 +71,18 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     base: Url,
+    /// Sent as `Authorization: Bearer ...` on every call when set.
+    token: Option<Token>,
+}
+
+/// A token that `Debug` does not print.
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 fn unreachable(e: &reqwest::Error) -> ClientError {
@@ -109,7 +121,27 @@ impl Client {
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .build()
             .unwrap_or_default();
-        Self { http, base }
+        Self {
+            http,
+            base,
+            token: None,
+        }
+    }
+
+    /// A client that presents `token` (a server's or the operator's credential, see
+    /// [`crate::credential::read_token`]) on every call.
+    #[must_use]
+    pub fn with_credential(addr: impl std::fmt::Display, token: impl Into<String>) -> Self {
+        let mut c = Self::new(addr);
+        c.token = Some(Token(token.into()));
+        c
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(Token(t)) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     /// The base URL calls go to.
@@ -135,8 +167,7 @@ impl Client {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let mut req = self
-            .http
-            .request(method, url)
+            .authorize(self.http.request(method, url))
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .query(query);
         if let Some(b) = body {
@@ -293,7 +324,25 @@ impl Client {
         .await
     }
 
-    /// `POST /v1/reload`: re-read the cluster YAML and apply its differences.
+    /// `POST /v1/servers/{id}/state`: set a server's state (operator).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn set_server_state(
+        &self,
+        id: &str,
+        state: ServerState,
+    ) -> Result<ClusterMap, ClientError> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "servers", id, "state"])?,
+            &[],
+            Some(&ServerStateRequest { state }),
+        )
+        .await
+    }
+
+    /// `POST /v1/reload`: re-read the cluster YAML and apply its edits since the last load.
     ///
     /// # Errors
     /// [`ClientError`]; 4xx with the reason when the file or a change is refused.
@@ -354,8 +403,7 @@ impl WatchState {
         let url = self.client.url(&["v1", "watch"])?;
         let resp = self
             .client
-            .http
-            .get(url)
+            .authorize(self.client.http.get(url))
             .query(&query)
             .send()
             .await

@@ -4,10 +4,13 @@
 //!
 //! One publication at a time, in generation order; maps committed meanwhile wait in a queue.
 //! - **1a**: the old owners of extents whose owner changes get the map and must ack (they fence
-//!   those extents first). No deadline: skipping an old owner could let a write land on data it
-//!   no longer owns, so the map is re-sent every [`PHASE_1A_RESEND_MS`] until it acks. An old
-//!   owner that a later durable map marks `down` is no longer waited for (the operator has
-//!   declared it dead), which is how a publication stuck on a dead server is released.
+//!   those extents first). The map is re-sent every [`PHASE_1A_RESEND_MS`] until they ack. An
+//!   old owner is never simply skipped (a write could land on data it no longer owns): it is
+//!   released only by a later durable map that marks it `down` (a server marked down serves
+//!   nothing until it has caught up). The operator may write that map (`state: down`); when an
+//!   old owner has not acked within the old-owner timeout ([`Coordinator::with_old_owner_timeout`];
+//!   the manager's default is [`OLD_OWNER_TIMEOUT_MS`]), the coordinator asks for it with
+//!   [`Action::MarkDown`].
 //! - **1b**: the map becomes every server's map; `up` servers ack, bounded by
 //!   [`PHASE_1B_TIMEOUT_MS`]; those that miss it are marked late and catch up by stamp checks.
 //! - **2**: the map becomes the clients' (committed) map.
@@ -21,6 +24,8 @@ use crate::map::{ClusterMap, Generation, ServerState};
 /// Phase 1a re-send period: a live old owner acks within milliseconds; a second try catches a
 /// watch stream that reconnected between the send and the ack.
 pub const PHASE_1A_RESEND_MS: u64 = 1_000;
+/// Default phase 1a bound: old owners that have not acked within it are marked `down`.
+pub const OLD_OWNER_TIMEOUT_MS: u64 = 30_000;
 /// Phase 1b bound (docs/cluster-protocol.md: "bounded wait: 5 s").
 pub const PHASE_1B_TIMEOUT_MS: u64 = 5_000;
 /// Durable maps waiting behind the one being published. Changes are refused (the server answers
@@ -88,6 +93,15 @@ pub enum Action {
     PublishToServers(Arc<ClusterMap>),
     /// Phase 2: `map` is committed; clients' fetches and watches get it. The store records it.
     PublishToClients(Arc<ClusterMap>),
+    /// Phase 1a has waited the old-owner timeout for these servers: make a durable map that
+    /// marks them `down` and feed it as [`Event::Committed`] (which releases them). Asked once
+    /// per publication.
+    MarkDown {
+        /// The generation waiting in phase 1a.
+        generation: Generation,
+        /// The old owners that have not acked.
+        servers: Vec<String>,
+    },
     /// Feed `Event::Timeout { generation, phase }` back after `ms` milliseconds.
     StartTimer {
         /// Generation.
@@ -108,6 +122,10 @@ struct Publication {
     old_owners: BTreeSet<String>,
     /// Acks still awaited in the current phase.
     waiting: BTreeSet<String>,
+    /// Time spent in phase 1a, counted in re-send periods.
+    waited_ms: u64,
+    /// [`Action::MarkDown`] was asked for.
+    mark_down_asked: bool,
 }
 
 /// The coordinator's state.
@@ -125,6 +143,8 @@ pub struct Coordinator {
     fetched: BTreeMap<String, Generation>,
     /// Servers that missed a phase-1b deadline and have not acked since.
     late: BTreeSet<String>,
+    /// Phase 1a bound (0: none).
+    old_owner_timeout_ms: u64,
 }
 
 impl Coordinator {
@@ -142,7 +162,18 @@ impl Coordinator {
             acked: BTreeMap::new(),
             fetched: BTreeMap::new(),
             late: BTreeSet::new(),
+            old_owner_timeout_ms: 0,
         }
+    }
+
+    /// The same coordinator with phase 1a bounded by `ms` milliseconds (0, the default of
+    /// [`Coordinator::new`]: no bound, wait for old owners until they ack or a map marks them
+    /// down; the manager passes `--old-owner-timeout`, default [`OLD_OWNER_TIMEOUT_MS`]). The bound is counted in
+    /// [`PHASE_1A_RESEND_MS`] periods, so it is rounded up to one.
+    #[must_use]
+    pub fn with_old_owner_timeout(mut self, ms: u64) -> Self {
+        self.old_owner_timeout_ms = ms;
+        self
     }
 
     /// The clients' map: the newest committed one.
@@ -252,6 +283,24 @@ impl Coordinator {
                 }
                 match phase {
                     Phase::OldOwners => {
+                        p.waited_ms = p.waited_ms.saturating_add(PHASE_1A_RESEND_MS);
+                        if self.old_owner_timeout_ms > 0
+                            && p.waited_ms >= self.old_owner_timeout_ms
+                            && !p.mark_down_asked
+                        {
+                            p.mark_down_asked = true;
+                            tracing::warn!(
+                                generation,
+                                old_owners = ?p.waiting,
+                                waited_ms = p.waited_ms,
+                                "phase 1a: old owners have not acked within the old-owner \
+                                 timeout; marking them down"
+                            );
+                            out.push(Action::MarkDown {
+                                generation,
+                                servers: p.waiting.iter().cloned().collect(),
+                            });
+                        }
                         out.push(Action::SendToServers {
                             servers: p.waiting.iter().cloned().collect(),
                             map: Arc::clone(&p.map),
@@ -281,11 +330,10 @@ impl Coordinator {
         out
     }
 
-    /// Old owners marked `down` by a newer durable map are not waited for in phase 1a.
+    /// Servers marked `down` by a newer durable map are not waited for, in phase 1a (the
+    /// operator or the old-owner timeout declared them dead) nor in 1b (which is bounded anyway).
     fn excuse_down_servers(&mut self, newer: &ClusterMap) {
-        if let Some(p) = &mut self.pending
-            && p.phase == Phase::OldOwners
-        {
+        if let Some(p) = &mut self.pending {
             p.waiting.retain(|id| {
                 newer
                     .server(id)
@@ -351,6 +399,8 @@ impl Coordinator {
             phase: Phase::OldOwners,
             old_owners,
             waiting,
+            waited_ms: 0,
+            mark_down_asked: false,
         });
     }
 
@@ -364,10 +414,14 @@ impl Coordinator {
         p.phase = Phase::Servers;
         let map = Arc::clone(&p.map);
         let acked = &self.acked;
+        let newest = self.queue.back();
         p.waiting = map
             .servers
             .iter()
             .filter(|s| s.state == ServerState::Up)
+            .filter(|s| {
+                newest.is_none_or(|n| n.server(&s.id).is_none_or(|e| e.state != ServerState::Down))
+            })
             .filter(|s| acked.get(&s.id).copied().unwrap_or(0) < map.generation)
             .map(|s| s.id.clone())
             .collect();

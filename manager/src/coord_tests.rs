@@ -203,6 +203,79 @@ fn old_owner_declared_down_is_no_longer_awaited() {
     );
 }
 
+fn mark_downs(actions: &[Action]) -> Vec<(u64, Vec<String>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::MarkDown {
+                generation,
+                servers,
+            } => Some((*generation, servers.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn phase_1a_is_bounded_by_the_old_owner_timeout() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let g2 = m2.generation;
+    let mut c = Coordinator::new(m1).with_old_owner_timeout(3 * PHASE_1A_RESEND_MS);
+    let a = c.handle(Event::Committed(Arc::new(m2.clone())));
+    assert!(mark_downs(&a).is_empty());
+    let timeout = Event::Timeout {
+        generation: g2,
+        phase: Phase::OldOwners,
+    };
+    // Re-sent each period; asked to mark down once the bound is reached, and only once.
+    for _ in 0..2 {
+        let a = c.handle(timeout.clone());
+        assert!(mark_downs(&a).is_empty(), "{a:?}");
+        assert!(a.iter().any(|x| matches!(x, Action::SendToServers { .. })));
+    }
+    let a = c.handle(timeout.clone());
+    assert_eq!(mark_downs(&a), [(g2, vec![owner.clone()])]);
+    assert_eq!(c.publishing().unwrap().1, Phase::OldOwners, "still waiting");
+    for _ in 0..5 {
+        let a = c.handle(timeout.clone());
+        assert!(mark_downs(&a).is_empty(), "asked twice: {a:?}");
+    }
+    // The durable mark-down map releases phase 1a; the switch goes on without the old owner.
+    let down = plan::set_server_state(&m2, &owner, crate::map::ServerState::Down).unwrap();
+    let a = c.handle(Event::Committed(Arc::new(down.clone())));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g2)),
+        "{a:?}"
+    );
+    // The down server is not awaited in 1b either: the other server's acks commit both.
+    let other = if owner == "s1" { "s2" } else { "s1" };
+    let a = c.handle(ack(other, g2));
+    assert_eq!(published_to_clients(&a), [g2]);
+    let a = c.handle(ack(other, down.generation));
+    assert_eq!(published_to_clients(&a), [down.generation]);
+}
+
+#[test]
+fn phase_1a_without_a_bound_never_asks_to_mark_down() {
+    let m = base();
+    let (m1, m2, _) = move_maps(&m);
+    let mut c = Coordinator::new(m1).with_old_owner_timeout(0);
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    for _ in 0..1000 {
+        let a = c.handle(Event::Timeout {
+            generation: m2.generation,
+            phase: Phase::OldOwners,
+        });
+        assert!(mark_downs(&a).is_empty());
+    }
+    // Unbounded unless asked (the manager asks for 30 s by default).
+    let c = Coordinator::new(base());
+    assert_eq!(c.old_owner_timeout_ms, 0);
+    assert_eq!(OLD_OWNER_TIMEOUT_MS, 30_000, "the manager's default");
+}
+
 #[test]
 fn acks_of_unknown_generations_are_ignored() {
     let m = base();
@@ -285,7 +358,8 @@ proptest! {
                         prop_assert!(server_published.contains(&m.generation));
                         client_seen.push(m.generation);
                     }
-                    Action::SendToServers { .. } | Action::StartTimer { .. } => {}
+                    // The mark-down map is not made here: the old owner stays awaited.
+                    Action::SendToServers { .. } | Action::StartTimer { .. } | Action::MarkDown { .. } => {}
                 }
             }
             prop_assert!(c.client_map().generation <= c.server_map(None).generation);

@@ -2,7 +2,9 @@
 //!
 //! - table `maps`: generation → map JSON, for every map not yet committed and the newest
 //!   committed one (older ones are pruned when a newer one commits);
-//! - table `meta`: `committed` → the newest committed generation.
+//! - table `meta`: `committed` → the newest committed generation;
+//! - table `files`: `cluster` → the text of the cluster file the last reload (or the first
+//!   start) applied, which the next reload compares the file against.
 //!
 //! A map is written in one durable transaction (redb's default `Durability::Immediate`: fsync
 //! before `commit` returns) before anyone sees it, so a manager killed at any point comes back
@@ -16,6 +18,8 @@ use crate::map::{ClusterMap, Generation};
 
 const MAPS: TableDefinition<u64, &str> = TableDefinition::new("maps");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const FILES: TableDefinition<&str, &str> = TableDefinition::new("files");
+const CLUSTER_FILE_KEY: &str = "cluster";
 const COMMITTED_KEY: &str = "committed";
 /// The database file inside `--data-dir`.
 pub const DB_FILE: &str = "manager.redb";
@@ -36,6 +40,8 @@ pub struct Loaded {
     pub committed: ClusterMap,
     /// Durable maps newer than it, in generation order: publish them again.
     pub pending: Vec<ClusterMap>,
+    /// The cluster file text last applied (absent in stores written before it was recorded).
+    pub cluster_file: Option<String>,
 }
 
 /// The open database.
@@ -119,7 +125,19 @@ impl Store {
                 format!("committed generation {committed} has no map"),
             )
         })?;
-        Ok(Some(Loaded { committed, pending }))
+        let cluster_file = match tx.open_table(FILES) {
+            Ok(t) => t
+                .get(CLUSTER_FILE_KEY)
+                .map_err(|e| self.err("read files", e))?
+                .map(|v| v.value().to_owned()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(self.err("open files", e)),
+        };
+        Ok(Some(Loaded {
+            committed,
+            pending,
+            cluster_file,
+        }))
     }
 
     /// Writes `map` durably (before it is published).
@@ -127,28 +145,52 @@ impl Store {
     /// # Errors
     /// The write or the commit fails; then nothing was written.
     pub fn put(&self, map: &ClusterMap) -> Result<(), StoreError> {
-        self.write(map, false)
+        self.write(Some(map), false, None)
+    }
+
+    /// Writes `map` (if any) and records `file` as the cluster file last applied, in one durable
+    /// transaction.
+    ///
+    /// # Errors
+    /// The write or the commit fails; then nothing was written.
+    pub fn put_with_file(&self, map: Option<&ClusterMap>, file: &str) -> Result<(), StoreError> {
+        self.write(map, false, Some(file))
     }
 
     /// Writes `map` durably as the committed map (the first map of a new cluster).
     ///
     /// # Errors
     /// The write or the commit fails; then nothing was written.
-    pub fn put_committed(&self, map: &ClusterMap) -> Result<(), StoreError> {
-        self.write(map, true)
+    pub fn put_committed(&self, map: &ClusterMap, file: Option<&str>) -> Result<(), StoreError> {
+        self.write(Some(map), true, file)
     }
 
-    fn write(&self, map: &ClusterMap, committed: bool) -> Result<(), StoreError> {
-        let json = serde_json::to_string(map).map_err(|e| self.err("encode map", e))?;
+    fn write(
+        &self,
+        map: Option<&ClusterMap>,
+        committed: bool,
+        file: Option<&str>,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err("write", e))?;
         {
-            let mut maps = tx.open_table(MAPS).map_err(|e| self.err("open maps", e))?;
-            maps.insert(map.generation, json.as_str())
-                .map_err(|e| self.err("write map", e))?;
-            let mut meta = tx.open_table(META).map_err(|e| self.err("open meta", e))?;
-            if committed {
-                meta.insert(COMMITTED_KEY, map.generation)
-                    .map_err(|e| self.err("write meta", e))?;
+            if let Some(map) = map {
+                let json = serde_json::to_string(map).map_err(|e| self.err("encode map", e))?;
+                let mut maps = tx.open_table(MAPS).map_err(|e| self.err("open maps", e))?;
+                maps.insert(map.generation, json.as_str())
+                    .map_err(|e| self.err("write map", e))?;
+                let mut meta = tx.open_table(META).map_err(|e| self.err("open meta", e))?;
+                if committed {
+                    meta.insert(COMMITTED_KEY, map.generation)
+                        .map_err(|e| self.err("write meta", e))?;
+                }
+            }
+            if let Some(text) = file {
+                let mut files = tx
+                    .open_table(FILES)
+                    .map_err(|e| self.err("open files", e))?;
+                files
+                    .insert(CLUSTER_FILE_KEY, text)
+                    .map_err(|e| self.err("write files", e))?;
             }
         }
         tx.commit().map_err(|e| self.err("commit", e))
@@ -202,7 +244,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.put_committed(&map(1)).unwrap();
+            s.put_committed(&map(1), Some("f1")).unwrap();
+            s.put_with_file(None, "f2").unwrap();
             s.put(&map(2)).unwrap();
             s.put(&map(3)).unwrap();
             s.set_committed(2).unwrap();
@@ -212,6 +255,7 @@ mod tests {
         let l = s.load().unwrap().unwrap();
         assert_eq!(l.committed.generation, 2);
         assert_eq!(l.pending, vec![map(3)]);
+        assert_eq!(l.cluster_file.as_deref(), Some("f2"));
     }
 
     #[test]

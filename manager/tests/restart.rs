@@ -1,5 +1,6 @@
 //! The `tessera-manager` binary: killed with SIGKILL, it comes back with the same map and
-//! generation; SIGTERM stops it cleanly; a bad cluster file is refused at start.
+//! generation; SIGTERM stops it cleanly; a bad cluster file is refused at start, and a failed
+//! start leaves no store; `--check` validates a file without starting.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::io::{BufRead, BufReader};
@@ -137,4 +138,76 @@ fn bad_cluster_file_is_refused_at_start() {
         )),
         "{stderr}"
     );
+    // A failed first start leaves no store behind: the next start builds generation 1.
+    assert!(
+        !dir.path().join("data").exists(),
+        "a failed start left a store"
+    );
+}
+
+#[test]
+fn a_start_that_cannot_listen_leaves_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, CLUSTER).unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera-manager"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &busy.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "a failed start left a store"
+    );
+}
+
+#[test]
+fn check_validates_a_cluster_file_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, CLUSTER).unwrap();
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_tessera-manager"))
+            .arg("--check")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "{}: ok (servers 1, subsystems 0, volumes 0; credentials not configured",
+            file.display()
+        )),
+        "{stdout}"
+    );
+    std::fs::write(&file, CLUSTER.replace("pool: 256MiB", "pool: 1000")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "tessera-manager: {}:5:11: servers[0].pool: size 1000 bytes",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    // A credential file it names must exist and be private.
+    let with_creds = CLUSTER.replace("pool: 256MiB", "pool: 256MiB\n    credential: s1.key")
+        + "credentials:\n  operator: op.key\n";
+    std::fs::write(&file, &with_creds).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("op.key: cannot read it"), "{stderr}");
+    assert!(!dir.path().join("data").exists());
 }

@@ -9,6 +9,9 @@
 //!     internal: 127.0.0.1:4430      # required: portal for peers (stamped internal I/O)
 //!     pool: 2GiB                    # required: pool size, a multiple of 512
 //!     state: up                     # optional: up (default), down or draining
+//!     credential: keys/s1.key       # the server's token file (with credentials.operator)
+//! credentials:                      # optional: authenticate the control API
+//!   operator: keys/operator.key     # the operator's token file; then every server needs one
 //! subsystems:                       # required (may be [])
 //!   - nqn: nqn.2026-11.dev.tessera:vol1
 //!     allow_any_host: true          # or hosts: [host NQNs]
@@ -24,7 +27,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::build::{check_count, host_policy, load_docs, single_root};
 use crate::error::{ErrorKind, LayoutError, Location};
@@ -50,8 +53,10 @@ pub const NAME_CHARS_MAX: usize = 64;
 /// Pool sizes are whole blocks of a server's internal namespace.
 const POOL_BLOCK_BYTES: u64 = 512;
 
-const ROOT_KEYS: &[&str] = &["servers", "subsystems", "volumes"];
-const SERVER_KEYS: &[&str] = &["id", "portal", "internal", "pool", "state"];
+const ROOT_KEYS: &[&str] = &["servers", "subsystems", "volumes", "credentials"];
+const SERVER_KEYS: &[&str] = &["id", "portal", "internal", "pool", "state", "credential"];
+const CREDENTIALS_KEYS: &[&str] = &["operator"];
+const PATH_EXPECTED: &str = "the path of a token file (relative to this file's directory)";
 const SUBSYSTEM_KEYS: &[&str] = &["nqn", "allow_any_host", "hosts"];
 const VOLUME_KEYS: &[&str] = &[
     "name",
@@ -75,6 +80,10 @@ pub struct Cluster {
     pub subsystems: Vec<ClusterSubsystem>,
     /// Volumes; names and UUIDs are unique, NSIDs unique per subsystem.
     pub volumes: Vec<ClusterVolume>,
+    /// `credentials.operator`: the operator's token file, as written (relative paths are
+    /// relative to the cluster file's directory). When present, every server has a
+    /// [`ClusterServer::credential`] too, and the control API authenticates every call.
+    pub operator_credential: Option<PathBuf>,
     /// The source name the cluster was read from.
     pub source: String,
 }
@@ -103,6 +112,8 @@ pub struct ClusterServer {
     pub pool_bytes: u64,
     /// Declared state.
     pub state: DeclaredState,
+    /// `credential`: the server's token file, as written (see [`Cluster::operator_credential`]).
+    pub credential: Option<PathBuf>,
     /// The server entry (`servers[0]`).
     pub loc: Location,
 }
@@ -150,6 +161,17 @@ pub fn load_cluster(path: &Path) -> Result<Cluster, LayoutError> {
     parse_cluster_str(&file, &text)
 }
 
+/// Reads and validates the cluster file at `path`; returns its text too (the manager records the
+/// file it applied).
+///
+/// # Errors
+/// The first problem found, with its file, line, column and field.
+pub fn load_cluster_text(path: &Path) -> Result<(Cluster, String), LayoutError> {
+    let (file, text) = crate::read_source(path)?;
+    let c = parse_cluster_str(&file, &text)?;
+    Ok((c, text))
+}
+
 /// Validates cluster `text` whose locations will name `source_name`.
 ///
 /// # Errors
@@ -166,10 +188,12 @@ pub fn parse_cluster_str(source_name: &str, text: &str) -> Result<Cluster, Layou
     let servers = servers(&map)?;
     let subsystems = subsystems(&map)?;
     let volumes = volumes(&map, &subsystems)?;
+    let operator_credential = credentials(&map, &servers)?;
     Ok(Cluster {
         servers,
         subsystems,
         volumes,
+        operator_credential,
         source: source_name.to_owned(),
     })
 }
@@ -189,6 +213,73 @@ fn name(node: &At<'_, '_>, what: &str) -> Result<String, LayoutError> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// A credential file path: a non-empty string.
+fn path(node: &At<'_, '_>) -> Result<PathBuf, LayoutError> {
+    let text = node.str(PATH_EXPECTED)?;
+    if text.trim().is_empty() {
+        return Err(node.err(
+            ErrorKind::BadString,
+            format!("empty path (expected {PATH_EXPECTED})"),
+        ));
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// `credentials:`: all or nothing. With an operator credential every server names its own
+/// file, and no two entries name the same file (one token per identity).
+fn credentials(
+    root: &Map<'_, '_>,
+    servers: &[ClusterServer],
+) -> Result<Option<PathBuf>, LayoutError> {
+    let expected = "a mapping {operator: FILE}";
+    let Some(node) = root.get("credentials") else {
+        if let Some(s) = servers.iter().find(|s| s.credential.is_some()) {
+            return Err(LayoutError::new(
+                ErrorKind::MissingField,
+                s.loc.clone(),
+                format!(
+                    "server {} names a credential but there is no credentials.operator (expected \
+                     credentials: {{operator: FILE}} with a credential for every server, or no \
+                     credentials at all)",
+                    s.id
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let map = node.map(CREDENTIALS_KEYS, expected)?;
+    let op_node = map.require("operator", PATH_EXPECTED)?;
+    let operator = path(&op_node)?;
+    let mut seen: Vec<(&Path, String)> = vec![(operator.as_path(), "credentials.operator".into())];
+    for s in servers {
+        let Some(c) = &s.credential else {
+            return Err(LayoutError::new(
+                ErrorKind::MissingField,
+                s.loc.clone(),
+                format!(
+                    "server {} has no credential (expected credential: FILE on every server when \
+                     credentials.operator is set)",
+                    s.id
+                ),
+            ));
+        };
+        if let Some((_, first)) = seen.iter().find(|(p, _)| *p == c.as_path()) {
+            return Err(LayoutError::new(
+                ErrorKind::DuplicateName,
+                s.loc.clone(),
+                format!(
+                    "server {} names credential file {} already named by {first} (expected one \
+                     file per server: a token identifies its holder)",
+                    s.id,
+                    c.display()
+                ),
+            ));
+        }
+        seen.push((c.as_path(), format!("server {}", s.id)));
+    }
+    Ok(Some(operator))
 }
 
 fn socket_addr(node: &At<'_, '_>) -> Result<SocketAddr, LayoutError> {
@@ -271,12 +362,14 @@ fn servers(root: &Map<'_, '_>) -> Result<Vec<ClusterServer>, LayoutError> {
                 }
             },
         };
+        let credential = map.get("credential").map(|n| path(&n)).transpose()?;
         out.push(ClusterServer {
             id,
             portal,
             internal,
             pool_bytes,
             state,
+            credential,
             loc: item.loc(),
         });
     }

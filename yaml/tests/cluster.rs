@@ -2,6 +2,8 @@
 //! `examples/bad/cluster-*.yaml` fails with exactly its message; more errors from strings.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+use std::path::Path;
+
 use yaml::{DeclaredState, ErrorKind, HostPolicy, parse_cluster_str};
 
 mod common;
@@ -45,6 +47,11 @@ const BAD: &[(&str, ErrorKind, &str)] = &[
         "13:18: volumes[0].extent_size: extent_size 6144 bytes is not a multiple of the block size 4096 (expected a multiple of 4096, e.g. 8192)",
     ),
     (
+        "cluster-missing-credential.yaml",
+        ErrorKind::MissingField,
+        "9:5: servers[1]: server s2 has no credential (expected credential: FILE on every server when credentials.operator is set)",
+    ),
+    (
         "cluster-no-servers.yaml",
         ErrorKind::MissingField,
         "1:10: servers: no servers (expected at least one {id, portal, internal, pool})",
@@ -62,7 +69,7 @@ const BAD: &[(&str, ErrorKind, &str)] = &[
     (
         "cluster-unknown-key.yaml",
         ErrorKind::UnknownKey,
-        "6:5: servers[0].pool_size: unknown key \"pool_size\" (expected one of: id, portal, internal, pool, state)",
+        "6:5: servers[0].pool_size: unknown key \"pool_size\" (expected one of: id, portal, internal, pool, state, credential)",
     ),
     (
         "cluster-unknown-subsystem.yaml",
@@ -201,7 +208,7 @@ fn unknown_root_key_and_empty_file() {
         fail(&format!("{HEAD}listeners: []\n")),
         (
             ErrorKind::UnknownKey,
-            "c.yaml:9:1: listeners: unknown key \"listeners\" (expected one of: servers, subsystems, volumes)".to_owned()
+            "c.yaml:9:1: listeners: unknown key \"listeners\" (expected one of: servers, subsystems, volumes, credentials)".to_owned()
         )
     );
     assert_eq!(
@@ -241,4 +248,93 @@ fn duplicate_volume_uuid() {
             "c.yaml:15:5: volumes[1]: duplicate volume UUID 123e4567-e89b-12d3-a456-426614174000 (first used by volume a at line 10; expected identifiers unique across the cluster)".to_owned()
         )
     );
+}
+
+#[test]
+fn credentials_example_names_a_file_per_identity() {
+    let c = yaml::load_cluster(&examples_dir().join("cluster-credentials.yaml")).unwrap();
+    assert_eq!(
+        c.operator_credential.as_deref(),
+        Some(Path::new("keys/operator.key"))
+    );
+    let files: Vec<&Path> = c
+        .servers
+        .iter()
+        .map(|s| s.credential.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            Path::new("keys/s1.key"),
+            Path::new("keys/s2.key"),
+            Path::new("keys/s3.key")
+        ]
+    );
+    // The plain example has none (loopback only).
+    let plain = yaml::load_cluster(&examples_dir().join("cluster.yaml")).unwrap();
+    assert!(plain.operator_credential.is_none());
+}
+
+#[test]
+fn credentials_all_or_nothing() {
+    let two = HEAD.replace(
+        "subsystems:",
+        "  - id: s2\n    portal: 127.0.0.1:4421\n    internal: 127.0.0.1:4431\n    pool: 1GiB\nsubsystems:",
+    );
+    let with = |s1: &str, s2: &str, op: &str| {
+        let mut t = two
+            .replace(
+                "pool: 1GiB\n  - id: s2",
+                &format!("pool: 1GiB{s1}\n  - id: s2"),
+            )
+            .replace(
+                "internal: 127.0.0.1:4431\n    pool: 1GiB",
+                &format!("internal: 127.0.0.1:4431\n    pool: 1GiB{s2}"),
+            );
+        t.push_str(op);
+        t
+    };
+    let c1 = "\n    credential: keys/s1.key";
+    let c2 = "\n    credential: keys/s2.key";
+    let op = "credentials:\n  operator: keys/operator.key\n";
+    let c = parse_cluster_str("c.yaml", &with(c1, c2, op)).unwrap();
+    assert_eq!(
+        c.operator_credential.as_deref(),
+        Some(Path::new("keys/operator.key"))
+    );
+    assert_eq!(
+        c.servers[1].credential.as_deref(),
+        Some(Path::new("keys/s2.key"))
+    );
+    // None at all: no authentication.
+    let c = parse_cluster_str("c.yaml", &two).unwrap();
+    assert!(c.operator_credential.is_none() && c.servers.iter().all(|s| s.credential.is_none()));
+    // A server without one.
+    assert_eq!(
+        fail(&with(c1, "", op)),
+        (
+            ErrorKind::MissingField,
+            "c.yaml:7:5: servers[1]: server s2 has no credential (expected credential: FILE on every server when credentials.operator is set)".to_owned()
+        )
+    );
+    // Server credentials without an operator one.
+    assert_eq!(
+        fail(&with(c1, c2, "")),
+        (
+            ErrorKind::MissingField,
+            "c.yaml:2:5: servers[0]: server s1 names a credential but there is no credentials.operator (expected credentials: {operator: FILE} with a credential for every server, or no credentials at all)".to_owned()
+        )
+    );
+    // One file for two identities.
+    assert_eq!(
+        fail(&with(c1, "\n    credential: keys/s1.key", op)),
+        (
+            ErrorKind::DuplicateName,
+            "c.yaml:7:5: servers[1]: server s2 names credential file keys/s1.key already named by server s1 (expected one file per server: a token identifies its holder)".to_owned()
+        )
+    );
+    let (kind, msg) = fail(&with(c1, c2, "credentials:\n  operator: \"\"\n"));
+    assert_eq!(kind, ErrorKind::BadString, "{msg}");
+    let (kind, msg) = fail(&with(c1, c2, "credentials:\n  operator: k\n  servers: x\n"));
+    assert_eq!(kind, ErrorKind::UnknownKey, "{msg}");
 }

@@ -208,10 +208,10 @@ pub enum PlanError {
         /// The manager's.
         current: u64,
     },
-    /// The cluster file lacks something the map has.
+    /// The cluster file no longer declares something it declared at the last load.
     #[error(
-        "reload cannot remove {what} {name:?}: it is in the map but not in the cluster file \
-         (removal is not supported; declare it again)"
+        "reload cannot remove {what} {name:?}: the cluster file declared it at the last load and \
+         no longer does (removal is not supported; declare it again)"
     )]
     ReloadRemoves {
         /// What kind of entry.

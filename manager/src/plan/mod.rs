@@ -16,7 +16,7 @@ pub(crate) mod tests;
 use yaml::derived_volume_uuid;
 
 pub use error::PlanError;
-pub use reload::{initial_map, reload};
+pub use reload::{initial_map, reload, reload_from};
 
 use crate::api::{AddServerRequest, CreateVolumeRequest, MoveReadyRequest, MoveRequest};
 use crate::map::{
@@ -58,8 +58,13 @@ pub enum Change {
         /// New state.
         state: ServerState,
     },
-    /// `POST /v1/reload`: the re-read cluster file.
-    Reload(yaml::Cluster),
+    /// `POST /v1/reload`: the re-read cluster file, and the one applied last (if recorded).
+    Reload {
+        /// The file at the last load.
+        previous: Option<Box<yaml::Cluster>>,
+        /// The file now.
+        cluster: Box<yaml::Cluster>,
+    },
 }
 
 impl Change {
@@ -73,7 +78,7 @@ impl Change {
             Self::StartMove(_) => "start move",
             Self::SwitchMove(_) => "switch move",
             Self::SetServerState { .. } => "server state",
-            Self::Reload(_) => "reload",
+            Self::Reload { .. } => "reload",
         }
     }
 }
@@ -90,7 +95,7 @@ pub fn apply(map: &ClusterMap, change: &Change) -> Result<ClusterMap, PlanError>
         Change::StartMove(req) => start_move(map, req),
         Change::SwitchMove(req) => switch_move(map, req),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
-        Change::Reload(cluster) => reload(map, cluster),
+        Change::Reload { previous, cluster } => reload_from(map, previous.as_deref(), cluster),
     }
 }
 

@@ -1,6 +1,11 @@
 //! The cluster file against the map: generation 1 at first start, and `POST /v1/reload` later.
-//! Differences go through the same edits as the API calls, all into one new generation; the
-//! first one refused refuses the whole reload.
+//!
+//! One source of truth (docs/cluster.md, "YAML and API changes"): the map. A reload applies the
+//! operator's *edits of the file* since the last load (the manager records the file it last
+//! applied), on top of whatever the map has become meanwhile through the API or the manager
+//! itself. A field the file did not change is left as the map has it, and an object the file
+//! does not declare is kept. Edits go through the same checks as the API calls, all into one new
+//! generation; the first one refused refuses the whole reload.
 
 use yaml::{Cluster, DeclaredState};
 
@@ -34,18 +39,32 @@ pub fn initial_map(cluster: &Cluster) -> Result<ClusterMap, PlanError> {
     reload(&ClusterMap::empty(), cluster)
 }
 
-/// Applies the differences between `cluster` and `map`: new servers, subsystems and volumes,
-/// grown volumes and pools, changed server states and host policies. Removing anything, shrinking,
-/// re-ordering servers (their CNTLID ranges follow the order) or changing a volume's geometry,
-/// subsystem, NSID or UUID, or a server's addresses, is refused.
+/// [`reload_from`] without a recorded previous file: every declared field is applied.
 ///
 /// # Errors
-/// The first difference that cannot be applied.
+/// See [`reload_from`].
 pub fn reload(map: &ClusterMap, cluster: &Cluster) -> Result<ClusterMap, PlanError> {
+    reload_from(map, None, cluster)
+}
+
+/// Applies the edits from `previous` (the file at the last load; `None`: unknown, every field
+/// counts as edited) to `cluster` on `map`: new servers, subsystems and volumes, grown volumes
+/// and pools, changed server states and host policies. Objects in the map that the file does not
+/// declare (made through the API) are kept. Removing what `previous` declared, shrinking, moving
+/// a server ahead of one the map has before it (their CNTLID ranges follow the map's order), or
+/// changing a volume's geometry, subsystem, NSID or UUID, or a server's addresses, is refused.
+///
+/// # Errors
+/// The first edit that cannot be applied.
+pub fn reload_from(
+    map: &ClusterMap,
+    previous: Option<&Cluster>,
+    cluster: &Cluster,
+) -> Result<ClusterMap, PlanError> {
     let mut m = map.clone();
-    servers(&mut m, cluster)?;
-    subsystems(&mut m, cluster)?;
-    volumes(&mut m, cluster)?;
+    servers(&mut m, previous, cluster)?;
+    subsystems(&mut m, previous, cluster)?;
+    volumes(&mut m, previous, cluster)?;
     finish(map, m)
 }
 
@@ -58,31 +77,48 @@ fn changes(what: &'static str, name: &str, field: &'static str, detail: String) 
     }
 }
 
-fn servers(m: &mut ClusterMap, cluster: &Cluster) -> Result<(), PlanError> {
-    for (k, s) in m.servers.iter().enumerate() {
-        match cluster.servers.iter().position(|d| d.id == s.id) {
-            None => {
-                return Err(PlanError::ReloadRemoves {
-                    what: "server",
-                    name: s.id.clone(),
-                });
-            }
-            Some(pos) if pos != k => {
+/// Whether the file edited a field: the object is new to it, or the value differs.
+fn edited<T: PartialEq, D>(prev: Option<&D>, now: &D, field: impl Fn(&D) -> T) -> bool {
+    prev.is_none_or(|p| field(p) != field(now))
+}
+
+fn servers(
+    m: &mut ClusterMap,
+    previous: Option<&Cluster>,
+    cluster: &Cluster,
+) -> Result<(), PlanError> {
+    if let Some(gone) = previous
+        .iter()
+        .flat_map(|p| &p.servers)
+        .find(|p| !cluster.servers.iter().any(|d| d.id == p.id))
+    {
+        return Err(PlanError::ReloadRemoves {
+            what: "server",
+            name: gone.id.clone(),
+        });
+    }
+    // Servers both in the map and in the file keep the map's relative order.
+    let mut last: Option<(usize, &str)> = None;
+    for d in &cluster.servers {
+        if let Some(k) = m.servers.iter().position(|s| s.id == d.id) {
+            if let Some((lk, lid)) = last
+                && k < lk
+            {
                 return Err(changes(
                     "server",
-                    &s.id,
+                    &d.id,
                     "the position",
                     format!(
-                        "it is server {} in the map and {} in the file, counting from 0; CNTLID \
-                         ranges follow the order, so new servers go at the end",
-                        k, pos
+                        "the file declares it after {lid}, the map has it before; CNTLID ranges \
+                         follow the map's order, so new servers go at the end"
                     ),
                 ));
             }
-            Some(_) => {}
+            last = Some((k, &d.id));
         }
     }
     for d in &cluster.servers {
+        let prev = previous.and_then(|p| p.servers.iter().find(|p| p.id == d.id));
         if m.server(&d.id).is_none() {
             edit_add_server(
                 m,
@@ -93,9 +129,13 @@ fn servers(m: &mut ClusterMap, cluster: &Cluster) -> Result<(), PlanError> {
                     pool_bytes: d.pool_bytes,
                 },
             )?;
+            server_mut(m, &d.id)?.state = state_of(d.state);
+            continue;
         }
         let s = server_mut(m, &d.id)?;
-        if s.portal != d.portal || s.internal != d.internal {
+        if edited(prev, d, |x| (x.portal, x.internal))
+            && (s.portal != d.portal || s.internal != d.internal)
+        {
             return Err(changes(
                 "server",
                 &d.id,
@@ -106,38 +146,51 @@ fn servers(m: &mut ClusterMap, cluster: &Cluster) -> Result<(), PlanError> {
                 ),
             ));
         }
-        if d.pool_bytes < s.pool_bytes {
-            return Err(changes(
-                "server",
-                &d.id,
-                "pool",
-                format!(
-                    "shrinking from {} to {} bytes is not supported",
-                    s.pool_bytes, d.pool_bytes
-                ),
-            ));
+        if edited(prev, d, |x| x.pool_bytes) {
+            if d.pool_bytes < s.pool_bytes {
+                return Err(changes(
+                    "server",
+                    &d.id,
+                    "pool",
+                    format!(
+                        "shrinking from {} to {} bytes is not supported",
+                        s.pool_bytes, d.pool_bytes
+                    ),
+                ));
+            }
+            s.pool_bytes = d.pool_bytes;
         }
-        s.pool_bytes = d.pool_bytes;
-        s.state = state_of(d.state);
+        if edited(prev, d, |x| x.state) {
+            s.state = state_of(d.state);
+        }
     }
     Ok(())
 }
 
-fn subsystems(m: &mut ClusterMap, cluster: &Cluster) -> Result<(), PlanError> {
-    if let Some(s) = m
-        .subsystems
+fn subsystems(
+    m: &mut ClusterMap,
+    previous: Option<&Cluster>,
+    cluster: &Cluster,
+) -> Result<(), PlanError> {
+    if let Some(gone) = previous
         .iter()
-        .find(|s| !cluster.subsystems.iter().any(|d| d.nqn == s.nqn))
+        .flat_map(|p| &p.subsystems)
+        .find(|p| !cluster.subsystems.iter().any(|d| d.nqn == p.nqn))
     {
         return Err(PlanError::ReloadRemoves {
             what: "subsystem",
-            name: s.nqn.clone(),
+            name: gone.nqn.clone(),
         });
     }
     for d in &cluster.subsystems {
+        let prev = previous.and_then(|p| p.subsystems.iter().find(|p| p.nqn == d.nqn));
         let hosts = hosts_of(&d.hosts);
         match m.subsystems.iter_mut().find(|s| s.nqn == d.nqn) {
-            Some(s) => s.hosts = hosts,
+            Some(s) => {
+                if edited(prev, d, |x| x.hosts.clone()) {
+                    s.hosts = hosts;
+                }
+            }
             None => m.subsystems.push(crate::map::SubsystemEntry {
                 nqn: d.nqn.clone(),
                 hosts,
@@ -147,18 +200,23 @@ fn subsystems(m: &mut ClusterMap, cluster: &Cluster) -> Result<(), PlanError> {
     Ok(())
 }
 
-fn volumes(m: &mut ClusterMap, cluster: &Cluster) -> Result<(), PlanError> {
-    if let Some(v) = m
-        .volumes
+fn volumes(
+    m: &mut ClusterMap,
+    previous: Option<&Cluster>,
+    cluster: &Cluster,
+) -> Result<(), PlanError> {
+    if let Some(gone) = previous
         .iter()
-        .find(|v| !cluster.volumes.iter().any(|d| d.name == v.name))
+        .flat_map(|p| &p.volumes)
+        .find(|p| !cluster.volumes.iter().any(|d| d.name == p.name))
     {
         return Err(PlanError::ReloadRemoves {
             what: "volume",
-            name: v.name.clone(),
+            name: gone.name.clone(),
         });
     }
     for d in &cluster.volumes {
+        let prev = previous.and_then(|p| p.volumes.iter().find(|p| p.name == d.name));
         let Some(v) = m.volume(&d.name) else {
             let spec = VolumeSpec {
                 name: d.name.clone(),
@@ -174,24 +232,46 @@ fn volumes(m: &mut ClusterMap, cluster: &Cluster) -> Result<(), PlanError> {
             edit_create_volume(m, &spec)?;
             continue;
         };
-        let fixed: [(&'static str, String, String); 6] = [
-            ("uuid", yaml::hex16(&v.uuid), yaml::hex16(&d.uuid)),
+        let fixed: [(&'static str, String, String, bool); 6] = [
+            (
+                "uuid",
+                yaml::hex16(&v.uuid),
+                yaml::hex16(&d.uuid),
+                edited(prev, d, |x| x.uuid),
+            ),
             (
                 "block_size",
                 v.block_size.to_string(),
                 d.block_size.to_string(),
+                edited(prev, d, |x| x.block_size),
             ),
             (
                 "extent_size",
                 v.extent_size.to_string(),
                 d.extent_size.to_string(),
+                edited(prev, d, |x| x.extent_size),
             ),
-            ("replicas", v.replicas.to_string(), d.replicas.to_string()),
-            ("subsystem", v.subsystem.clone(), d.subsystem.clone()),
-            ("nsid", v.nsid.to_string(), d.nsid.to_string()),
+            (
+                "replicas",
+                v.replicas.to_string(),
+                d.replicas.to_string(),
+                edited(prev, d, |x| x.replicas),
+            ),
+            (
+                "subsystem",
+                v.subsystem.clone(),
+                d.subsystem.clone(),
+                edited(prev, d, |x| x.subsystem.clone()),
+            ),
+            (
+                "nsid",
+                v.nsid.to_string(),
+                d.nsid.to_string(),
+                edited(prev, d, |x| x.nsid),
+            ),
         ];
-        for (field, old, new) in fixed {
-            if old != new {
+        for (field, old, new, was_edited) in fixed {
+            if was_edited && old != new {
                 return Err(changes(
                     "volume",
                     &d.name,
@@ -200,7 +280,7 @@ fn volumes(m: &mut ClusterMap, cluster: &Cluster) -> Result<(), PlanError> {
                 ));
             }
         }
-        if d.size_bytes != v.size_bytes {
+        if edited(prev, d, |x| x.size_bytes) && d.size_bytes != v.size_bytes {
             edit_resize(m, &d.name, d.size_bytes)?;
         }
     }

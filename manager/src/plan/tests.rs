@@ -337,14 +337,83 @@ fn initial_map_and_reload() {
     );
     let removed = CLUSTER.replace("size: 16MiB", "size: 24MiB");
     assert_eq!(
-        reload(&m1, &cluster(&removed)).unwrap_err().to_string(),
-        "reload cannot remove volume \"b\": it is in the map but not in the cluster file (removal is not supported; declare it again)"
+        reload_from(&m1, Some(&cluster(&grown)), &cluster(&removed))
+            .unwrap_err()
+            .to_string(),
+        "reload cannot remove volume \"b\": the cluster file declared it at the last load and no longer does (removal is not supported; declare it again)"
     );
     let changed = grown.replace("nsid: 2", "nsid: 3");
     assert_eq!(
         reload(&m1, &cluster(&changed)).unwrap_err().to_string(),
         "reload cannot change nsid of volume \"b\" (2 in the map, 3 in the file; only size may grow)"
     );
+}
+
+/// One source of truth: a reload applies the file's edits since the last load on top of what
+/// the API (or the manager) changed meanwhile, and keeps what the file does not declare.
+#[test]
+fn reload_applies_file_edits_over_api_changes() {
+    let file = cluster(CLUSTER);
+    let m = initial_map(&file).unwrap();
+    // API: a server, a volume on a new subsystem, a grown volume; the manager marks s2 down.
+    let m = add_server(
+        &m,
+        &AddServerRequest {
+            id: "s4".into(),
+            portal: "127.0.0.1:4429".parse().unwrap(),
+            internal: "127.0.0.1:4439".parse().unwrap(),
+            pool_bytes: 64 * MIB,
+        },
+    )
+    .unwrap();
+    let m = create_volume(
+        &m,
+        &CreateVolumeRequest {
+            name: "api".into(),
+            size: 8 * MIB,
+            block_size: None,
+            extent_size: Some(8 * MIB),
+            replicas: None,
+            subsystem: "nqn.2026-11.dev.tessera:api".into(),
+            nsid: None,
+            hosts: Some(HostPolicy::Any),
+        },
+    )
+    .unwrap();
+    let m = resize_volume(&m, "a", 32 * MIB).unwrap();
+    let m = set_server_state(&m, "s2", ServerState::Down).unwrap();
+    // The unchanged file changes nothing (and refuses nothing).
+    assert_eq!(reload_from(&m, Some(&file), &file).unwrap(), m);
+    // Without a recorded file, what the file does not declare is kept too.
+    let r = reload(&m, &file).unwrap_err().to_string();
+    assert!(r.contains("shrink"), "every declared field applies: {r}");
+    // The operator's edit applies; the rest stays as the API left it.
+    let edited = CLUSTER.replace("  - id: s2\n", "  - id: s2\n    state: draining\n");
+    let m2 = reload_from(&m, Some(&file), &cluster(&edited)).unwrap();
+    assert_eq!(m2.generation, m.generation + 1);
+    assert_eq!(m2.server("s2").unwrap().state, ServerState::Draining);
+    assert!(m2.server("s4").is_some() && m2.volume("api").is_some());
+    assert_eq!(m2.volume("a").unwrap().size_bytes, 32 * MIB);
+    // Declaring the API-made server in the file (same addresses) is accepted and changes nothing.
+    let declared = CLUSTER.replace(
+            "subsystems:",
+            "  - id: s4\n    portal: 127.0.0.1:4429\n    internal: 127.0.0.1:4439\n    pool: 64MiB\nsubsystems:"
+        );
+    assert_eq!(
+        reload_from(&m, Some(&file), &cluster(&declared)).unwrap(),
+        m
+    );
+    // ... but with other addresses it is refused.
+    let wrong = declared.replace("127.0.0.1:4439", "127.0.0.1:4438");
+    let e = reload_from(&m, Some(&file), &cluster(&wrong))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("addresses"), "{e}");
+    // Removing a server the file declared is refused; one only the API made is not removed.
+    let e = reload_from(&m, Some(&cluster(&declared)), &file)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot remove server \"s4\""), "{e}");
 }
 
 #[test]

@@ -5,14 +5,14 @@
 //! are carried out here: publications wake the watch streams (the push path), timers become
 //! tasks, commits are recorded in the store.
 
+mod auth;
 mod routes;
 mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -28,9 +28,18 @@ use crate::store::{Store, StoreError};
 /// Largest request body: the biggest request is a volume create of a few hundred bytes; 64 KiB
 /// leaves room for long host lists and bounds what a confused client makes us buffer.
 pub const REQUEST_BYTES_MAX: usize = 64 << 10;
-/// Concurrent watch streams: one per storage server and per layout-aware client; each costs a
-/// task and a copy of every map sent.
+/// Concurrent watch streams of clients (layout-aware clients, the operator, anonymous callers);
+/// each costs a task and a copy of every map sent. Storage servers' own streams are not counted
+/// here: they have [`SERVER_WATCHES_MAX`] each, so no number of other streams locks them out.
 pub const WATCHERS_MAX: usize = 256;
+/// Concurrent client watch streams per caller (per credential, or per peer IP address when
+/// authentication is off): one caller cannot take all of [`WATCHERS_MAX`].
+pub const WATCHES_PER_CALLER_MAX: usize = 16;
+/// Concurrent `role=server` watch streams per server id. A new one beyond it ends the oldest: a
+/// restarted server replaces the stream its previous life left behind at once, without waiting
+/// for the keep-alive to notice it is dead.
+pub const SERVER_WATCHES_MAX: usize = 2;
+pub use crate::coord::OLD_OWNER_TIMEOUT_MS;
 /// Mismatch reports accepted per server per second: senders batch to at most 10/s
 /// (docs/cluster-protocol.md), twice that absorbs a burst after a reconnect.
 pub const REPORTS_PER_SECOND_MAX: u32 = 20;
@@ -49,6 +58,21 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Control address (port 0: any free port, see [`Running::local_addr`]).
     pub listen: SocketAddr,
+    /// Phase 1a bound in milliseconds (0: wait for old owners without a bound).
+    pub old_owner_timeout_ms: u64,
+}
+
+impl Config {
+    /// A configuration with the default phase 1a bound.
+    #[must_use]
+    pub fn new(cluster_file: PathBuf, data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            cluster_file,
+            data_dir,
+            listen,
+            old_owner_timeout_ms: OLD_OWNER_TIMEOUT_MS,
+        }
+    }
 }
 
 /// Why the manager could not start.
@@ -68,6 +92,16 @@ pub enum StartError {
         /// Why.
         error: PlanError,
     },
+    /// A credential file named by the cluster file cannot be used.
+    #[error("{0}")]
+    Credentials(String),
+    /// No credentials, and a listen address other hosts can reach.
+    #[error(
+        "--listen {0} is not a loopback address and {1} configures no credentials: anyone who \
+         can reach it could change the cluster (expected credentials in the cluster file, see \
+         docs/cluster.md \"Credentials\", or a loopback --listen such as 127.0.0.1:7700)"
+    )]
+    Unauthenticated(SocketAddr, String),
     /// The control address cannot be bound.
     #[error("cannot listen on {addr}: {error}")]
     Listen {
@@ -99,6 +133,8 @@ struct Inner {
     coord: Coordinator,
     reports: ReportCounts,
     report_windows: HashMap<String, ReportWindow>,
+    /// The cluster file text last applied (the base the next reload compares against).
+    applied_file: Option<String>,
 }
 
 /// Everything the handlers share.
@@ -108,8 +144,12 @@ pub(crate) struct Shared {
     changes: tokio::sync::Mutex<()>,
     store: Arc<Store>,
     cluster_file: PathBuf,
+    /// The control address is a loopback one (credentials are optional then).
+    loopback: bool,
+    /// The tokens accepted; `None`: authentication is off. Replaced by a reload.
+    credentials: RwLock<Option<Arc<auth::Credentials>>>,
     tick: tokio_watch::Sender<Tick>,
-    watchers: AtomicUsize,
+    watchers: Mutex<watch::Watchers>,
 }
 
 /// An error answer: HTTP status and message (`{"error": message}`).
@@ -143,6 +183,24 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn watchers(&self) -> MutexGuard<'_, watch::Watchers> {
+        self.watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn credentials(&self) -> Option<Arc<auth::Credentials>> {
+        self.credentials
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The directory relative credential paths start from.
+    fn cluster_dir(&self) -> PathBuf {
+        cluster_dir(&self.cluster_file)
+    }
+
     /// Feeds the coordinator; the caller carries out the actions.
     fn feed(&self, event: Event) -> Vec<Action> {
         self.lock().coord.handle(event)
@@ -152,15 +210,28 @@ impl Shared {
     /// (or the unchanged one when the change alters nothing).
     pub(crate) async fn change(self: &Arc<Self>, change: Change) -> Result<ClusterMap, ApiError> {
         let _serial = self.changes.lock().await;
+        self.change_locked(change, None, false).await
+    }
+
+    /// [`Self::change`] with the changes lock held. `file`: the cluster file text to record as
+    /// applied (a reload), even when the map does not change. `force`: accept the change even
+    /// with a full queue (a mark-down, which is what releases a stuck queue).
+    async fn change_locked(
+        self: &Arc<Self>,
+        change: Change,
+        file: Option<String>,
+        force: bool,
+    ) -> Result<ClusterMap, ApiError> {
         let (head, accept) = {
             let inner = self.lock();
             (Arc::clone(&inner.head), inner.coord.can_accept())
         };
         let next = plan::apply(&head, &change)?;
-        if next.generation == head.generation {
+        let changed = next.generation != head.generation;
+        if !changed && file.is_none() {
             return Ok(next);
         }
-        if !accept {
+        if changed && !accept && !force {
             return Err(ApiError::new(
                 503,
                 format!(
@@ -172,11 +243,21 @@ impl Shared {
             ));
         }
         let store = Arc::clone(&self.store);
-        let to_store = next.clone();
-        tokio::task::spawn_blocking(move || store.put(&to_store))
-            .await
-            .map_err(|e| ApiError::new(500, format!("store task failed: {e}")))?
-            .map_err(|e| ApiError::new(500, e.to_string()))?;
+        let to_store = changed.then(|| next.clone());
+        let text = file.clone();
+        tokio::task::spawn_blocking(move || match &text {
+            Some(t) => store.put_with_file(to_store.as_ref(), t),
+            None => to_store.as_ref().map_or(Ok(()), |m| store.put(m)),
+        })
+        .await
+        .map_err(|e| ApiError::new(500, format!("store task failed: {e}")))?
+        .map_err(|e| ApiError::new(500, e.to_string()))?;
+        if let Some(t) = file {
+            self.lock().applied_file = Some(t);
+        }
+        if !changed {
+            return Ok(next);
+        }
         let next = Arc::new(next);
         tracing::info!(
             generation = next.generation,
@@ -190,6 +271,103 @@ impl Shared {
         };
         run_actions(self, actions);
         Ok((*next).clone())
+    }
+
+    /// `POST /v1/reload`: re-reads the cluster file and its credentials, applies the file's
+    /// edits since the last load (plan::reload_from), records the file, and switches to its
+    /// credentials.
+    pub(crate) async fn reload(self: &Arc<Self>) -> Result<ClusterMap, ApiError> {
+        let file = self.cluster_file.clone();
+        let dir = self.cluster_dir();
+        let (cluster, text, creds) = tokio::task::spawn_blocking(move || {
+            let (cluster, text) =
+                yaml::load_cluster_text(&file).map_err(|e| ApiError::new(400, e.to_string()))?;
+            let creds =
+                auth::Credentials::load(&cluster, &dir).map_err(|e| ApiError::new(400, e))?;
+            Ok::<_, ApiError>((cluster, text, creds))
+        })
+        .await
+        .map_err(|e| ApiError::new(500, format!("reload task failed: {e}")))??;
+        if creds.is_none() && !self.loopback {
+            return Err(ApiError::new(
+                400,
+                format!(
+                    "{}: no credentials, and the control API listens on a non-loopback address \
+                     (expected credentials.operator and a credential for every server)",
+                    cluster.source
+                ),
+            ));
+        }
+        let _serial = self.changes.lock().await;
+        let previous = self.lock().applied_file.clone().and_then(|t| {
+            yaml::parse_cluster_str(&cluster.source, &t)
+                .map_err(|e| {
+                    tracing::warn!(
+                        "the recorded cluster file no longer parses ({e}); applying every \
+                         declared field"
+                    );
+                })
+                .ok()
+        });
+        let map = self
+            .change_locked(
+                Change::Reload {
+                    previous: previous.map(Box::new),
+                    cluster: Box::new(cluster),
+                },
+                Some(text),
+                false,
+            )
+            .await?;
+        *self
+            .credentials
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = creds.map(Arc::new);
+        Ok(map)
+    }
+
+    /// Marks `servers` down, one generation each (the coordinator asked: phase 1a waited the
+    /// old-owner timeout for them).
+    async fn mark_down(self: Arc<Self>, generation: u64, servers: Vec<String>) {
+        for id in servers {
+            let _serial = self.changes.lock().await;
+            // It may have acked (or been marked down) since the coordinator asked.
+            let still_waiting = self
+                .lock()
+                .coord
+                .publishing()
+                .is_some_and(|(g, phase, w, _)| {
+                    g == generation && phase == crate::coord::Phase::OldOwners && w.contains(&id)
+                });
+            if !still_waiting {
+                continue;
+            }
+            let change = Change::SetServerState {
+                id: id.clone(),
+                state: crate::map::ServerState::Down,
+            };
+            match self.change_locked(change, None, true).await {
+                Ok(m) => tracing::warn!(
+                    server = %id,
+                    waiting = generation,
+                    generation = m.generation,
+                    "old owner marked down: it did not ack phase 1a within the old-owner timeout \
+                     (it serves nothing until it has caught up; set it up again with tessera \
+                     server state ID up)"
+                ),
+                Err(e) => {
+                    tracing::error!(server = %id, "cannot mark the old owner down: {}", e.message)
+                }
+            }
+        }
+    }
+}
+
+/// The directory of the cluster file (relative credential paths start there).
+fn cluster_dir(file: &std::path::Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -221,6 +399,12 @@ fn run_actions(shared: &Arc<Shared>, actions: Vec<Action>) {
                         tracing::error!(generation, "recording the commit failed: {e}");
                     }
                 });
+            }
+            Action::MarkDown {
+                generation,
+                servers,
+            } => {
+                tokio::spawn(Arc::clone(shared).mark_down(generation, servers));
             }
             Action::StartTimer {
                 generation,
@@ -288,12 +472,59 @@ impl Running {
     }
 }
 
-/// Opens the store (building generation 1 from the cluster file on a new one), binds the
-/// control address and serves.
+/// Checks a cluster file without starting anything (`tessera-manager --check`): the YAML, its
+/// credential files, and that generation 1 can be built from it (e.g. enough pool space).
+///
+/// # Errors
+/// The first problem, as [`StartError`].
+pub fn check(cluster_file: &std::path::Path) -> Result<yaml::Cluster, StartError> {
+    let cluster = yaml::load_cluster(cluster_file)?;
+    auth::Credentials::load(&cluster, &cluster_dir(cluster_file))
+        .map_err(StartError::Credentials)?;
+    plan::initial_map(&cluster).map_err(|error| StartError::Plan {
+        file: cluster_file.display().to_string(),
+        error,
+    })?;
+    Ok(cluster)
+}
+
+/// Removes what a failed first start created: the store file and, if it made it, the data
+/// directory (when empty). The next start then builds generation 1 from the file again.
+struct NewStoreGuard {
+    db: Option<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+impl NewStoreGuard {
+    fn disarm(&mut self) {
+        self.db = None;
+        self.dir = None;
+    }
+}
+
+impl Drop for NewStoreGuard {
+    fn drop(&mut self) {
+        if let Some(db) = &self.db {
+            let _ = std::fs::remove_file(db);
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Reads the cluster file and its credentials, opens the store (building generation 1 from the
+/// file on a new one), binds the control address and serves. A start that fails on a new store
+/// leaves no store behind.
 ///
 /// # Errors
 /// [`StartError`].
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let db_path = config.data_dir.join(crate::store::DB_FILE);
+    let mut guard = NewStoreGuard {
+        db: (!db_path.exists()).then(|| db_path.clone()),
+        dir: (!config.data_dir.exists()).then(|| config.data_dir.clone()),
+    };
     let store = {
         let dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || Store::open(&dir))
@@ -303,44 +534,40 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 error: std::io::Error::other(e.to_string()),
             })??
     };
-    let (committed, pending) = match store.load()? {
-        Some(loaded) => {
-            tracing::info!(
-                committed = loaded.committed.generation,
-                pending = loaded.pending.len(),
-                "loaded map from store"
-            );
-            (loaded.committed, loaded.pending)
-        }
+    let loaded = store.load()?;
+    // The credentials are those of the file the map was built from: the one recorded by the
+    // first start or the last reload (the store wins), else the file on disk.
+    let source = config.cluster_file.display().to_string();
+    let recorded = loaded
+        .as_ref()
+        .and_then(|l| l.cluster_file.as_ref())
+        .and_then(|t| {
+            yaml::parse_cluster_str(&source, t)
+                .ok()
+                .map(|c| (c, t.clone()))
+        });
+    let (cluster, text) = match recorded {
+        Some(ct) => ct,
         None => {
-            let cluster = yaml::load_cluster(&config.cluster_file)?;
-            let map = plan::initial_map(&cluster).map_err(|error| StartError::Plan {
-                file: config.cluster_file.display().to_string(),
-                error,
-            })?;
-            store.put_committed(&map)?;
-            tracing::info!(file = %config.cluster_file.display(), "new store: generation 1 from the cluster file");
-            (map, Vec::new())
+            let file = config.cluster_file.clone();
+            tokio::task::spawn_blocking(move || yaml::load_cluster_text(&file))
+                .await
+                .map_err(|e| StartError::Credentials(format!("reading the cluster file: {e}")))??
         }
     };
-    let head = Arc::new(pending.last().cloned().unwrap_or_else(|| committed.clone()));
-    let (tick, _) = tokio_watch::channel(Tick::default());
-    let shared = Arc::new(Shared {
-        inner: Mutex::new(Inner {
-            head,
-            coord: Coordinator::new(committed),
-            reports: ReportCounts::default(),
-            report_windows: HashMap::new(),
-        }),
-        changes: tokio::sync::Mutex::new(()),
-        store: Arc::new(store),
-        cluster_file: config.cluster_file.clone(),
-        tick,
-        watchers: AtomicUsize::new(0),
-    });
-    for map in pending {
-        let actions = shared.feed(Event::Committed(Arc::new(map)));
-        run_actions(&shared, actions);
+    let credentials = auth::Credentials::load(&cluster, &cluster_dir(&config.cluster_file))
+        .map_err(StartError::Credentials)?;
+    let loopback = config.listen.ip().is_loopback();
+    match (&credentials, loopback) {
+        (None, false) => {
+            return Err(StartError::Unauthenticated(config.listen, source));
+        }
+        (None, true) => tracing::warn!(
+            file = %source,
+            "no credentials configured: any local process can change the cluster and speak for \
+             any server (fine for development; see docs/cluster.md \"Credentials\")"
+        ),
+        (Some(_), _) => {}
     }
     let listener = TcpListener::bind(config.listen)
         .await
@@ -352,16 +579,67 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         addr: config.listen,
         error,
     })?;
+    let (committed, pending, applied_file) = match loaded {
+        Some(loaded) => {
+            guard.disarm();
+            tracing::info!(
+                committed = loaded.committed.generation,
+                pending = loaded.pending.len(),
+                "loaded map from store"
+            );
+            (loaded.committed, loaded.pending, loaded.cluster_file)
+        }
+        None => {
+            let map = plan::initial_map(&cluster).map_err(|error| StartError::Plan {
+                file: config.cluster_file.display().to_string(),
+                error,
+            })?;
+            store.put_committed(&map, Some(&text))?;
+            guard.disarm();
+            tracing::info!(file = %config.cluster_file.display(), "new store: generation 1 from the cluster file");
+            (map, Vec::new(), Some(text))
+        }
+    };
+    let head = Arc::new(pending.last().cloned().unwrap_or_else(|| committed.clone()));
+    let (tick, _) = tokio_watch::channel(Tick::default());
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            head,
+            coord: Coordinator::new(committed).with_old_owner_timeout(config.old_owner_timeout_ms),
+            reports: ReportCounts::default(),
+            report_windows: HashMap::new(),
+            applied_file,
+        }),
+        changes: tokio::sync::Mutex::new(()),
+        store: Arc::new(store),
+        cluster_file: config.cluster_file.clone(),
+        loopback,
+        credentials: RwLock::new(credentials.map(Arc::new)),
+        tick,
+        watchers: Mutex::new(watch::Watchers::default()),
+    });
+    for map in pending {
+        let actions = shared.feed(Event::Committed(Arc::new(map)));
+        run_actions(&shared, actions);
+    }
     let app = routes::router(Arc::clone(&shared));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await
     });
-    tracing::info!(%addr, "control API listening");
+    // The address comes last: tests and scripts read it from the end of this line.
+    tracing::info!(
+        authenticated = shared.credentials().is_some(),
+        %addr,
+        "control API listening"
+    );
     Ok(Running {
         addr,
         shared,

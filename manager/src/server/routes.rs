@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -10,17 +11,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::auth::Caller;
 use super::{ApiError, REPORTS_PER_SECOND_MAX, REQUEST_BYTES_MAX, ReportWindow, Shared};
 use crate::api::{
     AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MapQuery,
     MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, ReportKind, ReportRequest,
-    ResizeRequest, ServerStatus, Status,
+    ResizeRequest, ServerStateRequest, ServerStatus, Status,
 };
 use crate::coord::Event;
 use crate::map::ClusterMap;
 use crate::plan::Change;
 
 type S = State<Arc<Shared>>;
+type C = Extension<Caller>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -78,6 +81,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/volumes", post(create_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
         .route("/v1/servers", post(add_server))
+        .route("/v1/servers/{id}/state", post(server_state))
         .route("/v1/extents/move", post(move_extent))
         .route("/v1/reload", post(reload))
         .fallback(|| async {
@@ -90,11 +94,16 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            super::auth::authenticate,
+        ))
         .with_state(shared)
 }
 
 async fn map(
     State(s): S,
+    Extension(caller): C,
     q: Result<Query<MapQuery>, QueryRejection>,
 ) -> Result<Json<ClusterMap>, ApiError> {
     let q = query(q)?;
@@ -102,6 +111,9 @@ async fn map(
         return Err(ApiError::new(400, "after= is only for /v1/watch"));
     }
     let role = role_of(&q)?;
+    if let Some(Some(id)) = &role {
+        caller.may_read_as(id)?;
+    }
     let m = {
         let mut inner = s.lock();
         match role {
@@ -122,7 +134,7 @@ async fn map(
 }
 
 /// The server must be in the newest map (bounds per-server state to the map's servers).
-fn known_server(s: &Shared, id: &str) -> Result<(), ApiError> {
+pub(super) fn known_server(s: &Shared, id: &str) -> Result<(), ApiError> {
     if s.lock().head.server(id).is_some() {
         Ok(())
     } else {
@@ -132,9 +144,11 @@ fn known_server(s: &Shared, id: &str) -> Result<(), ApiError> {
 
 async fn ack(
     State(s): S,
+    Extension(caller): C,
     b: Result<Json<AckRequest>, JsonRejection>,
 ) -> Result<Json<Empty>, ApiError> {
     let req = body(b)?;
+    caller.speaks_for(&req.server, "ack")?;
     known_server(&s, &req.server)?;
     tracing::debug!(server = %req.server, generation = req.generation, "ack");
     let actions = s.feed(Event::Ack {
@@ -147,9 +161,11 @@ async fn ack(
 
 async fn report(
     State(s): S,
+    Extension(caller): C,
     b: Result<Json<ReportRequest>, JsonRejection>,
 ) -> Result<Json<Empty>, ApiError> {
     let req = body(b)?;
+    caller.speaks_for(&req.server, "mismatch report")?;
     known_server(&s, &req.server)?;
     let now = Instant::now();
     let mut inner = s.lock();
@@ -190,9 +206,11 @@ async fn report(
 
 async fn move_ready(
     State(s): S,
+    Extension(caller): C,
     b: Result<Json<MoveReadyRequest>, JsonRejection>,
 ) -> Result<Json<Empty>, ApiError> {
     let req = body(b)?;
+    caller.speaks_for(&req.server, "move-ready")?;
     s.change(Change::SwitchMove(req)).await?;
     Ok(Json(Empty {}))
 }
@@ -245,17 +263,21 @@ async fn status(State(s): S) -> Json<Status> {
 
 async fn create_volume(
     State(s): S,
+    Extension(caller): C,
     b: Result<Json<CreateVolumeRequest>, JsonRejection>,
 ) -> Result<Json<ClusterMap>, ApiError> {
+    caller.operator("create volumes")?;
     let req = body(b)?;
     Ok(Json(s.change(Change::CreateVolume(req)).await?))
 }
 
 async fn resize_volume(
     State(s): S,
+    Extension(caller): C,
     name: Result<Path<String>, PathRejection>,
     b: Result<Json<ResizeRequest>, JsonRejection>,
 ) -> Result<Json<ClusterMap>, ApiError> {
+    caller.operator("resize volumes")?;
     let Path(name) = name.map_err(|r| ApiError::new(r.status().as_u16(), r.body_text()))?;
     let req = body(b)?;
     Ok(Json(
@@ -269,29 +291,48 @@ async fn resize_volume(
 
 async fn add_server(
     State(s): S,
+    Extension(caller): C,
     b: Result<Json<AddServerRequest>, JsonRejection>,
 ) -> Result<Json<ClusterMap>, ApiError> {
+    caller.operator("add servers")?;
     let req = body(b)?;
     Ok(Json(s.change(Change::AddServer(req)).await?))
 }
 
+async fn server_state(
+    State(s): S,
+    Extension(caller): C,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<ServerStateRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    caller.operator("set server states")?;
+    let Path(id) = id.map_err(|r| ApiError::new(r.status().as_u16(), r.body_text()))?;
+    let req = body(b)?;
+    Ok(Json(
+        s.change(Change::SetServerState {
+            id,
+            state: req.state,
+        })
+        .await?,
+    ))
+}
+
 async fn move_extent(
     State(s): S,
+    Extension(caller): C,
     b: Result<Json<MoveRequest>, JsonRejection>,
 ) -> Result<Json<ClusterMap>, ApiError> {
+    caller.operator("move extents")?;
     let req = body(b)?;
     Ok(Json(s.change(Change::StartMove(req)).await?))
 }
 
 async fn reload(
     State(s): S,
+    Extension(caller): C,
     b: Result<Json<Empty>, JsonRejection>,
 ) -> Result<Json<ClusterMap>, ApiError> {
+    caller.operator("reload the cluster file")?;
     body(b)?;
-    let file = s.cluster_file.clone();
-    let cluster = tokio::task::spawn_blocking(move || yaml::load_cluster(&file))
-        .await
-        .map_err(|e| ApiError::new(500, format!("reload task failed: {e}")))?
-        .map_err(|e| ApiError::new(400, e.to_string()))?;
-    Ok(Json(s.change(Change::Reload(cluster)).await?))
+    Ok(Json(s.reload().await?))
 }

@@ -48,6 +48,10 @@ struct Args {
     /// Cluster mode: this server's id in the cluster map.
     #[arg(long, value_name = "ID", requires = "manager")]
     server_id: Option<String>,
+    /// Cluster mode: this server's credential file (mode 0600), when the cluster YAML
+    /// configures credentials (docs/cluster.md, "Credentials").
+    #[arg(long, value_name = "FILE", requires = "manager")]
+    credential: Option<std::path::PathBuf>,
     /// Cluster mode: the pool backend (its size comes from the map): ram, null, file:PATH or
     /// block:PATH.
     #[arg(long, default_value = "ram")]
@@ -263,7 +267,19 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
             },
             ..TargetOptions::default()
         };
-        let node = match tessera::cluster::start(manager, id, &args.pool, opts).await {
+        let credential = match args
+            .credential
+            .as_deref()
+            .map(manager::credential::read_token)
+        {
+            None => None,
+            Some(Ok(token)) => Some(token),
+            Some(Err(e)) => {
+                eprintln!("tessera-target: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let node = match tessera::cluster::start(manager, credential, id, &args.pool, opts).await {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("tessera-target: {e}");

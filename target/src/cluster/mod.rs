@@ -102,14 +102,19 @@ impl std::fmt::Display for NodeError {
 
 impl std::error::Error for NodeError {}
 
-/// Starts a storage server `server_id` of the cluster managed at `manager`.
+/// Starts a storage server `server_id` of the cluster managed at `manager`, presenting
+/// `credential` (the token of its credential file) on every control API call.
 pub async fn start(
     manager: &str,
+    credential: Option<String>,
     server_id: &str,
     pool_spec: &PoolSpec,
     opts: TargetOptions,
 ) -> Result<Node, NodeError> {
-    let client = Client::new(manager);
+    let client = match credential {
+        Some(token) => Client::with_credential(manager, token),
+        None => Client::new(manager),
+    };
     let role = Role::Server(server_id.to_string());
     let deadline = tokio::time::Instant::now() + FIRST_MAP_WAIT;
     let map = loop {

@@ -91,6 +91,15 @@ impl World {
                     phase,
                     ms,
                 } => self.timer(Node::Mgr, ms, Timer::Coord { generation, phase }),
+                // Only with an old-owner timeout, which this coordinator does not set.
+                Action::MarkDown {
+                    generation,
+                    servers,
+                } => {
+                    self.note(format!(
+                        "mgr: mark down {servers:?} (g{generation} phase 1a)"
+                    ));
+                }
             }
         }
         if wake {

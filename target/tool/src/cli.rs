@@ -1,25 +1,63 @@
 //! The operator commands of the `tessera` CLI, against the manager's control API:
-//! `tessera status`, `tessera volume create|resize`, `tessera server add`,
-//! `tessera extent move`, `tessera reload`. Every change goes through the same manager code
+//! `tessera status`, `tessera volume create|resize`, `tessera server add|state`,
+//! `tessera extent move`, `tessera reload`. `--manager ADDR` and `--credential FILE` (or the
+//! environment variable `TESSERA_CREDENTIAL`) go before or after the subcommand. Every change goes through the same manager code
 //! path as a YAML reload, and a change that cannot be applied is refused whole (the manager's
 //! message is printed and the exit code is 1).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use manager::api::{AddServerRequest, CreateVolumeRequest, Role};
 use manager::client::Client;
-use manager::map::ClusterMap;
+use manager::map::{ClusterMap, HostPolicy, ServerState};
 
 /// Default control address of `tessera-manager`.
 pub const DEFAULT_MANAGER: &str = "127.0.0.1:7700";
+/// Environment variable naming the operator's credential file (when `--credential` is absent).
+pub const CREDENTIAL_ENV: &str = "TESSERA_CREDENTIAL";
 
-#[derive(Args, Debug, Clone)]
+/// `--manager` and `--credential` after an operator subcommand (the same flags before the
+/// subcommand are [`ManagerArg::or`]'s fallback).
+#[derive(Args, Debug, Clone, Default)]
 pub struct ManagerArg {
-    /// The manager's control address.
-    #[arg(long, default_value = DEFAULT_MANAGER, global = true)]
-    pub manager: String,
+    /// The manager's control address [default: 127.0.0.1:7700].
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub manager: Option<String>,
+    /// The operator's credential file (mode 0600) [env: TESSERA_CREDENTIAL].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub credential: Option<PathBuf>,
+}
+
+impl ManagerArg {
+    /// These flags, each completed by `outer`'s (given before the subcommand).
+    #[must_use]
+    pub fn or(self, outer: &ManagerArg) -> ManagerArg {
+        ManagerArg {
+            manager: self.manager.or_else(|| outer.manager.clone()),
+            credential: self.credential.or_else(|| outer.credential.clone()),
+        }
+    }
+}
+
+/// A server state on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Up,
+    Draining,
+    Down,
+}
+
+impl From<StateArg> for ServerState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Up => Self::Up,
+            StateArg::Draining => Self::Draining,
+            StateArg::Down => Self::Down,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -40,6 +78,10 @@ pub enum VolumeCmd {
         /// Extent size, e.g. 64MiB.
         #[arg(long)]
         extent_size: Option<String>,
+        /// Hosts allowed on a new subsystem: `any`, or host NQNs separated by commas (required
+        /// when the subsystem does not exist yet; refused for an existing one).
+        #[arg(long, value_name = "any|NQN,...", value_delimiter = ',')]
+        hosts: Vec<String>,
     },
     /// Grow a volume.
     Resize {
@@ -61,6 +103,13 @@ pub enum ServerCmd {
         /// Pool size, e.g. 2GiB.
         #[arg(long)]
         pool: String,
+    },
+    /// Set a server's state: `down` (failed: not waited for), `draining` (no new extents), or
+    /// `up` again (e.g. after the manager marked it down and it has been repaired).
+    State {
+        id: String,
+        #[arg(value_enum)]
+        state: StateArg,
     },
 }
 
@@ -95,10 +144,41 @@ fn size(s: &str) -> Result<u64, String> {
     yaml::parse_size(s).map_err(|e| format!("size `{s}`: {e}"))
 }
 
+/// `--hosts` as a host policy: none given, `any`, or a list of NQNs.
+fn hosts(list: Vec<String>) -> Result<Option<HostPolicy>, String> {
+    match list.as_slice() {
+        [] => Ok(None),
+        [one] if one == "any" => Ok(Some(HostPolicy::Any)),
+        l if l.iter().any(|h| h == "any") => Err(
+            "--hosts: `any` cannot be combined with host NQNs (expected `any` or NQN,NQN,...)"
+                .to_owned(),
+        ),
+        _ => Ok(Some(HostPolicy::Only(list))),
+    }
+}
+
+/// The client for `m`: its address, and the operator credential from `--credential` or
+/// `TESSERA_CREDENTIAL` when either is given.
+fn client(m: &ManagerArg) -> Result<Client, String> {
+    let addr = m.manager.as_deref().unwrap_or(DEFAULT_MANAGER);
+    let file = m
+        .credential
+        .clone()
+        .or_else(|| std::env::var_os(CREDENTIAL_ENV).map(PathBuf::from));
+    match file {
+        None => Ok(Client::new(addr)),
+        Some(f) => credential(&f).map(|t| Client::with_credential(addr, t)),
+    }
+}
+
+fn credential(file: &Path) -> Result<String, String> {
+    manager::credential::read_token(file).map_err(|e| e.to_string())
+}
+
 /// Runs one operator command; prints the result or the manager's error.
-pub async fn run(manager: &str, cmd: AdminCmd) -> ExitCode {
-    let client = Client::new(manager);
+pub async fn run(m: &ManagerArg, cmd: AdminCmd) -> ExitCode {
     let r: Result<(), String> = async {
+        let client = client(m)?;
         match cmd {
             AdminCmd::Status => status(&client).await,
             AdminCmd::Volume(VolumeCmd::Create {
@@ -108,6 +188,7 @@ pub async fn run(manager: &str, cmd: AdminCmd) -> ExitCode {
                 nsid,
                 block_size,
                 extent_size,
+                hosts: host_list,
             }) => {
                 let req = CreateVolumeRequest {
                     name,
@@ -117,7 +198,7 @@ pub async fn run(manager: &str, cmd: AdminCmd) -> ExitCode {
                     replicas: None,
                     subsystem,
                     nsid,
-                    hosts: None,
+                    hosts: hosts(host_list)?,
                 };
                 let m = client.create_volume(&req).await.map_err(|e| e.to_string())?;
                 println!("created volume {} (generation {})", req.name, m.generation);
@@ -145,6 +226,18 @@ pub async fn run(manager: &str, cmd: AdminCmd) -> ExitCode {
                 };
                 let m = client.add_server(&req).await.map_err(|e| e.to_string())?;
                 println!("added server {} (generation {})", req.id, m.generation);
+                Ok(())
+            }
+            AdminCmd::Server(ServerCmd::State { id, state }) => {
+                let m = client
+                    .set_server_state(&id, state.into())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "server {id} is {} (generation {})",
+                    format!("{state:?}").to_lowercase(),
+                    m.generation
+                );
                 Ok(())
             }
             AdminCmd::Extent(ExtentCmd::Move { volume, extent, to }) => {

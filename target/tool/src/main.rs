@@ -30,8 +30,23 @@ use bench::workload::RwMode;
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about = "Tessera tools")]
 struct Cli {
+    /// `--manager` / `--credential` given before an operator subcommand.
+    #[command(flatten)]
+    m: TopManager,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// The operator flags before the subcommand (`tessera --manager X status`); after it, the
+/// subcommand's own win.
+#[derive(Args, Debug)]
+struct TopManager {
+    /// The manager's control address, for the operator commands [default: 127.0.0.1:7700].
+    #[arg(long = "manager", id = "top_manager", value_name = "ADDR")]
+    manager: Option<String>,
+    /// The operator's credential file (mode 0600) [env: TESSERA_CREDENTIAL].
+    #[arg(long = "credential", id = "top_credential", value_name = "FILE")]
+    credential: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,7 +70,7 @@ enum Cmd {
         #[command(flatten)]
         m: cli::ManagerArg,
     },
-    /// Add a storage server.
+    /// Add a storage server, or set a server's state.
     Server {
         #[command(subcommand)]
         cmd: cli::ServerCmd,
@@ -251,16 +266,20 @@ fn secs(v: f64, what: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let outer = cli::ManagerArg {
+        manager: cli.m.manager,
+        credential: cli.m.credential,
+    };
     let r = match cli.cmd {
         Cmd::Bench(a) => bench_main(&a),
         Cmd::BenchBaselineServer(a) => server_main(&a),
         Cmd::BenchReport(a) => report_main(&a),
         Cmd::BenchCluster(a) => cluster_main(&a),
-        Cmd::Status(a) => return admin(&a.m.manager, cli::AdminCmd::Status),
-        Cmd::Volume { cmd, m } => return admin(&m.manager, cli::AdminCmd::Volume(cmd)),
-        Cmd::Server { cmd, m } => return admin(&m.manager, cli::AdminCmd::Server(cmd)),
-        Cmd::Extent { cmd, m } => return admin(&m.manager, cli::AdminCmd::Extent(cmd)),
-        Cmd::Reload(a) => return admin(&a.m.manager, cli::AdminCmd::Reload),
+        Cmd::Status(a) => return admin(a.m.or(&outer), cli::AdminCmd::Status),
+        Cmd::Volume { cmd, m } => return admin(m.or(&outer), cli::AdminCmd::Volume(cmd)),
+        Cmd::Server { cmd, m } => return admin(m.or(&outer), cli::AdminCmd::Server(cmd)),
+        Cmd::Extent { cmd, m } => return admin(m.or(&outer), cli::AdminCmd::Extent(cmd)),
+        Cmd::Reload(a) => return admin(a.m.or(&outer), cli::AdminCmd::Reload),
         Cmd::Target { cmd, c } => return target_ctl::run(&cmd, &c),
     };
     match r {
@@ -273,12 +292,12 @@ fn main() -> ExitCode {
 }
 
 /// Operator commands against the manager (see `cli`).
-fn admin(manager: &str, cmd: cli::AdminCmd) -> ExitCode {
+fn admin(m: cli::ManagerArg, cmd: cli::AdminCmd) -> ExitCode {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(cli::run(manager, cmd)),
+        Ok(rt) => rt.block_on(cli::run(&m, cmd)),
         Err(e) => {
             eprintln!("tessera: runtime: {e}");
             ExitCode::FAILURE
