@@ -1,16 +1,17 @@
 //! From a validated YAML layout to the objects a target serves: opens every backend and builds
 //! subsystems. Errors name the layout file, line and field (the `yaml` crate keeps locations).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use codec::nvme::fabrics::auth::Secret;
 use hw::BackendSpec;
-use yaml::{BackendDecl, Layout, Location};
+use yaml::{BackendDecl, Layout, Location, SecretFile};
 
 use crate::subsystem::namespace::Namespace;
 use crate::subsystem::volume::LocalVolume;
-use crate::subsystem::{HostPolicy, Registry, Subsystem};
+use crate::subsystem::{AuthPolicy, HostKeys, HostPolicy, Registry, Subsystem};
 
 /// The generation a standalone server (no manager) runs at. Stamped commands must carry it.
 pub const STANDALONE_GENERATION: u64 = 1;
@@ -82,21 +83,51 @@ pub fn build_registry(layout: &Layout) -> Result<Arc<Registry>, ConfigError> {
             yaml::HostPolicy::Any => HostPolicy::Any,
             yaml::HostPolicy::Only(v) => HostPolicy::Only(v.clone()),
         };
-        subsystems.push(Subsystem::new(
+        let sub = Subsystem::new(
             s.nqn.clone(),
             s.serial.clone(),
             s.model.clone(),
             hosts,
             namespaces,
-        ));
+        );
+        sub.set_auth(auth_policy(s)?);
+        subsystems.push(sub);
     }
     Ok(Arc::new(Registry::new(subsystems, STANDALONE_GENERATION)))
 }
 
-/// What `tessera-target --check` verifies beyond the YAML: that every file and block backend
-/// can be opened as declared (without creating anything: a file to be created needs an
-/// existing directory). RAM and null backends need nothing.
+/// A secret file's DH-HMAC-CHAP secret; errors name the layout field and the file.
+pub fn load_secret(f: &SecretFile) -> Result<Secret, ConfigError> {
+    Secret::parse(&f.text).map_err(|e| ConfigError {
+        loc: f.loc.clone(),
+        message: format!("{}: {e}", f.path.display()),
+    })
+}
+
+/// A subsystem's DH-HMAC-CHAP policy: the secrets of its hosts (decoded and checked).
+pub fn auth_policy(s: &yaml::Subsystem) -> Result<AuthPolicy, ConfigError> {
+    let mut hosts = HashMap::new();
+    for h in &s.host_auth {
+        let keys = HostKeys {
+            host: load_secret(&h.secret)?,
+            ctrl: h.ctrl_secret.as_ref().map(load_secret).transpose()?,
+        };
+        hosts.insert(h.nqn.clone(), Arc::new(keys));
+    }
+    Ok(AuthPolicy {
+        hosts,
+        required: s.require_dhchap,
+    })
+}
+
+/// What `tessera-target --check` verifies beyond the YAML: that every DH-HMAC-CHAP secret
+/// decodes, and that every file and block backend can be opened as declared (without creating
+/// anything: a file to be created needs an existing directory). RAM and null backends need
+/// nothing.
 pub fn check_backends(layout: &Layout) -> Result<(), ConfigError> {
+    for s in &layout.subsystems {
+        auth_policy(s)?;
+    }
     for s in &layout.subsystems {
         for n in &s.namespaces {
             let err = |message: String| ConfigError {

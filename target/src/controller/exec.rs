@@ -14,7 +14,7 @@ use codec::nvme::Status;
 use codec::nvme::cmd::{Command, DataDir};
 use codec::nvme::fabrics::{Cc, Csts};
 
-use super::{admin, discovery, fabrics, io};
+use super::{admin, auth, discovery, fabrics, io};
 use crate::controller::ctrl::Controller;
 use crate::subsystem::{Registry, lock};
 use crate::transport::bufpool::BufPool;
@@ -115,6 +115,8 @@ pub struct Queue {
     pub internal: bool,
     /// Data buffers for reads on this queue, recycled after they are sent.
     pub pool: BufPool,
+    /// In-band authentication this queue must pass (None: not required); see `auth`.
+    pub auth: Option<Box<super::auth::Session>>,
 }
 
 /// Commands a queue holds before Connect sets its real size (Connect is the only one legal).
@@ -168,7 +170,7 @@ pub fn execute(
             let Some(ctrl) = queue.ctrl.clone() else {
                 return Status::CMD_SEQ_ERROR.with_dnr().into();
             };
-            if let Err(st) = check_enabled(&ctrl) {
+            if let Err(st) = auth::check(queue).and_then(|()| check_enabled(&ctrl)) {
                 return st.into();
             }
             if ctrl.is_discovery() {
@@ -181,7 +183,7 @@ pub fn execute(
             let Some(ctrl) = queue.ctrl.clone() else {
                 return Status::CMD_SEQ_ERROR.with_dnr().into();
             };
-            if let Err(st) = check_enabled(&ctrl) {
+            if let Err(st) = auth::check(queue).and_then(|()| check_enabled(&ctrl)) {
                 return st.into();
             }
             io::execute(&ctrl, queue.internal, sqe, io, data, &mut queue.pool)

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 
 use crate::cluster::generation::GenerationState;
+pub use crate::controller::auth::{AuthPolicy, HostKeys};
 use crate::controller::ctrl::Controller;
 use crate::subsystem::namespace::Namespace;
 
@@ -53,6 +54,8 @@ pub struct Subsystem {
     ctrls: Mutex<CtrlTable>,
     /// A server-to-server subsystem: every I/O command on it must carry a generation stamp.
     pub internal: bool,
+    /// In-band authentication (DH-HMAC-CHAP): the secrets held per host.
+    auth: Mutex<Arc<AuthPolicy>>,
 }
 
 /// Live controllers of one subsystem, by CNTLID.
@@ -104,6 +107,7 @@ impl Subsystem {
                 max,
             }),
             internal: false,
+            auth: Mutex::new(Arc::new(AuthPolicy::default())),
         }
     }
 
@@ -155,6 +159,23 @@ impl Subsystem {
 
     pub fn set_hosts(&self, hosts: HostPolicy) {
         *lock(&self.hosts) = hosts;
+    }
+
+    /// Replaces the authentication policy (queues connected before keep their transaction).
+    pub fn set_auth(&self, auth: AuthPolicy) {
+        *lock(&self.auth) = Arc::new(auth);
+    }
+
+    /// The secrets `hostnqn` must authenticate with: `Ok(None)` when it need not,
+    /// `Err(())` when the subsystem requires authentication and holds no secret for it.
+    #[allow(clippy::result_unit_err)]
+    pub fn host_keys(&self, hostnqn: &str) -> Result<Option<Arc<HostKeys>>, ()> {
+        let policy = Arc::clone(&lock(&self.auth));
+        match policy.hosts.get(hostnqn) {
+            Some(k) => Ok(Some(Arc::clone(k))),
+            None if policy.required => Err(()),
+            None => Ok(None),
+        }
     }
 
     /// Allocates a free CNTLID and registers the controller `make` builds for it.
