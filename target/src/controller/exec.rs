@@ -117,6 +117,8 @@ pub struct Queue {
     pub pool: BufPool,
     /// In-band authentication this queue must pass (None: not required); see `auth`.
     pub auth: Option<Box<super::auth::Session>>,
+    /// The local address the connection was accepted at (which portal), when known.
+    pub local: Option<std::net::SocketAddr>,
 }
 
 /// Commands a queue holds before Connect sets its real size (Connect is the only one legal).

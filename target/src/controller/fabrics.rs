@@ -140,6 +140,12 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
             tracing::debug!(subnqn = %d.subnqn, "Connect to an unknown subsystem");
             return reject(ConnectReject::invalid_data_field(connect_data_off::SUBNQN));
         };
+        if !registry.serves_on(&subsys, queue.local) {
+            // Internal subsystems live on internal portals only, host subsystems never there:
+            // on the wrong portal the subsystem does not exist.
+            tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, local = ?queue.local, "Connect to a subsystem not served on this portal");
+            return reject(ConnectReject::invalid_data_field(connect_data_off::SUBNQN));
+        }
         if informal_host && !subsys.allows_any_host() {
             tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect refused: host NQN is empty/not NQN-formed and the subsystem has a host allow-list");
             return reject(ConnectReject::invalid_host());

@@ -88,6 +88,7 @@ pub async fn serve(
     let span = info_span!("conn", %peer);
     async move {
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         let (rd, wr) = stream.into_split();
         let mut c = Conn {
             registry,
@@ -99,6 +100,7 @@ pub async fn serve(
             out: Writer::new(wr),
             queue: Queue {
                 pool: crate::transport::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
+                local,
                 ..Queue::default()
             },
             pending: Vec::new(),
