@@ -117,6 +117,7 @@ pub fn auth_policy(s: &yaml::Subsystem) -> Result<AuthPolicy, ConfigError> {
     Ok(AuthPolicy {
         hosts,
         required: s.require_dhchap,
+        ..AuthPolicy::default()
     })
 }
 

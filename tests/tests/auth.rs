@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use codec::nvme::Status;
@@ -411,6 +412,61 @@ async fn malformed_auth_messages_get_clean_errors() {
     within("write", q.write(1, 0, 512, blocks(2, 0, 1, 512), false))
         .await
         .expect("I/O after malformed authentication");
+    drop(q);
+    drop(c);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_does_not_authenticate_in_time_is_closed() {
+    let dir = TestDir::new();
+    let host = secret(None, 32);
+    write_secret(dir.path(), "host.key", &host);
+    let t = TestTarget::start(&layout(dir.path(), false)).await;
+    let sub = t.registry().subsystem(SUB).expect("subsystem");
+    let mut policy = AuthPolicy::clone(&sub.auth_policy());
+    assert_eq!(policy.timeout, Duration::from_secs(30), "the default");
+    policy.timeout = Duration::from_secs(1);
+    sub.set_auth(policy);
+
+    // An authenticated controller keeps working past the timeout.
+    let c = connect_as(t.addr, SUB, HOSTNQN, &opts_with(&host, None))
+        .await
+        .expect("authenticated");
+    let q = io_queues(&c, 1).await.remove(0);
+    // Connected but never authenticated (admin queue), and failed (another admin queue).
+    let o = admin_opts(SUB, HOSTNQN);
+    let (idle, _) = raw_connected(t.addr, &o).await;
+    let (failed, _) = raw_connected(t.addr, &o).await;
+    let wrong = DhchapSecrets {
+        host: secret(None, 32),
+        ctrl: None,
+    };
+    assert!(authenticate(&failed, HOSTNQN, SUB, &wrong).await.is_err());
+    for (what, queue) in [("never authenticated", &idle), ("failed", &failed)] {
+        within("the target closes the queue", async {
+            loop {
+                let sqe = PropertyGet {
+                    size8: true,
+                    offset: prop::CAP,
+                }
+                .to_sqe(0);
+                match queue.submit(sqe, None, 0).await {
+                    Err(e) if e.is_connection_fatal() => break,
+                    Err(e) => panic!("{what}: {e}"),
+                    Ok(c) => {
+                        assert_status(c.status(), Status::AUTH_REQUIRED, Some(true));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    within("write", q.write(1, 0, 512, blocks(3, 0, 1, 512), false))
+        .await
+        .expect("an authenticated queue is not closed");
     drop(q);
     drop(c);
     t.stop().await;

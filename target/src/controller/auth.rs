@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use codec::nvme::Status;
@@ -35,13 +36,43 @@ pub struct HostKeys {
     pub ctrl: Option<Secret>,
 }
 
+/// How long a queue may stay connected without completing authentication: the Linux host
+/// authenticates right after Connect, so this only bounds what a host that never finishes (or
+/// failed) may hold (a queue, a CNTLID) before its connection is closed.
+pub const AUTH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
 /// A subsystem's authentication policy.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthPolicy {
     /// Secrets by host NQN: a host listed here must authenticate on every queue.
     pub hosts: HashMap<String, Arc<HostKeys>>,
     /// Refuse the Connect of a host that has no secret here (Connect Invalid Host).
     pub required: bool,
+    /// A queue not authenticated this long after its Connect is closed.
+    pub timeout: Duration,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        Self {
+            hosts: HashMap::new(),
+            required: false,
+            timeout: AUTH_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+impl AuthPolicy {
+    /// The secrets `hostnqn` must authenticate with: `Ok(None)` when it need not, `Err(())`
+    /// when authentication is required and there is no secret for it.
+    #[allow(clippy::result_unit_err)]
+    pub fn keys_for(&self, hostnqn: &str) -> Result<Option<Arc<HostKeys>>, ()> {
+        match self.hosts.get(hostnqn) {
+            Some(k) => Ok(Some(Arc::clone(k))),
+            None if self.required => Err(()),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Where a queue's transaction is.
@@ -78,22 +109,32 @@ pub struct Session {
     subnqn: String,
     state: State,
     authenticated: bool,
+    /// When the connection is closed if the queue is not authenticated by then.
+    deadline: Instant,
 }
 
 impl Session {
-    pub fn new(keys: Arc<HostKeys>, hostnqn: &str, subnqn: &str) -> Self {
+    /// A transaction to run on a queue connected now; `timeout` bounds it.
+    pub fn new(keys: Arc<HostKeys>, hostnqn: &str, subnqn: &str, timeout: Duration) -> Self {
+        let now = Instant::now();
         Self {
             keys,
             hostnqn: hostnqn.to_owned(),
             subnqn: subnqn.to_owned(),
             state: State::AwaitNegotiate,
             authenticated: false,
+            deadline: now.checked_add(timeout).unwrap_or(now),
         }
     }
 
     /// Whether the queue may run commands other than authentication.
     pub fn authenticated(&self) -> bool {
         self.authenticated
+    }
+
+    /// While the queue is not authenticated: when its connection is to be closed.
+    pub fn deadline(&self) -> Option<Instant> {
+        (!self.authenticated).then_some(self.deadline)
     }
 
     /// Whether the transaction ended in failure.
@@ -414,7 +455,7 @@ mod tests {
         host_secret: &Secret,
         ctrl_check: Option<&Secret>,
     ) -> (Session, AuthMessage) {
-        let mut s = Session::new(Arc::new(keys), HOST, SUB);
+        let mut s = Session::new(Arc::new(keys), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
         assert!(!s.authenticated());
         s.send(&negotiate(7, vec![3, 2])).expect("send");
         let AuthMessage::Challenge(c) = s.receive() else {
@@ -540,25 +581,25 @@ mod tests {
             ctrl: None,
         });
         // Receive first.
-        let mut s = Session::new(keys.clone(), HOST, SUB);
+        let mut s = Session::new(keys.clone(), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
         let m = s.receive();
         assert!(
             matches!(m, AuthMessage::Failure1(f) if f.reason() == Some(FailureReason::IncorrectMessage))
         );
         // Garbage, then the failure is what the host reads.
-        let mut s = Session::new(keys.clone(), HOST, SUB);
+        let mut s = Session::new(keys.clone(), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
         s.send(&[1, auth_id::REPLY, 0, 0, 4, 0]).expect("send");
         let m = s.receive();
         assert!(
             matches!(m, AuthMessage::Failure1(f) if f.t_id == 4 && f.reason() == Some(FailureReason::IncorrectPayload))
         );
         // No acceptable hash, no NULL group.
-        let mut s = Session::new(keys.clone(), HOST, SUB);
+        let mut s = Session::new(keys.clone(), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
         s.send(&negotiate(1, vec![9])).expect("send");
         assert!(
             matches!(s.receive(), AuthMessage::Failure1(f) if f.reason() == Some(FailureReason::HashUnusable))
         );
-        let mut s = Session::new(keys.clone(), HOST, SUB);
+        let mut s = Session::new(keys.clone(), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
         let mut n = negotiate(1, vec![1]);
         n[8 + 4 + 30] = 1; // the DH list now holds 1, 1: no NULL group.
         s.send(&n).expect("send");
@@ -566,7 +607,7 @@ mod tests {
             matches!(s.receive(), AuthMessage::Failure1(f) if f.reason() == Some(FailureReason::DhGroupUnusable))
         );
         // A Reply with another T_ID.
-        let mut s = Session::new(keys, HOST, SUB);
+        let mut s = Session::new(keys, HOST, SUB, AUTH_TIMEOUT_DEFAULT);
         s.send(&negotiate(1, vec![1])).expect("send");
         let _ = s.receive();
         let r = Reply {

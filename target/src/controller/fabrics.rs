@@ -154,14 +154,16 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
             tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect from a host that is not allowed");
             return reject(ConnectReject::invalid_host());
         }
-        let keys = match subsys.host_keys(&d.hostnqn) {
+        let policy = subsys.auth_policy();
+        let keys = match policy.keys_for(&d.hostnqn) {
             Ok(k) => k,
             Err(()) => {
                 tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect refused: the subsystem requires authentication and holds no secret for this host");
                 return reject(ConnectReject::invalid_host());
             }
         };
-        session = keys.map(|k| Box::new(auth::Session::new(k, &d.hostnqn, &d.subnqn)));
+        session =
+            keys.map(|k| Box::new(auth::Session::new(k, &d.hostnqn, &d.subnqn, policy.timeout)));
         if c.is_admin() {
             if d.cntlid != CNTLID_DYNAMIC {
                 return reject(ConnectReject::invalid_data_field(connect_data_off::CNTLID));

@@ -166,16 +166,9 @@ impl Subsystem {
         *lock(&self.auth) = Arc::new(auth);
     }
 
-    /// The secrets `hostnqn` must authenticate with: `Ok(None)` when it need not,
-    /// `Err(())` when the subsystem requires authentication and holds no secret for it.
-    #[allow(clippy::result_unit_err)]
-    pub fn host_keys(&self, hostnqn: &str) -> Result<Option<Arc<HostKeys>>, ()> {
-        let policy = Arc::clone(&lock(&self.auth));
-        match policy.hosts.get(hostnqn) {
-            Some(k) => Ok(Some(Arc::clone(k))),
-            None if policy.required => Err(()),
-            None => Ok(None),
-        }
+    /// The authentication policy in force.
+    pub fn auth_policy(&self) -> Arc<AuthPolicy> {
+        Arc::clone(&lock(&self.auth))
     }
 
     /// Allocates a free CNTLID and registers the controller `make` builds for it.

@@ -200,10 +200,14 @@ impl Conn {
                     .await
                     .map_err(End::Io)?;
             }
+            let auth_deadline = self.queue.auth.as_ref().and_then(|s| s.deadline());
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
                     return self.drain("target shutting down").await;
+                }
+                () = tokio::time::sleep_until(auth_deadline.map_or(ic_deadline, tokio::time::Instant::from_std)), if auth_deadline.is_some() => {
+                    return self.drain("in-band authentication not completed in time").await;
                 }
                 _ = wait_dead(&mut dead) => {
                     return self.drain("controller torn down").await;
