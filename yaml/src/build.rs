@@ -381,8 +381,9 @@ fn require_dhchap(
 }
 
 /// A secret file: a path (relative to the layout's directory) to a readable file of at most
-/// [`SECRET_FILE_BYTES_MAX`] bytes holding a `DHHC-1:` secret.
-fn secret_file(node: &At<'_, '_>, base_dir: &Path) -> Result<SecretFile, LayoutError> {
+/// [`SECRET_FILE_BYTES_MAX`] bytes holding a `DHHC-1:` secret. Crate-visible so that a cluster
+/// file's per-server secrets are read the same way.
+pub(crate) fn secret_file(node: &At<'_, '_>, base_dir: &Path) -> Result<SecretFile, LayoutError> {
     const EXPECTED: &str = "a file holding a secret printed by nvme gen-dhchap-key";
     let text = node.str(&format!("a path to {EXPECTED}"))?;
     if text.is_empty() {
