@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use codec::nvme::fabrics::auth::Secret;
+use codec::nvme::fabrics::auth::{DHGROUP_FFDHE2048, DHGROUP_NULL, Secret};
 use hw::BackendSpec;
 use yaml::{BackendDecl, Layout, Location, SecretFile};
 
@@ -117,6 +117,10 @@ pub fn auth_policy(s: &yaml::Subsystem) -> Result<AuthPolicy, ConfigError> {
     Ok(AuthPolicy {
         hosts,
         required: s.require_dhchap,
+        dh_group: match s.dhchap_dhgroup {
+            yaml::DhGroupDecl::Null => DHGROUP_NULL,
+            yaml::DhGroupDecl::Ffdhe2048 => DHGROUP_FFDHE2048,
+        },
         ..AuthPolicy::default()
     })
 }

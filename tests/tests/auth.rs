@@ -12,7 +12,8 @@ use bytes::Bytes;
 use codec::nvme::Status;
 use codec::nvme::cmd::{AuthReceive, AuthSend, FabricsCommand};
 use codec::nvme::fabrics::auth::{
-    AuthMessage, FailureReason, HashId, SECP_NVME_AUTH, SPSP0_DHCHAP, SPSP1_DHCHAP, Secret,
+    AuthMessage, DHGROUP_FFDHE2048, DHGROUP_NULL, Descriptor, FailureReason, HashId, Negotiate,
+    PROTOCOL_DHCHAP, SECP_NVME_AUTH, SPSP0_DHCHAP, SPSP1_DHCHAP, Secret,
 };
 use codec::nvme::fabrics::{PropertyGet, prop};
 use codec::nvme::sgl::SglDescriptor;
@@ -414,6 +415,89 @@ async fn malformed_auth_messages_get_clean_errors() {
         .expect("I/O after malformed authentication");
     drop(q);
     drop(c);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffdhe2048_group() {
+    let dir = TestDir::new();
+    let host = secret(Some(HashId::Sha256), 32);
+    let ctrl = secret(None, 64);
+    write_secret(dir.path(), "host.key", &host);
+    write_secret(dir.path(), "ctrl.key", &ctrl);
+    let yaml = layout(dir.path(), true).replacen(
+        "    namespaces:",
+        "    dhchap_dhgroup: ffdhe2048\n    namespaces:",
+        1,
+    );
+    let t = TestTarget::start(&yaml).await;
+    assert_eq!(
+        t.registry()
+            .subsystem(SUB)
+            .expect("sub")
+            .auth_policy()
+            .dh_group,
+        DHGROUP_FFDHE2048
+    );
+
+    // The controller asks for the group when offered: a 256-byte DH value in the Challenge.
+    let o = admin_opts(SUB, HOSTNQN);
+    let (q, _) = raw_connected(t.addr, &o).await;
+    let negotiate = AuthMessage::Negotiate(Negotiate {
+        t_id: 5,
+        sc_c: 0,
+        protocols: vec![Descriptor {
+            authid: PROTOCOL_DHCHAP,
+            hash_ids: vec![1],
+            dh_groups: vec![DHGROUP_NULL, DHGROUP_FFDHE2048],
+        }],
+    });
+    assert!(
+        auth_send(&q, SECP_NVME_AUTH, negotiate.encode())
+            .await
+            .is_success()
+    );
+    let (st, data) = auth_receive(&q, 4096).await;
+    assert!(st.is_success());
+    match AuthMessage::decode(&data) {
+        Ok(AuthMessage::Challenge(c)) => {
+            assert_eq!((c.dh_group, c.dhv.len()), (DHGROUP_FFDHE2048, 256));
+        }
+        other => panic!("expected a Challenge, got {other:?}"),
+    }
+    drop(q);
+
+    // Uni- and bidirectional transactions with the group, then I/O.
+    for ctrl_check in [None, Some(&ctrl)] {
+        let c = connect_as(t.addr, SUB, HOSTNQN, &opts_with(&host, ctrl_check))
+            .await
+            .expect("authenticated with ffdhe2048");
+        let q = io_queues(&c, 1).await.remove(0);
+        let data = blocks(9, 0, 4, 512);
+        within("write", q.write(1, 0, 512, data.clone(), false))
+            .await
+            .expect("write");
+        let got = within("read", q.read(1, 0, 4, 512)).await.expect("read");
+        assert_blocks(&got, &data, 0, 512, "ffdhe2048 queue");
+        drop(q);
+        drop(c);
+    }
+    // Wrong secrets still fail.
+    let r = connect_as(t.addr, SUB, HOSTNQN, &opts_with(&secret(None, 32), None)).await;
+    assert_auth_failed(r, FailureReason::Failed, "wrong secret");
+    let r = connect_as(
+        t.addr,
+        SUB,
+        HOSTNQN,
+        &opts_with(&host, Some(&secret(None, 64))),
+    )
+    .await;
+    assert_auth_failed(r, FailureReason::Failed, "controller secret mismatch");
+    // A bad DH group name in the layout.
+    let bad = yaml.replace("dhchap_dhgroup: ffdhe2048", "dhchap_dhgroup: ffdhe9999");
+    let e = yaml::parse_str("l.yaml", &bad).expect_err("bad group");
+    assert!(e.message.contains("ffdhe9999"), "{e}");
+    assert_eq!(e.loc.field, "subsystems[0].dhchap_dhgroup");
     t.stop().await;
 }
 

@@ -8,7 +8,9 @@ use saphyr::{LoadableYamlNode, MarkedYaml, ScanError};
 
 use crate::error::{ErrorKind, LayoutError, Location};
 use crate::ids::{MODEL_BYTES_MAX, SERIAL_BYTES_MAX, derived_serial};
-use crate::model::{HostAuth, HostPolicy, Layout, Listener, SecretFile, Subsystem, TransportDecl};
+use crate::model::{
+    DhGroupDecl, HostAuth, HostPolicy, Layout, Listener, SecretFile, Subsystem, TransportDecl,
+};
 use crate::namespace::{IdRegistry, build_namespaces};
 use crate::nqn::{DISCOVERY_NQN, NQN_EXPECTED, check_nqn};
 use crate::size::parse_size;
@@ -56,6 +58,7 @@ const SUBSYSTEM_KEYS: &[&str] = &[
     "allow_any_host",
     "hosts",
     "require_dhchap",
+    "dhchap_dhgroup",
     "namespaces",
 ];
 const HOST_KEYS: &[&str] = &["nqn", "dhchap_secret_file", "dhchap_ctrl_secret_file"];
@@ -296,6 +299,19 @@ fn build_subsystems(root: &Map<'_, '_>, base_dir: &Path) -> Result<Vec<Subsystem
         };
         let (hosts, host_auth) = host_entries(item, &map, Some(base_dir))?;
         let require_dhchap = require_dhchap(&map, &hosts, &host_auth)?;
+        let dhchap_dhgroup = match map.get("dhchap_dhgroup") {
+            None => DhGroupDecl::default(),
+            Some(n) => match n.str("null or ffdhe2048")? {
+                "null" => DhGroupDecl::Null,
+                "ffdhe2048" => DhGroupDecl::Ffdhe2048,
+                other => {
+                    return Err(n.err(
+                        ErrorKind::BadSecret,
+                        format!("unsupported DH group {other:?} (expected null or ffdhe2048)"),
+                    ));
+                }
+            },
+        };
         let namespaces = build_namespaces(&map, nqn, base_dir, &mut ids)?;
         out.push(Subsystem {
             nqn: nqn.to_owned(),
@@ -304,6 +320,7 @@ fn build_subsystems(root: &Map<'_, '_>, base_dir: &Path) -> Result<Vec<Subsystem
             hosts,
             host_auth,
             require_dhchap,
+            dhchap_dhgroup,
             namespaces,
             loc: item.loc(),
         });

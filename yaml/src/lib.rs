@@ -30,8 +30,8 @@ pub use ids::{
     hex16, uuid_string,
 };
 pub use model::{
-    BackendDecl, HostAuth, HostPolicy, Layout, Listener, Namespace, SecretFile, Subsystem,
-    TransportDecl,
+    BackendDecl, DhGroupDecl, HostAuth, HostPolicy, Layout, Listener, Namespace, SecretFile,
+    Subsystem, TransportDecl,
 };
 pub use namespace::{BLOCK_SIZES, DEFAULT_BLOCK_SIZE, NAMESPACES_MAX};
 pub use nqn::{DISCOVERY_NQN, NQN_BYTES_MAX, check_nqn};

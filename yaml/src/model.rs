@@ -75,10 +75,23 @@ pub struct Subsystem {
     /// `require_dhchap: true`: every listed host has a secret (checked here), and a host
     /// without one is refused at Connect.
     pub require_dhchap: bool,
+    /// `dhchap_dhgroup`: the Diffie-Hellman group the target asks for when the host offers it
+    /// (NULL, which every host offers, otherwise).
+    pub dhchap_dhgroup: DhGroupDecl,
     /// Namespaces, in declaration order; NSIDs are unique within the subsystem.
     pub namespaces: Vec<Namespace>,
     /// The subsystem entry (`subsystems[0]`).
     pub loc: Location,
+}
+
+/// A DH-HMAC-CHAP Diffie-Hellman group (`dhchap_dhgroup:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DhGroupDecl {
+    /// `null`: no Diffie-Hellman exchange (the default, as Linux nvmet's).
+    #[default]
+    Null,
+    /// `ffdhe2048`: RFC 7919's 2048-bit group.
+    Ffdhe2048,
 }
 
 /// The DH-HMAC-CHAP secrets of one host of a subsystem.

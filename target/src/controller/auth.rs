@@ -17,9 +17,10 @@ use bytes::Bytes;
 use codec::nvme::Status;
 use codec::nvme::cmd::{AuthReceive, AuthSend};
 use codec::nvme::fabrics::auth::{
-    AuthMessage, Challenge, DHGROUP_NULL, Failure, FailureReason, HashId, MESSAGE_LEN_MAX,
-    Negotiate, PROTOCOL_DHCHAP, Reply, ResponseInput, Role, SECP_NVME_AUTH, SPSP0_DHCHAP,
-    SPSP1_DHCHAP, Secret, Success1, random_fill, random_seqnum, response, response_matches,
+    AuthMessage, Challenge, DHGROUP_NULL, DhKeyPair, Failure, FailureReason, HashId,
+    MESSAGE_LEN_MAX, Negotiate, PROTOCOL_DHCHAP, Reply, ResponseInput, Role, SECP_NVME_AUTH,
+    SPSP0_DHCHAP, SPSP1_DHCHAP, Secret, Success1, augmented_challenge, dh_group_supported,
+    random_fill, random_seqnum, response, response_matches,
 };
 
 use crate::controller::exec::{Completion, Outcome, Queue};
@@ -50,6 +51,9 @@ pub struct AuthPolicy {
     pub required: bool,
     /// A queue not authenticated this long after its Connect is closed.
     pub timeout: Duration,
+    /// The DH group chosen when the host offers it (`DHGROUP_NULL` or `DHGROUP_FFDHE2048`);
+    /// otherwise NULL, which every host offers.
+    pub dh_group: u8,
 }
 
 impl Default for AuthPolicy {
@@ -58,6 +62,7 @@ impl Default for AuthPolicy {
             hosts: HashMap::new(),
             required: false,
             timeout: AUTH_TIMEOUT_DEFAULT,
+            dh_group: DHGROUP_NULL,
         }
     }
 }
@@ -80,14 +85,16 @@ impl AuthPolicy {
 enum State {
     /// Waiting for AUTH_Negotiate.
     AwaitNegotiate,
-    /// Negotiated: the next Authentication Receive returns this Challenge.
-    ChallengeReady(Challenge),
+    /// Negotiated: the next Authentication Receive returns this Challenge (with the DH key
+    /// pair whose public value it carries, for a DH group).
+    ChallengeReady(Challenge, Option<DhKeyPair>),
     /// The Challenge went out: waiting for the Reply.
     AwaitReply {
         t_id: u16,
         hash: HashId,
         c1: Vec<u8>,
         s1: u32,
+        dh: Option<DhKeyPair>,
     },
     /// The Reply was right: the next Authentication Receive returns Success1.
     Success1Ready(Success1),
@@ -111,12 +118,16 @@ pub struct Session {
     authenticated: bool,
     /// When the connection is closed if the queue is not authenticated by then.
     deadline: Instant,
+    /// The DH group preferred by the subsystem.
+    dh_group: u8,
 }
 
 impl Session {
-    /// A transaction to run on a queue connected now; `timeout` bounds it.
-    pub fn new(keys: Arc<HostKeys>, hostnqn: &str, subnqn: &str, timeout: Duration) -> Self {
+    /// A transaction to run on a queue connected now, under `policy` (its deadline and DH
+    /// group).
+    pub fn new(keys: Arc<HostKeys>, hostnqn: &str, subnqn: &str, policy: &AuthPolicy) -> Self {
         let now = Instant::now();
+        let timeout = policy.timeout;
         Self {
             keys,
             hostnqn: hostnqn.to_owned(),
@@ -124,6 +135,7 @@ impl Session {
             state: State::AwaitNegotiate,
             authenticated: false,
             deadline: now.checked_add(timeout).unwrap_or(now),
+            dh_group: policy.dh_group,
         }
     }
 
@@ -165,8 +177,17 @@ impl Session {
             // A new transaction: the first one, or a re-authentication of an authenticated
             // queue (which stays usable meanwhile, as long as the new one does not fail).
             (State::AwaitNegotiate | State::Done, AuthMessage::Negotiate(n)) => self.negotiate(&n),
-            (State::AwaitReply { t_id, hash, c1, s1 }, AuthMessage::Reply(r)) => {
-                self.reply(t_id, hash, &c1, s1, &r);
+            (
+                State::AwaitReply {
+                    t_id,
+                    hash,
+                    c1,
+                    s1,
+                    dh,
+                },
+                AuthMessage::Reply(r),
+            ) => {
+                self.reply(t_id, hash, &c1, s1, dh.as_ref(), &r);
             }
             (State::AwaitSuccess2 { t_id }, AuthMessage::Success2 { t_id: got }) => {
                 if got == t_id {
@@ -221,13 +242,25 @@ impl Session {
                 "no SHA-256/384/512 offered",
             );
         };
-        if !p.dh_groups.contains(&DHGROUP_NULL) {
+        let group = if p.dh_groups.contains(&self.dh_group) && dh_group_supported(self.dh_group) {
+            self.dh_group
+        } else if p.dh_groups.contains(&DHGROUP_NULL) {
+            DHGROUP_NULL
+        } else {
             return self.fail(
                 n.t_id,
                 FailureReason::DhGroupUnusable,
-                "the NULL DH group was not offered",
+                "neither the NULL DH group nor the subsystem's was offered",
             );
-        }
+        };
+        let dh = if group == DHGROUP_NULL {
+            None
+        } else {
+            match DhKeyPair::generate(group) {
+                Ok(k) => Some(k),
+                Err(why) => return self.fail(n.t_id, FailureReason::Failed, why),
+            }
+        };
         let mut c1 = vec![0u8; hash.digest_len()];
         let s1 = match (random_fill(&mut c1), random_seqnum()) {
             (Ok(()), Ok(s)) => s,
@@ -235,37 +268,62 @@ impl Session {
                 return self.fail(n.t_id, FailureReason::Failed, "no random bytes");
             }
         };
-        self.state = State::ChallengeReady(Challenge {
-            t_id: n.t_id,
-            hash_id: hash as u8,
-            dh_group: DHGROUP_NULL,
-            seqnum: s1,
-            cval: c1,
-            dhv: Vec::new(),
-        });
+        let dhv = dh.as_ref().map(|k| k.public.clone()).unwrap_or_default();
+        self.state = State::ChallengeReady(
+            Challenge {
+                t_id: n.t_id,
+                hash_id: hash as u8,
+                dh_group: group,
+                seqnum: s1,
+                cval: c1,
+                dhv,
+            },
+            dh,
+        );
     }
 
-    fn reply(&mut self, t_id: u16, hash: HashId, c1: &[u8], s1: u32, r: &Reply) {
+    fn reply(
+        &mut self,
+        t_id: u16,
+        hash: HashId,
+        c1: &[u8],
+        s1: u32,
+        dh: Option<&DhKeyPair>,
+        r: &Reply,
+    ) {
         if r.t_id != t_id {
             return self.fail(t_id, FailureReason::IncorrectPayload, "Reply T_ID mismatch");
         }
         if r.rval.len() != hash.digest_len() {
             return self.fail(t_id, FailureReason::IncorrectPayload, "Reply HL mismatch");
         }
-        if !r.dhv.is_empty() {
-            return self.fail(
-                t_id,
-                FailureReason::IncorrectPayload,
-                "DH value with the NULL group",
-            );
-        }
+        // With a DH group both challenges are augmented with the shared value.
+        let session = match dh {
+            None if r.dhv.is_empty() => None,
+            None => {
+                return self.fail(
+                    t_id,
+                    FailureReason::IncorrectPayload,
+                    "DH value with the NULL group",
+                );
+            }
+            Some(k) => match k.shared(&r.dhv) {
+                Ok(s) => Some(s),
+                Err(why) => return self.fail(t_id, FailureReason::IncorrectPayload, why),
+            },
+        };
+        let augment = |c: &[u8]| match &session {
+            Some(s) => augmented_challenge(hash, s, c),
+            None => c.to_vec(),
+        };
+        let c1 = augment(c1);
         let kh = self.keys.host.transformed(&self.hostnqn);
         let expected = response(
             Role::Host,
             &ResponseInput {
                 hash,
                 key: &kh,
-                challenge: c1,
+                challenge: &c1,
                 seqnum: s1,
                 t_id,
                 sc_c: 0,
@@ -288,12 +346,13 @@ impl Session {
                 return self.fail(t_id, FailureReason::IncorrectPayload, "S2 is 0");
             }
             let kc = ctrl.transformed(&self.subnqn);
+            let c2 = augment(&r.cval);
             Some(response(
                 Role::Controller,
                 &ResponseInput {
                     hash,
                     key: &kc,
-                    challenge: &r.cval,
+                    challenge: &c2,
                     seqnum: r.seqnum,
                     t_id,
                     sc_c: 0,
@@ -315,13 +374,14 @@ impl Session {
     pub fn receive(&mut self) -> AuthMessage {
         let state = std::mem::replace(&mut self.state, State::Failed);
         match state {
-            State::ChallengeReady(c) => {
+            State::ChallengeReady(c, dh) => {
                 let hash = HashId::from_u8(c.hash_id).unwrap_or(HashId::Sha256);
                 self.state = State::AwaitReply {
                     t_id: c.t_id,
                     hash,
                     c1: c.cval.clone(),
                     s1: c.seqnum,
+                    dh,
                 };
                 AuthMessage::Challenge(c)
             }
@@ -455,7 +515,7 @@ mod tests {
         host_secret: &Secret,
         ctrl_check: Option<&Secret>,
     ) -> (Session, AuthMessage) {
-        let mut s = Session::new(Arc::new(keys), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
+        let mut s = Session::new(Arc::new(keys), HOST, SUB, &AuthPolicy::default());
         assert!(!s.authenticated());
         s.send(&negotiate(7, vec![3, 2])).expect("send");
         let AuthMessage::Challenge(c) = s.receive() else {
@@ -581,25 +641,25 @@ mod tests {
             ctrl: None,
         });
         // Receive first.
-        let mut s = Session::new(keys.clone(), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
+        let mut s = Session::new(keys.clone(), HOST, SUB, &AuthPolicy::default());
         let m = s.receive();
         assert!(
             matches!(m, AuthMessage::Failure1(f) if f.reason() == Some(FailureReason::IncorrectMessage))
         );
         // Garbage, then the failure is what the host reads.
-        let mut s = Session::new(keys.clone(), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
+        let mut s = Session::new(keys.clone(), HOST, SUB, &AuthPolicy::default());
         s.send(&[1, auth_id::REPLY, 0, 0, 4, 0]).expect("send");
         let m = s.receive();
         assert!(
             matches!(m, AuthMessage::Failure1(f) if f.t_id == 4 && f.reason() == Some(FailureReason::IncorrectPayload))
         );
         // No acceptable hash, no NULL group.
-        let mut s = Session::new(keys.clone(), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
+        let mut s = Session::new(keys.clone(), HOST, SUB, &AuthPolicy::default());
         s.send(&negotiate(1, vec![9])).expect("send");
         assert!(
             matches!(s.receive(), AuthMessage::Failure1(f) if f.reason() == Some(FailureReason::HashUnusable))
         );
-        let mut s = Session::new(keys.clone(), HOST, SUB, AUTH_TIMEOUT_DEFAULT);
+        let mut s = Session::new(keys.clone(), HOST, SUB, &AuthPolicy::default());
         let mut n = negotiate(1, vec![1]);
         n[8 + 4 + 30] = 1; // the DH list now holds 1, 1: no NULL group.
         s.send(&n).expect("send");
@@ -607,7 +667,7 @@ mod tests {
             matches!(s.receive(), AuthMessage::Failure1(f) if f.reason() == Some(FailureReason::DhGroupUnusable))
         );
         // A Reply with another T_ID.
-        let mut s = Session::new(keys, HOST, SUB, AUTH_TIMEOUT_DEFAULT);
+        let mut s = Session::new(keys, HOST, SUB, &AuthPolicy::default());
         s.send(&negotiate(1, vec![1])).expect("send");
         let _ = s.receive();
         let r = Reply {

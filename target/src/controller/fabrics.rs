@@ -162,8 +162,7 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
                 return reject(ConnectReject::invalid_host());
             }
         };
-        session =
-            keys.map(|k| Box::new(auth::Session::new(k, &d.hostnqn, &d.subnqn, policy.timeout)));
+        session = keys.map(|k| Box::new(auth::Session::new(k, &d.hostnqn, &d.subnqn, &policy)));
         if c.is_admin() {
             if d.cntlid != CNTLID_DYNAMIC {
                 return reject(ConnectReject::invalid_data_field(connect_data_off::CNTLID));

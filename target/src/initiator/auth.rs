@@ -1,4 +1,5 @@
-//! The host side of NVMe in-band authentication (DH-HMAC-CHAP with the NULL DH group): run
+//! The host side of NVMe in-band authentication (DH-HMAC-CHAP with the NULL or the ffdhe2048
+//! DH group, whichever the controller chooses): run
 //! on a queue whose Connect response asked for it (AUTHREQ.ATR), before any other command, on
 //! the admin queue and on every I/O queue (as the Linux host does).
 
@@ -7,9 +8,10 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use bytes::Bytes;
 use codec::nvme::cmd::{AuthReceive, AuthSend, FabricsCommand};
 use codec::nvme::fabrics::auth::{
-    AuthMessage, DHGROUP_NULL, Descriptor, Failure, FailureReason, HashId, MESSAGE_LEN_MAX,
-    Negotiate, PROTOCOL_DHCHAP, Reply, ResponseInput, Role, SECP_NVME_AUTH, SPSP0_DHCHAP,
-    SPSP1_DHCHAP, Secret, random_fill, random_seqnum, response, response_matches,
+    AuthMessage, DHGROUP_FFDHE2048, DHGROUP_NULL, Descriptor, DhKeyPair, Failure, FailureReason,
+    HashId, MESSAGE_LEN_MAX, Negotiate, PROTOCOL_DHCHAP, Reply, ResponseInput, Role,
+    SECP_NVME_AUTH, SPSP0_DHCHAP, SPSP1_DHCHAP, Secret, augmented_challenge, random_fill,
+    random_seqnum, response, response_matches,
 };
 use codec::nvme::sgl::SglDescriptor;
 
@@ -98,7 +100,7 @@ pub async fn authenticate(
             protocols: vec![Descriptor {
                 authid: PROTOCOL_DHCHAP,
                 hash_ids: HashId::ALL.iter().map(|h| *h as u8).collect(),
-                dh_groups: vec![DHGROUP_NULL],
+                dh_groups: vec![DHGROUP_NULL, DHGROUP_FFDHE2048],
             }],
         }),
     )
@@ -134,22 +136,41 @@ pub async fn authenticate(
         )
         .await);
     }
-    if challenge.dh_group != DHGROUP_NULL || !challenge.dhv.is_empty() {
-        return Err(refuse(
-            q,
-            t_id,
-            FailureReason::DhGroupUnusable,
-            "the controller chose a DH group other than NULL",
-        )
-        .await);
-    }
+    // With a DH group: our key pair, the shared value, and both challenges augmented with it.
+    let (dh, session) = match challenge.dh_group {
+        DHGROUP_NULL if challenge.dhv.is_empty() => (None, None),
+        DHGROUP_FFDHE2048 => {
+            let pair = DhKeyPair::generate(DHGROUP_FFDHE2048)
+                .map_err(|what| InitiatorError::AuthFailed { reason: None, what })?;
+            match pair.shared(&challenge.dhv) {
+                Ok(s) => (Some(pair), Some(s)),
+                Err(what) => {
+                    return Err(refuse(q, t_id, FailureReason::IncorrectPayload, what).await);
+                }
+            }
+        }
+        _ => {
+            return Err(refuse(
+                q,
+                t_id,
+                FailureReason::DhGroupUnusable,
+                "the controller chose a DH group we did not offer",
+            )
+            .await);
+        }
+    };
+    let augment = |c: &[u8]| match &session {
+        Some(s) => augmented_challenge(hash, s, c),
+        None => c.to_vec(),
+    };
+    let c1 = augment(&challenge.cval);
     let kh = secrets.host.transformed(hostnqn);
     let rval = response(
         Role::Host,
         &ResponseInput {
             hash,
             key: &kh,
-            challenge: &challenge.cval,
+            challenge: &c1,
             seqnum: challenge.seqnum,
             t_id,
             sc_c: 0,
@@ -179,7 +200,7 @@ pub async fn authenticate(
             cvalid: secrets.ctrl.is_some(),
             seqnum: s2,
             cval: c2.clone(),
-            dhv: Vec::new(),
+            dhv: dh.map(|k| k.public).unwrap_or_default(),
         }),
     )
     .await?;
@@ -209,6 +230,7 @@ pub async fn authenticate(
         .await);
     };
     let kc = ctrl.transformed(subnqn);
+    let c2 = augment(&c2);
     let expected = response(
         Role::Controller,
         &ResponseInput {

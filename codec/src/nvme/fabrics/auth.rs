@@ -87,6 +87,26 @@ pub const MESSAGE_LEN_MAX: usize = 4096;
 
 /// DH group identifier of the NULL group (no Diffie-Hellman exchange).
 pub const DHGROUP_NULL: u8 = 0x00;
+/// DH group identifier of ffdhe2048 (RFC 7919, 2048-bit safe prime, generator 2).
+pub const DHGROUP_FFDHE2048: u8 = 0x01;
+
+/// The Diffie-Hellman groups this implementation runs (NULL and ffdhe2048).
+pub fn dh_group_supported(id: u8) -> bool {
+    id == DHGROUP_NULL || id == DHGROUP_FFDHE2048
+}
+
+/// The name of a DH group identifier (as nvme-cli and Linux spell them).
+pub fn dh_group_name(id: u8) -> &'static str {
+    match id {
+        0x00 => "null",
+        0x01 => "ffdhe2048",
+        0x02 => "ffdhe3072",
+        0x03 => "ffdhe4096",
+        0x04 => "ffdhe6144",
+        0x05 => "ffdhe8192",
+        _ => "unknown",
+    }
+}
 
 /// Reason code of AUTH_Failure1/2 ("authentication failure").
 pub const FAILURE_RC: u8 = 0x01;
@@ -178,6 +198,16 @@ impl HashId {
             Self::Sha256 => "SHA-256",
             Self::Sha384 => "SHA-384",
             Self::Sha512 => "SHA-512",
+        }
+    }
+
+    /// The plain hash of `data`.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        match self {
+            Self::Sha256 => Sha256::digest(data).to_vec(),
+            Self::Sha384 => Sha384::digest(data).to_vec(),
+            Self::Sha512 => Sha512::digest(data).to_vec(),
         }
     }
 
@@ -785,6 +815,88 @@ pub fn response_matches(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The challenge a response covers when a DH group is in use: HMAC(H(session key), C), the
+/// session key being the Diffie-Hellman shared value ([`DhKeyPair::shared`]). With the NULL
+/// group the challenge is used as it is.
+pub fn augmented_challenge(hash: HashId, session_key: &[u8], challenge: &[u8]) -> Vec<u8> {
+    hash.hmac(&hash.digest(session_key), &[challenge])
+}
+
+/// The ffdhe2048 prime (RFC 7919, appendix A.1).
+const FFDHE2048_P: &str = "\
+    FFFFFFFFFFFFFFFFADF85458A2BB4A9AAFDC5620273D3CF1D8B9C583CE2D3695A9E13641146433FBCC939DCE\
+    249B3EF97D2FE363630C75D8F681B202AEC4617AD3DF1ED5D5FD65612433F51F5F066ED0856365553DED1AF3\
+    B557135E7F57C935984F0C70E0E68B77E2A689DAF3EFE8721DF158A136ADE73530ACCA4F483A797ABC0AB182\
+    B324FB61D108A94BB2C8E3FBB96ADAB760D7F4681D4F42A3DE394DF4AE56EDE76372BB190B07A7C8EE0A6D70\
+    9E02FCE1CDF7E2ECC03404CD28342F619172FE9CE98583FF8E4F1232EEF28183C3FE3B1B4C6FAD733BB5FCBC\
+    2EC22005C58EF1837D1683B2C6F34A26C1B2EFFA886B423861285C97FFFFFFFFFFFFFFFF";
+
+/// Bytes of an ffdhe2048 public or shared value (big-endian, left-padded).
+pub const FFDHE2048_LEN: usize = 256;
+
+/// Bits of a private exponent: well above the 225 RFC 7919 asks for with this group.
+const DH_PRIVATE_BITS: usize = 512;
+
+fn ffdhe2048_p() -> num_bigint::BigUint {
+    // A constant of hexadecimal digits: parsing cannot fail.
+    num_bigint::BigUint::parse_bytes(FFDHE2048_P.as_bytes(), 16).unwrap_or_default()
+}
+
+/// `v` big-endian in exactly `len` bytes (left-padded with zeroes).
+fn be_padded(v: &num_bigint::BigUint, len: usize) -> Vec<u8> {
+    let b = v.to_bytes_be();
+    let mut out = vec![0u8; len.saturating_sub(b.len())];
+    out.extend_from_slice(&b);
+    out
+}
+
+/// An ephemeral ffdhe2048 key pair (one per transaction).
+pub struct DhKeyPair {
+    private: num_bigint::BigUint,
+    /// g^x mod p, the DH value sent to the peer ([`FFDHE2048_LEN`] bytes).
+    pub public: Vec<u8>,
+}
+
+impl std::fmt::Debug for DhKeyPair {
+    // The private exponent is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhKeyPair").finish_non_exhaustive()
+    }
+}
+
+impl DhKeyPair {
+    /// A new key pair for `group` (only [`DHGROUP_FFDHE2048`] has one).
+    pub fn generate(group: u8) -> Result<Self, &'static str> {
+        if group != DHGROUP_FFDHE2048 {
+            return Err("DH group not supported");
+        }
+        let mut x = [0u8; DH_PRIVATE_BITS / 8];
+        random_fill(&mut x).map_err(|_| "no random bytes")?;
+        let private = num_bigint::BigUint::from_bytes_be(&x) | num_bigint::BigUint::from(2u8);
+        let p = ffdhe2048_p();
+        let public = num_bigint::BigUint::from(2u8).modpow(&private, &p);
+        Ok(Self {
+            private,
+            public: be_padded(&public, FFDHE2048_LEN),
+        })
+    }
+
+    /// The shared value (the session key) with the peer's DH value `peer`: refused unless it
+    /// is [`FFDHE2048_LEN`] bytes and 2 <= Y <= p - 2 (1 and p - 1 would force a known result).
+    pub fn shared(&self, peer: &[u8]) -> Result<Vec<u8>, &'static str> {
+        if peer.len() != FFDHE2048_LEN {
+            return Err("the DH value is not 256 bytes (ffdhe2048)");
+        }
+        let p = ffdhe2048_p();
+        let y = num_bigint::BigUint::from_bytes_be(peer);
+        let two = num_bigint::BigUint::from(2u8);
+        if y < two || y > &p - &two {
+            return Err("the DH value is out of range");
+        }
+        Ok(be_padded(&y.modpow(&self.private, &p), FFDHE2048_LEN))
+    }
+}
+
 /// Fill `buf` from the operating system's random source.
 pub fn random_fill(buf: &mut [u8]) -> Result<(), getrandom::Error> {
     getrandom::fill(buf)
@@ -887,6 +999,40 @@ mod tests {
         // The HMAC itself against RFC 4231 test case 2 (key "Jefe").
         let mac = HashId::Sha256.hmac(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
         assert_eq!(mac[..8], [0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e]);
+    }
+
+    #[test]
+    fn ffdhe2048() {
+        let p = ffdhe2048_p();
+        assert_eq!(p.bits(), 2048);
+        // A Fermat test of p and of (p - 1) / 2 (a safe prime): a mistyped digit fails it.
+        let one = num_bigint::BigUint::from(1u8);
+        let two = num_bigint::BigUint::from(2u8);
+        assert_eq!(two.modpow(&(&p - &one), &p), one);
+        let q = (&p - &one) >> 1;
+        assert_eq!(two.modpow(&(&q - &one), &q), one);
+        let a = DhKeyPair::generate(DHGROUP_FFDHE2048).expect("key");
+        let b = DhKeyPair::generate(DHGROUP_FFDHE2048).expect("key");
+        assert_eq!(a.public.len(), 256);
+        let ab = a.shared(&b.public).expect("shared");
+        assert_eq!(ab, b.shared(&a.public).expect("shared"));
+        assert_ne!(a.public, b.public);
+        assert!(a.shared(&[0; 256]).is_err());
+        assert!(a.shared(&[1; 255]).is_err());
+        let mut one_v = vec![0u8; 256];
+        one_v[255] = 1;
+        assert!(a.shared(&one_v).is_err());
+        assert!(a.shared(&be_padded(&(&p - &one), 256)).is_err());
+        assert!(DhKeyPair::generate(DHGROUP_NULL).is_err());
+        assert_eq!(format!("{a:?}"), "DhKeyPair { .. }");
+        let aug = augmented_challenge(HashId::Sha256, &ab, &[3; 32]);
+        assert_eq!(aug.len(), 32);
+        assert_ne!(
+            aug,
+            augmented_challenge(HashId::Sha256, &[0; 256], &[3; 32])
+        );
+        // SHA-256 of "abc" (FIPS 180-2).
+        assert_eq!(HashId::Sha256.digest(b"abc")[..4], [0xba, 0x78, 0x16, 0xbf]);
     }
 
     fn samples() -> Vec<AuthMessage> {
