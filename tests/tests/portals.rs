@@ -137,3 +137,64 @@ async fn internal_portal_serves_internal_subsystems_only() {
     assert_eq!(t.registry().host_listeners(), vec![host_portal]);
     t.stop().await;
 }
+
+/// What a cluster server's internal portal is meant to run: the internal subsystem requires
+/// every peer to authenticate with its own secret, and proves its own (bidirectional, ffdhe2048).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_subsystem_with_per_server_secrets() {
+    use codec::nvme::fabrics::auth::Secret;
+    use tessera::initiator::DhchapSecrets;
+    use tessera::subsystem::AuthPolicy;
+
+    let t = target().await;
+    let internal_portal = t.addrs()[1];
+    t.registry().add_internal_portal(internal_portal);
+    let s1 = Secret::generate(None, 32).unwrap();
+    let s2 = Secret::generate(None, 32).unwrap();
+    let sub = t.registry().subsystem(INTERNAL).unwrap();
+    sub.set_auth(AuthPolicy::internal(
+        &s1,
+        [(SERVER_HOST.to_string(), s2.clone())],
+    ));
+
+    let with = |host: &Secret, ctrl: &Secret| {
+        let mut o = ctrl_opts();
+        o.dhchap = Some(Arc::new(DhchapSecrets {
+            host: host.clone(),
+            ctrl: Some(ctrl.clone()),
+        }));
+        o
+    };
+    let c = connect_as(internal_portal, INTERNAL, SERVER_HOST, &with(&s2, &s1))
+        .await
+        .expect("a peer with its secret");
+    let q = io_queues(&c, 1).await.remove(0);
+    drop(q);
+    drop(c);
+    // No secret, the wrong one, a server the policy does not list, the wrong controller.
+    let r = connect_as(internal_portal, INTERNAL, SERVER_HOST, &ctrl_opts()).await;
+    assert!(
+        matches!(r, Err(InitiatorError::AuthRequired)),
+        "{:?}",
+        r.err()
+    );
+    let r = connect_as(internal_portal, INTERNAL, SERVER_HOST, &with(&s1, &s1)).await;
+    assert!(
+        matches!(r, Err(InitiatorError::AuthFailed { .. })),
+        "{:?}",
+        r.err()
+    );
+    let r = connect_as(internal_portal, INTERNAL, HOSTNQN, &with(&s2, &s1)).await;
+    assert!(
+        matches!(&r, Err(InitiatorError::ConnectRejected(rej)) if rej.status.same_code(Status::CONNECT_INVALID_HOST)),
+        "{:?}",
+        r.err()
+    );
+    let r = connect_as(internal_portal, INTERNAL, SERVER_HOST, &with(&s2, &s2)).await;
+    assert!(
+        matches!(r, Err(InitiatorError::AuthFailed { .. })),
+        "{:?}",
+        r.err()
+    );
+    t.stop().await;
+}

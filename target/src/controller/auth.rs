@@ -68,6 +68,29 @@ impl Default for AuthPolicy {
 }
 
 impl AuthPolicy {
+    /// The policy of a cluster server's internal subsystem: only the servers in `peers` (by
+    /// their host NQN, with their secrets) may connect, each must authenticate, the
+    /// controller proves `own` to a peer that asks (bidirectional), and ffdhe2048 is used
+    /// (every Tessera initiator offers it).
+    pub fn internal(own: &Secret, peers: impl IntoIterator<Item = (String, Secret)>) -> Self {
+        let hosts = peers
+            .into_iter()
+            .map(|(hostnqn, host)| {
+                let keys = HostKeys {
+                    host,
+                    ctrl: Some(own.clone()),
+                };
+                (hostnqn, Arc::new(keys))
+            })
+            .collect();
+        Self {
+            hosts,
+            required: true,
+            dh_group: codec::nvme::fabrics::auth::DHGROUP_FFDHE2048,
+            ..Self::default()
+        }
+    }
+
     /// The secrets `hostnqn` must authenticate with: `Ok(None)` when it need not, `Err(())`
     /// when authentication is required and there is no secret for it.
     #[allow(clippy::result_unit_err)]
@@ -410,6 +433,17 @@ impl Session {
     }
 }
 
+/// Reads a secret file (a `DHHC-1:` secret as `nvme gen-dhchap-key` prints it, at most 4 KiB);
+/// the error names the file.
+pub fn read_secret_file(path: &std::path::Path) -> Result<Secret, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read DH-HMAC-CHAP secret {}: {e}", path.display()))?;
+    Secret::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// SECP/SPSP of an authentication command: NVMe in-band authentication, DH-HMAC-CHAP.
 fn check_protocol(secp: u8, spsp0: u8, spsp1: u8) -> Result<(), Status> {
     if secp != SECP_NVME_AUTH || spsp0 != SPSP0_DHCHAP || spsp1 != SPSP1_DHCHAP {
@@ -570,6 +604,29 @@ mod tests {
                 .expect("send");
         }
         (s, m)
+    }
+
+    #[test]
+    fn internal_policy_and_secret_files() {
+        let own = secret(3, None);
+        let p = AuthPolicy::internal(&own, [("nqn.h1".to_owned(), secret(4, None))]);
+        assert!(p.required);
+        assert_eq!(p.dh_group, codec::nvme::fabrics::auth::DHGROUP_FFDHE2048);
+        let k = p.keys_for("nqn.h1").expect("listed").expect("keys");
+        assert_eq!(
+            (k.host.key[0], k.ctrl.as_ref().map(|c| c.key[0])),
+            (4, Some(3))
+        );
+        assert_eq!(p.keys_for("nqn.other"), Err(()));
+        let dir = std::env::temp_dir().join(format!("tessera-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("s1.key");
+        std::fs::write(&f, format!("{}\n", own.to_text())).expect("write");
+        assert_eq!(read_secret_file(&f), Ok(own));
+        std::fs::write(&f, "DHHC-1:00:AAAA:").expect("write");
+        assert!(read_secret_file(&f).expect_err("short").contains("s1.key"));
+        assert!(read_secret_file(&dir.join("none.key")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
