@@ -444,6 +444,72 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<Secret, String> {
     Secret::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A cluster's per-server DH-HMAC-CHAP secrets: a directory holding `<server-id>.key` for
+/// every server (each made with `nvme gen-dhchap-key`). A server proves its own secret when it
+/// connects to a peer's internal portal, and checks the peer's (bidirectional); its internal
+/// subsystem accepts only servers whose secret it can read.
+#[derive(Debug, Clone)]
+pub struct ClusterSecrets {
+    pub dir: std::path::PathBuf,
+    /// This server's id and secret.
+    pub me: String,
+    pub own: Secret,
+}
+
+impl ClusterSecrets {
+    /// Reads this server's secret `dir/<me>.key`; the peers' are read when needed (a server
+    /// added later brings its file then).
+    pub fn load(dir: &std::path::Path, me: &str) -> Result<Self, String> {
+        let own = read_secret_file(&Self::path(dir, me))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            me: me.to_owned(),
+            own,
+        })
+    }
+
+    fn path(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+        dir.join(format!("{id}.key"))
+    }
+
+    /// The secret of server `id`.
+    pub fn of(&self, id: &str) -> Result<Secret, String> {
+        if id == self.me {
+            return Ok(self.own.clone());
+        }
+        read_secret_file(&Self::path(&self.dir, id))
+    }
+
+    /// The internal subsystem's policy for `servers` (ids; `hostnqn` gives each one's host
+    /// NQN). A server whose secret cannot be read is left out, and said so: it cannot connect.
+    pub fn policy<'a>(
+        &self,
+        servers: impl IntoIterator<Item = &'a str>,
+        hostnqn: impl Fn(&str) -> String,
+    ) -> AuthPolicy {
+        let peers: Vec<(String, Secret)> = servers
+            .into_iter()
+            .filter_map(|id| match self.of(id) {
+                Ok(s) => Some((hostnqn(id), s)),
+                Err(e) => {
+                    tracing::error!(server = id, error = %e, "no DH-HMAC-CHAP secret for this server: its internal connections are refused");
+                    None
+                }
+            })
+            .collect();
+        AuthPolicy::internal(&self.own, peers)
+    }
+
+    /// What this server connects to peer `id`'s internal portal with: its own secret, and the
+    /// peer's to check the peer (bidirectional).
+    pub fn initiator(&self, id: &str) -> Result<crate::initiator::DhchapSecrets, String> {
+        Ok(crate::initiator::DhchapSecrets {
+            host: self.own.clone(),
+            ctrl: Some(self.of(id)?),
+        })
+    }
+}
+
 /// SECP/SPSP of an authentication command: NVMe in-band authentication, DH-HMAC-CHAP.
 fn check_protocol(secp: u8, spsp0: u8, spsp1: u8) -> Result<(), Status> {
     if secp != SECP_NVME_AUTH || spsp0 != SPSP0_DHCHAP || spsp1 != SPSP1_DHCHAP {
@@ -622,10 +688,22 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let f = dir.join("s1.key");
         std::fs::write(&f, format!("{}\n", own.to_text())).expect("write");
-        assert_eq!(read_secret_file(&f), Ok(own));
+        assert_eq!(read_secret_file(&f), Ok(own.clone()));
         std::fs::write(&f, "DHHC-1:00:AAAA:").expect("write");
         assert!(read_secret_file(&f).expect_err("short").contains("s1.key"));
         assert!(read_secret_file(&dir.join("none.key")).is_err());
+        // A cluster's secrets directory.
+        let s2 = secret(5, None);
+        std::fs::write(&f, own.to_text()).expect("write");
+        std::fs::write(dir.join("s2.key"), s2.to_text()).expect("write");
+        let cs = ClusterSecrets::load(&dir, "s1").expect("own secret");
+        assert_eq!(cs.of("s2"), Ok(s2.clone()));
+        assert!(cs.of("s3").is_err());
+        let p = cs.policy(["s1", "s2", "s3"], |id| format!("nqn.x:server:{id}"));
+        assert_eq!(p.hosts.len(), 2, "s3 has no secret: left out");
+        let i = cs.initiator("s2").expect("peer secret");
+        assert_eq!((i.host, i.ctrl), (own.clone(), Some(s2)));
+        assert!(ClusterSecrets::load(&dir, "s9").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
