@@ -1,17 +1,18 @@
 //! From a validated YAML layout to the objects a target serves: opens every backend and builds
 //! subsystems. Errors name the layout file, line and field (the `yaml` crate keeps locations).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use codec::nvme::fabrics::auth::{DHGROUP_FFDHE2048, DHGROUP_NULL, Secret};
 use hw::BackendSpec;
-use yaml::{BackendDecl, Layout, Location};
+use yaml::{BackendDecl, Layout, Location, SecretFile};
 
 use crate::subsystem::namespace::Namespace;
 use crate::subsystem::volume::LocalVolume;
-use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem};
+use crate::subsystem::{AuthPolicy, HostKeys, HostPolicy, NamespaceMap, Registry, Subsystem};
 
 /// The generation a standalone server (no manager) runs at. Stamped commands must carry it.
 pub const STANDALONE_GENERATION: u64 = 1;
@@ -104,19 +105,54 @@ pub fn build_subsystem(s: &yaml::Subsystem) -> Result<Subsystem, ConfigError> {
     for n in &s.namespaces {
         namespaces.insert(n.nsid, open_namespace(n)?);
     }
-    Ok(Subsystem::new(
+    let sub = Subsystem::new(
         s.nqn.clone(),
         s.serial.clone(),
         s.model.clone(),
         host_policy(&s.hosts),
         namespaces,
-    ))
+    );
+    sub.set_auth(auth_policy(s)?);
+    Ok(sub)
 }
 
-/// What `tessera-target --check` verifies beyond the YAML: that every file and block backend
-/// can be opened as declared (without creating anything: a file to be created needs an
-/// existing directory). RAM and null backends need nothing.
+/// A secret file's DH-HMAC-CHAP secret; errors name the layout field and the file.
+pub fn load_secret(f: &SecretFile) -> Result<Secret, ConfigError> {
+    Secret::parse(&f.text).map_err(|e| ConfigError {
+        loc: f.loc.clone(),
+        message: format!("{}: {e}", f.path.display()),
+    })
+}
+
+/// A subsystem's DH-HMAC-CHAP policy: the secrets of its hosts (decoded and checked).
+pub fn auth_policy(s: &yaml::Subsystem) -> Result<AuthPolicy, ConfigError> {
+    let mut hosts = HashMap::new();
+    for h in &s.host_auth {
+        let keys = HostKeys {
+            host: load_secret(&h.secret)?,
+            ctrl: h.ctrl_secret.as_ref().map(load_secret).transpose()?,
+        };
+        hosts.insert(h.nqn.clone(), Arc::new(keys));
+    }
+    Ok(AuthPolicy {
+        hosts,
+        required: s.require_dhchap,
+        dh_group: match s.dhchap_dhgroup {
+            yaml::DhGroupDecl::Null => DHGROUP_NULL,
+            yaml::DhGroupDecl::Ffdhe2048 => DHGROUP_FFDHE2048,
+        },
+        ..AuthPolicy::default()
+    })
+}
+
+/// What `tessera-target --check` verifies beyond the YAML: that every DH-HMAC-CHAP secret
+/// decodes, and that every file and block backend can be opened as declared (without creating
+/// anything: a file to be created needs an existing directory). RAM and null backends need
+/// nothing.
 pub fn check_backends(layout: &Layout) -> Result<(), ConfigError> {
+    for s in &layout.subsystems {
+        auth_policy(s)?;
+    }
     for s in &layout.subsystems {
         for n in &s.namespaces {
             let err = |message: String| ConfigError {
@@ -162,6 +198,11 @@ pub struct SubsystemChange {
     pub namespaces_added: Vec<yaml::Namespace>,
     /// NSIDs declared only in the old layout.
     pub namespaces_removed: Vec<u32>,
+    /// The subsystem as newly declared, when its authentication (host secrets, whether it is
+    /// required, the DH group) differs: the new policy applies to Connects from then on; queues
+    /// already authenticated stay (as with Linux nvmet, a host re-authenticates when it
+    /// reconnects).
+    pub auth: Option<yaml::Subsystem>,
 }
 
 /// The difference between the layout a target serves and a new one: what a reload does.
@@ -223,6 +264,9 @@ impl LayoutDiff {
                 };
                 out.push(format!("subsystem {}: allowed hosts now {shown}", c.nqn));
             }
+            if c.auth.is_some() {
+                out.push(format!("subsystem {}: authentication changed", c.nqn));
+            }
             for n in &c.namespaces_added {
                 out.push(format!("subsystem {}: namespace {} added", c.nqn, n.nsid));
             }
@@ -232,6 +276,26 @@ impl LayoutDiff {
         }
         out
     }
+}
+
+/// Whether two declarations of one subsystem authenticate hosts the same way (locations aside:
+/// the secrets' text, whether authentication is required, the DH group).
+fn same_auth(a: &yaml::Subsystem, b: &yaml::Subsystem) -> bool {
+    let keys = |s: &yaml::Subsystem| {
+        s.host_auth
+            .iter()
+            .map(|h| {
+                (
+                    h.nqn.clone(),
+                    h.secret.text.clone(),
+                    h.ctrl_secret.as_ref().map(|c| c.text.clone()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    a.require_dhchap == b.require_dhchap
+        && a.dhchap_dhgroup == b.dhchap_dhgroup
+        && keys(a) == keys(b)
 }
 
 /// Whether two declarations of one NSID describe the same namespace (locations aside).
@@ -313,7 +377,12 @@ pub fn diff(old: &Layout, new: &Layout) -> Result<LayoutDiff, ConfigError> {
             hosts: (o.hosts != n.hosts).then(|| n.hosts.clone()),
             namespaces_added: Vec::new(),
             namespaces_removed: Vec::new(),
+            auth: None,
         };
+        if !same_auth(o, n) {
+            auth_policy(n)?; // A secret that does not decode refuses the whole file.
+            c.auth = Some(n.clone());
+        }
         for ns in &n.namespaces {
             match o.namespaces.iter().find(|x| x.nsid == ns.nsid) {
                 None => c.namespaces_added.push(ns.clone()),
@@ -339,7 +408,11 @@ pub fn diff(old: &Layout, new: &Layout) -> Result<LayoutDiff, ConfigError> {
                 c.namespaces_removed.push(x.nsid);
             }
         }
-        if c.hosts.is_some() || !c.namespaces_added.is_empty() || !c.namespaces_removed.is_empty() {
+        if c.hosts.is_some()
+            || c.auth.is_some()
+            || !c.namespaces_added.is_empty()
+            || !c.namespaces_removed.is_empty()
+        {
             d.subsystems_changed.push(c);
         }
     }
@@ -431,6 +504,12 @@ impl PreparedChange {
                 debug_assert!(false, "changed subsystem {} is not served", c.nqn);
                 continue;
             };
+            if let Some(decl) = &c.auth {
+                // Decoded once already by diff(), which refuses a file whose secrets do not.
+                if let Ok(policy) = auth_policy(decl) {
+                    s.set_auth(policy);
+                }
+            }
             if let Some(h) = &c.hosts {
                 s.set_hosts(host_policy(h));
                 removed.controllers += s
@@ -486,6 +565,51 @@ subsystems:
 
     fn layout(name: &str, text: &str) -> Layout {
         yaml::parse_str(name, text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    /// A layout whose subsystem `a` authenticates host one with the secret in `key`.
+    fn auth_layout(name: &str, key: &std::path::Path, prefix: &str) -> Layout {
+        layout(
+            name,
+            &format!(
+                "{prefix}listeners:
+  - address: 127.0.0.1
+    port: 4420
+subsystems:
+  - nqn: nqn.2026-11.dev.tessera:a
+    hosts:
+      - nqn: nqn.2026-11.dev.tessera:host:one
+        dhchap_secret_file: {}
+    namespaces:
+      - nsid: 1
+        backend: {{ kind: ram, size: 1MiB }}
+",
+                key.display()
+            ),
+        )
+    }
+
+    #[test]
+    fn a_changed_host_secret_is_an_authentication_change_and_a_moved_one_is_none() {
+        use codec::nvme::fabrics::auth::Secret;
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, k2) = (dir.path().join("one.key"), dir.path().join("two.key"));
+        for k in [&k1, &k2] {
+            let text = Secret::generate(None, 32).unwrap().to_text();
+            std::fs::write(k, format!("{text}\n")).unwrap();
+        }
+        let old = auth_layout("old.yaml", &k1, "");
+        let moved = auth_layout("new.yaml", &k1, "# a comment moves every line\n");
+        assert!(diff(&old, &moved).unwrap().is_empty());
+        let d = diff(&old, &auth_layout("new.yaml", &k2, "")).unwrap();
+        assert_eq!(d.subsystems_changed.len(), 1, "{d:?}");
+        let c = &d.subsystems_changed[0];
+        assert!(c.auth.is_some() && c.hosts.is_none(), "{c:?}");
+        assert!(!d.changes_discovery());
+        assert_eq!(
+            d.describe(),
+            ["subsystem nqn.2026-11.dev.tessera:a: authentication changed"]
+        );
     }
 
     #[test]

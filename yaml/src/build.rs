@@ -8,7 +8,9 @@ use saphyr::{LoadableYamlNode, MarkedYaml, ScanError};
 
 use crate::error::{ErrorKind, LayoutError, Location};
 use crate::ids::{MODEL_BYTES_MAX, SERIAL_BYTES_MAX, derived_serial};
-use crate::model::{HostPolicy, Layout, Listener, Subsystem, TransportDecl};
+use crate::model::{
+    DhGroupDecl, HostAuth, HostPolicy, Layout, Listener, SecretFile, Subsystem, TransportDecl,
+};
 use crate::namespace::{IdRegistry, build_namespaces};
 use crate::nqn::{DISCOVERY_NQN, NQN_EXPECTED, check_nqn};
 use crate::size::parse_size;
@@ -23,6 +25,9 @@ pub const LISTENERS_MAX: usize = 64;
 pub const SUBSYSTEMS_MAX: usize = 1024;
 /// Allowed hosts per subsystem: bounds the linear host check done on every Connect.
 pub const HOSTS_MAX: usize = 1024;
+
+/// Largest DH-HMAC-CHAP secret file read: a `DHHC-1:` secret of a 64-byte key is 101 bytes.
+pub const SECRET_FILE_BYTES_MAX: u64 = 4096;
 
 /// Default model number (Identify Controller MN).
 pub const DEFAULT_MODEL: &str = "Tessera";
@@ -52,8 +57,13 @@ const SUBSYSTEM_KEYS: &[&str] = &[
     "model",
     "allow_any_host",
     "hosts",
+    "require_dhchap",
+    "dhchap_dhgroup",
     "namespaces",
 ];
+const HOST_KEYS: &[&str] = &["nqn", "dhchap_secret_file", "dhchap_ctrl_secret_file"];
+const HOST_EXPECTED: &str =
+    "a host NQN, or a mapping {nqn, dhchap_secret_file, dhchap_ctrl_secret_file}";
 
 pub(crate) fn build(file: &str, text: &str, base_dir: &Path) -> Result<Layout, LayoutError> {
     let docs = load_docs(file, text)?;
@@ -287,13 +297,30 @@ fn build_subsystems(root: &Map<'_, '_>, base_dir: &Path) -> Result<Vec<Subsystem
             Some(s) => ascii_field(&s, "model number", MODEL_BYTES_MAX)?,
             None => DEFAULT_MODEL.to_owned(),
         };
-        let hosts = host_policy(item, &map)?;
+        let (hosts, host_auth) = host_entries(item, &map, Some(base_dir))?;
+        let require_dhchap = require_dhchap(&map, &hosts, &host_auth)?;
+        let dhchap_dhgroup = match map.get("dhchap_dhgroup") {
+            None => DhGroupDecl::default(),
+            Some(n) => match n.str("null or ffdhe2048")? {
+                "null" => DhGroupDecl::Null,
+                "ffdhe2048" => DhGroupDecl::Ffdhe2048,
+                other => {
+                    return Err(n.err(
+                        ErrorKind::BadSecret,
+                        format!("unsupported DH group {other:?} (expected null or ffdhe2048)"),
+                    ));
+                }
+            },
+        };
         let namespaces = build_namespaces(&map, nqn, base_dir, &mut ids)?;
         out.push(Subsystem {
             nqn: nqn.to_owned(),
             serial,
             model,
             hosts,
+            host_auth,
+            require_dhchap,
+            dhchap_dhgroup,
             namespaces,
             loc: item.loc(),
         });
@@ -332,7 +359,108 @@ fn ascii_field(node: &At<'_, '_>, what: &str, max: usize) -> Result<String, Layo
     Ok(s.to_owned())
 }
 
+/// `hosts` / `allow_any_host` where every host is a plain NQN (cluster files).
 pub(crate) fn host_policy(item: &At<'_, '_>, map: &Map<'_, '_>) -> Result<HostPolicy, LayoutError> {
+    host_entries(item, map, None).map(|(p, _)| p)
+}
+
+/// `require_dhchap: true` holds only with a host list whose every host has a secret.
+fn require_dhchap(
+    map: &Map<'_, '_>,
+    hosts: &HostPolicy,
+    auth: &[HostAuth],
+) -> Result<bool, LayoutError> {
+    let Some(node) = map.get("require_dhchap") else {
+        return Ok(false);
+    };
+    if !node.bool()? {
+        return Ok(false);
+    }
+    match hosts {
+        HostPolicy::Any => Err(node.err(
+            ErrorKind::BadSecret,
+            "require_dhchap: true with allow_any_host: true (expected a hosts list whose every \
+             host has a dhchap_secret_file)",
+        )),
+        HostPolicy::Only(list) => {
+            if let Some(h) = list.iter().find(|h| !auth.iter().any(|a| &a.nqn == *h)) {
+                return Err(node.err(
+                    ErrorKind::BadSecret,
+                    format!(
+                        "require_dhchap: true but host {h} has no dhchap_secret_file (expected \
+                         {{nqn, dhchap_secret_file}} for every host)"
+                    ),
+                ));
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// A secret file: a path (relative to the layout's directory) to a readable file of at most
+/// [`SECRET_FILE_BYTES_MAX`] bytes holding a `DHHC-1:` secret. Crate-visible so that a cluster
+/// file's per-server secrets are read the same way.
+pub(crate) fn secret_file(node: &At<'_, '_>, base_dir: &Path) -> Result<SecretFile, LayoutError> {
+    const EXPECTED: &str = "a file holding a secret printed by nvme gen-dhchap-key";
+    let text = node.str(&format!("a path to {EXPECTED}"))?;
+    if text.is_empty() {
+        return Err(node.err(
+            ErrorKind::BadSecret,
+            format!("empty path (expected a path to {EXPECTED})"),
+        ));
+    }
+    let p = Path::new(text);
+    let path = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| {
+            use std::io::Read;
+            f.take(SECRET_FILE_BYTES_MAX + 1).read_to_end(&mut bytes)
+        })
+        .map_err(|e| {
+            node.err(
+                ErrorKind::BadSecret,
+                format!("cannot read {}: {e} (expected {EXPECTED})", path.display()),
+            )
+        })?;
+    if bytes.len() as u64 > SECRET_FILE_BYTES_MAX {
+        return Err(node.err(
+            ErrorKind::BadSecret,
+            format!(
+                "{} is larger than {SECRET_FILE_BYTES_MAX} bytes (expected {EXPECTED})",
+                path.display()
+            ),
+        ));
+    }
+    let content = String::from_utf8(bytes).unwrap_or_default();
+    let content = content.trim();
+    if !content.starts_with("DHHC-1:") {
+        return Err(node.err(
+            ErrorKind::BadSecret,
+            format!(
+                "{} does not hold a DHHC-1: secret (expected {EXPECTED})",
+                path.display()
+            ),
+        ));
+    }
+    Ok(SecretFile {
+        path,
+        text: content.to_owned(),
+        loc: node.loc(),
+    })
+}
+
+/// `hosts` / `allow_any_host`; with `auth_base` (standalone layouts) a host may be a mapping
+/// that names its DH-HMAC-CHAP secret files, resolved against `auth_base`.
+pub(crate) fn host_entries(
+    item: &At<'_, '_>,
+    map: &Map<'_, '_>,
+    auth_base: Option<&Path>,
+) -> Result<(HostPolicy, Vec<HostAuth>), LayoutError> {
     const EXACTLY_ONE: &str = "expected exactly one of: hosts: [host NQNs], allow_any_host: true";
     let any = match map.get("allow_any_host") {
         Some(node) => node.bool()?,
@@ -340,7 +468,7 @@ pub(crate) fn host_policy(item: &At<'_, '_>, map: &Map<'_, '_>) -> Result<HostPo
     };
     let Some(hosts_node) = map.get("hosts") else {
         if any {
-            return Ok(HostPolicy::Any);
+            return Ok((HostPolicy::Any, Vec::new()));
         }
         let loc = map.key_loc("allow_any_host").unwrap_or_else(|| item.loc());
         return Err(LayoutError::new(
@@ -369,8 +497,46 @@ pub(crate) fn host_policy(item: &At<'_, '_>, map: &Map<'_, '_>) -> Result<HostPo
     }
     check_count(&items, HOSTS_MAX, "hosts")?;
     let mut hosts: Vec<(String, usize)> = Vec::with_capacity(items.len());
-    for h in &items {
-        let nqn = h.str(NQN_EXPECTED)?;
+    let mut auth: Vec<HostAuth> = Vec::new();
+    for item in &items {
+        let is_map = matches!(item.node.data, saphyr::YamlData::Mapping(_));
+        let (h, entry) = match auth_base {
+            Some(base) if is_map => {
+                let m = item.map(HOST_KEYS, HOST_EXPECTED)?;
+                let nqn_node = m.require("nqn", NQN_EXPECTED)?;
+                let nqn = nqn_node.str(NQN_EXPECTED)?;
+                let secret = match m.get("dhchap_secret_file") {
+                    Some(n) => Some(secret_file(&n, base)?),
+                    None => None,
+                };
+                let ctrl_secret = match m.get("dhchap_ctrl_secret_file") {
+                    Some(n) if secret.is_none() => {
+                        return Err(n.err(
+                            ErrorKind::BadSecret,
+                            "dhchap_ctrl_secret_file without dhchap_secret_file (expected the \
+                             host's secret too: the controller proves itself only to a host \
+                             that authenticated)",
+                        ));
+                    }
+                    Some(n) => Some(secret_file(&n, base)?),
+                    None => None,
+                };
+                let entry = secret.map(|secret| HostAuth {
+                    nqn: nqn.to_owned(),
+                    secret,
+                    ctrl_secret,
+                });
+                (nqn_node, entry)
+            }
+            _ => (item.clone(), None),
+        };
+        let h = &h;
+        let expected = if auth_base.is_some() {
+            HOST_EXPECTED
+        } else {
+            NQN_EXPECTED
+        };
+        let nqn = h.str(expected)?;
         check_nqn(nqn).map_err(|m| h.err(ErrorKind::BadNqn, m))?;
         if nqn == DISCOVERY_NQN {
             return Err(h.err(
@@ -385,9 +551,11 @@ pub(crate) fn host_policy(item: &At<'_, '_>, map: &Map<'_, '_>) -> Result<HostPo
             ));
         }
         hosts.push((nqn.to_owned(), h.line()));
+        auth.extend(entry);
     }
-    Ok(HostPolicy::Only(
-        hosts.into_iter().map(|(h, _)| h).collect(),
+    Ok((
+        HostPolicy::Only(hosts.into_iter().map(|(h, _)| h).collect()),
+        auth,
     ))
 }
 

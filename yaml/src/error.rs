@@ -102,6 +102,9 @@ pub enum ErrorKind {
     /// A transport limit out of its bounds, not a power of two (`max_io_size`) or not a
     /// multiple of 16 (`in_capsule_data_size`).
     BadTransport,
+    /// A DH-HMAC-CHAP secret file that cannot be read or is not a `DHHC-1:` secret, or a
+    /// subsystem that requires authentication and lists a host without a secret.
+    BadSecret,
 }
 
 /// A layout that cannot be served, with the place that says so.

@@ -17,7 +17,7 @@ use std::path::Path;
 pub use build::{
     DEFAULT_IN_CAPSULE_DATA, DEFAULT_MAX_IO_SIZE, DEFAULT_MODEL, DEFAULT_PORT, HOSTS_MAX,
     IN_CAPSULE_DATA_MAX, LAYOUT_BYTES_MAX, LISTENERS_MAX, MAX_IO_SIZE_MAX, MAX_IO_SIZE_MIN,
-    SUBSYSTEMS_MAX,
+    SECRET_FILE_BYTES_MAX, SUBSYSTEMS_MAX,
 };
 pub use cluster::{
     CLUSTER_SERVERS_MAX, CLUSTER_VOLUMES_MAX, Cluster, ClusterServer, ClusterSubsystem,
@@ -29,7 +29,10 @@ pub use ids::{
     MODEL_BYTES_MAX, SERIAL_BYTES_MAX, derived_namespace_id, derived_serial, derived_volume_uuid,
     hex16, uuid_string,
 };
-pub use model::{BackendDecl, HostPolicy, Layout, Listener, Namespace, Subsystem, TransportDecl};
+pub use model::{
+    BackendDecl, DhGroupDecl, HostAuth, HostPolicy, Layout, Listener, Namespace, SecretFile,
+    Subsystem, TransportDecl,
+};
 pub use namespace::{BLOCK_SIZES, DEFAULT_BLOCK_SIZE, NAMESPACES_MAX};
 pub use nqn::{DISCOVERY_NQN, NQN_BYTES_MAX, check_nqn};
 pub use size::parse_size;

@@ -69,10 +69,63 @@ pub struct Subsystem {
     pub model: String,
     /// Which hosts may connect.
     pub hosts: HostPolicy,
+    /// DH-HMAC-CHAP secrets of the hosts that must authenticate (host entries written as
+    /// `{nqn, dhchap_secret_file, dhchap_ctrl_secret_file}`), in declaration order.
+    pub host_auth: Vec<HostAuth>,
+    /// `require_dhchap: true`: every listed host has a secret (checked here), and a host
+    /// without one is refused at Connect.
+    pub require_dhchap: bool,
+    /// `dhchap_dhgroup`: the Diffie-Hellman group the target asks for when the host offers it
+    /// (NULL, which every host offers, otherwise).
+    pub dhchap_dhgroup: DhGroupDecl,
     /// Namespaces, in declaration order; NSIDs are unique within the subsystem.
     pub namespaces: Vec<Namespace>,
     /// The subsystem entry (`subsystems[0]`).
     pub loc: Location,
+}
+
+/// A DH-HMAC-CHAP Diffie-Hellman group (`dhchap_dhgroup:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DhGroupDecl {
+    /// `null`: no Diffie-Hellman exchange (the default, as Linux nvmet's).
+    #[default]
+    Null,
+    /// `ffdhe2048`: RFC 7919's 2048-bit group.
+    Ffdhe2048,
+}
+
+/// The DH-HMAC-CHAP secrets of one host of a subsystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAuth {
+    /// The host NQN (also in the subsystem's [`HostPolicy::Only`] list).
+    pub nqn: String,
+    /// The host's secret (`dhchap_secret_file`): the host proves it knows it.
+    pub secret: SecretFile,
+    /// The controller's secret (`dhchap_ctrl_secret_file`), for bidirectional authentication.
+    pub ctrl_secret: Option<SecretFile>,
+}
+
+/// A secret file named in the layout, read at load time. The text is only checked to look
+/// like a `DHHC-1:` secret here; the target decodes it (base64, CRC-32) and names `loc` when
+/// that fails.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    /// The path, resolved like a backend path (relative to the layout file's directory).
+    pub path: PathBuf,
+    /// The file's content without surrounding whitespace.
+    pub text: String,
+    /// The path's value in the layout (`subsystems[0].hosts[1].dhchap_secret_file`).
+    pub loc: Location,
+}
+
+impl std::fmt::Debug for SecretFile {
+    // The secret itself is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFile")
+            .field("path", &self.path)
+            .field("loc", &self.loc)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which host NQNs may connect to a subsystem.

@@ -22,7 +22,7 @@ const BAD: &[(&str, ErrorKind, &str)] = &[
     (
         "unknown-key.yaml",
         ErrorKind::UnknownKey,
-        "7:5: subsystems[0].namespace: unknown key \"namespace\" (expected one of: nqn, serial, model, allow_any_host, hosts, namespaces)",
+        "7:5: subsystems[0].namespace: unknown key \"namespace\" (expected one of: nqn, serial, model, allow_any_host, hosts, require_dhchap, dhchap_dhgroup, namespaces)",
     ),
     (
         "unknown-backend-key.yaml",

@@ -89,11 +89,13 @@ fn entry(addr: SocketAddr, portid: u16, subtype: u8, subnqn: &str) -> DiscoveryL
     }
 }
 
-/// The discovery log page as `hostnqn` sees it: one entry per portal for the current discovery
-/// subsystem, then one per portal for every subsystem that host may connect to.
+/// The discovery log page as `hostnqn` sees it: one entry per host portal for the current
+/// discovery subsystem, then one per host portal for every subsystem that host may connect
+/// to. Internal portals (server-to-server) and internal subsystems are never listed: they are
+/// not for hosts, and a host that followed such an entry would be refused anyway.
 pub fn log_page(registry: &Registry, hostnqn: &str) -> DiscoveryLog {
     let mut entries = Vec::new();
-    for (i, addr) in registry.listeners().into_iter().enumerate() {
+    for (i, addr) in registry.host_listeners().into_iter().enumerate() {
         let portid = u16::try_from(i + 1).unwrap_or(u16::MAX);
         entries.push(entry(
             addr,
@@ -102,7 +104,7 @@ pub fn log_page(registry: &Registry, hostnqn: &str) -> DiscoveryLog {
             DISCOVERY_NQN,
         ));
         for s in registry.subsystems().values() {
-            if s.hosts_allow(hostnqn) {
+            if !s.internal && s.hosts_allow(hostnqn) {
                 entries.push(entry(addr, portid, subtype::NVME, &s.nqn));
             }
         }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use codec::nvme::Status;
 use codec::nvme::cmd::{Command, DataDir, IoCommand};
 
-use super::{admin, discovery, fabrics, io};
+use super::{admin, auth, discovery, fabrics, io};
 use crate::controller::ctrl::Controller;
 use crate::subsystem::namespace::Namespace;
 use crate::subsystem::{Registry, lock};
@@ -115,6 +115,10 @@ pub struct Queue {
     pub internal: bool,
     /// Data buffers for reads on this queue, recycled after they are sent.
     pub pool: BufPool,
+    /// In-band authentication this queue must pass (None: not required); see `auth`.
+    pub auth: Option<Box<super::auth::Session>>,
+    /// The local address the connection was accepted at (which portal), when known.
+    pub local: Option<std::net::SocketAddr>,
 }
 
 /// Commands a queue holds before Connect sets its real size (Connect is the only one legal).
@@ -173,7 +177,7 @@ pub fn execute(
             let Some(ctrl) = queue.ctrl.clone() else {
                 return Status::CMD_SEQ_ERROR.with_dnr().into();
             };
-            if let Err(st) = check_enabled(&ctrl) {
+            if let Err(st) = auth::check(queue).and_then(|()| check_enabled(&ctrl)) {
                 return st.into();
             }
             if ctrl.is_discovery() {
@@ -186,7 +190,7 @@ pub fn execute(
             let Some(ctrl) = queue.ctrl.clone() else {
                 return Status::CMD_SEQ_ERROR.with_dnr().into();
             };
-            if let Err(st) = check_enabled(&ctrl) {
+            if let Err(st) = auth::check(queue).and_then(|()| check_enabled(&ctrl)) {
                 return st.into();
             }
             io::execute(&ctrl, queue.internal, ns, io, data, &mut queue.pool)

@@ -12,6 +12,7 @@ use codec::nvme::fabrics::{
     prop, shn, shst,
 };
 
+use crate::controller::auth;
 use crate::controller::ctrl::{Controller, CtrlKind, Regs};
 use crate::controller::exec::{Completion, Outcome, Queue};
 use crate::subsystem::{DISCOVERY_NQN, Registry, lock};
@@ -52,8 +53,13 @@ pub fn execute(
 ) -> Outcome {
     match cmd {
         FabricsCommand::Connect(c) => connect(registry, queue, c, &data),
-        FabricsCommand::PropertyGet(p) => property_get(queue, p).into(),
-        FabricsCommand::PropertySet(p) => property_set(queue, p),
+        FabricsCommand::PropertyGet(p) => auth::check(queue)
+            .and_then(|()| property_get(queue, p))
+            .into(),
+        FabricsCommand::PropertySet(p) => match auth::check(queue) {
+            Ok(()) => property_set(queue, p),
+            Err(st) => st.into(),
+        },
         FabricsCommand::Disconnect(_) => {
             // NVMe Base 2.0, section 6.4: Disconnect deletes the queue it arrives on (and on
             // the admin queue, the association). Closing the connection after the response
@@ -67,10 +73,8 @@ pub fn execute(
             }
             .into()
         }
-        // No in-band authentication: Connect answers AUTHREQ 0, so these never are needed.
-        FabricsCommand::AuthSend(_) | FabricsCommand::AuthReceive(_) => {
-            Status::INVALID_OPCODE.with_dnr().into()
-        }
+        FabricsCommand::AuthSend(a) => auth::send(queue, a, &data),
+        FabricsCommand::AuthReceive(a) => auth::receive(queue, a),
     }
 }
 
@@ -101,6 +105,8 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
     // policy to judge: refused below where an allow-list applies, accepted (and said so once
     // per association) where the subsystem allows any host.
     let informal_host = !d.hostnqn_is_nqn_formed();
+    // The DH-HMAC-CHAP transaction this queue must pass (a host with a secret on the subsystem).
+    let mut session: Option<Box<auth::Session>> = None;
     let ctrl = if d.subnqn == DISCOVERY_NQN {
         if !c.is_admin() {
             // A discovery controller has only an admin queue.
@@ -134,6 +140,12 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
             tracing::debug!(subnqn = %d.subnqn, "Connect to an unknown subsystem");
             return reject(ConnectReject::invalid_data_field(connect_data_off::SUBNQN));
         };
+        if !registry.serves_on(&subsys, queue.local) {
+            // Internal subsystems live on internal portals only, host subsystems never there:
+            // on the wrong portal the subsystem does not exist.
+            tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, local = ?queue.local, "Connect to a subsystem not served on this portal");
+            return reject(ConnectReject::invalid_data_field(connect_data_off::SUBNQN));
+        }
         if informal_host && !subsys.allows_any_host() {
             tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect refused: host NQN is empty/not NQN-formed and the subsystem has a host allow-list");
             return reject(ConnectReject::invalid_host());
@@ -142,6 +154,15 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
             tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect from a host that is not allowed");
             return reject(ConnectReject::invalid_host());
         }
+        let policy = subsys.auth_policy();
+        let keys = match policy.keys_for(&d.hostnqn) {
+            Ok(k) => k,
+            Err(()) => {
+                tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "Connect refused: the subsystem requires authentication and holds no secret for this host");
+                return reject(ConnectReject::invalid_host());
+            }
+        };
+        session = keys.map(|k| Box::new(auth::Session::new(k, &d.hostnqn, &d.subnqn, &policy)));
         if c.is_admin() {
             if d.cntlid != CNTLID_DYNAMIC {
                 return reject(ConnectReject::invalid_data_field(connect_data_off::CNTLID));
@@ -205,7 +226,13 @@ fn connect(registry: &Arc<Registry>, queue: &mut Queue, c: Connect, data: &[u8])
     queue.sqsize = c.sqsize;
     queue.sq_flow_disabled = c.sq_flow_control_disabled();
     queue.ctrl = Some(ctrl);
-    Outcome::Connected(Completion::dw0(connect_success_dw0(cntlid, 0)))
+    let authreq = if session.is_some() {
+        auth::AUTHREQ_ATR
+    } else {
+        0
+    };
+    queue.auth = session;
+    Outcome::Connected(Completion::dw0(connect_success_dw0(cntlid, authreq)))
 }
 
 fn admin_ctrl(queue: &Queue) -> Result<&Arc<Controller>, Status> {

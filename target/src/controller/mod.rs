@@ -3,6 +3,7 @@
 //!
 //! - [`exec`]: dispatch by queue and opcode, the controller's state checks (CC.EN, queue type);
 //! - [`fabrics`]: Connect, Property Get/Set, Disconnect (NVMe over Fabrics);
+//! - [`auth`]: in-band authentication (DH-HMAC-CHAP) of each queue after its Connect;
 //! - [`admin`]: the admin command set (Identify, Get Log Page, features, AER, keep-alive);
 //! - [`discovery`]: the discovery controller's log page;
 //! - [`io`]: the NVM command set (Read, Write, Flush, Write Zeroes, Dataset Management);
@@ -10,6 +11,7 @@
 //! - [`status`]: NVMe completion statuses the target returns.
 
 pub mod admin;
+pub mod auth;
 pub mod ctrl;
 pub mod discovery;
 pub mod exec;

@@ -120,6 +120,7 @@ impl Controller {
             disable_sq_flow_control: opts.disable_sq_flow_control,
             incapsule_data_max: opts.io_incapsule_data_max,
             generation: 0,
+            dhchap: opts.dhchap.clone(),
         };
         let admin = Queue::connect_tcp(addr, &qopts).await?;
         let cntlid = admin.cntlid();
@@ -186,6 +187,7 @@ impl Controller {
         q.disable_sq_flow_control = self.opts.disable_sq_flow_control;
         q.incapsule_data_max = self.opts.io_incapsule_data_max;
         q.generation = self.opts.generation;
+        q.dhchap = self.opts.dhchap.clone();
         q
     }
 

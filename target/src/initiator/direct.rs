@@ -193,6 +193,10 @@ impl DirectQueue {
                 c.cqe.dw0(),
             )));
         }
+        if c.cqe.dw0() & super::auth::AUTHREQ_MASK != 0 {
+            // This polled queue has no authentication: use a Queue for such targets.
+            return Err(InitiatorError::AuthRequired);
+        }
         q.stream.set_nonblocking(true)?;
         Ok(q)
     }

@@ -36,6 +36,15 @@ pub enum InitiatorError {
     ConnectRejected(ConnectReject),
     /// The queue was closed (by us, or after an earlier error).
     Closed,
+    /// The target requires in-band authentication (Connect AUTHREQ) and no DH-HMAC-CHAP secret
+    /// was given.
+    AuthRequired,
+    /// The DH-HMAC-CHAP transaction failed: the controller refused us (AUTH_Failure1, with its
+    /// reason) or we refused the controller.
+    AuthFailed {
+        reason: Option<codec::nvme::fabrics::auth::FailureReason>,
+        what: &'static str,
+    },
     /// The caller asked for something the initiator cannot express (e.g. NLB 0, a transfer
     /// length above 4 GiB, data in both directions).
     InvalidArgument { what: &'static str },
@@ -116,6 +125,14 @@ impl fmt::Display for InitiatorError {
                 r.status, r.iattr, r.ipo
             ),
             Self::Closed => write!(f, "queue closed"),
+            Self::AuthRequired => write!(
+                f,
+                "the target requires DH-HMAC-CHAP authentication and no secret was given"
+            ),
+            Self::AuthFailed { reason, what } => match reason {
+                Some(r) => write!(f, "authentication failed: {what}: {}", r.describe()),
+                None => write!(f, "authentication failed: {what}"),
+            },
             Self::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
         }
     }

@@ -49,6 +49,7 @@
 //! A command timeout ([`TransportOptions::command_timeout`]) fails the waiting future only:
 //! NVMe/TCP cannot cancel a command, so its CID stays busy until the target answers.
 
+mod auth;
 mod conn;
 mod controller;
 mod direct;
@@ -64,6 +65,7 @@ mod tests;
 
 use std::time::Duration;
 
+pub use auth::{AUTHREQ_MASK, DhchapSecrets, authenticate};
 pub use controller::{
     AsyncEvent, CC_IOCQES, CC_IOSQES, CSTS_POLL_INTERVAL, Controller, SHUTDOWN_TIMEOUT,
 };

@@ -1,10 +1,12 @@
 //! Options of a connection, a queue and a controller, with Linux's defaults.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use codec::nvme::fabrics::CNTLID_DYNAMIC;
 use codec::pdu::params::MAX_PDU_LEN_CAP;
 
+use super::auth::DhchapSecrets;
 use super::{
     ADMIN_SQSIZE, COMMAND_TIMEOUT_DEFAULT, CONNECT_TIMEOUT_DEFAULT, DEFAULT_IO_INCAPSULE_DATA,
     DEFAULT_IO_SQSIZE, DEFAULT_KATO_MS,
@@ -72,6 +74,8 @@ pub struct QueueOptions {
     pub incapsule_data_max: u32,
     /// Generation stamped by default on this queue's I/O helpers (0: unstamped).
     pub generation: u64,
+    /// DH-HMAC-CHAP secrets, used when the Connect response asks for authentication.
+    pub dhchap: Option<Arc<DhchapSecrets>>,
 }
 
 impl QueueOptions {
@@ -89,6 +93,7 @@ impl QueueOptions {
             disable_sq_flow_control: true,
             incapsule_data_max: DEFAULT_IO_INCAPSULE_DATA,
             generation: 0,
+            dhchap: None,
         }
     }
 
@@ -124,6 +129,10 @@ pub struct ControllerOptions {
     pub io_queue_size: u16,
     /// Generation stamped by default on the I/O queues' helpers (0: unstamped).
     pub generation: u64,
+    /// DH-HMAC-CHAP secrets for the admin queue and every I/O queue (`nvme connect
+    /// --dhchap-secret`, `--dhchap-ctrl-secret`); `None`: a target that asks for
+    /// authentication is refused with [`super::InitiatorError::AuthRequired`].
+    pub dhchap: Option<Arc<DhchapSecrets>>,
 }
 
 impl Default for ControllerOptions {
@@ -137,6 +146,7 @@ impl Default for ControllerOptions {
             io_incapsule_data_max: DEFAULT_IO_INCAPSULE_DATA,
             io_queue_size: DEFAULT_IO_SQSIZE + 1,
             generation: 0,
+            dhchap: None,
         }
     }
 }

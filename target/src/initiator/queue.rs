@@ -149,7 +149,14 @@ impl Queue {
     pub async fn connect_tcp(addr: SocketAddr, opts: &QueueOptions) -> Result<Queue> {
         let run = async {
             let q = Self::establish(addr, opts).await?;
-            q.fabrics_connect(opts).await?;
+            let dw0 = q.fabrics_connect_dw0(opts).await?;
+            if dw0 & super::auth::AUTHREQ_MASK != 0 {
+                let Some(secrets) = &opts.dhchap else {
+                    return Err(InitiatorError::AuthRequired);
+                };
+                super::auth::authenticate(&q, &opts.hostnqn, &opts.subnqn, secrets).await?;
+                tracing::debug!(qid = opts.qid, "authenticated (DH-HMAC-CHAP)");
+            }
             Ok(q)
         };
         tokio::time::timeout(opts.transport.connect_timeout, run)
@@ -234,6 +241,12 @@ impl Queue {
     /// HOSTID, CNTLID, SUBNQN and HOSTNQN of `opts`; the 1024-byte data goes in-capsule.
     /// Returns the controller ID the target assigned (response DW0 bits 15:0).
     pub async fn fabrics_connect(&self, opts: &QueueOptions) -> Result<u16> {
+        let dw0 = self.fabrics_connect_dw0(opts).await?;
+        Ok(connect_response_cntlid(dw0))
+    }
+
+    /// [`Queue::fabrics_connect`] returning the whole response DW0 (CNTLID and AUTHREQ).
+    pub async fn fabrics_connect_dw0(&self, opts: &QueueOptions) -> Result<u32> {
         if opts.subnqn.len() > NQN_MAX_LEN || opts.hostnqn.len() > NQN_MAX_LEN {
             return Err(InitiatorError::InvalidArgument {
                 what: "NQN longer than 223 bytes",
@@ -250,7 +263,7 @@ impl Queue {
         let cntlid = connect_response_cntlid(c.dw0());
         self.inner.cntlid.store(cntlid, Ordering::Relaxed);
         tracing::debug!(qid = opts.qid, cntlid, "connected");
-        Ok(cntlid)
+        Ok(c.dw0())
     }
 
     /// Submit `sqe` and wait for its completion. The queue sets the CID, PSDT (SGL) and SGL1:

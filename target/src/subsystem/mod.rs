@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 
 use crate::cluster::generation::GenerationState;
+pub use crate::controller::auth::{AuthPolicy, HostKeys};
 use crate::controller::ctrl::Controller;
 use crate::subsystem::namespace::Namespace;
 
@@ -56,6 +57,8 @@ pub struct Subsystem {
     /// Removed from the registry (live reconfiguration): no controller may join it any more,
     /// not even one whose Connect found it just before it went.
     retired: std::sync::atomic::AtomicBool,
+    /// In-band authentication (DH-HMAC-CHAP): the secrets held per host.
+    auth: Mutex<Arc<AuthPolicy>>,
 }
 
 /// Live controllers of one subsystem, by CNTLID.
@@ -108,6 +111,7 @@ impl Subsystem {
             }),
             internal: false,
             retired: std::sync::atomic::AtomicBool::new(false),
+            auth: Mutex::new(Arc::new(AuthPolicy::default())),
         }
     }
 
@@ -159,6 +163,16 @@ impl Subsystem {
 
     pub fn set_hosts(&self, hosts: HostPolicy) {
         *lock(&self.hosts) = hosts;
+    }
+
+    /// Replaces the authentication policy (queues connected before keep their transaction).
+    pub fn set_auth(&self, auth: AuthPolicy) {
+        *lock(&self.auth) = Arc::new(auth);
+    }
+
+    /// The authentication policy in force.
+    pub fn auth_policy(&self) -> Arc<AuthPolicy> {
+        Arc::clone(&lock(&self.auth))
     }
 
     /// Allocates a free CNTLID and registers the controller `make` builds for it.
@@ -245,6 +259,16 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether a listener bound at `portal` accepts connections to `local`.
+fn portal_accepts(portal: SocketAddr, local: SocketAddr) -> bool {
+    portal.port() == local.port() && (portal.ip() == local.ip() || portal.ip().is_unspecified())
+}
+
+/// Whether two portal addresses name the same listener.
+fn same_portal(a: SocketAddr, b: SocketAddr) -> bool {
+    a == b
+}
+
 /// Subsystems by NQN; replaced whole when the set changes.
 pub type SubsystemMap = BTreeMap<String, Arc<Subsystem>>;
 
@@ -253,6 +277,10 @@ pub struct Registry {
     subsystems: ArcSwap<SubsystemMap>,
     /// Portals this target listens on (for the discovery log).
     listeners: Mutex<Vec<SocketAddr>>,
+    /// Portals reserved for server-to-server traffic (a cluster's internal portal): they serve
+    /// internal subsystems only, host portals never serve those, and discovery lists host
+    /// portals only. Empty (standalone): every portal serves every subsystem.
+    internal_portals: Mutex<Vec<SocketAddr>>,
     /// Discovery log GENCTR: bumped whenever subsystems or portals change.
     genctr: AtomicU64,
     /// Discovery controllers (not part of any subsystem), for CNTLID allocation and AENs.
@@ -274,6 +302,7 @@ impl Registry {
         Self {
             subsystems: ArcSwap::from_pointee(subsystems),
             listeners: Mutex::new(Vec::new()),
+            internal_portals: Mutex::new(Vec::new()),
             genctr: AtomicU64::new(1),
             discovery: Subsystem::new(
                 DISCOVERY_NQN.to_string(),
@@ -375,6 +404,51 @@ impl Registry {
 
     pub fn listeners(&self) -> Vec<SocketAddr> {
         lock(&self.listeners).clone()
+    }
+
+    /// Reserves the portal `addr` (listened on, or about to be) for server-to-server
+    /// connections: from now on internal subsystems are reachable only there, host
+    /// subsystems only elsewhere, and discovery no longer lists it.
+    pub fn add_internal_portal(&self, addr: SocketAddr) {
+        lock(&self.internal_portals).push(addr);
+        self.bump_genctr();
+    }
+
+    /// The portals reserved for server-to-server connections.
+    pub fn internal_portals(&self) -> Vec<SocketAddr> {
+        lock(&self.internal_portals).clone()
+    }
+
+    /// The portals hosts use: every listener that is not an internal portal.
+    pub fn host_listeners(&self) -> Vec<SocketAddr> {
+        let internal = self.internal_portals();
+        self.listeners()
+            .into_iter()
+            .filter(|l| !internal.iter().any(|p| same_portal(*p, *l)))
+            .collect()
+    }
+
+    /// Whether a connection accepted at `local` (its socket's local address; `None` when
+    /// unknown) may reach `subsys`. With no internal portal every portal serves everything;
+    /// otherwise internal subsystems only on internal portals, host subsystems only on the
+    /// others.
+    pub fn serves_on(&self, subsys: &Subsystem, local: Option<SocketAddr>) -> bool {
+        let internal = self.internal_portals();
+        if internal.is_empty() {
+            return true;
+        }
+        let on_internal = local.is_some_and(|local| {
+            // The listener that accepted it: an exact address first (the kernel prefers the
+            // most specific bind), else a wildcard one on the same port.
+            let mut all = self.listeners();
+            all.extend(internal.iter().copied());
+            let portal = all
+                .iter()
+                .find(|p| **p == local)
+                .or_else(|| all.iter().find(|p| portal_accepts(**p, local)));
+            portal.is_some_and(|p| internal.iter().any(|i| same_portal(*i, *p)))
+        });
+        subsys.internal == on_internal
     }
 
     pub fn genctr(&self) -> u64 {

@@ -72,6 +72,7 @@ pub async fn serve(
     let span = info_span!("conn", %peer);
     async move {
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         let (rd, wr) = stream.into_split();
         let mut c = Conn {
             registry,
@@ -83,6 +84,7 @@ pub async fn serve(
             out: Writer::new(wr),
             queue: Queue {
                 pool: crate::transport::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
+                local,
                 ..Queue::default()
             },
             table: CommandTable::new(exec::UNCONNECTED_DEPTH),
@@ -183,10 +185,14 @@ impl Conn {
                     .await
                     .map_err(End::Io)?;
             }
+            let auth_deadline = self.queue.auth.as_ref().and_then(|s| s.deadline());
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
                     return self.drain("target shutting down").await;
+                }
+                () = tokio::time::sleep_until(auth_deadline.map_or(ic_deadline, tokio::time::Instant::from_std)), if auth_deadline.is_some() => {
+                    return self.drain("in-band authentication not completed in time").await;
                 }
                 _ = wait_dead(&mut dead) => {
                     return self.drain("controller torn down").await;

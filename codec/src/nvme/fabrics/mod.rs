@@ -3,6 +3,7 @@
 //!
 //! * Connect: SQE fields (Figure 548), the 1024-byte Connect data (Figure 549) and the response
 //!   DW0 (Figures 550–551).
+//! * Authentication Send / Receive data: the DH-HMAC-CHAP messages and secrets ([`auth`]).
 //! * Property Get / Property Set: SQE fields (Figures 556, 558) and the controller properties they
 //!   reach (CAP, VS, CC, CSTS, NSSR), with typed views.
 
@@ -12,6 +13,7 @@ use crate::nvme::sgl::SglDescriptor;
 use crate::nvme::sqe::{self, Sqe};
 use crate::wire::{get_u16, get_u32, put_u16, put_u32};
 
+pub mod auth;
 pub mod property;
 pub use property::*;
 
