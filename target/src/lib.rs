@@ -12,7 +12,8 @@
 //! - [`cluster`]: cluster mode: the map from the manager, the generation check and gate,
 //!   routing of I/O to the server that owns an extent, and extent moves;
 //! - [`initiator`]: an NVMe/TCP host (controllers, queues, the polled `DirectQueue`);
-//! - [`server`]: reactors and listeners; [`config`]: a YAML layout to a subsystem registry.
+//! - [`server`]: reactors and listeners; [`config`]: a YAML layout to a subsystem registry;
+//!   [`notify`]: readiness, status and the reactors' watchdog for the service manager.
 //!
 //! docs/design.md follows one command from the socket to the backend and back, file by file.
 
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod initiator;
+pub mod notify;
 pub mod server;
 pub mod subsystem;
 pub mod transport;

@@ -126,6 +126,14 @@ impl Target {
         })
     }
 
+    /// Connections served now (handed to a reactor and not yet closed).
+    pub fn connections(&self) -> usize {
+        self.reactors
+            .iter()
+            .map(|r| r.live.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Stops accepting, lets every connection drain its in-flight commands (bounded), then
     /// flushes every volume with a volatile write cache.
     pub async fn shutdown(mut self) {
@@ -194,6 +202,8 @@ fn spawn_reactor(
             rt.block_on(async move {
                 // Ends with the runtime when the reactor stops.
                 tokio::spawn(crate::transport::busypoll::poller(poll));
+                // The watchdog pings only while this reactor runs its tasks (notify.rs).
+                crate::notify::spawn_reactor_heartbeat(index);
                 let mut conns = JoinSet::new();
                 let mut stop = shutdown.clone();
                 loop {

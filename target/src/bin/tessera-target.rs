@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tessera::config::build_registry;
+use tessera::notify;
 use tessera::server::{Target, TargetOptions};
 
 #[derive(Parser, Debug)]
@@ -46,18 +47,43 @@ struct Args {
     /// block:PATH.
     #[arg(long, default_value = "ram")]
     pool: tessera::cluster::PoolSpec,
+    /// Log lines on stderr: `text` (colours only on a terminal, no timestamp under the
+    /// journal) or `json` (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: daemon::log::LogFormat,
+}
+
+/// How often the `STATUS=` line for the service manager is recomputed (it is sent only when it
+/// changes).
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The `STATUS=` line: what `systemctl status` shows.
+fn status_line(target: &Target) -> String {
+    let subsystems = target.registry.subsystems();
+    let namespaces: usize = subsystems.values().map(|s| s.namespaces().len()).sum();
+    format!(
+        "{} connection(s), {} subsystem(s), {} namespace(s), generation {}",
+        target.connections(),
+        subsystems.len(),
+        namespaces,
+        target.registry.generation.current()
+    )
+}
+
+/// Serves until SIGTERM/SIGINT, feeding the service manager's watchdog and status line, then
+/// says `STOPPING=1`.
+async fn serve_until_signal(target: &Target) {
+    tokio::spawn(notify::watchdog());
+    tokio::select! {
+        () = wait_for_signal() => {}
+        () = notify::status_loop(STATUS_EVERY, || status_line(target)) => {}
+    }
+    notify::stopping();
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    daemon::log::init(args.log_format);
 
     if let Some(path) = &args.check {
         return match yaml::load(path).map_err(|e| e.to_string()).and_then(|l| {
@@ -144,7 +170,9 @@ fn main() -> ExitCode {
         for s in target.registry.subsystems().values() {
             tracing::info!(subnqn = %s.nqn, namespaces = s.namespaces().len(), "serving subsystem");
         }
-        wait_for_signal().await;
+        // Listeners bound, layout loaded: ready.
+        notify::ready();
+        serve_until_signal(&target).await;
         tracing::info!("shutting down");
         target.shutdown().await;
         tracing::info!("stopped");
@@ -211,7 +239,9 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_signal().await;
+        // Listeners bound, the map loaded and installed: ready.
+        notify::ready();
+        serve_until_signal(&node.target).await;
         tracing::info!("shutting down");
         node.target.shutdown().await;
         tracing::info!("stopped");
