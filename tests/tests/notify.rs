@@ -3,7 +3,8 @@
 //! and checks what the daemon says and when: `READY=1` first and only once the port accepts,
 //! `STATUS=` lines that follow the connections, `WATCHDOG=1` at about half of `WATCHDOG_USEC`,
 //! `STOPPING=1` on SIGTERM; that a reactor stalled on purpose (`TESSERA_TEST_STALL_REACTOR`)
-//! stops the pings; and that `--log-format json` writes one JSON object per line.
+//! stops the pings; and that `--log-format json` writes one JSON object per line. The same for
+//! `tessera-manager` (ready once its control API listens, watchdog, stopping).
 //!
 //! `TESSERA_TARGET_BIN` runs these against an installed binary (ci/install does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -320,4 +321,134 @@ async fn a_stalled_reactor_stops_the_watchdog_pings() {
     // The stalled reactor never returns: the daemon is killed (Drop), as the service manager
     // would.
     drop(d);
+}
+
+/// The `tessera-manager` binary beside the target binary (cargo puts both in one directory;
+/// ci/install puts both in `usr/bin`), built first when missing or older than its sources.
+fn manager_bin() -> PathBuf {
+    let target = target_bin();
+    let bin = target.with_file_name("tessera-manager");
+    if std::env::var_os("TESSERA_TARGET_BIN").is_some() {
+        return bin; // An installed set: used as it is.
+    }
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let ws = workspace_dir();
+    let newest = [
+        "manager/src",
+        "manager/Cargo.toml",
+        "daemon/src",
+        "Cargo.lock",
+    ]
+    .iter()
+    .flat_map(|p| walk(&ws.join(p)))
+    .max();
+    if built.is_none() || newest.is_some_and(|n| Some(n) > built) {
+        let profile_dir = target.parent().unwrap();
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.arg("build")
+            .arg("--manifest-path")
+            .arg(ws.join("Cargo.toml"))
+            .args([
+                "--quiet",
+                "-p",
+                "tessera-manager",
+                "--bin",
+                "tessera-manager",
+            ])
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build for tessera-manager");
+        assert!(
+            out.status.success(),
+            "cargo build of tessera-manager failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bin
+}
+
+/// Modification times of every file under `p`.
+fn walk(p: &Path) -> Vec<std::time::SystemTime> {
+    let Ok(meta) = std::fs::metadata(p) else {
+        return Vec::new();
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|e| walk(&e.path()))
+            .collect()
+    } else {
+        meta.modified().into_iter().collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_ready_watchdog_stopping_and_json_logs() {
+    let dir = TestDir::new();
+    let m = Manager::bind(dir.path());
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        "servers:\n  - id: s1\n    portal: 127.0.0.1:24420\n    internal: 127.0.0.1:24430\n    pool: 256MiB\nsubsystems: []\n",
+    )
+    .unwrap();
+    let log = dir.path().join("manager.stderr");
+    let child = Command::new(manager_bin())
+        .arg("--config")
+        .arg(dir.path().join("cluster.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        // Port 0: the manager binds it and logs the address; nothing to race for.
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("NOTIFY_SOCKET", &m.path)
+        .env("WATCHDOG_USEC", WATCHDOG_USEC.to_string())
+        .env_remove("WATCHDOG_PID")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn tessera-manager");
+    let mut d = Daemon {
+        child,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        log,
+    };
+    m.wait_for("READY=1", |l| l == "READY=1").await;
+    assert_eq!(m.lines().first().map(String::as_str), Some("READY=1"));
+
+    // Ready means the control API listens: the address it logged accepts at once.
+    let text = d.log_text();
+    let listening = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "control API listening")
+        .unwrap_or_else(|| panic!("no \"control API listening\" line before READY=1:\n{text}"));
+    d.addr = listening["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("the control API accepts once READY=1 was sent");
+
+    // The watchdog is fed from the manager's runtime.
+    m.wait_for("watchdog pings", |_| m.count("WATCHDOG=1") >= 3)
+        .await;
+
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit().await;
+    assert!(st.success(), "exit after SIGTERM: {st}");
+    let lines = m.lines();
+    let stopping = lines.iter().position(|l| l == "STOPPING=1");
+    assert!(stopping.is_some_and(|s| s > 0), "{lines:?}");
+    for line in d.log_text().lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
 }
