@@ -13,7 +13,8 @@
 //!   routing of I/O to the server that owns an extent, and extent moves;
 //! - [`initiator`]: an NVMe/TCP host (controllers, queues, the polled `DirectQueue`);
 //! - [`server`]: reactors and listeners; [`config`]: a YAML layout to a subsystem registry;
-//!   [`notify`]: readiness, status and the reactors' watchdog for the service manager.
+//!   [`notify`]: readiness, status and the reactors' watchdog for the service manager;
+//!   [`metrics`]: Prometheus metrics over HTTP.
 //!
 //! docs/design.md follows one command from the socket to the backend and back, file by file.
 
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod initiator;
+pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod subsystem;

@@ -134,6 +134,17 @@ impl Target {
             .sum()
     }
 
+    /// A reader of [`Target::connections`] that does not keep the target alive (metrics);
+    /// it reads 0 once the target stopped.
+    pub fn connection_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let reactors = Arc::downgrade(&self.reactors);
+        move || {
+            reactors.upgrade().map_or(0, |v| {
+                v.iter().map(|r| r.live.load(Ordering::Relaxed)).sum()
+            })
+        }
+    }
+
     /// Stops accepting, lets every connection drain its in-flight commands (bounded), then
     /// flushes every volume with a volatile write cache.
     pub async fn shutdown(mut self) {

@@ -51,6 +51,55 @@ struct Args {
     /// journal) or `json` (one object per line).
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: daemon::log::LogFormat,
+    /// Prometheus metrics (`GET /metrics`) on this address, or `off`. Default: 127.0.0.1:9420,
+    /// skipped with a warning when that port is taken (an address given here must bind).
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics)]
+    metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Metrics {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+fn parse_metrics(s: &str) -> Result<Metrics, String> {
+    if s == "off" {
+        return Ok(Metrics::Off);
+    }
+    s.parse()
+        .map(Metrics::At)
+        .map_err(|e| format!("`{s}`: expected ADDR:PORT or off ({e})"))
+}
+
+/// Starts the metrics endpoint for `target` as `--metrics` says. Err: a message for an address
+/// given explicitly that cannot be bound.
+async fn start_metrics(arg: Option<Metrics>, target: &Target) -> Result<(), String> {
+    let (addr, explicit) = match arg {
+        Some(Metrics::Off) => return Ok(()),
+        Some(Metrics::At(a)) => (a, true),
+        None => match tessera::metrics::DEFAULT_ADDR.parse() {
+            Ok(a) => (a, false),
+            Err(_) => return Ok(()),
+        },
+    };
+    match tessera::metrics::bind(addr).await {
+        Ok(l) => {
+            let addr = l.local_addr().unwrap_or(addr);
+            let source = std::sync::Arc::new(tessera::metrics::Source {
+                registry: std::sync::Arc::clone(&target.registry),
+                connections: Box::new(target.connection_counter()),
+            });
+            tokio::spawn(tessera::metrics::serve(l, source));
+            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+            Ok(())
+        }
+        Err(e) if explicit => Err(e.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled (give --metrics ADDR or --metrics off)");
+            Ok(())
+        }
+    }
 }
 
 /// How often the `STATUS=` line for the service manager is recomputed (it is sent only when it
@@ -170,6 +219,11 @@ fn main() -> ExitCode {
         for s in target.registry.subsystems().values() {
             tracing::info!(subnqn = %s.nqn, namespaces = s.namespaces().len(), "serving subsystem");
         }
+        if let Err(e) = start_metrics(args.metrics, &target).await {
+            eprintln!("tessera-target: {e}");
+            target.shutdown().await;
+            return ExitCode::from(1);
+        }
         // Listeners bound, layout loaded: ready.
         notify::ready();
         serve_until_signal(&target).await;
@@ -239,6 +293,11 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        if let Err(e) = start_metrics(args.metrics, &node.target).await {
+            eprintln!("tessera-target: {e}");
+            node.target.shutdown().await;
+            return ExitCode::from(1);
+        }
         // Listeners bound, the map loaded and installed: ready.
         notify::ready();
         serve_until_signal(&node.target).await;
