@@ -172,6 +172,26 @@ async fn a_scrape_counts_the_io_a_host_did() {
     q.close().await;
     within("disconnect", c.disconnect()).await.unwrap();
 
+    // Every metric the Grafana dashboard queries exists.
+    let dash = std::fs::read_to_string(workspace_dir().join("dist/grafana/tessera-target.json"))
+        .expect("dist/grafana/tessera-target.json");
+    let names: std::collections::BTreeSet<String> = dash
+        .match_indices("tessera_")
+        .map(|(i, _)| {
+            dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect()
+        })
+        .collect();
+    assert!(names.len() >= 5, "{names:?}");
+    for n in &names {
+        assert!(
+            s.samples.iter().any(|x| &x.metric == n),
+            "the dashboard queries {n}, which the target does not export"
+        );
+    }
+
     // Anything but /metrics: 404.
     let (status, _) = get(maddr, "/").await;
     assert!(status.contains("404"), "{status}");
