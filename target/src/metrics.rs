@@ -19,6 +19,13 @@
 //! | `tessera_generation_checks_total` | counter | |
 //! | `tessera_mismatch_reports_total` | counter | `outcome` (sent, dropped) |
 //! | `tessera_discovery_genctr` | gauge | |
+//! | `tessera_keep_alive_expiries_total` | counter | |
+//! | `tessera_c2h_term_reqs_total` | counter | `reason` (the FES, e.g. `pdu_sequence_error`) |
+//! | `tessera_nvme_error_statuses_total` | counter | `sct`, `sc` (hex, e.g. `0x0`, `0x0b`) |
+//!
+//! The last three count events: the transport and the controllers call [`count_term_req`],
+//! [`count_error_status`] and [`count_keep_alive_expiry`] on those (rare) paths only; a
+//! successful command costs nothing.
 //!
 //! A controller's counters live as long as the controller: its series end when the host
 //! disconnects (Prometheus treats a series that reappears with lower values as a reset).
@@ -28,7 +35,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -38,6 +45,38 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::subsystem::Registry;
+
+/// Event counters of the whole process (the daemon runs one target).
+struct Events {
+    keep_alive_expiries: AtomicU64,
+    /// By FES value; the last slot for values the spec does not define.
+    term_reqs: [AtomicU64; 8],
+    /// By (SCT << 8) | SC.
+    statuses: [AtomicU64; 8 * 256],
+}
+
+static EVENTS: Events = Events {
+    keep_alive_expiries: AtomicU64::new(0),
+    term_reqs: [const { AtomicU64::new(0) }; 8],
+    statuses: [const { AtomicU64::new(0) }; 8 * 256],
+};
+
+/// A controller was torn down because its keep-alive timer expired.
+pub fn count_keep_alive_expiry() {
+    EVENTS.keep_alive_expiries.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A C2HTermReq with this FES was sent.
+pub fn count_term_req(fes: codec::pdu::Fes) {
+    let i = usize::from(fes.0).min(7);
+    EVENTS.term_reqs[i].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A command completed with this (non-success) status.
+pub fn count_error_status(status: codec::nvme::Status) {
+    let i = (usize::from(status.sct() & 7) << 8) | usize::from(status.sc());
+    EVENTS.statuses[i].fetch_add(1, Ordering::Relaxed);
+}
 
 /// The target's default metrics address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9420";
@@ -203,6 +242,54 @@ impl prometheus_client::collector::Collector for Source {
             "tessera_discovery_genctr",
             "Discovery log generation counter (moves when subsystems or portals change)",
             r.genctr(),
+        )?;
+
+        counters(
+            &mut enc,
+            "tessera_keep_alive_expiries",
+            "Controllers torn down because their keep-alive timer expired",
+            &[(NoLabels, EVENTS.keep_alive_expiries.load(Ordering::Relaxed))],
+        )?;
+        let reasons: Vec<_> = EVENTS
+            .term_reqs
+            .iter()
+            .enumerate()
+            .map(|(fes, n)| {
+                let fes = codec::pdu::Fes(u16::try_from(fes).unwrap_or(u16::MAX));
+                let reason = fes.name().map_or_else(
+                    || "other".to_string(),
+                    |n| n.to_ascii_lowercase().replace(' ', "_"),
+                );
+                ([("reason", reason)], n.load(Ordering::Relaxed))
+            })
+            .filter(|(l, n)| *n > 0 || l[0].1 != "other")
+            .collect();
+        counters(
+            &mut enc,
+            "tessera_c2h_term_reqs",
+            "C2HTermReq PDUs sent (the connection is then closed), by fatal error status",
+            &reasons,
+        )?;
+        let statuses: Vec<_> = EVENTS
+            .statuses
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let n = n.load(Ordering::Relaxed);
+                (n > 0).then(|| {
+                    let labels = [
+                        ("sct", format!("{:#x}", i >> 8)),
+                        ("sc", format!("{:#04x}", i & 0xff)),
+                    ];
+                    (labels, n)
+                })
+            })
+            .collect();
+        counters(
+            &mut enc,
+            "tessera_nvme_error_statuses",
+            "Commands completed with an error status, by status code type and status code",
+            &statuses,
         )
     }
 }

@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use codec::nvme::Status;
+use codec::pdu::{H2CData, Pdu};
 use tessera_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -169,10 +172,57 @@ async fn a_scrape_counts_the_io_a_host_did() {
         ),
         0.0
     );
-    q.close().await;
-    within("disconnect", c.disconnect()).await.unwrap();
+    assert_eq!(value(&s, "tessera_keep_alive_expiries_total", &[]), 0.0);
 
-    // Every metric the Grafana dashboard queries exists.
+    // Errors, counted by kind: a read past the end (LBA Out of Range, SCT 0h SC 80h) and a
+    // PDU before ICReq (C2HTermReq, PDU Sequence Error).
+    let r = within("read past the end", q.read(NS_RAM512, 1 << 40, 8, 512)).await;
+    assert_status(status_of(r), Status::LBA_RANGE, None);
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let h2c = Pdu::H2CData(H2CData {
+        cccid: 1,
+        ttag: 5,
+        datao: 0,
+        last: true,
+        data: Bytes::from(vec![0u8; 8]),
+    });
+    raw.write_all(&encode_host(&h2c, digests(false, false)))
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    within(
+        "the target closes the connection",
+        raw.read_to_end(&mut sink),
+    )
+    .await
+    .unwrap();
+    let (_, body) = get(maddr, "/metrics").await;
+    let s2 = scrape(&body);
+    assert_eq!(
+        value(
+            &s2,
+            "tessera_nvme_error_statuses_total",
+            &[("sct", "0x0"), ("sc", "0x80")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s2,
+            "tessera_c2h_term_reqs_total",
+            &[("reason", "pdu_sequence_error")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s2,
+            "tessera_c2h_term_reqs_total",
+            &[("reason", "header_digest_error")]
+        ),
+        0.0
+    );
+    // Every metric the Grafana dashboard queries exists (after the errors above, so that every family has a series).
     let dash = std::fs::read_to_string(workspace_dir().join("dist/grafana/tessera-target.json"))
         .expect("dist/grafana/tessera-target.json");
     let names: std::collections::BTreeSet<String> = dash
@@ -180,17 +230,20 @@ async fn a_scrape_counts_the_io_a_host_did() {
         .map(|(i, _)| {
             dash[i..]
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
                 .collect()
         })
         .collect();
     assert!(names.len() >= 5, "{names:?}");
     for n in &names {
         assert!(
-            s.samples.iter().any(|x| &x.metric == n),
+            s2.samples.iter().any(|x| &x.metric == n),
             "the dashboard queries {n}, which the target does not export"
         );
     }
+
+    q.close().await;
+    within("disconnect", c.disconnect()).await.unwrap();
 
     // Anything but /metrics: 404.
     let (status, _) = get(maddr, "/").await;
