@@ -23,7 +23,7 @@ struct Args {
     /// Control API address (port 0: any free port; the log line "control API listening" names it).
     #[arg(long, value_name = "ADDR", default_value = manager::server::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per line).
+    /// Log format: `text` or `json` (one object per line) on stderr, or `journald`.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: daemon::log::LogFormat,
 }

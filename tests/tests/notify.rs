@@ -4,7 +4,8 @@
 //! `STATUS=` lines that follow the connections, `WATCHDOG=1` at about half of `WATCHDOG_USEC`,
 //! `STOPPING=1` on SIGTERM; that a reactor stalled on purpose (`TESSERA_TEST_STALL_REACTOR`)
 //! stops the pings; and that `--log-format json` writes one JSON object per line. The same for
-//! `tessera-manager` (ready once its control API listens, watchdog, stopping).
+//! `tessera-manager` (ready once its control API listens, watchdog, stopping), and the
+//! `journald` log format's fallback where there is no journal.
 //!
 //! `TESSERA_TARGET_BIN` runs these against an installed binary (ci/install does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -450,5 +451,23 @@ async fn manager_ready_watchdog_stopping_and_json_logs() {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         assert!(v["level"].is_string(), "{line}");
+    }
+}
+
+/// `--log-format journald` logs to the journal's socket; where there is none (a container, a
+/// CI machine without systemd) the daemon says so and logs text on stderr instead of failing.
+#[test]
+fn journald_log_format_falls_back_to_stderr_without_a_journal() {
+    let out = Command::new(target_bin())
+        .args(["--log-format", "journald", "--check"])
+        .arg(examples_dir().join("default.yaml"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tessera-target --check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    if !Path::new("/run/systemd/journal/socket").exists() {
+        assert!(stderr.contains("no journal to log to"), "{stderr}");
     }
 }

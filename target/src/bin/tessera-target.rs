@@ -47,8 +47,9 @@ struct Args {
     /// block:PATH.
     #[arg(long, default_value = "ram")]
     pool: tessera::cluster::PoolSpec,
-    /// Log lines on stderr: `text` (colours only on a terminal, no timestamp under the
-    /// journal) or `json` (one object per line).
+    /// Log format: `text` on stderr (colours only on a terminal, no timestamp under the
+    /// journal), `json` on stderr (one object per line), or `journald` (the journal's native
+    /// protocol, one journal field per event field).
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: daemon::log::LogFormat,
     /// Prometheus metrics (`GET /metrics`) on this address, or `off`. Default: 127.0.0.1:9420,
