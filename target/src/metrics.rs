@@ -1,9 +1,11 @@
 //! Prometheus metrics: `GET /metrics` on a loopback HTTP port (127.0.0.1:9420 by default),
 //! in the Prometheus text exposition format, encoded by `prometheus-client`.
 //!
-//! Nothing here touches the data path: a scrape reads the counters the target keeps anyway
-//! (each controller's SMART counters, the generation state's mismatch counters, the reactors'
-//! connection counts), all relaxed atomics. Metric names follow Prometheus conventions:
+//! A scrape reads counters the target keeps anyway (each controller's SMART counters, the
+//! generation state's mismatch counters, the reactors' connection counts) and each namespace's
+//! [`NsStats`]: one shard per reactor thread on its own cache line, relaxed atomic adds, and a
+//! clock read for one command in [`LATENCY_SAMPLE_EVERY`] only (`IoProbe`, two lines in
+//! controller/io.rs). Metric names follow Prometheus conventions:
 //! `tessera_` prefix, base units (bytes), `_total` on counters.
 //!
 //! | metric | type | labels |
@@ -14,6 +16,8 @@
 //! | `tessera_controller_read_commands_total`, `..._write_commands_total` | counter | `subnqn`, `cntlid`, `hostnqn` |
 //! | `tessera_controller_read_bytes_total`, `..._written_bytes_total` | counter | same |
 //! | `tessera_controller_io_errors_total` | counter | same |
+//! | `tessera_namespace_commands_total`, `tessera_namespace_bytes_total` | counter | `subnqn`, `nsid`, `op` |
+//! | `tessera_namespace_latency_seconds` | histogram | same |
 //! | `tessera_generation` | gauge | |
 //! | `tessera_generation_mismatches_total` | counter | `kind` (stale, behind, unstamped) |
 //! | `tessera_generation_checks_total` | counter | |
@@ -45,6 +49,147 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::subsystem::Registry;
+
+/// Namespace statistics are split in this many shards, one per thread that serves I/O (more
+/// threads share them round-robin), each on its own cache line: a reactor updates its own.
+const SHARDS: usize = 16;
+/// Latency buckets: upper bounds 8 µs × 2^i, i = 0..BUCKETS (8 µs to 4.2 s), then +Inf.
+const BUCKETS: usize = 20;
+const BUCKET0_US: u64 = 8;
+/// One command in this many (per shard) is timed, so that most commands read no clock.
+pub const LATENCY_SAMPLE_EVERY: u64 = 8;
+
+/// One shard of a namespace's statistics; index 0 reads, 1 writes.
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard {
+    ops: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+    lat: [[AtomicU64; BUCKETS + 1]; 2],
+    lat_sum_us: [AtomicU64; 2],
+}
+
+/// A namespace's read and write statistics: successful commands, their bytes, and a sampled
+/// latency histogram (from the command's dispatch to the backend until its completion).
+pub struct NsStats {
+    shards: Box<[Shard]>,
+}
+
+impl Default for NsStats {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for NsStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NsStats").finish_non_exhaustive()
+    }
+}
+
+fn shard_index() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+impl NsStats {
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index() % self.shards.len()]
+    }
+
+    /// Sums over the shards: (ops, bytes, latency sum in µs, per-bucket counts) of `dir`.
+    fn totals(&self, dir: usize) -> (u64, u64, u64, [u64; BUCKETS + 1]) {
+        let mut t = (0, 0, 0, [0u64; BUCKETS + 1]);
+        for s in self.shards.iter() {
+            t.0 += s.ops[dir].load(Ordering::Relaxed);
+            t.1 += s.bytes[dir].load(Ordering::Relaxed);
+            t.2 += s.lat_sum_us[dir].load(Ordering::Relaxed);
+            for (b, c) in t.3.iter_mut().zip(&s.lat[dir]) {
+                *b += c.load(Ordering::Relaxed);
+            }
+        }
+        t
+    }
+}
+
+/// A Read or Write in flight, for its namespace's statistics ([`IoProbe::start`] when it is
+/// dispatched, [`IoProbe::finish`] with its outcome).
+pub struct IoProbe {
+    dir: usize,
+    bytes: u64,
+    t0: Option<std::time::Instant>,
+}
+
+impl IoProbe {
+    /// For a Read or Write of `ns`; `None` for other commands.
+    pub fn start(
+        ns: &crate::subsystem::namespace::Namespace,
+        cmd: &codec::nvme::cmd::IoCommand,
+    ) -> Option<Self> {
+        use codec::nvme::cmd::IoCommand;
+        let (dir, rw) = match cmd {
+            IoCommand::Read(rw) => (0, rw),
+            IoCommand::Write(rw) => (1, rw),
+            _ => return None,
+        };
+        let shard = ns.stats.shard();
+        let n = shard.ops[dir].load(Ordering::Relaxed);
+        Some(Self {
+            dir,
+            bytes: u64::from(rw.nlb) << ns.lba_shift,
+            t0: n
+                .is_multiple_of(LATENCY_SAMPLE_EVERY)
+                .then(std::time::Instant::now),
+        })
+    }
+
+    fn record(&self, stats: &NsStats, c: &crate::controller::exec::Completion) {
+        if !c.status.is_success() {
+            return;
+        }
+        let s = stats.shard();
+        s.ops[self.dir].fetch_add(1, Ordering::Relaxed);
+        s.bytes[self.dir].fetch_add(self.bytes, Ordering::Relaxed);
+        if let Some(t0) = self.t0 {
+            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let b = (0..BUCKETS)
+                .find(|&i| us <= BUCKET0_US << i)
+                .unwrap_or(BUCKETS);
+            s.lat[self.dir][b].fetch_add(1, Ordering::Relaxed);
+            s.lat_sum_us[self.dir].fetch_add(us, Ordering::Relaxed);
+        }
+    }
+
+    /// Records `o` (now if done, when it completes if pending) and returns it.
+    pub fn finish(
+        probe: Option<Self>,
+        ns: &Arc<crate::subsystem::namespace::Namespace>,
+        o: crate::controller::exec::Outcome,
+    ) -> crate::controller::exec::Outcome {
+        use crate::controller::exec::Outcome;
+        let Some(p) = probe else { return o };
+        match o {
+            Outcome::Done(c) => {
+                p.record(&ns.stats, &c);
+                Outcome::Done(c)
+            }
+            Outcome::Pending(f) => {
+                let ns = Arc::clone(ns);
+                Outcome::Pending(Box::pin(async move {
+                    let c = f.await;
+                    p.record(&ns.stats, &c);
+                    c
+                }))
+            }
+            other => other,
+        }
+    }
+}
 
 /// Event counters of the whole process (the daemon runs one target).
 struct Events {
@@ -204,6 +349,8 @@ impl prometheus_client::collector::Collector for Source {
             counters(&mut enc, name, help, &rows)?;
         }
 
+        self.encode_namespaces(&mut enc, &subsystems)?;
+
         let g = &r.generation;
         gauge(
             &mut enc,
@@ -291,6 +438,72 @@ impl prometheus_client::collector::Collector for Source {
             "Commands completed with an error status, by status code type and status code",
             &statuses,
         )
+    }
+}
+
+impl Source {
+    fn encode_namespaces(
+        &self,
+        enc: &mut DescriptorEncoder,
+        subsystems: &crate::subsystem::SubsystemMap,
+    ) -> std::fmt::Result {
+        // (labels, read totals, write totals) per namespace.
+        let mut rows = Vec::new();
+        for s in subsystems.values() {
+            for ns in s.namespaces().values() {
+                let labels = |op: &str| {
+                    vec![
+                        ("subnqn".to_string(), s.nqn.clone()),
+                        ("nsid".to_string(), ns.nsid.to_string()),
+                        ("op".to_string(), op.to_string()),
+                    ]
+                };
+                rows.push((labels("read"), ns.stats.totals(0)));
+                rows.push((labels("write"), ns.stats.totals(1)));
+            }
+        }
+        let ops: Vec<_> = rows.iter().map(|(l, t)| (l.clone(), t.0)).collect();
+        counters(
+            enc,
+            "tessera_namespace_commands",
+            "Successful Read and Write commands per namespace",
+            &ops,
+        )?;
+        let bytes: Vec<_> = rows.iter().map(|(l, t)| (l.clone(), t.1)).collect();
+        counters(
+            enc,
+            "tessera_namespace_bytes",
+            "Bytes moved by successful Read and Write commands per namespace",
+            &bytes,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "tessera_namespace_latency_seconds",
+            "Read and Write latency from dispatch to the backend until completion (one command in 8 sampled)",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (labels, (_, _, sum_us, counts)) in &rows {
+            let buckets: Vec<(f64, u64)> = counts
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let le = if i < BUCKETS {
+                        (BUCKET0_US << i) as f64 / 1e6
+                    } else {
+                        f64::INFINITY
+                    };
+                    (le, c)
+                })
+                .collect();
+            let count = counts.iter().sum();
+            m.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+                *sum_us as f64 / 1e6,
+                count,
+                &buckets,
+                None,
+            )?;
+        }
+        Ok(())
     }
 }
 

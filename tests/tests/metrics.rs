@@ -161,6 +161,48 @@ async fn a_scrape_counts_the_io_a_host_did() {
         5.0 * 4096.0
     );
     assert_eq!(value(&s, "tessera_controller_io_errors_total", &me), 0.0);
+    // The same per namespace (nsid 1), with a sampled latency histogram.
+    let ns = |op| [("subnqn", SUBNQN), ("nsid", "1"), ("op", op)];
+    assert_eq!(
+        value(&s, "tessera_namespace_commands_total", &ns("write")),
+        3.0
+    );
+    assert_eq!(
+        value(&s, "tessera_namespace_commands_total", &ns("read")),
+        5.0
+    );
+    assert_eq!(
+        value(&s, "tessera_namespace_bytes_total", &ns("write")),
+        3.0 * 4096.0
+    );
+    assert_eq!(
+        value(&s, "tessera_namespace_bytes_total", &ns("read")),
+        5.0 * 4096.0
+    );
+    let nsid2 = [("subnqn", SUBNQN), ("nsid", "2"), ("op", "read")];
+    assert_eq!(value(&s, "tessera_namespace_commands_total", &nsid2), 0.0);
+    let hist: Vec<_> = s
+        .samples
+        .iter()
+        .filter(|x| {
+            x.metric == "tessera_namespace_latency_seconds"
+                && ns("read").iter().all(|(k, v)| x.labels.get(k) == Some(v))
+        })
+        .collect();
+    assert_eq!(hist.len(), 1, "{hist:?}");
+    let prometheus_parse::Value::Histogram(buckets) = &hist[0].value else {
+        panic!("not a histogram: {:?}", hist[0]);
+    };
+    let inf = buckets
+        .iter()
+        .find(|b| b.less_than.is_infinite())
+        .expect("a +Inf bucket");
+    // The first read of a shard is timed; at most all five are.
+    assert!((1.0..=5.0).contains(&inf.count), "{buckets:?}");
+    assert!(
+        buckets.windows(2).all(|w| w[0].count <= w[1].count),
+        "cumulative buckets: {buckets:?}"
+    );
     // The admin queue and one I/O queue.
     assert_eq!(value(&s, "tessera_connections", &[]), 2.0);
     assert_eq!(value(&s, "tessera_controllers", &[("subnqn", SUBNQN)]), 1.0);
@@ -236,8 +278,10 @@ async fn a_scrape_counts_the_io_a_host_did() {
         .collect();
     assert!(names.len() >= 5, "{names:?}");
     for n in &names {
+        // The parser folds a histogram's _bucket/_sum/_count series into one sample.
+        let base = n.strip_suffix("_bucket").unwrap_or(n);
         assert!(
-            s2.samples.iter().any(|x| &x.metric == n),
+            s2.samples.iter().any(|x| x.metric == base),
             "the dashboard queries {n}, which the target does not export"
         );
     }

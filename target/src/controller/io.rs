@@ -154,6 +154,7 @@ fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut Bu
     let Some(ns) = subsys.namespace(cmd.nsid()) else {
         return Status::INVALID_NS.with_dnr().into();
     };
+    let probe = crate::metrics::IoProbe::start(&ns, &cmd);
     let r = match cmd {
         IoCommand::Read(rw) => read(ctrl, &ns, rw, pool),
         IoCommand::Write(rw) => write(ctrl, &ns, rw, data),
@@ -169,7 +170,7 @@ fn run(ctrl: &Arc<Controller>, cmd: IoCommand, data: Bytes, pool: Option<&mut Bu
             Err(Status::INVALID_OPCODE.with_dnr())
         }
     };
-    r.unwrap_or_else(Outcome::from)
+    crate::metrics::IoProbe::finish(probe, &ns, r.unwrap_or_else(Outcome::from))
 }
 
 fn done(r: Result<(), hw::IoError>) -> Completion {
