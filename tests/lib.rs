@@ -813,7 +813,7 @@ fn is_fresh(bin: &Path) -> bool {
     for f in ["Cargo.toml", "Cargo.lock", "yaml/default.yaml"] {
         newest(&ws.join(f), &mut latest);
     }
-    for krate in ["target", "codec", "hw", "yaml", "manager"] {
+    for krate in ["target", "codec", "hw", "yaml", "target/daemon", "manager"] {
         newest(&ws.join(krate).join("src"), &mut latest);
         newest(&ws.join(krate).join("Cargo.toml"), &mut latest);
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use daemon::notify;
 
 /// Tessera management service: owns the cluster map and its generation, serves the control API.
 #[derive(Debug, Parser)]
@@ -33,6 +33,9 @@ struct Args {
     /// Control API address (port 0: any free port; the log line "control API listening" names it).
     #[arg(long, value_name = "ADDR", default_value = manager::server::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Log format: `text` or `json` (one object per line) on stderr, or `journald`.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: daemon::log::LogFormat,
 }
 
 fn main() -> ExitCode {
@@ -60,13 +63,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    daemon::log::init(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -107,6 +104,11 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The API is listening and the map loaded: ready. The watchdog pings while this runtime
+    // runs its tasks (the heartbeat and the pinger both live on it).
+    notify::ready();
+    tokio::spawn(notify::heartbeat("manager".to_string(), None));
+    tokio::spawn(notify::watchdog());
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
@@ -115,6 +117,7 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    notify::stopping();
     match running.shutdown().await {
         Ok(()) => {
             tracing::info!("stopped");

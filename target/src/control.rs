@@ -57,12 +57,14 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// `MONOTONIC_USEC`).
 fn on_reload_begin() {
     tracing::debug!("reload begins");
+    crate::notify::reloading();
 }
 
 /// Called once as a reload or apply ends, whether it was applied or refused (systemd:
 /// `READY=1` again, with a `STATUS=` line).
 fn on_reload_end() {
     tracing::debug!("reload ends");
+    crate::notify::ready();
 }
 
 // -------------------------------------------------------------------------------------------

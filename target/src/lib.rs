@@ -14,7 +14,8 @@
 //! - [`initiator`]: an NVMe/TCP host (controllers, queues, the polled `DirectQueue`);
 //! - [`server`]: reactors and listeners; [`config`]: a YAML layout to a subsystem registry,
 //!   and the difference between two layouts; [`control`]: live reconfiguration (SIGHUP,
-//!   reload, apply) and the local control socket.
+//!   reload, apply) and the local control socket; [`notify`]: readiness, status and the
+//!   reactors' watchdog for the service manager; [`metrics`]: Prometheus metrics over HTTP.
 //!
 //! docs/design.md follows one command from the socket to the backend and back, file by file.
 //!
@@ -29,6 +30,8 @@ pub mod config;
 pub mod control;
 pub mod controller;
 pub mod initiator;
+pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod subsystem;
 pub mod transport;

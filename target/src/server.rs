@@ -179,6 +179,26 @@ impl Target {
         Arc::clone(&self.portals)
     }
 
+    /// Connections served now (handed to a reactor and not yet closed).
+    pub fn connections(&self) -> usize {
+        self.portals
+            .reactors
+            .iter()
+            .map(|r| r.live.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// A reader of [`Target::connections`] that does not keep the target alive (metrics);
+    /// it reads 0 once the target stopped.
+    pub fn connection_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let reactors = Arc::downgrade(&self.portals.reactors);
+        move || {
+            reactors.upgrade().map_or(0, |v| {
+                v.iter().map(|r| r.live.load(Ordering::Relaxed)).sum()
+            })
+        }
+    }
+
     /// Stops accepting, lets every connection drain its in-flight commands (bounded), then
     /// flushes every volume with a volatile write cache.
     pub async fn shutdown(mut self) {
@@ -242,6 +262,8 @@ fn spawn_reactor(
             rt.block_on(async move {
                 // Ends with the runtime when the reactor stops.
                 tokio::spawn(crate::transport::busypoll::poller(poll));
+                // The watchdog pings only while this reactor runs its tasks (notify.rs).
+                crate::notify::spawn_reactor_heartbeat(index);
                 let mut conns = JoinSet::new();
                 let mut stop = shutdown.clone();
                 loop {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use clap::Parser;
 use tessera::config::build_registry;
 use tessera::control::{ControlSocket, LiveConfig};
+use tessera::notify;
 use tessera::server::{Target, TargetOptions};
 
 #[derive(Parser, Debug)]
@@ -62,18 +63,93 @@ struct Args {
     /// about; a path given here must work). Standalone targets only.
     #[arg(long, value_name = "PATH|off", conflicts_with = "manager")]
     control: Option<String>,
+    /// Log format: `text` on stderr (colours only on a terminal, no timestamp under the
+    /// journal), `json` on stderr (one object per line), or `journald` (the journal's native
+    /// protocol, one journal field per event field).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: daemon::log::LogFormat,
+    /// Prometheus metrics (`GET /metrics`) on this address, or `off`. Default: 127.0.0.1:9420,
+    /// skipped with a warning when that port is taken (an address given here must bind).
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics)]
+    metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Metrics {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+fn parse_metrics(s: &str) -> Result<Metrics, String> {
+    if s == "off" {
+        return Ok(Metrics::Off);
+    }
+    s.parse()
+        .map(Metrics::At)
+        .map_err(|e| format!("`{s}`: expected ADDR:PORT or off ({e})"))
+}
+
+/// Starts the metrics endpoint for `target` as `--metrics` says. Err: a message for an address
+/// given explicitly that cannot be bound.
+async fn start_metrics(arg: Option<Metrics>, target: &Target) -> Result<(), String> {
+    let (addr, explicit) = match arg {
+        Some(Metrics::Off) => return Ok(()),
+        Some(Metrics::At(a)) => (a, true),
+        None => match tessera::metrics::DEFAULT_ADDR.parse() {
+            Ok(a) => (a, false),
+            Err(_) => return Ok(()),
+        },
+    };
+    match tessera::metrics::bind(addr).await {
+        Ok(l) => {
+            let addr = l.local_addr().unwrap_or(addr);
+            let source = std::sync::Arc::new(tessera::metrics::Source {
+                registry: std::sync::Arc::clone(&target.registry),
+                connections: Box::new(target.connection_counter()),
+            });
+            tokio::spawn(tessera::metrics::serve(l, source));
+            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+            Ok(())
+        }
+        Err(e) if explicit => Err(e.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled (give --metrics ADDR or --metrics off)");
+            Ok(())
+        }
+    }
+}
+
+/// How often the `STATUS=` line for the service manager is recomputed (it is sent only when it
+/// changes).
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The `STATUS=` line: what `systemctl status` shows.
+fn status_line(target: &Target) -> String {
+    let subsystems = target.registry.subsystems();
+    let namespaces: usize = subsystems.values().map(|s| s.namespaces().len()).sum();
+    format!(
+        "{} connection(s), {} subsystem(s), {} namespace(s), generation {}",
+        target.connections(),
+        subsystems.len(),
+        namespaces,
+        target.registry.generation.current()
+    )
+}
+
+/// Serves until SIGTERM/SIGINT, feeding the service manager's watchdog and status line, then
+/// says `STOPPING=1`.
+async fn serve_until_signal(target: &Target, live: Option<&LiveConfig>) {
+    tokio::spawn(notify::watchdog());
+    tokio::select! {
+        () = wait_for_signal(live) => {}
+        () = notify::status_loop(STATUS_EVERY, || status_line(target)) => {}
+    }
+    notify::stopping();
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    daemon::log::init(args.log_format);
 
     if let Some(path) = &args.check {
         return match yaml::load(path).map_err(|e| e.to_string()).and_then(|l| {
@@ -174,7 +250,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_signal(Some(&live)).await;
+        if let Err(e) = start_metrics(args.metrics, &target).await {
+            eprintln!("tessera-target: {e}");
+            target.shutdown().await;
+            return ExitCode::from(1);
+        }
+        // Listeners bound, layout loaded: ready.
+        notify::ready();
+        serve_until_signal(&target, Some(&live)).await;
         tracing::info!("shutting down");
         if let Some(c) = control {
             c.close();
@@ -286,7 +369,14 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_signal(None).await;
+        if let Err(e) = start_metrics(args.metrics, &node.target).await {
+            eprintln!("tessera-target: {e}");
+            node.target.shutdown().await;
+            return ExitCode::from(1);
+        }
+        // Listeners bound, the map loaded and installed: ready.
+        notify::ready();
+        serve_until_signal(&node.target, None).await;
         tracing::info!("shutting down");
         node.target.shutdown().await;
         tracing::info!("stopped");

@@ -245,6 +245,7 @@ impl Controller {
                                 silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
                                 "keep alive timeout expired"
                             );
+                            crate::metrics::count_keep_alive_expiry();
                             c.teardown("keep alive timeout");
                             return;
                         }

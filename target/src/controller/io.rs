@@ -164,6 +164,7 @@ fn run(
     let Some(ns) = ns else {
         return Status::INVALID_NS.with_dnr().into();
     };
+    let probe = crate::metrics::IoProbe::start(&ns, &cmd);
     let r = match cmd {
         IoCommand::Read(rw) => read(ctrl, &ns, rw, pool),
         IoCommand::Write(rw) => write(ctrl, &ns, rw, data),
@@ -179,7 +180,7 @@ fn run(
             Err(Status::INVALID_OPCODE.with_dnr())
         }
     };
-    r.unwrap_or_else(Outcome::from)
+    crate::metrics::IoProbe::finish(probe, &ns, r.unwrap_or_else(Outcome::from))
 }
 
 fn done(r: IoResult<()>) -> Completion {

@@ -22,6 +22,8 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
     pub volume: Arc<dyn Volume>,
+    /// Read and write statistics for the metrics endpoint.
+    pub stats: crate::metrics::NsStats,
 }
 
 impl Namespace {
@@ -47,6 +49,7 @@ impl Namespace {
             nguid,
             uuid,
             volume,
+            stats: crate::metrics::NsStats::default(),
         }
     }
 

@@ -289,6 +289,7 @@ impl Conn {
         let msg = e.to_string();
         if let Some(term) = e.term_req() {
             debug!(error = %msg, "malformed PDU: sending C2HTermReq");
+            crate::metrics::count_term_req(term.fes);
             let _ = self
                 .out
                 .push(&mut self.codec, Pdu::C2HTermReq(term), &mut self.queue.pool);
@@ -299,6 +300,7 @@ impl Conn {
 
     /// A protocol violation found above the codec (e.g. H2CData for an unknown TTAG).
     fn fatal(&mut self, fes: Fes, fei: u32, what: &'static str) -> End {
+        crate::metrics::count_term_req(fes);
         let term = TermReq {
             fes,
             fei,
@@ -632,6 +634,9 @@ impl Conn {
     /// no response capsule follows), and/or a response capsule.
     fn respond(&mut self, cid: u16, done: Completion) -> Result<(), End> {
         let ok = done.status.is_success();
+        if !ok {
+            crate::metrics::count_error_status(done.status);
+        }
         // SUCCESS in the C2HData replaces the response capsule (NVMe/TCP 1.0, 3.6.2.9) when SQ
         // flow control is off and the completion carries nothing else.
         let success = self.queue.sq_flow_disabled && done.dw0 == 0 && done.dw1 == 0;
