@@ -10,6 +10,7 @@
 pub mod gate;
 pub mod generation;
 pub mod mover;
+pub mod node;
 pub mod peers;
 pub mod pool;
 pub mod routed;
@@ -41,6 +42,107 @@ pub const POSTPONED_RETRY: Duration = Duration::from_secs(1);
 pub const REACK_PERIOD: Duration = Duration::from_secs(1);
 /// Mismatch reports sent to the manager per second at most (docs/cluster-protocol.md: rate-limited).
 pub const REPORTS_PER_SECOND: u32 = 10;
+
+/// The fencing rule on internal connections (docs/cluster-protocol.md, "Fencing"): the
+/// daemon's side of [`node::Ownership::admit`], rebuilt at every install.
+pub struct Admission {
+    ownership: ArcSwap<node::Ownership>,
+    /// The server has installed the current map since it started (a restart from an older
+    /// persisted map catches up first).
+    caught_up: std::sync::atomic::AtomicBool,
+}
+
+impl Admission {
+    fn new(map: &ClusterMap, me: &str, caught_up: bool) -> Self {
+        Self {
+            ownership: ArcSwap::from_pointee(node::Ownership::new(map, me, caught_up)),
+            caught_up: std::sync::atomic::AtomicBool::new(caught_up),
+        }
+    }
+
+    fn installed(&self, map: &ClusterMap, me: &str) {
+        self.caught_up.store(true, Ordering::Release);
+        self.ownership
+            .store(Arc::new(node::Ownership::new(map, me, true)));
+    }
+
+    /// Whether this server serves extents and writes to peers now.
+    pub fn serving(&self) -> bool {
+        self.ownership.load().serving()
+    }
+
+    fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Checks an internal command (its stamp already passed) from the peer `hostnqn`.
+    pub fn check(
+        &self,
+        hostnqn: &str,
+        cmd: &codec::nvme::cmd::IoCommand,
+        data: &[u8],
+    ) -> Result<(), crate::controller::exec::Completion> {
+        use codec::nvme::cmd::IoCommand;
+        let sender = hostnqn
+            .strip_prefix(peers::SERVER_HOSTNQN_PREFIX)
+            .unwrap_or("");
+        let via = if cmd.nsid() == node::COPY_NSID {
+            node::Via::Copy
+        } else {
+            node::Via::Routed
+        };
+        let block = u64::from(INTERNAL_BLOCK);
+        let ranges: Vec<(u64, u64)> = match cmd {
+            IoCommand::Read(rw)
+            | IoCommand::Write(rw)
+            | IoCommand::Compare(rw)
+            | IoCommand::Verify(rw) => vec![(rw.slba, u64::from(rw.nlb))],
+            IoCommand::WriteZeroes(wz) => vec![(wz.slba, u64::from(wz.nlb))],
+            IoCommand::WriteUncorrectable(_) => vec![(0, u64::MAX / block)],
+            IoCommand::DatasetManagement(_) => data
+                .chunks_exact(16)
+                .map(|r| {
+                    let nlb = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+                    let mut s = [0u8; 8];
+                    s.copy_from_slice(&r[8..16]);
+                    (u64::from_le_bytes(s), u64::from(nlb))
+                })
+                .collect(),
+            IoCommand::Flush(_) => vec![(0, 0)],
+        };
+        let own = self.ownership.load();
+        for (slba, nlb) in ranges {
+            let r = own.admit(
+                sender,
+                via,
+                slba.saturating_mul(block),
+                nlb.saturating_mul(block),
+            );
+            if let Err(why) = r {
+                tracing::debug!(sender, ?via, ?why, slba, nlb, "internal command refused");
+                return Err(refusal_completion(why));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The completion of a refused internal command: a server that is not serving answers
+/// "server behind" (retryable: the sender retries, then its host gets a path error); a peer
+/// that may not touch the range gets Access Denied (DNR).
+fn refusal_completion(why: node::Refusal) -> crate::controller::exec::Completion {
+    use codec::nvme::Status;
+    let status = match why {
+        node::Refusal::NotServing => Status::SERVER_BEHIND.with_crd(generation::SERVER_BEHIND_CRD),
+        node::Refusal::SenderFenced | node::Refusal::NotOwner | node::Refusal::NotSource => {
+            Status::ACCESS_DENIED.with_dnr()
+        }
+    };
+    crate::controller::exec::Completion {
+        status,
+        ..crate::controller::exec::Completion::default()
+    }
+}
 
 /// The pool backend kind (its size comes from the map).
 #[derive(Debug, Clone)]
@@ -83,6 +185,8 @@ pub struct NodeShared {
     pub state: Option<std::path::PathBuf>,
     /// A postponed install's retry loop is running.
     pub retrying: std::sync::atomic::AtomicBool,
+    /// The fencing rule on internal connections, and whether this server serves.
+    pub admission: Arc<Admission>,
 }
 
 /// A running cluster storage server.
@@ -152,20 +256,19 @@ pub async fn start(
     // from that map: a newer map then arrives through the normal install path, so extents lost
     // while it was down are fenced and copied (docs/cluster-protocol.md, "restarting during
     // phase 1a"). A RAM pool starts empty: the fetched map is all there is.
+    // It serves nothing and writes to no peer until it has installed the fetched map (the
+    // catch-up install: docs/cluster-protocol.md, "Fencing").
     let state = state_path(pool_spec);
-    let boot = state
-        .as_deref()
-        .and_then(load_state)
-        .filter(|m| m.generation <= map.generation && m.server(server_id).is_some())
-        .unwrap_or_else(|| map.clone());
-    if boot.generation < map.generation {
+    let boot = node::boot(state.as_deref().and_then(load_state), map, server_id);
+    if let Some(current) = &boot.catch_up {
         tracing::info!(
-            persisted = boot.generation,
-            current = map.generation,
-            "starting from the persisted map; catching up through installs"
+            persisted = boot.map.generation,
+            current = current.generation,
+            "starting from the persisted map; not serving until the current map is installed"
         );
     }
-    let map = boot;
+    let catch_up = boot.catch_up;
+    let map = boot.map;
 
     let internal = Subsystem::with_cntlid_range(
         internal_nqn(server_id),
@@ -184,13 +287,26 @@ pub async fn start(
         uuid_of(&internal_nqn(server_id)),
         Arc::new(pool.clone()),
     );
-    internal.set_namespaces(BTreeMap::from([(INTERNAL_NSID, Arc::new(pool_ns))]));
+    // The same pool under a second namespace for copies of moving extents (the source rule).
+    let copy_ns = Namespace::new(
+        node::COPY_NSID,
+        INTERNAL_BLOCK,
+        uuid_of(&format!("{}:copy", internal_nqn(server_id))),
+        uuid_of(&format!("{}:copy", internal_nqn(server_id))),
+        Arc::new(pool.clone()),
+    );
+    internal.set_namespaces(BTreeMap::from([
+        (INTERNAL_NSID, Arc::new(pool_ns)),
+        (node::COPY_NSID, Arc::new(copy_ns)),
+    ]));
     let registry = Arc::new(Registry::new_cluster(vec![internal], map.generation));
     // Only a cluster node waits for a newer map (its manager will push it); a standalone
     // target never does (generation.rs).
     registry
         .generation
         .set_behind_wait(crate::controller::io::BEHIND_WAIT);
+    let admission = Arc::new(Admission::new(&map, server_id, catch_up.is_none()));
+    let _ = registry.admission.set(Arc::clone(&admission));
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(REPORT_QUEUE_MAX);
     registry.generation.set_reporter(report_tx);
 
@@ -206,6 +322,7 @@ pub async fn start(
         movers: mover::Movers::default(),
         state,
         retrying: std::sync::atomic::AtomicBool::new(false),
+        admission,
     });
     sync_subsystems(&shared, &map);
     let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
@@ -216,7 +333,7 @@ pub async fn start(
     if let Err(e) = client.ack(server_id, map.generation).await {
         tracing::warn!(error = %e, "first ack failed");
     }
-    tokio::spawn(watch(Arc::clone(&shared)));
+    tokio::spawn(watch(Arc::clone(&shared), catch_up));
     tokio::spawn(report(Arc::clone(&shared), report_rx));
     tracing::info!(
         server = server_id,
@@ -301,8 +418,11 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
 }
 
 /// Follows the manager's pushes for this server; installs and acknowledges each generation.
-async fn watch(node: Arc<NodeShared>) {
+async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
     let role = Role::Server(node.me.clone());
+    if let Some(map) = catch_up {
+        install(&node, map).await;
+    }
     let mut reack = tokio::time::interval(REACK_PERIOD);
     reack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -342,11 +462,14 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
     if new.generation <= old.generation {
         return;
     }
-    let lost: Vec<_> = ClusterMap::changed_owners(&old, &new)
-        .into_iter()
-        .filter(|l| l.old_owner == node.me)
-        .collect();
-    let gate = node.registry.gate.clone();
+    let lost = node::lost_extents(&old, &new, &node.me);
+    // A server that is not serving yet (catching up after a restart) runs no I/O: its
+    // install closes no gate, so nothing waits on it (docs/cluster-protocol.md, "Bounds").
+    let gate = node
+        .registry
+        .gate
+        .clone()
+        .filter(|_| node.admission.caught_up());
     if !lost.is_empty() {
         // Phase 1a: fence the extents we lose. No I/O runs while the gate is closed; the last
         // writes are copied to the new owner (stamped with the generation it still has), and
@@ -355,8 +478,8 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
             g.close().await;
         }
         let mut ok = true;
-        for l in &lost {
-            ok &= mover::finish(node, &old, &new, &l.volume, l.extent)
+        for (volume, extent) in &lost {
+            ok &= mover::finish(node, &old, &new, volume, *extent)
                 .await
                 .is_ok();
         }
@@ -394,6 +517,7 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
     }
     node.map.store(Arc::new(new.clone()));
     sync_subsystems(node, &new);
+    node.admission.installed(&new, &node.me);
     node.registry.generation.install(new.generation);
     // Durable before the ack: a restart resumes from here (see `start`).
     persist(node, &new).await;

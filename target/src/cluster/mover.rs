@@ -18,7 +18,8 @@ use manager::api::MoveReadyRequest;
 use manager::map::{ClusterMap, Replica};
 
 use super::NodeShared;
-use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
+use super::node::COPY_NSID;
+use super::peers::INTERNAL_BLOCK;
 use super::pool::{DirtyRegion, TRACK_CHUNK, read_pool};
 use crate::initiator::InitiatorError;
 use crate::subsystem::lock;
@@ -50,7 +51,9 @@ pub struct Movers {
 /// that are no longer moving here (a move that was switched or cancelled).
 pub fn sync(node: &Arc<NodeShared>, map: &ClusterMap) {
     let mut want: HashMap<(String, usize), (u64, u64, Replica)> = HashMap::new();
-    for v in &map.volumes {
+    // A server that does not serve (marked down, or catching up) copies nothing.
+    let serving = node.admission.serving();
+    for v in map.volumes.iter().filter(|_| serving) {
         for (i, e) in v.extents.iter().enumerate() {
             let (Some(owner), Some(mv)) = (e.replicas.first(), &e.moving) else {
                 continue;
@@ -147,6 +150,25 @@ async fn copier(
     }
 }
 
+/// Why a copy did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyError {
+    /// Try again later (the peer is unreachable, or kept answering stale/behind).
+    Failed(String),
+    /// The new owner refused the copy under the source rule: its map no longer names this
+    /// server as the source of the move (switched or cancelled without us). Final.
+    NotSource,
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(e) => f.write_str(e),
+            Self::NotSource => f.write_str("refused: this server is not the move's source"),
+        }
+    }
+}
+
 /// Copies the chunks set in `bits` of `region` to `dest`. With `stop`, it stops at a chunk
 /// boundary when asked and marks what it had not copied dirty again.
 async fn copy(
@@ -156,7 +178,7 @@ async fn copy(
     dest: &Replica,
     stop: Option<&AtomicBool>,
     final_pass: bool,
-) -> Result<(), ()> {
+) -> Result<(), CopyError> {
     let chunks_per_io = usize::try_from(COPY_IO_MAX / TRACK_CHUNK).unwrap_or(1);
     let mut c = 0usize;
     let total = bits.len();
@@ -171,7 +193,7 @@ async fn copy(
         }
         if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
             remark(region, bits, c);
-            return Err(());
+            return Err(CopyError::Failed("stopped".to_string()));
         }
         let off = region.start + c as u64 * TRACK_CHUNK;
         let len = ((end - c) as u64 * TRACK_CHUNK).min(region.start + region.len - off);
@@ -187,7 +209,7 @@ async fn copy(
         {
             tracing::warn!(error = %e, "extent copy I/O failed");
             remark(region, bits, c);
-            return Err(());
+            return Err(e);
         }
         c = end;
     }
@@ -213,10 +235,10 @@ async fn copy_range(
     dest_off: u64,
     dest_server: &str,
     final_pass: bool,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
     let data = read_pool(&node.pool, pool_off, usize::try_from(len).unwrap_or(0))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CopyError::Failed(e.to_string()))?;
     let mut backoff = Duration::from_millis(10);
     let mut stamp = node.registry.generation.current();
     for _ in 0..20 {
@@ -224,7 +246,7 @@ async fn copy_range(
         let addr = map
             .server(dest_server)
             .map(|s| s.internal)
-            .ok_or_else(|| format!("server {dest_server} left the map"))?;
+            .ok_or_else(|| CopyError::Failed(format!("server {dest_server} left the map")))?;
         let q = match node.peers.queue(dest_server, addr).await {
             Ok(q) => q,
             Err(e) => {
@@ -242,7 +264,7 @@ async fn copy_range(
         match q
             .with_generation(g)
             .write(
-                INTERNAL_NSID,
+                COPY_NSID,
                 dest_off / u64::from(INTERNAL_BLOCK),
                 INTERNAL_BLOCK,
                 data.clone(),
@@ -274,11 +296,16 @@ async fn copy_range(
                 node.peers.drop_peer(dest_server);
                 tokio::time::sleep(backoff).await;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(InitiatorError::Status(s)) if s.same_code(codec::nvme::Status::ACCESS_DENIED) => {
+                return Err(CopyError::NotSource);
+            }
+            Err(e) => return Err(CopyError::Failed(e.to_string())),
         }
         backoff = (backoff * 2).min(Duration::from_millis(500));
     }
-    Err(format!("copy to {dest_server} kept failing"))
+    Err(CopyError::Failed(format!(
+        "copy to {dest_server} kept failing"
+    )))
 }
 
 /// The switch, on the old owner, with the install gate closed: stop the copier, copy what is
@@ -332,9 +359,21 @@ pub async fn finish(
             tracing::info!(volume, extent, to = %dest.server, "extent switched");
             return Ok(());
         }
-        if copy(node, &region, &bits, &dest, None, true).await.is_err() {
-            remark(&region, &bits, 0);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        match copy(node, &region, &bits, &dest, None, true).await {
+            Ok(()) => {}
+            Err(CopyError::NotSource) => {
+                // The new owner's map no longer names us as the source: the switch happened
+                // without us (we were marked down). Our copy of the extent is obsolete.
+                node.pool.0.untrack(&region);
+                tracing::warn!(volume, extent, to = %dest.server,
+                    "final copy refused: the move was switched without this server; \
+                     dropping its copy");
+                return Ok(());
+            }
+            Err(CopyError::Failed(_)) => {
+                remark(&region, &bits, 0);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
     let left = region.take();

@@ -131,6 +131,11 @@ impl RoutedVolume {
             errno: ENOPATH,
         };
         for _ in 0..ROUTE_TRIES {
+            // Marked down, or catching up after a restart: serve nothing (a retryable path
+            // error; docs/cluster-protocol.md, "Fencing").
+            if !node.admission.serving() {
+                return Err(last);
+            }
             let generation = node.registry.generation.current();
             let Some(t) = Self::locate(node, name, &p) else {
                 return Err(last);

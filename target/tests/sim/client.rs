@@ -268,9 +268,9 @@ impl World {
             Node::Cli(k),
             Node::Srv(d),
             g,
-            blk,
-            1,
+            (blk, 1),
             write.map(|v| vec![v]),
+            false,
         );
         if let Some(op) = &mut self.cli[k].op {
             op.io = Some((io, g));
@@ -332,6 +332,7 @@ impl World {
                     }
                     IoRes::Stale(_) => self.ext_sleep(k, backoff),
                     IoRes::Behind(_) => self.ext_sleep(k, CRD_MS),
+                    IoRes::Denied => self.op_done(k, None),
                 }
             }
             Msg::HostReply { id, res } if self.cli[k].op.as_ref().is_some_and(|o| o.id == id) => {

@@ -12,7 +12,7 @@ use manager::map::{ClusterMap, Replica};
 
 use super::mover::{Mover, MvSt, Pass, chunks};
 use super::server::{
-    ACK_TRIES, CopyOwner, FINAL_ROUNDS, FinalCopy, InSt, Install, REACK_MS, RpcFor,
+    ACK_TRIES, Copied, CopyOwner, FINAL_ROUNDS, FinalCopy, InSt, Install, REACK_MS, RpcFor,
 };
 use super::world::{BLOCK, Req, Role, Timer, World};
 
@@ -63,12 +63,10 @@ impl World {
             return self.srv_kick(i);
         }
         let old = Arc::clone(&s.map);
-        let lost: Vec<(String, usize)> = ClusterMap::changed_owners(&old, &new)
-            .into_iter()
-            .filter(|l| l.old_owner == s.id)
-            .map(|l| (l.volume, l.extent))
-            .collect();
+        let lost = tessera::cluster::node::lost_extents(&old, &new, &s.id);
         let fence = !lost.is_empty();
+        // A server catching up after a restart serves nothing: its install closes no gate.
+        let close_gate = fence && s.caught_up;
         if std::mem::take(&mut s.boot_install) && fence {
             self.stats.restart_final_copies += 1;
         }
@@ -83,7 +81,7 @@ impl World {
             token: 0,
         });
         if fence {
-            s.gate_closed = true;
+            s.gate_closed = close_gate;
             let what = format!(
                 "{} installing g{}: gate closed, fencing {:?} ({} commands inside)",
                 s.id,
@@ -269,12 +267,23 @@ impl World {
         }
     }
 
-    pub fn install_copy_done(&mut self, i: usize, ok: bool) {
+    pub fn install_copy_done(&mut self, i: usize, res: Copied) {
         let Some(InSt::Final(mut fc)) = self.install_state(i) else {
             return;
         };
         fc.pass.task = None;
-        if ok {
+        if res == Copied::NotSource {
+            // mover.rs `finish`: the move was switched without us; our copy is obsolete.
+            let id = self.srv[i].id.clone();
+            self.note(format!(
+                "{id}: final copy of {}[{}] refused (not the source): dropped",
+                fc.key.0, fc.key.1
+            ));
+            self.stats.copies_refused += 1;
+            self.srv[i].movers.remove(&fc.key);
+            return self.install_lost_done(i);
+        }
+        if res == Copied::Yes {
             self.set_install(i, InSt::Final(fc));
             return self.final_step(i);
         }
@@ -382,6 +391,8 @@ impl World {
         }
         s.generation.install(new.generation);
         s.model_gen = new.generation;
+        s.caught_up = true;
+        s.own = tessera::cluster::node::Ownership::new(&new, &s.id, true);
         // Persisted (durably) after the final copies and the install, before the ack.
         s.persisted = Some(Arc::clone(&new));
         let id = s.id.clone();

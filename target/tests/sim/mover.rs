@@ -137,7 +137,9 @@ impl World {
         let me = self.srv[i].id.clone();
         let map = std::sync::Arc::clone(&self.srv[i].map);
         let mut want = Vec::new();
-        for v in &map.volumes {
+        // A server that does not serve (marked down, or catching up) copies nothing.
+        let serving = self.srv[i].own.serving();
+        for v in map.volumes.iter().filter(|_| serving) {
             for (e, ext) in v.extents.iter().enumerate() {
                 let (Some(owner), Some(mv)) = (ext.replicas.first(), &ext.moving) else {
                     continue;

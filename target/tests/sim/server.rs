@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use manager::map::{ClusterMap, Replica};
 use tessera::cluster::generation::GenerationState;
+use tessera::cluster::node::{self, Ownership, Refusal, Via};
 
 use super::client::Watch;
 use super::mover::{Mover, Pass};
@@ -48,6 +49,8 @@ pub struct Cmd {
     pub blk: u64,
     pub nblk: u64,
     pub data: Option<Vec<u64>>,
+    /// Sent on the copy namespace (a copy of a moving extent), else routed.
+    pub copy: bool,
 }
 
 /// What a control-API request of this server was for.
@@ -84,6 +87,15 @@ impl Retry {
             token: 0,
         }
     }
+}
+
+/// How one `copy_range` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    Yes,
+    No,
+    /// Refused under the source rule: final.
+    NotSource,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +197,11 @@ pub struct Server {
     /// For the new-bug label only: the generation whose install was postponed (a failed
     /// final copy) and has not been installed since.
     pub postponed: Option<Gen>,
+    /// The real fencing rule's view of this server's map (`node::Ownership`), rebuilt at
+    /// every install; not serving until the catch-up install after a restart.
+    pub own: Ownership,
+    /// Installed the current map since it booted (`cluster::Admission::caught_up`).
+    pub caught_up: bool,
     pub gate_closed: bool,
     pub inside: u32,
     pub gate_wait: Vec<Cmd>,
@@ -222,6 +239,8 @@ impl Server {
             boot_install: false,
             before_crash: 0,
             postponed: None,
+            own: Ownership::default(),
+            caught_up: false,
             gate_closed: false,
             inside: 0,
             gate_wait: Vec::new(),
@@ -307,13 +326,13 @@ impl World {
             self.srv[i].persisted.clone()
         };
         let from_persisted = persisted.is_some();
-        let (map, newer) = match persisted {
-            Some(p) => {
-                let newer = (fetched.generation > p.generation).then_some(fetched);
-                (p, newer)
-            }
-            None => (fetched, None),
-        };
+        // The real rule: `node::boot` (the daemon's `cluster::start`).
+        let b = node::boot(
+            persisted.map(|p| (*p).clone()),
+            (*fetched).clone(),
+            &self.srv[i].id,
+        );
+        let (map, newer) = (Arc::new(b.map), b.catch_up.map(Arc::new));
         self.note_boot(i, &map);
         let s = &mut self.srv[i];
         let g = map.generation;
@@ -323,6 +342,8 @@ impl World {
         s.generation = GenerationState::new(g);
         s.model_gen = g;
         s.boot_install = newer.is_some();
+        s.caught_up = newer.is_none();
+        s.own = Ownership::new(&s.map, &s.id, s.caught_up);
         let how = if from_persisted {
             self.stats.boots_from_persisted += 1;
             " from its persisted map"
@@ -415,6 +436,7 @@ impl World {
                 blk,
                 nblk,
                 data,
+                copy,
             } => {
                 if !self.srv[i].booted {
                     // Not serving yet: the connection is refused.
@@ -428,6 +450,7 @@ impl World {
                     blk,
                     nblk,
                     data,
+                    copy,
                 };
                 self.srv_on_cmd(i, cmd);
             }
@@ -645,9 +668,25 @@ impl World {
         self.send(Self::me(i), cmd.from, Msg::IoReply { id: cmd.id, res });
     }
 
-    /// Runs a command whose stamp passed the check.
+    /// Runs a command whose stamp passed the check, if the fencing rule admits it.
     fn srv_exec(&mut self, i: usize, cmd: &Cmd) {
         let s = &self.srv[i];
+        // The real rule (`node::Ownership::admit`). External clients are layout-aware tools:
+        // admitted as routed commands from an up server.
+        let sender = match cmd.from {
+            Node::Srv(d) => self.srv[d].id.clone(),
+            _ => s.id.clone(),
+        };
+        let via = if cmd.copy { Via::Copy } else { Via::Routed };
+        if let Err(why) = s.own.admit(&sender, via, cmd.blk * BLOCK, cmd.nblk * BLOCK) {
+            let res = match why {
+                // `cluster::refusal_completion`: 81h with no generation.
+                Refusal::NotServing => IoRes::Behind(0),
+                _ => IoRes::Denied,
+            };
+            self.stats.fenced += 1;
+            return self.srv_reply(i, cmd, res);
+        }
         // Invariant 1, witnessed by the model independently of `GenerationState::check`.
         if cmd.stamp != s.model_gen {
             let what = format!(
@@ -703,6 +742,11 @@ impl World {
         *started = true;
         let key = *key;
         s.inside += 1;
+        // routed.rs: a server that does not serve fails the host's command at once (a
+        // retryable path error).
+        if !s.own.serving() {
+            return self.host_finish(i, t, None);
+        }
         // `pieces`: the volume and range must exist in our map.
         let exists = s
             .map
@@ -806,9 +850,9 @@ impl World {
                     Self::me(i),
                     Node::Srv(d),
                     cur,
-                    blk,
-                    1,
+                    (blk, 1),
                     data.map(|v| vec![v]),
+                    false,
                 );
                 if let Some(task) = self.srv[i].tasks.get_mut(&t) {
                     task.retry().io = Some((io, cur));
@@ -824,16 +868,23 @@ impl World {
                 ..
             } => {
                 if r.tries >= COPY_TRIES {
-                    return self.copy_finish(i, t, false);
+                    return self.copy_finish(i, t, Copied::No);
                 }
                 r.tries += 1;
                 let (dest, dest_blk, data) = (dest.clone(), *dest_blk, data.clone());
                 let g = if *final_pass { *stamp } else { cur };
                 let Some(d) = map.server(&dest).and_then(|_| World::server_index(&dest)) else {
-                    return self.copy_finish(i, t, false);
+                    return self.copy_finish(i, t, Copied::No);
                 };
                 let n = data.len() as u64;
-                let io = self.send_io(Self::me(i), Node::Srv(d), g, dest_blk, n, Some(data));
+                let io = self.send_io(
+                    Self::me(i),
+                    Node::Srv(d),
+                    g,
+                    (dest_blk, n),
+                    Some(data),
+                    true,
+                );
                 if let Some(task) = self.srv[i].tasks.get_mut(&t) {
                     task.retry().io = Some((io, g));
                 }
@@ -871,7 +922,16 @@ impl World {
                     let val = v.first().copied().unwrap_or(0);
                     self.host_finish(i, t, Some(val));
                 } else {
-                    self.copy_finish(i, t, true);
+                    self.copy_finish(i, t, Copied::Yes);
+                }
+            }
+            // Access Denied (DNR): routed.rs gives the host an error; a copy is refused under
+            // the source rule (mover.rs `CopyError::NotSource`).
+            Some(IoRes::Denied) => {
+                if is_host {
+                    self.host_finish(i, t, None);
+                } else {
+                    self.copy_finish(i, t, Copied::NotSource);
                 }
             }
             Some(IoRes::Stale(g) | IoRes::Behind(g)) => {
@@ -915,13 +975,13 @@ impl World {
         self.timer(Self::me(i), ms, Timer::TaskWake { task: t, token });
     }
 
-    fn copy_finish(&mut self, i: usize, t: u64, ok: bool) {
+    fn copy_finish(&mut self, i: usize, t: u64, res: Copied) {
         let Some(Task::Copy { owner, .. }) = self.srv[i].tasks.remove(&t) else {
             return;
         };
         match owner {
-            CopyOwner::Mover(key) => self.mover_copy_done(i, &key, ok),
-            CopyOwner::Install => self.install_copy_done(i, ok),
+            CopyOwner::Mover(key) => self.mover_copy_done(i, &key, res == Copied::Yes),
+            CopyOwner::Install => self.install_copy_done(i, res),
             CopyOwner::Orphan => {}
         }
     }

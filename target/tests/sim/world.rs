@@ -74,6 +74,8 @@ pub enum IoRes {
     Stale(Gen),
     /// SC 81h with the server's generation.
     Behind(Gen),
+    /// Access Denied (DNR): refused by the fencing rule (not the owner, not the source).
+    Denied,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +109,8 @@ pub enum Msg {
         blk: u64,
         nblk: u64,
         data: Option<Vec<u64>>,
+        /// On the copy namespace.
+        copy: bool,
     },
     IoReply {
         id: u64,
@@ -193,6 +197,7 @@ impl fmt::Display for Msg {
                 blk,
                 nblk,
                 data,
+                ..
             } => match data {
                 Some(d) => write!(f, "io#{id} write stamp={stamp} pool[{blk}..+{nblk}]={d:?}"),
                 None => write!(f, "io#{id} read stamp={stamp} pool[{blk}..+{nblk}]"),
@@ -398,6 +403,10 @@ pub struct Stats {
     /// Of those, restarts whose first install (of the newer fetched map) took extents away
     /// from the server: the final copy of the whole extent (the restart-in-1a case).
     pub restart_final_copies: u64,
+    /// Internal commands refused by the fencing rule (`node::Ownership::admit`).
+    pub fenced: u64,
+    /// Final copies refused under the source rule (the move was switched without the sender).
+    pub copies_refused: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -418,6 +427,8 @@ impl std::ops::AddAssign for Stats {
         self.reacks += o.reacks;
         self.boots_from_persisted += o.boots_from_persisted;
         self.restart_final_copies += o.restart_final_copies;
+        self.fenced += o.fenced;
+        self.copies_refused += o.copies_refused;
     }
 }
 
@@ -759,9 +770,9 @@ impl World {
         from: Node,
         to: Node,
         stamp: Gen,
-        blk: u64,
-        nblk: u64,
+        (blk, nblk): (u64, u64),
         data: Option<Vec<u64>>,
+        copy: bool,
     ) -> u64 {
         let id = self.id();
         self.ios.insert(id, IoRec { from, to });
@@ -774,6 +785,7 @@ impl World {
                 blk,
                 nblk,
                 data,
+                copy,
             },
         );
         self.timer(from, IO_TIMEOUT_MS, Timer::IoTimeout(id));
