@@ -46,6 +46,10 @@ struct Args {
     /// block:PATH.
     #[arg(long, default_value = "ram")]
     pool: tessera::cluster::PoolSpec,
+    /// Cluster mode: deadline of a host command forwarded to a peer, in ms (then the host
+    /// gets a retryable path error).
+    #[arg(long, value_name = "MS", default_value_t = 5000, requires = "manager")]
+    forward_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -211,6 +215,8 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        node.shared
+            .set_forward_timeout(std::time::Duration::from_millis(args.forward_timeout));
         wait_for_signal().await;
         tracing::info!("shutting down");
         node.target.shutdown().await;

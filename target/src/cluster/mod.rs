@@ -38,6 +38,8 @@ use routed::RoutedVolume;
 pub const FIRST_MAP_WAIT: Duration = Duration::from_secs(30);
 /// When a postponed install (its final copy failed) is tried again.
 pub const POSTPONED_RETRY: Duration = Duration::from_secs(1);
+/// How often a fenced server (frozen, or catching up) retries fetching the current map.
+pub const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
 /// How often a server repeats the ack of its installed generation (idempotent).
 pub const REACK_PERIOD: Duration = Duration::from_secs(1);
 /// Mismatch reports sent to the manager per second at most (docs/cluster-protocol.md: rate-limited).
@@ -48,8 +50,11 @@ pub const REPORTS_PER_SECOND: u32 = 10;
 pub struct Admission {
     ownership: ArcSwap<node::Ownership>,
     /// The server has installed the current map since it started (a restart from an older
-    /// persisted map catches up first).
+    /// persisted map catches up first), and since it was last frozen.
     caught_up: std::sync::atomic::AtomicBool,
+    /// The heartbeat's last tick, in ms since `epoch` (a frozen process misses ticks).
+    last_tick: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Admission {
@@ -57,6 +62,8 @@ impl Admission {
         Self {
             ownership: ArcSwap::from_pointee(node::Ownership::new(map, me, caught_up)),
             caught_up: std::sync::atomic::AtomicBool::new(caught_up),
+            last_tick: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -66,9 +73,32 @@ impl Admission {
             .store(Arc::new(node::Ownership::new(map, me, true)));
     }
 
+    /// Serves nothing until the current map has been fetched (and installed if newer).
+    fn fence(&self, map: &ClusterMap, me: &str) {
+        self.caught_up.store(false, Ordering::Release);
+        self.ownership
+            .store(Arc::new(node::Ownership::new(map, me, false)));
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The heartbeat: true when the clock jumped since the last tick (the process was frozen).
+    fn tick(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.last_tick.swap(now, Ordering::AcqRel);
+        node::frozen(last, now)
+    }
+
+    /// A command that runs before the heartbeat noticed a freeze is refused too.
+    fn frozen_now(&self) -> bool {
+        node::frozen(self.last_tick.load(Ordering::Acquire), self.now_ms())
+    }
+
     /// Whether this server serves extents and writes to peers now.
     pub fn serving(&self) -> bool {
-        self.ownership.load().serving()
+        self.ownership.load().serving() && !self.frozen_now()
     }
 
     fn caught_up(&self) -> bool {
@@ -92,6 +122,10 @@ impl Admission {
             node::Via::Routed
         };
         let block = u64::from(INTERNAL_BLOCK);
+        let write = !matches!(
+            cmd,
+            IoCommand::Read(_) | IoCommand::Compare(_) | IoCommand::Verify(_) | IoCommand::Flush(_)
+        );
         let ranges: Vec<(u64, u64)> = match cmd {
             IoCommand::Read(rw)
             | IoCommand::Write(rw)
@@ -111,12 +145,15 @@ impl Admission {
             IoCommand::Flush(_) => vec![(0, 0)],
         };
         let own = self.ownership.load();
+        if self.frozen_now() {
+            return Err(refusal_completion(node::Refusal::NotServing));
+        }
         for (slba, nlb) in ranges {
             let r = own.admit(
                 sender,
                 via,
-                slba.saturating_mul(block),
-                nlb.saturating_mul(block),
+                (slba.saturating_mul(block), nlb.saturating_mul(block)),
+                write,
             );
             if let Err(why) = r {
                 tracing::debug!(sender, ?via, ?why, slba, nlb, "internal command refused");
@@ -187,6 +224,21 @@ pub struct NodeShared {
     pub retrying: std::sync::atomic::AtomicBool,
     /// The fencing rule on internal connections, and whether this server serves.
     pub admission: Arc<Admission>,
+    /// Deadline of a forwarded command, in ms ([`routed::FORWARD_TIMEOUT`] by default).
+    forward_timeout_ms: AtomicU64,
+}
+
+impl NodeShared {
+    /// How long a forwarded command may take before the host gets a retryable path error.
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets it (`tessera-target --forward-timeout`); at least 1 ms.
+    pub fn set_forward_timeout(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.forward_timeout_ms.store(ms, Ordering::Relaxed);
+    }
 }
 
 /// A running cluster storage server.
@@ -323,6 +375,9 @@ pub async fn start(
         state,
         retrying: std::sync::atomic::AtomicBool::new(false),
         admission,
+        forward_timeout_ms: AtomicU64::new(
+            u64::try_from(routed::FORWARD_TIMEOUT.as_millis()).unwrap_or(5_000),
+        ),
     });
     sync_subsystems(&shared, &map);
     let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
@@ -334,6 +389,7 @@ pub async fn start(
         tracing::warn!(error = %e, "first ack failed");
     }
     tokio::spawn(watch(Arc::clone(&shared), catch_up));
+    tokio::spawn(heartbeat(Arc::clone(&shared)));
     tokio::spawn(report(Arc::clone(&shared), report_rx));
     tracing::info!(
         server = server_id,
@@ -437,11 +493,28 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
                     }
                     None => break,
                 },
-                () = node.refresh.notified() => {
-                    if let Ok(map) = node.client.map(&role).await {
-                        install(&node, map).await;
+                () = node.refresh.notified() => match node.client.map(&role).await {
+                    // Fenced (frozen) with a map that is still current: serve again.
+                    Ok(map)
+                        if !node.admission.caught_up()
+                            && map.generation <= node.map.load().generation =>
+                    {
+                        let current = node.map.load_full();
+                        node.admission.installed(&current, &node.me);
+                        tracing::info!(generation = current.generation, "map current: serving again");
+                        mover::sync(&node, &current);
                     }
-                }
+                    Ok(map) => install(&node, map).await,
+                    Err(e) if !node.admission.caught_up() => {
+                        tracing::warn!(error = %e, "fenced: cannot fetch the current map yet");
+                        let n = Arc::clone(&node);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(CATCH_UP_RETRY).await;
+                            n.refresh.notify_one();
+                        });
+                    }
+                    Err(_) => {}
+                },
                 _ = reack.tick() => {
                     // Acks are idempotent. Repeating ours covers a manager that restarted and
                     // forgot it (its publication would otherwise wait for an ack we already sent,
@@ -543,10 +616,33 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
     }
 }
 
+/// Notices a frozen process (SIGSTOP, a stalled VM): the manager may have marked this server
+/// down and switched its extents meanwhile, so it fences itself until it has fetched the
+/// current map (docs/cluster-protocol.md, "Fencing").
+async fn heartbeat(node: Arc<NodeShared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(node::HEARTBEAT_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let a = &node.admission;
+    a.last_tick.store(a.now_ms(), Ordering::Release);
+    loop {
+        tick.tick().await;
+        if node.admission.tick() {
+            tracing::warn!("this process was frozen: serving nothing until the map is fetched");
+            node.admission.fence(&node.map.load_full(), &node.me);
+            node.refresh.notify_one();
+        }
+    }
+}
+
 /// Sends mismatch reports to the manager, batched and rate-limited.
 async fn report(node: Arc<NodeShared>, mut rx: tokio::sync::mpsc::Receiver<MismatchReport>) {
     let period = Duration::from_millis(1000 / u64::from(REPORTS_PER_SECOND));
     while let Some(first) = rx.recv().await {
+        // A command stamped ahead of us: a newer map exists; fetch it now rather than wait
+        // for the watch stream (which may be broken or slow).
+        if first.kind == MismatchKind::Behind {
+            node.refresh.notify_one();
+        }
         // Gather what else arrived within one period, then send one report per kind.
         let mut batch: BTreeMap<u8, (MismatchReport, u64)> = BTreeMap::new();
         let key = |r: &MismatchReport| match r.kind {

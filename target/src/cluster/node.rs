@@ -44,6 +44,19 @@ pub enum Refusal {
     NotSource,
 }
 
+/// A server whose heartbeat (every [`HEARTBEAT_MS`]) finds its clock jumped by more than
+/// this was frozen (SIGSTOP, a stalled VM): the manager may have marked it down and switched
+/// its extents meanwhile, so it serves nothing until it has fetched the current map.
+pub const FREEZE_MS: u64 = 3_000;
+/// The daemon's heartbeat period.
+pub const HEARTBEAT_MS: u64 = 500;
+
+/// Whether a server whose heartbeat last ticked at `last_tick_ms` and whose clock now reads
+/// `now_ms` (any monotonic clock in milliseconds) was frozen in between.
+pub fn frozen(last_tick_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(last_tick_ms) > FREEZE_MS
+}
+
 /// How a server starts: from which map, and whether it must catch up first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Boot {
@@ -154,16 +167,24 @@ impl Ownership {
     }
 
     /// Whether an internal command from `sender`, arriving `via`, may touch pool bytes
-    /// `[off, off + len)` (`len` 0: no range, e.g. Flush). Checked after the generation stamp
-    /// (docs/cluster-protocol.md, "Fencing").
-    pub fn admit(&self, sender: &str, via: Via, off: u64, len: u64) -> Result<(), Refusal> {
+    /// `[off, off + len)` (`len` 0: no range, e.g. Flush; `write`: it changes them). Checked
+    /// after the generation stamp (docs/cluster-protocol.md, "Fencing"). A routed read is
+    /// not held to the owner rule: it changes nothing, and a sender whose stamp passed has
+    /// our map, so it reads only what we own.
+    pub fn admit(
+        &self,
+        sender: &str,
+        via: Via,
+        (off, len): (u64, u64),
+        write: bool,
+    ) -> Result<(), Refusal> {
         if !self.serving {
             return Err(Refusal::NotServing);
         }
         if !self.up.iter().any(|s| s == sender) {
             return Err(Refusal::SenderFenced);
         }
-        if len == 0 {
+        if len == 0 || (via == Via::Routed && !write) {
             return Ok(());
         }
         let end = off.saturating_add(len);
@@ -263,14 +284,14 @@ mod tests {
     #[test]
     fn a_copy_is_accepted_only_from_the_source_of_a_move_in_progress() {
         let during = Ownership::new(&map(5, ServerState::Up, true), "s3", true);
-        assert_eq!(during.admit("s2", Via::Copy, 4096, 4096), Ok(()));
+        assert_eq!(during.admit("s2", Via::Copy, (4096, 4096), true), Ok(()));
         assert_eq!(
-            during.admit("s1", Via::Copy, 4096, 512),
+            during.admit("s1", Via::Copy, (4096, 512), true),
             Err(Refusal::NotSource)
         );
         // A routed command for the destination range: not ours yet.
         assert_eq!(
-            during.admit("s1", Via::Routed, 4096, 512),
+            during.admit("s1", Via::Routed, (4096, 512), true),
             Err(Refusal::NotOwner)
         );
         // After the switch (the old owner marked down, or not): the old owner's copy is
@@ -278,17 +299,17 @@ mod tests {
         for s2 in [ServerState::Up, ServerState::Down] {
             let after = Ownership::new(&map(7, s2, false), "s3", true);
             assert_eq!(
-                after.admit("s2", Via::Copy, 4096, 4096),
+                after.admit("s2", Via::Copy, (4096, 4096), true),
                 Err(if s2 == ServerState::Up {
                     Refusal::NotSource
                 } else {
                     Refusal::SenderFenced
                 })
             );
-            assert_eq!(after.admit("s1", Via::Routed, 4096, 4096), Ok(()));
+            assert_eq!(after.admit("s1", Via::Routed, (4096, 4096), true), Ok(()));
             // Straddling the end of the extent: refused.
             assert_eq!(
-                after.admit("s1", Via::Routed, 4096, 8192),
+                after.admit("s1", Via::Routed, (4096, 8192), true),
                 Err(Refusal::NotOwner)
             );
         }
@@ -299,19 +320,19 @@ mod tests {
         let down = Ownership::new(&map(7, ServerState::Down, true), "s2", true);
         assert!(!down.serving());
         assert_eq!(
-            down.admit("s1", Via::Routed, 0, 512),
+            down.admit("s1", Via::Routed, (0, 512), true),
             Err(Refusal::NotServing)
         );
         let catching_up = Ownership::new(&map(7, ServerState::Up, true), "s1", false);
         assert_eq!(
-            catching_up.admit("s3", Via::Routed, 0, 512),
+            catching_up.admit("s3", Via::Routed, (0, 512), true),
             Err(Refusal::NotServing)
         );
         let up = Ownership::new(&map(7, ServerState::Up, true), "s1", true);
-        assert_eq!(up.admit("s3", Via::Routed, 0, 512), Ok(()));
-        assert_eq!(up.admit("s3", Via::Routed, 0, 0), Ok(()));
+        assert_eq!(up.admit("s3", Via::Routed, (0, 512), true), Ok(()));
+        assert_eq!(up.admit("s3", Via::Routed, (0, 0), true), Ok(()));
         assert_eq!(
-            up.admit("s9", Via::Routed, 0, 512),
+            up.admit("s9", Via::Routed, (0, 512), true),
             Err(Refusal::SenderFenced)
         );
     }

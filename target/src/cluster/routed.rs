@@ -17,6 +17,9 @@ use crate::subsystem::volume::{IoFuture, IoResult, Volume};
 
 /// Tries per piece before the host gets a path error (then it retries itself).
 pub const ROUTE_TRIES: u32 = 6;
+/// How long a forwarded piece may take, all tries included, before the host gets a retryable
+/// path error (well under a Linux host's 30 s I/O timeout). `tessera-target --forward-timeout`.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff between tries: 10 ms doubling to 320 ms (well under Linux's 30 s I/O timeout).
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 
@@ -130,7 +133,11 @@ impl RoutedVolume {
             op: Op::Read,
             errno: ENOPATH,
         };
+        let deadline = tokio::time::Instant::now() + node.forward_timeout();
         for _ in 0..ROUTE_TRIES {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
             // Marked down, or catching up after a restart: serve nothing (a retryable path
             // error; docs/cluster-protocol.md, "Fencing").
             if !node.admission.serving() {
@@ -140,7 +147,25 @@ impl RoutedVolume {
             let Some(t) = Self::locate(node, name, &p) else {
                 return Err(last);
             };
-            match op(t, generation).await {
+            let peer = match &t {
+                Target::Remote { server, .. } => Some(server.clone()),
+                Target::Local(_) => None,
+            };
+            let answer = match peer {
+                // A peer that does not answer in time (hung, or cut off) is given up: its
+                // connection is dropped and the host gets a retryable path error.
+                Some(server) => match tokio::time::timeout_at(deadline, op(t, generation)).await {
+                    Ok(a) => a,
+                    Err(_) => {
+                        tracing::warn!(peer = %server, "forwarded command timed out");
+                        node.peers.drop_peer(&server);
+                        node.refresh.notify_one();
+                        return Err(last);
+                    }
+                },
+                None => op(t, generation).await,
+            };
+            match answer {
                 Ok(v) => return Ok(v),
                 Err(RouteError::Io(e)) => return Err(e),
                 Err(RouteError::Generation { server_generation }) => {
@@ -155,7 +180,10 @@ impl RoutedVolume {
                             .await;
                     } else {
                         // The peer is behind: it catches up through its own watch stream.
-                        tokio::time::sleep(backoff).await;
+                        tokio::time::sleep_until(
+                            deadline.min(tokio::time::Instant::now() + backoff),
+                        )
+                        .await;
                     }
                 }
                 Err(RouteError::Unreachable(server)) => {
@@ -165,7 +193,8 @@ impl RoutedVolume {
                         errno: ENOPATH,
                     };
                     node.refresh.notify_one();
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + backoff))
+                        .await;
                 }
             }
             backoff = (backoff * 2).min(Duration::from_millis(320));

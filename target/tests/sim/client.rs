@@ -412,7 +412,10 @@ impl World {
             (None, Some(have)) => {
                 self.stats.ops_ok += 1;
                 self.stats.reads_checked += 1;
-                if op.floor > 0 && !self.serves(have, op.key, op.floor) {
+                if op.floor > 0
+                    && !self.serves(have, op.key, op.floor)
+                    && !self.forgiven_floor(op.key, op.floor)
+                {
                     let path = match op.via {
                         Some(s) => format!("through host path {}", self.srv[s].id),
                         None => format!("by layout-aware client {k}"),

@@ -39,6 +39,8 @@ pub const FINAL_ROUNDS: u32 = 4;
 pub const ACK_TRIES: u32 = 5;
 /// cluster/mod.rs `REACK_PERIOD`: the watch loop re-acks the installed generation.
 pub const REACK_MS: u64 = 1_000;
+/// cluster/mod.rs: a fenced server (frozen, catching up) fetches the map again this often.
+pub const CATCH_UP_RETRY_MS: u64 = 500;
 
 /// An internal command waiting at this server (closed gate or behind-wait).
 #[derive(Debug, Clone)]
@@ -202,6 +204,13 @@ pub struct Server {
     pub own: Ownership,
     /// Installed the current map since it booted (`cluster::Admission::caught_up`).
     pub caught_up: bool,
+    /// Hung (SIGSTOP) since then, until `hung_until` (world.rs `hang_one`).
+    pub hung_since: Option<u64>,
+    pub hung_until: u64,
+    /// The generation of the map the operator marked it down in (while hung).
+    pub down_gen: Option<Gen>,
+    /// The operator restarts it (from its durable pool) instead of letting it resume.
+    pub restart_on_resume: bool,
     pub gate_closed: bool,
     pub inside: u32,
     pub gate_wait: Vec<Cmd>,
@@ -241,6 +250,10 @@ impl Server {
             postponed: None,
             own: Ownership::default(),
             caught_up: false,
+            hung_since: None,
+            hung_until: 0,
+            down_gen: None,
+            restart_on_resume: false,
             gate_closed: false,
             inside: 0,
             gate_wait: Vec::new(),
@@ -413,6 +426,47 @@ impl World {
         s.before_crash = before_crash;
     }
 
+    /// The first event after a hang: the daemon's heartbeat notices the jump of its clock
+    /// (`node::frozen`) and the server fences itself until it has fetched the current map.
+    pub fn srv_resumed(&mut self, i: usize) {
+        let Some(since) = self.srv[i].hung_since.take() else {
+            return;
+        };
+        if std::mem::take(&mut self.srv[i].restart_on_resume) {
+            // Killed and restarted on its durable pool: it boots from its persisted map.
+            let now = self.now;
+            self.at(
+                now,
+                super::world::Ev::Operator(super::world::OperatorAction::Restart(i)),
+            );
+            return;
+        }
+        let up = self.rng.range(1_000, 10_000);
+        let now = self.now;
+        self.at(
+            now + up,
+            super::world::Ev::Operator(super::world::OperatorAction::MarkUp(i)),
+        );
+        let s = &mut self.srv[i];
+        // The heartbeat last ticked when the process stopped.
+        if !s.booted
+            || !node::frozen(since, self.now)
+            || self.cfg.mutation == Mutation::NoFreezeFence
+        {
+            return;
+        }
+        s.caught_up = false;
+        s.own = Ownership::new(&s.map, &s.id, false);
+        self.stats.freezes_detected += 1;
+        let what = format!(
+            "{} resumed after {} ms frozen: serving nothing until it has the current map",
+            self.srv[i].id,
+            self.now - since
+        );
+        self.note(what);
+        self.srv_refresh(i);
+    }
+
     // ---- messages and timers -----------------------------------------------------------
 
     pub fn srv_on_msg(&mut self, i: usize, from: Node, msg: Msg) {
@@ -534,6 +588,7 @@ impl World {
             }
             Timer::MoverWake { key, token } => self.mover_wake(i, &key, token),
             Timer::InstallWake(token) => self.install_wake(i, token),
+            Timer::CatchUp if !self.srv[i].caught_up => self.srv_refresh(i),
             Timer::ReAck => {
                 self.srv[i].reack_due = true;
                 self.srv_kick(i);
@@ -563,8 +618,23 @@ impl World {
             }
             RpcFor::Refresh => {
                 self.srv[i].fetching = false;
-                if let Some(Rep::Map(m)) = rep {
-                    self.srv[i].inbox.push_front(m);
+                let s = &mut self.srv[i];
+                match rep {
+                    // `cluster::watch`: a fenced server whose map is already current serves
+                    // again; a newer one is installed first (the install thaws it).
+                    Some(Rep::Map(m)) if !s.caught_up && m.generation <= s.map.generation => {
+                        s.caught_up = true;
+                        s.own = Ownership::new(&s.map, &s.id, true);
+                        let what =
+                            format!("{} current again at g{}: serving", s.id, s.map.generation);
+                        self.note(what);
+                        self.mover_sync(i);
+                    }
+                    Some(Rep::Map(m)) => s.inbox.push_front(m),
+                    _ if !s.caught_up => {
+                        self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
+                    }
+                    _ => {}
                 }
                 self.srv_kick(i);
             }
@@ -678,7 +748,15 @@ impl World {
             _ => s.id.clone(),
         };
         let via = if cmd.copy { Via::Copy } else { Via::Routed };
-        if let Err(why) = s.own.admit(&sender, via, cmd.blk * BLOCK, cmd.nblk * BLOCK) {
+        let range = (cmd.blk * BLOCK, cmd.nblk * BLOCK);
+        // The mutation: a copy passes on its stamp alone (the target before the fix).
+        let unchecked = cmd.copy && self.cfg.mutation == Mutation::NoSourceRule;
+        let verdict = if unchecked {
+            Ok(())
+        } else {
+            s.own.admit(&sender, via, range, cmd.data.is_some())
+        };
+        if let Err(why) = verdict {
             let res = match why {
                 // `cluster::refusal_completion`: 81h with no generation.
                 Refusal::NotServing => IoRes::Behind(0),
