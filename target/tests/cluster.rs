@@ -1319,3 +1319,49 @@ async fn a_hung_old_owner_marked_down_and_restarted_cannot_undo_an_acknowledged_
         tail(&text, 20)
     );
 }
+
+/// Issue 10, scenario 3 (docs/cluster-protocol.md, "Bounds"): with the owner of an extent hung
+/// (SIGSTOP), a host write to that extent through another server completes, with a retryable
+/// path error, within the forwarding deadline (5 s by default) instead of waiting for the
+/// peer; the Linux host's 30 s I/O timeout is the bound that matters here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_write_forwarded_to_a_hung_peer_fails_over_instead_of_waiting() {
+    let c = start_cluster().await;
+    let map = c.map().await;
+    let owner = map.volume("vol1").unwrap().extents[0].replicas[0]
+        .server
+        .clone();
+    let o = c.servers.iter().position(|s| s.0 == owner).unwrap();
+    let via = (o + 1) % 3;
+    let (_hc, host) = c.host_queue(via).await;
+    host.write(1, 0, LBA, block(0, 1), true).await.unwrap();
+    let pid = c.servers[o].3.0.id().to_string();
+    let stop = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stop.success(), "kill -STOP {pid}");
+    /// Under a Linux host's 30 s I/O timeout, with room for a loaded machine.
+    const HOST_IO_TIMEOUT: Duration = Duration::from_secs(28);
+    let r = tokio::time::timeout(HOST_IO_TIMEOUT, host.write(1, 0, LBA, block(0, 2), true)).await;
+    let cont = Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert!(cont.success(), "kill -CONT {pid}");
+    let r = r.expect("a write forwarded to a hung peer was not answered within 28 s");
+    let status = r
+        .expect_err("a write forwarded to a hung peer succeeded")
+        .status();
+    assert!(
+        status.is_some_and(|s| s.same_code(Status::INTERNAL_PATH_ERROR) && !s.dnr()),
+        "expected a retryable path error, got {status:?}"
+    );
+    // The peer is back: the host's retry succeeds (within the bounded retries of a host).
+    let deadline = Instant::now() + ACK_DEADLINE;
+    loop {
+        match host.write(1, 0, LBA, block(0, 3), true).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "retry after the peer resumed: {e}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(host.read(1, 0, 8, LBA).await.unwrap(), block(0, 3));
+}
