@@ -1,9 +1,12 @@
 //! A deterministic, seeded simulation of the map protocol (seeded, TigerBeetle-style): the
 //! manager (the REAL `manager::coord` state machine and `manager::plan`), storage servers (the
-//! REAL `tessera::cluster::generation::GenerationState` stamp check around a model of
-//! target/src/cluster: install with the gate and the final copy, copy-then-switch, routing),
-//! layout-aware clients and hosts, over a network that delays, reorders, drops and duplicates
-//! messages, with server and manager crashes and restarts.
+//! REAL `tessera::cluster::generation::GenerationState` stamp check and the REAL fencing and
+//! policy of `tessera::cluster::node`: `boot`, `lost_extents`, `Ownership::admit`, `frozen`,
+//! `policy::*`, around a model of the rest of target/src/cluster: install with the gate and
+//! the final copy, copy-then-switch, routing), layout-aware clients and hosts, over a network
+//! that delays, reorders, drops and duplicates messages, with server and manager crashes and
+//! restarts, and (scenario `hangs`) hung servers that the operator marks down, then resumes or
+//! restarts from their durable pool, and marks up.
 //!
 //! After every step it checks docs/cluster-protocol.md's
 //! - invariant 1: no command stamped g executes on a server whose generation is not g
@@ -17,7 +20,8 @@
 //! seeds 0..n; `TESSERA_SIM_SEED=<s>` replays one seed. A failure prints the seed, the step and
 //! the last events.
 //!
-//! No scenario is ignored. Fixed bugs, kept as regression tests: late-old-owner,
+//! One scenario is ignored: healing with hangs, on a manager bug it found (see
+//! `publications_complete_once_faults_stop_with_hangs`). Fixed bugs, kept as regression tests: late-old-owner,
 //! forgotten-acks, postponed-install-never-retried (a healing run that wedges on it again says
 //! so) and restart-in-1a (the model boots a restarted server from its persisted map; with
 //! `Mutation::BootAtFetchedMap` it boots at the fetched map as before the fix, records each

@@ -37,11 +37,11 @@ use routed::RoutedVolume;
 /// How long a starting server keeps asking for its first map.
 pub const FIRST_MAP_WAIT: Duration = Duration::from_secs(30);
 /// When a postponed install (its final copy failed) is tried again.
-pub const POSTPONED_RETRY: Duration = Duration::from_secs(1);
+pub const POSTPONED_RETRY: Duration = Duration::from_millis(node::policy::POSTPONED_RETRY_MS);
 /// How often a fenced server (frozen, or catching up) retries fetching the current map.
-pub const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
+pub const CATCH_UP_RETRY: Duration = Duration::from_millis(node::policy::CATCH_UP_RETRY_MS);
 /// How often a server repeats the ack of its installed generation (idempotent).
-pub const REACK_PERIOD: Duration = Duration::from_secs(1);
+pub const REACK_PERIOD: Duration = Duration::from_millis(node::policy::REACK_MS);
 /// Mismatch reports sent to the manager per second at most (docs/cluster-protocol.md: rate-limited).
 pub const REPORTS_PER_SECOND: u32 = 10;
 
@@ -52,9 +52,11 @@ pub struct Admission {
     /// The server has installed the current map since it started (a restart from an older
     /// persisted map catches up first), and since it was last frozen.
     caught_up: std::sync::atomic::AtomicBool,
-    /// The heartbeat's last tick, in ms since `epoch` (a frozen process misses ticks).
+    /// Bumped by every fence: only a map fetched after the latest fence lifts it.
+    epoch: AtomicU64,
+    /// The heartbeat's last tick, in ms since `started` (a frozen process misses ticks).
     last_tick: AtomicU64,
-    epoch: std::time::Instant,
+    started: std::time::Instant,
 }
 
 impl Admission {
@@ -62,26 +64,46 @@ impl Admission {
         Self {
             ownership: ArcSwap::from_pointee(node::Ownership::new(map, me, caught_up)),
             caught_up: std::sync::atomic::AtomicBool::new(caught_up),
+            epoch: AtomicU64::new(0),
             last_tick: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
+            started: std::time::Instant::now(),
         }
     }
 
+    /// A map was installed: the fencing view follows it (still not serving while fenced).
     fn installed(&self, map: &ClusterMap, me: &str) {
-        self.caught_up.store(true, Ordering::Release);
+        let serving = self.caught_up();
         self.ownership
-            .store(Arc::new(node::Ownership::new(map, me, true)));
+            .store(Arc::new(node::Ownership::new(map, me, serving)));
     }
 
     /// Serves nothing until the current map has been fetched (and installed if newer).
     fn fence(&self, map: &ClusterMap, me: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.caught_up.store(false, Ordering::Release);
         self.ownership
             .store(Arc::new(node::Ownership::new(map, me, false)));
     }
 
+    /// The fence epoch now (taken when a fetch starts).
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Lifts the fence: `map` (installed) is at least the map fetched after the latest fence,
+    /// whose epoch was `epoch`. A fetch older than the latest fence lifts nothing.
+    fn thaw(&self, epoch: u64, map: &ClusterMap, me: &str) -> bool {
+        if self.epoch() != epoch {
+            return false;
+        }
+        self.caught_up.store(true, Ordering::Release);
+        self.ownership
+            .store(Arc::new(node::Ownership::new(map, me, true)));
+        true
+    }
+
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The heartbeat: true when the clock jumped since the last tick (the process was frozen).
@@ -273,7 +295,7 @@ pub async fn start(
             Ok(m) => break m,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "waiting for the manager's first map");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(node::policy::BOOT_RETRY_MS)).await;
             }
             Err(e) => {
                 return Err(NodeError(format!(
@@ -477,7 +499,10 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
 async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
     let role = Role::Server(node.me.clone());
     if let Some(map) = catch_up {
+        // Fetched after the start (epoch 0): installing it lifts the start's fence.
+        let target = map.generation;
         install(&node, map).await;
+        catch_up_done(&node, 0, target);
     }
     let mut reack = tokio::time::interval(REACK_PERIOD);
     reack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -493,18 +518,18 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
                     }
                     None => break,
                 },
-                () = node.refresh.notified() => match node.client.map(&role).await {
-                    // Fenced (frozen) with a map that is still current: serve again.
-                    Ok(map)
-                        if !node.admission.caught_up()
-                            && map.generation <= node.map.load().generation =>
-                    {
-                        let current = node.map.load_full();
-                        node.admission.installed(&current, &node.me);
-                        tracing::info!(generation = current.generation, "map current: serving again");
-                        mover::sync(&node, &current);
+                () = node.refresh.notified() => {
+                    // A fenced server (frozen, catching up) serves again once a map fetched
+                    // after its latest fence is installed (or is not newer than its own).
+                    let fenced = (!node.admission.caught_up()).then(|| node.admission.epoch());
+                    match node.client.map(&role).await {
+                    Ok(map) => {
+                        let target = map.generation;
+                        install(&node, map).await;
+                        if let Some(epoch) = fenced {
+                            catch_up_done(&node, epoch, target);
+                        }
                     }
-                    Ok(map) => install(&node, map).await,
                     Err(e) if !node.admission.caught_up() => {
                         tracing::warn!(error = %e, "fenced: cannot fetch the current map yet");
                         let n = Arc::clone(&node);
@@ -514,7 +539,8 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
                         });
                     }
                     Err(_) => {}
-                },
+                    }
+                }
                 _ = reack.tick() => {
                     // Acks are idempotent. Repeating ours covers a manager that restarted and
                     // forgot it (its publication would otherwise wait for an ack we already sent,
@@ -525,6 +551,23 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// After a fetch that started at fence epoch `epoch` brought generation `target` and it was
+/// installed (or was not newer): serve again, and start the copiers the fence held back.
+fn catch_up_done(node: &Arc<NodeShared>, epoch: u64, target: u64) {
+    let current = node.map.load_full();
+    if current.generation >= target && node.admission.thaw(epoch, &current, &node.me) {
+        tracing::info!(generation = current.generation, "map current: serving");
+        mover::sync(node, &current);
+    } else if !node.admission.caught_up() {
+        // Postponed install, or fenced again meanwhile: fetch again.
+        let n = Arc::clone(node);
+        tokio::spawn(async move {
+            tokio::time::sleep(CATCH_UP_RETRY).await;
+            n.refresh.notify_one();
+        });
     }
 }
 
@@ -605,12 +648,13 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
         "map installed"
     );
     mover::sync(node, &new);
-    for attempt in 0..5u32 {
+    for attempt in 0..node::policy::ACK_TRIES {
         match node.client.ack(&node.me, new.generation).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "ack failed");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                let pause = node::policy::ACK_BACKOFF_MS << attempt;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         }
     }

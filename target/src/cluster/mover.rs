@@ -18,7 +18,7 @@ use manager::api::MoveReadyRequest;
 use manager::map::{ClusterMap, Replica};
 
 use super::NodeShared;
-use super::node::COPY_NSID;
+use super::node::{COPY_NSID, policy};
 use super::peers::INTERNAL_BLOCK;
 use super::pool::{DirtyRegion, TRACK_CHUNK, read_pool};
 use crate::initiator::InitiatorError;
@@ -123,7 +123,7 @@ async fn copier(
             if stop.load(Ordering::Acquire) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(policy::PASS_RETRY_MS)).await;
             continue;
         }
         passes += 1;
@@ -144,7 +144,7 @@ async fn copier(
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "move-ready not accepted yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(policy::READY_RETRY_MS)).await;
             }
         }
     }
@@ -239,9 +239,10 @@ async fn copy_range(
     let data = read_pool(&node.pool, pool_off, usize::try_from(len).unwrap_or(0))
         .await
         .map_err(|e| CopyError::Failed(e.to_string()))?;
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = Duration::from_millis(policy::COPY_BACKOFF_MIN_MS);
+    let backoff_max = Duration::from_millis(policy::COPY_BACKOFF_MAX_MS);
     let mut stamp = node.registry.generation.current();
-    for _ in 0..20 {
+    for _ in 0..policy::COPY_TRIES {
         let map = node.map.load_full();
         let addr = map
             .server(dest_server)
@@ -252,7 +253,7 @@ async fn copy_range(
             Err(e) => {
                 node.peers.drop_peer(dest_server);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                backoff = (backoff * 2).min(backoff_max);
                 tracing::debug!(error = %e, "copy: peer unreachable");
                 continue;
             }
@@ -301,7 +302,7 @@ async fn copy_range(
             }
             Err(e) => return Err(CopyError::Failed(e.to_string())),
         }
-        backoff = (backoff * 2).min(Duration::from_millis(500));
+        backoff = (backoff * 2).min(backoff_max);
     }
     Err(CopyError::Failed(format!(
         "copy to {dest_server} kept failing"
@@ -352,7 +353,7 @@ pub async fn finish(
     stop.store(true, Ordering::Release);
     let _ = task.await;
     // The gate is closed: nothing writes the region now. Copy the rest until clean.
-    for _ in 0..4 {
+    for _ in 0..policy::FINAL_ROUNDS {
         let bits = region.take();
         if bits.not_any() {
             node.pool.0.untrack(&region);
@@ -372,7 +373,7 @@ pub async fn finish(
             }
             Err(CopyError::Failed(_)) => {
                 remark(&region, &bits, 0);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(policy::FINAL_RETRY_MS)).await;
             }
         }
     }

@@ -44,6 +44,36 @@ pub enum Refusal {
     NotSource,
 }
 
+/// The storage server's timing and retry policy, in milliseconds (docs/cluster-protocol.md).
+/// The daemon and the simulation both use these values.
+pub mod policy {
+    /// Tries of a routed piece (routed.rs), backoff doubling from the first to the last value.
+    pub const ROUTE_TRIES: u32 = 6;
+    pub const ROUTE_BACKOFF_MIN_MS: u64 = 10;
+    pub const ROUTE_BACKOFF_MAX_MS: u64 = 320;
+    /// Tries of one copied range (mover.rs `copy_range`), backoff doubling to the last value.
+    pub const COPY_TRIES: u32 = 20;
+    pub const COPY_BACKOFF_MIN_MS: u64 = 10;
+    pub const COPY_BACKOFF_MAX_MS: u64 = 500;
+    /// The copier's pause after a failed pass, and between refused move-ready requests.
+    pub const PASS_RETRY_MS: u64 = 200;
+    pub const READY_RETRY_MS: u64 = 500;
+    /// Rounds of the final copy inside a phase-1a install, and the pause after a failed one.
+    pub const FINAL_ROUNDS: u32 = 4;
+    pub const FINAL_RETRY_MS: u64 = 100;
+    /// Tries of an install's ack; the pause after failed try `n` is `ACK_BACKOFF_MS << n`.
+    pub const ACK_TRIES: u32 = 5;
+    pub const ACK_BACKOFF_MS: u64 = 100;
+    /// A starting server asks for its first map this often.
+    pub const BOOT_RETRY_MS: u64 = 500;
+    /// A postponed install (its final copy failed) is tried again after this.
+    pub const POSTPONED_RETRY_MS: u64 = 1_000;
+    /// A server repeats the ack of its installed generation this often (acks are idempotent).
+    pub const REACK_MS: u64 = 1_000;
+    /// A fenced server (frozen, catching up) fetches the current map again this often.
+    pub const CATCH_UP_RETRY_MS: u64 = 500;
+}
+
 /// A server whose heartbeat (every [`HEARTBEAT_MS`]) finds its clock jumped by more than
 /// this was frozen (SIGSTOP, a stalled VM): the manager may have marked it down and switched
 /// its extents meanwhile, so it serves nothing until it has fetched the current map.

@@ -11,17 +11,19 @@ use bytes::Bytes;
 use hw::{IoError, Op};
 
 use super::NodeShared;
+use super::node::policy;
 use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
 use crate::initiator::InitiatorError;
 use crate::subsystem::volume::{IoFuture, IoResult, Volume};
 
 /// Tries per piece before the host gets a path error (then it retries itself).
-pub const ROUTE_TRIES: u32 = 6;
+pub const ROUTE_TRIES: u32 = policy::ROUTE_TRIES;
 /// How long a forwarded piece may take, all tries included, before the host gets a retryable
 /// path error (well under a Linux host's 30 s I/O timeout). `tessera-target --forward-timeout`.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff between tries: 10 ms doubling to 320 ms (well under Linux's 30 s I/O timeout).
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(policy::ROUTE_BACKOFF_MIN_MS);
+const BACKOFF_MAX: Duration = Duration::from_millis(policy::ROUTE_BACKOFF_MAX_MS);
 
 /// errno marking "no path right now" for the one status mapping (status.rs): the host gets a
 /// retryable path error.
@@ -197,7 +199,7 @@ impl RoutedVolume {
                         .await;
                 }
             }
-            backoff = (backoff * 2).min(Duration::from_millis(320));
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         Err(last)
     }

@@ -11,15 +11,14 @@ use manager::map::Replica;
 use super::server::{CopyOwner, Task};
 use super::world::{BLOCK, Node, Req, Timer, World};
 
+// The daemon's copier policy (`tessera::cluster::mover`, `pool`, `node::policy`).
+pub use tessera::cluster::mover::{CONVERGED_CHUNKS, PASSES_MAX};
+pub use tessera::cluster::node::policy::{PASS_RETRY_MS, READY_RETRY_MS};
 /// pool.rs `TRACK_CHUNK` (4 KiB) in blocks.
-pub const CHUNK_BLOCKS: u64 = 4096 / BLOCK;
+pub const CHUNK_BLOCKS: u64 = tessera::cluster::pool::TRACK_CHUNK / BLOCK;
 /// mover.rs `COPY_IO_MAX / TRACK_CHUNK`.
-pub const CHUNKS_PER_IO: usize = 32;
-pub const PASSES_MAX: u32 = 16;
-pub const CONVERGED_CHUNKS: usize = 64;
-/// mover.rs: sleep after a failed pass, and between refused move-ready requests.
-pub const PASS_RETRY_MS: u64 = 200;
-pub const READY_RETRY_MS: u64 = 500;
+pub const CHUNKS_PER_IO: usize =
+    (tessera::cluster::mover::COPY_IO_MAX / tessera::cluster::pool::TRACK_CHUNK) as usize;
 
 pub fn chunks(nblk: u64) -> usize {
     nblk.div_ceil(CHUNK_BLOCKS) as usize

@@ -1,7 +1,9 @@
 //! A storage server, following target/src/cluster/mod.rs (start, watch, install), io.rs (gate,
 //! stamp check, behind-wait) and routed.rs (host I/O routed with retries). The stamp check is
-//! the REAL `tessera::cluster::generation::GenerationState`; the model keeps its own record of the
-//! installed generation too, so a broken check is caught at the execution point.
+//! the REAL `tessera::cluster::generation::GenerationState`; the fencing rules (which map a
+//! restart boots from, who may write where, when a server serves) and the retry policy are the
+//! REAL `tessera::cluster::node`. The model keeps its own record of the installed generation
+//! too, so a broken check is caught at the execution point.
 //!
 //! The pool is durable (a crash is a process restart: the pool survives, RAM does not: map,
 //! generation, gate, dirty maps, commands in flight). So is the persisted map (the restart-in-1a
@@ -23,24 +25,15 @@ use super::world::{
     BLOCK, BlockKey, Gen, IoRes, Msg, Mutation, Node, POOL_BLOCKS, Rep, Req, Role, Timer, World,
 };
 
-/// routed.rs `ROUTE_TRIES`, and its backoff (10 ms doubling to 320 ms).
-pub const ROUTE_TRIES: u32 = 6;
-pub const ROUTE_BACKOFF_MAX_MS: u64 = 320;
-/// mover.rs `copy_range`: 20 tries, backoff 10 ms doubling to 500 ms.
-pub const COPY_TRIES: u32 = 20;
-pub const COPY_BACKOFF_MAX_MS: u64 = 500;
+// The daemon's retry policy (`tessera::cluster::node::policy`): routed pieces, copies, final
+// copies, acks, boot, re-acks, catch-up.
+pub use tessera::cluster::node::policy::{
+    ACK_BACKOFF_MS, ACK_TRIES, BOOT_RETRY_MS, CATCH_UP_RETRY_MS, COPY_BACKOFF_MAX_MS,
+    COPY_BACKOFF_MIN_MS, COPY_TRIES, FINAL_RETRY_MS, FINAL_ROUNDS, POSTPONED_RETRY_MS, REACK_MS,
+    ROUTE_BACKOFF_MAX_MS, ROUTE_BACKOFF_MIN_MS, ROUTE_TRIES,
+};
 /// io.rs `BEHIND_WAIT`.
-pub const BEHIND_WAIT_MS: u64 = 2_000;
-/// cluster/mod.rs: a starting server asks for its first map every 500 ms.
-pub const BOOT_RETRY_MS: u64 = 500;
-/// mover.rs `finish`: final-copy rounds.
-pub const FINAL_ROUNDS: u32 = 4;
-/// cluster/mod.rs `install`: ack tries, sleeping 100 ms << attempt after each failure.
-pub const ACK_TRIES: u32 = 5;
-/// cluster/mod.rs `REACK_PERIOD`: the watch loop re-acks the installed generation.
-pub const REACK_MS: u64 = 1_000;
-/// cluster/mod.rs: a fenced server (frozen, catching up) fetches the map again this often.
-pub const CATCH_UP_RETRY_MS: u64 = 500;
+pub const BEHIND_WAIT_MS: u64 = tessera::controller::io::BEHIND_WAIT.as_millis() as u64;
 
 /// An internal command waiting at this server (closed gate or behind-wait).
 #[derive(Debug, Clone)]
@@ -62,7 +55,8 @@ pub enum RpcFor {
     BootAck,
     InstallAck,
     MoveReady((String, usize)),
-    Refresh,
+    /// A refresh fetch; with the fence epoch when it started fenced.
+    Refresh(Option<u64>),
     /// The watch loop's periodic re-ack (`reack.tick()`).
     ReAck,
 }
@@ -83,7 +77,7 @@ impl Retry {
     fn new() -> Self {
         Self {
             tries: 0,
-            backoff: 10,
+            backoff: ROUTE_BACKOFF_MIN_MS,
             io: None,
             wait: None,
             token: 0,
@@ -204,6 +198,11 @@ pub struct Server {
     pub own: Ownership,
     /// Installed the current map since it booted (`cluster::Admission::caught_up`).
     pub caught_up: bool,
+    /// Bumped by every fence (`cluster::Admission::epoch`).
+    pub epoch: u64,
+    /// A fetch that started at fence epoch `.0` brought generation `.1`: installing it (or
+    /// a newer one) lifts the fence (`cluster::catch_up_done`).
+    pub thaw: Option<(u64, Gen)>,
     /// Hung (SIGSTOP) since then, until `hung_until` (world.rs `hang_one`).
     pub hung_since: Option<u64>,
     pub hung_until: u64,
@@ -250,6 +249,8 @@ impl Server {
             postponed: None,
             own: Ownership::default(),
             caught_up: false,
+            epoch: 0,
+            thaw: None,
             hung_since: None,
             hung_until: 0,
             down_gen: None,
@@ -357,6 +358,8 @@ impl World {
         s.boot_install = newer.is_some();
         s.caught_up = newer.is_none();
         s.own = Ownership::new(&s.map, &s.id, s.caught_up);
+        // The fetched map was fetched after the start: installing it lifts the start's fence.
+        s.thaw = newer.as_ref().map(|m| (s.epoch, m.generation));
         let how = if from_persisted {
             self.stats.boots_from_persisted += 1;
             " from its persisted map"
@@ -433,12 +436,9 @@ impl World {
             return;
         };
         if std::mem::take(&mut self.srv[i].restart_on_resume) {
-            // Killed and restarted on its durable pool: it boots from its persisted map.
-            let now = self.now;
-            self.at(
-                now,
-                super::world::Ev::Operator(super::world::OperatorAction::Restart(i)),
-            );
+            // Killed (before it handles anything) and restarted on its durable pool: it boots
+            // from its persisted map.
+            self.operator_action(super::world::OperatorAction::Restart(i));
             return;
         }
         let up = self.rng.range(1_000, 10_000);
@@ -456,6 +456,8 @@ impl World {
             return;
         }
         s.caught_up = false;
+        s.epoch += 1;
+        s.thaw = None;
         s.own = Ownership::new(&s.map, &s.id, false);
         self.stats.freezes_detected += 1;
         let what = format!(
@@ -465,6 +467,26 @@ impl World {
         );
         self.note(what);
         self.srv_refresh(i);
+    }
+
+    /// `cluster::catch_up_done`: the map fetched after the latest fence is installed.
+    pub fn srv_thaw(&mut self, i: usize) {
+        let s = &mut self.srv[i];
+        let Some((epoch, target)) = s.thaw else {
+            return;
+        };
+        if s.caught_up || epoch != s.epoch || s.map.generation < target {
+            return;
+        }
+        s.thaw = None;
+        s.caught_up = true;
+        s.own = Ownership::new(&s.map, &s.id, true);
+        let what = format!(
+            "{} has the current map (g{}): serving",
+            s.id, s.map.generation
+        );
+        self.note(what);
+        self.mover_sync(i);
     }
 
     // ---- messages and timers -----------------------------------------------------------
@@ -597,7 +619,7 @@ impl World {
             Timer::PostponedRetry if self.srv[i].postponed.is_some() => {
                 self.srv_refresh(i);
                 self.srv_kick(i);
-                self.timer(Self::me(i), 1000, Timer::PostponedRetry);
+                self.timer(Self::me(i), POSTPONED_RETRY_MS, Timer::PostponedRetry);
             }
             _ => {}
         }
@@ -616,21 +638,22 @@ impl World {
                 self.srv[i].reacking = false;
                 self.srv_kick(i);
             }
-            RpcFor::Refresh => {
+            RpcFor::Refresh(fenced) => {
                 self.srv[i].fetching = false;
                 let s = &mut self.srv[i];
                 match rep {
-                    // `cluster::watch`: a fenced server whose map is already current serves
-                    // again; a newer one is installed first (the install thaws it).
-                    Some(Rep::Map(m)) if !s.caught_up && m.generation <= s.map.generation => {
-                        s.caught_up = true;
-                        s.own = Ownership::new(&s.map, &s.id, true);
-                        let what =
-                            format!("{} current again at g{}: serving", s.id, s.map.generation);
-                        self.note(what);
-                        self.mover_sync(i);
+                    // `cluster::watch` / `catch_up_done`: a fetch that started after the latest
+                    // fence lifts it once its map is installed (or if it is not newer).
+                    Some(Rep::Map(m)) => {
+                        if let Some(epoch) = fenced {
+                            s.thaw = Some((epoch, m.generation));
+                        }
+                        if m.generation > s.map.generation {
+                            s.inbox.push_front(m);
+                        } else {
+                            self.srv_thaw(i);
+                        }
                     }
-                    Some(Rep::Map(m)) => s.inbox.push_front(m),
                     _ if !s.caught_up => {
                         self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
                     }
@@ -877,7 +900,10 @@ impl World {
                 dest,
                 dest_blk,
                 data,
-                r: Retry::new(),
+                r: Retry {
+                    backoff: COPY_BACKOFF_MIN_MS,
+                    ..Retry::new()
+                },
                 final_pass,
                 stamp,
             },

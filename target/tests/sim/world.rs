@@ -1029,7 +1029,7 @@ impl World {
         self.at(self.now + mark, Ev::Operator(OperatorAction::MarkDown(i)));
     }
 
-    fn operator_action(&mut self, a: OperatorAction) {
+    pub fn operator_action(&mut self, a: OperatorAction) {
         match a {
             OperatorAction::MarkDown(i) | OperatorAction::MarkUp(i) => {
                 let down = matches!(a, OperatorAction::MarkDown(_));
