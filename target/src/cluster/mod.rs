@@ -148,41 +148,33 @@ impl Admission {
             cmd,
             IoCommand::Read(_) | IoCommand::Compare(_) | IoCommand::Verify(_) | IoCommand::Flush(_)
         );
-        let ranges: Vec<(u64, u64)> = match cmd {
-            IoCommand::Read(rw)
-            | IoCommand::Write(rw)
-            | IoCommand::Compare(rw)
-            | IoCommand::Verify(rw) => vec![(rw.slba, u64::from(rw.nlb))],
-            IoCommand::WriteZeroes(wz) => vec![(wz.slba, u64::from(wz.nlb))],
-            IoCommand::WriteUncorrectable(_) => vec![(0, u64::MAX / block)],
-            IoCommand::DatasetManagement(_) => data
-                .chunks_exact(16)
-                .map(|r| {
-                    let nlb = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
-                    let mut s = [0u8; 8];
-                    s.copy_from_slice(&r[8..16]);
-                    (u64::from_le_bytes(s), u64::from(nlb))
-                })
-                .collect(),
-            IoCommand::Flush(_) => vec![(0, 0)],
-        };
-        let own = self.ownership.load();
         if self.frozen_now() {
             return Err(refusal_completion(node::Refusal::NotServing));
         }
-        for (slba, nlb) in ranges {
-            let r = own.admit(
-                sender,
-                via,
-                (slba.saturating_mul(block), nlb.saturating_mul(block)),
-                write,
-            );
-            if let Err(why) = r {
+        let own = self.ownership.load();
+        let admit = |slba: u64, nlb: u64| {
+            let range = (slba.saturating_mul(block), nlb.saturating_mul(block));
+            own.admit(sender, via, range, write).map_err(|why| {
                 tracing::debug!(sender, ?via, ?why, slba, nlb, "internal command refused");
-                return Err(refusal_completion(why));
-            }
+                refusal_completion(why)
+            })
+        };
+        match cmd {
+            IoCommand::Read(rw)
+            | IoCommand::Write(rw)
+            | IoCommand::Compare(rw)
+            | IoCommand::Verify(rw) => admit(rw.slba, u64::from(rw.nlb)),
+            IoCommand::WriteZeroes(wz) => admit(wz.slba, u64::from(wz.nlb)),
+            IoCommand::WriteUncorrectable(_) => admit(0, u64::MAX / block),
+            // Each range: NLB in bytes 4..8, SLBA in bytes 8..16 (little endian).
+            IoCommand::DatasetManagement(_) => data.chunks_exact(16).try_for_each(|r| {
+                let nlb = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+                let mut slba = [0u8; 8];
+                slba.copy_from_slice(&r[8..16]);
+                admit(u64::from_le_bytes(slba), u64::from(nlb))
+            }),
+            IoCommand::Flush(_) => admit(0, 0),
         }
-        Ok(())
     }
 }
 
