@@ -18,7 +18,7 @@ use manager::api::MoveReadyRequest;
 use manager::map::{ClusterMap, Replica};
 
 use super::NodeShared;
-use super::node::{COPY_NSID, policy};
+use super::node::{self as rules, COPY_NSID, policy};
 use super::peers::INTERNAL_BLOCK;
 use super::pool::{DirtyRegion, TRACK_CHUNK, read_pool};
 use crate::initiator::InitiatorError;
@@ -127,7 +127,7 @@ async fn copier(
             continue;
         }
         passes += 1;
-        if n <= CONVERGED_CHUNKS || passes >= PASSES_MAX {
+        if rules::converged(n, passes, CONVERGED_CHUNKS, PASSES_MAX) {
             break;
         }
     }
@@ -180,17 +180,8 @@ async fn copy(
     final_pass: bool,
 ) -> Result<(), CopyError> {
     let chunks_per_io = usize::try_from(COPY_IO_MAX / TRACK_CHUNK).unwrap_or(1);
-    let mut c = 0usize;
-    let total = bits.len();
-    while c < total {
-        if !bits[c] {
-            c += 1;
-            continue;
-        }
-        let mut end = c + 1;
-        while end < total && bits[end] && end - c < chunks_per_io {
-            end += 1;
-        }
+    let mut from = 0usize;
+    while let Some((c, end)) = rules::next_dirty_run(bits.len(), |i| bits[i], from, chunks_per_io) {
         if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
             remark(region, bits, c);
             return Err(CopyError::Failed("stopped".to_string()));
@@ -211,7 +202,7 @@ async fn copy(
             remark(region, bits, c);
             return Err(e);
         }
-        c = end;
+        from = end;
     }
     Ok(())
 }
@@ -277,20 +268,18 @@ async fn copy_range(
             Err(InitiatorError::Generation {
                 server_generation, ..
             }) => {
-                if server_generation > g && final_pass {
+                match rules::on_mismatch(g, server_generation, final_pass) {
                     // Inside an install our own map cannot move: adopt the new owner's
                     // generation for the final copy and retry at once.
-                    stamp = server_generation;
-                    continue;
-                }
-                if server_generation > g {
-                    node.refresh.notify_one();
-                    node.registry
-                        .generation
-                        .wait_for(server_generation, backoff * 4)
-                        .await;
-                } else {
-                    tokio::time::sleep(backoff).await;
+                    rules::OnMismatch::Adopt(theirs) => {
+                        stamp = theirs;
+                        continue;
+                    }
+                    rules::OnMismatch::Refresh(theirs) => {
+                        node.refresh.notify_one();
+                        node.registry.generation.wait_for(theirs, backoff * 4).await;
+                    }
+                    rules::OnMismatch::Backoff => tokio::time::sleep(backoff).await,
                 }
             }
             Err(e) if e.is_connection_fatal() => {

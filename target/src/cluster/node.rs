@@ -131,6 +131,51 @@ pub fn lost_extents(old: &ClusterMap, new: &ClusterMap, me: &str) -> Vec<(String
         .collect()
 }
 
+/// What a sender does with a "stale map" (80h) or "server behind" (81h) answer carrying the
+/// receiver's generation `theirs`, to a command it stamped with `sent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMismatch {
+    /// The final copy inside a phase-1a install: our own map cannot move while we install one,
+    /// so stamp the receiver's generation and retry at once (docs/cluster-protocol.md, "Rules
+    /// added after the simulation").
+    Adopt(u64),
+    /// We are behind: fetch the map now and wait (bounded) for this generation.
+    Refresh(u64),
+    /// The receiver is behind (or not serving): it catches up on its own; back off.
+    Backoff,
+}
+
+/// The rule for [`OnMismatch`].
+pub fn on_mismatch(sent: u64, theirs: u64, final_copy: bool) -> OnMismatch {
+    match (theirs > sent, final_copy) {
+        (true, true) => OnMismatch::Adopt(theirs),
+        (true, false) => OnMismatch::Refresh(theirs),
+        (false, _) => OnMismatch::Backoff,
+    }
+}
+
+/// The next run of dirty chunks to copy from chunk `from` on: `[first, end)` with at most
+/// `max` chunks, or `None` when no dirty chunk is left (`dirty(i)`: chunk `i` is dirty).
+pub fn next_dirty_run(
+    len: usize,
+    dirty: impl Fn(usize) -> bool,
+    from: usize,
+    max: usize,
+) -> Option<(usize, usize)> {
+    let first = (from..len).find(|c| dirty(*c))?;
+    let mut end = first + 1;
+    while end < len && dirty(end) && end - first < max {
+        end += 1;
+    }
+    Some((first, end))
+}
+
+/// Whether a copier that just finished pass number `passes` (1-based), which copied
+/// `chunks` dirty chunks, reports move-ready (the final copy under the gate takes the rest).
+pub fn converged(chunks: usize, passes: u32, converged_chunks: usize, passes_max: u32) -> bool {
+    chunks <= converged_chunks || passes >= passes_max
+}
+
 /// One range of this server's pool and what its map says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Region {
@@ -365,6 +410,22 @@ mod tests {
             up.admit("s9", Via::Routed, (0, 512), true),
             Err(Refusal::SenderFenced)
         );
+    }
+
+    #[test]
+    fn mismatch_answers_and_dirty_runs() {
+        assert_eq!(on_mismatch(5, 7, true), OnMismatch::Adopt(7));
+        assert_eq!(on_mismatch(5, 7, false), OnMismatch::Refresh(7));
+        assert_eq!(on_mismatch(7, 5, true), OnMismatch::Backoff);
+        assert_eq!(on_mismatch(7, 0, false), OnMismatch::Backoff);
+        let bits = [false, true, true, true, false, true];
+        let d = |i: usize| bits[i];
+        assert_eq!(next_dirty_run(6, d, 0, 2), Some((1, 3)));
+        assert_eq!(next_dirty_run(6, d, 3, 2), Some((3, 4)));
+        assert_eq!(next_dirty_run(6, d, 4, 2), Some((5, 6)));
+        assert_eq!(next_dirty_run(6, d, 6, 2), None);
+        assert!(converged(64, 1, 64, 16) && converged(65, 16, 64, 16));
+        assert!(!converged(65, 15, 64, 16));
     }
 
     #[test]

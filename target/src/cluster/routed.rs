@@ -173,19 +173,18 @@ impl RoutedVolume {
                 Err(RouteError::Generation { server_generation }) => {
                     node.stale_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if server_generation > generation {
+                    // A routed piece is never a final copy: it never adopts the peer's generation.
+                    match super::node::on_mismatch(generation, server_generation, false) {
                         // We are behind: ask for the map now and wait for it (bounded).
-                        node.refresh.notify_one();
-                        node.registry
-                            .generation
-                            .wait_for(server_generation, backoff * 4)
-                            .await;
-                    } else {
+                        super::node::OnMismatch::Refresh(theirs) => {
+                            node.refresh.notify_one();
+                            node.registry.generation.wait_for(theirs, backoff * 4).await;
+                        }
                         // The peer is behind: it catches up through its own watch stream.
-                        tokio::time::sleep_until(
-                            deadline.min(tokio::time::Instant::now() + backoff),
-                        )
-                        .await;
+                        _ => {
+                            let until = deadline.min(tokio::time::Instant::now() + backoff);
+                            tokio::time::sleep_until(until).await;
+                        }
                     }
                 }
                 Err(RouteError::Unreachable(server)) => {

@@ -46,18 +46,14 @@ impl Pass {
     /// The next range to copy as (first block, blocks) within the region, advancing.
     pub fn next_range(&mut self, nblk: u64) -> Option<(u64, u64)> {
         let total = self.bits.len();
-        let mut c = self.cursor;
-        while c < total && !self.bits[c] {
-            c += 1;
-        }
-        if c >= total {
+        let bits = &self.bits;
+        // The real rule (`node::next_dirty_run`, mover.rs `copy`).
+        let Some((c, end)) =
+            tessera::cluster::node::next_dirty_run(total, |i| bits[i], self.cursor, CHUNKS_PER_IO)
+        else {
             self.cursor = total;
             return None;
-        }
-        let mut end = c + 1;
-        while end < total && self.bits[end] && end - c < CHUNKS_PER_IO {
-            end += 1;
-        }
+        };
         self.current = c;
         self.cursor = end;
         let first = c as u64 * CHUNK_BLOCKS;
@@ -292,7 +288,7 @@ impl World {
             _ => 0,
         };
         m.passes += 1;
-        if n <= CONVERGED_CHUNKS || m.passes >= PASSES_MAX {
+        if tessera::cluster::node::converged(n, m.passes, CONVERGED_CHUNKS, PASSES_MAX) {
             m.req = Some(MoveReadyRequest {
                 server: me.clone(),
                 volume: key.0.clone(),

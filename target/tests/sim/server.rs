@@ -1039,21 +1039,26 @@ impl World {
                 }
             }
             Some(IoRes::Stale(g) | IoRes::Behind(g)) => {
-                if g > sent && final_pass && self.cfg.mutation != Mutation::FinalCopyKeepsOwnStamp {
+                // The real rule (`node::on_mismatch`); the mutation takes the final copy for an
+                // ordinary one.
+                let adopts = final_pass && self.cfg.mutation != Mutation::FinalCopyKeepsOwnStamp;
+                match node::on_mismatch(sent, g, adopts) {
                     // The final copy adopts the new owner's generation and retries at once
                     // (our own map cannot catch up: the watch loop is inside this install).
-                    if let Some(Task::Copy { stamp, .. }) = self.srv[i].tasks.get_mut(&t) {
-                        *stamp = g;
+                    node::OnMismatch::Adopt(theirs) => {
+                        if let Some(Task::Copy { stamp, .. }) = self.srv[i].tasks.get_mut(&t) {
+                            *stamp = theirs;
+                        }
+                        self.stats.stamps_adopted += 1;
+                        self.task_wait(i, t, None, 0);
                     }
-                    self.stats.stamps_adopted += 1;
-                    self.task_wait(i, t, None, 0);
-                } else if g > sent {
                     // We are behind: fetch the map now and wait for it (bounded).
-                    self.srv_refresh(i);
-                    self.task_wait(i, t, Some(g), backoff * 4);
-                } else {
+                    node::OnMismatch::Refresh(theirs) => {
+                        self.srv_refresh(i);
+                        self.task_wait(i, t, Some(theirs), backoff * 4);
+                    }
                     // The peer is behind: it catches up through its own watch stream.
-                    self.task_wait(i, t, None, backoff);
+                    node::OnMismatch::Backoff => self.task_wait(i, t, None, backoff),
                 }
             }
             None => {
