@@ -452,6 +452,8 @@ pub struct Stats {
     pub hangs: u64,
     pub marked_down: u64,
     pub freezes_detected: u64,
+    /// Forged move-ready requests the manager accepted.
+    pub forged: u64,
     /// Final copies refused under the source rule (the move was switched without the sender).
     pub copies_refused: u64,
 }
@@ -478,6 +480,7 @@ impl std::ops::AddAssign for Stats {
         self.hangs += o.hangs;
         self.marked_down += o.marked_down;
         self.freezes_detected += o.freezes_detected;
+        self.forged += o.forged;
         self.copies_refused += o.copies_refused;
     }
 }
@@ -982,6 +985,9 @@ impl World {
             if self.rng.chance(pm) {
                 self.hang_one(waiter);
             }
+            if self.mgr.up && self.rng.chance(FORGED_PM) {
+                self.forge_move_ready();
+            }
         }
     }
 
@@ -1113,6 +1119,40 @@ impl World {
     /// return anything: that version was given up (marked down).
     pub fn forgiven_floor(&self, key: BlockKey, floor: u64) -> bool {
         self.forgiven.get(&key).is_some_and(|f| floor <= *f)
+    }
+
+    /// A local process forges `POST /v1/move-ready` for a move whose copy may not have
+    /// converged (the control API has no authentication yet): the switch still waits for the
+    /// old owner's phase-1a ack, and its final copy carries whatever the copier had not
+    /// copied, so no acknowledged write may be lost.
+    fn forge_move_ready(&mut self) {
+        let head = self.mgr.head();
+        let moving: Vec<(String, usize, String)> = head
+            .volumes
+            .iter()
+            .flat_map(|v| {
+                v.extents.iter().enumerate().filter_map(|(e, x)| {
+                    let owner = x.replicas.first()?;
+                    x.moving.as_ref()?;
+                    Some((v.name.clone(), e, owner.server.clone()))
+                })
+            })
+            .collect();
+        let Some((volume, extent, server)) = pick(&mut self.rng, &moving).cloned() else {
+            return;
+        };
+        let req = MoveReadyRequest {
+            server,
+            volume,
+            extent,
+            generation: head.generation,
+        };
+        let result = self.mgr_change(Change::SwitchMove(req.clone()));
+        self.stats.forged += u64::from(result.is_ok());
+        self.note(format!(
+            "FORGED move-ready {}[{}] as {} -> {result:?}",
+            req.volume, req.extent, req.server
+        ));
     }
 
     /// A server the manager waits for in phase 1a (an old owner that has not acked a switch).
@@ -1372,6 +1412,8 @@ pub const MARK_DOWN_AFTER_MS: u64 = 4_000;
 pub const HANG_EXTEND_MS: u64 = 1_000;
 /// Per mille per driver tick: a server hangs while the manager waits for it in phase 1a.
 pub const HANG_IN_1A_PM: u64 = 100;
+/// Per mille per driver tick (scenario `hangs`): a forged move-ready.
+pub const FORGED_PM: u64 = 2;
 
 /// The workload driver's period (operator changes, crashes).
 pub const DRIVE_MS_MIN: u64 = 10;
