@@ -1179,3 +1179,189 @@ async fn a_file_pool_server_restarts_from_its_persisted_map_and_keeps_its_data()
         );
     }
 }
+
+/// Issue 10, scenario 1 (docs/cluster-protocol.md, "Fencing"): the old owner A of a moving
+/// extent hangs (SIGSTOP) before it acks the switch; the operator marks it `down` in the YAML
+/// and reloads; the switch commits without it; a host write lands on the new owner B; then A
+/// is restarted on its file pool, from its persisted older map. Its catch-up install would
+/// copy its stale extent over B's (the final copy used to pass B's stamp check); B refuses it
+/// under the source rule, and the acknowledged write survives on every path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_old_owner_marked_down_and_restarted_cannot_undo_an_acknowledged_write() {
+    let mut c = start_cluster_with(true).await;
+    let before = c.map().await;
+    let a_id = before.volume("vol1").unwrap().extents[0].replicas[0]
+        .server
+        .clone();
+    let a = c.servers.iter().position(|s| s.0 == a_id).unwrap();
+    let b = (a + 1) % 3;
+    let h = (a + 2) % 3;
+    let b_id = c.servers[b].0.clone();
+    let (_hc, host) = c.host_queue(h).await;
+    for k in 0..(EXTENT / 4096) {
+        let lba = k * 8;
+        host.write(1, lba, LBA, block(lba, 1), true).await.unwrap();
+    }
+    // A hangs. The move starts; A cannot copy, so the test reports move-ready in its place
+    // (the state the issue reached with a real copy: the switch waits for A in phase 1a).
+    let pid = c.servers[a].3.0.id().to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stopped.success(), "kill -STOP {pid}");
+    let moved = c.client.move_extent("vol1", 0, &b_id).await.unwrap();
+    c.client
+        .move_ready(&manager::api::MoveReadyRequest {
+            server: a_id.clone(),
+            volume: "vol1".to_string(),
+            extent: 0,
+            generation: moved.generation,
+        })
+        .await
+        .unwrap();
+    // The switch waits for A in phase 1a. (The operator marks A down only then: the manager
+    // excuses a down old owner only from a publication already in phase 1a when the map
+    // marking it down is stored; a switch still queued then would wait for A forever.)
+    let deadline = Instant::now() + MOVE_DEADLINE;
+    loop {
+        let s = c.client.status().await.unwrap();
+        if s.publishing
+            .as_ref()
+            .is_some_and(|p| p.phase == "1a" && p.waiting == [a_id.clone()])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the switch did not reach phase 1a waiting for {a_id}: {s:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    // The operator marks A down and reloads: the switch commits without A.
+    let yaml_path = c.dir.join("cluster.yaml");
+    let yaml = std::fs::read_to_string(&yaml_path).unwrap();
+    let marked = yaml.replace(
+        &format!("  - id: {a_id}\n"),
+        &format!("  - id: {a_id}\n    state: down\n"),
+    );
+    assert_ne!(yaml, marked);
+    std::fs::write(&yaml_path, marked).unwrap();
+    let down = c.client.reload().await.unwrap();
+    let deadline = Instant::now() + MOVE_DEADLINE;
+    loop {
+        let s = c.client.status().await.unwrap();
+        if s.committed >= down.generation {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the switch did not commit with {a_id} down: {s:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let m = c.map().await;
+    assert_eq!(
+        m.volume("vol1").unwrap().extents[0].replicas[0].server,
+        b_id
+    );
+    // Every up server has the map; a host write lands on B (acknowledged).
+    let deadline = Instant::now() + ACK_DEADLINE;
+    while !c
+        .client
+        .status()
+        .await
+        .unwrap()
+        .servers
+        .iter()
+        .filter(|s| s.id != a_id)
+        .all(|s| s.acked >= down.generation)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "servers did not install the down map"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    host.write(1, 0, LBA, block(0, 3), true).await.unwrap();
+    assert_eq!(host.read(1, 0, 8, LBA).await.unwrap(), block(0, 3));
+    // A is restarted on its file pool (it starts from its persisted, older, map) and installs
+    // the current one (its catch-up install, with the final copy of the extent it lost).
+    let log = c.dir.join(format!("{a_id}.log"));
+    let installs = |text: &str| text.matches("map installed").count();
+    let before_restart = installs(&std::fs::read_to_string(&log).unwrap_or_default());
+    let _ = c.servers[a].3.0.kill();
+    let _ = c.servers[a].3.0.wait();
+    c.servers[a].3 = spawn_server(&c.dir, &c.maddr, &a_id, true);
+    let deadline = Instant::now() + RESTART_DEADLINE;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if installs(&text) > before_restart {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{a_id} did not install the current map after its restart; its log ends:\n{}",
+            tail(&text, 20)
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    // The acknowledged write is still there, through every portal that serves.
+    for i in [b, h] {
+        let (_ci, qi) = c.host_queue(i).await;
+        assert_eq!(
+            qi.read(1, 0, 8, LBA).await.unwrap(),
+            block(0, 3),
+            "the write acknowledged on {b_id} was undone (read through {})",
+            c.servers[i].0
+        );
+    }
+    assert!(
+        text.contains("final copy refused"),
+        "{a_id} did not attempt (and get refused) its stale final copy; its log ends:\n{}",
+        tail(&text, 20)
+    );
+}
+
+/// Issue 10, scenario 3 (docs/cluster-protocol.md, "Bounds"): with the owner of an extent hung
+/// (SIGSTOP), a host write to that extent through another server completes, with a retryable
+/// path error, within the forwarding deadline (5 s by default) instead of waiting for the
+/// peer; the Linux host's 30 s I/O timeout is the bound that matters here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_write_forwarded_to_a_hung_peer_fails_over_instead_of_waiting() {
+    let c = start_cluster().await;
+    let map = c.map().await;
+    let owner = map.volume("vol1").unwrap().extents[0].replicas[0]
+        .server
+        .clone();
+    let o = c.servers.iter().position(|s| s.0 == owner).unwrap();
+    let via = (o + 1) % 3;
+    let (_hc, host) = c.host_queue(via).await;
+    host.write(1, 0, LBA, block(0, 1), true).await.unwrap();
+    let pid = c.servers[o].3.0.id().to_string();
+    let stop = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stop.success(), "kill -STOP {pid}");
+    /// Under a Linux host's 30 s I/O timeout, with room for a loaded machine.
+    const HOST_IO_TIMEOUT: Duration = Duration::from_secs(28);
+    let r = tokio::time::timeout(HOST_IO_TIMEOUT, host.write(1, 0, LBA, block(0, 2), true)).await;
+    let cont = Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert!(cont.success(), "kill -CONT {pid}");
+    let r = r.expect("a write forwarded to a hung peer was not answered within 28 s");
+    let status = r
+        .expect_err("a write forwarded to a hung peer succeeded")
+        .status();
+    assert!(
+        status.is_some_and(|s| s.same_code(Status::INTERNAL_PATH_ERROR) && !s.dnr()),
+        "expected a retryable path error, got {status:?}"
+    );
+    // The peer is back: the host's retry succeeds (within the bounded retries of a host).
+    let deadline = Instant::now() + ACK_DEADLINE;
+    loop {
+        match host.write(1, 0, LBA, block(0, 3), true).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "retry after the peer resumed: {e}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(host.read(1, 0, 8, LBA).await.unwrap(), block(0, 3));
+}

@@ -72,6 +72,10 @@ struct Args {
     /// skipped with a warning when that port is taken (an address given here must bind).
     #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics)]
     metrics: Option<Metrics>,
+    /// Cluster mode: deadline of a host command forwarded to a peer, in ms (then the host
+    /// gets a retryable path error).
+    #[arg(long, value_name = "MS", default_value_t = 5000, requires = "manager")]
+    forward_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -369,6 +373,8 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        node.shared
+            .set_forward_timeout(std::time::Duration::from_millis(args.forward_timeout));
         if let Err(e) = start_metrics(args.metrics, &node.target).await {
             eprintln!("tessera-target: {e}");
             node.target.shutdown().await;

@@ -10,6 +10,7 @@
 pub mod gate;
 pub mod generation;
 pub mod mover;
+pub mod node;
 pub mod peers;
 pub mod pool;
 pub mod routed;
@@ -36,11 +37,163 @@ use routed::RoutedVolume;
 /// How long a starting server keeps asking for its first map.
 pub const FIRST_MAP_WAIT: Duration = Duration::from_secs(30);
 /// When a postponed install (its final copy failed) is tried again.
-pub const POSTPONED_RETRY: Duration = Duration::from_secs(1);
+pub const POSTPONED_RETRY: Duration = Duration::from_millis(node::policy::POSTPONED_RETRY_MS);
+/// How often a fenced server (frozen, or catching up) retries fetching the current map.
+pub const CATCH_UP_RETRY: Duration = Duration::from_millis(node::policy::CATCH_UP_RETRY_MS);
 /// How often a server repeats the ack of its installed generation (idempotent).
-pub const REACK_PERIOD: Duration = Duration::from_secs(1);
+pub const REACK_PERIOD: Duration = Duration::from_millis(node::policy::REACK_MS);
 /// Mismatch reports sent to the manager per second at most (docs/cluster-protocol.md: rate-limited).
 pub const REPORTS_PER_SECOND: u32 = 10;
+
+/// The fencing rule on internal connections (docs/cluster-protocol.md, "Fencing"): the
+/// daemon's side of [`node::Ownership::admit`], rebuilt at every install.
+pub struct Admission {
+    ownership: ArcSwap<node::Ownership>,
+    /// The server has installed the current map since it started (a restart from an older
+    /// persisted map catches up first), and since it was last frozen.
+    caught_up: std::sync::atomic::AtomicBool,
+    /// Bumped by every fence: only a map fetched after the latest fence lifts it.
+    epoch: AtomicU64,
+    /// The heartbeat's last tick, in ms since `started` (a frozen process misses ticks).
+    last_tick: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Admission {
+    fn new(map: &ClusterMap, me: &str, caught_up: bool) -> Self {
+        Self {
+            ownership: ArcSwap::from_pointee(node::Ownership::new(map, me, caught_up)),
+            caught_up: std::sync::atomic::AtomicBool::new(caught_up),
+            epoch: AtomicU64::new(0),
+            last_tick: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// A map was installed: the fencing view follows it (still not serving while fenced).
+    fn installed(&self, map: &ClusterMap, me: &str) {
+        let serving = self.caught_up();
+        self.ownership
+            .store(Arc::new(node::Ownership::new(map, me, serving)));
+    }
+
+    /// Serves nothing until the current map has been fetched (and installed if newer).
+    fn fence(&self, map: &ClusterMap, me: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.caught_up.store(false, Ordering::Release);
+        self.ownership
+            .store(Arc::new(node::Ownership::new(map, me, false)));
+    }
+
+    /// The fence epoch now (taken when a fetch starts).
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Lifts the fence: `map` (installed) is at least the map fetched after the latest fence,
+    /// whose epoch was `epoch`. A fetch older than the latest fence lifts nothing.
+    fn thaw(&self, epoch: u64, map: &ClusterMap, me: &str) -> bool {
+        if self.epoch() != epoch {
+            return false;
+        }
+        self.caught_up.store(true, Ordering::Release);
+        self.ownership
+            .store(Arc::new(node::Ownership::new(map, me, true)));
+        true
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The heartbeat: true when the clock jumped since the last tick (the process was frozen).
+    fn tick(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.last_tick.swap(now, Ordering::AcqRel);
+        node::frozen(last, now)
+    }
+
+    /// A command that runs before the heartbeat noticed a freeze is refused too.
+    fn frozen_now(&self) -> bool {
+        node::frozen(self.last_tick.load(Ordering::Acquire), self.now_ms())
+    }
+
+    /// Whether this server serves extents and writes to peers now.
+    pub fn serving(&self) -> bool {
+        self.ownership.load().serving() && !self.frozen_now()
+    }
+
+    fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Checks an internal command (its stamp already passed) from the peer `hostnqn`.
+    pub fn check(
+        &self,
+        hostnqn: &str,
+        cmd: &codec::nvme::cmd::IoCommand,
+        data: &[u8],
+    ) -> Result<(), crate::controller::exec::Completion> {
+        use codec::nvme::cmd::IoCommand;
+        let sender = hostnqn
+            .strip_prefix(peers::SERVER_HOSTNQN_PREFIX)
+            .unwrap_or("");
+        let via = if cmd.nsid() == node::COPY_NSID {
+            node::Via::Copy
+        } else {
+            node::Via::Routed
+        };
+        let block = u64::from(INTERNAL_BLOCK);
+        let write = !matches!(
+            cmd,
+            IoCommand::Read(_) | IoCommand::Compare(_) | IoCommand::Verify(_) | IoCommand::Flush(_)
+        );
+        if self.frozen_now() {
+            return Err(refusal_completion(node::Refusal::NotServing));
+        }
+        let own = self.ownership.load();
+        let admit = |slba: u64, nlb: u64| {
+            let range = (slba.saturating_mul(block), nlb.saturating_mul(block));
+            own.admit(sender, via, range, write).map_err(|why| {
+                tracing::debug!(sender, ?via, ?why, slba, nlb, "internal command refused");
+                refusal_completion(why)
+            })
+        };
+        match cmd {
+            IoCommand::Read(rw)
+            | IoCommand::Write(rw)
+            | IoCommand::Compare(rw)
+            | IoCommand::Verify(rw) => admit(rw.slba, u64::from(rw.nlb)),
+            IoCommand::WriteZeroes(wz) => admit(wz.slba, u64::from(wz.nlb)),
+            IoCommand::WriteUncorrectable(_) => admit(0, u64::MAX / block),
+            // Each range: NLB in bytes 4..8, SLBA in bytes 8..16 (little endian).
+            IoCommand::DatasetManagement(_) => data.chunks_exact(16).try_for_each(|r| {
+                let nlb = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+                let mut slba = [0u8; 8];
+                slba.copy_from_slice(&r[8..16]);
+                admit(u64::from_le_bytes(slba), u64::from(nlb))
+            }),
+            IoCommand::Flush(_) => admit(0, 0),
+        }
+    }
+}
+
+/// The completion of a refused internal command: a server that is not serving answers
+/// "server behind" (retryable: the sender retries, then its host gets a path error); a peer
+/// that may not touch the range gets Access Denied (DNR).
+fn refusal_completion(why: node::Refusal) -> crate::controller::exec::Completion {
+    use codec::nvme::Status;
+    let status = match why {
+        node::Refusal::NotServing => Status::SERVER_BEHIND.with_crd(generation::SERVER_BEHIND_CRD),
+        node::Refusal::SenderFenced | node::Refusal::NotOwner | node::Refusal::NotSource => {
+            Status::ACCESS_DENIED.with_dnr()
+        }
+    };
+    crate::controller::exec::Completion {
+        status,
+        ..crate::controller::exec::Completion::default()
+    }
+}
 
 /// The pool backend kind (its size comes from the map).
 #[derive(Debug, Clone)]
@@ -83,6 +236,23 @@ pub struct NodeShared {
     pub state: Option<std::path::PathBuf>,
     /// A postponed install's retry loop is running.
     pub retrying: std::sync::atomic::AtomicBool,
+    /// The fencing rule on internal connections, and whether this server serves.
+    pub admission: Arc<Admission>,
+    /// Deadline of a forwarded command, in ms ([`routed::FORWARD_TIMEOUT`] by default).
+    forward_timeout_ms: AtomicU64,
+}
+
+impl NodeShared {
+    /// How long a forwarded command may take before the host gets a retryable path error.
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets it (`tessera-target --forward-timeout`); at least 1 ms.
+    pub fn set_forward_timeout(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.forward_timeout_ms.store(ms, Ordering::Relaxed);
+    }
 }
 
 /// A running cluster storage server.
@@ -122,7 +292,7 @@ pub async fn start(
             Ok(m) => break m,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "waiting for the manager's first map");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(node::policy::BOOT_RETRY_MS)).await;
             }
             Err(e) => {
                 return Err(NodeError(format!(
@@ -157,20 +327,19 @@ pub async fn start(
     // from that map: a newer map then arrives through the normal install path, so extents lost
     // while it was down are fenced and copied (docs/cluster-protocol.md, "restarting during
     // phase 1a"). A RAM pool starts empty: the fetched map is all there is.
+    // It serves nothing and writes to no peer until it has installed the fetched map (the
+    // catch-up install: docs/cluster-protocol.md, "Fencing").
     let state = state_path(pool_spec);
-    let boot = state
-        .as_deref()
-        .and_then(load_state)
-        .filter(|m| m.generation <= map.generation && m.server(server_id).is_some())
-        .unwrap_or_else(|| map.clone());
-    if boot.generation < map.generation {
+    let boot = node::boot(state.as_deref().and_then(load_state), map, server_id);
+    if let Some(current) = &boot.catch_up {
         tracing::info!(
-            persisted = boot.generation,
-            current = map.generation,
-            "starting from the persisted map; catching up through installs"
+            persisted = boot.map.generation,
+            current = current.generation,
+            "starting from the persisted map; not serving until the current map is installed"
         );
     }
-    let map = boot;
+    let catch_up = boot.catch_up;
+    let map = boot.map;
 
     let internal = Subsystem::with_cntlid_range(
         internal_nqn(server_id),
@@ -189,13 +358,26 @@ pub async fn start(
         uuid_of(&internal_nqn(server_id)),
         Arc::new(pool.clone()),
     );
-    internal.set_namespaces(BTreeMap::from([(INTERNAL_NSID, Arc::new(pool_ns))]));
+    // The same pool under a second namespace for copies of moving extents (the source rule).
+    let copy_ns = Namespace::new(
+        node::COPY_NSID,
+        INTERNAL_BLOCK,
+        uuid_of(&format!("{}:copy", internal_nqn(server_id))),
+        uuid_of(&format!("{}:copy", internal_nqn(server_id))),
+        Arc::new(pool.clone()),
+    );
+    internal.set_namespaces(BTreeMap::from([
+        (INTERNAL_NSID, Arc::new(pool_ns)),
+        (node::COPY_NSID, Arc::new(copy_ns)),
+    ]));
     let registry = Arc::new(Registry::new_cluster(vec![internal], map.generation));
     // Only a cluster node waits for a newer map (its manager will push it); a standalone
     // target never does (generation.rs).
     registry
         .generation
         .set_behind_wait(crate::controller::io::BEHIND_WAIT);
+    let admission = Arc::new(Admission::new(&map, server_id, catch_up.is_none()));
+    let _ = registry.admission.set(Arc::clone(&admission));
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(REPORT_QUEUE_MAX);
     registry.generation.set_reporter(report_tx);
 
@@ -211,6 +393,10 @@ pub async fn start(
         movers: mover::Movers::default(),
         state,
         retrying: std::sync::atomic::AtomicBool::new(false),
+        admission,
+        forward_timeout_ms: AtomicU64::new(
+            u64::try_from(routed::FORWARD_TIMEOUT.as_millis()).unwrap_or(5_000),
+        ),
     });
     sync_subsystems(&shared, &map);
     let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
@@ -221,7 +407,8 @@ pub async fn start(
     if let Err(e) = client.ack(server_id, map.generation).await {
         tracing::warn!(error = %e, "first ack failed");
     }
-    tokio::spawn(watch(Arc::clone(&shared)));
+    tokio::spawn(watch(Arc::clone(&shared), catch_up));
+    tokio::spawn(heartbeat(Arc::clone(&shared)));
     tokio::spawn(report(Arc::clone(&shared), report_rx));
     tracing::info!(
         server = server_id,
@@ -306,8 +493,14 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
 }
 
 /// Follows the manager's pushes for this server; installs and acknowledges each generation.
-async fn watch(node: Arc<NodeShared>) {
+async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
     let role = Role::Server(node.me.clone());
+    if let Some(map) = catch_up {
+        // Fetched after the start (epoch 0): installing it lifts the start's fence.
+        let target = map.generation;
+        install(&node, map).await;
+        catch_up_done(&node, 0, target);
+    }
     let mut reack = tokio::time::interval(REACK_PERIOD);
     reack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -323,8 +516,26 @@ async fn watch(node: Arc<NodeShared>) {
                     None => break,
                 },
                 () = node.refresh.notified() => {
-                    if let Ok(map) = node.client.map(&role).await {
+                    // A fenced server (frozen, catching up) serves again once a map fetched
+                    // after its latest fence is installed (or is not newer than its own).
+                    let fenced = (!node.admission.caught_up()).then(|| node.admission.epoch());
+                    match node.client.map(&role).await {
+                    Ok(map) => {
+                        let target = map.generation;
                         install(&node, map).await;
+                        if let Some(epoch) = fenced {
+                            catch_up_done(&node, epoch, target);
+                        }
+                    }
+                    Err(e) if !node.admission.caught_up() => {
+                        tracing::warn!(error = %e, "fenced: cannot fetch the current map yet");
+                        let n = Arc::clone(&node);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(CATCH_UP_RETRY).await;
+                            n.refresh.notify_one();
+                        });
+                    }
+                    Err(_) => {}
                     }
                 }
                 _ = reack.tick() => {
@@ -340,6 +551,23 @@ async fn watch(node: Arc<NodeShared>) {
     }
 }
 
+/// After a fetch that started at fence epoch `epoch` brought generation `target` and it was
+/// installed (or was not newer): serve again, and start the copiers the fence held back.
+fn catch_up_done(node: &Arc<NodeShared>, epoch: u64, target: u64) {
+    let current = node.map.load_full();
+    if current.generation >= target && node.admission.thaw(epoch, &current, &node.me) {
+        tracing::info!(generation = current.generation, "map current: serving");
+        mover::sync(node, &current);
+    } else if !node.admission.caught_up() {
+        // Postponed install, or fenced again meanwhile: fetch again.
+        let n = Arc::clone(node);
+        tokio::spawn(async move {
+            tokio::time::sleep(CATCH_UP_RETRY).await;
+            n.refresh.notify_one();
+        });
+    }
+}
+
 /// Installs `new` if it is newer (docs/cluster-protocol.md, "Publishing a change").
 pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
     let _one = node.movers.install_lock.lock().await;
@@ -347,11 +575,14 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
     if new.generation <= old.generation {
         return;
     }
-    let lost: Vec<_> = ClusterMap::changed_owners(&old, &new)
-        .into_iter()
-        .filter(|l| l.old_owner == node.me)
-        .collect();
-    let gate = node.registry.gate.clone();
+    let lost = node::lost_extents(&old, &new, &node.me);
+    // A server that is not serving yet (catching up after a restart) runs no I/O: its
+    // install closes no gate, so nothing waits on it (docs/cluster-protocol.md, "Bounds").
+    let gate = node
+        .registry
+        .gate
+        .clone()
+        .filter(|_| node.admission.caught_up());
     if !lost.is_empty() {
         // Phase 1a: fence the extents we lose. No I/O runs while the gate is closed; the last
         // writes are copied to the new owner (stamped with the generation it still has), and
@@ -360,8 +591,8 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
             g.close().await;
         }
         let mut ok = true;
-        for l in &lost {
-            ok &= mover::finish(node, &old, &new, &l.volume, l.extent)
+        for (volume, extent) in &lost {
+            ok &= mover::finish(node, &old, &new, volume, *extent)
                 .await
                 .is_ok();
         }
@@ -399,6 +630,7 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
     }
     node.map.store(Arc::new(new.clone()));
     sync_subsystems(node, &new);
+    node.admission.installed(&new, &node.me);
     node.registry.generation.install(new.generation);
     // Durable before the ack: a restart resumes from here (see `start`).
     persist(node, &new).await;
@@ -413,13 +645,32 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
         "map installed"
     );
     mover::sync(node, &new);
-    for attempt in 0..5u32 {
+    for attempt in 0..node::policy::ACK_TRIES {
         match node.client.ack(&node.me, new.generation).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "ack failed");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                let pause = node::policy::ACK_BACKOFF_MS << attempt;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
+        }
+    }
+}
+
+/// Notices a frozen process (SIGSTOP, a stalled VM): the manager may have marked this server
+/// down and switched its extents meanwhile, so it fences itself until it has fetched the
+/// current map (docs/cluster-protocol.md, "Fencing").
+async fn heartbeat(node: Arc<NodeShared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(node::HEARTBEAT_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let a = &node.admission;
+    a.last_tick.store(a.now_ms(), Ordering::Release);
+    loop {
+        tick.tick().await;
+        if node.admission.tick() {
+            tracing::warn!("this process was frozen: serving nothing until the map is fetched");
+            node.admission.fence(&node.map.load_full(), &node.me);
+            node.refresh.notify_one();
         }
     }
 }
@@ -428,6 +679,11 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
 async fn report(node: Arc<NodeShared>, mut rx: tokio::sync::mpsc::Receiver<MismatchReport>) {
     let period = Duration::from_millis(1000 / u64::from(REPORTS_PER_SECOND));
     while let Some(first) = rx.recv().await {
+        // A command stamped ahead of us: a newer map exists; fetch it now rather than wait
+        // for the watch stream (which may be broken or slow).
+        if first.kind == MismatchKind::Behind {
+            node.refresh.notify_one();
+        }
         // Gather what else arrived within one period, then send one report per kind.
         let mut batch: BTreeMap<u8, (MismatchReport, u64)> = BTreeMap::new();
         let key = |r: &MismatchReport| match r.kind {

@@ -18,7 +18,8 @@ use manager::api::MoveReadyRequest;
 use manager::map::{ClusterMap, Replica};
 
 use super::NodeShared;
-use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
+use super::node::{self as rules, COPY_NSID, policy};
+use super::peers::INTERNAL_BLOCK;
 use super::pool::{DirtyRegion, TRACK_CHUNK, read_pool};
 use crate::initiator::InitiatorError;
 use crate::subsystem::lock;
@@ -50,7 +51,9 @@ pub struct Movers {
 /// that are no longer moving here (a move that was switched or cancelled).
 pub fn sync(node: &Arc<NodeShared>, map: &ClusterMap) {
     let mut want: HashMap<(String, usize), (u64, u64, Replica)> = HashMap::new();
-    for v in &map.volumes {
+    // A server that does not serve (marked down, or catching up) copies nothing.
+    let serving = node.admission.serving();
+    for v in map.volumes.iter().filter(|_| serving) {
         for (i, e) in v.extents.iter().enumerate() {
             let (Some(owner), Some(mv)) = (e.replicas.first(), &e.moving) else {
                 continue;
@@ -120,11 +123,11 @@ async fn copier(
             if stop.load(Ordering::Acquire) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(policy::PASS_RETRY_MS)).await;
             continue;
         }
         passes += 1;
-        if n <= CONVERGED_CHUNKS || passes >= PASSES_MAX {
+        if rules::converged(n, passes, CONVERGED_CHUNKS, PASSES_MAX) {
             break;
         }
     }
@@ -141,8 +144,27 @@ async fn copier(
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "move-ready not accepted yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(policy::READY_RETRY_MS)).await;
             }
+        }
+    }
+}
+
+/// Why a copy did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyError {
+    /// Try again later (the peer is unreachable, or kept answering stale/behind).
+    Failed(String),
+    /// The new owner refused the copy under the source rule: its map no longer names this
+    /// server as the source of the move (switched or cancelled without us). Final.
+    NotSource,
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(e) => f.write_str(e),
+            Self::NotSource => f.write_str("refused: this server is not the move's source"),
         }
     }
 }
@@ -156,22 +178,13 @@ async fn copy(
     dest: &Replica,
     stop: Option<&AtomicBool>,
     final_pass: bool,
-) -> Result<(), ()> {
+) -> Result<(), CopyError> {
     let chunks_per_io = usize::try_from(COPY_IO_MAX / TRACK_CHUNK).unwrap_or(1);
-    let mut c = 0usize;
-    let total = bits.len();
-    while c < total {
-        if !bits[c] {
-            c += 1;
-            continue;
-        }
-        let mut end = c + 1;
-        while end < total && bits[end] && end - c < chunks_per_io {
-            end += 1;
-        }
+    let mut from = 0usize;
+    while let Some((c, end)) = rules::next_dirty_run(bits.len(), |i| bits[i], from, chunks_per_io) {
         if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
             remark(region, bits, c);
-            return Err(());
+            return Err(CopyError::Failed("stopped".to_string()));
         }
         let off = region.start + c as u64 * TRACK_CHUNK;
         let len = ((end - c) as u64 * TRACK_CHUNK).min(region.start + region.len - off);
@@ -187,9 +200,9 @@ async fn copy(
         {
             tracing::warn!(error = %e, "extent copy I/O failed");
             remark(region, bits, c);
-            return Err(());
+            return Err(e);
         }
-        c = end;
+        from = end;
     }
     Ok(())
 }
@@ -213,24 +226,25 @@ async fn copy_range(
     dest_off: u64,
     dest_server: &str,
     final_pass: bool,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
     let data = read_pool(&node.pool, pool_off, usize::try_from(len).unwrap_or(0))
         .await
-        .map_err(|e| e.to_string())?;
-    let mut backoff = Duration::from_millis(10);
+        .map_err(|e| CopyError::Failed(e.to_string()))?;
+    let mut backoff = Duration::from_millis(policy::COPY_BACKOFF_MIN_MS);
+    let backoff_max = Duration::from_millis(policy::COPY_BACKOFF_MAX_MS);
     let mut stamp = node.registry.generation.current();
-    for _ in 0..20 {
+    for _ in 0..policy::COPY_TRIES {
         let map = node.map.load_full();
         let addr = map
             .server(dest_server)
             .map(|s| s.internal)
-            .ok_or_else(|| format!("server {dest_server} left the map"))?;
+            .ok_or_else(|| CopyError::Failed(format!("server {dest_server} left the map")))?;
         let q = match node.peers.queue(dest_server, addr).await {
             Ok(q) => q,
             Err(e) => {
                 node.peers.drop_peer(dest_server);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                backoff = (backoff * 2).min(backoff_max);
                 tracing::debug!(error = %e, "copy: peer unreachable");
                 continue;
             }
@@ -242,7 +256,7 @@ async fn copy_range(
         match q
             .with_generation(g)
             .write(
-                INTERNAL_NSID,
+                COPY_NSID,
                 dest_off / u64::from(INTERNAL_BLOCK),
                 INTERNAL_BLOCK,
                 data.clone(),
@@ -254,31 +268,34 @@ async fn copy_range(
             Err(InitiatorError::Generation {
                 server_generation, ..
             }) => {
-                if server_generation > g && final_pass {
+                match rules::on_mismatch(g, server_generation, final_pass) {
                     // Inside an install our own map cannot move: adopt the new owner's
                     // generation for the final copy and retry at once.
-                    stamp = server_generation;
-                    continue;
-                }
-                if server_generation > g {
-                    node.refresh.notify_one();
-                    node.registry
-                        .generation
-                        .wait_for(server_generation, backoff * 4)
-                        .await;
-                } else {
-                    tokio::time::sleep(backoff).await;
+                    rules::OnMismatch::Adopt(theirs) => {
+                        stamp = theirs;
+                        continue;
+                    }
+                    rules::OnMismatch::Refresh(theirs) => {
+                        node.refresh.notify_one();
+                        node.registry.generation.wait_for(theirs, backoff * 4).await;
+                    }
+                    rules::OnMismatch::Backoff => tokio::time::sleep(backoff).await,
                 }
             }
             Err(e) if e.is_connection_fatal() => {
                 node.peers.drop_peer(dest_server);
                 tokio::time::sleep(backoff).await;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(InitiatorError::Status(s)) if s.same_code(codec::nvme::Status::ACCESS_DENIED) => {
+                return Err(CopyError::NotSource);
+            }
+            Err(e) => return Err(CopyError::Failed(e.to_string())),
         }
-        backoff = (backoff * 2).min(Duration::from_millis(500));
+        backoff = (backoff * 2).min(backoff_max);
     }
-    Err(format!("copy to {dest_server} kept failing"))
+    Err(CopyError::Failed(format!(
+        "copy to {dest_server} kept failing"
+    )))
 }
 
 /// The switch, on the old owner, with the install gate closed: stop the copier, copy what is
@@ -325,16 +342,28 @@ pub async fn finish(
     stop.store(true, Ordering::Release);
     let _ = task.await;
     // The gate is closed: nothing writes the region now. Copy the rest until clean.
-    for _ in 0..4 {
+    for _ in 0..policy::FINAL_ROUNDS {
         let bits = region.take();
         if bits.not_any() {
             node.pool.0.untrack(&region);
             tracing::info!(volume, extent, to = %dest.server, "extent switched");
             return Ok(());
         }
-        if copy(node, &region, &bits, &dest, None, true).await.is_err() {
-            remark(&region, &bits, 0);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        match copy(node, &region, &bits, &dest, None, true).await {
+            Ok(()) => {}
+            Err(CopyError::NotSource) => {
+                // The new owner's map no longer names us as the source: the switch happened
+                // without us (we were marked down). Our copy of the extent is obsolete.
+                node.pool.0.untrack(&region);
+                tracing::warn!(volume, extent, to = %dest.server,
+                    "final copy refused: the move was switched without this server; \
+                     dropping its copy");
+                return Ok(());
+            }
+            Err(CopyError::Failed(_)) => {
+                remark(&region, &bits, 0);
+                tokio::time::sleep(Duration::from_millis(policy::FINAL_RETRY_MS)).await;
+            }
         }
     }
     let left = region.take();

@@ -16,9 +16,12 @@ pub fn internal_nqn(server_id: &str) -> String {
     format!("nqn.2026-11.dev.tessera:internal:{server_id}")
 }
 
+/// The host NQN a server uses on internal connections: this prefix and its id.
+pub const SERVER_HOSTNQN_PREFIX: &str = "nqn.2026-11.dev.tessera:server:";
+
 /// The host NQN a server uses on internal connections.
 pub fn server_hostnqn(server_id: &str) -> String {
-    format!("nqn.2026-11.dev.tessera:server:{server_id}")
+    format!("{SERVER_HOSTNQN_PREFIX}{server_id}")
 }
 
 /// Block size of the internal namespace (NSID 1 = the whole pool).

@@ -11,14 +11,19 @@ use bytes::Bytes;
 use hw::{IoError, Op};
 
 use super::NodeShared;
+use super::node::policy;
 use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
 use crate::initiator::InitiatorError;
 use crate::subsystem::volume::{IoFuture, IoResult, NoPath, Volume, VolumeError};
 
 /// Tries per piece before the host gets a path error (then it retries itself).
-pub const ROUTE_TRIES: u32 = 6;
+pub const ROUTE_TRIES: u32 = policy::ROUTE_TRIES;
+/// How long a forwarded piece may take, all tries included, before the host gets a retryable
+/// path error (well under a Linux host's 30 s I/O timeout). `tessera-target --forward-timeout`.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff between tries: 10 ms doubling to 320 ms (well under Linux's 30 s I/O timeout).
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(policy::ROUTE_BACKOFF_MIN_MS);
+const BACKOFF_MAX: Duration = Duration::from_millis(policy::ROUTE_BACKOFF_MAX_MS);
 
 /// One piece of a request: `len` bytes at byte `vol_off` of the volume, in extent `extent`.
 #[derive(Debug, Clone, Copy)]
@@ -120,38 +125,68 @@ impl RoutedVolume {
     {
         let mut backoff = BACKOFF_MIN;
         let mut last = VolumeError::NoPath(NoPath::Unmapped);
+        let deadline = tokio::time::Instant::now() + node.forward_timeout();
         for _ in 0..ROUTE_TRIES {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            // Marked down, or catching up after a restart: serve nothing (a retryable path
+            // error; docs/cluster-protocol.md, "Fencing").
+            if !node.admission.serving() {
+                return Err(last);
+            }
             let generation = node.registry.generation.current();
             let Some(t) = Self::locate(node, name, &p) else {
                 return Err(last);
             };
-            match op(t, generation).await {
+            let peer = match &t {
+                Target::Remote { server, .. } => Some(server.clone()),
+                Target::Local(_) => None,
+            };
+            let answer = match peer {
+                // A peer that does not answer in time (hung, or cut off) is given up: its
+                // connection is dropped and the host gets a retryable path error.
+                Some(server) => match tokio::time::timeout_at(deadline, op(t, generation)).await {
+                    Ok(a) => a,
+                    Err(_) => {
+                        tracing::warn!(peer = %server, "forwarded command timed out");
+                        node.peers.drop_peer(&server);
+                        node.refresh.notify_one();
+                        return Err(last);
+                    }
+                },
+                None => op(t, generation).await,
+            };
+            match answer {
                 Ok(v) => return Ok(v),
                 Err(RouteError::Io(e)) => return Err(e),
                 Err(RouteError::Generation { server_generation }) => {
                     last = VolumeError::NoPath(NoPath::MapSettling);
                     node.stale_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if server_generation > generation {
+                    // A routed piece is never a final copy: it never adopts the peer's generation.
+                    match super::node::on_mismatch(generation, server_generation, false) {
                         // We are behind: ask for the map now and wait for it (bounded).
-                        node.refresh.notify_one();
-                        node.registry
-                            .generation
-                            .wait_for(server_generation, backoff * 4)
-                            .await;
-                    } else {
+                        super::node::OnMismatch::Refresh(theirs) => {
+                            node.refresh.notify_one();
+                            node.registry.generation.wait_for(theirs, backoff * 4).await;
+                        }
                         // The peer is behind: it catches up through its own watch stream.
-                        tokio::time::sleep(backoff).await;
+                        _ => {
+                            let until = deadline.min(tokio::time::Instant::now() + backoff);
+                            tokio::time::sleep_until(until).await;
+                        }
                     }
                 }
                 Err(RouteError::Unreachable(server)) => {
                     node.peers.drop_peer(&server);
                     last = VolumeError::NoPath(NoPath::Unreachable);
                     node.refresh.notify_one();
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + backoff))
+                        .await;
                 }
             }
-            backoff = (backoff * 2).min(Duration::from_millis(320));
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         Err(last)
     }

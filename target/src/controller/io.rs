@@ -53,7 +53,10 @@ pub fn execute(
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
     let generation = &ctrl.registry.generation;
     match generation.check(stamp, internal) {
-        Ok(()) => with_pass(run(ctrl, ns, cmd, data, Some(pool)), pass),
+        Ok(()) => match admitted(ctrl, internal, &cmd, &data) {
+            Ok(()) => with_pass(run(ctrl, ns, cmd, data, Some(pool)), pass),
+            Err(o) => o,
+        },
         Err(m)
             if m.status.same_code(Status::SERVER_BEHIND)
                 && generation.behind_wait_ms.load(Ordering::Relaxed) > 0 =>
@@ -109,7 +112,10 @@ async fn checked(
         g.check(stamp, internal)
     };
     let outcome = match verdict {
-        Ok(()) => run(ctrl, ns, cmd, data, pool),
+        Ok(()) => match admitted(ctrl, internal, &cmd, &data) {
+            Ok(()) => run(ctrl, ns, cmd, data, pool),
+            Err(o) => o,
+        },
         Err(m) => mismatch(m),
     };
     let c = match outcome {
@@ -118,6 +124,20 @@ async fn checked(
     };
     drop(pass);
     c
+}
+
+/// Cluster nodes: an internal command whose stamp passed must also come from a peer this
+/// server's map allows on that range (docs/cluster-protocol.md, "Fencing").
+fn admitted(
+    ctrl: &Controller,
+    internal: bool,
+    cmd: &IoCommand,
+    data: &Bytes,
+) -> Result<(), Outcome> {
+    match ctrl.registry.admission.get() {
+        Some(a) if internal => a.check(&ctrl.hostnqn, cmd, data).map_err(|c| c.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Keeps the gate pass until the command has completed.

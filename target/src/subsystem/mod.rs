@@ -291,6 +291,8 @@ pub struct Registry {
     pub gate: Option<Arc<crate::cluster::gate::Gate>>,
     /// The transport limits in force (Identify advertises them); set when the target starts.
     transport: std::sync::OnceLock<crate::transport::TransportConfig>,
+    /// Cluster nodes: who may touch which range of the pool on internal connections.
+    pub admission: std::sync::OnceLock<Arc<crate::cluster::Admission>>,
 }
 
 impl Registry {
@@ -314,6 +316,7 @@ impl Registry {
             generation: GenerationState::new(generation),
             gate: None,
             transport: std::sync::OnceLock::new(),
+            admission: std::sync::OnceLock::new(),
         }
     }
 

@@ -268,9 +268,9 @@ impl World {
             Node::Cli(k),
             Node::Srv(d),
             g,
-            blk,
-            1,
+            (blk, 1),
             write.map(|v| vec![v]),
+            false,
         );
         if let Some(op) = &mut self.cli[k].op {
             op.io = Some((io, g));
@@ -332,6 +332,7 @@ impl World {
                     }
                     IoRes::Stale(_) => self.ext_sleep(k, backoff),
                     IoRes::Behind(_) => self.ext_sleep(k, CRD_MS),
+                    IoRes::Denied => self.op_done(k, None),
                 }
             }
             Msg::HostReply { id, res } if self.cli[k].op.as_ref().is_some_and(|o| o.id == id) => {
@@ -411,7 +412,10 @@ impl World {
             (None, Some(have)) => {
                 self.stats.ops_ok += 1;
                 self.stats.reads_checked += 1;
-                if op.floor > 0 && !self.serves(have, op.key, op.floor) {
+                if op.floor > 0
+                    && !self.serves(have, op.key, op.floor)
+                    && !self.forgiven_floor(op.key, op.floor)
+                {
                     let path = match op.via {
                         Some(s) => format!("through host path {}", self.srv[s].id),
                         None => format!("by layout-aware client {k}"),

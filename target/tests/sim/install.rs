@@ -12,7 +12,8 @@ use manager::map::{ClusterMap, Replica};
 
 use super::mover::{Mover, MvSt, Pass, chunks};
 use super::server::{
-    ACK_TRIES, CopyOwner, FINAL_ROUNDS, FinalCopy, InSt, Install, REACK_MS, RpcFor,
+    ACK_BACKOFF_MS, ACK_TRIES, CATCH_UP_RETRY_MS, Copied, CopyOwner, FINAL_RETRY_MS, FINAL_ROUNDS,
+    FinalCopy, InSt, Install, POSTPONED_RETRY_MS, REACK_MS, RpcFor,
 };
 use super::world::{BLOCK, Req, Role, Timer, World};
 
@@ -30,7 +31,8 @@ impl World {
         } else if s.refresh {
             s.refresh = false;
             s.fetching = true;
-            self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Refresh);
+            let fenced = (!s.caught_up).then_some(s.epoch);
+            self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Refresh(fenced));
         } else if s.reack_due {
             // `reack.tick()` (MissedTickBehavior::Delay: the next tick is a period after this
             // one was taken): ack the installed generation again.
@@ -63,12 +65,10 @@ impl World {
             return self.srv_kick(i);
         }
         let old = Arc::clone(&s.map);
-        let lost: Vec<(String, usize)> = ClusterMap::changed_owners(&old, &new)
-            .into_iter()
-            .filter(|l| l.old_owner == s.id)
-            .map(|l| (l.volume, l.extent))
-            .collect();
+        let lost = tessera::cluster::node::lost_extents(&old, &new, &s.id);
         let fence = !lost.is_empty();
+        // A server catching up after a restart serves nothing: its install closes no gate.
+        let close_gate = fence && s.caught_up;
         if std::mem::take(&mut s.boot_install) && fence {
             self.stats.restart_final_copies += 1;
         }
@@ -83,7 +83,7 @@ impl World {
             token: 0,
         });
         if fence {
-            s.gate_closed = true;
+            s.gate_closed = close_gate;
             let what = format!(
                 "{} installing g{}: gate closed, fencing {:?} ({} commands inside)",
                 s.id,
@@ -269,12 +269,23 @@ impl World {
         }
     }
 
-    pub fn install_copy_done(&mut self, i: usize, ok: bool) {
+    pub fn install_copy_done(&mut self, i: usize, res: Copied) {
         let Some(InSt::Final(mut fc)) = self.install_state(i) else {
             return;
         };
         fc.pass.task = None;
-        if ok {
+        if res == Copied::NotSource {
+            // mover.rs `finish`: the move was switched without us; our copy is obsolete.
+            let id = self.srv[i].id.clone();
+            self.note(format!(
+                "{id}: final copy of {}[{}] refused (not the source): dropped",
+                fc.key.0, fc.key.1
+            ));
+            self.stats.copies_refused += 1;
+            self.srv[i].movers.remove(&fc.key);
+            return self.install_lost_done(i);
+        }
+        if res == Copied::Yes {
             self.set_install(i, InSt::Final(fc));
             return self.final_step(i);
         }
@@ -288,7 +299,7 @@ impl World {
         }
         let token = self.install_token(i);
         self.set_install(i, InSt::FinalSleep(fc));
-        self.timer(Self::me(i), 100, Timer::InstallWake(token));
+        self.timer(Self::me(i), FINAL_RETRY_MS, Timer::InstallWake(token));
     }
 
     fn install_token(&mut self, i: usize) -> u64 {
@@ -336,9 +347,13 @@ impl World {
             ins.new.generation
         ));
         self.gate_open(i);
+        if !self.srv[i].caught_up {
+            // `cluster::catch_up_done`: a fenced server fetches again.
+            self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
+        }
         // The watch stream will not send that generation again: the target schedules a
         // refresh fetch (cluster::POSTPONED_RETRY, 1 s) to retry the install.
-        self.timer(Self::me(i), 1000, Timer::PostponedRetry);
+        self.timer(Self::me(i), POSTPONED_RETRY_MS, Timer::PostponedRetry);
         self.srv_kick(i);
     }
 
@@ -382,6 +397,7 @@ impl World {
         }
         s.generation.install(new.generation);
         s.model_gen = new.generation;
+        s.own = tessera::cluster::node::Ownership::new(&new, &s.id, s.caught_up);
         // Persisted (durably) after the final copies and the install, before the ack.
         s.persisted = Some(Arc::clone(&new));
         let id = s.id.clone();
@@ -390,6 +406,7 @@ impl World {
         if fenced {
             self.gate_open(i);
         }
+        self.srv_thaw(i);
         self.mover_sync(i);
         self.wake_waiters(i);
         self.install_ack(i, 0);
@@ -424,6 +441,10 @@ impl World {
         }
         let token = self.install_token(i);
         self.set_install(i, InSt::AckSleep(attempt));
-        self.timer(Self::me(i), 100 << attempt, Timer::InstallWake(token));
+        self.timer(
+            Self::me(i),
+            ACK_BACKOFF_MS << attempt,
+            Timer::InstallWake(token),
+        );
     }
 }

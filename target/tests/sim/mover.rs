@@ -11,15 +11,14 @@ use manager::map::Replica;
 use super::server::{CopyOwner, Task};
 use super::world::{BLOCK, Node, Req, Timer, World};
 
+// The daemon's copier policy (`tessera::cluster::mover`, `pool`, `node::policy`).
+pub use tessera::cluster::mover::{CONVERGED_CHUNKS, PASSES_MAX};
+pub use tessera::cluster::node::policy::{PASS_RETRY_MS, READY_RETRY_MS};
 /// pool.rs `TRACK_CHUNK` (4 KiB) in blocks.
-pub const CHUNK_BLOCKS: u64 = 4096 / BLOCK;
+pub const CHUNK_BLOCKS: u64 = tessera::cluster::pool::TRACK_CHUNK / BLOCK;
 /// mover.rs `COPY_IO_MAX / TRACK_CHUNK`.
-pub const CHUNKS_PER_IO: usize = 32;
-pub const PASSES_MAX: u32 = 16;
-pub const CONVERGED_CHUNKS: usize = 64;
-/// mover.rs: sleep after a failed pass, and between refused move-ready requests.
-pub const PASS_RETRY_MS: u64 = 200;
-pub const READY_RETRY_MS: u64 = 500;
+pub const CHUNKS_PER_IO: usize =
+    (tessera::cluster::mover::COPY_IO_MAX / tessera::cluster::pool::TRACK_CHUNK) as usize;
 
 pub fn chunks(nblk: u64) -> usize {
     nblk.div_ceil(CHUNK_BLOCKS) as usize
@@ -47,18 +46,14 @@ impl Pass {
     /// The next range to copy as (first block, blocks) within the region, advancing.
     pub fn next_range(&mut self, nblk: u64) -> Option<(u64, u64)> {
         let total = self.bits.len();
-        let mut c = self.cursor;
-        while c < total && !self.bits[c] {
-            c += 1;
-        }
-        if c >= total {
+        let bits = &self.bits;
+        // The real rule (`node::next_dirty_run`, mover.rs `copy`).
+        let Some((c, end)) =
+            tessera::cluster::node::next_dirty_run(total, |i| bits[i], self.cursor, CHUNKS_PER_IO)
+        else {
             self.cursor = total;
             return None;
-        }
-        let mut end = c + 1;
-        while end < total && self.bits[end] && end - c < CHUNKS_PER_IO {
-            end += 1;
-        }
+        };
         self.current = c;
         self.cursor = end;
         let first = c as u64 * CHUNK_BLOCKS;
@@ -137,7 +132,9 @@ impl World {
         let me = self.srv[i].id.clone();
         let map = std::sync::Arc::clone(&self.srv[i].map);
         let mut want = Vec::new();
-        for v in &map.volumes {
+        // A server that does not serve (marked down, or catching up) copies nothing.
+        let serving = self.srv[i].own.serving();
+        for v in map.volumes.iter().filter(|_| serving) {
             for (e, ext) in v.extents.iter().enumerate() {
                 let (Some(owner), Some(mv)) = (ext.replicas.first(), &ext.moving) else {
                     continue;
@@ -291,7 +288,7 @@ impl World {
             _ => 0,
         };
         m.passes += 1;
-        if n <= CONVERGED_CHUNKS || m.passes >= PASSES_MAX {
+        if tessera::cluster::node::converged(n, m.passes, CONVERGED_CHUNKS, PASSES_MAX) {
             m.req = Some(MoveReadyRequest {
                 server: me.clone(),
                 volume: key.0.clone(),

@@ -1,7 +1,9 @@
 //! A storage server, following target/src/cluster/mod.rs (start, watch, install), io.rs (gate,
 //! stamp check, behind-wait) and routed.rs (host I/O routed with retries). The stamp check is
-//! the REAL `tessera::cluster::generation::GenerationState`; the model keeps its own record of the
-//! installed generation too, so a broken check is caught at the execution point.
+//! the REAL `tessera::cluster::generation::GenerationState`; the fencing rules (which map a
+//! restart boots from, who may write where, when a server serves) and the retry policy are the
+//! REAL `tessera::cluster::node`. The model keeps its own record of the installed generation
+//! too, so a broken check is caught at the execution point.
 //!
 //! The pool is durable (a crash is a process restart: the pool survives, RAM does not: map,
 //! generation, gate, dirty maps, commands in flight). So is the persisted map (the restart-in-1a
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use manager::map::{ClusterMap, Replica};
 use tessera::cluster::generation::GenerationState;
+use tessera::cluster::node::{self, Ownership, Refusal, Via};
 
 use super::client::Watch;
 use super::mover::{Mover, Pass};
@@ -22,22 +25,15 @@ use super::world::{
     BLOCK, BlockKey, Gen, IoRes, Msg, Mutation, Node, POOL_BLOCKS, Rep, Req, Role, Timer, World,
 };
 
-/// routed.rs `ROUTE_TRIES`, and its backoff (10 ms doubling to 320 ms).
-pub const ROUTE_TRIES: u32 = 6;
-pub const ROUTE_BACKOFF_MAX_MS: u64 = 320;
-/// mover.rs `copy_range`: 20 tries, backoff 10 ms doubling to 500 ms.
-pub const COPY_TRIES: u32 = 20;
-pub const COPY_BACKOFF_MAX_MS: u64 = 500;
+// The daemon's retry policy (`tessera::cluster::node::policy`): routed pieces, copies, final
+// copies, acks, boot, re-acks, catch-up.
+pub use tessera::cluster::node::policy::{
+    ACK_BACKOFF_MS, ACK_TRIES, BOOT_RETRY_MS, CATCH_UP_RETRY_MS, COPY_BACKOFF_MAX_MS,
+    COPY_BACKOFF_MIN_MS, COPY_TRIES, FINAL_RETRY_MS, FINAL_ROUNDS, POSTPONED_RETRY_MS, REACK_MS,
+    ROUTE_BACKOFF_MAX_MS, ROUTE_BACKOFF_MIN_MS, ROUTE_TRIES,
+};
 /// io.rs `BEHIND_WAIT`.
-pub const BEHIND_WAIT_MS: u64 = 2_000;
-/// cluster/mod.rs: a starting server asks for its first map every 500 ms.
-pub const BOOT_RETRY_MS: u64 = 500;
-/// mover.rs `finish`: final-copy rounds.
-pub const FINAL_ROUNDS: u32 = 4;
-/// cluster/mod.rs `install`: ack tries, sleeping 100 ms << attempt after each failure.
-pub const ACK_TRIES: u32 = 5;
-/// cluster/mod.rs `REACK_PERIOD`: the watch loop re-acks the installed generation.
-pub const REACK_MS: u64 = 1_000;
+pub const BEHIND_WAIT_MS: u64 = tessera::controller::io::BEHIND_WAIT.as_millis() as u64;
 
 /// An internal command waiting at this server (closed gate or behind-wait).
 #[derive(Debug, Clone)]
@@ -48,6 +44,8 @@ pub struct Cmd {
     pub blk: u64,
     pub nblk: u64,
     pub data: Option<Vec<u64>>,
+    /// Sent on the copy namespace (a copy of a moving extent), else routed.
+    pub copy: bool,
 }
 
 /// What a control-API request of this server was for.
@@ -57,7 +55,8 @@ pub enum RpcFor {
     BootAck,
     InstallAck,
     MoveReady((String, usize)),
-    Refresh,
+    /// A refresh fetch; with the fence epoch when it started fenced.
+    Refresh(Option<u64>),
     /// The watch loop's periodic re-ack (`reack.tick()`).
     ReAck,
 }
@@ -78,12 +77,21 @@ impl Retry {
     fn new() -> Self {
         Self {
             tries: 0,
-            backoff: 10,
+            backoff: ROUTE_BACKOFF_MIN_MS,
             io: None,
             wait: None,
             token: 0,
         }
     }
+}
+
+/// How one `copy_range` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    Yes,
+    No,
+    /// Refused under the source rule: final.
+    NotSource,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +193,23 @@ pub struct Server {
     /// For the new-bug label only: the generation whose install was postponed (a failed
     /// final copy) and has not been installed since.
     pub postponed: Option<Gen>,
+    /// The real fencing rule's view of this server's map (`node::Ownership`), rebuilt at
+    /// every install; not serving until the catch-up install after a restart.
+    pub own: Ownership,
+    /// Installed the current map since it booted (`cluster::Admission::caught_up`).
+    pub caught_up: bool,
+    /// Bumped by every fence (`cluster::Admission::epoch`).
+    pub epoch: u64,
+    /// A fetch that started at fence epoch `.0` brought generation `.1`: installing it (or
+    /// a newer one) lifts the fence (`cluster::catch_up_done`).
+    pub thaw: Option<(u64, Gen)>,
+    /// Hung (SIGSTOP) since then, until `hung_until` (world.rs `hang_one`).
+    pub hung_since: Option<u64>,
+    pub hung_until: u64,
+    /// The generation of the map the operator marked it down in (while hung).
+    pub down_gen: Option<Gen>,
+    /// The operator restarts it (from its durable pool) instead of letting it resume.
+    pub restart_on_resume: bool,
     pub gate_closed: bool,
     pub inside: u32,
     pub gate_wait: Vec<Cmd>,
@@ -222,6 +247,14 @@ impl Server {
             boot_install: false,
             before_crash: 0,
             postponed: None,
+            own: Ownership::default(),
+            caught_up: false,
+            epoch: 0,
+            thaw: None,
+            hung_since: None,
+            hung_until: 0,
+            down_gen: None,
+            restart_on_resume: false,
             gate_closed: false,
             inside: 0,
             gate_wait: Vec::new(),
@@ -307,13 +340,13 @@ impl World {
             self.srv[i].persisted.clone()
         };
         let from_persisted = persisted.is_some();
-        let (map, newer) = match persisted {
-            Some(p) => {
-                let newer = (fetched.generation > p.generation).then_some(fetched);
-                (p, newer)
-            }
-            None => (fetched, None),
-        };
+        // The real rule: `node::boot` (the daemon's `cluster::start`).
+        let b = node::boot(
+            persisted.map(|p| (*p).clone()),
+            (*fetched).clone(),
+            &self.srv[i].id,
+        );
+        let (map, newer) = (Arc::new(b.map), b.catch_up.map(Arc::new));
         self.note_boot(i, &map);
         let s = &mut self.srv[i];
         let g = map.generation;
@@ -323,6 +356,10 @@ impl World {
         s.generation = GenerationState::new(g);
         s.model_gen = g;
         s.boot_install = newer.is_some();
+        s.caught_up = newer.is_none();
+        s.own = Ownership::new(&s.map, &s.id, s.caught_up);
+        // The fetched map was fetched after the start: installing it lifts the start's fence.
+        s.thaw = newer.as_ref().map(|m| (s.epoch, m.generation));
         let how = if from_persisted {
             self.stats.boots_from_persisted += 1;
             " from its persisted map"
@@ -392,6 +429,66 @@ impl World {
         s.before_crash = before_crash;
     }
 
+    /// The first event after a hang: the daemon's heartbeat notices the jump of its clock
+    /// (`node::frozen`) and the server fences itself until it has fetched the current map.
+    pub fn srv_resumed(&mut self, i: usize) {
+        let Some(since) = self.srv[i].hung_since.take() else {
+            return;
+        };
+        if std::mem::take(&mut self.srv[i].restart_on_resume) {
+            // Killed (before it handles anything) and restarted on its durable pool: it boots
+            // from its persisted map.
+            self.operator_action(super::world::OperatorAction::Restart(i));
+            return;
+        }
+        let up = self.rng.range(1_000, 10_000);
+        let now = self.now;
+        self.at(
+            now + up,
+            super::world::Ev::Operator(super::world::OperatorAction::MarkUp(i)),
+        );
+        let s = &mut self.srv[i];
+        // The heartbeat last ticked when the process stopped.
+        if !s.booted
+            || !node::frozen(since, self.now)
+            || self.cfg.mutation == Mutation::NoFreezeFence
+        {
+            return;
+        }
+        s.caught_up = false;
+        s.epoch += 1;
+        s.thaw = None;
+        s.own = Ownership::new(&s.map, &s.id, false);
+        self.stats.freezes_detected += 1;
+        let what = format!(
+            "{} resumed after {} ms frozen: serving nothing until it has the current map",
+            self.srv[i].id,
+            self.now - since
+        );
+        self.note(what);
+        self.srv_refresh(i);
+    }
+
+    /// `cluster::catch_up_done`: the map fetched after the latest fence is installed.
+    pub fn srv_thaw(&mut self, i: usize) {
+        let s = &mut self.srv[i];
+        let Some((epoch, target)) = s.thaw else {
+            return;
+        };
+        if s.caught_up || epoch != s.epoch || s.map.generation < target {
+            return;
+        }
+        s.thaw = None;
+        s.caught_up = true;
+        s.own = Ownership::new(&s.map, &s.id, true);
+        let what = format!(
+            "{} has the current map (g{}): serving",
+            s.id, s.map.generation
+        );
+        self.note(what);
+        self.mover_sync(i);
+    }
+
     // ---- messages and timers -----------------------------------------------------------
 
     pub fn srv_on_msg(&mut self, i: usize, from: Node, msg: Msg) {
@@ -415,6 +512,7 @@ impl World {
                 blk,
                 nblk,
                 data,
+                copy,
             } => {
                 if !self.srv[i].booted {
                     // Not serving yet: the connection is refused.
@@ -428,6 +526,7 @@ impl World {
                     blk,
                     nblk,
                     data,
+                    copy,
                 };
                 self.srv_on_cmd(i, cmd);
             }
@@ -511,6 +610,7 @@ impl World {
             }
             Timer::MoverWake { key, token } => self.mover_wake(i, &key, token),
             Timer::InstallWake(token) => self.install_wake(i, token),
+            Timer::CatchUp if !self.srv[i].caught_up => self.srv_refresh(i),
             Timer::ReAck => {
                 self.srv[i].reack_due = true;
                 self.srv_kick(i);
@@ -519,7 +619,7 @@ impl World {
             Timer::PostponedRetry if self.srv[i].postponed.is_some() => {
                 self.srv_refresh(i);
                 self.srv_kick(i);
-                self.timer(Self::me(i), 1000, Timer::PostponedRetry);
+                self.timer(Self::me(i), POSTPONED_RETRY_MS, Timer::PostponedRetry);
             }
             _ => {}
         }
@@ -538,10 +638,26 @@ impl World {
                 self.srv[i].reacking = false;
                 self.srv_kick(i);
             }
-            RpcFor::Refresh => {
+            RpcFor::Refresh(fenced) => {
                 self.srv[i].fetching = false;
-                if let Some(Rep::Map(m)) = rep {
-                    self.srv[i].inbox.push_front(m);
+                let s = &mut self.srv[i];
+                match rep {
+                    // `cluster::watch` / `catch_up_done`: a fetch that started after the latest
+                    // fence lifts it once its map is installed (or if it is not newer).
+                    Some(Rep::Map(m)) => {
+                        if let Some(epoch) = fenced {
+                            s.thaw = Some((epoch, m.generation));
+                        }
+                        if m.generation > s.map.generation {
+                            s.inbox.push_front(m);
+                        } else {
+                            self.srv_thaw(i);
+                        }
+                    }
+                    _ if !s.caught_up => {
+                        self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
+                    }
+                    _ => {}
                 }
                 self.srv_kick(i);
             }
@@ -645,9 +761,33 @@ impl World {
         self.send(Self::me(i), cmd.from, Msg::IoReply { id: cmd.id, res });
     }
 
-    /// Runs a command whose stamp passed the check.
+    /// Runs a command whose stamp passed the check, if the fencing rule admits it.
     fn srv_exec(&mut self, i: usize, cmd: &Cmd) {
         let s = &self.srv[i];
+        // The real rule (`node::Ownership::admit`). External clients are layout-aware tools:
+        // admitted as routed commands from an up server.
+        let sender = match cmd.from {
+            Node::Srv(d) => self.srv[d].id.clone(),
+            _ => s.id.clone(),
+        };
+        let via = if cmd.copy { Via::Copy } else { Via::Routed };
+        let range = (cmd.blk * BLOCK, cmd.nblk * BLOCK);
+        // The mutation: a copy passes on its stamp alone (the target before the fix).
+        let unchecked = cmd.copy && self.cfg.mutation == Mutation::NoSourceRule;
+        let verdict = if unchecked {
+            Ok(())
+        } else {
+            s.own.admit(&sender, via, range, cmd.data.is_some())
+        };
+        if let Err(why) = verdict {
+            let res = match why {
+                // `cluster::refusal_completion`: 81h with no generation.
+                Refusal::NotServing => IoRes::Behind(0),
+                _ => IoRes::Denied,
+            };
+            self.stats.fenced += 1;
+            return self.srv_reply(i, cmd, res);
+        }
         // Invariant 1, witnessed by the model independently of `GenerationState::check`.
         if cmd.stamp != s.model_gen {
             let what = format!(
@@ -703,6 +843,11 @@ impl World {
         *started = true;
         let key = *key;
         s.inside += 1;
+        // routed.rs: a server that does not serve fails the host's command at once (a
+        // retryable path error).
+        if !s.own.serving() {
+            return self.host_finish(i, t, None);
+        }
         // `pieces`: the volume and range must exist in our map.
         let exists = s
             .map
@@ -755,7 +900,10 @@ impl World {
                 dest,
                 dest_blk,
                 data,
-                r: Retry::new(),
+                r: Retry {
+                    backoff: COPY_BACKOFF_MIN_MS,
+                    ..Retry::new()
+                },
                 final_pass,
                 stamp,
             },
@@ -806,9 +954,9 @@ impl World {
                     Self::me(i),
                     Node::Srv(d),
                     cur,
-                    blk,
-                    1,
+                    (blk, 1),
                     data.map(|v| vec![v]),
+                    false,
                 );
                 if let Some(task) = self.srv[i].tasks.get_mut(&t) {
                     task.retry().io = Some((io, cur));
@@ -824,16 +972,23 @@ impl World {
                 ..
             } => {
                 if r.tries >= COPY_TRIES {
-                    return self.copy_finish(i, t, false);
+                    return self.copy_finish(i, t, Copied::No);
                 }
                 r.tries += 1;
                 let (dest, dest_blk, data) = (dest.clone(), *dest_blk, data.clone());
                 let g = if *final_pass { *stamp } else { cur };
                 let Some(d) = map.server(&dest).and_then(|_| World::server_index(&dest)) else {
-                    return self.copy_finish(i, t, false);
+                    return self.copy_finish(i, t, Copied::No);
                 };
                 let n = data.len() as u64;
-                let io = self.send_io(Self::me(i), Node::Srv(d), g, dest_blk, n, Some(data));
+                let io = self.send_io(
+                    Self::me(i),
+                    Node::Srv(d),
+                    g,
+                    (dest_blk, n),
+                    Some(data),
+                    true,
+                );
                 if let Some(task) = self.srv[i].tasks.get_mut(&t) {
                     task.retry().io = Some((io, g));
                 }
@@ -871,25 +1026,39 @@ impl World {
                     let val = v.first().copied().unwrap_or(0);
                     self.host_finish(i, t, Some(val));
                 } else {
-                    self.copy_finish(i, t, true);
+                    self.copy_finish(i, t, Copied::Yes);
+                }
+            }
+            // Access Denied (DNR): routed.rs gives the host an error; a copy is refused under
+            // the source rule (mover.rs `CopyError::NotSource`).
+            Some(IoRes::Denied) => {
+                if is_host {
+                    self.host_finish(i, t, None);
+                } else {
+                    self.copy_finish(i, t, Copied::NotSource);
                 }
             }
             Some(IoRes::Stale(g) | IoRes::Behind(g)) => {
-                if g > sent && final_pass && self.cfg.mutation != Mutation::FinalCopyKeepsOwnStamp {
+                // The real rule (`node::on_mismatch`); the mutation takes the final copy for an
+                // ordinary one.
+                let adopts = final_pass && self.cfg.mutation != Mutation::FinalCopyKeepsOwnStamp;
+                match node::on_mismatch(sent, g, adopts) {
                     // The final copy adopts the new owner's generation and retries at once
                     // (our own map cannot catch up: the watch loop is inside this install).
-                    if let Some(Task::Copy { stamp, .. }) = self.srv[i].tasks.get_mut(&t) {
-                        *stamp = g;
+                    node::OnMismatch::Adopt(theirs) => {
+                        if let Some(Task::Copy { stamp, .. }) = self.srv[i].tasks.get_mut(&t) {
+                            *stamp = theirs;
+                        }
+                        self.stats.stamps_adopted += 1;
+                        self.task_wait(i, t, None, 0);
                     }
-                    self.stats.stamps_adopted += 1;
-                    self.task_wait(i, t, None, 0);
-                } else if g > sent {
                     // We are behind: fetch the map now and wait for it (bounded).
-                    self.srv_refresh(i);
-                    self.task_wait(i, t, Some(g), backoff * 4);
-                } else {
+                    node::OnMismatch::Refresh(theirs) => {
+                        self.srv_refresh(i);
+                        self.task_wait(i, t, Some(theirs), backoff * 4);
+                    }
                     // The peer is behind: it catches up through its own watch stream.
-                    self.task_wait(i, t, None, backoff);
+                    node::OnMismatch::Backoff => self.task_wait(i, t, None, backoff),
                 }
             }
             None => {
@@ -915,13 +1084,13 @@ impl World {
         self.timer(Self::me(i), ms, Timer::TaskWake { task: t, token });
     }
 
-    fn copy_finish(&mut self, i: usize, t: u64, ok: bool) {
+    fn copy_finish(&mut self, i: usize, t: u64, res: Copied) {
         let Some(Task::Copy { owner, .. }) = self.srv[i].tasks.remove(&t) else {
             return;
         };
         match owner {
-            CopyOwner::Mover(key) => self.mover_copy_done(i, &key, ok),
-            CopyOwner::Install => self.install_copy_done(i, ok),
+            CopyOwner::Mover(key) => self.mover_copy_done(i, &key, res == Copied::Yes),
+            CopyOwner::Install => self.install_copy_done(i, res),
             CopyOwner::Orphan => {}
         }
     }

@@ -74,6 +74,8 @@ pub enum IoRes {
     Stale(Gen),
     /// SC 81h with the server's generation.
     Behind(Gen),
+    /// Access Denied (DNR): refused by the fencing rule (not the owner, not the source).
+    Denied,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +109,8 @@ pub enum Msg {
         blk: u64,
         nblk: u64,
         data: Option<Vec<u64>>,
+        /// On the copy namespace.
+        copy: bool,
     },
     IoReply {
         id: u64,
@@ -193,6 +197,7 @@ impl fmt::Display for Msg {
                 blk,
                 nblk,
                 data,
+                ..
             } => match data {
                 Some(d) => write!(f, "io#{id} write stamp={stamp} pool[{blk}..+{nblk}]={d:?}"),
                 None => write!(f, "io#{id} read stamp={stamp} pool[{blk}..+{nblk}]"),
@@ -237,6 +242,8 @@ pub enum Timer {
     ReAck,
     /// `install` postponed: `refresh.notify_one()` after POSTPONED_RETRY (target/src/cluster).
     PostponedRetry,
+    /// A fenced server's map fetch failed: fetch again.
+    CatchUp,
     // Clients.
     ClientWake(u64),
     HostLost(u64),
@@ -245,10 +252,33 @@ pub enum Timer {
 
 #[derive(Debug, Clone)]
 pub enum Ev {
-    Msg { from: Node, to: Node, msg: Msg },
-    Timer { node: Node, inc: u64, t: Timer },
+    Msg {
+        from: Node,
+        to: Node,
+        msg: Msg,
+    },
+    Timer {
+        node: Node,
+        inc: u64,
+        t: Timer,
+    },
     Restart(Node),
     Drive,
+    /// An operator's action on a server (docs/cluster.md: a dead server is marked `down`
+    /// in the YAML and the manager reloads it).
+    Operator(OperatorAction),
+}
+
+/// What the operator does about a hung server.
+#[derive(Debug, Clone, Copy)]
+pub enum OperatorAction {
+    /// `state: down` and reload (`Change::SetServerState`), as for a dead server.
+    MarkDown(usize),
+    /// The server is repaired: `state: up` and reload.
+    MarkUp(usize),
+    /// The hung process is killed and restarted on its durable pool (from its persisted,
+    /// older, map) instead of resuming.
+    Restart(usize),
 }
 
 /// An internal command in flight: who sent it, where to.
@@ -266,6 +296,9 @@ pub struct Faults {
     pub delay_pm: u64,
     pub server_crash_pm: u64,
     pub manager_crash_pm: u64,
+    /// A server hangs (SIGSTOP: its process stops, its connections stay open) and the
+    /// operator marks it down, then up.
+    pub hang_pm: u64,
     /// Of crashes, how many keep the process down for tens of seconds.
     pub long_down_pm: u64,
     pub change_pm: u64,
@@ -286,6 +319,8 @@ impl Faults {
             delay_pm: on(set.reorder, rng.range(0, 100)),
             server_crash_pm: on(set.server_crashes, rng.range(0, 4)),
             manager_crash_pm: on(set.manager_crashes, rng.range(0, 2)),
+            // Drawn only when on, so that the other scenarios' seeds replay as before.
+            hang_pm: if set.hangs { rng.range(1, 4) } else { 0 },
             long_down_pm: rng.range(0, 200),
             change_pm: rng.range(10, 60),
             delay_ms_max: if set.long_delays {
@@ -302,6 +337,7 @@ impl Faults {
         delay_pm: 0,
         server_crash_pm: 0,
         manager_crash_pm: 0,
+        hang_pm: 0,
         long_down_pm: 0,
         change_pm: 0,
         delay_ms_max: SHORT_DELAY_MS_MAX,
@@ -322,6 +358,11 @@ pub enum Mutation {
     /// A restarted server ignores its persisted map and boots directly at the map it fetches
     /// (`cluster::start` before the restart-in-1a fix: no gate, no final copy).
     BootAtFetchedMap,
+    /// A copy is admitted on its stamp alone, without `node::Ownership::admit` (the target
+    /// before the fencing fix).
+    NoSourceRule,
+    /// A hung process that resumes serves at once at its old map (no freeze fence).
+    NoFreezeFence,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -358,6 +399,12 @@ pub struct FaultSet {
     /// durable map, or loses one in a durable map newer than the commit record): the
     /// restart-in-1a bug (fixed) could not happen.
     pub spare_old_owners: bool,
+    /// Hung (not crashed) servers, marked down by the operator while hung, then resumed or
+    /// restarted from their durable pool, then marked up (docs/cluster-protocol.md,
+    /// "Fencing"). Writes a hung old owner acknowledged after its last copy pass are lost
+    /// when it is marked down (the operator's choice; replica count 1): the checks forget
+    /// them, and hold every write acknowledged after that.
+    pub hangs: bool,
 }
 
 impl FaultSet {
@@ -368,6 +415,7 @@ impl FaultSet {
         manager_crashes: true,
         server_crashes: true,
         spare_old_owners: false,
+        hangs: false,
     };
 }
 
@@ -398,6 +446,16 @@ pub struct Stats {
     /// Of those, restarts whose first install (of the newer fetched map) took extents away
     /// from the server: the final copy of the whole extent (the restart-in-1a case).
     pub restart_final_copies: u64,
+    /// Internal commands refused by the fencing rule (`node::Ownership::admit`).
+    pub fenced: u64,
+    /// Servers hung, marked down, and frozen servers that fenced themselves on resuming.
+    pub hangs: u64,
+    pub marked_down: u64,
+    pub freezes_detected: u64,
+    /// Forged move-ready requests the manager accepted.
+    pub forged: u64,
+    /// Final copies refused under the source rule (the move was switched without the sender).
+    pub copies_refused: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -418,6 +476,12 @@ impl std::ops::AddAssign for Stats {
         self.reacks += o.reacks;
         self.boots_from_persisted += o.boots_from_persisted;
         self.restart_final_copies += o.restart_final_copies;
+        self.fenced += o.fenced;
+        self.hangs += o.hangs;
+        self.marked_down += o.marked_down;
+        self.freezes_detected += o.freezes_detected;
+        self.forged += o.forged;
+        self.copies_refused += o.copies_refused;
     }
 }
 
@@ -473,6 +537,9 @@ pub struct World {
     pub known_blocks: Vec<u64>,
     /// Newest acknowledged write of each block (a version; 0: none).
     pub last_acked: BTreeMap<BlockKey, u64>,
+    /// Blocks whose acknowledged writes up to this version the operator gave up by marking
+    /// their hung owner down (see [`FaultSet::hangs`]).
+    pub forgiven: BTreeMap<BlockKey, u64>,
     /// Blocks with a write in flight (one at a time per block, so versions order writes).
     pub writing: BTreeSet<BlockKey>,
     /// Version -> the block it was written to (index 0 unused: "never written").
@@ -520,6 +587,7 @@ impl World {
             vol_names: Vec::new(),
             known_blocks: Vec::new(),
             last_acked: BTreeMap::new(),
+            forgiven: BTreeMap::new(),
             writing: BTreeSet::new(),
             versions: vec![(usize::MAX, u64::MAX)],
             state_check: false,
@@ -595,6 +663,36 @@ impl World {
     }
 
     fn handle(&mut self, ev: Ev) {
+        // A hung server handles nothing until it resumes: its events wait (its peers' TCP
+        // connections stay open; their own timeouts still run).
+        let hung = match &ev {
+            Ev::Msg {
+                to: Node::Srv(i), ..
+            }
+            | Ev::Timer {
+                node: Node::Srv(i), ..
+            } => Some(*i),
+            _ => None,
+        };
+        if let Some(i) = hung {
+            let s = &self.srv[i];
+            // The operator keeps a server it marked down off until the map marking it down
+            // is committed (docs/cluster.md).
+            let down_pending =
+                s.hung_since.is_some() && s.down_gen.is_none_or(|g| self.mgr.committed_gen < g);
+            if s.up && (s.hung_until > self.now || down_pending) {
+                let t = s.hung_until.max(self.now + HANG_EXTEND_MS);
+                if s.hung_until <= self.now {
+                    self.srv[i].hung_until = t;
+                }
+                self.step -= 1;
+                self.at(t, ev);
+                return;
+            }
+            if s.up && s.hung_since.is_some() {
+                self.srv_resumed(i);
+            }
+        }
         match ev {
             Ev::Msg { from, to, msg } => {
                 if !self.is_up(to) {
@@ -632,6 +730,7 @@ impl World {
                 let next = self.now + self.rng.range(DRIVE_MS_MIN, DRIVE_MS_MAX);
                 self.at(next, Ev::Drive);
             }
+            Ev::Operator(a) => self.operator_action(a),
         }
     }
 
@@ -759,9 +858,9 @@ impl World {
         from: Node,
         to: Node,
         stamp: Gen,
-        blk: u64,
-        nblk: u64,
+        (blk, nblk): (u64, u64),
         data: Option<Vec<u64>>,
+        copy: bool,
     ) -> u64 {
         let id = self.id();
         self.ios.insert(id, IoRec { from, to });
@@ -774,6 +873,7 @@ impl World {
                 blk,
                 nblk,
                 data,
+                copy,
             },
         );
         self.timer(from, IO_TIMEOUT_MS, Timer::IoTimeout(id));
@@ -860,6 +960,7 @@ impl World {
             let started: Vec<usize> = (0..SERVERS_MAX)
                 .filter(|i| self.srv[*i].started && self.srv[*i].up)
                 .filter(|i| !spare || !self.may_be_old_owner_in_1a(*i))
+                .filter(|i| self.srv[*i].hung_since.is_none())
                 .collect();
             if !started.is_empty() {
                 let i = started[self.rng.index(started.len())];
@@ -873,6 +974,194 @@ impl World {
             self.mgr_crash();
             self.at(self.now + down, Ev::Restart(Node::Mgr));
         }
+        if f.hang_pm > 0 {
+            // Mostly the issue's scenario: the old owner hangs in phase 1a of a switch.
+            let waiter = self.phase_1a_waiter();
+            let pm = if waiter.is_some() {
+                HANG_IN_1A_PM
+            } else {
+                f.hang_pm
+            };
+            if self.rng.chance(pm) {
+                self.hang_one(waiter);
+            }
+            if self.mgr.up && self.rng.chance(FORGED_PM) {
+                self.forge_move_ready();
+            }
+        }
+    }
+
+    /// A server hangs (preferably an old owner mid-move: issue scenario "SIGSTOP the old
+    /// owner"); the operator marks it down while it is hung; it then resumes or is restarted
+    /// from its durable pool; later it is marked up again.
+    fn hang_one(&mut self, waiter: Option<usize>) {
+        if self.srv.iter().any(|s| s.hung_since.is_some()) {
+            return;
+        }
+        let live: Vec<usize> = (0..SERVERS_MAX)
+            .filter(|i| self.srv[*i].started && self.srv[*i].up && self.srv[*i].booted)
+            .collect();
+        let old_owners: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|i| self.may_be_old_owner_in_1a(*i))
+            .collect();
+        let pool = match waiter {
+            Some(w) if live.contains(&w) => vec![w],
+            _ if old_owners.is_empty() => live,
+            _ => old_owners,
+        };
+        if pool.is_empty() {
+            return;
+        }
+        let i = pool[self.rng.index(pool.len())];
+        let hang = self.rng.range(HANG_MS_MIN, HANG_MS_MAX);
+        let mark = self.rng.range(MARK_DOWN_AFTER_MS, hang - 500);
+        self.note(format!("HANG {} for {hang} ms", self.srv[i].id));
+        self.stats.hangs += 1;
+        self.srv[i].hung_since = Some(self.now);
+        self.srv[i].hung_until = self.now + hang;
+        self.srv[i].down_gen = None;
+        self.srv[i].restart_on_resume = self.rng.chance(500);
+        // The manager drops the watch stream of a reader that stopped reading; the server
+        // sees it closed when it resumes (and reconnects after RECONNECT_MS).
+        self.mgr_drop_sub(Node::Srv(i));
+        self.queue.retain(|_, e| {
+            !matches!(e, Ev::Msg { to, msg: Msg::StreamMap { .. } | Msg::StreamOpened { .. }, .. }
+                if *to == Node::Srv(i))
+        });
+        let stream = self.srv[i].watch.stream;
+        self.timer(Node::Srv(i), 0, Timer::StreamBroken(stream));
+        self.at(self.now + mark, Ev::Operator(OperatorAction::MarkDown(i)));
+    }
+
+    pub fn operator_action(&mut self, a: OperatorAction) {
+        match a {
+            OperatorAction::MarkDown(i) | OperatorAction::MarkUp(i) => {
+                let down = matches!(a, OperatorAction::MarkDown(_));
+                let id = self.srv[i].id.clone();
+                if down {
+                    self.forgive_extents_of(&id);
+                }
+                let state = if down {
+                    manager::map::ServerState::Down
+                } else {
+                    manager::map::ServerState::Up
+                };
+                let result = self.mgr_change(Change::SetServerState {
+                    id: id.clone(),
+                    state,
+                });
+                let head = self.mgr.head().generation;
+                self.note(format!(
+                    "operator marks {id} {state:?} -> {result:?} (g{head})"
+                ));
+                match result {
+                    Ok(()) if down => {
+                        self.stats.marked_down += 1;
+                        self.srv[i].down_gen = Some(head);
+                    }
+                    Ok(()) => {}
+                    // The manager is down or busy: the operator tries again.
+                    Err(_) => self.at(self.now + 1_000, Ev::Operator(a)),
+                }
+            }
+            OperatorAction::Restart(i) => {
+                if self.srv[i].up {
+                    self.srv_crash(i);
+                    let after = self.rng.range(10, 500);
+                    self.at(self.now + after, Ev::Restart(Node::Srv(i)));
+                }
+                let up = self.rng.range(1_000, 10_000);
+                self.at(self.now + up, Ev::Operator(OperatorAction::MarkUp(i)));
+            }
+        }
+    }
+
+    /// Marking `id` down gives up the writes it acknowledged that no other server has: every
+    /// block of an extent it owns in a map not yet committed everywhere (or the head).
+    fn forgive_extents_of(&mut self, id: &str) {
+        let maps: Vec<Arc<ClusterMap>> = self
+            .mgr
+            .durable
+            .iter()
+            .filter(|m| m.generation >= self.mgr.committed_gen)
+            .cloned()
+            .collect();
+        let mut blocks = Vec::new();
+        for m in &maps {
+            for v in &m.volumes {
+                let Some(vi) = self.vol_names.iter().position(|n| *n == v.name) else {
+                    continue;
+                };
+                for (e, ext) in v.extents.iter().enumerate() {
+                    if ext.replicas.first().is_none_or(|o| o.server != id) {
+                        continue;
+                    }
+                    let Some((start, len)) = v.extent_range(e) else {
+                        continue;
+                    };
+                    for b in 0..len / BLOCK {
+                        blocks.push((vi, start / BLOCK + b));
+                    }
+                }
+            }
+        }
+        for key in blocks {
+            if let Some(v) = self.last_acked.remove(&key) {
+                let f = self.forgiven.entry(key).or_insert(0);
+                *f = (*f).max(v);
+            }
+        }
+    }
+
+    /// Whether a read that began with `floor` as the newest acknowledged version of `key` may
+    /// return anything: that version was given up (marked down).
+    pub fn forgiven_floor(&self, key: BlockKey, floor: u64) -> bool {
+        self.forgiven.get(&key).is_some_and(|f| floor <= *f)
+    }
+
+    /// A local process forges `POST /v1/move-ready` for a move whose copy may not have
+    /// converged (the control API has no authentication yet): the switch still waits for the
+    /// old owner's phase-1a ack, and its final copy carries whatever the copier had not
+    /// copied, so no acknowledged write may be lost.
+    fn forge_move_ready(&mut self) {
+        let head = self.mgr.head();
+        let moving: Vec<(String, usize, String)> = head
+            .volumes
+            .iter()
+            .flat_map(|v| {
+                v.extents.iter().enumerate().filter_map(|(e, x)| {
+                    let owner = x.replicas.first()?;
+                    x.moving.as_ref()?;
+                    Some((v.name.clone(), e, owner.server.clone()))
+                })
+            })
+            .collect();
+        let Some((volume, extent, server)) = pick(&mut self.rng, &moving).cloned() else {
+            return;
+        };
+        let req = MoveReadyRequest {
+            server,
+            volume,
+            extent,
+            generation: head.generation,
+        };
+        let result = self.mgr_change(Change::SwitchMove(req.clone()));
+        self.stats.forged += u64::from(result.is_ok());
+        self.note(format!(
+            "FORGED move-ready {}[{}] as {} -> {result:?}",
+            req.volume, req.extent, req.server
+        ));
+    }
+
+    /// A server the manager waits for in phase 1a (an old owner that has not acked a switch).
+    fn phase_1a_waiter(&self) -> Option<usize> {
+        let (_, phase, waiting, _) = self.mgr.coord.as_ref()?.publishing()?;
+        if phase != Phase::OldOwners {
+            return None;
+        }
+        waiting.iter().find_map(|id| Self::server_index(id))
     }
 
     /// See [`FaultSet::spare_old_owners`].
@@ -1015,7 +1304,9 @@ impl World {
     fn check_state(&mut self) {
         let mut bad = None;
         'servers: for s in &self.srv {
-            if !s.up || !s.booted {
+            // A server that serves nothing (catching up, marked down, fenced after a freeze)
+            // or is hung answers no read.
+            if !s.up || !s.booted || !s.own.serving() || s.hung_until > self.now {
                 continue;
             }
             for v in &s.map.volumes {
@@ -1111,6 +1402,18 @@ impl World {
         }
     }
 }
+
+/// How long a server hangs, and when (after it hung) the operator marks it down: late
+/// enough that its peers gave up its commands (the 3 s initiator timeout).
+pub const HANG_MS_MIN: u64 = 6_000;
+pub const HANG_MS_MAX: u64 = 20_000;
+pub const MARK_DOWN_AFTER_MS: u64 = 4_000;
+/// A hung server whose down map is not committed yet stays hung this much longer.
+pub const HANG_EXTEND_MS: u64 = 1_000;
+/// Per mille per driver tick: a server hangs while the manager waits for it in phase 1a.
+pub const HANG_IN_1A_PM: u64 = 100;
+/// Per mille per driver tick (scenario `hangs`): a forged move-ready.
+pub const FORGED_PM: u64 = 2;
 
 /// The workload driver's period (operator changes, crashes).
 pub const DRIVE_MS_MIN: u64 = 10;

@@ -1,0 +1,448 @@
+//! The storage server's cluster rules as pure functions of its map: no I/O, no clock, no tokio
+//! (docs/cluster-protocol.md, "Fencing"). The daemon (`cluster/mod.rs`, `mover.rs`,
+//! `routed.rs`) and the simulation (`target/tests/sim`) both call these, so the simulation
+//! checks the rules the server runs.
+//!
+//! - [`boot`]: which map a (re)starting server starts from, and whether it must catch up
+//!   before it serves;
+//! - [`serves`]: whether a server may serve extents and write to peers under its map;
+//! - [`lost_extents`]: the extents an install takes away from this server (phase 1a fencing);
+//! - [`Ownership::admit`]: whether an internal command from a given peer may touch a range of
+//!   this server's pool (the source rule for copies, the owner rule for routed commands).
+
+use manager::map::{ClusterMap, ServerState};
+
+/// Namespace of the internal subsystem for routed commands (a host's I/O forwarded to the
+/// extent's owner): the whole pool.
+pub const ROUTED_NSID: u32 = 1;
+/// Namespace of the internal subsystem for copies of a moving extent (old owner to new
+/// owner): the same pool, under the source rule.
+pub const COPY_NSID: u32 = 2;
+
+/// How an internal command reached this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A routed command (namespace [`ROUTED_NSID`]).
+    Routed,
+    /// A copy of a moving extent (namespace [`COPY_NSID`]).
+    Copy,
+}
+
+/// Why an internal command is refused (before its stamp is even looked at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// This server is not serving: it is catching up with the current map after a restart,
+    /// or its map marks it `down`. Retryable (the sender's map moves on, or ours does).
+    NotServing,
+    /// The sender is not an `up` server of this server's map.
+    SenderFenced,
+    /// A routed command for a range this server does not own in its map.
+    NotOwner,
+    /// A copy into a range that, in this server's map, is not the destination of a move whose
+    /// source (the extent's owner) is the sender: the move was switched or cancelled without
+    /// the sender. Final for the sender: that extent is no longer its to copy.
+    NotSource,
+}
+
+/// The storage server's timing and retry policy, in milliseconds (docs/cluster-protocol.md).
+/// The daemon and the simulation both use these values.
+pub mod policy {
+    /// Tries of a routed piece (routed.rs), backoff doubling from the first to the last value.
+    pub const ROUTE_TRIES: u32 = 6;
+    pub const ROUTE_BACKOFF_MIN_MS: u64 = 10;
+    pub const ROUTE_BACKOFF_MAX_MS: u64 = 320;
+    /// Tries of one copied range (mover.rs `copy_range`), backoff doubling to the last value.
+    pub const COPY_TRIES: u32 = 20;
+    pub const COPY_BACKOFF_MIN_MS: u64 = 10;
+    pub const COPY_BACKOFF_MAX_MS: u64 = 500;
+    /// The copier's pause after a failed pass, and between refused move-ready requests.
+    pub const PASS_RETRY_MS: u64 = 200;
+    pub const READY_RETRY_MS: u64 = 500;
+    /// Rounds of the final copy inside a phase-1a install, and the pause after a failed one.
+    pub const FINAL_ROUNDS: u32 = 4;
+    pub const FINAL_RETRY_MS: u64 = 100;
+    /// Tries of an install's ack; the pause after failed try `n` is `ACK_BACKOFF_MS << n`.
+    pub const ACK_TRIES: u32 = 5;
+    pub const ACK_BACKOFF_MS: u64 = 100;
+    /// A starting server asks for its first map this often.
+    pub const BOOT_RETRY_MS: u64 = 500;
+    /// A postponed install (its final copy failed) is tried again after this.
+    pub const POSTPONED_RETRY_MS: u64 = 1_000;
+    /// A server repeats the ack of its installed generation this often (acks are idempotent).
+    pub const REACK_MS: u64 = 1_000;
+    /// A fenced server (frozen, catching up) fetches the current map again this often.
+    pub const CATCH_UP_RETRY_MS: u64 = 500;
+}
+
+/// A server whose heartbeat (every [`HEARTBEAT_MS`]) finds its clock jumped by more than
+/// this was frozen (SIGSTOP, a stalled VM): the manager may have marked it down and switched
+/// its extents meanwhile, so it serves nothing until it has fetched the current map.
+pub const FREEZE_MS: u64 = 3_000;
+/// The daemon's heartbeat period.
+pub const HEARTBEAT_MS: u64 = 500;
+
+/// Whether a server whose heartbeat last ticked at `last_tick_ms` and whose clock now reads
+/// `now_ms` (any monotonic clock in milliseconds) was frozen in between.
+pub fn frozen(last_tick_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(last_tick_ms) > FREEZE_MS
+}
+
+/// How a server starts: from which map, and whether it must catch up first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Boot {
+    /// The map the server starts from (its generation is the server's first generation).
+    pub map: ClusterMap,
+    /// A newer map to install before serving anything (the fetched one), if any.
+    pub catch_up: Option<ClusterMap>,
+}
+
+/// A server with a durable pool restarts from the map it last installed (`persisted`), so
+/// that extents it lost meanwhile go through the normal install (fence, final copy); the map
+/// it fetched from the manager (`fetched`), when newer, is installed before the server serves
+/// anything or writes to a peer (only that install's final copies are sent, and the receiver
+/// accepts them only under the source rule). A persisted map newer than the fetched one, or
+/// one that does not list this server, is ignored.
+pub fn boot(persisted: Option<ClusterMap>, fetched: ClusterMap, me: &str) -> Boot {
+    match persisted.filter(|p| p.generation <= fetched.generation && p.server(me).is_some()) {
+        Some(p) if p.generation < fetched.generation => Boot {
+            map: p,
+            catch_up: Some(fetched),
+        },
+        _ => Boot {
+            map: fetched,
+            catch_up: None,
+        },
+    }
+}
+
+/// Whether a server whose installed map is `map` serves extents and writes to peers: it must
+/// be in the map and not marked `down`. (A restarting server also waits for its catch-up
+/// install, see [`boot`].)
+pub fn serves(map: &ClusterMap, me: &str) -> bool {
+    map.server(me).is_some_and(|s| s.state != ServerState::Down)
+}
+
+/// The extents that installing `new` over `old` takes away from `me`, as (volume, extent).
+pub fn lost_extents(old: &ClusterMap, new: &ClusterMap, me: &str) -> Vec<(String, usize)> {
+    ClusterMap::changed_owners(old, new)
+        .into_iter()
+        .filter(|l| l.old_owner == me)
+        .map(|l| (l.volume, l.extent))
+        .collect()
+}
+
+/// What a sender does with a "stale map" (80h) or "server behind" (81h) answer carrying the
+/// receiver's generation `theirs`, to a command it stamped with `sent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMismatch {
+    /// The final copy inside a phase-1a install: our own map cannot move while we install one,
+    /// so stamp the receiver's generation and retry at once (docs/cluster-protocol.md, "Rules
+    /// added after the simulation").
+    Adopt(u64),
+    /// We are behind: fetch the map now and wait (bounded) for this generation.
+    Refresh(u64),
+    /// The receiver is behind (or not serving): it catches up on its own; back off.
+    Backoff,
+}
+
+/// The rule for [`OnMismatch`].
+pub fn on_mismatch(sent: u64, theirs: u64, final_copy: bool) -> OnMismatch {
+    match (theirs > sent, final_copy) {
+        (true, true) => OnMismatch::Adopt(theirs),
+        (true, false) => OnMismatch::Refresh(theirs),
+        (false, _) => OnMismatch::Backoff,
+    }
+}
+
+/// The next run of dirty chunks to copy from chunk `from` on: `[first, end)` with at most
+/// `max` chunks, or `None` when no dirty chunk is left (`dirty(i)`: chunk `i` is dirty).
+pub fn next_dirty_run(
+    len: usize,
+    dirty: impl Fn(usize) -> bool,
+    from: usize,
+    max: usize,
+) -> Option<(usize, usize)> {
+    let first = (from..len).find(|c| dirty(*c))?;
+    let mut end = first + 1;
+    while end < len && dirty(end) && end - first < max {
+        end += 1;
+    }
+    Some((first, end))
+}
+
+/// Whether a copier that just finished pass number `passes` (1-based), which copied
+/// `chunks` dirty chunks, reports move-ready (the final copy under the gate takes the rest).
+pub fn converged(chunks: usize, passes: u32, converged_chunks: usize, passes_max: u32) -> bool {
+    chunks <= converged_chunks || passes >= passes_max
+}
+
+/// One range of this server's pool and what its map says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Region {
+    start: u64,
+    end: u64,
+    /// `None`: this server owns the extent; `Some(s)`: the destination of a move from `s`.
+    incoming_from: Option<String>,
+}
+
+/// This server's pool as its map sees it: the ranges it owns and the ranges it is receiving
+/// copies into, and the `up` servers. Built once per installed map; [`Ownership::admit`] is a
+/// binary search.
+#[derive(Debug, Clone, Default)]
+pub struct Ownership {
+    serving: bool,
+    up: Vec<String>,
+    regions: Vec<Region>,
+}
+
+impl Ownership {
+    /// The view of `map` from server `me`; `serving` false while the server catches up.
+    pub fn new(map: &ClusterMap, me: &str, serving: bool) -> Self {
+        let mut regions = Vec::new();
+        for v in &map.volumes {
+            for e in &v.extents {
+                let Some(owner) = e.replicas.first() else {
+                    continue;
+                };
+                if owner.server == me {
+                    regions.push(Region {
+                        start: owner.offset,
+                        end: owner.offset.saturating_add(v.extent_size),
+                        incoming_from: None,
+                    });
+                }
+                if let Some(mv) = &e.moving
+                    && mv.to.server == me
+                {
+                    regions.push(Region {
+                        start: mv.to.offset,
+                        end: mv.to.offset.saturating_add(v.extent_size),
+                        incoming_from: Some(owner.server.clone()),
+                    });
+                }
+            }
+        }
+        regions.sort_by_key(|r| r.start);
+        let up = map
+            .servers
+            .iter()
+            .filter(|s| s.state != ServerState::Down)
+            .map(|s| s.id.clone())
+            .collect();
+        Self {
+            serving: serving && serves(map, me),
+            up,
+            regions,
+        }
+    }
+
+    /// Whether this server serves (see [`serves`]).
+    pub fn serving(&self) -> bool {
+        self.serving
+    }
+
+    /// Whether an internal command from `sender`, arriving `via`, may touch pool bytes
+    /// `[off, off + len)` (`len` 0: no range, e.g. Flush; `write`: it changes them). Checked
+    /// after the generation stamp (docs/cluster-protocol.md, "Fencing"). A routed read is
+    /// not held to the owner rule: it changes nothing, and a sender whose stamp passed has
+    /// our map, so it reads only what we own.
+    pub fn admit(
+        &self,
+        sender: &str,
+        via: Via,
+        (off, len): (u64, u64),
+        write: bool,
+    ) -> Result<(), Refusal> {
+        if !self.serving {
+            return Err(Refusal::NotServing);
+        }
+        if !self.up.iter().any(|s| s == sender) {
+            return Err(Refusal::SenderFenced);
+        }
+        if len == 0 || (via == Via::Routed && !write) {
+            return Ok(());
+        }
+        let end = off.saturating_add(len);
+        let region = self
+            .regions
+            .partition_point(|r| r.start <= off)
+            .checked_sub(1)
+            .and_then(|i| self.regions.get(i))
+            .filter(|r| end <= r.end);
+        match via {
+            Via::Routed => match region {
+                Some(Region {
+                    incoming_from: None,
+                    ..
+                }) => Ok(()),
+                _ => Err(Refusal::NotOwner),
+            },
+            Via::Copy => match region {
+                Some(Region {
+                    incoming_from: Some(from),
+                    ..
+                }) if from == sender => Ok(()),
+                _ => Err(Refusal::NotSource),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manager::map::{
+        ExtentEntry as Extent, Move, Replica, ServerEntry as Server, VolumeEntry as Volume,
+    };
+
+    fn server(id: &str, state: ServerState) -> Server {
+        Server {
+            id: id.to_string(),
+            portal: "127.0.0.1:1".parse().expect("addr"),
+            internal: "127.0.0.1:2".parse().expect("addr"),
+            state,
+            pool_bytes: 1 << 20,
+            cntlid_min: 1,
+            cntlid_max: 999,
+        }
+    }
+
+    fn rep(server: &str, offset: u64) -> Replica {
+        Replica {
+            server: server.to_string(),
+            offset,
+        }
+    }
+
+    /// vol1: extent 0 on s1 at 0; extent 1 on s2 at 0, moving to s3 at 4096 (extent 4 KiB).
+    fn map(generation: u64, s2: ServerState, moving: bool) -> ClusterMap {
+        let mut m = ClusterMap::empty();
+        m.generation = generation;
+        m.servers = vec![
+            server("s1", ServerState::Up),
+            server("s2", s2),
+            server("s3", ServerState::Up),
+        ];
+        let e1 = if moving {
+            Extent {
+                replicas: vec![rep("s2", 0)],
+                moving: Some(Move {
+                    to: rep("s3", 4096),
+                }),
+            }
+        } else {
+            Extent {
+                replicas: vec![rep("s3", 4096)],
+                moving: None,
+            }
+        };
+        m.volumes = vec![Volume {
+            name: "vol1".to_string(),
+            uuid: [0; 16],
+            size_bytes: 8192,
+            block_size: 512,
+            extent_size: 4096,
+            replicas: 1,
+            subsystem: "nqn.test:vol1".to_string(),
+            nsid: 1,
+            extents: vec![
+                Extent {
+                    replicas: vec![rep("s1", 0)],
+                    moving: None,
+                },
+                e1,
+            ],
+        }];
+        m
+    }
+
+    #[test]
+    fn a_copy_is_accepted_only_from_the_source_of_a_move_in_progress() {
+        let during = Ownership::new(&map(5, ServerState::Up, true), "s3", true);
+        assert_eq!(during.admit("s2", Via::Copy, (4096, 4096), true), Ok(()));
+        assert_eq!(
+            during.admit("s1", Via::Copy, (4096, 512), true),
+            Err(Refusal::NotSource)
+        );
+        // A routed command for the destination range: not ours yet.
+        assert_eq!(
+            during.admit("s1", Via::Routed, (4096, 512), true),
+            Err(Refusal::NotOwner)
+        );
+        // After the switch (the old owner marked down, or not): the old owner's copy is
+        // refused, routed commands run.
+        for s2 in [ServerState::Up, ServerState::Down] {
+            let after = Ownership::new(&map(7, s2, false), "s3", true);
+            assert_eq!(
+                after.admit("s2", Via::Copy, (4096, 4096), true),
+                Err(if s2 == ServerState::Up {
+                    Refusal::NotSource
+                } else {
+                    Refusal::SenderFenced
+                })
+            );
+            assert_eq!(after.admit("s1", Via::Routed, (4096, 4096), true), Ok(()));
+            // Straddling the end of the extent: refused.
+            assert_eq!(
+                after.admit("s1", Via::Routed, (4096, 8192), true),
+                Err(Refusal::NotOwner)
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_marked_down_or_catching_up_serves_nothing() {
+        let down = Ownership::new(&map(7, ServerState::Down, true), "s2", true);
+        assert!(!down.serving());
+        assert_eq!(
+            down.admit("s1", Via::Routed, (0, 512), true),
+            Err(Refusal::NotServing)
+        );
+        let catching_up = Ownership::new(&map(7, ServerState::Up, true), "s1", false);
+        assert_eq!(
+            catching_up.admit("s3", Via::Routed, (0, 512), true),
+            Err(Refusal::NotServing)
+        );
+        let up = Ownership::new(&map(7, ServerState::Up, true), "s1", true);
+        assert_eq!(up.admit("s3", Via::Routed, (0, 512), true), Ok(()));
+        assert_eq!(up.admit("s3", Via::Routed, (0, 0), true), Ok(()));
+        assert_eq!(
+            up.admit("s9", Via::Routed, (0, 512), true),
+            Err(Refusal::SenderFenced)
+        );
+    }
+
+    #[test]
+    fn mismatch_answers_and_dirty_runs() {
+        assert_eq!(on_mismatch(5, 7, true), OnMismatch::Adopt(7));
+        assert_eq!(on_mismatch(5, 7, false), OnMismatch::Refresh(7));
+        assert_eq!(on_mismatch(7, 5, true), OnMismatch::Backoff);
+        assert_eq!(on_mismatch(7, 0, false), OnMismatch::Backoff);
+        let bits = [false, true, true, true, false, true];
+        let d = |i: usize| bits[i];
+        assert_eq!(next_dirty_run(6, d, 0, 2), Some((1, 3)));
+        assert_eq!(next_dirty_run(6, d, 3, 2), Some((3, 4)));
+        assert_eq!(next_dirty_run(6, d, 4, 2), Some((5, 6)));
+        assert_eq!(next_dirty_run(6, d, 6, 2), None);
+        assert!(converged(64, 1, 64, 16) && converged(65, 16, 64, 16));
+        assert!(!converged(65, 15, 64, 16));
+    }
+
+    #[test]
+    fn a_restart_from_an_older_persisted_map_catches_up_first() {
+        let old = map(5, ServerState::Up, true);
+        let new = map(7, ServerState::Down, false);
+        let b = boot(Some(old.clone()), new.clone(), "s2");
+        assert_eq!(b.map.generation, 5);
+        assert_eq!(b.catch_up.map(|m| m.generation), Some(7));
+        assert_eq!(
+            lost_extents(&old, &new, "s2"),
+            vec![("vol1".to_string(), 1)]
+        );
+        // Same generation, none persisted, or a persisted map from the future: no catch-up.
+        for p in [Some(new.clone()), None, Some(map(9, ServerState::Up, true))] {
+            let b = boot(p, new.clone(), "s2");
+            assert_eq!((b.map.generation, b.catch_up), (7, None));
+        }
+    }
+}
