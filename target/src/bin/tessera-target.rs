@@ -46,6 +46,11 @@ struct Args {
     /// block:PATH.
     #[arg(long, default_value = "ram")]
     pool: tessera::cluster::PoolSpec,
+    /// Cluster mode: directory of the servers' DH-HMAC-CHAP secrets, `<server-id>.key` each
+    /// (`nvme gen-dhchap-key` output): internal connections authenticate with them. Required
+    /// when the internal portal is not a loopback address.
+    #[arg(long, value_name = "DIR", requires = "manager")]
+    dhchap_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -204,7 +209,21 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
             },
             ..TargetOptions::default()
         };
-        let node = match tessera::cluster::start(manager, id, &args.pool, opts).await {
+        let secrets = match &args.dhchap_dir {
+            Some(dir) => match tessera::cluster::ClusterSecrets::load(dir, id) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("tessera-target: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+            None => None,
+        };
+        let node = match tessera::cluster::start_with_secrets(
+            manager, id, &args.pool, opts, secrets,
+        )
+        .await
+        {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("tessera-target: {e}");

@@ -26,6 +26,7 @@ use manager::client::Client;
 use manager::map::ClusterMap;
 
 use crate::cluster::generation::{MismatchKind, MismatchReport, REPORT_QUEUE_MAX};
+pub use crate::controller::auth::ClusterSecrets;
 use crate::server::{Target, TargetOptions};
 use crate::subsystem::namespace::Namespace;
 use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem};
@@ -83,6 +84,8 @@ pub struct NodeShared {
     pub state: Option<std::path::PathBuf>,
     /// A postponed install's retry loop is running.
     pub retrying: std::sync::atomic::AtomicBool,
+    /// Per-server DH-HMAC-CHAP secrets of internal connections (docs/authentication.md).
+    pub dhchap: Option<ClusterSecrets>,
 }
 
 /// A running cluster storage server.
@@ -109,6 +112,18 @@ pub async fn start(
     pool_spec: &PoolSpec,
     opts: TargetOptions,
 ) -> Result<Node, NodeError> {
+    start_with_secrets(manager, server_id, pool_spec, opts, None).await
+}
+
+/// [`start`], internal connections authenticated with `dhchap` (DH-HMAC-CHAP, per-server
+/// secrets). Without it the internal portal must be a loopback address.
+pub async fn start_with_secrets(
+    manager: &str,
+    server_id: &str,
+    pool_spec: &PoolSpec,
+    opts: TargetOptions,
+    dhchap: Option<ClusterSecrets>,
+) -> Result<Node, NodeError> {
     let client = Client::new(manager);
     let role = Role::Server(server_id.to_string());
     let deadline = tokio::time::Instant::now() + FIRST_MAP_WAIT;
@@ -130,6 +145,13 @@ pub async fn start(
         .server(server_id)
         .ok_or_else(|| NodeError(format!("server id `{server_id}` is not in the cluster map")))?
         .clone();
+    if dhchap.is_none() && !entry.internal.ip().is_loopback() {
+        return Err(NodeError(format!(
+            "internal portal {} is not a loopback address: start with --dhchap-dir so that \
+             internal connections are authenticated",
+            entry.internal
+        )));
+    }
     let spec = match pool_spec {
         PoolSpec::Ram => hw::BackendSpec::Ram {
             size: entry.pool_bytes,
@@ -185,7 +207,12 @@ pub async fn start(
         Arc::new(pool.clone()),
     );
     internal.set_namespaces(BTreeMap::from([(INTERNAL_NSID, Arc::new(pool_ns))]));
+    if let Some(s) = &dhchap {
+        internal.set_auth(s.policy(map.servers.iter().map(|s| s.id.as_str()), server_hostnqn));
+    }
     let registry = Arc::new(Registry::new_cluster(vec![internal], map.generation));
+    // The internal portal serves the internal subsystem only, and discovery never lists it.
+    registry.add_internal_portal(entry.internal);
     // Only a cluster node waits for a newer map (its manager will push it); a standalone
     // target never does (generation.rs).
     registry
@@ -198,7 +225,7 @@ pub async fn start(
         me: server_id.to_string(),
         map: ArcSwap::from_pointee(map.clone()),
         pool,
-        peers: Peers::new(server_id),
+        peers: Peers::new(server_id).with_dhchap(dhchap.clone()),
         registry: Arc::clone(&registry),
         client: client.clone(),
         refresh: tokio::sync::Notify::new(),
@@ -206,6 +233,7 @@ pub async fn start(
         movers: mover::Movers::default(),
         state,
         retrying: std::sync::atomic::AtomicBool::new(false),
+        dhchap,
     });
     sync_subsystems(&shared, &map);
     let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
@@ -242,6 +270,9 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
         internal.set_hosts(HostPolicy::Only(
             map.servers.iter().map(|s| server_hostnqn(&s.id)).collect(),
         ));
+        if let Some(s) = &node.dhchap {
+            internal.set_auth(s.policy(map.servers.iter().map(|s| s.id.as_str()), server_hostnqn));
+        }
     }
     for sub in &map.subsystems {
         let hosts = match &sub.hosts {
