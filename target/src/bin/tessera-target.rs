@@ -76,6 +76,11 @@ struct Args {
     /// gets a retryable path error).
     #[arg(long, value_name = "MS", default_value_t = 5000, requires = "manager")]
     forward_timeout: u64,
+    /// Cluster mode: directory of the servers' DH-HMAC-CHAP secrets, `<server-id>.key` each
+    /// (`nvme gen-dhchap-key` output): internal connections authenticate with them. Required
+    /// when the internal portal is not a loopback address.
+    #[arg(long, value_name = "DIR", requires = "manager")]
+    dhchap_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -354,6 +359,16 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
             },
             ..TargetOptions::default()
         };
+        let secrets = match &args.dhchap_dir {
+            Some(dir) => match tessera::cluster::ClusterSecrets::load(dir, id) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("tessera-target: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+            None => None,
+        };
         let credential = match args
             .credential
             .as_deref()
@@ -366,7 +381,9 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let node = match tessera::cluster::start(manager, credential, id, &args.pool, opts).await {
+        let node = match tessera::cluster::start(manager, credential, id, &args.pool, opts, secrets)
+            .await
+        {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("tessera-target: {e}");

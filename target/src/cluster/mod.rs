@@ -27,6 +27,7 @@ use manager::client::Client;
 use manager::map::ClusterMap;
 
 use crate::cluster::generation::{MismatchKind, MismatchReport, REPORT_QUEUE_MAX};
+pub use crate::controller::auth::ClusterSecrets;
 use crate::server::{Target, TargetOptions};
 use crate::subsystem::namespace::Namespace;
 use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem};
@@ -240,6 +241,8 @@ pub struct NodeShared {
     pub admission: Arc<Admission>,
     /// Deadline of a forwarded command, in ms ([`routed::FORWARD_TIMEOUT`] by default).
     forward_timeout_ms: AtomicU64,
+    /// Per-server DH-HMAC-CHAP secrets of internal connections (docs/authentication.md).
+    pub dhchap: Option<ClusterSecrets>,
 }
 
 impl NodeShared {
@@ -273,13 +276,16 @@ impl std::fmt::Display for NodeError {
 impl std::error::Error for NodeError {}
 
 /// Starts a storage server `server_id` of the cluster managed at `manager`, presenting
-/// `credential` (the token of its credential file) on every control API call.
+/// `credential` (the token of its credential file) on every control API call, and
+/// authenticating internal connections with `dhchap` (DH-HMAC-CHAP, per-server secrets;
+/// without it the internal portal must be a loopback address).
 pub async fn start(
     manager: &str,
     credential: Option<String>,
     server_id: &str,
     pool_spec: &PoolSpec,
     opts: TargetOptions,
+    dhchap: Option<ClusterSecrets>,
 ) -> Result<Node, NodeError> {
     let client = match credential {
         Some(token) => Client::with_credential(manager, token),
@@ -305,6 +311,13 @@ pub async fn start(
         .server(server_id)
         .ok_or_else(|| NodeError(format!("server id `{server_id}` is not in the cluster map")))?
         .clone();
+    if dhchap.is_none() && !entry.internal.ip().is_loopback() {
+        return Err(NodeError(format!(
+            "internal portal {} is not a loopback address: start with --dhchap-dir so that \
+             internal connections are authenticated",
+            entry.internal
+        )));
+    }
     let spec = match pool_spec {
         PoolSpec::Ram => hw::BackendSpec::Ram {
             size: entry.pool_bytes,
@@ -370,7 +383,12 @@ pub async fn start(
         (INTERNAL_NSID, Arc::new(pool_ns)),
         (node::COPY_NSID, Arc::new(copy_ns)),
     ]));
+    if let Some(s) = &dhchap {
+        internal.set_auth(s.policy(map.servers.iter().map(|s| s.id.as_str()), server_hostnqn));
+    }
     let registry = Arc::new(Registry::new_cluster(vec![internal], map.generation));
+    // The internal portal serves the internal subsystem only, and discovery never lists it.
+    registry.add_internal_portal(entry.internal);
     // Only a cluster node waits for a newer map (its manager will push it); a standalone
     // target never does (generation.rs).
     registry
@@ -385,7 +403,7 @@ pub async fn start(
         me: server_id.to_string(),
         map: ArcSwap::from_pointee(map.clone()),
         pool,
-        peers: Peers::new(server_id),
+        peers: Peers::new(server_id).with_dhchap(dhchap.clone()),
         registry: Arc::clone(&registry),
         client: client.clone(),
         refresh: tokio::sync::Notify::new(),
@@ -397,6 +415,7 @@ pub async fn start(
         forward_timeout_ms: AtomicU64::new(
             u64::try_from(routed::FORWARD_TIMEOUT.as_millis()).unwrap_or(5_000),
         ),
+        dhchap,
     });
     sync_subsystems(&shared, &map);
     let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
@@ -434,6 +453,9 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
         internal.set_hosts(HostPolicy::Only(
             map.servers.iter().map(|s| server_hostnqn(&s.id)).collect(),
         ));
+        if let Some(s) = &node.dhchap {
+            internal.set_auth(s.policy(map.servers.iter().map(|s| s.id.as_str()), server_hostnqn));
+        }
     }
     for sub in &map.subsystems {
         let hosts = match &sub.hosts {

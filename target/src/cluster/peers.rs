@@ -43,6 +43,8 @@ pub struct Peers {
     conns: Mutex<HashMap<String, Arc<Peer>>>,
     /// Serialises connection setup (one connect per peer at a time).
     connecting: tokio::sync::Mutex<()>,
+    /// DH-HMAC-CHAP secrets for the peers' internal portals.
+    dhchap: Option<crate::controller::auth::ClusterSecrets>,
 }
 
 impl Peers {
@@ -51,7 +53,15 @@ impl Peers {
             me: me.to_string(),
             conns: Mutex::new(HashMap::new()),
             connecting: tokio::sync::Mutex::new(()),
+            dhchap: None,
         }
+    }
+
+    /// Authenticate internal connections with these secrets.
+    #[must_use]
+    pub fn with_dhchap(mut self, dhchap: Option<crate::controller::auth::ClusterSecrets>) -> Self {
+        self.dhchap = dhchap;
+        self
     }
 
     /// The I/O queue to `id` at `addr`, connecting if needed.
@@ -69,7 +79,14 @@ impl Peers {
         {
             return Ok(p.queue.clone());
         }
-        let opts = ControllerOptions::default();
+        let mut opts = ControllerOptions::default();
+        if let Some(s) = &self.dhchap {
+            let secrets = s.initiator(id).map_err(|e| {
+                tracing::error!(peer = id, error = %e, "no DH-HMAC-CHAP secret for this peer");
+                InitiatorError::AuthRequired
+            })?;
+            opts.dhchap = Some(Arc::new(secrets));
+        }
         let ctrl =
             Controller::connect(addr, &internal_nqn(id), &server_hostnqn(&self.me), &opts).await?;
         ctrl.enable().await?;
