@@ -83,26 +83,8 @@ pub struct SubsystemEntry {
     pub hosts: HostPolicy,
 }
 
-/// Which host NQNs may connect: `"any"` or `{"only": [...]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HostPolicy {
-    /// Any host.
-    Any,
-    /// Only these host NQNs.
-    Only(Vec<String>),
-}
-
-impl HostPolicy {
-    /// Whether `hostnqn` may connect.
-    #[must_use]
-    pub fn allows(&self, hostnqn: &str) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Only(hosts) => hosts.iter().any(|h| h == hostnqn),
-        }
-    }
-}
+/// Which host NQNs may connect: `"any"` or `{"only": [...]}` (the YAML's type).
+pub use yaml::HostPolicy;
 
 /// One virtual volume: a namespace of its subsystem, cut into extents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

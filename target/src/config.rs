@@ -12,7 +12,7 @@ use yaml::{BackendDecl, Layout, Location, SecretFile};
 
 use crate::subsystem::namespace::Namespace;
 use crate::subsystem::volume::LocalVolume;
-use crate::subsystem::{AuthPolicy, HostKeys, HostPolicy, NamespaceMap, Registry, Subsystem};
+use crate::subsystem::{AuthPolicy, HostKeys, NamespaceMap, Registry, Subsystem};
 
 /// The generation a standalone server (no manager) runs at. Stamped commands must carry it.
 pub const STANDALONE_GENERATION: u64 = 1;
@@ -91,14 +91,6 @@ pub fn open_namespace(n: &yaml::Namespace) -> Result<Arc<Namespace>, ConfigError
     )))
 }
 
-/// The target's host policy for a declared one.
-pub fn host_policy(h: &yaml::HostPolicy) -> HostPolicy {
-    match h {
-        yaml::HostPolicy::Any => HostPolicy::Any,
-        yaml::HostPolicy::Only(v) => HostPolicy::Only(v.clone()),
-    }
-}
-
 /// Opens every backend of one declared subsystem and builds it.
 pub fn build_subsystem(s: &yaml::Subsystem) -> Result<Subsystem, ConfigError> {
     let mut namespaces = BTreeMap::new();
@@ -109,7 +101,7 @@ pub fn build_subsystem(s: &yaml::Subsystem) -> Result<Subsystem, ConfigError> {
         s.nqn.clone(),
         s.serial.clone(),
         s.model.clone(),
-        host_policy(&s.hosts),
+        s.hosts.clone(),
         namespaces,
     );
     sub.set_auth(auth_policy(s)?);
@@ -511,7 +503,7 @@ impl PreparedChange {
                 }
             }
             if let Some(h) = &c.hosts {
-                s.set_hosts(host_policy(h));
+                s.set_hosts(h.clone());
                 removed.controllers += s
                     .drop_disallowed_hosts("host no longer allowed (reload)")
                     .len();

@@ -128,8 +128,14 @@ impl std::fmt::Debug for SecretFile {
     }
 }
 
-/// Which host NQNs may connect to a subsystem.
+/// Which host NQNs may connect to a subsystem: the one definition for the YAML, the cluster
+/// map (JSON `"any"` or `{"only": [...]}`, feature `serde`) and the target's registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum HostPolicy {
     /// Any host (`allow_any_host: true`).
     Any,

@@ -13,16 +13,9 @@ use super::{
     PlanError, VolumeSpec, edit_add_server, edit_create_volume, edit_resize, finish, server_mut,
 };
 use crate::api::AddServerRequest;
-use crate::map::{ClusterMap, HostPolicy, ServerState};
+use crate::map::{ClusterMap, ServerState};
 
 /// The map's host policy for a declared one.
-fn hosts_of(h: &yaml::HostPolicy) -> HostPolicy {
-    match h {
-        yaml::HostPolicy::Any => HostPolicy::Any,
-        yaml::HostPolicy::Only(list) => HostPolicy::Only(list.clone()),
-    }
-}
-
 fn state_of(s: DeclaredState) -> ServerState {
     match s {
         DeclaredState::Up => ServerState::Up,
@@ -184,7 +177,7 @@ fn subsystems(
     }
     for d in &cluster.subsystems {
         let prev = previous.and_then(|p| p.subsystems.iter().find(|p| p.nqn == d.nqn));
-        let hosts = hosts_of(&d.hosts);
+        let hosts = d.hosts.clone();
         match m.subsystems.iter_mut().find(|s| s.nqn == d.nqn) {
             Some(s) => {
                 if edited(prev, d, |x| x.hosts.clone()) {

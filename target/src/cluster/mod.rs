@@ -458,10 +458,7 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
         }
     }
     for sub in &map.subsystems {
-        let hosts = match &sub.hosts {
-            manager::map::HostPolicy::Any => HostPolicy::Any,
-            manager::map::HostPolicy::Only(v) => HostPolicy::Only(v.clone()),
-        };
+        let hosts = sub.hosts.clone();
         let s = match reg.subsystem(&sub.nqn) {
             Some(s) => {
                 s.set_hosts(hosts);

@@ -24,21 +24,8 @@ pub use codec::nvme::fabrics::DISCOVERY_NQN;
 pub const CNTLID_MIN: u16 = 1;
 pub const CNTLID_MAX: u16 = codec::nvme::fabrics::CNTLID_MAX;
 
-/// Which hosts may connect.
-#[derive(Debug, Clone)]
-pub enum HostPolicy {
-    Any,
-    Only(Vec<String>),
-}
-
-impl HostPolicy {
-    pub fn allows(&self, hostnqn: &str) -> bool {
-        match self {
-            HostPolicy::Any => true,
-            HostPolicy::Only(list) => list.iter().any(|h| h == hostnqn),
-        }
-    }
-}
+/// Which hosts may connect (the YAML's type, shared with the cluster map).
+pub use yaml::HostPolicy;
 
 /// Namespaces of a subsystem by NSID; replaced whole when the set changes (cluster map).
 pub type NamespaceMap = BTreeMap<u32, Arc<Namespace>>;
