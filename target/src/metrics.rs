@@ -32,11 +32,13 @@
 //! | `tessera_reloads_total` | counter | `outcome` (applied, refused) |
 //! | `tessera_path_errors_total` | counter | `reason` (unmapped, unreachable, map_settling) |
 //! | `tessera_extent_moves_total` | counter | `outcome` (done, failed, cancelled) |
+//! | `tessera_forwarded_commands_total` | counter | |
 //!
 //! The event counters are bumped on their (rare) paths only: the transport and the controllers
 //! call [`count_term_req`], [`count_error_status`], [`count_keep_alive_expiry`],
 //! [`count_no_path`] and [`count_auth`], the control interface [`count_reload`], the mover
-//! [`count_extent_move`]; a successful command costs nothing. `tessera_commands_in_flight`
+//! [`count_extent_move`]; a successful command costs nothing. A forwarded command adds to its
+//! reactor's shard ([`count_forwarded`], next to the network round trip it costs anyway). `tessera_commands_in_flight`
 //! sums what each connection publishes through its [`InFlight`] (one relaxed store per wake-up
 //! of the connection's task when its count changed).
 //!
@@ -291,6 +293,21 @@ impl MoveOutcome {
 /// A switch of an extent this server was moving out ended (the mover's final copy).
 pub fn count_extent_move(outcome: MoveOutcome) {
     OUTCOMES.moves[outcome as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// One counter on a cache line of its own.
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// Pieces of commands forwarded to the server that owns their extent, sharded like
+/// [`NsStats`] (a reactor adds to its own shard).
+static FORWARDED: [Padded; SHARDS] = [const { Padded(AtomicU64::new(0)) }; SHARDS];
+
+/// A piece of a command is being forwarded to the server that owns its extent (each try).
+pub fn count_forwarded() {
+    FORWARDED[shard_index() % SHARDS]
+        .0
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// A command is completing with Internal Path Error for this reason.
@@ -628,6 +645,13 @@ impl Source {
             "tessera_extent_moves",
             "Switches of extents this server moved out (final copies), by outcome",
             &moves,
+        )?;
+        let forwarded = FORWARDED.iter().map(|p| load(&p.0)).sum();
+        counters(
+            enc,
+            "tessera_forwarded_commands",
+            "Pieces of commands forwarded to the server that owns their extent (cluster mode; each try)",
+            &[(NoLabels, forwarded)],
         )?;
         counters(
             enc,

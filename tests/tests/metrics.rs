@@ -238,6 +238,16 @@ async fn a_scrape_counts_the_io_a_host_did() {
         0.0
     );
     assert_eq!(value(&s, "tessera_keep_alive_expiries_total", &[]), 0.0);
+    // Cluster-mode counters exist on a standalone target, at zero.
+    assert_eq!(value(&s, "tessera_forwarded_commands_total", &[]), 0.0);
+    for reason in ["unmapped", "unreachable", "map_settling"] {
+        let l = [("reason", reason)];
+        assert_eq!(value(&s, "tessera_path_errors_total", &l), 0.0);
+    }
+    for outcome in ["done", "failed", "cancelled"] {
+        let l = [("outcome", outcome)];
+        assert_eq!(value(&s, "tessera_extent_moves_total", &l), 0.0);
+    }
 
     // Errors, counted by kind: a read past the end (LBA Out of Range, SCT 0h SC 80h) and a
     // PDU before ICReq (C2HTermReq, PDU Sequence Error).
