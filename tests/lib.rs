@@ -620,114 +620,18 @@ pub async fn assert_still_serving(addr: SocketAddr) {
 // The daemon binary
 // -------------------------------------------------------------------------------------------
 
-/// A test's directory (layouts, backing files, daemons' logs): deleted when the test passes,
-/// kept when it fails (dropped while a panic unwinds), with its path and the tail of every log
-/// (`*.log`, `*.stderr`) printed, so that a failure leaves its cause behind. Drop it after the
-/// processes writing into it, so that the kept logs are complete.
-pub struct TestDir(Option<tempfile::TempDir>);
+// Shared with the target's multi-process tests (`target/tests/`), which include the same files.
+#[path = "support/daemons.rs"]
+mod daemons;
+#[path = "support/kept_dir.rs"]
+mod kept_dir;
 
-impl TestDir {
-    pub fn new() -> Self {
-        Self(Some(
-            tempfile::Builder::new()
-                .prefix("tessera-test-")
-                .tempdir()
-                .expect("a temporary directory"),
-        ))
-    }
-
-    pub fn path(&self) -> &Path {
-        self.0
-            .as_ref()
-            .map(tempfile::TempDir::path)
-            .expect("present until dropped")
-    }
-}
-
-impl Default for TestDir {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(d) = self.0.take()
-        {
-            let path = d.keep();
-            eprintln!(
-                "test failed: its directory and logs are kept in {}\n{}",
-                path.display(),
-                log_tails(&path, 40)
-            );
-        }
-    }
-}
-
-/// The last `n` lines of every log (`*.log`, `*.stderr`) directly in `dir`.
-pub fn log_tails(dir: &Path, n: usize) -> String {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log" || x == "stderr"))
-        .collect();
-    files.sort();
-    let mut out = String::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        out.push_str(&format!("----- {}\n{}\n", f.display(), tail(&text, n)));
-    }
-    out
-}
-
-/// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A loopback port for a daemon that must be told its port before it starts (a layout file).
-///
-/// Not "bind port 0, read the number, drop the socket, reuse the number": that number comes
-/// from the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), which every outgoing
-/// connection on the machine draws its local port from too, so one can take it between the drop
-/// and the daemon's bind (and a client retrying a connect to a dead port of that range can even
-/// connect to itself and hold the port). Ports below the ephemeral range are only taken by an
-/// explicit bind. So: a per-process slice of that stretch (by PID), each port checked free by a
-/// bind. Another process whose slice overlaps can still take one first: callers retry a start
-/// that reports the address in use, on a fresh port.
-pub fn daemon_port() -> u16 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    const SLICE: u64 = 128;
-    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32768, 60999));
-    // The larger stretch outside the ephemeral range: below it (from 10000, above the
-    // well-known and most registered ports) or above it.
-    let (lo, hi) = if eph_lo.saturating_sub(10_000) >= 65_535u64.saturating_sub(eph_hi) {
-        (10_000, eph_lo)
-    } else {
-        (eph_hi + 1, 65_536)
-    };
-    let slices = (hi.saturating_sub(lo) / SLICE).max(1);
-    let base = lo + (u64::from(std::process::id()) % slices) * SLICE;
-    for _ in 0..SLICE {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(base + n % SLICE).expect("below 65536");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {base}..{}", base + SLICE);
-}
+/// [`daemon_port`]: a loopback port for a daemon's layout, from this process's block outside
+/// the ephemeral range; [`Proc`]: a child killed when dropped; [`sibling_bin`],
+/// [`manager_bin`]: another package's binary next to the test's own.
+pub use daemons::{Proc, daemon_port, manager_bin, sibling_bin};
+/// [`TestDir`]: a test's directory, kept with its logs printed when the test fails.
+pub use kept_dir::{KeptDir as TestDir, log_tails, tail};
 
 /// The `tessera-target` binary of this build, built on first use.
 ///

@@ -142,6 +142,7 @@ impl LiveConfig {
     }
 
     fn log_outcome(&self, what: &str, r: &Result<Vec<String>, String>) {
+        crate::metrics::count_reload(r.is_ok());
         match r {
             Ok(changes) if changes.is_empty() => {
                 tracing::info!("{what}: the layout declares what is served; nothing changed");

@@ -26,10 +26,21 @@
 //! | `tessera_keep_alive_expiries_total` | counter | |
 //! | `tessera_c2h_term_reqs_total` | counter | `reason` (the FES, e.g. `pdu_sequence_error`) |
 //! | `tessera_nvme_error_statuses_total` | counter | `sct`, `sc` (hex, e.g. `0x0`, `0x0b`) |
+//! | `tessera_controller_io_queues` | gauge | `subnqn`, `cntlid`, `hostnqn` |
+//! | `tessera_commands_in_flight` | gauge | |
+//! | `tessera_dhchap_authentications_total` | counter | `outcome` (success, failure) |
+//! | `tessera_reloads_total` | counter | `outcome` (applied, refused) |
+//! | `tessera_path_errors_total` | counter | `reason` (unmapped, unreachable, map_settling) |
+//! | `tessera_extent_moves_total` | counter | `outcome` (done, failed, cancelled) |
+//! | `tessera_forwarded_commands_total` | counter | |
 //!
-//! The last three count events: the transport and the controllers call [`count_term_req`],
-//! [`count_error_status`] and [`count_keep_alive_expiry`] on those (rare) paths only; a
-//! successful command costs nothing.
+//! The event counters are bumped on their (rare) paths only: the transport and the controllers
+//! call [`count_term_req`], [`count_error_status`], [`count_keep_alive_expiry`],
+//! [`count_no_path`] and [`count_auth`], the control interface [`count_reload`], the mover
+//! [`count_extent_move`]; a successful command costs nothing. A forwarded command adds to its
+//! reactor's shard ([`count_forwarded`], next to the network round trip it costs anyway). `tessera_commands_in_flight`
+//! sums what each connection publishes through its [`InFlight`] (one relaxed store per wake-up
+//! of the connection's task when its count changed).
 //!
 //! A controller's counters live as long as the controller: its series end when the host
 //! disconnects (Prometheus treats a series that reappears with lower values as a reset).
@@ -223,6 +234,150 @@ pub fn count_error_status(status: codec::nvme::Status) {
     EVENTS.statuses[i].fetch_add(1, Ordering::Relaxed);
 }
 
+/// Outcome counters of rare control-path events (authentication, reloads, moves, path errors).
+struct Outcomes {
+    /// DH-HMAC-CHAP transactions: [succeeded, failed].
+    auth: [AtomicU64; 2],
+    /// Reloads and applies: [applied, refused].
+    reloads: [AtomicU64; 2],
+    /// Final copies of extent moves this server ran as their source: by [`MoveOutcome`].
+    moves: [AtomicU64; 3],
+    /// Commands completed with Internal Path Error, by [`crate::subsystem::volume::NoPath`].
+    no_path: [AtomicU64; 3],
+}
+
+static OUTCOMES: Outcomes = Outcomes {
+    auth: [const { AtomicU64::new(0) }; 2],
+    reloads: [const { AtomicU64::new(0) }; 2],
+    moves: [const { AtomicU64::new(0) }; 3],
+    no_path: [const { AtomicU64::new(0) }; 3],
+};
+
+/// A DH-HMAC-CHAP transaction on a queue ended: `ok` if the host (and, when asked, the
+/// controller) authenticated, else it failed (the controller's AUTH_Failure1, or the host's
+/// AUTH_Failure2).
+pub fn count_auth(ok: bool) {
+    OUTCOMES.auth[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A reload or an apply ended: `applied` if the layout is now in force, else it was refused
+/// (the configuration in force is unchanged).
+pub fn count_reload(applied: bool) {
+    OUTCOMES.reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// How an extent move ended on the server that copies the extent out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveOutcome {
+    /// The final copy is done: the extent switched to its new owner.
+    Done,
+    /// The final copy failed: the extent stays served here, and the switch is tried again when
+    /// the manager sends the map again.
+    Failed,
+    /// The move was switched or cancelled without this server (its copy is dropped).
+    Cancelled,
+}
+
+impl MoveOutcome {
+    const ALL: [Self; 3] = [Self::Done, Self::Failed, Self::Cancelled];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A switch of an extent this server was moving out ended (the mover's final copy).
+pub fn count_extent_move(outcome: MoveOutcome) {
+    OUTCOMES.moves[outcome as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// One counter on a cache line of its own.
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// Pieces of commands forwarded to the server that owns their extent, sharded like
+/// [`NsStats`] (a reactor adds to its own shard).
+static FORWARDED: [Padded; SHARDS] = [const { Padded(AtomicU64::new(0)) }; SHARDS];
+
+/// A piece of a command is being forwarded to the server that owns its extent (each try).
+pub fn count_forwarded() {
+    FORWARDED[shard_index() % SHARDS]
+        .0
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+/// A command is completing with Internal Path Error for this reason.
+pub fn count_no_path(why: crate::subsystem::volume::NoPath) {
+    use crate::subsystem::volume::NoPath;
+    let i = match why {
+        NoPath::Unmapped => 0,
+        NoPath::Unreachable => 1,
+        NoPath::MapSettling => 2,
+    };
+    OUTCOMES.no_path[i].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The commands one queue holds, published by its connection for scrapes.
+///
+/// The connection stores its command table's size (a relaxed store to a slot of its own, once
+/// per wake-up of its task, and only when the size changed): no read-modify-write and no line
+/// shared with another queue on the data path. A scrape sums the slots of the live queues.
+#[derive(Debug)]
+pub struct InFlight {
+    slot: Arc<Slot>,
+    last: u32,
+}
+
+/// One queue's published command count, on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(std::sync::atomic::AtomicU32);
+
+/// The live queues' slots (a dead queue's slot is dropped at the next registration or scrape).
+static QUEUES: std::sync::Mutex<Vec<std::sync::Weak<Slot>>> = std::sync::Mutex::new(Vec::new());
+
+fn queues() -> std::sync::MutexGuard<'static, Vec<std::sync::Weak<Slot>>> {
+    let mut q = QUEUES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    q.retain(|w| w.strong_count() > 0);
+    q
+}
+
+impl Default for InFlight {
+    /// A new queue's slot (once per connection).
+    fn default() -> Self {
+        let slot = Arc::new(Slot::default());
+        queues().push(Arc::downgrade(&slot));
+        Self { slot, last: 0 }
+    }
+}
+
+impl InFlight {
+    /// The queue holds `n` commands now.
+    #[inline]
+    pub fn set(&mut self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n != self.last {
+            self.last = n;
+            self.slot.0.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The commands the live queues hold.
+    fn total() -> u64 {
+        queues()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|s| u64::from(s.0.load(Ordering::Relaxed)))
+            .sum()
+    }
+}
+
 /// The target's default metrics address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9420";
 
@@ -349,6 +504,23 @@ impl prometheus_client::collector::Collector for Source {
             counters(&mut enc, name, help, &rows)?;
         }
 
+        let mut m = enc.encode_descriptor(
+            "tessera_controller_io_queues",
+            "I/O queues connected per controller",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, c) in &ctrls {
+            let n = crate::subsystem::lock(&c.io_queues).len();
+            ConstGauge::new(n as u64).encode(m.encode_family(labels)?)?;
+        }
+        gauge(
+            &mut enc,
+            "tessera_commands_in_flight",
+            "Commands the queues hold, from their capsule to their completion (each queue's count as of its last wake-up)",
+            InFlight::total(),
+        )?;
+
         self.encode_namespaces(&mut enc, &subsystems)?;
 
         let g = &r.generation;
@@ -391,6 +563,7 @@ impl prometheus_client::collector::Collector for Source {
             r.genctr(),
         )?;
 
+        self.encode_outcomes(&mut enc)?;
         counters(
             &mut enc,
             "tessera_keep_alive_expiries",
@@ -442,6 +615,56 @@ impl prometheus_client::collector::Collector for Source {
 }
 
 impl Source {
+    fn encode_outcomes(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let o = &OUTCOMES;
+        counters(
+            enc,
+            "tessera_dhchap_authentications",
+            "DH-HMAC-CHAP transactions on queues, by outcome",
+            &[
+                ([("outcome", "success")], load(&o.auth[0])),
+                ([("outcome", "failure")], load(&o.auth[1])),
+            ],
+        )?;
+        counters(
+            enc,
+            "tessera_reloads",
+            "Layout reloads and applies, by outcome (refused: the configuration in force is unchanged)",
+            &[
+                ([("outcome", "applied")], load(&o.reloads[0])),
+                ([("outcome", "refused")], load(&o.reloads[1])),
+            ],
+        )?;
+        let moves: Vec<_> = MoveOutcome::ALL
+            .iter()
+            .map(|&m| ([("outcome", m.label())], load(&o.moves[m as usize])))
+            .collect();
+        counters(
+            enc,
+            "tessera_extent_moves",
+            "Switches of extents this server moved out (final copies), by outcome",
+            &moves,
+        )?;
+        let forwarded = FORWARDED.iter().map(|p| load(&p.0)).sum();
+        counters(
+            enc,
+            "tessera_forwarded_commands",
+            "Pieces of commands forwarded to the server that owns their extent (cluster mode; each try)",
+            &[(NoLabels, forwarded)],
+        )?;
+        counters(
+            enc,
+            "tessera_path_errors",
+            "Commands completed with Internal Path Error (no path to the extent's owner now), by reason",
+            &[
+                ([("reason", "unmapped")], load(&o.no_path[0])),
+                ([("reason", "unreachable")], load(&o.no_path[1])),
+                ([("reason", "map_settling")], load(&o.no_path[2])),
+            ],
+        )
+    }
+
     fn encode_namespaces(
         &self,
         enc: &mut DescriptorEncoder,

@@ -9,7 +9,6 @@
     clippy::cast_possible_truncation
 )]
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,115 +62,14 @@ impl Drop for Proc {
     }
 }
 
-/// The test's directory (configuration, data, every process's log). Deleted when the test
-/// passes; kept when it fails (a panic is unwinding), with its path and the tail of every log
-/// printed, so that a failure leaves its cause behind.
-struct KeptDir(Option<tempfile::TempDir>);
+#[path = "../../tests/support/daemons.rs"]
+#[allow(dead_code)]
+mod daemons;
+#[path = "../../tests/support/kept_dir.rs"]
+mod kept_dir;
 
-impl KeptDir {
-    fn new() -> Self {
-        Self(Some(
-            tempfile::Builder::new()
-                .prefix("tessera-cluster-test-")
-                .tempdir()
-                .unwrap(),
-        ))
-    }
-
-    fn path(&self) -> &Path {
-        self.0.as_ref().map(tempfile::TempDir::path).unwrap()
-    }
-}
-
-/// The last `n` lines of every `*.log` under `dir` (one level of subdirectories).
-fn log_tails(dir: &Path, n: usize) -> String {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            dirs.push(e.path());
-        }
-    }
-    for d in dirs {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                files.push(e.path());
-            }
-        }
-    }
-    files.sort();
-    let mut out = String::new();
-    for f in files {
-        let mut text = String::new();
-        let _ = std::fs::File::open(&f).and_then(|mut h| h.read_to_string(&mut text));
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(n)..];
-        out.push_str(&format!(
-            "----- {} (last {} of {} lines)\n{}\n",
-            f.display(),
-            tail.len(),
-            lines.len(),
-            tail.join("\n")
-        ));
-    }
-    out
-}
-
-impl Drop for KeptDir {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(d) = self.0.take()
-        {
-            let path = d.keep();
-            eprintln!(
-                "test failed: its directory and logs are kept in {}\n{}",
-                path.display(),
-                log_tails(&path, 40)
-            );
-        }
-    }
-}
-
-/// Loopback ports for the daemons, which must be told their ports before they start (a server's
-/// portals come from the cluster map; the manager must keep its port across a restart).
-///
-/// Not "bind port 0, read the number, drop the socket, reuse the number": that number comes
-/// from the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), which every outgoing
-/// connection on the machine draws its local port from too (this test's HTTP and NVMe clients,
-/// the servers' connections to the manager and to each other), so one can take it between the
-/// drop and the daemon's bind; and a client retrying a connect to a dead port of that range can
-/// even connect to itself (TCP simultaneous open) and hold the port a restarting daemon needs.
-/// Ports below the ephemeral range are only ever taken by an explicit bind. So: a per-process
-/// slice of that range (by PID), each port checked free by a bind; and a start that still finds
-/// a port taken (another process with an overlapping slice) is retried on fresh ports.
-fn daemon_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    const SLICE: u64 = 128;
-    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32768, 60999));
-    // The larger free stretch: below the ephemeral range (from 10000, above the well-known and
-    // most registered ports) or above it.
-    let (lo, hi) = if eph_lo.saturating_sub(10_000) >= 65_535u64.saturating_sub(eph_hi) {
-        (10_000, eph_lo)
-    } else {
-        (eph_hi + 1, 65_536)
-    };
-    let slices = ((hi - lo) / SLICE).max(1);
-    let base = lo + (u64::from(std::process::id()) % slices) * SLICE;
-    for _ in 0..SLICE {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(base + n % SLICE).unwrap();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {base}..{}", base + SLICE);
-}
+use daemons::daemon_port;
+use kept_dir::{KeptDir, tail};
 
 /// The manager binary sits next to ours in the same target directory (`cargo test
 /// --workspace` builds it); build it if this package's tests run alone.
@@ -179,24 +77,13 @@ fn manager_bin() -> PathBuf {
     sibling_bin("tessera-manager", "tessera-manager")
 }
 
-/// A binary of another workspace package (`bin` of `package`), next to ours in the same target
-/// directory; built if it is not there (this package's tests run alone).
+/// A binary of another workspace package (`bin` of `package`), next to ours.
 fn sibling_bin(bin: &str, package: &str) -> PathBuf {
-    let ours = PathBuf::from(env!("CARGO_BIN_EXE_tessera-target"));
-    let theirs = ours.with_file_name(bin);
-    if !theirs.exists() {
-        let release = ours
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n == "release");
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", package, "--bin", bin]);
-        if release {
-            c.arg("--release");
-        }
-        assert!(c.status().unwrap().success(), "building {bin} failed");
-    }
-    theirs
+    daemons::sibling_bin(
+        Path::new(env!("CARGO_BIN_EXE_tessera-target")),
+        bin,
+        package,
+    )
 }
 
 struct Cluster {
@@ -298,13 +185,8 @@ fn exited(p: &mut Proc, log: &Path) -> Option<Exited> {
     })
 }
 
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 async fn start_cluster_with(file_pools: bool) -> Cluster {
-    let logs = KeptDir::new();
+    let logs = KeptDir::with_prefix("tessera-cluster-test-");
     for attempt in 1..=START_ATTEMPTS {
         let dir = logs.path().join(format!("start{attempt}"));
         std::fs::create_dir(&dir).unwrap();

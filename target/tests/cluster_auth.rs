@@ -8,9 +8,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,80 +26,17 @@ const EXTENT: u64 = 1 << 20;
 const DEADLINE: Duration = Duration::from_secs(90);
 const STEP: Duration = Duration::from_secs(20);
 
-/// A child process killed when the test ends (by PID).
-struct Proc(Child);
+#[path = "../../tests/support/daemons.rs"]
+mod daemons;
+#[path = "../../tests/support/kept_dir.rs"]
+#[allow(dead_code)]
+mod kept_dir;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use daemons::{Proc, daemon_port};
+use kept_dir::KeptDir;
 
-/// The test's directory, kept (and its logs printed) when the test fails.
-struct Dir(Option<tempfile::TempDir>);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(d) = self.0.take()
-        {
-            let path = d.keep();
-            eprintln!("test failed: logs kept in {}", path.display());
-            for name in ["manager", "s1", "s2"] {
-                let text =
-                    std::fs::read_to_string(path.join(format!("{name}.log"))).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!(
-                    "--- {name}.log (tail)\n{}",
-                    lines[lines.len().saturating_sub(30)..].join("\n")
-                );
-            }
-        }
-    }
-}
-
-/// A free loopback port below the ephemeral range, from a per-process slice (never port 0
-/// bound and dropped: an ephemeral port can be taken by any outgoing connection meanwhile).
-fn daemon_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    const SLICE: u64 = 64;
-    let lo: u64 = 12_000;
-    let hi: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768);
-    let slices = ((hi.saturating_sub(lo)) / SLICE).max(1);
-    let base = lo + (u64::from(std::process::id()).wrapping_mul(7) % slices) * SLICE;
-    for _ in 0..SLICE {
-        let port = u16::try_from(base + NEXT.fetch_add(1, Ordering::Relaxed) % SLICE).unwrap();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {base}..{}", base + SLICE);
-}
-
-/// `tessera-manager`, next to our binary (built if this package's tests run alone).
 fn manager_bin() -> PathBuf {
-    let ours = PathBuf::from(env!("CARGO_BIN_EXE_tessera-target"));
-    let theirs = ours.with_file_name("tessera-manager");
-    if !theirs.exists() {
-        let release = ours
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n == "release");
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", "tessera-manager", "--bin", "tessera-manager"]);
-        if release {
-            c.arg("--release");
-        }
-        assert!(
-            c.status().unwrap().success(),
-            "building tessera-manager failed"
-        );
-    }
-    theirs
+    daemons::manager_bin(Path::new(env!("CARGO_BIN_EXE_tessera-target")))
 }
 
 fn log(dir: &Path, name: &str) -> std::fs::File {
@@ -126,8 +62,8 @@ fn block(lba: u64) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_connections_authenticate_with_per_server_secrets() {
-    let dir = Dir(Some(tempfile::tempdir().unwrap()));
-    let d = dir.0.as_ref().unwrap().path().to_path_buf();
+    let dir = KeptDir::with_prefix("tessera-cluster-auth-test-");
+    let d = dir.path().to_path_buf();
     let secrets = d.join("secrets");
     std::fs::create_dir(&secrets).unwrap();
     let keys: Vec<Secret> = (0..2)

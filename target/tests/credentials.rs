@@ -10,8 +10,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use manager::client::Client;
@@ -25,89 +24,17 @@ const TOKENS: [(&str, &str); 3] = [
     ("s2", "Y3JlZC10ZXN0LXMyLXRva2VuLXZhbHVl"),
 ];
 
-struct Proc(Child);
+#[path = "../../tests/support/daemons.rs"]
+mod daemons;
+#[path = "../../tests/support/kept_dir.rs"]
+#[allow(dead_code)]
+mod kept_dir;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use daemons::{Proc, daemon_port};
+use kept_dir::KeptDir;
 
-/// The test directory, kept (with the logs) when the test fails.
-struct KeptDir(Option<tempfile::TempDir>);
-
-impl Drop for KeptDir {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(d) = self.0.take()
-        {
-            let path = d.keep();
-            eprintln!(
-                "test failed: its directory and logs are kept in {}",
-                path.display()
-            );
-            for log in ["manager.log", "s1.log", "s2.log"] {
-                let text = std::fs::read_to_string(path.join(log)).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!(
-                    "----- {log}\n{}",
-                    lines[lines.len().saturating_sub(30)..].join("\n")
-                );
-            }
-        }
-    }
-}
-
-/// A free loopback port from this process's block below the ephemeral range (as
-/// target/tests/cluster.rs does), so parallel test processes do not collide.
-fn daemon_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    const SLICE: u64 = 128;
-    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32768, 60999));
-    let (lo, hi) = if eph_lo.saturating_sub(10_000) >= 65_535u64.saturating_sub(eph_hi) {
-        (10_000, eph_lo)
-    } else {
-        (eph_hi + 1, 65_536)
-    };
-    let slices = ((hi - lo) / SLICE).max(1);
-    let base = lo + (u64::from(std::process::id()) % slices) * SLICE;
-    for _ in 0..SLICE {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(base + n % SLICE).unwrap();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {base}..{}", base + SLICE);
-}
-
-/// `tessera-manager` next to `tessera-target` (built if absent).
 fn manager_bin() -> PathBuf {
-    let ours = PathBuf::from(env!("CARGO_BIN_EXE_tessera-target"));
-    let theirs = ours.with_file_name("tessera-manager");
-    if !theirs.exists() {
-        let release = ours
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n == "release");
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", "tessera-manager", "--bin", "tessera-manager"]);
-        if release {
-            c.arg("--release");
-        }
-        assert!(
-            c.status().unwrap().success(),
-            "building tessera-manager failed"
-        );
-    }
-    theirs
+    daemons::manager_bin(Path::new(env!("CARGO_BIN_EXE_tessera-target")))
 }
 
 fn log(dir: &Path, name: &str) -> std::fs::File {
@@ -130,13 +57,8 @@ fn spawn_server(dir: &Path, maddr: &str, id: &str, key: &str) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_joins_with_its_credential_and_not_with_another() {
-    let kept = KeptDir(Some(
-        tempfile::Builder::new()
-            .prefix("tessera-credentials-test-")
-            .tempdir()
-            .unwrap(),
-    ));
-    let dir = kept.0.as_ref().unwrap().path().to_path_buf();
+    let kept = KeptDir::with_prefix("tessera-credentials-test-");
+    let dir = kept.path().to_path_buf();
     std::fs::create_dir(dir.join("keys")).unwrap();
     for (who, token) in TOKENS {
         let f = dir.join(format!("keys/{who}.key"));

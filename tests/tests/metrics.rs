@@ -1,5 +1,6 @@
 //! The real `tessera-target`'s Prometheus endpoint (`--metrics ADDR`): a scrape parsed with a
-//! Prometheus text-format parser agrees with the I/O a host just did, and with the layout.
+//! Prometheus text-format parser agrees with the I/O a host just did, with the layout, with the
+//! commands a queue holds, with failed and successful authentications, and with reloads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -8,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use codec::nvme::Status;
+use codec::nvme::cmd::{IoCommand, Rw};
+use codec::nvme::fabrics::auth::Secret;
 use codec::pdu::{H2CData, Pdu};
+use tessera::initiator::{DhchapSecrets, RawEvent};
 use tessera_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,15 +29,16 @@ impl Drop for Daemon {
     }
 }
 
-/// Starts the target with its NVMe/TCP listener and its metrics on two fresh ports; retries
-/// when one was taken meanwhile. Returns the daemon, the NVMe/TCP address and the metrics one.
-async fn start(dir: &std::path::Path) -> (Daemon, SocketAddr, SocketAddr) {
+/// Starts the target on `yaml` (its `port: 4420` replaced) with its NVMe/TCP listener and its
+/// metrics on two fresh ports; retries when one was taken meanwhile. Returns the daemon, the
+/// NVMe/TCP address and the metrics one. The layout file is `dir/layout.yaml`.
+async fn start(dir: &std::path::Path, yaml: &str) -> (Daemon, SocketAddr, SocketAddr) {
     for attempt in 0..5 {
         let (port, mport) = (daemon_port(), daemon_port());
-        let layout = dir.join(format!("layout{attempt}.yaml"));
+        let layout = dir.join("layout.yaml");
         std::fs::write(
             &layout,
-            STD_YAML.replace("port: 4420", &format!("port: {port}")),
+            yaml.replace("port: 4420", &format!("port: {port}")),
         )
         .unwrap();
         let log = dir.join(format!("target{attempt}.stderr"));
@@ -110,10 +115,28 @@ fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f
     found[0]
 }
 
+/// Scrapes until `ok` holds (bounded by [`DEADLINE`]); returns that scrape.
+async fn scrape_until(
+    maddr: SocketAddr,
+    what: &str,
+    ok: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let t0 = Instant::now();
+    loop {
+        let (_, body) = get(maddr, "/metrics").await;
+        let s = scrape(&body);
+        if ok(&s) {
+            return s;
+        }
+        assert!(t0.elapsed() < DEADLINE, "{what}: never seen in\n{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_counts_the_io_a_host_did() {
     let dir = TestDir::new();
-    let (_d, addr, maddr) = start(dir.path()).await;
+    let (_d, addr, maddr) = start(dir.path(), STD_YAML).await;
 
     // Before any host: the layout, no connection.
     let (status, body) = get(maddr, "/metrics").await;
@@ -215,6 +238,16 @@ async fn a_scrape_counts_the_io_a_host_did() {
         0.0
     );
     assert_eq!(value(&s, "tessera_keep_alive_expiries_total", &[]), 0.0);
+    // Cluster-mode counters exist on a standalone target, at zero.
+    assert_eq!(value(&s, "tessera_forwarded_commands_total", &[]), 0.0);
+    for reason in ["unmapped", "unreachable", "map_settling"] {
+        let l = [("reason", reason)];
+        assert_eq!(value(&s, "tessera_path_errors_total", &l), 0.0);
+    }
+    for outcome in ["done", "failed", "cancelled"] {
+        let l = [("outcome", outcome)];
+        assert_eq!(value(&s, "tessera_extent_moves_total", &l), 0.0);
+    }
 
     // Errors, counted by kind: a read past the end (LBA Out of Range, SCT 0h SC 80h) and a
     // PDU before ICReq (C2HTermReq, PDU Sequence Error).
@@ -286,10 +319,138 @@ async fn a_scrape_counts_the_io_a_host_did() {
         );
     }
 
+    // A write waiting for its data (R2T sent, no H2CData yet) is held by its queue: one command
+    // in flight on a second controller's I/O queue; none once that connection is gone.
+    let c2 = connect(addr, SUBNQN).await;
+    within("queues", c2.set_num_queues(1)).await.unwrap();
+    let mut raw = raw_io_queue(&c2, 1, false, false).await;
+    let w = IoCommand::Write(Rw::new(NS_RAM512, 0, 8, 0));
+    raw.send_pdu(&io_capsule(&w, 9, Bytes::new(), 8 * 512))
+        .await
+        .unwrap();
+    match within("R2T", raw.recv()).await {
+        Ok(RawEvent::Pdu(Pdu::R2T(r))) => assert_eq!(r.cccid, 9),
+        other => panic!("expected an R2T, got {other:?}"),
+    }
+    let cntlid = c2.cntlid().to_string();
+    let s3 = scrape_until(maddr, "one command in flight", |s| {
+        value(s, "tessera_commands_in_flight", &[]) == 1.0
+    })
+    .await;
+    let c2_labels = [("subnqn", SUBNQN), ("cntlid", cntlid.as_str())];
+    assert_eq!(value(&s3, "tessera_controller_io_queues", &c2_labels), 1.0);
+    let c1 = c.cntlid().to_string();
+    let c1_labels = [("subnqn", SUBNQN), ("cntlid", c1.as_str())];
+    assert_eq!(value(&s3, "tessera_controller_io_queues", &c1_labels), 1.0);
+    drop(raw);
+    scrape_until(maddr, "no command in flight", |s| {
+        value(s, "tessera_commands_in_flight", &[]) == 0.0
+    })
+    .await;
+    drop(c2);
+
     q.close().await;
     within("disconnect", c.disconnect()).await.unwrap();
 
     // Anything but /metrics: 404.
     let (status, _) = get(maddr, "/").await;
     assert!(status.contains("404"), "{status}");
+}
+
+/// A layout where [`HOSTNQN`] must authenticate with `dir/host.key`, with `extra` namespaces
+/// (nsid 2 on) besides nsid 1.
+fn auth_layout(dir: &std::path::Path, extra: u32) -> String {
+    let mut y = format!(
+        "{PLACEHOLDER_LISTENER}subsystems:
+  - nqn: {SUBNQN}
+    hosts:
+      - nqn: {HOSTNQN}
+        dhchap_secret_file: {}
+    namespaces:
+      - nsid: 1
+        backend: {{ kind: ram, size: 1MiB }}
+",
+        dir.join("host.key").display()
+    );
+    for nsid in 2..2 + extra {
+        y.push_str(&format!(
+            "      - nsid: {nsid}\n        backend: {{ kind: ram, size: 1MiB }}\n"
+        ));
+    }
+    y
+}
+
+fn sighup(d: &Daemon) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &d.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentications_and_reloads_are_counted_by_outcome() {
+    let dir = TestDir::new();
+    let host = Secret::generate(None, 32).unwrap();
+    std::fs::write(dir.path().join("host.key"), format!("{}\n", host.to_text())).unwrap();
+    let (d, addr, maddr) = start(dir.path(), &auth_layout(dir.path(), 0)).await;
+    let port = addr.port();
+    let auths = |s: &prometheus_parse::Scrape, outcome| {
+        value(
+            s,
+            "tessera_dhchap_authentications_total",
+            &[("outcome", outcome)],
+        )
+    };
+    let reloads = |s: &prometheus_parse::Scrape, outcome| {
+        value(s, "tessera_reloads_total", &[("outcome", outcome)])
+    };
+    let (_, body) = get(maddr, "/metrics").await;
+    let s = scrape(&body);
+    assert_eq!(auths(&s, "success"), 0.0);
+    assert_eq!(auths(&s, "failure"), 0.0);
+    assert_eq!(reloads(&s, "applied"), 0.0);
+    assert_eq!(reloads(&s, "refused"), 0.0);
+
+    // A wrong secret: one failed transaction (the admin queue's).
+    let with = |secret: &Secret| {
+        let mut o = ctrl_opts();
+        o.dhchap = Some(std::sync::Arc::new(DhchapSecrets {
+            host: secret.clone(),
+            ctrl: None,
+        }));
+        o
+    };
+    let wrong = Secret::generate(None, 32).unwrap();
+    let r = connect_as(addr, SUBNQN, HOSTNQN, &with(&wrong)).await;
+    assert!(r.is_err(), "a wrong secret authenticated");
+    // The right one: the admin queue and the I/O queue each authenticate.
+    let c = connect_as(addr, SUBNQN, HOSTNQN, &with(&host))
+        .await
+        .expect("authenticated connect");
+    let qs = io_queues(&c, 1).await;
+    let (_, body) = get(maddr, "/metrics").await;
+    let s = scrape(&body);
+    assert_eq!(auths(&s, "failure"), 1.0);
+    assert_eq!(auths(&s, "success"), 2.0);
+
+    // A layout with an error is refused (nothing changes); a good one is applied.
+    let layout = dir.path().join("layout.yaml");
+    std::fs::write(&layout, "subsystems: [\n").unwrap();
+    sighup(&d);
+    let s = scrape_until(maddr, "a refused reload", |s| reloads(s, "refused") == 1.0).await;
+    assert_eq!(reloads(&s, "applied"), 0.0);
+    assert_eq!(value(&s, "tessera_namespaces", &[]), 1.0);
+    let good = auth_layout(dir.path(), 1).replace("port: 4420", &format!("port: {port}"));
+    std::fs::write(&layout, good).unwrap();
+    sighup(&d);
+    let s = scrape_until(maddr, "an applied reload", |s| reloads(s, "applied") == 1.0).await;
+    assert_eq!(reloads(&s, "refused"), 1.0);
+    assert_eq!(value(&s, "tessera_namespaces", &[]), 2.0);
+    // The connection the reload does not concern is still there.
+    let got = within("read after the reload", qs[0].read(1, 0, 8, 512)).await;
+    assert!(got.is_ok(), "{got:?}");
+    drop(qs);
+    drop(c);
 }

@@ -179,6 +179,7 @@ impl Session {
 
     fn fail(&mut self, t_id: u16, reason: FailureReason, why: &str) {
         tracing::info!(hostnqn = %self.hostnqn, subnqn = %self.subnqn, reason = reason.describe(), why, "DH-HMAC-CHAP authentication failed");
+        crate::metrics::count_auth(false);
         self.authenticated = false;
         self.state = State::Failure1Ready(Failure::new(t_id, reason));
     }
@@ -215,6 +216,7 @@ impl Session {
             (State::AwaitSuccess2 { t_id }, AuthMessage::Success2 { t_id: got }) => {
                 if got == t_id {
                     tracing::debug!(hostnqn = %self.hostnqn, "DH-HMAC-CHAP bidirectional authentication done");
+                    crate::metrics::count_auth(true);
                     self.authenticated = true;
                     self.state = State::Done;
                 } else {
@@ -227,6 +229,7 @@ impl Session {
             }
             (State::AwaitSuccess2 { t_id }, AuthMessage::Failure2(f)) => {
                 tracing::info!(hostnqn = %self.hostnqn, subnqn = %self.subnqn, t_id, reason = ?f.reason(), "host refused the controller's response (AUTH_Failure2): check the controller secret");
+                crate::metrics::count_auth(false);
                 self.authenticated = false;
                 self.state = State::Failed;
             }
@@ -413,6 +416,7 @@ impl Session {
                     self.state = State::AwaitSuccess2 { t_id: s.t_id };
                 } else {
                     tracing::debug!(hostnqn = %self.hostnqn, "DH-HMAC-CHAP authentication done");
+                    crate::metrics::count_auth(true);
                     self.authenticated = true;
                     self.state = State::Done;
                 }

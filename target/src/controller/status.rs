@@ -14,7 +14,10 @@ use crate::subsystem::volume::VolumeError;
 pub fn from_volume_error(e: &VolumeError) -> Status {
     match e {
         VolumeError::Backend(e) => from_io_error(e),
-        VolumeError::NoPath(_) => Status::INTERNAL_PATH_ERROR,
+        VolumeError::NoPath(why) => {
+            crate::metrics::count_no_path(*why);
+            Status::INTERNAL_PATH_ERROR
+        }
     }
 }
 

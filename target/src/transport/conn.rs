@@ -91,6 +91,7 @@ pub async fn serve(
             inflight: FuturesUnordered::new(),
             sqhd: 0,
             host_maxr2t: 1,
+            in_flight: crate::metrics::InFlight::default(),
         };
         match c.run(shutdown).await {
             Ok(()) => debug!("connection closed"),
@@ -120,6 +121,8 @@ struct Conn {
     sqhd: u16,
     /// R2Ts the host accepts outstanding per command (ICReq MAXR2T + 1).
     host_maxr2t: u32,
+    /// The table's size as scrapes see it (`tessera_commands_in_flight`).
+    in_flight: crate::metrics::InFlight,
 }
 
 /// Why a connection ends.
@@ -185,6 +188,7 @@ impl Conn {
                     .await
                     .map_err(End::Io)?;
             }
+            self.in_flight.set(self.table.len());
             let auth_deadline = self.queue.auth.as_ref().and_then(|s| s.deadline());
             tokio::select! {
                 biased;

@@ -66,26 +66,17 @@ impl Drop for Manager {
     }
 }
 
+#[path = "../../../tests/support/daemons.rs"]
+#[allow(dead_code)]
+mod daemons;
+
 /// `tessera-manager` next to our `tessera` (built if absent).
 fn manager_bin() -> PathBuf {
-    let ours = PathBuf::from(env!("CARGO_BIN_EXE_tessera"));
-    let theirs = ours.with_file_name("tessera-manager");
-    if !theirs.exists() {
-        let release = ours
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n == "release");
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", "tessera-manager", "--bin", "tessera-manager"]);
-        if release {
-            c.arg("--release");
-        }
-        assert!(
-            c.status().unwrap().success(),
-            "building tessera-manager failed"
-        );
-    }
-    theirs
+    daemons::sibling_bin(
+        Path::new(env!("CARGO_BIN_EXE_tessera")),
+        "tessera-manager",
+        "tessera-manager",
+    )
 }
 
 /// Starts the manager on 127.0.0.1:0 and reads the bound address from its log (kept in
