@@ -373,11 +373,19 @@ impl Coordinator {
             .map(|l| l.old_owner)
             .collect();
         // A server that already acked this generation (it cannot have, but acks are idempotent)
-        // or that the new map declares down is not waited for.
+        // or that this map or a newer durable one (queued behind it) declares down is not
+        // waited for: the newer map was stored while this one queued, so it could not excuse
+        // the server on arrival (`excuse_down_servers` only sees the publication in progress).
+        let queue = &self.queue;
         let waiting: BTreeSet<String> = old_owners
             .iter()
             .filter(|id| {
                 map.server(id).is_some_and(|s| s.state != ServerState::Down)
+                    && queue.iter().all(|newer| {
+                        newer
+                            .server(id)
+                            .is_some_and(|s| s.state != ServerState::Down)
+                    })
                     && self.acked(id) < map.generation
             })
             .cloned()

@@ -203,6 +203,44 @@ fn old_owner_declared_down_is_no_longer_awaited() {
     );
 }
 
+/// A switch still queued when the map marking its old owner down is stored (the old owner is
+/// excused on arrival only from the publication in progress) is not held by it either once it
+/// reaches phase 1a (the simulation's seed 0 waited forever).
+#[test]
+fn queued_switch_does_not_wait_for_an_old_owner_marked_down_later() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let other = if owner == "s1" { "s2" } else { "s1" };
+    let (g1, g2) = (m1.generation, m2.generation);
+    let mut c = Coordinator::new(m);
+    let _ = c.handle(Event::Committed(Arc::new(m1)));
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    let down = plan::set_server_state(&m2, &owner, crate::map::ServerState::Down).unwrap();
+    let gd = down.generation;
+    let _ = c.handle(Event::Committed(Arc::new(down)));
+    assert_eq!(c.publishing().unwrap().0, g1, "g1 still in phase 1b");
+    assert_eq!(c.publishing().unwrap().3, 2, "switch and mark-down queued");
+    // The old owner acked the move's start, then hung.
+    let _ = c.handle(ack(&owner, g1));
+    let a = c.handle(ack(other, g1));
+    assert_eq!(published_to_clients(&a), [g1]);
+    // The switch's phase 1a awaits nobody: straight to 1b, then the mark-down map follows.
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g2)),
+        "the switch waits for its old owner marked down in g{gd}: {a:?}"
+    );
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::SendToServers { servers, .. } if servers.contains(&owner)))
+    );
+    let a = c.handle(ack(other, g2));
+    assert_eq!(published_to_clients(&a), [g2]);
+    let a = c.handle(ack(other, gd));
+    assert_eq!(published_to_clients(&a), [gd]);
+    assert!(c.publishing().is_none());
+}
+
 fn mark_downs(actions: &[Action]) -> Vec<(u64, Vec<String>)> {
     actions
         .iter()
