@@ -231,8 +231,9 @@ fn queued_switch_does_not_wait_for_an_old_owner_marked_down_later() {
         "the switch waits for its old owner marked down in g{gd}: {a:?}"
     );
     assert!(
-        !a.iter()
-            .any(|x| matches!(x, Action::SendToServers { servers, .. } if servers.contains(&owner)))
+        !a.iter().any(
+            |x| matches!(x, Action::SendToServers { servers, .. } if servers.contains(&owner))
+        )
     );
     let a = c.handle(ack(other, g2));
     assert_eq!(published_to_clients(&a), [g2]);
