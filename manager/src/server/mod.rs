@@ -622,7 +622,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             head,
-            coord: Coordinator::new(committed).with_old_owner_timeout(config.old_owner_timeout_ms),
+            coord: Coordinator::new(committed)
+                .with_old_owner_timeout(config.old_owner_timeout_ms)
+                .with_down_fence(crate::coord::DOWN_FENCE_MS),
             reports: ReportCounts::default(),
             report_windows: HashMap::new(),
             applied_file,
