@@ -272,7 +272,7 @@ fn an_old_owner_marked_down_is_released_after_the_down_fence() {
         let a = c.handle(timeout.clone());
         assert!(!publishes_to_servers(&a, g2), "released after {i} periods");
         assert!(mark_downs(&a).is_empty(), "already marked down: {a:?}");
-        assert_eq!(c.publishing().unwrap().2, [owner.clone()]);
+        assert_eq!(c.publishing().unwrap().2, std::slice::from_ref(&owner));
     }
     let a = c.handle(timeout.clone());
     assert!(publishes_to_servers(&a, g2), "{a:?}");
