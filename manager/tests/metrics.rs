@@ -378,6 +378,27 @@ async fn scraped_metrics_follow_known_actions() {
         ),
         0.0
     );
+    // Every metric the Grafana dashboard queries exists.
+    let dash = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/grafana/tessera-manager.json"),
+    )
+    .expect("dist/grafana/tessera-manager.json");
+    let names: std::collections::BTreeSet<String> = dash
+        .match_indices("tessera_manager_")
+        .map(|(i, _)| {
+            dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect();
+    assert!(names.len() >= 8, "{names:?}");
+    for n in &names {
+        assert!(
+            s.samples.iter().any(|x| &x.metric == n),
+            "the dashboard queries {n}, which the manager does not export"
+        );
+    }
     drop(watch);
 }
 
