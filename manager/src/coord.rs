@@ -28,6 +28,12 @@ pub const PHASE_1A_RESEND_MS: u64 = 1_000;
 pub const OLD_OWNER_TIMEOUT_MS: u64 = 30_000;
 /// Phase 1b bound (docs/cluster-protocol.md: "bounded wait: 5 s").
 pub const PHASE_1B_TIMEOUT_MS: u64 = 5_000;
+/// How long an old owner marked `down` is still waited for in phase 1a, counted from when the
+/// map marking it down is stored (the manager's default; [`Coordinator::with_down_fence`]). A
+/// server stopped (SIGSTOP, a stalled VM) for longer than its freeze threshold (3 s, checked by a
+/// 500 ms heartbeat) fences itself when it resumes; releasing it only after this long means that
+/// a server still hung at the release has been stopped long enough to notice when it resumes.
+pub const DOWN_FENCE_MS: u64 = 4_000;
 /// Durable maps waiting behind the one being published. Changes are refused (the server answers
 /// 503) beyond it: a stuck phase 1a must not let the queue grow without bound.
 pub const QUEUE_MAX: usize = 64;
@@ -126,6 +132,9 @@ struct Publication {
     waited_ms: u64,
     /// [`Action::MarkDown`] was asked for.
     mark_down_asked: bool,
+    /// Old owners in `waiting` that a newer durable map marks `down`: released once the down
+    /// fence has passed (time counted in re-send periods).
+    releasing: BTreeMap<String, u64>,
 }
 
 /// The coordinator's state.
@@ -145,6 +154,8 @@ pub struct Coordinator {
     late: BTreeSet<String>,
     /// Phase 1a bound (0: none).
     old_owner_timeout_ms: u64,
+    /// Wait for an old owner marked down before releasing it (0: release at once).
+    down_fence_ms: u64,
 }
 
 impl Coordinator {
@@ -163,6 +174,7 @@ impl Coordinator {
             fetched: BTreeMap::new(),
             late: BTreeSet::new(),
             old_owner_timeout_ms: 0,
+            down_fence_ms: 0,
         }
     }
 
@@ -173,6 +185,16 @@ impl Coordinator {
     #[must_use]
     pub fn with_old_owner_timeout(mut self, ms: u64) -> Self {
         self.old_owner_timeout_ms = ms;
+        self
+    }
+
+    /// The same coordinator releasing an old owner that a newer durable map marks `down` only
+    /// `ms` milliseconds after that map is stored (0, the default of [`Coordinator::new`]: at
+    /// once; the manager passes [`DOWN_FENCE_MS`]). Counted in [`PHASE_1A_RESEND_MS`] periods,
+    /// plus one for the period the map arrived in, so at least `ms` pass.
+    #[must_use]
+    pub fn with_down_fence(mut self, ms: u64) -> Self {
+        self.down_fence_ms = ms;
         self
     }
 
@@ -271,6 +293,7 @@ impl Coordinator {
                     && generation >= p.map.generation
                 {
                     p.waiting.remove(&server);
+                    p.releasing.remove(&server);
                 }
                 self.advance(&mut out);
             }
@@ -284,7 +307,38 @@ impl Coordinator {
                 match phase {
                     Phase::OldOwners => {
                         p.waited_ms = p.waited_ms.saturating_add(PHASE_1A_RESEND_MS);
+                        let fence = self.down_fence_ms.saturating_add(PHASE_1A_RESEND_MS);
+                        let mut released = Vec::new();
+                        for (id, ms) in &mut p.releasing {
+                            *ms = ms.saturating_add(PHASE_1A_RESEND_MS);
+                            if *ms >= fence {
+                                released.push(id.clone());
+                            }
+                        }
+                        for id in &released {
+                            p.releasing.remove(id);
+                            p.waiting.remove(id);
+                        }
+                        if !released.is_empty() {
+                            tracing::warn!(
+                                generation,
+                                ?released,
+                                "phase 1a: old owners marked down are no longer waited for (the \
+                                 down fence has passed)"
+                            );
+                        }
+                        if p.waiting.is_empty() {
+                            self.advance(&mut out);
+                            return out;
+                        }
+                        let unasked: Vec<String> = p
+                            .waiting
+                            .iter()
+                            .filter(|id| !p.releasing.contains_key(*id))
+                            .cloned()
+                            .collect();
                         if self.old_owner_timeout_ms > 0
+                            && !unasked.is_empty()
                             && p.waited_ms >= self.old_owner_timeout_ms
                             && !p.mark_down_asked
                         {
@@ -298,7 +352,7 @@ impl Coordinator {
                             );
                             out.push(Action::MarkDown {
                                 generation,
-                                servers: p.waiting.iter().cloned().collect(),
+                                servers: unasked,
                             });
                         }
                         out.push(Action::SendToServers {
@@ -332,13 +386,29 @@ impl Coordinator {
 
     /// Servers marked `down` by a newer durable map are not waited for, in phase 1a (the
     /// operator or the old-owner timeout declared them dead) nor in 1b (which is bounded anyway).
+    /// In phase 1a, with a down fence, they are released only once it has passed
+    /// ([`Coordinator::with_down_fence`]).
     fn excuse_down_servers(&mut self, newer: &ClusterMap) {
+        let fence = self.down_fence_ms;
         if let Some(p) = &mut self.pending {
-            p.waiting.retain(|id| {
-                newer
-                    .server(id)
-                    .is_some_and(|s| s.state != ServerState::Down)
-            });
+            let down: Vec<String> = p
+                .waiting
+                .iter()
+                .filter(|id| {
+                    newer
+                        .server(id)
+                        .is_none_or(|s| s.state == ServerState::Down)
+                })
+                .cloned()
+                .collect();
+            for id in down {
+                if fence > 0 && p.phase == Phase::OldOwners {
+                    p.releasing.entry(id).or_insert(0);
+                } else {
+                    p.waiting.remove(&id);
+                    p.releasing.remove(&id);
+                }
+            }
         }
     }
 
@@ -373,14 +443,34 @@ impl Coordinator {
             .map(|l| l.old_owner)
             .collect();
         // A server that already acked this generation (it cannot have, but acks are idempotent)
-        // or that the new map declares down is not waited for.
+        // or that this map or a newer durable one (queued behind it) declares down is not
+        // waited for: the newer map was stored while this one queued, so it could not excuse
+        // the server on arrival (`excuse_down_servers` only sees the publication in progress).
+        // With a down fence, those marked down by a newer map are still waited for until it
+        // has passed (counted from now: the map may have been stored earlier, which only makes
+        // the wait longer than needed).
+        let queue = &self.queue;
+        let down_later = |id: &String| {
+            queue.iter().any(|newer| {
+                newer
+                    .server(id)
+                    .is_none_or(|s| s.state == ServerState::Down)
+            })
+        };
+        let fence = self.down_fence_ms;
         let waiting: BTreeSet<String> = old_owners
             .iter()
             .filter(|id| {
                 map.server(id).is_some_and(|s| s.state != ServerState::Down)
+                    && (fence > 0 || !down_later(id))
                     && self.acked(id) < map.generation
             })
             .cloned()
+            .collect();
+        let releasing: BTreeMap<String, u64> = waiting
+            .iter()
+            .filter(|id| down_later(id))
+            .map(|id| (id.clone(), 0))
             .collect();
         let generation = map.generation;
         if !waiting.is_empty() {
@@ -401,6 +491,7 @@ impl Coordinator {
             waiting,
             waited_ms: 0,
             mark_down_asked: false,
+            releasing,
         });
     }
 

@@ -203,6 +203,119 @@ fn old_owner_declared_down_is_no_longer_awaited() {
     );
 }
 
+/// A switch still queued when the map marking its old owner down is stored (the old owner is
+/// excused on arrival only from the publication in progress) is not held by it either once it
+/// reaches phase 1a (the simulation's seed 0 waited forever).
+#[test]
+fn queued_switch_does_not_wait_for_an_old_owner_marked_down_later() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let other = if owner == "s1" { "s2" } else { "s1" };
+    let (g1, g2) = (m1.generation, m2.generation);
+    let mut c = Coordinator::new(m);
+    let _ = c.handle(Event::Committed(Arc::new(m1)));
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    let down = plan::set_server_state(&m2, &owner, crate::map::ServerState::Down).unwrap();
+    let gd = down.generation;
+    let _ = c.handle(Event::Committed(Arc::new(down)));
+    assert_eq!(c.publishing().unwrap().0, g1, "g1 still in phase 1b");
+    assert_eq!(c.publishing().unwrap().3, 2, "switch and mark-down queued");
+    // The old owner acked the move's start, then hung.
+    let _ = c.handle(ack(&owner, g1));
+    let a = c.handle(ack(other, g1));
+    assert_eq!(published_to_clients(&a), [g1]);
+    // The switch's phase 1a awaits nobody: straight to 1b, then the mark-down map follows.
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g2)),
+        "the switch waits for its old owner marked down in g{gd}: {a:?}"
+    );
+    assert!(
+        !a.iter().any(
+            |x| matches!(x, Action::SendToServers { servers, .. } if servers.contains(&owner))
+        )
+    );
+    let a = c.handle(ack(other, g2));
+    assert_eq!(published_to_clients(&a), [g2]);
+    let a = c.handle(ack(other, gd));
+    assert_eq!(published_to_clients(&a), [gd]);
+    assert!(c.publishing().is_none());
+}
+
+fn publishes_to_servers(actions: &[Action], g: u64) -> bool {
+    actions
+        .iter()
+        .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g))
+}
+
+/// With a down fence, an old owner marked down is released only after the fence has passed
+/// (counted in 1a re-send periods, one more for the period the map arrived in); asking to mark
+/// it down again is pointless meanwhile; its own ack still ends the wait at once.
+#[test]
+fn an_old_owner_marked_down_is_released_after_the_down_fence() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let g2 = m2.generation;
+    let timeout = Event::Timeout {
+        generation: g2,
+        phase: Phase::OldOwners,
+    };
+    let periods = DOWN_FENCE_MS / PHASE_1A_RESEND_MS + 1;
+    let down = plan::set_server_state(&m2, &owner, crate::map::ServerState::Down).unwrap();
+    let mut c = Coordinator::new(m1.clone())
+        .with_down_fence(DOWN_FENCE_MS)
+        .with_old_owner_timeout(PHASE_1A_RESEND_MS);
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    let a = c.handle(Event::Committed(Arc::new(down.clone())));
+    assert!(!publishes_to_servers(&a, g2), "released at once: {a:?}");
+    for i in 1..periods {
+        let a = c.handle(timeout.clone());
+        assert!(!publishes_to_servers(&a, g2), "released after {i} periods");
+        assert!(mark_downs(&a).is_empty(), "already marked down: {a:?}");
+        assert_eq!(c.publishing().unwrap().2, std::slice::from_ref(&owner));
+    }
+    let a = c.handle(timeout.clone());
+    assert!(publishes_to_servers(&a, g2), "{a:?}");
+    // Its own ack during the fence ends the wait at once.
+    let mut c = Coordinator::new(m1).with_down_fence(DOWN_FENCE_MS);
+    let _ = c.handle(Event::Committed(Arc::new(m2)));
+    let _ = c.handle(Event::Committed(Arc::new(down)));
+    let _ = c.handle(timeout.clone());
+    let a = c.handle(ack(&owner, g2));
+    assert!(publishes_to_servers(&a, g2), "{a:?}");
+}
+
+/// The fence also holds for a switch that reaches phase 1a from the queue after the map
+/// marking its old owner down was stored.
+#[test]
+fn a_queued_switch_releases_an_old_owner_marked_down_after_the_down_fence() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let other = if owner == "s1" { "s2" } else { "s1" };
+    let (g1, g2) = (m1.generation, m2.generation);
+    let mut c = Coordinator::new(m).with_down_fence(DOWN_FENCE_MS);
+    let _ = c.handle(Event::Committed(Arc::new(m1)));
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    let down = plan::set_server_state(&m2, &owner, crate::map::ServerState::Down).unwrap();
+    let _ = c.handle(Event::Committed(Arc::new(down)));
+    let _ = c.handle(ack(&owner, g1));
+    let a = c.handle(ack(other, g1));
+    assert_eq!(published_to_clients(&a), [g1]);
+    assert!(!publishes_to_servers(&a, g2), "released at once: {a:?}");
+    assert_eq!(c.publishing().unwrap().1, Phase::OldOwners);
+    let timeout = Event::Timeout {
+        generation: g2,
+        phase: Phase::OldOwners,
+    };
+    let periods = DOWN_FENCE_MS / PHASE_1A_RESEND_MS + 1;
+    for _ in 1..periods {
+        assert!(!publishes_to_servers(&c.handle(timeout.clone()), g2));
+    }
+    let a = c.handle(timeout);
+    assert!(publishes_to_servers(&a, g2), "{a:?}");
+    assert_eq!(c.publishing().unwrap().1, Phase::Servers);
+}
+
 fn mark_downs(actions: &[Action]) -> Vec<(u64, Vec<String>)> {
     actions
         .iter()

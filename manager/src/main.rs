@@ -33,9 +33,56 @@ struct Args {
     /// Control API address (port 0: any free port; the log line "control API listening" names it).
     #[arg(long, value_name = "ADDR", default_value = manager::server::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Prometheus metrics (`GET /metrics`) on this address, or `off`. Default: 127.0.0.1:9421,
+    /// skipped with a warning when that port is taken (an address given here must bind).
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics)]
+    metrics: Option<Metrics>,
     /// Log format: `text` or `json` (one object per line) on stderr, or `journald`.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: daemon::log::LogFormat,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Metrics {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_metrics(s: &str) -> Result<Metrics, String> {
+    if s == "off" {
+        return Ok(Metrics::Off);
+    }
+    s.parse()
+        .map(Metrics::At)
+        .map_err(|e| format!("`{s}`: expected ADDR:PORT or off ({e})"))
+}
+
+/// Starts the metrics endpoint as `--metrics` says. Err: an address given explicitly that
+/// cannot be bound.
+async fn start_metrics(
+    arg: Option<Metrics>,
+    running: &manager::server::Running,
+) -> Result<(), String> {
+    let (addr, explicit) = match arg {
+        Some(Metrics::Off) => return Ok(()),
+        Some(Metrics::At(a)) => (a, true),
+        None => match manager::server::DEFAULT_METRICS_ADDR.parse() {
+            Ok(a) => (a, false),
+            Err(_) => return Ok(()),
+        },
+    };
+    match running.serve_metrics(addr).await {
+        Ok(bound) => {
+            // The address comes last: tests and scripts read it from the end of this line.
+            tracing::info!(addr = %bound, "serving Prometheus metrics on /metrics");
+            Ok(())
+        }
+        Err(e) if explicit => Err(e.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled (give --metrics ADDR or --metrics off)");
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -97,6 +144,12 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = start_metrics(args.metrics, &running).await {
+        tracing::error!("{e}");
+        eprintln!("tessera-manager: {e}");
+        let _ = running.shutdown().await;
+        return ExitCode::FAILURE;
+    }
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

@@ -6,8 +6,11 @@
 //! tasks, commits are recorded in the store.
 
 mod auth;
+mod metrics;
 mod routes;
 mod watch;
+
+pub use metrics::DEFAULT_METRICS_ADDR;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -150,6 +153,7 @@ pub(crate) struct Shared {
     credentials: RwLock<Option<Arc<auth::Credentials>>>,
     tick: tokio_watch::Sender<Tick>,
     watchers: Mutex<watch::Watchers>,
+    metrics: metrics::Metrics,
 }
 
 /// An error answer: HTTP status and message (`{"error": message}`).
@@ -258,6 +262,7 @@ impl Shared {
         if !changed {
             return Ok(next);
         }
+        self.metrics.count_moves(&head, &next);
         let next = Arc::new(next);
         tracing::info!(
             generation = next.generation,
@@ -448,6 +453,18 @@ impl Running {
         self.addr
     }
 
+    /// Serves Prometheus metrics (`GET /metrics`) on `addr` until the manager stops; returns the
+    /// bound address.
+    ///
+    /// # Errors
+    /// `addr` cannot be bound.
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = metrics::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        tokio::spawn(metrics::serve(listener, Arc::clone(&self.shared)));
+        Ok(bound)
+    }
+
     /// Stops serving: watch streams end, in-flight requests finish.
     ///
     /// # Errors
@@ -605,7 +622,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             head,
-            coord: Coordinator::new(committed).with_old_owner_timeout(config.old_owner_timeout_ms),
+            coord: Coordinator::new(committed)
+                .with_old_owner_timeout(config.old_owner_timeout_ms)
+                .with_down_fence(crate::coord::DOWN_FENCE_MS),
             reports: ReportCounts::default(),
             report_windows: HashMap::new(),
             applied_file,
@@ -617,6 +636,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         credentials: RwLock::new(credentials.map(Arc::new)),
         tick,
         watchers: Mutex::new(watch::Watchers::default()),
+        metrics: metrics::Metrics::new(),
     });
     for map in pending {
         let actions = shared.feed(Event::Committed(Arc::new(map)));

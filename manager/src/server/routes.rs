@@ -98,6 +98,10 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             Arc::clone(&shared),
             super::auth::authenticate,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            super::metrics::count_requests,
+        ))
         .with_state(shared)
 }
 
@@ -200,6 +204,14 @@ async fn report(
         ReportKind::Unstamped => &mut c.unstamped,
     };
     *counter = counter.saturating_add(req.count);
+    s.metrics.count_reports(
+        match req.kind {
+            ReportKind::Stale => "stale",
+            ReportKind::Behind => "behind",
+            ReportKind::Unstamped => "unstamped",
+        },
+        req.count,
+    );
     tracing::debug!(server = %req.server, kind = ?req.kind, stamp = req.stamp, current = req.current, count = req.count, "mismatch report");
     Ok(Json(Empty {}))
 }

@@ -44,6 +44,13 @@ pub(super) struct Watchers {
     next_stream: u64,
 }
 
+impl Watchers {
+    /// Open streams: (clients', servers' own).
+    pub(super) fn open(&self) -> (usize, usize) {
+        (self.clients, self.servers.values().map(VecDeque::len).sum())
+    }
+}
+
 /// What a stream holds in [`Watchers`].
 #[derive(Debug)]
 enum SlotKind {
