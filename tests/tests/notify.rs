@@ -275,6 +275,53 @@ async fn ready_status_watchdog_stopping_and_json_logs() {
     );
 }
 
+/// `ExecReload=kill -HUP $MAINPID`: a reload says `RELOADING=1` with `MONOTONIC_USEC=`, then
+/// `READY=1` again when it ends, whether the file was applied or refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_says_reloading_with_its_time_then_ready_again() {
+    let dir = TestDir::new();
+    let m = Manager::bind(dir.path());
+    let mut d = start(dir.path(), &m, &["--control", "off"], &[]).await;
+    assert_eq!(m.count("READY=1"), 1);
+    for round in 1..=2 {
+        if round == 2 {
+            // A file with an error: refused whole, and the daemon is ready again all the same.
+            let layout = dir.path().join("layout0.yaml");
+            std::fs::write(&layout, "subsystems: [ {").unwrap();
+        }
+        d.signal(libc::SIGHUP);
+        m.wait_for("READY=1 after the reload", |_| m.count("READY=1") > round)
+            .await;
+        let lines = m.lines();
+        let reloading: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| *l == "RELOADING=1")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(reloading.len(), round, "{lines:?}");
+        let at = reloading[round - 1];
+        let usec = lines[at + 1]
+            .strip_prefix("MONOTONIC_USEC=")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no MONOTONIC_USEC after RELOADING=1: {lines:?}"));
+        assert!(usec > 0);
+        let ready_after = lines[at..].iter().filter(|l| *l == "READY=1").count();
+        assert_eq!(ready_after, 1, "one READY=1 ends the reload: {lines:?}");
+    }
+    assert!(
+        d.log_text().contains("layout0.yaml"),
+        "the refused file is named in the log:\n{}",
+        d.log_text()
+    );
+    // Still serving after both.
+    tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("the port still accepts");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reactor_stops_the_watchdog_pings() {
     let dir = TestDir::new();
