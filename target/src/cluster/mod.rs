@@ -5,7 +5,9 @@
 //! volume's subsystem on the host portal (namespaces are [`routed::RoutedVolume`]s) and the
 //! internal subsystem (the pool, stamps required) on the internal portal, then follows the
 //! manager's watch stream: each new generation is installed (fencing and final-copying extents
-//! this server loses, phase 1a) and acknowledged.
+//! this server loses, phase 1a) and acknowledged. What to do, step by step, is decided by the
+//! sans-I/O node (`node.rs`, `node/`: the install, the copiers, the retries); this code
+//! carries out its actions.
 
 pub mod gate;
 pub mod generation;
@@ -590,14 +592,12 @@ fn catch_up_done(node: &Arc<NodeShared>, epoch: u64, target: u64) {
     }
 }
 
-/// Installs `new` if it is newer (docs/cluster-protocol.md, "Publishing a change").
+/// Installs `new` if it is newer (docs/cluster-protocol.md, "Publishing a change"): the shell
+/// of [`node::install::Install`], which decides every step; this carries them out.
 pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
+    use node::install::{Action, Event};
     let _one = node.movers.install_lock.lock().await;
     let old = node.map.load_full();
-    if new.generation <= old.generation {
-        return;
-    }
-    let lost = node::lost_extents(&old, &new, &node.me);
     // A server that is not serving yet (catching up after a restart) runs no I/O: its
     // install closes no gate, so nothing waits on it (docs/cluster-protocol.md, "Bounds").
     let gate = node
@@ -605,77 +605,134 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
         .gate
         .clone()
         .filter(|_| node.admission.caught_up());
-    if !lost.is_empty() {
-        // Phase 1a: fence the extents we lose. No I/O runs while the gate is closed; the last
-        // writes are copied to the new owner (stamped with the generation it still has), and
-        // only then does our generation move, so a stale stamp can never land on the old copy.
-        if let Some(g) = &gate {
-            g.close().await;
-        }
-        let mut ok = true;
-        for (volume, extent) in &lost {
-            ok &= mover::finish(node, &old, &new, volume, *extent)
-                .await
-                .is_ok();
-        }
-        if !ok {
-            // Not installed, not acked: we keep serving at the old generation (the lost
-            // extents stay tracked) and the manager sends this map again.
-            if let Some(g) = &gate {
-                g.open();
-            }
-            tracing::warn!(
-                generation = new.generation,
-                "install postponed: final copy incomplete"
-            );
-            // The watch stream will not send this generation again: fetch it again in a
-            // while and retry (the manager keeps waiting for our phase-1a ack).
-            // Keep trying until this generation is installed: a retry's fetch can fail too
-            // (the manager may be down meanwhile).
-            // One retry loop per server at most: every failed retry postpones again.
-            if !node.retrying.swap(true, Ordering::AcqRel) {
-                let node = Arc::clone(node);
-                let g = new.generation;
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(POSTPONED_RETRY).await;
-                        if node.registry.generation.current() >= g {
-                            break;
-                        }
-                        node.refresh.notify_one();
+    let Some(mut ins) = node::install::Install::start(old, Arc::new(new), &node.me, gate.is_some())
+    else {
+        return;
+    };
+    let generation = ins.map().generation;
+    let lost = ins.lost().len();
+    // The region of the lost extent being finished (its copier stopped).
+    let mut region: Option<Arc<pool::DirtyRegion>> = None;
+    let mut event = Event::Start;
+    loop {
+        let mut next = None;
+        for action in ins.on_event(event) {
+            match action {
+                Action::CloseGate => {
+                    // Phase 1a: fence the extents we lose. No I/O runs while the gate is
+                    // closed; the last writes are copied to the new owner (stamped with the
+                    // generation it still has), and only then does our generation move, so a
+                    // stale stamp can never land on the old copy.
+                    if let Some(g) = &gate {
+                        g.close().await;
                     }
-                    node.retrying.store(false, Ordering::Release);
-                });
+                    next = Some(Event::Drained);
+                }
+                Action::StopCopier { key, whole } => {
+                    region = mover::stop_copier(node, &key, whole).await;
+                    next = Some(Event::CopierStopped {
+                        tracked: region.is_some(),
+                    });
+                }
+                Action::FinalPass { key, dest } => {
+                    let outcome = match &region {
+                        Some(r) => mover::final_pass(node, r, &dest).await,
+                        None => node::install::PassOutcome::Clean,
+                    };
+                    if outcome == node::install::PassOutcome::Clean {
+                        tracing::info!(volume = %key.0, extent = key.1, to = %dest.server,
+                            "extent switched");
+                    }
+                    next = Some(Event::Pass(outcome));
+                }
+                Action::FinalCheck { .. } => {
+                    let clean = region.as_deref().is_none_or(mover::final_check);
+                    next = Some(Event::Checked { clean });
+                }
+                Action::Untrack { .. } => {
+                    if let Some(r) = region.take() {
+                        mover::untrack(node, &r);
+                    }
+                }
+                Action::Forget { key } => {
+                    if let Some(r) = region.take() {
+                        mover::untrack(node, &r);
+                    }
+                    mover::forget(node, &key);
+                }
+                Action::KeepTracked { key } => {
+                    let dest = ins.map().owner(&key.0, key.1).cloned();
+                    if let (Some(r), Some(dest)) = (region.take(), dest) {
+                        mover::keep_tracked(node, key, r, dest);
+                    }
+                }
+                Action::RetryAfter(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    next = Some(Event::Timer);
+                }
+                Action::Install(map) => {
+                    node.map.store(Arc::clone(&map));
+                    sync_subsystems(node, &map);
+                    node.admission.installed(&map, &node.me);
+                    node.registry.generation.install(map.generation);
+                }
+                // Durable before the ack: a restart resumes from here (see `start`).
+                Action::Persist(map) => persist(node, &map).await,
+                Action::OpenGate => {
+                    if let Some(g) = &gate {
+                        g.open();
+                    }
+                }
+                Action::SyncMovers => {
+                    tracing::info!(generation, lost, "map installed");
+                    mover::sync(node, &node.map.load_full());
+                }
+                Action::Ack(g) => {
+                    let ok = match node.client.ack(&node.me, g).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, generation = g, "ack failed");
+                            false
+                        }
+                    };
+                    next = Some(Event::AckDone { ok });
+                }
+                Action::Postpone(g) => {
+                    // Not installed, not acked: we keep serving at the old generation (the
+                    // lost extents stay tracked).
+                    tracing::warn!(generation = g, "install postponed: final copy incomplete");
+                    postpone(node, g);
+                }
+                Action::Done => return,
             }
-            return;
+        }
+        match next {
+            Some(e) => event = e,
+            None => {
+                tracing::error!(generation, "install stopped without finishing");
+                return;
+            }
         }
     }
-    node.map.store(Arc::new(new.clone()));
-    sync_subsystems(node, &new);
-    node.admission.installed(&new, &node.me);
-    node.registry.generation.install(new.generation);
-    // Durable before the ack: a restart resumes from here (see `start`).
-    persist(node, &new).await;
-    if !lost.is_empty()
-        && let Some(g) = &gate
-    {
-        g.open();
-    }
-    tracing::info!(
-        generation = new.generation,
-        lost = lost.len(),
-        "map installed"
-    );
-    mover::sync(node, &new);
-    for attempt in 0..node::policy::ACK_TRIES {
-        match node.client.ack(&node.me, new.generation).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "ack failed");
-                let pause = node::policy::ACK_BACKOFF_MS << attempt;
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
+/// The watch stream will not send a postponed generation again: fetch it again in a while and
+/// retry (the manager keeps waiting for our phase-1a ack), until this generation is installed
+/// (a retry's fetch can fail too: the manager may be down meanwhile). One retry loop per
+/// server at most: every failed retry postpones again.
+fn postpone(node: &Arc<NodeShared>, g: u64) {
+    if !node.retrying.swap(true, Ordering::AcqRel) {
+        let node = Arc::clone(node);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POSTPONED_RETRY).await;
+                if node.registry.generation.current() >= g {
+                    break;
+                }
+                node.refresh.notify_one();
             }
-        }
+            node.retrying.store(false, Ordering::Release);
+        });
     }
 }
 

@@ -8,7 +8,15 @@
 //! - [`serves`]: whether a server may serve extents and write to peers under its map;
 //! - [`lost_extents`]: the extents an install takes away from this server (phase 1a fencing);
 //! - [`Ownership::admit`]: whether an internal command from a given peer may touch a range of
-//!   this server's pool (the source rule for copies, the owner rule for routed commands).
+//!   this server's pool (the source rule for copies, the owner rule for routed commands);
+//! - [`install::Install`]: the install of a new map (gate, final copies, persist, ack,
+//!   postponement) as an events-in, actions-out state machine;
+//! - [`copier::Copier`]: the copier of a moving extent (passes, move-ready, stop), likewise;
+//! - [`retry::Retry`]: the sender's retries of one routed piece or copied range.
+
+pub mod copier;
+pub mod install;
+pub mod retry;
 
 use manager::map::{ClusterMap, ServerState};
 
