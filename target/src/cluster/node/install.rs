@@ -321,7 +321,8 @@ mod tests {
         }
     }
 
-    /// vol1, one 4 KiB extent owned by `owner`, moving to s2 when `moving`.
+    /// vol1, one 4 KiB extent owned by `owner` (s1 at 8192, s2 at 0), moving to s2 at 0
+    /// when `moving`.
     fn map(generation: u64, owner: &str, moving: bool) -> Arc<ClusterMap> {
         let mut m = ClusterMap::empty();
         m.generation = generation;
@@ -347,7 +348,7 @@ mod tests {
             subsystem: "nqn.test:vol1".to_string(),
             nsid: 1,
             extents: vec![Extent {
-                replicas: vec![rep(owner, 8192)],
+                replicas: vec![rep(owner, if owner == "s1" { 8192 } else { 0 })],
                 moving: moving.then(|| Move { to: rep("s2", 0) }),
             }],
         }];
