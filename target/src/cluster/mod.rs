@@ -32,7 +32,7 @@ use crate::cluster::generation::{MismatchKind, MismatchReport, REPORT_QUEUE_MAX}
 pub use crate::controller::auth::ClusterSecrets;
 use crate::server::{Target, TargetOptions};
 use crate::subsystem::namespace::Namespace;
-use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem};
+use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem, lock};
 use peers::{INTERNAL_BLOCK, INTERNAL_NSID, Peers, internal_nqn, server_hostnqn};
 use pool::{PoolVolume, TrackedPool};
 use routed::RoutedVolume;
@@ -53,10 +53,9 @@ pub const REPORTS_PER_SECOND: u32 = 10;
 pub struct Admission {
     ownership: ArcSwap<node::Ownership>,
     /// The server has installed the current map since it started (a restart from an older
-    /// persisted map catches up first), and since it was last frozen.
-    caught_up: std::sync::atomic::AtomicBool,
-    /// Bumped by every fence: only a map fetched after the latest fence lifts it.
-    epoch: AtomicU64,
+    /// persisted map catches up first), and since it was last frozen (`node::Fence`; not on
+    /// the I/O path, which reads `ownership`).
+    fence: std::sync::Mutex<node::Fence>,
     /// The heartbeat's last tick, in ms since `started` (a frozen process misses ticks).
     last_tick: AtomicU64,
     started: std::time::Instant,
@@ -66,8 +65,7 @@ impl Admission {
     fn new(map: &ClusterMap, me: &str, caught_up: bool) -> Self {
         Self {
             ownership: ArcSwap::from_pointee(node::Ownership::new(map, me, caught_up)),
-            caught_up: std::sync::atomic::AtomicBool::new(caught_up),
-            epoch: AtomicU64::new(0),
+            fence: std::sync::Mutex::new(node::Fence::new(caught_up)),
             last_tick: AtomicU64::new(0),
             started: std::time::Instant::now(),
         }
@@ -82,27 +80,30 @@ impl Admission {
 
     /// Serves nothing until the current map has been fetched (and installed if newer).
     fn fence(&self, map: &ClusterMap, me: &str) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.caught_up.store(false, Ordering::Release);
+        lock(&self.fence).fence();
         self.ownership
             .store(Arc::new(node::Ownership::new(map, me, false)));
     }
 
-    /// The fence epoch now (taken when a fetch starts).
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    /// A fetch of the current map starts: its fence epoch if fenced (`Fence::fetch_started`).
+    fn fetch_started(&self) -> Option<u64> {
+        lock(&self.fence).fetch_started()
     }
 
-    /// Lifts the fence: `map` (installed) is at least the map fetched after the latest fence,
-    /// whose epoch was `epoch`. A fetch older than the latest fence lifts nothing.
-    fn thaw(&self, epoch: u64, map: &ClusterMap, me: &str) -> bool {
-        if self.epoch() != epoch {
-            return false;
+    /// A fetch started at `epoch` brought generation `generation`.
+    fn fetched(&self, epoch: u64, generation: u64) {
+        lock(&self.fence).fetched(epoch, generation);
+    }
+
+    /// Lifts the fence if `map` (installed) is at least the map fetched after the latest
+    /// fence (`Fence::try_thaw`). A fetch older than the latest fence lifts nothing.
+    fn try_thaw(&self, map: &ClusterMap, me: &str) -> bool {
+        let thawed = lock(&self.fence).try_thaw(map.generation);
+        if thawed {
+            self.ownership
+                .store(Arc::new(node::Ownership::new(map, me, true)));
         }
-        self.caught_up.store(true, Ordering::Release);
-        self.ownership
-            .store(Arc::new(node::Ownership::new(map, me, true)));
-        true
+        thawed
     }
 
     fn now_ms(&self) -> u64 {
@@ -127,7 +128,7 @@ impl Admission {
     }
 
     fn caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::Acquire)
+        lock(&self.fence).caught_up()
     }
 
     /// Checks an internal command (its stamp already passed) from the peer `hostnqn`.
@@ -521,9 +522,9 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
     let role = Role::Server(node.me.clone());
     if let Some(map) = catch_up {
         // Fetched after the start (epoch 0): installing it lifts the start's fence.
-        let target = map.generation;
+        node.admission.fetched(0, map.generation);
         install(&node, map).await;
-        catch_up_done(&node, 0, target);
+        catch_up_done(&node);
     }
     let mut reack = tokio::time::interval(REACK_PERIOD);
     reack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -542,13 +543,15 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
                 () = node.refresh.notified() => {
                     // A fenced server (frozen, catching up) serves again once a map fetched
                     // after its latest fence is installed (or is not newer than its own).
-                    let fenced = (!node.admission.caught_up()).then(|| node.admission.epoch());
+                    let fenced = node.admission.fetch_started();
                     match node.client.map(&role).await {
                     Ok(map) => {
-                        let target = map.generation;
-                        install(&node, map).await;
                         if let Some(epoch) = fenced {
-                            catch_up_done(&node, epoch, target);
+                            node.admission.fetched(epoch, map.generation);
+                        }
+                        install(&node, map).await;
+                        if fenced.is_some() {
+                            catch_up_done(&node);
                         }
                     }
                     Err(e) if !node.admission.caught_up() => {
@@ -575,14 +578,10 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
     }
 }
 
-/// After a fetch that started at fence epoch `epoch` brought generation `target` and it was
-/// installed (or was not newer): serve again, and start the copiers the fence held back.
-fn catch_up_done(node: &Arc<NodeShared>, epoch: u64, target: u64) {
-    let current = node.map.load_full();
-    if current.generation >= target && node.admission.thaw(epoch, &current, &node.me) {
-        tracing::info!(generation = current.generation, "map current: serving");
-        mover::sync(node, &current);
-    } else if !node.admission.caught_up() {
+/// After a fetch of a fenced server, its map installed (or not newer): serve again if the
+/// fence lifts, and start the copiers the fence held back.
+fn catch_up_done(node: &Arc<NodeShared>) {
+    if !thaw(node) && !node.admission.caught_up() {
         // Postponed install, or fenced again meanwhile: fetch again.
         let n = Arc::clone(node);
         tokio::spawn(async move {
@@ -590,6 +589,18 @@ fn catch_up_done(node: &Arc<NodeShared>, epoch: u64, target: u64) {
             n.refresh.notify_one();
         });
     }
+}
+
+/// Lifts the fence if the installed map is at least what a fetch after the latest fence
+/// brought (`node::Fence::try_thaw`): serve again, and start the copiers the fence held back.
+fn thaw(node: &Arc<NodeShared>) -> bool {
+    let current = node.map.load_full();
+    let thawed = node.admission.try_thaw(&current, &node.me);
+    if thawed {
+        tracing::info!(generation = current.generation, "map current: serving");
+        mover::sync(node, &current);
+    }
+    thawed
 }
 
 /// Installs `new` if it is newer (docs/cluster-protocol.md, "Publishing a change"): the shell
@@ -685,7 +696,11 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
                 }
                 Action::SyncMovers => {
                     tracing::info!(generation, lost, "map installed");
-                    mover::sync(node, &node.map.load_full());
+                    // A fenced server whose fetch after its latest fence brought this
+                    // generation (or an older one) serves again (`thaw` syncs the movers).
+                    if !thaw(node) {
+                        mover::sync(node, &node.map.load_full());
+                    }
                 }
                 Action::Ack(g) => {
                     let ok = match node.client.ack(&node.me, g).await {

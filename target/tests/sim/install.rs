@@ -33,7 +33,7 @@ impl World {
         } else if s.refresh {
             s.refresh = false;
             s.fetching = true;
-            let fenced = (!s.caught_up).then_some(s.epoch);
+            let fenced = s.fence.fetch_started();
             self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Refresh(fenced));
         } else if s.reack_due {
             // `reack.tick()` (MissedTickBehavior::Delay: the next tick is a period after this
@@ -64,7 +64,7 @@ impl World {
         let s = &mut self.srv[i];
         let old = Arc::clone(&s.map);
         // A server catching up after a restart serves nothing: its install closes no gate.
-        let Some(m) = machine::Install::start(old, new, &s.id, s.caught_up) else {
+        let Some(m) = machine::Install::start(old, new, &s.id, s.fence.caught_up()) else {
             // Nothing to do, and no ack (`install` returns early).
             return self.srv_kick(i);
         };
@@ -171,7 +171,7 @@ impl World {
                 }
                 s.generation.install(new.generation);
                 s.model_gen = new.generation;
-                s.own = tessera::cluster::node::Ownership::new(&new, &s.id, s.caught_up);
+                s.own = tessera::cluster::node::Ownership::new(&new, &s.id, s.fence.caught_up());
                 let id = s.id.clone();
                 self.note(format!("{id} installed g{}", new.generation));
                 self.state_check = true;
@@ -202,7 +202,7 @@ impl World {
                 self.note(format!(
                     "{id}: install of g{g} postponed: final copy incomplete"
                 ));
-                if !self.srv[i].caught_up {
+                if !self.srv[i].fence.caught_up() {
                     // `cluster::catch_up_done`: a fenced server fetches again.
                     self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
                 }

@@ -196,13 +196,9 @@ pub struct Server {
     /// The real fencing rule's view of this server's map (`node::Ownership`), rebuilt at
     /// every install; not serving until the catch-up install after a restart.
     pub own: Ownership,
-    /// Installed the current map since it booted (`cluster::Admission::caught_up`).
-    pub caught_up: bool,
-    /// Bumped by every fence (`cluster::Admission::epoch`).
-    pub epoch: u64,
-    /// A fetch that started at fence epoch `.0` brought generation `.1`: installing it (or
-    /// a newer one) lifts the fence (`cluster::catch_up_done`).
-    pub thaw: Option<(u64, Gen)>,
+    /// Installed the current map since it booted or was last found frozen: the REAL rule
+    /// (`node::Fence`, as `cluster::Admission` holds it).
+    pub fence: node::Fence,
     /// Hung (SIGSTOP) since then, until `hung_until` (world.rs `hang_one`).
     pub hung_since: Option<u64>,
     pub hung_until: u64,
@@ -248,9 +244,7 @@ impl Server {
             before_crash: 0,
             postponed: None,
             own: Ownership::default(),
-            caught_up: false,
-            epoch: 0,
-            thaw: None,
+            fence: node::Fence::new(false),
             hung_since: None,
             hung_until: 0,
             down_gen: None,
@@ -356,10 +350,12 @@ impl World {
         s.generation = GenerationState::new(g);
         s.model_gen = g;
         s.boot_install = newer.is_some();
-        s.caught_up = newer.is_none();
-        s.own = Ownership::new(&s.map, &s.id, s.caught_up);
+        s.fence = node::Fence::new(newer.is_none());
+        s.own = Ownership::new(&s.map, &s.id, s.fence.caught_up());
         // The fetched map was fetched after the start: installing it lifts the start's fence.
-        s.thaw = newer.as_ref().map(|m| (s.epoch, m.generation));
+        if let (Some(m), Some(epoch)) = (&newer, s.fence.fetch_started()) {
+            s.fence.fetched(epoch, m.generation);
+        }
         let how = if from_persisted {
             self.stats.boots_from_persisted += 1;
             " from its persisted map"
@@ -455,9 +451,7 @@ impl World {
         {
             return;
         }
-        s.caught_up = false;
-        s.epoch += 1;
-        s.thaw = None;
+        s.fence.fence();
         s.own = Ownership::new(&s.map, &s.id, false);
         self.stats.freezes_detected += 1;
         let what = format!(
@@ -472,14 +466,9 @@ impl World {
     /// `cluster::catch_up_done`: the map fetched after the latest fence is installed.
     pub fn srv_thaw(&mut self, i: usize) {
         let s = &mut self.srv[i];
-        let Some((epoch, target)) = s.thaw else {
-            return;
-        };
-        if s.caught_up || epoch != s.epoch || s.map.generation < target {
+        if !s.fence.try_thaw(s.map.generation) {
             return;
         }
-        s.thaw = None;
-        s.caught_up = true;
         s.own = Ownership::new(&s.map, &s.id, true);
         let what = format!(
             "{} has the current map (g{}): serving",
@@ -610,7 +599,7 @@ impl World {
             }
             Timer::MoverWake { key, token } => self.mover_wake(i, &key, token),
             Timer::InstallWake(token) => self.install_wake(i, token),
-            Timer::CatchUp if !self.srv[i].caught_up => self.srv_refresh(i),
+            Timer::CatchUp if !self.srv[i].fence.caught_up() => self.srv_refresh(i),
             Timer::ReAck => {
                 self.srv[i].reack_due = true;
                 self.srv_kick(i);
@@ -646,7 +635,7 @@ impl World {
                     // fence lifts it once its map is installed (or if it is not newer).
                     Some(Rep::Map(m)) => {
                         if let Some(epoch) = fenced {
-                            s.thaw = Some((epoch, m.generation));
+                            s.fence.fetched(epoch, m.generation);
                         }
                         if m.generation > s.map.generation {
                             s.inbox.push_front(m);
@@ -654,7 +643,7 @@ impl World {
                             self.srv_thaw(i);
                         }
                     }
-                    _ if !s.caught_up => {
+                    _ if !s.fence.caught_up() => {
                         self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
                     }
                     _ => {}
