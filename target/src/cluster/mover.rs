@@ -50,22 +50,12 @@ pub struct Movers {
 /// Starts copiers for extents this server owns that `map` says are moving; forgets the ones
 /// that are no longer moving here (a move that was switched or cancelled).
 pub fn sync(node: &Arc<NodeShared>, map: &ClusterMap) {
-    let mut want: HashMap<(String, usize), (u64, u64, Replica)> = HashMap::new();
     // A server that does not serve (marked down, or catching up) copies nothing.
-    let serving = node.admission.serving();
-    for v in map.volumes.iter().filter(|_| serving) {
-        for (i, e) in v.extents.iter().enumerate() {
-            let (Some(owner), Some(mv)) = (e.replicas.first(), &e.moving) else {
-                continue;
-            };
-            if owner.server != node.me {
-                continue;
-            }
-            if let Some((_, len)) = v.extent_range(i) {
-                want.insert((v.name.clone(), i), (owner.offset, len, mv.to.clone()));
-            }
-        }
-    }
+    let want: HashMap<(String, usize), (u64, u64, Replica)> =
+        rules::copier::wanted(map, &node.me, node.admission.serving())
+            .into_iter()
+            .map(|w| (w.key, (w.offset, w.len, w.dest)))
+            .collect();
     let mut active = lock(&node.movers.active);
     active.retain(|k, a| {
         let keep = want.get(k).is_some_and(|(_, _, to)| *to == a.dest);

@@ -136,28 +136,16 @@ impl World {
     /// mover.rs `sync`: copiers for the extents this server owns that its map says are moving.
     pub fn mover_sync(&mut self, i: usize) {
         let me = self.srv[i].id.clone();
-        let map = std::sync::Arc::clone(&self.srv[i].map);
-        let mut want = Vec::new();
-        // A server that does not serve (marked down, or catching up) copies nothing.
-        let serving = self.srv[i].own.serving();
-        for v in map.volumes.iter().filter(|_| serving) {
-            for (e, ext) in v.extents.iter().enumerate() {
-                let (Some(owner), Some(mv)) = (ext.replicas.first(), &ext.moving) else {
-                    continue;
-                };
-                if owner.server != me {
-                    continue;
-                }
-                if let Some((_, len)) = v.extent_range(e) {
-                    want.push((
-                        (v.name.clone(), e),
-                        owner.offset / BLOCK,
-                        len / BLOCK,
-                        mv.to.clone(),
-                    ));
-                }
-            }
-        }
+        // The REAL rule (`node::copier::wanted`): a server that does not serve (marked down,
+        // or catching up) copies nothing.
+        let want: Vec<_> = tessera::cluster::node::copier::wanted(
+            &self.srv[i].map,
+            &me,
+            self.srv[i].own.serving(),
+        )
+        .into_iter()
+        .map(|w| (w.key, w.offset / BLOCK, w.len / BLOCK, w.dest))
+        .collect();
         let s = &mut self.srv[i];
         let unwanted: Vec<_> = s
             .movers

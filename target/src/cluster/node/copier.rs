@@ -10,7 +10,49 @@
 //! (the `stopped` argument): it then ends at its next decision instead of waiting or copying
 //! again, and the install's final copy takes what is left.
 
-use super::{converged, policy};
+use manager::map::{ClusterMap, Replica};
+
+use super::install::ExtentKey;
+use super::{converged, policy, serves};
+
+/// A copy this server must run: the extent `key` it owns at pool bytes
+/// `[offset, offset + len)`, moving to `dest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub key: ExtentKey,
+    pub offset: u64,
+    pub len: u64,
+    pub dest: Replica,
+}
+
+/// The copiers server `me` runs under `map`: one per extent it owns that the map says is
+/// moving. A server that does not serve (marked down, or fenced: `serving` false) copies
+/// nothing. A copier whose extent is not in the list, or moves elsewhere, is stopped.
+pub fn wanted(map: &ClusterMap, me: &str, serving: bool) -> Vec<Wanted> {
+    let mut out = Vec::new();
+    if !serving || !serves(map, me) {
+        return out;
+    }
+    for v in &map.volumes {
+        for (i, e) in v.extents.iter().enumerate() {
+            let (Some(owner), Some(mv)) = (e.replicas.first(), &e.moving) else {
+                continue;
+            };
+            if owner.server != me {
+                continue;
+            }
+            if let Some((_, len)) = v.extent_range(i) {
+                out.push(Wanted {
+                    key: (v.name.clone(), i),
+                    offset: owner.offset,
+                    len,
+                    dest: mv.to.clone(),
+                });
+            }
+        }
+    }
+    out
+}
 
 /// What the shell tells the copier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +222,61 @@ mod tests {
             Some(Action::Done)
         );
         assert!(c.done());
+    }
+
+    #[test]
+    fn copiers_run_on_the_owner_of_a_moving_extent_while_it_serves() {
+        use manager::map::{ExtentEntry, Move, ServerEntry, ServerState, VolumeEntry};
+        let rep = |server: &str, offset| Replica {
+            server: server.to_string(),
+            offset,
+        };
+        let mut m = ClusterMap::empty();
+        m.servers = ["s1", "s2"]
+            .iter()
+            .map(|id| ServerEntry {
+                id: id.to_string(),
+                portal: "127.0.0.1:1".parse().expect("addr"),
+                internal: "127.0.0.1:2".parse().expect("addr"),
+                state: ServerState::Up,
+                pool_bytes: 1 << 20,
+                cntlid_min: 1,
+                cntlid_max: 999,
+            })
+            .collect();
+        m.volumes = vec![VolumeEntry {
+            name: "vol1".to_string(),
+            uuid: [0; 16],
+            size_bytes: 8192,
+            block_size: 512,
+            extent_size: 4096,
+            replicas: 1,
+            subsystem: "nqn.test:vol1".to_string(),
+            nsid: 1,
+            extents: vec![
+                ExtentEntry {
+                    replicas: vec![rep("s1", 0)],
+                    moving: None,
+                },
+                ExtentEntry {
+                    replicas: vec![rep("s1", 4096)],
+                    moving: Some(Move { to: rep("s2", 0) }),
+                },
+            ],
+        }];
+        assert_eq!(
+            wanted(&m, "s1", true),
+            vec![Wanted {
+                key: ("vol1".to_string(), 1),
+                offset: 4096,
+                len: 4096,
+                dest: rep("s2", 0),
+            }]
+        );
+        assert!(wanted(&m, "s1", false).is_empty(), "fenced");
+        assert!(wanted(&m, "s2", true).is_empty(), "not the owner");
+        m.servers[0].state = ServerState::Down;
+        assert!(wanted(&m, "s1", true).is_empty(), "marked down");
     }
 
     #[test]
