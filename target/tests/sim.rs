@@ -2,8 +2,10 @@
 //! manager (the REAL `manager::coord` state machine and `manager::plan`), storage servers (the
 //! REAL `tessera::cluster::generation::GenerationState` stamp check and the REAL fencing and
 //! policy of `tessera::cluster::node`: `boot`, `lost_extents`, `Ownership::admit`, `frozen`,
-//! `policy::*`, around a model of the rest of target/src/cluster: install with the gate and
-//! the final copy, copy-then-switch, routing), layout-aware clients and hosts, over a network
+//! `policy::*`, and its state machines: `node::install::Install`, the install of a map with
+//! the gate and the final copy, and `node::copier::Copier`, copy-then-switch; around a shell
+//! that carries out their actions on simulated I/O: the watch loop, the gate, the copies and
+//! routing with their retries), layout-aware clients and hosts, over a network
 //! that delays, reorders, drops and duplicates messages, with server and manager crashes and
 //! restarts, and (scenario `hangs`) hung servers that the operator marks down, then resumes or
 //! restarts from their durable pool, and marks up.

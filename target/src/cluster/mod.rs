@@ -5,7 +5,9 @@
 //! volume's subsystem on the host portal (namespaces are [`routed::RoutedVolume`]s) and the
 //! internal subsystem (the pool, stamps required) on the internal portal, then follows the
 //! manager's watch stream: each new generation is installed (fencing and final-copying extents
-//! this server loses, phase 1a) and acknowledged.
+//! this server loses, phase 1a) and acknowledged. What to do, step by step, is decided by the
+//! sans-I/O node (`node.rs`, `node/`: the install, the copiers, the retries); this code
+//! carries out its actions.
 
 pub mod gate;
 pub mod generation;
@@ -30,7 +32,7 @@ use crate::cluster::generation::{MismatchKind, MismatchReport, REPORT_QUEUE_MAX}
 pub use crate::controller::auth::ClusterSecrets;
 use crate::server::{Target, TargetOptions};
 use crate::subsystem::namespace::Namespace;
-use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem};
+use crate::subsystem::{HostPolicy, NamespaceMap, Registry, Subsystem, lock};
 use peers::{INTERNAL_BLOCK, INTERNAL_NSID, Peers, internal_nqn, server_hostnqn};
 use pool::{PoolVolume, TrackedPool};
 use routed::RoutedVolume;
@@ -51,10 +53,9 @@ pub const REPORTS_PER_SECOND: u32 = 10;
 pub struct Admission {
     ownership: ArcSwap<node::Ownership>,
     /// The server has installed the current map since it started (a restart from an older
-    /// persisted map catches up first), and since it was last frozen.
-    caught_up: std::sync::atomic::AtomicBool,
-    /// Bumped by every fence: only a map fetched after the latest fence lifts it.
-    epoch: AtomicU64,
+    /// persisted map catches up first), and since it was last frozen (`node::Fence`; not on
+    /// the I/O path, which reads `ownership`).
+    fence: std::sync::Mutex<node::Fence>,
     /// The heartbeat's last tick, in ms since `started` (a frozen process misses ticks).
     last_tick: AtomicU64,
     started: std::time::Instant,
@@ -64,8 +65,7 @@ impl Admission {
     fn new(map: &ClusterMap, me: &str, caught_up: bool) -> Self {
         Self {
             ownership: ArcSwap::from_pointee(node::Ownership::new(map, me, caught_up)),
-            caught_up: std::sync::atomic::AtomicBool::new(caught_up),
-            epoch: AtomicU64::new(0),
+            fence: std::sync::Mutex::new(node::Fence::new(caught_up)),
             last_tick: AtomicU64::new(0),
             started: std::time::Instant::now(),
         }
@@ -80,27 +80,30 @@ impl Admission {
 
     /// Serves nothing until the current map has been fetched (and installed if newer).
     fn fence(&self, map: &ClusterMap, me: &str) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.caught_up.store(false, Ordering::Release);
+        lock(&self.fence).fence();
         self.ownership
             .store(Arc::new(node::Ownership::new(map, me, false)));
     }
 
-    /// The fence epoch now (taken when a fetch starts).
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    /// A fetch of the current map starts: its fence epoch if fenced (`Fence::fetch_started`).
+    fn fetch_started(&self) -> Option<u64> {
+        lock(&self.fence).fetch_started()
     }
 
-    /// Lifts the fence: `map` (installed) is at least the map fetched after the latest fence,
-    /// whose epoch was `epoch`. A fetch older than the latest fence lifts nothing.
-    fn thaw(&self, epoch: u64, map: &ClusterMap, me: &str) -> bool {
-        if self.epoch() != epoch {
-            return false;
+    /// A fetch started at `epoch` brought generation `generation`.
+    fn fetched(&self, epoch: u64, generation: u64) {
+        lock(&self.fence).fetched(epoch, generation);
+    }
+
+    /// Lifts the fence if `map` (installed) is at least the map fetched after the latest
+    /// fence (`Fence::try_thaw`). A fetch older than the latest fence lifts nothing.
+    fn try_thaw(&self, map: &ClusterMap, me: &str) -> bool {
+        let thawed = lock(&self.fence).try_thaw(map.generation);
+        if thawed {
+            self.ownership
+                .store(Arc::new(node::Ownership::new(map, me, true)));
         }
-        self.caught_up.store(true, Ordering::Release);
-        self.ownership
-            .store(Arc::new(node::Ownership::new(map, me, true)));
-        true
+        thawed
     }
 
     fn now_ms(&self) -> u64 {
@@ -125,7 +128,7 @@ impl Admission {
     }
 
     fn caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::Acquire)
+        lock(&self.fence).caught_up()
     }
 
     /// Checks an internal command (its stamp already passed) from the peer `hostnqn`.
@@ -516,9 +519,9 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
     let role = Role::Server(node.me.clone());
     if let Some(map) = catch_up {
         // Fetched after the start (epoch 0): installing it lifts the start's fence.
-        let target = map.generation;
+        node.admission.fetched(0, map.generation);
         install(&node, map).await;
-        catch_up_done(&node, 0, target);
+        catch_up_done(&node);
     }
     let mut reack = tokio::time::interval(REACK_PERIOD);
     reack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -537,13 +540,15 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
                 () = node.refresh.notified() => {
                     // A fenced server (frozen, catching up) serves again once a map fetched
                     // after its latest fence is installed (or is not newer than its own).
-                    let fenced = (!node.admission.caught_up()).then(|| node.admission.epoch());
+                    let fenced = node.admission.fetch_started();
                     match node.client.map(&role).await {
                     Ok(map) => {
-                        let target = map.generation;
-                        install(&node, map).await;
                         if let Some(epoch) = fenced {
-                            catch_up_done(&node, epoch, target);
+                            node.admission.fetched(epoch, map.generation);
+                        }
+                        install(&node, map).await;
+                        if fenced.is_some() {
+                            catch_up_done(&node);
                         }
                     }
                     Err(e) if !node.admission.caught_up() => {
@@ -570,14 +575,10 @@ async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
     }
 }
 
-/// After a fetch that started at fence epoch `epoch` brought generation `target` and it was
-/// installed (or was not newer): serve again, and start the copiers the fence held back.
-fn catch_up_done(node: &Arc<NodeShared>, epoch: u64, target: u64) {
-    let current = node.map.load_full();
-    if current.generation >= target && node.admission.thaw(epoch, &current, &node.me) {
-        tracing::info!(generation = current.generation, "map current: serving");
-        mover::sync(node, &current);
-    } else if !node.admission.caught_up() {
+/// After a fetch of a fenced server, its map installed (or not newer): serve again if the
+/// fence lifts, and start the copiers the fence held back.
+fn catch_up_done(node: &Arc<NodeShared>) {
+    if !thaw(node) && !node.admission.caught_up() {
         // Postponed install, or fenced again meanwhile: fetch again.
         let n = Arc::clone(node);
         tokio::spawn(async move {
@@ -587,14 +588,24 @@ fn catch_up_done(node: &Arc<NodeShared>, epoch: u64, target: u64) {
     }
 }
 
-/// Installs `new` if it is newer (docs/cluster-protocol.md, "Publishing a change").
+/// Lifts the fence if the installed map is at least what a fetch after the latest fence
+/// brought (`node::Fence::try_thaw`): serve again, and start the copiers the fence held back.
+fn thaw(node: &Arc<NodeShared>) -> bool {
+    let current = node.map.load_full();
+    let thawed = node.admission.try_thaw(&current, &node.me);
+    if thawed {
+        tracing::info!(generation = current.generation, "map current: serving");
+        mover::sync(node, &current);
+    }
+    thawed
+}
+
+/// Installs `new` if it is newer (docs/cluster-protocol.md, "Publishing a change"): the shell
+/// of [`node::install::Install`], which decides every step; this carries them out.
 pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
+    use node::install::{Action, Event};
     let _one = node.movers.install_lock.lock().await;
     let old = node.map.load_full();
-    if new.generation <= old.generation {
-        return;
-    }
-    let lost = node::lost_extents(&old, &new, &node.me);
     // A server that is not serving yet (catching up after a restart) runs no I/O: its
     // install closes no gate, so nothing waits on it (docs/cluster-protocol.md, "Bounds").
     let gate = node
@@ -602,77 +613,138 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
         .gate
         .clone()
         .filter(|_| node.admission.caught_up());
-    if !lost.is_empty() {
-        // Phase 1a: fence the extents we lose. No I/O runs while the gate is closed; the last
-        // writes are copied to the new owner (stamped with the generation it still has), and
-        // only then does our generation move, so a stale stamp can never land on the old copy.
-        if let Some(g) = &gate {
-            g.close().await;
-        }
-        let mut ok = true;
-        for (volume, extent) in &lost {
-            ok &= mover::finish(node, &old, &new, volume, *extent)
-                .await
-                .is_ok();
-        }
-        if !ok {
-            // Not installed, not acked: we keep serving at the old generation (the lost
-            // extents stay tracked) and the manager sends this map again.
-            if let Some(g) = &gate {
-                g.open();
-            }
-            tracing::warn!(
-                generation = new.generation,
-                "install postponed: final copy incomplete"
-            );
-            // The watch stream will not send this generation again: fetch it again in a
-            // while and retry (the manager keeps waiting for our phase-1a ack).
-            // Keep trying until this generation is installed: a retry's fetch can fail too
-            // (the manager may be down meanwhile).
-            // One retry loop per server at most: every failed retry postpones again.
-            if !node.retrying.swap(true, Ordering::AcqRel) {
-                let node = Arc::clone(node);
-                let g = new.generation;
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(POSTPONED_RETRY).await;
-                        if node.registry.generation.current() >= g {
-                            break;
-                        }
-                        node.refresh.notify_one();
+    let Some(mut ins) = node::install::Install::start(old, Arc::new(new), &node.me, gate.is_some())
+    else {
+        return;
+    };
+    let generation = ins.map().generation;
+    let lost = ins.lost().len();
+    // The region of the lost extent being finished (its copier stopped).
+    let mut region: Option<Arc<pool::DirtyRegion>> = None;
+    let mut event = Event::Start;
+    loop {
+        let mut next = None;
+        for action in ins.on_event(event) {
+            match action {
+                Action::CloseGate => {
+                    // Phase 1a: fence the extents we lose. No I/O runs while the gate is
+                    // closed; the last writes are copied to the new owner (stamped with the
+                    // generation it still has), and only then does our generation move, so a
+                    // stale stamp can never land on the old copy.
+                    if let Some(g) = &gate {
+                        g.close().await;
                     }
-                    node.retrying.store(false, Ordering::Release);
-                });
+                    next = Some(Event::Drained);
+                }
+                Action::StopCopier { key, whole } => {
+                    region = mover::stop_copier(node, &key, whole).await;
+                    next = Some(Event::CopierStopped {
+                        tracked: region.is_some(),
+                    });
+                }
+                Action::FinalPass { key, dest } => {
+                    let outcome = match &region {
+                        Some(r) => mover::final_pass(node, r, &dest).await,
+                        None => node::install::PassOutcome::Clean,
+                    };
+                    if outcome == node::install::PassOutcome::Clean {
+                        tracing::info!(volume = %key.0, extent = key.1, to = %dest.server,
+                            "extent switched");
+                    }
+                    next = Some(Event::Pass(outcome));
+                }
+                Action::FinalCheck { .. } => {
+                    let clean = region.as_deref().is_none_or(mover::final_check);
+                    next = Some(Event::Checked { clean });
+                }
+                Action::Untrack { .. } => {
+                    if let Some(r) = region.take() {
+                        mover::untrack(node, &r);
+                    }
+                }
+                Action::Forget { key } => {
+                    if let Some(r) = region.take() {
+                        mover::untrack(node, &r);
+                    }
+                    mover::forget(node, &key);
+                }
+                Action::KeepTracked { key } => {
+                    let dest = ins.map().owner(&key.0, key.1).cloned();
+                    if let (Some(r), Some(dest)) = (region.take(), dest) {
+                        mover::keep_tracked(node, key, r, dest);
+                    }
+                }
+                Action::RetryAfter(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    next = Some(Event::Timer);
+                }
+                Action::Install(map) => {
+                    node.map.store(Arc::clone(&map));
+                    sync_subsystems(node, &map);
+                    node.admission.installed(&map, &node.me);
+                    node.registry.generation.install(map.generation);
+                }
+                // Durable before the ack: a restart resumes from here (see `start`).
+                Action::Persist(map) => persist(node, &map).await,
+                Action::OpenGate => {
+                    if let Some(g) = &gate {
+                        g.open();
+                    }
+                }
+                Action::SyncMovers => {
+                    tracing::info!(generation, lost, "map installed");
+                    // A fenced server whose fetch after its latest fence brought this
+                    // generation (or an older one) serves again (`thaw` syncs the movers).
+                    if !thaw(node) {
+                        mover::sync(node, &node.map.load_full());
+                    }
+                }
+                Action::Ack(g) => {
+                    let ok = match node.client.ack(&node.me, g).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, generation = g, "ack failed");
+                            false
+                        }
+                    };
+                    next = Some(Event::AckDone { ok });
+                }
+                Action::Postpone(g) => {
+                    // Not installed, not acked: we keep serving at the old generation (the
+                    // lost extents stay tracked).
+                    tracing::warn!(generation = g, "install postponed: final copy incomplete");
+                    postpone(node, g);
+                }
+                Action::Done => return,
             }
-            return;
+        }
+        match next {
+            Some(e) => event = e,
+            None => {
+                tracing::error!(generation, "install stopped without finishing");
+                return;
+            }
         }
     }
-    node.map.store(Arc::new(new.clone()));
-    sync_subsystems(node, &new);
-    node.admission.installed(&new, &node.me);
-    node.registry.generation.install(new.generation);
-    // Durable before the ack: a restart resumes from here (see `start`).
-    persist(node, &new).await;
-    if !lost.is_empty()
-        && let Some(g) = &gate
-    {
-        g.open();
-    }
-    tracing::info!(
-        generation = new.generation,
-        lost = lost.len(),
-        "map installed"
-    );
-    mover::sync(node, &new);
-    for attempt in 0..node::policy::ACK_TRIES {
-        match node.client.ack(&node.me, new.generation).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "ack failed");
-                let pause = node::policy::ACK_BACKOFF_MS << attempt;
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
+/// The watch stream will not send a postponed generation again: fetch it again in a while and
+/// retry (the manager keeps waiting for our phase-1a ack), until this generation is installed
+/// (a retry's fetch can fail too: the manager may be down meanwhile). One retry loop per
+/// server at most: every failed retry postpones again.
+fn postpone(node: &Arc<NodeShared>, g: u64) {
+    if !node.retrying.swap(true, Ordering::AcqRel) {
+        let node = Arc::clone(node);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POSTPONED_RETRY).await;
+                if node.registry.generation.current() >= g {
+                    break;
+                }
+                node.refresh.notify_one();
             }
-        }
+            node.retrying.store(false, Ordering::Release);
+        });
     }
 }
 

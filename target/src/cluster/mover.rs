@@ -4,8 +4,8 @@
 //! While the map says `moving: {to}`, writes to the extent's pool range are recorded in a dirty
 //! map ([`super::pool::DirtyRegion`]); the copier copies the whole extent to `to`, then only
 //! what was written meanwhile, until a pass finds little left, and tells the manager. At the
-//! switch ([`finish`], called with the install gate closed) the copier is stopped at a chunk
-//! boundary (chunks it had taken but not copied are marked dirty again), the remaining dirty
+//! switch (the install's final copy: [`stop_copier`], [`final_pass`], with the install gate
+//! closed) the copier is stopped at a chunk boundary (chunks it had taken but not copied are marked dirty again), the remaining dirty
 //! chunks are copied, and tracking ends.
 
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use manager::api::MoveReadyRequest;
 use manager::map::{ClusterMap, Replica};
 
 use super::NodeShared;
-use super::node::{self as rules, COPY_NSID, policy};
+use super::node::{self as rules, COPY_NSID};
 use super::peers::INTERNAL_BLOCK;
 use super::pool::{DirtyRegion, TRACK_CHUNK, read_pool};
 use crate::initiator::InitiatorError;
@@ -50,22 +50,12 @@ pub struct Movers {
 /// Starts copiers for extents this server owns that `map` says are moving; forgets the ones
 /// that are no longer moving here (a move that was switched or cancelled).
 pub fn sync(node: &Arc<NodeShared>, map: &ClusterMap) {
-    let mut want: HashMap<(String, usize), (u64, u64, Replica)> = HashMap::new();
     // A server that does not serve (marked down, or catching up) copies nothing.
-    let serving = node.admission.serving();
-    for v in map.volumes.iter().filter(|_| serving) {
-        for (i, e) in v.extents.iter().enumerate() {
-            let (Some(owner), Some(mv)) = (e.replicas.first(), &e.moving) else {
-                continue;
-            };
-            if owner.server != node.me {
-                continue;
-            }
-            if let Some((_, len)) = v.extent_range(i) {
-                want.insert((v.name.clone(), i), (owner.offset, len, mv.to.clone()));
-            }
-        }
-    }
+    let want: HashMap<(String, usize), (u64, u64, Replica)> =
+        rules::copier::wanted(map, &node.me, node.admission.serving())
+            .into_iter()
+            .map(|w| (w.key, (w.offset, w.len, w.dest)))
+            .collect();
     let mut active = lock(&node.movers.active);
     active.retain(|k, a| {
         let keep = want.get(k).is_some_and(|(_, _, to)| *to == a.dest);
@@ -104,6 +94,8 @@ pub fn sync(node: &Arc<NodeShared>, map: &ClusterMap) {
     }
 }
 
+/// The shell of [`rules::copier::Copier`], which decides when to copy, retry, report the
+/// move ready and end.
 async fn copier(
     node: Arc<NodeShared>,
     volume: String,
@@ -112,41 +104,47 @@ async fn copier(
     dest: Replica,
     stop: Arc<AtomicBool>,
 ) {
-    let mut passes = 0u32;
+    use rules::copier::{Action, Copier, Event};
+    let mut c = Copier::new(CONVERGED_CHUNKS, PASSES_MAX);
+    let mut req: Option<MoveReadyRequest> = None;
+    let mut event = Event::Start;
     loop {
-        let bits = region.take();
-        let n = bits.count_ones();
-        if copy(&node, &region, &bits, &dest, Some(&stop), false)
-            .await
-            .is_err()
-        {
-            if stop.load(Ordering::Acquire) {
-                return;
+        let Some(action) = c.on_event(event, stop.load(Ordering::Acquire)) else {
+            return;
+        };
+        event = match action {
+            Action::CopyPass => {
+                let bits = region.take();
+                let chunks = bits.count_ones();
+                match copy(&node, &region, &bits, &dest, Some(&stop), false).await {
+                    Ok(()) => Event::PassDone { chunks },
+                    Err(_) => Event::PassFailed,
+                }
             }
-            tokio::time::sleep(Duration::from_millis(policy::PASS_RETRY_MS)).await;
-            continue;
-        }
-        passes += 1;
-        if rules::converged(n, passes, CONVERGED_CHUNKS, PASSES_MAX) {
-            break;
-        }
-    }
-    tracing::info!(%volume, extent, passes, "extent copy converged");
-    let req = MoveReadyRequest {
-        server: node.me.clone(),
-        volume: volume.clone(),
-        extent,
-        generation: node.registry.generation.current(),
-    };
-    // Keep telling the manager until it switches (or this mover is stopped).
-    while !stop.load(Ordering::Acquire) {
-        match node.client.move_ready(&req).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "move-ready not accepted yet");
-                tokio::time::sleep(Duration::from_millis(policy::READY_RETRY_MS)).await;
+            Action::RetryAfter(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Event::Timer
             }
-        }
+            Action::MoveReady => {
+                let req = req.get_or_insert_with(|| {
+                    tracing::info!(%volume, extent, passes = c.passes(), "extent copy converged");
+                    MoveReadyRequest {
+                        server: node.me.clone(),
+                        volume: volume.clone(),
+                        extent,
+                        generation: node.registry.generation.current(),
+                    }
+                });
+                match node.client.move_ready(req).await {
+                    Ok(()) => Event::ReadyDone { ok: true },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "move-ready not accepted yet");
+                        Event::ReadyDone { ok: false }
+                    }
+                }
+            }
+            Action::Done => return,
+        };
     }
 }
 
@@ -230,149 +228,153 @@ async fn copy_range(
     let data = read_pool(&node.pool, pool_off, usize::try_from(len).unwrap_or(0))
         .await
         .map_err(|e| CopyError::Failed(e.to_string()))?;
-    let mut backoff = Duration::from_millis(policy::COPY_BACKOFF_MIN_MS);
-    let backoff_max = Duration::from_millis(policy::COPY_BACKOFF_MAX_MS);
-    let mut stamp = node.registry.generation.current();
-    for _ in 0..policy::COPY_TRIES {
+    use rules::retry::{Answer, Next, Retry};
+    let mut retry = Retry::copy(final_pass, node.registry.generation.current());
+    while let Some(g) = retry.next_try(node.registry.generation.current()) {
         let map = node.map.load_full();
         let addr = map
             .server(dest_server)
             .map(|s| s.internal)
             .ok_or_else(|| CopyError::Failed(format!("server {dest_server} left the map")))?;
-        let q = match node.peers.queue(dest_server, addr).await {
-            Ok(q) => q,
+        let answer = match node.peers.queue(dest_server, addr).await {
             Err(e) => {
-                node.peers.drop_peer(dest_server);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(backoff_max);
                 tracing::debug!(error = %e, "copy: peer unreachable");
-                continue;
-            }
-        };
-        if !final_pass {
-            stamp = node.registry.generation.current();
-        }
-        let g = stamp;
-        match q
-            .with_generation(g)
-            .write(
-                COPY_NSID,
-                dest_off / u64::from(INTERNAL_BLOCK),
-                INTERNAL_BLOCK,
-                data.clone(),
-                false,
-            )
-            .await
-        {
-            Ok(()) => return Ok(()),
-            Err(InitiatorError::Generation {
-                server_generation, ..
-            }) => {
-                match rules::on_mismatch(g, server_generation, final_pass) {
-                    // Inside an install our own map cannot move: adopt the new owner's
-                    // generation for the final copy and retry at once.
-                    rules::OnMismatch::Adopt(theirs) => {
-                        stamp = theirs;
-                        continue;
-                    }
-                    rules::OnMismatch::Refresh(theirs) => {
-                        node.refresh.notify_one();
-                        node.registry.generation.wait_for(theirs, backoff * 4).await;
-                    }
-                    rules::OnMismatch::Backoff => tokio::time::sleep(backoff).await,
-                }
-            }
-            Err(e) if e.is_connection_fatal() => {
                 node.peers.drop_peer(dest_server);
-                tokio::time::sleep(backoff).await;
+                Answer::Lost
             }
-            Err(InitiatorError::Status(s)) if s.same_code(codec::nvme::Status::ACCESS_DENIED) => {
-                return Err(CopyError::NotSource);
+            Ok(q) => match q
+                .with_generation(g)
+                .write(
+                    COPY_NSID,
+                    dest_off / u64::from(INTERNAL_BLOCK),
+                    INTERNAL_BLOCK,
+                    data.clone(),
+                    false,
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(InitiatorError::Generation {
+                    server_generation, ..
+                }) => Answer::Mismatch {
+                    theirs: server_generation,
+                },
+                Err(e) if e.is_connection_fatal() => {
+                    node.peers.drop_peer(dest_server);
+                    Answer::Lost
+                }
+                Err(InitiatorError::Status(s))
+                    if s.same_code(codec::nvme::Status::ACCESS_DENIED) =>
+                {
+                    return Err(CopyError::NotSource);
+                }
+                Err(e) => return Err(CopyError::Failed(e.to_string())),
+            },
+        };
+        match retry.on_answer(g, answer) {
+            // Inside an install our own map cannot move: the final copy adopted the new
+            // owner's generation; retry at once.
+            Next::Now => {}
+            Next::WaitFor { generation, ms } => {
+                node.refresh.notify_one();
+                node.registry
+                    .generation
+                    .wait_for(generation, Duration::from_millis(ms))
+                    .await;
             }
-            Err(e) => return Err(CopyError::Failed(e.to_string())),
+            Next::Sleep { ms, refresh } => {
+                if refresh {
+                    node.refresh.notify_one();
+                }
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
         }
-        backoff = (backoff * 2).min(backoff_max);
     }
     Err(CopyError::Failed(format!(
         "copy to {dest_server} kept failing"
     )))
 }
 
-/// The switch, on the old owner, with the install gate closed: stop the copier, copy what is
-/// still dirty, stop tracking. `new` names the new owner. On failure nothing is lost: the region
-/// stays tracked, the caller does not install the new map (and does not ack it), and the manager
-/// sends it again, so the final copy is retried while the extent keeps being served here.
-pub async fn finish(
+// ---- the install's side (`node::install`: the shell carries out its actions) -------------
+
+/// `StopCopier`: stops the copier of `key` at a chunk boundary and takes its region; without
+/// copier state (this server restarted during the move, or the move started and switched
+/// between two maps we did not see) what was written meanwhile is not known, so the whole
+/// extent `whole` (pool offset, length) is tracked, all of it dirty. `None`: nothing to copy.
+pub async fn stop_copier(
     node: &Arc<NodeShared>,
-    old: &ClusterMap,
-    new: &ClusterMap,
-    volume: &str,
-    extent: usize,
-) -> Result<(), ()> {
-    let key = (volume.to_string(), extent);
-    let taken = lock(&node.movers.active).remove(&key);
-    let Some(dest) = new.owner(volume, extent).cloned() else {
-        return Ok(());
-    };
-    let a = match taken {
-        Some(a) => a,
+    key: &(String, usize),
+    whole: Option<(u64, u64)>,
+) -> Option<Arc<DirtyRegion>> {
+    let taken = lock(&node.movers.active).remove(key);
+    match taken {
+        Some(a) => {
+            a.stop.store(true, Ordering::Release);
+            let _ = a.task.await;
+            Some(a.region)
+        }
         None => {
-            // No copier state (this server restarted during the move, or the move started and
-            // switched between two maps we did not see): what was written meanwhile is not
-            // known, so the whole extent is copied.
-            let (Some(v), Some(old_owner)) = (old.volume(volume), old.owner(volume, extent)) else {
-                return Ok(());
-            };
-            let Some((_, len)) = v.extent_range(extent) else {
-                return Ok(());
-            };
-            let region = node.pool.0.track(old_owner.offset, len);
+            let (off, len) = whole?;
+            let region = node.pool.0.track(off, len);
             region.mark_all();
-            Active {
-                region,
-                dest: dest.clone(),
-                stop: Arc::new(AtomicBool::new(true)),
-                task: tokio::spawn(async {}),
-            }
-        }
-    };
-    let Active {
-        region, stop, task, ..
-    } = a;
-    stop.store(true, Ordering::Release);
-    let _ = task.await;
-    // The gate is closed: nothing writes the region now. Copy the rest until clean.
-    for _ in 0..policy::FINAL_ROUNDS {
-        let bits = region.take();
-        if bits.not_any() {
-            node.pool.0.untrack(&region);
-            tracing::info!(volume, extent, to = %dest.server, "extent switched");
-            return Ok(());
-        }
-        match copy(node, &region, &bits, &dest, None, true).await {
-            Ok(()) => {}
-            Err(CopyError::NotSource) => {
-                // The new owner's map no longer names us as the source: the switch happened
-                // without us (we were marked down). Our copy of the extent is obsolete.
-                node.pool.0.untrack(&region);
-                tracing::warn!(volume, extent, to = %dest.server,
-                    "final copy refused: the move was switched without this server; \
-                     dropping its copy");
-                return Ok(());
-            }
-            Err(CopyError::Failed(_)) => {
-                remark(&region, &bits, 0);
-                tokio::time::sleep(Duration::from_millis(policy::FINAL_RETRY_MS)).await;
-            }
+            Some(region)
         }
     }
+}
+
+/// `FinalPass`: the gate is closed, nothing writes the region; copy what is dirty to `dest`.
+pub async fn final_pass(
+    node: &Arc<NodeShared>,
+    region: &DirtyRegion,
+    dest: &Replica,
+) -> rules::install::PassOutcome {
+    use rules::install::PassOutcome;
+    let bits = region.take();
+    if bits.not_any() {
+        return PassOutcome::Clean;
+    }
+    match copy(node, region, &bits, dest, None, true).await {
+        Ok(()) => PassOutcome::Copied,
+        Err(CopyError::NotSource) => {
+            // The new owner's map no longer names us as the source: the switch happened
+            // without us (we were marked down). Our copy of the extent is obsolete.
+            tracing::warn!(to = %dest.server,
+                "final copy refused: the move was switched without this server; \
+                 dropping its copy");
+            PassOutcome::NotSource
+        }
+        Err(CopyError::Failed(_)) => {
+            remark(region, &bits, 0);
+            PassOutcome::Failed
+        }
+    }
+}
+
+/// `FinalCheck`: whether no dirty chunk is left (those left are marked dirty again).
+pub fn final_check(region: &DirtyRegion) -> bool {
     let left = region.take();
     if left.not_any() {
-        node.pool.0.untrack(&region);
-        return Ok(());
+        return true;
     }
-    remark(&region, &left, 0);
-    tracing::error!(volume, extent, to = %dest.server, "final copy failed; not installing, will retry");
+    remark(region, &left, 0);
+    false
+}
+
+/// `Untrack`: the extent is switched; its writes are no longer tracked.
+pub fn untrack(node: &NodeShared, region: &Arc<DirtyRegion>) {
+    node.pool.0.untrack(region);
+}
+
+/// `KeepTracked`: the final copy is incomplete; the region stays tracked under a stopped
+/// copier until the postponed install runs again.
+pub fn keep_tracked(
+    node: &NodeShared,
+    key: (String, usize),
+    region: Arc<DirtyRegion>,
+    dest: Replica,
+) {
+    tracing::error!(volume = %key.0, extent = key.1, to = %dest.server,
+        "final copy failed; not installing, will retry");
     lock(&node.movers.active).insert(
         key,
         Active {
@@ -382,5 +384,13 @@ pub async fn finish(
             task: tokio::spawn(async {}),
         },
     );
-    Err(())
+}
+
+/// `Forget`: the extent's volume is gone from the new map; stop its copier and tracking.
+pub fn forget(node: &NodeShared, key: &(String, usize)) {
+    if let Some(a) = lock(&node.movers.active).remove(key) {
+        a.stop.store(true, Ordering::Release);
+        a.task.abort();
+        node.pool.0.untrack(&a.region);
+    }
 }

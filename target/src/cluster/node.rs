@@ -7,8 +7,17 @@
 //!   before it serves;
 //! - [`serves`]: whether a server may serve extents and write to peers under its map;
 //! - [`lost_extents`]: the extents an install takes away from this server (phase 1a fencing);
+//! - [`Fence`]: whether a fenced server (restarted, or found frozen) has caught up;
 //! - [`Ownership::admit`]: whether an internal command from a given peer may touch a range of
-//!   this server's pool (the source rule for copies, the owner rule for routed commands).
+//!   this server's pool (the source rule for copies, the owner rule for routed commands);
+//! - [`install::Install`]: the install of a new map (gate, final copies, persist, ack,
+//!   postponement) as an events-in, actions-out state machine;
+//! - [`copier::Copier`]: the copier of a moving extent (passes, move-ready, stop), likewise;
+//! - [`retry::Retry`]: the sender's retries of one routed piece or copied range.
+
+pub mod copier;
+pub mod install;
+pub mod retry;
 
 use manager::map::{ClusterMap, ServerState};
 
@@ -85,6 +94,67 @@ pub const HEARTBEAT_MS: u64 = 500;
 /// `now_ms` (any monotonic clock in milliseconds) was frozen in between.
 pub fn frozen(last_tick_ms: u64, now_ms: u64) -> bool {
     now_ms.saturating_sub(last_tick_ms) > FREEZE_MS
+}
+
+/// Whether a fenced server (restarted from an older persisted map, or found frozen) has caught
+/// up (docs/cluster-protocol.md, "Fencing", rules 6 and 8): it serves again once it has
+/// installed a map at least as new as one fetched from the manager after its latest fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    caught_up: bool,
+    /// Bumped by every fence: only a fetch started after the latest fence lifts it.
+    epoch: u64,
+    /// A fetch started at fence epoch `.0` brought generation `.1`.
+    thaw: Option<(u64, u64)>,
+}
+
+impl Fence {
+    /// A server that starts caught up, or not (its catch-up install is due).
+    pub fn new(caught_up: bool) -> Self {
+        Self {
+            caught_up,
+            epoch: 0,
+            thaw: None,
+        }
+    }
+
+    /// Whether the server has the current map (it may serve).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    /// The process was frozen: serve nothing until a map fetched from now on is installed.
+    pub fn fence(&mut self) {
+        self.caught_up = false;
+        self.epoch += 1;
+        self.thaw = None;
+    }
+
+    /// A fetch of the current map starts: the epoch to hand to [`Fence::fetched`] with its
+    /// answer, or `None` when the server is not fenced.
+    pub fn fetch_started(&self) -> Option<u64> {
+        (!self.caught_up).then_some(self.epoch)
+    }
+
+    /// A fetch started at `epoch` brought a map of generation `generation`.
+    pub fn fetched(&mut self, epoch: u64, generation: u64) {
+        self.thaw = Some((epoch, generation));
+    }
+
+    /// The installed generation is now `installed`: lifts the fence if a fetch started after
+    /// the latest fence brought no newer map. True when it was lifted now.
+    pub fn try_thaw(&mut self, installed: u64) -> bool {
+        match self.thaw {
+            Some((epoch, target))
+                if !self.caught_up && epoch == self.epoch && installed >= target =>
+            {
+                self.thaw = None;
+                self.caught_up = true;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// How a server starts: from which map, and whether it must catch up first.
@@ -426,6 +496,29 @@ mod tests {
         assert_eq!(next_dirty_run(6, d, 6, 2), None);
         assert!(converged(64, 1, 64, 16) && converged(65, 16, 64, 16));
         assert!(!converged(65, 15, 64, 16));
+    }
+
+    #[test]
+    fn a_fence_lifts_only_with_a_map_fetched_after_it() {
+        // A restart from an older persisted map: the fetched g7 must be installed first.
+        let mut f = Fence::new(false);
+        f.fetched(0, 7);
+        assert!(!f.try_thaw(5));
+        assert!(f.try_thaw(7) && f.caught_up());
+        assert_eq!(f.fetch_started(), None);
+        // Frozen: a fetch started before the fence lifts nothing, one started after does.
+        let mut f = Fence::new(true);
+        f.fence();
+        let before = 0;
+        f.fetched(before, 9);
+        assert!(!f.try_thaw(9));
+        let e = f.fetch_started().expect("fenced");
+        f.fetched(e, 9);
+        f.fence();
+        assert!(!f.try_thaw(9), "fenced again meanwhile");
+        let e = f.fetch_started().expect("fenced");
+        f.fetched(e, 9);
+        assert!(f.try_thaw(10) && f.caught_up());
     }
 
     #[test]

@@ -21,9 +21,8 @@ pub const ROUTE_TRIES: u32 = policy::ROUTE_TRIES;
 /// How long a forwarded piece may take, all tries included, before the host gets a retryable
 /// path error (well under a Linux host's 30 s I/O timeout). `tessera-target --forward-timeout`.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Backoff between tries: 10 ms doubling to 320 ms (well under Linux's 30 s I/O timeout).
-const BACKOFF_MIN: Duration = Duration::from_millis(policy::ROUTE_BACKOFF_MIN_MS);
-const BACKOFF_MAX: Duration = Duration::from_millis(policy::ROUTE_BACKOFF_MAX_MS);
+// Backoff between tries: 10 ms doubling to 320 ms (well under Linux's 30 s I/O timeout):
+// `node::retry::Retry::route`.
 
 /// One piece of a request: `len` bytes at byte `vol_off` of the volume, in extent `extent`.
 #[derive(Debug, Clone, Copy)]
@@ -123,10 +122,11 @@ impl RoutedVolume {
         F: Fn(Target, u64) -> Fut,
         Fut: std::future::Future<Output = Result<T, RouteError>>,
     {
-        let mut backoff = BACKOFF_MIN;
+        use super::node::retry::{Answer, Next, Retry};
+        let mut retry = Retry::route();
         let mut last = VolumeError::NoPath(NoPath::Unmapped);
         let deadline = tokio::time::Instant::now() + node.forward_timeout();
-        for _ in 0..ROUTE_TRIES {
+        while let Some(generation) = retry.next_try(node.registry.generation.current()) {
             if tokio::time::Instant::now() >= deadline {
                 return Err(last);
             }
@@ -135,7 +135,6 @@ impl RoutedVolume {
             if !node.admission.serving() {
                 return Err(last);
             }
-            let generation = node.registry.generation.current();
             let Some(t) = Self::locate(node, name, &p) else {
                 return Err(last);
             };
@@ -157,36 +156,47 @@ impl RoutedVolume {
                 },
                 None => op(t, generation).await,
             };
-            match answer {
+            let next = match answer {
                 Ok(v) => return Ok(v),
                 Err(RouteError::Io(e)) => return Err(e),
                 Err(RouteError::Generation { server_generation }) => {
                     last = VolumeError::NoPath(NoPath::MapSettling);
                     node.stale_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    // A routed piece is never a final copy: it never adopts the peer's generation.
-                    match super::node::on_mismatch(generation, server_generation, false) {
-                        // We are behind: ask for the map now and wait for it (bounded).
-                        super::node::OnMismatch::Refresh(theirs) => {
-                            node.refresh.notify_one();
-                            node.registry.generation.wait_for(theirs, backoff * 4).await;
-                        }
-                        // The peer is behind: it catches up through its own watch stream.
-                        _ => {
-                            let until = deadline.min(tokio::time::Instant::now() + backoff);
-                            tokio::time::sleep_until(until).await;
-                        }
-                    }
+                    retry.on_answer(
+                        generation,
+                        Answer::Mismatch {
+                            theirs: server_generation,
+                        },
+                    )
                 }
                 Err(RouteError::Unreachable(server)) => {
                     node.peers.drop_peer(&server);
                     last = VolumeError::NoPath(NoPath::Unreachable);
+                    retry.on_answer(generation, Answer::Lost)
+                }
+            };
+            match next {
+                // We are behind: ask for the map now and wait for it (bounded).
+                Next::WaitFor { generation, ms } => {
                     node.refresh.notify_one();
-                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + backoff))
+                    node.registry
+                        .generation
+                        .wait_for(generation, Duration::from_millis(ms))
                         .await;
                 }
+                // The peer is behind (it catches up through its own watch stream), or lost.
+                Next::Sleep { ms, refresh } => {
+                    if refresh {
+                        node.refresh.notify_one();
+                    }
+                    let until =
+                        deadline.min(tokio::time::Instant::now() + Duration::from_millis(ms));
+                    tokio::time::sleep_until(until).await;
+                }
+                // (A routed piece never adopts the peer's generation.)
+                Next::Now => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         Err(last)
     }

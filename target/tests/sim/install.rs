@@ -1,21 +1,23 @@
-//! A server's watch loop and `install` (target/src/cluster/mod.rs): one map at a time, and a
-//! re-ack of the installed generation every `REACK_PERIOD` (1 s); a map that takes extents
-//! away closes the gate, waits for the commands inside, stops each lost extent's copier and
-//! final-copies its dirty chunks (`mover::finish`; the copy is stamped with the generation
-//! the new owner reports), then installs the generation, opens the gate and acks (5 tries).
-//! If a final copy fails, the gate reopens and nothing is installed or acked: the extent stays
-//! tracked, and the install runs again when the watch loop gets that map again.
+//! A server's watch loop (target/src/cluster/mod.rs `watch`): one map at a time, and a re-ack
+//! of the installed generation every `REACK_PERIOD` (1 s); and the shell of `install`. The
+//! install itself (gate, the final copy of each lost extent in rounds, postponement, persist,
+//! ack tries) is the REAL state machine `tessera::cluster::node::install::Install`: this file
+//! only carries out its actions on the simulated server, as `cluster::install` does on the
+//! daemon, and feeds it the events.
 
 use std::sync::Arc;
 
-use manager::map::{ClusterMap, Replica};
+use manager::map::ClusterMap;
 
-use super::mover::{Mover, MvSt, Pass, chunks};
+use tessera::cluster::node::install::{self as machine, Action, Event, PassOutcome};
+
+use super::mover::{CONVERGED_CHUNKS, Mover, MvSt, PASSES_MAX, Pass, chunks};
 use super::server::{
-    ACK_BACKOFF_MS, ACK_TRIES, CATCH_UP_RETRY_MS, Copied, CopyOwner, FINAL_RETRY_MS, FINAL_ROUNDS,
-    FinalCopy, InSt, Install, POSTPONED_RETRY_MS, REACK_MS, RpcFor,
+    CATCH_UP_RETRY_MS, Copied, CopyOwner, FinalCopy, InWait, Install, POSTPONED_RETRY_MS, REACK_MS,
+    RpcFor,
 };
 use super::world::{BLOCK, Req, Role, Timer, World};
+use tessera::cluster::node::copier::Copier;
 
 impl World {
     // ---- the watch loop and install ----------------------------------------------------
@@ -31,7 +33,7 @@ impl World {
         } else if s.refresh {
             s.refresh = false;
             s.fetching = true;
-            let fenced = (!s.caught_up).then_some(s.epoch);
+            let fenced = s.fence.fetch_started();
             self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Refresh(fenced));
         } else if s.reack_due {
             // `reack.tick()` (MissedTickBehavior::Delay: the next tick is a period after this
@@ -60,246 +62,291 @@ impl World {
 
     fn install_start(&mut self, i: usize, new: Arc<ClusterMap>) {
         let s = &mut self.srv[i];
-        if new.generation <= s.map.generation {
+        let old = Arc::clone(&s.map);
+        // A server catching up after a restart serves nothing: its install closes no gate.
+        let Some(m) = machine::Install::start(old, new, &s.id, s.fence.caught_up()) else {
             // Nothing to do, and no ack (`install` returns early).
             return self.srv_kick(i);
-        }
-        let old = Arc::clone(&s.map);
-        let lost = tessera::cluster::node::lost_extents(&old, &new, &s.id);
-        let fence = !lost.is_empty();
-        // A server catching up after a restart serves nothing: its install closes no gate.
-        let close_gate = fence && s.caught_up;
-        if std::mem::take(&mut s.boot_install) && fence {
+        };
+        if std::mem::take(&mut s.boot_install) && !m.lost().is_empty() {
             self.stats.restart_final_copies += 1;
         }
-        let s = &mut self.srv[i];
-        s.install = Some(Install {
-            new,
-            old,
-            lost,
-            idx: 0,
-            ok: true,
-            st: None,
+        self.srv[i].install = Some(Install {
+            m,
+            wait: InWait::No,
             token: 0,
         });
-        if fence {
-            s.gate_closed = close_gate;
-            let what = format!(
-                "{} installing g{}: gate closed, fencing {:?} ({} commands inside)",
-                s.id,
-                s.install.as_ref().map_or(0, |x| x.new.generation),
-                s.install
-                    .as_ref()
-                    .map(|x| x.lost.clone())
-                    .unwrap_or_default(),
-                s.inside
-            );
-            self.note(what);
-            self.set_install(i, InSt::Drain);
-            self.install_drained(i);
-        } else {
-            self.install_apply(i);
+        self.install_feed(i, Event::Start);
+    }
+
+    /// Feeds the machine one event and carries out its actions.
+    fn install_feed(&mut self, i: usize, ev: Event) {
+        let Some(ins) = &mut self.srv[i].install else {
+            return;
+        };
+        ins.wait = InWait::No;
+        let actions = ins.m.on_event(ev);
+        for a in actions {
+            self.install_act(i, a);
         }
     }
 
-    fn set_install(&mut self, i: usize, st: InSt) {
+    fn set_wait(&mut self, i: usize, w: InWait) {
         if let Some(ins) = &mut self.srv[i].install {
-            ins.st = Some(st);
+            ins.wait = w;
         }
     }
 
-    fn install_state(&mut self, i: usize) -> Option<InSt> {
-        self.srv[i].install.as_mut().and_then(|ins| ins.st.take())
+    fn install_act(&mut self, i: usize, a: Action) {
+        match a {
+            Action::CloseGate => {
+                let s = &mut self.srv[i];
+                s.gate_closed = true;
+                let what = format!(
+                    "{} installing g{}: gate closed, fencing {:?} ({} commands inside)",
+                    s.id,
+                    s.install.as_ref().map_or(0, |x| x.m.map().generation),
+                    s.install
+                        .as_ref()
+                        .map(|x| x.m.lost().to_vec())
+                        .unwrap_or_default(),
+                    s.inside
+                );
+                self.note(what);
+                self.set_wait(i, InWait::Drain);
+                self.install_drained(i);
+            }
+            Action::StopCopier { key, whole } => self.install_stop_copier(i, key, whole),
+            Action::FinalPass { key, dest } => {
+                let Some(m) = self.srv[i].movers.get_mut(&key) else {
+                    return self.install_feed(i, Event::Pass(PassOutcome::Clean));
+                };
+                let (start, nblk) = (m.start, m.nblk);
+                let bits = m.take();
+                if !bits.iter().any(|b| *b) {
+                    return self.install_feed(i, Event::Pass(PassOutcome::Clean));
+                }
+                let what = format!(
+                    "{}: final copy of {}[{}] to {}",
+                    self.srv[i].id, key.0, key.1, dest.server,
+                );
+                self.note(what);
+                let fc = FinalCopy {
+                    key,
+                    dest,
+                    start,
+                    nblk,
+                    pass: Pass::new(bits),
+                };
+                self.set_wait(i, InWait::Final(fc));
+                self.final_step(i);
+            }
+            Action::FinalCheck { key } => {
+                let dirty = self.srv[i]
+                    .movers
+                    .get(&key)
+                    .is_some_and(|m| m.dirty.iter().any(|b| *b));
+                self.install_feed(i, Event::Checked { clean: !dirty });
+            }
+            Action::Untrack { key } | Action::Forget { key } => {
+                self.srv[i].movers.remove(&key);
+            }
+            Action::KeepTracked { key } => {
+                let id = self.srv[i].id.clone();
+                self.note(format!(
+                    "{id}: final copy of {}[{}] failed; not installing, will retry",
+                    key.0, key.1
+                ));
+            }
+            Action::RetryAfter(ms) => {
+                let token = self.install_token(i);
+                self.set_wait(i, InWait::Sleep);
+                self.timer(Self::me(i), ms, Timer::InstallWake(token));
+            }
+            Action::Install(new) => {
+                let s = &mut self.srv[i];
+                s.map = Arc::clone(&new);
+                if s.postponed.is_some_and(|g| g <= new.generation) {
+                    s.postponed = None;
+                }
+                s.generation.install(new.generation);
+                s.model_gen = new.generation;
+                s.own = tessera::cluster::node::Ownership::new(&new, &s.id, s.fence.caught_up());
+                let id = s.id.clone();
+                self.note(format!("{id} installed g{}", new.generation));
+                self.state_check = true;
+            }
+            // Durably, after the final copies and the install, before the ack.
+            Action::Persist(map) => self.srv[i].persisted = Some(map),
+            Action::OpenGate => self.gate_open(i),
+            Action::SyncMovers => {
+                self.srv_thaw(i);
+                self.mover_sync(i);
+                self.wake_waiters(i);
+            }
+            Action::Ack(generation) => {
+                self.set_wait(i, InWait::Ack);
+                self.srv_rpc(
+                    i,
+                    Req::Ack {
+                        server: i,
+                        generation,
+                    },
+                    RpcFor::InstallAck,
+                );
+            }
+            Action::Postpone(g) => {
+                self.stats.installs_postponed += 1;
+                self.srv[i].postponed = Some(g);
+                let id = self.srv[i].id.clone();
+                self.note(format!(
+                    "{id}: install of g{g} postponed: final copy incomplete"
+                ));
+                if !self.srv[i].fence.caught_up() {
+                    // `cluster::catch_up_done`: a fenced server fetches again.
+                    self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
+                }
+                // The watch stream will not send that generation again: the target schedules
+                // a refresh fetch (cluster::POSTPONED_RETRY, 1 s) to retry the install.
+                self.timer(Self::me(i), POSTPONED_RETRY_MS, Timer::PostponedRetry);
+            }
+            Action::Done => {
+                self.srv[i].install = None;
+                self.srv_kick(i);
+            }
+        }
+    }
+
+    /// `Action::StopCopier`: stop the extent's copier (wait for it if it is inside an await);
+    /// without copier state, track the whole extent, all of it dirty.
+    fn install_stop_copier(&mut self, i: usize, key: (String, usize), whole: Option<(u64, u64)>) {
+        if let Some(m) = self.srv[i].movers.get_mut(&key) {
+            m.stop = true;
+            if m.busy() {
+                let st = format!("{:?}", m.st);
+                let what = format!(
+                    "{}: stopping the copier of {}[{}] ({st})",
+                    self.srv[i].id, key.0, key.1
+                );
+                self.note(what);
+                self.set_wait(i, InWait::Stopping(key));
+            } else {
+                m.finish();
+                self.install_feed(i, Event::CopierStopped { tracked: true });
+            }
+            return;
+        }
+        let dest = self.srv[i]
+            .install
+            .as_ref()
+            .and_then(|ins| ins.m.map().owner(&key.0, key.1).cloned());
+        let (Some((off, len)), Some(dest)) = (whole, dest) else {
+            return self.install_feed(i, Event::CopierStopped { tracked: false });
+        };
+        let nblk = len / BLOCK;
+        let id = self.srv[i].id.clone();
+        self.note(format!(
+            "{id}: no copier state for {}[{}]: the whole extent is dirty",
+            key.0, key.1
+        ));
+        self.srv[i].movers.insert(
+            key,
+            Mover {
+                start: off / BLOCK,
+                nblk,
+                dest,
+                dirty: vec![true; chunks(nblk)],
+                stop: true,
+                c: Copier::new(CONVERGED_CHUNKS, PASSES_MAX),
+                st: MvSt::Done,
+                token: 0,
+                req: None,
+            },
+        );
+        self.install_feed(i, Event::CopierStopped { tracked: true });
     }
 
     /// Called when a command leaves the gate.
     pub fn install_drained(&mut self, i: usize) {
         let s = &self.srv[i];
-        let draining = matches!(
-            s.install.as_ref().and_then(|x| x.st.as_ref()),
-            Some(InSt::Drain)
-        );
+        let draining = matches!(s.install.as_ref().map(|x| &x.wait), Some(InWait::Drain));
         if draining && s.inside == 0 {
-            self.install_next_lost(i);
-        }
-    }
-
-    /// `mover::finish` for each lost extent, in order (all of them, even after a failure).
-    pub fn install_next_lost(&mut self, i: usize) {
-        let Some(ins) = &self.srv[i].install else {
-            return;
-        };
-        let Some(key) = ins.lost.get(ins.idx).cloned() else {
-            return if ins.ok {
-                self.install_apply(i)
-            } else {
-                self.install_postpone(i)
-            };
-        };
-        let (old, new) = (Arc::clone(&ins.old), Arc::clone(&ins.new));
-        let Some(dest) = new.owner(&key.0, key.1).cloned() else {
-            self.srv[i].movers.remove(&key);
-            return self.install_lost_done(i);
-        };
-        if let Some(m) = self.srv[i].movers.get_mut(&key) {
-            m.stop = true;
-            if m.busy() {
-                let what = format!(
-                    "{}: stopping the copier of {}[{}] ({:?})",
-                    self.srv[i].id,
-                    key.0,
-                    key.1,
-                    self.srv[i].movers.get(&key).map(|m| &m.st)
-                );
-                self.note(what);
-                self.set_install(i, InSt::Stopping(key));
-            } else {
-                m.finish();
-                self.final_begin(i, key, dest);
-            }
-            return;
-        }
-        // No copier state (restarted during the move, or a move started and switched between
-        // two maps we did not see): track the whole extent, all of it dirty, and go on as
-        // with a stopped copier.
-        let range = old.volume(&key.0).and_then(|v| v.extent_range(key.1));
-        match (old.owner(&key.0, key.1), range) {
-            (Some(o), Some((_, len))) => {
-                let nblk = len / BLOCK;
-                let id = self.srv[i].id.clone();
-                self.note(format!(
-                    "{id}: no copier state for {}[{}]: the whole extent is dirty",
-                    key.0, key.1
-                ));
-                self.srv[i].movers.insert(
-                    key.clone(),
-                    Mover {
-                        start: o.offset / BLOCK,
-                        nblk,
-                        dest: dest.clone(),
-                        dirty: vec![true; chunks(nblk)],
-                        stop: true,
-                        st: MvSt::Done,
-                        passes: 0,
-                        token: 0,
-                        req: None,
-                    },
-                );
-                self.final_begin(i, key, dest);
-            }
-            _ => self.install_lost_done(i),
+            self.install_feed(i, Event::Drained);
         }
     }
 
     /// The copier of `key` has stopped.
     pub fn install_copier_stopped(&mut self, i: usize, key: &(String, usize)) {
         let stopping = matches!(
-            self.srv[i].install.as_ref().and_then(|x| x.st.as_ref()),
-            Some(InSt::Stopping(k)) if k.0 == key.0 && k.1 == key.1
+            self.srv[i].install.as_ref().map(|x| &x.wait),
+            Some(InWait::Stopping(k)) if k.0 == key.0 && k.1 == key.1
         );
-        if !stopping {
-            return;
+        if stopping {
+            self.install_feed(i, Event::CopierStopped { tracked: true });
         }
-        let Some(dest) = self.srv[i]
-            .install
-            .as_ref()
-            .and_then(|ins| ins.new.owner(&key.0, key.1).cloned())
-        else {
-            return;
-        };
-        self.final_begin(i, key.clone(), dest);
-    }
-
-    fn final_begin(&mut self, i: usize, key: (String, usize), dest: Replica) {
-        let (start, nblk) = match self.srv[i].movers.get(&key) {
-            Some(m) => (m.start, m.nblk),
-            None => return self.install_lost_done(i),
-        };
-        let fc = FinalCopy {
-            key,
-            dest,
-            start,
-            nblk,
-            round: 0,
-            pass: Pass::default(),
-        };
-        self.final_round(i, fc);
-    }
-
-    fn final_round(&mut self, i: usize, mut fc: FinalCopy) {
-        if fc.round >= FINAL_ROUNDS {
-            return self.final_done(i, &fc);
-        }
-        let bits = match self.srv[i].movers.get_mut(&fc.key) {
-            Some(m) => m.take(),
-            None => return self.final_done(i, &fc),
-        };
-        if !bits.iter().any(|b| *b) {
-            return self.final_done(i, &fc);
-        }
-        let what = format!(
-            "{}: final copy of {}[{}] to {}, round {}",
-            self.srv[i].id, fc.key.0, fc.key.1, fc.dest.server, fc.round,
-        );
-        self.note(what);
-        fc.pass = Pass::new(bits);
-        self.set_install(i, InSt::Final(fc));
-        self.final_step(i);
     }
 
     /// Copies the next dirty range of the final pass (no stop flag: all of it).
     fn final_step(&mut self, i: usize) {
-        let Some(InSt::Final(mut fc)) = self.install_state(i) else {
+        let Some(ins) = &mut self.srv[i].install else {
+            return;
+        };
+        let InWait::Final(fc) = &mut ins.wait else {
             return;
         };
         match fc.pass.next_range(fc.nblk) {
-            None => {
-                // The pass succeeded.
-                fc.round += 1;
-                self.final_round(i, fc);
-            }
+            // The pass succeeded.
+            None => self.install_feed(i, Event::Pass(PassOutcome::Copied)),
             Some((first, n)) => {
                 let src = fc.start + first;
                 let dest_blk = fc.dest.offset / BLOCK + first;
                 let dest = fc.dest.server.clone();
                 let t = self.copy_start(i, CopyOwner::Install, src, n, dest, dest_blk);
-                fc.pass.task = Some(t);
-                self.set_install(i, InSt::Final(fc));
+                if let Some(Install {
+                    wait: InWait::Final(fc),
+                    ..
+                }) = &mut self.srv[i].install
+                {
+                    fc.pass.task = Some(t);
+                }
             }
         }
     }
 
     pub fn install_copy_done(&mut self, i: usize, res: Copied) {
-        let Some(InSt::Final(mut fc)) = self.install_state(i) else {
+        let id = self.srv[i].id.clone();
+        let Some(ins) = &mut self.srv[i].install else {
+            return;
+        };
+        let InWait::Final(fc) = &mut ins.wait else {
             return;
         };
         fc.pass.task = None;
-        if res == Copied::NotSource {
-            // mover.rs `finish`: the move was switched without us; our copy is obsolete.
-            let id = self.srv[i].id.clone();
-            self.note(format!(
-                "{id}: final copy of {}[{}] refused (not the source): dropped",
-                fc.key.0, fc.key.1
-            ));
-            self.stats.copies_refused += 1;
-            self.srv[i].movers.remove(&fc.key);
-            return self.install_lost_done(i);
+        match res {
+            Copied::Yes => self.final_step(i),
+            Copied::NotSource => {
+                // The move was switched without us; our copy is obsolete.
+                let what = format!(
+                    "{id}: final copy of {}[{}] refused (not the source): dropped",
+                    fc.key.0, fc.key.1
+                );
+                self.note(what);
+                self.stats.copies_refused += 1;
+                self.install_feed(i, Event::Pass(PassOutcome::NotSource));
+            }
+            Copied::No => {
+                let what = format!(
+                    "{id}: final copy of {}[{}] failed; retrying",
+                    fc.key.0, fc.key.1
+                );
+                let (key, bits) = (fc.key.clone(), std::mem::take(&mut fc.pass.bits));
+                self.note(what);
+                if let Some(m) = self.srv[i].movers.get_mut(&key) {
+                    m.remark(&bits, 0);
+                }
+                self.install_feed(i, Event::Pass(PassOutcome::Failed));
+            }
         }
-        if res == Copied::Yes {
-            self.set_install(i, InSt::Final(fc));
-            return self.final_step(i);
-        }
-        let id = self.srv[i].id.clone();
-        self.note(format!(
-            "{id}: final copy of {}[{}] failed; retrying",
-            fc.key.0, fc.key.1
-        ));
-        if let Some(m) = self.srv[i].movers.get_mut(&fc.key) {
-            m.remark(&fc.pass.bits, 0);
-        }
-        let token = self.install_token(i);
-        self.set_install(i, InSt::FinalSleep(fc));
-        self.timer(Self::me(i), FINAL_RETRY_MS, Timer::InstallWake(token));
     }
 
     fn install_token(&mut self, i: usize) -> u64 {
@@ -312,139 +359,23 @@ impl World {
         }
     }
 
-    /// The end of `mover::finish`: clean -> `untrack`, Ok; dirty chunks left -> the region
-    /// stays tracked (a stopped mover), Err.
-    fn final_done(&mut self, i: usize, fc: &FinalCopy) {
-        let dirty = self.srv[i]
-            .movers
-            .get(&fc.key)
-            .is_some_and(|m| m.dirty.iter().any(|b| *b));
-        if dirty {
-            let id = self.srv[i].id.clone();
-            self.note(format!(
-                "{id}: final copy of {}[{}] failed; not installing, will retry",
-                fc.key.0, fc.key.1
-            ));
-            if let Some(ins) = &mut self.srv[i].install {
-                ins.ok = false;
-            }
-        } else {
-            self.srv[i].movers.remove(&fc.key);
-        }
-        self.install_lost_done(i);
-    }
-
-    /// `install` after a failed `mover::finish`: gate open, no install, no ack.
-    fn install_postpone(&mut self, i: usize) {
-        let Some(ins) = self.srv[i].install.take() else {
-            return;
-        };
-        self.stats.installs_postponed += 1;
-        self.srv[i].postponed = Some(ins.new.generation);
-        let id = self.srv[i].id.clone();
-        self.note(format!(
-            "{id}: install of g{} postponed: final copy incomplete",
-            ins.new.generation
-        ));
-        self.gate_open(i);
-        if !self.srv[i].caught_up {
-            // `cluster::catch_up_done`: a fenced server fetches again.
-            self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
-        }
-        // The watch stream will not send that generation again: the target schedules a
-        // refresh fetch (cluster::POSTPONED_RETRY, 1 s) to retry the install.
-        self.timer(Self::me(i), POSTPONED_RETRY_MS, Timer::PostponedRetry);
-        self.srv_kick(i);
-    }
-
-    fn install_lost_done(&mut self, i: usize) {
-        if let Some(ins) = &mut self.srv[i].install {
-            ins.idx += 1;
-        }
-        self.install_next_lost(i);
-    }
-
     pub fn install_wake(&mut self, i: usize, token: u64) {
-        if self.srv[i]
+        let due = self.srv[i]
             .install
             .as_ref()
-            .is_none_or(|x| x.token != token)
-        {
-            return;
+            .is_some_and(|x| x.token == token && matches!(x.wait, InWait::Sleep));
+        if due {
+            self.install_feed(i, Event::Timer);
         }
-        match self.install_state(i) {
-            Some(InSt::FinalSleep(mut fc)) => {
-                fc.round += 1;
-                self.final_round(i, fc);
-            }
-            Some(InSt::AckSleep(attempt)) => self.install_ack(i, attempt + 1),
-            Some(other) => self.set_install(i, other),
-            None => {}
-        }
-    }
-
-    /// Map, generation, gate open, movers, then the ack (cluster/mod.rs `install`).
-    fn install_apply(&mut self, i: usize) {
-        let Some(ins) = &self.srv[i].install else {
-            return;
-        };
-        let new = Arc::clone(&ins.new);
-        let fenced = !ins.lost.is_empty();
-        let s = &mut self.srv[i];
-        s.map = Arc::clone(&new);
-        if s.postponed.is_some_and(|g| g <= new.generation) {
-            s.postponed = None;
-        }
-        s.generation.install(new.generation);
-        s.model_gen = new.generation;
-        s.own = tessera::cluster::node::Ownership::new(&new, &s.id, s.caught_up);
-        // Persisted (durably) after the final copies and the install, before the ack.
-        s.persisted = Some(Arc::clone(&new));
-        let id = s.id.clone();
-        self.note(format!("{id} installed g{}", new.generation));
-        self.state_check = true;
-        if fenced {
-            self.gate_open(i);
-        }
-        self.srv_thaw(i);
-        self.mover_sync(i);
-        self.wake_waiters(i);
-        self.install_ack(i, 0);
-    }
-
-    fn install_ack(&mut self, i: usize, attempt: u32) {
-        if attempt >= ACK_TRIES {
-            self.srv[i].install = None;
-            return self.srv_kick(i);
-        }
-        let Some(g) = self.srv[i].install.as_ref().map(|x| x.new.generation) else {
-            return;
-        };
-        self.set_install(i, InSt::Ack(attempt));
-        self.srv_rpc(
-            i,
-            Req::Ack {
-                server: i,
-                generation: g,
-            },
-            RpcFor::InstallAck,
-        );
     }
 
     pub fn install_ack_done(&mut self, i: usize, ok: bool) {
-        let Some(InSt::Ack(attempt)) = self.install_state(i) else {
-            return;
-        };
-        if ok {
-            self.srv[i].install = None;
-            return self.srv_kick(i);
-        }
-        let token = self.install_token(i);
-        self.set_install(i, InSt::AckSleep(attempt));
-        self.timer(
-            Self::me(i),
-            ACK_BACKOFF_MS << attempt,
-            Timer::InstallWake(token),
+        let acking = matches!(
+            self.srv[i].install.as_ref().map(|x| &x.wait),
+            Some(InWait::Ack)
         );
+        if acking {
+            self.install_feed(i, Event::AckDone { ok });
+        }
     }
 }

@@ -1,19 +1,20 @@
-//! Copy-then-switch on the owner, following target/src/cluster/mover.rs: while the owner's map
+//! Copy-then-switch on the owner: the shell of the REAL copier
+//! (`tessera::cluster::node::copier::Copier`, as target/src/cluster/mover.rs drives it), which
+//! decides when to copy a pass, retry, report move-ready and end. Here: while the owner's map
 //! says an extent it owns is moving, writes to its pool range are tracked (dirty chunks of
-//! `TRACK_CHUNK` bytes); the copier copies the dirty chunks (all of them at first) in ranges of
-//! up to `COPY_IO_MAX`, pass after pass, until a pass copied at most `CONVERGED_CHUNKS`
-//! (or `PASSES_MAX` passes), then tells the manager (`move-ready`) until it is stopped.
-//! `sync` starts copiers for new moves and aborts those no longer wanted.
+//! `TRACK_CHUNK` bytes); a pass copies the dirty chunks it took in ranges of up to
+//! `COPY_IO_MAX` (`node::next_dirty_run`), stopping at a chunk boundary when an install stops
+//! it. `sync` starts copiers for new moves and aborts those no longer wanted.
 
 use manager::api::MoveReadyRequest;
 use manager::map::Replica;
+use tessera::cluster::node::copier::{Action, Copier, Event};
 
 use super::server::{CopyOwner, Task};
 use super::world::{BLOCK, Node, Req, Timer, World};
 
 // The daemon's copier policy (`tessera::cluster::mover`, `pool`, `node::policy`).
 pub use tessera::cluster::mover::{CONVERGED_CHUNKS, PASSES_MAX};
-pub use tessera::cluster::node::policy::{PASS_RETRY_MS, READY_RETRY_MS};
 /// pool.rs `TRACK_CHUNK` (4 KiB) in blocks.
 pub const CHUNK_BLOCKS: u64 = tessera::cluster::pool::TRACK_CHUNK / BLOCK;
 /// mover.rs `COPY_IO_MAX / TRACK_CHUNK`.
@@ -62,12 +63,16 @@ impl Pass {
     }
 }
 
+/// What the copier's shell waits for.
 #[derive(Debug)]
 pub enum MvSt {
+    /// The copies of a pass (`PassDone` / `PassFailed`).
     Pass(Pass),
+    /// A timer with this token (`Timer`).
     Sleep(u64),
+    /// The manager's answer to move-ready, the RPC in flight (`ReadyDone`).
     Ready(Option<u64>),
-    ReadySleep(u64),
+    /// Over (or not started: an install's final copy without copier state).
     Done,
 }
 
@@ -79,8 +84,9 @@ pub struct Mover {
     pub dest: Replica,
     pub dirty: Vec<bool>,
     pub stop: bool,
+    /// The REAL copier (`tessera::cluster::node::copier::Copier`): it decides.
+    pub c: Copier,
     pub st: MvSt,
-    pub passes: u32,
     pub token: u64,
     pub req: Option<MoveReadyRequest>,
 }
@@ -90,7 +96,7 @@ impl Mover {
     pub fn busy(&self) -> bool {
         match &self.st {
             MvSt::Pass(p) => p.task.is_some(),
-            MvSt::Sleep(_) | MvSt::ReadySleep(_) | MvSt::Ready(Some(_)) => true,
+            MvSt::Sleep(_) | MvSt::Ready(Some(_)) => true,
             MvSt::Ready(None) | MvSt::Done => false,
         }
     }
@@ -130,28 +136,16 @@ impl World {
     /// mover.rs `sync`: copiers for the extents this server owns that its map says are moving.
     pub fn mover_sync(&mut self, i: usize) {
         let me = self.srv[i].id.clone();
-        let map = std::sync::Arc::clone(&self.srv[i].map);
-        let mut want = Vec::new();
-        // A server that does not serve (marked down, or catching up) copies nothing.
-        let serving = self.srv[i].own.serving();
-        for v in map.volumes.iter().filter(|_| serving) {
-            for (e, ext) in v.extents.iter().enumerate() {
-                let (Some(owner), Some(mv)) = (ext.replicas.first(), &ext.moving) else {
-                    continue;
-                };
-                if owner.server != me {
-                    continue;
-                }
-                if let Some((_, len)) = v.extent_range(e) {
-                    want.push((
-                        (v.name.clone(), e),
-                        owner.offset / BLOCK,
-                        len / BLOCK,
-                        mv.to.clone(),
-                    ));
-                }
-            }
-        }
+        // The REAL rule (`node::copier::wanted`): a server that does not serve (marked down,
+        // or catching up) copies nothing.
+        let want: Vec<_> = tessera::cluster::node::copier::wanted(
+            &self.srv[i].map,
+            &me,
+            self.srv[i].own.serving(),
+        )
+        .into_iter()
+        .map(|w| (w.key, w.offset / BLOCK, w.len / BLOCK, w.dest))
+        .collect();
         let s = &mut self.srv[i];
         let unwanted: Vec<_> = s
             .movers
@@ -184,13 +178,59 @@ impl World {
                     dest,
                     dirty: vec![true; chunks(nblk)],
                     stop: false,
+                    c: Copier::new(CONVERGED_CHUNKS, PASSES_MAX),
                     st: MvSt::Done,
-                    passes: 0,
                     token: 0,
                     req: None,
                 },
             );
-            self.mover_pass_begin(i, &key);
+            self.mover_feed(i, &key, Event::Start);
+        }
+    }
+
+    /// Feeds the copier of `key` one event and carries out its action.
+    fn mover_feed(&mut self, i: usize, key: &(String, usize), ev: Event) {
+        let cur = self.srv[i].generation.current();
+        let me = self.srv[i].id.clone();
+        let Some(m) = self.srv[i].movers.get_mut(key) else {
+            return;
+        };
+        let Some(action) = m.c.on_event(ev, m.stop) else {
+            return;
+        };
+        match action {
+            Action::CopyPass => self.mover_pass_begin(i, key),
+            Action::RetryAfter(ms) => {
+                m.token += 1;
+                m.st = MvSt::Sleep(m.token);
+                let token = m.token;
+                self.timer(
+                    Node::Srv(i),
+                    ms,
+                    Timer::MoverWake {
+                        key: key.clone(),
+                        token,
+                    },
+                );
+            }
+            Action::MoveReady => {
+                if m.req.is_none() {
+                    m.req = Some(MoveReadyRequest {
+                        server: me.clone(),
+                        volume: key.0.clone(),
+                        extent: key.1,
+                        generation: cur,
+                    });
+                    self.note(format!("{me}: copy of {}[{}] converged", key.0, key.1));
+                }
+                self.mover_ready_send(i, key);
+            }
+            Action::Done => {
+                m.st = MvSt::Done;
+                if m.stop {
+                    self.install_copier_stopped(i, key);
+                }
+            }
         }
     }
 
@@ -214,13 +254,16 @@ impl World {
         };
         let saved = p.cursor;
         match p.next_range(nblk) {
-            None => self.mover_pass_done(i, key, true),
+            None => {
+                let chunks = p.bits.iter().filter(|b| **b).count();
+                self.mover_feed(i, key, Event::PassDone { chunks });
+            }
             Some(_) if stop => {
                 p.cursor = saved;
                 let from = p.current.max(saved);
                 let bits = std::mem::take(&mut p.bits);
                 m.remark(&bits, from);
-                self.mover_pass_done(i, key, false);
+                self.mover_feed(i, key, Event::PassFailed);
             }
             Some((first, n)) => {
                 let t = self.copy_start(
@@ -257,61 +300,11 @@ impl World {
         let from = p.current;
         let bits = std::mem::take(&mut p.bits);
         m.remark(&bits, from);
-        self.mover_pass_done(i, key, false);
-    }
-
-    fn mover_pass_done(&mut self, i: usize, key: &(String, usize), ok: bool) {
-        let cur = self.srv[i].generation.current();
-        let me = self.srv[i].id.clone();
-        let Some(m) = self.srv[i].movers.get_mut(key) else {
-            return;
-        };
-        if !ok {
-            if m.stop {
-                m.st = MvSt::Done;
-                return self.install_copier_stopped(i, key);
-            }
-            m.token += 1;
-            m.st = MvSt::Sleep(m.token);
-            let token = m.token;
-            return self.timer(
-                Node::Srv(i),
-                PASS_RETRY_MS,
-                Timer::MoverWake {
-                    key: key.clone(),
-                    token,
-                },
-            );
-        }
-        let n = match &m.st {
-            MvSt::Pass(p) => p.bits.iter().filter(|b| **b).count(),
-            _ => 0,
-        };
-        m.passes += 1;
-        if tessera::cluster::node::converged(n, m.passes, CONVERGED_CHUNKS, PASSES_MAX) {
-            m.req = Some(MoveReadyRequest {
-                server: me.clone(),
-                volume: key.0.clone(),
-                extent: key.1,
-                generation: cur,
-            });
-            m.st = MvSt::Ready(None);
-            self.note(format!("{me}: copy of {}[{}] converged", key.0, key.1));
-            self.mover_ready_send(i, key);
-        } else {
-            self.mover_pass_begin(i, key);
-        }
+        self.mover_feed(i, key, Event::PassFailed);
     }
 
     fn mover_ready_send(&mut self, i: usize, key: &(String, usize)) {
-        let Some(m) = self.srv[i].movers.get_mut(key) else {
-            return;
-        };
-        if m.stop {
-            m.st = MvSt::Done;
-            return self.install_copier_stopped(i, key);
-        }
-        let Some(req) = m.req.clone() else {
+        let Some(req) = self.srv[i].movers.get(key).and_then(|m| m.req.clone()) else {
             return;
         };
         let id = self.rpc(Node::Srv(i), Req::MoveReady(req));
@@ -324,47 +317,22 @@ impl World {
     }
 
     pub fn mover_ready_done(&mut self, i: usize, key: &(String, usize), ok: bool) {
-        let Some(m) = self.srv[i].movers.get_mut(key) else {
-            return;
-        };
-        if !matches!(m.st, MvSt::Ready(Some(_))) {
-            return;
+        let waiting = self.srv[i]
+            .movers
+            .get(key)
+            .is_some_and(|m| matches!(m.st, MvSt::Ready(Some(_))));
+        if waiting {
+            self.mover_feed(i, key, Event::ReadyDone { ok });
         }
-        if ok {
-            m.st = MvSt::Done;
-            if m.stop {
-                self.install_copier_stopped(i, key);
-            }
-            return;
-        }
-        m.token += 1;
-        m.st = MvSt::ReadySleep(m.token);
-        let token = m.token;
-        self.timer(
-            Node::Srv(i),
-            READY_RETRY_MS,
-            Timer::MoverWake {
-                key: key.clone(),
-                token,
-            },
-        );
     }
 
     pub fn mover_wake(&mut self, i: usize, key: &(String, usize), token: u64) {
-        let Some(m) = self.srv[i].movers.get_mut(key) else {
-            return;
-        };
-        match m.st {
-            MvSt::Sleep(t) if t == token => {
-                if m.stop {
-                    m.st = MvSt::Done;
-                    self.install_copier_stopped(i, key);
-                } else {
-                    self.mover_pass_begin(i, key);
-                }
-            }
-            MvSt::ReadySleep(t) if t == token => self.mover_ready_send(i, key),
-            _ => {}
+        let due = self.srv[i]
+            .movers
+            .get(key)
+            .is_some_and(|m| matches!(m.st, MvSt::Sleep(t) if t == token));
+        if due {
+            self.mover_feed(i, key, Event::Timer);
         }
     }
 }

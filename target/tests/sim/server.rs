@@ -2,14 +2,16 @@
 //! stamp check, behind-wait) and routed.rs (host I/O routed with retries). The stamp check is
 //! the REAL `tessera::cluster::generation::GenerationState`; the fencing rules (which map a
 //! restart boots from, who may write where, when a server serves) and the retry policy are the
-//! REAL `tessera::cluster::node`. The model keeps its own record of the installed generation
+//! REAL `tessera::cluster::node`, and so are the install of a map and the copier of a moving
+//! extent (`node::install::Install`, `node::copier::Copier`: install.rs and mover.rs here only
+//! carry out their actions). The simulation keeps its own record of the installed generation
 //! too, so a broken check is caught at the execution point.
 //!
 //! The pool is durable (a crash is a process restart: the pool survives, RAM does not: map,
 //! generation, gate, dirty maps, commands in flight). So is the persisted map (the restart-in-1a
 //! fix): every install persists its map after the final copies and before the ack, a boot
 //! persists the map it boots with, and a restart boots from the persisted map, then installs
-//! the manager's newer map through the normal `install` (gate, `mover::finish` of the whole
+//! the manager's newer map through the normal `install` (gate, the final copy of the whole
 //! lost extent: a restarted server has no copier state).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -25,12 +27,11 @@ use super::world::{
     BLOCK, BlockKey, Gen, IoRes, Msg, Mutation, Node, POOL_BLOCKS, Rep, Req, Role, Timer, World,
 };
 
-// The daemon's retry policy (`tessera::cluster::node::policy`): routed pieces, copies, final
-// copies, acks, boot, re-acks, catch-up.
+// The daemon's timing policy (`tessera::cluster::node::policy`): boot, re-acks, catch-up,
+// postponed installs. (Retries of routed pieces and copies, final copies and acks are the
+// node's machines: `node::retry`, `node::install`.)
 pub use tessera::cluster::node::policy::{
-    ACK_BACKOFF_MS, ACK_TRIES, BOOT_RETRY_MS, CATCH_UP_RETRY_MS, COPY_BACKOFF_MAX_MS,
-    COPY_BACKOFF_MIN_MS, COPY_TRIES, FINAL_RETRY_MS, FINAL_ROUNDS, POSTPONED_RETRY_MS, REACK_MS,
-    ROUTE_BACKOFF_MAX_MS, ROUTE_BACKOFF_MIN_MS, ROUTE_TRIES,
+    BOOT_RETRY_MS, CATCH_UP_RETRY_MS, POSTPONED_RETRY_MS, REACK_MS,
 };
 /// io.rs `BEHIND_WAIT`.
 pub const BEHIND_WAIT_MS: u64 = tessera::controller::io::BEHIND_WAIT.as_millis() as u64;
@@ -61,11 +62,12 @@ pub enum RpcFor {
     ReAck,
 }
 
-/// Retry state shared by routed pieces and copies.
+/// Retry state shared by routed pieces and copies: the REAL retry rule
+/// (`tessera::cluster::node::retry::Retry`: tries, stamps, backoff, mismatch answers), and
+/// what the shell waits for.
 #[derive(Debug, Clone)]
 pub struct Retry {
-    pub tries: u32,
-    pub backoff: u64,
+    pub m: node::retry::Retry,
     /// The command in flight and the generation it was stamped with.
     pub io: Option<(u64, Gen)>,
     /// Waiting for this server to reach this generation (`wait_for`).
@@ -74,10 +76,9 @@ pub struct Retry {
 }
 
 impl Retry {
-    fn new() -> Self {
+    fn new(m: node::retry::Retry) -> Self {
         Self {
-            tries: 0,
-            backoff: ROUTE_BACKOFF_MIN_MS,
+            m,
             io: None,
             wait: None,
             token: 0,
@@ -119,12 +120,9 @@ pub enum Task {
         dest: String,
         dest_blk: u64,
         data: Vec<u64>,
+        /// A final copy (inside an install) adopts the generation the new owner reports
+        /// (`Retry::copy(final_pass, ..)`).
         r: Retry,
-        /// `final_pass` (the copy runs inside an install): stamped with `stamp`, which starts
-        /// as our generation and becomes the generation the new owner reports in an 80h
-        /// answer; otherwise stamped with our current generation at each try.
-        final_pass: bool,
-        stamp: Gen,
     },
 }
 
@@ -136,37 +134,39 @@ impl Task {
     }
 }
 
+/// The final copy of one lost extent in progress (`Action::FinalPass`).
 #[derive(Debug)]
 pub struct FinalCopy {
     pub key: (String, usize),
     pub dest: Replica,
     pub start: u64,
     pub nblk: u64,
-    pub round: u32,
     pub pass: Pass,
 }
 
+/// What the install waits for (the event it will be fed).
 #[derive(Debug)]
-pub enum InSt {
-    /// Gate closed, waiting for commands inside to leave.
+pub enum InWait {
+    /// Nothing (running its actions).
+    No,
+    /// Gate closed, the commands inside to leave (`Drained`).
     Drain,
-    /// Waiting for the copier of this extent to stop.
+    /// The copier of this extent to stop (`CopierStopped`).
     Stopping((String, usize)),
+    /// The copies of a final pass (`Pass`).
     Final(FinalCopy),
-    FinalSleep(FinalCopy),
-    Ack(u32),
-    AckSleep(u32),
+    /// A timer (`Timer`).
+    Sleep,
+    /// The ack's answer (`AckDone`).
+    Ack,
 }
 
+/// An install in progress: the REAL `tessera::cluster::node::install::Install` machine, and
+/// what its shell here waits for.
 #[derive(Debug)]
 pub struct Install {
-    pub new: Arc<ClusterMap>,
-    pub old: Arc<ClusterMap>,
-    pub lost: Vec<(String, usize)>,
-    pub idx: usize,
-    /// Every `mover::finish` so far succeeded (`ok &= finish(..)`): else no install, no ack.
-    pub ok: bool,
-    pub st: Option<InSt>,
+    pub m: node::install::Install,
+    pub wait: InWait,
     pub token: u64,
 }
 
@@ -196,13 +196,9 @@ pub struct Server {
     /// The real fencing rule's view of this server's map (`node::Ownership`), rebuilt at
     /// every install; not serving until the catch-up install after a restart.
     pub own: Ownership,
-    /// Installed the current map since it booted (`cluster::Admission::caught_up`).
-    pub caught_up: bool,
-    /// Bumped by every fence (`cluster::Admission::epoch`).
-    pub epoch: u64,
-    /// A fetch that started at fence epoch `.0` brought generation `.1`: installing it (or
-    /// a newer one) lifts the fence (`cluster::catch_up_done`).
-    pub thaw: Option<(u64, Gen)>,
+    /// Installed the current map since it booted or was last found frozen: the REAL rule
+    /// (`node::Fence`, as `cluster::Admission` holds it).
+    pub fence: node::Fence,
     /// Hung (SIGSTOP) since then, until `hung_until` (world.rs `hang_one`).
     pub hung_since: Option<u64>,
     pub hung_until: u64,
@@ -248,9 +244,7 @@ impl Server {
             before_crash: 0,
             postponed: None,
             own: Ownership::default(),
-            caught_up: false,
-            epoch: 0,
-            thaw: None,
+            fence: node::Fence::new(false),
             hung_since: None,
             hung_until: 0,
             down_gen: None,
@@ -356,10 +350,12 @@ impl World {
         s.generation = GenerationState::new(g);
         s.model_gen = g;
         s.boot_install = newer.is_some();
-        s.caught_up = newer.is_none();
-        s.own = Ownership::new(&s.map, &s.id, s.caught_up);
+        s.fence = node::Fence::new(newer.is_none());
+        s.own = Ownership::new(&s.map, &s.id, s.fence.caught_up());
         // The fetched map was fetched after the start: installing it lifts the start's fence.
-        s.thaw = newer.as_ref().map(|m| (s.epoch, m.generation));
+        if let (Some(m), Some(epoch)) = (&newer, s.fence.fetch_started()) {
+            s.fence.fetched(epoch, m.generation);
+        }
         let how = if from_persisted {
             self.stats.boots_from_persisted += 1;
             " from its persisted map"
@@ -455,9 +451,7 @@ impl World {
         {
             return;
         }
-        s.caught_up = false;
-        s.epoch += 1;
-        s.thaw = None;
+        s.fence.fence();
         s.own = Ownership::new(&s.map, &s.id, false);
         self.stats.freezes_detected += 1;
         let what = format!(
@@ -472,14 +466,9 @@ impl World {
     /// `cluster::catch_up_done`: the map fetched after the latest fence is installed.
     pub fn srv_thaw(&mut self, i: usize) {
         let s = &mut self.srv[i];
-        let Some((epoch, target)) = s.thaw else {
-            return;
-        };
-        if s.caught_up || epoch != s.epoch || s.map.generation < target {
+        if !s.fence.try_thaw(s.map.generation) {
             return;
         }
-        s.thaw = None;
-        s.caught_up = true;
         s.own = Ownership::new(&s.map, &s.id, true);
         let what = format!(
             "{} has the current map (g{}): serving",
@@ -555,7 +544,7 @@ impl World {
                         key,
                         data,
                         started: false,
-                        r: Retry::new(),
+                        r: Retry::new(node::retry::Retry::route()),
                     },
                 );
                 if self.srv[i].gate_closed {
@@ -610,7 +599,7 @@ impl World {
             }
             Timer::MoverWake { key, token } => self.mover_wake(i, &key, token),
             Timer::InstallWake(token) => self.install_wake(i, token),
-            Timer::CatchUp if !self.srv[i].caught_up => self.srv_refresh(i),
+            Timer::CatchUp if !self.srv[i].fence.caught_up() => self.srv_refresh(i),
             Timer::ReAck => {
                 self.srv[i].reack_due = true;
                 self.srv_kick(i);
@@ -646,7 +635,7 @@ impl World {
                     // fence lifts it once its map is installed (or if it is not newer).
                     Some(Rep::Map(m)) => {
                         if let Some(epoch) = fenced {
-                            s.thaw = Some((epoch, m.generation));
+                            s.fence.fetched(epoch, m.generation);
                         }
                         if m.generation > s.map.generation {
                             s.inbox.push_front(m);
@@ -654,7 +643,7 @@ impl World {
                             self.srv_thaw(i);
                         }
                     }
-                    _ if !s.caught_up => {
+                    _ if !s.fence.caught_up() => {
                         self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
                     }
                     _ => {}
@@ -892,7 +881,11 @@ impl World {
         let data = self.srv[i].pool[src as usize..(src + n) as usize].to_vec();
         let t = self.id();
         let final_pass = matches!(owner, CopyOwner::Install);
-        let stamp = self.srv[i].generation.current();
+        let mut m = node::retry::Retry::copy(final_pass, self.srv[i].generation.current());
+        // The mutation takes the final copy for an ordinary one (no adoption).
+        if self.cfg.mutation == Mutation::FinalCopyKeepsOwnStamp {
+            m = m.without_adoption();
+        }
         self.srv[i].tasks.insert(
             t,
             Task::Copy {
@@ -900,12 +893,7 @@ impl World {
                 dest,
                 dest_blk,
                 data,
-                r: Retry {
-                    backoff: COPY_BACKOFF_MIN_MS,
-                    ..Retry::new()
-                },
-                final_pass,
-                stamp,
+                r: Retry::new(m),
             },
         );
         self.task_try(i, t);
@@ -922,10 +910,9 @@ impl World {
         };
         match task {
             Task::Host { key, data, r, .. } => {
-                if r.tries >= ROUTE_TRIES {
+                let Some(cur) = r.m.next_try(cur) else {
                     return self.host_finish(i, t, None);
-                }
-                r.tries += 1;
+                };
                 let (key, data) = (*key, *data);
                 // `locate`, under the current map.
                 let loc = map.volume(&self.vol_names[key.0]).and_then(|v| {
@@ -967,16 +954,12 @@ impl World {
                 dest_blk,
                 data,
                 r,
-                final_pass,
-                stamp,
                 ..
             } => {
-                if r.tries >= COPY_TRIES {
+                let Some(g) = r.m.next_try(cur) else {
                     return self.copy_finish(i, t, Copied::No);
-                }
-                r.tries += 1;
+                };
                 let (dest, dest_blk, data) = (dest.clone(), *dest_blk, data.clone());
-                let g = if *final_pass { *stamp } else { cur };
                 let Some(d) = map.server(&dest).and_then(|_| World::server_index(&dest)) else {
                     return self.copy_finish(i, t, Copied::No);
                 };
@@ -1002,70 +985,49 @@ impl World {
             return;
         };
         let is_host = matches!(task, Task::Host { .. });
-        let final_pass = matches!(
-            task,
-            Task::Copy {
-                final_pass: true,
-                ..
-            }
-        );
         let r = task.retry();
         let Some((_, sent)) = r.io.take() else {
             return;
         };
-        let max = if is_host {
-            ROUTE_BACKOFF_MAX_MS
-        } else {
-            COPY_BACKOFF_MAX_MS
-        };
-        let backoff = r.backoff;
-        r.backoff = (r.backoff * 2).min(max);
-        match res {
+        let answer = match res {
             Some(IoRes::Done(v)) => {
-                if is_host {
+                return if is_host {
                     let val = v.first().copied().unwrap_or(0);
                     self.host_finish(i, t, Some(val));
                 } else {
                     self.copy_finish(i, t, Copied::Yes);
-                }
+                };
             }
             // Access Denied (DNR): routed.rs gives the host an error; a copy is refused under
             // the source rule (mover.rs `CopyError::NotSource`).
             Some(IoRes::Denied) => {
-                if is_host {
+                return if is_host {
                     self.host_finish(i, t, None);
                 } else {
                     self.copy_finish(i, t, Copied::NotSource);
-                }
+                };
             }
-            Some(IoRes::Stale(g) | IoRes::Behind(g)) => {
-                // The real rule (`node::on_mismatch`); the mutation takes the final copy for an
-                // ordinary one.
-                let adopts = final_pass && self.cfg.mutation != Mutation::FinalCopyKeepsOwnStamp;
-                match node::on_mismatch(sent, g, adopts) {
-                    // The final copy adopts the new owner's generation and retries at once
-                    // (our own map cannot catch up: the watch loop is inside this install).
-                    node::OnMismatch::Adopt(theirs) => {
-                        if let Some(Task::Copy { stamp, .. }) = self.srv[i].tasks.get_mut(&t) {
-                            *stamp = theirs;
-                        }
-                        self.stats.stamps_adopted += 1;
-                        self.task_wait(i, t, None, 0);
-                    }
-                    // We are behind: fetch the map now and wait for it (bounded).
-                    node::OnMismatch::Refresh(theirs) => {
-                        self.srv_refresh(i);
-                        self.task_wait(i, t, Some(theirs), backoff * 4);
-                    }
-                    // The peer is behind: it catches up through its own watch stream.
-                    node::OnMismatch::Backoff => self.task_wait(i, t, None, backoff),
-                }
+            Some(IoRes::Stale(g) | IoRes::Behind(g)) => node::retry::Answer::Mismatch { theirs: g },
+            None => node::retry::Answer::Lost,
+        };
+        match r.m.on_answer(sent, answer) {
+            // The final copy adopted the new owner's generation and retries at once (our own
+            // map cannot catch up: the watch loop is inside this install).
+            node::retry::Next::Now => {
+                self.stats.stamps_adopted += 1;
+                self.task_wait(i, t, None, 0);
             }
-            None => {
-                if is_host {
+            // We are behind: fetch the map now and wait for it (bounded).
+            node::retry::Next::WaitFor { generation, ms } => {
+                self.srv_refresh(i);
+                self.task_wait(i, t, Some(generation), ms);
+            }
+            // The peer is behind (it catches up through its own watch stream), or lost.
+            node::retry::Next::Sleep { ms, refresh } => {
+                if refresh {
                     self.srv_refresh(i);
                 }
-                self.task_wait(i, t, None, backoff);
+                self.task_wait(i, t, None, ms);
             }
         }
     }

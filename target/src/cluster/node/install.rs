@@ -1,0 +1,469 @@
+//! The install of a new map as an events-in, actions-out state machine (docs/cluster-protocol.md,
+//! "Publishing a change" and "The node"): no I/O, no clock, no tokio. The daemon
+//! (`cluster::install`) and the simulation (`target/tests/sim`) drive the same machine and
+//! differ only in how they carry out its actions.
+//!
+//! An install that takes extents away from this server (phase 1a) closes the gate (when the
+//! server serves: a server catching up runs nothing that the gate could hold), then, for each
+//! lost extent in order, stops its copier and copies what is still dirty to the new owner, in
+//! at most [`policy::FINAL_ROUNDS`] rounds. If every final copy completed (or was refused under
+//! the source rule: the switch happened without us), the map is installed, persisted, the
+//! gate opens, the copiers follow the map and the generation is acknowledged
+//! ([`policy::ACK_TRIES`] tries). Otherwise nothing is installed or acknowledged: the gate
+//! opens, the extents stay tracked, and the install is postponed (tried again later).
+
+use std::sync::Arc;
+
+use manager::map::{ClusterMap, Replica};
+
+use super::{lost_extents, policy};
+
+/// An extent of a volume: (volume name, extent index).
+pub type ExtentKey = (String, usize);
+
+/// What the shell tells the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The first event, right after [`Install::start`].
+    Start,
+    /// The gate is closed and the commands that were inside have left.
+    Drained,
+    /// The copier of the extent being finished has stopped (at a chunk boundary, what it had
+    /// taken but not copied marked dirty again). `tracked`: the extent's range is tracked (a
+    /// stopped copier, or the whole extent marked dirty); false: nothing to copy.
+    CopierStopped { tracked: bool },
+    /// How a [`Action::FinalPass`] ended.
+    Pass(PassOutcome),
+    /// The answer to [`Action::FinalCheck`]: no dirty chunk is left.
+    Checked { clean: bool },
+    /// The delay of an [`Action::RetryAfter`] has passed.
+    Timer,
+    /// The answer to [`Action::Ack`].
+    AckDone { ok: bool },
+}
+
+/// How one final pass (take the dirty map, copy every dirty range to the new owner) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassOutcome {
+    /// Nothing was dirty.
+    Clean,
+    /// Every dirty range was copied.
+    Copied,
+    /// The new owner refused the copy under the source rule: the move was switched or
+    /// cancelled without this server; its copy of the extent is obsolete.
+    NotSource,
+    /// A copy failed (after its retries); the shell marked what it had taken dirty again.
+    Failed,
+}
+
+/// What the machine asks the shell to do, in order. The actions marked "answer" are the last
+/// of their batch: the shell carries them out and feeds the named event back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Close the install gate and wait for the commands inside to leave. Answer: `Drained`.
+    CloseGate,
+    /// Stop the copier of `key` at a chunk boundary. Without copier state (a restart during
+    /// the move, or a move we never saw start), track `whole` (pool offset, length) with
+    /// every chunk dirty, if the old map has it. Answer: `CopierStopped`.
+    StopCopier {
+        key: ExtentKey,
+        whole: Option<(u64, u64)>,
+    },
+    /// Take the dirty map of `key` and copy each dirty range to `dest` (the final copy:
+    /// stamped with the generation the new owner reports). Answer: `Pass`.
+    FinalPass { key: ExtentKey, dest: Replica },
+    /// Whether `key` has dirty chunks left (the shell marks them dirty again). Answer:
+    /// `Checked`.
+    FinalCheck { key: ExtentKey },
+    /// The extent is switched: stop tracking it and forget its copier.
+    Untrack { key: ExtentKey },
+    /// The new map has no owner for the extent (its volume is gone): stop its copier, if any,
+    /// and stop tracking it.
+    Forget { key: ExtentKey },
+    /// The final copy of `key` is incomplete: keep its range tracked, copier stopped, for the
+    /// next try of this install.
+    KeepTracked { key: ExtentKey },
+    /// Wait this many milliseconds. Answer: `Timer`.
+    RetryAfter(u64),
+    /// Install the map: it becomes the served map, the fencing view follows it, the
+    /// generation moves to its generation.
+    Install(Arc<ClusterMap>),
+    /// Write the installed map durably (before its ack: a restart resumes from it).
+    Persist(Arc<ClusterMap>),
+    /// Open the install gate (closed by [`Action::CloseGate`]).
+    OpenGate,
+    /// Start copiers for the moves of the installed map; stop those no longer wanted.
+    SyncMovers,
+    /// Acknowledge this generation to the manager. Answer: `AckDone`.
+    Ack(u64),
+    /// The install of this generation is postponed (a final copy is incomplete): nothing
+    /// installed, nothing acknowledged; fetch the map again later and retry
+    /// ([`policy::POSTPONED_RETRY_MS`]).
+    Postpone(u64),
+    /// The install is over (whatever the outcome).
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Begin,
+    Draining,
+    Stopping,
+    Final { round: u32 },
+    FinalSleep { round: u32 },
+    Checking,
+    Ack { attempt: u32 },
+    AckSleep { attempt: u32 },
+    Over,
+}
+
+/// One install of a newer map.
+#[derive(Debug, Clone)]
+pub struct Install {
+    old: Arc<ClusterMap>,
+    new: Arc<ClusterMap>,
+    lost: Vec<ExtentKey>,
+    /// The lost extent being finished.
+    idx: usize,
+    /// Every final copy so far completed (else: postponed).
+    ok: bool,
+    /// The gate is closed by this install.
+    gate: bool,
+    state: State,
+}
+
+impl Install {
+    /// An install of `new` over the installed `old` on server `me`; `None` if `new` is not
+    /// newer (nothing to do, no ack). `gate`: the server has an install gate and serves (a
+    /// server catching up after a restart closes none).
+    pub fn start(old: Arc<ClusterMap>, new: Arc<ClusterMap>, me: &str, gate: bool) -> Option<Self> {
+        if new.generation <= old.generation {
+            return None;
+        }
+        let lost = lost_extents(&old, &new, me);
+        let gate = gate && !lost.is_empty();
+        Some(Self {
+            old,
+            new,
+            lost,
+            idx: 0,
+            ok: true,
+            gate,
+            state: State::Begin,
+        })
+    }
+
+    /// The map being installed.
+    pub fn map(&self) -> &Arc<ClusterMap> {
+        &self.new
+    }
+
+    /// The extents this install takes away from the server.
+    pub fn lost(&self) -> &[ExtentKey] {
+        &self.lost
+    }
+
+    /// Whether this install closes the gate.
+    pub fn closes_gate(&self) -> bool {
+        self.gate
+    }
+
+    /// Whether the install is over.
+    pub fn done(&self) -> bool {
+        self.state == State::Over
+    }
+
+    /// Feeds one event; returns the actions to carry out, in order. An event the machine does
+    /// not wait for in its state is ignored (no actions).
+    pub fn on_event(&mut self, ev: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match (self.state.clone(), ev) {
+            (State::Begin, Event::Start) => {
+                if self.lost.is_empty() {
+                    self.apply(&mut out);
+                } else if self.gate {
+                    self.state = State::Draining;
+                    out.push(Action::CloseGate);
+                } else {
+                    self.next_lost(&mut out);
+                }
+            }
+            (State::Draining, Event::Drained) => self.next_lost(&mut out),
+            (State::Stopping, Event::CopierStopped { tracked }) => {
+                if tracked {
+                    self.round(0, &mut out);
+                } else {
+                    self.lost_done(&mut out);
+                }
+            }
+            (State::Final { round }, Event::Pass(p)) => match p {
+                PassOutcome::Clean | PassOutcome::NotSource => {
+                    let key = self.key();
+                    out.push(Action::Untrack { key });
+                    self.lost_done(&mut out);
+                }
+                PassOutcome::Copied => self.round(round + 1, &mut out),
+                PassOutcome::Failed => {
+                    self.state = State::FinalSleep { round };
+                    out.push(Action::RetryAfter(policy::FINAL_RETRY_MS));
+                }
+            },
+            (State::FinalSleep { round }, Event::Timer) => self.round(round + 1, &mut out),
+            (State::Checking, Event::Checked { clean }) => {
+                let key = self.key();
+                if clean {
+                    out.push(Action::Untrack { key });
+                } else {
+                    self.ok = false;
+                    out.push(Action::KeepTracked { key });
+                }
+                self.lost_done(&mut out);
+            }
+            (State::Ack { attempt }, Event::AckDone { ok }) => {
+                if ok {
+                    self.over(&mut out);
+                } else {
+                    self.state = State::AckSleep { attempt };
+                    out.push(Action::RetryAfter(policy::ACK_BACKOFF_MS << attempt));
+                }
+            }
+            (State::AckSleep { attempt }, Event::Timer) => self.ack(attempt + 1, &mut out),
+            _ => {}
+        }
+        out
+    }
+
+    fn key(&self) -> ExtentKey {
+        self.lost.get(self.idx).cloned().unwrap_or_default()
+    }
+
+    /// Finishes the lost extent `idx` (all of them, even after a failure), then installs or
+    /// postpones.
+    fn next_lost(&mut self, out: &mut Vec<Action>) {
+        let Some(key) = self.lost.get(self.idx).cloned() else {
+            if self.ok {
+                return self.apply(out);
+            }
+            if self.gate {
+                out.push(Action::OpenGate);
+            }
+            out.push(Action::Postpone(self.new.generation));
+            return self.over(out);
+        };
+        if self.new.owner(&key.0, key.1).is_none() {
+            out.push(Action::Forget { key });
+            return self.lost_done(out);
+        }
+        let whole = self.old.owner(&key.0, key.1).and_then(|o| {
+            let v = self.old.volume(&key.0)?;
+            let (_, len) = v.extent_range(key.1)?;
+            Some((o.offset, len))
+        });
+        self.state = State::Stopping;
+        out.push(Action::StopCopier { key, whole });
+    }
+
+    fn lost_done(&mut self, out: &mut Vec<Action>) {
+        self.idx += 1;
+        self.next_lost(out);
+    }
+
+    /// Final round `round` of the current lost extent.
+    fn round(&mut self, round: u32, out: &mut Vec<Action>) {
+        let key = self.key();
+        if round >= policy::FINAL_ROUNDS {
+            self.state = State::Checking;
+            return out.push(Action::FinalCheck { key });
+        }
+        let Some(dest) = self.new.owner(&key.0, key.1).cloned() else {
+            out.push(Action::Forget { key });
+            return self.lost_done(out);
+        };
+        self.state = State::Final { round };
+        out.push(Action::FinalPass { key, dest });
+    }
+
+    fn apply(&mut self, out: &mut Vec<Action>) {
+        out.push(Action::Install(Arc::clone(&self.new)));
+        out.push(Action::Persist(Arc::clone(&self.new)));
+        if self.gate {
+            out.push(Action::OpenGate);
+        }
+        out.push(Action::SyncMovers);
+        self.ack(0, out);
+    }
+
+    fn ack(&mut self, attempt: u32, out: &mut Vec<Action>) {
+        if attempt >= policy::ACK_TRIES {
+            return self.over(out);
+        }
+        self.state = State::Ack { attempt };
+        out.push(Action::Ack(self.new.generation));
+    }
+
+    fn over(&mut self, out: &mut Vec<Action>) {
+        self.state = State::Over;
+        out.push(Action::Done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manager::map::{
+        ExtentEntry as Extent, Move, ServerEntry as Server, ServerState, VolumeEntry as Volume,
+    };
+
+    fn rep(server: &str, offset: u64) -> Replica {
+        Replica {
+            server: server.to_string(),
+            offset,
+        }
+    }
+
+    /// vol1, one 4 KiB extent owned by `owner` (s1 at 8192, s2 at 0), moving to s2 at 0
+    /// when `moving`.
+    fn map(generation: u64, owner: &str, moving: bool) -> Arc<ClusterMap> {
+        let mut m = ClusterMap::empty();
+        m.generation = generation;
+        m.servers = ["s1", "s2"]
+            .iter()
+            .map(|id| Server {
+                id: id.to_string(),
+                portal: "127.0.0.1:1".parse().expect("addr"),
+                internal: "127.0.0.1:2".parse().expect("addr"),
+                state: ServerState::Up,
+                pool_bytes: 1 << 20,
+                cntlid_min: 1,
+                cntlid_max: 999,
+            })
+            .collect();
+        m.volumes = vec![Volume {
+            name: "vol1".to_string(),
+            uuid: [0; 16],
+            size_bytes: 4096,
+            block_size: 512,
+            extent_size: 4096,
+            replicas: 1,
+            subsystem: "nqn.test:vol1".to_string(),
+            nsid: 1,
+            extents: vec![Extent {
+                replicas: vec![rep(owner, if owner == "s1" { 8192 } else { 0 })],
+                moving: moving.then(|| Move { to: rep("s2", 0) }),
+            }],
+        }];
+        Arc::new(m)
+    }
+
+    fn key() -> ExtentKey {
+        ("vol1".to_string(), 0)
+    }
+
+    /// The switch of the extent away from s1: s1 closes the gate, stops the copier, copies
+    /// until clean, then installs, persists, opens the gate, syncs the movers and acks.
+    #[test]
+    fn a_switch_fences_final_copies_then_installs_and_acks() {
+        let new = map(6, "s2", false);
+        let mut ins =
+            Install::start(map(5, "s1", true), Arc::clone(&new), "s1", true).expect("newer");
+        assert_eq!(ins.lost(), &[key()]);
+        assert_eq!(ins.on_event(Event::Start), vec![Action::CloseGate]);
+        // An event it does not wait for changes nothing.
+        assert_eq!(ins.on_event(Event::Timer), vec![]);
+        assert_eq!(
+            ins.on_event(Event::Drained),
+            vec![Action::StopCopier {
+                key: key(),
+                whole: Some((8192, 4096))
+            }]
+        );
+        let pass = Action::FinalPass {
+            key: key(),
+            dest: rep("s2", 0),
+        };
+        assert_eq!(
+            ins.on_event(Event::CopierStopped { tracked: true }),
+            vec![pass.clone()]
+        );
+        assert_eq!(ins.on_event(Event::Pass(PassOutcome::Copied)), vec![pass]);
+        assert_eq!(
+            ins.on_event(Event::Pass(PassOutcome::Clean)),
+            vec![
+                Action::Untrack { key: key() },
+                Action::Install(Arc::clone(&new)),
+                Action::Persist(Arc::clone(&new)),
+                Action::OpenGate,
+                Action::SyncMovers,
+                Action::Ack(6),
+            ]
+        );
+        // The ack is tried ACK_TRIES times, backing off.
+        for attempt in 0..policy::ACK_TRIES {
+            assert_eq!(
+                ins.on_event(Event::AckDone { ok: false }),
+                vec![Action::RetryAfter(policy::ACK_BACKOFF_MS << attempt)]
+            );
+            let next = ins.on_event(Event::Timer);
+            if attempt + 1 < policy::ACK_TRIES {
+                assert_eq!(next, vec![Action::Ack(6)]);
+            } else {
+                assert_eq!(next, vec![Action::Done]);
+            }
+        }
+        assert!(ins.done());
+    }
+
+    /// A final copy that keeps failing: after FINAL_ROUNDS rounds with dirty chunks left,
+    /// the install is postponed (gate reopened, nothing installed or acked).
+    #[test]
+    fn an_incomplete_final_copy_postpones_the_install() {
+        let mut ins =
+            Install::start(map(5, "s1", true), map(6, "s2", false), "s1", true).expect("newer");
+        ins.on_event(Event::Start);
+        ins.on_event(Event::Drained);
+        ins.on_event(Event::CopierStopped { tracked: true });
+        for _ in 0..policy::FINAL_ROUNDS {
+            assert_eq!(
+                ins.on_event(Event::Pass(PassOutcome::Failed)),
+                vec![Action::RetryAfter(policy::FINAL_RETRY_MS)]
+            );
+            ins.on_event(Event::Timer);
+        }
+        assert_eq!(
+            ins.on_event(Event::Checked { clean: false }),
+            vec![
+                Action::KeepTracked { key: key() },
+                Action::OpenGate,
+                Action::Postpone(6),
+                Action::Done
+            ]
+        );
+    }
+
+    /// A refused final copy (the switch happened without us) drops our copy and installs;
+    /// a server catching up closes no gate; an older map installs nothing.
+    #[test]
+    fn refused_final_copies_catch_up_installs_and_old_maps() {
+        let new = map(6, "s2", false);
+        let mut ins =
+            Install::start(map(5, "s1", true), Arc::clone(&new), "s1", false).expect("newer");
+        assert!(!ins.closes_gate());
+        assert!(matches!(
+            ins.on_event(Event::Start).as_slice(),
+            [Action::StopCopier { .. }]
+        ));
+        ins.on_event(Event::CopierStopped { tracked: true });
+        let acts = ins.on_event(Event::Pass(PassOutcome::NotSource));
+        assert_eq!(acts.first(), Some(&Action::Untrack { key: key() }));
+        assert!(!acts.contains(&Action::OpenGate));
+        assert_eq!(acts.last(), Some(&Action::Ack(6)));
+        assert!(Install::start(map(6, "s1", false), map(6, "s2", false), "s1", true).is_none());
+        // No extent lost: straight to the install.
+        let mut plain =
+            Install::start(map(5, "s2", false), map(6, "s2", false), "s1", true).expect("newer");
+        assert!(matches!(
+            plain.on_event(Event::Start).first(),
+            Some(Action::Install(_))
+        ));
+    }
+}
