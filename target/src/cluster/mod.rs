@@ -647,9 +647,18 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
                         Some(r) => mover::final_pass(node, r, &dest).await,
                         None => node::install::PassOutcome::Clean,
                     };
-                    if outcome == node::install::PassOutcome::Clean {
-                        tracing::info!(volume = %key.0, extent = key.1, to = %dest.server,
-                            "extent switched");
+                    match outcome {
+                        node::install::PassOutcome::Clean => {
+                            tracing::info!(volume = %key.0, extent = key.1, to = %dest.server,
+                                "extent switched");
+                            crate::metrics::count_extent_move(crate::metrics::MoveOutcome::Done);
+                        }
+                        node::install::PassOutcome::NotSource => {
+                            crate::metrics::count_extent_move(
+                                crate::metrics::MoveOutcome::Cancelled,
+                            );
+                        }
+                        _ => {}
                     }
                     next = Some(Event::Pass(outcome));
                 }
@@ -669,6 +678,7 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
                     mover::forget(node, &key);
                 }
                 Action::KeepTracked { key } => {
+                    crate::metrics::count_extent_move(crate::metrics::MoveOutcome::Failed);
                     let dest = ins.map().owner(&key.0, key.1).cloned();
                     if let (Some(r), Some(dest)) = (region.take(), dest) {
                         mover::keep_tracked(node, key, r, dest);

@@ -142,6 +142,9 @@ impl RoutedVolume {
                 Target::Remote { server, .. } => Some(server.clone()),
                 Target::Local(_) => None,
             };
+            if peer.is_some() {
+                crate::metrics::count_forwarded();
+            }
             let answer = match peer {
                 // A peer that does not answer in time (hung, or cut off) is given up: its
                 // connection is dropped and the host gets a retryable path error.
