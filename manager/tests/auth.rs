@@ -4,7 +4,6 @@
 //! phase 1a bound.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,46 +15,15 @@ use manager::client::{Client, ClientError};
 use manager::map::ServerState;
 use manager::server::{Config, Running, SERVER_WATCHES_MAX, WATCHES_PER_CALLER_MAX, start};
 
-const MIB: u64 = 1 << 20;
 const NQN: &str = "nqn.2026-11.dev.tessera:t";
 /// Bounds a hang only; generous for a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-const CLUSTER: &str = "servers:
-  - id: s1
-    portal: 127.0.0.1:24420
-    internal: 127.0.0.1:24430
-    pool: 256MiB
-    credential: keys/s1.key
-  - id: s2
-    portal: 127.0.0.1:24421
-    internal: 127.0.0.1:24431
-    pool: 256MiB
-    credential: keys/s2.key
-credentials:
-  operator: keys/operator.key
-subsystems:
-  - nqn: nqn.2026-11.dev.tessera:t
-    allow_any_host: true
-";
-
-const TOKENS: [(&str, &str); 3] = [
-    ("operator", "b3BlcmF0b3ItdG9rZW4tZm9yLXRlc3Rz"),
-    ("s1", "czEtdG9rZW4tZm9yLXRoZS1hdXRoLXRlc3Q="),
-    ("s2", "czItdG9rZW4tZm9yLXRoZS1hdXRoLXRlc3Q="),
-];
-
-fn write_key(path: &Path, token: &str, mode: u32) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
+mod common;
+use common::{CLUSTER, MIB, TOKENS, write_cluster, write_key};
 
 fn setup(dir: &Path, cluster: &str) -> Config {
-    for (who, token) in TOKENS {
-        write_key(&dir.join(format!("keys/{who}.key")), token, 0o600);
-    }
-    std::fs::write(dir.join("cluster.yaml"), cluster).unwrap();
+    write_cluster(dir, cluster);
     Config::new(
         dir.join("cluster.yaml"),
         dir.join("data"),

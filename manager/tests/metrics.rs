@@ -6,7 +6,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,33 +15,11 @@ use manager::api::{CreateVolumeRequest, MoveReadyRequest, ReportKind, ReportRequ
 use manager::client::{Client, ClientError};
 use manager::map::HostPolicy;
 
-const MIB: u64 = 1 << 20;
 /// Bounds a hang only; generous for a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-const CLUSTER: &str = "servers:
-  - id: s1
-    portal: 127.0.0.1:24420
-    internal: 127.0.0.1:24430
-    pool: 256MiB
-    credential: keys/s1.key
-  - id: s2
-    portal: 127.0.0.1:24421
-    internal: 127.0.0.1:24431
-    pool: 256MiB
-    credential: keys/s2.key
-credentials:
-  operator: keys/operator.key
-subsystems:
-  - nqn: nqn.2026-11.dev.tessera:t
-    allow_any_host: true
-";
-
-const TOKENS: [(&str, &str); 3] = [
-    ("operator", "b3BlcmF0b3ItdG9rZW4tbWV0cmljcy10ZXN0"),
-    ("s1", "czEtdG9rZW4tZm9yLXRoZS1tZXRyaWNzLXRlc3Q="),
-    ("s2", "czItdG9rZW4tZm9yLXRoZS1tZXRyaWNzLXRlc3Q="),
-];
+mod common;
+use common::{CLUSTER, MIB, TOKENS, write_cluster};
 
 /// Kills the manager when the test ends, passing or not; its log is printed on failure.
 struct Manager {
@@ -61,13 +38,7 @@ impl Drop for Manager {
 /// Starts the binary with the control API and the metrics on ports it picks itself, and reads
 /// both addresses from its log (the log is echoed to the test's stderr, kept on failure).
 fn spawn(dir: &Path) -> Manager {
-    for (who, token) in TOKENS {
-        let p = dir.join(format!("keys/{who}.key"));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, format!("{token}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    std::fs::write(dir.join("cluster.yaml"), CLUSTER).unwrap();
+    write_cluster(dir, CLUSTER);
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-manager"))
         .arg("--config")
         .arg(dir.join("cluster.yaml"))
