@@ -358,15 +358,23 @@ impl Ownership {
     }
 }
 
+/// Cluster maps for the node's unit tests (node.rs, install.rs, copier.rs): one volume `vol1`
+/// of 4 KiB extents (512-byte blocks) over servers that are up unless said otherwise.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use manager::map::{
-        ExtentEntry as Extent, Move, Replica, ServerEntry as Server, VolumeEntry as Volume,
-    };
+pub(crate) mod fixtures {
+    use manager::map::{ClusterMap, ExtentEntry, Replica, ServerEntry, ServerState, VolumeEntry};
 
-    fn server(id: &str, state: ServerState) -> Server {
-        Server {
+    pub const EXTENT: u64 = 4096;
+
+    pub fn rep(server: &str, offset: u64) -> Replica {
+        Replica {
+            server: server.to_string(),
+            offset,
+        }
+    }
+
+    pub fn server(id: &str, state: ServerState) -> ServerEntry {
+        ServerEntry {
             id: id.to_string(),
             portal: "127.0.0.1:1".parse().expect("addr"),
             internal: "127.0.0.1:2".parse().expect("addr"),
@@ -377,22 +385,38 @@ mod tests {
         }
     }
 
-    fn rep(server: &str, offset: u64) -> Replica {
-        Replica {
-            server: server.to_string(),
-            offset,
-        }
+    /// `servers` and `vol1` made of `extents`, at `generation`.
+    pub fn map(
+        generation: u64,
+        servers: Vec<ServerEntry>,
+        extents: Vec<ExtentEntry>,
+    ) -> ClusterMap {
+        let mut m = ClusterMap::empty();
+        m.generation = generation;
+        m.servers = servers;
+        m.volumes = vec![VolumeEntry {
+            name: "vol1".to_string(),
+            uuid: [0; 16],
+            size_bytes: EXTENT * u64::try_from(extents.len()).expect("few extents"),
+            block_size: 512,
+            extent_size: EXTENT,
+            replicas: 1,
+            subsystem: "nqn.test:vol1".to_string(),
+            nsid: 1,
+            extents,
+        }];
+        m
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{rep, server};
+    use super::*;
+    use manager::map::{ExtentEntry as Extent, Move};
 
     /// vol1: extent 0 on s1 at 0; extent 1 on s2 at 0, moving to s3 at 4096 (extent 4 KiB).
     fn map(generation: u64, s2: ServerState, moving: bool) -> ClusterMap {
-        let mut m = ClusterMap::empty();
-        m.generation = generation;
-        m.servers = vec![
-            server("s1", ServerState::Up),
-            server("s2", s2),
-            server("s3", ServerState::Up),
-        ];
         let e1 = if moving {
             Extent {
                 replicas: vec![rep("s2", 0)],
@@ -406,24 +430,16 @@ mod tests {
                 moving: None,
             }
         };
-        m.volumes = vec![Volume {
-            name: "vol1".to_string(),
-            uuid: [0; 16],
-            size_bytes: 8192,
-            block_size: 512,
-            extent_size: 4096,
-            replicas: 1,
-            subsystem: "nqn.test:vol1".to_string(),
-            nsid: 1,
-            extents: vec![
-                Extent {
-                    replicas: vec![rep("s1", 0)],
-                    moving: None,
-                },
-                e1,
-            ],
-        }];
-        m
+        let e0 = Extent {
+            replicas: vec![rep("s1", 0)],
+            moving: None,
+        };
+        let servers = vec![
+            server("s1", ServerState::Up),
+            server("s2", s2),
+            server("s3", ServerState::Up),
+        ];
+        fixtures::map(generation, servers, vec![e0, e1])
     }
 
     #[test]

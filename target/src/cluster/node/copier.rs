@@ -226,44 +226,20 @@ mod tests {
 
     #[test]
     fn copiers_run_on_the_owner_of_a_moving_extent_while_it_serves() {
-        use manager::map::{ExtentEntry, Move, ServerEntry, ServerState, VolumeEntry};
-        let rep = |server: &str, offset| Replica {
-            server: server.to_string(),
-            offset,
-        };
-        let mut m = ClusterMap::empty();
-        m.servers = ["s1", "s2"]
-            .iter()
-            .map(|id| ServerEntry {
-                id: id.to_string(),
-                portal: "127.0.0.1:1".parse().expect("addr"),
-                internal: "127.0.0.1:2".parse().expect("addr"),
-                state: ServerState::Up,
-                pool_bytes: 1 << 20,
-                cntlid_min: 1,
-                cntlid_max: 999,
-            })
-            .collect();
-        m.volumes = vec![VolumeEntry {
-            name: "vol1".to_string(),
-            uuid: [0; 16],
-            size_bytes: 8192,
-            block_size: 512,
-            extent_size: 4096,
-            replicas: 1,
-            subsystem: "nqn.test:vol1".to_string(),
-            nsid: 1,
-            extents: vec![
-                ExtentEntry {
-                    replicas: vec![rep("s1", 0)],
-                    moving: None,
-                },
-                ExtentEntry {
-                    replicas: vec![rep("s1", 4096)],
-                    moving: Some(Move { to: rep("s2", 0) }),
-                },
-            ],
-        }];
+        use crate::cluster::node::fixtures::{self, rep, server};
+        use manager::map::{ExtentEntry, Move, ServerState};
+        let extents = vec![
+            ExtentEntry {
+                replicas: vec![rep("s1", 0)],
+                moving: None,
+            },
+            ExtentEntry {
+                replicas: vec![rep("s1", 4096)],
+                moving: Some(Move { to: rep("s2", 0) }),
+            },
+        ];
+        let servers = vec![server("s1", ServerState::Up), server("s2", ServerState::Up)];
+        let mut m = fixtures::map(0, servers, extents);
         assert_eq!(
             wanted(&m, "s1", true),
             vec![Wanted {

@@ -310,49 +310,18 @@ impl Install {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use manager::map::{
-        ExtentEntry as Extent, Move, ServerEntry as Server, ServerState, VolumeEntry as Volume,
-    };
-
-    fn rep(server: &str, offset: u64) -> Replica {
-        Replica {
-            server: server.to_string(),
-            offset,
-        }
-    }
+    use crate::cluster::node::fixtures::{self, rep, server};
+    use manager::map::{ExtentEntry as Extent, Move, ServerState};
 
     /// vol1, one 4 KiB extent owned by `owner` (s1 at 8192, s2 at 0), moving to s2 at 0
     /// when `moving`.
     fn map(generation: u64, owner: &str, moving: bool) -> Arc<ClusterMap> {
-        let mut m = ClusterMap::empty();
-        m.generation = generation;
-        m.servers = ["s1", "s2"]
-            .iter()
-            .map(|id| Server {
-                id: id.to_string(),
-                portal: "127.0.0.1:1".parse().expect("addr"),
-                internal: "127.0.0.1:2".parse().expect("addr"),
-                state: ServerState::Up,
-                pool_bytes: 1 << 20,
-                cntlid_min: 1,
-                cntlid_max: 999,
-            })
-            .collect();
-        m.volumes = vec![Volume {
-            name: "vol1".to_string(),
-            uuid: [0; 16],
-            size_bytes: 4096,
-            block_size: 512,
-            extent_size: 4096,
-            replicas: 1,
-            subsystem: "nqn.test:vol1".to_string(),
-            nsid: 1,
-            extents: vec![Extent {
-                replicas: vec![rep(owner, if owner == "s1" { 8192 } else { 0 })],
-                moving: moving.then(|| Move { to: rep("s2", 0) }),
-            }],
-        }];
-        Arc::new(m)
+        let extent = Extent {
+            replicas: vec![rep(owner, if owner == "s1" { 8192 } else { 0 })],
+            moving: moving.then(|| Move { to: rep("s2", 0) }),
+        };
+        let servers = vec![server("s1", ServerState::Up), server("s2", ServerState::Up)];
+        Arc::new(fixtures::map(generation, servers, vec![extent]))
     }
 
     fn key() -> ExtentKey {
