@@ -70,6 +70,26 @@ fn changes(what: &'static str, name: &str, field: &'static str, detail: String) 
     }
 }
 
+/// A reload may not drop what the file declared at the last load: the first `what` named in
+/// `previous` (None: no previous file) and missing from `now` is refused.
+fn refuse_removal<'a>(
+    what: &'static str,
+    previous: Option<impl Iterator<Item = &'a str>>,
+    now: impl Iterator<Item = &'a str> + Clone,
+) -> Result<(), PlanError> {
+    match previous
+        .into_iter()
+        .flatten()
+        .find(|p| !now.clone().any(|n| n == *p))
+    {
+        Some(gone) => Err(PlanError::ReloadRemoves {
+            what,
+            name: gone.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Whether the file edited a field: the object is new to it, or the value differs.
 fn edited<T: PartialEq, D>(prev: Option<&D>, now: &D, field: impl Fn(&D) -> T) -> bool {
     prev.is_none_or(|p| field(p) != field(now))
@@ -80,16 +100,11 @@ fn servers(
     previous: Option<&Cluster>,
     cluster: &Cluster,
 ) -> Result<(), PlanError> {
-    if let Some(gone) = previous
-        .iter()
-        .flat_map(|p| &p.servers)
-        .find(|p| !cluster.servers.iter().any(|d| d.id == p.id))
-    {
-        return Err(PlanError::ReloadRemoves {
-            what: "server",
-            name: gone.id.clone(),
-        });
-    }
+    refuse_removal(
+        "server",
+        previous.map(|p| p.servers.iter().map(|x| x.id.as_str())),
+        cluster.servers.iter().map(|x| x.id.as_str()),
+    )?;
     // Servers both in the map and in the file keep the map's relative order.
     let mut last: Option<(usize, &str)> = None;
     for d in &cluster.servers {
@@ -165,16 +180,11 @@ fn subsystems(
     previous: Option<&Cluster>,
     cluster: &Cluster,
 ) -> Result<(), PlanError> {
-    if let Some(gone) = previous
-        .iter()
-        .flat_map(|p| &p.subsystems)
-        .find(|p| !cluster.subsystems.iter().any(|d| d.nqn == p.nqn))
-    {
-        return Err(PlanError::ReloadRemoves {
-            what: "subsystem",
-            name: gone.nqn.clone(),
-        });
-    }
+    refuse_removal(
+        "subsystem",
+        previous.map(|p| p.subsystems.iter().map(|x| x.nqn.as_str())),
+        cluster.subsystems.iter().map(|x| x.nqn.as_str()),
+    )?;
     for d in &cluster.subsystems {
         let prev = previous.and_then(|p| p.subsystems.iter().find(|p| p.nqn == d.nqn));
         let hosts = d.hosts.clone();
@@ -198,16 +208,11 @@ fn volumes(
     previous: Option<&Cluster>,
     cluster: &Cluster,
 ) -> Result<(), PlanError> {
-    if let Some(gone) = previous
-        .iter()
-        .flat_map(|p| &p.volumes)
-        .find(|p| !cluster.volumes.iter().any(|d| d.name == p.name))
-    {
-        return Err(PlanError::ReloadRemoves {
-            what: "volume",
-            name: gone.name.clone(),
-        });
-    }
+    refuse_removal(
+        "volume",
+        previous.map(|p| p.volumes.iter().map(|x| x.name.as_str())),
+        cluster.volumes.iter().map(|x| x.name.as_str()),
+    )?;
     for d in &cluster.volumes {
         let prev = previous.and_then(|p| p.volumes.iter().find(|p| p.name == d.name));
         let Some(v) = m.volume(&d.name) else {
