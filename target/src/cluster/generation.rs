@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use codec::nvme::Status;
 
+use super::node::admission::{self, Stamp};
+
 /// Index into Identify Controller CRDT1..3 that "server behind" completions carry in CRD; CRDT1
 /// is advertised as [`SERVER_BEHIND_RETRY_DELAY_100MS`].
 pub const SERVER_BEHIND_CRD: u8 = 1;
@@ -149,45 +151,55 @@ impl GenerationState {
     }
 
     fn judge(&self, stamp: u64, internal: bool, first: bool) -> Result<(), Mismatch> {
+        Mismatch::of(self.verdict(stamp, internal, first))
+    }
+
+    /// The stamp rule (`node::admission::compare`) against our generation, counted and
+    /// reported: `first` is false for a command checked again after it waited for our map
+    /// (see [`GenerationState::recheck_after_wait`]).
+    pub fn verdict(&self, stamp: u64, internal: bool, first: bool) -> Stamp {
         let cur = self.current();
-        if stamp == 0 {
-            if internal {
-                self.unstamped_rejected.fetch_add(1, Ordering::Relaxed);
-                self.report(MismatchKind::Unstamped, 0, cur);
-                return Err(Mismatch {
-                    status: Status::INVALID_FIELD.with_dnr(),
-                    dw0: low(cur),
-                    dw1: high(cur),
-                });
-            }
-            return Ok(());
-        }
-        if first {
+        let v = admission::compare(stamp, cur, internal);
+        if first && stamp != 0 {
             self.checked.fetch_add(1, Ordering::Relaxed);
         }
-        match stamp.cmp(&cur) {
-            std::cmp::Ordering::Equal => Ok(()),
-            std::cmp::Ordering::Less => {
+        match v {
+            Stamp::Current => {}
+            Stamp::Unstamped { .. } => {
+                self.unstamped_rejected.fetch_add(1, Ordering::Relaxed);
+                self.report(MismatchKind::Unstamped, 0, cur);
+            }
+            Stamp::Stale { .. } => {
                 self.stale_seen.fetch_add(1, Ordering::Relaxed);
                 self.report(MismatchKind::Stale, stamp, cur);
-                Err(Mismatch {
-                    status: Status::STALE_MAP,
-                    dw0: low(cur),
-                    dw1: high(cur),
-                })
             }
-            std::cmp::Ordering::Greater => {
+            Stamp::Ahead { .. } => {
                 if first {
                     self.behind_seen.fetch_add(1, Ordering::Relaxed);
                     self.report(MismatchKind::Behind, stamp, cur);
                 }
-                Err(Mismatch {
-                    status: Status::SERVER_BEHIND.with_crd(SERVER_BEHIND_CRD),
-                    dw0: low(cur),
-                    dw1: high(cur),
-                })
             }
         }
+        v
+    }
+}
+
+impl Mismatch {
+    /// The completion for a stamp verdict (`Ok` for [`Stamp::Current`]).
+    pub fn of(v: Stamp) -> Result<(), Mismatch> {
+        let (status, cur) = match v {
+            Stamp::Current => return Ok(()),
+            Stamp::Unstamped { current } => (Status::INVALID_FIELD.with_dnr(), current),
+            Stamp::Stale { current } => (Status::STALE_MAP, current),
+            Stamp::Ahead { current } => {
+                (Status::SERVER_BEHIND.with_crd(SERVER_BEHIND_CRD), current)
+            }
+        };
+        Err(Mismatch {
+            status,
+            dw0: low(cur),
+            dw1: high(cur),
+        })
     }
 }
 

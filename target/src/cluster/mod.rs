@@ -137,7 +137,7 @@ impl Admission {
         hostnqn: &str,
         cmd: &codec::nvme::cmd::IoCommand,
         data: &[u8],
-    ) -> Result<(), crate::controller::exec::Completion> {
+    ) -> Result<(), node::Refusal> {
         use codec::nvme::cmd::IoCommand;
         let sender = hostnqn
             .strip_prefix(peers::SERVER_HOSTNQN_PREFIX)
@@ -153,14 +153,13 @@ impl Admission {
             IoCommand::Read(_) | IoCommand::Compare(_) | IoCommand::Verify(_) | IoCommand::Flush(_)
         );
         if self.frozen_now() {
-            return Err(refusal_completion(node::Refusal::NotServing));
+            return Err(node::Refusal::NotServing);
         }
         let own = self.ownership.load();
         let admit = |slba: u64, nlb: u64| {
             let range = (slba.saturating_mul(block), nlb.saturating_mul(block));
-            own.admit(sender, via, range, write).map_err(|why| {
+            own.admit(sender, via, range, write).inspect_err(|why| {
                 tracing::debug!(sender, ?via, ?why, slba, nlb, "internal command refused");
-                refusal_completion(why)
             })
         };
         match cmd {
@@ -185,7 +184,7 @@ impl Admission {
 /// The completion of a refused internal command: a server that is not serving answers
 /// "server behind" (retryable: the sender retries, then its host gets a path error); a peer
 /// that may not touch the range gets Access Denied (DNR).
-fn refusal_completion(why: node::Refusal) -> crate::controller::exec::Completion {
+pub fn refusal_completion(why: node::Refusal) -> crate::controller::exec::Completion {
     use codec::nvme::Status;
     let status = match why {
         node::Refusal::NotServing => Status::SERVER_BEHIND.with_crd(generation::SERVER_BEHIND_CRD),

@@ -13,11 +13,16 @@
 //! - [`install::Install`]: the install of a new map (gate, final copies, persist, ack,
 //!   postponement) as an events-in, actions-out state machine;
 //! - [`copier::Copier`]: the copier of a moving extent (passes, move-ready, stop), likewise;
-//! - [`retry::Retry`]: the sender's retries of one routed piece or copied range.
+//! - [`retry::Retry`]: the sender's retries of one routed piece or copied range;
+//! - [`admission::step`]: what becomes of a command that arrives (gate, stamp, behind-wait,
+//!   fencing rule);
+//! - [`route`]: a host's I/O split at extent boundaries, and where each piece goes.
 
+pub mod admission;
 pub mod copier;
 pub mod install;
 pub mod retry;
+pub mod route;
 
 use manager::map::{ClusterMap, ServerState};
 

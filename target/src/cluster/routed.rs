@@ -12,6 +12,7 @@ use hw::{IoError, Op};
 
 use super::NodeShared;
 use super::node::policy;
+use super::node::route::{self, Piece, Pieces, Route, SplitError};
 use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
 use crate::initiator::InitiatorError;
 use crate::subsystem::volume::{IoFuture, IoResult, NoPath, Volume, VolumeError};
@@ -23,16 +24,6 @@ pub const ROUTE_TRIES: u32 = policy::ROUTE_TRIES;
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 // Backoff between tries: 10 ms doubling to 320 ms (well under Linux's 30 s I/O timeout):
 // `node::retry::Retry::route`.
-
-/// One piece of a request: `len` bytes at byte `vol_off` of the volume, in extent `extent`.
-#[derive(Debug, Clone, Copy)]
-struct Piece {
-    extent: usize,
-    vol_off: u64,
-    len: u64,
-    /// Offset of the piece inside the request's buffer.
-    buf_off: usize,
-}
 
 pub struct RoutedVolume {
     node: Arc<NodeShared>,
@@ -49,6 +40,20 @@ enum Target {
     },
 }
 
+/// What is done to every piece of a request (one path for all of them: [`RoutedVolume::route`]).
+#[derive(Clone)]
+enum PieceIo {
+    Read,
+    /// The whole request's data; each piece writes its slice of it.
+    Write {
+        data: Bytes,
+        fua: bool,
+    },
+    Zeroes {
+        deallocate: bool,
+    },
+}
+
 impl RoutedVolume {
     pub fn new(node: Arc<NodeShared>, name: &str, size_bytes: u64) -> Self {
         Self {
@@ -58,70 +63,134 @@ impl RoutedVolume {
         }
     }
 
-    fn pieces(&self, off: u64, len: u64) -> Result<Vec<Piece>, VolumeError> {
-        let map = self.node.map.load();
-        let vol = map
-            .volume(&self.name)
-            .ok_or(VolumeError::NoPath(NoPath::Unmapped))?;
-        let end = off
-            .checked_add(len)
-            .filter(|e| *e <= vol.size_bytes)
-            .ok_or(IoError::OutOfRange {
+    /// The pieces of `[off, off + len)` under the current map (`node::route::split`).
+    fn pieces(&self, off: u64, len: u64) -> Result<Pieces, VolumeError> {
+        route::split(&self.node.map.load(), &self.name, off, len).map_err(|e| match e {
+            SplitError::Unmapped => VolumeError::NoPath(NoPath::Unmapped),
+            SplitError::OutOfRange { capacity } => VolumeError::Backend(IoError::OutOfRange {
                 op: Op::Read,
                 offset: off,
                 len,
-                capacity: vol.size_bytes,
-            })?;
-        let mut v = Vec::new();
-        let mut at = off;
-        while at < end {
-            let i = vol
-                .extent_of(at)
-                .ok_or(VolumeError::NoPath(NoPath::Unmapped))?;
-            let (start, elen) = vol
-                .extent_range(i)
-                .ok_or(VolumeError::NoPath(NoPath::Unmapped))?;
-            let n = (start + elen).min(end) - at;
-            v.push(Piece {
-                extent: i,
-                vol_off: at,
-                len: n,
-                buf_off: usize::try_from(at - off).unwrap_or(usize::MAX),
-            });
-            at += n;
-        }
-        Ok(v)
-    }
-
-    /// Where extent piece `p` lives under the current map.
-    fn locate(node: &NodeShared, name: &str, p: &Piece) -> Option<Target> {
-        let map = node.map.load();
-        let vol = map.volume(name)?;
-        let owner = vol.owner(p.extent)?;
-        let (start, _) = vol.extent_range(p.extent)?;
-        let pool_off = owner.offset + (p.vol_off - start);
-        if owner.server == node.me {
-            return Some(Target::Local(pool_off));
-        }
-        let s = map.server(&owner.server)?;
-        Some(Target::Remote {
-            server: owner.server.clone(),
-            addr: s.internal,
-            pool_off,
+                capacity,
+            }),
         })
     }
 
-    /// Runs `op` on one piece with routing retries.
-    async fn with_retries<T, F, Fut>(
+    /// Where piece `p` lives under the current map (`node::route::locate`).
+    fn locate(node: &NodeShared, name: &str, p: &Piece) -> Option<Target> {
+        let map = node.map.load();
+        match route::locate(&map, name, p, &node.me) {
+            Route::Local { pool_off } => Some(Target::Local(pool_off)),
+            Route::Remote { server, pool_off } => Some(Target::Remote {
+                server: server.id.clone(),
+                addr: server.internal,
+                pool_off,
+            }),
+            Route::NoPath => None,
+        }
+    }
+
+    /// Runs `io` on every piece of `[offset, offset + len)` in turn, each with routing
+    /// retries; read pieces land in `out` (the caller's buffer: no second buffer).
+    fn route(
+        &self,
+        offset: u64,
+        len: u64,
+        io: PieceIo,
+        out: Vec<u8>,
+    ) -> impl Future<Output = IoResult<Vec<u8>>> + Send + 'static {
+        let node = Arc::clone(&self.node);
+        let name = self.name.clone();
+        let pieces = self.pieces(offset, len);
+        async move {
+            let mut out = out;
+            for p in pieces? {
+                let data = Self::with_retries(&node, &name, p, &io).await?;
+                if let Some(dst) = out.get_mut(p.buf_off..p.buf_off + data.len()) {
+                    dst.copy_from_slice(&data);
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// One try of `io` on piece `p` at `t`, stamped `generation` if forwarded. A read returns
+    /// the piece's bytes; anything else an empty buffer.
+    async fn piece(
+        node: &NodeShared,
+        t: Target,
+        generation: u64,
+        p: Piece,
+        io: &PieceIo,
+    ) -> Result<Bytes, RouteError> {
+        let len = usize::try_from(p.len).unwrap_or(0);
+        match t {
+            Target::Local(off) => match io {
+                PieceIo::Read => node.pool.read(off, vec![0u8; len]).await,
+                PieceIo::Write { data, fua } => {
+                    let chunk = data.slice(p.buf_off..p.buf_off + len);
+                    node.pool
+                        .write(off, chunk, *fua)
+                        .await
+                        .map(|()| Bytes::new())
+                }
+                PieceIo::Zeroes { deallocate } => {
+                    let f = if *deallocate {
+                        node.pool.deallocate(off, p.len)
+                    } else {
+                        node.pool.write_zeroes(off, p.len)
+                    };
+                    f.await.map(|()| Bytes::new())
+                }
+            }
+            .map_err(RouteError::Io),
+            Target::Remote {
+                server,
+                addr,
+                pool_off,
+            } => {
+                let err = |e| route_err(&server, e);
+                let q = node.peers.queue(&server, addr).await.map_err(err)?;
+                let s = q.with_generation(generation);
+                match io {
+                    PieceIo::Read => s
+                        .read(INTERNAL_NSID, lba(pool_off), nlb(p.len), INTERNAL_BLOCK)
+                        .await
+                        .map_err(err),
+                    PieceIo::Write { data, fua } => {
+                        let chunk = data.slice(p.buf_off..p.buf_off + len);
+                        s.write(INTERNAL_NSID, lba(pool_off), INTERNAL_BLOCK, chunk, *fua)
+                            .await
+                            .map(|()| Bytes::new())
+                            .map_err(err)
+                    }
+                    PieceIo::Zeroes { deallocate } => {
+                        let mut left = p.len;
+                        let mut at = pool_off;
+                        // Write Zeroes NLB is 16 bits: split large ranges.
+                        let max = u64::from(crate::initiator::NLB_MAX) * u64::from(INTERNAL_BLOCK);
+                        while left > 0 {
+                            let n = left.min(max);
+                            s.write_zeroes(INTERNAL_NSID, lba(at), nlb(n), *deallocate)
+                                .await
+                                .map_err(err)?;
+                            left -= n;
+                            at += n;
+                        }
+                        Ok(Bytes::new())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `io` on one piece with routing retries.
+    async fn with_retries(
         node: &Arc<NodeShared>,
         name: &str,
         p: Piece,
-        op: F,
-    ) -> IoResult<T>
-    where
-        F: Fn(Target, u64) -> Fut,
-        Fut: std::future::Future<Output = Result<T, RouteError>>,
-    {
+        io: &PieceIo,
+    ) -> IoResult<Bytes> {
         use super::node::retry::{Answer, Next, Retry};
         let mut retry = Retry::route();
         let mut last = VolumeError::NoPath(NoPath::Unmapped);
@@ -148,16 +217,20 @@ impl RoutedVolume {
             let answer = match peer {
                 // A peer that does not answer in time (hung, or cut off) is given up: its
                 // connection is dropped and the host gets a retryable path error.
-                Some(server) => match tokio::time::timeout_at(deadline, op(t, generation)).await {
-                    Ok(a) => a,
-                    Err(_) => {
-                        tracing::warn!(peer = %server, "forwarded command timed out");
-                        node.peers.drop_peer(&server);
-                        node.refresh.notify_one();
-                        return Err(last);
+                Some(server) => {
+                    match tokio::time::timeout_at(deadline, Self::piece(node, t, generation, p, io))
+                        .await
+                    {
+                        Ok(a) => a,
+                        Err(_) => {
+                            tracing::warn!(peer = %server, "forwarded command timed out");
+                            node.peers.drop_peer(&server);
+                            node.refresh.notify_one();
+                            return Err(last);
+                        }
                     }
-                },
-                None => op(t, generation).await,
+                }
+                None => Self::piece(node, t, generation, p, io).await,
             };
             let next = match answer {
                 Ok(v) => return Ok(v),
@@ -267,94 +340,14 @@ impl Volume for RoutedVolume {
     }
 
     fn read(&self, offset: u64, buf: Vec<u8>) -> IoFuture<Bytes> {
-        let node = Arc::clone(&self.node);
-        let name = self.name.clone();
-        let pieces = self.pieces(offset, buf.len() as u64);
-        IoFuture::Boxed(Box::pin(async move {
-            let pieces = pieces?;
-            // Pieces land in the caller's (pooled) buffer: no second buffer, no extra copy.
-            let mut out = buf;
-            for p in pieces {
-                let node2 = Arc::clone(&node);
-                let data = Self::with_retries(&node, &name, p, move |t, generation| {
-                    let node = Arc::clone(&node2);
-                    async move {
-                        match t {
-                            Target::Local(off) => {
-                                let len = usize::try_from(p.len).unwrap_or(0);
-                                node.pool
-                                    .read(off, vec![0u8; len])
-                                    .await
-                                    .map_err(RouteError::Io)
-                            }
-                            Target::Remote {
-                                server,
-                                addr,
-                                pool_off,
-                            } => {
-                                let q = node
-                                    .peers
-                                    .queue(&server, addr)
-                                    .await
-                                    .map_err(|e| route_err(&server, e))?;
-                                q.with_generation(generation)
-                                    .read(INTERNAL_NSID, lba(pool_off), nlb(p.len), INTERNAL_BLOCK)
-                                    .await
-                                    .map_err(|e| route_err(&server, e))
-                            }
-                        }
-                    }
-                })
-                .await?;
-                let end = p.buf_off + data.len();
-                if let Some(dst) = out.get_mut(p.buf_off..end) {
-                    dst.copy_from_slice(&data);
-                }
-            }
-            Ok(Bytes::from(out))
-        }))
+        let f = self.route(offset, buf.len() as u64, PieceIo::Read, buf);
+        IoFuture::Boxed(Box::pin(async move { f.await.map(Bytes::from) }))
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()> {
-        let node = Arc::clone(&self.node);
-        let name = self.name.clone();
-        let pieces = self.pieces(offset, data.len() as u64);
-        IoFuture::Boxed(Box::pin(async move {
-            for p in pieces? {
-                let chunk = data.slice(p.buf_off..p.buf_off + usize::try_from(p.len).unwrap_or(0));
-                let node2 = Arc::clone(&node);
-                Self::with_retries(&node, &name, p, move |t, generation| {
-                    let node = Arc::clone(&node2);
-                    let chunk = chunk.clone();
-                    async move {
-                        match t {
-                            Target::Local(off) => node
-                                .pool
-                                .write(off, chunk, fua)
-                                .await
-                                .map_err(RouteError::Io),
-                            Target::Remote {
-                                server,
-                                addr,
-                                pool_off,
-                            } => {
-                                let q = node
-                                    .peers
-                                    .queue(&server, addr)
-                                    .await
-                                    .map_err(|e| route_err(&server, e))?;
-                                q.with_generation(generation)
-                                    .write(INTERNAL_NSID, lba(pool_off), INTERNAL_BLOCK, chunk, fua)
-                                    .await
-                                    .map_err(|e| route_err(&server, e))
-                            }
-                        }
-                    }
-                })
-                .await?;
-            }
-            Ok(())
-        }))
+        let len = data.len() as u64;
+        let f = self.route(offset, len, PieceIo::Write { data, fua }, Vec::new());
+        IoFuture::Boxed(Box::pin(async move { f.await.map(drop) }))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
@@ -387,56 +380,7 @@ impl Volume for RoutedVolume {
 
 impl RoutedVolume {
     fn zero_like(&self, offset: u64, len: u64, deallocate: bool) -> IoFuture<()> {
-        let node = Arc::clone(&self.node);
-        let name = self.name.clone();
-        let pieces = self.pieces(offset, len);
-        IoFuture::Boxed(Box::pin(async move {
-            for p in pieces? {
-                let node2 = Arc::clone(&node);
-                Self::with_retries(&node, &name, p, move |t, generation| {
-                    let node = Arc::clone(&node2);
-                    async move {
-                        match t {
-                            Target::Local(off) => {
-                                let f = if deallocate {
-                                    node.pool.deallocate(off, p.len)
-                                } else {
-                                    node.pool.write_zeroes(off, p.len)
-                                };
-                                f.await.map_err(RouteError::Io)
-                            }
-                            Target::Remote {
-                                server,
-                                addr,
-                                pool_off,
-                            } => {
-                                let q = node
-                                    .peers
-                                    .queue(&server, addr)
-                                    .await
-                                    .map_err(|e| route_err(&server, e))?;
-                                let s = q.with_generation(generation);
-                                let mut left = p.len;
-                                let mut at = pool_off;
-                                // Write Zeroes NLB is 16 bits: split large ranges.
-                                let max = u64::from(crate::initiator::NLB_MAX)
-                                    * u64::from(INTERNAL_BLOCK);
-                                while left > 0 {
-                                    let n = left.min(max);
-                                    s.write_zeroes(INTERNAL_NSID, lba(at), nlb(n), deallocate)
-                                        .await
-                                        .map_err(|e| route_err(&server, e))?;
-                                    left -= n;
-                                    at += n;
-                                }
-                                Ok(())
-                            }
-                        }
-                    }
-                })
-                .await?;
-            }
-            Ok(())
-        }))
+        let f = self.route(offset, len, PieceIo::Zeroes { deallocate }, Vec::new());
+        IoFuture::Boxed(Box::pin(async move { f.await.map(drop) }))
     }
 }

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use codec::nvme::Status;
 use codec::nvme::cmd::{DatasetManagement, DsmRange, IoCommand, Rw, WriteZeroes};
 
+use crate::cluster::node::Refusal;
+use crate::cluster::node::admission::{self, Stage, Stamp, Step};
 use crate::controller::ctrl::Controller;
 use crate::controller::exec::{Completion, Outcome};
 use crate::controller::status::from_volume_error;
@@ -33,90 +35,96 @@ pub fn execute(
     data: Bytes,
     pool: &mut BufPool,
 ) -> Outcome {
-    // Cluster nodes: pass the install gate first, so that a command held while a new map is
-    // installed is checked against that map.
-    let pass = match &ctrl.registry.gate {
-        None => None,
-        Some(gate) => match gate.try_enter() {
-            Some(p) => Some(p),
-            None => {
-                let gate = Arc::clone(gate);
-                let ctrl = Arc::clone(ctrl);
-                return Outcome::Pending(Box::pin(async move {
-                    let pass = gate.enter().await;
-                    checked(&ctrl, internal, ns, cmd, data, None, Some(pass), false).await
-                }));
-            }
-        },
-    };
-    // Invariant 1: nothing stamped with generation g runs unless this server is at g.
+    // What to do is the node's rule (`cluster::node::admission::step`): the install gate
+    // first, so that a command held while a new map is installed is checked against that map;
+    // then the stamp (invariant 1: nothing stamped with generation g runs unless this server
+    // is at g); then, on internal connections, the fencing rule.
+    let pass = ctrl.registry.gate.as_ref().and_then(|g| g.try_enter());
+    let gate_open = ctrl.registry.gate.is_none() || pass.is_some();
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
     let generation = &ctrl.registry.generation;
-    match generation.check(stamp, internal) {
-        Ok(()) => match admitted(ctrl, internal, &cmd, &data) {
-            Ok(()) => with_pass(run(ctrl, ns, cmd, data, Some(pool)), pass),
-            Err(o) => o,
-        },
-        Err(m)
-            if m.status.same_code(Status::SERVER_BEHIND)
-                && generation.behind_wait_ms.load(Ordering::Relaxed) > 0 =>
-        {
+    let step = admission::step(
+        Stage::Arrived,
+        gate_open,
+        generation.behind_wait().is_some(),
+        || generation.verdict(stamp, internal, true),
+        || admitted(ctrl, internal, &cmd, &data),
+    );
+    match step {
+        Step::Run => with_pass(run(ctrl, ns, cmd, data, Some(pool)), pass),
+        Step::WaitGate => {
+            let gate = ctrl.registry.gate.clone();
+            let ctrl = Arc::clone(ctrl);
+            Outcome::Pending(Box::pin(async move {
+                let pass = match gate {
+                    Some(gate) => Some(gate.enter().await),
+                    None => None,
+                };
+                checked(&ctrl, internal, ns, cmd, data, pass, false).await
+            }))
+        }
+        Step::WaitBehind => {
             // Ahead of us: our map is on its way (watch stream); wait for it, bounded. The gate
             // pass is released meanwhile so an install can proceed.
             drop(pass);
             let ctrl = Arc::clone(ctrl);
             Outcome::Pending(Box::pin(async move {
                 let g = &ctrl.registry.generation;
-                let wait =
-                    std::time::Duration::from_millis(g.behind_wait_ms.load(Ordering::Relaxed));
-                g.wait_for(stamp, wait).await;
+                if let Some(wait) = g.behind_wait() {
+                    g.wait_for(stamp, wait).await;
+                }
                 let pass = match &ctrl.registry.gate {
                     Some(gate) => Some(gate.enter().await),
                     None => None,
                 };
-                checked(&ctrl, internal, ns, cmd, data, None, pass, true).await
+                checked(&ctrl, internal, ns, cmd, data, pass, true).await
             }))
         }
-        Err(m) => mismatch(m),
+        Step::Answer(v) => mismatch(v),
+        Step::Refuse(why) => crate::cluster::refusal_completion(why).into(),
     }
 }
 
-fn mismatch(m: crate::cluster::generation::Mismatch) -> Outcome {
-    Completion {
-        status: m.status,
-        dw0: m.dw0,
-        dw1: m.dw1,
-        ..Completion::default()
+fn mismatch(v: Stamp) -> Outcome {
+    match crate::cluster::generation::Mismatch::of(v) {
+        Ok(()) => Completion::ok().into(),
+        Err(m) => Completion {
+            status: m.status,
+            dw0: m.dw0,
+            dw1: m.dw1,
+            ..Completion::default()
+        }
+        .into(),
     }
-    .into()
 }
 
-/// Checks the stamp (again) and runs: the slow path, after waiting at the gate or for a map.
-#[allow(clippy::too_many_arguments)]
+/// Checks the stamp (again) and runs: the slow path, after waiting at the gate (holding its
+/// `pass`) or for a map.
 async fn checked(
     ctrl: &Arc<Controller>,
     internal: bool,
     ns: Option<Arc<Namespace>>,
     cmd: IoCommand,
     data: Bytes,
-    pool: Option<&mut BufPool>,
     pass: Option<crate::cluster::gate::Pass>,
     after_behind_wait: bool,
 ) -> Completion {
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);
     let g = &ctrl.registry.generation;
     // After a wait for our map the first check already counted this command as "behind".
-    let verdict = if after_behind_wait {
-        g.recheck_after_wait(stamp, internal)
-    } else {
-        g.check(stamp, internal)
-    };
-    let outcome = match verdict {
-        Ok(()) => match admitted(ctrl, internal, &cmd, &data) {
-            Ok(()) => run(ctrl, ns, cmd, data, pool),
-            Err(o) => o,
-        },
-        Err(m) => mismatch(m),
+    let step = admission::step(
+        Stage::Waited,
+        true,
+        g.behind_wait().is_some(),
+        || g.verdict(stamp, internal, !after_behind_wait),
+        || admitted(ctrl, internal, &cmd, &data),
+    );
+    let outcome = match step {
+        Step::Run => run(ctrl, ns, cmd, data, None),
+        Step::Answer(v) => mismatch(v),
+        Step::Refuse(why) => crate::cluster::refusal_completion(why).into(),
+        // Not at this stage: the gate pass is held, and a command waits for our map once.
+        Step::WaitGate | Step::WaitBehind => Status::INTERNAL.into(),
     };
     let c = match outcome {
         Outcome::Done(c) | Outcome::Connected(c) => c,
@@ -133,9 +141,9 @@ fn admitted(
     internal: bool,
     cmd: &IoCommand,
     data: &Bytes,
-) -> Result<(), Outcome> {
+) -> Result<(), Refusal> {
     match ctrl.registry.admission.get() {
-        Some(a) if internal => a.check(&ctrl.hostnqn, cmd, data).map_err(|c| c.into()),
+        Some(a) if internal => a.check(&ctrl.hostnqn, cmd, data),
         _ => Ok(()),
     }
 }

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 use manager::map::{ClusterMap, Replica};
 use tessera::cluster::generation::GenerationState;
+use tessera::cluster::node::admission::{self, Stage, Stamp, Step};
+use tessera::cluster::node::route::{self, Route};
 use tessera::cluster::node::{self, Ownership, Refusal, Via};
 
 use super::client::Watch;
@@ -517,7 +519,7 @@ impl World {
                     data,
                     copy,
                 };
-                self.srv_on_cmd(i, cmd);
+                self.srv_on_cmd(i, cmd, Stage::Arrived);
             }
             Msg::IoReply { id, res } => {
                 if self.ios.remove(&id).is_none() {
@@ -594,7 +596,7 @@ impl World {
                 let s = &mut self.srv[i];
                 if let Some(k) = s.behind_wait.iter().position(|c| c.id == id) {
                     let cmd = s.behind_wait.remove(k);
-                    self.srv_enter_then_check(i, cmd);
+                    self.srv_on_cmd(i, cmd, Stage::Waited);
                 }
             }
             Timer::MoverWake { key, token } => self.mover_wake(i, &key, token),
@@ -659,7 +661,7 @@ impl World {
         self.srv[i].gate_closed = false;
         let cmds = std::mem::take(&mut self.srv[i].gate_wait);
         for c in cmds {
-            self.srv_checked(i, c);
+            self.srv_on_cmd(i, c, Stage::Waited);
         }
         let hosts = std::mem::take(&mut self.srv[i].gate_wait_hosts);
         for t in hosts {
@@ -675,7 +677,7 @@ impl World {
             .partition(|c| c.stamp <= cur);
         self.srv[i].behind_wait = wait;
         for c in ready {
-            self.srv_enter_then_check(i, c);
+            self.srv_on_cmd(i, c, Stage::Waited);
         }
         let mut wake = Vec::new();
         for (t, task) in &mut self.srv[i].tasks {
@@ -690,56 +692,75 @@ impl World {
         }
     }
 
-    /// The stamp check: the real `GenerationState::check`, plus the test's deliberate bug.
-    fn srv_check(&self, i: usize, stamp: Gen) -> Result<(), (bool, Gen)> {
+    /// The stamp check: the real `GenerationState::verdict`, plus the test's deliberate bug.
+    fn srv_check(&self, i: usize, stamp: Gen) -> Stamp {
         let s = &self.srv[i];
-        let r = s.generation.check(stamp, true);
-        match r {
-            Ok(()) => Ok(()),
-            Err(_)
+        match s.generation.verdict(stamp, true, true) {
+            Stamp::Stale { .. }
                 if self.cfg.mutation == Mutation::AcceptStaleByOne
                     && stamp + 1 == s.generation.current() =>
             {
-                Ok(())
+                Stamp::Current
             }
-            Err(m) => {
-                let cur = (u64::from(m.dw1) << 32) | u64::from(m.dw0);
-                Err((stamp < cur, cur))
-            }
+            v => v,
         }
     }
 
-    /// io.rs `execute`: the gate, then the check; a newer stamp waits (bounded).
-    fn srv_on_cmd(&mut self, i: usize, cmd: Cmd) {
-        if self.srv[i].gate_closed {
-            self.srv[i].gate_wait.push(cmd);
-            return;
+    /// The fencing rule for `cmd`: the real `node::Ownership::admit`. External clients are
+    /// layout-aware tools: admitted as routed commands from an up server.
+    fn srv_fencing(&self, i: usize, cmd: &Cmd) -> Result<(), Refusal> {
+        // The mutation: a copy passes on its stamp alone (the target before the fix).
+        if cmd.copy && self.cfg.mutation == Mutation::NoSourceRule {
+            return Ok(());
         }
-        match self.srv_check(i, cmd.stamp) {
-            Ok(()) => self.srv_exec(i, &cmd),
-            Err((false, _)) => {
+        let s = &self.srv[i];
+        let sender = match cmd.from {
+            Node::Srv(d) => self.srv[d].id.as_str(),
+            _ => s.id.as_str(),
+        };
+        let via = if cmd.copy { Via::Copy } else { Via::Routed };
+        let range = (cmd.blk * BLOCK, cmd.nblk * BLOCK);
+        s.own.admit(sender, via, range, cmd.data.is_some())
+    }
+
+    /// io.rs `execute` / `checked`: the real `node::admission::step` (the gate, the stamp
+    /// check, the behind-wait, the fencing rule), carried out.
+    fn srv_on_cmd(&mut self, i: usize, cmd: Cmd, stage: Stage) {
+        let step = admission::step(
+            stage,
+            !self.srv[i].gate_closed,
+            true,
+            || self.srv_check(i, cmd.stamp),
+            || self.srv_fencing(i, &cmd),
+        );
+        match step {
+            Step::Run => self.srv_exec(i, &cmd),
+            Step::WaitGate => self.srv[i].gate_wait.push(cmd),
+            Step::WaitBehind => {
                 let id = cmd.id;
                 self.srv[i].behind_wait.push(cmd);
                 self.timer(Self::me(i), BEHIND_WAIT_MS, Timer::BehindTimeout(id));
             }
-            Err((true, cur)) => self.srv_reply(i, &cmd, IoRes::Stale(cur)),
-        }
-    }
-
-    fn srv_enter_then_check(&mut self, i: usize, cmd: Cmd) {
-        if self.srv[i].gate_closed {
-            self.srv[i].gate_wait.push(cmd);
-        } else {
-            self.srv_checked(i, cmd);
-        }
-    }
-
-    /// io.rs `checked`: check again and run, or answer the mismatch.
-    fn srv_checked(&mut self, i: usize, cmd: Cmd) {
-        match self.srv_check(i, cmd.stamp) {
-            Ok(()) => self.srv_exec(i, &cmd),
-            Err((true, cur)) => self.srv_reply(i, &cmd, IoRes::Stale(cur)),
-            Err((false, cur)) => self.srv_reply(i, &cmd, IoRes::Behind(cur)),
+            Step::Answer(v) => {
+                let res = match v {
+                    Stamp::Stale { current } => IoRes::Stale(current),
+                    Stamp::Ahead { current } => IoRes::Behind(current),
+                    // (The simulation stamps every command: as the check answered before.)
+                    Stamp::Unstamped { current } if current > 0 => IoRes::Stale(current),
+                    Stamp::Unstamped { current } => IoRes::Behind(current),
+                    Stamp::Current => return self.fail("model: a current stamp answered".into()),
+                };
+                self.srv_reply(i, &cmd, res);
+            }
+            Step::Refuse(why) => {
+                let res = match why {
+                    // `cluster::refusal_completion`: 81h with no generation.
+                    Refusal::NotServing => IoRes::Behind(0),
+                    _ => IoRes::Denied,
+                };
+                self.stats.fenced += 1;
+                self.srv_reply(i, &cmd, res);
+            }
         }
     }
 
@@ -750,33 +771,9 @@ impl World {
         self.send(Self::me(i), cmd.from, Msg::IoReply { id: cmd.id, res });
     }
 
-    /// Runs a command whose stamp passed the check, if the fencing rule admits it.
+    /// Runs a command that `admission::step` let through.
     fn srv_exec(&mut self, i: usize, cmd: &Cmd) {
         let s = &self.srv[i];
-        // The real rule (`node::Ownership::admit`). External clients are layout-aware tools:
-        // admitted as routed commands from an up server.
-        let sender = match cmd.from {
-            Node::Srv(d) => self.srv[d].id.clone(),
-            _ => s.id.clone(),
-        };
-        let via = if cmd.copy { Via::Copy } else { Via::Routed };
-        let range = (cmd.blk * BLOCK, cmd.nblk * BLOCK);
-        // The mutation: a copy passes on its stamp alone (the target before the fix).
-        let unchecked = cmd.copy && self.cfg.mutation == Mutation::NoSourceRule;
-        let verdict = if unchecked {
-            Ok(())
-        } else {
-            s.own.admit(&sender, via, range, cmd.data.is_some())
-        };
-        if let Err(why) = verdict {
-            let res = match why {
-                // `cluster::refusal_completion`: 81h with no generation.
-                Refusal::NotServing => IoRes::Behind(0),
-                _ => IoRes::Denied,
-            };
-            self.stats.fenced += 1;
-            return self.srv_reply(i, cmd, res);
-        }
         // Invariant 1, witnessed by the model independently of `GenerationState::check`.
         if cmd.stamp != s.model_gen {
             let what = format!(
@@ -837,11 +834,8 @@ impl World {
         if !s.own.serving() {
             return self.host_finish(i, t, None);
         }
-        // `pieces`: the volume and range must exist in our map.
-        let exists = s
-            .map
-            .volume(&self.vol_names[key.0])
-            .is_some_and(|v| key.1 < v.size_bytes / BLOCK);
+        // `pieces` (the real `node::route::split`): the volume and range must exist in our map.
+        let exists = route::split(&s.map, &self.vol_names[key.0], key.1 * BLOCK, BLOCK).is_ok();
         if exists {
             self.task_try(i, t);
         } else {
@@ -914,17 +908,22 @@ impl World {
                     return self.host_finish(i, t, None);
                 };
                 let (key, data) = (*key, *data);
-                // `locate`, under the current map.
-                let loc = map.volume(&self.vol_names[key.0]).and_then(|v| {
-                    let e = v.extent_of(key.1 * BLOCK)?;
-                    let (start, _) = v.extent_range(e)?;
-                    let o = v.owner(e)?;
-                    Some((o.server.clone(), o.offset / BLOCK + key.1 - start / BLOCK))
-                });
-                let Some((owner, blk)) = loc else {
+                // `locate`, under the current map (the real `node::route`).
+                let name = &self.vol_names[key.0];
+                let Some(p) = route::split(&map, name, key.1 * BLOCK, BLOCK)
+                    .ok()
+                    .and_then(|mut p| p.next())
+                else {
                     return self.host_finish(i, t, None);
                 };
-                if owner == me {
+                let (owner, blk) = match route::locate(&map, name, &p, &me) {
+                    Route::Local { pool_off } => (None, pool_off / BLOCK),
+                    Route::Remote { server, pool_off } => {
+                        (Some(server.id.clone()), pool_off / BLOCK)
+                    }
+                    Route::NoPath => return self.host_finish(i, t, None),
+                };
+                let Some(owner) = owner else {
                     let v = match data {
                         Some(v) => {
                             self.pool_write(i, blk, &[v]);
@@ -933,7 +932,7 @@ impl World {
                         None => self.srv[i].pool[blk as usize],
                     };
                     return self.host_finish(i, t, Some(v));
-                }
+                };
                 let Some(d) = World::server_index(&owner) else {
                     return self.host_finish(i, t, None);
                 };

@@ -1,0 +1,188 @@
+//! Where a host's I/O goes (docs/cluster-protocol.md, "Routing host I/O"): a byte range of a
+//! volume is split at extent boundaries into pieces, and each piece goes to its extent's owner
+//! under this server's map — this server's own pool, or a peer. Pure: the daemon's
+//! `routed.rs` and the simulation both route with these. [`split`] allocates nothing (the
+//! pieces are an iterator over the volume's geometry, taken when the command arrives).
+
+use manager::map::{ClusterMap, ServerEntry};
+
+/// One piece of a request: `len` bytes at byte `vol_off` of the volume, all in extent
+/// `extent`, at `buf_off` in the request's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub extent: usize,
+    pub vol_off: u64,
+    pub len: u64,
+    pub buf_off: usize,
+}
+
+/// Why a request cannot be split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitError {
+    /// The map has no such volume (or it has no extents).
+    Unmapped,
+    /// The range ends past the volume's end (`capacity` bytes).
+    OutOfRange { capacity: u64 },
+}
+
+/// The pieces of one request, in order (see [`split`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Pieces {
+    start: u64,
+    at: u64,
+    end: u64,
+    extent_size: u64,
+}
+
+/// Splits bytes `[off, off + len)` of volume `volume` of `map` at its extent boundaries.
+pub fn split(map: &ClusterMap, volume: &str, off: u64, len: u64) -> Result<Pieces, SplitError> {
+    let vol = map.volume(volume).ok_or(SplitError::Unmapped)?;
+    let end = off
+        .checked_add(len)
+        .filter(|e| *e <= vol.size_bytes)
+        .ok_or(SplitError::OutOfRange {
+            capacity: vol.size_bytes,
+        })?;
+    if vol.extent_size == 0 && len > 0 {
+        return Err(SplitError::Unmapped);
+    }
+    Ok(Pieces {
+        start: off,
+        at: off,
+        end,
+        extent_size: vol.extent_size,
+    })
+}
+
+impl Iterator for Pieces {
+    type Item = Piece;
+
+    fn next(&mut self) -> Option<Piece> {
+        if self.at >= self.end {
+            return None;
+        }
+        let extent = self.at / self.extent_size;
+        let extent_end = extent
+            .saturating_add(1)
+            .saturating_mul(self.extent_size)
+            .min(self.end);
+        let p = Piece {
+            extent: usize::try_from(extent).unwrap_or(usize::MAX),
+            vol_off: self.at,
+            len: extent_end - self.at,
+            buf_off: usize::try_from(self.at - self.start).unwrap_or(usize::MAX),
+        };
+        self.at = extent_end;
+        Some(p)
+    }
+}
+
+/// Where one piece goes under a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// This server owns the extent: the piece is at `pool_off` of its own pool.
+    Local { pool_off: u64 },
+    /// Server `server` owns it: forward the piece to its pool at `pool_off`.
+    Remote {
+        server: &'a ServerEntry,
+        pool_off: u64,
+    },
+    /// The map has no owner for it (the volume or extent is gone, or its owner is not listed).
+    NoPath,
+}
+
+/// Where piece `p` of volume `volume` goes under `map`, seen from server `me`.
+pub fn locate<'a>(map: &'a ClusterMap, volume: &str, p: &Piece, me: &str) -> Route<'a> {
+    let Some(vol) = map.volume(volume) else {
+        return Route::NoPath;
+    };
+    let (Some(owner), Some((start, _))) = (vol.owner(p.extent), vol.extent_range(p.extent)) else {
+        return Route::NoPath;
+    };
+    let Some(pool_off) = p
+        .vol_off
+        .checked_sub(start)
+        .and_then(|d| owner.offset.checked_add(d))
+    else {
+        return Route::NoPath;
+    };
+    if owner.server == me {
+        return Route::Local { pool_off };
+    }
+    match map.server(&owner.server) {
+        Some(server) => Route::Remote { server, pool_off },
+        None => Route::NoPath,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{EXTENT, map, rep, server};
+    use super::*;
+    use manager::map::{ExtentEntry, ServerState};
+
+    fn two_extents() -> ClusterMap {
+        let e = |s: &str, off: u64| ExtentEntry {
+            replicas: vec![rep(s, off)],
+            moving: None,
+        };
+        map(
+            3,
+            vec![server("s1", ServerState::Up), server("s2", ServerState::Up)],
+            vec![e("s1", 8192), e("s2", 0)],
+        )
+    }
+
+    #[test]
+    fn a_range_is_split_at_extent_boundaries_and_each_piece_goes_to_its_owner() {
+        let m = two_extents();
+        let pieces: Vec<Piece> = split(&m, "vol1", 4000, 200).expect("in range").collect();
+        assert_eq!(
+            pieces,
+            vec![
+                Piece {
+                    extent: 0,
+                    vol_off: 4000,
+                    len: 96,
+                    buf_off: 0
+                },
+                Piece {
+                    extent: 1,
+                    vol_off: 4096,
+                    len: 104,
+                    buf_off: 96
+                },
+            ]
+        );
+        assert_eq!(
+            locate(&m, "vol1", &pieces[0], "s1"),
+            Route::Local { pool_off: 12192 }
+        );
+        let remote = match locate(&m, "vol1", &pieces[1], "s1") {
+            Route::Remote { server, pool_off } => Some((server.id.as_str(), pool_off)),
+            _ => None,
+        };
+        assert_eq!(remote, Some(("s2", 0)));
+        assert_eq!(locate(&m, "vol9", &pieces[0], "s1"), Route::NoPath);
+        assert_eq!(split(&m, "vol1", 0, 0).expect("empty").count(), 0);
+        assert_eq!(split(&m, "vol1", 0, 2 * EXTENT).expect("all").count(), 2);
+    }
+
+    #[test]
+    fn a_range_past_the_end_or_of_an_unknown_volume_is_not_split() {
+        let m = two_extents();
+        assert_eq!(
+            split(&m, "vol1", EXTENT, EXTENT + 1).err(),
+            Some(SplitError::OutOfRange {
+                capacity: 2 * EXTENT
+            })
+        );
+        assert_eq!(
+            split(&m, "vol1", u64::MAX, 2).err(),
+            Some(SplitError::OutOfRange {
+                capacity: 2 * EXTENT
+            })
+        );
+        assert_eq!(split(&m, "nope", 0, 1).err(), Some(SplitError::Unmapped));
+    }
+}
