@@ -16,6 +16,8 @@
 //! - [`retry::Retry`]: the sender's retries of one routed piece or copied range;
 //! - [`admission::step`]: what becomes of a command that arrives (gate, stamp, behind-wait,
 //!   fencing rule);
+//! - [`watch::Watch`]: the watch loop (which map next, fetches, re-acks, postponed installs,
+//!   the fence after a restart or a freeze);
 //! - [`route`]: a host's I/O split at extent boundaries, and where each piece goes.
 
 pub mod admission;
@@ -23,6 +25,7 @@ pub mod copier;
 pub mod install;
 pub mod retry;
 pub mod route;
+pub mod watch;
 
 use manager::map::{ClusterMap, ServerState};
 

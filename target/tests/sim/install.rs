@@ -10,63 +10,23 @@ use std::sync::Arc;
 use manager::map::ClusterMap;
 
 use tessera::cluster::node::install::{self as machine, Action, Event, PassOutcome};
+use tessera::cluster::node::watch::Event as WatchEvent;
 
 use super::mover::{CONVERGED_CHUNKS, Mover, MvSt, PASSES_MAX, Pass, chunks};
-use super::server::{
-    CATCH_UP_RETRY_MS, Copied, CopyOwner, FinalCopy, InWait, Install, POSTPONED_RETRY_MS, REACK_MS,
-    RpcFor,
-};
-use super::world::{BLOCK, Req, Role, Timer, World};
+use super::server::{Copied, CopyOwner, FinalCopy, InWait, Install, RpcFor};
+use super::world::{BLOCK, Req, Timer, World};
 use tessera::cluster::node::copier::Copier;
 
 impl World {
     // ---- the watch loop and install ----------------------------------------------------
 
-    /// The watch loop: one install (or refresh fetch, or re-ack) at a time.
-    pub fn srv_kick(&mut self, i: usize) {
-        let s = &mut self.srv[i];
-        if !s.up || !s.booted || s.install.is_some() || s.fetching || s.reacking {
-            return;
-        }
-        if let Some(m) = s.inbox.pop_front() {
-            self.install_start(i, m);
-        } else if s.refresh {
-            s.refresh = false;
-            s.fetching = true;
-            let fenced = s.fence.fetch_started();
-            self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Refresh(fenced));
-        } else if s.reack_due {
-            // `reack.tick()` (MissedTickBehavior::Delay: the next tick is a period after this
-            // one was taken): ack the installed generation again.
-            s.reack_due = false;
-            s.reacking = true;
-            let generation = s.generation.current();
-            self.stats.reacks += 1;
-            self.srv_rpc(
-                i,
-                Req::Ack {
-                    server: i,
-                    generation,
-                },
-                RpcFor::ReAck,
-            );
-            self.timer(Self::me(i), REACK_MS, Timer::ReAck);
-        }
-    }
-
-    /// `refresh.notify_one()`.
-    pub fn srv_refresh(&mut self, i: usize) {
-        self.srv[i].refresh = true;
-        self.srv_kick(i);
-    }
-
-    fn install_start(&mut self, i: usize, new: Arc<ClusterMap>) {
+    pub fn install_start(&mut self, i: usize, new: Arc<ClusterMap>) {
         let s = &mut self.srv[i];
         let old = Arc::clone(&s.map);
         // A server catching up after a restart serves nothing: its install closes no gate.
-        let Some(m) = machine::Install::start(old, new, &s.id, s.fence.caught_up()) else {
+        let Some(m) = machine::Install::start(old, new, &s.id, s.watcher.caught_up()) else {
             // Nothing to do, and no ack (`install` returns early).
-            return self.srv_kick(i);
+            return self.srv_feed(i, WatchEvent::InstallDone);
         };
         if std::mem::take(&mut s.boot_install) && !m.lost().is_empty() {
             self.stats.restart_final_copies += 1;
@@ -166,12 +126,10 @@ impl World {
             Action::Install(new) => {
                 let s = &mut self.srv[i];
                 s.map = Arc::clone(&new);
-                if s.postponed.is_some_and(|g| g <= new.generation) {
-                    s.postponed = None;
-                }
+                s.watcher.installed(new.generation);
                 s.generation.install(new.generation);
                 s.model_gen = new.generation;
-                s.own = tessera::cluster::node::Ownership::new(&new, &s.id, s.fence.caught_up());
+                s.own = tessera::cluster::node::Ownership::new(&new, &s.id, s.watcher.caught_up());
                 let id = s.id.clone();
                 self.note(format!("{id} installed g{}", new.generation));
                 self.state_check = true;
@@ -197,22 +155,20 @@ impl World {
             }
             Action::Postpone(g) => {
                 self.stats.installs_postponed += 1;
-                self.srv[i].postponed = Some(g);
+                let then = self.srv[i].watcher.postpone(g);
                 let id = self.srv[i].id.clone();
                 self.note(format!(
                     "{id}: install of g{g} postponed: final copy incomplete"
                 ));
-                if !self.srv[i].fence.caught_up() {
-                    // `cluster::catch_up_done`: a fenced server fetches again.
-                    self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
+                // Retried every POSTPONED_RETRY_MS (the watch stream will not send that
+                // generation again); a fenced server fetches again (`node::watch`).
+                for a in then {
+                    self.srv_watch_act(i, a);
                 }
-                // The watch stream will not send that generation again: the target schedules
-                // a refresh fetch (cluster::POSTPONED_RETRY, 1 s) to retry the install.
-                self.timer(Self::me(i), POSTPONED_RETRY_MS, Timer::PostponedRetry);
             }
             Action::Done => {
                 self.srv[i].install = None;
-                self.srv_kick(i);
+                self.srv_feed(i, WatchEvent::InstallDone);
             }
         }
     }

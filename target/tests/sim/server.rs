@@ -14,13 +14,16 @@
 //! the manager's newer map through the normal `install` (gate, the final copy of the whole
 //! lost extent: a restarted server has no copier state).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use manager::map::{ClusterMap, Replica};
 use tessera::cluster::generation::GenerationState;
 use tessera::cluster::node::admission::{self, Stage, Stamp, Step};
 use tessera::cluster::node::route::{self, Route};
+use tessera::cluster::node::watch::{
+    Action as WatchAction, Event as WatchEvent, Timer as WatchTimer,
+};
 use tessera::cluster::node::{self, Ownership, Refusal, Via};
 
 use super::client::Watch;
@@ -29,12 +32,10 @@ use super::world::{
     BLOCK, BlockKey, Gen, IoRes, Msg, Mutation, Node, POOL_BLOCKS, Rep, Req, Role, Timer, World,
 };
 
-// The daemon's timing policy (`tessera::cluster::node::policy`): boot, re-acks, catch-up,
-// postponed installs. (Retries of routed pieces and copies, final copies and acks are the
-// node's machines: `node::retry`, `node::install`.)
-pub use tessera::cluster::node::policy::{
-    BOOT_RETRY_MS, CATCH_UP_RETRY_MS, POSTPONED_RETRY_MS, REACK_MS,
-};
+// The daemon's boot policy (`tessera::cluster::node::policy`). (Re-acks, catch-up fetches,
+// postponed installs, retries of routed pieces and copies, final copies and acks are the
+// node's machines: `node::watch`, `node::retry`, `node::install`.)
+pub use tessera::cluster::node::policy::BOOT_RETRY_MS;
 /// io.rs `BEHIND_WAIT`.
 pub const BEHIND_WAIT_MS: u64 = tessera::controller::io::BEHIND_WAIT.as_millis() as u64;
 
@@ -58,8 +59,8 @@ pub enum RpcFor {
     BootAck,
     InstallAck,
     MoveReady((String, usize)),
-    /// A refresh fetch; with the fence epoch when it started fenced.
-    Refresh(Option<u64>),
+    /// A refresh fetch (`node::watch::Action::Fetch`).
+    Refresh,
     /// The watch loop's periodic re-ack (`reack.tick()`).
     ReAck,
 }
@@ -192,15 +193,12 @@ pub struct Server {
     pub boot_install: bool,
     /// For the known-bug label only: the generation installed when it last crashed.
     pub before_crash: Gen,
-    /// For the new-bug label only: the generation whose install was postponed (a failed
-    /// final copy) and has not been installed since.
-    pub postponed: Option<Gen>,
     /// The real fencing rule's view of this server's map (`node::Ownership`), rebuilt at
     /// every install; not serving until the catch-up install after a restart.
     pub own: Ownership,
-    /// Installed the current map since it booted or was last found frozen: the REAL rule
-    /// (`node::Fence`, as `cluster::Admission` holds it).
-    pub fence: node::Fence,
+    /// The watch loop: the REAL `node::watch::Watch` (which map next, fetches, re-acks,
+    /// postponed installs, the fence after a restart or a freeze), as `cluster::watch` runs it.
+    pub watcher: node::watch::Watch,
     /// Hung (SIGSTOP) since then, until `hung_until` (world.rs `hang_one`).
     pub hung_since: Option<u64>,
     pub hung_until: u64,
@@ -214,15 +212,6 @@ pub struct Server {
     pub gate_wait_hosts: Vec<u64>,
     pub behind_wait: Vec<Cmd>,
     pub watch: Watch,
-    /// Stream lines not yet taken by the watch loop (it installs one map at a time).
-    pub inbox: VecDeque<Arc<ClusterMap>>,
-    /// `refresh` Notify permit (a peer said our map is old).
-    pub refresh: bool,
-    pub fetching: bool,
-    /// `reack.tick()` is ready (it fires while the loop is busy: taken when it is idle).
-    pub reack_due: bool,
-    /// The watch loop is awaiting a re-ack.
-    pub reacking: bool,
     pub install: Option<Install>,
     pub movers: BTreeMap<(String, usize), Mover>,
     pub tasks: BTreeMap<u64, Task>,
@@ -244,9 +233,8 @@ impl Server {
             persisted: None,
             boot_install: false,
             before_crash: 0,
-            postponed: None,
             own: Ownership::default(),
-            fence: node::Fence::new(false),
+            watcher: node::watch::Watch::new(None),
             hung_since: None,
             hung_until: 0,
             down_gen: None,
@@ -257,11 +245,6 @@ impl Server {
             gate_wait_hosts: Vec::new(),
             behind_wait: Vec::new(),
             watch: Watch::default(),
-            inbox: VecDeque::new(),
-            refresh: false,
-            fetching: false,
-            reack_due: false,
-            reacking: false,
             install: None,
             movers: BTreeMap::new(),
             tasks: BTreeMap::new(),
@@ -352,12 +335,9 @@ impl World {
         s.generation = GenerationState::new(g);
         s.model_gen = g;
         s.boot_install = newer.is_some();
-        s.fence = node::Fence::new(newer.is_none());
-        s.own = Ownership::new(&s.map, &s.id, s.fence.caught_up());
-        // The fetched map was fetched after the start: installing it lifts the start's fence.
-        if let (Some(m), Some(epoch)) = (&newer, s.fence.fetch_started()) {
-            s.fence.fetched(epoch, m.generation);
-        }
+        // Fenced until the catch-up install (of a map fetched after the start) is done.
+        s.watcher = node::watch::Watch::new(newer.clone());
+        s.own = Ownership::new(&s.map, &s.id, s.watcher.caught_up());
         let how = if from_persisted {
             self.stats.boots_from_persisted += 1;
             " from its persisted map"
@@ -384,13 +364,9 @@ impl World {
             RpcFor::BootAck,
         );
         self.subscribe(Self::me(i));
-        // `watch`: `tokio::time::interval(REACK_PERIOD)`, whose first tick is immediate.
-        self.timer(Self::me(i), 0, Timer::ReAck);
         self.state_check = true;
-        if let Some(m) = newer {
-            self.srv[i].inbox.push_front(m);
-            self.srv_kick(i);
-        }
+        // The re-ack period's first tick, then the catch-up install if any.
+        self.srv_feed(i, WatchEvent::Started);
     }
 
     pub fn srv_crash(&mut self, i: usize) {
@@ -453,7 +429,7 @@ impl World {
         {
             return;
         }
-        s.fence.fence();
+        s.watcher.freeze();
         s.own = Ownership::new(&s.map, &s.id, false);
         self.stats.freezes_detected += 1;
         let what = format!(
@@ -465,12 +441,17 @@ impl World {
         self.srv_refresh(i);
     }
 
-    /// `cluster::catch_up_done`: the map fetched after the latest fence is installed.
+    /// `Action::SyncMovers` (`cluster::install`): the installed map may lift the fence.
     pub fn srv_thaw(&mut self, i: usize) {
         let s = &mut self.srv[i];
-        if !s.fence.try_thaw(s.map.generation) {
-            return;
+        if s.watcher.try_thaw(s.map.generation) {
+            self.srv_thawed(i);
         }
+    }
+
+    /// The fence lifted: serve again, start the copiers.
+    fn srv_thawed(&mut self, i: usize) {
+        let s = &mut self.srv[i];
         s.own = Ownership::new(&s.map, &s.id, true);
         let what = format!(
             "{} has the current map (g{}): serving",
@@ -478,6 +459,54 @@ impl World {
         );
         self.note(what);
         self.mover_sync(i);
+    }
+
+    // ---- the watch loop (`cluster::watch`: the real `node::watch::Watch`) ---------------
+
+    /// Feeds the watch loop one event and carries out its actions.
+    pub fn srv_feed(&mut self, i: usize, ev: WatchEvent) {
+        let s = &mut self.srv[i];
+        if !s.up || !s.booted {
+            return;
+        }
+        for a in s.watcher.on(ev) {
+            self.srv_watch_act(i, a);
+        }
+    }
+
+    pub fn srv_watch_act(&mut self, i: usize, a: WatchAction) {
+        match a {
+            WatchAction::Install(m) => self.install_start(i, m),
+            WatchAction::Fetch => {
+                self.srv_rpc(i, Req::Fetch(Role::Server(i)), RpcFor::Refresh);
+            }
+            WatchAction::ReAck => {
+                let generation = self.srv[i].generation.current();
+                self.stats.reacks += 1;
+                self.srv_rpc(
+                    i,
+                    Req::Ack {
+                        server: i,
+                        generation,
+                    },
+                    RpcFor::ReAck,
+                );
+            }
+            WatchAction::After { ms, timer } => {
+                let t = match timer {
+                    WatchTimer::ReAck => Timer::ReAck,
+                    WatchTimer::CatchUp => Timer::CatchUp,
+                    WatchTimer::PostponedRetry => Timer::PostponedRetry,
+                };
+                self.timer(Self::me(i), ms, t);
+            }
+            WatchAction::Thaw => self.srv_thawed(i),
+        }
+    }
+
+    /// `refresh.notify_one()`.
+    pub fn srv_refresh(&mut self, i: usize) {
+        self.srv_feed(i, WatchEvent::Refresh);
     }
 
     // ---- messages and timers -----------------------------------------------------------
@@ -488,8 +517,7 @@ impl World {
                 if let Some(map) = self.on_stream_msg(Self::me(i), msg)
                     && self.srv[i].booted
                 {
-                    self.srv[i].inbox.push_back(map);
-                    self.srv_kick(i);
+                    self.srv_feed(i, WatchEvent::Pushed(map));
                 }
             }
             Msg::RpcReply { id, rep } => {
@@ -601,16 +629,10 @@ impl World {
             }
             Timer::MoverWake { key, token } => self.mover_wake(i, &key, token),
             Timer::InstallWake(token) => self.install_wake(i, token),
-            Timer::CatchUp if !self.srv[i].fence.caught_up() => self.srv_refresh(i),
-            Timer::ReAck => {
-                self.srv[i].reack_due = true;
-                self.srv_kick(i);
-            }
-            // The target retries every POSTPONED_RETRY until the generation is installed.
-            Timer::PostponedRetry if self.srv[i].postponed.is_some() => {
-                self.srv_refresh(i);
-                self.srv_kick(i);
-                self.timer(Self::me(i), POSTPONED_RETRY_MS, Timer::PostponedRetry);
+            Timer::CatchUp => self.srv_feed(i, WatchEvent::Timer(WatchTimer::CatchUp)),
+            Timer::ReAck => self.srv_feed(i, WatchEvent::Timer(WatchTimer::ReAck)),
+            Timer::PostponedRetry => {
+                self.srv_feed(i, WatchEvent::Timer(WatchTimer::PostponedRetry));
             }
             _ => {}
         }
@@ -625,32 +647,14 @@ impl World {
             RpcFor::BootAck => {}
             RpcFor::InstallAck => self.install_ack_done(i, matches!(rep, Some(Rep::Ok))),
             RpcFor::MoveReady(key) => self.mover_ready_done(i, &key, matches!(rep, Some(Rep::Ok))),
-            RpcFor::ReAck => {
-                self.srv[i].reacking = false;
-                self.srv_kick(i);
-            }
-            RpcFor::Refresh(fenced) => {
-                self.srv[i].fetching = false;
-                let s = &mut self.srv[i];
-                match rep {
-                    // `cluster::watch` / `catch_up_done`: a fetch that started after the latest
-                    // fence lifts it once its map is installed (or if it is not newer).
-                    Some(Rep::Map(m)) => {
-                        if let Some(epoch) = fenced {
-                            s.fence.fetched(epoch, m.generation);
-                        }
-                        if m.generation > s.map.generation {
-                            s.inbox.push_front(m);
-                        } else {
-                            self.srv_thaw(i);
-                        }
-                    }
-                    _ if !s.fence.caught_up() => {
-                        self.timer(Self::me(i), CATCH_UP_RETRY_MS, Timer::CatchUp);
-                    }
-                    _ => {}
-                }
-                self.srv_kick(i);
+            RpcFor::ReAck => self.srv_feed(i, WatchEvent::ReAcked),
+            RpcFor::Refresh => {
+                let map = match rep {
+                    Some(Rep::Map(m)) => Some(m),
+                    _ => None,
+                };
+                let installed = self.srv[i].map.generation;
+                self.srv_feed(i, WatchEvent::Fetched { map, installed });
             }
         }
     }

@@ -1264,7 +1264,7 @@ impl World {
         let head = self.mgr.head();
         let coord = self.mgr.coord.as_ref()?;
         for s in &self.srv {
-            if let Some(g) = s.postponed {
+            if let Some(g) = s.watcher.postponed() {
                 return Some(format!(
                     "{} s after healing, {} is at generation {} and never retried the install \
                      of g{g} it postponed (a failed final copy): NEW BUG \
