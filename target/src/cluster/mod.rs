@@ -39,12 +39,6 @@ use routed::RoutedVolume;
 
 /// How long a starting server keeps asking for its first map.
 pub const FIRST_MAP_WAIT: Duration = Duration::from_secs(30);
-/// When a postponed install (its final copy failed) is tried again.
-pub const POSTPONED_RETRY: Duration = Duration::from_millis(node::policy::POSTPONED_RETRY_MS);
-/// How often a fenced server (frozen, or catching up) retries fetching the current map.
-pub const CATCH_UP_RETRY: Duration = Duration::from_millis(node::policy::CATCH_UP_RETRY_MS);
-/// How often a server repeats the ack of its installed generation (idempotent).
-pub const REACK_PERIOD: Duration = Duration::from_millis(node::policy::REACK_MS);
 /// Mismatch reports sent to the manager per second at most (docs/cluster-protocol.md: rate-limited).
 pub const REPORTS_PER_SECOND: u32 = 10;
 
@@ -52,53 +46,64 @@ pub const REPORTS_PER_SECOND: u32 = 10;
 /// daemon's side of [`node::Ownership::admit`], rebuilt at every install.
 pub struct Admission {
     ownership: ArcSwap<node::Ownership>,
-    /// The server has installed the current map since it started (a restart from an older
-    /// persisted map catches up first), and since it was last frozen (`node::Fence`; not on
-    /// the I/O path, which reads `ownership`).
-    fence: std::sync::Mutex<node::Fence>,
+    /// The watch loop's machine (`node::watch::Watch`), with the fence: whether the server
+    /// has installed the current map since it started (a restart from an older persisted map
+    /// catches up first) and since it was last frozen. Locked briefly, never across an await,
+    /// and not on the I/O path (which reads `ownership`); the ownership view changes under it.
+    watch: std::sync::Mutex<node::watch::Watch>,
     /// The heartbeat's last tick, in ms since `started` (a frozen process misses ticks).
     last_tick: AtomicU64,
     started: std::time::Instant,
 }
 
 impl Admission {
-    fn new(map: &ClusterMap, me: &str, caught_up: bool) -> Self {
+    fn new(map: &ClusterMap, me: &str, watch: node::watch::Watch) -> Self {
         Self {
-            ownership: ArcSwap::from_pointee(node::Ownership::new(map, me, caught_up)),
-            fence: std::sync::Mutex::new(node::Fence::new(caught_up)),
+            ownership: ArcSwap::from_pointee(node::Ownership::new(map, me, watch.caught_up())),
+            watch: std::sync::Mutex::new(watch),
             last_tick: AtomicU64::new(0),
             started: std::time::Instant::now(),
         }
     }
 
-    /// A map was installed: the fencing view follows it (still not serving while fenced).
-    fn installed(&self, map: &ClusterMap, me: &str) {
-        let serving = self.caught_up();
-        self.ownership
-            .store(Arc::new(node::Ownership::new(map, me, serving)));
+    /// Feeds the watch loop one event (`map`: the installed map); a thaw serves again at once.
+    fn feed(&self, ev: node::watch::Event, map: &ClusterMap, me: &str) -> Vec<node::watch::Action> {
+        let mut w = lock(&self.watch);
+        let actions = w.on(ev);
+        if actions.contains(&node::watch::Action::Thaw) {
+            self.ownership
+                .store(Arc::new(node::Ownership::new(map, me, true)));
+        }
+        actions
     }
 
-    /// Serves nothing until the current map has been fetched (and installed if newer).
-    fn fence(&self, map: &ClusterMap, me: &str) {
-        lock(&self.fence).fence();
+    /// A map was installed: the fencing view follows it (still not serving while fenced).
+    fn installed(&self, map: &ClusterMap, me: &str) {
+        let mut w = lock(&self.watch);
+        w.installed(map.generation);
+        self.ownership
+            .store(Arc::new(node::Ownership::new(map, me, w.caught_up())));
+    }
+
+    /// The process was frozen: serve nothing until the current map has been fetched (and
+    /// installed if newer).
+    fn freeze(&self, map: &ClusterMap, me: &str) {
+        let mut w = lock(&self.watch);
+        w.freeze();
         self.ownership
             .store(Arc::new(node::Ownership::new(map, me, false)));
     }
 
-    /// A fetch of the current map starts: its fence epoch if fenced (`Fence::fetch_started`).
-    fn fetch_started(&self) -> Option<u64> {
-        lock(&self.fence).fetch_started()
-    }
-
-    /// A fetch started at `epoch` brought generation `generation`.
-    fn fetched(&self, epoch: u64, generation: u64) {
-        lock(&self.fence).fetched(epoch, generation);
+    /// An install of generation `g` was postponed: the watch loop's timers to set.
+    fn postpone(&self, g: u64) -> Vec<node::watch::Action> {
+        lock(&self.watch).postpone(g)
     }
 
     /// Lifts the fence if `map` (installed) is at least the map fetched after the latest
-    /// fence (`Fence::try_thaw`). A fetch older than the latest fence lifts nothing.
+    /// fence (`Watch::try_thaw`). A fetch older than the latest fence lifts nothing.
     fn try_thaw(&self, map: &ClusterMap, me: &str) -> bool {
-        let thawed = lock(&self.fence).try_thaw(map.generation);
+        let mut w = lock(&self.watch);
+        let thawed = w.try_thaw(map.generation);
         if thawed {
             self.ownership
                 .store(Arc::new(node::Ownership::new(map, me, true)));
@@ -128,7 +133,7 @@ impl Admission {
     }
 
     fn caught_up(&self) -> bool {
-        lock(&self.fence).caught_up()
+        lock(&self.watch).caught_up()
     }
 
     /// Checks an internal command (its stamp already passed) from the peer `hostnqn`.
@@ -237,8 +242,6 @@ pub struct NodeShared {
     pub movers: mover::Movers,
     /// Where the installed map is persisted (durable pools only).
     pub state: Option<std::path::PathBuf>,
-    /// A postponed install's retry loop is running.
-    pub retrying: std::sync::atomic::AtomicBool,
     /// The fencing rule on internal connections, and whether this server serves.
     pub admission: Arc<Admission>,
     /// Deadline of a forwarded command, in ms ([`routed::FORWARD_TIMEOUT`] by default).
@@ -353,7 +356,8 @@ pub async fn start(
             "starting from the persisted map; not serving until the current map is installed"
         );
     }
-    let catch_up = boot.catch_up;
+    // The watch loop: fenced until the catch-up install, if any, is done.
+    let watcher = node::watch::Watch::new(boot.catch_up.map(Arc::new));
     let map = boot.map;
 
     let internal = Subsystem::with_cntlid_range(
@@ -396,7 +400,7 @@ pub async fn start(
     registry
         .generation
         .set_behind_wait(crate::controller::io::BEHIND_WAIT);
-    let admission = Arc::new(Admission::new(&map, server_id, catch_up.is_none()));
+    let admission = Arc::new(Admission::new(&map, server_id, watcher));
     let _ = registry.admission.set(Arc::clone(&admission));
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(REPORT_QUEUE_MAX);
     registry.generation.set_reporter(report_tx);
@@ -412,7 +416,6 @@ pub async fn start(
         stale_retries: AtomicU64::new(0),
         movers: mover::Movers::default(),
         state,
-        retrying: std::sync::atomic::AtomicBool::new(false),
         admission,
         forward_timeout_ms: AtomicU64::new(
             u64::try_from(routed::FORWARD_TIMEOUT.as_millis()).unwrap_or(5_000),
@@ -428,7 +431,7 @@ pub async fn start(
     if let Err(e) = client.ack(server_id, map.generation).await {
         tracing::warn!(error = %e, "first ack failed");
     }
-    tokio::spawn(watch(Arc::clone(&shared), catch_up));
+    tokio::spawn(watch(Arc::clone(&shared)));
     tokio::spawn(heartbeat(Arc::clone(&shared)));
     tokio::spawn(report(Arc::clone(&shared), report_rx));
     tracing::info!(
@@ -513,82 +516,90 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
     }
 }
 
-/// Follows the manager's pushes for this server; installs and acknowledges each generation.
-async fn watch(node: Arc<NodeShared>, catch_up: Option<ClusterMap>) {
+/// Follows the manager's pushes for this server; installs and acknowledges each generation:
+/// the shell of [`node::watch::Watch`], which decides what to do next (install a map, fetch
+/// the current one, repeat the ack, retry a postponed install, serve again after a fence);
+/// this carries it out, one install, fetch or re-ack at a time.
+async fn watch(node: Arc<NodeShared>) {
+    use node::watch::{Action, Event};
     let role = Role::Server(node.me.clone());
-    if let Some(map) = catch_up {
-        // Fetched after the start (epoch 0): installing it lifts the start's fence.
-        node.admission.fetched(0, map.generation);
-        install(&node, map).await;
-        catch_up_done(&node);
-    }
-    let mut reack = tokio::time::interval(REACK_PERIOD);
-    reack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (timer_tx, mut timers) = tokio::sync::mpsc::unbounded_channel();
+    let mut events = std::collections::VecDeque::from([Event::Started]);
     loop {
         let after = node.registry.generation.current();
         let mut stream = Box::pin(node.client.watch(role.clone(), after));
         loop {
+            while let Some(ev) = events.pop_front() {
+                let installed = node.map.load_full();
+                let mut todo: std::collections::VecDeque<Action> =
+                    node.admission.feed(ev, &installed, &node.me).into();
+                while let Some(action) = todo.pop_front() {
+                    match action {
+                        Action::Install(map) => {
+                            // A postponed install sets the timers of its retry.
+                            todo.extend(install(&node, map).await);
+                            events.push_back(Event::InstallDone);
+                        }
+                        Action::Fetch => {
+                            let map = match node.client.map(&role).await {
+                                Ok(m) => Some(Arc::new(m)),
+                                Err(e) => {
+                                    if !node.admission.caught_up() {
+                                        tracing::warn!(error = %e,
+                                            "fenced: cannot fetch the current map yet");
+                                    }
+                                    None
+                                }
+                            };
+                            let installed = node.registry.generation.current();
+                            events.push_back(Event::Fetched { map, installed });
+                        }
+                        Action::ReAck => {
+                            // Acks are idempotent. Repeating ours covers a manager that
+                            // restarted and forgot it (its publication would otherwise wait
+                            // for an ack we already sent, while our watch stream, already at
+                            // that generation, brings nothing new).
+                            let g = node.registry.generation.current();
+                            let _ = node.client.ack(&node.me, g).await;
+                            events.push_back(Event::ReAcked);
+                        }
+                        Action::After { ms, timer } => {
+                            let tx = timer_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                let _ = tx.send(timer);
+                            });
+                        }
+                        Action::Thaw => {
+                            // (Serving again already: `Admission::feed`.)
+                            tracing::info!(
+                                generation = installed.generation,
+                                "map current: serving"
+                            );
+                            mover::sync(&node, &installed);
+                        }
+                    }
+                }
+            }
             tokio::select! {
                 item = stream.next() => match item {
-                    Some(Ok(map)) => install(&node, map).await,
+                    Some(Ok(map)) => events.push_back(Event::Pushed(Arc::new(map))),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "watch stream error (reconnecting)");
                     }
                     None => break,
                 },
-                () = node.refresh.notified() => {
-                    // A fenced server (frozen, catching up) serves again once a map fetched
-                    // after its latest fence is installed (or is not newer than its own).
-                    let fenced = node.admission.fetch_started();
-                    match node.client.map(&role).await {
-                    Ok(map) => {
-                        if let Some(epoch) = fenced {
-                            node.admission.fetched(epoch, map.generation);
-                        }
-                        install(&node, map).await;
-                        if fenced.is_some() {
-                            catch_up_done(&node);
-                        }
-                    }
-                    Err(e) if !node.admission.caught_up() => {
-                        tracing::warn!(error = %e, "fenced: cannot fetch the current map yet");
-                        let n = Arc::clone(&node);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(CATCH_UP_RETRY).await;
-                            n.refresh.notify_one();
-                        });
-                    }
-                    Err(_) => {}
-                    }
-                }
-                _ = reack.tick() => {
-                    // Acks are idempotent. Repeating ours covers a manager that restarted and
-                    // forgot it (its publication would otherwise wait for an ack we already sent,
-                    // while our watch stream, already at that generation, brings nothing new).
-                    let g = node.registry.generation.current();
-                    let _ = node.client.ack(&node.me, g).await;
-                }
+                () = node.refresh.notified() => events.push_back(Event::Refresh),
+                Some(t) = timers.recv() => events.push_back(Event::Timer(t)),
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// After a fetch of a fenced server, its map installed (or not newer): serve again if the
-/// fence lifts, and start the copiers the fence held back.
-fn catch_up_done(node: &Arc<NodeShared>) {
-    if !thaw(node) && !node.admission.caught_up() {
-        // Postponed install, or fenced again meanwhile: fetch again.
-        let n = Arc::clone(node);
-        tokio::spawn(async move {
-            tokio::time::sleep(CATCH_UP_RETRY).await;
-            n.refresh.notify_one();
-        });
-    }
-}
-
 /// Lifts the fence if the installed map is at least what a fetch after the latest fence
-/// brought (`node::Fence::try_thaw`): serve again, and start the copiers the fence held back.
+/// brought (`node::watch::Watch::try_thaw`): serve again, and start the copiers the fence
+/// held back.
 fn thaw(node: &Arc<NodeShared>) -> bool {
     let current = node.map.load_full();
     let thawed = node.admission.try_thaw(&current, &node.me);
@@ -600,8 +611,9 @@ fn thaw(node: &Arc<NodeShared>) -> bool {
 }
 
 /// Installs `new` if it is newer (docs/cluster-protocol.md, "Publishing a change"): the shell
-/// of [`node::install::Install`], which decides every step; this carries them out.
-pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
+/// of [`node::install::Install`], which decides every step; this carries them out. Returns
+/// what the watch loop must do next (the timers of a postponed install's retry).
+pub async fn install(node: &Arc<NodeShared>, new: Arc<ClusterMap>) -> Vec<node::watch::Action> {
     use node::install::{Action, Event};
     let _one = node.movers.install_lock.lock().await;
     let old = node.map.load_full();
@@ -612,10 +624,10 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
         .gate
         .clone()
         .filter(|_| node.admission.caught_up());
-    let Some(mut ins) = node::install::Install::start(old, Arc::new(new), &node.me, gate.is_some())
-    else {
-        return;
+    let Some(mut ins) = node::install::Install::start(old, new, &node.me, gate.is_some()) else {
+        return Vec::new();
     };
+    let mut then = Vec::new();
     let generation = ins.map().generation;
     let lost = ins.lost().len();
     // The region of the lost extent being finished (its copier stopped).
@@ -722,38 +734,18 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
                     // Not installed, not acked: we keep serving at the old generation (the
                     // lost extents stay tracked).
                     tracing::warn!(generation = g, "install postponed: final copy incomplete");
-                    postpone(node, g);
+                    then.extend(node.admission.postpone(g));
                 }
-                Action::Done => return,
+                Action::Done => return then,
             }
         }
         match next {
             Some(e) => event = e,
             None => {
                 tracing::error!(generation, "install stopped without finishing");
-                return;
+                return then;
             }
         }
-    }
-}
-
-/// The watch stream will not send a postponed generation again: fetch it again in a while and
-/// retry (the manager keeps waiting for our phase-1a ack), until this generation is installed
-/// (a retry's fetch can fail too: the manager may be down meanwhile). One retry loop per
-/// server at most: every failed retry postpones again.
-fn postpone(node: &Arc<NodeShared>, g: u64) {
-    if !node.retrying.swap(true, Ordering::AcqRel) {
-        let node = Arc::clone(node);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(POSTPONED_RETRY).await;
-                if node.registry.generation.current() >= g {
-                    break;
-                }
-                node.refresh.notify_one();
-            }
-            node.retrying.store(false, Ordering::Release);
-        });
     }
 }
 
@@ -769,7 +761,7 @@ async fn heartbeat(node: Arc<NodeShared>) {
         tick.tick().await;
         if node.admission.tick() {
             tracing::warn!("this process was frozen: serving nothing until the map is fetched");
-            node.admission.fence(&node.map.load_full(), &node.me);
+            node.admission.freeze(&node.map.load_full(), &node.me);
             node.refresh.notify_one();
         }
     }
