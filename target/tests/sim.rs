@@ -1,11 +1,14 @@
 //! A deterministic, seeded simulation of the map protocol (seeded, TigerBeetle-style): the
 //! manager (the REAL `manager::coord` state machine and `manager::plan`), storage servers (the
-//! REAL `tessera::cluster::generation::GenerationState` stamp check and the REAL fencing and
-//! policy of `tessera::cluster::node`: `boot`, `lost_extents`, `Ownership::admit`, `frozen`,
-//! `policy::*`, and its state machines: `node::install::Install`, the install of a map with
-//! the gate and the final copy, and `node::copier::Copier`, copy-then-switch; around a shell
-//! that carries out their actions on simulated I/O: the watch loop, the gate, the copies and
-//! routing with their retries), layout-aware clients and hosts, over a network
+//! REAL storage-server node, `tessera::cluster::node`: the rules `boot`, `lost_extents`,
+//! `Ownership::admit`, `frozen`, `policy::*`; a command's admission, `admission::step` (gate,
+//! stamp check, behind-wait, fencing rule; the stamp counted by the REAL
+//! `tessera::cluster::generation::GenerationState`); the router, `route::split`/`locate`; and
+//! its state machines: `watch::Watch`, the watch loop (next map, fetches, re-acks, postponed
+//! installs, the fence), `install::Install`, the install of a map with the gate and the final
+//! copy, `copier::Copier`, copy-then-switch, and `retry::Retry`; around a shell that only
+//! carries out their actions on simulated time, network and pool), layout-aware clients and
+//! hosts, over a network
 //! that delays, reorders, drops and duplicates messages, with server and manager crashes and
 //! restarts, and (scenario `hangs`) hung servers that the operator marks down, then resumes or
 //! restarts from their durable pool, and marks up.

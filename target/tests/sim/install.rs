@@ -1,6 +1,5 @@
-//! A server's watch loop (target/src/cluster/mod.rs `watch`): one map at a time, and a re-ack
-//! of the installed generation every `REACK_PERIOD` (1 s); and the shell of `install`. The
-//! install itself (gate, the final copy of each lost extent in rounds, postponement, persist,
+//! The shell of a server's `install` (target/src/cluster/mod.rs `install`), started by the
+//! watch loop (`node::watch::Watch`, fed in server.rs `srv_feed`). The install itself (gate, the final copy of each lost extent in rounds, postponement, persist,
 //! ack tries) is the REAL state machine `tessera::cluster::node::install::Install`: this file
 //! only carries out its actions on the simulated server, as `cluster::install` does on the
 //! daemon, and feeds it the events.
@@ -18,7 +17,7 @@ use super::world::{BLOCK, Req, Timer, World};
 use tessera::cluster::node::copier::Copier;
 
 impl World {
-    // ---- the watch loop and install ----------------------------------------------------
+    // ---- install ---------------------------------------------------------------------
 
     pub fn install_start(&mut self, i: usize, new: Arc<ClusterMap>) {
         let s = &mut self.srv[i];

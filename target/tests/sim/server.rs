@@ -1,11 +1,14 @@
-//! A storage server, following target/src/cluster/mod.rs (start, watch, install), io.rs (gate,
-//! stamp check, behind-wait) and routed.rs (host I/O routed with retries). The stamp check is
-//! the REAL `tessera::cluster::generation::GenerationState`; the fencing rules (which map a
-//! restart boots from, who may write where, when a server serves) and the retry policy are the
-//! REAL `tessera::cluster::node`, and so are the install of a map and the copier of a moving
-//! extent (`node::install::Install`, `node::copier::Copier`: install.rs and mover.rs here only
-//! carry out their actions). The simulation keeps its own record of the installed generation
-//! too, so a broken check is caught at the execution point.
+//! A storage server: the shell of the REAL node (`tessera::cluster::node`), as
+//! target/src/cluster/mod.rs (start, watch, install, heartbeat), controller/io.rs and
+//! routed.rs are the daemon's. Every decision is the node's: which map a restart boots from
+//! (`node::boot`), the watch loop (`node::watch::Watch`: next map, fetches, re-acks,
+//! postponed installs, the fence after a restart or a freeze), a command's admission
+//! (`node::admission::step`: gate, stamp check with the REAL `GenerationState`, behind-wait,
+//! fencing rule `Ownership::admit`), where host I/O goes (`node::route`), the retries
+//! (`node::retry`), the install and the copiers (`node::install`, `node::copier`: install.rs
+//! and mover.rs here). This file delivers events and carries out actions on simulated time,
+//! network and pool. The simulation keeps its own record of the installed generation too,
+//! so a broken check is caught at the execution point.
 //!
 //! The pool is durable (a crash is a process restart: the pool survives, RAM does not: map,
 //! generation, gate, dirty maps, commands in flight). So is the persisted map (the restart-in-1a
