@@ -84,6 +84,8 @@ pub struct Watch {
     busy: Option<Busy>,
     /// The generation whose install was postponed, until a map at least as new is installed.
     postponed: Option<u64>,
+    /// The postponed install's retry timer is set (one at a time).
+    retrying: bool,
 }
 
 impl Watch {
@@ -106,6 +108,7 @@ impl Watch {
             reack_due: false,
             busy: None,
             postponed: None,
+            retrying: false,
         }
     }
 
@@ -140,7 +143,8 @@ impl Watch {
     }
 
     /// The install of generation `g` was postponed (its final copy failed): it is retried
-    /// every [`POSTPONED_RETRY_MS`] until installed, and a fenced server fetches again.
+    /// every [`POSTPONED_RETRY_MS`] until a map at least as new is installed (one retry
+    /// timer, however many installs were postponed), and a fenced server fetches again.
     pub fn postpone(&mut self, g: u64) -> Vec<Action> {
         self.postponed = Some(g);
         let mut out = Vec::new();
@@ -150,10 +154,12 @@ impl Watch {
                 timer: Timer::CatchUp,
             });
         }
-        out.push(Action::After {
-            ms: POSTPONED_RETRY_MS,
-            timer: Timer::PostponedRetry,
-        });
+        if !std::mem::replace(&mut self.retrying, true) {
+            out.push(Action::After {
+                ms: POSTPONED_RETRY_MS,
+                timer: Timer::PostponedRetry,
+            });
+        }
         out
     }
 
@@ -213,6 +219,8 @@ impl Watch {
                         ms: POSTPONED_RETRY_MS,
                         timer: Timer::PostponedRetry,
                     });
+                } else {
+                    self.retrying = false;
                 }
             }
         }
@@ -308,6 +316,11 @@ mod tests {
             ]
         );
         assert!(w.on(Event::InstallDone).is_empty());
+        // Postponed again before the retry: still one retry timer.
+        assert_eq!(
+            w.postpone(7),
+            vec![after(CATCH_UP_RETRY_MS, Timer::CatchUp)]
+        );
         assert_eq!(
             w.on(Event::Timer(Timer::PostponedRetry)),
             vec![
