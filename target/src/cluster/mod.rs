@@ -593,7 +593,7 @@ async fn watch(node: Arc<NodeShared>) {
                 Some(t) = timers.recv() => events.push_back(Event::Timer(t)),
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(node::policy::RECONNECT_MS)).await;
     }
 }
 

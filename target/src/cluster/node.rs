@@ -89,6 +89,8 @@ pub mod policy {
     pub const REACK_MS: u64 = 1_000;
     /// A fenced server (frozen, catching up) fetches the current map again this often.
     pub const CATCH_UP_RETRY_MS: u64 = 500;
+    /// A broken watch stream is opened again after this.
+    pub const RECONNECT_MS: u64 = 200;
 }
 
 /// A server whose heartbeat (every [`HEARTBEAT_MS`]) finds its clock jumped by more than

@@ -27,7 +27,8 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct RoutedVolume {
     node: Arc<NodeShared>,
-    name: String,
+    /// Shared with each command's future (no copy per command).
+    name: Arc<str>,
     size_bytes: u64,
 }
 
@@ -58,7 +59,7 @@ impl RoutedVolume {
     pub fn new(node: Arc<NodeShared>, name: &str, size_bytes: u64) -> Self {
         Self {
             node,
-            name: name.to_string(),
+            name: Arc::from(name),
             size_bytes,
         }
     }
@@ -100,13 +101,15 @@ impl RoutedVolume {
         out: Vec<u8>,
     ) -> impl Future<Output = IoResult<Vec<u8>>> + Send + 'static {
         let node = Arc::clone(&self.node);
-        let name = self.name.clone();
+        let name = Arc::clone(&self.name);
         let pieces = self.pieces(offset, len);
         async move {
             let mut out = out;
             for p in pieces? {
                 let data = Self::with_retries(&node, &name, p, &io).await?;
-                if let Some(dst) = out.get_mut(p.buf_off..p.buf_off + data.len()) {
+                if !data.is_empty()
+                    && let Some(dst) = out.get_mut(p.buf_off..p.buf_off + data.len())
+                {
                     dst.copy_from_slice(&data);
                 }
             }

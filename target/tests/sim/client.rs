@@ -27,8 +27,8 @@ pub const CLIENT_BACKOFF_MAX_MS: u64 = 200;
 pub const CRD_MS: u64 = 100;
 /// Pause between a client's operations.
 pub const THINK_MS_MAX: u64 = 30;
-/// Delay before a broken watch stream reconnects (cluster/mod.rs `watch`).
-pub const RECONNECT_MS: u64 = 200;
+/// Delay before a broken watch stream reconnects (the daemon's, `node::policy`).
+pub use tessera::cluster::node::policy::RECONNECT_MS;
 
 /// A watch stream (manager/src/client.rs `watch`): it keeps the generation of the last map
 /// it passed on, skips lines not newer than that, and reconnects with it as `after`.
