@@ -122,7 +122,8 @@ fn write_zeroes_dsm_flush_verify_uncorrectable_vectors() {
             deac: true,
             fua: false,
             lr: false,
-            generation: None
+            generation: None,
+            expires: 0,
         })
     );
     assert_eq!(c.data_dir(512), DataDir::None);
@@ -143,7 +144,8 @@ fn write_zeroes_dsm_flush_verify_uncorrectable_vectors() {
             ad: true,
             idw: false,
             idr: false,
-            generation: None
+            generation: None,
+            expires: 0,
         })
     );
     assert_eq!(c.data_dir(512), DataDir::HostToCtrl(32));

@@ -485,6 +485,89 @@ async fn stale_and_unstamped_internal_commands_are_refused_and_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_past_its_expiry_is_not_started() {
+    let c = start_cluster().await;
+    let map = c.map().await;
+    let g = map.generation;
+    // The first block of an extent s2 owns (routed writes run only where the receiver owns).
+    let vol = map.volume("vol1").unwrap();
+    let owner = vol
+        .extents
+        .iter()
+        .map(|e| &e.replicas[0])
+        .find(|r| r.server == "s2")
+        .expect("an extent on s2");
+    let lba = owner.offset / u64::from(INTERNAL_BLOCK);
+    let (_ci, qi) = c.internal_queue(1).await;
+    let before = qi
+        .with_generation(g)
+        .read(INTERNAL_NSID, lba, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    // Expired a minute ago (its sender gave it up): refused, retryable, and not written.
+    let now = tessera::cluster::wall_clock_ms();
+    let e = qi
+        .with_generation(g)
+        .expiring(now - 60_000)
+        .write(INTERNAL_NSID, lba, INTERNAL_BLOCK, block(lba, 7), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, InitiatorError::Generation { status, .. } if status.same_code(Status::SERVER_BEHIND)),
+        "{e:?}"
+    );
+    let after = qi
+        .with_generation(g)
+        .read(INTERNAL_NSID, lba, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    assert_eq!(after, before, "an expired write changed the block");
+    // Zeroes and deallocation expire the same way.
+    let e = qi
+        .with_generation(g)
+        .expiring(now - 60_000)
+        .write_zeroes(INTERNAL_NSID, lba, 8, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, InitiatorError::Generation { .. }), "{e:?}");
+    // A read is not held to it (it changes nothing).
+    qi.with_generation(g)
+        .expiring(now - 60_000)
+        .read(INTERNAL_NSID, lba, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    // Not yet expired: it runs.
+    qi.with_generation(g)
+        .expiring(now + 3_600_000)
+        .write(INTERNAL_NSID, lba, INTERNAL_BLOCK, block(lba, 8), false)
+        .await
+        .unwrap();
+    let got = qi
+        .with_generation(g)
+        .read(INTERNAL_NSID, lba, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    assert_eq!(got, block(lba, 8));
+    // And the routed path stamps an expiry that a live peer meets: a host write through s1
+    // to that block lands.
+    let (_c1, q1) = c.host_queue(0).await;
+    let vlba = vol
+        .extents
+        .iter()
+        .position(|e| e.replicas[0].server == "s2")
+        .unwrap() as u64
+        * EXTENT
+        / u64::from(LBA);
+    q1.write(1, vlba, LBA, block(vlba, 9), false).await.unwrap();
+    let got = qi
+        .with_generation(g)
+        .read(INTERNAL_NSID, lba, 8, INTERNAL_BLOCK)
+        .await
+        .unwrap();
+    assert_eq!(got, block(vlba, 9), "the routed write did not land on s2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extents_move_back_and_forth_under_a_verified_write_load() {
     let c = start_cluster().await;
     let (_c2, host) = c.host_queue(1).await; // the host uses s2's portal

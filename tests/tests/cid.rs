@@ -73,6 +73,7 @@ async fn a_cid_in_flight_is_refused_and_the_command_holding_it_completes() {
         fua: false,
         lr: false,
         generation: None,
+        expires: 0,
     });
     raw.send_pdu(&io_capsule(&wz, 7, Bytes::new(), 0))
         .await

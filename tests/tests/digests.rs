@@ -209,6 +209,7 @@ async fn a_corrupted_data_digest_in_a_capsule_fails_only_that_command() {
             fua: false,
             lr: false,
             generation: None,
+            expires: 0,
         };
         q.send_bytes(&encode_host(
             &io_capsule(&IoCommand::WriteZeroes(wz), 14, Bytes::new(), 0),

@@ -101,6 +101,7 @@ async fn generation_stamps() {
                 fua: false,
                 lr: false,
                 generation: NonZeroU64::new(stale),
+                expires: 0,
             }),
             None,
             0,
@@ -113,6 +114,7 @@ async fn generation_stamps() {
                 idw: false,
                 idr: false,
                 generation: NonZeroU64::new(stale),
+                expires: 0,
             }),
             Some(Bytes::copy_from_slice(
                 &DsmRange {

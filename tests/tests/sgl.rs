@@ -47,6 +47,7 @@ fn dsm(nr: u16) -> IoCommand {
         idw: false,
         idr: false,
         generation: None,
+        expires: 0,
     })
 }
 

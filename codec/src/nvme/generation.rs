@@ -4,6 +4,10 @@
 //!   submission entries. In the NVM Command Set those dwords carry storage/reference tags only
 //!   for namespaces formatted with extended protection information; ours never are, so this is
 //!   the project's vendor-specific use of them. A standard host sends 0 there: "unstamped".
+//! * The expiry: a forwarded command may carry the time after which its receiver must not start
+//!   it, in MPTR (bytes 16..24: CLOCK_REALTIME milliseconds; 0: none). NVMe/TCP carries no
+//!   separate metadata buffer, so MPTR is unused there (NVMe over Fabrics 1.1, section 2.2:
+//!   metadata is interleaved with the data); only internal connections look at it.
 //! * The answer: on SCT 7h / SC 80h (stale map) the server's generation rides in CQE DW0 (low)
 //!   and DW1 (high).
 //! * The advertisement: a magic string and a version in the vendor-specific area of Identify
@@ -27,6 +31,16 @@ pub fn set_generation(sqe: &mut Sqe, generation: u64) {
     // Low and high halves: the truncation is the point.
     sqe.set_cdw2((generation & 0xffff_ffff) as u32);
     sqe.set_cdw3((generation >> 32) as u32);
+}
+
+/// The expiry a command carries in MPTR (CLOCK_REALTIME milliseconds), 0 for none.
+pub fn get_expiry(sqe: &Sqe) -> u64 {
+    sqe.mptr()
+}
+
+/// Put the expiry `ms` (CLOCK_REALTIME milliseconds; 0: none) in MPTR.
+pub fn set_expiry(sqe: &mut Sqe, ms: u64) {
+    sqe.set_mptr(ms);
 }
 
 /// A stale-map completion: SCT 7h / SC 80h, DNR clear (the client refreshes and retries), and the
@@ -226,6 +240,25 @@ mod tests {
         );
         set_generation(&mut s, 0);
         assert_eq!(get_generation(&s), None);
+    }
+
+    #[test]
+    fn expiry_lives_in_mptr_and_survives_a_round_trip() {
+        use crate::nvme::cmd::{IoCommand, Rw, parse_io};
+        use crate::nvme::sgl::SglDescriptor;
+        let mut s = Sqe::default();
+        assert_eq!(get_expiry(&s), 0);
+        set_expiry(&mut s, 0x0102_0304_0506_0708);
+        assert_eq!(&s.0[16..24], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(get_expiry(&s), 0x0102_0304_0506_0708);
+        let w = IoCommand::Write(Rw {
+            expires: 1_700_000_000_123,
+            ..Rw::new(1, 8, 8, 5)
+        });
+        let sqe = w.to_sqe(3, SglDescriptor::transport(4096));
+        let back = parse_io(&sqe).expect("a valid write");
+        assert_eq!(back.expires(), 1_700_000_000_123);
+        assert_eq!(back, w);
     }
 
     #[test]

@@ -129,6 +129,10 @@ impl Sqe {
     pub fn mptr(&self) -> u64 {
         get_u64(&self.0, off::MPTR)
     }
+    #[inline]
+    pub fn set_mptr(&mut self, v: u64) {
+        put_u64(&mut self.0, off::MPTR, v)
+    }
 
     /// The 16-byte data pointer (an SGL descriptor on fabrics).
     #[inline]

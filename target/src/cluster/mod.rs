@@ -160,6 +160,17 @@ impl Admission {
         if self.frozen_now() {
             return Err(node::Refusal::NotServing);
         }
+        // A forwarded write past its expiry is not started: its sender gave it up (its host
+        // got a retryable path error and may have written the blocks again since).
+        if write && node::expired(cmd.expires(), wall_clock_ms()) {
+            tracing::warn!(
+                sender,
+                expires = cmd.expires(),
+                "forwarded write refused: it expired before it could start (if this repeats, \
+                 check that the servers' clocks agree)"
+            );
+            return Err(node::Refusal::Expired);
+        }
         let own = self.ownership.load();
         let admit = |slba: u64, nlb: u64| {
             let range = (slba.saturating_mul(block), nlb.saturating_mul(block));
@@ -186,13 +197,22 @@ impl Admission {
     }
 }
 
+/// CLOCK_REALTIME in milliseconds: what forwarded commands' expiries are measured in.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The completion of a refused internal command: a server that is not serving answers
 /// "server behind" (retryable: the sender retries, then its host gets a path error); a peer
 /// that may not touch the range gets Access Denied (DNR).
 pub fn refusal_completion(why: node::Refusal) -> crate::controller::exec::Completion {
     use codec::nvme::Status;
     let status = match why {
-        node::Refusal::NotServing => Status::SERVER_BEHIND.with_crd(generation::SERVER_BEHIND_CRD),
+        node::Refusal::NotServing | node::Refusal::Expired => {
+            Status::SERVER_BEHIND.with_crd(generation::SERVER_BEHIND_CRD)
+        }
         node::Refusal::SenderFenced | node::Refusal::NotOwner | node::Refusal::NotSource => {
             Status::ACCESS_DENIED.with_dnr()
         }

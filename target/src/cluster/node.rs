@@ -59,6 +59,29 @@ pub enum Refusal {
     /// source (the extent's owner) is the sender: the move was switched or cancelled without
     /// the sender. Final for the sender: that extent is no longer its to copy.
     NotSource,
+    /// A forwarded write whose expiry (see [`expires_at`]) has passed: its sender has given
+    /// it up, or is about to, and its host may already have written the blocks again through
+    /// another path. Retryable, like [`Refusal::NotServing`].
+    Expired,
+}
+
+/// How much earlier than its own deadline a sender makes a forwarded command expire: the
+/// servers' clocks (CLOCK_REALTIME) must agree within this (docs/cluster-protocol.md,
+/// "Bounds").
+pub const CLOCK_MARGIN_MS: u64 = 1_000;
+
+/// The expiry a server puts on the commands it forwards for one host command: its forwarding
+/// deadline (`timeout_ms` from `now_ms`, wall-clock milliseconds) less [`CLOCK_MARGIN_MS`],
+/// and never less than half the timeout, so that a short timeout still leaves the receiver
+/// time to run the command.
+pub fn expires_at(now_ms: u64, timeout_ms: u64) -> u64 {
+    let margin = CLOCK_MARGIN_MS.min(timeout_ms / 2);
+    now_ms.saturating_add(timeout_ms - margin)
+}
+
+/// Whether a command carrying `expires` (0: none) may no longer start at wall-clock `now_ms`.
+pub fn expired(expires: u64, now_ms: u64) -> bool {
+    expires != 0 && now_ms > expires
 }
 
 /// The storage server's timing and retry policy, in milliseconds (docs/cluster-protocol.md).
@@ -424,6 +447,19 @@ mod tests {
     use super::fixtures::{rep, server};
     use super::*;
     use manager::map::{ExtentEntry as Extent, Move};
+
+    #[test]
+    fn a_forwarded_command_expires_before_its_sender_gives_up() {
+        // 5 s deadline: the receiver may start it for 4 s (1 s for the clocks to disagree).
+        assert_eq!(expires_at(10_000, 5_000), 14_000);
+        // A short deadline keeps half of it.
+        assert_eq!(expires_at(10_000, 1_000), 10_500);
+        assert_eq!(expires_at(u64::MAX - 1, 5_000), u64::MAX);
+        assert!(!expired(14_000, 14_000));
+        assert!(expired(14_000, 14_001));
+        // 0: no expiry (copies, commands from an older server, tests).
+        assert!(!expired(0, u64::MAX));
+    }
 
     /// vol1: extent 0 on s1 at 0; extent 1 on s2 at 0, moving to s3 at 4096 (extent 4 KiB).
     fn map(generation: u64, s2: ServerState, moving: bool) -> ClusterMap {

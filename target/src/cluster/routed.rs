@@ -117,12 +117,12 @@ impl RoutedVolume {
         }
     }
 
-    /// One try of `io` on piece `p` at `t`, stamped `generation` if forwarded. A read returns
-    /// the piece's bytes; anything else an empty buffer.
+    /// One try of `io` on piece `p` at `t`, stamped `generation` and carrying `expires` if
+    /// forwarded. A read returns the piece's bytes; anything else an empty buffer.
     async fn piece(
         node: &NodeShared,
         t: Target,
-        generation: u64,
+        (generation, expires): (u64, u64),
         p: Piece,
         io: &PieceIo,
     ) -> Result<Bytes, RouteError> {
@@ -154,7 +154,7 @@ impl RoutedVolume {
             } => {
                 let err = |e| route_err(&server, e);
                 let q = node.peers.queue(&server, addr).await.map_err(err)?;
-                let s = q.with_generation(generation);
+                let s = q.with_generation(generation).expiring(expires);
                 match io {
                     PieceIo::Read => s
                         .read(INTERNAL_NSID, lba(pool_off), nlb(p.len), INTERNAL_BLOCK)
@@ -197,7 +197,13 @@ impl RoutedVolume {
         use super::node::retry::{Answer, Next, Retry};
         let mut retry = Retry::route();
         let mut last = VolumeError::NoPath(NoPath::Unmapped);
-        let deadline = tokio::time::Instant::now() + node.forward_timeout();
+        let timeout = node.forward_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Past this wall-clock time (shortly before the deadline) the peer does not start the
+        // piece: once the host has its path error, a late write cannot land on blocks it may
+        // have written again through another path (docs/cluster-protocol.md, "Bounds").
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let expires = super::node::expires_at(super::wall_clock_ms(), timeout_ms);
         while let Some(generation) = retry.next_try(node.registry.generation.current()) {
             if tokio::time::Instant::now() >= deadline {
                 return Err(last);
@@ -221,8 +227,11 @@ impl RoutedVolume {
                 // A peer that does not answer in time (hung, or cut off) is given up: its
                 // connection is dropped and the host gets a retryable path error.
                 Some(server) => {
-                    match tokio::time::timeout_at(deadline, Self::piece(node, t, generation, p, io))
-                        .await
+                    match tokio::time::timeout_at(
+                        deadline,
+                        Self::piece(node, t, (generation, expires), p, io),
+                    )
+                    .await
                     {
                         Ok(a) => a,
                         Err(_) => {
@@ -233,7 +242,7 @@ impl RoutedVolume {
                         }
                     }
                 }
-                None => Self::piece(node, t, generation, p, io).await,
+                None => Self::piece(node, t, (generation, expires), p, io).await,
             };
             let next = match answer {
                 Ok(v) => return Ok(v),

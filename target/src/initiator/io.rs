@@ -23,6 +23,8 @@ pub const DSM_RANGES_MAX: usize = 256;
 pub struct Stamped<'a> {
     queue: &'a Queue,
     generation: u64,
+    /// Expiry in MPTR (CLOCK_REALTIME milliseconds; 0: none): [`Stamped::expiring`].
+    expires: u64,
 }
 
 impl Queue {
@@ -31,6 +33,7 @@ impl Queue {
         Stamped {
             queue: self,
             generation,
+            expires: 0,
         }
     }
 
@@ -77,13 +80,23 @@ impl Queue {
 }
 
 impl Stamped<'_> {
+    /// The same helpers, each command also carrying `expires` (CLOCK_REALTIME milliseconds):
+    /// a cluster server does not start a forwarded command past it (docs/cluster-protocol.md,
+    /// "Bounds"). Flush carries none.
+    pub fn expiring(self, expires: u64) -> Self {
+        Self { expires, ..self }
+    }
+
     /// The generation stamped (0: unstamped).
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
     fn rw(&self, nsid: u32, slba: u64, nlb: u32) -> Rw {
-        Rw::new(nsid, slba, nlb, self.generation)
+        Rw {
+            expires: self.expires,
+            ..Rw::new(nsid, slba, nlb, self.generation)
+        }
     }
 
     /// Submit an I/O command built by the codec; the queue sets CID and SGL1.
@@ -160,6 +173,7 @@ impl Stamped<'_> {
             fua: false,
             lr: false,
             generation: NonZeroU64::new(self.generation),
+            expires: self.expires,
         });
         self.submit_io(&cmd, None, 0).await?.into_result().map(drop)
     }
@@ -190,6 +204,7 @@ impl Stamped<'_> {
             idw: false,
             idr: false,
             generation: NonZeroU64::new(self.generation),
+            expires: self.expires,
         });
         self.submit_io(&cmd, Some(data.freeze()), 0)
             .await?

@@ -762,7 +762,7 @@ impl World {
             Step::Refuse(why) => {
                 let res = match why {
                     // `cluster::refusal_completion`: 81h with no generation.
-                    Refusal::NotServing => IoRes::Behind(0),
+                    Refusal::NotServing | Refusal::Expired => IoRes::Behind(0),
                     _ => IoRes::Denied,
                 };
                 self.stats.fenced += 1;

@@ -4,7 +4,7 @@ use std::num::NonZeroU64;
 
 use super::{DataDir, INVALID_FIELD, INVALID_OPCODE, bits_u8, bits_u16, check_flags};
 use crate::nvme::Status;
-use crate::nvme::generation::{get_generation, set_generation};
+use crate::nvme::generation::{get_expiry, get_generation, set_expiry, set_generation};
 use crate::nvme::opcode::IoOpcode;
 use crate::nvme::sgl::SglDescriptor;
 use crate::nvme::sqe::{PSDT_SGL, Sqe};
@@ -51,6 +51,9 @@ pub struct Rw {
     pub dspec: u16,
     /// Tessera generation stamp (CDW3:CDW2), `None` when unstamped.
     pub generation: Option<NonZeroU64>,
+    /// Tessera expiry of an internal command (MPTR; 0: none): see
+    /// [`crate::nvme::generation::get_expiry`].
+    pub expires: u64,
 }
 
 impl Rw {
@@ -73,6 +76,7 @@ impl Rw {
             dtype: 0,
             dspec: 0,
             generation: NonZeroU64::new(generation),
+            expires: 0,
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct WriteZeroes {
     pub fua: bool,
     pub lr: bool,
     pub generation: Option<NonZeroU64>,
+    /// Expiry of an internal command (MPTR; 0: none).
+    pub expires: u64,
 }
 
 /// Write Uncorrectable (04h; NVM Command Set 1.0, section 3.2.7).
@@ -121,6 +127,8 @@ pub struct DatasetManagement {
     /// Attribute – Integral Dataset for Read (bit 0).
     pub idr: bool,
     pub generation: Option<NonZeroU64>,
+    /// Expiry of an internal command (MPTR; 0: none).
+    pub expires: u64,
 }
 
 /// Size of a Dataset Management range (NVM Command Set 1.0, Figure 39).
@@ -216,6 +224,18 @@ impl IoCommand {
         }
     }
 
+    /// The expiry of an internal command (CLOCK_REALTIME milliseconds; 0: none), carried by the
+    /// commands a server forwards: Read, Write, Compare, Verify, Write Zeroes and Dataset
+    /// Management (docs/cluster-protocol.md, "Bounds").
+    pub fn expires(&self) -> u64 {
+        match self {
+            Self::Write(c) | Self::Read(c) | Self::Compare(c) | Self::Verify(c) => c.expires,
+            Self::WriteZeroes(c) => c.expires,
+            Self::DatasetManagement(c) => c.expires,
+            Self::Flush(_) | Self::WriteUncorrectable(_) => 0,
+        }
+    }
+
     /// Whether the command moves data (independent of the block size).
     pub fn transfers_data(&self) -> bool {
         matches!(
@@ -248,6 +268,7 @@ impl IoCommand {
         s.set_nsid(self.nsid());
         s.set_dptr(sgl.to_bytes());
         set_generation(&mut s, self.generation().map_or(0, NonZeroU64::get));
+        set_expiry(&mut s, self.expires());
         let nlb0 = |nlb: u32| nlb.saturating_sub(1) & cdw12::NLB_MASK;
         let flags = |fua: bool, lr: bool| {
             (if fua { cdw12::FUA } else { 0 }) | (if lr { cdw12::LR } else { 0 })
@@ -303,6 +324,7 @@ fn parse_rw(sqe: &Sqe, opcode: IoOpcode) -> Result<Rw, Status> {
         dtype,
         dspec: bits_u16(c13, 16),
         generation: get_generation(sqe),
+        expires: get_expiry(sqe),
     })
 }
 
@@ -344,6 +366,7 @@ pub fn parse_io(sqe: &Sqe) -> Result<IoCommand, Status> {
                 fua: c12 & cdw12::FUA != 0,
                 lr: c12 & cdw12::LR != 0,
                 generation,
+                expires: get_expiry(sqe),
             })
         }
         IoOpcode::DATASET_MANAGEMENT => {
@@ -359,6 +382,7 @@ pub fn parse_io(sqe: &Sqe) -> Result<IoCommand, Status> {
                 idw: c11 & 2 != 0,
                 ad: c11 & 4 != 0,
                 generation,
+                expires: get_expiry(sqe),
             })
         }
         // Reservations, Copy, zoned and vendor commands: not implemented.
