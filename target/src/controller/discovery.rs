@@ -76,8 +76,11 @@ fn entry(addr: SocketAddr, portid: u16, subtype: u8, subnqn: &str) -> DiscoveryL
             adrfam::IPV6
         },
         subtype,
-        // No secure channel; SQ flow control may be disabled (C2HData SUCCESS is then used).
-        treq: treq::SECURE_NOT_REQUIRED | treq::SQ_FLOW_CONTROL_DISABLE,
+        // Secure channel "not specified" (there is none), as Linux nvmet reports; SQ flow control
+        // may be disabled (C2HData SUCCESS is then used). Not "not required" (10b): libnvme 1.3
+        // (Debian 12's nvme-cli) asks the kernel for TLS on such entries in `nvme connect-all`,
+        // and a kernel without TLS support refuses the connect.
+        treq: treq::SECURE_NOT_SPECIFIED | treq::SQ_FLOW_CONTROL_DISABLE,
         portid,
         cntlid: CNTLID_DYNAMIC,
         asqsz: ASQSZ,

@@ -58,6 +58,8 @@ const CTRATT_HOST_ID_128: u32 = 1 << 0;
 const OFCS_DISCONNECT: u16 = 1 << 0;
 /// ANACAP bit 0: reports ANA Optimized state; bit 6: ANAGRPID does not change while attached.
 const ANACAP: u8 = (1 << 0) | (1 << 6);
+/// ANACAP bit 2: reports ANA Inaccessible state (a cluster server while draining or down).
+const ANACAP_INACCESSIBLE: u8 = 1 << 2;
 /// FRMW: slot 1 read-only (bit 0), one slot (bits 3:1).
 const FRMW: u8 = 0b0011;
 
@@ -104,7 +106,11 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
         npss: 0,
         kas: KAS_100MS,
         anatt: ANATT_S,
-        anacap: ANACAP,
+        anacap: if paths.is_cluster() {
+            ANACAP | ANACAP_INACCESSIBLE
+        } else {
+            ANACAP
+        },
         // One ANA group per cluster server (group k+1 for the k-th server of the map), one
         // when standalone. Linux sizes its ANA log buffer with NANAGRPID descriptors.
         anagrpmax: paths.ana_groups_max(),
