@@ -463,7 +463,11 @@ impl Registry {
             change
         };
         if change.ana {
-            tracing::info!(group, state, "ANA state changed");
+            tracing::info!(
+                group,
+                state = paths::ana_state_name(state),
+                "ANA state changed"
+            );
             for s in self.subsystems.load().values().filter(|s| !s.internal) {
                 for c in s.controllers() {
                     c.post_event(aen::ANA_CHANGE, aec::ANA_CHANGE);

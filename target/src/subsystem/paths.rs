@@ -91,6 +91,18 @@ pub fn ana_state_of(state: ServerState) -> u8 {
     }
 }
 
+/// The name Linux shows for an ANA state (sysfs `ana_state`), for logs.
+pub fn ana_state_name(state: u8) -> &'static str {
+    match state {
+        ana_state::OPTIMIZED => "optimized",
+        ana_state::NON_OPTIMIZED => "non-optimized",
+        ana_state::INACCESSIBLE => "inaccessible",
+        ana_state::PERSISTENT_LOSS => "persistent-loss",
+        ana_state::CHANGE => "change",
+        _ => "invalid",
+    }
+}
+
 /// What `me` reports under `map`: (ANA group, ANA state, host portals of the servers hosts may
 /// use). `None` when the map does not name `me`.
 pub fn from_map(map: &ClusterMap, me: &str) -> Option<(u32, u8, Vec<PathPortal>)> {
@@ -155,8 +167,8 @@ mod tests {
                 let (cntlid_min, cntlid_max) = manager::map::cntlid_range(i).unwrap();
                 manager::map::ServerEntry {
                     id: (*id).to_string(),
-                    portal: SocketAddr::from(([127, 0, 0, 1], 4420 + i as u16)),
-                    internal: SocketAddr::from(([127, 0, 0, 1], 4430 + i as u16)),
+                    portal: SocketAddr::from(([127, 0, 0, 1], 4420 + u16::try_from(i).unwrap())),
+                    internal: SocketAddr::from(([127, 0, 0, 1], 4430 + u16::try_from(i).unwrap())),
                     state: *state,
                     pool_bytes: 64 << 20,
                     cntlid_min,
