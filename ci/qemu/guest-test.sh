@@ -20,6 +20,16 @@
 #   GUEST_IDENTIFY=1    (default) print Identify Controller (I/O and discovery controller) and
 #                       Identify Namespace 1 as nvme-cli JSON, each line prefixed
 #                       "IDJSON <io_ctrl|namespace|discovery_ctrl>: " (first pass only)
+#   GUEST_PATHS="P1 P2 ..."  multipath (a cluster): the discovery log through ADDR:PORT must list
+#                       the subsystem on every one of these portal ports; `nvme connect-all`
+#                       through ADDR:PORT must connect one live controller per port, all merged
+#                       into one namespace (native multipath); disconnect must remove them all
+#   GUEST_DRAIN_PORT=P  multipath: the fio step becomes fio-drain: fio verify runs in a loop
+#                       while the guest asks the harness (console lines ANA-DRAIN-REQUEST and
+#                       ANA-UNDRAIN-REQUEST) to drain the server of portal P and to bring it back;
+#                       that path's ANA state (sysfs ana_state) must turn inaccessible, then
+#                       optimized again, the other paths staying optimized, and every fio run
+#                       must pass its verify
 #
 # Every step runs under its own timeout (busybox timeout: 143 on expiry, not 124). On the first
 # failure: print why and the kernel log tail, disconnect best-effort, write the step's name to
@@ -62,6 +72,36 @@ all_ctrls() {
   n=0
   for c in /sys/class/nvme/nvme*; do [ -e "$c" ] && n=$((n + 1)); done
   echo "$n"
+}
+
+# The number of words in $1.
+count_words() { set -- $1; echo $#; }
+# The controller of $NQN whose address has port $1 ("" if none).
+ctrl_of_port() {
+  for c in $(ctrls_of_nqn); do
+    case ",$(cat "/sys/class/nvme/$c/address")," in *",trsvcid=$1,"*) echo "$c"; return 0 ;; esac
+  done
+}
+# The ANA state of namespace $NSID through controller $1 (its path disk's sysfs ana_state).
+ana_state_of() {
+  for d in /sys/class/nvme/"$1"/nvme*c*n*; do
+    [ -e "$d/ana_state" ] || continue
+    [ "$(cat "$d/nsid" 2>/dev/null || echo "$NSID")" = "$NSID" ] || continue
+    cat "$d/ana_state"; return 0
+  done
+  echo none
+}
+# One line: every path's port, controller, controller state and ANA state.
+paths_line() {
+  for p in $GUEST_PATHS; do
+    c="$(ctrl_of_port "$p")"
+    if [ -n "$c" ]; then
+      printf '%s ' "$p:$c:$(cat "/sys/class/nvme/$c/state"):$(ana_state_of "$c")"
+    else
+      printf '%s ' "$p:none"
+    fi
+  done
+  echo
 }
 
 # What DLFEAT bits 2:0 promise deallocated blocks read as.
@@ -114,10 +154,25 @@ step_discover() {
     $1 == "subnqn:" && $2 == nqn { sub_ok = 1 }
     END { if (sub_ok && tcp) found = 1; exit !found }' ||
     die "subsystem $NQN (trtype tcp) is not in the discovery log"
+  [ -n "${GUEST_PATHS:-}" ] || return 0
+  # Multipath: the subsystem on every server's portal (the ports of its entries).
+  listed="$(echo "$out" | awk -v nqn="$NQN" '
+    function flush() { if (s == nqn) print p; s = ""; p = "" }
+    /Discovery Log Entry/ { flush() }
+    $1 == "trsvcid:" { p = $2 }
+    $1 == "subnqn:" { s = $2 }
+    END { flush() }' | sort -n | tr '\n' ' ')"
+  echo "paths of $NQN in the discovery log of $ADDR:$PORT: ports $listed"
+  for p in $GUEST_PATHS; do
+    case " $listed " in *" $p "*) ;; *) die "port $p (a server's portal) is not listed for $NQN" ;; esac
+  done
+  [ "$(count_words "$listed")" -eq "$(count_words "$GUEST_PATHS")" ] ||
+    die "the discovery log lists $NQN on ports '$listed', expected exactly '$GUEST_PATHS'"
 }
 
 step_connect() {
   [ -z "$(ctrls_of_nqn)" ] || die "a controller of $NQN exists before connect: $(ctrls_of_nqn)"
+  [ -n "${GUEST_PATHS:-}" ] && { connect_all; return; }
   # shellcheck disable=SC2086 # $DIGEST_FLAGS is a list of flags
   # -vv: libnvme prints the option string it writes to /dev/nvme-fabrics ("connect ctrl, '...'").
   out="$(nvme connect --transport=tcp --traddr="$ADDR" --trsvcid="$PORT" --nqn="$NQN" \
@@ -133,6 +188,34 @@ step_connect() {
     *)
       case ",$opts," in *_digest*) die "a digest was requested in the plain pass: '$opts'" ;; esac ;;
   esac
+}
+
+# Multipath: `nvme connect-all` through the one portal ADDR:PORT connects every path the
+# discovery log lists; one live controller per server's portal must appear.
+connect_all() {
+  # shellcheck disable=SC2086 # $DIGEST_FLAGS is a list of flags
+  out="$(nvme connect-all --transport=tcp --traddr="$ADDR" --trsvcid="$PORT" \
+    --hostnqn="$HOSTNQN" --hostid="$HOSTID" $DIGEST_FLAGS 2>&1)"
+  rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || die "nvme connect-all exited $rc"
+  want="$(count_words "$GUEST_PATHS")"
+  i=0
+  while [ $i -lt 300 ]; do
+    live=0
+    for p in $GUEST_PATHS; do
+      c="$(ctrl_of_port "$p")"
+      [ -n "$c" ] && [ "$(cat "/sys/class/nvme/$c/state")" = live ] && live=$((live + 1))
+    done
+    [ "$live" -eq "$want" ] && break
+    sleep 0.1
+    i=$((i + 1))
+  done
+  echo "paths (port:controller:state:ana_state): $(paths_line)"
+  [ "$live" -eq "$want" ] || die "$live of $want paths live after nvme connect-all"
+  n="$(count_words "$(ctrls_of_nqn)")"
+  [ "$n" -eq "$want" ] || die "$n controllers of $NQN, expected $want (one per server)"
+  nvme list-subsys 2>&1
 }
 
 step_wait_ns() {
@@ -153,6 +236,7 @@ step_wait_ns() {
         log "controller $ctrl ($(cat "/sys/class/nvme/$ctrl/address")), namespace /dev/$name," \
           "$(cat "$b/size") sectors, logical block $(cat "$b/queue/logical_block_size")"
         addr="$(cat "/sys/class/nvme/$ctrl/address")"
+        [ -n "${GUEST_PATHS:-}" ] && return 0    # multipath: any path's controller
         case ",$addr," in *",traddr=$ADDR,"*) ;; *) die "controller address '$addr' is not $ADDR" ;; esac
         case ",$addr," in *",trsvcid=$PORT,"*) ;; *) die "controller address '$addr' is not port $PORT" ;; esac
         return 0
@@ -239,6 +323,64 @@ step_fio() {
   r="$(echo "$out" | sed -n 's/^ *read: \(IOPS=[^,]*\), \(BW=[^ ]*\) .*(\([^)]*\)).*/\1 \2 (\3)/p')"
   [ -n "$w" ] && [ -n "$r" ] || die "fio did not report both the write and the verify (read) phase"
   echo "FIO-FIGURES $PASS: randwrite 4k-128k qd16 libaio direct${where}: write $w; verify read $r"
+}
+
+# Multipath: fio verify (the fio step's job) in a loop while the server of GUEST_DRAIN_PORT is
+# drained and brought back by the harness; the path's ANA state follows, every fio run passes.
+step_fio_drain() {
+  ns="$(get ns)"
+  dctrl="$(ctrl_of_port "$GUEST_DRAIN_PORT")"
+  [ -n "$dctrl" ] || die "no controller for port $GUEST_DRAIN_PORT"
+  echo "paths before (port:controller:state:ana_state): $(paths_line)"
+  for p in $GUEST_PATHS; do
+    a="$(ana_state_of "$(ctrl_of_port "$p")")"
+    [ "$a" = optimized ] || die "path of port $p is '$a' before the drain, expected optimized"
+  done
+  rm -f "$STATE/drain-done" "$STATE/fio-failed"
+  ( n=0
+    while :; do
+      n=$((n + 1))
+      ( step_fio ) > "$STATE/fio-$n.log" 2>&1 ||
+        { echo "$n" > "$STATE/fio-failed"; exit 1; }
+      echo "$n" > "$STATE/fio-runs"
+      [ -e "$STATE/drain-done" ] && exit 0
+    done ) &
+  bg=$!
+  # wait_ana STATE: until the drained path shows STATE (90 s at most); fio must keep passing.
+  # (The time includes the harness noticing the request: it looks once a second.)
+  wait_ana() {
+    t0="$(date +%s)" u0="$(cut -d' ' -f1 /proc/uptime)"
+    while [ "$(ana_state_of "$dctrl")" != "$1" ]; do
+      [ -e "$STATE/fio-failed" ] && { cat "$STATE/fio-$(cat "$STATE/fio-failed").log"; die "fio run $(cat "$STATE/fio-failed") failed"; }
+      [ $(( $(date +%s) - t0 )) -lt 90 ] || { echo "paths: $(paths_line)"; die "path of port $GUEST_DRAIN_PORT did not turn $1 within 90 s"; }
+      sleep 0.1
+    done
+    took="$(awk -v a="$u0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }')"
+    runs="$(cat "$STATE/fio-runs" 2>/dev/null || echo 0)"
+    running=no; kill -0 "$bg" 2>/dev/null && running=yes
+    echo "ANA-STATE port $GUEST_DRAIN_PORT: $1 $took s after the request (fio runs done: $runs, fio running: $running)"
+    echo "paths (port:controller:state:ana_state): $(paths_line)"
+    nvme list-subsys "/dev/$ns" 2>&1
+  }
+  sleep 2
+  echo "ANA-DRAIN-REQUEST port $GUEST_DRAIN_PORT"
+  wait_ana inaccessible
+  for p in $GUEST_PATHS; do
+    [ "$p" = "$GUEST_DRAIN_PORT" ] && continue
+    a="$(ana_state_of "$(ctrl_of_port "$p")")"
+    [ "$a" = optimized ] || die "path of port $p is '$a' during the drain of $GUEST_DRAIN_PORT, expected optimized"
+  done
+  sleep 2
+  echo "ANA-UNDRAIN-REQUEST port $GUEST_DRAIN_PORT"
+  wait_ana optimized
+  touch "$STATE/drain-done"
+  wait "$bg"
+  rc=$?
+  runs="$(cat "$STATE/fio-runs" 2>/dev/null || echo 0)"
+  for i in $(seq 1 "$runs"); do grep -a '^FIO-FIGURES' "$STATE/fio-$i.log"; done
+  [ $rc -eq 0 ] && [ ! -e "$STATE/fio-failed" ] ||
+    { n="$(cat "$STATE/fio-failed" 2>/dev/null || echo "$runs")"; cat "$STATE/fio-$n.log" 2>/dev/null; die "fio run $n failed"; }
+  echo "fio verify: $runs run(s) passed across the drain and the return of port $GUEST_DRAIN_PORT"
 }
 
 step_mkfs() {
@@ -528,7 +670,10 @@ step_disconnect() {
   rc=$?
   echo "$out"
   [ $rc -eq 0 ] || die "nvme disconnect exited $rc"
-  echo "$out" | grep -q 'disconnected 1 controller' || die "expected exactly 1 controller disconnected"
+  want=1
+  [ -n "${GUEST_PATHS:-}" ] && want="$(count_words "$GUEST_PATHS")"
+  echo "$out" | grep -q "disconnected $want controller" ||
+    die "expected exactly $want controller(s) disconnected"
   i=0
   while [ -n "$(ctrls_of_nqn)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
   [ -z "$(ctrls_of_nqn)" ] || die "controller(s) still present: $(ctrls_of_nqn)"
@@ -611,7 +756,7 @@ pass() { # pass NAME DIGEST_FLAGS FIO_SIZE FILES_MB
   run smart-log 30
   [ "$PASS" = "$FIRST_PASS" ] && [ "${GUEST_IDENTIFY:-1}" = 1 ] && run identify 60
   [ -n "${GUEST_MDTS:-}" ] && run mdts 30
-  run fio 180
+  if [ -n "${GUEST_DRAIN_PORT:-}" ]; then run fio-drain 360; else run fio 180; fi
   if [ "${GUEST_DISCARD:-1}" = 1 ]; then
     run discard-range 60
     run discard-all 60

@@ -468,12 +468,15 @@ fn uuid_of(name: &str) -> [u8; 16] {
 }
 
 /// Makes the registry's subsystems and namespaces match `map`; tells controllers about
-/// namespaces that appeared, disappeared or changed size (Namespace Attribute Changed).
+/// namespaces that appeared, disappeared or changed size (Namespace Attribute Changed), about
+/// this server's ANA state (ANA Change) and, through discovery, about servers that joined or
+/// left (Discovery Log Page Change).
 pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
     let Some(me) = map.server(&node.me) else {
         return;
     };
     let reg = &node.registry;
+    let paths = crate::subsystem::paths::from_map(map, &node.me);
     if let Some(internal) = reg.subsystem(&internal_nqn(&node.me)) {
         internal.set_hosts(HostPolicy::Only(
             map.servers.iter().map(|s| server_hostnqn(&s.id)).collect(),
@@ -533,6 +536,10 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
                 c.namespaces_changed(&changed);
             }
         }
+    }
+    // After the subsystems exist, so that their controllers hear about an ANA change.
+    if let Some((group, state, portals)) = paths {
+        reg.set_cluster_paths(group, state, portals);
     }
 }
 

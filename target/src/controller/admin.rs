@@ -49,7 +49,7 @@ fn identify_cmd(
             let ns = subsys
                 .namespace(id.nsid)
                 .ok_or(Status::INVALID_NS.with_dnr())?;
-            identify::namespace(&ns).to_vec()
+            identify::namespace(&ns, ctrl.registry.paths().ana_group).to_vec()
         }
         // NVMe Base 2.0, section 5.17.2.2: NSID FFFFFFFEh and FFFFFFFFh are invalid here.
         cns::ACTIVE_NSID_LIST if id.nsid >= 0xFFFF_FFFE => {
@@ -75,7 +75,7 @@ fn identify_cmd(
             let ns = subsys
                 .namespace(id.nsid)
                 .ok_or(Status::INVALID_NS.with_dnr())?;
-            identify::cs_independent_namespace(&ns).to_vec()
+            identify::cs_independent_namespace(&ns, ctrl.registry.paths().ana_group).to_vec()
         }
         _ => return Err(Status::INVALID_FIELD.with_dnr()),
     };

@@ -12,7 +12,7 @@ use codec::nvme::identify::{
 use crate::cluster::generation::SERVER_BEHIND_RETRY_DELAY_100MS;
 use crate::controller::ctrl::{AER_OUTSTANDING_MAX, Controller, CtrlKind};
 use crate::controller::fabrics::MQES;
-use crate::subsystem::namespace::{ANA_GROUP_ID, Namespace};
+use crate::subsystem::namespace::Namespace;
 use crate::subsystem::{DISCOVERY_NQN, Subsystem};
 
 /// Firmware revision string (8 ASCII bytes).
@@ -58,6 +58,8 @@ const CTRATT_HOST_ID_128: u32 = 1 << 0;
 const OFCS_DISCONNECT: u16 = 1 << 0;
 /// ANACAP bit 0: reports ANA Optimized state; bit 6: ANAGRPID does not change while attached.
 const ANACAP: u8 = (1 << 0) | (1 << 6);
+/// ANACAP bit 2: reports ANA Inaccessible state (a cluster server while draining or down).
+const ANACAP_INACCESSIBLE: u8 = 1 << 2;
 /// FRMW: slot 1 read-only (bit 0), one slot (bits 3:1).
 const FRMW: u8 = 0b0011;
 
@@ -82,6 +84,7 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
     // is reported (Linux refuses the controller otherwise: "Invalid MNAN value").
     let nn = namespaces.keys().next_back().copied().unwrap_or(1).max(1);
     let cfg = ctrl.registry.transport();
+    let paths = ctrl.registry.paths();
     IdentifyController {
         sn: s.serial.clone(),
         mn: s.model.clone(),
@@ -103,9 +106,15 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
         npss: 0,
         kas: KAS_100MS,
         anatt: ANATT_S,
-        anacap: ANACAP,
-        anagrpmax: ANA_GROUP_ID,
-        nanagrpid: ANA_GROUP_ID,
+        anacap: if paths.is_cluster() {
+            ANACAP | ANACAP_INACCESSIBLE
+        } else {
+            ANACAP
+        },
+        // One ANA group per cluster server (group k+1 for the k-th server of the map), one
+        // when standalone. Linux sizes its ANA log buffer with NANAGRPID descriptors.
+        anagrpmax: paths.ana_groups_max(),
+        nanagrpid: paths.ana_groups_max(),
         sqes: 0x66,
         cqes: 0x44,
         maxcmd: MQES + 1,
@@ -182,8 +191,9 @@ fn discovery_controller(ctrl: &Controller) -> [u8; IDENTIFY_DATA_LEN] {
     .to_bytes()
 }
 
-/// Identify Namespace (CNS 00h).
-pub fn namespace(ns: &Namespace) -> [u8; IDENTIFY_DATA_LEN] {
+/// Identify Namespace (CNS 00h); `anagrpid`: the ANA group the namespace is reported in through
+/// this server (`Registry::paths`).
+pub fn namespace(ns: &Namespace, anagrpid: u32) -> [u8; IDENTIFY_DATA_LEN] {
     IdentifyNamespace {
         nsze: ns.nlbas,
         ncap: ns.nlbas,
@@ -192,7 +202,7 @@ pub fn namespace(ns: &Namespace) -> [u8; IDENTIFY_DATA_LEN] {
         nmic: NMIC_SHARED,
         // Deallocated blocks read as zeros; Write Zeroes with DEAC deallocates.
         dlfeat: DLFEAT_READ_ZEROES | DLFEAT_WRITE_ZEROES_DEALLOCATES,
-        anagrpid: ANA_GROUP_ID,
+        anagrpid,
         nguid: ns.nguid,
         lbaf: vec![LbaFormat {
             ms: 0,
@@ -205,10 +215,10 @@ pub fn namespace(ns: &Namespace) -> [u8; IDENTIFY_DATA_LEN] {
 }
 
 /// I/O Command Set Independent Identify Namespace (CNS 08h).
-pub fn cs_independent_namespace(_ns: &Namespace) -> [u8; IDENTIFY_DATA_LEN] {
+pub fn cs_independent_namespace(_ns: &Namespace, anagrpid: u32) -> [u8; IDENTIFY_DATA_LEN] {
     IdentifyNsIndependent {
         nmic: NMIC_SHARED,
-        anagrpid: ANA_GROUP_ID,
+        anagrpid,
         nstat: 1,
         ..IdentifyNsIndependent::default()
     }

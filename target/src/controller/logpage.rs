@@ -6,14 +6,13 @@ use codec::nvme::Status;
 use codec::nvme::cmd::GetLogPage;
 use codec::nvme::generation::GenerationLog;
 use codec::nvme::log::{
-    AnaGroup, AnaLog, CommandsEffectsLog, FwSlotLog, SmartLog, ana_state, changed_ns_list, effects,
-    lid,
+    AnaGroup, AnaLog, CommandsEffectsLog, FwSlotLog, SmartLog, changed_ns_list, effects, lid,
 };
 use codec::nvme::opcode::{AdminOpcode, IoOpcode};
 
 use crate::controller::ctrl::Controller;
 use crate::controller::identify::FIRMWARE_REVISION;
-use crate::subsystem::namespace::ANA_GROUP_ID;
+use crate::subsystem::paths::Paths;
 
 /// Error Information log entries kept: none (ELPE 0 = one entry, always empty); errors are
 /// reported in completions and counted in SMART.
@@ -90,22 +89,28 @@ fn effects_log() -> CommandsEffectsLog {
     log
 }
 
+/// The ANA log: one group, the one every namespace of this controller is reported in (this
+/// server's), in the state the server has (see `subsystem::paths`). CHGCNT, in the header and in
+/// the descriptor, is the count of the group's state changes.
 fn ana(ctrl: &Controller, groups_only: bool) -> Vec<u8> {
     let nsids = ctrl
         .subsys
         .as_ref()
         .map(|s| s.namespaces().keys().copied().collect())
         .unwrap_or_default();
+    ana_log(&ctrl.registry.paths(), nsids).to_bytes(groups_only)
+}
+
+fn ana_log(paths: &Paths, nsids: Vec<u32>) -> AnaLog {
     AnaLog {
-        chgcnt: 1,
+        chgcnt: paths.ana_chgcnt,
         groups: vec![AnaGroup {
-            anagrpid: ANA_GROUP_ID,
-            chgcnt: 1,
-            state: ana_state::OPTIMIZED,
+            anagrpid: paths.ana_group,
+            chgcnt: paths.ana_chgcnt,
+            state: paths.ana_state,
             nsids,
         }],
     }
-    .to_bytes(groups_only)
 }
 
 fn generation_log(ctrl: &Controller) -> [u8; codec::nvme::generation::GENERATION_LOG_LEN] {
@@ -120,4 +125,49 @@ fn generation_log(ctrl: &Controller) -> [u8; codec::nvme::generation::GENERATION
         unstamped_rejected: g.unstamped_rejected.load(Ordering::Relaxed),
     }
     .to_bytes()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use codec::nvme::log::{ANA_GROUP_DESC_LEN, ANA_HEADER_LEN, ana_state};
+
+    #[test]
+    fn ana_log_reports_this_servers_group_state_and_change_count() {
+        let paths = Paths {
+            ana_group: 3,
+            ana_state: ana_state::INACCESSIBLE,
+            ana_chgcnt: 7,
+            portals: Some(Vec::new()),
+        };
+        let log = ana_log(&paths, vec![1, 2, 5]);
+        let b = log.to_bytes(false);
+        assert_eq!(b.len(), ANA_HEADER_LEN + ANA_GROUP_DESC_LEN + 3 * 4);
+        // Header: CHGCNT (bytes 0-7), NGRPS (8-9).
+        assert_eq!(u64::from_le_bytes(b[0..8].try_into().unwrap()), 7);
+        assert_eq!(u16::from_le_bytes([b[8], b[9]]), 1);
+        // Descriptor: ANAGRPID, NNSIDS, CHGCNT, state, then the NSIDs.
+        let d = &b[ANA_HEADER_LEN..];
+        assert_eq!(u32::from_le_bytes(d[0..4].try_into().unwrap()), 3);
+        assert_eq!(u32::from_le_bytes(d[4..8].try_into().unwrap()), 3);
+        assert_eq!(u64::from_le_bytes(d[8..16].try_into().unwrap()), 7);
+        assert_eq!(d[16], ana_state::INACCESSIBLE);
+        assert_eq!(u32::from_le_bytes(d[40..44].try_into().unwrap()), 5);
+        // Return Groups Only: the same descriptor, no NSID list and NNSIDS 0.
+        let rgo = log.to_bytes(true);
+        assert_eq!(rgo.len(), ANA_HEADER_LEN + ANA_GROUP_DESC_LEN);
+        assert_eq!(u32::from_le_bytes(rgo[20..24].try_into().unwrap()), 0);
+        assert_eq!(rgo[ANA_HEADER_LEN + 16], ana_state::INACCESSIBLE);
+        assert_eq!(AnaLog::parse(&b).unwrap(), log);
+    }
+
+    #[test]
+    fn standalone_ana_log_is_group_one_optimized() {
+        let log = ana_log(&Paths::default(), vec![1]);
+        assert_eq!(log.chgcnt, 1);
+        assert_eq!(log.groups.len(), 1);
+        assert_eq!(log.groups[0].anagrpid, 1);
+        assert_eq!(log.groups[0].state, ana_state::OPTIMIZED);
+    }
 }

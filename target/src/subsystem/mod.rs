@@ -2,6 +2,7 @@
 //! live controllers (CNTLID allocation) and the discovery generation counter.
 
 pub mod namespace;
+pub mod paths;
 pub mod volume;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,8 +14,9 @@ use arc_swap::ArcSwap;
 
 use crate::cluster::generation::GenerationState;
 pub use crate::controller::auth::{AuthPolicy, HostKeys};
-use crate::controller::ctrl::Controller;
+use crate::controller::ctrl::{Controller, aec, aen};
 use crate::subsystem::namespace::Namespace;
+use crate::subsystem::paths::{PathChange, PathPortal, Paths};
 
 /// The well-known discovery subsystem NQN (defined once, in the codec).
 pub use codec::nvme::fabrics::DISCOVERY_NQN;
@@ -270,6 +272,8 @@ pub struct Registry {
     internal_portals: Mutex<Vec<SocketAddr>>,
     /// Discovery log GENCTR: bumped whenever subsystems or portals change.
     genctr: AtomicU64,
+    /// This server's ANA group and state, and (in a cluster) every server's host portal.
+    paths: Mutex<Arc<Paths>>,
     /// Discovery controllers (not part of any subsystem), for CNTLID allocation and AENs.
     pub discovery: Subsystem,
     /// The map generation this server checks stamped commands against.
@@ -293,6 +297,7 @@ impl Registry {
             listeners: Mutex::new(Vec::new()),
             internal_portals: Mutex::new(Vec::new()),
             genctr: AtomicU64::new(1),
+            paths: Mutex::new(Arc::new(Paths::default())),
             discovery: Subsystem::new(
                 DISCOVERY_NQN.to_string(),
                 String::new(),
@@ -439,6 +444,40 @@ impl Registry {
             portal.is_some_and(|p| internal.iter().any(|i| same_portal(*i, *p)))
         });
         subsys.internal == on_internal
+    }
+
+    /// The path view in force (ANA group and state, cluster portals).
+    pub fn paths(&self) -> Arc<Paths> {
+        Arc::clone(&lock(&self.paths))
+    }
+
+    /// A cluster map was installed: this server reports its namespaces in ANA group `group`
+    /// in `state`, and discovery lists `portals`. When the group or its state changed, CHGCNT
+    /// moves and every host controller that enabled them gets an ANA Change notice; when the
+    /// portals changed, GENCTR moves and discovery controllers are notified.
+    pub fn set_cluster_paths(&self, group: u32, state: u8, portals: Vec<PathPortal>) -> PathChange {
+        let change = {
+            let mut cur = lock(&self.paths);
+            let (new, change) = paths::next(&cur, group, state, portals);
+            *cur = Arc::new(new);
+            change
+        };
+        if change.ana {
+            tracing::info!(
+                group,
+                state = paths::ana_state_name(state),
+                "ANA state changed"
+            );
+            for s in self.subsystems.load().values().filter(|s| !s.internal) {
+                for c in s.controllers() {
+                    c.post_event(aen::ANA_CHANGE, aec::ANA_CHANGE);
+                }
+            }
+        }
+        if change.portals {
+            self.bump_genctr();
+        }
+        change
     }
 
     pub fn genctr(&self) -> u64 {

@@ -6,10 +6,6 @@ use codec::nvme::Status;
 
 use crate::subsystem::volume::Volume;
 
-/// The ANA group every local namespace belongs to (one group per server until the cluster
-/// introduces per-path states).
-pub const ANA_GROUP_ID: u32 = 1;
-
 /// One namespace of a subsystem.
 pub struct Namespace {
     pub nsid: u32,
