@@ -1,7 +1,7 @@
 //! Multipath as a host sees it, multi-process: one `tessera-manager` and three `tessera-target`
 //! storage servers on loopback. Discovery through any one server lists every serving server's
-//! host portal; every server is its own ANA group, whose state follows the server's map state
-//! (draining: Inaccessible), with the change count, ANA Change and Discovery Log Page Change
+//! host portal; every namespace is in ANA group 1 on every server, and each server reports its
+//! own state for it, following the server's map state (draining: Inaccessible), with the change count, ANA Change and Discovery Log Page Change
 //! notices a Linux host relies on.
 #![allow(
     clippy::unwrap_used,
@@ -16,12 +16,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use codec::nvme::Status;
 use codec::nvme::cmd::FeatureId;
 use codec::nvme::fabrics::DISCOVERY_NQN;
 use codec::nvme::log::{AnaLog, DiscoveryLog, ana_state, subtype};
 use manager::client::Client;
 use manager::map::ServerState;
-use tessera::initiator::{AsyncEvent, Controller, ControllerOptions};
+use tessera::initiator::{AsyncEvent, Controller, ControllerOptions, InitiatorError};
 
 const NQN: &str = "nqn.2026-11.dev.tessera:vol1";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:a1a1a1a1-0000-0000-0000-000000000001";
@@ -248,7 +249,7 @@ async fn event(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_server_is_a_path_in_its_own_ana_group_and_map_changes_reach_hosts() {
+async fn every_server_is_a_path_with_its_own_ana_state_and_map_changes_reach_hosts() {
     let c = start_cluster().await;
     let portal = |i: usize| c.servers[i].1.to_string();
 
@@ -286,19 +287,19 @@ async fn every_server_is_a_path_in_its_own_ana_group_and_map_changes_reach_hosts
     }
     let genctr0 = log.genctr;
 
-    // Every path: the same namespace identity, a distinct controller, its server's group,
-    // Optimized while the server is up.
+    // Every path: the same namespace identity and ANA group, a distinct controller, Optimized
+    // while the server is up.
     let mut ctrls = Vec::new();
     for i in 0..3 {
         let h = host(c.servers[i].1).await;
         let id = h.identify_controller_parsed().await.unwrap();
-        assert_eq!((id.anagrpmax, id.nanagrpid), (64, 64), "s{}", i + 1);
+        assert_eq!((id.anagrpmax, id.nanagrpid), (1, 1), "s{}", i + 1);
         assert!(id.cmic & (1 << 3) != 0, "ANA reporting");
         let ns = h.identify_namespace_parsed(1).await.unwrap();
-        assert_eq!(ns.anagrpid, i as u32 + 1, "s{} ANAGRPID", i + 1);
+        assert_eq!(ns.anagrpid, 1, "s{} ANAGRPID", i + 1);
         let ana = ana_log(&h).await;
         assert_eq!(ana.groups.len(), 1, "s{}: {ana:?}", i + 1);
-        assert_eq!(ana.groups[0].anagrpid, i as u32 + 1);
+        assert_eq!(ana.groups[0].anagrpid, 1);
         assert_eq!(ana.groups[0].state, ana_state::OPTIMIZED);
         assert_eq!(ana.groups[0].nsids, [1]);
         // Return Groups Only: the descriptor without its NSIDs.
@@ -358,6 +359,23 @@ async fn every_server_is_a_path_in_its_own_ana_group_and_map_changes_reach_hosts
     let data = Bytes::from(vec![0x5a; 4096]);
     q1.write(1, 8, 512, data.clone(), false).await.unwrap();
     assert_eq!(q1.read(1, 8, 8, 512).await.unwrap(), data);
+    // Through s2 itself, host I/O fails with Asymmetric Access Inaccessible (a path error: a
+    // host retries on another path) and changes nothing.
+    let (_c2, q2) = {
+        let h = host(c.servers[1].1).await;
+        h.set_num_queues(1).await.unwrap();
+        let q = h.connect_io_queue(1, 31).await.unwrap();
+        (h, q)
+    };
+    let inaccessible = |e: &InitiatorError| matches!(e, InitiatorError::Status(s) if s.same_code(Status::ANA_INACCESSIBLE));
+    let e = q2
+        .write(1, 8, 512, Bytes::from(vec![0xa5; 4096]), false)
+        .await
+        .unwrap_err();
+    assert!(inaccessible(&e), "write through a draining server: {e:?}");
+    let e = q2.read(1, 8, 8, 512).await.unwrap_err();
+    assert!(inaccessible(&e), "read through a draining server: {e:?}");
+    assert_eq!(q1.read(1, 8, 8, 512).await.unwrap(), data);
 
     // Back up: Optimized again, the count moves again.
     let aer = s2.async_event_request().await.unwrap();
@@ -369,6 +387,11 @@ async fn every_server_is_a_path_in_its_own_ana_group_and_map_changes_reach_hosts
     let back = ana_log(s2).await;
     assert_eq!(back.groups[0].state, ana_state::OPTIMIZED);
     assert!(back.chgcnt > ana.chgcnt);
+    assert_eq!(
+        q2.read(1, 8, 8, 512).await.unwrap(),
+        data,
+        "s2 serves again"
+    );
 
     // s3 marked down leaves the discovery log: GENCTR moves and the persistent discovery
     // controller that asked for it gets a Discovery Log Page Change notice.

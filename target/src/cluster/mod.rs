@@ -538,8 +538,8 @@ pub fn sync_subsystems(node: &Arc<NodeShared>, map: &ClusterMap) {
         }
     }
     // After the subsystems exist, so that their controllers hear about an ANA change.
-    if let Some((group, state, portals)) = paths {
-        reg.set_cluster_paths(group, state, portals);
+    if let Some((portid, state, portals)) = paths {
+        reg.set_cluster_paths(portid, state, portals);
     }
 }
 

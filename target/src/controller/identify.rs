@@ -111,8 +111,8 @@ fn io_controller(ctrl: &Controller, s: &Subsystem) -> [u8; IDENTIFY_DATA_LEN] {
         } else {
             ANACAP
         },
-        // One ANA group per cluster server (group k+1 for the k-th server of the map), one
-        // when standalone. Linux sizes its ANA log buffer with NANAGRPID descriptors.
+        // One ANA group (every namespace; each server reports its own state for it). Linux
+        // sizes its ANA log buffer with NANAGRPID descriptors.
         anagrpmax: paths.ana_groups_max(),
         nanagrpid: paths.ana_groups_max(),
         sqes: 0x66,

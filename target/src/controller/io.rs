@@ -39,6 +39,11 @@ pub fn execute(
     // first, so that a command held while a new map is installed is checked against that map;
     // then the stamp (invariant 1: nothing stamped with generation g runs unless this server
     // is at g); then, on internal connections, the fencing rule.
+    // A path the server reports ANA Inaccessible (a cluster server draining or down) runs no
+    // host I/O: the host retries on another path (NVMe Base 2.0, section 8.1.3.3).
+    if !internal && ctrl.registry.ana_inaccessible() {
+        return Status::ANA_INACCESSIBLE.into();
+    }
     let pass = ctrl.registry.gate.as_ref().and_then(|g| g.try_enter());
     let gate_open = ctrl.registry.gate.is_none() || pass.is_some();
     let stamp = cmd.generation().map_or(0, std::num::NonZeroU64::get);

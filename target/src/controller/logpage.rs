@@ -139,6 +139,7 @@ mod tests {
             ana_group: 3,
             ana_state: ana_state::INACCESSIBLE,
             ana_chgcnt: 7,
+            portid: 2,
             portals: Some(Vec::new()),
         };
         let log = ana_log(&paths, vec![1, 2, 5]);

@@ -274,6 +274,10 @@ pub struct Registry {
     genctr: AtomicU64,
     /// This server's ANA group and state, and (in a cluster) every server's host portal.
     paths: Mutex<Arc<Paths>>,
+    /// Whether this server's paths are ANA Inaccessible (a cluster server `draining` or
+    /// `down`): host I/O then fails with Asymmetric Access Inaccessible. Read without a lock on
+    /// every I/O command.
+    ana_inaccessible: std::sync::atomic::AtomicBool,
     /// Discovery controllers (not part of any subsystem), for CNTLID allocation and AENs.
     pub discovery: Subsystem,
     /// The map generation this server checks stamped commands against.
@@ -298,6 +302,7 @@ impl Registry {
             internal_portals: Mutex::new(Vec::new()),
             genctr: AtomicU64::new(1),
             paths: Mutex::new(Arc::new(Paths::default())),
+            ana_inaccessible: std::sync::atomic::AtomicBool::new(false),
             discovery: Subsystem::new(
                 DISCOVERY_NQN.to_string(),
                 String::new(),
@@ -447,24 +452,38 @@ impl Registry {
     }
 
     /// The path view in force (ANA group and state, cluster portals).
+    /// Whether host I/O through this server must fail with Asymmetric Access Inaccessible.
+    pub fn ana_inaccessible(&self) -> bool {
+        self.ana_inaccessible.load(Ordering::Acquire)
+    }
+
     pub fn paths(&self) -> Arc<Paths> {
         Arc::clone(&lock(&self.paths))
     }
 
-    /// A cluster map was installed: this server reports its namespaces in ANA group `group`
-    /// in `state`, and discovery lists `portals`. When the group or its state changed, CHGCNT
+    /// A cluster map was installed: this server (discovery PORTID `portid`) reports `state`
+    /// for its namespaces' ANA group, and discovery lists `portals`. When the state changed, CHGCNT
     /// moves and every host controller that enabled them gets an ANA Change notice; when the
     /// portals changed, GENCTR moves and discovery controllers are notified.
-    pub fn set_cluster_paths(&self, group: u32, state: u8, portals: Vec<PathPortal>) -> PathChange {
+    pub fn set_cluster_paths(
+        &self,
+        portid: u16,
+        state: u8,
+        portals: Vec<PathPortal>,
+    ) -> PathChange {
         let change = {
             let mut cur = lock(&self.paths);
-            let (new, change) = paths::next(&cur, group, state, portals);
+            let (new, change) = paths::next(&cur, portid, state, portals);
             *cur = Arc::new(new);
+            self.ana_inaccessible.store(
+                state == codec::nvme::log::ana_state::INACCESSIBLE,
+                Ordering::Release,
+            );
             change
         };
         if change.ana {
             tracing::info!(
-                group,
+                portid,
                 state = paths::ana_state_name(state),
                 "ANA state changed"
             );
