@@ -282,7 +282,7 @@ async fn write_load(c: &Cluster) -> BTreeMap<u64, Vec<Bytes>> {
             let mut count = 0u64;
             while n < BLOCKS {
                 if !hot.contains(&n) {
-                    write_block(&q, n, block(n, i as u32, 1), n % 5 == 0).await;
+                    write_block(&q, n, block(n, i as u32, 1), n.is_multiple_of(5)).await;
                     count += 1;
                 }
                 n += 3;
