@@ -761,3 +761,75 @@ mod hex_uuid {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn server(id: &str, state: ServerState) -> ServerEntry {
+        ServerEntry {
+            id: id.to_string(),
+            portal: "127.0.0.1:1".parse().unwrap(),
+            internal: "127.0.0.1:2".parse().unwrap(),
+            state,
+            pool_bytes: 1 << 20,
+            cntlid_min: 1,
+            cntlid_max: 999,
+        }
+    }
+
+    #[test]
+    fn a_replica_without_state_is_in_sync_and_in_sync_is_not_written() {
+        let r: Replica = serde_json::from_str(r#"{"server":"s1","offset":4096}"#).unwrap();
+        assert_eq!(r, Replica::new("s1", 4096));
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"server":"s1","offset":4096}"#
+        );
+        let mut stale = r.clone();
+        stale.state = ReplicaState::Stale;
+        let json = serde_json::to_string(&stale).unwrap();
+        assert_eq!(json, r#"{"server":"s1","offset":4096,"state":"stale"}"#);
+        let back: Replica = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, stale);
+        let rebuilding: Replica =
+            serde_json::from_str(r#"{"server":"s1","offset":0,"state":"rebuilding"}"#).unwrap();
+        assert_eq!(rebuilding.state, ReplicaState::Rebuilding);
+        assert!(
+            serde_json::from_str::<Replica>(r#"{"server":"s1","offset":0,"state":"x"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn the_primary_is_the_first_in_sync_copy_on_a_server_not_down() {
+        let mut m = ClusterMap::empty();
+        m.servers = vec![
+            server("s1", ServerState::Up),
+            server("s2", ServerState::Draining),
+            server("s3", ServerState::Up),
+        ];
+        let mut ext = ExtentEntry {
+            replicas: vec![
+                Replica::new("s1", 0),
+                Replica::new("s2", 0),
+                Replica::new("s3", 0),
+            ],
+            moving: None,
+        };
+        let primary = |m: &ClusterMap, e: &ExtentEntry| m.primary(e).map(|r| r.server.clone());
+        assert_eq!(primary(&m, &ext).as_deref(), Some("s1"));
+        m.servers[0].state = ServerState::Down;
+        assert_eq!(
+            primary(&m, &ext).as_deref(),
+            Some("s2"),
+            "draining still serves"
+        );
+        ext.replicas[1].state = ReplicaState::Rebuilding;
+        assert_eq!(primary(&m, &ext).as_deref(), Some("s3"));
+        ext.replicas[2].state = ReplicaState::Stale;
+        assert_eq!(primary(&m, &ext), None);
+        // No primary: writes still go to `replicas[0]` (which refuses them).
+        assert_eq!(m.write_owner(&ext).map(|r| r.server.as_str()), Some("s1"));
+    }
+}

@@ -399,13 +399,6 @@ pub async fn start(
         entry.cntlid_max,
     )
     .into_internal();
-    let pool_ns = Namespace::new(
-        INTERNAL_NSID,
-        INTERNAL_BLOCK,
-        uuid_of(&internal_nqn(server_id)),
-        uuid_of(&internal_nqn(server_id)),
-        Arc::new(pool.clone()),
-    );
     // The same pool under a second namespace for copies of moving extents (the source rule).
     let copy_ns = Namespace::new(
         node::COPY_NSID,
@@ -414,10 +407,8 @@ pub async fn start(
         uuid_of(&format!("{}:copy", internal_nqn(server_id))),
         Arc::new(pool.clone()),
     );
-    internal.set_namespaces(BTreeMap::from([
-        (INTERNAL_NSID, Arc::new(pool_ns)),
-        (node::COPY_NSID, Arc::new(copy_ns)),
-    ]));
+    // (Namespaces 1 and 3 are added once the node's shared state exists, below.)
+    internal.set_namespaces(BTreeMap::from([(node::COPY_NSID, Arc::new(copy_ns))]));
     if let Some(s) = &dhchap {
         internal.set_auth(s.policy(map.servers.iter().map(|s| s.id.as_str()), server_hostnqn));
     }
@@ -452,8 +443,9 @@ pub async fn start(
         dhchap,
         replica_locks: replica::RangeLocks::default(),
     });
-    // Routed writes to extents this server is the primary of reach every copy; the copies
-    // take them on a third namespace, under the primary rule (docs/replication.md).
+    // Namespace 1, the pool for routed commands: writes to extents this server is the primary
+    // of reach every copy; the copies take them on namespace 3, under the primary rule
+    // (docs/replication.md). Both are in place before the portals open.
     if let Some(internal) = shared.registry.subsystem(&internal_nqn(server_id)) {
         let mut namespaces = internal.namespaces().as_ref().clone();
         let replicated = Namespace::new(
