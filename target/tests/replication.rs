@@ -514,3 +514,53 @@ async fn two_copies_stay_equal_under_writes_through_every_server() {
 async fn three_copies_stay_equal_under_writes_through_every_server() {
     replicated_volume(3).await;
 }
+
+/// A copy's server is killed: a write to an extent with a copy there fails with a retryable
+/// path error within the forwarding deadline (no hang), whichever server the host used; an
+/// extent whose copies all live is written as before. (Taking the dead copy out of the write
+/// set is the next step of replication, not this one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_copy_is_unreachable_fails_with_a_path_error_not_a_hang() {
+    let mut c = start_cluster(2).await;
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let per_extent = EXTENT / 4096;
+    let e0 = &vol.extents[0];
+    let dead = e0.replicas[1].server.clone();
+    let primary = c.index(&e0.replicas[0].server);
+    let healthy = vol
+        .extents
+        .iter()
+        .position(|e| e.replicas.iter().all(|r| r.server != dead))
+        .expect("an extent with no copy on the killed server") as u64;
+    let k = c.index(&dead);
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+
+    for i in (0..3).filter(|i| *i != k) {
+        let (_ci, qi) = c.host_queue(i).await;
+        let started = Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(120),
+            qi.write(1, 0, LBA, block(0, 30, 1), false),
+        )
+        .await
+        .expect("a write whose copy is dead must not hang")
+        .unwrap_err();
+        assert!(
+            matches!(&err, InitiatorError::Status(s) if s.same_code(Status::INTERNAL_PATH_ERROR)),
+            "through s{} (the primary is s{}): {err:?}",
+            i + 1,
+            primary + 1
+        );
+        eprintln!(
+            "write through s{} with a dead copy: path error after {:?}",
+            i + 1,
+            started.elapsed()
+        );
+        let n = healthy * per_extent;
+        write_block(&qi, n, block(n, 31, i as u32), true).await;
+        let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+        assert_eq!(got, block(n, 31, i as u32), "block {n} through s{}", i + 1);
+    }
+}
