@@ -21,8 +21,8 @@ pub const POOL_BLOCK_BYTES: u64 = 512;
 pub const SERVERS_MAX: usize = 64;
 /// Width of each server's CNTLID range (docs/cluster-protocol.md, "CNTLID ranges").
 pub const CNTLID_STRIDE: u16 = 1000;
-/// Replicas per extent. The data path uses `replicas[0]` only (replica count 1 in this issue);
-/// the map and placement already handle more.
+/// Replicas per extent (docs/replication.md: each write goes to every copy, ordered by the
+/// extent's primary).
 pub const REPLICAS_MAX: u32 = 3;
 /// Volumes per cluster (bounds map size and every linear scan below).
 pub const VOLUMES_MAX: usize = 4096;
@@ -113,7 +113,8 @@ pub struct VolumeEntry {
 /// Where one extent lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtentEntry {
-    /// Servers holding it; `replicas[0]` is the owner.
+    /// Servers holding it; `replicas[0]` is the owner (placement makes it the primary, see
+    /// [`ClusterMap::primary`]).
     pub replicas: Vec<Replica>,
     /// A copy in progress (copy-then-switch), or `null`.
     pub moving: Option<Move>,
@@ -126,6 +127,47 @@ pub struct Replica {
     pub server: String,
     /// Byte offset of the extent in the server's pool.
     pub offset: u64,
+    /// Whether this copy has every acknowledged write (JSON `state`, absent: `in_sync`, so
+    /// maps stored before it load unchanged, and maps of unreplicated volumes look the same).
+    #[serde(default, skip_serializing_if = "ReplicaState::is_in_sync")]
+    pub state: ReplicaState,
+}
+
+/// How far one copy of an extent is trusted (docs/replication.md, "The map").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Has every acknowledged write: takes writes, serves reads, counts for the ack.
+    #[default]
+    InSync,
+    /// Being rebuilt: takes the primary's writes, serves no reads, does not count for the ack.
+    Rebuilding,
+    /// Missed writes: takes none, serves none.
+    Stale,
+}
+
+impl ReplicaState {
+    /// `in_sync` (serde's skip test).
+    #[allow(clippy::trivially_copy_pass_by_ref)]
+    pub fn is_in_sync(&self) -> bool {
+        *self == Self::InSync
+    }
+
+    /// Whether the primary forwards writes to a copy in this state.
+    pub fn takes_writes(self) -> bool {
+        matches!(self, Self::InSync | Self::Rebuilding)
+    }
+}
+
+impl Replica {
+    /// An `in_sync` copy at `offset` of `server`'s pool.
+    pub fn new(server: impl Into<String>, offset: u64) -> Self {
+        Self {
+            server: server.into(),
+            offset,
+            state: ReplicaState::InSync,
+        }
+    }
 }
 
 /// A move in progress: the owner copies the extent to `to`.
@@ -236,6 +278,27 @@ impl ClusterMap {
     #[must_use]
     pub fn owner(&self, vol: &str, i: usize) -> Option<&Replica> {
         self.volume(vol)?.owner(i)
+    }
+
+    /// The primary of extent `ext` (docs/replication.md): its first `in_sync` replica on a
+    /// server that is `up` or `draining`. `None` when there is none (every copy stale, or on a
+    /// server marked `down`).
+    #[must_use]
+    pub fn primary<'e>(&self, ext: &'e ExtentEntry) -> Option<&'e Replica> {
+        ext.replicas.iter().find(|r| {
+            r.state == ReplicaState::InSync
+                && self
+                    .server(&r.server)
+                    .is_some_and(|s| s.state != ServerState::Down)
+        })
+    }
+
+    /// Where extent `ext`'s writes are ordered: its [`primary`](Self::primary), or, when it
+    /// has none, `replicas[0]` (which then refuses or cannot be reached: the writer gets a
+    /// retryable path error, as with one copy on a server marked `down`).
+    #[must_use]
+    pub fn write_owner<'e>(&self, ext: &'e ExtentEntry) -> Option<&'e Replica> {
+        self.primary(ext).or_else(|| ext.replicas.first())
     }
 
     /// Extents whose owner in `old` is not their owner in `new` (or that `new` no longer has),
@@ -696,5 +759,77 @@ mod hex_uuid {
                     "invalid volume uuid {text:?} (expected 32 hex digits)"
                 ))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn server(id: &str, state: ServerState) -> ServerEntry {
+        ServerEntry {
+            id: id.to_string(),
+            portal: "127.0.0.1:1".parse().unwrap(),
+            internal: "127.0.0.1:2".parse().unwrap(),
+            state,
+            pool_bytes: 1 << 20,
+            cntlid_min: 1,
+            cntlid_max: 999,
+        }
+    }
+
+    #[test]
+    fn a_replica_without_state_is_in_sync_and_in_sync_is_not_written() {
+        let r: Replica = serde_json::from_str(r#"{"server":"s1","offset":4096}"#).unwrap();
+        assert_eq!(r, Replica::new("s1", 4096));
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"server":"s1","offset":4096}"#
+        );
+        let mut stale = r.clone();
+        stale.state = ReplicaState::Stale;
+        let json = serde_json::to_string(&stale).unwrap();
+        assert_eq!(json, r#"{"server":"s1","offset":4096,"state":"stale"}"#);
+        let back: Replica = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, stale);
+        let rebuilding: Replica =
+            serde_json::from_str(r#"{"server":"s1","offset":0,"state":"rebuilding"}"#).unwrap();
+        assert_eq!(rebuilding.state, ReplicaState::Rebuilding);
+        assert!(
+            serde_json::from_str::<Replica>(r#"{"server":"s1","offset":0,"state":"x"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn the_primary_is_the_first_in_sync_copy_on_a_server_not_down() {
+        let mut m = ClusterMap::empty();
+        m.servers = vec![
+            server("s1", ServerState::Up),
+            server("s2", ServerState::Draining),
+            server("s3", ServerState::Up),
+        ];
+        let mut ext = ExtentEntry {
+            replicas: vec![
+                Replica::new("s1", 0),
+                Replica::new("s2", 0),
+                Replica::new("s3", 0),
+            ],
+            moving: None,
+        };
+        let primary = |m: &ClusterMap, e: &ExtentEntry| m.primary(e).map(|r| r.server.clone());
+        assert_eq!(primary(&m, &ext).as_deref(), Some("s1"));
+        m.servers[0].state = ServerState::Down;
+        assert_eq!(
+            primary(&m, &ext).as_deref(),
+            Some("s2"),
+            "draining still serves"
+        );
+        ext.replicas[1].state = ReplicaState::Rebuilding;
+        assert_eq!(primary(&m, &ext).as_deref(), Some("s3"));
+        ext.replicas[2].state = ReplicaState::Stale;
+        assert_eq!(primary(&m, &ext), None);
+        // No primary: writes still go to `replicas[0]` (which refuses them).
+        assert_eq!(m.write_owner(&ext).map(|r| r.server.as_str()), Some("s1"));
     }
 }

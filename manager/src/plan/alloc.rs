@@ -101,10 +101,7 @@ pub(super) fn place_extent(
         let pos = start.wrapping_add(index).wrapping_add(k) % n;
         let id = up.get(pos)?;
         if let Some(offset) = pools.alloc(id, extent_size) {
-            out.push(Replica {
-                server: id.clone(),
-                offset,
-            });
+            out.push(Replica::new(id.clone(), offset));
         }
     }
     (out.len() == want).then_some(out)

@@ -539,10 +539,7 @@ pub(crate) fn edit_start_move(m: &mut ClusterMap, req: &MoveRequest) -> Result<(
             bytes: size,
         })?;
     ext.moving = Some(Move {
-        to: Replica {
-            server: req.to.clone(),
-            offset,
-        },
+        to: Replica::new(req.to.clone(), offset),
     });
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod mover;
 pub mod node;
 pub mod peers;
 pub mod pool;
+pub mod replica;
 pub mod routed;
 
 use std::collections::BTreeMap;
@@ -127,6 +128,11 @@ impl Admission {
         node::frozen(self.last_tick.load(Ordering::Acquire), self.now_ms())
     }
 
+    /// The fencing view of the installed map (for the primary's fan-out and local reads).
+    pub fn ownership(&self) -> Arc<node::Ownership> {
+        self.ownership.load_full()
+    }
+
     /// Whether this server serves extents and writes to peers now.
     pub fn serving(&self) -> bool {
         self.ownership.load().serving() && !self.frozen_now()
@@ -147,10 +153,10 @@ impl Admission {
         let sender = hostnqn
             .strip_prefix(peers::SERVER_HOSTNQN_PREFIX)
             .unwrap_or("");
-        let via = if cmd.nsid() == node::COPY_NSID {
-            node::Via::Copy
-        } else {
-            node::Via::Routed
+        let via = match cmd.nsid() {
+            node::COPY_NSID => node::Via::Copy,
+            node::REPLICA_NSID => node::Via::Replica,
+            _ => node::Via::Routed,
         };
         let block = u64::from(INTERNAL_BLOCK);
         let write = !matches!(
@@ -213,9 +219,10 @@ pub fn refusal_completion(why: node::Refusal) -> crate::controller::exec::Comple
         node::Refusal::NotServing | node::Refusal::Expired => {
             Status::SERVER_BEHIND.with_crd(generation::SERVER_BEHIND_CRD)
         }
-        node::Refusal::SenderFenced | node::Refusal::NotOwner | node::Refusal::NotSource => {
-            Status::ACCESS_DENIED.with_dnr()
-        }
+        node::Refusal::SenderFenced
+        | node::Refusal::NotOwner
+        | node::Refusal::NotSource
+        | node::Refusal::NotPrimary => Status::ACCESS_DENIED.with_dnr(),
     };
     crate::controller::exec::Completion {
         status,
@@ -268,6 +275,8 @@ pub struct NodeShared {
     forward_timeout_ms: AtomicU64,
     /// Per-server DH-HMAC-CHAP secrets of internal connections (docs/authentication.md).
     pub dhchap: Option<ClusterSecrets>,
+    /// Ranges of the pool held by replicated writes in flight (this server as primary).
+    pub replica_locks: replica::RangeLocks,
 }
 
 impl NodeShared {
@@ -390,13 +399,6 @@ pub async fn start(
         entry.cntlid_max,
     )
     .into_internal();
-    let pool_ns = Namespace::new(
-        INTERNAL_NSID,
-        INTERNAL_BLOCK,
-        uuid_of(&internal_nqn(server_id)),
-        uuid_of(&internal_nqn(server_id)),
-        Arc::new(pool.clone()),
-    );
     // The same pool under a second namespace for copies of moving extents (the source rule).
     let copy_ns = Namespace::new(
         node::COPY_NSID,
@@ -405,10 +407,8 @@ pub async fn start(
         uuid_of(&format!("{}:copy", internal_nqn(server_id))),
         Arc::new(pool.clone()),
     );
-    internal.set_namespaces(BTreeMap::from([
-        (INTERNAL_NSID, Arc::new(pool_ns)),
-        (node::COPY_NSID, Arc::new(copy_ns)),
-    ]));
+    // (Namespaces 1 and 3 are added once the node's shared state exists, below.)
+    internal.set_namespaces(BTreeMap::from([(node::COPY_NSID, Arc::new(copy_ns))]));
     if let Some(s) = &dhchap {
         internal.set_auth(s.policy(map.servers.iter().map(|s| s.id.as_str()), server_hostnqn));
     }
@@ -441,7 +441,31 @@ pub async fn start(
             u64::try_from(routed::FORWARD_TIMEOUT.as_millis()).unwrap_or(5_000),
         ),
         dhchap,
+        replica_locks: replica::RangeLocks::default(),
     });
+    // Namespace 1, the pool for routed commands: writes to extents this server is the primary
+    // of reach every copy; the copies take them on namespace 3, under the primary rule
+    // (docs/replication.md). Both are in place before the portals open.
+    if let Some(internal) = shared.registry.subsystem(&internal_nqn(server_id)) {
+        let mut namespaces = internal.namespaces().as_ref().clone();
+        let replicated = Namespace::new(
+            INTERNAL_NSID,
+            INTERNAL_BLOCK,
+            uuid_of(&internal_nqn(server_id)),
+            uuid_of(&internal_nqn(server_id)),
+            Arc::new(replica::FanoutPool::new(&shared)),
+        );
+        let replica_ns = Namespace::new(
+            node::REPLICA_NSID,
+            INTERNAL_BLOCK,
+            uuid_of(&format!("{}:replica", internal_nqn(server_id))),
+            uuid_of(&format!("{}:replica", internal_nqn(server_id))),
+            Arc::new(shared.pool.clone()),
+        );
+        namespaces.insert(INTERNAL_NSID, Arc::new(replicated));
+        namespaces.insert(node::REPLICA_NSID, Arc::new(replica_ns));
+        internal.set_namespaces(namespaces);
+    }
     sync_subsystems(&shared, &map);
     let target = Target::start_with(registry, &[entry.portal, entry.internal], opts)
         .await

@@ -9,7 +9,9 @@
 //! - [`lost_extents`]: the extents an install takes away from this server (phase 1a fencing);
 //! - [`Fence`]: whether a fenced server (restarted, or found frozen) has caught up;
 //! - [`Ownership::admit`]: whether an internal command from a given peer may touch a range of
-//!   this server's pool (the source rule for copies, the owner rule for routed commands);
+//!   this server's pool (the source rule for copies, the owner rule for routed commands, the
+//!   primary rule for replica writes); [`Ownership::fanout`]: the copies a primary forwards
+//!   a write to;
 //! - [`install::Install`]: the install of a new map (gate, final copies, persist, ack,
 //!   postponement) as an events-in, actions-out state machine;
 //! - [`copier::Copier`]: the copier of a moving extent (passes, move-ready, stop), likewise;
@@ -27,7 +29,9 @@ pub mod retry;
 pub mod route;
 pub mod watch;
 
-use manager::map::{ClusterMap, ServerState};
+use std::sync::Arc;
+
+use manager::map::{ClusterMap, ReplicaState, ServerState};
 
 /// Namespace of the internal subsystem for routed commands (a host's I/O forwarded to the
 /// extent's owner): the whole pool.
@@ -35,6 +39,9 @@ pub const ROUTED_NSID: u32 = 1;
 /// Namespace of the internal subsystem for copies of a moving extent (old owner to new
 /// owner): the same pool, under the source rule.
 pub const COPY_NSID: u32 = 2;
+/// Namespace of the internal subsystem for replica writes (an extent's primary forwarding a
+/// write to its other copies): the same pool, under the primary rule (docs/replication.md).
+pub const REPLICA_NSID: u32 = 3;
 
 /// How an internal command reached this server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +50,8 @@ pub enum Via {
     Routed,
     /// A copy of a moving extent (namespace [`COPY_NSID`]).
     Copy,
+    /// A replica write from an extent's primary (namespace [`REPLICA_NSID`]).
+    Replica,
 }
 
 /// Why an internal command is refused (before its stamp is even looked at).
@@ -59,6 +68,10 @@ pub enum Refusal {
     /// source (the extent's owner) is the sender: the move was switched or cancelled without
     /// the sender. Final for the sender: that extent is no longer its to copy.
     NotSource,
+    /// A replica write to a range that, in this server's map, is not an `in_sync` or
+    /// `rebuilding` copy of an extent whose primary is the sender: the sender is not (or no
+    /// longer) the primary, or this copy was removed or marked stale.
+    NotPrimary,
     /// A forwarded write whose expiry (see [`expires_at`]) has passed: its sender has given
     /// it up, or is about to, and its host may already have written the blocks again through
     /// another path. Retryable, like [`Refusal::NotServing`].
@@ -279,18 +292,53 @@ pub fn converged(chunks: usize, passes: u32, converged_chunks: usize, passes_max
     chunks <= converged_chunks || passes >= passes_max
 }
 
+/// What this server's map says about one range of its pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    /// This server orders the extent's writes (its owner; with replicas, its primary): routed
+    /// writes run here, and go on to `copies`.
+    Owner { copies: Arc<[Copy]> },
+    /// A non-primary copy whose writes come from the primary `primary` (namespace
+    /// [`REPLICA_NSID`]).
+    Replica { primary: String },
+    /// The destination of a move from `from` (namespace [`COPY_NSID`]).
+    Incoming { from: String },
+}
+
+/// One other copy of an extent this server is the primary of: where the primary forwards
+/// each write (docs/replication.md, "The write path").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    /// The server holding it.
+    pub server: String,
+    /// The extent's byte offset in that server's pool.
+    pub offset: u64,
+    /// `in_sync`: the write completes only once this copy has it; `rebuilding`: it gets the
+    /// write, but its failure does not fail the write.
+    pub counts: bool,
+}
+
+/// Where the primary sends one write (see [`Ownership::fanout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fanout {
+    /// The extent's byte range in this server's pool (the range lock's key).
+    pub extent: (u64, u64),
+    /// The other copies that take writes.
+    pub copies: Arc<[Copy]>,
+}
+
 /// One range of this server's pool and what its map says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Region {
     start: u64,
     end: u64,
-    /// `None`: this server owns the extent; `Some(s)`: the destination of a move from `s`.
-    incoming_from: Option<String>,
+    role: Role,
 }
 
-/// This server's pool as its map sees it: the ranges it owns and the ranges it is receiving
-/// copies into, and the `up` servers. Built once per installed map; [`Ownership::admit`] is a
-/// binary search.
+/// This server's pool as its map sees it: the ranges it owns (with the copies it forwards
+/// their writes to), the ranges it holds as a replica of another primary, the ranges it is
+/// receiving copies into, and the `up` servers. Built once per installed map;
+/// [`Ownership::admit`] is a binary search.
 #[derive(Debug, Clone, Default)]
 pub struct Ownership {
     serving: bool,
@@ -304,23 +352,58 @@ impl Ownership {
         let mut regions = Vec::new();
         for v in &map.volumes {
             for e in &v.extents {
-                let Some(owner) = e.replicas.first() else {
+                // Writes are ordered by the primary (`replicas[0]` while it is in sync and its
+                // server not down: with one copy, the owner as before).
+                let Some(owner) = map.write_owner(e) else {
                     continue;
                 };
+                let span = |offset: u64| (offset, offset.saturating_add(v.extent_size));
                 if owner.server == me {
+                    let copies: Arc<[Copy]> = e
+                        .replicas
+                        .iter()
+                        .filter(|r| r.server != me && r.state.takes_writes())
+                        // A copy on a server marked down takes nothing (as a stale one).
+                        .filter(|r| {
+                            map.server(&r.server)
+                                .is_some_and(|s| s.state != ServerState::Down)
+                        })
+                        .map(|r| Copy {
+                            server: r.server.clone(),
+                            offset: r.offset,
+                            counts: r.state == ReplicaState::InSync,
+                        })
+                        .collect();
+                    let (start, end) = span(owner.offset);
                     regions.push(Region {
-                        start: owner.offset,
-                        end: owner.offset.saturating_add(v.extent_size),
-                        incoming_from: None,
+                        start,
+                        end,
+                        role: Role::Owner { copies },
+                    });
+                } else if let Some(r) = e
+                    .replicas
+                    .iter()
+                    .find(|r| r.server == me && r.state.takes_writes())
+                {
+                    let (start, end) = span(r.offset);
+                    regions.push(Region {
+                        start,
+                        end,
+                        role: Role::Replica {
+                            primary: owner.server.clone(),
+                        },
                     });
                 }
-                if let Some(mv) = &e.moving
+                if let (Some(mv), Some(source)) = (&e.moving, e.replicas.first())
                     && mv.to.server == me
                 {
+                    let (start, end) = span(mv.to.offset);
                     regions.push(Region {
-                        start: mv.to.offset,
-                        end: mv.to.offset.saturating_add(v.extent_size),
-                        incoming_from: Some(owner.server.clone()),
+                        start,
+                        end,
+                        role: Role::Incoming {
+                            from: source.server.clone(),
+                        },
                     });
                 }
             }
@@ -344,11 +427,51 @@ impl Ownership {
         self.serving
     }
 
+    /// The region holding all of `[off, off + len)`, if one does.
+    fn region(&self, off: u64, len: u64) -> Option<&Region> {
+        let end = off.saturating_add(len);
+        self.regions
+            .partition_point(|r| r.start <= off)
+            .checked_sub(1)
+            .and_then(|i| self.regions.get(i))
+            .filter(|r| end <= r.end)
+    }
+
+    /// Where a write to pool bytes `[off, off + len)` of this server goes besides its own
+    /// pool: `Some` when they lie in an extent this server is the primary of and that has
+    /// other copies taking writes (docs/replication.md, "The write path"); `None` otherwise
+    /// (one copy, or not ours: the write runs on this pool alone, as it always did).
+    pub fn fanout(&self, off: u64, len: u64) -> Option<Fanout> {
+        match self.region(off, len.max(1)) {
+            Some(Region {
+                start,
+                end,
+                role: Role::Owner { copies },
+            }) if !copies.is_empty() => Some(Fanout {
+                extent: (*start, *end),
+                copies: Arc::clone(copies),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether this server holds an `in_sync` or `rebuilding` copy at pool bytes
+    /// `[off, off + len)` (as the primary or a replica).
+    pub fn holds(&self, off: u64, len: u64) -> bool {
+        matches!(
+            self.region(off, len.max(1)),
+            Some(Region {
+                role: Role::Owner { .. } | Role::Replica { .. },
+                ..
+            })
+        )
+    }
+
     /// Whether an internal command from `sender`, arriving `via`, may touch pool bytes
     /// `[off, off + len)` (`len` 0: no range, e.g. Flush; `write`: it changes them). Checked
-    /// after the generation stamp (docs/cluster-protocol.md, "Fencing"). A routed read is
-    /// not held to the owner rule: it changes nothing, and a sender whose stamp passed has
-    /// our map, so it reads only what we own.
+    /// after the generation stamp (docs/cluster-protocol.md, "Fencing"). A read is not held
+    /// to the owner or primary rule: it changes nothing, and a sender whose stamp passed has
+    /// our map, so it reads only what we hold.
     pub fn admit(
         &self,
         sender: &str,
@@ -362,30 +485,22 @@ impl Ownership {
         if !self.up.iter().any(|s| s == sender) {
             return Err(Refusal::SenderFenced);
         }
-        if len == 0 || (via == Via::Routed && !write) {
+        if len == 0 || (matches!(via, Via::Routed | Via::Replica) && !write) {
             return Ok(());
         }
-        let end = off.saturating_add(len);
-        let region = self
-            .regions
-            .partition_point(|r| r.start <= off)
-            .checked_sub(1)
-            .and_then(|i| self.regions.get(i))
-            .filter(|r| end <= r.end);
+        let role = self.region(off, len).map(|r| &r.role);
         match via {
-            Via::Routed => match region {
-                Some(Region {
-                    incoming_from: None,
-                    ..
-                }) => Ok(()),
+            Via::Routed => match role {
+                Some(Role::Owner { .. }) => Ok(()),
                 _ => Err(Refusal::NotOwner),
             },
-            Via::Copy => match region {
-                Some(Region {
-                    incoming_from: Some(from),
-                    ..
-                }) if from == sender => Ok(()),
+            Via::Copy => match role {
+                Some(Role::Incoming { from }) if from == sender => Ok(()),
                 _ => Err(Refusal::NotSource),
+            },
+            Via::Replica => match role {
+                Some(Role::Replica { primary }) if primary == sender => Ok(()),
+                _ => Err(Refusal::NotPrimary),
             },
         }
     }
@@ -400,10 +515,7 @@ pub(crate) mod fixtures {
     pub const EXTENT: u64 = 4096;
 
     pub fn rep(server: &str, offset: u64) -> Replica {
-        Replica {
-            server: server.to_string(),
-            offset,
-        }
+        Replica::new(server, offset)
     }
 
     pub fn server(id: &str, state: ServerState) -> ServerEntry {
@@ -446,7 +558,7 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::{rep, server};
     use super::*;
-    use manager::map::{ExtentEntry as Extent, Move};
+    use manager::map::{ExtentEntry as Extent, Move, ReplicaState};
 
     #[test]
     fn a_forwarded_command_expires_before_its_sender_gives_up() {
@@ -542,6 +654,139 @@ mod tests {
             up.admit("s9", Via::Routed, (0, 512), true),
             Err(Refusal::SenderFenced)
         );
+    }
+
+    /// vol1 with 2 copies per extent: extent 0 on s1 at 0 (primary) and s2 at 8192; extent 1
+    /// on s2 at 0 (primary) and s3 at 4096; `s1` and the state of extent 0's copy on s2 given.
+    fn replicated(s1: ServerState, copy: ReplicaState) -> ClusterMap {
+        let mut second = rep("s2", 8192);
+        second.state = copy;
+        let e0 = Extent {
+            replicas: vec![rep("s1", 0), second],
+            moving: None,
+        };
+        let e1 = Extent {
+            replicas: vec![rep("s2", 0), rep("s3", 4096)],
+            moving: None,
+        };
+        let servers = vec![
+            server("s1", s1),
+            server("s2", ServerState::Up),
+            server("s3", ServerState::Up),
+        ];
+        let mut m = fixtures::map(9, servers, vec![e0, e1]);
+        m.volumes[0].replicas = 2;
+        m
+    }
+
+    #[test]
+    fn a_replica_write_runs_only_on_a_copy_whose_primary_is_the_sender() {
+        let s2 = Ownership::new(
+            &replicated(ServerState::Up, ReplicaState::InSync),
+            "s2",
+            true,
+        );
+        // s2 holds extent 0's second copy (primary s1) and is extent 1's primary.
+        assert_eq!(s2.admit("s1", Via::Replica, (8192, 4096), true), Ok(()));
+        assert_eq!(
+            s2.admit("s3", Via::Replica, (8192, 512), true),
+            Err(Refusal::NotPrimary)
+        );
+        // Its own primary range takes routed writes, not replica writes.
+        assert_eq!(
+            s2.admit("s1", Via::Replica, (0, 512), true),
+            Err(Refusal::NotPrimary)
+        );
+        assert_eq!(s2.admit("s1", Via::Routed, (0, 512), true), Ok(()));
+        // A routed write to a non-primary copy: refused (it must go to the primary).
+        assert_eq!(
+            s2.admit("s3", Via::Routed, (8192, 512), true),
+            Err(Refusal::NotOwner)
+        );
+        // Straddling the copy's end, or a range it does not hold.
+        assert_eq!(
+            s2.admit("s1", Via::Replica, (8192, 8192), true),
+            Err(Refusal::NotPrimary)
+        );
+        assert_eq!(
+            s2.admit("s1", Via::Replica, (65536, 512), true),
+            Err(Refusal::NotPrimary)
+        );
+        // Reads and flushes are not held to the rule.
+        assert_eq!(s2.admit("s3", Via::Replica, (8192, 512), false), Ok(()));
+        assert_eq!(s2.admit("s3", Via::Replica, (0, 0), true), Ok(()));
+        // A rebuilding copy takes its primary's writes; a stale one takes none.
+        let rebuilding = Ownership::new(
+            &replicated(ServerState::Up, ReplicaState::Rebuilding),
+            "s2",
+            true,
+        );
+        assert_eq!(
+            rebuilding.admit("s1", Via::Replica, (8192, 512), true),
+            Ok(())
+        );
+        let stale = Ownership::new(
+            &replicated(ServerState::Up, ReplicaState::Stale),
+            "s2",
+            true,
+        );
+        assert_eq!(
+            stale.admit("s1", Via::Replica, (8192, 512), true),
+            Err(Refusal::NotPrimary)
+        );
+        // The primary's server marked down: s2 is extent 0's primary now, and s1's replica
+        // writes are refused (s1 is not an up server any more).
+        let failed = Ownership::new(
+            &replicated(ServerState::Down, ReplicaState::InSync),
+            "s2",
+            true,
+        );
+        assert_eq!(
+            failed.admit("s1", Via::Replica, (8192, 512), true),
+            Err(Refusal::SenderFenced)
+        );
+        assert_eq!(failed.admit("s3", Via::Routed, (8192, 512), true), Ok(()));
+    }
+
+    #[test]
+    fn the_primary_forwards_to_every_copy_that_takes_writes() {
+        let m = replicated(ServerState::Up, ReplicaState::InSync);
+        let s1 = Ownership::new(&m, "s1", true);
+        let f = s1.fanout(512, 1024).expect("s1 is extent 0's primary");
+        assert_eq!(f.extent, (0, 4096));
+        assert_eq!(
+            f.copies.as_ref(),
+            &[Copy {
+                server: "s2".to_string(),
+                offset: 8192,
+                counts: true
+            }]
+        );
+        // Not a primary's range: the pool alone.
+        assert_eq!(s1.fanout(8192, 512), None);
+        assert_eq!(
+            Ownership::new(&m, "s2", true).fanout(8192, 512),
+            None,
+            "a copy does not forward"
+        );
+        // A rebuilding copy gets the write but does not count; a stale one gets nothing.
+        let r = replicated(ServerState::Up, ReplicaState::Rebuilding);
+        let f = Ownership::new(&r, "s1", true)
+            .fanout(0, 512)
+            .expect("primary");
+        assert!(!f.copies[0].counts);
+        let st = replicated(ServerState::Up, ReplicaState::Stale);
+        assert_eq!(Ownership::new(&st, "s1", true).fanout(0, 512), None);
+        // One copy per extent: no fan-out at all (the write path as before).
+        assert_eq!(
+            Ownership::new(&map(5, ServerState::Up, false), "s1", true).fanout(0, 512),
+            None
+        );
+        // s2 primary of extent 0 after s1 is marked down: the copy on s1 takes nothing.
+        let d = replicated(ServerState::Down, ReplicaState::InSync);
+        let s2 = Ownership::new(&d, "s2", true);
+        assert!(s2.holds(8192, 4096) && s2.holds(0, 512));
+        assert_eq!(s2.fanout(8192, 512), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::NodeShared;
 use super::node::policy;
 use super::node::route::{self, Piece, Pieces, Route, SplitError};
 use super::peers::{INTERNAL_BLOCK, INTERNAL_NSID};
+use super::replica::{self, WriteOp};
 use crate::initiator::InitiatorError;
 use crate::subsystem::volume::{IoFuture, IoResult, NoPath, Volume, VolumeError};
 
@@ -77,10 +78,17 @@ impl RoutedVolume {
         })
     }
 
-    /// Where piece `p` lives under the current map (`node::route::locate`).
-    fn locate(node: &NodeShared, name: &str, p: &Piece) -> Option<Target> {
+    /// Where piece `p` goes under the current map: a write to the extent's primary
+    /// (`node::route::locate`), a read to this server's own copy if it has one, else to the
+    /// primary (`node::route::locate_read`).
+    fn locate(node: &NodeShared, name: &str, p: &Piece, write: bool) -> Option<Target> {
         let map = node.map.load();
-        match route::locate(&map, name, p, &node.me) {
+        let route = if write {
+            route::locate(&map, name, p, &node.me)
+        } else {
+            route::locate_read(&map, name, p, &node.me)
+        };
+        match route {
             Route::Local { pool_off } => Some(Target::Local(pool_off)),
             Route::Remote { server, pool_off } => Some(Target::Remote {
                 server: server.id.clone(),
@@ -128,22 +136,29 @@ impl RoutedVolume {
     ) -> Result<Bytes, RouteError> {
         let len = usize::try_from(p.len).unwrap_or(0);
         match t {
+            // A write here: this server is the extent's primary; it reaches every copy
+            // (`replica::write`, the same path as a write routed here by a peer).
             Target::Local(off) => match io {
                 PieceIo::Read => node.pool.read(off, vec![0u8; len]).await,
                 PieceIo::Write { data, fua } => {
                     let chunk = data.slice(p.buf_off..p.buf_off + len);
-                    node.pool
-                        .write(off, chunk, *fua)
+                    let op = WriteOp::Data {
+                        data: chunk,
+                        fua: *fua,
+                    };
+                    replica::write(node, off, p.len, op)
                         .await
                         .map(|()| Bytes::new())
                 }
                 PieceIo::Zeroes { deallocate } => {
-                    let f = if *deallocate {
-                        node.pool.deallocate(off, p.len)
+                    let op = if *deallocate {
+                        WriteOp::Deallocate
                     } else {
-                        node.pool.write_zeroes(off, p.len)
+                        WriteOp::Zeroes
                     };
-                    f.await.map(|()| Bytes::new())
+                    replica::write(node, off, p.len, op)
+                        .await
+                        .map(|()| Bytes::new())
                 }
             }
             .map_err(RouteError::Io),
@@ -213,7 +228,7 @@ impl RoutedVolume {
             if !node.admission.serving() {
                 return Err(last);
             }
-            let Some(t) = Self::locate(node, name, &p) else {
+            let Some(t) = Self::locate(node, name, &p, !matches!(io, PieceIo::Read)) else {
                 return Err(last);
             };
             let peer = match &t {
@@ -258,6 +273,12 @@ impl RoutedVolume {
                         },
                     )
                 }
+                Err(RouteError::PathError) => {
+                    // The peer (a primary) could not complete it on every copy in time: try
+                    // again, bounded, keeping the connection.
+                    last = VolumeError::NoPath(NoPath::MapSettling);
+                    retry.on_answer(generation, Answer::Lost)
+                }
                 Err(RouteError::Unreachable(server)) => {
                     node.peers.drop_peer(&server);
                     last = VolumeError::NoPath(NoPath::Unreachable);
@@ -298,6 +319,9 @@ pub enum RouteError {
     Generation { server_generation: u64 },
     /// The peer could not be reached.
     Unreachable(String),
+    /// The peer answered a path error (Internal Path Error: a primary whose copy's write
+    /// failed): retryable.
+    PathError,
 }
 
 fn route_err(server: &str, e: InitiatorError) -> RouteError {
@@ -305,6 +329,9 @@ fn route_err(server: &str, e: InitiatorError) -> RouteError {
         InitiatorError::Generation {
             server_generation, ..
         } => RouteError::Generation { server_generation },
+        InitiatorError::Status(s) if s.same_code(codec::nvme::Status::INTERNAL_PATH_ERROR) => {
+            RouteError::PathError
+        }
         InitiatorError::Status(s) => {
             // A standard status from the peer: keep its class (the host sees a standard one).
             let errno = if s.same_code(codec::nvme::Status::LBA_RANGE) {
@@ -372,17 +399,37 @@ impl Volume for RoutedVolume {
 
     fn flush(&self) -> IoFuture<()> {
         let node = Arc::clone(&self.node);
+        let name = Arc::clone(&self.name);
         IoFuture::Boxed(Box::pin(async move {
             node.pool.flush().await?;
-            // Peers' pools hold our extents too: flush every server the map names.
+            // Peers' pools hold our extents too: flush every server the map names (each
+            // flushes its whole pool, which holds every copy it has). For a replicated volume
+            // the flush completes only once every server holding a copy flushed: a write
+            // acknowledged by a copy must be durable there too (docs/replication.md).
             let map = node.map.load_full();
+            let replicated = map.volume(&name).is_some_and(|v| v.replicas > 1);
             for s in &map.servers {
                 if s.id == node.me {
                     continue;
                 }
-                if let Ok(q) = node.peers.queue(&s.id, s.internal).await {
-                    let g = node.registry.generation.current();
-                    let _ = q.with_generation(g).flush(INTERNAL_NSID).await;
+                let holds = replicated
+                    && s.state != manager::map::ServerState::Down
+                    && map.volume(&name).is_some_and(|v| {
+                        v.extents.iter().any(|e| {
+                            e.replicas
+                                .iter()
+                                .any(|r| r.server == s.id && r.state.takes_writes())
+                        })
+                    });
+                let g = node.registry.generation.current();
+                let flushed = tokio::time::timeout(node.forward_timeout(), async {
+                    let q = node.peers.queue(&s.id, s.internal).await?;
+                    q.with_generation(g).flush(INTERNAL_NSID).await
+                })
+                .await;
+                if holds && !matches!(flushed, Ok(Ok(()))) {
+                    tracing::warn!(peer = %s.id, "flush of a server holding copies failed");
+                    return Err(VolumeError::NoPath(NoPath::Unreachable));
                 }
             }
             Ok(())

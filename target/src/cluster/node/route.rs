@@ -1,10 +1,11 @@
 //! Where a host's I/O goes (docs/cluster-protocol.md, "Routing host I/O"): a byte range of a
-//! volume is split at extent boundaries into pieces, and each piece goes to its extent's owner
-//! under this server's map — this server's own pool, or a peer. Pure: the daemon's
+//! volume is split at extent boundaries into pieces, and each piece goes to its extent's
+//! primary under this server's map (a read: to this server's own copy when it has one) — this
+//! server's own pool, or a peer. Pure: the daemon's
 //! `routed.rs` and the simulation both route with these. [`split`] allocates nothing (the
 //! pieces are an iterator over the volume's geometry, taken when the command arrives).
 
-use manager::map::{ClusterMap, ServerEntry};
+use manager::map::{ClusterMap, Replica, ReplicaState, ServerEntry, VolumeEntry};
 
 /// One piece of a request: `len` bytes at byte `vol_off` of the volume, all in extent
 /// `extent`, at `buf_off` in the request's buffer.
@@ -91,25 +92,56 @@ pub enum Route<'a> {
     NoPath,
 }
 
-/// Where piece `p` of volume `volume` goes under `map`, seen from server `me`.
+/// Where a write to piece `p` of volume `volume` goes under `map`, seen from server `me`: the
+/// extent's primary (`ClusterMap::write_owner`: with one copy, its owner), which forwards it
+/// to the other copies (docs/replication.md, "The write path").
 pub fn locate<'a>(map: &'a ClusterMap, volume: &str, p: &Piece, me: &str) -> Route<'a> {
     let Some(vol) = map.volume(volume) else {
         return Route::NoPath;
     };
-    let (Some(owner), Some((start, _))) = (vol.owner(p.extent), vol.extent_range(p.extent)) else {
+    let owner = vol.extents.get(p.extent).and_then(|e| map.write_owner(e));
+    at(map, vol, p, owner, me)
+}
+
+/// Where a read of piece `p` goes: this server's own `in_sync` copy when it has one, else
+/// where a write goes ([`locate`]).
+pub fn locate_read<'a>(map: &'a ClusterMap, volume: &str, p: &Piece, me: &str) -> Route<'a> {
+    let Some(vol) = map.volume(volume) else {
+        return Route::NoPath;
+    };
+    let mine = vol.extents.get(p.extent).and_then(|e| {
+        e.replicas
+            .iter()
+            .find(|r| r.server == me && r.state == ReplicaState::InSync)
+    });
+    match mine {
+        Some(r) => at(map, vol, p, Some(r), me),
+        None => locate(map, volume, p, me),
+    }
+}
+
+/// Piece `p` of `vol` on copy `copy`.
+fn at<'a>(
+    map: &'a ClusterMap,
+    vol: &VolumeEntry,
+    p: &Piece,
+    copy: Option<&Replica>,
+    me: &str,
+) -> Route<'a> {
+    let (Some(copy), Some((start, _))) = (copy, vol.extent_range(p.extent)) else {
         return Route::NoPath;
     };
     let Some(pool_off) = p
         .vol_off
         .checked_sub(start)
-        .and_then(|d| owner.offset.checked_add(d))
+        .and_then(|d| copy.offset.checked_add(d))
     else {
         return Route::NoPath;
     };
-    if owner.server == me {
+    if copy.server == me {
         return Route::Local { pool_off };
     }
-    match map.server(&owner.server) {
+    match map.server(&copy.server) {
         Some(server) => Route::Remote { server, pool_off },
         None => Route::NoPath,
     }
@@ -166,6 +198,71 @@ mod tests {
         assert_eq!(locate(&m, "vol9", &pieces[0], "s1"), Route::NoPath);
         assert_eq!(split(&m, "vol1", 0, 0).expect("empty").count(), 0);
         assert_eq!(split(&m, "vol1", 0, 2 * EXTENT).expect("all").count(), 2);
+    }
+
+    #[test]
+    fn writes_go_to_the_primary_and_reads_to_a_local_in_sync_copy() {
+        use manager::map::ReplicaState;
+        let e = |copies: &[(&str, u64)]| ExtentEntry {
+            replicas: copies.iter().map(|(s, o)| rep(s, *o)).collect(),
+            moving: None,
+        };
+        let servers = || {
+            vec![
+                server("s1", ServerState::Up),
+                server("s2", ServerState::Up),
+                server("s3", ServerState::Up),
+            ]
+        };
+        let mut m = map(4, servers(), vec![e(&[("s1", 0), ("s2", 4096)])]);
+        m.volumes[0].replicas = 2;
+        let p = split(&m, "vol1", 512, 512)
+            .expect("in range")
+            .next()
+            .expect("one");
+        let on = |r: Route<'_>| match r {
+            Route::Local { pool_off } => Some(("local".to_string(), pool_off)),
+            Route::Remote { server, pool_off } => Some((server.id.clone(), pool_off)),
+            Route::NoPath => None,
+        };
+        // A write goes to the primary from everywhere.
+        for me in ["s2", "s3"] {
+            assert_eq!(
+                on(locate(&m, "vol1", &p, me)),
+                Some(("s1".to_string(), 512))
+            );
+        }
+        assert_eq!(
+            on(locate(&m, "vol1", &p, "s1")),
+            Some(("local".to_string(), 512))
+        );
+        // A read: the own copy when in sync, else the primary.
+        assert_eq!(
+            on(locate_read(&m, "vol1", &p, "s2")),
+            Some(("local".to_string(), 4608))
+        );
+        assert_eq!(
+            on(locate_read(&m, "vol1", &p, "s3")),
+            Some(("s1".to_string(), 512))
+        );
+        m.volumes[0].extents[0].replicas[1].state = ReplicaState::Rebuilding;
+        assert_eq!(
+            on(locate_read(&m, "vol1", &p, "s2")),
+            Some(("s1".to_string(), 512))
+        );
+        // The primary's server marked down: the next in-sync copy takes the writes.
+        m.volumes[0].extents[0].replicas[1].state = ReplicaState::InSync;
+        m.servers[0].state = ServerState::Down;
+        assert_eq!(
+            on(locate(&m, "vol1", &p, "s3")),
+            Some(("s2".to_string(), 4608))
+        );
+        // No in-sync copy on a live server: replicas[0], as with one copy (it refuses).
+        m.volumes[0].extents[0].replicas[1].state = ReplicaState::Stale;
+        assert_eq!(
+            on(locate(&m, "vol1", &p, "s3")),
+            Some(("s1".to_string(), 512))
+        );
     }
 
     #[test]

@@ -1,0 +1,566 @@
+//! Replicated volumes, multi-process: one `tessera-manager` and three `tessera-target` storage
+//! servers on loopback, a volume with 2 or 3 copies of every extent. A host (our initiator)
+//! writes through every server at once, including writes to the same blocks through two
+//! servers at the same time; then every block reads back right through every server, and a
+//! checker reads every copy of every extent from its server's internal namespace and finds
+//! them equal (docs/replication.md, "The write path").
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use codec::nvme::Status;
+use manager::api::Role;
+use manager::client::{Client, ClientError};
+use manager::map::ClusterMap;
+use tessera::cluster::node::REPLICA_NSID;
+use tessera::cluster::peers::{INTERNAL_BLOCK, INTERNAL_NSID, internal_nqn, server_hostnqn};
+use tessera::initiator::{Controller, ControllerOptions, InitiatorError, Queue};
+
+const NQN: &str = "nqn.2026-11.dev.tessera:rvol";
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:c1c1c1c1-0000-0000-0000-000000000002";
+const EXTENT: u64 = 1 << 20;
+const VOL: u64 = 8 << 20;
+const LBA: u32 = 512;
+/// Versions of each hot block one writer has in flight at once.
+const IN_FLIGHT: u32 = 4;
+/// Blocks of 4 KiB (8 LBAs) in the volume.
+const BLOCKS: u64 = VOL / 4096;
+
+// Deadlines only bound waiting (a hang fails the test instead of hanging the suite); none
+// asserts speed: the suite runs on 2 shared cores next to other builds and tests.
+
+/// The cluster is up: the manager answers and every server acknowledged generation 1.
+const START_DEADLINE: Duration = Duration::from_secs(90);
+/// The whole write load (a few thousand 4 KiB writes over loopback).
+const LOAD_DEADLINE: Duration = Duration::from_secs(300);
+/// How often a wait loop looks again.
+const POLL: Duration = Duration::from_millis(50);
+/// Starts of the whole cluster, each on fresh ports, when a process finds a port taken.
+const START_ATTEMPTS: usize = 4;
+
+/// A child process killed when the test ends (by PID, never by name).
+struct Proc(Child, &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[path = "../../tests/support/daemons.rs"]
+#[allow(dead_code)]
+mod daemons;
+#[path = "../../tests/support/kept_dir.rs"]
+mod kept_dir;
+
+use daemons::daemon_port;
+use kept_dir::{KeptDir, tail};
+
+fn manager_bin() -> PathBuf {
+    daemons::sibling_bin(
+        Path::new(env!("CARGO_BIN_EXE_tessera-target")),
+        "tessera-manager",
+        "tessera-manager",
+    )
+}
+
+struct Cluster {
+    _manager: Proc,
+    client: Client,
+    /// Id, host portal, internal portal, process.
+    servers: Vec<(String, SocketAddr, SocketAddr, Proc)>,
+    /// Last: dropped after the processes are killed, so that kept logs are complete.
+    _logs: KeptDir,
+}
+
+fn cluster_yaml(ports: &[(u16, u16)], replicas: u32) -> String {
+    let mut y = String::from("servers:\n");
+    for (i, (p, q)) in ports.iter().enumerate() {
+        y.push_str(&format!(
+            "  - id: s{}\n    portal: 127.0.0.1:{p}\n    internal: 127.0.0.1:{q}\n    pool: 64MiB\n",
+            i + 1
+        ));
+    }
+    y.push_str(&format!(
+        "subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\nvolumes:\n  - name: rvol\n    size: {VOL}\n    subsystem: {NQN}\n    nsid: 1\n    extent_size: {EXTENT}\n    replicas: {replicas}\n"
+    ));
+    y
+}
+
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap()
+}
+
+fn spawn(dir: &Path, mut c: Command, name: &str, what: &'static str) -> Proc {
+    Proc(
+        c.env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, name))
+            .spawn()
+            .unwrap(),
+        what,
+    )
+}
+
+/// Whether `p` exited; why, from its log: `Ok` if a port was taken (start again), `Err` else.
+fn exited(p: &mut Proc, log: &Path) -> Option<Result<String, String>> {
+    let st = p.0.try_wait().unwrap()?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let what = format!(
+        "{} exited with {st}; its log ends:\n{}",
+        p.1,
+        tail(&text, 20)
+    );
+    Some(if text.contains("in use") {
+        Ok(what)
+    } else {
+        Err(what)
+    })
+}
+
+async fn start_cluster(replicas: u32) -> Cluster {
+    let logs = KeptDir::with_prefix(&format!("tessera-replication-test-r{replicas}-"));
+    'attempt: for attempt in 1..=START_ATTEMPTS {
+        let dir = logs.path().join(format!("start{attempt}"));
+        std::fs::create_dir(&dir).unwrap();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (daemon_port(), daemon_port())).collect();
+        std::fs::write(dir.join("cluster.yaml"), cluster_yaml(&ports, replicas)).unwrap();
+        let maddr = format!("127.0.0.1:{}", daemon_port());
+        let mut mc = Command::new(manager_bin());
+        mc.args(["--config", dir.join("cluster.yaml").to_str().unwrap()])
+            .arg("--data-dir")
+            .arg(dir.join("mgr"))
+            .args(["--listen", &maddr]);
+        let mut manager = spawn(&dir, mc, "manager", "manager");
+        let mut servers = Vec::new();
+        for (i, (p, q)) in ports.iter().enumerate() {
+            let id = format!("s{}", i + 1);
+            let mut c = Command::new(env!("CARGO_BIN_EXE_tessera-target"));
+            c.args(["--manager", &maddr, "--server-id", &id, "--reactors", "1"]);
+            let child = spawn(&dir, c, &id, "server");
+            servers.push((
+                id,
+                SocketAddr::from(([127, 0, 0, 1], *p)),
+                SocketAddr::from(([127, 0, 0, 1], *q)),
+                child,
+            ));
+        }
+        let client = Client::new(&maddr);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let mut gone = exited(&mut manager, &dir.join("manager.log"));
+            for s in &mut servers {
+                gone = gone.or_else(|| exited(&mut s.3, &dir.join(format!("{}.log", s.0))));
+            }
+            match gone {
+                Some(Ok(why)) => {
+                    eprintln!("cluster start {attempt}: {why}; starting again");
+                    continue 'attempt;
+                }
+                Some(Err(why)) => panic!("cluster start: {why}"),
+                None => {}
+            }
+            let up = matches!(client.status().await, Ok(s) if s.committed >= 1
+                && s.servers.len() == 3
+                && s.servers.iter().all(|x| x.acked >= 1));
+            if up {
+                return Cluster {
+                    _manager: manager,
+                    client,
+                    servers,
+                    _logs: logs,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "servers did not reach generation 1 within {START_DEADLINE:?}; manager status: {:?}",
+                client.status().await
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    panic!("the cluster did not start in {START_ATTEMPTS} attempts (ports taken every time)");
+}
+
+async fn connect_queue(addr: SocketAddr, nqn: &str, host: &str) -> (Controller, Queue) {
+    let ctrl = Controller::connect(addr, nqn, host, &ControllerOptions::default())
+        .await
+        .unwrap();
+    ctrl.enable().await.unwrap();
+    ctrl.set_num_queues(1).await.unwrap();
+    let q = ctrl.connect_io_queue(1, 63).await.unwrap();
+    (ctrl, q)
+}
+
+impl Cluster {
+    async fn map(&self) -> ClusterMap {
+        self.client.map(&Role::Client).await.unwrap()
+    }
+
+    async fn host_queue(&self, i: usize) -> (Controller, Queue) {
+        connect_queue(self.servers[i].1, NQN, HOST).await
+    }
+
+    /// A queue to server `i`'s internal subsystem as peer server `as_server` would open it.
+    async fn internal_queue(&self, i: usize, as_server: &str) -> (Controller, Queue) {
+        connect_queue(
+            self.servers[i].2,
+            &internal_nqn(&self.servers[i].0),
+            &server_hostnqn(as_server),
+        )
+        .await
+    }
+
+    fn index(&self, id: &str) -> usize {
+        self.servers.iter().position(|s| s.0 == id).unwrap()
+    }
+}
+
+/// The pattern of one 4 KiB block: its number, a writer and a version, so stale or torn data
+/// is recognisable.
+fn block(n: u64, writer: u32, version: u32) -> Bytes {
+    let mut v = vec![0u8; 4096];
+    for (i, c) in v.chunks_mut(16).enumerate() {
+        c[..8].copy_from_slice(&n.to_le_bytes());
+        c[8..10].copy_from_slice(&(writer as u16).to_le_bytes());
+        c[10..12].copy_from_slice(&(version as u16).to_le_bytes());
+        c[12..16].copy_from_slice(&(i as u32).to_le_bytes());
+    }
+    Bytes::from(v)
+}
+
+/// Writes `data` at 4 KiB block `n`, retrying a retryable path error (as a host does), and
+/// fails the test on any other error.
+async fn write_block(q: &Queue, n: u64, data: Bytes, fua: bool) {
+    let lba = n * 8;
+    for _ in 0..20 {
+        match q.write(1, lba, LBA, data.clone(), fua).await {
+            Ok(()) => return,
+            Err(InitiatorError::Status(s)) if s.same_code(Status::INTERNAL_PATH_ERROR) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("write of block {n}: {e}"),
+        }
+    }
+    panic!("write of block {n}: path errors 20 times");
+}
+
+/// The write load of one test: through every server, each its own blocks; and the "hot"
+/// blocks written through two servers at once. Returns what each block must read back (for a
+/// hot block: either writer's last version).
+async fn write_load(c: &Cluster) -> BTreeMap<u64, Vec<Bytes>> {
+    // Hot blocks: the first and a middle block of every extent (so that each server is the
+    // primary of some and a plain router for others).
+    let per_extent = EXTENT / 4096;
+    let hot: Vec<u64> = (0..VOL / EXTENT)
+        .flat_map(|e| [e * per_extent, e * per_extent + per_extent / 2])
+        .collect();
+    let rounds = 24u32;
+    let mut tasks = Vec::new();
+    // Each server writes every third block (not hot), some with FUA.
+    for i in 0..3usize {
+        let (ctrl, q) = c.host_queue(i).await;
+        let hot = hot.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ctrl = ctrl;
+            let mut n = i as u64;
+            let mut count = 0u64;
+            while n < BLOCKS {
+                if !hot.contains(&n) {
+                    write_block(&q, n, block(n, i as u32, 1), n.is_multiple_of(5)).await;
+                    count += 1;
+                }
+                n += 3;
+            }
+            count
+        }));
+    }
+    // Writers on the same hot blocks through every server at once, each with several versions
+    // of every hot block in flight at a time: the copies must still end equal.
+    for (w, i) in [(10u32, 0usize), (11, 1), (12, 2)] {
+        let (ctrl, q) = c.host_queue(i).await;
+        let hot = hot.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ctrl = ctrl;
+            let mut count = 0u64;
+            for round in 0..rounds / IN_FLIGHT {
+                let writes = hot.iter().flat_map(|&n| {
+                    let q = &q;
+                    (1..=IN_FLIGHT)
+                        .map(move |k| write_block(q, n, block(n, w, round * IN_FLIGHT + k), false))
+                });
+                futures::future::join_all(writes).await;
+                count += hot.len() as u64 * u64::from(IN_FLIGHT);
+            }
+            count
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + LOAD_DEADLINE;
+    let mut written = 0;
+    for t in tasks {
+        written += tokio::time::timeout_at(deadline, t)
+            .await
+            .expect("the write load did not finish in time")
+            .unwrap();
+    }
+    eprintln!("write load: {written} blocks written");
+
+    let mut expect: BTreeMap<u64, Vec<Bytes>> = BTreeMap::new();
+    for n in 0..BLOCKS {
+        let want = if hot.contains(&n) {
+            // Whichever writer's write of the last round landed last.
+            let last = (rounds - IN_FLIGHT + 1)..=rounds;
+            (10..=12)
+                .flat_map(|w| last.clone().map(move |v| block(n, w, v)))
+                .collect()
+        } else {
+            vec![block(n, (n % 3) as u32, 1)]
+        };
+        expect.insert(n, want);
+    }
+    // Zeroes and a boundary-spanning write through s3 (each goes to its primaries).
+    let (_c3, q3) = c.host_queue(2).await;
+    let zeroed = 3 * per_extent + 7;
+    q3.write_zeroes(1, zeroed * 8, 8, false).await.unwrap();
+    expect.insert(zeroed, vec![Bytes::from(vec![0u8; 4096])]);
+    let span = EXTENT / 4096 - 1; // The last block of extent 0 and the first of extent 1.
+    let mut both = block(span, 20, 1).to_vec();
+    both.extend_from_slice(&block(span + 1, 20, 1));
+    q3.write(1, span * 8, LBA, Bytes::from(both), true)
+        .await
+        .unwrap();
+    expect.insert(span, vec![block(span, 20, 1)]);
+    expect.insert(span + 1, vec![block(span + 1, 20, 1)]);
+    q3.flush(1).await.unwrap();
+    expect
+}
+
+/// Every block reads back right through every server; a hot block reads the same everywhere.
+async fn verify_reads(c: &Cluster, expect: &BTreeMap<u64, Vec<Bytes>>) -> u64 {
+    let mut seen: BTreeMap<u64, Bytes> = BTreeMap::new();
+    let mut verified = 0;
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        // 64 KiB reads (16 blocks), split by the server at extent boundaries.
+        for first in (0..BLOCKS).step_by(16) {
+            let got = qi.read(1, first * 8, 128, LBA).await.unwrap();
+            for (k, b) in got.chunks(4096).enumerate() {
+                let n = first + k as u64;
+                let want = &expect[&n];
+                assert!(
+                    want.iter().any(|w| w[..] == b[..]),
+                    "block {n} through s{}: not what was written (first bytes {:?})",
+                    i + 1,
+                    &b[..16]
+                );
+                let b = Bytes::copy_from_slice(b);
+                let prev = seen.entry(n).or_insert_with(|| b.clone());
+                assert_eq!(*prev, b, "block {n} reads differently through s{}", i + 1);
+                verified += 1;
+            }
+        }
+    }
+    verified
+}
+
+/// Reads every copy of every extent from its server's internal namespace (stamped with the
+/// current generation) and checks that the copies are equal. Returns the copies compared.
+async fn check_copies(c: &Cluster, replicas: usize) -> usize {
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let mut queues = Vec::new();
+    for i in 0..3 {
+        queues.push(c.internal_queue(i, "s1").await);
+    }
+    let mut compared = 0;
+    for (x, e) in vol.extents.iter().enumerate() {
+        assert_eq!(e.replicas.len(), replicas, "extent {x}: {e:?}");
+        let mut copies = Vec::new();
+        for r in &e.replicas {
+            let (_, q) = &queues[c.index(&r.server)];
+            let mut data = Vec::with_capacity(EXTENT as usize);
+            let chunk = 128 * 1024u64;
+            for at in (0..EXTENT).step_by(chunk as usize) {
+                let got = q
+                    .with_generation(map.generation)
+                    .read(
+                        INTERNAL_NSID,
+                        (r.offset + at) / u64::from(INTERNAL_BLOCK),
+                        (chunk / u64::from(INTERNAL_BLOCK)) as u32,
+                        INTERNAL_BLOCK,
+                    )
+                    .await
+                    .unwrap();
+                data.extend_from_slice(&got);
+            }
+            copies.push((r.server.clone(), data));
+        }
+        let (first_server, first) = &copies[0];
+        for (server, data) in &copies[1..] {
+            if data != first {
+                let at = data.iter().zip(first).position(|(a, b)| a != b).unwrap();
+                panic!(
+                    "extent {x}: the copy on {server} differs from the one on {first_server} \
+                     at byte {at}"
+                );
+            }
+            compared += 1;
+        }
+    }
+    compared
+}
+
+async fn replicated_volume(replicas: u32) {
+    let c = start_cluster(replicas).await;
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    for (x, e) in vol.extents.iter().enumerate() {
+        let servers: std::collections::BTreeSet<&str> =
+            e.replicas.iter().map(|r| r.server.as_str()).collect();
+        assert_eq!(servers.len(), replicas as usize, "extent {x}: {e:?}");
+    }
+
+    let expect = write_load(&c).await;
+    let verified = verify_reads(&c, &expect).await;
+    let compared = check_copies(&c, replicas as usize).await;
+    eprintln!(
+        "replicas {replicas}: {verified} blocks verified through 3 servers, {compared} copies \
+         of {} extents equal to their primary's",
+        vol.extents.len()
+    );
+
+    // The primary rule over the wire: a replica write from a server that is not the extent's
+    // primary is refused (Access Denied), and changes nothing.
+    let e0 = &vol.extents[0];
+    let holder = &e0.replicas[1];
+    let not_primary = c
+        .servers
+        .iter()
+        .map(|s| s.0.as_str())
+        .find(|s| *s != e0.replicas[0].server)
+        .unwrap();
+    let (_ch, qh) = c.internal_queue(c.index(&holder.server), not_primary).await;
+    let err = qh
+        .with_generation(map.generation)
+        .write(
+            REPLICA_NSID,
+            holder.offset / u64::from(INTERNAL_BLOCK),
+            INTERNAL_BLOCK,
+            Bytes::from(vec![0xEEu8; 4096]),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, InitiatorError::Status(s) if s.same_code(Status::ACCESS_DENIED)),
+        "replica write from {not_primary} to {}: {err:?}",
+        holder.server
+    );
+    // A routed write to a copy that is not the primary: refused too (the owner rule).
+    let err = qh
+        .with_generation(map.generation)
+        .write(
+            INTERNAL_NSID,
+            holder.offset / u64::from(INTERNAL_BLOCK),
+            INTERNAL_BLOCK,
+            Bytes::from(vec![0xEEu8; 4096]),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, InitiatorError::Status(s) if s.same_code(Status::ACCESS_DENIED)),
+        "routed write to a non-primary copy: {err:?}"
+    );
+    assert_eq!(check_copies(&c, replicas as usize).await, compared);
+
+    // Moves of replicated extents are refused with a clear reason.
+    let to = c
+        .servers
+        .iter()
+        .map(|s| s.0.as_str())
+        .find(|s| e0.replicas.iter().all(|r| r.server != *s))
+        .unwrap_or("s1");
+    match c.client.move_extent("rvol", 0, to).await {
+        Err(ClientError::Http { status, message }) => {
+            assert_eq!(status, 409, "{message}");
+            assert!(message.contains("replicas"), "{message}");
+        }
+        other => panic!("a move of a replicated extent: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_stay_equal_under_writes_through_every_server() {
+    replicated_volume(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_copies_stay_equal_under_writes_through_every_server() {
+    replicated_volume(3).await;
+}
+
+/// A copy's server is killed: a write to an extent with a copy there fails with a retryable
+/// path error within the forwarding deadline (no hang), whichever server the host used; an
+/// extent whose copies all live is written as before. (Taking the dead copy out of the write
+/// set is the next step of replication, not this one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_copy_is_unreachable_fails_with_a_path_error_not_a_hang() {
+    let mut c = start_cluster(2).await;
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let per_extent = EXTENT / 4096;
+    let e0 = &vol.extents[0];
+    let dead = e0.replicas[1].server.clone();
+    let primary = c.index(&e0.replicas[0].server);
+    let healthy = vol
+        .extents
+        .iter()
+        .position(|e| e.replicas.iter().all(|r| r.server != dead))
+        .expect("an extent with no copy on the killed server") as u64;
+    let k = c.index(&dead);
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+
+    for i in (0..3).filter(|i| *i != k) {
+        let (_ci, qi) = c.host_queue(i).await;
+        let started = Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(120),
+            qi.write(1, 0, LBA, block(0, 30, 1), false),
+        )
+        .await
+        .expect("a write whose copy is dead must not hang")
+        .unwrap_err();
+        assert!(
+            matches!(&err, InitiatorError::Status(s) if s.same_code(Status::INTERNAL_PATH_ERROR)),
+            "through s{} (the primary is s{}): {err:?}",
+            i + 1,
+            primary + 1
+        );
+        eprintln!(
+            "write through s{} with a dead copy: path error after {:?}",
+            i + 1,
+            started.elapsed()
+        );
+        let n = healthy * per_extent;
+        write_block(&qi, n, block(n, 31, i as u32), true).await;
+        let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+        assert_eq!(got, block(n, 31, i as u32), "block {n} through s{}", i + 1);
+    }
+}
