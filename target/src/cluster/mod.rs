@@ -678,7 +678,6 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
                     mover::forget(node, &key);
                 }
                 Action::KeepTracked { key } => {
-                    crate::metrics::count_extent_move(crate::metrics::MoveOutcome::Failed);
                     let dest = ins.map().owner(&key.0, key.1).cloned();
                     if let (Some(r), Some(dest)) = (region.take(), dest) {
                         mover::keep_tracked(node, key, r, dest);
@@ -723,6 +722,7 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
                     // Not installed, not acked: we keep serving at the old generation (the
                     // lost extents stay tracked).
                     tracing::warn!(generation = g, "install postponed: final copy incomplete");
+                    crate::metrics::count_extent_move(crate::metrics::MoveOutcome::Failed);
                     postpone(node, g);
                 }
                 Action::Done => return,

@@ -365,16 +365,16 @@ pub fn untrack(node: &NodeShared, region: &Arc<DirtyRegion>) {
     node.pool.0.untrack(region);
 }
 
-/// `KeepTracked`: the final copy is incomplete; the region stays tracked under a stopped
-/// copier until the postponed install runs again.
+/// `KeepTracked`: the region stays tracked under a stopped copier until the install is over
+/// (its final copy is incomplete, or another lost extent's is not done yet).
 pub fn keep_tracked(
     node: &NodeShared,
     key: (String, usize),
     region: Arc<DirtyRegion>,
     dest: Replica,
 ) {
-    tracing::error!(volume = %key.0, extent = key.1, to = %dest.server,
-        "final copy failed; not installing, will retry");
+    tracing::debug!(volume = %key.0, extent = key.1, to = %dest.server,
+        "extent stays tracked until the install is over");
     lock(&node.movers.active).insert(
         key,
         Active {

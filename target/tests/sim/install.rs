@@ -85,7 +85,7 @@ impl World {
             return;
         };
         ins.wait = InWait::No;
-        let actions = ins.m.on_event(ev);
+        let actions = ins.m.on_event_at(ev, self.now);
         for a in actions {
             self.install_act(i, a);
         }
@@ -154,7 +154,7 @@ impl World {
             Action::KeepTracked { key } => {
                 let id = self.srv[i].id.clone();
                 self.note(format!(
-                    "{id}: final copy of {}[{}] failed; not installing, will retry",
+                    "{id}: {}[{}] stays tracked until the install",
                     key.0, key.1
                 ));
             }

@@ -99,8 +99,6 @@ pub enum Copied {
 pub enum CopyOwner {
     Mover((String, usize)),
     Install,
-    /// Its mover was aborted: the command still runs, nobody waits for it.
-    Orphan,
 }
 
 #[derive(Debug)]
@@ -960,7 +958,13 @@ impl World {
                     return self.copy_finish(i, t, Copied::No);
                 };
                 let (dest, dest_blk, data) = (dest.clone(), *dest_blk, data.clone());
-                let Some(d) = map.server(&dest).and_then(|_| World::server_index(&dest)) else {
+                // A final copy may go to a server that only the map being installed knows.
+                let known = map.server(&dest).is_some()
+                    || self.srv[i]
+                        .install
+                        .as_ref()
+                        .is_some_and(|ins| ins.m.map().server(&dest).is_some());
+                let Some(d) = known.then(|| World::server_index(&dest)).flatten() else {
                     return self.copy_finish(i, t, Copied::No);
                 };
                 let n = data.len() as u64;
@@ -1053,7 +1057,6 @@ impl World {
         match owner {
             CopyOwner::Mover(key) => self.mover_copy_done(i, &key, res == Copied::Yes),
             CopyOwner::Install => self.install_copy_done(i, res),
-            CopyOwner::Orphan => {}
         }
     }
 }
