@@ -624,7 +624,7 @@ pub async fn install(node: &Arc<NodeShared>, new: ClusterMap) {
     let mut event = Event::Start;
     loop {
         let mut next = None;
-        for action in ins.on_event(event) {
+        for action in ins.on_event_at(event, node.admission.now_ms()) {
             match action {
                 Action::CloseGate => {
                     // Phase 1a: fence the extents we lose. No I/O runs while the gate is
