@@ -14,6 +14,11 @@
 //! - **1b**: the map becomes every server's map; `up` servers ack, bounded by
 //!   [`PHASE_1B_TIMEOUT_MS`]; those that miss it are marked late and catch up by stamp checks.
 //! - **2**: the map becomes the clients' (committed) map.
+//!
+//! A map that gives switched extents back to their old owners (`plan::cancel_moves_to_down`: a
+//! switch's new owner was marked down before the switch's phase 1a was done) abandons the maps
+//! that hold those switches: they are published no further, and the new map takes their place
+//! (docs/cluster-protocol.md, "Cancelling a switch to a server marked down").
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
