@@ -638,3 +638,154 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum CStep {
+    Ack(usize),
+    Timeout1a,
+    Timeout1b,
+    Commit,
+    Down(usize),
+    Up(usize),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Random interleavings of moves, switches, mark-downs (which cancel switches not through
+    /// phase 1a, `plan::apply_cancelling`) and mark-ups with acks and timeouts: servers and
+    /// clients get maps in increasing generation order, clients only maps servers got; a map
+    /// reaches every server only once the old owners of its switches installed it or are down;
+    /// a server is never given an abandoned map; and once every server is up and acks, every
+    /// durable map is published or abandoned and the clients get the newest.
+    #[test]
+    fn cancellations_keep_publication_order(steps in proptest::collection::vec(
+        prop_oneof![
+            (0..2usize).prop_map(CStep::Ack),
+            Just(CStep::Timeout1a),
+            Just(CStep::Timeout1b),
+            Just(CStep::Commit),
+            Just(CStep::Commit),
+            (0..2usize).prop_map(CStep::Down),
+            (0..2usize).prop_map(CStep::Up),
+        ], 1..80)) {
+        let servers = ["s1", "s2"];
+        let mut head = Arc::new(base());
+        let mut c = Coordinator::new((*head).clone());
+        let mut installed: BTreeMap<&str, u64> =
+            servers.iter().map(|s| (*s, head.generation)).collect();
+        let mut to_servers = head.generation;
+        let mut servers_map = Arc::clone(&head);
+        let mut to_clients = head.generation;
+        let mut published: Vec<u64> = vec![head.generation];
+        let mut durable: Vec<Arc<ClusterMap>> = vec![Arc::clone(&head)];
+        let mut steps = steps;
+        // Then heal: everybody up, acks and timeouts until nothing is left to publish.
+        steps.extend([CStep::Up(0), CStep::Up(1)]);
+        for _ in 0..40 {
+            steps.extend([CStep::Ack(0), CStep::Ack(1), CStep::Timeout1a, CStep::Timeout1b]);
+        }
+        for step in steps {
+            let change = match &step {
+                CStep::Commit => {
+                    let e = &head.volume("a").unwrap().extents[0];
+                    let owner = e.replicas[0].server.clone();
+                    Some(if e.moving.is_some() {
+                        plan::Change::SwitchMove(MoveReadyRequest {
+                            server: owner,
+                            volume: "a".into(),
+                            extent: 0,
+                            generation: head.generation,
+                        })
+                    } else {
+                        let to = if owner == "s1" { "s2" } else { "s1" };
+                        plan::Change::StartMove(MoveRequest {
+                            volume: "a".into(),
+                            extent: 0,
+                            to: to.into(),
+                        })
+                    })
+                }
+                CStep::Down(k) | CStep::Up(k) => Some(plan::Change::SetServerState {
+                    id: servers[*k].into(),
+                    state: if matches!(step, CStep::Down(_)) {
+                        crate::map::ServerState::Down
+                    } else {
+                        crate::map::ServerState::Up
+                    },
+                }),
+                _ => None,
+            };
+            let actions = if let Some(change) = change {
+                let chain = c.hold_chain();
+                match plan::apply_cancelling(&head, &change, &chain) {
+                    Ok((next, _)) if next.generation > head.generation => {
+                        head = Arc::new(next);
+                        durable.push(Arc::clone(&head));
+                        c.handle(Event::Committed(Arc::clone(&head)))
+                    }
+                    _ => c.release(),
+                }
+            } else {
+                match step {
+                    CStep::Ack(k) => {
+                        let id = servers[k];
+                        let m = c.server_map(Some(id));
+                        prop_assert!(
+                            m.generation > c.abandoned() || published.contains(&m.generation)
+                                || m.generation == head.generation
+                                || c.publishing().is_some_and(|p| p.0 == m.generation),
+                            "{id} was given g{}, abandoned", m.generation
+                        );
+                        installed.insert(id, m.generation);
+                        c.handle(ack(id, m.generation))
+                    }
+                    CStep::Timeout1a | CStep::Timeout1b => {
+                        let Some((g, phase, _, _)) = c.publishing() else { continue };
+                        let want = if matches!(step, CStep::Timeout1a) {
+                            Phase::OldOwners
+                        } else {
+                            Phase::Servers
+                        };
+                        if phase != want { continue; }
+                        c.handle(Event::Timeout { generation: g, phase })
+                    }
+                    _ => continue,
+                }
+            };
+            for a in actions {
+                match a {
+                    Action::PublishToServers(m) => {
+                        prop_assert!(m.generation > to_servers);
+                        for lost in ClusterMap::changed_owners(&servers_map, &m) {
+                            // Released: marked down in this map or a newer durable one.
+                            let down = durable.iter().filter(|d| d.generation >= m.generation).any(
+                                |d| {
+                                    d.server(&lost.old_owner)
+                                        .is_none_or(|s| s.state == crate::map::ServerState::Down)
+                                },
+                            );
+                            prop_assert!(
+                                down || installed[lost.old_owner.as_str()] >= m.generation,
+                                "g{} reached every server before its old owner {} installed it",
+                                m.generation, lost.old_owner
+                            );
+                        }
+                        to_servers = m.generation;
+                        servers_map = Arc::clone(&m);
+                        published.push(m.generation);
+                    }
+                    Action::PublishToClients(m) => {
+                        prop_assert!(m.generation > to_clients);
+                        prop_assert!(published.contains(&m.generation));
+                        to_clients = m.generation;
+                    }
+                    Action::SendToServers { .. }
+                    | Action::StartTimer { .. }
+                    | Action::MarkDown { .. } => {}
+                }
+            }
+        }
+        prop_assert!(c.publishing().is_none(), "still publishing: {:?}", c.publishing());
+        prop_assert_eq!(c.client_map().generation, head.generation);
+    }
+}
