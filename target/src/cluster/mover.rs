@@ -278,6 +278,15 @@ async fn copy_range(
                 }
                 Ok(r) => match r {
                     Ok(()) => return Ok(()),
+                    // "Server behind" without a generation: the peer serves nothing (marked
+                    // down, fenced, catching up). Retrying cannot help before its map
+                    // changes: the pass fails (the copier or the install tries again later).
+                    Err(InitiatorError::Generation {
+                        server_generation: 0,
+                        ..
+                    }) => {
+                        return Err(CopyError::Failed(format!("{dest_server} serves nothing")));
+                    }
                     Err(InitiatorError::Generation {
                         server_generation, ..
                     }) => Answer::Mismatch {

@@ -1011,6 +1011,11 @@ impl World {
                     self.copy_finish(i, t, Copied::NotSource);
                 };
             }
+            // The peer serves nothing (marked down, fenced, catching up): a copy ends here
+            // (mover.rs `copy_range`); its pass fails and is tried again later.
+            Some(IoRes::Behind(0)) if !is_host => {
+                return self.copy_finish(i, t, Copied::No);
+            }
             Some(IoRes::Stale(g) | IoRes::Behind(g)) => node::retry::Answer::Mismatch { theirs: g },
             None => node::retry::Answer::Lost,
         };
