@@ -539,6 +539,30 @@ mod tests {
         assert!(acts.contains(&Action::Install(down)));
     }
 
+    /// A cancelled switch (docs/cluster-protocol.md, "Cancelling a switch to a server marked
+    /// down"): the old owner whose install of the switch was postponed installs the newer map
+    /// that gives the extent back (nothing lost, no gate, no copy); one that had installed the
+    /// switch gets the extent back the same way.
+    #[test]
+    fn a_cancelled_switch_installs_without_a_final_copy() {
+        let back = map(7, "s1", false);
+        // Postponed g6 (s1 still at g5, extent moving), then g7 gives it back.
+        let mut ins =
+            Install::start(map(5, "s1", true), Arc::clone(&back), "s1", true).expect("newer");
+        assert!(ins.lost().is_empty() && !ins.closes_gate());
+        let acts = ins.on_event_at(Event::Start, 10);
+        assert_eq!(acts.first(), Some(&Action::Install(Arc::clone(&back))));
+        assert!(!acts.iter().any(|a| matches!(a, Action::FinalPass { .. })));
+        // Installed g6 (the extent was s2's), then g7 gives it back.
+        let mut ins =
+            Install::start(map(6, "s2", false), Arc::clone(&back), "s1", true).expect("newer");
+        assert!(ins.lost().is_empty());
+        assert_eq!(
+            ins.on_event(Event::Start).first(),
+            Some(&Action::Install(back))
+        );
+    }
+
     /// A refused final copy (the switch happened without us) drops our copy and installs;
     /// a server catching up closes no gate; an older map installs nothing.
     #[test]
