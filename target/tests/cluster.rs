@@ -1067,7 +1067,8 @@ async fn a_file_pool_server_restarts_from_its_persisted_map_and_keeps_its_data()
 /// and reloads; the switch commits without it; a host write lands on the new owner B; then A
 /// is restarted on its file pool, from its persisted older map. Its catch-up install would
 /// copy its stale extent over B's (the final copy used to pass B's stamp check); B refuses it
-/// under the source rule, and the acknowledged write survives on every path.
+/// under the source rule, or A does not send it (the map it installs marks it down), and the
+/// acknowledged write survives on every path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_old_owner_marked_down_and_restarted_cannot_undo_an_acknowledged_write() {
     let mut c = start_cluster_with(true).await;
@@ -1195,9 +1196,12 @@ async fn a_hung_old_owner_marked_down_and_restarted_cannot_undo_an_acknowledged_
             c.servers[i].0
         );
     }
+    // Its stale copy never landed: refused by B under the source rule, or not even sent (the
+    // map it installs marks it down, so every switch of its extents in it went on without it).
+    // (A switched no extent before it hung.)
     assert!(
-        text.contains("final copy refused"),
-        "{a_id} did not attempt (and get refused) its stale final copy; its log ends:\n{}",
+        !text.contains("extent switched"),
+        "{a_id} completed a final copy of its stale extent; its log ends:\n{}",
         tail(&text, 20)
     );
 }

@@ -125,7 +125,7 @@ pub enum Task {
 }
 
 impl Task {
-    fn retry(&mut self) -> &mut Retry {
+    pub fn retry(&mut self) -> &mut Retry {
         match self {
             Self::Host { r, .. } | Self::Copy { r, .. } => r,
         }
@@ -900,6 +900,15 @@ impl World {
 
     /// One try of a routed piece or a copy.
     fn task_try(&mut self, i: usize, t: u64) {
+        // A copier asked to stop does not try again (mover.rs `copy_range`).
+        let stopped = matches!(
+            self.srv[i].tasks.get(&t),
+            Some(Task::Copy { owner: CopyOwner::Mover(k), .. })
+                if self.srv[i].movers.get(k).is_some_and(|m| m.stop)
+        );
+        if stopped {
+            return self.copy_finish(i, t, Copied::No);
+        }
         let cur = self.srv[i].generation.current();
         let me = self.srv[i].id.clone();
         let map = Arc::clone(&self.srv[i].map);
@@ -1055,7 +1064,7 @@ impl World {
         self.timer(Self::me(i), ms, Timer::TaskWake { task: t, token });
     }
 
-    fn copy_finish(&mut self, i: usize, t: u64, res: Copied) {
+    pub fn copy_finish(&mut self, i: usize, t: u64, res: Copied) {
         let Some(Task::Copy { owner, .. }) = self.srv[i].tasks.remove(&t) else {
             return;
         };

@@ -143,6 +143,8 @@ pub struct Install {
     ok: bool,
     /// The gate is closed by this install.
     gate: bool,
+    /// The new map marks this server down.
+    me_down: bool,
     state: State,
     /// The time of the latest event (milliseconds, the shell's clock; 0 without one).
     now: u64,
@@ -161,6 +163,7 @@ impl Install {
         }
         let lost = lost_extents(&old, &new, me);
         let gate = gate && !lost.is_empty();
+        let me_down = new.server(me).is_none_or(|s| s.state == ServerState::Down);
         Some(Self {
             old,
             new,
@@ -169,6 +172,7 @@ impl Install {
             copied: Vec::new(),
             ok: true,
             gate,
+            me_down,
             state: State::Begin,
             now: 0,
             deadline: None,
@@ -334,11 +338,15 @@ impl Install {
         // The new map gives the extent to a server it marks down: the switch went through
         // phase 1a without this server (one still waiting for us is given back when its new
         // owner is marked down), so the new owner would refuse the copy under the source rule
-        // if it served; it serves nothing, so nothing would end the retries. As refused.
-        if self
-            .new
-            .server(&dest.server)
-            .is_none_or(|s| s.state == ServerState::Down)
+        // if it served; it serves nothing, so nothing would end the retries. Or it marks this
+        // server down: no switch in it waits for us (phase 1a does not wait for an old owner
+        // the map itself marks down; one waiting for us was sent to us in a map where we are
+        // up), so every switch of ours in it went on without us. As refused, either way.
+        if self.me_down
+            || self
+                .new
+                .server(&dest.server)
+                .is_none_or(|s| s.state == ServerState::Down)
         {
             out.push(Action::Untrack { key });
             return self.lost_done(out);
@@ -561,6 +569,29 @@ mod tests {
             ins.on_event(Event::Start).first(),
             Some(&Action::Install(back))
         );
+    }
+
+    /// An install whose map marks this server down copies nothing: every switch of its
+    /// extents in that map went on without it.
+    #[test]
+    fn no_final_copy_from_a_server_its_map_marks_down() {
+        let mut me_down = (*map(6, "s2", false)).clone();
+        me_down.servers[0].state = ServerState::Down;
+        let me_down = Arc::new(me_down);
+        let mut ins =
+            Install::start(map(5, "s1", true), Arc::clone(&me_down), "s1", false).expect("newer");
+        let acts = ins.on_event(Event::Start);
+        assert_eq!(
+            acts.first(),
+            Some(&Action::StopCopier {
+                key: key(),
+                whole: Some((8192, 4096))
+            })
+        );
+        let acts = ins.on_event(Event::CopierStopped { tracked: true });
+        assert_eq!(acts.first(), Some(&Action::Untrack { key: key() }));
+        assert!(!acts.iter().any(|a| matches!(a, Action::FinalPass { .. })));
+        assert!(acts.contains(&Action::Install(me_down)));
     }
 
     /// A refused final copy (the switch happened without us) drops our copy and installs;
