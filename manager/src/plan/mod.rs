@@ -666,14 +666,21 @@ pub fn cancel_moves_to_down(chain: &[Arc<ClusterMap>], next: &mut ClusterMap) ->
     if !next.servers.iter().any(|s| s.state == ServerState::Down) {
         return out;
     }
-    // Extents whose owner (server and offset: a switch there and back counts) differs.
+    // Extents whose owner (server and offset) changes along the chain or in `next` (a switch
+    // there and back counts).
     let switched: Vec<(String, usize, Replica)> = done
         .volumes
         .iter()
         .flat_map(|v| {
             v.extents.iter().enumerate().filter_map(|(i, e)| {
                 let was = e.replicas.first()?;
-                (next.owner(&v.name, i) != Some(was)).then(|| (v.name.clone(), i, was.clone()))
+                let moved = chain
+                    .iter()
+                    .skip(1)
+                    .map(|m| m.owner(&v.name, i))
+                    .chain(std::iter::once(next.owner(&v.name, i)))
+                    .any(|o| o != Some(was));
+                moved.then(|| (v.name.clone(), i, was.clone()))
             })
         })
         .collect();
