@@ -14,6 +14,11 @@
 //! - **1b**: the map becomes every server's map; `up` servers ack, bounded by
 //!   [`PHASE_1B_TIMEOUT_MS`]; those that miss it are marked late and catch up by stamp checks.
 //! - **2**: the map becomes the clients' (committed) map.
+//!
+//! A map that gives switched extents back to their old owners (`plan::cancel_moves_to_down`: a
+//! switch's new owner was marked down before the switch's phase 1a was done) abandons the maps
+//! that hold those switches: they are published no further, and the new map takes their place
+//! (docs/cluster-protocol.md, "Cancelling a switch to a server marked down").
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -156,6 +161,14 @@ pub struct Coordinator {
     old_owner_timeout_ms: u64,
     /// Wait for an old owner marked down before releasing it (0: release at once).
     down_fence_ms: u64,
+    /// Newest generation abandoned in (or before) phase 1a (0: none).
+    abandoned: Generation,
+    /// Maps up to this generation were through phase 1a before the manager restarted (the store
+    /// records it): their switches are never given back ([`Coordinator::resumed_at`]).
+    resumed_at: Generation,
+    /// A change is being planned against [`Coordinator::phase_1a_chain`]: no publication leaves
+    /// phase 1a until it is fed (or dropped), so the chain it was planned on stays true.
+    holding: bool,
 }
 
 impl Coordinator {
@@ -175,6 +188,9 @@ impl Coordinator {
             late: BTreeSet::new(),
             old_owner_timeout_ms: 0,
             down_fence_ms: 0,
+            abandoned: 0,
+            resumed_at: 0,
+            holding: false,
         }
     }
 
@@ -198,6 +214,17 @@ impl Coordinator {
         self
     }
 
+    /// The same coordinator, started by a manager whose store records that phase 1a of
+    /// `generation` was done before the restart (`Store::set_phase_1a_done`): the switches of
+    /// maps up to it may have reached their new owners (which may have taken writes), so no
+    /// cancellation gives them back ([`Coordinator::phase_1a_chain`] starts at the newest of
+    /// them).
+    #[must_use]
+    pub fn resumed_at(mut self, generation: Generation) -> Self {
+        self.resumed_at = generation;
+        self
+    }
+
     /// The clients' map: the newest committed one.
     #[must_use]
     pub fn client_map(&self) -> Arc<ClusterMap> {
@@ -217,6 +244,62 @@ impl Coordinator {
         Arc::clone(&self.servers_map)
     }
 
+    /// The newest map whose phase 1a is done (the first), then every durable map whose phase
+    /// 1a is not done, in generation order (the one in phase 1a, if any, then the queue): what
+    /// `plan::apply_cancelling` needs to cancel a switch to a server marked down.
+    #[must_use]
+    pub fn phase_1a_chain(&self) -> Vec<Arc<ClusterMap>> {
+        let mut out = vec![Arc::clone(&self.servers_map)];
+        if let Some(p) = &self.pending
+            && p.phase == Phase::OldOwners
+        {
+            out.push(Arc::clone(&p.map));
+        }
+        out.extend(self.queue.iter().cloned());
+        // Maps durable at the manager's start count as through phase 1a (see `resumed_at`).
+        let first = out
+            .iter()
+            .rposition(|m| m.generation <= self.resumed_at)
+            .unwrap_or(0);
+        out.split_off(first)
+    }
+
+    /// [`Coordinator::phase_1a_chain`] for a change about to be planned on it: until
+    /// [`Coordinator::release`] (or the next [`Event::Committed`]), no publication leaves phase
+    /// 1a (acks are still recorded), so a switch the change gives back cannot reach its new
+    /// owner meanwhile.
+    pub fn hold_chain(&mut self) -> Vec<Arc<ClusterMap>> {
+        self.holding = true;
+        self.phase_1a_chain()
+    }
+
+    /// Ends [`Coordinator::hold_chain`] without a new map (the change was refused or changed
+    /// nothing); returns what became possible meanwhile.
+    #[must_use]
+    pub fn release(&mut self) -> Vec<Action> {
+        self.holding = false;
+        let mut out = Vec::new();
+        self.advance(&mut out);
+        out
+    }
+
+    /// A restarted manager's durable maps newer than the committed one, in generation order:
+    /// all are queued (a map that gives switches back abandons those before it, as on
+    /// [`Event::Committed`]) before any is published, so the decisions are those made before
+    /// the restart.
+    #[must_use]
+    pub fn resume(&mut self, maps: Vec<Arc<ClusterMap>>) -> Vec<Action> {
+        for map in maps {
+            if cancels(&self.head_map(), &map) {
+                self.abandon_for(&map);
+            }
+            self.queue.push_back(map);
+        }
+        let mut out = Vec::new();
+        self.advance(&mut out);
+        out
+    }
+
     /// The newest generation known (durable): being published, queued or committed.
     #[must_use]
     pub fn head_generation(&self) -> Generation {
@@ -225,6 +308,15 @@ impl Coordinator {
             .map(|m| m.generation)
             .or(self.pending.as_ref().map(|p| p.map.generation))
             .unwrap_or(self.committed.generation)
+    }
+
+    /// The newest generation abandoned before its phase 1a was done (0: none): a newer durable
+    /// map gave one of its switched extents back to the old owner
+    /// ([`crate::plan::cancel_moves_to_down`]). It was never, and will never be, any server's
+    /// map beyond phase 1a, nor a client's.
+    #[must_use]
+    pub fn abandoned(&self) -> Generation {
+        self.abandoned
     }
 
     /// Whether another change may be committed now (the queue has room).
@@ -270,11 +362,15 @@ impl Coordinator {
         let mut out = Vec::new();
         match event {
             Event::Committed(map) => {
+                self.holding = false;
                 debug_assert!(
                     map.generation > self.head_generation(),
                     "maps are committed in increasing generation order"
                 );
                 self.excuse_down_servers(&map);
+                if cancels(&self.head_map(), &map) {
+                    self.abandon_for(&map);
+                }
                 self.queue.push_back(map);
                 self.advance(&mut out);
             }
@@ -384,6 +480,53 @@ impl Coordinator {
         out
     }
 
+    /// The newest durable map: the last queued, the one being published, or the committed one.
+    fn head_map(&self) -> Arc<ClusterMap> {
+        self.queue
+            .back()
+            .or(self.pending.as_ref().map(|p| &p.map))
+            .map_or_else(|| Arc::clone(&self.committed), Arc::clone)
+    }
+
+    /// `newer` gives back every switch not through phase 1a (`cancels`): the maps that hold
+    /// them (the one in phase 1a, queued ones), that is those that give an extent another owner
+    /// than `newer` does, are abandoned, never published further; `newer` is published in their
+    /// place. Such maps are a suffix of those waiting (a switch stays in every later map until
+    /// `newer` gives it back), so the order of publication holds. The decision depends only on
+    /// the durable maps, so a restarted manager that feeds them again decides the same.
+    fn abandon_for(&mut self, newer: &ClusterMap) {
+        let differs = |m: &ClusterMap| {
+            m.volumes.iter().any(|v| {
+                v.extents
+                    .iter()
+                    .enumerate()
+                    .any(|(i, e)| e.replicas.first() != newer.owner(&v.name, i))
+            })
+        };
+        if let Some(p) = &self.pending
+            && p.phase == Phase::OldOwners
+            && differs(&p.map)
+        {
+            tracing::warn!(
+                abandoned = p.map.generation,
+                by = newer.generation,
+                "phase 1a: a newer map gives the switched extents back (a switch's new owner \
+                 was marked down); this publication is abandoned"
+            );
+            self.abandoned = self.abandoned.max(p.map.generation);
+            self.pending = None;
+        }
+        let keep = self.queue.iter().take_while(|m| !differs(m)).count();
+        for m in self.queue.drain(keep..) {
+            tracing::warn!(
+                abandoned = m.generation,
+                by = newer.generation,
+                "a queued map is abandoned: a newer map gives its switched extents back"
+            );
+            self.abandoned = self.abandoned.max(m.generation);
+        }
+    }
+
     /// Servers marked `down` by a newer durable map are not waited for, in phase 1a (the
     /// operator or the old-owner timeout declared them dead) nor in 1b (which is bounded anyway).
     /// In phase 1a, with a down fence, they are released only once it has passed
@@ -423,6 +566,7 @@ impl Coordinator {
                     self.start(map, out);
                 }
                 Some(p) if !p.waiting.is_empty() => return,
+                Some(p) if p.phase == Phase::OldOwners && self.holding => return,
                 Some(p) => match p.phase {
                     Phase::OldOwners => self.enter_servers_phase(out),
                     Phase::Servers => self.commit(out),
@@ -538,6 +682,21 @@ impl Coordinator {
         self.committed = Arc::clone(&p.map);
         out.push(Action::PublishToClients(p.map));
     }
+}
+
+/// Whether `newer`, the map stored after `prev`, gives switched extents back
+/// (`plan::cancel_moves_to_down`): it changes the owner of an extent to a replica that is not
+/// the destination of that extent's move in `prev`. A switch (`plan::switch_move`) always
+/// changes the owner to the move's destination, so only a cancellation does this.
+fn cancels(prev: &ClusterMap, newer: &ClusterMap) -> bool {
+    prev.volumes.iter().any(|v| {
+        v.extents.iter().enumerate().any(|(i, e)| {
+            let (Some(was), Some(now)) = (e.replicas.first(), newer.owner(&v.name, i)) else {
+                return false;
+            };
+            was != now && e.moving.as_ref().is_none_or(|m| m.to != *now)
+        })
+    })
 }
 
 #[cfg(test)]

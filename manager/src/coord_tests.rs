@@ -316,6 +316,164 @@ fn a_queued_switch_releases_an_old_owner_marked_down_after_the_down_fence() {
     assert_eq!(c.publishing().unwrap().1, Phase::Servers);
 }
 
+/// The map the manager stores when the operator marks `id` down over `head`, with the
+/// cancellation of moves and uncommitted switches to it (`plan::apply_cancelling`, against the
+/// coordinator's newest map whose phase 1a is done).
+fn mark_down_map(
+    c: &Coordinator,
+    head: &ClusterMap,
+    id: &str,
+) -> (ClusterMap, Vec<plan::Cancelled>) {
+    let change = plan::Change::SetServerState {
+        id: id.into(),
+        state: crate::map::ServerState::Down,
+    };
+    plan::apply_cancelling(head, &change, &c.phase_1a_chain()).unwrap()
+}
+
+fn sends(actions: &[Action], g: u64) -> bool {
+    actions
+        .iter()
+        .any(|x| matches!(x, Action::SendToServers { map, .. } if map.generation == g))
+}
+
+/// The new owner of a switch waiting in phase 1a hangs and is marked down: the mark-down map
+/// gives the extent back to the old owner at the same offset (`moving` cleared), the switch is
+/// abandoned (never sent again, never any server's map), and the mark-down map is published
+/// with its phase 1a computed against the committed map: nobody is waited for there (the old
+/// owner gains nothing it lacks, the new owner is down), and it commits on the old owner's ack.
+#[test]
+fn marking_a_switchs_new_owner_down_in_phase_1a_cancels_the_switch() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let new_owner = if owner == "s1" { "s2" } else { "s1" };
+    let (g1, g2) = (m1.generation, m2.generation);
+    let old_offset = m1.owner("a", 0).unwrap().offset;
+    let mut c = Coordinator::new(m1.clone()).with_down_fence(DOWN_FENCE_MS);
+    let a = c.handle(Event::Committed(Arc::new(m2.clone())));
+    assert!(sends(&a, g2));
+    let (g3map, cancelled) = mark_down_map(&c, &m2, new_owner);
+    assert_eq!(
+        cancelled,
+        [plan::Cancelled {
+            volume: "a".into(),
+            extent: 0,
+            owner: owner.clone(),
+            to: new_owner.into(),
+            switch: true,
+            moving_again: false,
+        }]
+    );
+    let back = &g3map.volume("a").unwrap().extents[0];
+    assert_eq!(back.replicas[0].server, owner);
+    assert_eq!(back.replicas[0].offset, old_offset, "same pool offset");
+    assert!(back.moving.is_none());
+    let g3 = g3map.generation;
+    assert!(ClusterMap::changed_owners(&m1, &g3map).is_empty());
+    let a = c.handle(Event::Committed(Arc::new(g3map)));
+    assert_eq!(c.abandoned(), g2);
+    assert!(!sends(&a, g2), "{a:?}");
+    assert!(publishes_to_servers(&a, g3), "{a:?}");
+    assert_eq!(c.publishing().unwrap().1, Phase::Servers);
+    // Nobody fetches the abandoned map any more; the old owner gets g3.
+    assert_eq!(c.server_map(Some(&owner)).generation, g3);
+    assert_eq!(c.server_map(Some(new_owner)).generation, g3);
+    assert_eq!(c.client_map().generation, g1);
+    // A late ack of g2 moves nothing; the old owner's ack of g3 commits it (the new owner is
+    // down: not waited for).
+    assert!(c.handle(ack(&owner, g2)).is_empty());
+    let a = c.handle(ack(&owner, g3));
+    assert_eq!(published_to_clients(&a), [g3]);
+    assert!(c.publishing().is_none());
+}
+
+/// The same with the switch still queued (behind the move's start, in phase 1b) when its new
+/// owner is marked down: the switch is dropped from the queue, never published.
+#[test]
+fn marking_a_queued_switchs_new_owner_down_cancels_the_switch() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let new_owner = if owner == "s1" { "s2" } else { "s1" };
+    let (g1, g2) = (m1.generation, m2.generation);
+    let mut c = Coordinator::new(m);
+    let _ = c.handle(Event::Committed(Arc::new(m1)));
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    let (g3map, cancelled) = mark_down_map(&c, &m2, new_owner);
+    assert_eq!(cancelled.len(), 1);
+    let g3 = g3map.generation;
+    let _ = c.handle(Event::Committed(Arc::new(g3map)));
+    // The new owner, marked down, is not waited for in g1's phase 1b either.
+    let a = c.handle(ack(&owner, g1));
+    assert_eq!(published_to_clients(&a), [g1]);
+    assert!(!sends(&a, g2) && !publishes_to_servers(&a, g2), "{a:?}");
+    assert!(publishes_to_servers(&a, g3), "{a:?}");
+    assert_eq!(c.abandoned(), g2);
+    let a = c.handle(ack(&owner, g3));
+    assert_eq!(published_to_clients(&a), [g3]);
+}
+
+/// What is not cancelled: a switch whose phase 1a is done (its new owner may have taken
+/// writes) stays; a move only started is cancelled (`moving` cleared, the owner keeps it); a
+/// switch whose old range was taken meanwhile stays (and waits).
+#[test]
+fn cancelling_keeps_switches_through_phase_1a_and_taken_ranges() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let new_owner = if owner == "s1" { "s2" } else { "s1" };
+    // A move only started: cancelled.
+    let c = Coordinator::new(m1.clone());
+    let (g, cancelled) = mark_down_map(&c, &m1, new_owner);
+    assert_eq!(cancelled.len(), 1);
+    assert!(!cancelled[0].switch);
+    assert!(g.volume("a").unwrap().extents[0].moving.is_none());
+    assert_eq!(g.owner("a", 0).unwrap().server, owner);
+    // A switch through phase 1a (the coordinator's server map is g2): kept.
+    let mut c = Coordinator::new(m1.clone());
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    let _ = c.handle(ack(&owner, m2.generation));
+    assert_eq!(c.server_map(None).generation, m2.generation);
+    let (g, cancelled) = mark_down_map(&c, &m2, new_owner);
+    assert!(cancelled.is_empty());
+    assert_eq!(g.owner("a", 0).unwrap().server, new_owner);
+    // While the switch is not through phase 1a, the manager allocates nothing in the old
+    // owner's range (plain `plan::create_volume` would: first fit).
+    let mut c = Coordinator::new(m1.clone());
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    let old = m1.owner("a", 0).unwrap().clone();
+    let create = CreateVolumeRequest {
+        name: "b".into(),
+        size: 8 * MIB,
+        block_size: None,
+        extent_size: Some(8 * MIB),
+        replicas: None,
+        subsystem: "nqn.2026-11.dev.tessera:t".into(),
+        nsid: None,
+        hosts: None,
+    };
+    let (held, _) = plan::apply_cancelling(
+        &m2,
+        &plan::Change::CreateVolume(create.clone()),
+        &c.phase_1a_chain(),
+    )
+    .unwrap();
+    assert_eq!(held.owner("b", 0).unwrap().server, old.server);
+    assert_ne!(
+        held.owner("b", 0).unwrap().offset,
+        old.offset,
+        "held range allocated"
+    );
+    // Were it taken anyway, the switch would stay (and wait).
+    let m3 = plan::create_volume(&m2, &create).unwrap();
+    assert_eq!(
+        m3.owner("b", 0),
+        Some(&old),
+        "the test needs b[0] on the freed range"
+    );
+    let (g, cancelled) = mark_down_map(&c, &m3, new_owner);
+    assert!(cancelled.is_empty());
+    assert_eq!(g.owner("a", 0).unwrap().server, new_owner);
+}
+
 fn mark_downs(actions: &[Action]) -> Vec<(u64, Vec<String>)> {
     actions
         .iter()
@@ -478,5 +636,156 @@ proptest! {
             prop_assert!(c.client_map().generation <= c.server_map(None).generation);
             prop_assert!(c.server_map(None).generation <= c.head_generation());
         }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum CStep {
+    Ack(usize),
+    Timeout1a,
+    Timeout1b,
+    Commit,
+    Down(usize),
+    Up(usize),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Random interleavings of moves, switches, mark-downs (which cancel switches not through
+    /// phase 1a, `plan::apply_cancelling`) and mark-ups with acks and timeouts: servers and
+    /// clients get maps in increasing generation order, clients only maps servers got; a map
+    /// reaches every server only once the old owners of its switches installed it or are down;
+    /// a server is never given an abandoned map; and once every server is up and acks, every
+    /// durable map is published or abandoned and the clients get the newest.
+    #[test]
+    fn cancellations_keep_publication_order(steps in proptest::collection::vec(
+        prop_oneof![
+            (0..2usize).prop_map(CStep::Ack),
+            Just(CStep::Timeout1a),
+            Just(CStep::Timeout1b),
+            Just(CStep::Commit),
+            Just(CStep::Commit),
+            (0..2usize).prop_map(CStep::Down),
+            (0..2usize).prop_map(CStep::Up),
+        ], 1..80)) {
+        let servers = ["s1", "s2"];
+        let mut head = Arc::new(base());
+        let mut c = Coordinator::new((*head).clone());
+        let mut installed: BTreeMap<&str, u64> =
+            servers.iter().map(|s| (*s, head.generation)).collect();
+        let mut to_servers = head.generation;
+        let mut servers_map = Arc::clone(&head);
+        let mut to_clients = head.generation;
+        let mut published: Vec<u64> = vec![head.generation];
+        let mut durable: Vec<Arc<ClusterMap>> = vec![Arc::clone(&head)];
+        let mut steps = steps;
+        // Then heal: everybody up, acks and timeouts until nothing is left to publish.
+        steps.extend([CStep::Up(0), CStep::Up(1)]);
+        for _ in 0..40 {
+            steps.extend([CStep::Ack(0), CStep::Ack(1), CStep::Timeout1a, CStep::Timeout1b]);
+        }
+        for step in steps {
+            let change = match &step {
+                CStep::Commit => {
+                    let e = &head.volume("a").unwrap().extents[0];
+                    let owner = e.replicas[0].server.clone();
+                    Some(if e.moving.is_some() {
+                        plan::Change::SwitchMove(MoveReadyRequest {
+                            server: owner,
+                            volume: "a".into(),
+                            extent: 0,
+                            generation: head.generation,
+                        })
+                    } else {
+                        let to = if owner == "s1" { "s2" } else { "s1" };
+                        plan::Change::StartMove(MoveRequest {
+                            volume: "a".into(),
+                            extent: 0,
+                            to: to.into(),
+                        })
+                    })
+                }
+                CStep::Down(k) | CStep::Up(k) => Some(plan::Change::SetServerState {
+                    id: servers[*k].into(),
+                    state: if matches!(step, CStep::Down(_)) {
+                        crate::map::ServerState::Down
+                    } else {
+                        crate::map::ServerState::Up
+                    },
+                }),
+                _ => None,
+            };
+            let actions = if let Some(change) = change {
+                let chain = c.hold_chain();
+                match plan::apply_cancelling(&head, &change, &chain) {
+                    Ok((next, _)) if next.generation > head.generation => {
+                        head = Arc::new(next);
+                        durable.push(Arc::clone(&head));
+                        c.handle(Event::Committed(Arc::clone(&head)))
+                    }
+                    _ => c.release(),
+                }
+            } else {
+                match step {
+                    CStep::Ack(k) => {
+                        let id = servers[k];
+                        let m = c.server_map(Some(id));
+                        prop_assert!(
+                            m.generation > c.abandoned() || published.contains(&m.generation)
+                                || m.generation == head.generation
+                                || c.publishing().is_some_and(|p| p.0 == m.generation),
+                            "{id} was given g{}, abandoned", m.generation
+                        );
+                        installed.insert(id, m.generation);
+                        c.handle(ack(id, m.generation))
+                    }
+                    CStep::Timeout1a | CStep::Timeout1b => {
+                        let Some((g, phase, _, _)) = c.publishing() else { continue };
+                        let want = if matches!(step, CStep::Timeout1a) {
+                            Phase::OldOwners
+                        } else {
+                            Phase::Servers
+                        };
+                        if phase != want { continue; }
+                        c.handle(Event::Timeout { generation: g, phase })
+                    }
+                    _ => continue,
+                }
+            };
+            for a in actions {
+                match a {
+                    Action::PublishToServers(m) => {
+                        prop_assert!(m.generation > to_servers);
+                        for lost in ClusterMap::changed_owners(&servers_map, &m) {
+                            // Released: marked down in this map or a newer durable one.
+                            let down = durable.iter().filter(|d| d.generation >= m.generation).any(
+                                |d| {
+                                    d.server(&lost.old_owner)
+                                        .is_none_or(|s| s.state == crate::map::ServerState::Down)
+                                },
+                            );
+                            prop_assert!(
+                                down || installed[lost.old_owner.as_str()] >= m.generation,
+                                "g{} reached every server before its old owner {} installed it",
+                                m.generation, lost.old_owner
+                            );
+                        }
+                        to_servers = m.generation;
+                        servers_map = Arc::clone(&m);
+                        published.push(m.generation);
+                    }
+                    Action::PublishToClients(m) => {
+                        prop_assert!(m.generation > to_clients);
+                        prop_assert!(published.contains(&m.generation));
+                        to_clients = m.generation;
+                    }
+                    Action::SendToServers { .. }
+                    | Action::StartTimer { .. }
+                    | Action::MarkDown { .. } => {}
+                }
+            }
+        }
+        prop_assert!(c.publishing().is_none(), "still publishing: {:?}", c.publishing());
+        prop_assert_eq!(c.client_map().generation, head.generation);
     }
 }

@@ -21,6 +21,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FILES: TableDefinition<&str, &str> = TableDefinition::new("files");
 const CLUSTER_FILE_KEY: &str = "cluster";
 const COMMITTED_KEY: &str = "committed";
+const PHASE_1A_DONE_KEY: &str = "phase_1a_done";
 /// The database file inside `--data-dir`.
 pub const DB_FILE: &str = "manager.redb";
 
@@ -42,6 +43,9 @@ pub struct Loaded {
     pub pending: Vec<ClusterMap>,
     /// The cluster file text last applied (absent in stores written before it was recorded).
     pub cluster_file: Option<String>,
+    /// The newest generation whose phase 1a was done (0: none recorded): its switches and
+    /// older ones may have reached their new owners, so no cancellation gives them back.
+    pub phase_1a_done: Generation,
 }
 
 /// The open database.
@@ -95,6 +99,10 @@ impl Store {
         else {
             return Ok(None);
         };
+        let phase_1a_done = meta
+            .get(PHASE_1A_DONE_KEY)
+            .map_err(|e| self.err("read meta", e))?
+            .map_or(0, |g| g.value());
         let maps = tx.open_table(MAPS).map_err(|e| self.err("open maps", e))?;
         let mut committed_map = None;
         let mut pending = Vec::new();
@@ -137,6 +145,7 @@ impl Store {
             committed,
             pending,
             cluster_file,
+            phase_1a_done,
         }))
     }
 
@@ -196,6 +205,29 @@ impl Store {
         tx.commit().map_err(|e| self.err("commit", e))
     }
 
+    /// Records that the phase 1a of `generation` is done, before any server but its old owners
+    /// may get it (`plan::cancel_moves_to_down` never gives back a switch that may have reached
+    /// its new owner). Never moves backwards.
+    ///
+    /// # Errors
+    /// The write or the commit fails.
+    pub fn set_phase_1a_done(&self, generation: Generation) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err("write", e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.err("open meta", e))?;
+            let old = meta
+                .get(PHASE_1A_DONE_KEY)
+                .map_err(|e| self.err("read meta", e))?
+                .map_or(0, |g| g.value());
+            if generation <= old {
+                return Ok(());
+            }
+            meta.insert(PHASE_1A_DONE_KEY, generation)
+                .map_err(|e| self.err("write meta", e))?;
+        }
+        tx.commit().map_err(|e| self.err("commit", e))
+    }
+
     /// Records that `generation` is committed and prunes older maps. Never moves backwards.
     ///
     /// # Errors
@@ -250,10 +282,13 @@ mod tests {
             s.put(&map(3)).unwrap();
             s.set_committed(2).unwrap();
             s.set_committed(1).unwrap(); // never backwards
+            s.set_phase_1a_done(3).unwrap();
+            s.set_phase_1a_done(2).unwrap(); // never backwards
         }
         let s = Store::open(dir.path()).unwrap();
         let l = s.load().unwrap().unwrap();
         assert_eq!(l.committed.generation, 2);
+        assert_eq!(l.phase_1a_done, 3);
         assert_eq!(l.pending, vec![map(3)]);
         assert_eq!(l.cluster_file.as_deref(), Some("f2"));
     }

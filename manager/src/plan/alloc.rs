@@ -5,20 +5,43 @@ use std::collections::BTreeMap;
 
 use crate::map::{ClusterMap, Replica, ServerState};
 
+/// A pool range that is free in the map being changed but must not be allocated: the old
+/// owner's range of a switch not yet through phase 1a, which a cancellation gives back
+/// (`plan::held_ranges`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Server id.
+    pub server: String,
+    /// Byte offset in its pool.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
 /// Free ranges `(start, len)` of every server's pool, sorted by start.
 pub(super) struct Pools {
     free: BTreeMap<String, Vec<(u64, u64)>>,
 }
 
 impl Pools {
-    /// The free ranges of `map`, whose reserved ranges do not overlap (a validated map).
-    pub(super) fn of(map: &ClusterMap) -> Self {
-        let used = map.pool_ranges();
+    /// The free ranges of `map`, whose reserved ranges do not overlap (a validated map), less
+    /// the `held` ones.
+    pub(super) fn of(map: &ClusterMap, held: &[Held]) -> Self {
+        let mut used: BTreeMap<&str, Vec<(u64, u64)>> = map
+            .pool_ranges()
+            .into_iter()
+            .map(|(id, r)| (id, r.into_iter().map(|(off, len, _)| (off, len)).collect()))
+            .collect();
+        for h in held {
+            let ranges = used.entry(h.server.as_str()).or_default();
+            ranges.push((h.offset, h.len));
+            ranges.sort_unstable();
+        }
         let mut free = BTreeMap::new();
         for s in &map.servers {
             let mut gaps = Vec::new();
             let mut cursor = 0u64;
-            for &(off, len, _) in used.get(s.id.as_str()).map_or(&[][..], Vec::as_slice) {
+            for &(off, len) in used.get(s.id.as_str()).map_or(&[][..], Vec::as_slice) {
                 if off > cursor {
                     gaps.push((cursor, off - cursor));
                 }

@@ -13,9 +13,12 @@ mod reload;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use std::sync::Arc;
+
 use yaml::derived_volume_uuid;
 
 pub use error::PlanError;
+use reload::reload_holding;
 pub use reload::{initial_map, reload, reload_from};
 
 use crate::api::{AddServerRequest, CreateVolumeRequest, MoveReadyRequest, MoveRequest};
@@ -24,6 +27,7 @@ use crate::map::{
     REPLICAS_MAX, Replica, SERVERS_MAX, ServerEntry, ServerState, SubsystemEntry, VOLUMES_MAX,
     VolumeEntry, cntlid_range,
 };
+pub use alloc::Held;
 use alloc::{Pools, place_extent, stripe_start, up_servers};
 
 /// Default extent size of a created volume (same as the cluster YAML's).
@@ -88,14 +92,29 @@ impl Change {
 /// # Errors
 /// Why the change is refused; `map` is unchanged either way.
 pub fn apply(map: &ClusterMap, change: &Change) -> Result<ClusterMap, PlanError> {
+    apply_holding(map, change, &[])
+}
+
+/// [`apply`] with the pool ranges `held` kept out of every allocation (they are free in `map`
+/// but may be given back: [`held_ranges`]).
+fn apply_holding(
+    map: &ClusterMap,
+    change: &Change,
+    held: &[Held],
+) -> Result<ClusterMap, PlanError> {
     match change {
-        Change::CreateVolume(req) => create_volume(map, req),
-        Change::ResizeVolume { name, size } => resize_volume(map, name, *size),
+        Change::CreateVolume(req) => {
+            let spec = VolumeSpec::of(req);
+            step(map, |m| edit_create_volume(m, &spec, held))
+        }
+        Change::ResizeVolume { name, size } => step(map, |m| edit_resize(m, name, *size, held)),
         Change::AddServer(req) => add_server(map, req),
-        Change::StartMove(req) => start_move(map, req),
+        Change::StartMove(req) => step(map, |m| edit_start_move(m, req, held)),
         Change::SwitchMove(req) => switch_move(map, req),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
-        Change::Reload { previous, cluster } => reload_from(map, previous.as_deref(), cluster),
+        Change::Reload { previous, cluster } => {
+            reload_holding(map, previous.as_deref(), cluster, held)
+        }
     }
 }
 
@@ -145,18 +164,24 @@ pub(crate) struct VolumeSpec {
 /// already taken; a new subsystem without `hosts`, or `hosts` that differ from an existing
 /// subsystem's; too few `up` servers or not enough pool space.
 pub fn create_volume(map: &ClusterMap, req: &CreateVolumeRequest) -> Result<ClusterMap, PlanError> {
-    let spec = VolumeSpec {
-        name: req.name.clone(),
-        size_bytes: req.size,
-        block_size: req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
-        extent_size: req.extent_size.unwrap_or(DEFAULT_EXTENT_SIZE),
-        replicas: req.replicas.unwrap_or(1),
-        subsystem: req.subsystem.clone(),
-        nsid: req.nsid,
-        hosts: req.hosts.clone(),
-        uuid: None,
-    };
-    step(map, |m| edit_create_volume(m, &spec))
+    let spec = VolumeSpec::of(req);
+    step(map, |m| edit_create_volume(m, &spec, &[]))
+}
+
+impl VolumeSpec {
+    fn of(req: &CreateVolumeRequest) -> Self {
+        Self {
+            name: req.name.clone(),
+            size_bytes: req.size,
+            block_size: req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+            extent_size: req.extent_size.unwrap_or(DEFAULT_EXTENT_SIZE),
+            replicas: req.replicas.unwrap_or(1),
+            subsystem: req.subsystem.clone(),
+            nsid: req.nsid,
+            hosts: req.hosts.clone(),
+            uuid: None,
+        }
+    }
 }
 
 /// Grows volume `name` to `size` bytes: the last extent extends in place (its whole
@@ -166,7 +191,7 @@ pub fn create_volume(map: &ClusterMap, req: &CreateVolumeRequest) -> Result<Clus
 /// # Errors
 /// Unknown volume, a size that shrinks it or is not whole blocks, too many extents, no space.
 pub fn resize_volume(map: &ClusterMap, name: &str, size: u64) -> Result<ClusterMap, PlanError> {
-    step(map, |m| edit_resize(m, name, size))
+    step(map, |m| edit_resize(m, name, size, &[]))
 }
 
 /// Adds a storage server (state `up`, the next CNTLID range).
@@ -185,7 +210,7 @@ pub fn add_server(map: &ClusterMap, req: &AddServerRequest) -> Result<ClusterMap
 /// Unknown volume, extent or server; the extent is already moving or already on `to`; `to` is
 /// not `up`; no space on `to`.
 pub fn start_move(map: &ClusterMap, req: &MoveRequest) -> Result<ClusterMap, PlanError> {
-    step(map, |m| edit_start_move(m, req))
+    step(map, |m| edit_start_move(m, req, &[]))
 }
 
 /// Switches a moving extent to its destination (`replicas[0] = to`, `moving = null`); the old
@@ -304,7 +329,11 @@ fn check_geometry(size_bytes: u64, block_size: u32, extent_size: u64) -> Result<
     Ok(count)
 }
 
-pub(crate) fn edit_create_volume(m: &mut ClusterMap, spec: &VolumeSpec) -> Result<(), PlanError> {
+pub(crate) fn edit_create_volume(
+    m: &mut ClusterMap,
+    spec: &VolumeSpec,
+    held: &[Held],
+) -> Result<(), PlanError> {
     check_name("volume name", &spec.name)?;
     if m.volume(&spec.name).is_some() {
         return Err(PlanError::VolumeExists(spec.name.clone()));
@@ -364,7 +393,7 @@ pub(crate) fn edit_create_volume(m: &mut ClusterMap, spec: &VolumeSpec) -> Resul
             up: up.len(),
         });
     }
-    let mut pools = Pools::of(m);
+    let mut pools = Pools::of(m, held);
     let start = stripe_start(&pools, &up);
     let mut extents = Vec::new();
     for i in 0..count {
@@ -401,7 +430,12 @@ pub(crate) fn edit_create_volume(m: &mut ClusterMap, spec: &VolumeSpec) -> Resul
     Ok(())
 }
 
-pub(crate) fn edit_resize(m: &mut ClusterMap, name: &str, size: u64) -> Result<(), PlanError> {
+pub(crate) fn edit_resize(
+    m: &mut ClusterMap,
+    name: &str,
+    size: u64,
+    held: &[Held],
+) -> Result<(), PlanError> {
     let vol = m
         .volume(name)
         .ok_or_else(|| PlanError::UnknownVolume(name.to_owned()))?;
@@ -417,7 +451,7 @@ pub(crate) fn edit_resize(m: &mut ClusterMap, name: &str, size: u64) -> Result<(
     let (replicas, extent_size) = (vol.replicas, vol.extent_size);
     // Continue the volume's stripe where its first extent's owner sits among the up servers.
     let up = up_servers(m);
-    let mut pools = Pools::of(m);
+    let mut pools = Pools::of(m, held);
     let start = vol
         .owner(0)
         .and_then(|o| up.iter().position(|id| *id == o.server))
@@ -506,7 +540,11 @@ fn extent_mut<'a>(
     Ok((size, ext))
 }
 
-pub(crate) fn edit_start_move(m: &mut ClusterMap, req: &MoveRequest) -> Result<(), PlanError> {
+pub(crate) fn edit_start_move(
+    m: &mut ClusterMap,
+    req: &MoveRequest,
+    held: &[Held],
+) -> Result<(), PlanError> {
     let to = m
         .server(&req.to)
         .ok_or_else(|| PlanError::UnknownServer(req.to.clone()))?;
@@ -516,7 +554,7 @@ pub(crate) fn edit_start_move(m: &mut ClusterMap, req: &MoveRequest) -> Result<(
             state: to.state,
         });
     }
-    let mut pools = Pools::of(m);
+    let mut pools = Pools::of(m, held);
     let (size, ext) = extent_mut(m, &req.volume, req.extent)?;
     if let Some(mv) = &ext.moving {
         return Err(PlanError::AlreadyMoving {
@@ -576,4 +614,209 @@ pub(crate) fn edit_switch_move(
     }
     *owner = mv.to;
     Ok(())
+}
+
+/// A move or switch that [`cancel_moves_to_down`] undid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// The server that keeps (or gets back) the extent.
+    pub owner: String,
+    /// The destination of the move or switch.
+    pub to: String,
+    /// A switch whose phase 1a was not done (the extent goes back to `owner` at its old
+    /// offset); false: a move to a server marked down (`moving` cleared).
+    pub switch: bool,
+    /// A switch given back whose destination is `up`: the move is on again (`moving` names
+    /// the destination), and the owner copies again before a new switch.
+    pub moving_again: bool,
+}
+
+/// Cancels, in `next` (a map just planned, not yet stored), what a server marked `down` in it
+/// can no longer finish (docs/cluster-protocol.md, "Cancelling a switch to a server marked
+/// down"). `chain`: the newest map whose phase 1a is done, then every durable map whose phase 1a
+/// is not done, oldest first (`Coordinator::phase_1a_chain`).
+/// - **Switches.** If a switch not through phase 1a (an extent whose owner in `next` differs
+///   from its owner in `chain[0]`) goes to a server marked down, every switch not through
+///   phase 1a is given back: the extent's owner is its owner in `chain[0]` again, at the same
+///   pool offset. Nobody but that owner has seen those switches, so nobody else took writes for
+///   their extents. A switch to an `up` server (after exactly one owner change along the chain)
+///   becomes its move again (`moving` = the destination), any other loses its `moving`. The
+///   coordinator then publishes `next` in place of every map not through phase 1a
+///   (`Coordinator`, "abandoned"), which is safe because `next` changes no owner over
+///   `chain[0]`. If an old range is taken (`next` would not validate; the manager holds them,
+///   [`held_ranges`]), no switch is given back (and they wait).
+/// - **Moves** to a server marked down (`moving.to`): `moving` is cleared (the owner keeps the
+///   extent, the destination's range is freed).
+///
+/// `next` keeps its generation and stays valid. Returns what was cancelled, in map order.
+pub fn cancel_moves_to_down(chain: &[Arc<ClusterMap>], next: &mut ClusterMap) -> Vec<Cancelled> {
+    let mut out = Vec::new();
+    let Some(done) = chain.first() else {
+        return out;
+    };
+    let is_down =
+        |m: &ClusterMap, id: &str| m.server(id).is_none_or(|s| s.state == ServerState::Down);
+    if !next.servers.iter().any(|s| s.state == ServerState::Down) {
+        return out;
+    }
+    // Extents whose owner (server and offset) changes along the chain or in `next` (a switch
+    // there and back counts).
+    let switched: Vec<(String, usize, Replica)> = done
+        .volumes
+        .iter()
+        .flat_map(|v| {
+            v.extents.iter().enumerate().filter_map(|(i, e)| {
+                let was = e.replicas.first()?;
+                let moved = chain
+                    .iter()
+                    .skip(1)
+                    .map(|m| m.owner(&v.name, i))
+                    .chain(std::iter::once(next.owner(&v.name, i)))
+                    .any(|o| o != Some(was));
+                moved.then(|| (v.name.clone(), i, was.clone()))
+            })
+        })
+        .collect();
+    // A switch to a server marked down, last or along the chain (a later switch away from it
+    // waits for it as an old owner).
+    let trigger = switched.iter().any(|(vol, i, was)| {
+        chain
+            .iter()
+            .skip(1)
+            .filter_map(|m| m.owner(vol, *i))
+            .chain(next.owner(vol, *i))
+            .any(|r| r != was && is_down(next, &r.server))
+    });
+    if trigger {
+        let mut trial = next.clone();
+        let mut given = Vec::new();
+        for (volume, extent, back) in &switched {
+            let Some(now) = next.owner(volume, *extent).cloned() else {
+                continue;
+            };
+            let again = !is_down(next, &now.server)
+                && now.server != back.server
+                && owner_changes(chain, volume, *extent, &now) == 1;
+            let Some(e) = trial
+                .volumes
+                .iter_mut()
+                .find(|v| v.name == *volume)
+                .and_then(|v| v.extents.get_mut(*extent))
+            else {
+                continue;
+            };
+            if let Some(r) = e.replicas.first_mut() {
+                *r = back.clone();
+            }
+            e.moving = again.then(|| Move { to: now.clone() });
+            given.push(Cancelled {
+                volume: volume.clone(),
+                extent: *extent,
+                owner: back.server.clone(),
+                to: now.server,
+                switch: true,
+                moving_again: again,
+            });
+        }
+        if trial.validate().is_ok() {
+            *next = trial;
+            out = given;
+        }
+    }
+    let down: Vec<String> = next
+        .servers
+        .iter()
+        .filter(|s| s.state == ServerState::Down)
+        .map(|s| s.id.clone())
+        .collect();
+    for vol in &mut next.volumes {
+        for (i, e) in vol.extents.iter_mut().enumerate() {
+            let Some(to) = e.moving.as_ref().map(|m| m.to.server.clone()) else {
+                continue;
+            };
+            if !down.contains(&to) {
+                continue;
+            }
+            e.moving = None;
+            out.push(Cancelled {
+                volume: vol.name.clone(),
+                extent: i,
+                owner: e
+                    .replicas
+                    .first()
+                    .map(|r| r.server.clone())
+                    .unwrap_or_default(),
+                to,
+                switch: false,
+                moving_again: false,
+            });
+        }
+    }
+    out
+}
+
+/// How many times extent `i` of `vol` changes owner along `chain`, then to `last`.
+fn owner_changes(chain: &[Arc<ClusterMap>], vol: &str, i: usize, last: &Replica) -> usize {
+    let owners: Vec<Option<&Replica>> = chain
+        .iter()
+        .map(|m| m.owner(vol, i))
+        .chain(std::iter::once(Some(last)))
+        .collect();
+    owners
+        .windows(2)
+        .filter(|w| matches!(w, [a, b] if a != b))
+        .count()
+}
+
+/// The pool ranges that the maps of `chain` (see [`cancel_moves_to_down`]) use: a cancellation
+/// may give a switched extent back to its owner in the first of them, so no change allocates
+/// any of them while a switch is not through phase 1a (ranges that `head` uses are taken
+/// anyway).
+#[must_use]
+pub fn held_ranges(chain: &[Arc<ClusterMap>]) -> Vec<Held> {
+    if chain.len() < 2 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for m in chain {
+        for (server, ranges) in m.pool_ranges() {
+            for (offset, len, _) in ranges {
+                out.push(Held {
+                    server: server.to_owned(),
+                    offset,
+                    len,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.server, a.offset, a.len).cmp(&(&b.server, b.offset, b.len)));
+    out.dedup();
+    out
+}
+
+/// [`apply`] (allocating nothing in [`held_ranges`]), then [`cancel_moves_to_down`] when the
+/// change made a new map. `chain`: `Coordinator::phase_1a_chain` (its first map, the newest
+/// whose phase 1a is done). What the manager runs for every change.
+///
+/// # Errors
+/// As [`apply`].
+pub fn apply_cancelling(
+    map: &ClusterMap,
+    change: &Change,
+    chain: &[Arc<ClusterMap>],
+) -> Result<(ClusterMap, Vec<Cancelled>), PlanError> {
+    let held = held_ranges(chain);
+    let mut next = apply_holding(map, change, &held)?;
+    if next.generation == map.generation {
+        return Ok((next, Vec::new()));
+    }
+    let cancelled = cancel_moves_to_down(chain, &mut next);
+    if !cancelled.is_empty() {
+        next.validate().map_err(PlanError::Invalid)?;
+    }
+    Ok((next, cancelled))
 }

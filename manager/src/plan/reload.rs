@@ -10,7 +10,8 @@
 use yaml::{Cluster, DeclaredState};
 
 use super::{
-    PlanError, VolumeSpec, edit_add_server, edit_create_volume, edit_resize, finish, server_mut,
+    Held, PlanError, VolumeSpec, edit_add_server, edit_create_volume, edit_resize, finish,
+    server_mut,
 };
 use crate::api::AddServerRequest;
 use crate::map::{ClusterMap, ServerState};
@@ -54,10 +55,20 @@ pub fn reload_from(
     previous: Option<&Cluster>,
     cluster: &Cluster,
 ) -> Result<ClusterMap, PlanError> {
+    reload_holding(map, previous, cluster, &[])
+}
+
+/// [`reload_from`], allocating nothing in `held`.
+pub(super) fn reload_holding(
+    map: &ClusterMap,
+    previous: Option<&Cluster>,
+    cluster: &Cluster,
+    held: &[Held],
+) -> Result<ClusterMap, PlanError> {
     let mut m = map.clone();
     servers(&mut m, previous, cluster)?;
     subsystems(&mut m, previous, cluster)?;
-    volumes(&mut m, previous, cluster)?;
+    volumes(&mut m, previous, cluster, held)?;
     finish(map, m)
 }
 
@@ -207,6 +218,7 @@ fn volumes(
     m: &mut ClusterMap,
     previous: Option<&Cluster>,
     cluster: &Cluster,
+    held: &[Held],
 ) -> Result<(), PlanError> {
     refuse_removal(
         "volume",
@@ -227,7 +239,7 @@ fn volumes(
                 hosts: None,
                 uuid: Some(d.uuid),
             };
-            edit_create_volume(m, &spec)?;
+            edit_create_volume(m, &spec, held)?;
             continue;
         };
         let fixed: [(&'static str, String, String, bool); 6] = [
@@ -279,7 +291,7 @@ fn volumes(
             }
         }
         if edited(prev, d, |x| x.size_bytes) && d.size_bytes != v.size_bytes {
-            edit_resize(m, &d.name, d.size_bytes)?;
+            edit_resize(m, &d.name, d.size_bytes, held)?;
         }
     }
     Ok(())

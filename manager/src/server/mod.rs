@@ -207,7 +207,50 @@ impl Shared {
 
     /// Feeds the coordinator; the caller carries out the actions.
     fn feed(&self, event: Event) -> Vec<Action> {
-        self.lock().coord.handle(event)
+        let mut inner = self.lock();
+        self.handle_locked(&mut inner, event)
+    }
+
+    /// Feeds the coordinator with the state lock held. A switch whose phase 1a is done is
+    /// recorded in the store before the lock is released (so before any server but its old
+    /// owners can fetch it): a restarted manager must know that it may have reached its new
+    /// owner, and never give it back (`plan::cancel_moves_to_down`).
+    fn handle_locked(&self, inner: &mut Inner, event: Event) -> Vec<Action> {
+        let before = inner.coord.server_map(None);
+        let actions = inner.coord.handle(event);
+        self.record_phase_1a(before, &actions);
+        actions
+    }
+
+    /// Records the end of phase 1a of the switches `actions` publish to every server (see
+    /// [`Self::handle_locked`]); `before`: the servers' map before them.
+    fn record_phase_1a(&self, mut before: Arc<ClusterMap>, actions: &[Action]) {
+        for a in actions {
+            if let Action::PublishToServers(m) = a {
+                if !ClusterMap::changed_owners(&before, m).is_empty()
+                    && let Err(e) = self.store.set_phase_1a_done(m.generation)
+                {
+                    tracing::error!(
+                        generation = m.generation,
+                        "recording the end of phase 1a failed: {e}"
+                    );
+                }
+                before = Arc::clone(m);
+            }
+        }
+    }
+
+    /// Ends the coordinator's hold of phase 1a (`Coordinator::hold_chain`) and carries out
+    /// what it allowed.
+    fn release_hold(self: &Arc<Self>) {
+        let actions = {
+            let mut inner = self.lock();
+            let before = inner.coord.server_map(None);
+            let actions = inner.coord.release();
+            self.record_phase_1a(before, &actions);
+            actions
+        };
+        run_actions(self, actions);
     }
 
     /// Applies `change`: plan, store durably, hand to the coordinator. Returns the new map
@@ -226,11 +269,28 @@ impl Shared {
         file: Option<String>,
         force: bool,
     ) -> Result<ClusterMap, ApiError> {
-        let (head, accept) = {
-            let inner = self.lock();
-            (Arc::clone(&inner.head), inner.coord.can_accept())
+        // Planned against the maps not through phase 1a, none of which may leave it until the
+        // new map is fed (the guard ends the hold however this returns, or if it is dropped).
+        let (head, accept, chain) = {
+            let mut inner = self.lock();
+            (
+                Arc::clone(&inner.head),
+                inner.coord.can_accept(),
+                inner.coord.hold_chain(),
+            )
         };
-        let next = plan::apply(&head, &change)?;
+        let _hold = HoldGuard(Arc::clone(self));
+        let (next, cancelled) = plan::apply_cancelling(&head, &change, &chain)?;
+        for c in &cancelled {
+            tracing::warn!(
+                volume = %c.volume,
+                extent = c.extent,
+                owner = %c.owner,
+                to = %c.to,
+                "{} cancelled: its destination is marked down (the owner keeps the extent)",
+                if c.switch { "switch not yet through phase 1a" } else { "move" }
+            );
+        }
         let changed = next.generation != head.generation;
         if !changed && file.is_none() {
             return Ok(next);
@@ -272,7 +332,7 @@ impl Shared {
         let actions = {
             let mut inner = self.lock();
             inner.head = Arc::clone(&next);
-            inner.coord.handle(Event::Committed(Arc::clone(&next)))
+            self.handle_locked(&mut inner, Event::Committed(Arc::clone(&next)))
         };
         run_actions(self, actions);
         Ok((*next).clone())
@@ -365,6 +425,15 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// Ends the coordinator's hold of phase 1a when a change is over (`Shared::change_locked`).
+struct HoldGuard(Arc<Shared>);
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        self.0.release_hold();
     }
 }
 
@@ -596,7 +665,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         addr: config.listen,
         error,
     })?;
-    let (committed, pending, applied_file) = match loaded {
+    let (committed, pending, applied_file, phase_1a_done) = match loaded {
         Some(loaded) => {
             guard.disarm();
             tracing::info!(
@@ -604,7 +673,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 pending = loaded.pending.len(),
                 "loaded map from store"
             );
-            (loaded.committed, loaded.pending, loaded.cluster_file)
+            (
+                loaded.committed,
+                loaded.pending,
+                loaded.cluster_file,
+                loaded.phase_1a_done,
+            )
         }
         None => {
             let map = plan::initial_map(&cluster).map_err(|error| StartError::Plan {
@@ -614,7 +688,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             store.put_committed(&map, Some(&text))?;
             guard.disarm();
             tracing::info!(file = %config.cluster_file.display(), "new store: generation 1 from the cluster file");
-            (map, Vec::new(), Some(text))
+            (map, Vec::new(), Some(text), 0)
         }
     };
     let head = Arc::new(pending.last().cloned().unwrap_or_else(|| committed.clone()));
@@ -624,7 +698,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             head,
             coord: Coordinator::new(committed)
                 .with_old_owner_timeout(config.old_owner_timeout_ms)
-                .with_down_fence(crate::coord::DOWN_FENCE_MS),
+                .with_down_fence(crate::coord::DOWN_FENCE_MS)
+                .resumed_at(phase_1a_done),
             reports: ReportCounts::default(),
             report_windows: HashMap::new(),
             applied_file,
@@ -638,10 +713,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         watchers: Mutex::new(watch::Watchers::default()),
         metrics: metrics::Metrics::new(),
     });
-    for map in pending {
-        let actions = shared.feed(Event::Committed(Arc::new(map)));
-        run_actions(&shared, actions);
-    }
+    let actions = {
+        let mut inner = shared.lock();
+        let before = inner.coord.server_map(None);
+        let actions = inner
+            .coord
+            .resume(pending.into_iter().map(Arc::new).collect());
+        shared.record_phase_1a(before, &actions);
+        actions
+    };
+    run_actions(&shared, actions);
     let app = routes::router(Arc::clone(&shared));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -686,7 +686,7 @@ pub async fn install(node: &Arc<NodeShared>, new: Arc<ClusterMap>) -> Vec<node::
     let mut event = Event::Start;
     loop {
         let mut next = None;
-        for action in ins.on_event(event) {
+        for action in ins.on_event_at(event, node.admission.now_ms()) {
             match action {
                 Action::CloseGate => {
                     // Phase 1a: fence the extents we lose. No I/O runs while the gate is
@@ -740,7 +740,6 @@ pub async fn install(node: &Arc<NodeShared>, new: Arc<ClusterMap>) -> Vec<node::
                     mover::forget(node, &key);
                 }
                 Action::KeepTracked { key } => {
-                    crate::metrics::count_extent_move(crate::metrics::MoveOutcome::Failed);
                     let dest = ins.map().owner(&key.0, key.1).cloned();
                     if let (Some(r), Some(dest)) = (region.take(), dest) {
                         mover::keep_tracked(node, key, r, dest);
@@ -785,6 +784,7 @@ pub async fn install(node: &Arc<NodeShared>, new: Arc<ClusterMap>) -> Vec<node::
                     // Not installed, not acked: we keep serving at the old generation (the
                     // lost extents stay tracked).
                     tracing::warn!(generation = g, "install postponed: final copy incomplete");
+                    crate::metrics::count_extent_move(crate::metrics::MoveOutcome::Failed);
                     then.extend(node.admission.postpone(g));
                 }
                 Action::Done => return then,

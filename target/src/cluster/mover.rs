@@ -192,6 +192,7 @@ async fn copy(
             len,
             dest.offset + (off - region.start),
             &dest.server,
+            stop,
             final_pass,
         )
         .await
@@ -213,6 +214,12 @@ fn remark(region: &DirtyRegion, bits: &BitVec<u64, Lsb0>, from: usize) {
     }
 }
 
+/// How long one try of a copy waits for the destination's answer: longer than a frozen
+/// peer's freeze threshold plus a heartbeat (`node::FREEZE_MS`, `node::HEARTBEAT_MS`), so a
+/// peer that let it pass unanswered because it was stopped fences itself on resume.
+const COPY_TRY_TIMEOUT: Duration =
+    Duration::from_millis(rules::FREEZE_MS + rules::HEARTBEAT_MS + 500);
+
 /// Copies one range to the new owner. `final_pass`: the copy runs inside an install (the
 /// watch loop is busy with it), so instead of waiting for our own map to catch up, the write is
 /// stamped with the generation the new owner reports — the protocol's rule for the final copy
@@ -223,6 +230,7 @@ async fn copy_range(
     len: u64,
     dest_off: u64,
     dest_server: &str,
+    stop: Option<&AtomicBool>,
     final_pass: bool,
 ) -> Result<(), CopyError> {
     let data = read_pool(&node.pool, pool_off, usize::try_from(len).unwrap_or(0))
@@ -231,6 +239,11 @@ async fn copy_range(
     use rules::retry::{Answer, Next, Retry};
     let mut retry = Retry::copy(final_pass, node.registry.generation.current());
     while let Some(g) = retry.next_try(node.registry.generation.current()) {
+        // A copier asked to stop does not wait out its retries (the install that stops it
+        // holds its gate closed meanwhile); the try in flight, if any, has ended.
+        if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+            return Err(CopyError::Failed("stopped".to_string()));
+        }
         let map = node.map.load_full();
         let addr = map
             .server(dest_server)
@@ -242,33 +255,54 @@ async fn copy_range(
                 node.peers.drop_peer(dest_server);
                 Answer::Lost
             }
-            Ok(q) => match q
-                .with_generation(g)
-                .write(
+            Ok(q) => match tokio::time::timeout(
+                COPY_TRY_TIMEOUT,
+                q.with_generation(g).write(
                     COPY_NSID,
                     dest_off / u64::from(INTERNAL_BLOCK),
                     INTERNAL_BLOCK,
                     data.clone(),
                     false,
-                )
-                .await
+                ),
+            )
+            .await
             {
-                Ok(()) => return Ok(()),
-                Err(InitiatorError::Generation {
-                    server_generation, ..
-                }) => Answer::Mismatch {
-                    theirs: server_generation,
-                },
-                Err(e) if e.is_connection_fatal() => {
+                Err(_) => {
+                    // A hung peer (SIGSTOP, a stalled VM) never answers: give the try up and
+                    // drop the connection. The command may still be in the peer's socket; a
+                    // peer stopped this long fences itself when it resumes (its heartbeat sees
+                    // the jump, `node::FREEZE_MS`) and refuses it.
+                    tracing::debug!(to = dest_server, "copy: no answer in time");
                     node.peers.drop_peer(dest_server);
                     Answer::Lost
                 }
-                Err(InitiatorError::Status(s))
-                    if s.same_code(codec::nvme::Status::ACCESS_DENIED) =>
-                {
-                    return Err(CopyError::NotSource);
-                }
-                Err(e) => return Err(CopyError::Failed(e.to_string())),
+                Ok(r) => match r {
+                    Ok(()) => return Ok(()),
+                    // "Server behind" without a generation: the peer serves nothing (marked
+                    // down, fenced, catching up). Retrying cannot help before its map
+                    // changes: the pass fails (the copier or the install tries again later).
+                    Err(InitiatorError::Generation {
+                        server_generation: 0,
+                        ..
+                    }) => {
+                        return Err(CopyError::Failed(format!("{dest_server} serves nothing")));
+                    }
+                    Err(InitiatorError::Generation {
+                        server_generation, ..
+                    }) => Answer::Mismatch {
+                        theirs: server_generation,
+                    },
+                    Err(e) if e.is_connection_fatal() => {
+                        node.peers.drop_peer(dest_server);
+                        Answer::Lost
+                    }
+                    Err(InitiatorError::Status(s))
+                        if s.same_code(codec::nvme::Status::ACCESS_DENIED) =>
+                    {
+                        return Err(CopyError::NotSource);
+                    }
+                    Err(e) => return Err(CopyError::Failed(e.to_string())),
+                },
             },
         };
         match retry.on_answer(g, answer) {
@@ -286,7 +320,7 @@ async fn copy_range(
                 if refresh {
                     node.refresh.notify_one();
                 }
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                sleep_unless_stopped(Duration::from_millis(ms), stop).await;
             }
         }
     }
@@ -294,6 +328,25 @@ async fn copy_range(
         "copy to {dest_server} kept failing"
     )))
 }
+
+/// Sleeps `d`, in slices of [`STOP_POLL`], ending early once `stop` is set: a stopped copier
+/// does not wait out its backoff.
+async fn sleep_unless_stopped(d: Duration, stop: Option<&AtomicBool>) {
+    let Some(stop) = stop else {
+        return tokio::time::sleep(d).await;
+    };
+    let end = tokio::time::Instant::now() + d;
+    while !stop.load(Ordering::Acquire) {
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            return;
+        }
+        tokio::time::sleep((end - now).min(STOP_POLL)).await;
+    }
+}
+
+/// How often a copier's backoff looks at its stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
 
 // ---- the install's side (`node::install`: the shell carries out its actions) -------------
 
@@ -365,16 +418,16 @@ pub fn untrack(node: &NodeShared, region: &Arc<DirtyRegion>) {
     node.pool.0.untrack(region);
 }
 
-/// `KeepTracked`: the final copy is incomplete; the region stays tracked under a stopped
-/// copier until the postponed install runs again.
+/// `KeepTracked`: the region stays tracked under a stopped copier until the install is over
+/// (its final copy is incomplete, or another lost extent's is not done yet).
 pub fn keep_tracked(
     node: &NodeShared,
     key: (String, usize),
     region: Arc<DirtyRegion>,
     dest: Replica,
 ) {
-    tracing::error!(volume = %key.0, extent = key.1, to = %dest.server,
-        "final copy failed; not installing, will retry");
+    tracing::debug!(volume = %key.0, extent = key.1, to = %dest.server,
+        "extent stays tracked until the install is over");
     lock(&node.movers.active).insert(
         key,
         Active {

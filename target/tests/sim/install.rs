@@ -44,7 +44,7 @@ impl World {
             return;
         };
         ins.wait = InWait::No;
-        let actions = ins.m.on_event(ev);
+        let actions = ins.m.on_event_at(ev, self.now);
         for a in actions {
             self.install_act(i, a);
         }
@@ -113,7 +113,7 @@ impl World {
             Action::KeepTracked { key } => {
                 let id = self.srv[i].id.clone();
                 self.note(format!(
-                    "{id}: final copy of {}[{}] failed; not installing, will retry",
+                    "{id}: {}[{}] stays tracked until the install",
                     key.0, key.1
                 ));
             }
@@ -184,7 +184,23 @@ impl World {
                     self.srv[i].id, key.0, key.1
                 );
                 self.note(what);
-                self.set_wait(i, InWait::Stopping(key));
+                self.set_wait(i, InWait::Stopping(key.clone()));
+                // Nor does it wait out its backoff (mover.rs `sleep_unless_stopped`): a copy
+                // task between tries ends now; one with a command in flight ends at its answer
+                // or timeout.
+                let idle = match self.srv[i].movers.get(&key).map(|m| &m.st) {
+                    Some(MvSt::Pass(Pass { task: Some(t), .. })) => Some(*t),
+                    _ => None,
+                }
+                .filter(|t| {
+                    self.srv[i]
+                        .tasks
+                        .get_mut(t)
+                        .is_some_and(|tk| tk.retry().io.is_none())
+                });
+                if let Some(t) = idle {
+                    self.copy_finish(i, t, Copied::No);
+                }
             } else {
                 m.finish();
                 self.install_feed(i, Event::CopierStopped { tracked: true });

@@ -14,7 +14,7 @@ use manager::coord::{Action, Coordinator, Event};
 use manager::map::ClusterMap;
 use manager::plan::{self, Change};
 
-use super::world::{Gen, Msg, Node, Rep, Req, Role, Timer, World};
+use super::world::{Gen, Msg, Mutation, Node, Rep, Req, Role, Timer, World};
 
 pub struct Sub {
     pub node: Node,
@@ -30,6 +30,9 @@ pub struct Manager {
     pub durable: Vec<Arc<ClusterMap>>,
     /// The store's commit record.
     pub committed_gen: Gen,
+    /// The store's record of the newest switch whose phase 1a is done (written synchronously,
+    /// before the map is any other server's: `Shared::handle_locked`).
+    pub phase_1a_done: Gen,
     pub coord: Option<Coordinator>,
     pub subs: Vec<Sub>,
 }
@@ -43,6 +46,7 @@ impl Manager {
             coord: Some(Coordinator::new((*initial).clone())),
             durable: vec![initial],
             committed_gen: g,
+            phase_1a_done: 0,
             subs: Vec::new(),
         }
     }
@@ -62,8 +66,23 @@ impl World {
         let Some(coord) = self.mgr.coord.as_mut() else {
             return;
         };
+        let before = coord.server_map(None);
         let actions = coord.handle(ev);
+        self.mgr_record_phase_1a(before, &actions);
         self.mgr_actions(actions);
+    }
+
+    /// `Shared::record_phase_1a`: the store records the end of phase 1a of a switch before
+    /// any other server can get it.
+    fn mgr_record_phase_1a(&mut self, mut before: Arc<ClusterMap>, actions: &[Action]) {
+        for a in actions {
+            if let Action::PublishToServers(m) = a {
+                if !ClusterMap::changed_owners(&before, m).is_empty() {
+                    self.mgr.phase_1a_done = self.mgr.phase_1a_done.max(m.generation);
+                }
+                before = Arc::clone(m);
+            }
+        }
     }
 
     fn mgr_actions(&mut self, actions: Vec<Action>) {
@@ -160,7 +179,29 @@ impl World {
             return Err("manager down".to_owned());
         }
         let head = self.mgr.head();
-        let next = plan::apply(&head, &change).map_err(|e| e.to_string())?;
+        let chain = self
+            .mgr
+            .coord
+            .as_ref()
+            .map_or_else(|| vec![Arc::clone(&head)], Coordinator::phase_1a_chain);
+        let (next, cancelled) = if self.cfg.mutation == Mutation::NoCancel {
+            (
+                plan::apply(&head, &change).map_err(|e| e.to_string())?,
+                Vec::new(),
+            )
+        } else {
+            plan::apply_cancelling(&head, &change, &chain).map_err(|e| e.to_string())?
+        };
+        for c in &cancelled {
+            self.note(format!(
+                "mgr: {} {}[{}] to {} cancelled ({} keeps it)",
+                if c.switch { "switch" } else { "move" },
+                c.volume,
+                c.extent,
+                c.to,
+                c.owner
+            ));
+        }
         if next.generation == head.generation {
             return Ok(());
         }
@@ -268,7 +309,8 @@ impl World {
             .find(|m| m.generation == self.mgr.committed_gen)
             .cloned()
             .expect("the commit record names a durable map");
-        self.mgr.coord = Some(Coordinator::new((*committed).clone()));
+        let done = self.mgr.phase_1a_done;
+        let mut coord = Coordinator::new((*committed).clone()).resumed_at(done);
         let pending: Vec<_> = self
             .mgr
             .durable
@@ -276,8 +318,10 @@ impl World {
             .filter(|m| m.generation > committed.generation)
             .cloned()
             .collect();
-        for m in pending {
-            self.mgr_feed(Event::Committed(m));
-        }
+        let before = coord.server_map(None);
+        let actions = coord.resume(pending);
+        self.mgr.coord = Some(coord);
+        self.mgr_record_phase_1a(before, &actions);
+        self.mgr_actions(actions);
     }
 }

@@ -10,7 +10,7 @@ use manager::api::MoveReadyRequest;
 use manager::map::Replica;
 use tessera::cluster::node::copier::{Action, Copier, Event};
 
-use super::server::{CopyOwner, Task};
+use super::server::CopyOwner;
 use super::world::{BLOCK, Node, Req, Timer, World};
 
 // The daemon's copier policy (`tessera::cluster::mover`, `pool`, `node::policy`).
@@ -154,12 +154,13 @@ impl World {
             .map(|(k, _)| k.clone())
             .collect();
         for k in unwanted {
-            // Aborted: a copy in flight still lands, nobody waits for it.
+            // Aborted (`mover::sync`: the task is aborted): a command already sent may still
+            // land, with the stamp it was sent with; no retry follows (a retry would carry the
+            // new generation, and the receiver's range may belong to another move by then).
             if let Some(m) = s.movers.remove(&k)
                 && let MvSt::Pass(Pass { task: Some(t), .. }) = m.st
-                && let Some(Task::Copy { owner, .. }) = s.tasks.get_mut(&t)
             {
-                *owner = CopyOwner::Orphan;
+                s.tasks.remove(&t);
             }
         }
         for (key, start, nblk, dest) in want {

@@ -105,8 +105,6 @@ pub enum Copied {
 pub enum CopyOwner {
     Mover((String, usize)),
     Install,
-    /// Its mover was aborted: the command still runs, nobody waits for it.
-    Orphan,
 }
 
 #[derive(Debug)]
@@ -133,7 +131,7 @@ pub enum Task {
 }
 
 impl Task {
-    fn retry(&mut self) -> &mut Retry {
+    pub fn retry(&mut self) -> &mut Retry {
         match self {
             Self::Host { r, .. } | Self::Copy { r, .. } => r,
         }
@@ -903,6 +901,15 @@ impl World {
 
     /// One try of a routed piece or a copy.
     fn task_try(&mut self, i: usize, t: u64) {
+        // A copier asked to stop does not try again (mover.rs `copy_range`).
+        let stopped = matches!(
+            self.srv[i].tasks.get(&t),
+            Some(Task::Copy { owner: CopyOwner::Mover(k), .. })
+                if self.srv[i].movers.get(k).is_some_and(|m| m.stop)
+        );
+        if stopped {
+            return self.copy_finish(i, t, Copied::No);
+        }
         let cur = self.srv[i].generation.current();
         let me = self.srv[i].id.clone();
         let map = Arc::clone(&self.srv[i].map);
@@ -966,7 +973,13 @@ impl World {
                     return self.copy_finish(i, t, Copied::No);
                 };
                 let (dest, dest_blk, data) = (dest.clone(), *dest_blk, data.clone());
-                let Some(d) = map.server(&dest).and_then(|_| World::server_index(&dest)) else {
+                // A final copy may go to a server that only the map being installed knows.
+                let known = map.server(&dest).is_some()
+                    || self.srv[i]
+                        .install
+                        .as_ref()
+                        .is_some_and(|ins| ins.m.map().server(&dest).is_some());
+                let Some(d) = known.then(|| World::server_index(&dest)).flatten() else {
                     return self.copy_finish(i, t, Copied::No);
                 };
                 let n = data.len() as u64;
@@ -1013,6 +1026,11 @@ impl World {
                     self.copy_finish(i, t, Copied::NotSource);
                 };
             }
+            // The peer serves nothing (marked down, fenced, catching up): a copy ends here
+            // (mover.rs `copy_range`); its pass fails and is tried again later.
+            Some(IoRes::Behind(0)) if !is_host => {
+                return self.copy_finish(i, t, Copied::No);
+            }
             Some(IoRes::Stale(g) | IoRes::Behind(g)) => node::retry::Answer::Mismatch { theirs: g },
             None => node::retry::Answer::Lost,
         };
@@ -1052,14 +1070,13 @@ impl World {
         self.timer(Self::me(i), ms, Timer::TaskWake { task: t, token });
     }
 
-    fn copy_finish(&mut self, i: usize, t: u64, res: Copied) {
+    pub fn copy_finish(&mut self, i: usize, t: u64, res: Copied) {
         let Some(Task::Copy { owner, .. }) = self.srv[i].tasks.remove(&t) else {
             return;
         };
         match owner {
             CopyOwner::Mover(key) => self.mover_copy_done(i, &key, res == Copied::Yes),
             CopyOwner::Install => self.install_copy_done(i, res),
-            CopyOwner::Orphan => {}
         }
     }
 }

@@ -363,6 +363,9 @@ pub enum Mutation {
     NoSourceRule,
     /// A hung process that resumes serves at once at its old map (no freeze fence).
     NoFreezeFence,
+    /// Marking a switch's new owner down cancels nothing (`plan::apply` instead of
+    /// `plan::apply_cancelling`: the manager before the fix).
+    NoCancel,
 }
 
 #[derive(Debug, Clone, Copy)]

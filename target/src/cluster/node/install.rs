@@ -14,9 +14,18 @@
 
 use std::sync::Arc;
 
-use manager::map::{ClusterMap, Replica};
+use manager::map::{ClusterMap, Replica, ServerState};
 
 use super::{lost_extents, policy};
+
+/// How long the final copies of one install may go on, from its start (milliseconds): past
+/// it, no final pass starts or is retried, and an extent still dirty postpones the install
+/// (the gate reopens; tried again later, as for a failed final copy). The pass in flight at
+/// that time runs to its end: a copy command given up while in flight could still land on the
+/// new owner after a later pass's newer data. A serving old owner's gate, which holds the
+/// host's commands to the extents it loses, thus stays closed this long plus the drain of the
+/// commands inside, the stop of a copier and one pass (each bounded by its tries).
+pub const FINAL_BUDGET_MS: u64 = 3_000;
 
 /// An extent of a volume: (volume name, extent index).
 pub type ExtentKey = (String, usize);
@@ -80,8 +89,9 @@ pub enum Action {
     /// The new map has no owner for the extent (its volume is gone): stop its copier, if any,
     /// and stop tracking it.
     Forget { key: ExtentKey },
-    /// The final copy of `key` is incomplete: keep its range tracked, copier stopped, for the
-    /// next try of this install.
+    /// Keep the range of `key` tracked, copier stopped, until [`Action::Forget`] or the next
+    /// try of this install: its final copy is incomplete, or complete while another lost
+    /// extent's is not done yet.
     KeepTracked { key: ExtentKey },
     /// Wait this many milliseconds. Answer: `Timer`.
     RetryAfter(u64),
@@ -125,11 +135,22 @@ pub struct Install {
     lost: Vec<ExtentKey>,
     /// The lost extent being finished.
     idx: usize,
+    /// Lost extents whose final copy completed, kept tracked ([`Action::KeepTracked`]) until
+    /// the map is installed (then [`Action::Forget`]): if the install is postponed, its next
+    /// try copies only what was written since, not the whole extent again.
+    copied: Vec<ExtentKey>,
     /// Every final copy so far completed (else: postponed).
     ok: bool,
     /// The gate is closed by this install.
     gate: bool,
+    /// The new map marks this server down.
+    me_down: bool,
     state: State,
+    /// The time of the latest event (milliseconds, the shell's clock; 0 without one).
+    now: u64,
+    /// When the final copies must be over ([`FINAL_BUDGET_MS`] after the start, when the shell
+    /// passes time: [`Install::on_event_at`]).
+    deadline: Option<u64>,
 }
 
 impl Install {
@@ -142,15 +163,43 @@ impl Install {
         }
         let lost = lost_extents(&old, &new, me);
         let gate = gate && !lost.is_empty();
+        let me_down = new.server(me).is_none_or(|s| s.state == ServerState::Down);
         Some(Self {
             old,
             new,
             lost,
             idx: 0,
+            copied: Vec::new(),
             ok: true,
             gate,
+            me_down,
             state: State::Begin,
+            now: 0,
+            deadline: None,
         })
+    }
+
+    /// When the final copies must stop (the shell's clock, milliseconds; see
+    /// [`FINAL_BUDGET_MS`]). `None` until the shell passes time ([`Install::on_event_at`]).
+    pub fn deadline(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    /// [`Install::on_event`] at time `now_ms` (the shell's clock, milliseconds, never going
+    /// back). The first timed event starts the [`FINAL_BUDGET_MS`] budget of the final copies;
+    /// once it is spent, no final pass starts or is retried: the lost extent still dirty is
+    /// kept tracked and the install postponed.
+    pub fn on_event_at(&mut self, ev: Event, now_ms: u64) -> Vec<Action> {
+        self.now = self.now.max(now_ms);
+        if self.deadline.is_none() {
+            self.deadline = Some(self.now.saturating_add(FINAL_BUDGET_MS));
+        }
+        self.on_event(ev)
+    }
+
+    /// The final-copy budget is spent.
+    fn out_of_time(&self) -> bool {
+        self.deadline.is_some_and(|d| self.now >= d)
     }
 
     /// The map being installed.
@@ -197,12 +246,19 @@ impl Install {
                 }
             }
             (State::Final { round }, Event::Pass(p)) => match p {
-                PassOutcome::Clean | PassOutcome::NotSource => {
+                PassOutcome::Clean => {
+                    let key = self.key();
+                    self.copied(key, &mut out);
+                }
+                PassOutcome::NotSource => {
                     let key = self.key();
                     out.push(Action::Untrack { key });
                     self.lost_done(&mut out);
                 }
                 PassOutcome::Copied => self.round(round + 1, &mut out),
+                PassOutcome::Failed if self.out_of_time() => {
+                    self.round(policy::FINAL_ROUNDS, &mut out);
+                }
                 PassOutcome::Failed => {
                     self.state = State::FinalSleep { round };
                     out.push(Action::RetryAfter(policy::FINAL_RETRY_MS));
@@ -212,12 +268,12 @@ impl Install {
             (State::Checking, Event::Checked { clean }) => {
                 let key = self.key();
                 if clean {
-                    out.push(Action::Untrack { key });
+                    self.copied(key, &mut out);
                 } else {
                     self.ok = false;
                     out.push(Action::KeepTracked { key });
+                    self.lost_done(&mut out);
                 }
-                self.lost_done(&mut out);
             }
             (State::Ack { attempt }, Event::AckDone { ok }) => {
                 if ok {
@@ -271,7 +327,7 @@ impl Install {
     /// Final round `round` of the current lost extent.
     fn round(&mut self, round: u32, out: &mut Vec<Action>) {
         let key = self.key();
-        if round >= policy::FINAL_ROUNDS {
+        if round >= policy::FINAL_ROUNDS || self.out_of_time() {
             self.state = State::Checking;
             return out.push(Action::FinalCheck { key });
         }
@@ -279,11 +335,42 @@ impl Install {
             out.push(Action::Forget { key });
             return self.lost_done(out);
         };
+        // The new map gives the extent to a server it marks down: the switch went through
+        // phase 1a without this server (one still waiting for us is given back when its new
+        // owner is marked down), so the new owner would refuse the copy under the source rule
+        // if it served; it serves nothing, so nothing would end the retries. Or it marks this
+        // server down: no switch in it waits for us (phase 1a does not wait for an old owner
+        // the map itself marks down; one waiting for us was sent to us in a map where we are
+        // up), so every switch of ours in it went on without us. As refused, either way.
+        if self.me_down
+            || self
+                .new
+                .server(&dest.server)
+                .is_none_or(|s| s.state == ServerState::Down)
+        {
+            out.push(Action::Untrack { key });
+            return self.lost_done(out);
+        }
         self.state = State::Final { round };
         out.push(Action::FinalPass { key, dest });
     }
 
+    /// The final copy of `key` completed: keep it tracked until the map is installed.
+    fn copied(&mut self, key: ExtentKey, out: &mut Vec<Action>) {
+        if self.lost.len() == 1 {
+            // The only lost extent: the install follows at once.
+            out.push(Action::Untrack { key });
+        } else {
+            out.push(Action::KeepTracked { key: key.clone() });
+            self.copied.push(key);
+        }
+        self.lost_done(out);
+    }
+
     fn apply(&mut self, out: &mut Vec<Action>) {
+        for key in std::mem::take(&mut self.copied) {
+            out.push(Action::Forget { key });
+        }
         out.push(Action::Install(Arc::clone(&self.new)));
         out.push(Action::Persist(Arc::clone(&self.new)));
         if self.gate {
@@ -311,7 +398,7 @@ impl Install {
 mod tests {
     use super::*;
     use crate::cluster::node::fixtures::{self, rep, server};
-    use manager::map::{ExtentEntry as Extent, Move, ServerState};
+    use manager::map::{ExtentEntry as Extent, Move};
 
     /// vol1, one 4 KiB extent owned by `owner` (s1 at 8192, s2 at 0), moving to s2 at 0
     /// when `moving`.
@@ -407,6 +494,104 @@ mod tests {
                 Action::Done
             ]
         );
+    }
+
+    /// The final-copy budget: once it is spent (the shell's clock, `on_event_at`), a failed
+    /// pass is not retried and no new round starts; the install is postponed.
+    #[test]
+    fn a_spent_budget_postpones_the_install() {
+        let mut ins =
+            Install::start(map(5, "s1", true), map(6, "s2", false), "s1", true).expect("newer");
+        assert_eq!(
+            ins.on_event_at(Event::Start, 1_000),
+            vec![Action::CloseGate]
+        );
+        assert_eq!(ins.deadline(), Some(1_000 + FINAL_BUDGET_MS));
+        ins.on_event_at(Event::Drained, 1_010);
+        ins.on_event_at(Event::CopierStopped { tracked: true }, 1_020);
+        // Within the budget: retried.
+        assert_eq!(
+            ins.on_event_at(Event::Pass(PassOutcome::Failed), 2_000),
+            vec![Action::RetryAfter(policy::FINAL_RETRY_MS)]
+        );
+        // Past it: no retry, straight to the check.
+        ins.on_event_at(Event::Timer, 2_100);
+        assert_eq!(
+            ins.on_event_at(Event::Pass(PassOutcome::Failed), 1_000 + FINAL_BUDGET_MS),
+            vec![Action::FinalCheck { key: key() }]
+        );
+        assert_eq!(
+            ins.on_event_at(Event::Checked { clean: false }, 4_100),
+            vec![
+                Action::KeepTracked { key: key() },
+                Action::OpenGate,
+                Action::Postpone(6),
+                Action::Done
+            ]
+        );
+    }
+
+    /// A lost extent whose new owner the new map marks down: no final copy (the switch went
+    /// on without us; the new owner would refuse it if it served).
+    #[test]
+    fn no_final_copy_to_a_server_marked_down() {
+        let mut down = (*map(6, "s2", false)).clone();
+        down.servers[1].state = ServerState::Down;
+        let down = Arc::new(down);
+        let mut ins =
+            Install::start(map(5, "s1", true), Arc::clone(&down), "s1", true).expect("newer");
+        ins.on_event(Event::Start);
+        ins.on_event(Event::Drained);
+        let acts = ins.on_event(Event::CopierStopped { tracked: true });
+        assert_eq!(acts.first(), Some(&Action::Untrack { key: key() }));
+        assert!(acts.contains(&Action::Install(down)));
+    }
+
+    /// A cancelled switch (docs/cluster-protocol.md, "Cancelling a switch to a server marked
+    /// down"): the old owner whose install of the switch was postponed installs the newer map
+    /// that gives the extent back (nothing lost, no gate, no copy); one that had installed the
+    /// switch gets the extent back the same way.
+    #[test]
+    fn a_cancelled_switch_installs_without_a_final_copy() {
+        let back = map(7, "s1", false);
+        // Postponed g6 (s1 still at g5, extent moving), then g7 gives it back.
+        let mut ins =
+            Install::start(map(5, "s1", true), Arc::clone(&back), "s1", true).expect("newer");
+        assert!(ins.lost().is_empty() && !ins.closes_gate());
+        let acts = ins.on_event_at(Event::Start, 10);
+        assert_eq!(acts.first(), Some(&Action::Install(Arc::clone(&back))));
+        assert!(!acts.iter().any(|a| matches!(a, Action::FinalPass { .. })));
+        // Installed g6 (the extent was s2's), then g7 gives it back.
+        let mut ins =
+            Install::start(map(6, "s2", false), Arc::clone(&back), "s1", true).expect("newer");
+        assert!(ins.lost().is_empty());
+        assert_eq!(
+            ins.on_event(Event::Start).first(),
+            Some(&Action::Install(back))
+        );
+    }
+
+    /// An install whose map marks this server down copies nothing: every switch of its
+    /// extents in that map went on without it.
+    #[test]
+    fn no_final_copy_from_a_server_its_map_marks_down() {
+        let mut me_down = (*map(6, "s2", false)).clone();
+        me_down.servers[0].state = ServerState::Down;
+        let me_down = Arc::new(me_down);
+        let mut ins =
+            Install::start(map(5, "s1", true), Arc::clone(&me_down), "s1", false).expect("newer");
+        let acts = ins.on_event(Event::Start);
+        assert_eq!(
+            acts.first(),
+            Some(&Action::StopCopier {
+                key: key(),
+                whole: Some((8192, 4096))
+            })
+        );
+        let acts = ins.on_event(Event::CopierStopped { tracked: true });
+        assert_eq!(acts.first(), Some(&Action::Untrack { key: key() }));
+        assert!(!acts.iter().any(|a| matches!(a, Action::FinalPass { .. })));
+        assert!(acts.contains(&Action::Install(me_down)));
     }
 
     /// A refused final copy (the switch happened without us) drops our copy and installs;
