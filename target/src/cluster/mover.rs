@@ -220,6 +220,12 @@ fn remark(region: &DirtyRegion, bits: &BitVec<u64, Lsb0>, from: usize) {
 const COPY_TRY_TIMEOUT: Duration =
     Duration::from_millis(rules::FREEZE_MS + rules::HEARTBEAT_MS + 500);
 
+/// The expiry of one copy try (docs/cluster-protocol.md, "Bounds").
+fn copy_expiry() -> u64 {
+    let timeout_ms = u64::try_from(COPY_TRY_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+    rules::expires_at(super::wall_clock_ms(), timeout_ms)
+}
+
 /// Copies one range to the new owner. `final_pass`: the copy runs inside an install (the
 /// watch loop is busy with it), so instead of waiting for our own map to catch up, the write is
 /// stamped with the generation the new owner reports — the protocol's rule for the final copy
@@ -257,7 +263,9 @@ async fn copy_range(
             }
             Ok(q) => match tokio::time::timeout(
                 COPY_TRY_TIMEOUT,
-                q.with_generation(g).write(
+                // The peer does not start the copy past this (shortly before we give the try
+                // up): a copy given up cannot land later over a newer copy of the same blocks.
+                q.with_generation(g).expiring(copy_expiry()).write(
                     COPY_NSID,
                     dest_off / u64::from(INTERNAL_BLOCK),
                     INTERNAL_BLOCK,
@@ -271,7 +279,8 @@ async fn copy_range(
                     // A hung peer (SIGSTOP, a stalled VM) never answers: give the try up and
                     // drop the connection. The command may still be in the peer's socket; a
                     // peer stopped this long fences itself when it resumes (its heartbeat sees
-                    // the jump, `node::FREEZE_MS`) and refuses it.
+                    // the jump, `node::FREEZE_MS`) and refuses it, and a slow one finds it
+                    // expired.
                     tracing::debug!(to = dest_server, "copy: no answer in time");
                     node.peers.drop_peer(dest_server);
                     Answer::Lost
