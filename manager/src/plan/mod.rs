@@ -10,6 +10,7 @@
 mod alloc;
 mod error;
 mod reload;
+mod replica;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -17,6 +18,7 @@ use yaml::derived_volume_uuid;
 
 pub use error::PlanError;
 pub use reload::{initial_map, reload, reload_from};
+pub use replica::replica_failed;
 
 use crate::api::{AddServerRequest, CreateVolumeRequest, MoveReadyRequest, MoveRequest};
 use crate::map::{
@@ -51,6 +53,8 @@ pub enum Change {
     StartMove(MoveRequest),
     /// `POST /v1/move-ready`.
     SwitchMove(MoveReadyRequest),
+    /// `POST /v1/replica-failed`.
+    ReplicaFailed(crate::api::ReplicaFailedRequest),
     /// A server's state (from a reload, or an operator).
     SetServerState {
         /// Server id.
@@ -77,6 +81,7 @@ impl Change {
             Self::AddServer(_) => "add server",
             Self::StartMove(_) => "start move",
             Self::SwitchMove(_) => "switch move",
+            Self::ReplicaFailed(_) => "replica failed",
             Self::SetServerState { .. } => "server state",
             Self::Reload { .. } => "reload",
         }
@@ -94,6 +99,7 @@ pub fn apply(map: &ClusterMap, change: &Change) -> Result<ClusterMap, PlanError>
         Change::AddServer(req) => add_server(map, req),
         Change::StartMove(req) => start_move(map, req),
         Change::SwitchMove(req) => switch_move(map, req),
+        Change::ReplicaFailed(req) => replica_failed(map, req),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
         Change::Reload { previous, cluster } => reload_from(map, previous.as_deref(), cluster),
     }

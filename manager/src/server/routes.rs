@@ -15,8 +15,8 @@ use super::auth::Caller;
 use super::{ApiError, REPORTS_PER_SECOND_MAX, REQUEST_BYTES_MAX, ReportWindow, Shared};
 use crate::api::{
     AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MapQuery,
-    MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, ReportKind, ReportRequest,
-    ResizeRequest, ServerStateRequest, ServerStatus, Status,
+    MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, ReplicaFailedRequest, ReportKind,
+    ReportRequest, ResizeRequest, ServerStateRequest, ServerStatus, StaleReplica, Status,
 };
 use crate::coord::Event;
 use crate::map::ClusterMap;
@@ -77,6 +77,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/ack", post(ack))
         .route("/v1/report", post(report))
         .route("/v1/move-ready", post(move_ready))
+        .route("/v1/replica-failed", post(replica_failed))
         .route("/v1/status", get(status))
         .route("/v1/volumes", post(create_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
@@ -227,6 +228,21 @@ async fn move_ready(
     Ok(Json(Empty {}))
 }
 
+/// A primary's write to a copy failed: the answer is the map in which that copy is `stale`
+/// (the current one when it already is; docs/replication.md, "Failure").
+async fn replica_failed(
+    State(s): S,
+    Extension(caller): C,
+    b: Result<Json<ReplicaFailedRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let req = body(b)?;
+    caller.speaks_for(&req.primary, "replica-failed report")?;
+    known_server(&s, &req.primary)?;
+    tracing::info!(primary = %req.primary, volume = %req.volume, extent = req.extent,
+        copy = %req.server, generation = req.generation, "replica write failed: marking the copy stale");
+    Ok(Json(s.change(Change::ReplicaFailed(req)).await?))
+}
+
 async fn status(State(s): S) -> Json<Status> {
     let inner = s.lock();
     let head = &inner.head;
@@ -242,8 +258,18 @@ async fn status(State(s): S) -> Json<Status> {
         })
         .collect();
     let mut moves = Vec::new();
+    let mut stale_replicas = Vec::new();
     for v in &head.volumes {
         for (i, ext) in v.extents.iter().enumerate() {
+            for r in &ext.replicas {
+                if r.state == crate::map::ReplicaState::Stale {
+                    stale_replicas.push(StaleReplica {
+                        volume: v.name.clone(),
+                        extent: i,
+                        server: r.server.clone(),
+                    });
+                }
+            }
             if let (Some(m), Some(owner)) = (&ext.moving, ext.replicas.first()) {
                 moves.push(MoveStatus {
                     volume: v.name.clone(),
@@ -270,6 +296,7 @@ async fn status(State(s): S) -> Json<Status> {
         reports: inner.reports.clone(),
         moves,
         publishing,
+        stale_replicas,
     })
 }
 
