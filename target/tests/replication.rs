@@ -547,7 +547,7 @@ async fn a_dead_copy_is_marked_stale_and_writes_go_on_with_the_others() {
 
     // One writer per surviving server, each on its own blocks of every loaded extent (16 per
     // extent), version after version; it records the last version acknowledged per block.
-    let rounds = 12u32;
+    let rounds = 24u32;
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (w, &i) in survivors.iter().enumerate() {

@@ -53,8 +53,14 @@ pub enum Change {
     StartMove(MoveRequest),
     /// `POST /v1/move-ready`.
     SwitchMove(MoveReadyRequest),
-    /// `POST /v1/replica-failed`.
-    ReplicaFailed(crate::api::ReplicaFailedRequest),
+    /// `POST /v1/replica-failed`; `server_gone`: the copy's server has no watch stream open
+    /// (every copy of it that is not a primary goes stale).
+    ReplicaFailed {
+        /// The report.
+        req: crate::api::ReplicaFailedRequest,
+        /// The copy's server is not connected to the manager.
+        server_gone: bool,
+    },
     /// A server's state (from a reload, or an operator).
     SetServerState {
         /// Server id.
@@ -81,7 +87,7 @@ impl Change {
             Self::AddServer(_) => "add server",
             Self::StartMove(_) => "start move",
             Self::SwitchMove(_) => "switch move",
-            Self::ReplicaFailed(_) => "replica failed",
+            Self::ReplicaFailed { .. } => "replica failed",
             Self::SetServerState { .. } => "server state",
             Self::Reload { .. } => "reload",
         }
@@ -99,7 +105,7 @@ pub fn apply(map: &ClusterMap, change: &Change) -> Result<ClusterMap, PlanError>
         Change::AddServer(req) => add_server(map, req),
         Change::StartMove(req) => start_move(map, req),
         Change::SwitchMove(req) => switch_move(map, req),
-        Change::ReplicaFailed(req) => replica_failed(map, req),
+        Change::ReplicaFailed { req, server_gone } => replica_failed(map, req, *server_gone),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
         Change::Reload { previous, cluster } => reload_from(map, previous.as_deref(), cluster),
     }
@@ -117,6 +123,7 @@ fn step(
 
 /// `next` with generation `map.generation + 1`, validated; or `map` itself if nothing changed.
 fn finish(map: &ClusterMap, mut next: ClusterMap) -> Result<ClusterMap, PlanError> {
+    replica::down_copies_stale(&mut next);
     if next == *map {
         return Ok(next);
     }

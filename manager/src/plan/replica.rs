@@ -4,14 +4,16 @@
 
 use super::{PlanError, extent_mut, step};
 use crate::api::ReplicaFailedRequest;
-use crate::map::{ClusterMap, ReplicaState};
+use crate::map::{ClusterMap, ReplicaState, ServerState};
 
-/// `POST /v1/replica-failed`: the map with `req.server`'s copy of the extent `stale`.
+/// `POST /v1/replica-failed`: the map with `req.server`'s copy of the extent `stale`; with
+/// `server_gone` (that server is not connected to the manager), every copy on that server
+/// that is not its extent's primary too, in the same generation.
 ///
 /// Accepted only from the extent's primary in `map` (the copy that orders its writes), about
 /// another copy. A copy already `stale` leaves the map unchanged, generation included (a
-/// repeated or late report publishes nothing). Since the primary is `in_sync` and stays so,
-/// a report never leaves an extent without an `in_sync` copy.
+/// repeated or late report publishes nothing). A primary never goes stale this way, so a
+/// report never leaves an extent without an `in_sync` copy.
 ///
 /// # Errors
 /// Unknown volume or extent, a server holding no copy of it, a sender that is not its primary
@@ -19,6 +21,7 @@ use crate::map::{ClusterMap, ReplicaState};
 pub fn replica_failed(
     map: &ClusterMap,
     req: &ReplicaFailedRequest,
+    server_gone: bool,
 ) -> Result<ClusterMap, PlanError> {
     if req.generation > map.generation {
         return Err(PlanError::FutureGeneration {
@@ -51,8 +54,65 @@ pub fn replica_failed(
                 extent: req.extent,
             })?;
         copy.state = ReplicaState::Stale;
+        if server_gone {
+            let primaries: Vec<Vec<Option<String>>> = map
+                .volumes
+                .iter()
+                .map(|v| {
+                    v.extents
+                        .iter()
+                        .map(|e| map.primary(e).map(|r| r.server.clone()))
+                        .collect()
+                })
+                .collect();
+            for (v, ps) in m.volumes.iter_mut().zip(&primaries) {
+                for (e, p) in v.extents.iter_mut().zip(ps) {
+                    if p.as_deref() == Some(req.server.as_str()) {
+                        continue;
+                    }
+                    for r in e.replicas.iter_mut().filter(|r| r.server == req.server) {
+                        r.state = ReplicaState::Stale;
+                    }
+                }
+            }
+        }
         Ok(())
     })
+}
+
+/// Every `in_sync` copy on a server marked `down` becomes `stale`, unless no copy of its
+/// extent on a server that is not down is `in_sync` (then it stays: it holds the newest data,
+/// as no write could complete without it). Run on every next map, so a mark-down (operator,
+/// reload, or the manager's old-owner timeout) hands each extent it was the primary of to the
+/// next `in_sync` copy, and setting the server `up` again does not bring back copies that
+/// missed writes meanwhile. Volumes with one copy are unchanged.
+pub(super) fn down_copies_stale(m: &mut ClusterMap) {
+    let down: Vec<String> = m
+        .servers
+        .iter()
+        .filter(|s| s.state == ServerState::Down)
+        .map(|s| s.id.clone())
+        .collect();
+    if down.is_empty() {
+        return;
+    }
+    let is_down = |id: &str| down.iter().any(|d| d == id);
+    for v in &mut m.volumes {
+        for e in &mut v.extents {
+            let live_in_sync = e
+                .replicas
+                .iter()
+                .any(|r| r.state == ReplicaState::InSync && !is_down(&r.server));
+            if !live_in_sync {
+                continue;
+            }
+            for r in e.replicas.iter_mut().filter(|r| is_down(&r.server)) {
+                if r.state == ReplicaState::InSync {
+                    r.state = ReplicaState::Stale;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -114,7 +174,7 @@ mod tests {
         let m = cluster();
         let (p, c) = copies(&m, 1);
         let free = m.free_bytes(&c);
-        let next = replica_failed(&m, &report(&m, 1, &p, &c)).unwrap();
+        let next = replica_failed(&m, &report(&m, 1, &p, &c), false).unwrap();
         assert_eq!(next.generation, m.generation + 1);
         let e = &next.volume("v").unwrap().extents[1];
         assert_eq!(e.replicas[1].server, c);
@@ -141,11 +201,11 @@ mod tests {
     fn a_repeated_or_late_report_changes_nothing() {
         let m = cluster();
         let (p, c) = copies(&m, 0);
-        let next = replica_failed(&m, &report(&m, 0, &p, &c)).unwrap();
+        let next = replica_failed(&m, &report(&m, 0, &p, &c), false).unwrap();
         // The same report again, and one sent at the older generation: no new generation.
-        let again = replica_failed(&next, &report(&next, 0, &p, &c)).unwrap();
+        let again = replica_failed(&next, &report(&next, 0, &p, &c), false).unwrap();
         assert_eq!(again, next);
-        let late = replica_failed(&next, &report(&m, 0, &p, &c)).unwrap();
+        let late = replica_failed(&next, &report(&m, 0, &p, &c), false).unwrap();
         assert_eq!(late, next);
     }
 
@@ -154,7 +214,7 @@ mod tests {
         let m = cluster();
         let (p, c) = copies(&m, 2);
         // The copy reporting the primary: refused, whatever it says.
-        let e = replica_failed(&m, &report(&m, 2, &c, &p)).unwrap_err();
+        let e = replica_failed(&m, &report(&m, 2, &c, &p), false).unwrap_err();
         assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
         assert_eq!(e.http_status(), 409);
         // A server holding no copy.
@@ -162,21 +222,21 @@ mod tests {
             .into_iter()
             .find(|s| *s != p && *s != c)
             .unwrap();
-        let e = replica_failed(&m, &report(&m, 2, other, &c)).unwrap_err();
+        let e = replica_failed(&m, &report(&m, 2, other, &c), false).unwrap_err();
         assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
         // The primary about itself.
-        let e = replica_failed(&m, &report(&m, 2, &p, &p)).unwrap_err();
+        let e = replica_failed(&m, &report(&m, 2, &p, &p), false).unwrap_err();
         assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
         // The primary about a server without a copy.
-        let e = replica_failed(&m, &report(&m, 2, &p, other)).unwrap_err();
+        let e = replica_failed(&m, &report(&m, 2, &p, other), false).unwrap_err();
         assert!(matches!(e, PlanError::NoSuchReplica { .. }), "{e}");
         assert_eq!(e.http_status(), 404);
         // Unknown extent, future generation.
-        let e = replica_failed(&m, &report(&m, 9, &p, &c)).unwrap_err();
+        let e = replica_failed(&m, &report(&m, 9, &p, &c), false).unwrap_err();
         assert!(matches!(e, PlanError::NoSuchExtent { .. }), "{e}");
         let mut future = report(&m, 2, &p, &c);
         future.generation = m.generation + 1;
-        let e = replica_failed(&m, &future).unwrap_err();
+        let e = replica_failed(&m, &future, false).unwrap_err();
         assert!(matches!(e, PlanError::FutureGeneration { .. }), "{e}");
     }
 
@@ -187,16 +247,81 @@ mod tests {
         let down = crate::plan::set_server_state(&m, &p, crate::map::ServerState::Down).unwrap();
         // The old primary (down) may no longer report; the copy, now the primary, may report
         // the old primary's copy but never itself: the extent keeps an in_sync copy.
-        let e = replica_failed(&down, &report(&down, 3, &p, &c)).unwrap_err();
+        let e = replica_failed(&down, &report(&down, 3, &p, &c), false).unwrap_err();
         assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
-        let e = replica_failed(&down, &report(&down, 3, &c, &c)).unwrap_err();
+        let e = replica_failed(&down, &report(&down, 3, &c, &c), false).unwrap_err();
         assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
-        let next = replica_failed(&down, &report(&down, 3, &c, &p)).unwrap();
+        let next = replica_failed(&down, &report(&down, 3, &c, &p), false).unwrap();
         let ext = &next.volume("v").unwrap().extents[3];
         assert!(
             ext.replicas
                 .iter()
                 .any(|r| r.state == ReplicaState::InSync && r.server == c)
         );
+    }
+
+    #[test]
+    fn a_gone_server_loses_every_copy_but_those_it_is_the_primary_of() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let next = replica_failed(&m, &report(&m, 0, &p, &c), true).unwrap();
+        assert_eq!(next.generation, m.generation + 1);
+        let (old, new) = (m.volume("v").unwrap(), next.volume("v").unwrap());
+        for (x, (e0, e1)) in old.extents.iter().zip(&new.extents).enumerate() {
+            for (r0, r1) in e0.replicas.iter().zip(&e1.replicas) {
+                let primary = m.primary(e0).unwrap().server == r0.server;
+                let want = if r0.server == c && !primary {
+                    ReplicaState::Stale
+                } else {
+                    ReplicaState::InSync
+                };
+                assert_eq!(r1.state, want, "extent {x}: {e1:?}");
+                assert_eq!(r1.offset, r0.offset);
+            }
+            assert!(
+                new.extents[x]
+                    .replicas
+                    .iter()
+                    .any(|r| r.state == ReplicaState::InSync)
+            );
+        }
+        next.validate().unwrap();
+    }
+
+    #[test]
+    fn a_server_marked_down_loses_its_copies_but_never_the_last_in_sync_one() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        let v = down.volume("v").unwrap();
+        for (x, e) in v.extents.iter().enumerate() {
+            for r in &e.replicas {
+                let want = if r.server == p {
+                    ReplicaState::Stale
+                } else {
+                    ReplicaState::InSync
+                };
+                assert_eq!(r.state, want, "extent {x}: {e:?}");
+            }
+        }
+        // Extent 0's next copy is its primary now; back up, the stale copy stays stale.
+        assert_eq!(down.primary(&v.extents[0]).unwrap().server, c);
+        let up = crate::plan::set_server_state(&down, &p, ServerState::Up).unwrap();
+        let e0 = &up.volume("v").unwrap().extents[0];
+        assert_eq!(up.primary(e0).unwrap().server, c);
+        assert!(
+            e0.replicas
+                .iter()
+                .any(|r| r.server == p && r.state == ReplicaState::Stale)
+        );
+        // Both copies' servers down: the last in_sync copy stays in_sync.
+        let both = crate::plan::set_server_state(&down, &c, ServerState::Down).unwrap();
+        let e0 = &both.volume("v").unwrap().extents[0];
+        assert!(
+            e0.replicas
+                .iter()
+                .any(|r| r.server == c && r.state == ReplicaState::InSync)
+        );
+        both.validate().unwrap();
     }
 }

@@ -238,9 +238,15 @@ async fn replica_failed(
     let req = body(b)?;
     caller.speaks_for(&req.primary, "replica-failed report")?;
     known_server(&s, &req.primary)?;
+    // A copy's server with no watch stream open is gone (killed, cut off, restarting): all
+    // its copies that are not a primary go stale in this one generation, rather than one
+    // generation per extent as each primary's writes find them.
+    let server_gone = !s.watchers().server_watching(&req.server);
     tracing::info!(primary = %req.primary, volume = %req.volume, extent = req.extent,
-        copy = %req.server, generation = req.generation, "replica write failed: marking the copy stale");
-    Ok(Json(s.change(Change::ReplicaFailed(req)).await?))
+        copy = %req.server, generation = req.generation, server_gone, "replica write failed: marking the copy stale");
+    Ok(Json(
+        s.change(Change::ReplicaFailed { req, server_gone }).await?,
+    ))
 }
 
 async fn status(State(s): S) -> Json<Status> {

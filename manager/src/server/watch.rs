@@ -45,6 +45,11 @@ pub(super) struct Watchers {
 }
 
 impl Watchers {
+    /// Whether server `id` has its own stream open.
+    pub(super) fn server_watching(&self, id: &str) -> bool {
+        self.servers.contains_key(id)
+    }
+
     /// Open streams: (clients', servers' own).
     pub(super) fn open(&self) -> (usize, usize) {
         (self.clients, self.servers.values().map(VecDeque::len).sum())
