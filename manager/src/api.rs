@@ -116,6 +116,19 @@ pub struct ReplicaFailedRequest {
     pub generation: Generation,
 }
 
+/// `POST /v1/server-unreachable`: a server could not reach a peer (a lost connection or no
+/// answer to a forwarded command). Answered with the current map, in which that peer is
+/// `down` when the manager itself has had no watch stream from it for 3 s
+/// (docs/replication.md, "Failover").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerUnreachableRequest {
+    /// The sender.
+    pub from: String,
+    /// The peer it could not reach.
+    pub server: String,
+}
+
 /// `POST /v1/volumes`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

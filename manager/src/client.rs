@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MoveReadyRequest,
     MoveRequest, ReplicaFailedRequest, ReportRequest, ResizeRequest, Role, ServerStateRequest,
-    Status,
+    ServerUnreachableRequest, Status,
 };
 use crate::map::{ClusterMap, Generation, ServerState};
 
@@ -273,6 +273,24 @@ impl Client {
         self.call(
             Method::POST,
             self.url(&["v1", "replica-failed"])?,
+            &[],
+            Some(req),
+        )
+        .await
+    }
+
+    /// `POST /v1/server-unreachable`: this server could not reach peer `server`. The answer
+    /// is the manager's current map (with `server` down if the manager lost it too).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn server_unreachable(
+        &self,
+        req: &ServerUnreachableRequest,
+    ) -> Result<ClusterMap, ClientError> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "server-unreachable"])?,
             &[],
             Some(req),
         )

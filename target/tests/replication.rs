@@ -522,13 +522,9 @@ async fn three_copies_stay_equal_under_writes_through_every_server() {
 /// servers (docs/replication.md, "Failure").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_copy_is_marked_stale_and_writes_go_on_with_the_others() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     let mut c = start_cluster(2).await;
     let map = c.map().await;
     let vol = map.volume("rvol").unwrap();
-    let per_extent = EXTENT / 4096;
     // The dead server: extent 0's copy (not its primary).
     let dead = vol.extents[0].replicas[1].server.clone();
     let k = c.index(&dead);
@@ -545,58 +541,11 @@ async fn a_dead_copy_is_marked_stale_and_writes_go_on_with_the_others() {
     assert!(!with_copy.is_empty(), "extent 0 has a copy on {dead}");
     let survivors: Vec<usize> = (0..3).filter(|i| *i != k).collect();
 
-    // One writer per surviving server, each on its own blocks of every loaded extent (16 per
-    // extent), version after version; it records the last version acknowledged per block.
+    // One writer per surviving server, each on its own blocks of every loaded extent, version
+    // after version; the copy's server is killed once they are under way.
     let rounds = 24u32;
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for (w, &i) in survivors.iter().enumerate() {
-        let (ctrl, q) = c.host_queue(i).await;
-        let blocks: Vec<u64> = load
-            .iter()
-            .flat_map(|&x| (0..16u64).map(move |b| x as u64 * per_extent + b * 8 + w as u64))
-            .collect();
-        let done = Arc::clone(&done);
-        tasks.push(tokio::spawn(async move {
-            let _ctrl = ctrl;
-            let mut last = BTreeMap::new();
-            for v in 1..=rounds {
-                let writes = blocks.iter().map(|&n| {
-                    let q = &q;
-                    async move {
-                        write_block(q, n, block(n, w as u32, v), v % 3 == 0).await;
-                        n
-                    }
-                });
-                for n in futures::future::join_all(writes).await {
-                    last.insert(n, block(n, w as u32, v));
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            last
-        }));
-    }
-    // Kill the copy's server once the writers are under way.
+    let expect = load_and_kill(&mut c, &survivors, &load, k, rounds).await;
     let deadline = Instant::now() + LOAD_DEADLINE;
-    while done.load(Ordering::Relaxed) < 2 {
-        assert!(Instant::now() < deadline, "the writers made no progress");
-        tokio::time::sleep(POLL).await;
-    }
-    c.servers[k].3.0.kill().unwrap();
-    c.servers[k].3.0.wait().unwrap();
-    eprintln!(
-        "killed {dead} after {} rounds",
-        done.load(Ordering::Relaxed)
-    );
-
-    let mut expect = BTreeMap::new();
-    for t in tasks {
-        let last = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), t)
-            .await
-            .expect("the writes did not go on after the copy's server died")
-            .unwrap();
-        expect.extend(last);
-    }
     eprintln!("{} blocks written {rounds} times", expect.len());
 
     // The manager's map: each loaded extent's copy on the dead server is stale, the others
@@ -658,5 +607,130 @@ async fn a_dead_copy_is_marked_stale_and_writes_go_on_with_the_others() {
         "{verified} reads verified through {} surviving servers; stale copies: {:?}",
         survivors.len(),
         status.stale_replicas
+    );
+}
+
+/// Writers through servers `through` (each its own 16 blocks of every extent in `load`),
+/// `rounds` versions each; `kill` is SIGKILLed once two rounds are done. Returns the last
+/// version acknowledged of every block.
+async fn load_and_kill(
+    c: &mut Cluster,
+    through: &[usize],
+    load: &[usize],
+    kill: usize,
+    rounds: u32,
+) -> BTreeMap<u64, Bytes> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let per_extent = EXTENT / 4096;
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (w, &i) in through.iter().enumerate() {
+        let (ctrl, q) = c.host_queue(i).await;
+        let blocks: Vec<u64> = load
+            .iter()
+            .flat_map(|&x| (0..16u64).map(move |b| x as u64 * per_extent + b * 8 + w as u64))
+            .collect();
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            let _ctrl = ctrl;
+            let mut last = BTreeMap::new();
+            for v in 1..=rounds {
+                let writes = blocks.iter().map(|&n| {
+                    let q = &q;
+                    async move {
+                        write_block(q, n, block(n, w as u32, v), v % 3 == 0).await;
+                        n
+                    }
+                });
+                for n in futures::future::join_all(writes).await {
+                    last.insert(n, block(n, w as u32, v));
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            last
+        }));
+    }
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    while done.load(Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "the writers made no progress");
+        tokio::time::sleep(POLL).await;
+    }
+    c.servers[kill].3.0.kill().unwrap();
+    c.servers[kill].3.0.wait().unwrap();
+    eprintln!(
+        "killed {} after {} rounds",
+        c.servers[kill].0,
+        done.load(Ordering::Relaxed)
+    );
+    let mut expect = BTreeMap::new();
+    for t in tasks {
+        let last = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), t)
+            .await
+            .expect("the writes did not go on after the server died")
+            .unwrap();
+        expect.extend(last);
+    }
+    expect
+}
+
+/// The primary of some extents is killed (SIGKILL) under a verified write load through the
+/// two other servers: the servers that forward to it report it unreachable, the manager
+/// (having lost its watch stream too) marks it `down`, the next copy of each of its extents
+/// becomes the primary, its copies of the others go stale, and the writes go on. Every
+/// acknowledged block reads back right through both survivors (docs/replication.md,
+/// "Failover").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_is_marked_down_and_the_next_copy_takes_the_writes() {
+    let mut c = start_cluster(2).await;
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let victim = vol.extents[0].replicas[0].server.clone();
+    let k = c.index(&victim);
+    let led: Vec<usize> = (0..vol.extents.len())
+        .filter(|x| vol.extents[*x].replicas[0].server == victim)
+        .collect();
+    let all: Vec<usize> = (0..vol.extents.len()).collect();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != k).collect();
+    let expect = load_and_kill(&mut c, &survivors, &all, k, 24).await;
+    eprintln!("{} blocks written 24 times", expect.len());
+
+    // The committed map: the victim down, each extent it led led by its other copy now.
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    let mut map = c.map().await;
+    while map.server(&victim).unwrap().state != manager::map::ServerState::Down {
+        assert!(
+            Instant::now() < deadline,
+            "the committed map does not mark {victim} down"
+        );
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+    let vol = map.volume("rvol").unwrap();
+    for &x in &led {
+        let e = &vol.extents[x];
+        let p = map.primary(e).expect("a primary");
+        assert_ne!(p.server, victim, "extent {x}: {e:?}");
+        assert!(
+            e.replicas
+                .iter()
+                .any(|r| r.server == victim && r.state == manager::map::ReplicaState::Stale),
+            "extent {x}: {e:?}"
+        );
+    }
+
+    let mut verified = 0;
+    for &i in &survivors {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(got, *want, "block {n} through s{}", i + 1);
+            verified += 1;
+        }
+    }
+    eprintln!(
+        "{verified} reads verified through {} surviving servers; extents {led:?} failed over \
+         from {victim}",
+        survivors.len()
     );
 }

@@ -288,6 +288,57 @@ type ReportKey = (String, usize, String);
 #[derive(Default)]
 pub struct Reports {
     sent: Mutex<HashMap<ReportKey, (u64, std::time::Instant)>>,
+    /// Peers last reported unreachable, and when.
+    unreachable: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// Least time between two `server-unreachable` reports of the same peer.
+const UNREACHABLE_GAP: Duration = Duration::from_secs(1);
+
+/// Tells the manager (in the background, at most once per [`UNREACHABLE_GAP`] per peer) that
+/// a command forwarded to `server` was lost or not answered in time. The manager marks
+/// `server` down only if it has lost that server's watch stream too (docs/replication.md,
+/// "Failover"); the next map then names the next copy as the primary of its extents.
+pub fn report_unreachable(node: &Arc<NodeShared>, server: &str) {
+    {
+        let mut last = lock(&node.replica_reports.unreachable);
+        let now = std::time::Instant::now();
+        if last
+            .get(server)
+            .is_some_and(|at| now.duration_since(*at) < UNREACHABLE_GAP)
+        {
+            return;
+        }
+        last.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+        last.insert(server.to_owned(), now);
+    }
+    let node = Arc::clone(node);
+    let req = manager::api::ServerUnreachableRequest {
+        from: node.me.clone(),
+        server: server.to_owned(),
+    };
+    tokio::spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(5), node.client.server_unreachable(&req))
+            .await
+        {
+            Ok(Ok(m)) => {
+                let down = m
+                    .server(&req.server)
+                    .is_some_and(|s| s.state == ServerState::Down);
+                tracing::info!(peer = %req.server, down, generation = m.generation,
+                    "reported an unreachable peer");
+                if down {
+                    node.refresh.notify_one();
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %req.server, error = %e, "server-unreachable report failed");
+            }
+            Err(_) => {
+                tracing::warn!(peer = %req.server, "server-unreachable report: no answer");
+            }
+        }
+    });
 }
 
 /// Least time between two reports of the same copy.
