@@ -99,6 +99,36 @@ pub struct MoveReadyRequest {
     pub generation: Generation,
 }
 
+/// `POST /v1/replica-failed`: a primary's write to a copy failed (docs/replication.md,
+/// "Failure"). Answered with the current map, in which that copy is `stale`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaFailedRequest {
+    /// The sender: the extent's primary.
+    pub primary: String,
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// The server of the copy whose write failed.
+    pub server: String,
+    /// The sender's generation when the write failed.
+    pub generation: Generation,
+}
+
+/// `POST /v1/server-unreachable`: a server could not reach a peer (a lost connection or no
+/// answer to a forwarded command). Answered with the current map, in which that peer is
+/// `down` when the manager itself has had no watch stream from it for 3 s
+/// (docs/replication.md, "Failover").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerUnreachableRequest {
+    /// The sender.
+    pub from: String,
+    /// The peer it could not reach.
+    pub server: String,
+}
+
 /// `POST /v1/volumes`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +207,20 @@ pub struct Status {
     pub moves: Vec<MoveStatus>,
     /// The publication in progress, if any.
     pub publishing: Option<PublishStatus>,
+    /// Copies marked `stale` in the newest map (they take no writes until rebuilt).
+    #[serde(default)]
+    pub stale_replicas: Vec<StaleReplica>,
+}
+
+/// One `stale` copy in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct StaleReplica {
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// The copy's server.
+    pub server: String,
 }
 
 /// One server in [`Status`].

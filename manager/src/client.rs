@@ -28,7 +28,8 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MoveReadyRequest,
-    MoveRequest, ReportRequest, ResizeRequest, Role, ServerStateRequest, Status,
+    MoveRequest, ReplicaFailedRequest, ReportRequest, ResizeRequest, Role, ServerStateRequest,
+    ServerUnreachableRequest, Status,
 };
 use crate::map::{ClusterMap, Generation, ServerState};
 
@@ -258,6 +259,42 @@ impl Client {
             )
             .await?;
         Ok(())
+    }
+
+    /// `POST /v1/replica-failed`: this server (the extent's primary) could not write a copy.
+    /// The answer is the map in which that copy is `stale`.
+    ///
+    /// # Errors
+    /// [`ClientError`]; 409 when the sender is not the extent's primary in the manager's map.
+    pub async fn replica_failed(
+        &self,
+        req: &ReplicaFailedRequest,
+    ) -> Result<ClusterMap, ClientError> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "replica-failed"])?,
+            &[],
+            Some(req),
+        )
+        .await
+    }
+
+    /// `POST /v1/server-unreachable`: this server could not reach peer `server`. The answer
+    /// is the manager's current map (with `server` down if the manager lost it too).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn server_unreachable(
+        &self,
+        req: &ServerUnreachableRequest,
+    ) -> Result<ClusterMap, ClientError> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "server-unreachable"])?,
+            &[],
+            Some(req),
+        )
+        .await
     }
 
     /// `GET /v1/status`.

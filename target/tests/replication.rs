@@ -515,52 +515,222 @@ async fn three_copies_stay_equal_under_writes_through_every_server() {
     replicated_volume(3).await;
 }
 
-/// A copy's server is killed: a write to an extent with a copy there fails with a retryable
-/// path error within the forwarding deadline (no hang), whichever server the host used; an
-/// extent whose copies all live is written as before. (Taking the dead copy out of the write
-/// set is the next step of replication, not this one.)
+/// A copy's server is killed (SIGKILL) under a verified write load through the two other
+/// servers, on extents whose primary lives: the primaries report the dead copies, the manager
+/// marks them `stale` in a new generation, and the writes go on (after a bounded stall) with
+/// the remaining copy. Every acknowledged block then reads back right through both surviving
+/// servers (docs/replication.md, "Failure").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_copy_is_unreachable_fails_with_a_path_error_not_a_hang() {
+async fn a_dead_copy_is_marked_stale_and_writes_go_on_with_the_others() {
     let mut c = start_cluster(2).await;
     let map = c.map().await;
     let vol = map.volume("rvol").unwrap();
-    let per_extent = EXTENT / 4096;
-    let e0 = &vol.extents[0];
-    let dead = e0.replicas[1].server.clone();
-    let primary = c.index(&e0.replicas[0].server);
-    let healthy = vol
-        .extents
-        .iter()
-        .position(|e| e.replicas.iter().all(|r| r.server != dead))
-        .expect("an extent with no copy on the killed server") as u64;
+    // The dead server: extent 0's copy (not its primary).
+    let dead = vol.extents[0].replicas[1].server.clone();
     let k = c.index(&dead);
-    c.servers[k].3.0.kill().unwrap();
-    c.servers[k].3.0.wait().unwrap();
+    // Extents under load: every one whose primary is not on the dead server; those with a
+    // copy there must lose it.
+    let load: Vec<usize> = (0..vol.extents.len())
+        .filter(|x| vol.extents[*x].replicas[0].server != dead)
+        .collect();
+    let with_copy: Vec<usize> = load
+        .iter()
+        .copied()
+        .filter(|x| vol.extents[*x].replicas.iter().any(|r| r.server == dead))
+        .collect();
+    assert!(!with_copy.is_empty(), "extent 0 has a copy on {dead}");
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != k).collect();
 
-    for i in (0..3).filter(|i| *i != k) {
-        let (_ci, qi) = c.host_queue(i).await;
-        let started = Instant::now();
-        let err = tokio::time::timeout(
-            Duration::from_secs(120),
-            qi.write(1, 0, LBA, block(0, 30, 1), false),
-        )
-        .await
-        .expect("a write whose copy is dead must not hang")
-        .unwrap_err();
+    // One writer per surviving server, each on its own blocks of every loaded extent, version
+    // after version; the copy's server is killed once they are under way.
+    let rounds = 24u32;
+    let expect = load_and_kill(&mut c, &survivors, &load, k, rounds).await;
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    eprintln!("{} blocks written {rounds} times", expect.len());
+
+    // The manager's map: each loaded extent's copy on the dead server is stale, the others
+    // in sync; and the status lists them. (The committed map, which clients get, follows each
+    // server's after phase 1b, which waits a bounded time for the dead server's ack.)
+    let stale = |m: &ClusterMap| {
+        let v = m.volume("rvol").unwrap();
+        with_copy.iter().all(|&x| {
+            v.extents[x]
+                .replicas
+                .iter()
+                .any(|r| r.server == dead && r.state == manager::map::ReplicaState::Stale)
+        })
+    };
+    let mut map = c.map().await;
+    while !stale(&map) {
         assert!(
-            matches!(&err, InitiatorError::Status(s) if s.same_code(Status::INTERNAL_PATH_ERROR)),
-            "through s{} (the primary is s{}): {err:?}",
-            i + 1,
-            primary + 1
+            Instant::now() < deadline,
+            "the committed map does not show {dead}'s copies of extents {with_copy:?} stale: {:?}",
+            map.volume("rvol")
         );
-        eprintln!(
-            "write through s{} with a dead copy: path error after {:?}",
-            i + 1,
-            started.elapsed()
-        );
-        let n = healthy * per_extent;
-        write_block(&qi, n, block(n, 31, i as u32), true).await;
-        let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
-        assert_eq!(got, block(n, 31, i as u32), "block {n} through s{}", i + 1);
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
     }
+    let vol = map.volume("rvol").unwrap();
+    for &x in &with_copy {
+        for r in &vol.extents[x].replicas {
+            let want = if r.server == dead {
+                manager::map::ReplicaState::Stale
+            } else {
+                manager::map::ReplicaState::InSync
+            };
+            assert_eq!(r.state, want, "extent {x}: {:?}", vol.extents[x]);
+        }
+    }
+    let status = c.client.status().await.unwrap();
+    for &x in &with_copy {
+        assert!(
+            status
+                .stale_replicas
+                .iter()
+                .any(|s| s.volume == "rvol" && s.extent == x && s.server == dead),
+            "extent {x} not listed stale: {:?}",
+            status.stale_replicas
+        );
+    }
+
+    // Every acknowledged block reads back right through every surviving server.
+    let mut verified = 0;
+    for &i in &survivors {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(got, *want, "block {n} through s{}", i + 1);
+            verified += 1;
+        }
+    }
+    eprintln!(
+        "{verified} reads verified through {} surviving servers; stale copies: {:?}",
+        survivors.len(),
+        status.stale_replicas
+    );
+}
+
+/// Writers through servers `through` (each its own 16 blocks of every extent in `load`),
+/// `rounds` versions each; `kill` is SIGKILLed once two rounds are done. Returns the last
+/// version acknowledged of every block.
+async fn load_and_kill(
+    c: &mut Cluster,
+    through: &[usize],
+    load: &[usize],
+    kill: usize,
+    rounds: u32,
+) -> BTreeMap<u64, Bytes> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let per_extent = EXTENT / 4096;
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (w, &i) in through.iter().enumerate() {
+        let (ctrl, q) = c.host_queue(i).await;
+        let blocks: Vec<u64> = load
+            .iter()
+            .flat_map(|&x| (0..16u64).map(move |b| x as u64 * per_extent + b * 8 + w as u64))
+            .collect();
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            let _ctrl = ctrl;
+            let mut last = BTreeMap::new();
+            for v in 1..=rounds {
+                let writes = blocks.iter().map(|&n| {
+                    let q = &q;
+                    async move {
+                        write_block(q, n, block(n, w as u32, v), v % 3 == 0).await;
+                        n
+                    }
+                });
+                for n in futures::future::join_all(writes).await {
+                    last.insert(n, block(n, w as u32, v));
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            last
+        }));
+    }
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    while done.load(Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "the writers made no progress");
+        tokio::time::sleep(POLL).await;
+    }
+    c.servers[kill].3.0.kill().unwrap();
+    c.servers[kill].3.0.wait().unwrap();
+    eprintln!(
+        "killed {} after {} rounds",
+        c.servers[kill].0,
+        done.load(Ordering::Relaxed)
+    );
+    let mut expect = BTreeMap::new();
+    for t in tasks {
+        let last = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), t)
+            .await
+            .expect("the writes did not go on after the server died")
+            .unwrap();
+        expect.extend(last);
+    }
+    expect
+}
+
+/// The primary of some extents is killed (SIGKILL) under a verified write load through the
+/// two other servers: the servers that forward to it report it unreachable, the manager
+/// (having lost its watch stream too) marks it `down`, the next copy of each of its extents
+/// becomes the primary, its copies of the others go stale, and the writes go on. Every
+/// acknowledged block reads back right through both survivors (docs/replication.md,
+/// "Failover").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_is_marked_down_and_the_next_copy_takes_the_writes() {
+    let mut c = start_cluster(2).await;
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let victim = vol.extents[0].replicas[0].server.clone();
+    let k = c.index(&victim);
+    let led: Vec<usize> = (0..vol.extents.len())
+        .filter(|x| vol.extents[*x].replicas[0].server == victim)
+        .collect();
+    let all: Vec<usize> = (0..vol.extents.len()).collect();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != k).collect();
+    let expect = load_and_kill(&mut c, &survivors, &all, k, 24).await;
+    eprintln!("{} blocks written 24 times", expect.len());
+
+    // The committed map: the victim down, each extent it led led by its other copy now.
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    let mut map = c.map().await;
+    while map.server(&victim).unwrap().state != manager::map::ServerState::Down {
+        assert!(
+            Instant::now() < deadline,
+            "the committed map does not mark {victim} down"
+        );
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+    let vol = map.volume("rvol").unwrap();
+    for &x in &led {
+        let e = &vol.extents[x];
+        let p = map.primary(e).expect("a primary");
+        assert_ne!(p.server, victim, "extent {x}: {e:?}");
+        assert!(
+            e.replicas
+                .iter()
+                .any(|r| r.server == victim && r.state == manager::map::ReplicaState::Stale),
+            "extent {x}: {e:?}"
+        );
+    }
+
+    let mut verified = 0;
+    for &i in &survivors {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(got, *want, "block {n} through s{}", i + 1);
+            verified += 1;
+        }
+    }
+    eprintln!(
+        "{verified} reads verified through {} surviving servers; extents {led:?} failed over \
+         from {victim}",
+        survivors.len()
+    );
 }

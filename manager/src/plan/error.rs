@@ -200,6 +200,32 @@ pub enum PlanError {
         /// The owner.
         owner: String,
     },
+    /// A replica report names a server that holds no copy of the extent.
+    #[error("server {server:?} holds no copy of extent {extent} of volume {volume:?}")]
+    NoSuchReplica {
+        /// The copy's server, as reported.
+        server: String,
+        /// Volume name.
+        volume: String,
+        /// Extent index.
+        extent: usize,
+    },
+    /// A replica report from a server that is not the extent's primary, or about the primary
+    /// itself.
+    #[error(
+        "server {server:?} is not the primary of extent {extent} of volume {volume:?} \
+         ({primary}): only the primary reports its copies, never itself"
+    )]
+    NotPrimary {
+        /// The sender.
+        server: String,
+        /// Volume name.
+        volume: String,
+        /// Extent index.
+        extent: usize,
+        /// The primary (or "no primary").
+        primary: String,
+    },
     /// A generation newer than the manager's.
     #[error("generation {generation} is newer than the manager's {current}")]
     FutureGeneration {
@@ -248,7 +274,10 @@ impl PlanError {
     #[must_use]
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::UnknownVolume(_) | Self::UnknownServer(_) | Self::NoSuchExtent { .. } => 404,
+            Self::UnknownVolume(_)
+            | Self::UnknownServer(_)
+            | Self::NoSuchExtent { .. }
+            | Self::NoSuchReplica { .. } => 404,
             Self::VolumeExists(_)
             | Self::ServerExists(_)
             | Self::NsidTaken { .. }
@@ -259,6 +288,7 @@ impl PlanError {
             | Self::AlreadyThere { .. }
             | Self::NotMoving { .. }
             | Self::NotOwner { .. }
+            | Self::NotPrimary { .. }
             | Self::ServerNotUp { .. }
             | Self::NoSpace { .. }
             | Self::NoSpaceOn { .. }

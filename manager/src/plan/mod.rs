@@ -10,6 +10,7 @@
 mod alloc;
 mod error;
 mod reload;
+mod replica;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -20,6 +21,7 @@ use yaml::derived_volume_uuid;
 pub use error::PlanError;
 use reload::reload_holding;
 pub use reload::{initial_map, reload, reload_from};
+pub use replica::replica_failed;
 
 use crate::api::{AddServerRequest, CreateVolumeRequest, MoveReadyRequest, MoveRequest};
 use crate::map::{
@@ -55,6 +57,14 @@ pub enum Change {
     StartMove(MoveRequest),
     /// `POST /v1/move-ready`.
     SwitchMove(MoveReadyRequest),
+    /// `POST /v1/replica-failed`; `server_gone`: the copy's server has no watch stream open
+    /// (every copy of it that is not a primary goes stale).
+    ReplicaFailed {
+        /// The report.
+        req: crate::api::ReplicaFailedRequest,
+        /// The copy's server is not connected to the manager.
+        server_gone: bool,
+    },
     /// A server's state (from a reload, or an operator).
     SetServerState {
         /// Server id.
@@ -81,6 +91,7 @@ impl Change {
             Self::AddServer(_) => "add server",
             Self::StartMove(_) => "start move",
             Self::SwitchMove(_) => "switch move",
+            Self::ReplicaFailed { .. } => "replica failed",
             Self::SetServerState { .. } => "server state",
             Self::Reload { .. } => "reload",
         }
@@ -111,6 +122,7 @@ fn apply_holding(
         Change::AddServer(req) => add_server(map, req),
         Change::StartMove(req) => step(map, |m| edit_start_move(m, req, held)),
         Change::SwitchMove(req) => switch_move(map, req),
+        Change::ReplicaFailed { req, server_gone } => replica_failed(map, req, *server_gone),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
         Change::Reload { previous, cluster } => {
             reload_holding(map, previous.as_deref(), cluster, held)
@@ -130,6 +142,7 @@ fn step(
 
 /// `next` with generation `map.generation + 1`, validated; or `map` itself if nothing changed.
 fn finish(map: &ClusterMap, mut next: ClusterMap) -> Result<ClusterMap, PlanError> {
+    replica::down_copies_stale(&mut next);
     if next == *map {
         return Ok(next);
     }

@@ -15,8 +15,9 @@ use super::auth::Caller;
 use super::{ApiError, REPORTS_PER_SECOND_MAX, REQUEST_BYTES_MAX, ReportWindow, Shared};
 use crate::api::{
     AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MapQuery,
-    MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, ReportKind, ReportRequest,
-    ResizeRequest, ServerStateRequest, ServerStatus, Status,
+    MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, ReplicaFailedRequest, ReportKind,
+    ReportRequest, ResizeRequest, ServerStateRequest, ServerStatus, ServerUnreachableRequest,
+    StaleReplica, Status,
 };
 use crate::coord::Event;
 use crate::map::ClusterMap;
@@ -77,6 +78,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/ack", post(ack))
         .route("/v1/report", post(report))
         .route("/v1/move-ready", post(move_ready))
+        .route("/v1/replica-failed", post(replica_failed))
+        .route("/v1/server-unreachable", post(server_unreachable))
         .route("/v1/status", get(status))
         .route("/v1/volumes", post(create_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
@@ -227,6 +230,85 @@ async fn move_ready(
     Ok(Json(Empty {}))
 }
 
+/// A primary's write to a copy failed: the answer is the map in which that copy is `stale`
+/// (the current one when it already is; docs/replication.md, "Failure").
+async fn replica_failed(
+    State(s): S,
+    Extension(caller): C,
+    b: Result<Json<ReplicaFailedRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let req = body(b)?;
+    caller.speaks_for(&req.primary, "replica-failed report")?;
+    known_server(&s, &req.primary)?;
+    // A copy's server with no watch stream open is gone (killed, cut off, restarting): all
+    // its copies that are not a primary go stale in this one generation, rather than one
+    // generation per extent as each primary's writes find them.
+    let server_gone = !s.watchers().server_watching(&req.server);
+    tracing::info!(primary = %req.primary, volume = %req.volume, extent = req.extent,
+        copy = %req.server, generation = req.generation, server_gone, "replica write failed: marking the copy stale");
+    Ok(Json(
+        s.change(Change::ReplicaFailed { req, server_gone }).await?,
+    ))
+}
+
+/// How long the manager must itself have had no watch stream from a server before a peer's
+/// `server-unreachable` report marks it `down` (one slow peer does not take a live server out).
+pub(super) const SERVER_LOST: Duration = Duration::from_secs(3);
+
+/// A server could not reach a peer: the answer is the current map, in which the peer is
+/// `down` if the manager has had no watch stream from it for [`SERVER_LOST`]
+/// (docs/replication.md, "Failover").
+async fn server_unreachable(
+    State(s): S,
+    Extension(caller): C,
+    b: Result<Json<ServerUnreachableRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let req = body(b)?;
+    caller.speaks_for(&req.from, "server-unreachable report")?;
+    known_server(&s, &req.from)?;
+    known_server(&s, &req.server)?;
+    if req.from == req.server {
+        return Err(ApiError::new(
+            400,
+            format!("server {} reports itself unreachable", req.from),
+        ));
+    }
+    let head = Arc::clone(&s.lock().head);
+    if head
+        .server(&req.server)
+        .is_some_and(|e| e.state == crate::map::ServerState::Down)
+    {
+        return Ok(Json((*head).clone()));
+    }
+    // Only a server that is the primary of an extent with other copies is marked down this
+    // way: the next copy takes over. (A single copy's server is down either way.)
+    let primary_somewhere = head.volumes.iter().any(|v| {
+        v.replicas > 1
+            && v.extents
+                .iter()
+                .any(|e| head.primary(e).is_some_and(|r| r.server == req.server))
+    });
+    let lost = s.watchers().server_lost_for(&req.server);
+    match lost {
+        Some(d) if d >= SERVER_LOST && primary_somewhere => {
+            tracing::warn!(server = %req.server, from = %req.from, lost_ms = d.as_millis(),
+                "server unreachable and without a watch stream: marking it down");
+            Ok(Json(
+                s.change(Change::SetServerState {
+                    id: req.server,
+                    state: crate::map::ServerState::Down,
+                })
+                .await?,
+            ))
+        }
+        _ => {
+            tracing::info!(server = %req.server, from = %req.from, watching = lost.is_none(),
+                primary_somewhere, "server-unreachable report: not marking it down (yet)");
+            Ok(Json((*head).clone()))
+        }
+    }
+}
+
 async fn status(State(s): S) -> Json<Status> {
     let inner = s.lock();
     let head = &inner.head;
@@ -242,8 +324,18 @@ async fn status(State(s): S) -> Json<Status> {
         })
         .collect();
     let mut moves = Vec::new();
+    let mut stale_replicas = Vec::new();
     for v in &head.volumes {
         for (i, ext) in v.extents.iter().enumerate() {
+            for r in &ext.replicas {
+                if r.state == crate::map::ReplicaState::Stale {
+                    stale_replicas.push(StaleReplica {
+                        volume: v.name.clone(),
+                        extent: i,
+                        server: r.server.clone(),
+                    });
+                }
+            }
             if let (Some(m), Some(owner)) = (&ext.moving, ext.replicas.first()) {
                 moves.push(MoveStatus {
                     volume: v.name.clone(),
@@ -270,6 +362,7 @@ async fn status(State(s): S) -> Json<Status> {
         reports: inner.reports.clone(),
         moves,
         publishing,
+        stale_replicas,
     })
 }
 

@@ -42,9 +42,29 @@ pub(super) struct Watchers {
     /// Each server's own streams, oldest first.
     servers: HashMap<String, VecDeque<u64>>,
     next_stream: u64,
+    /// Since when each server without a stream of its own has had none (from its last stream's
+    /// end, or from the first time it was asked about).
+    lost_since: HashMap<String, std::time::Instant>,
 }
 
 impl Watchers {
+    /// Whether server `id` has its own stream open.
+    pub(super) fn server_watching(&self, id: &str) -> bool {
+        self.servers.contains_key(id)
+    }
+
+    /// How long server `id` has had no stream of its own (`None`: it has one now).
+    pub(super) fn server_lost_for(&mut self, id: &str) -> Option<std::time::Duration> {
+        if self.servers.contains_key(id) {
+            return None;
+        }
+        let since = *self
+            .lost_since
+            .entry(id.to_owned())
+            .or_insert_with(std::time::Instant::now);
+        Some(since.elapsed())
+    }
+
     /// Open streams: (clients', servers' own).
     pub(super) fn open(&self) -> (usize, usize) {
         (self.clients, self.servers.values().map(VecDeque::len).sum())
@@ -97,6 +117,7 @@ impl Drop for WatcherSlot {
                     q.retain(|s| s != stream);
                     if q.is_empty() {
                         w.servers.remove(id);
+                        w.lost_since.insert(id.clone(), std::time::Instant::now());
                     }
                 }
             }
@@ -115,6 +136,7 @@ fn admit(
     if let Some(id) = own_server {
         let stream = w.next_stream;
         w.next_stream = w.next_stream.wrapping_add(1);
+        w.lost_since.remove(id);
         let q = w.servers.entry(id.to_owned()).or_default();
         q.push_back(stream);
         let mut evicted = false;

@@ -277,6 +277,8 @@ pub struct NodeShared {
     pub dhchap: Option<ClusterSecrets>,
     /// Ranges of the pool held by replicated writes in flight (this server as primary).
     pub replica_locks: replica::RangeLocks,
+    /// Failed copies reported to the manager (deduplicated, rate-limited).
+    pub replica_reports: replica::Reports,
 }
 
 impl NodeShared {
@@ -442,6 +444,7 @@ pub async fn start(
         ),
         dhchap,
         replica_locks: replica::RangeLocks::default(),
+        replica_reports: replica::Reports::default(),
     });
     // Namespace 1, the pool for routed commands: writes to extents this server is the primary
     // of reach every copy; the copies take them on namespace 3, under the primary rule

@@ -9,11 +9,14 @@
 //! node's rule ([`node::Ownership::fanout`]); an extent with one copy is written as before,
 //! with no lock.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
+use manager::api::ReplicaFailedRequest;
+use manager::map::{ClusterMap, ExtentEntry, ReplicaState, ServerState};
 
 use super::NodeShared;
 use super::node::{self, Copy};
@@ -93,10 +96,15 @@ impl Drop for RangeGuard<'_> {
 
 /// Runs `op` on this server's pool bytes `[off, off + len)`: on the pool alone when they are
 /// not in an extent this server is the primary of with other copies, else under the range
-/// lock on every copy that takes writes. Fails with a retryable path error
-/// ([`VolumeError::NoPath`]) when an `in_sync` copy's write failed or did not complete before
-/// the forwarding deadline: marking that copy stale is not done yet (docs/replication.md,
-/// "Status").
+/// lock on every copy that takes writes.
+///
+/// A copy whose write fails (an error, a refusal, a lost connection, or no answer within
+/// [`replica_timeout`]) is reported to the manager (`POST /v1/replica-failed`), and this
+/// write waits, still holding the lock, until this server has installed a map in which that
+/// copy is not `in_sync`; it then completes once every copy `in_sync` in that map has it
+/// (sending it to one that has not). Past the forwarding deadline it fails with a retryable
+/// path error ([`VolumeError::NoPath`]), as does a write whose extent this server is no
+/// longer the primary of (docs/replication.md, "Failure").
 pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResult<()> {
     let Some(fanout) = node.admission.ownership().fanout(off, len) else {
         return own(node, off, len, &op).await;
@@ -117,25 +125,277 @@ pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResu
     // server stays the primary, a late copy write is still ordered by the range lock.)
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     let expires = node::expires_at(super::wall_clock_ms(), timeout_ms);
+    // A copy that has not answered by then is reported, leaving time to install the map that
+    // takes it out of the write set before the deadline.
+    let copy_deadline = deadline.min(tokio::time::Instant::now() + replica_timeout(timeout));
     let within = off - fanout.extent.0;
     let op = &op;
     let forwards = fanout.copies.iter().map(|c| async move {
-        let r = forward(node, c, c.offset + within, len, op, deadline, expires).await;
+        let r = forward(node, c, c.offset + within, len, op, copy_deadline, expires).await;
         (c, r)
     });
     let (mine, theirs) = futures::join!(own(node, off, len, op), join_all(forwards));
     mine?;
-    let mut failed = None;
+    let mut acked = Vec::new();
+    let mut failed = Vec::new();
     for (c, r) in theirs {
-        if let Err(e) = r {
-            tracing::warn!(copy = %c.server, in_sync = c.counts, error = %e,
-                "replica write failed");
-            if c.counts {
-                failed = Some(e);
+        match r {
+            Ok(()) => acked.push((c.server.clone(), c.offset)),
+            Err(e) => {
+                tracing::warn!(copy = %c.server, in_sync = c.counts, error = %e,
+                    "replica write failed");
+                if c.counts {
+                    failed.push((c.server.clone(), c.offset));
+                }
             }
         }
     }
-    failed.map_or(Ok(()), Err)
+    if failed.is_empty() {
+        return Ok(());
+    }
+    out_of_write_set(
+        node,
+        (off, len, within),
+        op,
+        (acked, failed),
+        (deadline, expires),
+    )
+    .await
+}
+
+/// One copy: (server, offset of the extent in its pool).
+type CopyKey = (String, u64);
+
+/// How long the primary waits for a copy's answer before it reports the copy: 2 s, or less
+/// with a short forwarding deadline (half of it), so that the report and the new map fit in.
+pub fn replica_timeout(forward: Duration) -> Duration {
+    REPLICA_TIMEOUT.min(forward / 2)
+}
+
+/// Default bound on a copy's answer to a replica write.
+pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After copies in `failed` did not take the write (`acked` did): reports each, waits for a
+/// map where none of them is `in_sync`, sends the write to any `in_sync` copy of that map that
+/// does not have it, and completes once all have it; or fails at `deadline`.
+async fn out_of_write_set(
+    node: &NodeShared,
+    (off, len, within): (u64, u64, u64),
+    op: &WriteOp,
+    (mut acked, mut failed): (Vec<CopyKey>, Vec<CopyKey>),
+    (deadline, expires): (tokio::time::Instant, u64),
+) -> IoResult<()> {
+    let settling = || VolumeError::NoPath(NoPath::MapSettling);
+    loop {
+        let generation = node.registry.generation.current();
+        let map = node.map.load_full();
+        let Some((volume, index, ext)) = extent_at(&map, &node.me, off) else {
+            return Err(settling());
+        };
+        if map.primary(ext).is_none_or(|p| p.server != node.me) {
+            tracing::warn!(
+                volume,
+                extent = index,
+                "replicated write: no longer the primary"
+            );
+            return Err(settling());
+        }
+        // The copies this map counts for the ack that do not have the write yet.
+        let missing: Vec<CopyKey> = ext
+            .replicas
+            .iter()
+            .filter(|r| r.server != node.me && r.state == ReplicaState::InSync)
+            .filter(|r| {
+                map.server(&r.server)
+                    .is_some_and(|s| s.state != ServerState::Down)
+            })
+            .map(|r| (r.server.clone(), r.offset))
+            .filter(|k| !acked.contains(k))
+            .collect();
+        if missing.is_empty() {
+            tracing::info!(
+                volume,
+                extent = index,
+                generation,
+                "replicated write completed without the copies out of the write set"
+            );
+            return Ok(());
+        }
+        let mut waiting = false;
+        for k in missing {
+            if failed.contains(&k) {
+                report(node, volume, index, &k.0, generation, deadline).await;
+                waiting = true;
+                continue;
+            }
+            // In sync in this map and never sent (or sent to an older placement): send now.
+            let c = Copy {
+                server: k.0.clone(),
+                offset: k.1,
+                counts: true,
+            };
+            let copy_deadline =
+                deadline.min(tokio::time::Instant::now() + replica_timeout(node.forward_timeout()));
+            match forward(node, &c, k.1 + within, len, op, copy_deadline, expires).await {
+                Ok(()) => acked.push(k),
+                Err(e) => {
+                    tracing::warn!(copy = %c.server, error = %e, "replica write failed");
+                    failed.push(k);
+                    waiting = true;
+                }
+            }
+        }
+        if waiting {
+            // The manager's answer comes back as a new generation on the watch stream.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    volume,
+                    extent = index,
+                    "replicated write: no map without the failed copy before the deadline"
+                );
+                return Err(settling());
+            }
+            node.registry
+                .generation
+                .wait_for(generation + 1, left.min(Duration::from_millis(100)))
+                .await;
+        }
+    }
+}
+
+/// The extent this server holds a copy of at pool offset `off`: (volume, index, extent).
+fn extent_at<'m>(
+    map: &'m ClusterMap,
+    me: &str,
+    off: u64,
+) -> Option<(&'m str, usize, &'m ExtentEntry)> {
+    map.volumes.iter().find_map(|v| {
+        v.extents.iter().enumerate().find_map(|(i, e)| {
+            e.replicas
+                .iter()
+                .any(|r| r.server == me && r.offset <= off && off - r.offset < v.extent_size)
+                .then_some((v.name.as_str(), i, e))
+        })
+    })
+}
+
+/// (volume, extent index, copy's server).
+type ReportKey = (String, usize, String);
+
+/// Failed copies reported to the manager: one report per (volume, extent, copy's server)
+/// and generation, and none within [`REPORT_GAP`] of the previous one for the same copy.
+#[derive(Default)]
+pub struct Reports {
+    sent: Mutex<HashMap<ReportKey, (u64, std::time::Instant)>>,
+    /// Peers last reported unreachable, and when.
+    unreachable: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// Least time between two `server-unreachable` reports of the same peer.
+const UNREACHABLE_GAP: Duration = Duration::from_secs(1);
+
+/// Tells the manager (in the background, at most once per [`UNREACHABLE_GAP`] per peer) that
+/// a command forwarded to `server` was lost or not answered in time. The manager marks
+/// `server` down only if it has lost that server's watch stream too (docs/replication.md,
+/// "Failover"); the next map then names the next copy as the primary of its extents.
+pub fn report_unreachable(node: &Arc<NodeShared>, server: &str) {
+    {
+        let mut last = lock(&node.replica_reports.unreachable);
+        let now = std::time::Instant::now();
+        if last
+            .get(server)
+            .is_some_and(|at| now.duration_since(*at) < UNREACHABLE_GAP)
+        {
+            return;
+        }
+        last.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+        last.insert(server.to_owned(), now);
+    }
+    let node = Arc::clone(node);
+    let req = manager::api::ServerUnreachableRequest {
+        from: node.me.clone(),
+        server: server.to_owned(),
+    };
+    tokio::spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(5), node.client.server_unreachable(&req))
+            .await
+        {
+            Ok(Ok(m)) => {
+                let down = m
+                    .server(&req.server)
+                    .is_some_and(|s| s.state == ServerState::Down);
+                tracing::info!(peer = %req.server, down, generation = m.generation,
+                    "reported an unreachable peer");
+                if down {
+                    node.refresh.notify_one();
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %req.server, error = %e, "server-unreachable report failed");
+            }
+            Err(_) => {
+                tracing::warn!(peer = %req.server, "server-unreachable report: no answer");
+            }
+        }
+    });
+}
+
+/// Least time between two reports of the same copy.
+const REPORT_GAP: Duration = Duration::from_millis(500);
+
+/// Reports `server`'s copy of extent `index` of `volume` to the manager (unless a report of
+/// it was sent at this generation or very recently), bounded by `deadline`.
+async fn report(
+    node: &NodeShared,
+    volume: &str,
+    index: usize,
+    server: &str,
+    generation: u64,
+    deadline: tokio::time::Instant,
+) {
+    let key = (volume.to_owned(), index, server.to_owned());
+    {
+        let mut sent = lock(&node.replica_reports.sent);
+        let now = std::time::Instant::now();
+        if let Some((g, at)) = sent.get(&key)
+            && (*g >= generation || now.duration_since(*at) < REPORT_GAP)
+        {
+            return;
+        }
+        // Bounded: entries of copies reported long ago go.
+        sent.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));
+        sent.insert(key, (generation, now));
+    }
+    let req = ReplicaFailedRequest {
+        primary: node.me.clone(),
+        volume: volume.to_owned(),
+        extent: index,
+        server: server.to_owned(),
+        generation,
+    };
+    tracing::warn!(volume, extent = index, copy = %server, generation,
+        "reporting a failed copy to the manager");
+    match tokio::time::timeout_at(deadline, node.client.replica_failed(&req)).await {
+        Ok(Ok(m)) => {
+            tracing::info!(volume, extent = index, copy = %server, generation = m.generation,
+                "the manager took the copy out of the write set");
+            node.refresh.notify_one();
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(volume, extent = index, copy = %server, error = %e,
+                "replica-failed report refused or lost");
+            // A later failed write may report again, after the gap.
+            lock(&node.replica_reports.sent).insert(
+                (volume.to_owned(), index, server.to_owned()),
+                (0, std::time::Instant::now()),
+            );
+        }
+        Err(_) => {
+            tracing::warn!(volume, extent = index, copy = %server,
+                "replica-failed report: no answer before the deadline");
+        }
+    }
 }
 
 /// `op` on this server's own pool.

@@ -251,6 +251,9 @@ impl RoutedVolume {
                         Ok(a) => a,
                         Err(_) => {
                             tracing::warn!(peer = %server, "forwarded command timed out");
+                            if replicated(node, name) {
+                                replica::report_unreachable(node, &server);
+                            }
                             node.peers.drop_peer(&server);
                             node.refresh.notify_one();
                             return Err(last);
@@ -280,6 +283,9 @@ impl RoutedVolume {
                     retry.on_answer(generation, Answer::Lost)
                 }
                 Err(RouteError::Unreachable(server)) => {
+                    if replicated(node, name) {
+                        replica::report_unreachable(node, &server);
+                    }
                     node.peers.drop_peer(&server);
                     last = VolumeError::NoPath(NoPath::Unreachable);
                     retry.on_answer(generation, Answer::Lost)
@@ -309,6 +315,12 @@ impl RoutedVolume {
         }
         Err(last)
     }
+}
+
+/// Whether volume `name` keeps several copies (a dead primary of it is reported, so that the
+/// manager can hand its extents to the next copy).
+fn replicated(node: &NodeShared, name: &str) -> bool {
+    node.map.load().volume(name).is_some_and(|v| v.replicas > 1)
 }
 
 /// Why one routed piece failed.

@@ -307,6 +307,12 @@ async fn status(client: &Client) -> Result<(), String> {
             m.volume, m.extent, m.from, m.to
         );
     }
+    for r in &s.stale_replicas {
+        println!(
+            "stale copy: {} extent {} on {} (takes no writes until rebuilt)",
+            r.volume, r.extent, r.server
+        );
+    }
     Ok(())
 }
 

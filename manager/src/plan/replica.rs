@@ -1,0 +1,327 @@
+//! A copy taken out of the write set (docs/replication.md, "Failure"): the primary of an
+//! extent reports that its write to a copy failed, and the next map marks that copy `stale`.
+//! The copy keeps its pool range (a rebuild writes into it in place).
+
+use super::{PlanError, extent_mut, step};
+use crate::api::ReplicaFailedRequest;
+use crate::map::{ClusterMap, ReplicaState, ServerState};
+
+/// `POST /v1/replica-failed`: the map with `req.server`'s copy of the extent `stale`; with
+/// `server_gone` (that server is not connected to the manager), every copy on that server
+/// that is not its extent's primary too, in the same generation.
+///
+/// Accepted only from the extent's primary in `map` (the copy that orders its writes), about
+/// another copy. A copy already `stale` leaves the map unchanged, generation included (a
+/// repeated or late report publishes nothing). A primary never goes stale this way, so a
+/// report never leaves an extent without an `in_sync` copy.
+///
+/// # Errors
+/// Unknown volume or extent, a server holding no copy of it, a sender that is not its primary
+/// (or reports itself), a generation newer than the map's.
+pub fn replica_failed(
+    map: &ClusterMap,
+    req: &ReplicaFailedRequest,
+    server_gone: bool,
+) -> Result<ClusterMap, PlanError> {
+    if req.generation > map.generation {
+        return Err(PlanError::FutureGeneration {
+            generation: req.generation,
+            current: map.generation,
+        });
+    }
+    let primary = map
+        .volume(&req.volume)
+        .and_then(|v| v.extents.get(req.extent))
+        .and_then(|e| map.primary(e))
+        .map(|r| r.server.clone());
+    step(map, |m| {
+        let (_, ext) = extent_mut(m, &req.volume, req.extent)?;
+        if primary.as_deref() != Some(req.primary.as_str()) || req.server == req.primary {
+            return Err(PlanError::NotPrimary {
+                server: req.primary.clone(),
+                volume: req.volume.clone(),
+                extent: req.extent,
+                primary: primary.map_or_else(|| "no primary".to_owned(), |p| format!("{p:?}")),
+            });
+        }
+        let copy = ext
+            .replicas
+            .iter_mut()
+            .find(|r| r.server == req.server)
+            .ok_or_else(|| PlanError::NoSuchReplica {
+                server: req.server.clone(),
+                volume: req.volume.clone(),
+                extent: req.extent,
+            })?;
+        copy.state = ReplicaState::Stale;
+        if server_gone {
+            let primaries: Vec<Vec<Option<String>>> = map
+                .volumes
+                .iter()
+                .map(|v| {
+                    v.extents
+                        .iter()
+                        .map(|e| map.primary(e).map(|r| r.server.clone()))
+                        .collect()
+                })
+                .collect();
+            for (v, ps) in m.volumes.iter_mut().zip(&primaries) {
+                for (e, p) in v.extents.iter_mut().zip(ps) {
+                    if p.as_deref() == Some(req.server.as_str()) {
+                        continue;
+                    }
+                    for r in e.replicas.iter_mut().filter(|r| r.server == req.server) {
+                        r.state = ReplicaState::Stale;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Every `in_sync` copy on a server marked `down` becomes `stale`, unless no copy of its
+/// extent on a server that is not down is `in_sync` (then it stays: it holds the newest data,
+/// as no write could complete without it). Run on every next map, so a mark-down (operator,
+/// reload, or the manager's old-owner timeout) hands each extent it was the primary of to the
+/// next `in_sync` copy, and setting the server `up` again does not bring back copies that
+/// missed writes meanwhile. Volumes with one copy are unchanged.
+pub(super) fn down_copies_stale(m: &mut ClusterMap) {
+    let down: Vec<String> = m
+        .servers
+        .iter()
+        .filter(|s| s.state == ServerState::Down)
+        .map(|s| s.id.clone())
+        .collect();
+    if down.is_empty() {
+        return;
+    }
+    let is_down = |id: &str| down.iter().any(|d| d == id);
+    for v in &mut m.volumes {
+        for e in &mut v.extents {
+            let live_in_sync = e
+                .replicas
+                .iter()
+                .any(|r| r.state == ReplicaState::InSync && !is_down(&r.server));
+            if !live_in_sync {
+                continue;
+            }
+            for r in e.replicas.iter_mut().filter(|r| is_down(&r.server)) {
+                if r.state == ReplicaState::InSync {
+                    r.state = ReplicaState::Stale;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::api::{AddServerRequest, CreateVolumeRequest};
+    use crate::map::HostPolicy;
+    use crate::plan::{add_server, create_volume};
+
+    const MIB: u64 = 1 << 20;
+
+    /// Three servers and volume `v` of 4 extents with 2 copies each.
+    fn cluster() -> ClusterMap {
+        let mut m = crate::plan::tests::two_servers();
+        m = add_server(
+            &m,
+            &AddServerRequest {
+                id: "s3".to_owned(),
+                portal: "127.0.0.1:4422".parse().unwrap(),
+                internal: "127.0.0.1:4522".parse().unwrap(),
+                pool_bytes: 64 * MIB,
+            },
+        )
+        .unwrap();
+        create_volume(
+            &m,
+            &CreateVolumeRequest {
+                name: "v".to_owned(),
+                size: 4 * MIB,
+                block_size: None,
+                extent_size: Some(MIB),
+                replicas: Some(2),
+                subsystem: "nqn.2026-11.dev.tessera:t".to_owned(),
+                nsid: None,
+                hosts: Some(HostPolicy::Any),
+            },
+        )
+        .unwrap()
+    }
+
+    fn report(m: &ClusterMap, extent: usize, from: &str, copy: &str) -> ReplicaFailedRequest {
+        ReplicaFailedRequest {
+            primary: from.to_owned(),
+            volume: "v".to_owned(),
+            extent,
+            server: copy.to_owned(),
+            generation: m.generation,
+        }
+    }
+
+    fn copies(m: &ClusterMap, extent: usize) -> (String, String) {
+        let e = &m.volume("v").unwrap().extents[extent];
+        (e.replicas[0].server.clone(), e.replicas[1].server.clone())
+    }
+
+    #[test]
+    fn the_primarys_report_marks_the_copy_stale_in_the_next_generation_keeping_its_space() {
+        let m = cluster();
+        let (p, c) = copies(&m, 1);
+        let free = m.free_bytes(&c);
+        let next = replica_failed(&m, &report(&m, 1, &p, &c), false).unwrap();
+        assert_eq!(next.generation, m.generation + 1);
+        let e = &next.volume("v").unwrap().extents[1];
+        assert_eq!(e.replicas[1].server, c);
+        assert_eq!(e.replicas[1].state, ReplicaState::Stale);
+        assert_eq!(e.replicas[0].state, ReplicaState::InSync);
+        assert_eq!(next.primary(e).unwrap().server, p);
+        // The stale copy keeps its pool range.
+        assert_eq!(next.free_bytes(&c), free);
+        assert_eq!(
+            e.replicas[1].offset,
+            m.volume("v").unwrap().extents[1].replicas[1].offset
+        );
+        // Other extents are untouched.
+        for i in [0, 2, 3] {
+            assert_eq!(
+                next.volume("v").unwrap().extents[i],
+                m.volume("v").unwrap().extents[i]
+            );
+        }
+        next.validate().unwrap();
+    }
+
+    #[test]
+    fn a_repeated_or_late_report_changes_nothing() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let next = replica_failed(&m, &report(&m, 0, &p, &c), false).unwrap();
+        // The same report again, and one sent at the older generation: no new generation.
+        let again = replica_failed(&next, &report(&next, 0, &p, &c), false).unwrap();
+        assert_eq!(again, next);
+        let late = replica_failed(&next, &report(&m, 0, &p, &c), false).unwrap();
+        assert_eq!(late, next);
+    }
+
+    #[test]
+    fn only_the_primary_may_report_and_never_itself() {
+        let m = cluster();
+        let (p, c) = copies(&m, 2);
+        // The copy reporting the primary: refused, whatever it says.
+        let e = replica_failed(&m, &report(&m, 2, &c, &p), false).unwrap_err();
+        assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
+        assert_eq!(e.http_status(), 409);
+        // A server holding no copy.
+        let other = ["s1", "s2", "s3"]
+            .into_iter()
+            .find(|s| *s != p && *s != c)
+            .unwrap();
+        let e = replica_failed(&m, &report(&m, 2, other, &c), false).unwrap_err();
+        assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
+        // The primary about itself.
+        let e = replica_failed(&m, &report(&m, 2, &p, &p), false).unwrap_err();
+        assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
+        // The primary about a server without a copy.
+        let e = replica_failed(&m, &report(&m, 2, &p, other), false).unwrap_err();
+        assert!(matches!(e, PlanError::NoSuchReplica { .. }), "{e}");
+        assert_eq!(e.http_status(), 404);
+        // Unknown extent, future generation.
+        let e = replica_failed(&m, &report(&m, 9, &p, &c), false).unwrap_err();
+        assert!(matches!(e, PlanError::NoSuchExtent { .. }), "{e}");
+        let mut future = report(&m, 2, &p, &c);
+        future.generation = m.generation + 1;
+        let e = replica_failed(&m, &future, false).unwrap_err();
+        assert!(matches!(e, PlanError::FutureGeneration { .. }), "{e}");
+    }
+
+    #[test]
+    fn once_the_primary_is_down_the_next_copy_is_primary_and_the_last_in_sync_stays() {
+        let m = cluster();
+        let (p, c) = copies(&m, 3);
+        let down = crate::plan::set_server_state(&m, &p, crate::map::ServerState::Down).unwrap();
+        // The old primary (down) may no longer report; the copy, now the primary, may report
+        // the old primary's copy but never itself: the extent keeps an in_sync copy.
+        let e = replica_failed(&down, &report(&down, 3, &p, &c), false).unwrap_err();
+        assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
+        let e = replica_failed(&down, &report(&down, 3, &c, &c), false).unwrap_err();
+        assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
+        let next = replica_failed(&down, &report(&down, 3, &c, &p), false).unwrap();
+        let ext = &next.volume("v").unwrap().extents[3];
+        assert!(
+            ext.replicas
+                .iter()
+                .any(|r| r.state == ReplicaState::InSync && r.server == c)
+        );
+    }
+
+    #[test]
+    fn a_gone_server_loses_every_copy_but_those_it_is_the_primary_of() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let next = replica_failed(&m, &report(&m, 0, &p, &c), true).unwrap();
+        assert_eq!(next.generation, m.generation + 1);
+        let (old, new) = (m.volume("v").unwrap(), next.volume("v").unwrap());
+        for (x, (e0, e1)) in old.extents.iter().zip(&new.extents).enumerate() {
+            for (r0, r1) in e0.replicas.iter().zip(&e1.replicas) {
+                let primary = m.primary(e0).unwrap().server == r0.server;
+                let want = if r0.server == c && !primary {
+                    ReplicaState::Stale
+                } else {
+                    ReplicaState::InSync
+                };
+                assert_eq!(r1.state, want, "extent {x}: {e1:?}");
+                assert_eq!(r1.offset, r0.offset);
+            }
+            assert!(
+                new.extents[x]
+                    .replicas
+                    .iter()
+                    .any(|r| r.state == ReplicaState::InSync)
+            );
+        }
+        next.validate().unwrap();
+    }
+
+    #[test]
+    fn a_server_marked_down_loses_its_copies_but_never_the_last_in_sync_one() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        let v = down.volume("v").unwrap();
+        for (x, e) in v.extents.iter().enumerate() {
+            for r in &e.replicas {
+                let want = if r.server == p {
+                    ReplicaState::Stale
+                } else {
+                    ReplicaState::InSync
+                };
+                assert_eq!(r.state, want, "extent {x}: {e:?}");
+            }
+        }
+        // Extent 0's next copy is its primary now; back up, the stale copy stays stale.
+        assert_eq!(down.primary(&v.extents[0]).unwrap().server, c);
+        let up = crate::plan::set_server_state(&down, &p, ServerState::Up).unwrap();
+        let e0 = &up.volume("v").unwrap().extents[0];
+        assert_eq!(up.primary(e0).unwrap().server, c);
+        assert!(
+            e0.replicas
+                .iter()
+                .any(|r| r.server == p && r.state == ReplicaState::Stale)
+        );
+        // Both copies' servers down: the last in_sync copy stays in_sync.
+        let both = crate::plan::set_server_state(&down, &c, ServerState::Down).unwrap();
+        let e0 = &both.volume("v").unwrap().extents[0];
+        assert!(
+            e0.replicas
+                .iter()
+                .any(|r| r.server == c && r.state == ReplicaState::InSync)
+        );
+        both.validate().unwrap();
+    }
+}
