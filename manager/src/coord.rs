@@ -500,7 +500,7 @@ impl Coordinator {
                 v.extents
                     .iter()
                     .enumerate()
-                    .any(|(i, e)| e.replicas.first() != newer.owner(&v.name, i))
+                    .any(|(i, e)| !same_owner(e.replicas.first(), newer.owner(&v.name, i)))
             })
         };
         if let Some(p) = &self.pending
@@ -694,9 +694,19 @@ fn cancels(prev: &ClusterMap, newer: &ClusterMap) -> bool {
             let (Some(was), Some(now)) = (e.replicas.first(), newer.owner(&v.name, i)) else {
                 return false;
             };
-            was != now && e.moving.as_ref().is_none_or(|m| m.to != *now)
+            !was.same_place(now) && e.moving.as_ref().is_none_or(|m| !m.to.same_place(now))
         })
     })
+}
+
+/// Whether two owners are the same copy (a replica's state changing, e.g. to `stale` when its
+/// server is marked down, is not a change of owner).
+fn same_owner(a: Option<&crate::map::Replica>, b: Option<&crate::map::Replica>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.same_place(b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

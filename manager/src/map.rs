@@ -133,6 +133,15 @@ pub struct Replica {
     pub state: ReplicaState,
 }
 
+impl Replica {
+    /// Whether `other` is the same copy (server and offset), whatever the states: what "the
+    /// owner changed" means for moves, switches and their cancellation.
+    #[must_use]
+    pub fn same_place(&self, other: &Replica) -> bool {
+        self.server == other.server && self.offset == other.offset
+    }
+}
+
 /// How far one copy of an extent is trusted (docs/replication.md, "The map").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -689,7 +689,7 @@ pub fn cancel_moves_to_down(chain: &[Arc<ClusterMap>], next: &mut ClusterMap) ->
                     .skip(1)
                     .map(|m| m.owner(&v.name, i))
                     .chain(std::iter::once(next.owner(&v.name, i)))
-                    .any(|o| o != Some(was));
+                    .any(|o| o.is_none_or(|o| !o.same_place(was)));
                 moved.then(|| (v.name.clone(), i, was.clone()))
             })
         })
@@ -702,7 +702,7 @@ pub fn cancel_moves_to_down(chain: &[Arc<ClusterMap>], next: &mut ClusterMap) ->
             .skip(1)
             .filter_map(|m| m.owner(vol, *i))
             .chain(next.owner(vol, *i))
-            .any(|r| r != was && is_down(next, &r.server))
+            .any(|r| !r.same_place(was) && is_down(next, &r.server))
     });
     if trigger {
         let mut trial = next.clone();
@@ -781,7 +781,11 @@ fn owner_changes(chain: &[Arc<ClusterMap>], vol: &str, i: usize, last: &Replica)
         .collect();
     owners
         .windows(2)
-        .filter(|w| matches!(w, [a, b] if a != b))
+        .filter(|w| match w {
+            [Some(a), Some(b)] => !a.same_place(b),
+            [a, b] => a.is_some() != b.is_some(),
+            _ => false,
+        })
         .count()
 }
 

@@ -241,6 +241,31 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_gone_stale_is_not_a_cancelled_switch() {
+        // Marking the primary's server down turns replicas[0] stale: the owner is the same
+        // copy, so the manager (plan and coordinator) must not take it for a cancellation and
+        // "give back" the in_sync copy (found merging the cancellation with replica states).
+        let m = cluster();
+        let (p, _c) = copies(&m, 3);
+        let chain = vec![std::sync::Arc::new(m.clone())];
+        let (next, cancelled) = crate::plan::apply_cancelling(
+            &m,
+            &crate::plan::Change::SetServerState {
+                id: p.clone(),
+                state: crate::map::ServerState::Down,
+            },
+            &chain,
+        )
+        .unwrap();
+        assert!(cancelled.is_empty(), "{cancelled:?}");
+        let first = &next.volume("v").unwrap().extents[3].replicas[0];
+        assert_eq!(
+            (first.server.as_str(), first.state),
+            (p.as_str(), ReplicaState::Stale)
+        );
+    }
+
+    #[test]
     fn once_the_primary_is_down_the_next_copy_is_primary_and_the_last_in_sync_stays() {
         let m = cluster();
         let (p, c) = copies(&m, 3);
