@@ -11,6 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
+/// The longest a command waits at a closed gate (docs/cluster-protocol.md, "Bounds"); then it
+/// is answered without running (a host: a retryable path error; a peer: "server behind" with
+/// a retry delay), whatever the install that closed the gate still has to do.
+pub const GATE_WAIT: std::time::Duration =
+    std::time::Duration::from_millis(super::node::policy::GATE_WAIT_MS);
+
 #[derive(Debug, Default)]
 pub struct Gate {
     closed: AtomicBool,
@@ -58,6 +64,11 @@ impl Gate {
         }
     }
 
+    /// [`Gate::enter`], giving up after `limit`: `None` if the gate stayed closed that long.
+    pub async fn enter_within(self: &Arc<Self>, limit: std::time::Duration) -> Option<Pass> {
+        tokio::time::timeout(limit, self.enter()).await.ok()
+    }
+
     /// Closes the gate and waits until every command inside has left.
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -89,6 +100,26 @@ mod tests {
     /// generous enough for a loaded 2-core machine (the 20 ms sleeps below only let other tasks
     /// run; the checks after them hold however long the sleep really was).
     const PROGRESS_DEADLINE: Duration = Duration::from_secs(30);
+
+    /// A gate that stays closed turns the waiter away after the limit (no timing is asserted:
+    /// only that it returns, without a pass); one that opens within the limit lets it in.
+    #[tokio::test]
+    async fn a_command_waits_at_a_closed_gate_for_the_limit_only() {
+        let g = Arc::new(Gate::default());
+        g.close().await;
+        let turned_away =
+            tokio::time::timeout(PROGRESS_DEADLINE, g.enter_within(Duration::from_millis(50)))
+                .await
+                .expect("enter_within did not give up");
+        assert!(turned_away.is_none(), "entered a closed gate");
+        let waiter = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { g.enter_within(PROGRESS_DEADLINE).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        g.open();
+        assert!(waiter.await.expect("waiter task"), "not admitted once open");
+    }
 
     #[tokio::test]
     async fn close_waits_for_commands_inside_and_blocks_new_ones() {

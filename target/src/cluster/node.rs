@@ -127,6 +127,10 @@ pub mod policy {
     pub const CATCH_UP_RETRY_MS: u64 = 500;
     /// A broken watch stream is opened again after this.
     pub const RECONNECT_MS: u64 = 200;
+    /// The longest a command waits at a closed install gate before it is answered without
+    /// running (`cluster::gate::GATE_WAIT`): an install can take longer (its final copies),
+    /// a host command cannot.
+    pub const GATE_WAIT_MS: u64 = 4_000;
 }
 
 /// A server whose heartbeat (every [`HEARTBEAT_MS`]) finds its clock jumped by more than

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use codec::nvme::Status;
 use codec::nvme::cmd::{DatasetManagement, DsmRange, IoCommand, Rw, WriteZeroes};
 
+use crate::cluster::gate::GATE_WAIT;
 use crate::cluster::node::Refusal;
 use crate::cluster::node::admission::{self, Stage, Stamp, Step};
 use crate::controller::ctrl::Controller;
@@ -62,7 +63,10 @@ pub fn execute(
             let ctrl = Arc::clone(ctrl);
             Outcome::Pending(Box::pin(async move {
                 let pass = match gate {
-                    Some(gate) => Some(gate.enter().await),
+                    Some(gate) => match gate.enter_within(GATE_WAIT).await {
+                        Some(p) => Some(p),
+                        None => return gate_timed_out(internal),
+                    },
                     None => None,
                 };
                 checked(&ctrl, internal, ns, cmd, data, pass, false).await
@@ -79,7 +83,10 @@ pub fn execute(
                     g.wait_for(stamp, wait).await;
                 }
                 let pass = match &ctrl.registry.gate {
-                    Some(gate) => Some(gate.enter().await),
+                    Some(gate) => match gate.enter_within(GATE_WAIT).await {
+                        Some(p) => Some(p),
+                        None => return gate_timed_out(internal),
+                    },
                     None => None,
                 };
                 checked(&ctrl, internal, ns, cmd, data, pass, true).await
@@ -87,6 +94,17 @@ pub fn execute(
         }
         Step::Answer(v) => mismatch(v),
         Step::Refuse(why) => crate::cluster::refusal_completion(why).into(),
+    }
+}
+
+/// A command that waited [`GATE_WAIT`] at a closed gate is answered without running: a host
+/// gets Internal Path Error (it retries, on another path if it has one), a peer "server
+/// behind" with a retry delay (it retries within its own deadline).
+fn gate_timed_out(internal: bool) -> Completion {
+    if internal {
+        crate::cluster::refusal_completion(Refusal::NotServing)
+    } else {
+        Completion::status(Status::INTERNAL_PATH_ERROR)
     }
 }
 
