@@ -11,8 +11,6 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -49,34 +47,12 @@ mod daemons;
 #[allow(dead_code)]
 mod kept_dir;
 
-use daemons::daemon_port;
-use kept_dir::{KeptDir, tail};
+#[path = "support/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
-/// A child process killed when the test ends (by PID, never by name).
-struct Proc(Child, &'static str);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn manager_bin() -> PathBuf {
-    daemons::sibling_bin(
-        Path::new(env!("CARGO_BIN_EXE_tessera-target")),
-        "tessera-manager",
-        "tessera-manager",
-    )
-}
-
-fn log_file(dir: &Path, name: &str) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap()
-}
+use harness::{Proc, servers_yaml, try_start};
+use kept_dir::KeptDir;
 
 struct Cluster {
     _manager: Proc,
@@ -88,13 +64,7 @@ struct Cluster {
 }
 
 fn cluster_yaml(ports: &[(u16, u16)]) -> String {
-    let mut y = String::from("servers:\n");
-    for (i, (p, q)) in ports.iter().enumerate() {
-        y.push_str(&format!(
-            "  - id: s{}\n    portal: 127.0.0.1:{p}\n    internal: 127.0.0.1:{q}\n    pool: 64MiB\n",
-            i + 1
-        ));
-    }
+    let mut y = servers_yaml(ports);
     y.push_str(&format!(
         "subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\nvolumes:\n  - name: vol1\n    size: {VOL}\n    subsystem: {NQN}\n    nsid: 1\n    extent_size: {EXTENT}\n"
     ));
@@ -106,12 +76,20 @@ async fn start_cluster() -> Cluster {
     for attempt in 1..=START_ATTEMPTS {
         let dir = logs.path().join(format!("start{attempt}"));
         std::fs::create_dir(&dir).unwrap();
-        match try_start(&dir).await {
-            Ok((manager, client, servers)) => {
+        match try_start(
+            &dir,
+            cluster_yaml,
+            &["--metrics", "off"],
+            false,
+            START_DEADLINE,
+        )
+        .await
+        {
+            Ok((manager, maddr, servers)) => {
                 return Cluster {
                     _manager: manager,
                     servers,
-                    client,
+                    client: Client::new(&maddr),
                     _logs: logs,
                 };
             }
@@ -119,85 +97,6 @@ async fn start_cluster() -> Cluster {
         }
     }
     panic!("the cluster did not start in {START_ATTEMPTS} attempts (ports taken every time)");
-}
-
-type Servers = Vec<(String, SocketAddr, SocketAddr, Proc)>;
-
-/// One start on fresh ports until every server acknowledged generation 1; `Err` when a
-/// process found its port taken, a panic on any other failure.
-async fn try_start(dir: &Path) -> Result<(Proc, Client, Servers), String> {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (daemon_port(), daemon_port())).collect();
-    std::fs::write(dir.join("cluster.yaml"), cluster_yaml(&ports)).unwrap();
-    let maddr = format!("127.0.0.1:{}", daemon_port());
-    let mut manager = Proc(
-        Command::new(manager_bin())
-            .arg("--config")
-            .arg(dir.join("cluster.yaml"))
-            .arg("--data-dir")
-            .arg(dir.join("mgr"))
-            .args(["--listen", &maddr, "--metrics", "off"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, "manager"))
-            .spawn()
-            .unwrap(),
-        "manager",
-    );
-    let mut servers = Vec::new();
-    for (i, (p, q)) in ports.iter().enumerate() {
-        let id = format!("s{}", i + 1);
-        let child = Command::new(env!("CARGO_BIN_EXE_tessera-target"))
-            .args(["--manager", &maddr, "--server-id", &id, "--reactors", "1"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, &id))
-            .spawn()
-            .unwrap();
-        servers.push((
-            id,
-            SocketAddr::from(([127, 0, 0, 1], *p)),
-            SocketAddr::from(([127, 0, 0, 1], *q)),
-            Proc(child, "server"),
-        ));
-    }
-    let client = Client::new(&maddr);
-    let deadline = Instant::now() + START_DEADLINE;
-    loop {
-        let mut gone = exited(&mut manager, &dir.join("manager.log"));
-        for s in &mut servers {
-            gone = gone.or_else(|| exited(&mut s.3, &dir.join(format!("{}.log", s.0))));
-        }
-        if let Some((taken, why)) = gone {
-            if taken {
-                return Err(why);
-            }
-            panic!("cluster start: {why}");
-        }
-        if matches!(client.status().await, Ok(s) if s.committed >= 1
-            && s.servers.len() == 3
-            && s.servers.iter().all(|x| x.acked >= 1))
-        {
-            return Ok((manager, client, servers));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "servers did not reach generation 1 within {START_DEADLINE:?}; manager status: {:?}",
-            client.status().await
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Whether `p` exited: (its port was taken, what its log says).
-fn exited(p: &mut Proc, log: &Path) -> Option<(bool, String)> {
-    let st = p.0.try_wait().unwrap()?;
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let what = format!(
-        "{} exited with {st}; its log ends:\n{}",
-        p.1,
-        tail(&text, 20)
-    );
-    Some((text.contains("in use"), what))
 }
 
 async fn host(addr: SocketAddr) -> Controller {

@@ -10,8 +10,8 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,39 +52,20 @@ const POLL: Duration = Duration::from_millis(50);
 /// Starts of the whole cluster, each on fresh ports, when a process finds a port taken.
 const START_ATTEMPTS: usize = 4;
 
-/// A child process killed when the test ends (by PID, never by name).
-struct Proc(Child, &'static str);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[path = "../../tests/support/daemons.rs"]
 #[allow(dead_code)]
 mod daemons;
 #[path = "../../tests/support/kept_dir.rs"]
 mod kept_dir;
 
+#[path = "support/harness.rs"]
+mod harness;
+
 use daemons::daemon_port;
+use harness::{
+    Proc, all_acked, log_file, servers_yaml, sibling_bin, spawn_manager, spawn_server, try_start,
+};
 use kept_dir::{KeptDir, tail};
-
-/// The manager binary sits next to ours in the same target directory (`cargo test
-/// --workspace` builds it); build it if this package's tests run alone.
-fn manager_bin() -> PathBuf {
-    sibling_bin("tessera-manager", "tessera-manager")
-}
-
-/// A binary of another workspace package (`bin` of `package`), next to ours.
-fn sibling_bin(bin: &str, package: &str) -> PathBuf {
-    daemons::sibling_bin(
-        Path::new(env!("CARGO_BIN_EXE_tessera-target")),
-        bin,
-        package,
-    )
-}
 
 struct Cluster {
     /// This start's directory (inside `_logs`).
@@ -98,91 +79,15 @@ struct Cluster {
 }
 
 fn cluster_yaml(ports: &[(u16, u16)]) -> String {
-    let mut y = String::from("servers:\n");
-    for (i, (p, q)) in ports.iter().enumerate() {
-        y.push_str(&format!(
-            "  - id: s{}\n    portal: 127.0.0.1:{p}\n    internal: 127.0.0.1:{q}\n    pool: 64MiB\n",
-            i + 1
-        ));
-    }
+    let mut y = servers_yaml(ports);
     y.push_str(&format!(
         "subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\nvolumes:\n  - name: vol1\n    size: {VOL}\n    subsystem: {NQN}\n    nsid: 1\n    extent_size: {EXTENT}\n"
     ));
     y
 }
 
-/// A log file of `dir`, appended to (a restarted process continues its predecessor's log).
-fn log_file(dir: &Path, name: &str) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap()
-}
-
-fn spawn_manager(dir: &Path, maddr: &str) -> Proc {
-    Proc(
-        Command::new(manager_bin())
-            .args([
-                "--config",
-                dir.join("cluster.yaml").to_str().unwrap(),
-                "--data-dir",
-            ])
-            .arg(dir.join("mgr"))
-            .args(["--listen", maddr])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, "manager"))
-            .spawn()
-            .unwrap(),
-        "manager",
-    )
-}
-
 async fn start_cluster() -> Cluster {
     start_cluster_with(false).await
-}
-
-/// A storage server process; with `file_pool`, its pool is a file in the test directory.
-fn spawn_server(dir: &Path, maddr: &str, id: &str, file_pool: bool) -> Proc {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera-target"));
-    c.args(["--manager", maddr, "--server-id", id, "--reactors", "1"]);
-    if file_pool {
-        c.arg("--pool")
-            .arg(format!("file:{}", dir.join(format!("{id}.pool")).display()));
-    }
-    Proc(
-        c.env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, id))
-            .spawn()
-            .unwrap(),
-        "server",
-    )
-}
-
-/// Why a process of a starting cluster exited.
-enum Exited {
-    /// One of its ports was taken (by another process): start again on other ports.
-    PortTaken(String),
-    /// Anything else: a failure.
-    Failed(String),
-}
-
-/// Whether `p` exited; why, from its log.
-fn exited(p: &mut Proc, log: &Path) -> Option<Exited> {
-    let st = p.0.try_wait().unwrap()?;
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let what = format!(
-        "{} exited with {st}; its log ends:\n{}",
-        p.1,
-        tail(&text, 20)
-    );
-    Some(if text.contains("in use") {
-        Exited::PortTaken(what)
-    } else {
-        Exited::Failed(what)
-    })
 }
 
 async fn start_cluster_with(file_pools: bool) -> Cluster {
@@ -190,7 +95,7 @@ async fn start_cluster_with(file_pools: bool) -> Cluster {
     for attempt in 1..=START_ATTEMPTS {
         let dir = logs.path().join(format!("start{attempt}"));
         std::fs::create_dir(&dir).unwrap();
-        match try_start(&dir, file_pools).await {
+        match try_start(&dir, cluster_yaml, &[], file_pools, START_DEADLINE).await {
             Ok((manager, maddr, servers)) => {
                 let client = Client::new(&maddr);
                 return Cluster {
@@ -207,59 +112,6 @@ async fn start_cluster_with(file_pools: bool) -> Cluster {
         }
     }
     panic!("the cluster did not start in {START_ATTEMPTS} attempts (ports taken every time)");
-}
-
-type Servers = Vec<(String, SocketAddr, SocketAddr, Proc)>;
-
-/// One start: the manager and three servers on fresh ports, until every server acknowledged
-/// generation 1. `Err` if a process found its port taken (the caller starts again); panics on
-/// any other failure.
-async fn try_start(dir: &Path, file_pools: bool) -> Result<(Proc, String, Servers), String> {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (daemon_port(), daemon_port())).collect();
-    std::fs::write(dir.join("cluster.yaml"), cluster_yaml(&ports)).unwrap();
-    let maddr = format!("127.0.0.1:{}", daemon_port());
-    let mut manager = spawn_manager(dir, &maddr);
-    let mut servers = Vec::new();
-    for (i, (p, q)) in ports.iter().enumerate() {
-        let id = format!("s{}", i + 1);
-        let child = spawn_server(dir, &maddr, &id, file_pools);
-        servers.push((
-            id,
-            SocketAddr::from(([127, 0, 0, 1], *p)),
-            SocketAddr::from(([127, 0, 0, 1], *q)),
-            child,
-        ));
-    }
-    let client = Client::new(&maddr);
-    let deadline = Instant::now() + START_DEADLINE;
-    loop {
-        // A process that exited will never ack.
-        let mut gone = exited(&mut manager, &dir.join("manager.log"));
-        for s in &mut servers {
-            gone = gone.or_else(|| exited(&mut s.3, &dir.join(format!("{}.log", s.0))));
-        }
-        match gone {
-            Some(Exited::PortTaken(why)) => return Err(why),
-            Some(Exited::Failed(why)) => panic!("cluster start: {why}"),
-            None => {}
-        }
-        if all_acked(&client, 1, servers.len()).await {
-            return Ok((manager, maddr, servers));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "servers did not reach generation 1 within {START_DEADLINE:?}; manager status: {:?}",
-            client.status().await
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Whether the manager committed generation `g` and all `n` servers acknowledged it (or later).
-async fn all_acked(client: &Client, g: u64, n: usize) -> bool {
-    matches!(client.status().await, Ok(s) if s.committed >= g
-        && s.servers.len() == n
-        && s.servers.iter().all(|x| x.acked >= g))
 }
 
 impl Cluster {
@@ -820,7 +672,7 @@ async fn the_cluster_keeps_serving_when_the_manager_is_killed_and_it_comes_back_
         .unwrap();
     assert!(ops >= OPS_BEFORE_KILL + OPS_WITHOUT_MANAGER);
     // Back with the same data directory: same generation, and it pushes on.
-    c.manager = spawn_manager(&c.dir, &c.maddr);
+    c.manager = spawn_manager(&c.dir, &c.maddr, &[]);
     let deadline = Instant::now() + RESTART_DEADLINE;
     let status = loop {
         if let Ok(s) = c.client.status().await {

@@ -13,8 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,32 +46,18 @@ const POLL: Duration = Duration::from_millis(50);
 /// Starts of the whole cluster, each on fresh ports, when a process finds a port taken.
 const START_ATTEMPTS: usize = 4;
 
-/// A child process killed when the test ends (by PID, never by name).
-struct Proc(Child, &'static str);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[path = "../../tests/support/daemons.rs"]
 #[allow(dead_code)]
 mod daemons;
 #[path = "../../tests/support/kept_dir.rs"]
 mod kept_dir;
 
-use daemons::daemon_port;
-use kept_dir::{KeptDir, tail};
+#[path = "support/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
-fn manager_bin() -> PathBuf {
-    daemons::sibling_bin(
-        Path::new(env!("CARGO_BIN_EXE_tessera-target")),
-        "tessera-manager",
-        "tessera-manager",
-    )
-}
+use harness::{Proc, servers_yaml, try_start};
+use kept_dir::KeptDir;
 
 struct Cluster {
     _manager: Proc,
@@ -85,113 +69,30 @@ struct Cluster {
 }
 
 fn cluster_yaml(ports: &[(u16, u16)], replicas: u32) -> String {
-    let mut y = String::from("servers:\n");
-    for (i, (p, q)) in ports.iter().enumerate() {
-        y.push_str(&format!(
-            "  - id: s{}\n    portal: 127.0.0.1:{p}\n    internal: 127.0.0.1:{q}\n    pool: 64MiB\n",
-            i + 1
-        ));
-    }
+    let mut y = servers_yaml(ports);
     y.push_str(&format!(
         "subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\nvolumes:\n  - name: rvol\n    size: {VOL}\n    subsystem: {NQN}\n    nsid: 1\n    extent_size: {EXTENT}\n    replicas: {replicas}\n"
     ));
     y
 }
 
-fn log_file(dir: &Path, name: &str) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap()
-}
-
-fn spawn(dir: &Path, mut c: Command, name: &str, what: &'static str) -> Proc {
-    Proc(
-        c.env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, name))
-            .spawn()
-            .unwrap(),
-        what,
-    )
-}
-
-/// Whether `p` exited; why, from its log: `Ok` if a port was taken (start again), `Err` else.
-fn exited(p: &mut Proc, log: &Path) -> Option<Result<String, String>> {
-    let st = p.0.try_wait().unwrap()?;
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let what = format!(
-        "{} exited with {st}; its log ends:\n{}",
-        p.1,
-        tail(&text, 20)
-    );
-    Some(if text.contains("in use") {
-        Ok(what)
-    } else {
-        Err(what)
-    })
-}
-
 async fn start_cluster(replicas: u32) -> Cluster {
     let logs = KeptDir::with_prefix(&format!("tessera-replication-test-r{replicas}-"));
-    'attempt: for attempt in 1..=START_ATTEMPTS {
+    for attempt in 1..=START_ATTEMPTS {
         let dir = logs.path().join(format!("start{attempt}"));
         std::fs::create_dir(&dir).unwrap();
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (daemon_port(), daemon_port())).collect();
-        std::fs::write(dir.join("cluster.yaml"), cluster_yaml(&ports, replicas)).unwrap();
-        let maddr = format!("127.0.0.1:{}", daemon_port());
-        let mut mc = Command::new(manager_bin());
-        mc.args(["--config", dir.join("cluster.yaml").to_str().unwrap()])
-            .arg("--data-dir")
-            .arg(dir.join("mgr"))
-            .args(["--listen", &maddr]);
-        let mut manager = spawn(&dir, mc, "manager", "manager");
-        let mut servers = Vec::new();
-        for (i, (p, q)) in ports.iter().enumerate() {
-            let id = format!("s{}", i + 1);
-            let mut c = Command::new(env!("CARGO_BIN_EXE_tessera-target"));
-            c.args(["--manager", &maddr, "--server-id", &id, "--reactors", "1"]);
-            let child = spawn(&dir, c, &id, "server");
-            servers.push((
-                id,
-                SocketAddr::from(([127, 0, 0, 1], *p)),
-                SocketAddr::from(([127, 0, 0, 1], *q)),
-                child,
-            ));
-        }
-        let client = Client::new(&maddr);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            let mut gone = exited(&mut manager, &dir.join("manager.log"));
-            for s in &mut servers {
-                gone = gone.or_else(|| exited(&mut s.3, &dir.join(format!("{}.log", s.0))));
-            }
-            match gone {
-                Some(Ok(why)) => {
-                    eprintln!("cluster start {attempt}: {why}; starting again");
-                    continue 'attempt;
-                }
-                Some(Err(why)) => panic!("cluster start: {why}"),
-                None => {}
-            }
-            let up = matches!(client.status().await, Ok(s) if s.committed >= 1
-                && s.servers.len() == 3
-                && s.servers.iter().all(|x| x.acked >= 1));
-            if up {
+        let yaml = |ports: &[(u16, u16)]| cluster_yaml(ports, replicas);
+        match try_start(&dir, yaml, &[], false, START_DEADLINE).await {
+            Ok((manager, maddr, servers)) => {
                 return Cluster {
                     _manager: manager,
-                    client,
+                    client: Client::new(&maddr),
                     servers,
                     _logs: logs,
                 };
             }
-            assert!(
-                Instant::now() < deadline,
-                "servers did not reach generation 1 within {START_DEADLINE:?}; manager status: {:?}",
-                client.status().await
-            );
-            tokio::time::sleep(POLL).await;
+            // The processes of this attempt are gone (dropped); its logs stay in `dir`.
+            Err(why) => eprintln!("cluster start {attempt}: {why}; starting again"),
         }
     }
     panic!("the cluster did not start in {START_ATTEMPTS} attempts (ports taken every time)");
