@@ -412,6 +412,80 @@ fn marking_a_queued_switchs_new_owner_down_cancels_the_switch() {
     assert_eq!(published_to_clients(&a), [g3]);
 }
 
+/// An extent that a map not through phase 1a adds (a resize queued behind a switch), then
+/// moved and switched to a server that is marked down: that switch is given back too, to the
+/// extent's first owner and offset (the simulation's seed 173: the chain's first map lacks the
+/// extent, so the switch was not seen and waited forever for a final copy to a hung server).
+#[test]
+fn a_switch_of_an_extent_added_in_phase_1a_is_given_back() {
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let new_owner = if owner == "s1" { "s2" } else { "s1" };
+    let mut c = Coordinator::new(m1.clone());
+    let a = c.handle(Event::Committed(Arc::new(m2.clone())));
+    assert!(sends(&a, m2.generation), "{a:?}");
+    // Each change planned as the manager does (holding the chain's ranges), then stored.
+    let store = |c: &mut Coordinator, head: &ClusterMap, change: plan::Change| {
+        let (next, cancelled) = plan::apply_cancelling(head, &change, &c.phase_1a_chain()).unwrap();
+        assert!(cancelled.is_empty());
+        let _ = c.handle(Event::Committed(Arc::new(next.clone())));
+        next
+    };
+    let m3 = store(
+        &mut c,
+        &m2,
+        plan::Change::AddServer(plan::tests::server("s3", 2, 64 * MIB)),
+    );
+    let m4 = store(
+        &mut c,
+        &m3,
+        plan::Change::ResizeVolume {
+            name: "a".into(),
+            size: 24 * MIB,
+        },
+    );
+    let born = m4.owner("a", 2).unwrap().clone();
+    // Neither its owner nor the new owner of extent 0 (whose switch goes to an up server).
+    let to = ["s1", "s2", "s3"]
+        .into_iter()
+        .find(|s| *s != born.server && *s != new_owner)
+        .unwrap();
+    let m5 = store(
+        &mut c,
+        &m4,
+        plan::Change::StartMove(MoveRequest {
+            volume: "a".into(),
+            extent: 2,
+            to: to.into(),
+        }),
+    );
+    let m6 = store(
+        &mut c,
+        &m5,
+        plan::Change::SwitchMove(MoveReadyRequest {
+            server: born.server.clone(),
+            volume: "a".into(),
+            extent: 2,
+            generation: m5.generation,
+        }),
+    );
+    let (g7map, cancelled) = mark_down_map(&c, &m6, to);
+    assert!(
+        cancelled
+            .iter()
+            .any(|x| x.extent == 2 && x.switch && x.owner == born.server && x.to == to),
+        "{cancelled:?}"
+    );
+    assert_eq!(
+        g7map.owner("a", 2),
+        Some(&born),
+        "its first owner, same offset"
+    );
+    assert!(ClusterMap::changed_owners(&m1, &g7map).is_empty());
+    let _ = c.handle(Event::Committed(Arc::new(g7map)));
+    assert_eq!(c.abandoned(), m6.generation);
+}
+
 /// What is not cancelled: a switch whose phase 1a is done (its new owner may have taken
 /// writes) stays; a move only started is cancelled (`moving` cleared, the owner keeps it); a
 /// switch whose old range was taken meanwhile stays (and waits).

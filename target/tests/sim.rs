@@ -25,9 +25,8 @@
 //! seeds 0..n; `TESSERA_SIM_SEED=<s>` replays one seed. A failure prints the seed, the step and
 //! the last events.
 //!
-//! One scenario is ignored: healing with hangs, on a manager bug it found (see
-//! `publications_complete_once_faults_stop_with_hangs`). Fixed bugs, kept as regression tests: late-old-owner,
-//! forgotten-acks, postponed-install-never-retried (a healing run that wedges on it again says
+//! Fixed bugs, kept as regression tests: late-old-owner, forgotten-acks, an added extent's
+//! switch not given back (seed 173 of healing with hangs), postponed-install-never-retried (a healing run that wedges on it again says
 //! so) and restart-in-1a (the model boots a restarted server from its persisted map; with
 //! `Mutation::BootAtFetchedMap` it boots at the fetched map as before the fix, records each
 //! occurrence, and labels a failure on an extent it hit "after known bug restart-in-1a").
@@ -77,6 +76,9 @@ const SEED_LATE_OLD_OWNER: u64 = 1131;
 const SEED_STAMP_ADOPTED: u64 = 70;
 const SEED_FORGOTTEN_ACKS: u64 = 4;
 const SEED_POSTPONED: u64 = 36;
+/// Healing with hangs: a switch of an extent added behind a stuck switch, to a hung server
+/// marked down, was not given back.
+const SEED_ADDED_EXTENT: u64 = 173;
 /// The label the model puts on a failure of an extent that restart-in-1a hit.
 const RESTART_IN_1A: &str = "after known bug restart-in-1a";
 
@@ -502,22 +504,38 @@ fn invariants_hold_under_every_fault_with_hangs() {
     check("all faults with hangs", config(ALL_WITH_HANGS));
 }
 
-/// Healing with hung servers marked down and up again. Two manager bugs found here are fixed:
+/// Healing with hung servers marked down and up again. Manager bugs found here are fixed:
 /// a queued map waited for an old owner marked down in a newer one (seed 0, g24 waiting for
 /// s2), and a switch whose new owner hung and was marked down waited forever for the old
 /// owner's final copy to it (seeds 0, 2-5: `plan::cancel_moves_to_down` now gives the extent
 /// back, see `hung_new_owner_marked_down_cancels_the_switch`), and catching-up servers
 /// retried final copies to servers that serve nothing or are marked down (seeds 118, 144,
-/// 153). STILL OPEN (seed 173 of 200, after a manager restart and forged move-readies): a
-/// switch to a hung server that is marked down is not given back, and waits for its old
-/// owner's final copy to the hung server.
+/// 153), and such a switch of an extent that the newest map through phase 1a did not have yet
+/// was not given back (seed 173, see `an_added_extents_switch_to_a_hung_server_is_given_back`).
 #[test]
-#[ignore = "seed 173: a switch to a hung server marked down after a manager restart is not given back (see the doc comment)"]
 fn publications_complete_once_faults_stop_with_hangs() {
     check_n(
         "liveness with hangs",
         liveness(ALL_WITH_HANGS),
         LIVENESS_SEEDS,
+    );
+}
+
+/// Regression (seed 173): manager restarts and forged move-readies leave a switch stuck in
+/// phase 1a (its old owner hung), a resize queued behind it adds an extent, which is moved
+/// and switched to the hung server; the operator marks that server down. The chain's first map
+/// (the committed one) lacks the extent, so `plan::cancel_moves_to_down` skipped its switch:
+/// nothing was given back, and after healing the old owner's final copy to the server marked
+/// down failed forever (its install of the switch postponed, phase 1a never done). The switch
+/// now goes back to the extent's first owner and offset (nobody took writes for an extent no
+/// host has a map with).
+#[test]
+fn an_added_extents_switch_to_a_hung_server_is_given_back() {
+    let s = now_passes(SEED_ADDED_EXTENT, liveness(ALL_WITH_HANGS));
+    assert!(
+        s.marked_down > 0 && s.manager_crashes > 0 && s.forged > 0,
+        "seed {SEED_ADDED_EXTENT} no longer marks down a hung server after manager restarts \
+         and forged move-readies: {s:?}"
     );
 }
 

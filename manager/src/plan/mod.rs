@@ -655,8 +655,10 @@ pub struct Cancelled {
 /// - **Switches.** If a switch not through phase 1a (an extent whose owner in `next` differs
 ///   from its owner in `chain[0]`) goes to a server marked down, every switch not through
 ///   phase 1a is given back: the extent's owner is its owner in `chain[0]` again, at the same
-///   pool offset. Nobody but that owner has seen those switches, so nobody else took writes for
-///   their extents. A switch to an `up` server (after exactly one owner change along the chain)
+///   pool offset (for an extent that a later map of the chain added, by a resize or a new
+///   volume, its owner in the first map that has it). Nobody but that owner has seen those
+///   switches, so nobody else took writes for their extents (and nobody at all for an extent
+///   added after `chain[0]`: no host has a map with it). A switch to an `up` server (after exactly one owner change along the chain)
 ///   becomes its move again (`moving` = the destination), any other loses its `moving`. The
 ///   coordinator then publishes `next` in place of every map not through phase 1a
 ///   (`Coordinator`, "abandoned"), which is safe because `next` changes no owner over
@@ -668,30 +670,43 @@ pub struct Cancelled {
 /// `next` keeps its generation and stays valid. Returns what was cancelled, in map order.
 pub fn cancel_moves_to_down(chain: &[Arc<ClusterMap>], next: &mut ClusterMap) -> Vec<Cancelled> {
     let mut out = Vec::new();
-    let Some(done) = chain.first() else {
+    if chain.is_empty() {
         return out;
-    };
+    }
     let is_down =
         |m: &ClusterMap, id: &str| m.server(id).is_none_or(|s| s.state == ServerState::Down);
     if !next.servers.iter().any(|s| s.state == ServerState::Down) {
         return out;
     }
     // Extents whose owner (server and offset) changes along the chain or in `next` (a switch
-    // there and back counts).
-    let switched: Vec<(String, usize, Replica)> = done
-        .volumes
+    // there and back counts), each with its first owner: in `done`, or, for an extent that a
+    // later map of the chain added (a resize or a new volume not through phase 1a), in the
+    // first map that has it. Nobody took writes for such an extent: no host has a map with it.
+    let mut keys: Vec<(&str, usize)> = Vec::new();
+    for m in chain
         .iter()
-        .flat_map(|v| {
-            v.extents.iter().enumerate().filter_map(|(i, e)| {
-                let was = e.replicas.first()?;
-                let moved = chain
-                    .iter()
-                    .skip(1)
-                    .map(|m| m.owner(&v.name, i))
-                    .chain(std::iter::once(next.owner(&v.name, i)))
-                    .any(|o| o.is_none_or(|o| !o.same_place(was)));
-                moved.then(|| (v.name.clone(), i, was.clone()))
-            })
+        .map(AsRef::as_ref)
+        .chain(std::iter::once(&*next))
+    {
+        for v in &m.volumes {
+            for i in 0..v.extents.len() {
+                if !keys.contains(&(v.name.as_str(), i)) {
+                    keys.push((v.name.as_str(), i));
+                }
+            }
+        }
+    }
+    let switched: Vec<(String, usize, Replica)> = keys
+        .into_iter()
+        .filter_map(|(vol, i)| {
+            let mut owners = chain
+                .iter()
+                .map(|m| m.owner(vol, i))
+                .chain(std::iter::once(next.owner(vol, i)))
+                .skip_while(Option::is_none);
+            let was = owners.next()??;
+            let moved = owners.any(|o| o.is_none_or(|o| !o.same_place(was)));
+            moved.then(|| (vol.to_owned(), i, was.clone()))
         })
         .collect();
     // A switch to a server marked down, last or along the chain (a later switch away from it
@@ -774,10 +789,12 @@ pub fn cancel_moves_to_down(chain: &[Arc<ClusterMap>], next: &mut ClusterMap) ->
 
 /// How many times extent `i` of `vol` changes owner along `chain`, then to `last`.
 fn owner_changes(chain: &[Arc<ClusterMap>], vol: &str, i: usize, last: &Replica) -> usize {
+    // From the first map that has the extent (a later map of the chain may add it).
     let owners: Vec<Option<&Replica>> = chain
         .iter()
         .map(|m| m.owner(vol, i))
         .chain(std::iter::once(Some(last)))
+        .skip_while(Option::is_none)
         .collect();
     owners
         .windows(2)

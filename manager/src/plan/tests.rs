@@ -11,7 +11,7 @@ use crate::map::{ClusterMap, HostPolicy, ServerState};
 const MIB: u64 = 1 << 20;
 const NQN: &str = "nqn.2026-11.dev.tessera:t";
 
-fn server(id: &str, n: u16, pool: u64) -> AddServerRequest {
+pub(crate) fn server(id: &str, n: u16, pool: u64) -> AddServerRequest {
     AddServerRequest {
         id: id.to_owned(),
         portal: format!("127.0.0.1:{}", 4420 + n).parse().unwrap(),

@@ -1026,6 +1026,10 @@ impl World {
         self.srv[i].hung_until = self.now + hang;
         self.srv[i].down_gen = None;
         self.srv[i].restart_on_resume = self.rng.chance(500);
+        // A mark-up still due from an earlier hang is not done while this one lasts (the
+        // operator marks a server up once it is repaired; this resume schedules its own).
+        self.queue
+            .retain(|_, e| !matches!(e, Ev::Operator(OperatorAction::MarkUp(k)) if *k == i));
         // The manager drops the watch stream of a reader that stopped reading; the server
         // sees it closed when it resumes (and reconnects after RECONNECT_MS).
         self.mgr_drop_sub(Node::Srv(i));
