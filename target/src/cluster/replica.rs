@@ -535,6 +535,11 @@ impl FanoutPool {
                 Err(VolumeError::NoPath(NoPath::Unreachable))
             }));
         };
+        // An extent with no other copy (every volume with one copy) is the pool's write, as
+        // before replication: no boxed future, no range lock per command.
+        if node.admission.ownership().fanout(off, len).is_none() {
+            return own(&node, off, len, &op);
+        }
         IoFuture::Boxed(Box::pin(async move { write(&node, off, len, op).await }))
     }
 }
