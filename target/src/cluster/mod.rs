@@ -142,9 +142,11 @@ impl Admission {
         lock(&self.watch).caught_up()
     }
 
-    /// Checks an internal command (its stamp already passed) from the peer `hostnqn`.
+    /// Checks an internal command stamped `stamp` (the stamp already passed) from the peer
+    /// `hostnqn`.
     pub fn check(
         &self,
+        stamp: u64,
         hostnqn: &str,
         cmd: &codec::nvme::cmd::IoCommand,
         data: &[u8],
@@ -180,9 +182,10 @@ impl Admission {
         let own = self.ownership.load();
         let admit = |slba: u64, nlb: u64| {
             let range = (slba.saturating_mul(block), nlb.saturating_mul(block));
-            own.admit(sender, via, range, write).inspect_err(|why| {
-                tracing::debug!(sender, ?via, ?why, slba, nlb, "internal command refused");
-            })
+            own.admit_stamped(stamp, sender, via, range, write)
+                .inspect_err(|why| {
+                    tracing::debug!(sender, ?via, ?why, slba, nlb, "internal command refused");
+                })
         };
         match cmd {
             IoCommand::Read(rw)

@@ -345,6 +345,8 @@ struct Region {
 /// [`Ownership::admit`] is a binary search.
 #[derive(Debug, Clone, Default)]
 pub struct Ownership {
+    /// The generation of the map this view is of.
+    generation: u64,
     serving: bool,
     up: Vec<String>,
     regions: Vec<Region>,
@@ -420,10 +422,38 @@ impl Ownership {
             .map(|s| s.id.clone())
             .collect();
         Self {
+            generation: map.generation,
             serving: serving && serves(map, me),
             up,
             regions,
         }
+    }
+
+    /// The generation of the map this view is of.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// [`Ownership::admit`] for a command stamped `stamp`, which passed the stamp check. An
+    /// install stores the new view just before it moves the server's generation, so a
+    /// command checked against one generation may meet the next one's view: a refusal then
+    /// says nothing final about the sender's map, and is answered as [`Refusal::NotServing`]
+    /// (retryable: the sender tries again and meets the new generation).
+    pub fn admit_stamped(
+        &self,
+        stamp: u64,
+        sender: &str,
+        via: Via,
+        range: (u64, u64),
+        write: bool,
+    ) -> Result<(), Refusal> {
+        self.admit(sender, via, range, write).map_err(|why| {
+            if self.generation == stamp {
+                why
+            } else {
+                Refusal::NotServing
+            }
+        })
     }
 
     /// Whether this server serves (see [`serves`]).
@@ -636,6 +666,32 @@ mod tests {
                 Err(Refusal::NotOwner)
             );
         }
+    }
+
+    #[test]
+    fn a_refusal_under_another_generation_than_the_stamp_is_retryable() {
+        // s3 is installing generation 7 (the switch to it done): its view is of 7, its
+        // generation still 5 for a moment. A routed write the sender stamped 5 and sent by
+        // the old map is checked against the new view: refused, but retryably.
+        let after = Ownership::new(&map(7, ServerState::Up, false), "s3", true);
+        assert_eq!(after.generation(), 7);
+        assert_eq!(
+            after.admit("s1", Via::Routed, (4096, 8192), true),
+            Err(Refusal::NotOwner)
+        );
+        assert_eq!(
+            after.admit_stamped(7, "s1", Via::Routed, (4096, 8192), true),
+            Err(Refusal::NotOwner)
+        );
+        assert_eq!(
+            after.admit_stamped(5, "s1", Via::Routed, (4096, 8192), true),
+            Err(Refusal::NotServing)
+        );
+        // What is let in stays let in, whatever the stamp.
+        assert_eq!(
+            after.admit_stamped(5, "s1", Via::Routed, (4096, 4096), true),
+            Ok(())
+        );
     }
 
     #[test]

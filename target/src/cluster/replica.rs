@@ -187,8 +187,8 @@ async fn out_of_write_set(
 ) -> IoResult<()> {
     let settling = || VolumeError::NoPath(NoPath::MapSettling);
     loop {
-        let generation = node.registry.generation.current();
         let map = node.map.load_full();
+        let generation = map.generation;
         let Some((volume, index, ext)) = extent_at(&map, &node.me, off) else {
             return Err(settling());
         };
@@ -423,7 +423,10 @@ async fn forward(
         let Some(addr) = node.map.load().server(&c.server).map(|s| s.internal) else {
             return Err(VolumeError::NoPath(NoPath::Unmapped));
         };
-        let generation = node.registry.generation.current();
+        // Stamped with the generation of the view the copies came from (an install stores
+        // the view just before it moves the server's generation): a copy on that map takes
+        // the write; one on the older map answers a mismatch, never a refusal.
+        let generation = node.admission.ownership().generation();
         let once = async {
             let q = node.peers.queue(&c.server, addr).await?;
             let s = q.with_generation(generation).expiring(expires);

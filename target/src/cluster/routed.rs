@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hw::{IoError, Op};
+use manager::map::ClusterMap;
 
 use super::NodeShared;
 use super::node::policy;
@@ -78,15 +79,14 @@ impl RoutedVolume {
         })
     }
 
-    /// Where piece `p` goes under the current map: a write to the extent's primary
+    /// Where piece `p` goes under `map`: a write to the extent's primary
     /// (`node::route::locate`), a read to this server's own copy if it has one, else to the
     /// primary (`node::route::locate_read`).
-    fn locate(node: &NodeShared, name: &str, p: &Piece, write: bool) -> Option<Target> {
-        let map = node.map.load();
+    fn locate(map: &ClusterMap, me: &str, name: &str, p: &Piece, write: bool) -> Option<Target> {
         let route = if write {
-            route::locate(&map, name, p, &node.me)
+            route::locate(map, name, p, me)
         } else {
-            route::locate_read(&map, name, p, &node.me)
+            route::locate_read(map, name, p, me)
         };
         match route {
             Route::Local { pool_off } => Some(Target::Local(pool_off)),
@@ -219,7 +219,15 @@ impl RoutedVolume {
         // have written again through another path (docs/cluster-protocol.md, "Bounds").
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let expires = super::node::expires_at(super::wall_clock_ms(), timeout_ms);
-        while let Some(generation) = retry.next_try(node.registry.generation.current()) {
+        loop {
+            // The piece is stamped with the generation of the map it is routed by: an install
+            // stores the map just before it moves the server's generation, and a piece routed
+            // by the new map but stamped with the old generation would reach a peer whose old
+            // map does not let it in.
+            let map = node.map.load_full();
+            let Some(generation) = retry.next_try(map.generation) else {
+                break;
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(last);
             }
@@ -228,9 +236,11 @@ impl RoutedVolume {
             if !node.admission.serving() {
                 return Err(last);
             }
-            let Some(t) = Self::locate(node, name, &p, !matches!(io, PieceIo::Read)) else {
+            let write = !matches!(io, PieceIo::Read);
+            let Some(t) = Self::locate(&map, &node.me, name, &p, write) else {
                 return Err(last);
             };
+            drop(map);
             let peer = match &t {
                 Target::Remote { server, .. } => Some(server.clone()),
                 Target::Local(_) => None,
@@ -277,8 +287,9 @@ impl RoutedVolume {
                     )
                 }
                 Err(RouteError::PathError) => {
-                    // The peer (a primary) could not complete it on every copy in time: try
-                    // again, bounded, keeping the connection.
+                    // The peer (a primary) could not complete it on every copy in time, or
+                    // its map does not let us in yet: try again, bounded, keeping the
+                    // connection.
                     last = VolumeError::NoPath(NoPath::MapSettling);
                     retry.on_answer(generation, Answer::Lost)
                 }
@@ -344,8 +355,14 @@ fn route_err(server: &str, e: InitiatorError) -> RouteError {
         InitiatorError::Status(s) if s.same_code(codec::nvme::Status::INTERNAL_PATH_ERROR) => {
             RouteError::PathError
         }
+        // The peer's map does not let this server write there (its map and ours disagree
+        // for now): a routing failure, never a media error; retried with a fresh map.
+        InitiatorError::Status(s) if s.same_code(codec::nvme::Status::ACCESS_DENIED) => {
+            RouteError::PathError
+        }
         InitiatorError::Status(s) => {
             // A standard status from the peer: keep its class (the host sees a standard one).
+            tracing::warn!(peer = server, status = %s, "forwarded command failed on the peer");
             let errno = if s.same_code(codec::nvme::Status::LBA_RANGE) {
                 libc::ERANGE
             } else if s.same_code(codec::nvme::Status::CAP_EXCEEDED) {

@@ -54,7 +54,7 @@ pub fn execute(
         gate_open,
         generation.behind_wait().is_some(),
         || generation.verdict(stamp, internal, true),
-        || admitted(ctrl, internal, &cmd, &data),
+        || admitted(ctrl, internal, stamp, &cmd, &data),
     );
     match step {
         Step::Run => with_pass(run(ctrl, ns, cmd, data, Some(pool)), pass),
@@ -140,7 +140,7 @@ async fn checked(
         true,
         g.behind_wait().is_some(),
         || g.verdict(stamp, internal, !after_behind_wait),
-        || admitted(ctrl, internal, &cmd, &data),
+        || admitted(ctrl, internal, stamp, &cmd, &data),
     );
     let outcome = match step {
         Step::Run => run(ctrl, ns, cmd, data, None),
@@ -162,11 +162,12 @@ async fn checked(
 fn admitted(
     ctrl: &Controller,
     internal: bool,
+    stamp: u64,
     cmd: &IoCommand,
     data: &Bytes,
 ) -> Result<(), Refusal> {
     match ctrl.registry.admission.get() {
-        Some(a) if internal => a.check(&ctrl.hostnqn, cmd, data),
+        Some(a) if internal => a.check(stamp, &ctrl.hostnqn, cmd, data),
         _ => Ok(()),
     }
 }
