@@ -116,6 +116,43 @@ pub struct ReplicaFailedRequest {
     pub generation: Generation,
 }
 
+/// `POST /v1/rebuild-done`: the primary copied every block a `rebuilding` copy missed
+/// (docs/replication.md, "Rebuild"). Answered with the current map, in which that copy is
+/// `in_sync`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildDoneRequest {
+    /// The sender: the extent's primary.
+    pub primary: String,
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// The server of the rebuilt copy.
+    pub server: String,
+    /// The sender's generation when the rebuild finished.
+    pub generation: Generation,
+}
+
+/// `POST /v1/rebuild-progress`: how far the primary is with rebuilding a copy (sent about once
+/// a second while a rebuild runs; kept in the manager's memory for [`Status`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildProgressRequest {
+    /// The sender: the extent's primary.
+    pub primary: String,
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// The server of the copy being rebuilt.
+    pub server: String,
+    /// Bytes copied so far in this rebuild.
+    pub done_bytes: u64,
+    /// Bytes this rebuild copies (what the copy missed; the whole extent without a dirty map).
+    pub total_bytes: u64,
+}
+
 /// `POST /v1/server-unreachable`: a server could not reach a peer (a lost connection or no
 /// answer to a forwarded command). Answered with the current map, in which that peer is
 /// `down` when the manager itself has had no watch stream from it for 3 s
@@ -210,6 +247,26 @@ pub struct Status {
     /// Copies marked `stale` in the newest map (they take no writes until rebuilt).
     #[serde(default)]
     pub stale_replicas: Vec<StaleReplica>,
+    /// Copies marked `rebuilding` in the newest map, with the primary's last progress report.
+    #[serde(default)]
+    pub rebuilding_replicas: Vec<RebuildingReplica>,
+}
+
+/// One `rebuilding` copy in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct RebuildingReplica {
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// The copy's server.
+    pub server: String,
+    /// The extent's primary (which copies it), if it has one.
+    pub primary: Option<String>,
+    /// Bytes copied so far (`None`: no progress report yet).
+    pub done_bytes: Option<u64>,
+    /// Bytes to copy in this rebuild (`None`: no progress report yet).
+    pub total_bytes: Option<u64>,
 }
 
 /// One `stale` copy in [`Status`].

@@ -28,8 +28,8 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MoveReadyRequest,
-    MoveRequest, ReplicaFailedRequest, ReportRequest, ResizeRequest, Role, ServerStateRequest,
-    ServerUnreachableRequest, Status,
+    MoveRequest, RebuildDoneRequest, RebuildProgressRequest, ReplicaFailedRequest, ReportRequest,
+    ResizeRequest, Role, ServerStateRequest, ServerUnreachableRequest, Status,
 };
 use crate::map::{ClusterMap, Generation, ServerState};
 
@@ -277,6 +277,37 @@ impl Client {
             Some(req),
         )
         .await
+    }
+
+    /// `POST /v1/rebuild-done`: this server (the extent's primary) copied a `rebuilding` copy.
+    /// The answer is the map in which that copy is `in_sync`.
+    ///
+    /// # Errors
+    /// [`ClientError`]; 409 when the sender is not the extent's primary or the copy went stale.
+    pub async fn rebuild_done(&self, req: &RebuildDoneRequest) -> Result<ClusterMap, ClientError> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "rebuild-done"])?,
+            &[],
+            Some(req),
+        )
+        .await
+    }
+
+    /// `POST /v1/rebuild-progress`: how far this server (the primary) is with a rebuild.
+    ///
+    /// # Errors
+    /// [`ClientError`]; 409 when the copy is not rebuilding (any more).
+    pub async fn rebuild_progress(&self, req: &RebuildProgressRequest) -> Result<(), ClientError> {
+        let _: crate::api::Empty = self
+            .call(
+                Method::POST,
+                self.url(&["v1", "rebuild-progress"])?,
+                &[],
+                Some(req),
+            )
+            .await?;
+        Ok(())
     }
 
     /// `POST /v1/server-unreachable`: this server could not reach peer `server`. The answer

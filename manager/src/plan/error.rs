@@ -226,6 +226,19 @@ pub enum PlanError {
         /// The primary (or "no primary").
         primary: String,
     },
+    /// A rebuild reported done for a copy that is not `rebuilding` (it went stale since).
+    #[error(
+        "server {server:?}'s copy of extent {extent} of volume {volume:?} is stale, not \
+         rebuilding: it missed writes since the rebuild began"
+    )]
+    NotRebuilding {
+        /// The copy's server.
+        server: String,
+        /// Volume name.
+        volume: String,
+        /// Extent index.
+        extent: usize,
+    },
     /// A generation newer than the manager's.
     #[error("generation {generation} is newer than the manager's {current}")]
     FutureGeneration {
@@ -289,6 +302,7 @@ impl PlanError {
             | Self::NotMoving { .. }
             | Self::NotOwner { .. }
             | Self::NotPrimary { .. }
+            | Self::NotRebuilding { .. }
             | Self::ServerNotUp { .. }
             | Self::NoSpace { .. }
             | Self::NoSpaceOn { .. }

@@ -21,7 +21,7 @@ use yaml::derived_volume_uuid;
 pub use error::PlanError;
 use reload::reload_holding;
 pub use reload::{initial_map, reload, reload_from};
-pub use replica::replica_failed;
+pub use replica::{rebuild_done, rebuild_due, rebuild_start, replica_failed};
 
 use crate::api::{AddServerRequest, CreateVolumeRequest, MoveReadyRequest, MoveRequest};
 use crate::map::{
@@ -65,6 +65,13 @@ pub enum Change {
         /// The copy's server is not connected to the manager.
         server_gone: bool,
     },
+    /// A server whose copies are stale is back: they become `rebuilding`.
+    RebuildStart {
+        /// Server id.
+        id: String,
+    },
+    /// `POST /v1/rebuild-done`.
+    RebuildDone(crate::api::RebuildDoneRequest),
     /// A server's state (from a reload, or an operator).
     SetServerState {
         /// Server id.
@@ -92,6 +99,8 @@ impl Change {
             Self::StartMove(_) => "start move",
             Self::SwitchMove(_) => "switch move",
             Self::ReplicaFailed { .. } => "replica failed",
+            Self::RebuildStart { .. } => "rebuild start",
+            Self::RebuildDone(_) => "rebuild done",
             Self::SetServerState { .. } => "server state",
             Self::Reload { .. } => "reload",
         }
@@ -123,6 +132,8 @@ fn apply_holding(
         Change::StartMove(req) => step(map, |m| edit_start_move(m, req, held)),
         Change::SwitchMove(req) => switch_move(map, req),
         Change::ReplicaFailed { req, server_gone } => replica_failed(map, req, *server_gone),
+        Change::RebuildStart { id } => replica::rebuild_start(map, id),
+        Change::RebuildDone(req) => replica::rebuild_done(map, req),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
         Change::Reload { previous, cluster } => {
             reload_holding(map, previous.as_deref(), cluster, held)

@@ -1,9 +1,12 @@
 //! A copy taken out of the write set (docs/replication.md, "Failure"): the primary of an
 //! extent reports that its write to a copy failed, and the next map marks that copy `stale`.
-//! The copy keeps its pool range (a rebuild writes into it in place).
+//! The copy keeps its pool range (a rebuild writes into it in place). A server whose copies
+//! are stale is back (`up`, and acking): they become `rebuilding` ([`rebuild_start`]), and once
+//! the primary has copied what they missed, `in_sync` again ([`rebuild_done`];
+//! docs/replication.md, "Rebuild").
 
 use super::{PlanError, extent_mut, step};
-use crate::api::ReplicaFailedRequest;
+use crate::api::{RebuildDoneRequest, ReplicaFailedRequest};
 use crate::map::{ClusterMap, ReplicaState, ServerState};
 
 /// `POST /v1/replica-failed`: the map with `req.server`'s copy of the extent `stale`; with
@@ -80,6 +83,117 @@ pub fn replica_failed(
     })
 }
 
+/// The map in which every `stale` copy on server `id` that can be rebuilt is `rebuilding`: `id`
+/// is `up`, and the copy's extent has a primary on another server (which copies it). The
+/// manager applies it when `id` acks a map while connected (docs/replication.md, "Rebuild").
+/// Nothing to do leaves the map unchanged, generation included.
+///
+/// # Errors
+/// Unknown server.
+pub fn rebuild_start(map: &ClusterMap, id: &str) -> Result<ClusterMap, PlanError> {
+    let Some(server) = map.server(id) else {
+        return Err(PlanError::UnknownServer(id.to_owned()));
+    };
+    if server.state != ServerState::Up {
+        return Ok(map.clone());
+    }
+    let rebuildable: Vec<Vec<bool>> = map
+        .volumes
+        .iter()
+        .map(|v| {
+            v.extents
+                .iter()
+                .map(|e| map.primary(e).is_some_and(|p| p.server != id))
+                .collect()
+        })
+        .collect();
+    step(map, |m| {
+        for (v, ok) in m.volumes.iter_mut().zip(&rebuildable) {
+            for (e, ok) in v.extents.iter_mut().zip(ok) {
+                if !*ok {
+                    continue;
+                }
+                for r in e.replicas.iter_mut().filter(|r| r.server == id) {
+                    if r.state == ReplicaState::Stale {
+                        r.state = ReplicaState::Rebuilding;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Whether [`rebuild_start`] would change anything for server `id` (a cheap check before
+/// queueing the change).
+#[must_use]
+pub fn rebuild_due(map: &ClusterMap, id: &str) -> bool {
+    map.server(id).is_some_and(|s| s.state == ServerState::Up)
+        && map.volumes.iter().any(|v| {
+            v.extents.iter().any(|e| {
+                map.primary(e).is_some_and(|p| p.server != id)
+                    && e.replicas
+                        .iter()
+                        .any(|r| r.server == id && r.state == ReplicaState::Stale)
+            })
+        })
+}
+
+/// `POST /v1/rebuild-done`: the map with `req.server`'s copy of the extent `in_sync`.
+///
+/// Accepted only from the extent's primary in `map`, about a `rebuilding` copy. A copy already
+/// `in_sync` leaves the map unchanged (a repeated report). A copy gone `stale` since (it failed
+/// a write, or its server was lost) is refused: it missed writes the rebuild did not copy.
+///
+/// # Errors
+/// Unknown volume or extent, a server holding no copy of it, a sender that is not its primary
+/// (or reports itself), a copy that is `stale`, a generation newer than the map's.
+pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<ClusterMap, PlanError> {
+    if req.generation > map.generation {
+        return Err(PlanError::FutureGeneration {
+            generation: req.generation,
+            current: map.generation,
+        });
+    }
+    let primary = map
+        .volume(&req.volume)
+        .and_then(|v| v.extents.get(req.extent))
+        .and_then(|e| map.primary(e))
+        .map(|r| r.server.clone());
+    step(map, |m| {
+        let (_, ext) = extent_mut(m, &req.volume, req.extent)?;
+        if primary.as_deref() != Some(req.primary.as_str()) || req.server == req.primary {
+            return Err(PlanError::NotPrimary {
+                server: req.primary.clone(),
+                volume: req.volume.clone(),
+                extent: req.extent,
+                primary: primary.map_or_else(|| "no primary".to_owned(), |p| format!("{p:?}")),
+            });
+        }
+        let copy = ext
+            .replicas
+            .iter_mut()
+            .find(|r| r.server == req.server)
+            .ok_or_else(|| PlanError::NoSuchReplica {
+                server: req.server.clone(),
+                volume: req.volume.clone(),
+                extent: req.extent,
+            })?;
+        match copy.state {
+            ReplicaState::InSync => Ok(()),
+            ReplicaState::Rebuilding => {
+                copy.state = ReplicaState::InSync;
+                Ok(())
+            }
+            ReplicaState::Stale => Err(PlanError::NotRebuilding {
+                server: req.server.clone(),
+                volume: req.volume.clone(),
+                extent: req.extent,
+            }),
+        }
+    })
+}
+
 /// Every `in_sync` copy on a server marked `down` becomes `stale`, unless no copy of its
 /// extent on a server that is not down is `in_sync` (then it stays: it holds the newest data,
 /// as no write could complete without it). Run on every next map, so a mark-down (operator,
@@ -107,7 +221,9 @@ pub(super) fn down_copies_stale(m: &mut ClusterMap) {
                 continue;
             }
             for r in e.replicas.iter_mut().filter(|r| is_down(&r.server)) {
-                if r.state == ReplicaState::InSync {
+                // A rebuilding copy on a down server stops taking writes too: it is stale
+                // again (rebuilt when its server is back).
+                if r.state != ReplicaState::Stale {
                     r.state = ReplicaState::Stale;
                 }
             }
@@ -348,5 +464,128 @@ mod tests {
                 .any(|r| r.server == c && r.state == ReplicaState::InSync)
         );
         both.validate().unwrap();
+    }
+
+    fn done(m: &ClusterMap, extent: usize, from: &str, copy: &str) -> RebuildDoneRequest {
+        RebuildDoneRequest {
+            primary: from.to_owned(),
+            volume: "v".to_owned(),
+            extent,
+            server: copy.to_owned(),
+            generation: m.generation,
+        }
+    }
+
+    fn state_of(m: &ClusterMap, extent: usize, server: &str) -> ReplicaState {
+        m.volume("v").unwrap().extents[extent]
+            .replicas
+            .iter()
+            .find(|r| r.server == server)
+            .unwrap()
+            .state
+    }
+
+    #[test]
+    fn a_stale_copy_goes_rebuilding_then_in_sync_on_the_primarys_report() {
+        let m = cluster();
+        let (p, c) = copies(&m, 1);
+        let stale = replica_failed(&m, &report(&m, 1, &p, &c), true).unwrap();
+        assert!(rebuild_due(&stale, &c));
+        assert!(!rebuild_due(&stale, &p));
+        let stale_extents: Vec<usize> = (0..4)
+            .filter(|&x| {
+                stale.volume("v").unwrap().extents[x]
+                    .replicas
+                    .iter()
+                    .any(|r| r.server == c && r.state == ReplicaState::Stale)
+            })
+            .collect();
+        assert!(stale_extents.contains(&1));
+        // The server is back: every stale copy of it is rebuilding, in one new generation,
+        // keeping its pool range.
+        let rebuilding = rebuild_start(&stale, &c).unwrap();
+        assert_eq!(rebuilding.generation, stale.generation + 1);
+        assert!(!rebuild_due(&rebuilding, &c));
+        for &x in &stale_extents {
+            assert_eq!(state_of(&rebuilding, x, &c), ReplicaState::Rebuilding);
+            // A rebuilding copy does not count: the primary stays the primary.
+            let e = &rebuilding.volume("v").unwrap().extents[x];
+            assert_ne!(rebuilding.primary(e).unwrap().server, c);
+        }
+        assert_eq!(rebuilding.free_bytes(&c), m.free_bytes(&c));
+        rebuilding.validate().unwrap();
+        // Nothing more to start: unchanged, generation included.
+        assert_eq!(rebuild_start(&rebuilding, &c).unwrap(), rebuilding);
+        // Done, reported by the primary: in_sync in the next generation.
+        let synced = rebuild_done(&rebuilding, &done(&rebuilding, 1, &p, &c)).unwrap();
+        assert_eq!(synced.generation, rebuilding.generation + 1);
+        assert_eq!(state_of(&synced, 1, &c), ReplicaState::InSync);
+        // Repeated: unchanged.
+        assert_eq!(
+            rebuild_done(&synced, &done(&synced, 1, &p, &c)).unwrap(),
+            synced
+        );
+        synced.validate().unwrap();
+    }
+
+    #[test]
+    fn only_the_primary_reports_a_rebuild_done_and_never_for_a_stale_copy() {
+        let m = cluster();
+        let (p, c) = copies(&m, 2);
+        let stale = replica_failed(&m, &report(&m, 2, &p, &c), false).unwrap();
+        // Still stale (not rebuilding): refused, it missed writes.
+        let e = rebuild_done(&stale, &done(&stale, 2, &p, &c)).unwrap_err();
+        assert!(matches!(e, PlanError::NotRebuilding { .. }), "{e}");
+        assert_eq!(e.http_status(), 409);
+        let rebuilding = rebuild_start(&stale, &c).unwrap();
+        assert_eq!(state_of(&rebuilding, 2, &c), ReplicaState::Rebuilding);
+        // The copy itself, or a server holding no copy: not the primary.
+        let e = rebuild_done(&rebuilding, &done(&rebuilding, 2, &c, &c)).unwrap_err();
+        assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
+        let other = ["s1", "s2", "s3"]
+            .into_iter()
+            .find(|s| *s != p && *s != c)
+            .unwrap();
+        let e = rebuild_done(&rebuilding, &done(&rebuilding, 2, other, &c)).unwrap_err();
+        assert!(matches!(e, PlanError::NotPrimary { .. }), "{e}");
+        let e = rebuild_done(&rebuilding, &done(&rebuilding, 2, &p, other)).unwrap_err();
+        assert!(matches!(e, PlanError::NoSuchReplica { .. }), "{e}");
+        let mut future = done(&rebuilding, 2, &p, &c);
+        future.generation += 1;
+        let e = rebuild_done(&rebuilding, &future).unwrap_err();
+        assert!(matches!(e, PlanError::FutureGeneration { .. }), "{e}");
+        // The copy failed again while rebuilding: stale, and a late done is refused.
+        let again = replica_failed(&rebuilding, &report(&rebuilding, 2, &p, &c), false).unwrap();
+        assert_eq!(state_of(&again, 2, &c), ReplicaState::Stale);
+        let e = rebuild_done(&again, &done(&rebuilding, 2, &p, &c)).unwrap_err();
+        assert!(matches!(e, PlanError::NotRebuilding { .. }), "{e}");
+        // A stale report about it once more changes nothing.
+        assert_eq!(
+            replica_failed(&again, &report(&again, 2, &p, &c), false).unwrap(),
+            again
+        );
+    }
+
+    #[test]
+    fn a_server_not_up_or_an_extent_without_another_primary_is_not_rebuilt() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        // Down: its copies stay stale.
+        assert!(!rebuild_due(&down, &p));
+        assert_eq!(rebuild_start(&down, &p).unwrap(), down);
+        // Draining: not rebuilt either.
+        let draining = crate::plan::set_server_state(&down, &p, ServerState::Draining).unwrap();
+        assert_eq!(rebuild_start(&draining, &p).unwrap(), draining);
+        // Up again: its copies rebuild from the copies that took over as primaries.
+        let up = crate::plan::set_server_state(&down, &p, ServerState::Up).unwrap();
+        let rebuilding = rebuild_start(&up, &p).unwrap();
+        assert_eq!(state_of(&rebuilding, 0, &p), ReplicaState::Rebuilding);
+        let e0 = &rebuilding.volume("v").unwrap().extents[0];
+        assert_eq!(rebuilding.primary(e0).unwrap().server, c);
+        // Marked down again while rebuilding: stale again.
+        let down2 = crate::plan::set_server_state(&rebuilding, &p, ServerState::Down).unwrap();
+        assert_eq!(state_of(&down2, 0, &p), ReplicaState::Stale);
+        assert!(rebuild_start(&m, "nobody").is_err(), "unknown server");
     }
 }

@@ -140,6 +140,9 @@ struct Inner {
     applied_file: Option<String>,
 }
 
+/// Rebuild progress by (volume, extent, copy's server): (done, total) bytes.
+type RebuildProgress = HashMap<(String, usize, String), (u64, u64)>;
+
 /// Everything the handlers share.
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
@@ -154,6 +157,11 @@ pub(crate) struct Shared {
     tick: tokio_watch::Sender<Tick>,
     watchers: Mutex<watch::Watchers>,
     metrics: metrics::Metrics,
+    /// Rebuild progress reported by primaries: (volume, extent, copy's server) → (done, total)
+    /// bytes. Memory only; entries of copies no longer `rebuilding` are dropped by status.
+    rebuild_progress: Mutex<RebuildProgress>,
+    /// Servers whose copies are being marked `rebuilding` (one change queued per server).
+    rebuild_queued: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An error answer: HTTP status and message (`{"error": message}`).
@@ -191,6 +199,26 @@ impl Shared {
         self.watchers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn rebuild_progress(&self) -> MutexGuard<'_, RebuildProgress> {
+        self.rebuild_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks (`queued`) or unmarks server `id` as having a rebuild-start change queued;
+    /// marking answers false when it already was.
+    fn rebuild_queued(&self, id: &str, queued: bool) -> bool {
+        let mut q = self
+            .rebuild_queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queued {
+            q.insert(id.to_owned())
+        } else {
+            q.remove(id)
+        }
     }
 
     fn credentials(&self) -> Option<Arc<auth::Credentials>> {
@@ -711,6 +739,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         credentials: RwLock::new(credentials.map(Arc::new)),
         tick,
         watchers: Mutex::new(watch::Watchers::default()),
+        rebuild_progress: Mutex::new(HashMap::new()),
+        rebuild_queued: Mutex::new(std::collections::HashSet::new()),
         metrics: metrics::Metrics::new(),
     });
     let actions = {

@@ -15,9 +15,10 @@ use super::auth::Caller;
 use super::{ApiError, REPORTS_PER_SECOND_MAX, REQUEST_BYTES_MAX, ReportWindow, Shared};
 use crate::api::{
     AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MapQuery,
-    MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, ReplicaFailedRequest, ReportKind,
-    ReportRequest, ResizeRequest, ServerStateRequest, ServerStatus, ServerUnreachableRequest,
-    StaleReplica, Status,
+    MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, RebuildDoneRequest,
+    RebuildProgressRequest, RebuildingReplica, ReplicaFailedRequest, ReportKind, ReportRequest,
+    ResizeRequest, ServerStateRequest, ServerStatus, ServerUnreachableRequest, StaleReplica,
+    Status,
 };
 use crate::coord::Event;
 use crate::map::ClusterMap;
@@ -80,6 +81,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/move-ready", post(move_ready))
         .route("/v1/replica-failed", post(replica_failed))
         .route("/v1/server-unreachable", post(server_unreachable))
+        .route("/v1/rebuild-done", post(rebuild_done))
+        .route("/v1/rebuild-progress", post(rebuild_progress))
         .route("/v1/status", get(status))
         .route("/v1/volumes", post(create_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
@@ -158,11 +161,97 @@ async fn ack(
     caller.speaks_for(&req.server, "ack")?;
     known_server(&s, &req.server)?;
     tracing::debug!(server = %req.server, generation = req.generation, "ack");
+    let id = req.server.clone();
     let actions = s.feed(Event::Ack {
         server: req.server,
         generation: req.generation,
     });
     super::run_actions(&s, actions);
+    rebuild_if_due(&s, &id);
+    Ok(Json(Empty {}))
+}
+
+/// A server that acks a map while its watch stream is open is back: its `stale` copies that
+/// can be rebuilt become `rebuilding` in a new generation, in the background (the ack answers
+/// at once). The manager does it on its own, as SPDK and Ceph users expect; an operator who
+/// wants a server to stay out sets it `draining` or `down` (docs/replication.md, "Rebuild").
+fn rebuild_if_due(s: &Arc<Shared>, id: &str) {
+    if !s.watchers().server_watching(id) {
+        return;
+    }
+    let due = crate::plan::rebuild_due(&s.lock().head, id);
+    if !due || !s.rebuild_queued(id, true) {
+        return;
+    }
+    let s = Arc::clone(s);
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        tracing::info!(server = %id, "server back with stale copies: marking them rebuilding");
+        let r = s.change(Change::RebuildStart { id: id.clone() }).await;
+        s.rebuild_queued(&id, false);
+        if let Err(e) = r {
+            tracing::warn!(server = %id, status = e.status, "marking copies rebuilding failed: {}", e.message);
+        }
+    });
+}
+
+/// The primary copied a `rebuilding` copy: the answer is the map in which it is `in_sync`
+/// (docs/replication.md, "Rebuild").
+async fn rebuild_done(
+    State(s): S,
+    Extension(caller): C,
+    b: Result<Json<RebuildDoneRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let req = body(b)?;
+    caller.speaks_for(&req.primary, "rebuild-done report")?;
+    known_server(&s, &req.primary)?;
+    tracing::info!(primary = %req.primary, volume = %req.volume, extent = req.extent,
+        copy = %req.server, generation = req.generation, "rebuild done: marking the copy in_sync");
+    let key = (req.volume.clone(), req.extent, req.server.clone());
+    let m = s.change(Change::RebuildDone(req)).await?;
+    s.rebuild_progress().remove(&key);
+    Ok(Json(m))
+}
+
+/// Progress of a rebuild, kept in memory for `GET /v1/status`.
+async fn rebuild_progress(
+    State(s): S,
+    Extension(caller): C,
+    b: Result<Json<RebuildProgressRequest>, JsonRejection>,
+) -> Result<Json<Empty>, ApiError> {
+    let req = body(b)?;
+    caller.speaks_for(&req.primary, "rebuild-progress report")?;
+    known_server(&s, &req.primary)?;
+    let rebuilding = {
+        let inner = s.lock();
+        inner
+            .head
+            .volume(&req.volume)
+            .and_then(|v| v.extents.get(req.extent))
+            .is_some_and(|e| {
+                inner
+                    .head
+                    .primary(e)
+                    .is_some_and(|p| p.server == req.primary)
+                    && e.replicas.iter().any(|r| {
+                        r.server == req.server && r.state == crate::map::ReplicaState::Rebuilding
+                    })
+            })
+    };
+    if !rebuilding {
+        return Err(ApiError::new(
+            409,
+            format!(
+                "extent {} of volume {:?}: server {:?} is not its primary or server {:?}'s copy \
+                 is not rebuilding",
+                req.extent, req.volume, req.primary, req.server
+            ),
+        ));
+    }
+    s.rebuild_progress().insert(
+        (req.volume, req.extent, req.server),
+        (req.done_bytes.min(req.total_bytes), req.total_bytes),
+    );
     Ok(Json(Empty {}))
 }
 
@@ -325,15 +414,39 @@ async fn status(State(s): S) -> Json<Status> {
         .collect();
     let mut moves = Vec::new();
     let mut stale_replicas = Vec::new();
+    let mut rebuilding_replicas = Vec::new();
+    let mut progress = s.rebuild_progress();
+    // Progress of copies no longer rebuilding goes (the map is the truth).
+    progress.retain(|(v, e, server), _| {
+        head.volume(v)
+            .and_then(|v| v.extents.get(*e))
+            .is_some_and(|e| {
+                e.replicas
+                    .iter()
+                    .any(|r| &r.server == server && r.state == crate::map::ReplicaState::Rebuilding)
+            })
+    });
     for v in &head.volumes {
         for (i, ext) in v.extents.iter().enumerate() {
             for r in &ext.replicas {
-                if r.state == crate::map::ReplicaState::Stale {
-                    stale_replicas.push(StaleReplica {
+                match r.state {
+                    crate::map::ReplicaState::Stale => stale_replicas.push(StaleReplica {
                         volume: v.name.clone(),
                         extent: i,
                         server: r.server.clone(),
-                    });
+                    }),
+                    crate::map::ReplicaState::Rebuilding => {
+                        let p = progress.get(&(v.name.clone(), i, r.server.clone()));
+                        rebuilding_replicas.push(RebuildingReplica {
+                            volume: v.name.clone(),
+                            extent: i,
+                            server: r.server.clone(),
+                            primary: head.primary(ext).map(|p| p.server.clone()),
+                            done_bytes: p.map(|p| p.0),
+                            total_bytes: p.map(|p| p.1),
+                        });
+                    }
+                    crate::map::ReplicaState::InSync => {}
                 }
             }
             if let (Some(m), Some(owner)) = (&ext.moving, ext.replicas.first()) {
@@ -363,6 +476,7 @@ async fn status(State(s): S) -> Json<Status> {
         moves,
         publishing,
         stale_replicas,
+        rebuilding_replicas,
     })
 }
 
