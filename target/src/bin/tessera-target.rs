@@ -76,6 +76,10 @@ struct Args {
     /// gets a retryable path error).
     #[arg(long, value_name = "MS", default_value_t = 5000, requires = "manager")]
     forward_timeout: u64,
+    /// Cluster mode: rebuild rate of this server, in MB/s (10^6 bytes) over all the copies it
+    /// rebuilds as their primary; 0: unlimited.
+    #[arg(long, value_name = "MB/S", default_value_t = tessera::cluster::rebuild::DEFAULT_RATE_MB, requires = "manager")]
+    rebuild_rate: u64,
     /// Cluster mode: directory of the servers' DH-HMAC-CHAP secrets, `<server-id>.key` each
     /// (`nvme gen-dhchap-key` output): internal connections authenticate with them. Required
     /// when the internal portal is not a loopback address.
@@ -392,6 +396,9 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
         };
         node.shared
             .set_forward_timeout(std::time::Duration::from_millis(args.forward_timeout));
+        node.shared
+            .rebuilds
+            .set_rate(args.rebuild_rate.saturating_mul(1_000_000));
         if let Err(e) = start_metrics(args.metrics, &node.target).await {
             eprintln!("tessera-target: {e}");
             node.target.shutdown().await;

@@ -15,6 +15,7 @@ pub mod mover;
 pub mod node;
 pub mod peers;
 pub mod pool;
+pub mod rebuild;
 pub mod replica;
 pub mod routed;
 
@@ -282,6 +283,8 @@ pub struct NodeShared {
     pub replica_locks: replica::RangeLocks,
     /// Failed copies reported to the manager (deduplicated, rate-limited).
     pub replica_reports: replica::Reports,
+    /// Dirty maps of copies out of the write set, and the rebuild rate (this server as primary).
+    pub rebuilds: rebuild::Rebuilds,
 }
 
 impl NodeShared {
@@ -448,7 +451,11 @@ pub async fn start(
         dhchap,
         replica_locks: replica::RangeLocks::default(),
         replica_reports: replica::Reports::default(),
+        rebuilds: rebuild::Rebuilds::default(),
     });
+    // Copies out of the write set in the first map: this process has no record of what they
+    // missed (a rebuild copies their whole extent).
+    rebuild::reconcile(&shared, None, &map);
     // Namespace 1, the pool for routed commands: writes to extents this server is the primary
     // of reach every copy; the copies take them on namespace 3, under the primary rule
     // (docs/replication.md). Both are in place before the portals open.
@@ -484,6 +491,7 @@ pub async fn start(
     tokio::spawn(watch(Arc::clone(&shared)));
     tokio::spawn(heartbeat(Arc::clone(&shared)));
     tokio::spawn(report(Arc::clone(&shared), report_rx));
+    tokio::spawn(rebuild::supervise(Arc::downgrade(&shared)));
     tracing::info!(
         server = server_id,
         generation = map.generation,
@@ -756,6 +764,8 @@ pub async fn install(node: &Arc<NodeShared>, new: Arc<ClusterMap>) -> Vec<node::
                     next = Some(Event::Timer);
                 }
                 Action::Install(map) => {
+                    // Dirty maps first: a write that sees the new map finds them.
+                    rebuild::reconcile(node, Some(&node.map.load_full()), &map);
                     node.map.store(Arc::clone(&map));
                     sync_subsystems(node, &map);
                     node.admission.installed(&map, &node.me);

@@ -106,9 +106,9 @@ impl Drop for RangeGuard<'_> {
 /// path error ([`VolumeError::NoPath`]), as does a write whose extent this server is no
 /// longer the primary of (docs/replication.md, "Failure").
 pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResult<()> {
-    let Some(fanout) = node.admission.ownership().fanout(off, len) else {
+    if node.admission.ownership().fanout(off, len).is_none() && !node.rebuilds.tracks(off, len) {
         return own(node, off, len, &op).await;
-    };
+    }
     let timeout = node.forward_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
     let end = off.saturating_add(len);
@@ -121,6 +121,48 @@ pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResu
         );
         return Err(VolumeError::NoPath(NoPath::MapSettling));
     };
+    // The copies, as of now that the lock is held: a map installed while this write waited
+    // for it decides (a copy that turned `rebuilding` meanwhile gets this write).
+    let fanout = node.admission.ownership().fanout(off, len);
+    let mut acked = Vec::new();
+    let mut failed = Vec::new();
+    let result = match &fanout {
+        None => own(node, off, len, &op).await,
+        Some(f) => {
+            fan_out(
+                node,
+                (off, len, f),
+                &op,
+                (deadline, timeout),
+                (&mut acked, &mut failed),
+            )
+            .await
+        }
+    };
+    // Still under the lock: every copy that did not take this write has it in its dirty map
+    // (a rebuild copies it), whatever the outcome (this server's copy may have it).
+    if let Some(f) = &fanout {
+        let failed: Vec<_> = failed
+            .into_iter()
+            .map(|k| (f.extent.0, f.extent.1 - f.extent.0, k))
+            .collect();
+        node.rebuilds.missed(off, len, &acked, &failed);
+    } else {
+        node.rebuilds.missed(off, len, &[], &[]);
+    }
+    result
+}
+
+/// [`write`] of an extent with other copies, the range lock held: this server's copy and
+/// every copy of `f` at once; the copies that took it are added to `acked`, the `in_sync`
+/// ones whose write failed to `failed`.
+async fn fan_out(
+    node: &NodeShared,
+    (off, len, f): (u64, u64, &node::Fanout),
+    op: &WriteOp,
+    (deadline, timeout): (tokio::time::Instant, Duration),
+    (acked, failed): (&mut Vec<CopyKey>, &mut Vec<CopyKey>),
+) -> IoResult<()> {
     // Forwards carry an expiry too: past it, a copy does not start the write. (While this
     // server stays the primary, a late copy write is still ordered by the range lock.)
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -128,16 +170,13 @@ pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResu
     // A copy that has not answered by then is reported, leaving time to install the map that
     // takes it out of the write set before the deadline.
     let copy_deadline = deadline.min(tokio::time::Instant::now() + replica_timeout(timeout));
-    let within = off - fanout.extent.0;
-    let op = &op;
-    let forwards = fanout.copies.iter().map(|c| async move {
+    let within = off - f.extent.0;
+    let forwards = f.copies.iter().map(|c| async move {
         let r = forward(node, c, c.offset + within, len, op, copy_deadline, expires).await;
         (c, r)
     });
     let (mine, theirs) = futures::join!(own(node, off, len, op), join_all(forwards));
-    mine?;
-    let mut acked = Vec::new();
-    let mut failed = Vec::new();
+    let mut newly_failed = Vec::new();
     for (c, r) in theirs {
         match r {
             Ok(()) => acked.push((c.server.clone(), c.offset)),
@@ -145,26 +184,28 @@ pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResu
                 tracing::warn!(copy = %c.server, in_sync = c.counts, error = %e,
                     "replica write failed");
                 if c.counts {
-                    failed.push((c.server.clone(), c.offset));
+                    newly_failed.push((c.server.clone(), c.offset));
                 }
             }
         }
     }
-    if failed.is_empty() {
+    failed.extend(newly_failed.iter().cloned());
+    mine?;
+    if newly_failed.is_empty() {
         return Ok(());
     }
     out_of_write_set(
         node,
         (off, len, within),
         op,
-        (acked, failed),
+        (acked, newly_failed),
         (deadline, expires),
     )
     .await
 }
 
 /// One copy: (server, offset of the extent in its pool).
-type CopyKey = (String, u64);
+pub(super) type CopyKey = (String, u64);
 
 /// How long the primary waits for a copy's answer before it reports the copy: 2 s, or less
 /// with a short forwarding deadline (half of it), so that the report and the new map fit in.
@@ -182,7 +223,7 @@ async fn out_of_write_set(
     node: &NodeShared,
     (off, len, within): (u64, u64, u64),
     op: &WriteOp,
-    (mut acked, mut failed): (Vec<CopyKey>, Vec<CopyKey>),
+    (acked, mut failed): (&mut Vec<CopyKey>, Vec<CopyKey>),
     (deadline, expires): (tokio::time::Instant, u64),
 ) -> IoResult<()> {
     let settling = || VolumeError::NoPath(NoPath::MapSettling);
@@ -346,7 +387,7 @@ const REPORT_GAP: Duration = Duration::from_millis(500);
 
 /// Reports `server`'s copy of extent `index` of `volume` to the manager (unless a report of
 /// it was sent at this generation or very recently), bounded by `deadline`.
-async fn report(
+pub(super) async fn report(
     node: &NodeShared,
     volume: &str,
     index: usize,
@@ -409,7 +450,7 @@ fn own(node: &NodeShared, off: u64, len: u64, op: &WriteOp) -> IoFuture<()> {
 
 /// Sends `op` to copy `c` at `pool_off` of its pool, retrying (with the current generation)
 /// after a generation mismatch or a lost connection, until `deadline`.
-async fn forward(
+pub(super) async fn forward(
     node: &NodeShared,
     c: &Copy,
     pool_off: u64,
@@ -539,8 +580,10 @@ impl FanoutPool {
             }));
         };
         // An extent with no other copy (every volume with one copy) is the pool's write, as
-        // before replication: no boxed future, no range lock per command.
-        if node.admission.ownership().fanout(off, len).is_none() {
+        // before replication: no boxed future, no range lock per command. (A copy out of the
+        // write set keeps a dirty map: then the write takes the lock to mark it.)
+        if node.admission.ownership().fanout(off, len).is_none() && !node.rebuilds.tracks(off, len)
+        {
             return own(&node, off, len, &op);
         }
         IoFuture::Boxed(Box::pin(async move { write(&node, off, len, op).await }))

@@ -1,0 +1,746 @@
+//! Rebuild of a copy that missed writes (docs/replication.md, "Rebuild"), on the extent's
+//! primary.
+//!
+//! **Dirty maps.** For every copy of an extent this server is the primary of that does not
+//! count for the ack (`stale`, `rebuilding`, or on a server marked down), the primary keeps a
+//! [`DirtyMap`]: one bit per [`DIRTY_CHUNK`] of the extent, set for every write the copy did
+//! not take. The map is created when a map is installed (before the writes see it: see
+//! [`reconcile`]) or when a write to an `in_sync` copy fails: empty when the copy took every
+//! write until then under this primary, all set otherwise (this server restarted, or became
+//! the primary after a failover: it cannot know what the copy missed, so the whole extent is
+//! copied). Bits are set and cleared only under the extent's range lock
+//! ([`super::replica::RangeLocks`]), by the write that did not reach the copy and by the
+//! rebuild chunk that copies it, so a host write and a rebuild chunk of the same blocks are
+//! ordered.
+//!
+//! **The rebuild.** When the installed map marks such a copy `rebuilding`, a task copies each
+//! dirty run from this server's pool to the copy (internal namespace 3, stamped, under the
+//! range lock), at most [`NodeShared::rebuild_rate`] bytes a second over all rebuilds of this
+//! server. Host writes reach a `rebuilding` copy through the normal fan-out meanwhile (a failed
+//! one sets its bits again), so once no bit is left the copy is equal: the task flushes the
+//! copy and reports `POST /v1/rebuild-done`, and the manager marks it `in_sync`. Progress goes
+//! to the manager about once a second and to the log every 10 %.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bitvec::prelude::{BitVec, Lsb0};
+use manager::api::{RebuildDoneRequest, RebuildProgressRequest};
+use manager::client::ClientError;
+use manager::map::{ClusterMap, ReplicaState, ServerState};
+
+use super::NodeShared;
+use super::node::{self, Copy};
+use super::replica::{self, CopyKey, WriteOp};
+use crate::subsystem::lock;
+
+/// Dirty-map granularity: 64 KiB (a 64 MiB extent is a 128-byte bitmap; a 4 KiB host write
+/// costs at most a 64 KiB re-copy).
+pub const DIRTY_CHUNK: u64 = 64 * 1024;
+
+/// Default rebuild rate of a server, in MB/s (`tessera-target --rebuild-rate`).
+pub const DEFAULT_RATE_MB: u64 = 200;
+
+/// Largest rebuild write (the internal hop's transfer size, as a move's copy).
+const IO_MAX: u64 = super::mover::COPY_IO_MAX;
+
+/// How often a running rebuild reports its progress to the manager.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Pause after a failed rebuild write or report before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How often the supervisor looks for copies to rebuild when no new map wakes it.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
+/// Bound on one rebuild-done or progress call to the manager.
+const MANAGER_CALL: Duration = Duration::from_secs(5);
+
+/// The blocks of one extent a copy missed: one bit per [`DIRTY_CHUNK`].
+#[derive(Debug)]
+pub struct DirtyMap {
+    /// The extent's length in bytes.
+    len: u64,
+    bits: Mutex<BitVec<u64, Lsb0>>,
+}
+
+impl DirtyMap {
+    /// A map of an extent of `len` bytes: clean, or (`all`) every chunk dirty.
+    pub fn new(len: u64, all: bool) -> Self {
+        let chunks = usize::try_from(len.div_ceil(DIRTY_CHUNK)).unwrap_or(0);
+        Self {
+            len,
+            bits: Mutex::new(BitVec::repeat(all, chunks)),
+        }
+    }
+
+    /// The chunks of bytes `[at, at + len)` of the extent (clipped to it), as bit indices.
+    fn chunks(&self, at: u64, len: u64) -> std::ops::Range<usize> {
+        let end = at.saturating_add(len).min(self.len);
+        if at >= end {
+            return 0..0;
+        }
+        let first = usize::try_from(at / DIRTY_CHUNK).unwrap_or(usize::MAX);
+        let last = usize::try_from((end - 1) / DIRTY_CHUNK).unwrap_or(usize::MAX);
+        first..last.saturating_add(1)
+    }
+
+    /// Marks bytes `[at, at + len)` of the extent dirty.
+    pub fn mark(&self, at: u64, len: u64) {
+        let r = self.chunks(at, len);
+        let mut bits = lock(&self.bits);
+        if let Some(s) = bits.get_mut(r) {
+            s.fill(true);
+        }
+    }
+
+    /// Clears the chunks of bytes `[at, at + len)` (a rebuild run copied them).
+    pub fn clear(&self, at: u64, len: u64) {
+        let r = self.chunks(at, len);
+        let mut bits = lock(&self.bits);
+        if let Some(s) = bits.get_mut(r) {
+            s.fill(false);
+        }
+    }
+
+    /// Whether no chunk is dirty.
+    pub fn is_clean(&self) -> bool {
+        lock(&self.bits).not_any()
+    }
+
+    /// Bytes left to copy.
+    pub fn dirty_bytes(&self) -> u64 {
+        let bits = lock(&self.bits);
+        bits.iter_ones()
+            .map(|i| {
+                let at = (i as u64).saturating_mul(DIRTY_CHUNK);
+                DIRTY_CHUNK.min(self.len.saturating_sub(at))
+            })
+            .sum()
+    }
+
+    /// The first run of dirty chunks at or after byte `from`, at most `max` bytes (at least one
+    /// chunk), clipped to the extent: `(at, len)` in bytes. Not cleared.
+    pub fn next_run(&self, from: u64, max: u64) -> Option<(u64, u64)> {
+        let bits = lock(&self.bits);
+        let start = usize::try_from(from.div_ceil(DIRTY_CHUNK)).ok()?;
+        let first = start + bits.get(start..)?.first_one()?;
+        let most = usize::try_from((max / DIRTY_CHUNK).max(1)).unwrap_or(1);
+        let tail = bits.get(first..)?;
+        let n = tail.first_zero().unwrap_or(tail.len()).min(most);
+        let at = (first as u64).saturating_mul(DIRTY_CHUNK);
+        let end = ((first + n) as u64)
+            .saturating_mul(DIRTY_CHUNK)
+            .min(self.len);
+        Some((at, end.saturating_sub(at)))
+    }
+}
+
+/// A copy this server (its extent's primary) keeps a dirty map for.
+#[derive(Debug)]
+pub struct Tracked {
+    /// This server's copy of the extent: pool bytes `[start, start + len)`.
+    pub start: u64,
+    /// The extent's length.
+    pub len: u64,
+    /// The other copy's server.
+    pub server: String,
+    /// The extent's offset in that server's pool.
+    pub offset: u64,
+    /// What it missed.
+    pub dirty: DirtyMap,
+    /// A rebuild task runs for it.
+    running: AtomicBool,
+}
+
+impl Tracked {
+    fn new(start: u64, len: u64, server: &str, offset: u64, all: bool) -> Self {
+        Self {
+            start,
+            len,
+            server: server.to_owned(),
+            offset,
+            dirty: DirtyMap::new(len, all),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    fn key(&self) -> CopyKey {
+        (self.server.clone(), self.offset)
+    }
+
+    fn overlaps(&self, off: u64, len: u64) -> bool {
+        off < self.start.saturating_add(self.len) && self.start < off.saturating_add(len)
+    }
+}
+
+/// This server's dirty maps and rebuild pacing.
+pub struct Rebuilds {
+    /// Read by every replicated write (empty on a server with every copy in sync).
+    tracked: ArcSwap<Vec<Arc<Tracked>>>,
+    /// Serializes edits of `tracked` (installs, failed writes, the supervisor).
+    edit: Mutex<()>,
+    /// Rebuild bytes per second over all rebuilds of this server; 0: unlimited.
+    rate: AtomicU64,
+    /// When the next rebuild write may start (the pacing's virtual clock).
+    next_slot: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Default for Rebuilds {
+    fn default() -> Self {
+        Self {
+            tracked: ArcSwap::from_pointee(Vec::new()),
+            edit: Mutex::new(()),
+            rate: AtomicU64::new(DEFAULT_RATE_MB * 1_000_000),
+            next_slot: Mutex::new(None),
+        }
+    }
+}
+
+impl Rebuilds {
+    /// Whether a dirty map covers any of pool bytes `[off, off + len)` (the write must then
+    /// take the range lock and mark what it did not send).
+    pub fn tracks(&self, off: u64, len: u64) -> bool {
+        let t = self.tracked.load();
+        !t.is_empty() && t.iter().any(|t| t.overlaps(off, len))
+    }
+
+    /// A write of pool bytes `[off, off + len)` (under the range lock) reached this server's
+    /// copy and the copies in `acked`: marks it in the dirty map of every other copy of the
+    /// extent; `failed` copies (in sync until now, whose write just failed) get a clean map
+    /// first if they have none (they took every earlier write).
+    pub fn missed(&self, off: u64, len: u64, acked: &[CopyKey], failed: &[(u64, u64, CopyKey)]) {
+        if !failed.is_empty() {
+            let _e = lock(&self.edit);
+            let mut next = Vec::clone(&self.tracked.load());
+            for (start, ext_len, k) in failed {
+                if !next
+                    .iter()
+                    .any(|t| t.start == *start && t.server == k.0 && t.offset == k.1)
+                {
+                    next.push(Arc::new(Tracked::new(*start, *ext_len, &k.0, k.1, false)));
+                }
+            }
+            self.tracked.store(Arc::new(next));
+        }
+        for t in self.tracked.load().iter() {
+            if t.overlaps(off, len) && !acked.contains(&t.key()) {
+                let from = off.max(t.start) - t.start;
+                let to = off.saturating_add(len).min(t.start + t.len) - t.start;
+                t.dirty.mark(from, to.saturating_sub(from));
+            }
+        }
+    }
+
+    /// The dirty maps kept now (tests, status).
+    pub fn tracked(&self) -> Arc<Vec<Arc<Tracked>>> {
+        self.tracked.load_full()
+    }
+
+    /// Sets the rebuild rate in bytes per second (0: unlimited).
+    pub fn set_rate(&self, bytes_per_second: u64) {
+        self.rate.store(bytes_per_second, Ordering::Relaxed);
+    }
+
+    /// Waits for the turn of a rebuild write of `bytes` under the rate.
+    async fn pace(&self, bytes: u64) {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return;
+        }
+        let nanos = u128::from(bytes) * 1_000_000_000 / u128::from(rate);
+        let cost = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let start = {
+            let mut next = lock(&self.next_slot);
+            let now = tokio::time::Instant::now();
+            let start = next.map_or(now, |n| n.max(now));
+            *next = Some(start + cost);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+/// Where copy `(server, offset)` of the extent at this server's pool offset `start` is in
+/// `map`: (volume, extent index, its state, its server's state), when this server is that
+/// extent's primary.
+fn locate<'m>(
+    map: &'m ClusterMap,
+    me: &str,
+    start: u64,
+    copy: &CopyKey,
+) -> Option<(&'m str, usize, ReplicaState, ServerState)> {
+    map.volumes.iter().find_map(|v| {
+        v.extents.iter().enumerate().find_map(|(i, e)| {
+            let owner = map.write_owner(e)?;
+            if owner.server != me || owner.offset != start {
+                return None;
+            }
+            let r = e
+                .replicas
+                .iter()
+                .find(|r| r.server == copy.0 && r.offset == copy.1)?;
+            let s = map.server(&r.server).map_or(ServerState::Down, |s| s.state);
+            Some((v.name.as_str(), i, r.state, s))
+        })
+    })
+}
+
+/// Brings the dirty maps in line with map `new` (installed now, replacing `old`); called
+/// before the writes see `new`, so that every write that skips a copy under `new` finds its
+/// map. For every extent this server is the primary of in `new`, each other copy that does not
+/// count for the ack gets a map: clean when it counted under this primary in `old` (it took
+/// every write until now), all dirty otherwise. Maps of copies no longer such a copy of an
+/// extent this server is the primary of are dropped, as are clean ones of copies `in_sync`
+/// again; a dirty one of an `in_sync` copy (a write to it failed) is kept and the copy
+/// reported, since it differs.
+pub fn reconcile(node: &Arc<NodeShared>, old: Option<&ClusterMap>, new: &ClusterMap) {
+    let me = node.me.as_str();
+    let rebuilds = &node.rebuilds;
+    let _e = lock(&rebuilds.edit);
+    let current = rebuilds.tracked.load_full();
+    let mut next: Vec<Arc<Tracked>> = Vec::new();
+    let mut differ = Vec::new();
+    for v in &new.volumes {
+        for (i, e) in v.extents.iter().enumerate() {
+            let Some(owner) = new.write_owner(e) else {
+                continue;
+            };
+            if owner.server != me {
+                continue;
+            }
+            let start = owner.offset;
+            let counts = |m: &ClusterMap, r: &manager::map::Replica| {
+                r.state == ReplicaState::InSync
+                    && m.server(&r.server)
+                        .is_some_and(|s| s.state != ServerState::Down)
+            };
+            for r in e.replicas.iter().filter(|r| r.server != me) {
+                let existing = current
+                    .iter()
+                    .find(|t| t.start == start && t.server == r.server && t.offset == r.offset);
+                if counts(new, r) {
+                    if let Some(t) = existing
+                        && (t.running.load(Ordering::Acquire) || !t.dirty.is_clean())
+                    {
+                        next.push(Arc::clone(t));
+                        if !t.running.load(Ordering::Acquire) {
+                            differ.push((v.name.clone(), i, r.server.clone(), new.generation));
+                        }
+                    }
+                    continue;
+                }
+                if let Some(t) = existing {
+                    next.push(Arc::clone(t));
+                    continue;
+                }
+                // Counted under this primary in the map before: it has every write so far.
+                let took_all = old.is_some_and(|m| {
+                    m.volume(&v.name)
+                        .and_then(|ov| ov.extents.get(i))
+                        .is_some_and(|oe| {
+                            m.write_owner(oe)
+                                .is_some_and(|o| o.server == me && o.offset == start)
+                                && oe.replicas.iter().any(|or| {
+                                    or.server == r.server && or.offset == r.offset && counts(m, or)
+                                })
+                        })
+                });
+                if !took_all {
+                    tracing::info!(volume = %v.name, extent = i, copy = %r.server,
+                        "no record of what this copy missed: a rebuild will copy the whole extent");
+                }
+                next.push(Arc::new(Tracked::new(
+                    start,
+                    v.extent_size,
+                    &r.server,
+                    r.offset,
+                    !took_all,
+                )));
+            }
+        }
+    }
+    rebuilds.tracked.store(Arc::new(next));
+    drop(_e);
+    for (volume, extent, server, generation) in differ {
+        tracing::warn!(volume, extent, copy = %server,
+            "an in_sync copy missed a write: reporting it");
+        let node = Arc::clone(node);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + MANAGER_CALL;
+            replica::report(&node, &volume, extent, &server, generation, deadline).await;
+        });
+    }
+}
+
+/// Starts a rebuild task for every tracked copy that the installed map marks `rebuilding`
+/// (and whose server is up), until the node goes away. Wakes on every new generation and
+/// every [`SUPERVISE_EVERY`].
+pub async fn supervise(node: std::sync::Weak<NodeShared>) {
+    loop {
+        let Some(n) = node.upgrade() else {
+            return;
+        };
+        let map = n.map.load_full();
+        for t in n.rebuilds.tracked().iter() {
+            let due = locate(&map, &n.me, t.start, &t.key()).is_some_and(|(_, _, st, ss)| {
+                st == ReplicaState::Rebuilding && ss == ServerState::Up
+            });
+            if due && !t.running.swap(true, Ordering::AcqRel) {
+                tokio::spawn(run(Arc::clone(&n), Arc::clone(t)));
+            }
+        }
+        let generation = map.generation;
+        let registry = Arc::clone(&n.registry);
+        drop(n);
+        registry
+            .generation
+            .wait_for(generation + 1, SUPERVISE_EVERY)
+            .await;
+    }
+}
+
+/// Clears a tracked copy's `running` flag however its task ends.
+struct Running(Arc<Tracked>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
+
+/// How far one rebuild is, for progress reports and the 10 % log lines.
+struct Progress {
+    volume: String,
+    extent: usize,
+    done: u64,
+    total: u64,
+    logged_tenths: u64,
+    reported: Option<tokio::time::Instant>,
+}
+
+impl Progress {
+    fn advance(&mut self, node: &Arc<NodeShared>, t: &Tracked, bytes: u64) {
+        self.done = self.done.saturating_add(bytes);
+        self.total = self
+            .total
+            .max(self.done.saturating_add(t.dirty.dirty_bytes()));
+        let tenths = self.done.saturating_mul(10) / self.total.max(1);
+        if tenths > self.logged_tenths {
+            self.logged_tenths = tenths;
+            tracing::info!(volume = %self.volume, extent = self.extent, copy = %t.server,
+                done_bytes = self.done, total_bytes = self.total,
+                "rebuild {}% done", tenths.min(10) * 10);
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .reported
+            .is_none_or(|at| now.duration_since(at) >= PROGRESS_EVERY)
+        {
+            self.reported = Some(now);
+            let req = RebuildProgressRequest {
+                primary: node.me.clone(),
+                volume: self.volume.clone(),
+                extent: self.extent,
+                server: t.server.clone(),
+                done_bytes: self.done,
+                total_bytes: self.total,
+            };
+            let node = Arc::clone(node);
+            tokio::spawn(async move {
+                match tokio::time::timeout(MANAGER_CALL, node.client.rebuild_progress(&req)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "rebuild progress report refused"),
+                    Err(_) => tracing::debug!("rebuild progress report: no answer"),
+                }
+            });
+        }
+    }
+}
+
+/// One copy's rebuild: copies its dirty runs until none is left, flushes it and reports it
+/// done; ends early when the installed map no longer has it `rebuilding` under this primary.
+async fn run(node: Arc<NodeShared>, t: Arc<Tracked>) {
+    let _running = Running(Arc::clone(&t));
+    let key = t.key();
+    let Some((volume, extent)) =
+        locate(&node.map.load(), &node.me, t.start, &key).map(|(v, i, _, _)| (v.to_owned(), i))
+    else {
+        return;
+    };
+    let total = t.dirty.dirty_bytes();
+    tracing::info!(volume, extent, copy = %t.server, total_bytes = total, whole = total >= t.len,
+        "rebuild started");
+    let mut progress = Progress {
+        volume,
+        extent,
+        done: 0,
+        total,
+        logged_tenths: 0,
+        reported: None,
+    };
+    let copy = Copy {
+        server: t.server.clone(),
+        offset: t.offset,
+        counts: false,
+    };
+    let mut from = 0u64;
+    loop {
+        let map = node.map.load_full();
+        let Some((volume, extent, state, _)) = locate(&map, &node.me, t.start, &key) else {
+            tracing::info!(copy = %t.server, "rebuild stopped: no longer this extent's primary");
+            return;
+        };
+        if state != ReplicaState::Rebuilding {
+            tracing::info!(volume, extent, copy = %t.server, state = ?state,
+                "rebuild stopped: the copy is no longer rebuilding");
+            return;
+        }
+        let Some((at, len)) = t.dirty.next_run(from, IO_MAX) else {
+            if from > 0 {
+                // Wrap around: runs marked behind us since (failed writes).
+                from = 0;
+                continue;
+            }
+            match finish(&node, &t, &copy, volume, extent, map.generation).await {
+                Finish::Done | Finish::Refused => return,
+                Finish::Retry => {
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+        };
+        node.rebuilds.pace(len).await;
+        match copy_run(&node, &t, &copy, at, len).await {
+            Ok(()) => {
+                progress.advance(&node, &t, len);
+                from = at + len;
+            }
+            Err(e) => {
+                tracing::warn!(volume, extent, copy = %t.server, at, len, error = %e,
+                    "rebuild write failed; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// Copies bytes `[at, at + len)` of the extent to the copy, under the range lock; on failure
+/// they are dirty again.
+async fn copy_run(
+    node: &Arc<NodeShared>,
+    t: &Tracked,
+    copy: &Copy,
+    at: u64,
+    len: u64,
+) -> Result<(), crate::subsystem::volume::VolumeError> {
+    let timeout = node.forward_timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let pool_off = t.start + at;
+    let Ok(_guard) =
+        tokio::time::timeout_at(deadline, node.replica_locks.lock(pool_off, pool_off + len)).await
+    else {
+        return Err(crate::subsystem::volume::VolumeError::NoPath(
+            crate::subsystem::volume::NoPath::MapSettling,
+        ));
+    };
+    // Cleared before the read: a write after this run (once the lock is released) that does
+    // not reach the copy sets the bits again.
+    t.dirty.clear(at, len);
+    let buf_len = usize::try_from(len).unwrap_or(0);
+    let result = async {
+        let data = super::pool::read_pool(&node.pool, pool_off, buf_len).await?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let expires = node::expires_at(super::wall_clock_ms(), timeout_ms);
+        let op = WriteOp::Data { data, fua: false };
+        replica::forward(node, copy, t.offset + at, len, &op, deadline, expires).await
+    }
+    .await;
+    if result.is_err() {
+        t.dirty.mark(at, len);
+    }
+    result
+}
+
+/// How the end of a rebuild went.
+enum Finish {
+    /// The manager marked the copy `in_sync`.
+    Done,
+    /// The manager refused (the copy went stale, or this server is no longer the primary).
+    Refused,
+    /// Try again later (a failed flush, no answer).
+    Retry,
+}
+
+/// No dirty chunk left: flush the copy, then report it done.
+async fn finish(
+    node: &Arc<NodeShared>,
+    t: &Tracked,
+    copy: &Copy,
+    volume: &str,
+    extent: usize,
+    generation: u64,
+) -> Finish {
+    let Some(addr) = node.map.load().server(&copy.server).map(|s| s.internal) else {
+        return Finish::Refused;
+    };
+    let flushed = tokio::time::timeout(node.forward_timeout(), async {
+        let q = node.peers.queue(&copy.server, addr).await?;
+        q.with_generation(node.admission.ownership().generation())
+            .flush(node::REPLICA_NSID)
+            .await
+    })
+    .await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!(volume, extent, copy = %copy.server, "rebuild: flushing the copy failed");
+        return Finish::Retry;
+    }
+    if !t.dirty.is_clean() {
+        return Finish::Retry;
+    }
+    let req = RebuildDoneRequest {
+        primary: node.me.clone(),
+        volume: volume.to_owned(),
+        extent,
+        server: copy.server.clone(),
+        generation,
+    };
+    match tokio::time::timeout(MANAGER_CALL, node.client.rebuild_done(&req)).await {
+        Ok(Ok(m)) => {
+            tracing::info!(volume, extent, copy = %copy.server, generation = m.generation,
+                "rebuild done: the copy is in sync again");
+            node.refresh.notify_one();
+            // The task ends once this server has the map (the next one drops the clean map).
+            node.registry
+                .generation
+                .wait_for(m.generation, MANAGER_CALL)
+                .await;
+            Finish::Done
+        }
+        Ok(Err(ClientError::Http {
+            status: 409,
+            message,
+        })) => {
+            tracing::warn!(volume, extent, copy = %copy.server, message, "rebuild-done refused");
+            node.refresh.notify_one();
+            Finish::Refused
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(volume, extent, copy = %copy.server, error = %e, "rebuild-done report failed");
+            Finish::Retry
+        }
+        Err(_) => {
+            tracing::warn!(volume, extent, copy = %copy.server, "rebuild-done report: no answer");
+            Finish::Retry
+        }
+    }
+}
+
+/// Per-copy rebuild state for status displays: (volume, extent, copy's server) → dirty bytes.
+pub fn dirty_bytes(node: &NodeShared) -> HashMap<(String, usize, String), u64> {
+    let map = node.map.load();
+    node.rebuilds
+        .tracked()
+        .iter()
+        .filter_map(|t| {
+            let (v, i, _, _) = locate(&map, &node.me, t.start, &t.key())?;
+            Some(((v.to_owned(), i, t.server.clone()), t.dirty.dirty_bytes()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const KIB: u64 = 1024;
+
+    #[test]
+    fn a_dirty_map_marks_whole_chunks_and_finds_runs() {
+        // 1 MiB + 10 KiB: 17 chunks, the last one short.
+        let m = DirtyMap::new(1024 * KIB + 10 * KIB, false);
+        assert!(m.is_clean());
+        assert_eq!(m.next_run(0, IO_MAX), None);
+        // A 4 KiB write in chunk 1 and one straddling chunks 3 and 4.
+        m.mark(64 * KIB + 8 * KIB, 4 * KIB);
+        m.mark(4 * 64 * KIB - 2 * KIB, 4 * KIB);
+        assert!(!m.is_clean());
+        assert_eq!(m.dirty_bytes(), 3 * DIRTY_CHUNK);
+        assert_eq!(m.next_run(0, IO_MAX), Some((64 * KIB, 64 * KIB)));
+        // Runs are capped at `max` (here two chunks) and start at or after `from`.
+        assert_eq!(m.next_run(128 * KIB, IO_MAX), Some((192 * KIB, 128 * KIB)));
+        assert_eq!(m.next_run(200 * KIB, 64 * KIB), Some((256 * KIB, 64 * KIB)));
+        assert_eq!(m.next_run(320 * KIB, IO_MAX), None);
+        // Out of range marks are clipped; the short last chunk counts its real length.
+        m.mark(1024 * KIB + 9 * KIB, 1 << 30);
+        assert_eq!(m.next_run(320 * KIB, IO_MAX), Some((1024 * KIB, 10 * KIB)));
+        assert_eq!(m.dirty_bytes(), 3 * DIRTY_CHUNK + 10 * KIB);
+        m.clear(0, 1 << 40);
+        assert!(m.is_clean());
+        // A whole map: every chunk.
+        let all = DirtyMap::new(256 * KIB, true);
+        assert_eq!(all.dirty_bytes(), 256 * KIB);
+        all.clear(64 * KIB, 64 * KIB);
+        assert_eq!(all.next_run(0, 1 << 20), Some((0, 64 * KIB)));
+        assert_eq!(
+            all.next_run(64 * KIB, 1 << 20),
+            Some((128 * KIB, 128 * KIB))
+        );
+    }
+
+    #[test]
+    fn a_write_marks_the_copies_that_did_not_take_it() {
+        let r = Rebuilds::default();
+        let ext = 1024 * KIB;
+        // A failed in_sync copy gets a clean map, then the write that missed it is marked.
+        let a: CopyKey = ("s2".to_owned(), 0);
+        let b: CopyKey = ("s3".to_owned(), 4 * ext);
+        assert!(!r.tracks(ext, 4096));
+        r.missed(
+            ext + 4096,
+            4096,
+            std::slice::from_ref(&b),
+            &[(ext, ext, a.clone())],
+        );
+        assert!(r.tracks(ext, 4096));
+        assert!(!r.tracks(2 * ext, 4096), "another extent");
+        let t = r.tracked();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].dirty.next_run(0, IO_MAX), Some((0, 64 * KIB)));
+        // A write that reached it marks nothing; one that did not, marks.
+        r.missed(ext + 512 * KIB, 4096, &[a.clone(), b.clone()], &[]);
+        assert_eq!(t[0].dirty.dirty_bytes(), DIRTY_CHUNK);
+        r.missed(ext + 512 * KIB, 4096, &[b], &[]);
+        assert_eq!(t[0].dirty.dirty_bytes(), 2 * DIRTY_CHUNK);
+        // Failing again does not replace the map.
+        r.missed(ext + 256 * KIB, 4096, &[], &[(ext, ext, a)]);
+        assert_eq!(r.tracked().len(), 1);
+        assert_eq!(r.tracked()[0].dirty.dirty_bytes(), 3 * DIRTY_CHUNK);
+    }
+
+    #[tokio::test]
+    async fn pacing_spreads_rebuild_writes_at_the_rate() {
+        let r = Rebuilds::default();
+        r.set_rate(10_000_000);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..4 {
+            r.pace(250_000).await;
+        }
+        // Four 25 ms slots: the fourth cannot start before 75 ms (a lower bound only: a loaded
+        // machine may be later, never earlier).
+        assert!(
+            t0.elapsed() >= Duration::from_millis(75),
+            "{:?}",
+            t0.elapsed()
+        );
+        // Unlimited: no slot is reserved.
+        r.set_rate(0);
+        let before = *lock(&r.next_slot);
+        r.pace(1 << 30).await;
+        assert_eq!(*lock(&r.next_slot), before);
+    }
+}
