@@ -62,6 +62,10 @@ use kept_dir::KeptDir;
 struct Cluster {
     _manager: Proc,
     client: Client,
+    /// The manager's address.
+    maddr: String,
+    /// The directory of this start's cluster file, pools and logs.
+    dir: std::path::PathBuf,
     /// Id, host portal, internal portal, process.
     servers: Vec<(String, SocketAddr, SocketAddr, Proc)>,
     /// Last: dropped after the processes are killed, so that kept logs are complete.
@@ -77,16 +81,24 @@ fn cluster_yaml(ports: &[(u16, u16)], replicas: u32) -> String {
 }
 
 async fn start_cluster(replicas: u32) -> Cluster {
+    start_cluster_with(replicas, false).await
+}
+
+/// [`start_cluster`]; with `file_pools`, each server's pool is a file in the test directory
+/// (what a restarted server finds again).
+async fn start_cluster_with(replicas: u32, file_pools: bool) -> Cluster {
     let logs = KeptDir::with_prefix(&format!("tessera-replication-test-r{replicas}-"));
     for attempt in 1..=START_ATTEMPTS {
         let dir = logs.path().join(format!("start{attempt}"));
         std::fs::create_dir(&dir).unwrap();
         let yaml = |ports: &[(u16, u16)]| cluster_yaml(ports, replicas);
-        match try_start(&dir, yaml, &[], false, START_DEADLINE).await {
+        match try_start(&dir, yaml, &[], file_pools, START_DEADLINE).await {
             Ok((manager, maddr, servers)) => {
                 return Cluster {
                     _manager: manager,
                     client: Client::new(&maddr),
+                    maddr,
+                    dir,
                     servers,
                     _logs: logs,
                 };
@@ -634,4 +646,166 @@ async fn a_dead_primary_is_marked_down_and_the_next_copy_takes_the_writes() {
          from {victim}",
         survivors.len()
     );
+}
+
+/// Writers through servers `through` (each its own 16 blocks of every extent in `load`), one
+/// version after another from `first` to `last`, running in the background. Each returns the
+/// last version acknowledged of its blocks.
+async fn spawn_writers(
+    c: &Cluster,
+    through: &[usize],
+    load: &[usize],
+    (first, last): (u32, u32),
+) -> Vec<tokio::task::JoinHandle<BTreeMap<u64, Bytes>>> {
+    let per_extent = EXTENT / 4096;
+    let mut tasks = Vec::new();
+    for (w, &i) in through.iter().enumerate() {
+        let (ctrl, q) = c.host_queue(i).await;
+        let blocks: Vec<u64> = load
+            .iter()
+            .flat_map(|&x| (0..16u64).map(move |b| x as u64 * per_extent + b * 8 + w as u64))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let _ctrl = ctrl;
+            let mut acked = BTreeMap::new();
+            for v in first..=last {
+                let writes = blocks.iter().map(|&n| {
+                    let q = &q;
+                    async move {
+                        write_block(q, n, block(n, w as u32, v), v % 3 == 0).await;
+                        n
+                    }
+                });
+                for n in futures::future::join_all(writes).await {
+                    acked.insert(n, block(n, w as u32, v));
+                }
+            }
+            acked
+        }));
+    }
+    tasks
+}
+
+/// Whether every copy of every extent of `m` is `in_sync`.
+fn all_in_sync(m: &ClusterMap) -> bool {
+    m.volumes.iter().all(|v| {
+        v.extents.iter().all(|e| {
+            e.replicas
+                .iter()
+                .all(|r| r.state == manager::map::ReplicaState::InSync)
+        })
+    })
+}
+
+/// A copy's server (file pool) is killed (SIGKILL) under a verified write load, its copies go
+/// stale, the writes go on; it restarts, and while writers keep writing the manager marks its
+/// copies `rebuilding`, each primary copies what the copy missed (its dirty map) and reports
+/// it, and every copy is `in_sync` again. Then every acknowledged block reads back right
+/// through every server, the restarted one included, and a checker reads every copy of every
+/// extent and finds them equal (docs/replication.md, "Rebuild").
+async fn a_restarted_copy_is_rebuilt(replicas: u32) {
+    let mut c = start_cluster_with(replicas, true).await;
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let dead = vol.extents[0].replicas[1].server.clone();
+    let k = c.index(&dead);
+    // Writes go to extents whose primary lives (a dead primary is the failover test's).
+    let load: Vec<usize> = (0..vol.extents.len())
+        .filter(|x| vol.extents[*x].replicas[0].server != dead)
+        .collect();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != k).collect();
+    let mut expect = load_and_kill(&mut c, &survivors, &load, k, 12).await;
+    eprintln!("{} blocks written 12 times, {dead} killed", expect.len());
+
+    // Its copies go stale.
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    let mut map = c.map().await;
+    while !map.volumes[0].extents.iter().any(|e| {
+        e.replicas
+            .iter()
+            .any(|r| r.state != manager::map::ReplicaState::InSync)
+    }) {
+        assert!(Instant::now() < deadline, "no copy of {dead} went stale");
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+
+    // Restarted on its pool file, under a write load through the survivors.
+    let restarted = harness::spawn_server(&c.dir, &c.maddr, &dead, true);
+    c.servers[k].3 = restarted;
+    let writers = spawn_writers(&c, &survivors, &load, (100, 130)).await;
+
+    // Every copy in sync again (bounded, generous); the status shows the rebuilds meanwhile.
+    let mut seen_rebuilding = Vec::new();
+    loop {
+        let status = c.client.status().await.unwrap();
+        for r in &status.rebuilding_replicas {
+            let key = (r.extent, r.server.clone());
+            if !seen_rebuilding.contains(&key) {
+                eprintln!(
+                    "rebuilding: extent {} on {} from {:?}, {:?} of {:?} bytes",
+                    r.extent, r.server, r.primary, r.done_bytes, r.total_bytes
+                );
+                seen_rebuilding.push(key);
+            }
+        }
+        let map = c.map().await;
+        if all_in_sync(&map) && status.stale_replicas.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every copy is in sync again: {:?}; status: {status:?}",
+            map.volume("rvol")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in writers {
+        let acked = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), t)
+            .await
+            .expect("the writes did not go on during the rebuild")
+            .unwrap();
+        expect.extend(acked);
+    }
+    // Writers may have finished before the last copy was marked in sync, or after: wait again.
+    let mut map = c.map().await;
+    while !all_in_sync(&map) {
+        assert!(
+            Instant::now() < deadline,
+            "copies out of sync after the load: {map:?}"
+        );
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+
+    let mut verified = 0;
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(got, *want, "block {n} through s{}", i + 1);
+            verified += 1;
+        }
+    }
+    let compared = check_copies(&c, replicas as usize).await;
+    eprintln!(
+        "replicas {replicas}: {dead} rebuilt ({} copies seen rebuilding), {verified} reads \
+         verified through 3 servers, {compared} copies equal to their first",
+        seen_rebuilding.len()
+    );
+    let text = std::fs::read_to_string(c.dir.join("manager.log")).unwrap_or_default();
+    assert!(
+        text.contains("rebuild done"),
+        "the manager logged no rebuild-done report"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_copy_is_rebuilt_with_two_copies() {
+    a_restarted_copy_is_rebuilt(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_copy_is_rebuilt_with_three_copies() {
+    a_restarted_copy_is_rebuilt(3).await;
 }
