@@ -798,6 +798,37 @@ async fn a_restarted_copy_is_rebuilt(replicas: u32) {
         text.contains("rebuild done"),
         "the manager logged no rebuild-done report"
     );
+
+    // Only the primary reports a rebuild, and only of a rebuilding copy: the copy itself is
+    // refused (409), and so is progress about a copy in sync.
+    let e0 = &map.volume("rvol").unwrap().extents[0];
+    let (p, copy) = (&e0.replicas[0].server, &e0.replicas[1].server);
+    let done = manager::api::RebuildDoneRequest {
+        primary: copy.clone(),
+        volume: "rvol".to_owned(),
+        extent: 0,
+        server: copy.clone(),
+        generation: map.generation,
+    };
+    match c.client.rebuild_done(&done).await {
+        Err(ClientError::Http { status, message }) => {
+            assert_eq!(status, 409, "{message}");
+            assert!(message.contains("not the primary"), "{message}");
+        }
+        other => panic!("rebuild-done from a copy: {other:?}"),
+    }
+    let progress = manager::api::RebuildProgressRequest {
+        primary: p.clone(),
+        volume: "rvol".to_owned(),
+        extent: 0,
+        server: copy.clone(),
+        done_bytes: 1,
+        total_bytes: 2,
+    };
+    match c.client.rebuild_progress(&progress).await {
+        Err(ClientError::Http { status, message }) => assert_eq!(status, 409, "{message}"),
+        other => panic!("rebuild progress of a copy in sync: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

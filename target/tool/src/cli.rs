@@ -313,7 +313,28 @@ async fn status(client: &Client) -> Result<(), String> {
             r.volume, r.extent, r.server
         );
     }
+    for r in &s.rebuilding_replicas {
+        println!(
+            "rebuilding copy: {} extent {} on {} from {}: {}",
+            r.volume,
+            r.extent,
+            r.server,
+            r.primary.as_deref().unwrap_or("(no primary)"),
+            rebuild_progress(r.done_bytes, r.total_bytes)
+        );
+    }
     Ok(())
+}
+
+/// `done of total bytes (N %)`, or why there is no figure yet.
+fn rebuild_progress(done: Option<u64>, total: Option<u64>) -> String {
+    match (done, total) {
+        (Some(d), Some(t)) if t > 0 => {
+            format!("{d} of {t} bytes ({} %)", d.saturating_mul(100) / t)
+        }
+        (Some(d), Some(_)) => format!("{d} bytes"),
+        _ => "starting (no progress report yet)".to_owned(),
+    }
 }
 
 fn print_volumes(map: &ClusterMap) {
