@@ -840,3 +840,103 @@ async fn a_restarted_copy_is_rebuilt_with_two_copies() {
 async fn a_restarted_copy_is_rebuilt_with_three_copies() {
     a_restarted_copy_is_rebuilt(3).await;
 }
+
+/// The primary of some extents is killed under load and marked `down`; the next copies take
+/// over and the writes go on. It restarts (file pool), the operator sets it `up`, and under a
+/// write load the new primaries rebuild its copies whole (they have no record of what it
+/// missed: they were not its extents' primaries when it went stale). Once every copy is
+/// `in_sync`, it is its extents' primary again; every acknowledged block reads back through
+/// every server and every copy is equal (docs/replication.md, "Rebuild").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_primary_is_rebuilt_whole_once_set_up() {
+    let mut c = start_cluster_with(2, true).await;
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let victim = vol.extents[0].replicas[0].server.clone();
+    let k = c.index(&victim);
+    let all: Vec<usize> = (0..vol.extents.len()).collect();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != k).collect();
+    let mut expect = load_and_kill(&mut c, &survivors, &all, k, 12).await;
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    let mut map = c.map().await;
+    while map.server(&victim).unwrap().state != manager::map::ServerState::Down {
+        assert!(Instant::now() < deadline, "{victim} not marked down");
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+
+    let restarted = harness::spawn_server(&c.dir, &c.maddr, &victim, true);
+    c.servers[k].3 = restarted;
+    // Marked down, it stays out until the operator sets it up (then it is rebuilt on its own).
+    let up = loop {
+        match c
+            .client
+            .set_server_state(&victim, manager::map::ServerState::Up)
+            .await
+        {
+            Ok(m) => break m,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "setting {victim} up: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    eprintln!(
+        "{victim} restarted and set up at generation {}",
+        up.generation
+    );
+    let writers = spawn_writers(&c, &survivors, &all, (100, 124)).await;
+    let mut map = c.map().await;
+    while !all_in_sync(&map) {
+        assert!(
+            Instant::now() < deadline,
+            "not every copy is in sync again: {:?}; status: {:?}",
+            map.volume("rvol"),
+            c.client.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        map = c.map().await;
+    }
+    for t in writers {
+        let acked = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), t)
+            .await
+            .expect("the writes did not go on during the rebuild")
+            .unwrap();
+        expect.extend(acked);
+    }
+    let mut map = c.map().await;
+    while !all_in_sync(&map) {
+        assert!(
+            Instant::now() < deadline,
+            "copies out of sync after the load: {map:?}"
+        );
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+    let e0 = &map.volume("rvol").unwrap().extents[0];
+    assert_eq!(map.primary(e0).unwrap().server, victim, "{e0:?}");
+    let log = std::fs::read_to_string(c.dir.join(format!(
+        "{}.log",
+        map.volume("rvol").unwrap().extents[0].replicas[1].server
+    )))
+    .unwrap_or_default();
+    assert!(
+        log.contains("a rebuild will copy the whole extent"),
+        "the new primary of extent 0 should have rebuilt it whole"
+    );
+
+    let mut verified = 0;
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(got, *want, "block {n} through s{}", i + 1);
+            verified += 1;
+        }
+    }
+    let compared = check_copies(&c, 2).await;
+    eprintln!(
+        "{victim} rebuilt whole and primary again: {verified} reads verified through 3 \
+         servers, {compared} copies equal"
+    );
+}

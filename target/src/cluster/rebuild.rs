@@ -506,7 +506,19 @@ async fn run(node: Arc<NodeShared>, t: Arc<Tracked>) {
                 continue;
             }
             match finish(&node, &t, &copy, volume, extent, map.generation).await {
-                Finish::Done | Finish::Refused => return,
+                Finish::Done => {
+                    // A write to the copy failed between the last pass and the map that has it
+                    // in sync: it differs, so it goes out of the write set again.
+                    if !t.dirty.is_clean() {
+                        tracing::warn!(volume, extent, copy = %t.server,
+                            "the rebuilt copy missed a write since: reporting it");
+                        let deadline = tokio::time::Instant::now() + MANAGER_CALL;
+                        let g = node.map.load().generation;
+                        replica::report(&node, volume, extent, &t.server, g, deadline).await;
+                    }
+                    return;
+                }
+                Finish::Refused => return,
                 Finish::Retry => {
                     tokio::time::sleep(RETRY).await;
                     continue;
