@@ -798,6 +798,17 @@ async fn a_restarted_copy_is_rebuilt(replicas: u32) {
         text.contains("rebuild done"),
         "the manager logged no rebuild-done report"
     );
+    // The primaries logged their progress by tenths, up to the end.
+    let mut tenths = 0;
+    for (id, ..) in &c.servers {
+        let log = std::fs::read_to_string(c.dir.join(format!("{id}.log"))).unwrap_or_default();
+        tenths += log.lines().filter(|l| l.contains("% done")).count();
+        if log.contains("rebuild started") {
+            assert!(log.contains("rebuild 100% done"), "{id}: no 100 % line");
+        }
+    }
+    assert!(tenths > 0, "no rebuild progress line in the servers' logs");
+    eprintln!("{tenths} rebuild progress lines logged");
 
     // Only the primary reports a rebuild, and only of a rebuilding copy: the copy itself is
     // refused (409), and so is progress about a copy in sync.

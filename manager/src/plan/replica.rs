@@ -15,7 +15,9 @@ use crate::map::{ClusterMap, ReplicaState, ServerState};
 ///
 /// Accepted only from the extent's primary in `map` (the copy that orders its writes), about
 /// another copy. A copy already `stale` leaves the map unchanged, generation included (a
-/// repeated or late report publishes nothing). A primary never goes stale this way, so a
+/// repeated or late report publishes nothing), as does a `rebuilding` copy whose server is
+/// still connected (its misses are in the primary's dirty map; marking it stale would only
+/// have it marked rebuilding again at its next ack). A primary never goes stale this way, so a
 /// report never leaves an extent without an `in_sync` copy.
 ///
 /// # Errors
@@ -56,6 +58,11 @@ pub fn replica_failed(
                 volume: req.volume.clone(),
                 extent: req.extent,
             })?;
+        // A rebuilding copy whose server is alive keeps taking writes (the primary records
+        // what it misses); only a gone server's is taken out of the fan-out.
+        if copy.state == ReplicaState::Rebuilding && !server_gone {
+            return Ok(());
+        }
         copy.state = ReplicaState::Stale;
         if server_gone {
             let primaries: Vec<Vec<Option<String>>> = map
@@ -554,8 +561,14 @@ mod tests {
         future.generation += 1;
         let e = rebuild_done(&rebuilding, &future).unwrap_err();
         assert!(matches!(e, PlanError::FutureGeneration { .. }), "{e}");
-        // The copy failed again while rebuilding: stale, and a late done is refused.
-        let again = replica_failed(&rebuilding, &report(&rebuilding, 2, &p, &c), false).unwrap();
+        // A rebuilding copy whose server is alive stays rebuilding when reported (its misses
+        // are in the primary's dirty map).
+        assert_eq!(
+            replica_failed(&rebuilding, &report(&rebuilding, 2, &p, &c), false).unwrap(),
+            rebuilding
+        );
+        // Its server gone: stale, and a late done is refused.
+        let again = replica_failed(&rebuilding, &report(&rebuilding, 2, &p, &c), true).unwrap();
         assert_eq!(state_of(&again, 2, &c), ReplicaState::Stale);
         let e = rebuild_done(&again, &done(&rebuilding, 2, &p, &c)).unwrap_err();
         assert!(matches!(e, PlanError::NotRebuilding { .. }), "{e}");

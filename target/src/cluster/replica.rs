@@ -177,6 +177,7 @@ async fn fan_out(
     });
     let (mine, theirs) = futures::join!(own(node, off, len, op), join_all(forwards));
     let mut newly_failed = Vec::new();
+    let mut lagging = Vec::new();
     for (c, r) in theirs {
         match r {
             Ok(()) => acked.push((c.server.clone(), c.offset)),
@@ -185,11 +186,24 @@ async fn fan_out(
                     "replica write failed");
                 if c.counts {
                     newly_failed.push((c.server.clone(), c.offset));
+                } else {
+                    lagging.push(c.server.clone());
                 }
             }
         }
     }
     failed.extend(newly_failed.iter().cloned());
+    // A rebuilding copy that failed has the write in its dirty map (the caller marks it); it
+    // is reported too, so that a dead server's rebuilding copy leaves the fan-out (the manager
+    // marks it stale only when its server is gone) instead of costing every write a timeout.
+    if !lagging.is_empty() {
+        let map = node.map.load_full();
+        if let Some((volume, index, _)) = extent_at(&map, &node.me, off) {
+            for server in &lagging {
+                report(node, volume, index, server, map.generation, copy_deadline).await;
+            }
+        }
+    }
     mine?;
     if newly_failed.is_empty() {
         return Ok(());
@@ -420,7 +434,7 @@ pub(super) async fn report(
     match tokio::time::timeout_at(deadline, node.client.replica_failed(&req)).await {
         Ok(Ok(m)) => {
             tracing::info!(volume, extent = index, copy = %server, generation = m.generation,
-                "the manager took the copy out of the write set");
+                "the manager answered the failed copy's report");
             node.refresh.notify_one();
         }
         Ok(Err(e)) => {
