@@ -200,7 +200,7 @@ async fn fan_out(
         let map = node.map.load_full();
         if let Some((volume, index, _)) = extent_at(&map, &node.me, off) {
             for server in &lagging {
-                report(node, volume, index, server, map.generation, copy_deadline).await;
+                report(node, volume, index, server, map.generation, deadline).await;
             }
         }
     }
@@ -449,6 +449,11 @@ pub(super) async fn report(
         Err(_) => {
             tracing::warn!(volume, extent = index, copy = %server,
                 "replica-failed report: no answer before the deadline");
+            // Unanswered is not sent: a later failed write reports again, after the gap.
+            lock(&node.replica_reports.sent).insert(
+                (volume.to_owned(), index, server.to_owned()),
+                (0, std::time::Instant::now()),
+            );
         }
     }
 }
