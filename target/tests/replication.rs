@@ -56,7 +56,7 @@ mod kept_dir;
 #[allow(dead_code)]
 mod harness;
 
-use harness::{Proc, servers_yaml, try_start};
+use harness::{Proc, servers_yaml};
 use kept_dir::KeptDir;
 
 struct Cluster {
@@ -87,12 +87,19 @@ async fn start_cluster(replicas: u32) -> Cluster {
 /// [`start_cluster`]; with `file_pools`, each server's pool is a file in the test directory
 /// (what a restarted server finds again).
 async fn start_cluster_with(replicas: u32, file_pools: bool) -> Cluster {
+    start_cluster_args(replicas, file_pools, &[]).await
+}
+
+/// [`start_cluster_with`], every server started with `server_args` too.
+async fn start_cluster_args(replicas: u32, file_pools: bool, server_args: &[&str]) -> Cluster {
     let logs = KeptDir::with_prefix(&format!("tessera-replication-test-r{replicas}-"));
     for attempt in 1..=START_ATTEMPTS {
         let dir = logs.path().join(format!("start{attempt}"));
         std::fs::create_dir(&dir).unwrap();
         let yaml = |ports: &[(u16, u16)]| cluster_yaml(ports, replicas);
-        match try_start(&dir, yaml, &[], file_pools, START_DEADLINE).await {
+        match harness::try_start_with(&dir, yaml, (&[], server_args), file_pools, START_DEADLINE)
+            .await
+        {
             Ok((manager, maddr, servers)) => {
                 return Cluster {
                     _manager: manager,
@@ -949,5 +956,109 @@ async fn a_restarted_primary_is_rebuilt_whole_once_set_up() {
     eprintln!(
         "{victim} rebuilt whole and primary again: {verified} reads verified through 3 \
          servers, {compared} copies equal"
+    );
+}
+
+/// A copy's server is killed while its copies are being rebuilt (the primaries rebuild at
+/// 1 MB/s, so the rebuild of whole-extent dirty maps takes seconds): its rebuilding copies go
+/// stale again (reported by the primaries, its watch stream gone), and once it restarts they
+/// are rebuilt again, from the dirty maps the primaries kept, to equal copies
+/// (docs/replication.md, "Rebuild").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_killed_while_rebuilding_is_rebuilt_after_its_restart() {
+    let mut c = start_cluster_args(2, true, &["--rebuild-rate", "1"]).await;
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let dead = vol.extents[0].replicas[1].server.clone();
+    let k = c.index(&dead);
+    let load: Vec<usize> = (0..vol.extents.len())
+        .filter(|x| vol.extents[*x].replicas[0].server != dead)
+        .collect();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != k).collect();
+    let mut expect = load_and_kill(&mut c, &survivors, &load, k, 6).await;
+    // Every 64 KiB chunk of every loaded extent written while the server is dead: whole
+    // dirty maps (about 1 MiB per extent to rebuild, at 1 MB/s).
+    let per_extent = EXTENT / 4096;
+    let (ctrl, q) = c.host_queue(survivors[0]).await;
+    for &x in &load {
+        for chunk in 0..16u64 {
+            let n = x as u64 * per_extent + chunk * 16 + 5;
+            write_block(&q, n, block(n, 7, 1), false).await;
+            expect.insert(n, block(n, 7, 1));
+        }
+    }
+    drop((ctrl, q));
+
+    // Restarted: once a copy of it is rebuilding, killed again.
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    c.servers[k].3 =
+        harness::spawn_server_with(&c.dir, &c.maddr, &dead, true, &["--rebuild-rate", "1"]);
+    let rebuilding = |m: &ClusterMap| {
+        m.volumes[0].extents.iter().any(|e| {
+            e.replicas
+                .iter()
+                .any(|r| r.server == dead && r.state == manager::map::ReplicaState::Rebuilding)
+        })
+    };
+    let mut map = c.map().await;
+    while !rebuilding(&map) {
+        assert!(
+            Instant::now() < deadline,
+            "no copy of {dead} rebuilding: {:?}",
+            map.volume("rvol")
+        );
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+    eprintln!(
+        "{dead} killed again while rebuilding (generation {})",
+        map.generation
+    );
+    // Writes to its extents go on, and take its rebuilding copies out of the fan-out.
+    for &x in &load {
+        let n = x as u64 * per_extent + 9;
+        let (_ctrl, q) = c.host_queue(survivors[1]).await;
+        write_block(&q, n, block(n, 8, 1), false).await;
+        expect.insert(n, block(n, 8, 1));
+    }
+    let mut map = c.map().await;
+    while rebuilding(&map) {
+        assert!(
+            Instant::now() < deadline,
+            "{dead}'s rebuilding copies did not go stale: {:?}",
+            map.volume("rvol")
+        );
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+
+    // Back again: rebuilt to the end.
+    c.servers[k].3 = harness::spawn_server(&c.dir, &c.maddr, &dead, true);
+    let mut map = c.map().await;
+    while !all_in_sync(&map) {
+        assert!(
+            Instant::now() < deadline,
+            "not every copy is in sync again: {:?}; status: {:?}",
+            map.volume("rvol"),
+            c.client.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        map = c.map().await;
+    }
+    let mut verified = 0;
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(got, *want, "block {n} through s{}", i + 1);
+            verified += 1;
+        }
+    }
+    let compared = check_copies(&c, 2).await;
+    eprintln!(
+        "{dead} killed while rebuilding, restarted, rebuilt: {verified} reads verified through \
+         3 servers, {compared} copies equal"
     );
 }

@@ -80,8 +80,20 @@ pub fn spawn_manager(dir: &Path, maddr: &str, extra: &[&str]) -> Proc {
 
 /// A storage server process; with `file_pool`, its pool is a file in the test directory.
 pub fn spawn_server(dir: &Path, maddr: &str, id: &str, file_pool: bool) -> Proc {
+    spawn_server_with(dir, maddr, id, file_pool, &[])
+}
+
+/// [`spawn_server`] with `extra` arguments.
+pub fn spawn_server_with(
+    dir: &Path,
+    maddr: &str,
+    id: &str,
+    file_pool: bool,
+    extra: &[&str],
+) -> Proc {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tessera-target"));
-    c.args(["--manager", maddr, "--server-id", id, "--reactors", "1"]);
+    c.args(["--manager", maddr, "--server-id", id, "--reactors", "1"])
+        .args(extra);
     if file_pool {
         c.arg("--pool")
             .arg(format!("file:{}", dir.join(format!("{id}.pool")).display()));
@@ -144,6 +156,17 @@ pub async fn try_start(
     file_pools: bool,
     deadline: Duration,
 ) -> Result<(Proc, String, Servers), String> {
+    try_start_with(dir, yaml, (manager_args, &[]), file_pools, deadline).await
+}
+
+/// [`try_start`] with `server_args` given to every storage server.
+pub async fn try_start_with(
+    dir: &Path,
+    yaml: impl Fn(&[(u16, u16)]) -> String,
+    (manager_args, server_args): (&[&str], &[&str]),
+    file_pools: bool,
+    deadline: Duration,
+) -> Result<(Proc, String, Servers), String> {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (daemon_port(), daemon_port())).collect();
     std::fs::write(dir.join("cluster.yaml"), yaml(&ports)).unwrap();
     let maddr = format!("127.0.0.1:{}", daemon_port());
@@ -151,7 +174,7 @@ pub async fn try_start(
     let mut servers = Vec::new();
     for (i, (p, q)) in ports.iter().enumerate() {
         let id = format!("s{}", i + 1);
-        let child = spawn_server(dir, &maddr, &id, file_pools);
+        let child = spawn_server_with(dir, &maddr, &id, file_pools, server_args);
         servers.push((
             id,
             SocketAddr::from(([127, 0, 0, 1], *p)),
