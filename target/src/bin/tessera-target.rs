@@ -78,7 +78,12 @@ struct Args {
     forward_timeout: u64,
     /// Cluster mode: rebuild rate of this server, in MB/s (10^6 bytes) over all the copies it
     /// rebuilds as their primary; 0: unlimited.
-    #[arg(long, value_name = "MB/S", default_value_t = tessera::cluster::rebuild::DEFAULT_RATE_MB, requires = "manager")]
+    #[arg(
+        long,
+        value_name = "MB/S",
+        default_value_t = tessera::cluster::rebuild::DEFAULT_RATE_MB,
+        requires = "manager"
+    )]
     rebuild_rate: u64,
     /// Cluster mode: directory of the servers' DH-HMAC-CHAP secrets, `<server-id>.key` each
     /// (`nvme gen-dhchap-key` output): internal connections authenticate with them. Required
