@@ -17,6 +17,7 @@ pub(crate) fn server(id: &str, n: u16, pool: u64) -> AddServerRequest {
         portal: format!("127.0.0.1:{}", 4420 + n).parse().unwrap(),
         internal: format!("127.0.0.1:{}", 4520 + n).parse().unwrap(),
         pool_bytes: pool,
+        rack: None,
     }
 }
 
@@ -363,6 +364,7 @@ fn reload_applies_file_edits_over_api_changes() {
             portal: "127.0.0.1:4429".parse().unwrap(),
             internal: "127.0.0.1:4439".parse().unwrap(),
             pool_bytes: 64 * MIB,
+            rack: None,
         },
     )
     .unwrap();
