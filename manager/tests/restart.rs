@@ -211,3 +211,64 @@ fn check_validates_a_cluster_file_without_starting() {
     assert!(stderr.contains("op.key: cannot read it"), "{stderr}");
     assert!(!dir.path().join("data").exists());
 }
+
+#[test]
+fn check_warns_about_volumes_whose_copies_share_a_rack() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    let text = |rack2: &str| {
+        format!(
+            "servers:
+  - {{ id: s1, portal: 127.0.0.1:24420, internal: 127.0.0.1:24430, pool: 64MiB, rack: a }}
+  - {{ id: s2, portal: 127.0.0.1:24421, internal: 127.0.0.1:24431, pool: 64MiB, rack: {rack2} }}
+subsystems:
+  - {{ nqn: nqn.2026-11.dev.tessera:t, allow_any_host: true }}
+volumes:
+  - name: v
+    size: 4MiB
+    extent_size: 1MiB
+    replicas: 2
+    subsystem: nqn.2026-11.dev.tessera:t
+    nsid: 1
+"
+        )
+    };
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_tessera-manager"))
+            .arg("--check")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    // One rack for both copies: valid, with a warning naming the volume and its line.
+    std::fs::write(&file, text("a")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "tessera-manager: warning: {}:7:5: volumes[0]: volume v: 4 of 4 extents have copies \
+             sharing a failure domain (replicas 2, the up servers span 1 domain",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (servers 2"));
+    // Two racks: no warning.
+    std::fs::write(&file, text("b")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // A rack that is not a string is an error with its place.
+    std::fs::write(&file, text("7")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "tessera-manager: {}:3:86: servers[1].rack: wrong type: found integer 7",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
