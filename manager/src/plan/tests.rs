@@ -447,11 +447,11 @@ fn arb_change() -> impl Strategy<Value = Change> {
             name,
             size: size * MIB
         }),
-        (0..4u16, 8..64u64).prop_map(|(i, pool)| Change::AddServer(server(
-            &format!("s{i}"),
-            i,
-            pool * MIB
-        ))),
+        (0..4u16, 8..64u64, proptest::option::of(0..2u8)).prop_map(|(i, pool, rack)| {
+            let mut req = server(&format!("s{i}"), i, pool * MIB);
+            req.rack = rack.map(|r| format!("r{r}"));
+            Change::AddServer(req)
+        }),
         (name("v"), 0..8usize, name("s"))
             .prop_map(|(volume, extent, to)| Change::StartMove(MoveRequest { volume, extent, to })),
         (name("v"), 0..8usize, name("s")).prop_map(|(volume, extent, server)| {
