@@ -213,6 +213,9 @@ pub struct AddServerRequest {
     pub internal: SocketAddr,
     /// Pool size in bytes.
     pub pool_bytes: u64,
+    /// Failure domain (`--rack`; absent: the server is a domain of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
 }
 
 /// `POST /v1/extents/move`.

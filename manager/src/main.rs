@@ -89,7 +89,14 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(file) = &args.check {
         return match manager::server::check(file) {
-            Ok(c) => {
+            Ok((c, shared)) => {
+                // Warnings, not errors: the file is valid; each names its volume's declaration.
+                for w in &shared {
+                    match c.volumes.iter().find(|v| v.name == w.volume) {
+                        Some(v) => eprintln!("tessera-manager: warning: {}: {w}", v.loc),
+                        None => eprintln!("tessera-manager: warning: {w}"),
+                    }
+                }
                 println!(
                     "{}: ok (servers {}, subsystems {}, volumes {}; credentials {})",
                     file.display(),

@@ -60,6 +60,11 @@ pub struct ServerEntry {
     pub cntlid_min: u16,
     /// Last CNTLID this server may assign.
     pub cntlid_max: u16,
+    /// Failure domain (`rack:` in the cluster YAML): placement puts the copies of an extent on
+    /// distinct racks when the `up` servers span enough of them; a server without one is a
+    /// domain of its own. JSON: absent when `None`, so maps stored before it load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
 }
 
 /// A server's state in the map.
@@ -785,6 +790,7 @@ mod tests {
             pool_bytes: 1 << 20,
             cntlid_min: 1,
             cntlid_max: 999,
+            rack: None,
         }
     }
 

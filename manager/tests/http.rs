@@ -249,6 +249,7 @@ async fn changes_are_published_in_two_phases() {
             portal: "127.0.0.1:24422".parse().unwrap(),
             internal: "127.0.0.1:24432".parse().unwrap(),
             pool_bytes: 256 * MIB,
+            rack: None,
         })
         .await
         .unwrap();

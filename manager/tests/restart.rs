@@ -211,3 +211,146 @@ fn check_validates_a_cluster_file_without_starting() {
     assert!(stderr.contains("op.key: cannot read it"), "{stderr}");
     assert!(!dir.path().join("data").exists());
 }
+
+#[test]
+fn check_warns_about_volumes_whose_copies_share_a_rack() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    let text = |rack2: &str| {
+        format!(
+            "servers:
+  - {{ id: s1, portal: 127.0.0.1:24420, internal: 127.0.0.1:24430, pool: 64MiB, rack: a }}
+  - {{ id: s2, portal: 127.0.0.1:24421, internal: 127.0.0.1:24431, pool: 64MiB, rack: {rack2} }}
+subsystems:
+  - {{ nqn: nqn.2026-11.dev.tessera:t, allow_any_host: true }}
+volumes:
+  - name: v
+    size: 4MiB
+    extent_size: 1MiB
+    replicas: 2
+    subsystem: nqn.2026-11.dev.tessera:t
+    nsid: 1
+"
+        )
+    };
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_tessera-manager"))
+            .arg("--check")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    // One rack for both copies: valid, with a warning naming the volume and its line.
+    std::fs::write(&file, text("a")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "tessera-manager: warning: {}:7:5: volumes[0]: volume v: 4 of 4 extents have copies \
+             sharing a failure domain (replicas 2, the up servers span 1 domain",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (servers 2"));
+    // Two racks: no warning.
+    std::fs::write(&file, text("b")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // A rack that is not a string is an error with its place.
+    std::fs::write(&file, text("7")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "tessera-manager: {}:3:86: servers[1].rack: wrong type: found integer 7",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
+
+/// The manager's log warns about volumes whose copies share a rack: at start (the file's), and
+/// when a change places more such copies (naming the volume the change made).
+#[tokio::test]
+async fn the_log_warns_about_volumes_whose_copies_share_a_rack() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "servers:
+  - { id: s1, portal: 127.0.0.1:24420, internal: 127.0.0.1:24430, pool: 64MiB, rack: a }
+  - { id: s2, portal: 127.0.0.1:24421, internal: 127.0.0.1:24431, pool: 64MiB, rack: a }
+subsystems:
+  - { nqn: nqn.2026-11.dev.tessera:t, allow_any_host: true }
+volumes:
+  - { name: v, size: 2MiB, extent_size: 1MiB, replicas: 2, subsystem: nqn.2026-11.dev.tessera:t, nsid: 1 }
+";
+    std::fs::write(dir.path().join("cluster.yaml"), yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-manager"))
+        .arg("--config")
+        .arg(dir.path().join("cluster.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Every line up to the first that contains `want` (bounded: the manager logs it at once).
+    let mut log = Vec::new();
+    let mut until = |want: &str| -> String {
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "no log line with {want:?} ({e}); log so far:\n{}",
+                        log.join("\n")
+                    )
+                });
+            log.push(line.clone());
+            if line.contains(want) {
+                return line;
+            }
+        }
+    };
+    let warned = until("volume v: 2 of 2 extents have copies sharing a failure domain");
+    assert!(warned.contains("WARN"), "{warned}");
+    let listening = until("control API listening");
+    let addr: SocketAddr = listening
+        .rsplit("addr=")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let c = Client::new(addr);
+    c.create_volume(&CreateVolumeRequest {
+        name: "w".into(),
+        size: 1 << 20,
+        block_size: None,
+        extent_size: Some(1 << 20),
+        replicas: Some(2),
+        subsystem: "nqn.2026-11.dev.tessera:t".into(),
+        nsid: None,
+        hosts: None,
+    })
+    .await
+    .unwrap();
+    let warned = until("volume w: 1 of 1 extents have copies sharing a failure domain");
+    assert!(warned.contains("WARN"), "{warned}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

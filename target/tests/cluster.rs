@@ -744,6 +744,7 @@ async fn resize_reaches_hosts_as_a_namespace_change_and_a_new_server_gets_new_ex
         portal: SocketAddr::from(([127, 0, 0, 1], p)),
         internal: SocketAddr::from(([127, 0, 0, 1], i)),
         pool_bytes: 64 << 20,
+        rack: None,
     };
     let m = c.client.add_server(&add).await.unwrap();
     assert_eq!(m.generation, 3);

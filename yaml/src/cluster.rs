@@ -9,6 +9,7 @@
 //!     internal: 127.0.0.1:4430      # required: portal for peers (stamped internal I/O)
 //!     pool: 2GiB                    # required: pool size, a multiple of 512
 //!     state: up                     # optional: up (default), down or draining
+//!     rack: r1                      # optional failure domain (same characters as ids)
 //!     credential: keys/s1.key       # the server's token file (with credentials.operator)
 //! credentials:                      # optional: authenticate the control API
 //!   operator: keys/operator.key     # the operator's token file; then every server needs one
@@ -54,7 +55,15 @@ pub const NAME_CHARS_MAX: usize = 64;
 const POOL_BLOCK_BYTES: u64 = 512;
 
 const ROOT_KEYS: &[&str] = &["servers", "subsystems", "volumes", "credentials"];
-const SERVER_KEYS: &[&str] = &["id", "portal", "internal", "pool", "state", "credential"];
+const SERVER_KEYS: &[&str] = &[
+    "id",
+    "portal",
+    "internal",
+    "pool",
+    "state",
+    "rack",
+    "credential",
+];
 const CREDENTIALS_KEYS: &[&str] = &["operator"];
 const PATH_EXPECTED: &str = "the path of a token file (relative to this file's directory)";
 const SUBSYSTEM_KEYS: &[&str] = &["nqn", "allow_any_host", "hosts"];
@@ -69,6 +78,8 @@ const VOLUME_KEYS: &[&str] = &[
     "uuid",
 ];
 const NAME_EXPECTED: &str = "1 to 64 characters among A-Z a-z 0-9 . _ -";
+const RACK_EXPECTED: &str =
+    "a rack name: 1 to 64 characters among A-Z a-z 0-9 . _ - (quote a number: rack: \"12\")";
 const ADDR_EXPECTED: &str = "an IP address and port such as 127.0.0.1:4420 or \"[::1]:4420\"";
 
 /// A validated cluster declaration.
@@ -114,6 +125,9 @@ pub struct ClusterServer {
     pub state: DeclaredState,
     /// `credential`: the server's token file, as written (see [`Cluster::operator_credential`]).
     pub credential: Option<PathBuf>,
+    /// `rack`: the server's failure domain. The copies of an extent go to distinct racks when
+    /// the `up` servers span enough of them; a server without one is a domain of its own.
+    pub rack: Option<String>,
     /// The server entry (`servers[0]`).
     pub loc: Location,
 }
@@ -198,15 +212,21 @@ pub fn parse_cluster_str(source_name: &str, text: &str) -> Result<Cluster, Layou
     })
 }
 
-/// A server id or volume name.
-fn name(node: &At<'_, '_>, what: &str) -> Result<String, LayoutError> {
-    let text = node.str(NAME_EXPECTED)?;
-    let ok = !text.is_empty()
+/// Whether `text` is a valid server id, volume name or rack: 1 to [`NAME_CHARS_MAX`] of
+/// `A-Z a-z 0-9 . _ -` (the manager checks API input with the same rule).
+#[must_use]
+pub fn is_name(text: &str) -> bool {
+    !text.is_empty()
         && text.chars().count() <= NAME_CHARS_MAX
         && text
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A server id or volume name.
+fn name(node: &At<'_, '_>, what: &str) -> Result<String, LayoutError> {
+    let text = node.str(NAME_EXPECTED)?;
+    if !is_name(text) {
         return Err(node.err(
             ErrorKind::BadName,
             format!("invalid {what} {text:?} (expected {NAME_EXPECTED})"),
@@ -363,6 +383,7 @@ fn servers(root: &Map<'_, '_>) -> Result<Vec<ClusterServer>, LayoutError> {
             },
         };
         let credential = map.get("credential").map(|n| path(&n)).transpose()?;
+        let rack = map.get("rack").map(|n| rack(&n)).transpose()?;
         out.push(ClusterServer {
             id,
             portal,
@@ -370,10 +391,24 @@ fn servers(root: &Map<'_, '_>) -> Result<Vec<ClusterServer>, LayoutError> {
             pool_bytes,
             state,
             credential,
+            rack,
             loc: item.loc(),
         });
     }
     Ok(out)
+}
+
+/// `rack:` a failure domain name. A number or `true` is refused rather than turned into a
+/// string, so `rack: 010` and `rack: 10` cannot silently name the same rack.
+fn rack(node: &At<'_, '_>) -> Result<String, LayoutError> {
+    let text = node.str(RACK_EXPECTED)?;
+    if !is_name(text) {
+        return Err(node.err(
+            ErrorKind::BadName,
+            format!("invalid rack {text:?} (expected {RACK_EXPECTED})"),
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 fn subsystems(root: &Map<'_, '_>) -> Result<Vec<ClusterSubsystem>, LayoutError> {
@@ -574,3 +609,7 @@ fn volume(
         loc: item.loc(),
     })
 }
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;

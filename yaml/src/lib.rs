@@ -21,8 +21,8 @@ pub use build::{
 };
 pub use cluster::{
     CLUSTER_SERVERS_MAX, CLUSTER_VOLUMES_MAX, Cluster, ClusterServer, ClusterSubsystem,
-    ClusterVolume, DEFAULT_EXTENT_SIZE, DeclaredState, NAME_CHARS_MAX, REPLICAS_MAX, load_cluster,
-    load_cluster_text, parse_cluster_str,
+    ClusterVolume, DEFAULT_EXTENT_SIZE, DeclaredState, NAME_CHARS_MAX, REPLICAS_MAX, is_name,
+    load_cluster, load_cluster_text, parse_cluster_str,
 };
 pub use error::{ErrorKind, LayoutError, Location};
 pub use ids::{

@@ -69,7 +69,7 @@ const BAD: &[(&str, ErrorKind, &str)] = &[
     (
         "cluster-unknown-key.yaml",
         ErrorKind::UnknownKey,
-        "6:5: servers[0].pool_size: unknown key \"pool_size\" (expected one of: id, portal, internal, pool, state, credential)",
+        "6:5: servers[0].pool_size: unknown key \"pool_size\" (expected one of: id, portal, internal, pool, state, rack, credential)",
     ),
     (
         "cluster-unknown-subsystem.yaml",

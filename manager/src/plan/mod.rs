@@ -29,7 +29,7 @@ use crate::map::{
     REPLICAS_MAX, Replica, SERVERS_MAX, ServerEntry, ServerState, SubsystemEntry, VOLUMES_MAX,
     VolumeEntry, cntlid_range,
 };
-pub use alloc::Held;
+pub use alloc::{Held, SharedDomains, new_shared_domains, shared_domains};
 use alloc::{Pools, place_extent, stripe_start, up_servers};
 
 /// Default extent size of a created volume (same as the cluster YAML's).
@@ -525,6 +525,9 @@ pub(crate) fn edit_add_server(m: &mut ClusterMap, req: &AddServerRequest) -> Res
             });
         }
     }
+    if let Some(rack) = &req.rack {
+        check_name("rack", rack)?;
+    }
     if req.pool_bytes == 0 {
         return Err(PlanError::ZeroSize("pool"));
     }
@@ -543,6 +546,7 @@ pub(crate) fn edit_add_server(m: &mut ClusterMap, req: &AddServerRequest) -> Res
         pool_bytes: req.pool_bytes,
         cntlid_min,
         cntlid_max,
+        rack: req.rack.clone(),
     });
     Ok(())
 }

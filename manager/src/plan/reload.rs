@@ -146,6 +146,7 @@ fn servers(
                     portal: d.portal,
                     internal: d.internal,
                     pool_bytes: d.pool_bytes,
+                    rack: d.rack.clone(),
                 },
             )?;
             server_mut(m, &d.id)?.state = state_of(d.state);
@@ -181,6 +182,10 @@ fn servers(
         }
         if edited(prev, d, |x| x.state) {
             s.state = state_of(d.state);
+        }
+        // A rack only steers where new copies go: existing copies stay where they are.
+        if edited(prev, d, |x| x.rack.clone()) {
+            s.rack.clone_from(&d.rack);
         }
     }
     Ok(())

@@ -258,6 +258,7 @@ mod tests {
                 portal: "127.0.0.1:4422".parse().unwrap(),
                 internal: "127.0.0.1:4522".parse().unwrap(),
                 pool_bytes: 64 * MIB,
+                rack: None,
             },
         )
         .unwrap();

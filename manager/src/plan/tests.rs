@@ -17,6 +17,7 @@ pub(crate) fn server(id: &str, n: u16, pool: u64) -> AddServerRequest {
         portal: format!("127.0.0.1:{}", 4420 + n).parse().unwrap(),
         internal: format!("127.0.0.1:{}", 4520 + n).parse().unwrap(),
         pool_bytes: pool,
+        rack: None,
     }
 }
 
@@ -363,6 +364,7 @@ fn reload_applies_file_edits_over_api_changes() {
             portal: "127.0.0.1:4429".parse().unwrap(),
             internal: "127.0.0.1:4439".parse().unwrap(),
             pool_bytes: 64 * MIB,
+            rack: None,
         },
     )
     .unwrap();
@@ -445,11 +447,11 @@ fn arb_change() -> impl Strategy<Value = Change> {
             name,
             size: size * MIB
         }),
-        (0..4u16, 8..64u64).prop_map(|(i, pool)| Change::AddServer(server(
-            &format!("s{i}"),
-            i,
-            pool * MIB
-        ))),
+        (0..4u16, 8..64u64, proptest::option::of(0..2u8)).prop_map(|(i, pool, rack)| {
+            let mut req = server(&format!("s{i}"), i, pool * MIB);
+            req.rack = rack.map(|r| format!("r{r}"));
+            Change::AddServer(req)
+        }),
         (name("v"), 0..8usize, name("s"))
             .prop_map(|(volume, extent, to)| Change::StartMove(MoveRequest { volume, extent, to })),
         (name("v"), 0..8usize, name("s")).prop_map(|(volume, extent, server)| {

@@ -351,6 +351,9 @@ impl Shared {
             return Ok(next);
         }
         self.metrics.count_moves(&head, &next);
+        for w in plan::new_shared_domains(&head, &next) {
+            tracing::warn!(volume = %w.volume, "{w}");
+        }
         let next = Arc::new(next);
         tracing::info!(
             generation = next.generation,
@@ -588,18 +591,22 @@ impl Running {
 
 /// Checks a cluster file without starting anything (`tessera-manager --check`): the YAML, its
 /// credential files, and that generation 1 can be built from it (e.g. enough pool space).
+/// Returns the cluster and the volumes of generation 1 whose copies share a failure domain
+/// (warnings: the file is valid).
 ///
 /// # Errors
 /// The first problem, as [`StartError`].
-pub fn check(cluster_file: &std::path::Path) -> Result<yaml::Cluster, StartError> {
+pub fn check(
+    cluster_file: &std::path::Path,
+) -> Result<(yaml::Cluster, Vec<plan::SharedDomains>), StartError> {
     let cluster = yaml::load_cluster(cluster_file)?;
     auth::Credentials::load(&cluster, &cluster_dir(cluster_file))
         .map_err(StartError::Credentials)?;
-    plan::initial_map(&cluster).map_err(|error| StartError::Plan {
+    let map = plan::initial_map(&cluster).map_err(|error| StartError::Plan {
         file: cluster_file.display().to_string(),
         error,
     })?;
-    Ok(cluster)
+    Ok((cluster, plan::shared_domains(&map)))
 }
 
 /// Removes what a failed first start created: the store file and, if it made it, the data
@@ -720,6 +727,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         }
     };
     let head = Arc::new(pending.last().cloned().unwrap_or_else(|| committed.clone()));
+    for w in plan::shared_domains(&head) {
+        tracing::warn!(volume = %w.volume, "{w}");
+    }
     let (tick, _) = tokio_watch::channel(Tick::default());
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {

@@ -561,6 +561,7 @@ pub(crate) mod fixtures {
             pool_bytes: 1 << 20,
             cntlid_min: 1,
             cntlid_max: 999,
+            rack: None,
         }
     }
 

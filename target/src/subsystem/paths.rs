@@ -168,6 +168,7 @@ mod tests {
                     pool_bytes: 64 << 20,
                     cntlid_min,
                     cntlid_max,
+                    rack: None,
                 }
             })
             .collect();

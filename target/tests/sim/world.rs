@@ -1457,6 +1457,7 @@ fn add_server_request(k: usize) -> AddServerRequest {
         portal: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         internal: std::net::SocketAddr::from(([127, 0, 0, 1], port + 1)),
         pool_bytes: POOL_BLOCKS * BLOCK,
+        rack: None,
     }
 }
 

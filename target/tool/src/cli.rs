@@ -103,6 +103,10 @@ pub enum ServerCmd {
         /// Pool size, e.g. 2GiB.
         #[arg(long)]
         pool: String,
+        /// Failure domain: copies of an extent go to distinct racks when the up servers span
+        /// enough of them (without one, the server is a domain of its own).
+        #[arg(long)]
+        rack: Option<String>,
     },
     /// Set a server's state: `down` (failed: not waited for), `draining` (no new extents), or
     /// `up` again (e.g. after the manager marked it down and it has been repaired).
@@ -217,12 +221,14 @@ pub async fn run(m: &ManagerArg, cmd: AdminCmd) -> ExitCode {
                 portal,
                 internal,
                 pool,
+                rack,
             }) => {
                 let req = AddServerRequest {
                     id,
                     portal,
                     internal,
                     pool_bytes: size(&pool)?,
+                    rack,
                 };
                 let m = client.add_server(&req).await.map_err(|e| e.to_string())?;
                 println!("added server {} (generation {})", req.id, m.generation);
@@ -285,10 +291,11 @@ async fn status(client: &Client) -> Result<(), String> {
     for srv in &s.servers {
         let entry = map.server(&srv.id);
         println!(
-            "  {:<8} {:<9} acked {:<5} portal {:<21} internal {:<21} pool {} ({} free){}",
+            "  {:<8} {:<9} acked {:<5} rack {:<8} portal {:<21} internal {:<21} pool {} ({} free){}",
             srv.id,
             format!("{:?}", srv.state).to_lowercase(),
             srv.acked,
+            entry.and_then(|e| e.rack.as_deref()).unwrap_or("-"),
             entry.map_or_else(String::new, |e| e.portal.to_string()),
             entry.map_or_else(String::new, |e| e.internal.to_string()),
             entry.map_or(0, |e| e.pool_bytes),

@@ -256,6 +256,8 @@ fn the_cli_authenticates_and_reloads_keep_api_changes() {
             "127.0.0.1:24532",
             "--pool",
             "256MiB",
+            "--rack",
+            "r3",
         ],
         &env,
     );
@@ -279,6 +281,18 @@ fn the_cli_authenticates_and_reloads_keep_api_changes() {
     assert_eq!(m.generation, 4);
     assert_eq!(m.server("s2").unwrap().state, ServerState::Down);
     assert!(m.server("s3").is_some(), "the API-made server is kept");
+    assert_eq!(m.server("s3").unwrap().rack.as_deref(), Some("r3"));
+    // status shows each server's rack (`-`: none) once clients have the map with s3.
+    let (ok, out, err) = tessera(&["--manager", &addr, "status"], &env);
+    assert!(ok, "{err}");
+    let line = |id: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no line for {id}: {out}"))
+            .to_owned()
+    };
+    assert!(line("s3").contains("rack r3 "), "{out}");
+    assert!(line("s1").contains("rack - "), "{out}");
     let sub = m
         .subsystems
         .iter()
