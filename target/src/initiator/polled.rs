@@ -380,7 +380,7 @@ impl AuthQueue for Arc<PolledQueue> {
     }
 }
 
-/// Frees slot `i` and lets one task waiting for a slot try again.
+/// Frees slot `i` and lets the tasks waiting for a slot try again.
 fn release(st: &mut State, i: usize) {
     let s = &mut st.slots[i];
     s.busy = false;
@@ -396,7 +396,9 @@ fn release(st: &mut State, i: usize) {
     if st.reader == u16::try_from(i).ok() {
         st.reader = None;
     }
-    if let Some(w) = st.waiters.pop() {
+    // Every task waiting for a slot looks again (one woken alone might be gone already);
+    // those that find none wait again.
+    for w in st.waiters.drain(..) {
         w.wake();
     }
 }
