@@ -168,19 +168,34 @@ impl RoutedVolume {
                 pool_off,
             } => {
                 let err = |e| route_err(&server, e);
-                let q = node.peers.queue(&server, addr).await.map_err(err)?;
-                let s = q.with_generation(generation).expiring(expires);
+                // This reactor's polled queue to the peer: the command is written by this
+                // task and its completion wakes this task only (initiator/polled.rs).
+                let q = node.peers.polled(&server, addr).await.map_err(err)?;
+                let stamp = (generation, expires);
                 match io {
-                    PieceIo::Read => s
-                        .read(INTERNAL_NSID, lba(pool_off), nlb(p.len), INTERNAL_BLOCK)
+                    PieceIo::Read => q
+                        .read(
+                            stamp,
+                            INTERNAL_NSID,
+                            lba(pool_off),
+                            nlb(p.len),
+                            INTERNAL_BLOCK,
+                        )
                         .await
                         .map_err(err),
                     PieceIo::Write { data, fua } => {
                         let chunk = data.slice(p.buf_off..p.buf_off + len);
-                        s.write(INTERNAL_NSID, lba(pool_off), INTERNAL_BLOCK, chunk, *fua)
-                            .await
-                            .map(|()| Bytes::new())
-                            .map_err(err)
+                        q.write(
+                            stamp,
+                            INTERNAL_NSID,
+                            lba(pool_off),
+                            INTERNAL_BLOCK,
+                            chunk,
+                            *fua,
+                        )
+                        .await
+                        .map(|()| Bytes::new())
+                        .map_err(err)
                     }
                     PieceIo::Zeroes { deallocate } => {
                         let mut left = p.len;
@@ -189,7 +204,7 @@ impl RoutedVolume {
                         let max = u64::from(crate::initiator::NLB_MAX) * u64::from(INTERNAL_BLOCK);
                         while left > 0 {
                             let n = left.min(max);
-                            s.write_zeroes(INTERNAL_NSID, lba(at), nlb(n), *deallocate)
+                            q.write_zeroes(stamp, INTERNAL_NSID, lba(at), nlb(n), *deallocate)
                                 .await
                                 .map_err(err)?;
                             left -= n;
@@ -408,6 +423,12 @@ impl Volume for RoutedVolume {
     }
 
     fn read(&self, offset: u64, buf: Vec<u8>) -> IoFuture<Bytes> {
+        // The common local case, one piece whose in-sync copy is this server's: the pool's own
+        // read into the caller's buffer (inline for RAM), no future of ours, no second buffer.
+        // It is the decision `with_retries` makes on its first try, whose answer is final.
+        if let Some(pool_off) = self.local_piece(offset, buf.len() as u64) {
+            return self.node.pool.read(pool_off, buf);
+        }
         let f = self.route(offset, buf.len() as u64, PieceIo::Read, buf);
         IoFuture::Boxed(Box::pin(async move { f.await.map(Bytes::from) }))
     }
@@ -467,6 +488,24 @@ impl Volume for RoutedVolume {
 }
 
 impl RoutedVolume {
+    /// Where `[offset, offset + len)` lies in this server's pool when it is one piece read
+    /// from this server's own in-sync copy, while this server serves.
+    fn local_piece(&self, offset: u64, len: u64) -> Option<u64> {
+        if !self.node.admission.serving() {
+            return None;
+        }
+        let map = self.node.map.load();
+        let mut pieces = route::split(&map, &self.name, offset, len).ok()?;
+        let p = pieces.next()?;
+        if pieces.next().is_some() {
+            return None;
+        }
+        match route::locate_read(&map, &self.name, &p, &self.node.me) {
+            Route::Local { pool_off } => Some(pool_off),
+            Route::Remote { .. } | Route::NoPath => None,
+        }
+    }
+
     fn zero_like(&self, offset: u64, len: u64, deallocate: bool) -> IoFuture<()> {
         let f = self.route(offset, len, PieceIo::Zeroes { deallocate }, Vec::new());
         IoFuture::Boxed(Box::pin(async move { f.await.map(drop) }))

@@ -16,7 +16,30 @@ use codec::nvme::fabrics::auth::{
 use codec::nvme::sgl::SglDescriptor;
 
 use super::error::{InitiatorError, Result};
-use super::queue::Queue;
+use super::queue::{Completion, Queue};
+
+/// A queue the authentication transaction can run on: the task-based [`Queue`] or the polled
+/// [`super::PolledQueue`].
+pub(crate) trait AuthQueue: Sync {
+    /// Submit `sqe` and wait for its completion (any NVMe status is a completion).
+    fn run(
+        &self,
+        sqe: codec::nvme::Sqe,
+        data_out: Option<Bytes>,
+        data_in_len: u32,
+    ) -> impl Future<Output = Result<Completion>> + Send;
+}
+
+impl AuthQueue for Queue {
+    fn run(
+        &self,
+        sqe: codec::nvme::Sqe,
+        data_out: Option<Bytes>,
+        data_in_len: u32,
+    ) -> impl Future<Output = Result<Completion>> + Send {
+        self.submit(sqe, data_out, data_in_len)
+    }
+}
 
 /// The AUTHREQ bits of a Connect response (DW0 bits 31:16) that ask for a transaction: ATR
 /// (bit 17) and ASCR (bit 18, secure channel, which needs ATR's transaction as well).
@@ -48,16 +71,16 @@ fn send_sqe(len: usize) -> Result<codec::nvme::Sqe> {
     .to_sqe(0, SglDescriptor::transport(0)))
 }
 
-async fn send(q: &Queue, m: &AuthMessage) -> Result<()> {
+async fn send(q: &impl AuthQueue, m: &AuthMessage) -> Result<()> {
     let data = m.encode();
     let sqe = send_sqe(data.len())?;
-    q.submit(sqe, Some(Bytes::from(data)), 0)
+    q.run(sqe, Some(Bytes::from(data)), 0)
         .await?
         .into_result()?;
     Ok(())
 }
 
-async fn receive(q: &Queue) -> Result<AuthMessage> {
+async fn receive(q: &impl AuthQueue) -> Result<AuthMessage> {
     let al = u32::try_from(MESSAGE_LEN_MAX).unwrap_or(4096);
     let sqe = FabricsCommand::AuthReceive(AuthReceive {
         secp: SECP_NVME_AUTH,
@@ -66,7 +89,7 @@ async fn receive(q: &Queue) -> Result<AuthMessage> {
         al,
     })
     .to_sqe(0, SglDescriptor::transport(0));
-    let c = q.submit(sqe, None, al).await?.into_result()?;
+    let c = q.run(sqe, None, al).await?.into_result()?;
     AuthMessage::decode(&c.data).map_err(|e| InitiatorError::AuthFailed {
         reason: Some(e.reason),
         what: "the controller sent a malformed authentication message",
@@ -74,7 +97,12 @@ async fn receive(q: &Queue) -> Result<AuthMessage> {
 }
 
 /// Tell the controller we refuse its answer (AUTH_Failure2), best effort, and fail.
-async fn refuse(q: &Queue, t_id: u16, reason: FailureReason, what: &'static str) -> InitiatorError {
+async fn refuse(
+    q: &impl AuthQueue,
+    t_id: u16,
+    reason: FailureReason,
+    what: &'static str,
+) -> InitiatorError {
     if let Err(e) = send(q, &AuthMessage::Failure2(Failure::new(t_id, reason))).await {
         tracing::debug!(error = %e, "sending AUTH_Failure2 failed");
     }
@@ -87,6 +115,16 @@ async fn refuse(q: &Queue, t_id: u16, reason: FailureReason, what: &'static str)
 /// Run one DH-HMAC-CHAP transaction on `q` (connected to `subnqn` as `hostnqn`).
 pub async fn authenticate(
     q: &Queue,
+    hostnqn: &str,
+    subnqn: &str,
+    secrets: &DhchapSecrets,
+) -> Result<()> {
+    authenticate_on(q, hostnqn, subnqn, secrets).await
+}
+
+/// [`authenticate`] on any queue the transaction can run on.
+pub(crate) async fn authenticate_on(
+    q: &impl AuthQueue,
     hostnqn: &str,
     subnqn: &str,
     secrets: &DhchapSecrets,

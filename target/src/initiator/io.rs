@@ -213,7 +213,7 @@ impl Stamped<'_> {
     }
 }
 
-fn check_nlb(nlb: u32) -> Result<()> {
+pub(super) fn check_nlb(nlb: u32) -> Result<()> {
     if nlb == 0 || nlb > NLB_MAX {
         return Err(InitiatorError::InvalidArgument {
             what: "NLB must be 1 to 65536",
@@ -223,7 +223,7 @@ fn check_nlb(nlb: u32) -> Result<()> {
 }
 
 /// Blocks in `len` bytes of `lba_size`: a whole, non-zero number, at most [`NLB_MAX`].
-fn blocks(len: usize, lba_size: u32) -> Result<u32> {
+pub(super) fn blocks(len: usize, lba_size: u32) -> Result<u32> {
     let lba = usize::try_from(lba_size).unwrap_or(usize::MAX);
     if lba == 0 || len == 0 || !len.is_multiple_of(lba) {
         return Err(InitiatorError::InvalidArgument {

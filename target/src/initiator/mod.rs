@@ -12,6 +12,9 @@
 //!   shutdown, Identify, log pages, features, keep alive, asynchronous events, I/O queues.
 //! * Discovery (`discovery.rs`): the discovery log page, read the way Linux reads it.
 //! * [`RawConn`] (`raw.rs`): arbitrary bytes in, next PDU out, for malformed-PDU tests.
+//! * [`DirectQueue`] (`direct.rs`): a queue driven by one thread's loop, for load generators.
+//! * [`PolledQueue`] (`polled.rs`): a queue driven by the tasks that wait on it, with no task
+//!   or allocation per command: a storage server's forwarded commands.
 //!
 //! # Tasks and CIDs
 //! Each queue runs two tasks: a writer (owns the socket's write half and the free CID slots)
@@ -57,6 +60,7 @@ mod discovery;
 mod error;
 mod io;
 mod options;
+mod polled;
 mod queue;
 mod raw;
 
@@ -79,6 +83,7 @@ pub use io::{DSM_RANGES_MAX, NLB_MAX, Stamped};
 pub use options::{
     ControllerOptions, QueueOptions, TransportOptions, hostid_from_nqn, incapsule_data_from_ioccsz,
 };
+pub use polled::{PolledCommand, PolledQueue};
 pub use queue::{Completion, PendingCompletion, Queue};
 pub use raw::{RawConn, RawEvent};
 

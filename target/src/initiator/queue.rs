@@ -479,7 +479,7 @@ pub(crate) fn icreq(t: &TransportOptions) -> IcReq {
 }
 
 /// Send the ICReq, read the ICResp and check it as Linux does (`nvme_tcp_init_connection`).
-async fn ic_exchange(
+pub(crate) async fn ic_exchange(
     mut stream: TcpStream,
     t: &TransportOptions,
 ) -> Result<(TcpStream, IcResp, BytesMut)> {

@@ -389,3 +389,150 @@ async fn raw_conn_reads_the_term_req_for_a_bad_pdu() {
     assert_eq!((t.fes, t.fei), (Fes::INVALID_PDU_HEADER_FIELD, 2));
     raw.expect_eof().await.expect("closed after the TermReq");
 }
+
+// -- PolledQueue -------------------------------------------------------------------------------
+
+async fn polled_on(ctrl: &Controller, qid: u16, sqsize: u16) -> std::sync::Arc<PolledQueue> {
+    let q = PolledQueue::connect(ctrl.addr(), &ctrl.io_queue_options(qid, sqsize))
+        .await
+        .expect("polled queue connect");
+    assert_eq!((q.qid(), q.depth()), (qid, usize::from(sqsize) + 1));
+    q
+}
+
+/// Writes in-capsule and through R2T, reads them back (whole C2HData or in pieces), from many
+/// tasks at once on a queue of depth 32 (slots reused, tasks waiting for a free slot).
+async fn polled_many(q: &std::sync::Arc<PolledQueue>) {
+    let mut set = JoinSet::new();
+    for i in 0..200u32 {
+        let q = q.clone();
+        set.spawn(async move {
+            let len = if i % 2 == 0 { 2048 } else { 24 * 1024 };
+            let data = pattern(len, u8::try_from(i % 256).unwrap_or(0));
+            let slba = u64::from(i) * 64;
+            q.write((0, 0), NSID, slba, LBA, data.clone(), i % 3 == 0)
+                .await
+                .expect("write");
+            let nlb = u32::try_from(len).unwrap_or(0) / LBA;
+            assert_eq!(
+                q.read((0, 0), NSID, slba, nlb, LBA).await.expect("read"),
+                data
+            );
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("task");
+    }
+    // The fake target has no Write Zeroes: its status comes back as the command's error.
+    let wz = q.write_zeroes((0, 0), NSID, 0, 4, false).await;
+    assert!(matches!(wz, Err(InitiatorError::Status(s)) if s.same_code(Status::INVALID_OPCODE)));
+    let oob = q.read((0, 0), NSID, 1 << 40, 1, LBA).await;
+    assert!(matches!(oob, Err(InitiatorError::Status(s)) if s.same_code(Status::LBA_RANGE)));
+}
+
+#[tokio::test]
+async fn polled_queue_end_to_end() {
+    let (ctrl, _io) = bring_up(FakeOpts::default(), TransportOptions::default()).await;
+    let q = polled_on(&ctrl, 2, 31).await;
+    polled_many(&q).await;
+    // Stamped: the fake target refuses an old generation with its own.
+    let stale = q.read((3, 0), NSID, 0, 1, LBA).await;
+    assert!(
+        matches!(
+            stale,
+            Err(InitiatorError::Generation {
+                server_generation: fake::GENERATION,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    q.write((fake::GENERATION, 0), NSID, 0, LBA, pattern(512, 4), false)
+        .await
+        .expect("current generation");
+    assert!(!q.is_closed());
+}
+
+#[tokio::test]
+async fn polled_queue_with_digests_response_capsules_and_split_data() {
+    let t = TransportOptions {
+        hdgst: true,
+        ddgst: true,
+        ..TransportOptions::default()
+    };
+    let f = FakeOpts {
+        success_flag: false,
+        c2h_chunk: 3000,
+        r2t_chunk: 10000,
+        ..FakeOpts::default()
+    };
+    let (ctrl, _io) = bring_up(f, t).await;
+    let q = polled_on(&ctrl, 2, 31).await;
+    polled_many(&q).await;
+}
+
+/// Several runtime threads share one queue (the socket belongs to the runtime that connected
+/// it; wake-ups cross threads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_queue_across_threads() {
+    let (ctrl, _io) = bring_up(FakeOpts::default(), TransportOptions::default()).await;
+    let q = polled_on(&ctrl, 2, 31).await;
+    polled_many(&q).await;
+}
+
+/// A command whose future is dropped keeps its slot until the target answers (here: never);
+/// the queue goes on serving others. `close` fails what is in flight and what comes after.
+#[tokio::test]
+async fn polled_queue_abandoned_commands_and_close() {
+    let f = FakeOpts {
+        misbehave: Misbehave::SilentReads,
+        ..FakeOpts::default()
+    };
+    let (ctrl, _io) = bring_up(f, TransportOptions::default()).await;
+    let q = polled_on(&ctrl, 2, 3).await;
+    for _ in 0..3 {
+        let r =
+            tokio::time::timeout(Duration::from_millis(50), q.read((0, 0), NSID, 0, 1, LBA)).await;
+        assert!(r.is_err(), "a silent read does not complete");
+    }
+    // Three of the four slots stay busy: one is left for other commands.
+    for i in 0..20u8 {
+        q.write((0, 0), NSID, 8, LBA, pattern(512, i), false)
+            .await
+            .expect("write on the free slot");
+    }
+    let sqe = codec::nvme::cmd::IoCommand::Read(codec::nvme::cmd::Rw::new(NSID, 0, 1, 0))
+        .to_sqe(0, codec::nvme::SglDescriptor::transport(0));
+    let q2 = q.clone();
+    let waiting = tokio::spawn(async move { q2.submit(sqe, None, LBA).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    q.close();
+    assert!(q.is_closed());
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("close ends the wait")
+        .expect("task");
+    assert!(matches!(r, Err(InitiatorError::Closed)), "{r:?}");
+    let after = q.write((0, 0), NSID, 8, LBA, pattern(512, 1), false).await;
+    assert!(matches!(after, Err(InitiatorError::Closed)), "{after:?}");
+}
+
+#[tokio::test]
+async fn polled_queue_term_req_ends_the_connection() {
+    let f = FakeOpts {
+        misbehave: Misbehave::TermReqOnRead,
+        ..FakeOpts::default()
+    };
+    let (ctrl, _io) = bring_up(f, TransportOptions::default()).await;
+    let q = polled_on(&ctrl, 2, 31).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), q.read((0, 0), NSID, 0, 1, LBA))
+        .await
+        .expect("bounded");
+    assert!(matches!(r, Err(InitiatorError::TermReq { .. })), "{r:?}");
+    assert!(q.is_closed());
+    let after = q.write((0, 0), NSID, 8, LBA, pattern(512, 1), false).await;
+    assert!(
+        matches!(after, Err(InitiatorError::TermReq { .. })),
+        "{after:?}"
+    );
+}
