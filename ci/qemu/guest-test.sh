@@ -406,6 +406,18 @@ subsys_state_of_port() {
   echo "$st"
 }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# Writes completed over every path of $NQN (the 6.1 kernel counts I/O on the paths' disks, not
+# on the multipath device).
+writes_done() {
+  n=0
+  for st in /sys/block/nvme*c*n*/stat; do
+    [ "$(cat "${st%/stat}/device/subsysnqn" 2>/dev/null)" = "$NQN" ] || continue
+    # shellcheck disable=SC2046 # the stat fields as words
+    set -- $(cat "$st")
+    n=$(( n + $5 ))
+  done
+  echo "$n"
+}
 since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # Multipath over a replicated volume: fio verify (the fio step's job) runs in a loop over every
@@ -435,6 +447,7 @@ step_fio_kill() {
     [ "$a" = optimized ] || die "path of port $p is '$a' before the kill, expected optimized"
   done
   dmesg_from="$(dmesg | wc -l)"
+  w0="$(writes_done)"
   rm -f "$STATE/kill-done" "$STATE/fio-failed" "$STATE/fio-runs"
   ( n=0
     while :; do
@@ -474,14 +487,17 @@ step_fio_kill() {
   state_is_not() { [ "$(subsys_state_of_port "$GUEST_KILL_PORT")" != "$1" ]; }
   runs_over() { [ "$(runs)" -gt "$1" ]; }
   ana_is() { [ "$(ana_state_of "$kctrl")" = "$1" ]; }
-  # Let fio get going on every path first.
-  sleep 4
+  writes_flow() { [ "$(writes_done)" -ge $(( w0 + 64 )) ]; }
+  # The kill comes once fio's first write phase is well under way (64 writes of 4-128 KiB out
+  # of 32 MiB): it lands among writes in flight.
+  until_ 60 "fio's writes did not start" writes_flow
   tk="$(uptime_s)"
-  echo "KILL-REQUEST port $GUEST_KILL_PORT (fio runs done: $(runs))"
+  echo "KILL-REQUEST port $GUEST_KILL_PORT (fio runs done: $(runs), writes completed: $(( $(writes_done) - w0 )))"
   until_ 60 "nvme list-subsys did not show the path of port $GUEST_KILL_PORT leave the live state" \
     state_is_not live
   st="$(subsys_state_of_port "$GUEST_KILL_PORT")"
-  echo "PATH-STATE port $GUEST_KILL_PORT: $st (not live) $(since "$tk") s after the kill request"
+  echo "PATH-STATE port $GUEST_KILL_PORT: $st (not live) $(since "$tk") s after the kill request" \
+    "(fio runs done: $(runs), writes completed: $(( $(writes_done) - w0 )))"
   cat "$STATE/list-subsys"
   echo "paths (port:controller:state:ana_state): $(paths_line)"
   # The run under way at the kill must finish and verify, and a whole run must then pass with
