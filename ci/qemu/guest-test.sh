@@ -30,6 +30,15 @@
 #                       that path's ANA state (sysfs ana_state) must turn inaccessible, then
 #                       optimized again, the other paths staying optimized, and every fio run
 #                       must pass its verify
+#   GUEST_KILL_PORT=P   multipath over a replicated volume: the fio step becomes fio-kill: fio
+#                       verify runs in a loop over every path (iopolicy round-robin) while the
+#                       guest asks the harness (console lines KILL-REQUEST and RESTART-REQUEST)
+#                       to kill -9 the server of portal P and later to restart it; `nvme
+#                       list-subsys` must show that path leave the live state and come back
+#                       live (then ANA optimized), every fio run must pass its verify, and the
+#                       kernel log must show no I/O error. Only flush and disconnect follow.
+#   GUEST_RECONNECT_DELAY=S  multipath: `nvme connect-all --reconnect-delay=S` (default: the
+#                       kernel's 10 s)
 #
 # Every step runs under its own timeout (busybox timeout: 143 on expiry, not 124). On the first
 # failure: print why and the kernel log tail, disconnect best-effort, write the step's name to
@@ -195,7 +204,8 @@ step_connect() {
 connect_all() {
   # shellcheck disable=SC2086 # $DIGEST_FLAGS is a list of flags
   out="$(nvme connect-all --transport=tcp --traddr="$ADDR" --trsvcid="$PORT" \
-    --hostnqn="$HOSTNQN" --hostid="$HOSTID" $DIGEST_FLAGS 2>&1)"
+    --hostnqn="$HOSTNQN" --hostid="$HOSTID" $DIGEST_FLAGS \
+    ${GUEST_RECONNECT_DELAY:+--reconnect-delay=$GUEST_RECONNECT_DELAY} 2>&1)"
   rc=$?
   echo "$out"
   [ $rc -eq 0 ] || die "nvme connect-all exited $rc"
@@ -381,6 +391,163 @@ step_fio_drain() {
   [ $rc -eq 0 ] && [ ! -e "$STATE/fio-failed" ] ||
     { n="$(cat "$STATE/fio-failed" 2>/dev/null || echo "$runs")"; cat "$STATE/fio-$n.log" 2>/dev/null; die "fio run $n failed"; }
   echo "fio verify: $runs run(s) passed across the drain and the return of port $GUEST_DRAIN_PORT"
+}
+
+# The controller state `nvme list-subsys` shows for the path of portal port $1 ("absent" when
+# it lists no controller there); the listing goes to $STATE/list-subsys.
+subsys_state_of_port() {
+  nvme list-subsys > "$STATE/list-subsys" 2>&1
+  line="$(grep -E "trsvcid=$1([, ]|\$)" "$STATE/list-subsys" | head -n1)"
+  [ -n "$line" ] || { echo absent; return; }
+  st=unknown
+  for w in $line; do
+    case "$w" in new|live|resetting|connecting|deleting|dead) st="$w" ;; esac
+  done
+  echo "$st"
+}
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# Writes completed over every path of $NQN (the 6.1 kernel counts I/O on the paths' disks, not
+# on the multipath device).
+writes_done() {
+  n=0
+  for st in /sys/block/nvme*c*n*/stat; do
+    [ "$(cat "${st%/stat}/device/subsysnqn" 2>/dev/null)" = "$NQN" ] || continue
+    # shellcheck disable=SC2046 # the stat fields as words
+    set -- $(cat "$st")
+    n=$(( n + $5 ))
+  done
+  echo "$n"
+}
+since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# Multipath over a replicated volume: fio verify (the fio step's job) runs in a loop over every
+# path (iopolicy round-robin) while the harness kills the server of GUEST_KILL_PORT (console
+# line KILL-REQUEST; it answers with SIGKILL) and later restarts it on its pool (RESTART-REQUEST).
+# `nvme list-subsys` must show that path leave the live state and come back live, its ANA state
+# must be optimized again, a fio run must complete across the kill and another one after the
+# return, every run must pass its verify, and the kernel log must show no I/O error (path
+# failover and reconnect messages are expected and printed).
+step_fio_kill() {
+  ns="$(get ns)"
+  kctrl="$(ctrl_of_port "$GUEST_KILL_PORT")"
+  [ -n "$kctrl" ] || die "no controller for port $GUEST_KILL_PORT"
+  sub=""
+  for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+    [ "$(cat "$s/subsysnqn" 2>/dev/null)" = "$NQN" ] && sub="$s"
+  done
+  [ -n "$sub" ] || die "no nvme-subsystem of $NQN in sysfs"
+  # Round-robin: every live optimized path carries I/O, the one that dies included.
+  echo round-robin > "$sub/iopolicy" || die "cannot set $sub/iopolicy"
+  echo "$(basename "$sub"): iopolicy $(cat "$sub/iopolicy")"
+  echo "paths before (port:controller:state:ana_state): $(paths_line)"
+  for p in $GUEST_PATHS; do
+    c="$(ctrl_of_port "$p")"
+    [ "$(cat "/sys/class/nvme/$c/state")" = live ] || die "path of port $p is not live before the kill"
+    a="$(ana_state_of "$c")"
+    [ "$a" = optimized ] || die "path of port $p is '$a' before the kill, expected optimized"
+  done
+  dmesg_from="$(dmesg | wc -l)"
+  w0="$(writes_done)"
+  rm -f "$STATE/kill-done" "$STATE/fio-failed" "$STATE/fio-runs"
+  ( n=0
+    while :; do
+      n=$((n + 1))
+      ( step_fio ) > "$STATE/fio-$n.log" 2>&1 ||
+        { echo "$n" > "$STATE/fio-failed"; exit 1; }
+      echo "$n" > "$STATE/fio-runs"
+      [ -e "$STATE/kill-done" ] && exit 0
+    done ) &
+  bg=$!
+  runs() { cat "$STATE/fio-runs" 2>/dev/null || echo 0; }
+  fio_ok() {
+    [ -e "$STATE/fio-failed" ] || return 0
+    n="$(cat "$STATE/fio-failed")"
+    touch "$STATE/kill-done"
+    cat "$STATE/fio-$n.log"
+    echo "kernel log since the step began:"; dmesg | tail -n +"$((dmesg_from + 1))" | tail -n 60
+    die "fio run $n failed"
+  }
+  # until_ SECONDS WHAT CONDITION...: wait (0.2 s steps) until the command succeeds; fio must
+  # keep passing.
+  until_() {
+    lim="$1" what="$2"; shift 2
+    t0="$(date +%s)"
+    until "$@"; do
+      fio_ok
+      [ $(( $(date +%s) - t0 )) -lt "$lim" ] || {
+        touch "$STATE/kill-done"
+        echo "paths (port:controller:state:ana_state): $(paths_line)"
+        cat "$STATE/list-subsys" 2>/dev/null
+        die "$what within $lim s"
+      }
+      sleep 0.2
+    done
+  }
+  state_is() { [ "$(subsys_state_of_port "$GUEST_KILL_PORT")" = "$1" ]; }
+  state_is_not() { [ "$(subsys_state_of_port "$GUEST_KILL_PORT")" != "$1" ]; }
+  runs_over() { [ "$(runs)" -gt "$1" ]; }
+  ana_is() { [ "$(ana_state_of "$kctrl")" = "$1" ]; }
+  writes_flow() { [ "$(writes_done)" -ge $(( w0 + 64 )) ]; }
+  # The kill comes once fio's first write phase is well under way (64 writes of 4-128 KiB out
+  # of 32 MiB): it lands among writes in flight.
+  until_ 60 "fio's writes did not start" writes_flow
+  tk="$(uptime_s)"
+  echo "KILL-REQUEST port $GUEST_KILL_PORT (fio runs done: $(runs), writes completed: $(( $(writes_done) - w0 )))"
+  until_ 60 "nvme list-subsys did not show the path of port $GUEST_KILL_PORT leave the live state" \
+    state_is_not live
+  st="$(subsys_state_of_port "$GUEST_KILL_PORT")"
+  echo "PATH-STATE port $GUEST_KILL_PORT: $st (not live) $(since "$tk") s after the kill request" \
+    "(fio runs done: $(runs), writes completed: $(( $(writes_done) - w0 )))"
+  cat "$STATE/list-subsys"
+  echo "paths (port:controller:state:ana_state): $(paths_line)"
+  # The run under way at the kill must finish and verify, and a whole run must then pass with
+  # the server dead.
+  r0="$(runs)"
+  until_ 180 "no fio run completed after the kill of port $GUEST_KILL_PORT (I/O did not resume)" \
+    runs_over "$r0"
+  echo "FIO-AFTER-KILL run $(runs) passed its verify $(since "$tk") s after the kill request" \
+    "(path of port $GUEST_KILL_PORT: $(subsys_state_of_port "$GUEST_KILL_PORT"))"
+  r0="$(runs)"
+  until_ 180 "no whole fio run completed with the server of port $GUEST_KILL_PORT dead" \
+    runs_over "$r0"
+  echo "FIO-AFTER-KILL run $(runs) (started with the path down) passed its verify" \
+    "$(since "$tk") s after the kill request (path of port $GUEST_KILL_PORT: $(subsys_state_of_port "$GUEST_KILL_PORT"))"
+  state_is_not live ||
+    echo "WARNING: the path of port $GUEST_KILL_PORT is live again before the restart request"
+  trs="$(uptime_s)"
+  echo "RESTART-REQUEST port $GUEST_KILL_PORT"
+  until_ 150 "nvme list-subsys did not show the path of port $GUEST_KILL_PORT live again" \
+    state_is live
+  echo "PATH-STATE port $GUEST_KILL_PORT: live $(since "$trs") s after the restart request"
+  cat "$STATE/list-subsys"
+  until_ 90 "the path of port $GUEST_KILL_PORT did not turn ANA optimized after its return" \
+    ana_is optimized
+  echo "ANA-STATE port $GUEST_KILL_PORT: optimized $(since "$trs") s after the restart request"
+  echo "paths (port:controller:state:ana_state): $(paths_line)"
+  nvme list-subsys "/dev/$ns" 2>&1
+  r1="$(runs)"
+  until_ 180 "no fio run completed after the path of port $GUEST_KILL_PORT came back" runs_over "$r1"
+  touch "$STATE/kill-done"
+  wait "$bg"
+  rc=$?
+  runs="$(runs)"
+  for i in $(seq 1 "$runs"); do
+    grep -a '^FIO-FIGURES' "$STATE/fio-$i.log"
+    # The write phase's total latency line: its max is the longest a write waited (in the run
+    # under way at the kill: the failover time the host saw).
+    echo "FIO-LATENCY run $i: write $(awk '/^ *write:/ { w = 1 } w && /^ *lat \(/ { sub(/^ */, ""); print; exit }' "$STATE/fio-$i.log")"
+  done
+  [ $rc -eq 0 ] && [ ! -e "$STATE/fio-failed" ] ||
+    { n="$(cat "$STATE/fio-failed" 2>/dev/null || echo "$runs")"; cat "$STATE/fio-$n.log" 2>/dev/null; die "fio run $n failed"; }
+  # The kernel log: path failover and reconnects are expected; an I/O error is not.
+  dmesg | tail -n +"$((dmesg_from + 1))" > "$STATE/dmesg"
+  echo "kernel log during the step: $(wc -l < "$STATE/dmesg") lines; nvme lines (first 40):"
+  grep -a -E 'nvme' "$STATE/dmesg" | head -n 40
+  # (An I/O error the block layer saw, an NVMe error status logged for a namespace command,
+  # or I/O failed for want of any path; "no usable path - requeuing I/O" is failover.)
+  bad="$(grep -a -E 'I/O error|Buffer I/O|@ LBA|blk_update_request|failing I/O|critical (medium|target)' "$STATE/dmesg")"
+  [ -z "$bad" ] || { echo "$bad" | head -n 20; die "I/O errors in the kernel log (beyond path failover)"; }
+  echo "fio verify: $runs run(s) passed across the kill of port $GUEST_KILL_PORT's server and its return; no I/O error in the kernel log"
 }
 
 step_mkfs() {
@@ -756,6 +923,14 @@ pass() { # pass NAME DIGEST_FLAGS FIO_SIZE FILES_MB
   run smart-log 30
   [ "$PASS" = "$FIRST_PASS" ] && [ "${GUEST_IDENTIFY:-1}" = 1 ] && run identify 60
   [ -n "${GUEST_MDTS:-}" ] && run mdts 30
+  if [ -n "${GUEST_KILL_PORT:-}" ]; then
+    # Failover of a replicated volume: the data step is the point; the file-system and
+    # command steps are the other modes' (this keeps the run short on a slow guest).
+    run fio-kill 420
+    run flush 30
+    run disconnect 60
+    return
+  fi
   if [ -n "${GUEST_DRAIN_PORT:-}" ]; then run fio-drain 360; else run fio 180; fi
   if [ "${GUEST_DISCARD:-1}" = 1 ]; then
     run discard-range 60
