@@ -200,6 +200,13 @@ struct BenchArgs {
     /// names the routing server, the servers up and the share of the volume it forwards.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["baseline", "hold_connections"])]
     manager: Option<String>,
+    /// Only the extents of the volume in which a server plays a part (needs --manager):
+    /// `primary` (it is the extent's primary: writes through it are local and it fans them
+    /// out to the other copies), `copy` (it holds an in-sync copy: reads through it are local)
+    /// or `no-copy` (it holds none: every I/O through it is forwarded), each optionally
+    /// followed by `:SERVER`; the server defaults to the one whose portal is --port.
+    #[arg(long, value_name = "ROLE[:SERVER]", requires = "manager")]
+    extents: Option<String>,
     /// Measure the machine instead of the target: run against `bench-baseline-server`.
     #[arg(long, value_enum, conflicts_with_all = ["hold_connections", "verify", "ios"])]
     baseline: Option<BaselineMode>,
@@ -343,7 +350,7 @@ fn bench_main(a: &BenchArgs) -> Result<(), String> {
         Record::Hold(rt.block_on(bench::hold::run(&o))?)
     } else {
         let has = |d| a.digest.contains(&d);
-        let o = bench::run::IoOpts {
+        let mut o = bench::run::IoOpts {
             addr,
             nqn: a.nqn.clone(),
             hostnqn: a.hostnqn.clone(),
@@ -375,10 +382,28 @@ fn bench_main(a: &BenchArgs) -> Result<(), String> {
                 .as_deref()
                 .map(bench::report::OptTag::parse)
                 .transpose()?,
+            ranges: None,
         };
+        let select = a
+            .extents
+            .as_deref()
+            .map(bench::cluster::ExtentSelect::parse)
+            .transpose()?;
         // The map is read before the run: the path measured is the one it describes.
         let shape = match &a.manager {
-            Some(m) => Some(rt.block_on(bench::cluster::shape(m, addr, &a.nqn, a.nsid))?),
+            Some(m) => {
+                let read_pct = a.rw.read_pct(a.mix);
+                let (shape, ranges) = rt.block_on(bench::cluster::shape(
+                    m,
+                    addr,
+                    &a.nqn,
+                    a.nsid,
+                    read_pct,
+                    select.as_ref(),
+                ))?;
+                o.ranges = select.is_some().then_some(ranges);
+                Some(shape)
+            }
             None => None,
         };
         let mut r = rt.block_on(bench::run::run(&o))?;

@@ -62,6 +62,8 @@ pub struct IoOpts {
     pub sq_flow_control: bool,
     /// Which optimisation's before/after pair this run belongs to (kept in the record).
     pub opt: Option<super::report::OptTag>,
+    /// Only these byte ranges `(start, len)` of the namespace (sorted; `--extents`), else all.
+    pub ranges: Option<Vec<(u64, u64)>>,
 }
 
 /// Checks a read against the version map: how it went.
@@ -180,6 +182,9 @@ async fn run_on(o: &IoOpts, ctrl: &Controller) -> Result<IoRecord, String> {
         .ok_or_else(|| format!("--bs {} is more than {NLB_MAX} blocks", o.bs))?;
     let bs = usize::try_from(o.bs).map_err(|_| "--bs too large")?;
     let mut wl = Workload::new(ns_bytes, o.bs, o.rw, o.mix, o.seed)?;
+    if let Some(r) = &o.ranges {
+        wl.restrict(r)?;
+    }
     let vmap = if o.verify {
         wl.limit_units(pattern::VERIFY_UNITS_MAX);
         let inflight = u64::from(o.qd) * u64::from(o.queues);

@@ -91,10 +91,20 @@ pub enum Dir {
 }
 
 /// Chooses units (`bs`-sized, `bs`-aligned pieces of the namespace) and directions.
+///
+/// A unit is a logical index `0..units`; [`Workload::offset`] maps it to the namespace. Without
+/// [`Workload::restrict`] that is the unit at the same place; restricted to some byte ranges
+/// (`--extents`: the extents one server leads, say), logical units walk the whole units inside
+/// those ranges in order, so sequential modes, random offsets and `--verify`'s version map all
+/// work unchanged on the chosen part of the namespace.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// Whole `bs` units in the namespace (the tail smaller than `bs` is never touched).
+    /// Whole `bs` units the workload may touch (the tail smaller than `bs` is never touched).
     units: u64,
+    /// With [`Workload::restrict`]: `(first logical unit, first namespace unit)` of each
+    /// segment, sorted; a segment runs to the next one's first logical unit (the last to
+    /// `units`). Empty: logical unit = namespace unit.
+    segments: Vec<(u64, u64)>,
     bs: u64,
     random: bool,
     read_pct: u8,
@@ -116,12 +126,47 @@ impl Workload {
         }
         Ok(Self {
             units,
+            segments: Vec::new(),
             bs,
             random: mode.is_random(),
             read_pct: mode.read_pct(mix),
             next_seq: 0,
             rng: XorShift64::new(seed),
         })
+    }
+
+    /// Restricts the workload to the whole units inside `ranges` (byte `(start, len)` pairs of
+    /// the namespace, sorted and not overlapping, e.g. extents). Fails when they hold no unit.
+    pub fn restrict(&mut self, ranges: &[(u64, u64)]) -> Result<(), String> {
+        let ns_units = self.units;
+        let mut segments = Vec::new();
+        let mut logical = 0u64;
+        let mut prev_end = 0u64;
+        for &(start, len) in ranges {
+            let end = start
+                .checked_add(len)
+                .ok_or_else(|| format!("range {start}+{len} overflows"))?;
+            if start < prev_end {
+                return Err(format!("range at byte {start} overlaps the one before"));
+            }
+            prev_end = end;
+            let first = start.div_ceil(self.bs);
+            let last = (end / self.bs).min(ns_units);
+            if last > first {
+                segments.push((logical, first));
+                logical += last - first;
+            }
+        }
+        if logical == 0 {
+            return Err(format!(
+                "the chosen ranges hold no whole {}-byte block of the namespace",
+                self.bs
+            ));
+        }
+        self.units = logical;
+        self.segments = segments;
+        self.next_seq = 0;
+        Ok(())
     }
 
     /// Restrict the workload to the first `max` units (verify keeps a version per unit).
@@ -159,9 +204,18 @@ impl Workload {
         }
     }
 
-    /// Byte offset of `unit`.
+    /// Byte offset in the namespace of logical `unit`.
     pub fn offset(&self, unit: u64) -> u64 {
-        unit * self.bs
+        if self.segments.is_empty() {
+            return unit * self.bs;
+        }
+        // The last segment starting at or before `unit` (the first starts at 0).
+        let k = self
+            .segments
+            .partition_point(|&(logical, _)| logical <= unit)
+            .saturating_sub(1);
+        let (logical, first) = self.segments.get(k).copied().unwrap_or((0, 0));
+        (first + (unit - logical)) * self.bs
     }
 }
 
@@ -208,6 +262,47 @@ mod tests {
         }
         assert!((6_500..7_500).contains(&reads), "about 70% reads: {reads}");
         assert!(Workload::new(100, 4096, RwMode::Read, 0, 1).is_err());
+    }
+
+    #[test]
+    fn restricted_to_ranges() {
+        let mb = 1u64 << 20;
+        // A 10 MiB namespace, 128 KiB blocks; two ranges, the second not aligned to the block
+        // at either end and running past the end of the namespace.
+        let mut w = Workload::new(10 * mb, 131_072, RwMode::Randwrite, 0, 3).expect("fits");
+        w.restrict(&[(mb, mb), (4 * mb + 4096, 20 * mb)])
+            .expect("holds blocks");
+        // 8 blocks in [1, 2) MiB; [4 MiB + 4 KiB, 10 MiB): blocks 33..80, 47 of them.
+        assert_eq!(w.units(), 8 + 47);
+        assert_eq!(w.offset(0), mb);
+        assert_eq!(w.offset(7), 2 * mb - 131_072);
+        assert_eq!(w.offset(8), 33 * 131_072);
+        assert_eq!(w.offset(54), 79 * 131_072);
+        let mut seen = [false; 55];
+        for _ in 0..20_000 {
+            let u = w.next_unit();
+            let off = w.offset(u);
+            let inside = (mb..2 * mb).contains(&off) || (4 * mb + 4096..10 * mb).contains(&off);
+            assert!(inside && off + 131_072 <= 10 * mb, "offset {off}");
+            seen[usize::try_from(u).expect("small")] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "every chosen block is reachable");
+        // Sequential walks the ranges in order and wraps.
+        let mut s = Workload::new(10 * mb, mb, RwMode::Write, 0, 1).expect("fits");
+        s.restrict(&[(2 * mb, 2 * mb), (7 * mb, mb)])
+            .expect("holds");
+        let got: Vec<u64> = (0..4)
+            .map(|_| {
+                let u = s.next_unit();
+                s.offset(u) / mb
+            })
+            .collect();
+        assert_eq!(got, [2, 3, 7, 2]);
+        // Nothing whole inside, or overlapping ranges: refused.
+        let mut e = Workload::new(10 * mb, mb, RwMode::Read, 0, 1).expect("fits");
+        assert!(e.restrict(&[(mb + 512, mb)]).is_err());
+        assert!(e.restrict(&[(0, 2 * mb), (mb, mb)]).is_err());
+        assert!(e.restrict(&[]).is_err());
     }
 
     #[test]
