@@ -600,3 +600,18 @@ fn hung_new_owner_wedges_without_the_cancellation() {
         "no seed of {SEEDS_HUNG_NEW_OWNER:?} wedges without the cancellation: pick others"
     );
 }
+
+/// Known wedge, not fixed yet (docs/cluster-protocol.md, "Known wedge: a switch to a server
+/// catching up"): seeds 858 and 1388 of healing with hangs (0..2000). A server restarted after
+/// being marked down while hung catches up and final-copies its lost extent to a new owner that
+/// cannot answer (hung and kept stopped until the map marking it down commits, or itself
+/// catching up); a forged move-ready switched a move to that catching-up server, whose old
+/// owner then cannot finish its final copy; phase 1a never ends and the map marking the hung
+/// server down stays queued behind it. This test fails once they heal: then turn it into a
+/// `now_passes` regression.
+#[test]
+fn seeds_858_and_1388_still_wedge() {
+    for seed in [858, 1388] {
+        still_fails(seed, liveness(ALL_WITH_HANGS), "liveness");
+    }
+}
