@@ -602,7 +602,9 @@ fn hung_new_owner_wedges_without_the_cancellation() {
 }
 
 /// Known wedge, not fixed yet (docs/cluster-protocol.md, "Known wedge: a switch to a server
-/// catching up"): seeds 858 and 1388 of healing with hangs (0..2000). A server restarted after
+/// catching up"): seed 858 of healing with hangs (0..2000; 1388 wedged the same way until the
+/// simulated router checked `serving` before every try, which changed its trace). A server
+/// restarted after
 /// being marked down while hung catches up and final-copies its lost extent to a new owner that
 /// cannot answer (hung and kept stopped until the map marking it down commits, or itself
 /// catching up); a forged move-ready switched a move to that catching-up server, whose old
@@ -610,8 +612,6 @@ fn hung_new_owner_wedges_without_the_cancellation() {
 /// server down stays queued behind it. This test fails once they heal: then turn it into a
 /// `now_passes` regression.
 #[test]
-fn seeds_858_and_1388_still_wedge() {
-    for seed in [858, 1388] {
-        still_fails(seed, liveness(ALL_WITH_HANGS), "liveness");
-    }
+fn seed_858_still_wedges() {
+    still_fails(858, liveness(ALL_WITH_HANGS), "liveness");
 }
