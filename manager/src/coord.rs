@@ -13,6 +13,8 @@
 //!   [`Action::MarkDown`].
 //! - **1b**: the map becomes every server's map; `up` servers ack, bounded by
 //!   [`PHASE_1B_TIMEOUT_MS`]; those that miss it are marked late and catch up by stamp checks.
+//!   A server whose watch stream has been gone for 3 s is not waited for
+//!   ([`Event::ServersLost`]): the same outcome as the deadline, sooner.
 //! - **2**: the map becomes the clients' (committed) map.
 //!
 //! A map that gives switched extents back to their old owners (`plan::cancel_moves_to_down`: a
@@ -79,6 +81,16 @@ pub enum Event {
         generation: Generation,
         /// Its phase.
         phase: Phase,
+    },
+    /// The manager has had no watch stream from these servers for 3 s (the I/O layer's
+    /// `SERVER_LOST`): phase 1b of `generation` stops waiting for them, as at its deadline
+    /// (they are marked late and catch up by stamp checks and fetches). Phase 1a is not
+    /// affected: an old owner is never skipped. Ignored unless `generation` is in phase 1b.
+    ServersLost {
+        /// The publication it is meant for.
+        generation: Generation,
+        /// Server ids.
+        servers: Vec<String>,
     },
     /// `server` fetched (or was streamed) map `generation` with `role=server`: recorded for
     /// status, not an ack.
@@ -471,6 +483,31 @@ impl Coordinator {
                         self.advance(&mut out);
                     }
                 }
+            }
+            Event::ServersLost {
+                generation,
+                servers,
+            } => {
+                let Some(p) = &mut self.pending else {
+                    return out;
+                };
+                if p.map.generation != generation || p.phase != Phase::Servers {
+                    return out;
+                }
+                let lost: Vec<String> = servers
+                    .into_iter()
+                    .filter(|id| p.waiting.remove(id))
+                    .collect();
+                if lost.is_empty() {
+                    return out;
+                }
+                tracing::warn!(
+                    generation,
+                    ?lost,
+                    "phase 1b: not waiting for servers without a watch stream"
+                );
+                self.late.extend(lost);
+                self.advance(&mut out);
             }
             Event::ServerFetched { server, generation } => {
                 let f = self.fetched.entry(server).or_insert(0);

@@ -863,3 +863,53 @@ proptest! {
         prop_assert_eq!(c.client_map().generation, head.generation);
     }
 }
+
+/// Phase 1b stops waiting for a server without a watch stream (`Event::ServersLost`), as at
+/// its deadline: the map is committed and the server marked late. Phase 1a never does: an old
+/// owner is not skipped. A report for another generation or phase is ignored.
+#[test]
+fn phase_1b_does_not_wait_for_a_server_without_a_watch_stream() {
+    let lost = |generation, servers: &[&str]| Event::ServersLost {
+        generation,
+        servers: servers.iter().map(|s| (*s).to_string()).collect(),
+    };
+    // Phase 1b of a change without an owner change.
+    let m = base();
+    let (m1, _, _) = move_maps(&m);
+    let g = m1.generation;
+    let mut c = Coordinator::new(m);
+    let _ = c.handle(Event::Committed(Arc::new(m1)));
+    let _ = c.handle(ack("s1", g));
+    assert!(
+        c.handle(lost(g - 1, &["s2"])).is_empty(),
+        "another generation"
+    );
+    assert!(
+        c.handle(lost(g, &["s1"])).is_empty(),
+        "not waited for: acked"
+    );
+    assert_eq!(c.publishing().map(|p| p.2), Some(vec!["s2".to_string()]));
+    let a = c.handle(lost(g, &["s2"]));
+    assert_eq!(published_to_clients(&a), [g]);
+    assert!(c.is_late("s2") && !c.is_late("s1"));
+    // Its later ack clears it, as after a deadline.
+    let _ = c.handle(ack("s2", g));
+    assert!(!c.is_late("s2"));
+
+    // Phase 1a: the old owner is still waited for.
+    let m = base();
+    let (m1, m2, owner) = move_maps(&m);
+    let g2 = m2.generation;
+    let mut c = Coordinator::new(m1);
+    let _ = c.handle(Event::Committed(Arc::new(m2)));
+    assert!(c.handle(lost(g2, &[owner.as_str()])).is_empty());
+    let (_, phase, waiting, _) = c.publishing().unwrap();
+    assert_eq!((phase, waiting), (Phase::OldOwners, vec![owner.clone()]));
+    // Then phase 1b: the other server, lost, is not waited for.
+    let other = if owner == "s1" { "s2" } else { "s1" };
+    let a = c.handle(ack(&owner, g2));
+    assert!(published_to_clients(&a).is_empty());
+    let a = c.handle(lost(g2, &[other]));
+    assert_eq!(published_to_clients(&a), [g2]);
+    assert!(c.is_late(other));
+}

@@ -521,11 +521,47 @@ fn run_actions(shared: &Arc<Shared>, actions: Vec<Action>) {
                     Event::Timeout { generation, phase },
                     ms,
                 ));
+                if phase == crate::coord::Phase::Servers {
+                    tokio::spawn(skip_lost_servers(Arc::downgrade(shared), generation));
+                }
             }
         }
     }
     if wake {
         shared.tick.send_modify(|t| t.seq = t.seq.wrapping_add(1));
+    }
+}
+
+/// Phase 1b of `generation` does not wait for a server whose watch stream has been gone for
+/// [`routes::SERVER_LOST`] (docs/cluster-protocol.md, "Bounds"): checked when the phase starts
+/// and once more that long after (a stream lost just before it started).
+async fn skip_lost_servers(shared: Weak<Shared>, generation: crate::map::Generation) {
+    for wait in [Duration::ZERO, routes::SERVER_LOST] {
+        tokio::time::sleep(wait).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let waiting = match shared.lock().coord.publishing() {
+            Some((g, crate::coord::Phase::Servers, waiting, _)) if g == generation => waiting,
+            _ => return,
+        };
+        let servers: Vec<String> = {
+            let mut w = shared.watchers();
+            waiting
+                .into_iter()
+                .filter(|id| {
+                    w.server_lost_for(id)
+                        .is_some_and(|d| d >= routes::SERVER_LOST)
+                })
+                .collect()
+        };
+        if !servers.is_empty() {
+            let actions = shared.feed(Event::ServersLost {
+                generation,
+                servers,
+            });
+            run_actions(&shared, actions);
+        }
     }
 }
 

@@ -913,6 +913,7 @@ impl World {
         let cur = self.srv[i].generation.current();
         let me = self.srv[i].id.clone();
         let map = Arc::clone(&self.srv[i].map);
+        let serving = self.srv[i].own.serving();
         let Some(task) = self.srv[i].tasks.get_mut(&t) else {
             return;
         };
@@ -921,6 +922,14 @@ impl World {
                 let Some(cur) = r.m.next_try(cur) else {
                     return self.host_finish(i, t, None);
                 };
+                // routed.rs checks before every try, not only when the command arrives: a
+                // server that stopped serving meanwhile (frozen, marked down) fails it. (Seed
+                // 1686 of healing with hangs, once traces shifted: a piece whose first try was
+                // lost before a hang was retried after the resume, while the server was fenced
+                // and marked down, and acknowledged a write nobody else had.)
+                if !serving {
+                    return self.host_finish(i, t, None);
+                }
                 let (key, data) = (*key, *data);
                 // `locate`, under the current map (the real `node::route`).
                 let name = &self.vol_names[key.0];

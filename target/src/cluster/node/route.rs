@@ -5,7 +5,7 @@
 //! `routed.rs` and the simulation both route with these. [`split`] allocates nothing (the
 //! pieces are an iterator over the volume's geometry, taken when the command arrives).
 
-use manager::map::{ClusterMap, Replica, ReplicaState, ServerEntry, VolumeEntry};
+use manager::map::{ClusterMap, Replica, ReplicaState, ServerEntry, ServerState, VolumeEntry};
 
 /// One piece of a request: `len` bytes at byte `vol_off` of the volume, all in extent
 /// `extent`, at `buf_off` in the request's buffer.
@@ -88,13 +88,18 @@ pub enum Route<'a> {
         server: &'a ServerEntry,
         pool_off: u64,
     },
-    /// The map has no owner for it (the volume or extent is gone, or its owner is not listed).
+    /// The map has no owner for it (the volume or extent is gone, or its owner is not listed),
+    /// or only one on a server it marks `down`: that server serves nothing (or is dead), so a
+    /// piece sent there could only wait out its retries; the host gets a retryable path error
+    /// at once instead.
     NoPath,
 }
 
 /// Where a write to piece `p` of volume `volume` goes under `map`, seen from server `me`: the
 /// extent's primary (`ClusterMap::write_owner`: with one copy, its owner), which forwards it
-/// to the other copies (docs/replication.md, "The write path").
+/// to the other copies (docs/replication.md, "The write path"). No path when that copy is on
+/// a peer the map marks `down` (`write_owner` already prefers an in-sync copy on a live
+/// server; it falls back to `replicas[0]` only when there is none).
 pub fn locate<'a>(map: &'a ClusterMap, volume: &str, p: &Piece, me: &str) -> Route<'a> {
     let Some(vol) = map.volume(volume) else {
         return Route::NoPath;
@@ -141,9 +146,11 @@ fn at<'a>(
     if copy.server == me {
         return Route::Local { pool_off };
     }
+    // A peer marked `down` serves nothing (docs/cluster-protocol.md, "Fencing", rule 7), or
+    // is dead or hung: a piece sent there would wait out the forwarding deadline for nothing.
     match map.server(&copy.server) {
-        Some(server) => Route::Remote { server, pool_off },
-        None => Route::NoPath,
+        Some(server) if server.state != ServerState::Down => Route::Remote { server, pool_off },
+        _ => Route::NoPath,
     }
 }
 
@@ -151,7 +158,7 @@ fn at<'a>(
 mod tests {
     use super::super::fixtures::{EXTENT, map, rep, server};
     use super::*;
-    use manager::map::{ExtentEntry, ServerState};
+    use manager::map::ExtentEntry;
 
     fn two_extents() -> ClusterMap {
         let e = |s: &str, off: u64| ExtentEntry {
@@ -257,11 +264,56 @@ mod tests {
             on(locate(&m, "vol1", &p, "s3")),
             Some(("s2".to_string(), 4608))
         );
-        // No in-sync copy on a live server: replicas[0], as with one copy (it refuses).
+        // No in-sync copy on a live server: `write_owner` falls back to replicas[0], on a
+        // server marked down: no path (the host retries; nothing waits on a dead server).
         m.volumes[0].extents[0].replicas[1].state = ReplicaState::Stale;
+        assert_eq!(on(locate(&m, "vol1", &p, "s3")), None);
+        assert_eq!(on(locate_read(&m, "vol1", &p, "s3")), None);
+        // ... and on a live one, there (it refuses what it may not run).
+        m.servers[0].state = ServerState::Up;
         assert_eq!(
             on(locate(&m, "vol1", &p, "s3")),
             Some(("s1".to_string(), 512))
+        );
+    }
+
+    /// An extent whose only owner is on a server the map marks `down`: no path for a write or
+    /// a read from any other server (no forward to wait out); the local route of the owner
+    /// itself is unchanged (a server marked down serves nothing anyway, before routing).
+    #[test]
+    fn an_owner_marked_down_gets_no_path_at_once() {
+        let mut m = two_extents();
+        m.servers[1].state = ServerState::Down;
+        let p = split(&m, "vol1", EXTENT, 512)
+            .expect("in range")
+            .next()
+            .expect("one");
+        assert_eq!(p.extent, 1);
+        assert_eq!(locate(&m, "vol1", &p, "s1"), Route::NoPath);
+        assert_eq!(locate_read(&m, "vol1", &p, "s1"), Route::NoPath);
+        assert_eq!(locate(&m, "vol1", &p, "s2"), Route::Local { pool_off: 0 });
+        // The other extent, on a live server, is routed as before.
+        let q = split(&m, "vol1", 0, 512)
+            .expect("in range")
+            .next()
+            .expect("one");
+        assert_eq!(
+            locate(&m, "vol1", &q, "s1"),
+            Route::Local { pool_off: 8192 }
+        );
+        let remote = |r: Route<'_>| match r {
+            Route::Remote { server, pool_off } => Some((server.id.clone(), pool_off)),
+            _ => None,
+        };
+        assert_eq!(
+            remote(locate(&m, "vol1", &q, "s2")),
+            Some(("s1".to_string(), 8192))
+        );
+        // Draining is not down: still routed.
+        m.servers[1].state = ServerState::Draining;
+        assert_eq!(
+            remote(locate(&m, "vol1", &p, "s1")),
+            Some(("s2".to_string(), 0))
         );
     }
 
