@@ -600,16 +600,3 @@ fn hung_new_owner_wedges_without_the_cancellation() {
         "no seed of {SEEDS_HUNG_NEW_OWNER:?} wedges without the cancellation: pick others"
     );
 }
-
-/// Known wedges, not fixed yet (docs/cluster-protocol.md, "Known wedge: a switch to a server
-/// catching up"). Seeds 858 and 1388 of healing with hangs (0..2000) wedged on that cycle until
-/// other fixes changed their traces (1388: the simulated router checking `serving` before every
-/// try; 858: routing failing fast to an owner marked down). Seed 442, since the latter, does
-/// not converge within the healing window: an old owner's final pass to a hung new owner holds
-/// its install (gate closed) for every try of a range, while a switch forged to that old owner
-/// waits in phase 1a, and the map marking the hung server down queues behind it. This test
-/// fails once it heals: then turn it into a `now_passes` regression.
-#[test]
-fn seed_442_still_wedges() {
-    still_fails(442, liveness(ALL_WITH_HANGS), "liveness");
-}
