@@ -131,6 +131,20 @@ async fn map(
             None => inner.coord.client_map(),
             Some(server) => {
                 let m = inner.coord.server_map(server.as_deref());
+                // A pool change committed but not yet in the map this server gets: it must not
+                // start from an older map that may still count on its copies (it asks again).
+                if let (Some(id), Some(pool)) = (&server, q.pool) {
+                    let recorded = inner.head.server(id).and_then(|e| e.pool);
+                    if recorded == Some(pool) && m.server(id).and_then(|e| e.pool) != Some(pool) {
+                        return Err(ApiError::new(
+                            503,
+                            format!(
+                                "server {id}: the map recording its pool {pool} is being \
+                                 published; retry"
+                            ),
+                        ));
+                    }
+                }
                 if let Some(id) = server {
                     let _ = inner.coord.handle(Event::ServerFetched {
                         server: id,

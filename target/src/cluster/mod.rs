@@ -354,15 +354,15 @@ pub async fn start(
     }
     let role = Role::Server(server_id.to_string());
     let deadline = tokio::time::Instant::now() + FIRST_MAP_WAIT;
-    // Nothing is served from a map that does not record this pool: in such a map this
-    // server's copies may still be in_sync although their data is gone.
+    // Nothing is served from a map that records another pool for this server: in such a map
+    // its copies may still be in_sync although their data is gone. (A map that records none is
+    // fine: the manager records a pool before it counts on the data of a copy there.)
     let map = loop {
         let error = match client.map(&role).await {
-            Ok(m) if pool_id.is_none() || m.server(server_id).is_none_or(|e| e.pool == pool_id) => {
-                break m;
-            }
+            Ok(m) if pool_usable(&m, server_id, pool_id) => break m,
             Ok(m) => format!(
-                "map generation {} does not record this server's pool identity yet",
+                "map generation {} records another pool for this server (the manager is \
+                 publishing the change)",
                 m.generation
             ),
             Err(e) => e.to_string(),
@@ -935,6 +935,15 @@ async fn report(node: Arc<NodeShared>, mut rx: tokio::sync::mpsc::Receiver<Misma
         }
         tokio::time::sleep_until(deadline).await;
     }
+}
+
+/// Whether `map` may be served by server `me` on pool `pool`: it records that pool for it, or
+/// none (docs/replication.md, "A server whose data is gone").
+fn pool_usable(map: &ClusterMap, me: &str, pool: Option<manager::map::PoolId>) -> bool {
+    pool.is_none()
+        || map
+            .server(me)
+            .is_none_or(|e| e.pool.is_none() || e.pool == pool)
 }
 
 /// For tests: the stale-retry counter.
