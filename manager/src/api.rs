@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::map::{Generation, HostPolicy, ServerState};
+use crate::map::{Generation, HostPolicy, PoolId, ServerState};
 
 /// Which map a caller gets (`role=` on `GET /v1/map` and `GET /v1/watch`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,12 @@ pub struct MapQuery {
     pub server: Option<String>,
     /// Watch only: send maps newer than this generation (default 0: the current one first).
     pub after: Option<Generation>,
+    /// role=server with `server=`: the identity of the pool the server runs on
+    /// (docs/replication.md, "A server whose data is gone"). The manager records it in the
+    /// server's map entry; one that differs from the recorded one marks the server's copies
+    /// `stale` before the map is answered. Absent: nothing is checked (older servers).
+    #[serde(default)]
+    pub pool: Option<PoolId>,
 }
 
 /// `POST /v1/ack`.

@@ -31,7 +31,7 @@ use crate::api::{
     MoveRequest, RebuildDoneRequest, RebuildProgressRequest, ReplicaFailedRequest, ReportRequest,
     ResizeRequest, Role, ServerStateRequest, ServerUnreachableRequest, Status,
 };
-use crate::map::{ClusterMap, Generation, ServerState};
+use crate::map::{ClusterMap, Generation, PoolId, ServerState};
 
 /// Connecting to the manager (loopback or a LAN): longer means it is down.
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -74,6 +74,8 @@ pub struct Client {
     base: Url,
     /// Sent as `Authorization: Bearer ...` on every call when set.
     token: Option<Token>,
+    /// Sent as `pool=` on role=server map fetches and watches when set.
+    pool: Option<PoolId>,
 }
 
 /// A token that `Debug` does not print.
@@ -126,7 +128,25 @@ impl Client {
             http,
             base,
             token: None,
+            pool: None,
         }
+    }
+
+    /// This client, sending `pool` (the caller's pool identity) with every role=server map
+    /// fetch and watch (docs/replication.md, "A server whose data is gone").
+    #[must_use]
+    pub fn with_pool(mut self, pool: PoolId) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The query of a map fetch or watch for `role` (with the pool, for a server).
+    fn role_query(&self, role: &Role) -> Vec<(&'static str, String)> {
+        let mut q = role.query();
+        if let (Role::Server(_), Some(p)) = (role, self.pool) {
+            q.push(("pool", p.to_string()));
+        }
+        q
     }
 
     /// A client that presents `token` (a server's or the operator's credential, see
@@ -185,8 +205,13 @@ impl Client {
     /// # Errors
     /// [`ClientError`].
     pub async fn map(&self, role: &Role) -> Result<ClusterMap, ClientError> {
-        self.call::<(), _>(Method::GET, self.url(&["v1", "map"])?, &role.query(), None)
-            .await
+        self.call::<(), _>(
+            Method::GET,
+            self.url(&["v1", "map"])?,
+            &self.role_query(role),
+            None,
+        )
+        .await
     }
 
     /// `GET /v1/watch`: every map for `role` newer than `after`, as the manager publishes them.
@@ -466,7 +491,7 @@ impl WatchState {
         }
         // Not 0: a connection that drops before any map still backs off next time.
         self.grow_backoff();
-        let mut query = self.role.query();
+        let mut query = self.client.role_query(&self.role);
         query.push(("after", self.after.to_string()));
         let url = self.client.url(&["v1", "watch"])?;
         let resp = self

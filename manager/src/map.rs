@@ -65,6 +65,51 @@ pub struct ServerEntry {
     /// domain of its own. JSON: absent when `None`, so maps stored before it load unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rack: Option<String>,
+    /// The identity of the pool this server last joined with (docs/replication.md, "A server
+    /// whose data is gone"): a server that comes back with another one has lost its copies.
+    /// JSON: absent until the server first connects, so maps stored before it load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolId>,
+}
+
+/// A pool's identity: 128 random bits a storage server draws when it creates a fresh pool (a
+/// RAM pool at every start; a file pool that does not exist yet). JSON and query strings: 32
+/// lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolId(pub u128);
+
+impl std::fmt::Display for PoolId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::str::FromStr for PoolId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "pool id {s:?}: expected 32 hex digits (a 128-bit pool identity)"
+            ));
+        }
+        u128::from_str_radix(s, 16)
+            .map(Self)
+            .map_err(|e| format!("pool id {s:?}: {e}"))
+    }
+}
+
+impl Serialize for PoolId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A server's state in the map.
@@ -791,7 +836,35 @@ mod tests {
             cntlid_min: 1,
             cntlid_max: 999,
             rack: None,
+            pool: None,
         }
+    }
+
+    #[test]
+    fn a_pool_id_is_32_hex_digits_and_absent_when_unknown() {
+        let id: PoolId = "0123456789abcdef0123456789ABCDEF".parse().unwrap();
+        assert_eq!(id.0, 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(id.to_string(), "0123456789abcdef0123456789abcdef");
+        assert!(
+            "0123"
+                .parse::<PoolId>()
+                .unwrap_err()
+                .contains("32 hex digits")
+        );
+        assert!(
+            "g123456789abcdef0123456789abcdef"
+                .parse::<PoolId>()
+                .is_err()
+        );
+        let mut e = server("s1", ServerState::Up);
+        assert!(!serde_json::to_string(&e).unwrap().contains("pool\""));
+        e.pool = Some(id);
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            json.contains(r#""pool":"0123456789abcdef0123456789abcdef""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<ServerEntry>(&json).unwrap(), e);
     }
 
     #[test]

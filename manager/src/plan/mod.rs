@@ -21,7 +21,10 @@ use yaml::derived_volume_uuid;
 pub use error::PlanError;
 use reload::reload_holding;
 pub use reload::{initial_map, reload, reload_from};
-pub use replica::{rebuild_done, rebuild_due, rebuild_start, replica_failed};
+pub use replica::{
+    holds_replicated_copy, pool_lost_extents, pool_seen, rebuild_done, rebuild_due, rebuild_start,
+    replica_failed,
+};
 
 use crate::api::{AddServerRequest, CreateVolumeRequest, MoveReadyRequest, MoveRequest};
 use crate::map::{
@@ -72,6 +75,14 @@ pub enum Change {
     },
     /// `POST /v1/rebuild-done`.
     RebuildDone(crate::api::RebuildDoneRequest),
+    /// A server fetched or watched the map with its pool identity: recorded; when it differs
+    /// from the recorded one, its copies are stale ([`replica::pool_seen`]).
+    PoolSeen {
+        /// Server id.
+        id: String,
+        /// The pool identity it sent.
+        pool: crate::map::PoolId,
+    },
     /// A server's state (from a reload, or an operator).
     SetServerState {
         /// Server id.
@@ -101,6 +112,7 @@ impl Change {
             Self::ReplicaFailed { .. } => "replica failed",
             Self::RebuildStart { .. } => "rebuild start",
             Self::RebuildDone(_) => "rebuild done",
+            Self::PoolSeen { .. } => "pool seen",
             Self::SetServerState { .. } => "server state",
             Self::Reload { .. } => "reload",
         }
@@ -134,6 +146,7 @@ fn apply_holding(
         Change::ReplicaFailed { req, server_gone } => replica_failed(map, req, *server_gone),
         Change::RebuildStart { id } => replica::rebuild_start(map, id),
         Change::RebuildDone(req) => replica::rebuild_done(map, req),
+        Change::PoolSeen { id, pool } => replica::pool_seen(map, id, *pool),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
         Change::Reload { previous, cluster } => {
             reload_holding(map, previous.as_deref(), cluster, held)
@@ -547,6 +560,7 @@ pub(crate) fn edit_add_server(m: &mut ClusterMap, req: &AddServerRequest) -> Res
         cntlid_min,
         cntlid_max,
         rack: req.rack.clone(),
+        pool: None,
     });
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use super::{PlanError, extent_mut, step};
 use crate::api::{RebuildDoneRequest, ReplicaFailedRequest};
-use crate::map::{ClusterMap, ReplicaState, ServerState};
+use crate::map::{ClusterMap, PoolId, ReplicaState, ServerState};
 
 /// `POST /v1/replica-failed`: the map with `req.server`'s copy of the extent `stale`; with
 /// `server_gone` (that server is not connected to the manager), every copy on that server
@@ -129,6 +129,79 @@ pub fn rebuild_start(map: &ClusterMap, id: &str) -> Result<ClusterMap, PlanError
         }
         Ok(())
     })
+}
+
+/// A server fetched or watched the map with pool identity `pool` (docs/replication.md, "A
+/// server whose data is gone"). The same identity as the map records leaves the map unchanged,
+/// generation included; none recorded yet records it (a first start, or a server from before
+/// pool identities: its data is trusted). Another identity means the server's pool data is
+/// gone: in one generation the identity is recorded and every copy on that server that is
+/// `in_sync` or `rebuilding` becomes `stale` (a primary's copy too: the next `in_sync` copy is
+/// the primary), except the only `in_sync` copy of an extent on a server not `down`, which
+/// stays `in_sync` ([`pool_lost_extents`] names them: their data is lost).
+///
+/// # Errors
+/// Unknown server.
+pub fn pool_seen(map: &ClusterMap, id: &str, pool: PoolId) -> Result<ClusterMap, PlanError> {
+    let Some(server) = map.server(id) else {
+        return Err(PlanError::UnknownServer(id.to_owned()));
+    };
+    let replaced = match server.pool {
+        Some(p) if p == pool => return Ok(map.clone()),
+        Some(_) => true,
+        None => false,
+    };
+    let lost = pool_lost_extents(map, id);
+    step(map, |m| {
+        for s in m.servers.iter_mut().filter(|s| s.id == id) {
+            s.pool = Some(pool);
+        }
+        if !replaced {
+            return Ok(());
+        }
+        for v in &mut m.volumes {
+            for (i, e) in v.extents.iter_mut().enumerate() {
+                if lost.iter().any(|(lv, li)| *lv == v.name && *li == i) {
+                    continue;
+                }
+                for r in e.replicas.iter_mut().filter(|r| r.server == id) {
+                    r.state = ReplicaState::Stale;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Whether server `id` holds a copy of an extent that has other copies (one a rebuild could
+/// bring back).
+#[must_use]
+pub fn holds_replicated_copy(map: &ClusterMap, id: &str) -> bool {
+    map.volumes.iter().any(|v| {
+        v.extents
+            .iter()
+            .any(|e| e.replicas.len() > 1 && e.replicas.iter().any(|r| r.server == id))
+    })
+}
+
+/// The extents (volume, index) whose only `in_sync` copy on a server not `down` is on server
+/// `id`: if `id`'s pool data is gone, so is theirs (no copy left to rebuild from).
+#[must_use]
+pub fn pool_lost_extents(map: &ClusterMap, id: &str) -> Vec<(String, usize)> {
+    let live = |s: &str| map.server(s).is_some_and(|e| e.state != ServerState::Down);
+    let mut out = Vec::new();
+    for v in &map.volumes {
+        for (i, e) in v.extents.iter().enumerate() {
+            let mut in_sync = e
+                .replicas
+                .iter()
+                .filter(|r| r.state == ReplicaState::InSync && live(&r.server));
+            if in_sync.next().is_some_and(|r| r.server == id) && in_sync.next().is_none() {
+                out.push((v.name.clone(), i));
+            }
+        }
+    }
+    out
 }
 
 /// Whether [`rebuild_start`] would change anything for server `id` (a cheap check before
@@ -317,6 +390,84 @@ mod tests {
                 next.volume("v").unwrap().extents[i],
                 m.volume("v").unwrap().extents[i]
             );
+        }
+        next.validate().unwrap();
+    }
+
+    #[test]
+    fn a_new_pool_id_marks_the_servers_copies_stale_in_one_generation_and_moves_its_primaries() {
+        let m = cluster();
+        let id = |n: u128| PoolId(n);
+        // First seen: recorded, nothing else changes.
+        let first = pool_seen(&m, "s1", id(1)).unwrap();
+        assert_eq!(first.generation, m.generation + 1);
+        assert_eq!(first.server("s1").unwrap().pool, Some(id(1)));
+        assert_eq!(first.volumes, m.volumes);
+        // The same identity again: the same map, generation included.
+        assert_eq!(pool_seen(&first, "s1", id(1)).unwrap(), first);
+        // Another identity: every copy on s1 stale, in one generation.
+        let held: Vec<usize> = (0..4)
+            .filter(|&i| {
+                let (a, b) = copies(&first, i);
+                a == "s1" || b == "s1"
+            })
+            .collect();
+        assert!(!held.is_empty());
+        assert!(
+            held.iter().any(|&i| copies(&first, i).0 == "s1"),
+            "the test needs an extent s1 is the primary of"
+        );
+        assert!(pool_lost_extents(&first, "s1").is_empty());
+        let next = pool_seen(&first, "s1", id(2)).unwrap();
+        assert_eq!(next.generation, first.generation + 1);
+        assert_eq!(next.server("s1").unwrap().pool, Some(id(2)));
+        for (i, e) in next.volume("v").unwrap().extents.iter().enumerate() {
+            let old = &first.volume("v").unwrap().extents[i];
+            for (r, o) in e.replicas.iter().zip(&old.replicas) {
+                assert_eq!(r.offset, o.offset, "copies keep their pool ranges");
+                let want = if r.server == "s1" {
+                    ReplicaState::Stale
+                } else {
+                    o.state
+                };
+                assert_eq!(r.state, want, "extent {i}, copy on {}", r.server);
+            }
+            // The primary is an in_sync copy on another server.
+            let p = next.primary(e).unwrap();
+            assert_ne!(p.server, "s1", "extent {i}");
+            assert_eq!(p.state, ReplicaState::InSync);
+        }
+        next.validate().unwrap();
+        // The server comes back again with that new identity: nothing more.
+        assert_eq!(pool_seen(&next, "s1", id(2)).unwrap(), next);
+        // An unknown server.
+        assert!(matches!(
+            pool_seen(&m, "s9", id(1)).unwrap_err(),
+            PlanError::UnknownServer(_)
+        ));
+    }
+
+    #[test]
+    fn the_last_in_sync_copy_stays_in_sync_when_its_pool_is_gone_and_is_named_lost() {
+        let (p, c) = copies(&cluster(), 0);
+        // Only one copy of extent 0 in sync: the one on the server whose pool goes.
+        let base = pool_seen(&cluster(), &p, PoolId(1)).unwrap();
+        let base = replica_failed(&base, &report(&base, 0, &p, &c), false).unwrap();
+        assert_eq!(pool_lost_extents(&base, &p), vec![("v".to_owned(), 0)]);
+        let next = pool_seen(&base, &p, PoolId(2)).unwrap();
+        let e = &next.volume("v").unwrap().extents[0];
+        assert_eq!(
+            next.primary(e).unwrap().server,
+            p,
+            "never left without a primary"
+        );
+        assert_eq!(e.replicas[0].state, ReplicaState::InSync);
+        assert_eq!(e.replicas[1].state, ReplicaState::Stale);
+        // Its other copies (with an in_sync copy elsewhere) do go stale.
+        for (i, e) in next.volume("v").unwrap().extents.iter().enumerate().skip(1) {
+            for r in e.replicas.iter().filter(|r| r.server == p) {
+                assert_eq!(r.state, ReplicaState::Stale, "extent {i}");
+            }
         }
         next.validate().unwrap();
     }

@@ -162,6 +162,11 @@ pub(crate) struct Shared {
     rebuild_progress: Mutex<RebuildProgress>,
     /// Servers whose copies are being marked `rebuilding` (one change queued per server).
     rebuild_queued: Mutex<std::collections::HashSet<String>>,
+    /// The pool identity each server last sent (docs/replication.md, "A server whose data is
+    /// gone"). A server that holds no copy of a replicated extent is not worth a generation of
+    /// its own: its identity waits here and is written into the next map that changes anyway
+    /// (one that may place such copies on it).
+    pools_seen: Mutex<HashMap<String, crate::map::PoolId>>,
 }
 
 /// An error answer: HTTP status and message (`{"error": message}`).
@@ -205,6 +210,25 @@ impl Shared {
         self.rebuild_progress
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers the pool identity server `id` sent.
+    fn note_pool(&self, id: &str, pool: crate::map::PoolId) {
+        self.pools_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned(), pool);
+    }
+
+    /// Writes the remembered pool identities into the servers of `next` that record none.
+    fn fill_pools(&self, next: &mut ClusterMap) {
+        let seen = self
+            .pools_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in next.servers.iter_mut().filter(|s| s.pool.is_none()) {
+            s.pool = seen.get(&s.id).copied();
+        }
     }
 
     /// Marks (`queued`) or unmarks server `id` as having a rebuild-start change queued;
@@ -308,7 +332,7 @@ impl Shared {
             )
         };
         let _hold = HoldGuard(Arc::clone(self));
-        let (next, cancelled) = plan::apply_cancelling(&head, &change, &chain)?;
+        let (mut next, cancelled) = plan::apply_cancelling(&head, &change, &chain)?;
         for c in &cancelled {
             tracing::warn!(
                 volume = %c.volume,
@@ -320,6 +344,9 @@ impl Shared {
             );
         }
         let changed = next.generation != head.generation;
+        if changed {
+            self.fill_pools(&mut next);
+        }
         if !changed && file.is_none() {
             return Ok(next);
         }
@@ -787,6 +814,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         watchers: Mutex::new(watch::Watchers::default()),
         rebuild_progress: Mutex::new(HashMap::new()),
         rebuild_queued: Mutex::new(std::collections::HashSet::new()),
+        pools_seen: Mutex::new(HashMap::new()),
         metrics: metrics::Metrics::new(),
     });
     let actions = {

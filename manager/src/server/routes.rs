@@ -123,6 +123,7 @@ async fn map(
     let role = role_of(&q)?;
     if let Some(Some(id)) = &role {
         caller.may_read_as(id)?;
+        pool_seen(&s, id, q.pool).await?;
     }
     let m = {
         let mut inner = s.lock();
@@ -130,6 +131,20 @@ async fn map(
             None => inner.coord.client_map(),
             Some(server) => {
                 let m = inner.coord.server_map(server.as_deref());
+                // A pool change committed but not yet in the map this server gets: it must not
+                // start from an older map that may still count on its copies (it asks again).
+                if let (Some(id), Some(pool)) = (&server, q.pool) {
+                    let recorded = inner.head.server(id).and_then(|e| e.pool);
+                    if recorded == Some(pool) && m.server(id).and_then(|e| e.pool) != Some(pool) {
+                        return Err(ApiError::new(
+                            503,
+                            format!(
+                                "server {id}: the map recording its pool {pool} is being \
+                                 published; retry"
+                            ),
+                        ));
+                    }
+                }
                 if let Some(id) = server {
                     let _ = inner.coord.handle(Event::ServerFetched {
                         server: id,
@@ -141,6 +156,55 @@ async fn map(
         }
     };
     Ok(Json((*m).clone()))
+}
+
+/// A server fetching or watching the map sent its pool identity: recorded in the map, and when
+/// it differs from the recorded one (the server's pool data is gone) its copies are `stale` in
+/// that same generation, which is committed before this returns, so the map the server gets
+/// next never has it serve them (docs/replication.md, "A server whose data is gone").
+pub(super) async fn pool_seen(
+    s: &Arc<Shared>,
+    id: &str,
+    pool: Option<crate::map::PoolId>,
+) -> Result<(), ApiError> {
+    let Some(pool) = pool else {
+        return Ok(());
+    };
+    let (recorded, replicated, lost) = {
+        let inner = s.lock();
+        let Some(e) = inner.head.server(id) else {
+            return Err(ApiError::new(404, format!("unknown server {id:?}")));
+        };
+        (
+            e.pool,
+            crate::plan::holds_replicated_copy(&inner.head, id),
+            crate::plan::pool_lost_extents(&inner.head, id),
+        )
+    };
+    if recorded == Some(pool) {
+        return Ok(());
+    }
+    s.note_pool(id, pool);
+    if recorded.is_none() && !replicated {
+        // Nothing to rebuild on it: recorded with the next change (Shared::fill_pools).
+        return Ok(());
+    }
+    if let Some(old) = recorded {
+        tracing::warn!(server = %id, old = %old, new = %pool,
+            "server back with another pool: its data is gone, marking its copies stale");
+        for (volume, extent) in &lost {
+            tracing::error!(server = %id, volume = %volume, extent = *extent,
+                "DATA LOST: the only in_sync copy of this extent was on the server whose pool                  is gone; its blocks now read as the new pool holds them (zeros)");
+        }
+    } else {
+        tracing::info!(server = %id, pool = %pool, "recording the server's pool identity");
+    }
+    s.change(Change::PoolSeen {
+        id: id.to_owned(),
+        pool,
+    })
+    .await
+    .map(|_| ())
 }
 
 /// The server must be in the newest map (bounds per-server state to the map's servers).

@@ -265,6 +265,7 @@ pub(super) async fn watch(
         Some(Some(id)) => {
             caller.may_read_as(id)?;
             super::routes::known_server(&s, id)?;
+            super::routes::pool_seen(&s, id, q.pool).await?;
             matches!(caller, Caller::Anyone | Caller::Server(_)).then_some(id.as_str())
         }
         _ => None,

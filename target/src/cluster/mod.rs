@@ -329,25 +329,51 @@ pub async fn start(
     opts: TargetOptions,
     dhchap: Option<ClusterSecrets>,
 ) -> Result<Node, NodeError> {
+    // The pool's identity (docs/replication.md, "A server whose data is gone"): a fresh pool
+    // (RAM at every start, a file pool whose file does not exist yet) gets a new one, and the
+    // manager, seeing it differ from the one it recorded, marks this server's copies stale
+    // before answering. Block pools have no place to keep one yet: they send none.
+    let (pool_id, fresh) = match pool_spec {
+        PoolSpec::Ram | PoolSpec::Null => (Some(pool::draw_pool_id().map_err(NodeError)?), true),
+        PoolSpec::File(p) => {
+            let (id, fresh) = pool::file_pool_id(p).map_err(NodeError)?;
+            (Some(id), fresh)
+        }
+        PoolSpec::Block(_) => (None, false),
+    };
     let client = match credential {
         Some(token) => Client::with_credential(manager, token),
         None => Client::new(manager),
     };
+    let client = match pool_id {
+        Some(id) => client.with_pool(id),
+        None => client,
+    };
+    if let Some(id) = pool_id {
+        tracing::info!(pool = %id, fresh, "pool identity");
+    }
     let role = Role::Server(server_id.to_string());
     let deadline = tokio::time::Instant::now() + FIRST_MAP_WAIT;
+    // Nothing is served from a map that records another pool for this server: in such a map
+    // its copies may still be in_sync although their data is gone. (A map that records none is
+    // fine: the manager records a pool before it counts on the data of a copy there.)
     let map = loop {
-        match client.map(&role).await {
-            Ok(m) => break m,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "waiting for the manager's first map");
-                tokio::time::sleep(Duration::from_millis(node::policy::BOOT_RETRY_MS)).await;
-            }
-            Err(e) => {
-                return Err(NodeError(format!(
-                    "no map from the manager at {manager}: {e}"
-                )));
-            }
+        let error = match client.map(&role).await {
+            Ok(m) if pool_usable(&m, server_id, pool_id) => break m,
+            Ok(m) => format!(
+                "map generation {} records another pool for this server (the manager is \
+                 publishing the change)",
+                m.generation
+            ),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError(format!(
+                "no map from the manager at {manager}: {error}"
+            )));
         }
+        tracing::warn!(error = %error, "waiting for the manager's first map");
+        tokio::time::sleep(Duration::from_millis(node::policy::BOOT_RETRY_MS)).await;
     };
     let entry = map
         .server(server_id)
@@ -377,6 +403,14 @@ pub async fn start(
     };
     let backend = hw::open(&spec).map_err(|e| NodeError(format!("cannot open the pool: {e}")))?;
     let pool = PoolVolume(Arc::new(TrackedPool::new(backend)));
+    if let (PoolSpec::File(p), Some(id)) = (pool_spec, pool_id) {
+        pool::write_pool_id(p, id).map_err(|e| {
+            NodeError(format!(
+                "cannot write the pool identity {}: {e}",
+                pool::pool_id_path(p).display()
+            ))
+        })?;
+    }
 
     // A durable pool keeps the map this server last installed beside it, and the server starts
     // from that map: a newer map then arrives through the normal install path, so extents lost
@@ -384,8 +418,27 @@ pub async fn start(
     // phase 1a"). A RAM pool starts empty: the fetched map is all there is.
     // It serves nothing and writes to no peer until it has installed the fetched map (the
     // catch-up install: docs/cluster-protocol.md, "Fencing").
+    // A fresh pool holds none of the data the persisted map places on it: that map is dropped.
     let state = state_path(pool_spec);
-    let boot = node::boot(state.as_deref().and_then(load_state), map, server_id);
+    if fresh && let Some(path) = &state {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::warn!(path = %path.display(),
+                "fresh pool: dropping the map persisted for the pool that was here"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(NodeError(format!(
+                    "fresh pool: cannot remove the stale map state file {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    let persisted = if fresh {
+        None
+    } else {
+        state.as_deref().and_then(load_state)
+    };
+    let boot = node::boot(persisted, map, server_id);
     if let Some(current) = &boot.catch_up {
         tracing::info!(
             persisted = boot.map.generation,
@@ -882,6 +935,15 @@ async fn report(node: Arc<NodeShared>, mut rx: tokio::sync::mpsc::Receiver<Misma
         }
         tokio::time::sleep_until(deadline).await;
     }
+}
+
+/// Whether `map` may be served by server `me` on pool `pool`: it records that pool for it, or
+/// none (docs/replication.md, "A server whose data is gone").
+fn pool_usable(map: &ClusterMap, me: &str, pool: Option<manager::map::PoolId>) -> bool {
+    pool.is_none()
+        || map
+            .server(me)
+            .is_none_or(|e| e.pool.is_none() || e.pool == pool)
 }
 
 /// For tests: the stale-retry counter.

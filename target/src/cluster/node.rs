@@ -562,6 +562,7 @@ pub(crate) mod fixtures {
             cntlid_min: 1,
             cntlid_max: 999,
             rack: None,
+            pool: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! byte offsets the map gives. Writes into a region being moved away are recorded in that
 //! region's dirty map so the mover can re-copy them (copy-then-switch).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,6 +10,7 @@ use arc_swap::ArcSwap;
 use bitvec::prelude::{BitVec, Lsb0};
 use bytes::Bytes;
 use hw::Backend;
+use manager::map::PoolId;
 
 use crate::subsystem::volume::{IoFuture, IoResult, LocalVolume, Volume};
 
@@ -175,14 +177,104 @@ impl Volume for PoolVolume {
     }
 }
 
+/// A fresh pool's identity: 128 bits from the OS random source (docs/replication.md, "A
+/// server whose data is gone").
+///
+/// # Errors
+/// The OS random source failed.
+pub fn draw_pool_id() -> Result<PoolId, String> {
+    let mut b = [0u8; 16];
+    codec::nvme::fabrics::auth::random_fill(&mut b)
+        .map_err(|e| format!("cannot draw a pool identity: {e}"))?;
+    Ok(PoolId(u128::from_le_bytes(b)))
+}
+
+/// Where a file pool's identity is kept: `PATH.tessera-pool-id` beside the pool file `PATH`.
+#[must_use]
+pub fn pool_id_path(pool: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.tessera-pool-id", pool.display()))
+}
+
+/// A file pool's identity, and whether the pool is fresh (its file does not exist yet: it is
+/// created empty, and nothing persisted beside it applies). A pool file without a readable
+/// identity file gets a new identity (a server from before pool identities, or a damaged
+/// file): the manager records it, or, if it recorded another, rebuilds the server's copies.
+///
+/// # Errors
+/// The OS random source failed.
+pub fn file_pool_id(pool: &Path) -> Result<(PoolId, bool), String> {
+    if !pool.exists() {
+        return Ok((draw_pool_id()?, true));
+    }
+    let path = pool_id_path(pool);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse() {
+            Ok(id) => Ok((id, false)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "{e}: drawing a new pool identity");
+                Ok((draw_pool_id()?, false))
+            }
+        },
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "cannot read the pool identity: drawing a new one");
+            }
+            Ok((draw_pool_id()?, false))
+        }
+    }
+}
+
+/// Writes a file pool's identity beside it durably (temporary file, fsync, rename, fsync of
+/// the directory).
+///
+/// # Errors
+/// Any I/O error.
+pub fn write_pool_id(pool: &Path, id: PoolId) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = pool_id_path(pool);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{id}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Reads `len` bytes of the pool synchronously-or-not (for the mover).
 pub async fn read_pool(pool: &PoolVolume, off: u64, len: usize) -> IoResult<Bytes> {
     pool.read(off, vec![0u8; len]).await
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_pool_keeps_its_identity_and_a_missing_pool_file_is_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("pool.img");
+        let (a, fresh) = file_pool_id(&pool).unwrap();
+        assert!(fresh, "no pool file yet");
+        std::fs::write(&pool, b"data").unwrap();
+        write_pool_id(&pool, a).unwrap();
+        assert_eq!(file_pool_id(&pool).unwrap(), (a, false));
+        // The pool file is gone, its identity file is not: a fresh pool, a new identity.
+        std::fs::remove_file(&pool).unwrap();
+        let (b, fresh) = file_pool_id(&pool).unwrap();
+        assert!(fresh);
+        assert_ne!(a, b);
+        // A damaged identity file: a new identity (never the old one guessed).
+        std::fs::write(&pool, b"data").unwrap();
+        std::fs::write(pool_id_path(&pool), b"not hex\n").unwrap();
+        let (c, fresh) = file_pool_id(&pool).unwrap();
+        assert!(!fresh);
+        assert_ne!(c, a);
+    }
 
     #[test]
     fn marks_cover_exactly_the_written_chunks() {

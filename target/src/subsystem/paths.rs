@@ -169,6 +169,7 @@ mod tests {
                     cntlid_min,
                     cntlid_max,
                     rack: None,
+                    pool: None,
                 }
             })
             .collect();
