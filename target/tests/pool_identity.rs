@@ -288,13 +288,11 @@ async fn data_gone_is_rebuilt_whole(file_pool: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the primary's pool-change rule in target/src/cluster/rebuild.rs (reconcile)"]
 async fn a_server_back_on_an_empty_ram_pool_is_rebuilt_whole() {
     data_gone_is_rebuilt_whole(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the primary's pool-change rule in target/src/cluster/rebuild.rs (reconcile)"]
 async fn a_server_whose_pool_file_was_deleted_is_rebuilt_whole() {
     data_gone_is_rebuilt_whole(true).await;
 }

@@ -319,9 +319,16 @@ pub fn reconcile(node: &Arc<NodeShared>, old: Option<&ClusterMap>, new: &Cluster
                         .is_some_and(|s| s.state != ServerState::Down)
             };
             for r in e.replicas.iter().filter(|r| r.server != me) {
+                // The copy's server came back on another pool (its data is gone): nothing
+                // this primary recorded for it applies, the whole extent is copied.
+                let pool_replaced = old.is_some_and(|m| {
+                    let was = m.server(&r.server).and_then(|s| s.pool);
+                    was.is_some() && was != new.server(&r.server).and_then(|s| s.pool)
+                });
                 let existing = current
                     .iter()
-                    .find(|t| t.start == start && t.server == r.server && t.offset == r.offset);
+                    .find(|t| t.start == start && t.server == r.server && t.offset == r.offset)
+                    .filter(|_| !pool_replaced);
                 if counts(new, r) {
                     if let Some(t) = existing
                         && (t.running.load(Ordering::Acquire) || !t.dirty.is_clean())
@@ -338,17 +345,20 @@ pub fn reconcile(node: &Arc<NodeShared>, old: Option<&ClusterMap>, new: &Cluster
                     continue;
                 }
                 // Counted under this primary in the map before: it has every write so far.
-                let took_all = old.is_some_and(|m| {
-                    m.volume(&v.name)
-                        .and_then(|ov| ov.extents.get(i))
-                        .is_some_and(|oe| {
-                            m.write_owner(oe)
-                                .is_some_and(|o| o.server == me && o.offset == start)
-                                && oe.replicas.iter().any(|or| {
-                                    or.server == r.server && or.offset == r.offset && counts(m, or)
-                                })
-                        })
-                });
+                let took_all = !pool_replaced
+                    && old.is_some_and(|m| {
+                        m.volume(&v.name)
+                            .and_then(|ov| ov.extents.get(i))
+                            .is_some_and(|oe| {
+                                m.write_owner(oe)
+                                    .is_some_and(|o| o.server == me && o.offset == start)
+                                    && oe.replicas.iter().any(|or| {
+                                        or.server == r.server
+                                            && or.offset == r.offset
+                                            && counts(m, or)
+                                    })
+                            })
+                    });
                 if !took_all {
                     tracing::info!(volume = %v.name, extent = i, copy = %r.server,
                         "no record of what this copy missed: a rebuild will copy the whole extent");
