@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bitvec::prelude::{BitVec, Lsb0};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use manager::api::{RebuildDoneRequest, RebuildProgressRequest};
 use manager::client::ClientError;
 use manager::map::{ClusterMap, ReplicaState, ServerState};
@@ -36,6 +38,7 @@ use super::NodeShared;
 use super::node::{self, Copy};
 use super::replica::{self, CopyKey, WriteOp};
 use crate::subsystem::lock;
+use crate::subsystem::volume::VolumeError;
 
 /// Dirty-map granularity: 64 KiB (a 64 MiB extent is a 128-byte bitmap; a 4 KiB host write
 /// costs at most a 64 KiB re-copy).
@@ -46,6 +49,9 @@ pub const DEFAULT_RATE_MB: u64 = 200;
 
 /// Largest rebuild write (the internal hop's transfer size, as a move's copy).
 const IO_MAX: u64 = super::mover::COPY_IO_MAX;
+
+/// Rebuild writes of one copy in flight at once (each up to [`IO_MAX`], on disjoint ranges).
+const RUNS_IN_FLIGHT: usize = 4;
 
 /// How often a running rebuild reports its progress to the manager.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -498,52 +504,85 @@ async fn run(node: Arc<NodeShared>, t: Arc<Tracked>) {
         counts: false,
     };
     let mut from = 0u64;
+    // Runs being copied: up to [`RUNS_IN_FLIGHT`] at once, on disjoint ranges (each takes its
+    // own range lock), so that the copy is not one internal round trip per 128 KiB.
+    let mut in_flight: FuturesUnordered<_> = FuturesUnordered::new();
+    let (n, tr, cr) = (&node, &*t, &copy);
     loop {
         let map = node.map.load_full();
-        let Some((volume, extent, state, _)) = locate(&map, &node.me, t.start, &key) else {
-            tracing::info!(copy = %t.server, "rebuild stopped: no longer this extent's primary");
-            return;
+        let located = locate(&map, &node.me, t.start, &key);
+        let stop = match located {
+            None => Some("rebuild stopped: no longer this extent's primary"),
+            Some((_, _, state, _)) if state != ReplicaState::Rebuilding => {
+                Some("rebuild stopped: the copy is no longer rebuilding")
+            }
+            Some(_) => None,
         };
-        if state != ReplicaState::Rebuilding {
-            tracing::info!(volume, extent, copy = %t.server, state = ?state,
-                "rebuild stopped: the copy is no longer rebuilding");
+        if let Some(why) = stop {
+            // The runs in flight end first: a run dropped halfway would leave its bits
+            // cleared without the copy having the data (one that fails sets them again).
+            while let Some((_, len, r)) = in_flight.next().await {
+                let r: Result<(), VolumeError> = r;
+                if r.is_ok() {
+                    progress.advance(&node, &t, len);
+                }
+            }
+            tracing::info!(copy = %t.server, state = ?located.map(|l| l.2), "{why}");
             return;
         }
-        let Some((at, len)) = t.dirty.next_run(from, IO_MAX) else {
-            if from > 0 {
-                // Wrap around: runs marked behind us since (failed writes).
-                from = 0;
-                continue;
-            }
-            match finish(&node, &t, &copy, volume, extent, map.generation).await {
-                Finish::Done => {
-                    // A write to the copy failed between the last pass and the map that has it
-                    // in sync: it differs, so it goes out of the write set again.
-                    if !t.dirty.is_clean() {
-                        tracing::warn!(volume, extent, copy = %t.server,
-                            "the rebuilt copy missed a write since: reporting it");
-                        let deadline = tokio::time::Instant::now() + MANAGER_CALL;
-                        let g = node.map.load().generation;
-                        replica::report(&node, volume, extent, &t.server, g, deadline).await;
-                    }
-                    return;
-                }
-                Finish::Refused => return,
-                Finish::Retry => {
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            }
+        let Some((volume, extent, _, _)) = located else {
+            return;
         };
-        node.rebuilds.pace(len).await;
-        match copy_run(&node, &t, &copy, at, len).await {
-            Ok(()) => {
-                progress.advance(&node, &t, len);
-                from = at + len;
+        let next = if in_flight.len() < RUNS_IN_FLIGHT {
+            t.dirty.next_run(from, IO_MAX)
+        } else {
+            None
+        };
+        if let Some((at, len)) = next {
+            node.rebuilds.pace(len).await;
+            // Its bits are cleared when it holds the lock; `from` keeps the next pick past it.
+            in_flight.push(async move { (at, len, copy_run(n, tr, cr, at, len).await) });
+            from = at + len;
+            continue;
+        }
+        if let Some((at, len, r)) = in_flight.next().await {
+            match r {
+                Ok(()) => progress.advance(&node, &t, len),
+                Err(e) => {
+                    tracing::warn!(volume, extent, copy = %t.server, at, len, error = %e,
+                        "rebuild write failed; retrying");
+                    // The others end before the pause (they hold range locks).
+                    while let Some((_, len, r)) = in_flight.next().await {
+                        if r.is_ok() {
+                            progress.advance(&node, &t, len);
+                        }
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
             }
-            Err(e) => {
-                tracing::warn!(volume, extent, copy = %t.server, at, len, error = %e,
-                    "rebuild write failed; retrying");
+            continue;
+        }
+        // Nothing in flight and no dirty run at or after `from`.
+        if from > 0 {
+            // Wrap around: runs marked behind us since (failed writes).
+            from = 0;
+            continue;
+        }
+        match finish(&node, &t, &copy, volume, extent, map.generation).await {
+            Finish::Done => {
+                // A write to the copy failed between the last pass and the map that has it
+                // in sync: it differs, so it goes out of the write set again.
+                if !t.dirty.is_clean() {
+                    tracing::warn!(volume, extent, copy = %t.server,
+                        "the rebuilt copy missed a write since: reporting it");
+                    let deadline = tokio::time::Instant::now() + MANAGER_CALL;
+                    let g = node.map.load().generation;
+                    replica::report(&node, volume, extent, &t.server, g, deadline).await;
+                }
+                return;
+            }
+            Finish::Refused => return,
+            Finish::Retry => {
                 tokio::time::sleep(RETRY).await;
             }
         }
@@ -558,14 +597,14 @@ async fn copy_run(
     copy: &Copy,
     at: u64,
     len: u64,
-) -> Result<(), crate::subsystem::volume::VolumeError> {
+) -> Result<(), VolumeError> {
     let timeout = node.forward_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
     let pool_off = t.start + at;
     let Ok(_guard) =
         tokio::time::timeout_at(deadline, node.replica_locks.lock(pool_off, pool_off + len)).await
     else {
-        return Err(crate::subsystem::volume::VolumeError::NoPath(
+        return Err(VolumeError::NoPath(
             crate::subsystem::volume::NoPath::MapSettling,
         ));
     };

@@ -488,13 +488,23 @@ pub(super) async fn forward(
         // the write; one on the older map answers a mismatch, never a refusal.
         let generation = node.admission.ownership().generation();
         let once = async {
-            let q = node.peers.queue(&c.server, addr).await?;
-            let s = q.with_generation(generation).expiring(expires);
+            // This thread's polled queue to the copy (found without a lock once open): the
+            // write is sent by this task and its completion wakes this task only
+            // (initiator/polled.rs), as for a routed host command.
+            let q = node.peers.polled(&c.server, addr).await?;
+            let stamp = (generation, expires);
             let lba = pool_off / u64::from(INTERNAL_BLOCK);
             match op {
                 WriteOp::Data { data, fua } => {
-                    s.write(node::REPLICA_NSID, lba, INTERNAL_BLOCK, data.clone(), *fua)
-                        .await
+                    q.write(
+                        stamp,
+                        node::REPLICA_NSID,
+                        lba,
+                        INTERNAL_BLOCK,
+                        data.clone(),
+                        *fua,
+                    )
+                    .await
                 }
                 WriteOp::Zeroes | WriteOp::Deallocate => {
                     let deac = matches!(op, WriteOp::Deallocate);
@@ -505,7 +515,8 @@ pub(super) async fn forward(
                     while left > 0 {
                         let n = left.min(max);
                         let nlb = u32::try_from(n).unwrap_or(u32::MAX);
-                        s.write_zeroes(node::REPLICA_NSID, at, nlb, deac).await?;
+                        q.write_zeroes(stamp, node::REPLICA_NSID, at, nlb, deac)
+                            .await?;
                         left -= n;
                         at += n;
                     }

@@ -486,6 +486,7 @@ fn human(r: &Record) -> String {
             h.target_cpu_pct,
             h.seconds
         ),
+        Record::Rebuild(b) => format!("rebuild: {}\n", bench::report::rebuild_text(b)),
     }
 }
 
