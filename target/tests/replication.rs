@@ -1384,42 +1384,73 @@ async fn a_seeded_schedule_of_kills_and_restarts(replicas: u32) {
     }
 
     let steps = 4 + rng.below(3);
-    eprintln!("replicas {replicas}: {steps} kills");
+    eprintln!(
+        "replicas {replicas}: {steps} steps, each killing 1 to {} servers",
+        replicas - 1
+    );
     let mut kills = Vec::new();
     for step in 1..=steps {
-        // Under load a while, then a server killed.
+        // Under load a while, then up to `replicas - 1` servers killed (every extent keeps a
+        // copy), a random while apart.
         tokio::time::sleep(rng.between(Duration::from_millis(300), Duration::from_secs(2))).await;
-        let k = rng.below(3) as usize;
-        let id = c.servers[k].0.clone();
-        paths.up[k].store(false, Ordering::SeqCst);
-        c.servers[k].3.0.kill().unwrap();
-        c.servers[k].3.0.wait().unwrap();
+        let mut victims: Vec<usize> = Vec::new();
+        let count = 1 + rng.below(u64::from(replicas) - 1) as usize;
+        while victims.len() < count {
+            let k = rng.below(3) as usize;
+            if !victims.contains(&k) {
+                victims.push(k);
+            }
+        }
+        for (j, &k) in victims.iter().enumerate() {
+            if j > 0 {
+                tokio::time::sleep(rng.between(Duration::ZERO, Duration::from_millis(1500))).await;
+            }
+            paths.up[k].store(false, Ordering::SeqCst);
+            c.servers[k].3.0.kill().unwrap();
+            c.servers[k].3.0.wait().unwrap();
+            eprintln!(
+                "[{:7.3} s] step {step}/{steps}: killed {} ({} writes acknowledged so far)",
+                at(t0),
+                c.servers[k].0,
+                paths.acked.load(Ordering::Relaxed)
+            );
+            kills.push(c.servers[k].0.clone());
+        }
         let dead_for = rng.between(Duration::from_millis(500), Duration::from_secs(5));
         eprintln!(
-            "[{:7.3} s] step {step}/{steps}: killed {id} ({} writes acknowledged so far); \
-             restarting it in {dead_for:?}",
-            at(t0),
-            paths.acked.load(Ordering::Relaxed)
-        );
-        kills.push(id.clone());
-        tokio::time::sleep(dead_for).await;
-
-        // Restarted on its pool file; set up if it was marked down; rebuilt.
-        c.servers[k].3 = harness::spawn_server(&c.dir, &c.maddr, &id, true);
-        eprintln!("[{:7.3} s] step {step}/{steps}: {id} restarted", at(t0));
-        wait_back(&c, k, deadline, t0).await;
-        paths.up[k].store(true, Ordering::SeqCst);
-        let back = rounds(&paths);
-        eprintln!(
-            "[{:7.3} s] step {step}/{steps}: {id} up and at the committed generation",
+            "[{:7.3} s] step {step}/{steps}: restarting in {dead_for:?}",
             at(t0)
         );
+        tokio::time::sleep(dead_for).await;
+
+        // Restarted on their pool files; set up if marked down; rebuilt.
+        for &k in &victims {
+            let id = c.servers[k].0.clone();
+            c.servers[k].3 = harness::spawn_server(&c.dir, &c.maddr, &id, true);
+            eprintln!(
+                "[{:7.3} s] step {step}/{steps}: {id} restarted ({} writes acknowledged so far)",
+                at(t0),
+                paths.acked.load(Ordering::Relaxed)
+            );
+        }
+        for &k in &victims {
+            wait_back(&c, k, deadline, t0).await;
+            paths.up[k].store(true, Ordering::SeqCst);
+            eprintln!(
+                "[{:7.3} s] step {step}/{steps}: {} up and at the committed generation",
+                at(t0),
+                c.servers[k].0
+            );
+        }
+        let back = rounds(&paths);
         // In sync once every writer has had a whole version acknowledged since (so that every
         // copy failure its writes saw during the outage is in the map: such a write completes
         // only once its primary installed the map without that copy), the newest map is the
         // committed one, and it has no stale or rebuilding copy and every server up.
         loop {
-            set_up_if_down(&c, k, t0).await;
+            for &k in &victims {
+                set_up_if_down(&c, k, t0).await;
+            }
             let status = c.client.status().await.unwrap();
             let map = c.map().await;
             let written = rounds(&paths)
@@ -1447,7 +1478,7 @@ async fn a_seeded_schedule_of_kills_and_restarts(replicas: u32) {
             }
             assert!(
                 Instant::now() < deadline,
-                "step {step}: not every copy is in sync again after {id}'s restart: {:?}; \
+                "step {step}: not every copy is in sync again after the restart: {:?}; \
                  status: {status:?}",
                 map.volume("rvol")
             );
