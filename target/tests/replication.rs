@@ -1132,11 +1132,20 @@ struct Paths {
     reconnects: std::sync::atomic::AtomicU64,
     /// Versions each writer has had acknowledged on all its blocks.
     rounds: Vec<std::sync::atomic::AtomicU64>,
+    /// Times each server was killed.
+    killed: Vec<std::sync::atomic::AtomicU64>,
+    /// Writes a server that was not killed meanwhile left without an answer for
+    /// [`WRITE_TIMEOUT`] (or that the initiator's own command timeout ended).
+    unanswered: std::sync::atomic::AtomicU64,
 }
 
 impl Paths {
     fn is_up(&self, i: usize) -> bool {
         self.up[i].load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn kills(&self, i: usize) -> u64 {
+        self.killed[i].load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -1151,15 +1160,21 @@ async fn try_connect(addr: SocketAddr) -> Result<(Controller, Queue), InitiatorE
 
 /// A connection to an up server, `first` if it is up, else the next one up; tried again
 /// (bounded by `deadline`) while none answers.
-async fn connect_up(paths: &Paths, first: usize, deadline: Instant) -> (usize, Controller, Queue) {
+/// Also returns how many times that server had been killed before the connection.
+async fn connect_up(
+    paths: &Paths,
+    first: usize,
+    deadline: Instant,
+) -> (usize, Controller, Queue, u64) {
     let n = paths.portals.len();
     loop {
         for i in (0..n).map(|k| (first + k) % n) {
             if !paths.is_up(i) {
                 continue;
             }
+            let kills = paths.kills(i);
             match try_connect(paths.portals[i]).await {
-                Ok((ctrl, q)) => return (i, ctrl, q),
+                Ok((ctrl, q)) => return (i, ctrl, q, kills),
                 Err(e) => eprintln!("writer: connect to s{}: {e}", i + 1),
             }
         }
@@ -1187,7 +1202,7 @@ async fn multipath_writer(
 ) -> BTreeMap<u64, Bytes> {
     use std::sync::atomic::Ordering;
     let mut acked = BTreeMap::new();
-    let mut conn: Option<(usize, Controller, Queue)> = None;
+    let mut conn: Option<(usize, Controller, Queue, u64)> = None;
     let mut path_errors = 0u32;
     let mut v = 0u32;
     while !paths.stop.load(Ordering::SeqCst) {
@@ -1206,8 +1221,8 @@ async fn multipath_writer(
             if conn.is_none() {
                 conn = Some(connect_up(&paths, home, deadline).await);
             }
-            let (i, _, q) = conn.as_ref().unwrap();
-            let i = *i;
+            let (i, _, q, kills) = conn.as_ref().unwrap();
+            let (i, kills) = (*i, *kills);
             let writes = todo.iter().map(|&n| async move {
                 let r = tokio::time::timeout(
                     WRITE_TIMEOUT,
@@ -1218,6 +1233,7 @@ async fn multipath_writer(
             });
             let mut again = Vec::new();
             let (mut lost, mut path) = (None, None);
+            let mut timed_out = Vec::new();
             for (n, r) in futures::future::join_all(writes).await {
                 match r {
                     Ok(Ok(())) => {
@@ -1228,10 +1244,14 @@ async fn multipath_writer(
                         path = Some(s);
                         again.push(n);
                     }
+                    Ok(Err(e @ InitiatorError::Timeout { .. })) => {
+                        lost = Some(e.to_string());
+                        timed_out.push(n);
+                        again.push(n);
+                    }
                     Ok(Err(
                         e @ (InitiatorError::Io(_)
                         | InitiatorError::Closed
-                        | InitiatorError::Timeout { .. }
                         | InitiatorError::TermReq { .. }),
                     )) => {
                         lost = Some(e.to_string());
@@ -1239,6 +1259,7 @@ async fn multipath_writer(
                     }
                     Err(_) => {
                         lost = Some(format!("no answer in {WRITE_TIMEOUT:?}"));
+                        timed_out.push(n);
                         again.push(n);
                     }
                     Ok(Err(e)) => {
@@ -1253,6 +1274,21 @@ async fn multipath_writer(
                 paths
                     .retried
                     .fetch_add(again.len() as u64, Ordering::Relaxed);
+            }
+            if !timed_out.is_empty() && paths.kills(i) == kills {
+                // Not a killed server: a live one that never answered (a hang).
+                let mut extents: Vec<u64> = timed_out.iter().map(|n| n * 4096 / EXTENT).collect();
+                extents.dedup();
+                eprintln!(
+                    "writer {w}: UNANSWERED: s{} (not killed meanwhile) left {} writes of \
+                     version {v} without an answer for {WRITE_TIMEOUT:?} or more; extents \
+                     {extents:?}, blocks {timed_out:?}",
+                    i + 1,
+                    timed_out.len()
+                );
+                paths
+                    .unanswered
+                    .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
             }
             if let Some(why) = lost {
                 eprintln!(
@@ -1363,6 +1399,8 @@ async fn a_seeded_schedule_of_kills_and_restarts(replicas: u32) {
         retried: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         rounds: (0..3).map(|_| AtomicU64::new(0)).collect(),
+        killed: (0..3).map(|_| AtomicU64::new(0)).collect(),
+        unanswered: AtomicU64::new(0),
     });
     let rounds =
         |p: &Paths| -> Vec<u64> { p.rounds.iter().map(|r| r.load(Ordering::SeqCst)).collect() };
@@ -1406,6 +1444,7 @@ async fn a_seeded_schedule_of_kills_and_restarts(replicas: u32) {
                 tokio::time::sleep(rng.between(Duration::ZERO, Duration::from_millis(1500))).await;
             }
             paths.up[k].store(false, Ordering::SeqCst);
+            paths.killed[k].fetch_add(1, Ordering::SeqCst);
             c.servers[k].3.0.kill().unwrap();
             c.servers[k].3.0.wait().unwrap();
             eprintln!(
@@ -1525,14 +1564,15 @@ async fn a_seeded_schedule_of_kills_and_restarts(replicas: u32) {
     let compared = check_copies(&c, replicas as usize).await;
     eprintln!(
         "replicas {replicas}, seed {seed:#x}: {} kills ({}) in {:.1} s; {} writes acknowledged \
-         ({} retried, {} reconnects); {} blocks, {verified} reads verified through 3 servers; \
-         {compared} copies equal to their first",
+         ({} retried, {} reconnects, {} left unanswered by a live server); {} blocks, \
+         {verified} reads verified through 3 servers; {compared} copies equal to their first",
         kills.len(),
         kills.join(", "),
         at(t0),
         paths.acked.load(Ordering::Relaxed),
         paths.retried.load(Ordering::Relaxed),
         paths.reconnects.load(Ordering::Relaxed),
+        paths.unanswered.load(Ordering::Relaxed),
         expect.len()
     );
 }
