@@ -3,7 +3,9 @@
 //! writes through every server at once, including writes to the same blocks through two
 //! servers at the same time; then every block reads back right through every server, and a
 //! checker reads every copy of every extent from its server's internal namespace and finds
-//! them equal (docs/replication.md, "The write path").
+//! them equal (docs/replication.md, "The write path"). Then servers killed (SIGKILL) under
+//! load, restarted and rebuilt; and a schedule of kills and restarts drawn from a seed
+//! (`TESSERA_KILL_SEED`, printed by the test) under a multipath write load.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -1061,4 +1063,526 @@ async fn a_copy_killed_while_rebuilding_is_rebuilt_after_its_restart() {
         "{dead} killed while rebuilding, restarted, rebuilt: {verified} reads verified through \
          3 servers, {compared} copies equal"
     );
+}
+
+// A seeded random schedule of kills and restarts (docs/replication.md, "Failure", "Failover",
+// "Rebuild"): a multipath write load through the servers that are up, while one server after
+// another is killed (SIGKILL), left dead a while, restarted on its pool file, set `up` if the
+// manager marked it down, and rebuilt until every copy is `in_sync` again.
+
+/// The schedule's seed when `TESSERA_KILL_SEED` is not set.
+const DEFAULT_KILL_SEED: u64 = 0x7e55_e2a0_0012;
+/// A command without an answer this long is taken for a dead connection (the server is gone).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Path errors in a row on one path before a writer tries another (as a multipath host does).
+const PATH_ERRORS_BEFORE_SWITCH: u32 = 10;
+
+/// A small deterministic generator (SplitMix64): the same seed draws the same schedule.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A duration in `lo..=hi`, in whole milliseconds.
+    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let span = (hi - lo).as_millis() as u64;
+        lo + Duration::from_millis(self.below(span + 1))
+    }
+}
+
+/// `TESSERA_KILL_SEED` (decimal, or hexadecimal after `0x`), else [`DEFAULT_KILL_SEED`].
+fn kill_seed() -> u64 {
+    match std::env::var("TESSERA_KILL_SEED") {
+        Err(_) => DEFAULT_KILL_SEED,
+        Ok(s) => {
+            let t = s.trim();
+            let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => t.parse(),
+            };
+            parsed.unwrap_or_else(|e| {
+                panic!("TESSERA_KILL_SEED={s:?}: not a number (decimal or 0x hex): {e}")
+            })
+        }
+    }
+}
+
+/// What the schedule and the writers share: the servers' host portals, which of them are up
+/// (the writers connect only to those), a stop flag and counters.
+struct Paths {
+    portals: Vec<SocketAddr>,
+    up: Vec<std::sync::atomic::AtomicBool>,
+    stop: std::sync::atomic::AtomicBool,
+    /// Writes acknowledged.
+    acked: std::sync::atomic::AtomicU64,
+    /// Retryable errors seen (path errors, lost connections, timeouts).
+    retried: std::sync::atomic::AtomicU64,
+    /// Connections made again after a lost one or after path errors.
+    reconnects: std::sync::atomic::AtomicU64,
+    /// Versions each writer has had acknowledged on all its blocks.
+    rounds: Vec<std::sync::atomic::AtomicU64>,
+    /// Times each server was killed.
+    killed: Vec<std::sync::atomic::AtomicU64>,
+    /// Writes a server that was not killed meanwhile left without an answer for
+    /// [`WRITE_TIMEOUT`] (or that the initiator's own command timeout ended).
+    unanswered: std::sync::atomic::AtomicU64,
+}
+
+impl Paths {
+    fn is_up(&self, i: usize) -> bool {
+        self.up[i].load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn kills(&self, i: usize) -> u64 {
+        self.killed[i].load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Connects to a host portal and opens one I/O queue; any failure is returned.
+async fn try_connect(addr: SocketAddr) -> Result<(Controller, Queue), InitiatorError> {
+    let ctrl = Controller::connect(addr, NQN, HOST, &ControllerOptions::default()).await?;
+    ctrl.enable().await?;
+    ctrl.set_num_queues(1).await?;
+    let q = ctrl.connect_io_queue(1, 63).await?;
+    Ok((ctrl, q))
+}
+
+/// A connection to an up server, `first` if it is up, else the next one up; tried again
+/// (bounded by `deadline`) while none answers.
+/// Also returns how many times that server had been killed before the connection.
+async fn connect_up(
+    paths: &Paths,
+    first: usize,
+    deadline: Instant,
+) -> (usize, Controller, Queue, u64) {
+    let n = paths.portals.len();
+    loop {
+        for i in (0..n).map(|k| (first + k) % n) {
+            if !paths.is_up(i) {
+                continue;
+            }
+            let kills = paths.kills(i);
+            match try_connect(paths.portals[i]).await {
+                Ok((ctrl, q)) => return (i, ctrl, q, kills),
+                Err(e) => eprintln!("writer: connect to s{}: {e}", i + 1),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server took a connection before the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A writer as a multipath host runs it: version after version of its `blocks` (each version
+/// written to all of them at once), through its `home` server when that is up, else another.
+/// A write that fails with a retryable status (no DNR: path errors while a primary fails over)
+/// is written again; a lost connection or a command without an answer makes it connect to
+/// another server that is up and write again every unacknowledged block. Any other error
+/// fails the test. Stops after the version under way when told to; returns the last version
+/// acknowledged of every block.
+async fn multipath_writer(
+    paths: std::sync::Arc<Paths>,
+    w: u32,
+    home: usize,
+    blocks: Vec<u64>,
+    deadline: Instant,
+) -> BTreeMap<u64, Bytes> {
+    use std::sync::atomic::Ordering;
+    let mut acked = BTreeMap::new();
+    let mut conn: Option<(usize, Controller, Queue, u64)> = None;
+    let mut path_errors = 0u32;
+    let mut v = 0u32;
+    while !paths.stop.load(Ordering::SeqCst) {
+        v += 1;
+        // Back to the home path once it is up again (a host uses every path it has).
+        if conn.as_ref().is_some_and(|c| c.0 != home) && paths.is_up(home) {
+            conn = None;
+        }
+        let mut todo = blocks.clone();
+        while !todo.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "writer {w}: {} blocks of version {v} not acknowledged before the deadline",
+                todo.len()
+            );
+            if conn.is_none() {
+                conn = Some(connect_up(&paths, home, deadline).await);
+            }
+            let (i, _, q, kills) = conn.as_ref().unwrap();
+            let (i, kills) = (*i, *kills);
+            let writes = todo.iter().map(|&n| async move {
+                let r = tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    q.write(1, n * 8, LBA, block(n, w, v), v.is_multiple_of(3)),
+                )
+                .await;
+                (n, r)
+            });
+            let mut again = Vec::new();
+            let (mut lost, mut path) = (None, None);
+            let mut timed_out = Vec::new();
+            for (n, r) in futures::future::join_all(writes).await {
+                match r {
+                    Ok(Ok(())) => {
+                        acked.insert(n, block(n, w, v));
+                        paths.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(InitiatorError::Status(s))) if !s.dnr() => {
+                        path = Some(s);
+                        again.push(n);
+                    }
+                    Ok(Err(e @ InitiatorError::Timeout { .. })) => {
+                        lost = Some(e.to_string());
+                        timed_out.push(n);
+                        again.push(n);
+                    }
+                    Ok(Err(
+                        e @ (InitiatorError::Io(_)
+                        | InitiatorError::Closed
+                        | InitiatorError::TermReq { .. }),
+                    )) => {
+                        lost = Some(e.to_string());
+                        again.push(n);
+                    }
+                    Err(_) => {
+                        lost = Some(format!("no answer in {WRITE_TIMEOUT:?}"));
+                        timed_out.push(n);
+                        again.push(n);
+                    }
+                    Ok(Err(e)) => {
+                        panic!(
+                            "writer {w}: write of block {n} version {v} through s{}: {e}",
+                            i + 1
+                        )
+                    }
+                }
+            }
+            if !again.is_empty() {
+                paths
+                    .retried
+                    .fetch_add(again.len() as u64, Ordering::Relaxed);
+            }
+            if !timed_out.is_empty() && paths.kills(i) == kills {
+                // Not a killed server: a live one that never answered (a hang).
+                let mut extents: Vec<u64> = timed_out.iter().map(|n| n * 4096 / EXTENT).collect();
+                extents.dedup();
+                eprintln!(
+                    "writer {w}: UNANSWERED: s{} (not killed meanwhile) left {} writes of \
+                     version {v} without an answer for {WRITE_TIMEOUT:?} or more; extents \
+                     {extents:?}, blocks {timed_out:?}",
+                    i + 1,
+                    timed_out.len()
+                );
+                paths
+                    .unanswered
+                    .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
+            }
+            if let Some(why) = lost {
+                eprintln!(
+                    "writer {w}: connection to s{} lost ({why}); {} writes of version {v} again \
+                     through another server",
+                    i + 1,
+                    again.len()
+                );
+                conn = None;
+                paths.reconnects.fetch_add(1, Ordering::Relaxed);
+                // The next connection starts after the one lost.
+                path_errors = 0;
+            } else if let Some(s) = path {
+                path_errors += 1;
+                if path_errors >= PATH_ERRORS_BEFORE_SWITCH {
+                    eprintln!(
+                        "writer {w}: {path_errors} rounds of retryable errors through s{} \
+                         (last {s:?}); trying another path",
+                        i + 1
+                    );
+                    let next = (i + 1) % paths.portals.len();
+                    drop(conn.take());
+                    paths.reconnects.fetch_add(1, Ordering::Relaxed);
+                    conn = Some(connect_up(&paths, next, deadline).await);
+                    path_errors = 0;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            } else {
+                path_errors = 0;
+            }
+            todo = again;
+        }
+        paths.rounds[w as usize].fetch_add(1, Ordering::SeqCst);
+    }
+    acked
+}
+
+/// Waits (bounded) until server `k` (restarted) is `up` in the map and acknowledged the
+/// committed generation, setting it `up` whenever the manager marked it down.
+async fn wait_back(c: &Cluster, k: usize, deadline: Instant, t0: Instant) {
+    let id = &c.servers[k].0;
+    loop {
+        set_up_if_down(c, k, t0).await;
+        if let Ok(s) = c.client.status().await
+            && s.servers.iter().any(|x| {
+                x.id == *id && x.state == manager::map::ServerState::Up && x.acked >= s.committed
+            })
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} is not back (up, at the committed generation): {:?}",
+            c.client.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sets server `k` `up` if the newest map marks it down (the manager does so to a dead
+/// primary; it stays down until the operator sets it up).
+async fn set_up_if_down(c: &Cluster, k: usize, t0: Instant) {
+    let id = &c.servers[k].0;
+    let Ok(m) = c.client.map(&Role::Client).await else {
+        return;
+    };
+    if m.server(id)
+        .is_some_and(|s| s.state == manager::map::ServerState::Down)
+    {
+        match c
+            .client
+            .set_server_state(id, manager::map::ServerState::Up)
+            .await
+        {
+            Ok(m) => eprintln!(
+                "[{:7.3} s] {id} was marked down: set up (generation {})",
+                t0.elapsed().as_secs_f64(),
+                m.generation
+            ),
+            Err(e) => eprintln!("setting {id} up: {e}"),
+        }
+    }
+}
+
+/// Kills (SIGKILL) and restarts servers on a schedule drawn from a seed, one server down at a
+/// time, under a multipath write load; after each restart, waits until every copy is in sync
+/// again. Then every acknowledged block (its last acknowledged version) reads back through
+/// every server and every copy of every extent is equal.
+async fn a_seeded_schedule_of_kills_and_restarts(replicas: u32) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let seed = kill_seed();
+    eprintln!(
+        "replicas {replicas}: kill schedule seed {seed:#x} (set TESSERA_KILL_SEED to run another)"
+    );
+    let mut rng = Rng(seed ^ u64::from(replicas));
+    let mut c = start_cluster_with(replicas, true).await;
+    let t0 = Instant::now();
+    let at = |t0: Instant| t0.elapsed().as_secs_f64();
+    let extents = VOL / EXTENT;
+    let per_extent = EXTENT / 4096;
+    let paths = Arc::new(Paths {
+        portals: c.servers.iter().map(|s| s.1).collect(),
+        up: (0..3).map(|_| AtomicBool::new(true)).collect(),
+        stop: AtomicBool::new(false),
+        acked: AtomicU64::new(0),
+        retried: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
+        rounds: (0..3).map(|_| AtomicU64::new(0)).collect(),
+        killed: (0..3).map(|_| AtomicU64::new(0)).collect(),
+        unanswered: AtomicU64::new(0),
+    });
+    let rounds =
+        |p: &Paths| -> Vec<u64> { p.rounds.iter().map(|r| r.load(Ordering::SeqCst)).collect() };
+    // The whole test (schedule and every wait) stays within this.
+    let deadline = Instant::now() + 2 * LOAD_DEADLINE;
+    // One writer per server (its home path), each on its own 16 blocks of every extent.
+    let mut writers = Vec::new();
+    for w in 0..3u32 {
+        let blocks: Vec<u64> = (0..extents)
+            .flat_map(|x| (0..16u64).map(move |b| x * per_extent + b * 8 + u64::from(w)))
+            .collect();
+        writers.push(tokio::spawn(multipath_writer(
+            Arc::clone(&paths),
+            w,
+            w as usize,
+            blocks,
+            deadline,
+        )));
+    }
+
+    let steps = 4 + rng.below(3);
+    eprintln!(
+        "replicas {replicas}: {steps} steps, each killing 1 to {} servers",
+        replicas - 1
+    );
+    let mut kills = Vec::new();
+    for step in 1..=steps {
+        // Under load a while, then up to `replicas - 1` servers killed (every extent keeps a
+        // copy), a random while apart.
+        tokio::time::sleep(rng.between(Duration::from_millis(300), Duration::from_secs(2))).await;
+        let mut victims: Vec<usize> = Vec::new();
+        let count = 1 + rng.below(u64::from(replicas) - 1) as usize;
+        while victims.len() < count {
+            let k = rng.below(3) as usize;
+            if !victims.contains(&k) {
+                victims.push(k);
+            }
+        }
+        for (j, &k) in victims.iter().enumerate() {
+            if j > 0 {
+                tokio::time::sleep(rng.between(Duration::ZERO, Duration::from_millis(1500))).await;
+            }
+            paths.up[k].store(false, Ordering::SeqCst);
+            paths.killed[k].fetch_add(1, Ordering::SeqCst);
+            c.servers[k].3.0.kill().unwrap();
+            c.servers[k].3.0.wait().unwrap();
+            eprintln!(
+                "[{:7.3} s] step {step}/{steps}: killed {} ({} writes acknowledged so far)",
+                at(t0),
+                c.servers[k].0,
+                paths.acked.load(Ordering::Relaxed)
+            );
+            kills.push(c.servers[k].0.clone());
+        }
+        let dead_for = rng.between(Duration::from_millis(500), Duration::from_secs(5));
+        eprintln!(
+            "[{:7.3} s] step {step}/{steps}: restarting in {dead_for:?}",
+            at(t0)
+        );
+        tokio::time::sleep(dead_for).await;
+
+        // Restarted on their pool files; set up if marked down; rebuilt.
+        for &k in &victims {
+            let id = c.servers[k].0.clone();
+            c.servers[k].3 = harness::spawn_server(&c.dir, &c.maddr, &id, true);
+            eprintln!(
+                "[{:7.3} s] step {step}/{steps}: {id} restarted ({} writes acknowledged so far)",
+                at(t0),
+                paths.acked.load(Ordering::Relaxed)
+            );
+        }
+        for &k in &victims {
+            wait_back(&c, k, deadline, t0).await;
+            paths.up[k].store(true, Ordering::SeqCst);
+            eprintln!(
+                "[{:7.3} s] step {step}/{steps}: {} up and at the committed generation",
+                at(t0),
+                c.servers[k].0
+            );
+        }
+        let back = rounds(&paths);
+        // In sync once every writer has had a whole version acknowledged since (so that every
+        // copy failure its writes saw during the outage is in the map: such a write completes
+        // only once its primary installed the map without that copy), the newest map is the
+        // committed one, and it has no stale or rebuilding copy and every server up.
+        loop {
+            for &k in &victims {
+                set_up_if_down(&c, k, t0).await;
+            }
+            let status = c.client.status().await.unwrap();
+            let map = c.map().await;
+            let written = rounds(&paths)
+                .iter()
+                .zip(&back)
+                .all(|(now, then)| *now >= then + 2);
+            if written
+                && status.generation == status.committed
+                && map.generation == status.committed
+                && all_in_sync(&map)
+                && status.stale_replicas.is_empty()
+                && status.rebuilding_replicas.is_empty()
+                && status.servers.iter().all(|s| {
+                    s.state == manager::map::ServerState::Up && s.acked >= status.committed
+                })
+            {
+                eprintln!(
+                    "[{:7.3} s] step {step}/{steps}: every copy in sync at generation {} ({} \
+                     writes acknowledged so far)",
+                    at(t0),
+                    map.generation,
+                    paths.acked.load(Ordering::Relaxed)
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "step {step}: not every copy is in sync again after the restart: {:?}; \
+                 status: {status:?}",
+                map.volume("rvol")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // The load stops; what each writer last had acknowledged must read back.
+    tokio::time::sleep(rng.between(Duration::from_millis(300), Duration::from_secs(1))).await;
+    paths.stop.store(true, Ordering::SeqCst);
+    let mut expect = BTreeMap::new();
+    for t in writers {
+        let acked = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), t)
+            .await
+            .expect("a writer did not stop")
+            .unwrap();
+        expect.extend(acked);
+    }
+    let mut map = c.map().await;
+    while !all_in_sync(&map) {
+        assert!(
+            Instant::now() < deadline,
+            "copies out of sync after the load: {:?}",
+            map.volume("rvol")
+        );
+        tokio::time::sleep(POLL).await;
+        map = c.map().await;
+    }
+    let mut verified = 0;
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(
+                got,
+                *want,
+                "seed {seed:#x}: block {n} through s{} (first bytes {:?})",
+                i + 1,
+                &got[..16]
+            );
+            verified += 1;
+        }
+    }
+    let compared = check_copies(&c, replicas as usize).await;
+    eprintln!(
+        "replicas {replicas}, seed {seed:#x}: {} kills ({}) in {:.1} s; {} writes acknowledged \
+         ({} retried, {} reconnects, {} left unanswered by a live server); {} blocks, \
+         {verified} reads verified through 3 servers; {compared} copies equal to their first",
+        kills.len(),
+        kills.join(", "),
+        at(t0),
+        paths.acked.load(Ordering::Relaxed),
+        paths.retried.load(Ordering::Relaxed),
+        paths.reconnects.load(Ordering::Relaxed),
+        paths.unanswered.load(Ordering::Relaxed),
+        expect.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_schedule_of_kills_and_restarts_with_two_copies() {
+    a_seeded_schedule_of_kills_and_restarts(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_schedule_of_kills_and_restarts_with_three_copies() {
+    a_seeded_schedule_of_kills_and_restarts(3).await;
 }
