@@ -1377,7 +1377,9 @@ async fn set_up_if_down(c: &Cluster, k: usize, t0: Instant) {
 /// Kills (SIGKILL) and restarts servers on a schedule drawn from a seed, one server down at a
 /// time, under a multipath write load; after each restart, waits until every copy is in sync
 /// again. Then every acknowledged block (its last acknowledged version) reads back through
-/// every server and every copy of every extent is equal.
+/// every server and every copy of every extent is equal. Writes a live server leaves
+/// unanswered for 30 s are printed (`UNANSWERED`) and counted, not failed: a known bug, see
+/// docs/replication.md, "Known problems".
 async fn a_seeded_schedule_of_kills_and_restarts(replicas: u32) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
