@@ -42,7 +42,7 @@ impl Default for KeptDir {
 
 impl Drop for KeptDir {
     fn drop(&mut self) {
-        if std::thread::panicking()
+        if (std::thread::panicking() || std::env::var_os("TESSERA_KEEP_DIRS").is_some())
             && let Some(d) = self.0.take()
         {
             let path = d.keep();

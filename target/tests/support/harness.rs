@@ -57,11 +57,14 @@ pub fn log_file(dir: &Path, name: &str) -> std::fs::File {
 /// Runs `c` with its log in `dir/<name>.log`.
 pub fn spawn(dir: &Path, mut c: Command, name: &str, what: &'static str) -> Proc {
     Proc(
-        c.env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, name))
-            .spawn()
-            .unwrap(),
+        c.env(
+            "RUST_LOG",
+            std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, name))
+        .spawn()
+        .unwrap(),
         what,
     )
 }
