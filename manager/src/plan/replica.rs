@@ -7,7 +7,7 @@
 
 use super::{PlanError, extent_mut, step};
 use crate::api::{RebuildDoneRequest, ReplicaFailedRequest};
-use crate::map::{ClusterMap, PoolId, ReplicaState, ServerState};
+use crate::map::{ClusterMap, PoolId, Replica, ReplicaState, ServerState};
 
 /// `POST /v1/replica-failed`: the map with `req.server`'s copy of the extent `stale`; with
 /// `server_gone` (that server is not connected to the manager), every copy on that server
@@ -28,36 +28,16 @@ pub fn replica_failed(
     req: &ReplicaFailedRequest,
     server_gone: bool,
 ) -> Result<ClusterMap, PlanError> {
-    if req.generation > map.generation {
-        return Err(PlanError::FutureGeneration {
-            generation: req.generation,
-            current: map.generation,
-        });
-    }
-    let primary = map
-        .volume(&req.volume)
-        .and_then(|v| v.extents.get(req.extent))
-        .and_then(|e| map.primary(e))
-        .map(|r| r.server.clone());
+    let report = Report {
+        primary: &req.primary,
+        volume: &req.volume,
+        extent: req.extent,
+        server: &req.server,
+        generation: req.generation,
+    };
+    let primary = report.check(map)?;
     step(map, |m| {
-        let (_, ext) = extent_mut(m, &req.volume, req.extent)?;
-        if primary.as_deref() != Some(req.primary.as_str()) || req.server == req.primary {
-            return Err(PlanError::NotPrimary {
-                server: req.primary.clone(),
-                volume: req.volume.clone(),
-                extent: req.extent,
-                primary: primary.map_or_else(|| "no primary".to_owned(), |p| format!("{p:?}")),
-            });
-        }
-        let copy = ext
-            .replicas
-            .iter_mut()
-            .find(|r| r.server == req.server)
-            .ok_or_else(|| PlanError::NoSuchReplica {
-                server: req.server.clone(),
-                volume: req.volume.clone(),
-                extent: req.extent,
-            })?;
+        let copy = report.copy_mut(m, primary.as_deref())?;
         // A rebuilding copy whose server is alive keeps taking writes (the primary records
         // what it misses); only a gone server's is taken out of the fan-out.
         if copy.state == ReplicaState::Rebuilding && !server_gone {
@@ -229,36 +209,16 @@ pub fn rebuild_due(map: &ClusterMap, id: &str) -> bool {
 /// Unknown volume or extent, a server holding no copy of it, a sender that is not its primary
 /// (or reports itself), a copy that is `stale`, a generation newer than the map's.
 pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<ClusterMap, PlanError> {
-    if req.generation > map.generation {
-        return Err(PlanError::FutureGeneration {
-            generation: req.generation,
-            current: map.generation,
-        });
-    }
-    let primary = map
-        .volume(&req.volume)
-        .and_then(|v| v.extents.get(req.extent))
-        .and_then(|e| map.primary(e))
-        .map(|r| r.server.clone());
+    let report = Report {
+        primary: &req.primary,
+        volume: &req.volume,
+        extent: req.extent,
+        server: &req.server,
+        generation: req.generation,
+    };
+    let primary = report.check(map)?;
     step(map, |m| {
-        let (_, ext) = extent_mut(m, &req.volume, req.extent)?;
-        if primary.as_deref() != Some(req.primary.as_str()) || req.server == req.primary {
-            return Err(PlanError::NotPrimary {
-                server: req.primary.clone(),
-                volume: req.volume.clone(),
-                extent: req.extent,
-                primary: primary.map_or_else(|| "no primary".to_owned(), |p| format!("{p:?}")),
-            });
-        }
-        let copy = ext
-            .replicas
-            .iter_mut()
-            .find(|r| r.server == req.server)
-            .ok_or_else(|| PlanError::NoSuchReplica {
-                server: req.server.clone(),
-                volume: req.volume.clone(),
-                extent: req.extent,
-            })?;
+        let copy = report.copy_mut(m, primary.as_deref())?;
         match copy.state {
             ReplicaState::InSync => Ok(()),
             ReplicaState::Rebuilding => {
@@ -308,6 +268,57 @@ pub(super) fn down_copies_stale(m: &mut ClusterMap) {
                 }
             }
         }
+    }
+}
+
+/// What a primary reports about one copy of one of its extents (replica-failed, rebuild-done).
+struct Report<'r> {
+    primary: &'r str,
+    volume: &'r str,
+    extent: usize,
+    server: &'r str,
+    generation: u64,
+}
+
+impl Report<'_> {
+    /// Refuses a generation newer than `map`'s; returns the extent's primary in `map`.
+    fn check(&self, map: &ClusterMap) -> Result<Option<String>, PlanError> {
+        if self.generation > map.generation {
+            return Err(PlanError::FutureGeneration {
+                generation: self.generation,
+                current: map.generation,
+            });
+        }
+        Ok(map
+            .volume(self.volume)
+            .and_then(|v| v.extents.get(self.extent))
+            .and_then(|e| map.primary(e))
+            .map(|r| r.server.clone()))
+    }
+
+    /// The reported copy in `m`, once the sender is the extent's `primary` and not the copy.
+    fn copy_mut<'m>(
+        &self,
+        m: &'m mut ClusterMap,
+        primary: Option<&str>,
+    ) -> Result<&'m mut Replica, PlanError> {
+        let (_, ext) = extent_mut(m, self.volume, self.extent)?;
+        if primary != Some(self.primary) || self.server == self.primary {
+            return Err(PlanError::NotPrimary {
+                server: self.primary.to_owned(),
+                volume: self.volume.to_owned(),
+                extent: self.extent,
+                primary: primary.map_or_else(|| "no primary".to_owned(), |p| format!("{p:?}")),
+            });
+        }
+        ext.replicas
+            .iter_mut()
+            .find(|r| r.server == self.server)
+            .ok_or_else(|| PlanError::NoSuchReplica {
+                server: self.server.to_owned(),
+                volume: self.volume.to_owned(),
+                extent: self.extent,
+            })
     }
 }
 
