@@ -73,26 +73,7 @@ pub async fn serve(
     async move {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
-        let (rd, wr) = stream.into_split();
-        let mut c = Conn {
-            registry,
-            cfg,
-            state: ConnState::AwaitIcReq,
-            codec: PduCodec::new(Role::Target, cfg.limits(cfg.admin_incapsule)),
-            rd,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            out: Writer::new(wr),
-            queue: Queue {
-                pool: crate::transport::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
-                local,
-                ..Queue::default()
-            },
-            table: CommandTable::new(exec::UNCONNECTED_DEPTH),
-            inflight: FuturesUnordered::new(),
-            sqhd: 0,
-            host_maxr2t: 1,
-            in_flight: crate::metrics::InFlight::default(),
-        };
+        let mut c = Conn::new(registry, stream, local, cfg);
         match c.run(shutdown).await {
             Ok(()) => debug!("connection closed"),
             Err(e) => debug!(error = %e, "connection ended"),
@@ -147,6 +128,35 @@ impl std::fmt::Display for End {
 }
 
 impl Conn {
+    /// A connection that has just been accepted: waiting for its ICReq.
+    fn new(
+        registry: Arc<Registry>,
+        stream: TcpStream,
+        local: Option<SocketAddr>,
+        cfg: TransportConfig,
+    ) -> Self {
+        let (rd, wr) = stream.into_split();
+        Conn {
+            registry,
+            cfg,
+            state: ConnState::AwaitIcReq,
+            codec: PduCodec::new(Role::Target, cfg.limits(cfg.admin_incapsule)),
+            rd,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            out: Writer::new(wr),
+            queue: Queue {
+                pool: crate::transport::bufpool::BufPool::for_mdts(cfg.mdts_bytes),
+                local,
+                ..Queue::default()
+            },
+            table: CommandTable::new(exec::UNCONNECTED_DEPTH),
+            inflight: FuturesUnordered::new(),
+            sqhd: 0,
+            host_maxr2t: 1,
+            in_flight: crate::metrics::InFlight::default(),
+        }
+    }
+
     fn set_state(&mut self, next: ConnState) {
         use ConnState::*;
         debug_assert!(
@@ -173,9 +183,6 @@ impl Conn {
             {
                 dead = Some(c.watch_dead());
             }
-            // Back-pressure: stop reading while the queue is full (a host may not exceed SQSIZE
-            // anyway); completions make room.
-            let can_read = self.inflight.len() < self.queue.depth_limit();
             if !self.inflight.is_empty() || self.out.queued_bytes() > 0 {
                 // Complete whatever is ready without waiting, then flush once for the batch.
                 while let Some(Some((tag, done))) =
@@ -189,6 +196,11 @@ impl Conn {
                     .map_err(End::Io)?;
             }
             self.in_flight.set(self.table.len());
+            // Back-pressure: stop reading while the queue is full (a host may not exceed SQSIZE
+            // anyway); completions make room. Measured after the completions above: measured
+            // before them, a full queue whose commands all completed at once left the select
+            // below with no branch that could ever wake it (nothing in flight, reading off).
+            let can_read = self.inflight.len() < self.queue.depth_limit();
             let auth_deadline = self.queue.auth.as_ref().and_then(|s| s.deadline());
             tokio::select! {
                 biased;
@@ -712,5 +724,59 @@ impl TransportConfig {
             max_incapsule_data: incapsule,
             ..ConnParams::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Size of a response capsule without digests: 8-byte header, 16-byte CQE.
+    const RESP_LEN: usize = 24;
+
+    /// A queue whose every command completes at once, while the queue is full, goes on reading
+    /// the socket. (It used to decide whether to read before completing what was ready: with
+    /// the queue full it read nothing, and with nothing left in flight no completion could
+    /// wake it either; the host's next command was never read.)
+    #[tokio::test]
+    async fn a_full_queue_that_completes_at_once_does_not_stop_reading() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut host = TcpStream::connect(l.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, _) = l.accept().await.expect("accept");
+        let registry = Arc::new(Registry::new(Vec::new(), 0));
+        let mut c = Conn::new(registry, stream, None, TransportConfig::default());
+        c.state = ConnState::Live;
+        let depth = c.queue.depth_limit();
+        for cid in 0..depth {
+            let cid = u16::try_from(cid).expect("small depth");
+            let tag = c.table.begin(cid).expect("a free entry");
+            c.table.set_state(tag, CmdState::ReadyToExecute);
+            c.table.set_state(tag, CmdState::Executing);
+            // Already done: the first poll of the in-flight set completes all of them.
+            c.inflight
+                .push(Box::pin(async move { (tag, Completion::ok()) }));
+        }
+        let (_shutdown, rx) = watch::channel(false);
+        let run = tokio::spawn(async move { c.run(rx).await.map_err(|e| e.to_string()) });
+        let mut resps = vec![0u8; depth * RESP_LEN];
+        tokio::time::timeout(Duration::from_secs(20), host.read_exact(&mut resps))
+            .await
+            .expect("every completion within 20 s")
+            .expect("read the completions");
+        // The host hangs up: a connection that still reads sees it and ends.
+        host.shutdown().await.expect("shutdown");
+        let end = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the connection stopped reading: it never saw the host hang up")
+            .expect("the connection task");
+        assert!(
+            matches!(&end, Err(s) if s.contains("peer closed")),
+            "ended with {end:?}"
+        );
     }
 }
