@@ -206,6 +206,8 @@ impl Peers {
         // One connect per (thread, peer) at a time: join the one in flight, if any.
         let (pending, leader) = PENDING.with(|t| {
             let mut t = t.borrow_mut();
+            // A finished connect whose task ended on another thread left its entry here.
+            t.retain(|p| lock(&p.result).is_none());
             if let Some(p) = t
                 .iter()
                 .find(|p| p.peers == self.id && p.server == id && p.addr == addr)
