@@ -73,10 +73,44 @@ struct Cached {
     queue: Arc<PolledQueue>,
 }
 
+/// A polled queue being connected by one task of a reactor thread; the thread's other tasks
+/// that want the same peer wait for its result instead of connecting their own (each connect
+/// uses up a QID of the peer's controller).
+struct Pending {
+    peers: u64,
+    server: String,
+    addr: SocketAddr,
+    done: tokio::sync::Notify,
+    result: Mutex<Option<Result<Arc<PolledQueue>, InitiatorError>>>,
+}
+
+impl Pending {
+    fn finish(&self, r: Result<Arc<PolledQueue>, InitiatorError>) {
+        lock(&self.result).get_or_insert(r);
+        PENDING.with(|t| t.borrow_mut().retain(|p| !std::ptr::eq(&**p, self)));
+        self.done.notify_waiters();
+    }
+}
+
+/// Reports a connect abandoned midway (its future dropped) to the waiters.
+struct PendingGuard(Arc<Pending>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.finish(Err(InitiatorError::Closed));
+    }
+}
+
 thread_local! {
     /// This thread's polled queues (a handful: one per peer it forwards to).
     static POLLED: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
+    /// This thread's polled queues being connected (at most one per peer).
+    static PENDING: RefCell<Vec<Arc<Pending>>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Polled queues connected (tests count them).
+#[cfg(test)]
+static POLLED_CONNECTS: AtomicU64 = AtomicU64::new(0);
 
 /// Connections to peers, by server id.
 pub struct Peers {
@@ -169,6 +203,64 @@ impl Peers {
         if let Some(q) = self.cached(id, addr) {
             return Ok(q);
         }
+        // One connect per (thread, peer) at a time: join the one in flight, if any.
+        let (pending, leader) = PENDING.with(|t| {
+            let mut t = t.borrow_mut();
+            // A finished connect whose task ended on another thread left its entry here.
+            t.retain(|p| lock(&p.result).is_none());
+            if let Some(p) = t
+                .iter()
+                .find(|p| p.peers == self.id && p.server == id && p.addr == addr)
+            {
+                return (Arc::clone(p), false);
+            }
+            let p = Arc::new(Pending {
+                peers: self.id,
+                server: id.to_string(),
+                addr,
+                done: tokio::sync::Notify::new(),
+                result: Mutex::new(None),
+            });
+            t.push(Arc::clone(&p));
+            (p, true)
+        });
+        if !leader {
+            loop {
+                let notified = pending.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(r) = lock(&pending.result).clone() {
+                    // A failed connect fails its waiters too (no storm of retries).
+                    return match r {
+                        Ok(q) if !q.is_closed() => Ok(q),
+                        Ok(_) => Err(InitiatorError::Closed),
+                        Err(e) => Err(e),
+                    };
+                }
+                notified.await;
+            }
+        }
+        let guard = PendingGuard(pending);
+        let r = self.connect_polled(id, addr).await;
+        guard.0.finish(r.clone());
+        r
+    }
+
+    /// Connects this thread's polled queue to `id` at `addr` (one at a time per thread and
+    /// peer, see [`Peers::polled`]).
+    ///
+    /// QIDs are not reused: the target frees a QID only when it notices the queue's
+    /// connection ended, which may be after our close, and a Connect with a QID still in use
+    /// is refused (controller busy); so a closed queue's QID stays spent until the peer's
+    /// controller is replaced.
+    async fn connect_polled(
+        &self,
+        id: &str,
+        addr: SocketAddr,
+    ) -> Result<Arc<PolledQueue>, InitiatorError> {
+        if let Some(q) = self.cached(id, addr) {
+            return Ok(q);
+        }
         let peer = self.peer(id, addr).await?;
         let qid = peer.next_qid.fetch_add(1, Ordering::Relaxed);
         if qid > peer.granted || qid == 0 {
@@ -181,6 +273,8 @@ impl Peers {
         }
         let opts = peer.ctrl.io_queue_options(qid, INTERNAL_QUEUE_SQSIZE);
         let q = PolledQueue::connect(addr, &opts).await?;
+        #[cfg(test)]
+        POLLED_CONNECTS.fetch_add(1, Ordering::Relaxed);
         lock(&peer.polled).push(Arc::clone(&q));
         if !self.live(id, addr).is_some_and(|p| Arc::ptr_eq(&p, &peer)) {
             // The peer was dropped (or replaced) while this queue connected.
@@ -235,5 +329,52 @@ impl Peers {
                 "internal connection dropped"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    /// Many first users of one peer on one thread at once: one connect, whose failure every
+    /// one of them gets (without the per-thread pending connect, each connected on its own).
+    #[tokio::test]
+    async fn concurrent_first_users_on_one_thread_share_one_connect() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = Arc::clone(&accepted);
+        let acceptor = tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::Relaxed);
+                // Not a target: hang up at once, so the connect fails.
+                drop(s);
+            }
+        });
+        let peers = Arc::new(Peers::new("me"));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let p = Arc::clone(&peers);
+            set.spawn(async move { p.polled("peer", addr).await.map(|_| ()) });
+        }
+        let all = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut errs = 0;
+            while let Some(r) = set.join_next().await {
+                if r.expect("task").is_err() {
+                    errs += 1;
+                }
+            }
+            errs
+        })
+        .await
+        .expect("hang guard");
+        assert_eq!(all, 16, "every user gets the failed connect");
+        assert_eq!(accepted.load(Ordering::Relaxed), 1, "one connect");
+        assert!(PENDING.with(|t| t.borrow().is_empty()));
+        acceptor.abort();
     }
 }

@@ -445,6 +445,9 @@ impl Drop for PolledCommand {
             let i = usize::from(cid);
             if st.slots.get(i).is_some_and(|s| s.busy) {
                 if st.slots[i].result.is_some() {
+                    // Like a command that takes its result: another waiting command becomes
+                    // the reader, then the slot is freed (waking the tasks waiting for one).
+                    hand_over(&mut st, i);
                     release(&mut st, i);
                 } else {
                     st.slots[i].abandoned = true;
@@ -484,8 +487,9 @@ impl Future for PolledCommand {
                 return Poll::Pending;
             };
             if let Err(e) = st.start(cid, sqe, data_out, data_in_len) {
-                // Nothing was queued for this command.
-                st.free.push(cid);
+                // Nothing was queued for this command: the slot is free again (and the tasks
+                // waiting for one are told).
+                release(st, usize::from(cid));
                 this.stage = Stage::Done;
                 return Poll::Ready(Err(e));
             }
