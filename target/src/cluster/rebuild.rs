@@ -599,7 +599,14 @@ async fn run(node: Arc<NodeShared>, t: Arc<Tracked>) {
     loop {
         let map = node.map.load_full();
         let located = locate(&map, &node.me, t.start, &key);
+        // A dirty map dropped by an install (and maybe replaced since) gets no marks from
+        // writes any more: its task must not go on to report the copy done.
+        let replaced = !node
+            .rebuilds
+            .find(t.start, &key)
+            .is_some_and(|c| Arc::ptr_eq(&c, &t));
         let stop = match located {
+            _ if replaced => Some("rebuild stopped: its dirty map was replaced"),
             None => Some("rebuild stopped: no longer this extent's primary"),
             Some((_, _, state, _)) if state != ReplicaState::Rebuilding => {
                 Some("rebuild stopped: the copy is no longer rebuilding")

@@ -1086,14 +1086,14 @@ mod tests {
         let write_b = tokio::spawn(async move {
             let _g = l.lock(8192, 12288).await;
         });
-        until(|| locks.waiting() == 2).await;
-        for _ in 0..10 {
+        for _ in 0..20 {
             tokio::task::yield_now().await;
         }
         assert!(
             !write_b.is_finished(),
             "a later overlapping request went first"
         );
+        assert_eq!(locks.waiting(), 2);
         drop(write_a);
         tokio::time::timeout(Duration::from_secs(30), whole)
             .await
