@@ -18,8 +18,12 @@
 //! range lock), at most [`NodeShared::rebuild_rate`] bytes a second over all rebuilds of this
 //! server. Host writes reach a `rebuilding` copy through the normal fan-out meanwhile (a failed
 //! one sets its bits again), so once no bit is left the copy is equal: the task flushes the
-//! copy and reports `POST /v1/rebuild-done`, and the manager marks it `in_sync`. Progress goes
-//! to the manager about once a second and to the log every 10 %.
+//! copy, checks the dirty map once more under the range lock of the whole extent (every write
+//! in flight to it has completed and marked what the copy missed: [`last_check`]) and reports
+//! `POST /v1/rebuild-done`, and the manager marks it `in_sync`. A write that misses the copy
+//! once that report is out waits for its outcome before it completes
+//! ([`Tracked::promotion_settled_at`]). Progress goes to the manager about once a second and
+//! to the log every 10 %.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -163,6 +163,13 @@ impl Drop for RangeGuard<'_> {
 /// (sending it to one that has not). Past the forwarding deadline it fails with a retryable
 /// path error ([`VolumeError::NoPath`]), as does a write whose extent this server is no
 /// longer the primary of (docs/replication.md, "Failure").
+///
+/// Every copy that does not take the write has it in its dirty map before the write completes:
+/// a skipped copy as soon as the lock is held, a copy whose forward failed as soon as it
+/// failed. A write whose forward to a `rebuilding` copy failed is re-checked the same way as
+/// one whose `in_sync` copy failed, once this server has installed the outcome of any
+/// rebuild-done report of that copy that may be pending (docs/replication.md, "The end of a
+/// rebuild").
 pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResult<()> {
     if node.admission.ownership().fanout(off, len).is_none() && !node.rebuilds.tracks(off, len) {
         return own(node, off, len, &op).await;
