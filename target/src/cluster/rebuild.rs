@@ -18,8 +18,12 @@
 //! range lock), at most [`NodeShared::rebuild_rate`] bytes a second over all rebuilds of this
 //! server. Host writes reach a `rebuilding` copy through the normal fan-out meanwhile (a failed
 //! one sets its bits again), so once no bit is left the copy is equal: the task flushes the
-//! copy and reports `POST /v1/rebuild-done`, and the manager marks it `in_sync`. Progress goes
-//! to the manager about once a second and to the log every 10 %.
+//! copy, checks the dirty map once more under the range lock of the whole extent (every write
+//! in flight to it has completed and marked what the copy missed: [`last_check`]) and reports
+//! `POST /v1/rebuild-done`, and the manager marks it `in_sync`. A write that misses the copy
+//! once that report is out waits for its outcome before it completes
+//! ([`Tracked::promotion_settled_at`]). Progress goes to the manager about once a second and
+//! to the log every 10 %.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -160,6 +164,16 @@ pub struct Tracked {
     pub dirty: DirtyMap,
     /// A rebuild task runs for it.
     running: AtomicBool,
+    /// The installed generation when this server last sent a rebuild-done report for the
+    /// copy (0: never). From then on the manager may mark the copy `in_sync` at any moment, so
+    /// a write that did not reach it must not complete on a map that still has it
+    /// `rebuilding` ([`Tracked::promotion_settled_at`]).
+    reported_at: AtomicU64,
+    /// The generation of the manager's answer to that report (0: no answer yet).
+    answered_at: AtomicU64,
+    /// The latest map installed (or being installed) here in which the copy is not
+    /// `rebuilding` under this primary (0: none).
+    left_at: AtomicU64,
 }
 
 impl Tracked {
@@ -171,7 +185,36 @@ impl Tracked {
             offset,
             dirty: DirtyMap::new(len, all),
             running: AtomicBool::new(false),
+            reported_at: AtomicU64::new(0),
+            answered_at: AtomicU64::new(0),
+            left_at: AtomicU64::new(0),
         }
+    }
+
+    /// The generation this server must have installed before a write whose forward to this
+    /// copy failed may trust its map about the copy (docs/replication.md, "The end of a
+    /// rebuild"): 0 when no rebuild-done report of the copy can be pending; else the map in
+    /// which its outcome is known here (the manager's answer, or a later map in which the copy
+    /// is not `rebuilding` under this primary); `u64::MAX` while neither has come.
+    pub fn promotion_settled_at(&self) -> u64 {
+        let reported = self.reported_at.load(Ordering::Acquire);
+        if reported == 0 {
+            return 0;
+        }
+        let left = self.left_at.load(Ordering::Acquire);
+        if left >= reported {
+            return left;
+        }
+        match self.answered_at.load(Ordering::Acquire) {
+            0 => u64::MAX,
+            g => g,
+        }
+    }
+
+    /// A rebuild-done report of the copy goes out now, with generation `installed` here.
+    pub(super) fn reporting(&self, installed: u64) {
+        self.answered_at.store(0, Ordering::Release);
+        self.reported_at.store(installed.max(1), Ordering::Release);
     }
 
     fn key(&self) -> CopyKey {
@@ -239,6 +282,46 @@ impl Rebuilds {
                 t.dirty.mark(from, to.saturating_sub(from));
             }
         }
+    }
+
+    /// The write of pool bytes `[off, off + len)` to copy `k` of the extent at this server's
+    /// pool bytes `[start, start + ext_len)` failed: marks it in the copy's dirty map (made
+    /// clean first if there is none: the copy took every earlier write), at once, before the
+    /// write can complete or anything can check the map.
+    pub fn failed(&self, off: u64, len: u64, (start, ext_len, k): &(u64, u64, CopyKey)) {
+        let find = |t: &Arc<Vec<Arc<Tracked>>>| {
+            t.iter()
+                .find(|t| t.start == *start && t.server == k.0 && t.offset == k.1)
+                .cloned()
+        };
+        let t = match find(&self.tracked.load_full()) {
+            Some(t) => t,
+            None => {
+                let _e = lock(&self.edit);
+                let current = self.tracked.load_full();
+                if let Some(t) = find(&current) {
+                    t
+                } else {
+                    let t = Arc::new(Tracked::new(*start, *ext_len, &k.0, k.1, false));
+                    let mut next = Vec::clone(&current);
+                    next.push(Arc::clone(&t));
+                    self.tracked.store(Arc::new(next));
+                    t
+                }
+            }
+        };
+        let from = off.max(t.start) - t.start;
+        let to = off.saturating_add(len).min(t.start + t.len) - t.start;
+        t.dirty.mark(from, to.saturating_sub(from));
+    }
+
+    /// The dirty map kept for copy `k` of the extent at this server's pool offset `start`.
+    pub fn find(&self, start: u64, k: &CopyKey) -> Option<Arc<Tracked>> {
+        self.tracked
+            .load()
+            .iter()
+            .find(|t| t.start == start && t.server == k.0 && t.offset == k.1)
+            .cloned()
     }
 
     /// The dirty maps kept now (tests, status).
@@ -379,6 +462,15 @@ pub fn reconcile(node: &Arc<NodeShared>, old: Option<&ClusterMap>, new: &Cluster
             }
         }
     }
+    // A copy not `rebuilding` under this primary in `new`: a rebuild-done report sent before
+    // has its outcome in `new` (writes that missed the copy wait until `new` is installed).
+    for t in current.iter().chain(next.iter()) {
+        let rebuilding = locate(new, me, t.start, &t.key())
+            .is_some_and(|(_, _, st, _)| st == ReplicaState::Rebuilding);
+        if !rebuilding {
+            t.left_at.fetch_max(new.generation, Ordering::AcqRel);
+        }
+    }
     rebuilds.tracked.store(Arc::new(next));
     drop(_e);
     for (volume, extent, server, generation) in differ {
@@ -511,7 +603,14 @@ async fn run(node: Arc<NodeShared>, t: Arc<Tracked>) {
     loop {
         let map = node.map.load_full();
         let located = locate(&map, &node.me, t.start, &key);
+        // A dirty map dropped by an install (and maybe replaced since) gets no marks from
+        // writes any more: its task must not go on to report the copy done.
+        let replaced = !node
+            .rebuilds
+            .find(t.start, &key)
+            .is_some_and(|c| Arc::ptr_eq(&c, &t));
         let stop = match located {
+            _ if replaced => Some("rebuild stopped: its dirty map was replaced"),
             None => Some("rebuild stopped: no longer this extent's primary"),
             Some((_, _, state, _)) if state != ReplicaState::Rebuilding => {
                 Some("rebuild stopped: the copy is no longer rebuilding")
@@ -636,6 +735,27 @@ enum Finish {
     Retry,
 }
 
+/// The end of a rebuild (docs/replication.md, "The end of a rebuild"): takes the range lock
+/// of the copy's whole extent, so that every write in flight to the extent has completed
+/// (and marked what the copy missed), and checks the dirty map under it; when it is clean,
+/// `report` (still under the lock) records that a rebuild-done report goes out and says
+/// whether the copy is still `rebuilding` under this primary. True: the report may be sent
+/// (the lock is released on return: a write from then on that misses the copy waits for the
+/// report's outcome, [`Tracked::promotion_settled_at`]).
+async fn last_check(
+    locks: &replica::RangeLocks,
+    t: &Tracked,
+    deadline: tokio::time::Instant,
+    report: impl FnOnce() -> bool,
+) -> bool {
+    let Ok(_whole) =
+        tokio::time::timeout_at(deadline, locks.lock(t.start, t.start.saturating_add(t.len))).await
+    else {
+        return false;
+    };
+    t.dirty.is_clean() && report()
+}
+
 /// No dirty chunk left: flush the copy, then report it done.
 async fn finish(
     node: &Arc<NodeShared>,
@@ -659,7 +779,16 @@ async fn finish(
         tracing::warn!(volume, extent, copy = %copy.server, "rebuild: flushing the copy failed");
         return Finish::Retry;
     }
-    if !t.dirty.is_clean() {
+    let key = t.key();
+    let deadline = tokio::time::Instant::now() + node.forward_timeout();
+    let clean = last_check(&node.replica_locks, t, deadline, || {
+        let installed = node.registry.generation.current();
+        t.reporting(installed);
+        locate(&node.map.load(), &node.me, t.start, &key)
+            .is_some_and(|(_, _, st, _)| st == ReplicaState::Rebuilding)
+    })
+    .await;
+    if !clean {
         return Finish::Retry;
     }
     let req = RebuildDoneRequest {
@@ -671,6 +800,7 @@ async fn finish(
     };
     match tokio::time::timeout(MANAGER_CALL, node.client.rebuild_done(&req)).await {
         Ok(Ok(m)) => {
+            t.answered_at.store(m.generation.max(1), Ordering::Release);
             tracing::info!(volume, extent, copy = %copy.server, generation = m.generation,
                 "rebuild done: the copy is in sync again");
             node.refresh.notify_one();
@@ -781,6 +911,61 @@ mod tests {
         r.missed(ext + 256 * KIB, 4096, &[], &[(ext, ext, a)]);
         assert_eq!(r.tracked().len(), 1);
         assert_eq!(r.tracked()[0].dirty.dirty_bytes(), 3 * DIRTY_CHUNK);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_rebuild_waits_for_the_writes_in_flight_to_the_extent() {
+        let locks = Arc::new(replica::RangeLocks::default());
+        let t = Arc::new(Tracked::new(1 << 20, 256 * KIB, "s2", 0, false));
+        // A write in flight to the extent (it holds its range; its forward to the copy will
+        // fail).
+        let write = locks.lock((1 << 20) + 8 * KIB, (1 << 20) + 12 * KIB).await;
+        let (l, tc) = (Arc::clone(&locks), Arc::clone(&t));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let check = tokio::spawn(async move {
+            let reported = AtomicBool::new(false);
+            let clean = last_check(&l, &tc, deadline, || {
+                reported.store(true, Ordering::Relaxed);
+                true
+            })
+            .await;
+            (clean, reported.load(Ordering::Relaxed))
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !check.is_finished(),
+            "the last check must wait for the write in flight"
+        );
+        // The write's forward fails: it marks the copy, then completes.
+        t.dirty.mark(8 * KIB, 4 * KIB);
+        drop(write);
+        let (clean, reported) = tokio::time::timeout(Duration::from_secs(30), check)
+            .await
+            .expect("hang guard")
+            .expect("task");
+        assert!(
+            !clean && !reported,
+            "the missed write must hold the report back"
+        );
+        assert_eq!(t.promotion_settled_at(), 0, "no report went out");
+        // Clean: the report goes out, and a write that misses the copy from now on waits
+        // for its outcome.
+        t.dirty.clear(0, 256 * KIB);
+        assert!(
+            last_check(&locks, &t, deadline, || {
+                t.reporting(7);
+                true
+            })
+            .await
+        );
+        assert_eq!(t.promotion_settled_at(), u64::MAX);
+        t.answered_at.store(8, Ordering::Release);
+        assert_eq!(t.promotion_settled_at(), 8);
+        // A map in which the copy is not rebuilding settles it too.
+        t.left_at.store(9, Ordering::Release);
+        assert_eq!(t.promotion_settled_at(), 9);
     }
 
     #[tokio::test]

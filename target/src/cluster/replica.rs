@@ -21,6 +21,7 @@ use manager::map::{ClusterMap, ExtentEntry, ReplicaState, ServerState};
 use super::NodeShared;
 use super::node::{self, Copy};
 use super::peers::INTERNAL_BLOCK;
+use super::rebuild::Tracked;
 use crate::initiator::InitiatorError;
 use crate::subsystem::lock;
 use crate::subsystem::volume::{IoFuture, IoResult, NoPath, Volume, VolumeError};
@@ -42,11 +43,21 @@ pub enum WriteOp {
 
 /// Ranges of this server's pool held by writes in flight to replicated extents: an
 /// overlapping write waits until the holder has completed on every copy, so every copy
-/// applies overlapping writes in the same order.
+/// applies overlapping writes in the same order. Overlapping requests are granted in the order
+/// they came: a wide request (the end of a rebuild locks its whole extent) is not starved by
+/// a stream of narrow ones, and a narrow one that comes after it waits for it.
 #[derive(Default)]
 pub struct RangeLocks {
-    held: Mutex<Vec<(u64, u64)>>,
+    state: Mutex<LockState>,
     released: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct LockState {
+    held: Vec<(u64, u64)>,
+    /// Requests not granted yet: (ticket, start, end), in ticket order.
+    waiting: Vec<(u64, u64, u64)>,
+    next_ticket: u64,
 }
 
 /// One held range, released when dropped.
@@ -55,18 +66,60 @@ pub struct RangeGuard<'a> {
     range: (u64, u64),
 }
 
+/// A request in the queue; leaves it when dropped (granted, or given up by a timeout).
+struct Waiting<'a> {
+    locks: &'a RangeLocks,
+    ticket: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.locks.state);
+        let before = st.waiting.len();
+        st.waiting.retain(|w| w.0 != self.ticket);
+        let gone = st.waiting.len() != before;
+        drop(st);
+        if gone {
+            // Requests behind this one may go now.
+            self.locks.released.notify_waiters();
+        }
+    }
+}
+
 impl RangeLocks {
-    /// Takes pool bytes `[start, end)`, waiting while an overlapping range is held.
+    /// Takes pool bytes `[start, end)`, waiting while an overlapping range is held or was
+    /// requested earlier.
     pub async fn lock(&self, start: u64, end: u64) -> RangeGuard<'_> {
+        let overlaps = |s: u64, e: u64| s < end && start < e;
+        let ticket = {
+            let mut st = lock(&self.state);
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            st.waiting.push((ticket, start, end));
+            ticket
+        };
+        let queued = Waiting {
+            locks: self,
+            ticket,
+        };
         loop {
             let notified = self.released.notified();
             tokio::pin!(notified);
             // Registered before the check: a release between the check and the await wakes us.
             notified.as_mut().enable();
             {
-                let mut held = lock(&self.held);
-                if !held.iter().any(|&(s, e)| s < end && start < e) {
-                    held.push((start, end));
+                let mut st = lock(&self.state);
+                let free = !st.held.iter().any(|&(s, e)| overlaps(s, e))
+                    && !st
+                        .waiting
+                        .iter()
+                        .any(|&(t, s, e)| t < ticket && overlaps(s, e));
+                if free {
+                    st.waiting.retain(|w| w.0 != ticket);
+                    st.held.push((start, end));
+                    drop(st);
+                    // Already out of the queue: its drop has nothing to do.
+                    drop(queued);
                     return RangeGuard {
                         locks: self,
                         range: (start, end),
@@ -79,17 +132,22 @@ impl RangeLocks {
 
     /// Ranges held now (tests).
     pub fn held(&self) -> usize {
-        lock(&self.held).len()
+        lock(&self.state).held.len()
+    }
+
+    /// Requests waiting now (tests).
+    pub fn waiting(&self) -> usize {
+        lock(&self.state).waiting.len()
     }
 }
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut held = lock(&self.locks.held);
-        if let Some(i) = held.iter().position(|r| *r == self.range) {
-            held.swap_remove(i);
+        let mut st = lock(&self.locks.state);
+        if let Some(i) = st.held.iter().position(|r| *r == self.range) {
+            st.held.swap_remove(i);
         }
-        drop(held);
+        drop(st);
         self.locks.released.notify_waiters();
     }
 }
@@ -105,6 +163,13 @@ impl Drop for RangeGuard<'_> {
 /// (sending it to one that has not). Past the forwarding deadline it fails with a retryable
 /// path error ([`VolumeError::NoPath`]), as does a write whose extent this server is no
 /// longer the primary of (docs/replication.md, "Failure").
+///
+/// Every copy that does not take the write has it in its dirty map before the write completes:
+/// a skipped copy as soon as the lock is held, a copy whose forward failed as soon as it
+/// failed. A write whose forward to a `rebuilding` copy failed is re-checked the same way as
+/// one whose `in_sync` copy failed, once this server has installed the outcome of any
+/// rebuild-done report of that copy that may be pending (docs/replication.md, "The end of a
+/// rebuild").
 pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResult<()> {
     if node.admission.ownership().fanout(off, len).is_none() && !node.rebuilds.tracks(off, len) {
         return own(node, off, len, &op).await;
@@ -124,6 +189,21 @@ pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResu
     // The copies, as of now that the lock is held: a map installed while this write waited
     // for it decides (a copy that turned `rebuilding` meanwhile gets this write).
     let fanout = node.admission.ownership().fanout(off, len);
+    if fanout.is_none() && !orders(node, off) {
+        // A map installed meanwhile made another copy the primary: this write is not ours
+        // to complete (the host's retry goes to the new primary).
+        tracing::warn!(off, len, "replicated write: no longer the primary");
+        return Err(VolumeError::NoPath(NoPath::MapSettling));
+    }
+    // The copies this write skips (`stale`, or on a server marked down) have it in their
+    // dirty maps before anything is sent: a rebuild that checks its map from now on sees it.
+    let sent: Vec<CopyKey> = fanout.as_ref().map_or_else(Vec::new, |f| {
+        f.copies
+            .iter()
+            .map(|c| (c.server.clone(), c.offset))
+            .collect()
+    });
+    node.rebuilds.missed(off, len, &sent, &[]);
     let mut acked = Vec::new();
     let mut failed = Vec::new();
     let result = match &fanout {
@@ -171,14 +251,36 @@ async fn fan_out(
     // takes it out of the write set before the deadline.
     let copy_deadline = deadline.min(tokio::time::Instant::now() + replica_timeout(timeout));
     let within = off - f.extent.0;
+    // The dirty maps of the `rebuilding` copies, taken now (under the lock): a failed
+    // forward to one looks at whether a rebuild-done report of it may be pending.
+    let tracked: Vec<Option<Arc<Tracked>>> = f
+        .copies
+        .iter()
+        .map(|c| {
+            (!c.counts)
+                .then(|| {
+                    node.rebuilds
+                        .find(f.extent.0, &(c.server.clone(), c.offset))
+                })
+                .flatten()
+        })
+        .collect();
+    let ext = (f.extent.0, f.extent.1 - f.extent.0);
     let forwards = f.copies.iter().map(|c| async move {
         let r = forward(node, c, c.offset + within, len, op, copy_deadline, expires).await;
+        if r.is_err() {
+            // Marked at once: before this write completes, and before a rebuild of the copy
+            // can take its last look at the dirty map.
+            node.rebuilds
+                .failed(off, len, &(ext.0, ext.1, (c.server.clone(), c.offset)));
+        }
         (c, r)
     });
     let (mine, theirs) = futures::join!(own(node, off, len, op), join_all(forwards));
     let mut newly_failed = Vec::new();
     let mut lagging = Vec::new();
-    for (c, r) in theirs {
+    let mut lagging_tracked = Vec::new();
+    for ((c, r), t) in theirs.into_iter().zip(tracked) {
         match r {
             Ok(()) => acked.push((c.server.clone(), c.offset)),
             Err(e) => {
@@ -188,6 +290,7 @@ async fn fan_out(
                     newly_failed.push((c.server.clone(), c.offset));
                 } else {
                     lagging.push(c.server.clone());
+                    lagging_tracked.extend(t);
                 }
             }
         }
@@ -205,7 +308,14 @@ async fn fan_out(
         }
     }
     mine?;
-    if newly_failed.is_empty() {
+    if !lagging.is_empty() {
+        // Not acknowledged on the strength of this map alone: the copy may have been marked
+        // `in_sync` (or made the primary) by the manager meanwhile. Once any rebuild-done
+        // report of it has its outcome installed here, the same re-check as for a failed
+        // `in_sync` copy below decides (docs/replication.md, "The end of a rebuild").
+        promotions_settled(node, &lagging_tracked, deadline).await?;
+    }
+    if newly_failed.is_empty() && lagging.is_empty() {
         return Ok(());
     }
     out_of_write_set(
@@ -216,6 +326,53 @@ async fn fan_out(
         (deadline, expires),
     )
     .await
+}
+
+/// Waits until this server has installed the outcome of every rebuild-done report of the
+/// copies `tracked` that may be pending ([`Tracked::promotion_settled_at`]); past `deadline`,
+/// a retryable path error.
+async fn promotions_settled(
+    node: &NodeShared,
+    tracked: &[Arc<Tracked>],
+    deadline: tokio::time::Instant,
+) -> IoResult<()> {
+    loop {
+        let need = tracked
+            .iter()
+            .map(|t| t.promotion_settled_at())
+            .max()
+            .unwrap_or(0);
+        let installed = node.registry.generation.current();
+        if installed >= need {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            tracing::warn!(
+                installed,
+                "replicated write: a rebuilding copy missed it and its rebuild-done report \
+                 has no known outcome before the deadline"
+            );
+            return Err(VolumeError::NoPath(NoPath::MapSettling));
+        }
+        node.registry
+            .generation
+            .wait_for(
+                need.min(installed.saturating_add(1)),
+                left.min(Duration::from_millis(100)),
+            )
+            .await;
+    }
+}
+
+/// Whether this server orders the writes of the extent its copy at pool offset `off` belongs
+/// to (its primary) in the installed map.
+fn orders(node: &NodeShared, off: u64) -> bool {
+    let map = node.map.load();
+    extent_at(&map, &node.me, off).is_some_and(|(_, _, e)| {
+        map.write_owner(e)
+            .is_some_and(|o| o.server == node.me && o.offset <= off)
+    })
 }
 
 /// One copy: (server, offset of the extent in its pool).
@@ -655,9 +812,315 @@ impl Volume for FanoutPool {
     }
 }
 
+/// A node of one server for unit tests: a RAM pool, peers at the map's internal addresses, a
+/// manager nobody answers at, and the install steps of the watch loop.
 #[cfg(test)]
+pub(super) mod testing {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    use arc_swap::ArcSwap;
+    use manager::client::Client;
+    use manager::map::ClusterMap;
+
+    use super::super::pool::{PoolVolume, TrackedPool};
+    use super::super::{Admission, NodeShared, mover, node, rebuild};
+    use super::{RangeLocks, Reports};
+    use crate::cluster::peers::Peers;
+    use crate::subsystem::Registry;
+
+    /// Server `me` of `map`, with a forwarding deadline of `forward_ms`.
+    pub fn node(map: &ClusterMap, me: &str, forward_ms: u64) -> Arc<NodeShared> {
+        #[allow(clippy::expect_used)]
+        let backend = hw::open(&hw::BackendSpec::Ram {
+            size: 1 << 20,
+            preallocate: false,
+        })
+        .expect("a RAM pool");
+        let shared = Arc::new(NodeShared {
+            me: me.to_owned(),
+            map: ArcSwap::from_pointee(map.clone()),
+            pool: PoolVolume(Arc::new(TrackedPool::new(backend))),
+            peers: Peers::new(me),
+            registry: Arc::new(Registry::new_cluster(Vec::new(), map.generation)),
+            // Nothing listens there: every report fails at once.
+            client: Client::new("127.0.0.1:1"),
+            refresh: tokio::sync::Notify::new(),
+            stale_retries: AtomicU64::new(0),
+            movers: mover::Movers::default(),
+            state: None,
+            admission: Arc::new(Admission::new(map, me, node::watch::Watch::new(None))),
+            forward_timeout_ms: AtomicU64::new(forward_ms),
+            dhchap: None,
+            replica_locks: RangeLocks::default(),
+            replica_reports: Reports::default(),
+            rebuilds: rebuild::Rebuilds::default(),
+        });
+        rebuild::reconcile(&shared, None, map);
+        shared
+    }
+
+    /// Installs `map` as the watch loop does: dirty maps, the map, the fencing view, the
+    /// generation.
+    pub fn install(node: &Arc<NodeShared>, map: &ClusterMap) {
+        rebuild::reconcile(node, Some(&node.map.load_full()), map);
+        node.map.store(Arc::new(map.clone()));
+        node.admission.installed(map, &node.me);
+        node.registry.generation.install(map.generation);
+    }
+
+    /// A peer that accepts internal connections and never answers (its writes hang until
+    /// the sender's deadline). Dropped with the runtime.
+    pub async fn silent_peer() -> std::net::SocketAddr {
+        #[allow(clippy::expect_used)]
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        #[allow(clippy::expect_used)]
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = l.accept().await {
+                held.push(c);
+            }
+        });
+        addr
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::cluster::node::fixtures::{self, rep, server};
+    use crate::cluster::rebuild::DIRTY_CHUNK;
+    use manager::map::ExtentEntry;
+
+    /// `vol1` of one 4 KiB extent at offset 0 of each server, with copies `copies` in order.
+    fn one_extent(
+        generation: u64,
+        servers: &[manager::map::ServerEntry],
+        copies: &[(&str, ReplicaState)],
+    ) -> ClusterMap {
+        let replicas = copies
+            .iter()
+            .map(|(s, st)| {
+                let mut r = rep(s, 0);
+                r.state = *st;
+                r
+            })
+            .collect();
+        let mut m = fixtures::map(
+            generation,
+            servers.to_vec(),
+            vec![ExtentEntry {
+                replicas,
+                moving: None,
+            }],
+        );
+        m.volumes[0].replicas = u32::try_from(copies.len()).unwrap();
+        m
+    }
+
+    fn servers(ids: &[&str]) -> Vec<manager::map::ServerEntry> {
+        ids.iter().map(|id| server(id, ServerState::Up)).collect()
+    }
+
+    fn data() -> WriteOp {
+        WriteOp::Data {
+            data: Bytes::from(vec![7u8; 512]),
+            fua: false,
+        }
+    }
+
+    /// Yields until `cond` holds (a hang guard of 30 s, never a timing assertion).
+    async fn until(mut cond: impl FnMut() -> bool) {
+        let guard = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < guard, "hang guard");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    use ReplicaState::{InSync, Rebuilding, Stale};
+
+    #[tokio::test]
+    async fn a_write_marks_the_copies_it_skips_before_it_sends_anything() {
+        // s2 in sync never answers (the write stays in flight); s3 went stale while s1 was
+        // the primary (a clean dirty map).
+        let mut sv = servers(&["s1", "s2", "s3"]);
+        sv[1].internal = testing::silent_peer().await;
+        let g1 = one_extent(1, &sv, &[("s1", InSync), ("s2", InSync), ("s3", InSync)]);
+        let node = testing::node(&g1, "s1", 4000);
+        testing::install(
+            &node,
+            &one_extent(2, &sv, &[("s1", InSync), ("s2", InSync), ("s3", Stale)]),
+        );
+        let t = node
+            .rebuilds
+            .find(0, &("s3".to_owned(), 0))
+            .expect("tracked");
+        assert!(t.dirty.is_clean());
+        let n = Arc::clone(&node);
+        let w = tokio::spawn(async move { write(&n, 0, 512, data()).await });
+        until(|| node.replica_locks.held() == 1).await;
+        // In flight (s2 has not answered), and s3's map has it already: a rebuild of s3 that
+        // checks its map now copies these blocks.
+        assert!(!w.is_finished());
+        assert!(
+            !t.dirty.is_clean(),
+            "the skipped copy's bits must be set before the write completes"
+        );
+        w.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_copy_is_marked_as_soon_as_its_write_fails() {
+        // s2 in sync cannot be reached: its write fails at the copy deadline (2 s), and the
+        // write then waits for a map without it (no manager answers: until 4 s).
+        let sv = servers(&["s1", "s2"]);
+        let g1 = one_extent(1, &sv, &[("s1", InSync), ("s2", InSync)]);
+        let node = testing::node(&g1, "s1", 4000);
+        let n = Arc::clone(&node);
+        let w = tokio::spawn(async move { write(&n, 0, 512, data()).await });
+        let key = ("s2".to_owned(), 0);
+        until(|| {
+            assert!(
+                !w.is_finished(),
+                "the write completed before the failed copy's bits were marked"
+            );
+            node.rebuilds
+                .find(0, &key)
+                .is_some_and(|t| t.dirty.dirty_bytes() == DIRTY_CHUNK.min(4096))
+        })
+        .await;
+        // Still waiting for the map that takes s2 out: nothing completed yet.
+        assert!(!w.is_finished());
+        w.abort();
+    }
+
+    #[tokio::test]
+    async fn a_write_that_missed_a_rebuilding_copy_is_not_acked_on_the_map_it_started_on() {
+        // replicas [s2, s1]: s2 was stale and is rebuilding, s1 is the primary. The rebuild
+        // has sent its rebuild-done report; the manager makes s2 in sync, so the primary
+        // again. A write whose forward to s2 failed meanwhile must not be acknowledged by s1.
+        let sv = servers(&["s1", "s2"]);
+        let g1 = one_extent(1, &sv, &[("s2", Stale), ("s1", InSync)]);
+        let node = testing::node(&g1, "s1", 600);
+        let g2 = one_extent(2, &sv, &[("s2", Rebuilding), ("s1", InSync)]);
+        testing::install(&node, &g2);
+        let t = node
+            .rebuilds
+            .find(0, &("s2".to_owned(), 0))
+            .expect("tracked");
+        t.reporting(2);
+        let n = Arc::clone(&node);
+        let w = tokio::spawn(async move { write(&n, 0, 512, data()).await });
+        until(|| node.replica_locks.held() == 1).await;
+        testing::install(
+            &node,
+            &one_extent(3, &sv, &[("s2", InSync), ("s1", InSync)]),
+        );
+        let r = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("hang guard")
+            .expect("task");
+        assert!(
+            matches!(r, Err(VolumeError::NoPath(_))),
+            "acknowledged without the new primary: {r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missed_rebuilding_copy_with_a_report_of_unknown_outcome_fails_the_write() {
+        let sv = servers(&["s1", "s2"]);
+        let g1 = one_extent(1, &sv, &[("s1", InSync), ("s2", Stale)]);
+        let node = testing::node(&g1, "s1", 600);
+        testing::install(
+            &node,
+            &one_extent(2, &sv, &[("s1", InSync), ("s2", Rebuilding)]),
+        );
+        // A rebuilding copy that fails, no report out: the write completes (the rebuild
+        // copies the blocks; a rebuilding copy's failure does not fail host writes).
+        let r = write(&node, 0, 512, data()).await;
+        assert!(r.is_ok(), "{r:?}");
+        // A report out and no answer: the manager may have made s2 in sync already.
+        let t = node
+            .rebuilds
+            .find(0, &("s2".to_owned(), 0))
+            .expect("tracked");
+        t.reporting(2);
+        let r = write(&node, 0, 512, data()).await;
+        assert!(matches!(r, Err(VolumeError::NoPath(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_waited_for_the_lock_is_not_completed_by_a_former_primary() {
+        let sv = servers(&["s1", "s2"]);
+        let g1 = one_extent(1, &sv, &[("s1", InSync), ("s2", InSync)]);
+        let node = testing::node(&g1, "s1", 5000);
+        let held = node.replica_locks.lock(0, 4096).await;
+        let n = Arc::clone(&node);
+        let w = tokio::spawn(async move { write(&n, 0, 512, data()).await });
+        until(|| node.replica_locks.waiting() == 1).await;
+        // s2 becomes the primary while the write waits for the lock.
+        testing::install(
+            &node,
+            &one_extent(2, &sv, &[("s2", InSync), ("s1", InSync)]),
+        );
+        drop(held);
+        let r = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("hang guard")
+            .expect("task");
+        assert!(matches!(r, Err(VolumeError::NoPath(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wide_request_is_not_starved_and_later_overlapping_ones_queue_behind_it() {
+        let locks = Arc::new(RangeLocks::default());
+        let write_a = locks.lock(0, 4096).await;
+        let l = Arc::clone(&locks);
+        let whole = tokio::spawn(async move {
+            let g = l.lock(0, 1 << 20).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            drop(g);
+        });
+        until(|| locks.waiting() == 1).await;
+        // A later write elsewhere in the extent: free of held ranges, but after the wide
+        // request, so it waits for it.
+        let l = Arc::clone(&locks);
+        let write_b = tokio::spawn(async move {
+            let _g = l.lock(8192, 12288).await;
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !write_b.is_finished(),
+            "a later overlapping request went first"
+        );
+        assert_eq!(locks.waiting(), 2);
+        drop(write_a);
+        tokio::time::timeout(Duration::from_secs(30), whole)
+            .await
+            .expect("hang guard")
+            .expect("task");
+        tokio::time::timeout(Duration::from_secs(30), write_b)
+            .await
+            .expect("hang guard")
+            .expect("task");
+        // A request given up (a timeout) leaves the queue.
+        let g = locks.lock(0, 10).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), locks.lock(0, 10))
+                .await
+                .is_err()
+        );
+        assert_eq!(locks.waiting(), 0);
+        drop(g);
+        assert_eq!(locks.held(), 0);
+    }
 
     #[tokio::test]
     async fn an_overlapping_range_waits_for_the_holder_and_a_disjoint_one_does_not() {
