@@ -19,12 +19,16 @@ use manager::map::{ClusterMap, Replica, ServerState};
 use super::{lost_extents, policy};
 
 /// How long the final copies of one install may go on, from its start (milliseconds): past
-/// it, no final pass starts or is retried, and an extent still dirty postpones the install
-/// (the gate reopens; tried again later, as for a failed final copy). The pass in flight at
-/// that time runs to its end: a copy command given up while in flight could still land on the
-/// new owner after a later pass's newer data. A serving old owner's gate, which holds the
-/// host's commands to the extents it loses, thus stays closed this long plus the drain of the
-/// commands inside, the stop of a copier and one pass (each bounded by its tries).
+/// it, no final pass starts or is retried, and a final pass in progress starts no new try of a
+/// range (the shell's side: `cluster::mover::final_pass`, which knows [`Install::deadline`]);
+/// an extent still dirty postpones the install (the gate reopens; tried again later, as for a
+/// failed final copy). The one try in flight at that time runs to its end, bounded by its own
+/// deadline (a copy command given up while in flight could still land on the new owner after
+/// a later pass's newer data). Each lost extent's copier is still stopped and its dirty map
+/// checked (a clean extent needs no copy), each stop waiting at most for its copier's try in
+/// flight. So a serving old owner's gate, which holds the host's commands to the extents it
+/// loses, stays closed past the drain of the commands inside at most this budget plus one copy
+/// try per lost extent (docs/cluster-protocol.md, "Bounds").
 pub const FINAL_BUDGET_MS: u64 = 3_000;
 
 /// An extent of a volume: (volume name, extent index).
@@ -180,7 +184,8 @@ impl Install {
     }
 
     /// When the final copies must stop (the shell's clock, milliseconds; see
-    /// [`FINAL_BUDGET_MS`]). `None` until the shell passes time ([`Install::on_event_at`]).
+    /// [`FINAL_BUDGET_MS`]): a final pass starts no try of a range from then on. `None` until
+    /// the shell passes time ([`Install::on_event_at`]).
     pub fn deadline(&self) -> Option<u64> {
         self.deadline
     }
