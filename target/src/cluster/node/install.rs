@@ -160,13 +160,16 @@ pub struct Install {
 impl Install {
     /// An install of `new` over the installed `old` on server `me`; `None` if `new` is not
     /// newer (nothing to do, no ack). `gate`: the server has an install gate and serves (a
-    /// server catching up after a restart closes none).
+    /// server catching up after a restart closes none, nor one whose `old` map marks it down).
     pub fn start(old: Arc<ClusterMap>, new: Arc<ClusterMap>, me: &str, gate: bool) -> Option<Self> {
         if new.generation <= old.generation {
             return None;
         }
         let lost = lost_extents(&old, &new, me);
-        let gate = gate && !lost.is_empty();
+        // A server whose installed map marks it down serves nothing (rule 7): no command runs
+        // that the gate could hold, so its install closes none, as one catching up.
+        let serving = old.server(me).is_some_and(|s| s.state != ServerState::Down);
+        let gate = gate && serving && !lost.is_empty();
         let me_down = new.server(me).is_none_or(|s| s.state == ServerState::Down);
         Some(Self {
             old,
@@ -534,6 +537,21 @@ mod tests {
                 Action::Done
             ]
         );
+    }
+
+    /// A server whose installed map marks it down serves nothing: its install of a map that
+    /// takes its extent away closes no gate (it still final-copies, as one catching up).
+    #[test]
+    fn a_server_marked_down_closes_no_gate() {
+        let mut old = (*map(5, "s1", true)).clone();
+        old.servers[0].state = ServerState::Down;
+        let mut ins =
+            Install::start(Arc::new(old), map(6, "s2", false), "s1", true).expect("newer");
+        assert!(!ins.closes_gate());
+        assert!(matches!(
+            ins.on_event(Event::Start).as_slice(),
+            [Action::StopCopier { .. }]
+        ));
     }
 
     /// A lost extent whose new owner the new map marks down: no final copy (the switch went
