@@ -72,13 +72,17 @@ const SEED_RESTART_IN_1A: u64 = 311;
 const SEEDS_STALE_READ: [u64; 3] = [311, 569, 672];
 const SEED_LATE_OLD_OWNER: u64 = 1131;
 /// A seed whose late old owner's final copy adopts the new owner's generation under the
-/// current model (seeds do not carry over when the model changes: 1131 no longer does).
-const SEED_STAMP_ADOPTED: u64 = 70;
+/// current model (seeds do not carry over when the model changes: 1131 no longer does, nor
+/// 70 since a final pass starts no try past its install's budget).
+const SEED_STAMP_ADOPTED: u64 = 50;
 const SEED_FORGOTTEN_ACKS: u64 = 4;
 const SEED_POSTPONED: u64 = 36;
 /// Healing with hangs: a switch of an extent added behind a stuck switch, to a hung server
 /// marked down, was not given back.
 const SEED_ADDED_EXTENT: u64 = 173;
+/// Healing with hangs: an install's final pass to a hung new owner kept its gate closed over
+/// a minute (the known wedge, docs/cluster-protocol.md).
+const SEED_UNBOUNDED_GATE: u64 = 442;
 /// The label the model puts on a failure of an extent that restart-in-1a hit.
 const RESTART_IN_1A: &str = "after known bug restart-in-1a";
 
@@ -403,7 +407,7 @@ fn no_stale_read_after_a_restart_in_phase_1a() {
 /// blocks were lost. Now the final copy adopts the generation of the 80h answer and retries at
 /// once; a final copy that still fails postpones the install (no ack).
 /// (Seed 1131 passes, healed too; under the current model it no longer reaches the late old
-/// owner's final copy, so seed 70 under lost messages, which does, is checked as well.)
+/// owner's final copy, so seed 50 under lost messages, which does, is checked as well.)
 #[test]
 fn late_old_owner_final_copy_now_succeeds_seed_1131() {
     now_passes(SEED_LATE_OLD_OWNER, config(LONG_DELAYS));
@@ -422,7 +426,7 @@ fn late_old_owner_final_copy_now_succeeds_seed_1131() {
 /// copy forever (its `refresh` fetch brings the same phase-1a map), so phase 1a never
 /// completes. The regression test above is not vacuous.
 #[test]
-fn late_old_owner_wedges_without_the_stamp_adoption_seed_70() {
+fn late_old_owner_wedges_without_the_stamp_adoption_seed_50() {
     let keep = |cfg| Config {
         mutation: Mutation::FinalCopyKeepsOwnStamp,
         ..cfg
@@ -536,6 +540,41 @@ fn an_added_extents_switch_to_a_hung_server_is_given_back() {
         s.marked_down > 0 && s.manager_crashes > 0 && s.forged > 0,
         "seed {SEED_ADDED_EXTENT} no longer marks down a hung server after manager restarts \
          and forged move-readies: {s:?}"
+    );
+}
+
+/// Healing with hangs, seed 442 (docs/cluster-protocol.md, "Known wedge"): a serving old
+/// owner's phase-1a install final-copied to a new owner that hung, and the pass in flight when
+/// the install's budget ended ran all its ranges' tries (20 each, each waiting out its
+/// timeout), so its gate stayed closed over a minute. Now a final pass starts no try past the
+/// budget and the install is postponed with the gate open; every gate the simulation opens
+/// (or finds closed at the end) is checked against the bound ("Bounds"). The seed still does
+/// not heal, but no longer on the gate: its trace now ends in the cycle of seed 858 (a
+/// forged switch to a server catching up, which final-copies to the hung server, and the map
+/// marking that server down queued behind the switch), which the bound does not break. When
+/// that is fixed, this becomes a `now_passes`.
+#[test]
+fn the_install_gate_is_closed_within_its_bound_seed_442() {
+    let cfg = liveness(ALL_WITH_HANGS);
+    match World::new(SEED_UNBOUNDED_GATE, cfg).run() {
+        Ok(s) => panic!(
+            "seed {SEED_UNBOUNDED_GATE} heals now ({s:?}): make this a now_passes and update \
+             the Known wedge section"
+        ),
+        Err(f) => assert!(
+            f.what.contains("liveness") && f.what.contains("g46"),
+            "seed {SEED_UNBOUNDED_GATE} fails differently now:\n{f}"
+        ),
+    }
+    // Not vacuous: with the final pass unbounded (the shell before the fix), a gate stays
+    // closed beyond the bound again.
+    still_fails(
+        SEED_UNBOUNDED_GATE,
+        Config {
+            mutation: Mutation::UnboundedFinalPass,
+            ..cfg
+        },
+        "bound: ",
     );
 }
 

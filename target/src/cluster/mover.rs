@@ -44,7 +44,47 @@ struct Active {
 pub struct Movers {
     active: std::sync::Mutex<HashMap<(String, usize), Active>>,
     /// One install at a time (installs and movers' start/stop agree on the map).
-    pub install_lock: tokio::sync::Mutex<()>,
+    pub install_lock: InstallLock,
+}
+
+/// The lock that lets one install run at a time, and the start of the install holding it:
+/// its final copies must end [`rules::install::FINAL_BUDGET_MS`] after that start (the
+/// machine's [`rules::install::Install::deadline`], which the install takes right after the
+/// lock), so [`final_pass`] starts no try of a range past it.
+#[derive(Default)]
+pub struct InstallLock {
+    one: tokio::sync::Mutex<()>,
+    began: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// An install holding [`InstallLock`]; the lock and its start are released when dropped.
+pub struct InstallGuard<'a> {
+    lock: &'a InstallLock,
+    _one: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl InstallLock {
+    /// Waits for the install before this one to end; the budget of this one starts now.
+    pub async fn lock(&self) -> InstallGuard<'_> {
+        let one = self.one.lock().await;
+        *lock(&self.began) = Some(tokio::time::Instant::now());
+        InstallGuard {
+            lock: self,
+            _one: one,
+        }
+    }
+
+    /// When the final copies of the install holding the lock must stop (none without one).
+    fn final_deadline(&self) -> Option<tokio::time::Instant> {
+        let budget = Duration::from_millis(rules::install::FINAL_BUDGET_MS);
+        lock(&self.began).map(|t| t + budget)
+    }
+}
+
+impl Drop for InstallGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.lock.began) = None;
+    }
 }
 
 /// Starts copiers for extents this server owns that `map` says are moving; forgets the ones
@@ -116,13 +156,14 @@ async fn copier(
             Action::CopyPass => {
                 let bits = region.take();
                 let chunks = bits.count_ones();
-                match copy(&node, &region, &bits, &dest, Some(&stop), false).await {
+                match copy(&node, &region, &bits, &dest, Some(&stop), None).await {
                     Ok(()) => Event::PassDone { chunks },
                     Err(_) => Event::PassFailed,
                 }
             }
             Action::RetryAfter(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                // Cut short once stopped: the install that stops us holds its gate closed.
+                sleep_unless_stopped(Duration::from_millis(ms), Some(&stop), None).await;
                 Event::Timer
             }
             Action::MoveReady => {
@@ -135,12 +176,16 @@ async fn copier(
                         generation: node.registry.generation.current(),
                     }
                 });
-                match node.client.move_ready(req).await {
-                    Ok(()) => Event::ReadyDone { ok: true },
-                    Err(e) => {
+                // Given up once stopped (the request may still reach the manager: the switch
+                // waits for our install's ack anyway), instead of waiting out its timeout while
+                // the install that stops us holds its gate closed.
+                match unless_stopped(node.client.move_ready(req), &stop).await {
+                    Some(Ok(())) => Event::ReadyDone { ok: true },
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "move-ready not accepted yet");
                         Event::ReadyDone { ok: false }
                     }
+                    None => Event::ReadyDone { ok: false },
                 }
             }
             Action::Done => return,
@@ -168,14 +213,15 @@ impl std::fmt::Display for CopyError {
 }
 
 /// Copies the chunks set in `bits` of `region` to `dest`. With `stop`, it stops at a chunk
-/// boundary when asked and marks what it had not copied dirty again.
+/// boundary when asked and marks what it had not copied dirty again. `until`: a final copy
+/// (inside an install), which starts no try of a range from then on.
 async fn copy(
     node: &Arc<NodeShared>,
     region: &DirtyRegion,
     bits: &BitVec<u64, Lsb0>,
     dest: &Replica,
     stop: Option<&AtomicBool>,
-    final_pass: bool,
+    until: Option<Final>,
 ) -> Result<(), CopyError> {
     let chunks_per_io = usize::try_from(COPY_IO_MAX / TRACK_CHUNK).unwrap_or(1);
     let mut from = 0usize;
@@ -193,7 +239,7 @@ async fn copy(
             dest.offset + (off - region.start),
             &dest.server,
             stop,
-            final_pass,
+            until,
         )
         .await
         {
@@ -217,8 +263,19 @@ fn remark(region: &DirtyRegion, bits: &BitVec<u64, Lsb0>, from: usize) {
 /// How long one try of a copy waits for the destination's answer: longer than a frozen
 /// peer's freeze threshold plus a heartbeat (`node::FREEZE_MS`, `node::HEARTBEAT_MS`), so a
 /// peer that let it pass unanswered because it was stopped fences itself on resume.
-const COPY_TRY_TIMEOUT: Duration =
-    Duration::from_millis(rules::FREEZE_MS + rules::HEARTBEAT_MS + 500);
+pub const COPY_TRY_TIMEOUT_MS: u64 = rules::FREEZE_MS + rules::HEARTBEAT_MS + 500;
+const COPY_TRY_TIMEOUT: Duration = Duration::from_millis(COPY_TRY_TIMEOUT_MS);
+
+/// The longest a phase-1a install losing `lost` extents keeps its gate closed once the
+/// commands that were inside have left (docs/cluster-protocol.md, "Bounds"): the final-copy
+/// budget ([`rules::install::FINAL_BUDGET_MS`]), past which no final pass starts and no try of
+/// a range either, plus, per lost extent, one copy try in flight: the final pass's try begun
+/// before the budget ended, or the stop of an extent's copier, which waits only for its try
+/// in flight (a stopped copier cuts its pause short and gives up its move-ready request).
+/// Local work (reading the pool, persisting the map) is not counted. One switch: 7 s.
+pub const fn gate_closed_max_ms(lost: u64) -> u64 {
+    rules::install::FINAL_BUDGET_MS + lost * COPY_TRY_TIMEOUT_MS
+}
 
 /// The expiry of one copy try (docs/cluster-protocol.md, "Bounds").
 fn copy_expiry() -> u64 {
@@ -226,10 +283,15 @@ fn copy_expiry() -> u64 {
     rules::expires_at(super::wall_clock_ms(), timeout_ms)
 }
 
-/// Copies one range to the new owner. `final_pass`: the copy runs inside an install (the
-/// watch loop is busy with it), so instead of waiting for our own map to catch up, the write is
-/// stamped with the generation the new owner reports — the protocol's rule for the final copy
-/// ("stamped with the generation the target server still has").
+/// A final copy (inside an install): no try of a range starts at or after this instant, the
+/// end of the install's final-copy budget ([`InstallLock`]).
+type Final = tokio::time::Instant;
+
+/// Copies one range to the new owner. `until` (a final copy): the copy runs inside an install
+/// (the watch loop is busy with it), so instead of waiting for our own map to catch up, the
+/// write is stamped with the generation the new owner reports — the protocol's rule for the
+/// final copy ("stamped with the generation the target server still has"); and no try starts
+/// at or after `until`, nor does a pause between tries last past it.
 async fn copy_range(
     node: &Arc<NodeShared>,
     pool_off: u64,
@@ -237,81 +299,95 @@ async fn copy_range(
     dest_off: u64,
     dest_server: &str,
     stop: Option<&AtomicBool>,
-    final_pass: bool,
+    until: Option<Final>,
 ) -> Result<(), CopyError> {
     let data = read_pool(&node.pool, pool_off, usize::try_from(len).unwrap_or(0))
         .await
         .map_err(|e| CopyError::Failed(e.to_string()))?;
     use rules::retry::{Answer, Next, Retry};
-    let mut retry = Retry::copy(final_pass, node.registry.generation.current());
+    let mut retry = Retry::copy(until.is_some(), node.registry.generation.current());
     while let Some(g) = retry.next_try(node.registry.generation.current()) {
         // A copier asked to stop does not wait out its retries (the install that stops it
         // holds its gate closed meanwhile); the try in flight, if any, has ended.
         if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
             return Err(CopyError::Failed("stopped".to_string()));
         }
+        // Nor does a final copy past the install's budget (the gate is closed).
+        if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            return Err(CopyError::Failed(
+                "the final-copy budget is spent".to_string(),
+            ));
+        }
         let map = node.map.load_full();
         let addr = map
             .server(dest_server)
             .map(|s| s.internal)
             .ok_or_else(|| CopyError::Failed(format!("server {dest_server} left the map")))?;
-        let answer = match node.peers.queue(dest_server, addr).await {
-            Err(e) => {
+        // One try, the connection to the peer included, waits at most COPY_TRY_TIMEOUT: a
+        // hung peer may accept a TCP connection and never answer.
+        let expires = copy_expiry();
+        let attempt = async {
+            match node.peers.queue(dest_server, addr).await {
+                Err(e) => Try::Unreachable(e),
+                // The peer does not start the copy past `expires` (shortly before we give the
+                // try up): a copy given up cannot land later over a newer copy of the same
+                // blocks.
+                Ok(q) => Try::Answered(
+                    q.with_generation(g)
+                        .expiring(expires)
+                        .write(
+                            COPY_NSID,
+                            dest_off / u64::from(INTERNAL_BLOCK),
+                            INTERNAL_BLOCK,
+                            data.clone(),
+                            false,
+                        )
+                        .await,
+                ),
+            }
+        };
+        let answer = match tokio::time::timeout(COPY_TRY_TIMEOUT, attempt).await {
+            Ok(Try::Unreachable(e)) => {
                 tracing::debug!(error = %e, "copy: peer unreachable");
                 node.peers.drop_peer(dest_server);
                 Answer::Lost
             }
-            Ok(q) => match tokio::time::timeout(
-                COPY_TRY_TIMEOUT,
-                // The peer does not start the copy past this (shortly before we give the try
-                // up): a copy given up cannot land later over a newer copy of the same blocks.
-                q.with_generation(g).expiring(copy_expiry()).write(
-                    COPY_NSID,
-                    dest_off / u64::from(INTERNAL_BLOCK),
-                    INTERNAL_BLOCK,
-                    data.clone(),
-                    false,
-                ),
-            )
-            .await
-            {
-                Err(_) => {
-                    // A hung peer (SIGSTOP, a stalled VM) never answers: give the try up and
-                    // drop the connection. The command may still be in the peer's socket; a
-                    // peer stopped this long fences itself when it resumes (its heartbeat sees
-                    // the jump, `node::FREEZE_MS`) and refuses it, and a slow one finds it
-                    // expired.
-                    tracing::debug!(to = dest_server, "copy: no answer in time");
+            Err(_) => {
+                // A hung peer (SIGSTOP, a stalled VM) never answers: give the try up and
+                // drop the connection. The command may still be in the peer's socket; a
+                // peer stopped this long fences itself when it resumes (its heartbeat sees
+                // the jump, `node::FREEZE_MS`) and refuses it, and a slow one finds it
+                // expired.
+                tracing::debug!(to = dest_server, "copy: no answer in time");
+                node.peers.drop_peer(dest_server);
+                Answer::Lost
+            }
+            Ok(Try::Answered(r)) => match r {
+                Ok(()) => return Ok(()),
+                // "Server behind" without a generation: the peer serves nothing (marked
+                // down, fenced, catching up). Retrying cannot help before its map
+                // changes: the pass fails (the copier or the install tries again later).
+                Err(InitiatorError::Generation {
+                    server_generation: 0,
+                    ..
+                }) => {
+                    return Err(CopyError::Failed(format!("{dest_server} serves nothing")));
+                }
+                Err(InitiatorError::Generation {
+                    server_generation, ..
+                }) => Answer::Mismatch {
+                    theirs: server_generation,
+                },
+                Err(e) if e.is_connection_fatal() => {
                     node.peers.drop_peer(dest_server);
                     Answer::Lost
                 }
-                Ok(r) => match r {
-                    Ok(()) => return Ok(()),
-                    // "Server behind" without a generation: the peer serves nothing (marked
-                    // down, fenced, catching up). Retrying cannot help before its map
-                    // changes: the pass fails (the copier or the install tries again later).
-                    Err(InitiatorError::Generation {
-                        server_generation: 0,
-                        ..
-                    }) => {
-                        return Err(CopyError::Failed(format!("{dest_server} serves nothing")));
-                    }
-                    Err(InitiatorError::Generation {
-                        server_generation, ..
-                    }) => Answer::Mismatch {
-                        theirs: server_generation,
-                    },
-                    Err(e) if e.is_connection_fatal() => {
-                        node.peers.drop_peer(dest_server);
-                        Answer::Lost
-                    }
-                    Err(InitiatorError::Status(s))
-                        if s.same_code(codec::nvme::Status::ACCESS_DENIED) =>
-                    {
-                        return Err(CopyError::NotSource);
-                    }
-                    Err(e) => return Err(CopyError::Failed(e.to_string())),
-                },
+                Err(InitiatorError::Status(s))
+                    if s.same_code(codec::nvme::Status::ACCESS_DENIED) =>
+                {
+                    return Err(CopyError::NotSource);
+                }
+                Err(e) => return Err(CopyError::Failed(e.to_string())),
             },
         };
         match retry.on_answer(g, answer) {
@@ -320,16 +396,14 @@ async fn copy_range(
             Next::Now => {}
             Next::WaitFor { generation, ms } => {
                 node.refresh.notify_one();
-                node.registry
-                    .generation
-                    .wait_for(generation, Duration::from_millis(ms))
-                    .await;
+                let d = until_at_most(Duration::from_millis(ms), until);
+                node.registry.generation.wait_for(generation, d).await;
             }
             Next::Sleep { ms, refresh } => {
                 if refresh {
                     node.refresh.notify_one();
                 }
-                sleep_unless_stopped(Duration::from_millis(ms), stop).await;
+                sleep_unless_stopped(Duration::from_millis(ms), stop, until).await;
             }
         }
     }
@@ -338,9 +412,38 @@ async fn copy_range(
     )))
 }
 
-/// Sleeps `d`, in slices of [`STOP_POLL`], ending early once `stop` is set: a stopped copier
-/// does not wait out its backoff.
-async fn sleep_unless_stopped(d: Duration, stop: Option<&AtomicBool>) {
+/// How one try of a copy ended (within its time limit).
+enum Try {
+    /// No connection to the peer.
+    Unreachable(InitiatorError),
+    /// The peer's answer to the write.
+    Answered(Result<(), InitiatorError>),
+}
+
+/// `d`, or less so as to end at `until`.
+fn until_at_most(d: Duration, until: Option<Final>) -> Duration {
+    until.map_or(d, |u| {
+        d.min(u.saturating_duration_since(tokio::time::Instant::now()))
+    })
+}
+
+/// Runs `f` unless `stop` is set first (looked at every [`STOP_POLL`]): `None` if stopped.
+async fn unless_stopped<F: std::future::Future>(f: F, stop: &AtomicBool) -> Option<F::Output> {
+    let watch = async {
+        while !stop.load(Ordering::Acquire) {
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    };
+    tokio::select! {
+        out = f => Some(out),
+        () = watch => None,
+    }
+}
+
+/// Sleeps `d`, in slices of [`STOP_POLL`], ending early once `stop` is set (a stopped copier
+/// does not wait out its backoff) or at `until` (a final copy past its budget starts no try).
+async fn sleep_unless_stopped(d: Duration, stop: Option<&AtomicBool>, until: Option<Final>) {
+    let d = until_at_most(d, until);
     let Some(stop) = stop else {
         return tokio::time::sleep(d).await;
     };
@@ -384,7 +487,9 @@ pub async fn stop_copier(
     }
 }
 
-/// `FinalPass`: the gate is closed, nothing writes the region; copy what is dirty to `dest`.
+/// `FinalPass`: the gate is closed, nothing writes the region; copy what is dirty to `dest`,
+/// starting no try of a range once the install's final-copy budget is spent (the install
+/// holds [`Movers::install_lock`], which knows when it began).
 pub async fn final_pass(
     node: &Arc<NodeShared>,
     region: &DirtyRegion,
@@ -395,7 +500,16 @@ pub async fn final_pass(
     if bits.not_any() {
         return PassOutcome::Clean;
     }
-    match copy(node, region, &bits, dest, None, true).await {
+    // Bounded by the install's budget (the install holds the lock; were none to, this pass
+    // gets a budget of its own).
+    let until = node
+        .movers
+        .install_lock
+        .final_deadline()
+        .unwrap_or_else(|| {
+            tokio::time::Instant::now() + Duration::from_millis(rules::install::FINAL_BUDGET_MS)
+        });
+    match copy(node, region, &bits, dest, None, Some(until)).await {
         Ok(()) => PassOutcome::Copied,
         Err(CopyError::NotSource) => {
             // The new owner's map no longer names us as the source: the switch happened
@@ -454,5 +568,43 @@ pub fn forget(node: &NodeShared, key: &(String, usize)) {
         a.stop.store(true, Ordering::Release);
         a.task.abort();
         node.pool.0.untrack(&a.region);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_install_lock_knows_when_the_final_copies_must_stop() {
+        let l = InstallLock::default();
+        assert_eq!(l.final_deadline(), None, "no install holds it");
+        let before = tokio::time::Instant::now();
+        let held = l.lock().await;
+        let budget = Duration::from_millis(rules::install::FINAL_BUDGET_MS);
+        let d = l.final_deadline().expect("an install holds it");
+        assert!(d >= before + budget && d <= tokio::time::Instant::now() + budget);
+        drop(held);
+        assert_eq!(l.final_deadline(), None, "released");
+    }
+
+    /// A final copy's pause ends at its deadline; a stopped copier's pause and move-ready end
+    /// at once (the install that stops it holds its gate closed).
+    /// (The upper limits are generous hang guards, not timing assertions.)
+    #[tokio::test]
+    async fn pauses_and_requests_end_at_the_deadline_or_the_stop() {
+        let t0 = tokio::time::Instant::now();
+        let until = t0 + Duration::from_millis(50);
+        sleep_unless_stopped(Duration::from_secs(600), None, Some(until)).await;
+        assert!(tokio::time::Instant::now() >= until);
+        assert!(t0.elapsed() < Duration::from_secs(300));
+        let stop = AtomicBool::new(true);
+        let t1 = tokio::time::Instant::now();
+        sleep_unless_stopped(Duration::from_secs(600), Some(&stop), None).await;
+        assert!(t1.elapsed() < Duration::from_secs(300));
+        let never = std::future::pending::<()>();
+        assert_eq!(unless_stopped(never, &stop).await, None);
+        let go = AtomicBool::new(false);
+        assert_eq!(unless_stopped(async { 7 }, &go).await, Some(7));
     }
 }

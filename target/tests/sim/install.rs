@@ -13,7 +13,7 @@ use tessera::cluster::node::watch::Event as WatchEvent;
 
 use super::mover::{CONVERGED_CHUNKS, Mover, MvSt, PASSES_MAX, Pass, chunks};
 use super::server::{Copied, CopyOwner, FinalCopy, InWait, Install, RpcFor};
-use super::world::{BLOCK, Req, Timer, World};
+use super::world::{BLOCK, Mutation, Req, Timer, World};
 use tessera::cluster::node::copier::Copier;
 
 impl World {
@@ -61,6 +61,9 @@ impl World {
             Action::CloseGate => {
                 let s = &mut self.srv[i];
                 s.gate_closed = true;
+                s.gate_closed_at = self.now;
+                s.gate_drained_at = None;
+                s.gate_lost = s.install.as_ref().map_or(0, |x| x.m.lost().len() as u64);
                 let what = format!(
                     "{} installing g{}: gate closed, fencing {:?} ({} commands inside)",
                     s.id,
@@ -187,7 +190,9 @@ impl World {
                 self.set_wait(i, InWait::Stopping(key.clone()));
                 // Nor does it wait out its backoff (mover.rs `sleep_unless_stopped`): a copy
                 // task between tries ends now; one with a command in flight ends at its answer
-                // or timeout.
+                // or timeout. (The daemon's copier also cuts a pause short and gives up its
+                // move-ready request once stopped; here they run out, at most
+                // `READY_RETRY_MS` and `RPC_TIMEOUT_MS`, shorter than a try in flight.)
                 let idle = match self.srv[i].movers.get(&key).map(|m| &m.st) {
                     Some(MvSt::Pass(Pass { task: Some(t), .. })) => Some(*t),
                     _ => None,
@@ -242,6 +247,7 @@ impl World {
         let s = &self.srv[i];
         let draining = matches!(s.install.as_ref().map(|x| &x.wait), Some(InWait::Drain));
         if draining && s.inside == 0 {
+            self.srv[i].gate_drained_at = Some(self.now);
             self.install_feed(i, Event::Drained);
         }
     }
@@ -257,14 +263,41 @@ impl World {
         }
     }
 
-    /// Copies the next dirty range of the final pass (no stop flag: all of it).
+    /// Whether the install's final-copy budget is spent (`Install::deadline`): no try of a
+    /// range starts (mover.rs `final_pass`).
+    pub fn install_out_of_time(&self, i: usize) -> bool {
+        if self.cfg.mutation == Mutation::UnboundedFinalPass {
+            return false;
+        }
+        self.srv[i]
+            .install
+            .as_ref()
+            .and_then(|ins| ins.m.deadline())
+            .is_some_and(|d| self.now >= d)
+    }
+
+    /// Copies the next dirty range of the final pass (no stop flag: all of it, unless the
+    /// install's budget is spent: then the pass fails, what it took marked dirty again).
     fn final_step(&mut self, i: usize) {
+        let late = self.install_out_of_time(i);
         let Some(ins) = &mut self.srv[i].install else {
             return;
         };
         let InWait::Final(fc) = &mut ins.wait else {
             return;
         };
+        if late {
+            let (key, bits) = (fc.key.clone(), std::mem::take(&mut fc.pass.bits));
+            if let Some(m) = self.srv[i].movers.get_mut(&key) {
+                m.remark(&bits, 0);
+            }
+            let what = format!(
+                "{}: final copy of {}[{}] stopped: the install's budget is spent",
+                self.srv[i].id, key.0, key.1
+            );
+            self.note(what);
+            return self.install_feed(i, Event::Pass(PassOutcome::Failed));
+        }
         match fc.pass.next_range(fc.nblk) {
             // The pass succeeded.
             None => self.install_feed(i, Event::Pass(PassOutcome::Copied)),

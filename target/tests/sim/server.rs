@@ -33,6 +33,7 @@ use super::client::Watch;
 use super::mover::{Mover, Pass};
 use super::world::{
     BLOCK, BlockKey, Gen, IoRes, Msg, Mutation, Node, POOL_BLOCKS, Rep, Req, Role, Timer, World,
+    gate_closed_max_ms,
 };
 
 // The daemon's boot policy (`tessera::cluster::node::policy`). (Re-acks, catch-up fetches,
@@ -208,6 +209,12 @@ pub struct Server {
     /// The operator restarts it (from its durable pool) instead of letting it resume.
     pub restart_on_resume: bool,
     pub gate_closed: bool,
+    /// When the gate closed, and when the commands inside had left (sim time, shifted by
+    /// any hang since: a stopped process's gate is not the install's doing).
+    pub gate_closed_at: u64,
+    pub gate_drained_at: Option<u64>,
+    /// The extents the install that closed the gate loses.
+    pub gate_lost: u64,
     pub inside: u32,
     pub gate_wait: Vec<Cmd>,
     pub gate_wait_hosts: Vec<u64>,
@@ -241,6 +248,9 @@ impl Server {
             down_gen: None,
             restart_on_resume: false,
             gate_closed: false,
+            gate_closed_at: 0,
+            gate_drained_at: None,
+            gate_lost: 0,
             inside: 0,
             gate_wait: Vec::new(),
             gate_wait_hosts: Vec::new(),
@@ -410,6 +420,13 @@ impl World {
         let Some(since) = self.srv[i].hung_since.take() else {
             return;
         };
+        // The hang does not count against the gate's bound.
+        let hung = self.now.saturating_sub(since);
+        let s = &mut self.srv[i];
+        if s.gate_closed {
+            s.gate_closed_at += hung;
+            s.gate_drained_at = s.gate_drained_at.map(|d| d + hung);
+        }
         if std::mem::take(&mut self.srv[i].restart_on_resume) {
             // Killed (before it handles anything) and restarted on its durable pool: it boots
             // from its persisted map.
@@ -663,6 +680,9 @@ impl World {
     // ---- the gate and the stamp check --------------------------------------------------
 
     pub fn gate_open(&mut self, i: usize) {
+        if self.srv[i].gate_closed {
+            self.gate_closed_check(i);
+        }
         self.srv[i].gate_closed = false;
         let cmds = std::mem::take(&mut self.srv[i].gate_wait);
         for c in cmds {
@@ -672,6 +692,30 @@ impl World {
         for t in hosts {
             self.host_begin(i, t);
         }
+    }
+
+    /// The gate is about to open (or the run ends with it closed): how long it was closed,
+    /// against the bound past the drain ([`gate_closed_max_ms`]).
+    pub fn gate_closed_check(&mut self, i: usize) {
+        let s = &self.srv[i];
+        let closed = self.now.saturating_sub(s.gate_closed_at);
+        let drain = s
+            .gate_drained_at
+            .map_or(closed, |d| d.saturating_sub(s.gate_closed_at));
+        self.stats.gate_closed_max_ms = self.stats.gate_closed_max_ms.max(closed);
+        let after = closed - drain.min(closed);
+        self.stats.gate_after_drain_max_ms = self.stats.gate_after_drain_max_ms.max(after);
+        let bound = gate_closed_max_ms(s.gate_lost);
+        if after > bound {
+            let what = format!(
+                "bound: {}'s gate stayed closed {closed} ms, {after} ms after the commands \
+                 inside had left, more than {bound} ms (an install losing {} extents)",
+                s.id, s.gate_lost
+            );
+            self.fail(what);
+        }
+        let s = &mut self.srv[i];
+        s.gate_drained_at = None;
     }
 
     /// Wakes what waits for this server's generation (`installed.notify_waiters()`).
@@ -907,7 +951,15 @@ impl World {
             Some(Task::Copy { owner: CopyOwner::Mover(k), .. })
                 if self.srv[i].movers.get(k).is_some_and(|m| m.stop)
         );
-        if stopped {
+        // Nor does a final copy once its install's budget is spent (mover.rs `copy_range`).
+        let late = matches!(
+            self.srv[i].tasks.get(&t),
+            Some(Task::Copy {
+                owner: CopyOwner::Install,
+                ..
+            })
+        ) && self.install_out_of_time(i);
+        if stopped || late {
             return self.copy_finish(i, t, Copied::No);
         }
         let cur = self.srv[i].generation.current();
@@ -1068,6 +1120,22 @@ impl World {
     /// Sleeps, or waits for generation `g` (woken early by an install).
     fn task_wait(&mut self, i: usize, t: u64, g: Option<Gen>, ms: u64) {
         let cur = self.srv[i].generation.current();
+        // A final copy's pause ends at its install's budget (mover.rs `until_at_most`).
+        let until = self.srv[i]
+            .install
+            .as_ref()
+            .and_then(|ins| ins.m.deadline())
+            .filter(|_| self.cfg.mutation != Mutation::UnboundedFinalPass)
+            .filter(|_| {
+                matches!(
+                    self.srv[i].tasks.get(&t),
+                    Some(Task::Copy {
+                        owner: CopyOwner::Install,
+                        ..
+                    })
+                )
+            });
+        let ms = until.map_or(ms, |d| ms.min(d.saturating_sub(self.now)));
         let Some(task) = self.srv[i].tasks.get_mut(&t) else {
             return;
         };

@@ -366,6 +366,9 @@ pub enum Mutation {
     /// Marking a switch's new owner down cancels nothing (`plan::apply` instead of
     /// `plan::apply_cancelling`: the manager before the fix).
     NoCancel,
+    /// A final pass runs to its end once started, whatever the install's budget (every range,
+    /// each with all its tries): the shell before the gate's bound.
+    UnboundedFinalPass,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -459,6 +462,11 @@ pub struct Stats {
     pub forged: u64,
     /// Final copies refused under the source rule (the move was switched without the sender).
     pub copies_refused: u64,
+    /// The longest any install gate stayed closed (ms, hangs excluded), and the longest it
+    /// stayed closed after the commands inside had left; maxima, not sums. (This model's
+    /// router has no forwarding deadline, so its drains can outlast the daemon's 5 s.)
+    pub gate_closed_max_ms: u64,
+    pub gate_after_drain_max_ms: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -485,6 +493,8 @@ impl std::ops::AddAssign for Stats {
         self.freezes_detected += o.freezes_detected;
         self.forged += o.forged;
         self.copies_refused += o.copies_refused;
+        self.gate_closed_max_ms = self.gate_closed_max_ms.max(o.gate_closed_max_ms);
+        self.gate_after_drain_max_ms = self.gate_after_drain_max_ms.max(o.gate_after_drain_max_ms);
     }
 }
 
@@ -630,9 +640,21 @@ impl World {
                     return Err(self.failed(what));
                 }
             }
-            if let Some(what) = self.converged() {
-                return Err(self.failed(format!("liveness: {what}")));
+        }
+        // A gate still closed counts too (a running server's: a hung one's clock stopped).
+        for i in 0..SERVERS_MAX {
+            let s = &self.srv[i];
+            if s.up && s.gate_closed && s.hung_since.is_none() {
+                self.gate_closed_check(i);
             }
+        }
+        if let Some(what) = self.failure.take() {
+            return Err(self.failed(what));
+        }
+        if self.cfg.check_liveness
+            && let Some(what) = self.converged()
+        {
+            return Err(self.failed(format!("liveness: {what}")));
         }
         self.stats.events = self.step;
         self.stats.sim_ms = self.now;
@@ -1272,11 +1294,26 @@ impl World {
         let coord = self.mgr.coord.as_ref()?;
         for s in &self.srv {
             if let Some(g) = s.watcher.postponed() {
+                // Retried every POSTPONED_RETRY_MS (`node::watch`): either every retry was
+                // postponed again, or the retries stopped (the bug the label names).
+                let now = match &s.install {
+                    Some(ins) => format!(
+                        "a retry of g{} is in progress ({})",
+                        ins.m.map().generation,
+                        match ins.wait {
+                            super::server::InWait::Drain => "waiting for the commands inside",
+                            super::server::InWait::Final(_) => "final-copying",
+                            super::server::InWait::Stopping(_) => "stopping a copier",
+                            _ => "acking or pausing",
+                        }
+                    ),
+                    None => "no retry is in progress".to_owned(),
+                };
                 return Some(format!(
-                    "{} s after healing, {} is at generation {} and never retried the install \
-                     of g{g} it postponed (a failed final copy): NEW BUG \
-                     postponed-install-never-retried (the phase-1a re-send sends nothing on a \
-                     watch stream that already carried g{g})",
+                    "{} s after healing, {} is at generation {} with the install of g{g} still \
+                     postponed (a failed final copy; {now}): retried and postponed again, or \
+                     NEW BUG postponed-install-never-retried (the phase-1a re-send sends \
+                     nothing on a watch stream that already carried g{g})",
                     HEAL_MS / 1000,
                     s.id,
                     s.model_gen
@@ -1430,6 +1467,22 @@ pub const DRIVE_MS_MAX: u64 = 30;
 pub const IO_TIMEOUT_MS: u64 = 3_000;
 /// Per control-API request.
 pub const RPC_TIMEOUT_MS: u64 = 1_000;
+
+/// The longest an install losing `lost` extents may keep its gate closed once the commands
+/// inside have left (docs/cluster-protocol.md, "Bounds";
+/// `tessera::cluster::mover::gate_closed_max_ms`), with this model's timings: the final-copy
+/// budget, past which no final pass or try starts, plus per lost extent one try in flight
+/// ([`IO_TIMEOUT_MS`], shorter than the daemon's) or one copier stop, which here waits for its
+/// try in flight and then the backoff after it (the daemon's cuts it short), at most
+/// `COPY_BACKOFF_MAX_MS`; longer than the pause or move-ready request a stopped copier also
+/// waits out here (at most `READY_RETRY_MS`, [`RPC_TIMEOUT_MS`]).
+pub const fn gate_closed_max_ms(lost: u64) -> u64 {
+    tessera::cluster::node::install::FINAL_BUDGET_MS
+        + lost * (IO_TIMEOUT_MS + tessera::cluster::node::policy::COPY_BACKOFF_MAX_MS)
+}
+// Within the daemon's bound, which the documentation states.
+const _: () = assert!(gate_closed_max_ms(1) <= tessera::cluster::mover::gate_closed_max_ms(1));
+const _: () = assert!(RPC_TIMEOUT_MS <= IO_TIMEOUT_MS);
 
 fn pick<'a, T>(rng: &mut Rng, v: &'a [T]) -> Option<&'a T> {
     if v.is_empty() {

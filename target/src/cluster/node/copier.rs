@@ -8,7 +8,9 @@
 //! it is accepted. A failed pass is retried after [`policy::PASS_RETRY_MS`], a refused
 //! move-ready after [`policy::READY_RETRY_MS`]. The install that switches the extent stops it
 //! (the `stopped` argument): it then ends at its next decision instead of waiting or copying
-//! again, and the install's final copy takes what is left.
+//! again, and the install's final copy takes what is left. (The daemon's shell also cuts a
+//! pause short and gives up a move-ready request once stopped, so that stopping waits at most
+//! for the one copy try in flight.)
 
 use manager::map::{ClusterMap, Replica};
 

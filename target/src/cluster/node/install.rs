@@ -19,12 +19,16 @@ use manager::map::{ClusterMap, Replica, ServerState};
 use super::{lost_extents, policy};
 
 /// How long the final copies of one install may go on, from its start (milliseconds): past
-/// it, no final pass starts or is retried, and an extent still dirty postpones the install
-/// (the gate reopens; tried again later, as for a failed final copy). The pass in flight at
-/// that time runs to its end: a copy command given up while in flight could still land on the
-/// new owner after a later pass's newer data. A serving old owner's gate, which holds the
-/// host's commands to the extents it loses, thus stays closed this long plus the drain of the
-/// commands inside, the stop of a copier and one pass (each bounded by its tries).
+/// it, no final pass starts or is retried, and a final pass in progress starts no new try of a
+/// range (the shell's side: `cluster::mover::final_pass`, which knows [`Install::deadline`]);
+/// an extent still dirty postpones the install (the gate reopens; tried again later, as for a
+/// failed final copy). The one try in flight at that time runs to its end, bounded by its own
+/// deadline (a copy command given up while in flight could still land on the new owner after
+/// a later pass's newer data). Each lost extent's copier is still stopped and its dirty map
+/// checked (a clean extent needs no copy), each stop waiting at most for its copier's try in
+/// flight. So a serving old owner's gate, which holds the host's commands to the extents it
+/// loses, stays closed past the drain of the commands inside at most this budget plus one copy
+/// try per lost extent (docs/cluster-protocol.md, "Bounds").
 pub const FINAL_BUDGET_MS: u64 = 3_000;
 
 /// An extent of a volume: (volume name, extent index).
@@ -156,13 +160,16 @@ pub struct Install {
 impl Install {
     /// An install of `new` over the installed `old` on server `me`; `None` if `new` is not
     /// newer (nothing to do, no ack). `gate`: the server has an install gate and serves (a
-    /// server catching up after a restart closes none).
+    /// server catching up after a restart closes none, nor one whose `old` map marks it down).
     pub fn start(old: Arc<ClusterMap>, new: Arc<ClusterMap>, me: &str, gate: bool) -> Option<Self> {
         if new.generation <= old.generation {
             return None;
         }
         let lost = lost_extents(&old, &new, me);
-        let gate = gate && !lost.is_empty();
+        // A server whose installed map marks it down serves nothing (rule 7): no command runs
+        // that the gate could hold, so its install closes none, as one catching up.
+        let serving = old.server(me).is_some_and(|s| s.state != ServerState::Down);
+        let gate = gate && serving && !lost.is_empty();
         let me_down = new.server(me).is_none_or(|s| s.state == ServerState::Down);
         Some(Self {
             old,
@@ -180,7 +187,8 @@ impl Install {
     }
 
     /// When the final copies must stop (the shell's clock, milliseconds; see
-    /// [`FINAL_BUDGET_MS`]). `None` until the shell passes time ([`Install::on_event_at`]).
+    /// [`FINAL_BUDGET_MS`]): a final pass starts no try of a range from then on. `None` until
+    /// the shell passes time ([`Install::on_event_at`]).
     pub fn deadline(&self) -> Option<u64> {
         self.deadline
     }
@@ -529,6 +537,21 @@ mod tests {
                 Action::Done
             ]
         );
+    }
+
+    /// A server whose installed map marks it down serves nothing: its install of a map that
+    /// takes its extent away closes no gate (it still final-copies, as one catching up).
+    #[test]
+    fn a_server_marked_down_closes_no_gate() {
+        let mut old = (*map(5, "s1", true)).clone();
+        old.servers[0].state = ServerState::Down;
+        let mut ins =
+            Install::start(Arc::new(old), map(6, "s2", false), "s1", true).expect("newer");
+        assert!(!ins.closes_gate());
+        assert!(matches!(
+            ins.on_event(Event::Start).as_slice(),
+            [Action::StopCopier { .. }]
+        ));
     }
 
     /// A lost extent whose new owner the new map marks down: no final copy (the switch went
