@@ -53,10 +53,22 @@ pub struct Fixes {
     /// newer map, waits for that map and re-sends (instead of acknowledging without it).
     pub handover: bool,
     /// Skipped copies' dirty bits are marked once the range lock is held, a failed copy's when
-    /// its forward fails (instead of when the write completes).
+    /// its forward fails (instead of when the write completes). In this model a write
+    /// completes, marking, before it releases its lock, so the switch finds no loss in 1000
+    /// seeds: the model does not reproduce this bug (no test asserts it).
     pub mark_late: bool,
     /// The rebuild's end takes the whole-extent range lock before its last dirty-map check.
     pub in_flight: bool,
+    /// Not in the daemon (a fix this model proposes): a write to a `rebuilding` copy that fails
+    /// after the primary reported that copy's rebuild done waits for the newer map, as a
+    /// failed `in_sync` copy's does. Without it the old primary acknowledges the write, and
+    /// when the rebuilt copy is its extent's first copy it becomes the primary without it.
+    pub after_done: bool,
+    /// Not in the manager (a fix this model proposes): a rebuild-done report stamped with a
+    /// generation older than the one in which the copy last became `rebuilding` is refused.
+    /// Without it a late report from an earlier rebuild of the copy (the copy's server went
+    /// down and came back meanwhile) marks the new rebuild's copy `in_sync` before it is.
+    pub stale_done: bool,
 }
 
 impl Fixes {
@@ -64,6 +76,14 @@ impl Fixes {
         handover: true,
         mark_late: true,
         in_flight: true,
+        after_done: true,
+        stale_done: true,
+    };
+    /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
+    /// check is the model's `stale_done`, kept on so that its losses do not hide theirs).
+    pub const DAEMON: Self = Self {
+        after_done: false,
+        ..Self::ALL
     };
 }
 
@@ -224,6 +244,8 @@ pub struct Sim {
     servers: Vec<Server>,
     /// Servers whose watch stream the manager sees open.
     connected: Vec<bool>,
+    /// The generation in which each copy last became `rebuilding` (the manager's record).
+    rebuilding_since: BTreeMap<usize, u64>,
     msgs: Vec<Msg>,
     host: [HostBlock; BLOCKS],
     acked: [u64; BLOCKS],
@@ -348,6 +370,7 @@ impl Sim {
             committed: map,
             servers,
             connected: vec![true; cfg.replicas],
+            rebuilding_since: BTreeMap::new(),
             msgs: Vec::new(),
             host: [HostBlock::Idle; BLOCKS],
             acked: [0; BLOCKS],
@@ -539,6 +562,13 @@ impl Sim {
             self.faults.failovers += 1;
         }
         self.trace(format!("commit g{} ({why})", next.generation));
+        for k in copies(&next) {
+            let now = state_of(&next, k) == Some(ReplicaState::Rebuilding);
+            let before = state_of(&self.committed, k) == Some(ReplicaState::Rebuilding);
+            if now && !before {
+                self.rebuilding_since.insert(k, next.generation);
+            }
+        }
         self.committed = next;
         for k in 0..self.servers.len() {
             self.msgs.push(Msg::Install {
@@ -609,7 +639,9 @@ impl Sim {
                     server: name(copy),
                     generation,
                 };
-                if let Ok(next) = plan::rebuild_done(&self.committed, &req) {
+                let since = self.rebuilding_since.get(&copy).copied().unwrap_or(0);
+                let late = self.cfg.fixes.stale_done && generation < since;
+                if !late && let Ok(next) = plan::rebuild_done(&self.committed, &req) {
                     self.commit(next, "rebuild done");
                 }
                 let map = Box::new(self.committed.clone());
@@ -732,6 +764,9 @@ impl Sim {
                     continue;
                 }
                 let out = is_down(&map, c) || state_of(&map, c) != Some(ReplicaState::InSync);
+                if state_of(&map, c) != Some(ReplicaState::Rebuilding) {
+                    self.servers[k].done_sent.remove(&c);
+                }
                 if out && !self.servers[k].dirty.contains_key(&c) {
                     self.servers[k]
                         .dirty
@@ -868,7 +903,8 @@ impl Sim {
                 w.failed.insert(c);
                 let block = w.block;
                 let in_sync = state_of(&map, c) == Some(ReplicaState::InSync) && !is_down(&map, c);
-                if in_sync {
+                let after_done = fixes.after_done && s.done_sent.contains_key(&c);
+                if in_sync || after_done {
                     // `out_of_write_set`: report, wait for a map without it in sync.
                     w.wait_newer = Some(w.wait_newer.unwrap_or(0).max(map.generation));
                 } else if let Refusal::Stale(current) = why
