@@ -205,6 +205,9 @@ struct Run {
 
 struct Server {
     running: bool,
+    /// Since its (re)start it has heard the manager's current map (`node::boot` fetches it
+    /// and catches up before serving; the model assumes nothing is served before that).
+    serving: bool,
     epoch: u64,
     /// The installed (persisted) map.
     map: ClusterMap,
@@ -353,6 +356,7 @@ impl Sim {
         let servers = (0..cfg.replicas)
             .map(|_| Server {
                 running: true,
+                serving: true,
                 epoch: 0,
                 map: map.clone(),
                 data: [0; BLOCKS],
@@ -547,6 +551,7 @@ impl Sim {
         self.faults.restarts += 1;
         self.trace(format!("restart s{}", k + 1));
         self.servers[k].running = true;
+        self.servers[k].serving = false;
         // Boots from its persisted map and acks it on a new watch stream.
         self.connected[k] = true;
         self.msgs.push(Msg::Ack { from: k });
@@ -659,7 +664,11 @@ impl Sim {
                 self.manager(m);
             }
             Msg::Install { to, map } => {
-                if self.servers[to].running && map.generation > self.servers[to].map.generation {
+                if !self.servers[to].running {
+                    return;
+                }
+                self.servers[to].serving = true;
+                if map.generation > self.servers[to].map.generation {
                     self.install(to, *map);
                 }
             }
@@ -717,7 +726,7 @@ impl Sim {
         block: usize,
         val: u64,
     ) -> Result<(), Refusal> {
-        if !self.servers[me].running {
+        if !self.servers[me].running || !self.servers[me].serving {
             return Err(Refusal::Other);
         }
         if self.faults_on && self.rng.chance(15) {
@@ -816,14 +825,14 @@ impl Sim {
         // Through any running server, which routes to the primary of its own map, stamped
         // with its generation (`route::locate`).
         let r = self.rng.index(self.servers.len());
-        if !self.servers[r].running {
+        if !self.servers[r].running || !self.servers[r].serving {
             return;
         }
         let Some(p) = primary_of(&self.servers[r].map) else {
             return;
         };
         let stamp = self.servers[r].map.generation;
-        if !self.servers[p].running {
+        if !self.servers[p].running || !self.servers[p].serving {
             return;
         }
         if compare(stamp, self.servers[p].map.generation, true) != Stamp::Current
@@ -1023,7 +1032,10 @@ impl Sim {
     /// The rebuild task at a random primary: one run of a rebuilding copy, or its end.
     fn rebuild_tick(&mut self) {
         let p = self.rng.index(self.servers.len());
-        if !self.servers[p].running || primary_of(&self.servers[p].map) != Some(p) {
+        if !self.servers[p].serving || primary_of(&self.servers[p].map) != Some(p) {
+            return;
+        }
+        if !self.servers[p].running {
             return;
         }
         let map = self.servers[p].map.clone();
