@@ -354,7 +354,7 @@ impl Sim {
     pub fn new(seed: u64, cfg: Config) -> Self {
         let map = initial_map(cfg.replicas);
         let servers = (0..cfg.replicas)
-            .map(|_| Server {
+            .map(|k| Server {
                 running: true,
                 serving: true,
                 epoch: 0,
@@ -363,7 +363,7 @@ impl Sim {
                 writes: BTreeMap::new(),
                 locks: BTreeSet::new(),
                 dirty: BTreeMap::new(),
-                was_primary: true,
+                was_primary: primary_of(&map) == Some(k),
                 runs: BTreeMap::new(),
                 done_sent: BTreeMap::new(),
             })
@@ -667,7 +667,11 @@ impl Sim {
                 if !self.servers[to].running {
                     return;
                 }
-                self.servers[to].serving = true;
+                // Serving again once it has the manager's current map (the model's shortcut
+                // for the fetch at boot; an older map still on its way does not count).
+                if map.generation >= self.committed.generation {
+                    self.servers[to].serving = true;
+                }
                 if map.generation > self.servers[to].map.generation {
                     self.install(to, *map);
                 }
