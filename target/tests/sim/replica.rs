@@ -1173,7 +1173,14 @@ impl Sim {
                     d.next_run(at, CHUNK).is_some_and(|(a, _)| a == at)
                 })
         });
-        on_way || answering || recorded
+        // Or a rebuild run that took the bit is on its way (its failure sets the bit again).
+        let running = self.servers.iter().any(|s| {
+            s.running
+                && s.runs
+                    .values()
+                    .any(|r| r.copy == k && block_range(r.at, r.len).contains(&b))
+        });
+        on_way || answering || recorded || running
     }
 
     fn check_quiet(&self) -> Result<(), String> {
