@@ -1,0 +1,1239 @@
+//! A deterministic, seeded simulation of replication (docs/replication.md): one replicated
+//! extent on N servers, a manager that plans every map change with the REAL planner
+//! (`manager::plan::replica_failed`, `rebuild_start`, `rebuild_due`, `rebuild_done`,
+//! `set_server_state`, which applies `down_copies_stale`), copy servers that hold replica
+//! writes to the REAL stamp rule (`tessera::cluster::node::admission::compare`), and primaries
+//! that keep the REAL dirty maps (`tessera::cluster::rebuild::DirtyMap`). The asynchronous
+//! parts of the daemon are modelled, message by message and single-threaded, after the daemon
+//! functions each model names: `replica::write` (range lock, local write, fan-out, completion
+//! once every `in_sync` copy acked, report and wait for a newer map when one failed),
+//! `still_primary`, `rebuild::reconcile` (dirty maps on install) and the rebuild task.
+//!
+//! Faults: lost and reordered replica messages (a lost one is the replica deadline passing),
+//! copy write errors, server crashes (losing in-flight state, keeping durable data and the
+//! persisted map) and restarts, at most N-1 servers down at once. A host writes through any
+//! server, which routes the write to the primary of its own map and retries on refusal.
+//!
+//! Checked after every step: every acknowledged write is on every `in_sync` copy of the
+//! committed map, except while a replica write carrying it is still on its way to that copy
+//! (the window of docs/replication.md, "Rebuild": a write that fails between the rebuild-done
+//! report and that map's install) or the primary has recorded the miss in its dirty map and
+//! reports it. At quiescence (faults off, every server back, every message delivered, every
+//! rebuild finished): every copy is `in_sync` and equal, and a read through every server
+//! returns the last acknowledged value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use manager::api::{
+    AddServerRequest, CreateVolumeRequest, RebuildDoneRequest, ReplicaFailedRequest,
+};
+use manager::map::{ClusterMap, HostPolicy, ReplicaState, ServerState};
+use manager::plan;
+use tessera::cluster::node::admission::{Stamp, compare};
+use tessera::cluster::rebuild::DirtyMap;
+
+use super::rng::Rng;
+
+/// One dirty-map chunk (the daemon's `DIRTY_CHUNK`): the model's unit of writes.
+const CHUNK: u64 = 64 * 1024;
+/// Chunks in the extent.
+const BLOCKS: usize = 4;
+const EXTENT: u64 = CHUNK * BLOCKS as u64;
+/// The rebuild task's run size (the daemon's is 128 KiB; the model copies one chunk a run).
+const RUN: u64 = CHUNK;
+const VOL: &str = "vol1";
+/// Steps of the quiescing phase before it gives up.
+const QUIESCE_STEPS: u64 = 60_000;
+
+/// The three daemon bugs the simulation found; `true` runs the fixed behaviour.
+#[derive(Debug, Clone, Copy)]
+pub struct Fixes {
+    /// A forward refused by a copy the primary sees as `rebuilding`, because the copy has a
+    /// newer map, waits for that map and re-sends (instead of acknowledging without it).
+    pub handover: bool,
+    /// Skipped copies' dirty bits are marked once the range lock is held, a failed copy's when
+    /// its forward fails (instead of when the write completes). In this model a write
+    /// completes, marking, before it releases its lock, so the switch finds no loss in 1000
+    /// seeds: the model does not reproduce this bug (no test asserts it).
+    pub mark_late: bool,
+    /// The rebuild's end takes the whole-extent range lock before its last dirty-map check.
+    pub in_flight: bool,
+    /// Not in the daemon (a fix this model proposes): a write to a `rebuilding` copy that fails
+    /// after the primary reported that copy's rebuild done waits for the newer map, as a
+    /// failed `in_sync` copy's does. Without it the old primary acknowledges the write, and
+    /// when the rebuilt copy is its extent's first copy it becomes the primary without it.
+    pub after_done: bool,
+    /// Not in the manager (a fix this model proposes): a rebuild-done report stamped with a
+    /// generation older than the one in which the copy last became `rebuilding` is refused.
+    /// Without it a late report from an earlier rebuild of the copy (the copy's server went
+    /// down and came back meanwhile) marks the new rebuild's copy `in_sync` before it is.
+    pub stale_done: bool,
+}
+
+impl Fixes {
+    pub const ALL: Self = Self {
+        handover: true,
+        mark_late: true,
+        in_flight: true,
+        after_done: true,
+        stale_done: true,
+    };
+    /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
+    /// check is the model's `stale_done`, kept on so that its losses do not hide theirs).
+    pub const DAEMON: Self = Self {
+        after_done: false,
+        ..Self::ALL
+    };
+}
+
+/// Deliberate breakages of the model, to show the checks catch them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The primary acknowledges once its own write is done, not waiting for `in_sync` copies.
+    AckEarly,
+    /// A copy accepts a replica write stamped with an older generation.
+    AcceptOldStamp,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub replicas: usize,
+    pub steps: u64,
+    pub fixes: Fixes,
+    pub mutation: Option<Mutation>,
+}
+
+/// Faults injected in one run, per kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Faults {
+    pub lost: u64,
+    pub copy_errors: u64,
+    pub crashes: u64,
+    pub restarts: u64,
+    pub rebuilds: u64,
+    pub failovers: u64,
+}
+
+impl Faults {
+    pub fn add(&mut self, o: &Self) {
+        self.lost += o.lost;
+        self.copy_errors += o.copy_errors;
+        self.crashes += o.crashes;
+        self.restarts += o.restarts;
+        self.rebuilds += o.rebuilds;
+        self.failovers += o.failovers;
+    }
+}
+
+pub struct Outcome {
+    pub hash: u64,
+    pub faults: Faults,
+    pub acked: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// The copy's map is newer than the stamp (80h).
+    Stale(u64),
+    /// Anything else: behind, not our primary, an I/O error.
+    Other,
+}
+
+#[derive(Debug, Clone)]
+enum Msg {
+    /// Manager to server: a map to install.
+    Install { to: usize, map: Box<ClusterMap> },
+    /// Server to manager: installed (an ack on the watch stream).
+    Ack { from: usize },
+    /// Primary to manager: `POST /v1/replica-failed`.
+    Failed {
+        from: usize,
+        copy: usize,
+        generation: u64,
+    },
+    /// Primary to manager: `POST /v1/rebuild-done`.
+    Done {
+        from: usize,
+        copy: usize,
+        generation: u64,
+    },
+    /// The manager notices a server's watch stream is gone.
+    Lost { server: usize, epoch: u64 },
+    /// Primary to copy: a replica write (namespace 3), stamped; `rebuild` for a rebuild run.
+    Fwd {
+        from: usize,
+        to: usize,
+        stamp: u64,
+        block: usize,
+        val: u64,
+        wid: u64,
+        rebuild: bool,
+    },
+    /// Copy to primary: the answer (or the replica deadline passing: `Other`).
+    Reply {
+        to: usize,
+        from: usize,
+        wid: u64,
+        result: Result<(), Refusal>,
+        rebuild: bool,
+    },
+}
+
+/// A write in progress at its primary (mirrors `replica::write`).
+struct Write {
+    block: usize,
+    val: u64,
+    /// Copies a forward went to, and whether it resolved.
+    sent: BTreeMap<usize, bool>,
+    acked: BTreeSet<usize>,
+    failed: BTreeSet<usize>,
+    /// Copies not in the fan-out (their misses, marked at completion without the fix).
+    skipped: Vec<usize>,
+    /// Waiting for a map newer than this generation (`out_of_write_set`).
+    wait_newer: Option<u64>,
+    /// The host has its answer; the record stays until every forward resolved (lock held).
+    answered: bool,
+}
+
+/// A rebuild run in flight (mirrors the rebuild task's run: lock, clear, read, write).
+struct Run {
+    copy: usize,
+    at: u64,
+    len: u64,
+}
+
+struct Server {
+    running: bool,
+    /// Since its (re)start it has heard the manager's current map (`node::boot` fetches it
+    /// and catches up before serving; the model assumes nothing is served before that).
+    serving: bool,
+    epoch: u64,
+    /// The installed (persisted) map.
+    map: ClusterMap,
+    /// Durable data: the value of each chunk.
+    data: [u64; BLOCKS],
+    writes: BTreeMap<u64, Write>,
+    /// Range locks held, by chunk.
+    locks: BTreeSet<usize>,
+    /// Dirty maps per copy (a primary's, in memory only).
+    dirty: BTreeMap<usize, DirtyMap>,
+    /// Whether this server has been primary since it started (a dirty map it creates starts
+    /// clean only then).
+    was_primary: bool,
+    runs: BTreeMap<u64, Run>,
+    /// Copies whose rebuild-done was sent at a generation.
+    done_sent: BTreeMap<usize, u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HostBlock {
+    Idle,
+    /// Sent to a primary as write `wid`.
+    InFlight {
+        val: u64,
+        wid: u64,
+    },
+    /// Refused or failed: to be retried with the same value.
+    Retry {
+        val: u64,
+    },
+}
+
+pub struct Sim {
+    cfg: Config,
+    rng: Rng,
+    committed: ClusterMap,
+    servers: Vec<Server>,
+    /// Servers whose watch stream the manager sees open.
+    connected: Vec<bool>,
+    /// The generation in which each copy last became `rebuilding` (the manager's record).
+    rebuilding_since: BTreeMap<usize, u64>,
+    msgs: Vec<Msg>,
+    host: [HostBlock; BLOCKS],
+    acked: [u64; BLOCKS],
+    next_val: u64,
+    next_wid: u64,
+    faults_on: bool,
+    pub faults: Faults,
+    hash: u64,
+    step_no: u64,
+    log: Vec<String>,
+}
+
+fn name(k: usize) -> String {
+    format!("s{}", k + 1)
+}
+
+fn index(id: &str) -> usize {
+    id.trim_start_matches('s').parse::<usize>().unwrap_or(1) - 1
+}
+
+fn initial_map(n: usize) -> ClusterMap {
+    let mut m = ClusterMap::empty();
+    for k in 0..n {
+        let port = u16::try_from(4420 + 2 * k).unwrap_or(4420);
+        let req = AddServerRequest {
+            id: name(k),
+            portal: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            internal: std::net::SocketAddr::from(([127, 0, 0, 1], port + 1)),
+            pool_bytes: 16 * EXTENT,
+            rack: None,
+        };
+        m = plan::add_server(&m, &req).expect("servers are valid");
+    }
+    let req = CreateVolumeRequest {
+        name: VOL.to_owned(),
+        size: EXTENT,
+        block_size: Some(4096),
+        extent_size: Some(EXTENT),
+        replicas: Some(u32::try_from(n).unwrap_or(2)),
+        subsystem: format!("nqn.2026-11.dev.tessera:{VOL}"),
+        nsid: Some(1),
+        hosts: Some(HostPolicy::Any),
+    };
+    plan::create_volume(&m, &req).expect("volume fits")
+}
+
+/// The state of `k`'s copy in `map`.
+fn state_of(map: &ClusterMap, k: usize) -> Option<ReplicaState> {
+    let v = map.volume(VOL)?;
+    v.extents[0]
+        .replicas
+        .iter()
+        .find(|r| r.server == name(k))
+        .map(|r| r.state)
+}
+
+fn primary_of(map: &ClusterMap) -> Option<usize> {
+    let v = map.volume(VOL)?;
+    map.primary(&v.extents[0]).map(|r| index(&r.server))
+}
+
+fn copies(map: &ClusterMap) -> Vec<usize> {
+    map.volume(VOL)
+        .map(|v| {
+            v.extents[0]
+                .replicas
+                .iter()
+                .map(|r| index(&r.server))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_down(map: &ClusterMap, k: usize) -> bool {
+    map.server(&name(k))
+        .is_some_and(|s| s.state == ServerState::Down)
+}
+
+/// The fan-out of a write at primary `me` (`replica::fan_out`): every other `in_sync` or
+/// `rebuilding` copy on a server not marked down.
+fn fan_out(map: &ClusterMap, me: usize) -> Vec<usize> {
+    copies(map)
+        .into_iter()
+        .filter(|&k| {
+            k != me
+                && !is_down(map, k)
+                && matches!(
+                    state_of(map, k),
+                    Some(ReplicaState::InSync | ReplicaState::Rebuilding)
+                )
+        })
+        .collect()
+}
+
+fn in_sync_others(map: &ClusterMap, me: usize) -> Vec<usize> {
+    copies(map)
+        .into_iter()
+        .filter(|&k| k != me && state_of(map, k) == Some(ReplicaState::InSync) && !is_down(map, k))
+        .collect()
+}
+
+impl Sim {
+    pub fn new(seed: u64, cfg: Config) -> Self {
+        let map = initial_map(cfg.replicas);
+        let servers = (0..cfg.replicas)
+            .map(|k| Server {
+                running: true,
+                serving: true,
+                epoch: 0,
+                map: map.clone(),
+                data: [0; BLOCKS],
+                writes: BTreeMap::new(),
+                locks: BTreeSet::new(),
+                dirty: BTreeMap::new(),
+                was_primary: primary_of(&map) == Some(k),
+                runs: BTreeMap::new(),
+                done_sent: BTreeMap::new(),
+            })
+            .collect();
+        Self {
+            cfg,
+            rng: Rng::new(seed),
+            committed: map,
+            servers,
+            connected: vec![true; cfg.replicas],
+            rebuilding_since: BTreeMap::new(),
+            msgs: Vec::new(),
+            host: [HostBlock::Idle; BLOCKS],
+            acked: [0; BLOCKS],
+            next_val: 1,
+            next_wid: 1,
+            faults_on: true,
+            faults: Faults::default(),
+            hash: 0xcbf2_9ce4_8422_2325,
+            step_no: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn trace(&mut self, s: String) {
+        for b in s.bytes() {
+            self.hash = (self.hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        if self.log.len() >= 40 {
+            self.log.remove(0);
+        }
+        self.log.push(format!("{}: {s}", self.step_no));
+    }
+
+    fn fail(&self, what: &str) -> String {
+        let mut s = format!("step {}: {what}\nlast events:\n", self.step_no);
+        for (k, sv) in self.servers.iter().enumerate() {
+            let dirty: Vec<(usize, u64)> = sv
+                .dirty
+                .iter()
+                .map(|(c, d)| (*c, d.dirty_bytes() / CHUNK))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  s{}: running {} g{} data {:?} dirty chunks {dirty:?}",
+                k + 1,
+                sv.running,
+                sv.map.generation,
+                sv.data
+            );
+        }
+        for l in &self.log {
+            let _ = writeln!(s, "  {l}");
+        }
+        s
+    }
+
+    /// Runs the scenario: `steps` steps with faults, then quiescence and the final checks.
+    pub fn run(mut self) -> Result<Outcome, String> {
+        for _ in 0..self.cfg.steps {
+            self.step();
+            self.check()?;
+        }
+        self.faults_on = false;
+        let mut n = 0;
+        while !self.quiet() {
+            n += 1;
+            if n > QUIESCE_STEPS {
+                return Err(self.fail("did not quiesce"));
+            }
+            self.step();
+            self.check()?;
+        }
+        self.check_quiet()?;
+        let acked = self.acked.iter().filter(|&&v| v > 0).count() as u64;
+        Ok(Outcome {
+            hash: self.hash,
+            faults: self.faults,
+            acked,
+        })
+    }
+
+    fn quiet(&self) -> bool {
+        self.msgs.is_empty()
+            && self.host.iter().all(|h| *h == HostBlock::Idle)
+            && self
+                .servers
+                .iter()
+                .all(|s| s.running && s.writes.is_empty() && s.runs.is_empty())
+            && copies(&self.committed).iter().all(|&k| {
+                state_of(&self.committed, k) == Some(ReplicaState::InSync)
+                    && !is_down(&self.committed, k)
+            })
+            && self
+                .servers
+                .iter()
+                .all(|s| s.map.generation == self.committed.generation)
+    }
+
+    fn step(&mut self) {
+        self.step_no += 1;
+        let r = self.rng.below(100);
+        if r < 55 && !self.msgs.is_empty() {
+            let i = self.rng.index(self.msgs.len());
+            let m = self.msgs.swap_remove(i);
+            self.deliver(m);
+        } else if r < 75 {
+            self.host_write();
+        } else if r < 90 {
+            self.rebuild_tick();
+        } else if self.faults_on {
+            self.fault();
+        } else {
+            // Quiescing: bring every server back.
+            if let Some(k) = (0..self.servers.len()).find(|&k| !self.servers[k].running) {
+                self.restart(k);
+            }
+        }
+    }
+
+    fn fault(&mut self) {
+        let down = self.servers.iter().filter(|s| !s.running).count();
+        let k = self.rng.index(self.servers.len());
+        if self.servers[k].running {
+            // At most N-1 servers down at once.
+            if down + 1 < self.servers.len() && self.rng.chance(300) {
+                self.crash(k);
+            }
+        } else {
+            self.restart(k);
+        }
+    }
+
+    fn send(&mut self, m: Msg) {
+        // Replica writes and their answers may be lost: the sender's replica deadline passes.
+        if self.faults_on
+            && let Msg::Fwd {
+                from,
+                to,
+                wid,
+                rebuild,
+                ..
+            } = m
+            && self.rng.chance(40)
+        {
+            self.faults.lost += 1;
+            self.trace(format!("lost fwd w{wid} {to}"));
+            self.msgs.push(Msg::Reply {
+                to: from,
+                from: to,
+                wid,
+                result: Err(Refusal::Other),
+                rebuild,
+            });
+            return;
+        }
+        self.msgs.push(m);
+    }
+
+    fn crash(&mut self, k: usize) {
+        self.faults.crashes += 1;
+        self.trace(format!("crash s{}", k + 1));
+        let s = &mut self.servers[k];
+        s.running = false;
+        s.epoch += 1;
+        s.writes.clear();
+        s.locks.clear();
+        s.dirty.clear();
+        s.runs.clear();
+        s.done_sent.clear();
+        s.was_primary = false;
+        // The host's writes in flight there fail (connection lost).
+        for h in &mut self.host {
+            if let HostBlock::InFlight { val, wid } = *h
+                && !self.servers.iter().any(|s| s.writes.contains_key(&wid))
+            {
+                *h = HostBlock::Retry { val };
+            }
+        }
+        let epoch = self.servers[k].epoch;
+        self.msgs.push(Msg::Lost { server: k, epoch });
+    }
+
+    fn restart(&mut self, k: usize) {
+        self.faults.restarts += 1;
+        self.trace(format!("restart s{}", k + 1));
+        self.servers[k].running = true;
+        self.servers[k].serving = false;
+        // Boots from its persisted map and acks it on a new watch stream.
+        self.connected[k] = true;
+        self.msgs.push(Msg::Ack { from: k });
+    }
+
+    // ---- the manager ----
+
+    fn commit(&mut self, next: ClusterMap, why: &str) {
+        if next.generation == self.committed.generation {
+            return;
+        }
+        if primary_of(&next) != primary_of(&self.committed) {
+            self.faults.failovers += 1;
+        }
+        self.trace(format!("commit g{} ({why})", next.generation));
+        for k in copies(&next) {
+            let now = state_of(&next, k) == Some(ReplicaState::Rebuilding);
+            let before = state_of(&self.committed, k) == Some(ReplicaState::Rebuilding);
+            if now && !before {
+                self.rebuilding_since.insert(k, next.generation);
+            }
+        }
+        self.committed = next;
+        for k in 0..self.servers.len() {
+            self.msgs.push(Msg::Install {
+                to: k,
+                map: Box::new(self.committed.clone()),
+            });
+        }
+    }
+
+    fn manager(&mut self, m: Msg) {
+        match m {
+            Msg::Ack { from } => {
+                if !self.connected[from] {
+                    return;
+                }
+                if is_down(&self.committed, from) {
+                    let next =
+                        plan::set_server_state(&self.committed, &name(from), ServerState::Up)
+                            .expect("known server");
+                    self.commit(next, "up");
+                }
+                if plan::rebuild_due(&self.committed, &name(from)) {
+                    let next = plan::rebuild_start(&self.committed, &name(from)).expect("known");
+                    self.faults.rebuilds += 1;
+                    self.commit(next, "rebuild start");
+                }
+                let map = Box::new(self.committed.clone());
+                self.msgs.push(Msg::Install { to: from, map });
+            }
+            Msg::Lost { server, epoch } => {
+                if self.servers[server].running || self.servers[server].epoch != epoch {
+                    return;
+                }
+                self.connected[server] = false;
+                let next =
+                    plan::set_server_state(&self.committed, &name(server), ServerState::Down)
+                        .expect("known server");
+                self.commit(next, "down");
+            }
+            Msg::Failed {
+                from,
+                copy,
+                generation,
+            } => {
+                let req = ReplicaFailedRequest {
+                    primary: name(from),
+                    volume: VOL.to_owned(),
+                    extent: 0,
+                    server: name(copy),
+                    generation,
+                };
+                if let Ok(next) = plan::replica_failed(&self.committed, &req, !self.connected[copy])
+                {
+                    self.commit(next, "replica failed");
+                }
+                let map = Box::new(self.committed.clone());
+                self.msgs.push(Msg::Install { to: from, map });
+            }
+            Msg::Done {
+                from,
+                copy,
+                generation,
+            } => {
+                let req = RebuildDoneRequest {
+                    primary: name(from),
+                    volume: VOL.to_owned(),
+                    extent: 0,
+                    server: name(copy),
+                    generation,
+                };
+                let since = self.rebuilding_since.get(&copy).copied().unwrap_or(0);
+                let late = self.cfg.fixes.stale_done && generation < since;
+                if !late && let Ok(next) = plan::rebuild_done(&self.committed, &req) {
+                    self.commit(next, "rebuild done");
+                }
+                let map = Box::new(self.committed.clone());
+                self.msgs.push(Msg::Install { to: from, map });
+            }
+            _ => {}
+        }
+    }
+
+    // ---- servers ----
+
+    fn deliver(&mut self, m: Msg) {
+        match m {
+            Msg::Ack { .. } | Msg::Lost { .. } | Msg::Failed { .. } | Msg::Done { .. } => {
+                self.manager(m);
+            }
+            Msg::Install { to, map } => {
+                if !self.servers[to].running {
+                    return;
+                }
+                // Serving again once it has the manager's current map (the model's shortcut
+                // for the fetch at boot; an older map still on its way does not count).
+                if map.generation >= self.committed.generation {
+                    self.servers[to].serving = true;
+                }
+                if map.generation > self.servers[to].map.generation {
+                    self.install(to, *map);
+                }
+            }
+            Msg::Fwd {
+                from,
+                to,
+                stamp,
+                block,
+                val,
+                wid,
+                rebuild,
+            } => {
+                let result = self.copy_write(to, from, stamp, block, val);
+                self.trace(format!(
+                    "fwd w{wid} s{}->s{} g{stamp} {result:?}",
+                    from + 1,
+                    to + 1
+                ));
+                if self.servers[to].running || result.is_err() {
+                    self.msgs.push(Msg::Reply {
+                        to: from,
+                        from: to,
+                        wid,
+                        result,
+                        rebuild,
+                    });
+                }
+            }
+            Msg::Reply {
+                to,
+                from,
+                wid,
+                result,
+                rebuild,
+            } => {
+                if !self.servers[to].running {
+                    return;
+                }
+                if rebuild {
+                    self.run_done(to, wid, result.is_ok());
+                } else {
+                    self.write_reply(to, from, wid, result);
+                }
+            }
+        }
+    }
+
+    /// A replica write at copy `me` from `from` (the primary rule and the stamp rule,
+    /// `admission::compare` for internal commands).
+    fn copy_write(
+        &mut self,
+        me: usize,
+        from: usize,
+        stamp: u64,
+        block: usize,
+        val: u64,
+    ) -> Result<(), Refusal> {
+        if !self.servers[me].running || !self.servers[me].serving {
+            return Err(Refusal::Other);
+        }
+        if self.faults_on && self.rng.chance(15) {
+            self.faults.copy_errors += 1;
+            return Err(Refusal::Other);
+        }
+        let s = &self.servers[me];
+        let current = s.map.generation;
+        match compare(stamp, current, true) {
+            Stamp::Current => {}
+            Stamp::Stale { current } => {
+                if self.cfg.mutation != Some(Mutation::AcceptOldStamp) {
+                    return Err(Refusal::Stale(current));
+                }
+            }
+            Stamp::Ahead { .. } | Stamp::Unstamped { .. } => return Err(Refusal::Other),
+        }
+        let old = self.cfg.mutation == Some(Mutation::AcceptOldStamp) && stamp < current;
+        if !old {
+            let ok = primary_of(&s.map) == Some(from)
+                && matches!(
+                    state_of(&s.map, me),
+                    Some(ReplicaState::InSync | ReplicaState::Rebuilding)
+                );
+            if !ok {
+                return Err(Refusal::Other);
+            }
+        }
+        self.servers[me].data[block] = val;
+        Ok(())
+    }
+
+    /// Installs `map` at `k` (the watch loop's install, then `rebuild::reconcile`): dirty maps
+    /// for copies out of the write set, writes waiting for a newer map go on, rebuilds start.
+    fn install(&mut self, k: usize, map: ClusterMap) {
+        self.trace(format!("s{} installs g{}", k + 1, map.generation));
+        self.servers[k].map = map;
+        let map = self.servers[k].map.clone();
+        let me_primary = primary_of(&map) == Some(k);
+        if me_primary {
+            let fresh = !self.servers[k].was_primary;
+            for c in copies(&map) {
+                if c == k {
+                    continue;
+                }
+                let out = is_down(&map, c) || state_of(&map, c) != Some(ReplicaState::InSync);
+                if state_of(&map, c) != Some(ReplicaState::Rebuilding) {
+                    self.servers[k].done_sent.remove(&c);
+                }
+                if out && !self.servers[k].dirty.contains_key(&c) {
+                    self.servers[k]
+                        .dirty
+                        .insert(c, DirtyMap::new(EXTENT, fresh));
+                }
+                if !out {
+                    // Back in sync: a miss recorded since the rebuild-done report makes it
+                    // stale again.
+                    if let Some(d) = self.servers[k].dirty.remove(&c)
+                        && !d.is_clean()
+                    {
+                        self.servers[k].dirty.insert(c, d);
+                        let generation = map.generation;
+                        self.msgs.push(Msg::Failed {
+                            from: k,
+                            copy: c,
+                            generation,
+                        });
+                    }
+                    self.servers[k].done_sent.remove(&c);
+                }
+            }
+            self.servers[k].was_primary = true;
+        } else {
+            self.servers[k].dirty.clear();
+            self.servers[k].was_primary = false;
+        }
+        let wids: Vec<u64> = self.servers[k].writes.keys().copied().collect();
+        for wid in wids {
+            self.advance(k, wid);
+        }
+        self.msgs.push(Msg::Ack { from: k });
+    }
+
+    fn host_write(&mut self) {
+        let b = self.rng.index(BLOCKS);
+        let val = match self.host[b] {
+            HostBlock::Idle => {
+                let v = self.next_val;
+                self.next_val += 1;
+                v
+            }
+            HostBlock::Retry { val } => val,
+            HostBlock::InFlight { .. } => return,
+        };
+        self.host[b] = HostBlock::Retry { val };
+        // Through any running server, which routes to the primary of its own map, stamped
+        // with its generation (`route::locate`).
+        let r = self.rng.index(self.servers.len());
+        if !self.servers[r].running || !self.servers[r].serving {
+            return;
+        }
+        let Some(p) = primary_of(&self.servers[r].map) else {
+            return;
+        };
+        let stamp = self.servers[r].map.generation;
+        if !self.servers[p].running || !self.servers[p].serving {
+            return;
+        }
+        if compare(stamp, self.servers[p].map.generation, true) != Stamp::Current
+            || primary_of(&self.servers[p].map) != Some(p)
+        {
+            return;
+        }
+        if self.servers[p].locks.contains(&b) {
+            return;
+        }
+        let wid = self.next_wid;
+        self.next_wid += 1;
+        self.host[b] = HostBlock::InFlight { val, wid };
+        self.start_write(p, wid, b, val);
+    }
+
+    /// `replica::write`: lock, write locally, fan out stamped replica writes.
+    fn start_write(&mut self, p: usize, wid: u64, block: usize, val: u64) {
+        let map = self.servers[p].map.clone();
+        let stamp = map.generation;
+        self.trace(format!("w{wid} at s{} b{block}={val} g{stamp}", p + 1));
+        let s = &mut self.servers[p];
+        s.locks.insert(block);
+        s.data[block] = val;
+        let fan = fan_out(&map, p);
+        let skipped: Vec<usize> = copies(&map)
+            .into_iter()
+            .filter(|c| *c != p && !fan.contains(c))
+            .collect();
+        if self.cfg.fixes.mark_late {
+            for c in &skipped {
+                mark(s, *c, block);
+            }
+        }
+        let mut w = Write {
+            block,
+            val,
+            sent: BTreeMap::new(),
+            acked: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            skipped,
+            wait_newer: None,
+            answered: false,
+        };
+        for &c in &fan {
+            w.sent.insert(c, false);
+        }
+        s.writes.insert(wid, w);
+        for c in fan {
+            self.send(Msg::Fwd {
+                from: p,
+                to: c,
+                stamp,
+                block,
+                val,
+                wid,
+                rebuild: false,
+            });
+        }
+        self.advance(p, wid);
+    }
+
+    fn write_reply(&mut self, p: usize, c: usize, wid: u64, result: Result<(), Refusal>) {
+        self.trace(format!("reply w{wid} s{}->s{} {result:?}", c + 1, p + 1));
+        let map = self.servers[p].map.clone();
+        let fixes = self.cfg.fixes;
+        let s = &mut self.servers[p];
+        let Some(w) = s.writes.get_mut(&wid) else {
+            return;
+        };
+        w.sent.insert(c, true);
+        match result {
+            Ok(()) => {
+                w.acked.insert(c);
+            }
+            Err(why) => {
+                w.failed.insert(c);
+                let block = w.block;
+                let in_sync = state_of(&map, c) == Some(ReplicaState::InSync) && !is_down(&map, c);
+                let after_done = fixes.after_done && s.done_sent.contains_key(&c);
+                if in_sync || after_done {
+                    // `out_of_write_set`: report, wait for a map without it in sync.
+                    w.wait_newer = Some(w.wait_newer.unwrap_or(0).max(map.generation));
+                } else if let Refusal::Stale(current) = why
+                    && fixes.handover
+                    && current > map.generation
+                {
+                    w.wait_newer = Some(w.wait_newer.unwrap_or(0).max(current - 1));
+                }
+                if fixes.mark_late {
+                    mark(s, c, block);
+                }
+                let generation = map.generation;
+                self.msgs.push(Msg::Failed {
+                    from: p,
+                    copy: c,
+                    generation,
+                });
+            }
+        }
+        self.advance(p, wid);
+    }
+
+    /// Completes write `wid` at `p` when it can (`still_primary`, completion once every
+    /// `in_sync` copy of the current map has it), re-sends to in-sync copies that lack it,
+    /// and drops the record (releasing the lock) once every forward resolved.
+    fn advance(&mut self, p: usize, wid: u64) {
+        let map = self.servers[p].map.clone();
+        let early = self.cfg.mutation == Some(Mutation::AckEarly);
+        let mark_late = !self.cfg.fixes.mark_late;
+        let Some(w) = self.servers[p].writes.get_mut(&wid) else {
+            return;
+        };
+        if !w.answered {
+            let waiting = w.wait_newer.is_some_and(|g| map.generation <= g);
+            if !waiting {
+                w.wait_newer = None;
+            }
+            let mut answer = None;
+            if primary_of(&map) != Some(p) {
+                answer = Some(false);
+            } else if early {
+                answer = Some(true);
+            } else if !waiting {
+                let need = in_sync_others(&map, p);
+                let missing: Vec<usize> = need
+                    .iter()
+                    .copied()
+                    .filter(|c| !w.acked.contains(c))
+                    .collect();
+                let unsent: Vec<usize> = missing
+                    .iter()
+                    .copied()
+                    .filter(|c| w.sent.get(c) != Some(&false))
+                    .collect();
+                // Every forward's outcome is awaited (a failed one to a copy out of the write
+                // set marks its bits and does not fail the write).
+                if missing.is_empty() && w.sent.values().all(|r| *r) {
+                    answer = Some(true);
+                } else if !unsent.is_empty() {
+                    // Re-send to the write set of the newer map.
+                    let (block, val) = (w.block, w.val);
+                    for &c in &unsent {
+                        w.sent.insert(c, false);
+                        w.failed.remove(&c);
+                    }
+                    for c in unsent {
+                        self.send(Msg::Fwd {
+                            from: p,
+                            to: c,
+                            stamp: map.generation,
+                            block,
+                            val,
+                            wid,
+                            rebuild: false,
+                        });
+                    }
+                }
+            }
+            let w = self.servers[p].writes.get_mut(&wid).expect("present");
+            if let Some(ok) = answer {
+                w.answered = true;
+                let (block, val) = (w.block, w.val);
+                if mark_late {
+                    let missed: Vec<usize> = w
+                        .skipped
+                        .iter()
+                        .copied()
+                        .chain(w.failed.iter().copied())
+                        .collect();
+                    for c in missed {
+                        mark(&mut self.servers[p], c, block);
+                    }
+                }
+                if let HostBlock::InFlight { val: v, wid: hw } = self.host[block]
+                    && hw == wid
+                {
+                    if ok {
+                        self.host[block] = HostBlock::Idle;
+                        self.acked[block] = self.acked[block].max(v);
+                        self.trace(format!("w{wid} acked b{block}={val}"));
+                    } else {
+                        self.host[block] = HostBlock::Retry { val: v };
+                        self.trace(format!("w{wid} failed"));
+                    }
+                }
+            }
+        }
+        let w = self.servers[p].writes.get(&wid).expect("present");
+        if w.answered && w.sent.values().all(|r| *r) {
+            let block = w.block;
+            self.servers[p].writes.remove(&wid);
+            self.servers[p].locks.remove(&block);
+        }
+    }
+
+    /// The rebuild task at a random primary: one run of a rebuilding copy, or its end.
+    fn rebuild_tick(&mut self) {
+        let p = self.rng.index(self.servers.len());
+        if !self.servers[p].serving || primary_of(&self.servers[p].map) != Some(p) {
+            return;
+        }
+        if !self.servers[p].running {
+            return;
+        }
+        let map = self.servers[p].map.clone();
+        let rebuilding: Vec<usize> = copies(&map)
+            .into_iter()
+            .filter(|&c| state_of(&map, c) == Some(ReplicaState::Rebuilding) && !is_down(&map, c))
+            .collect();
+        if rebuilding.is_empty() {
+            return;
+        }
+        let c = rebuilding[self.rng.index(rebuilding.len())];
+        if self.servers[p].runs.values().any(|r| r.copy == c) {
+            return;
+        }
+        let s = &mut self.servers[p];
+        let d = s
+            .dirty
+            .entry(c)
+            .or_insert_with(|| DirtyMap::new(EXTENT, true));
+        if let Some((at, len)) = d.next_run(0, RUN) {
+            let blocks = block_range(at, len);
+            if blocks.clone().any(|b| s.locks.contains(&b)) {
+                return;
+            }
+            d.clear(at, len);
+            for b in blocks.clone() {
+                s.locks.insert(b);
+            }
+            let wid = self.next_wid;
+            self.next_wid += 1;
+            s.runs.insert(wid, Run { copy: c, at, len });
+            let stamp = map.generation;
+            let b0 = blocks.start;
+            let v0 = s.data[b0];
+            self.trace(format!(
+                "rebuild run w{wid} s{}->s{} {at}+{len}",
+                p + 1,
+                c + 1
+            ));
+            self.send(Msg::Fwd {
+                from: p,
+                to: c,
+                stamp,
+                block: b0,
+                val: v0,
+                wid,
+                rebuild: true,
+            });
+        } else {
+            // The end: with the fix, under the whole-extent range lock.
+            if self.cfg.fixes.in_flight && !s.locks.is_empty() {
+                return;
+            }
+            if s.done_sent.get(&c) == Some(&map.generation) {
+                return;
+            }
+            s.done_sent.insert(c, map.generation);
+            self.trace(format!("rebuild done s{} by s{}", c + 1, p + 1));
+            self.msgs.push(Msg::Done {
+                from: p,
+                copy: c,
+                generation: map.generation,
+            });
+        }
+    }
+
+    fn run_done(&mut self, p: usize, wid: u64, ok: bool) {
+        let s = &mut self.servers[p];
+        let Some(run) = s.runs.remove(&wid) else {
+            return;
+        };
+        for b in block_range(run.at, run.len) {
+            s.locks.remove(&b);
+        }
+        if !ok && let Some(d) = s.dirty.get(&run.copy) {
+            d.mark(run.at, run.len);
+        }
+    }
+
+    // ---- checks ----
+
+    fn check(&self) -> Result<(), String> {
+        let map = &self.committed;
+        for k in copies(map) {
+            if state_of(map, k) != Some(ReplicaState::InSync) {
+                continue;
+            }
+            for b in 0..BLOCKS {
+                let v = self.acked[b];
+                if v == 0 || self.servers[k].data[b] >= v {
+                    continue;
+                }
+                if self.in_window(k, b, v) {
+                    continue;
+                }
+                return Err(self.fail(&format!(
+                    "acknowledged write b{b}={v} missing on in_sync copy s{} (has {}) at g{}",
+                    k + 1,
+                    self.servers[k].data[b],
+                    map.generation
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether copy `k` lacking value `v` of block `b` is in the documented window: a replica
+    /// write carrying it is on its way, or the primary recorded the miss and reports it.
+    fn in_window(&self, k: usize, b: usize, v: u64) -> bool {
+        let on_way = self.msgs.iter().any(|m| {
+            matches!(m, Msg::Fwd { to, block, val, .. } if *to == k && *block == b && *val >= v)
+        });
+        // Or its answer is on its way back to a write still in progress.
+        let answering = self.msgs.iter().any(|m| match m {
+            Msg::Reply {
+                to,
+                from,
+                wid,
+                rebuild: false,
+                ..
+            } if *from == k => self.servers[*to]
+                .writes
+                .get(wid)
+                .is_some_and(|w| w.block == b && w.val >= v),
+            _ => false,
+        });
+        let recorded = self.servers.iter().any(|s| {
+            s.running
+                && s.dirty.get(&k).is_some_and(|d| {
+                    let at = b as u64 * CHUNK;
+                    d.next_run(at, CHUNK).is_some_and(|(a, _)| a == at)
+                })
+        });
+        // Or a rebuild run that took the bit is on its way (its failure sets the bit again).
+        let running = self.servers.iter().any(|s| {
+            s.running
+                && s.runs
+                    .values()
+                    .any(|r| r.copy == k && block_range(r.at, r.len).contains(&b))
+        });
+        on_way || answering || recorded || running
+    }
+
+    fn check_quiet(&self) -> Result<(), String> {
+        let map = &self.committed;
+        let cs = copies(map);
+        let first = self.servers[cs[0]].data;
+        for &k in &cs {
+            if self.servers[k].data != first {
+                return Err(self.fail(&format!(
+                    "quiescent in_sync copies differ: s{} {:?} vs s{} {:?}",
+                    cs[0] + 1,
+                    first,
+                    k + 1,
+                    self.servers[k].data
+                )));
+            }
+        }
+        // A read through every server (`route::locate_read`: its own in-sync copy, else the
+        // primary).
+        for r in 0..self.servers.len() {
+            let m = &self.servers[r].map;
+            let src = if state_of(m, r) == Some(ReplicaState::InSync) {
+                r
+            } else {
+                primary_of(m).unwrap_or(r)
+            };
+            for b in 0..BLOCKS {
+                if self.servers[src].data[b] != self.acked[b] {
+                    return Err(self.fail(&format!(
+                        "read of b{b} through s{} returns {}, last acknowledged {}",
+                        r + 1,
+                        self.servers[src].data[b],
+                        self.acked[b]
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn mark(s: &mut Server, c: usize, block: usize) {
+    if let Some(d) = s.dirty.get(&c) {
+        d.mark(block as u64 * CHUNK, CHUNK);
+    } else {
+        // Created now: clean only if this server has been the primary, seeing every write,
+        // since it started (`rebuild::reconcile`).
+        let d = DirtyMap::new(EXTENT, !s.was_primary);
+        d.mark(block as u64 * CHUNK, CHUNK);
+        s.dirty.insert(c, d);
+    }
+}
+
+fn block_range(at: u64, len: u64) -> std::ops::Range<usize> {
+    (at / CHUNK) as usize..(at + len).div_ceil(CHUNK) as usize
+}
