@@ -207,6 +207,16 @@ pub struct ResizeRequest {
     pub size: u64,
 }
 
+/// `POST /v1/volumes/{name}/clear-lost`: clear the `lost` mark of one extent, or of every
+/// extent of the volume when `extent` is absent (docs/replication.md, "The last copy").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearLostRequest {
+    /// Extent index; absent: every extent of the volume.
+    #[serde(default)]
+    pub extent: Option<usize>,
+}
+
 /// `POST /v1/servers`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -259,6 +269,19 @@ pub struct Status {
     /// Copies marked `rebuilding` in the newest map, with the primary's last progress report.
     #[serde(default)]
     pub rebuilding_replicas: Vec<RebuildingReplica>,
+    /// Extents marked `lost` in the newest map (their reads fail until an operator clears
+    /// the mark: `POST /v1/volumes/{name}/clear-lost`).
+    #[serde(default)]
+    pub lost_extents: Vec<LostExtent>,
+}
+
+/// One extent marked `lost` in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct LostExtent {
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
 }
 
 /// One `rebuilding` copy in [`Status`].

@@ -384,6 +384,21 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/volumes/{name}/clear-lost`: clear the `lost` mark of extent `extent` of
+    /// `volume`, or of all its extents (operator).
+    ///
+    /// # Errors
+    /// [`ClientError`]; 4xx with the reason when the change is refused.
+    pub async fn clear_lost(
+        &self,
+        volume: &str,
+        extent: Option<usize>,
+    ) -> Result<ClusterMap, ClientError> {
+        let url = self.url(&["v1", "volumes", volume, "clear-lost"])?;
+        let body = crate::api::ClearLostRequest { extent };
+        self.call(Method::POST, url, &[], Some(&body)).await
+    }
+
     /// `POST /v1/servers`.
     ///
     /// # Errors

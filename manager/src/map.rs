@@ -168,6 +168,12 @@ pub struct ExtentEntry {
     pub replicas: Vec<Replica>,
     /// A copy in progress (copy-then-switch), or `null`.
     pub moving: Option<Move>,
+    /// The extent's data is gone: its only `in_sync` copy was on a server that came back with
+    /// another pool identity. Host reads of it fail (Unrecovered Read Error) until an operator
+    /// clears the mark (docs/replication.md, "The last copy"). JSON `lost`, absent when false,
+    /// so maps stored before it load unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
 }
 
 /// One copy of an extent: a server and the byte offset in its pool.
@@ -898,6 +904,7 @@ mod tests {
             server("s3", ServerState::Up),
         ];
         let mut ext = ExtentEntry {
+            lost: false,
             replicas: vec![
                 Replica::new("s1", 0),
                 Replica::new("s2", 0),

@@ -9,6 +9,7 @@
 
 mod alloc;
 mod error;
+mod lost;
 mod reload;
 mod replica;
 #[cfg(test)]
@@ -19,10 +20,11 @@ use std::sync::Arc;
 use yaml::derived_volume_uuid;
 
 pub use error::PlanError;
+pub use lost::{clear_lost, lost_with, pool_seen};
 use reload::reload_holding;
 pub use reload::{initial_map, reload, reload_from};
 pub use replica::{
-    holds_replicated_copy, pool_lost_extents, pool_seen, rebuild_done, rebuild_due, rebuild_start,
+    holds_replicated_copy, pool_lost_extents, rebuild_done, rebuild_due, rebuild_start,
     replica_failed,
 };
 
@@ -76,12 +78,20 @@ pub enum Change {
     /// `POST /v1/rebuild-done`.
     RebuildDone(crate::api::RebuildDoneRequest),
     /// A server fetched or watched the map with its pool identity: recorded; when it differs
-    /// from the recorded one, its copies are stale ([`replica::pool_seen`]).
+    /// from the recorded one, its copies are stale ([`replica::pool_seen`]) and the extents
+    /// whose only `in_sync` copy it held are marked `lost` ([`lost::pool_seen`]).
     PoolSeen {
         /// Server id.
         id: String,
         /// The pool identity it sent.
         pool: crate::map::PoolId,
+    },
+    /// `POST /v1/volumes/{name}/clear-lost`: the `lost` mark off one extent (or all).
+    ClearLost {
+        /// Volume name.
+        volume: String,
+        /// Extent index; `None`: every extent of the volume.
+        extent: Option<usize>,
     },
     /// A server's state (from a reload, or an operator).
     SetServerState {
@@ -113,6 +123,7 @@ impl Change {
             Self::RebuildStart { .. } => "rebuild start",
             Self::RebuildDone(_) => "rebuild done",
             Self::PoolSeen { .. } => "pool seen",
+            Self::ClearLost { .. } => "clear lost",
             Self::SetServerState { .. } => "server state",
             Self::Reload { .. } => "reload",
         }
@@ -146,7 +157,8 @@ fn apply_holding(
         Change::ReplicaFailed { req, server_gone } => replica_failed(map, req, *server_gone),
         Change::RebuildStart { id } => replica::rebuild_start(map, id),
         Change::RebuildDone(req) => replica::rebuild_done(map, req),
-        Change::PoolSeen { id, pool } => replica::pool_seen(map, id, *pool),
+        Change::PoolSeen { id, pool } => lost::pool_seen(map, id, *pool),
+        Change::ClearLost { volume, extent } => clear_lost(map, volume, *extent),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
         Change::Reload { previous, cluster } => {
             reload_holding(map, previous.as_deref(), cluster, held)
@@ -451,6 +463,7 @@ pub(crate) fn edit_create_volume(
         extents.push(ExtentEntry {
             replicas,
             moving: None,
+            lost: false,
         });
     }
     m.volumes.push(VolumeEntry {
@@ -504,6 +517,7 @@ pub(crate) fn edit_resize(
         new_extents.push(ExtentEntry {
             replicas,
             moving: None,
+            lost: false,
         });
     }
     let vol = volume_mut(m, name)?;

@@ -86,6 +86,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/volumes", post(create_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
+        .route("/v1/volumes/{name}/clear-lost", post(clear_lost))
         .route("/v1/servers", post(add_server))
         .route("/v1/servers/{id}/state", post(server_state))
         .route("/v1/extents/move", post(move_extent))
@@ -178,7 +179,7 @@ pub(super) async fn pool_seen(
         (
             e.pool,
             crate::plan::holds_replicated_copy(&inner.head, id),
-            crate::plan::pool_lost_extents(&inner.head, id),
+            crate::plan::lost_with(&inner.head, id),
         )
     };
     if recorded == Some(pool) {
@@ -194,7 +195,9 @@ pub(super) async fn pool_seen(
             "server back with another pool: its data is gone, marking its copies stale");
         for (volume, extent) in &lost {
             tracing::error!(server = %id, volume = %volume, extent = *extent,
-                "DATA LOST: the only in_sync copy of this extent was on the server whose pool                  is gone; its blocks now read as the new pool holds them (zeros)");
+                "DATA LOST: the only in_sync copy of this extent was on the server whose pool \
+                 is gone; the extent is marked lost and its reads fail until an operator clears \
+                 the mark");
         }
     } else {
         tracing::info!(server = %id, pool = %pool, "recording the server's pool identity");
@@ -479,6 +482,7 @@ async fn status(State(s): S) -> Json<Status> {
     let mut moves = Vec::new();
     let mut stale_replicas = Vec::new();
     let mut rebuilding_replicas = Vec::new();
+    let mut lost_extents = Vec::new();
     let mut progress = s.rebuild_progress();
     // Progress of copies no longer rebuilding goes (the map is the truth).
     progress.retain(|(v, e, server), _| {
@@ -492,6 +496,12 @@ async fn status(State(s): S) -> Json<Status> {
     });
     for v in &head.volumes {
         for (i, ext) in v.extents.iter().enumerate() {
+            if ext.lost {
+                lost_extents.push(crate::api::LostExtent {
+                    volume: v.name.clone(),
+                    extent: i,
+                });
+            }
             for r in &ext.replicas {
                 match r.state {
                     crate::map::ReplicaState::Stale => stale_replicas.push(StaleReplica {
@@ -541,6 +551,7 @@ async fn status(State(s): S) -> Json<Status> {
         publishing,
         stale_replicas,
         rebuilding_replicas,
+        lost_extents,
     })
 }
 
@@ -567,6 +578,28 @@ async fn resize_volume(
         s.change(Change::ResizeVolume {
             name,
             size: req.size,
+        })
+        .await?,
+    ))
+}
+
+/// The operator acknowledges that an extent's data is gone: the `lost` mark is cleared in a
+/// new generation (docs/replication.md, "The last copy").
+async fn clear_lost(
+    State(s): S,
+    Extension(caller): C,
+    name: Result<Path<String>, PathRejection>,
+    b: Result<Json<crate::api::ClearLostRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    caller.operator("clear lost marks")?;
+    let Path(name) = name.map_err(|r| ApiError::new(r.status().as_u16(), r.body_text()))?;
+    let req = body(b)?;
+    tracing::warn!(volume = %name, extent = ?req.extent,
+        "clearing the lost mark: the operator acknowledges the data loss");
+    Ok(Json(
+        s.change(Change::ClearLost {
+            volume: name,
+            extent: req.extent,
         })
         .await?,
     ))
