@@ -617,16 +617,19 @@ mod tests {
                 moving: Some(Move {
                     to: rep("s3", 4096),
                 }),
+                lost: false,
             }
         } else {
             Extent {
                 replicas: vec![rep("s3", 4096)],
                 moving: None,
+                lost: false,
             }
         };
         let e0 = Extent {
             replicas: vec![rep("s1", 0)],
             moving: None,
+            lost: false,
         };
         let servers = vec![
             server("s1", ServerState::Up),
@@ -726,10 +729,12 @@ mod tests {
         let e0 = Extent {
             replicas: vec![rep("s1", 0), second],
             moving: None,
+            lost: false,
         };
         let e1 = Extent {
             replicas: vec![rep("s2", 0), rep("s3", 4096)],
             moving: None,
+            lost: false,
         };
         let servers = vec![
             server("s1", s1),

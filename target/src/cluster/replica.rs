@@ -916,6 +916,7 @@ mod tests {
             vec![ExtentEntry {
                 replicas,
                 moving: None,
+                lost: false,
             }],
         );
         m.volumes[0].replicas = u32::try_from(copies.len()).unwrap();

@@ -252,6 +252,11 @@ impl RoutedVolume {
                 return Err(last);
             }
             let write = !matches!(io, PieceIo::Read);
+            // An extent whose data is gone: its reads fail for good, wherever its copies are
+            // (docs/replication.md, "The last copy"). Writes go through.
+            if !write && route::lost(&map, name, &p) {
+                return Err(VolumeError::Lost);
+            }
             let Some(t) = Self::locate(&map, &node.me, name, &p, write) else {
                 return Err(last);
             };
@@ -489,7 +494,8 @@ impl Volume for RoutedVolume {
 
 impl RoutedVolume {
     /// Where `[offset, offset + len)` lies in this server's pool when it is one piece read
-    /// from this server's own in-sync copy, while this server serves.
+    /// from this server's own in-sync copy, while this server serves (not of a `lost` extent:
+    /// `with_retries` fails those).
     fn local_piece(&self, offset: u64, len: u64) -> Option<u64> {
         if !self.node.admission.serving() {
             return None;
@@ -497,7 +503,7 @@ impl RoutedVolume {
         let map = self.node.map.load();
         let mut pieces = route::split(&map, &self.name, offset, len).ok()?;
         let p = pieces.next()?;
-        if pieces.next().is_some() {
+        if pieces.next().is_some() || route::lost(&map, &self.name, &p) {
             return None;
         }
         match route::locate_read(&map, &self.name, &p, &self.node.me) {
@@ -509,5 +515,75 @@ impl RoutedVolume {
     fn zero_like(&self, offset: u64, len: u64, deallocate: bool) -> IoFuture<()> {
         let f = self.route(offset, len, PieceIo::Zeroes { deallocate }, Vec::new());
         IoFuture::Boxed(Box::pin(async move { f.await.map(drop) }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::cluster::node::fixtures::{self, EXTENT, rep, server};
+    use crate::cluster::replica::testing;
+    use crate::controller::status::from_volume_error;
+    use codec::nvme::Status;
+    use manager::map::{ExtentEntry, ServerState};
+
+    /// `vol1` of two single-copy extents on s1, extent 1 marked `lost` when `lost`.
+    fn lost_map(lost: bool) -> ClusterMap {
+        let e = |off: u64, lost: bool| ExtentEntry {
+            replicas: vec![rep("s1", off)],
+            moving: None,
+            lost,
+        };
+        fixtures::map(
+            3,
+            vec![server("s1", ServerState::Up), server("s2", ServerState::Up)],
+            vec![e(0, false), e(EXTENT, lost)],
+        )
+    }
+
+    /// A read touching a lost extent fails with Unrecovered Read Error, DNR, on the server
+    /// holding its copy and on one that would forward it; a read of the other extent, and a
+    /// write to the lost one, go through (docs/replication.md, "The last copy").
+    #[tokio::test]
+    async fn a_read_of_a_lost_extent_is_an_unrecovered_read_error_and_others_succeed() {
+        let m = lost_map(true);
+        let owner = testing::node(&m, "s1", 600);
+        let vol = RoutedVolume::new(Arc::clone(&owner), "vol1", 2 * EXTENT);
+        // Inside the lost extent, and a range that spans both extents.
+        for (off, len) in [(EXTENT, 512), (EXTENT - 512, 1024)] {
+            let r = vol.read(off, vec![0u8; len]).await;
+            let Err(e) = r else {
+                panic!("read of {len} bytes at {off} succeeded on lost data")
+            };
+            let st = from_volume_error(&e);
+            assert_eq!((st.sct(), st.sc()), (0x2, 0x81), "{e}: got {st}");
+            assert!(st.dnr(), "{e}: {st} without DNR");
+            assert!(st.same_code(Status::UNRECOVERED_READ));
+        }
+        // The other extent reads.
+        let ok = vol.read(0, vec![0u8; 512]).await.expect("extent 0 reads");
+        assert_eq!(ok.len(), 512);
+        // Writes to the lost extent are accepted.
+        vol.write(EXTENT, Bytes::from(vec![9u8; 512]), false)
+            .await
+            .expect("a write to a lost extent is accepted");
+        // A server without a copy fails the read itself, without forwarding (nothing listens
+        // at s1's internal address in this test).
+        let other = testing::node(&m, "s2", 600);
+        let vol2 = RoutedVolume::new(other, "vol1", 2 * EXTENT);
+        let e = vol2
+            .read(EXTENT, vec![0u8; 512])
+            .await
+            .expect_err("lost data read through another server");
+        assert!(matches!(e, VolumeError::Lost), "{e}");
+        // Once the mark is cleared, the blocks read as the pool holds them.
+        testing::install(&owner, &{
+            let mut c = lost_map(false);
+            c.generation = 4;
+            c
+        });
+        let back = vol.read(EXTENT, vec![0u8; 512]).await.expect("cleared");
+        assert_eq!(&back[..], &[9u8; 512][..]);
     }
 }

@@ -10,10 +10,13 @@ use crate::subsystem::volume::VolumeError;
 /// - the backend failed: [`from_io_error`];
 /// - no path right now (a routed volume whose owner is unreachable or whose map is settling):
 ///   Internal Path Error, retryable — a Linux host requeues it (multipath) instead of failing
-///   the I/O, and never sees a vendor status.
+///   the I/O, and never sees a vendor status;
+/// - data lost (a read of an extent the cluster map marks `lost`): Unrecovered Read Error with
+///   DNR — the data is gone, a retry cannot help (a Linux host fails the read with EIO).
 pub fn from_volume_error(e: &VolumeError) -> Status {
     match e {
         VolumeError::Backend(e) => from_io_error(e),
+        VolumeError::Lost => Status::UNRECOVERED_READ.with_dnr(),
         VolumeError::NoPath(why) => {
             crate::metrics::count_no_path(*why);
             Status::INTERNAL_PATH_ERROR
@@ -88,6 +91,15 @@ mod tests {
                 "{e} as a volume error: got {got}, want {want}"
             );
         }
+    }
+
+    #[test]
+    fn lost_data_is_an_unrecovered_read_error_that_is_not_retried() {
+        let got = from_volume_error(&VolumeError::Lost);
+        assert!(got.same_code(Status::UNRECOVERED_READ), "got {got}");
+        assert_eq!((got.sct(), got.sc()), (0x2, 0x81), "got {got}");
+        assert!(got.dnr(), "{got}: a retry cannot bring lost data back");
+        assert!(!got.is_path_error(), "{got}");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum VolumeError {
     Backend(IoError),
     /// No path to the blocks right now; the host should retry, on this path or another.
     NoPath(NoPath),
+    /// The blocks' data is gone for good (a routed extent the cluster map marks `lost`): a
+    /// retry cannot help.
+    Lost,
 }
 
 /// Why a routed volume has no path to an extent (each becomes the same retryable path status;
@@ -53,7 +56,7 @@ impl VolumeError {
     pub fn backend(&self) -> Option<&IoError> {
         match self {
             VolumeError::Backend(e) => Some(e),
-            VolumeError::NoPath(_) => None,
+            VolumeError::NoPath(_) | VolumeError::Lost => None,
         }
     }
 }
@@ -77,6 +80,9 @@ impl std::fmt::Display for VolumeError {
             VolumeError::NoPath(NoPath::MapSettling) => {
                 f.write_str("no path: the map generation did not settle in time")
             }
+            VolumeError::Lost => f.write_str(
+                "data lost: the map marks this extent lost (its only copy's pool was replaced)",
+            ),
         }
     }
 }

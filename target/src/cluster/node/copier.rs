@@ -234,10 +234,12 @@ mod tests {
             ExtentEntry {
                 replicas: vec![rep("s1", 0)],
                 moving: None,
+                lost: false,
             },
             ExtentEntry {
                 replicas: vec![rep("s1", 4096)],
                 moving: Some(Move { to: rep("s2", 0) }),
+                lost: false,
             },
         ];
         let servers = vec![server("s1", ServerState::Up), server("s2", ServerState::Up)];

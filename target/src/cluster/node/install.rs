@@ -414,6 +414,7 @@ mod tests {
         let extent = Extent {
             replicas: vec![rep(owner, if owner == "s1" { 8192 } else { 0 })],
             moving: moving.then(|| Move { to: rep("s2", 0) }),
+            lost: false,
         };
         let servers = vec![server("s1", ServerState::Up), server("s2", ServerState::Up)];
         Arc::new(fixtures::map(generation, servers, vec![extent]))

@@ -125,6 +125,15 @@ pub fn locate_read<'a>(map: &'a ClusterMap, volume: &str, p: &Piece, me: &str) -
     }
 }
 
+/// Whether piece `p` of volume `volume` lies in an extent the map marks `lost` (its data is
+/// gone): a host read of it fails with Unrecovered Read Error instead of being routed
+/// (docs/replication.md, "The last copy"). Writes are routed as usual.
+pub fn lost(map: &ClusterMap, volume: &str, p: &Piece) -> bool {
+    map.volume(volume)
+        .and_then(|v| v.extents.get(p.extent))
+        .is_some_and(|e| e.lost)
+}
+
 /// Piece `p` of `vol` on copy `copy`.
 fn at<'a>(
     map: &'a ClusterMap,
@@ -164,6 +173,7 @@ mod tests {
         let e = |s: &str, off: u64| ExtentEntry {
             replicas: vec![rep(s, off)],
             moving: None,
+            lost: false,
         };
         map(
             3,
@@ -213,6 +223,7 @@ mod tests {
         let e = |copies: &[(&str, u64)]| ExtentEntry {
             replicas: copies.iter().map(|(s, o)| rep(s, *o)).collect(),
             moving: None,
+            lost: false,
         };
         let servers = || {
             vec![
