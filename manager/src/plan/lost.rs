@@ -29,15 +29,22 @@ pub fn lost_with(map: &ClusterMap, id: &str) -> Vec<(String, usize)> {
     out
 }
 
-/// [`replica::pool_seen`], and when the identity differs from the recorded one, every extent
-/// of [`lost_with`] (in the map before the change) marked `lost` in that same generation.
+/// [`replica::pool_seen`], and when the identity differs from the recorded one (or, when the
+/// map records none, from `previous`: the one the manager saw from that server before and
+/// kept in memory only), every extent of [`lost_with`] (in the map before the change) marked
+/// `lost` in that same generation.
 ///
 /// # Errors
 /// Unknown server.
-pub fn pool_seen(map: &ClusterMap, id: &str, pool: PoolId) -> Result<ClusterMap, PlanError> {
+pub fn pool_seen(
+    map: &ClusterMap,
+    id: &str,
+    pool: PoolId,
+    previous: Option<PoolId>,
+) -> Result<ClusterMap, PlanError> {
     let replaced = map
         .server(id)
-        .and_then(|s| s.pool)
+        .and_then(|s| s.pool.or(previous))
         .is_some_and(|p| p != pool);
     let mut next = replica::pool_seen(map, id, pool)?;
     if !replaced {
@@ -125,7 +132,7 @@ mod tests {
         .unwrap();
         m = create_volume(&m, &volume("two", 2)).unwrap();
         m = create_volume(&m, &volume("one", 1)).unwrap();
-        pool_seen(&m, "s1", PoolId(1)).unwrap()
+        pool_seen(&m, "s1", PoolId(1), None).unwrap()
     }
 
     fn on(m: &ClusterMap, v: &str, i: usize, id: &str) -> bool {
@@ -172,9 +179,9 @@ mod tests {
         want.sort();
 
         // The same identity: nothing.
-        assert_eq!(pool_seen(&m, "s1", PoolId(1)).unwrap(), m);
+        assert_eq!(pool_seen(&m, "s1", PoolId(1), None).unwrap(), m);
         // Another identity: exactly those, in the generation recording it.
-        let next = pool_seen(&m, "s1", PoolId(2)).unwrap();
+        let next = pool_seen(&m, "s1", PoolId(2), None).unwrap();
         assert_eq!(next.generation, m.generation + 1);
         assert_eq!(next.server("s1").unwrap().pool, Some(PoolId(2)));
         let mut got = marked(&next);
@@ -186,7 +193,7 @@ mod tests {
         assert!(!json.contains("\"lost\":false"));
         assert_eq!(serde_json::from_str::<ClusterMap>(&json).unwrap(), next);
         // Seen again with that identity: unchanged, the mark stays.
-        assert_eq!(pool_seen(&next, "s1", PoolId(2)).unwrap(), next);
+        assert_eq!(pool_seen(&next, "s1", PoolId(2), None).unwrap(), next);
 
         // The operator clears one extent, then the whole volume.
         let one = clear_lost(&next, "one", Some(ones[0])).unwrap();
@@ -209,5 +216,23 @@ mod tests {
             clear_lost(&all, "nope", None).unwrap_err(),
             PlanError::UnknownVolume(_)
         ));
+    }
+
+    /// A server holding only single-copy extents has its identity in the manager's memory
+    /// only (no generation of its own): back with another one, its extents are lost all the
+    /// same; seen for the first time, nothing is.
+    #[test]
+    fn an_identity_kept_in_memory_only_counts_as_the_recorded_one() {
+        let mut m = crate::plan::tests::two_servers();
+        m = create_volume(&m, &volume("one", 1)).unwrap();
+        let ones: Vec<usize> = (0..6).filter(|&i| on(&m, "one", i, "s1")).collect();
+        assert!(!ones.is_empty());
+        let first = pool_seen(&m, "s1", PoolId(1), None).unwrap();
+        assert!(marked(&first).is_empty());
+        let next = pool_seen(&m, "s1", PoolId(2), Some(PoolId(1))).unwrap();
+        assert_eq!(next.server("s1").unwrap().pool, Some(PoolId(2)));
+        let want: Vec<(String, usize)> = ones.iter().map(|&i| ("one".to_owned(), i)).collect();
+        assert_eq!(marked(&next), want);
+        assert!(marked(&pool_seen(&m, "s1", PoolId(1), Some(PoolId(1))).unwrap()).is_empty());
     }
 }

@@ -85,6 +85,9 @@ pub enum Change {
         id: String,
         /// The pool identity it sent.
         pool: crate::map::PoolId,
+        /// The identity the manager saw from it before, kept in memory only (the map records
+        /// none): a different `pool` means its data is gone all the same.
+        previous: Option<crate::map::PoolId>,
     },
     /// `POST /v1/volumes/{name}/clear-lost`: the `lost` mark off one extent (or all).
     ClearLost {
@@ -157,7 +160,7 @@ fn apply_holding(
         Change::ReplicaFailed { req, server_gone } => replica_failed(map, req, *server_gone),
         Change::RebuildStart { id } => replica::rebuild_start(map, id),
         Change::RebuildDone(req) => replica::rebuild_done(map, req),
-        Change::PoolSeen { id, pool } => lost::pool_seen(map, id, *pool),
+        Change::PoolSeen { id, pool, previous } => lost::pool_seen(map, id, *pool, *previous),
         Change::ClearLost { volume, extent } => clear_lost(map, volume, *extent),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),
         Change::Reload { previous, cluster } => {

@@ -185,12 +185,24 @@ pub(super) async fn pool_seen(
     if recorded == Some(pool) {
         return Ok(());
     }
+    // A server holding only single-copy extents has its identity in memory only until the
+    // next change: another one now means its data is gone all the same.
+    let previous = if recorded.is_none() {
+        s.pools_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .copied()
+    } else {
+        None
+    };
     s.note_pool(id, pool);
-    if recorded.is_none() && !replicated {
+    let replaced = recorded.or(previous).filter(|p| *p != pool);
+    if recorded.is_none() && !replicated && replaced.is_none() {
         // Nothing to rebuild on it: recorded with the next change (Shared::fill_pools).
         return Ok(());
     }
-    if let Some(old) = recorded {
+    if let Some(old) = replaced {
         tracing::warn!(server = %id, old = %old, new = %pool,
             "server back with another pool: its data is gone, marking its copies stale");
         for (volume, extent) in &lost {
@@ -205,6 +217,7 @@ pub(super) async fn pool_seen(
     s.change(Change::PoolSeen {
         id: id.to_owned(),
         pool,
+        previous,
     })
     .await
     .map(|_| ())

@@ -89,6 +89,15 @@ pub enum VolumeCmd {
         #[arg(long)]
         size: String,
     },
+    /// Clear the `lost` mark of a volume's extents (all, or `--extent N`): acknowledges that
+    /// their data is gone; their blocks then read as the pool holds them (zeros unless
+    /// written since).
+    ClearLost {
+        name: String,
+        /// Extent index; default: every extent of the volume.
+        #[arg(long)]
+        extent: Option<usize>,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -216,6 +225,18 @@ pub async fn run(m: &ManagerArg, cmd: AdminCmd) -> ExitCode {
                 println!("resized volume {name} (generation {})", m.generation);
                 Ok(())
             }
+            AdminCmd::Volume(VolumeCmd::ClearLost { name, extent }) => {
+                let m = client
+                    .clear_lost(&name, extent)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let which = extent.map_or_else(|| "every extent".to_owned(), |i| format!("extent {i}"));
+                println!(
+                    "cleared the lost mark of {which} of volume {name} (generation {})",
+                    m.generation
+                );
+                Ok(())
+            }
             AdminCmd::Server(ServerCmd::Add {
                 id,
                 portal,
@@ -318,6 +339,13 @@ async fn status(client: &Client) -> Result<(), String> {
         println!(
             "stale copy: {} extent {} on {} (takes no writes until rebuilt)",
             r.volume, r.extent, r.server
+        );
+    }
+    for l in &s.lost_extents {
+        println!(
+            "lost extent: {} extent {} (its data is gone: reads fail until `tessera volume \
+             clear-lost`)",
+            l.volume, l.extent
         );
     }
     for r in &s.rebuilding_replicas {
