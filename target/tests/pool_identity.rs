@@ -5,7 +5,9 @@
 //! manager recorded, so its copies go `stale` and are rebuilt whole from the other copies; then
 //! every block reads back right through every server, and a checker reads every copy of every
 //! extent from its server's internal namespace and finds them equal (docs/replication.md, "A
-//! server whose data is gone").
+//! server whose data is gone"). With one copy per extent, the extents of the restarted server
+//! are marked lost: their reads fail with Unrecovered Read Error until an operator clears the
+//! mark ("The last copy").
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -68,7 +70,7 @@ struct Cluster {
     _logs: KeptDir,
 }
 
-async fn start_cluster(file_pools: bool) -> Cluster {
+async fn start_cluster(file_pools: bool, replicas: u32) -> Cluster {
     let logs = KeptDir::with_prefix("tessera-pool-identity-test-");
     for attempt in 1..=START_ATTEMPTS {
         let dir = logs.path().join(format!("start{attempt}"));
@@ -76,7 +78,7 @@ async fn start_cluster(file_pools: bool) -> Cluster {
         let yaml = |ports: &[(u16, u16)]| {
             let mut y = servers_yaml(ports);
             y.push_str(&format!(
-                "subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\nvolumes:\n  - name: pvol\n    size: {VOL}\n    subsystem: {NQN}\n    nsid: 1\n    extent_size: {EXTENT}\n    replicas: 2\n"
+                "subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\nvolumes:\n  - name: pvol\n    size: {VOL}\n    subsystem: {NQN}\n    nsid: 1\n    extent_size: {EXTENT}\n    replicas: {replicas}\n"
             ));
             y
         };
@@ -207,7 +209,7 @@ async fn check_copies(c: &Cluster) -> usize {
 /// Writes every block, kills a server, restarts it on an empty pool (`file_pool`: its pool
 /// file deleted first; else a RAM pool), and checks that its copies are rebuilt whole.
 async fn data_gone_is_rebuilt_whole(file_pool: bool) {
-    let mut c = start_cluster(file_pool).await;
+    let mut c = start_cluster(file_pool, 2).await;
     let deadline = Instant::now() + DEADLINE;
     let map = c.map().await;
     // The victim is the primary of extent 0 (its primaries must move).
@@ -295,4 +297,139 @@ async fn a_server_back_on_an_empty_ram_pool_is_rebuilt_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_pool_file_was_deleted_is_rebuilt_whole() {
     data_gone_is_rebuilt_whole(true).await;
+}
+
+/// Reads 8 LBAs at block `n` through `q`, retrying a retryable path error (as a host does).
+async fn read_block(q: &Queue, n: u64) -> Result<Bytes, InitiatorError> {
+    for _ in 0..50 {
+        match q.read(1, n * 8, 8, LBA).await {
+            Err(InitiatorError::Status(s)) if s.same_code(Status::INTERNAL_PATH_ERROR) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+    panic!("read of block {n}: path errors 50 times");
+}
+
+/// Waits until the manager committed generation `g` and every server acknowledged it.
+async fn all_acked(c: &Cluster, g: u64, deadline: Instant) {
+    while !harness::all_acked(&c.client, g, c.servers.len()).await {
+        assert!(
+            Instant::now() < deadline,
+            "generation {g} not acknowledged by every server; status: {:?}",
+            c.client.status().await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// One copy per extent: a server back on an empty RAM pool has its extents marked lost; their
+/// reads fail with Unrecovered Read Error (DNR) through every server, the other extents read
+/// as written, and once the operator clears the mark they read as zeros and take writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_copy_on_an_empty_ram_pool_is_lost_until_the_operator_clears_it() {
+    let mut c = start_cluster(false, 1).await;
+    let deadline = Instant::now() + DEADLINE;
+    let map = c.map().await;
+    let vol = map.volume("pvol").unwrap();
+    let victim = vol.extents[0].replicas[0].server.clone();
+    let k = c.index(&victim);
+    let lost: Vec<usize> = (0..vol.extents.len())
+        .filter(|&i| vol.extents[i].replicas[0].server == victim)
+        .collect();
+    let kept = (0..vol.extents.len())
+        .find(|i| !lost.contains(i))
+        .expect("an extent on another server");
+    let per_extent = EXTENT / 4096;
+
+    let mut queues = Vec::new();
+    for s in &c.servers {
+        queues.push(connect_queue(s.1, NQN, HOST).await);
+    }
+    for n in 0..BLOCKS {
+        write_block(&queues[(n % 3) as usize].1, n).await;
+    }
+    drop(queues);
+    eprintln!("{BLOCKS} blocks written; killing {victim}, which holds extents {lost:?}");
+
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+    c.servers[k].3 = harness::spawn_server(&c.dir, &c.maddr, &victim, false);
+
+    // The manager marks exactly the victim's extents lost.
+    let status = loop {
+        let s = c.client.status().await.unwrap();
+        if !s.lost_extents.is_empty() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no extent marked lost: {s:?}");
+        tokio::time::sleep(POLL).await;
+    };
+    let marked: Vec<usize> = status.lost_extents.iter().map(|l| l.extent).collect();
+    assert_eq!(marked, lost, "lost extents: {:?}", status.lost_extents);
+    all_acked(&c, status.generation, deadline).await;
+    let log = std::fs::read_to_string(c.dir.join("manager.log")).unwrap_or_default();
+    assert!(
+        log.contains("DATA LOST"),
+        "the manager did not log the loss"
+    );
+
+    // A lost block fails through every server; a kept one reads as written.
+    let lost_block = lost[lost.len() - 1] as u64 * per_extent + 3;
+    let kept_block = kept as u64 * per_extent + 5;
+    for s in &c.servers {
+        let (_ctrl, q) = connect_queue(s.1, NQN, HOST).await;
+        match read_block(&q, lost_block).await {
+            Err(InitiatorError::Status(st)) => {
+                assert!(
+                    st.same_code(Status::UNRECOVERED_READ) && st.dnr(),
+                    "read of lost block {lost_block} through {}: {st}",
+                    s.0
+                );
+            }
+            other => panic!(
+                "read of lost block {lost_block} through {}: {:?}",
+                s.0,
+                other.map(|b| b.slice(..16))
+            ),
+        }
+        let got = read_block(&q, kept_block).await.unwrap();
+        assert!(
+            got == block(kept_block),
+            "block {kept_block} through {}",
+            s.0
+        );
+    }
+
+    // The operator acknowledges the loss: the blocks read as the new pool holds them (zeros),
+    // and take writes.
+    let m = c.client.clear_lost("pvol", None).await.unwrap();
+    assert!(m.volume("pvol").unwrap().extents.iter().all(|e| !e.lost));
+    all_acked(&c, m.generation, deadline).await;
+    assert!(c.client.status().await.unwrap().lost_extents.is_empty());
+    for s in &c.servers {
+        let (_ctrl, q) = connect_queue(s.1, NQN, HOST).await;
+        let got = read_block(&q, lost_block).await.unwrap();
+        assert!(
+            got.iter().all(|b| *b == 0),
+            "block {lost_block} through {}",
+            s.0
+        );
+    }
+    let (_ctrl, q) = connect_queue(c.servers[(k + 1) % 3].1, NQN, HOST).await;
+    write_block(&q, lost_block).await;
+    for s in &c.servers {
+        let (_ctrl, q) = connect_queue(s.1, NQN, HOST).await;
+        let got = read_block(&q, lost_block).await.unwrap();
+        assert!(
+            got == block(lost_block),
+            "block {lost_block} through {} after a write",
+            s.0
+        );
+    }
+    eprintln!(
+        "{victim}'s extents {lost:?} lost, read errors through 3 servers, cleared at generation {}",
+        m.generation
+    );
 }
