@@ -519,7 +519,7 @@ impl RoutedVolume {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::cluster::node::fixtures::{self, EXTENT, rep, server};
