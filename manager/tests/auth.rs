@@ -100,6 +100,7 @@ async fn every_call_needs_a_credential_and_each_role_has_its_rights() {
     assert_eq!(http_err(c.anon.map(&Role::Client).await).0, 401);
     assert_eq!(http_err(c.anon.ack("s1", 1).await).0, 401);
     assert_eq!(http_err(c.anon.create_volume(&volume("v")).await).0, 401);
+    assert_eq!(http_err(c.anon.clear_lost("v", None).await).0, 401);
     let wrong = Client::with_credential(r.local_addr(), "bm90LWEtdG9rZW4tb2YtdGhpcy1jbHVzdGVy");
     let (status, message) = http_err(wrong.status().await);
     assert_eq!(status, 401);
@@ -151,6 +152,17 @@ async fn every_call_needs_a_credential_and_each_role_has_its_rights() {
     assert_eq!(c.op.status().await.unwrap().reports.stale, 1);
     ack_both(&c, 2).await;
     wait_until(&c.op, "g2 committed", |s| s.committed == 2).await;
+
+    // Clearing lost marks is the operator's; with nothing marked the map is unchanged.
+    let (status, message) = http_err(c.s1.clear_lost("v", None).await);
+    assert_eq!(status, 403);
+    assert_eq!(
+        message,
+        "server s1's credential cannot clear lost marks (expected the operator credential)"
+    );
+    assert_eq!(c.op.clear_lost("v", Some(0)).await.unwrap().generation, 2);
+    assert_eq!(http_err(c.op.clear_lost("v", Some(999)).await).0, 404);
+    assert_eq!(http_err(c.op.clear_lost("nope", None).await).0, 404);
 
     // A raw forged ack with a server's name in the body and another's token: refused, not counted.
     let raw = reqwest::Client::new()

@@ -241,6 +241,28 @@ fn the_cli_authenticates_and_reloads_keep_api_changes() {
         &env,
     );
     assert!(!ok && err.starts_with("tessera: "), "{err}");
+    // volume clear-lost: nothing marked leaves the map as it is; a missing extent is refused.
+    let (ok, out, err) = tessera(&["--manager", &addr, "volume", "clear-lost", "vol2"], &env);
+    assert!(
+        ok && out.contains("every extent of volume vol2 (generation 2)"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = tessera(
+        &[
+            "--manager",
+            &addr,
+            "volume",
+            "clear-lost",
+            "vol2",
+            "--extent",
+            "1",
+        ],
+        &env,
+    );
+    assert!(
+        !ok && err.contains("HTTP 404") && err.contains("no extent 1"),
+        "{err}"
+    );
 
     // server add, then the unchanged file reloads without a word and keeps both API changes.
     let (ok, out, err) = tessera(
