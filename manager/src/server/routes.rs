@@ -160,9 +160,10 @@ async fn map(
 }
 
 /// A server fetching or watching the map sent its pool identity: recorded in the map, and when
-/// it differs from the recorded one (the server's pool data is gone) its copies are `stale` in
-/// that same generation, which is committed before this returns, so the map the server gets
-/// next never has it serve them (docs/replication.md, "A server whose data is gone").
+/// it differs from the recorded one (the server's pool data is gone) its copies are `stale` and
+/// the extents whose only `in_sync` copy it held are marked `lost`, in that same generation,
+/// which is committed before this returns, so the map the server gets next never has it serve
+/// them (docs/replication.md, "A server whose data is gone" and "The last copy").
 pub(super) async fn pool_seen(
     s: &Arc<Shared>,
     id: &str,
