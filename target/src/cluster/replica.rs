@@ -152,9 +152,13 @@ impl Drop for RangeGuard<'_> {
     }
 }
 
-/// Runs `op` on this server's pool bytes `[off, off + len)`: on the pool alone when they are
-/// not in an extent this server is the primary of with other copies, else under the range
-/// lock on every copy that takes writes.
+/// Runs `op` on this server's pool bytes `[off, off + len)`, as one view of the installed map
+/// says ([`path`]): on the pool alone when this server orders the range's writes and no other
+/// copy takes them or has a dirty map (every volume with one copy); under the range lock on
+/// every copy that takes writes when it orders them and other copies do; not at all when it
+/// does not order them (a map installed since the write was admitted made another copy the
+/// primary): a retryable path error, and the host's retry goes to the new primary. The
+/// decision is taken again from a fresh view once the lock is held.
 ///
 /// A copy whose write fails (an error, a refusal, a lost connection, or no answer within
 /// [`replica_timeout`]) is reported to the manager (`POST /v1/replica-failed`), and this
@@ -171,8 +175,10 @@ impl Drop for RangeGuard<'_> {
 /// rebuild-done report of that copy that may be pending (docs/replication.md, "The end of a
 /// rebuild").
 pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResult<()> {
-    if node.admission.ownership().fanout(off, len).is_none() && !node.rebuilds.tracks(off, len) {
-        return own(node, off, len, &op).await;
+    match path(node, off, len) {
+        Path::Alone => return own(node, off, len, &op).await,
+        Path::NotMine => return Err(not_mine(off, len)),
+        Path::Locked(_) => {}
     }
     let timeout = node.forward_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -186,15 +192,14 @@ pub async fn write(node: &NodeShared, off: u64, len: u64, op: WriteOp) -> IoResu
         );
         return Err(VolumeError::NoPath(NoPath::MapSettling));
     };
-    // The copies, as of now that the lock is held: a map installed while this write waited
-    // for it decides (a copy that turned `rebuilding` meanwhile gets this write).
-    let fanout = node.admission.ownership().fanout(off, len);
-    if fanout.is_none() && !orders(node, off) {
-        // A map installed meanwhile made another copy the primary: this write is not ours
-        // to complete (the host's retry goes to the new primary).
-        tracing::warn!(off, len, "replicated write: no longer the primary");
-        return Err(VolumeError::NoPath(NoPath::MapSettling));
-    }
+    // Decided again, from one view, now that the lock is held: a map installed while this
+    // write waited for it decides (a copy that turned `rebuilding` meanwhile gets this write;
+    // one that made another copy the primary leaves this write not ours to complete).
+    let fanout = match path(node, off, len) {
+        Path::NotMine => return Err(not_mine(off, len)),
+        Path::Alone => None,
+        Path::Locked(f) => f,
+    };
     // The copies this write skips (`stale`, or on a server marked down) have it in their
     // dirty maps before anything is sent: a rebuild that checks its map from now on sees it.
     let sent: Vec<CopyKey> = fanout.as_ref().map_or_else(Vec::new, |f| {
@@ -365,14 +370,48 @@ async fn promotions_settled(
     }
 }
 
-/// Whether this server orders the writes of the extent its copy at pool offset `off` belongs
-/// to (its primary) in the installed map.
-fn orders(node: &NodeShared, off: u64) -> bool {
-    let map = node.map.load();
-    extent_at(&map, &node.me, off).is_some_and(|(_, _, e)| {
-        map.write_owner(e)
-            .is_some_and(|o| o.server == node.me && o.offset <= off)
-    })
+/// How a write of this server's pool bytes `[off, off + len)` runs, as one view of the
+/// installed map says ([`path`]).
+enum Path {
+    /// This server orders the range's writes, and no other copy takes them or has a dirty
+    /// map: this server's pool alone, no range lock (every volume with one copy).
+    Alone,
+    /// This server orders the range's writes and other copies take them (`Some`: where to
+    /// send them) or have a dirty map: under the range lock.
+    Locked(Option<node::Fanout>),
+    /// This server does not order the range's writes (another copy is the primary, or this
+    /// server serves nothing): the write must not run here.
+    NotMine,
+}
+
+/// [`Path`] of a write of pool bytes `[off, off + len)`: whether this server orders them and
+/// where they go besides its pool, both from the same view of the installed map (its
+/// [`node::Ownership`], loaded once), then whether a dirty map covers them.
+fn path(node: &NodeShared, off: u64, len: u64) -> Path {
+    let view = node.admission.ownership();
+    if !orders(&view, &node.me, off, len) {
+        return Path::NotMine;
+    }
+    match view.fanout(off, len) {
+        Some(f) => Path::Locked(Some(f)),
+        None if node.rebuilds.tracks(off, len) => Path::Locked(None),
+        None => Path::Alone,
+    }
+}
+
+/// Whether `view` names this server `me` the one that orders the writes of pool bytes
+/// `[off, off + len)` (the primary of their extent, or its owner with one copy) while it
+/// serves: the rule a routed write is admitted by ([`node::Ownership::admit`]).
+fn orders(view: &node::Ownership, me: &str, off: u64, len: u64) -> bool {
+    view.admit(me, node::Via::Routed, (off, len.max(1)), true)
+        .is_ok()
+}
+
+/// The error of a write to a range this server does not order (any more): retryable, the
+/// host's retry goes to the primary of its map.
+fn not_mine(off: u64, len: u64) -> VolumeError {
+    tracing::warn!(off, len, "replicated write: this server is not the primary");
+    VolumeError::NoPath(NoPath::MapSettling)
 }
 
 /// One copy: (server, offset of the extent in its pool).
@@ -768,12 +807,15 @@ impl FanoutPool {
         };
         // An extent with no other copy (every volume with one copy) is the pool's write, as
         // before replication: no boxed future, no range lock per command. (A copy out of the
-        // write set keeps a dirty map: then the write takes the lock to mark it.)
-        if node.admission.ownership().fanout(off, len).is_none() && !node.rebuilds.tracks(off, len)
-        {
-            return own(&node, off, len, &op);
+        // write set keeps a dirty map: then the write takes the lock to mark it.) A range a
+        // map installed since admission took away runs nowhere ([`write`]).
+        match path(&node, off, len) {
+            Path::Alone => own(&node, off, len, &op),
+            Path::NotMine => IoFuture::Ready(Some(Err(not_mine(off, len)))),
+            Path::Locked(_) => {
+                IoFuture::Boxed(Box::pin(async move { write(&node, off, len, op).await }))
+            }
         }
-        IoFuture::Boxed(Box::pin(async move { write(&node, off, len, op).await }))
     }
 }
 
@@ -1075,6 +1117,42 @@ mod tests {
             .expect("hang guard")
             .expect("task");
         assert!(matches!(r, Err(VolumeError::NoPath(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_admitted_before_a_map_that_demotes_the_primary_is_not_acked_on_its_copy() {
+        // replicas [s2, s1]: s2 is rebuilding, s1 the primary. A write is admitted at g2 (a
+        // routed write whose stamp and owner check passed, or a host piece routed here); then
+        // another thread installs g3, in which s2's rebuild is done and s2, in sync and first,
+        // is the primary. The write reaches `write` (or the routed namespace) only now: it
+        // must not run on s1's copy alone and be acknowledged (s2 never gets it).
+        let sv = servers(&["s1", "s2"]);
+        let g1 = one_extent(1, &sv, &[("s2", Stale), ("s1", InSync)]);
+        let node = testing::node(&g1, "s1", 600);
+        testing::install(
+            &node,
+            &one_extent(2, &sv, &[("s2", Rebuilding), ("s1", InSync)]),
+        );
+        testing::install(
+            &node,
+            &one_extent(3, &sv, &[("s2", InSync), ("s1", InSync)]),
+        );
+        let r = write(&node, 0, 512, data()).await;
+        assert!(
+            matches!(r, Err(VolumeError::NoPath(_))),
+            "acknowledged by a former primary: {r:?}"
+        );
+        // The same through the routed namespace's volume (`FanoutPool`).
+        let r = FanoutPool::new(&node)
+            .write(0, Bytes::from(vec![7u8; 512]), false)
+            .await;
+        assert!(
+            matches!(r, Err(VolumeError::NoPath(_))),
+            "acknowledged by a former primary (routed): {r:?}"
+        );
+        // s1's copy did not take it either (it would differ from the primary's).
+        let back = node.pool.read(0, vec![1u8; 512]).await.expect("read");
+        assert!(back.iter().all(|b| *b == 0), "written on a former primary");
     }
 
     #[tokio::test]
