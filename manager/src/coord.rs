@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
+use crate::api::MoveReadyRequest;
 use crate::map::{ClusterMap, Generation, ServerState};
 
 /// Phase 1a re-send period: a live old owner acks within milliseconds; a second try catches a
@@ -366,6 +367,54 @@ impl Coordinator {
     #[must_use]
     pub fn is_late(&self, server: &str) -> bool {
         self.late.contains(server)
+    }
+
+    /// Whether the move that `req` reports ready may be switched now
+    /// (docs/cluster-protocol.md, "Moving an extent"): the newest map whose phase 1a is done
+    /// has that move (same destination and offset as the newest durable map), and its
+    /// destination has acked that map's generation (or a newer one). A destination that has not
+    /// is catching up, hung or behind, and cannot have taken the copier's passes; the owner's
+    /// copier retries a refused move-ready every second. `Ok` when the newest durable map has no
+    /// such move at all (the plan refuses the request with its own error).
+    ///
+    /// # Errors
+    /// Why the switch must wait, naming the move and what it waits for (HTTP 409).
+    pub fn move_ready_check(&self, req: &MoveReadyRequest) -> Result<(), String> {
+        let head = self.head_map();
+        let Some(to) = head
+            .volume(&req.volume)
+            .and_then(|v| v.extents.get(req.extent))
+            .and_then(|e| e.moving.as_ref())
+            .map(|m| &m.to)
+        else {
+            return Ok(());
+        };
+        let what = format!(
+            "move of {}[{}] to {} (offset {})",
+            req.volume, req.extent, to.server, to.offset
+        );
+        let servers = &self.servers_map;
+        let in_servers_map = servers
+            .volume(&req.volume)
+            .and_then(|v| v.extents.get(req.extent))
+            .and_then(|e| e.moving.as_ref())
+            .is_some_and(|m| m.to.same_place(to));
+        if !in_servers_map {
+            return Err(format!(
+                "{what} is not switched yet: the servers' map (generation {}) does not have it \
+                 (the map that starts it is not through phase 1a); retry later",
+                servers.generation
+            ));
+        }
+        let acked = self.acked(&to.server);
+        if acked < servers.generation {
+            return Err(format!(
+                "{what} is not switched yet: its destination {} has acked generation {acked}, \
+                 not the servers' map (generation {}) that has the move; retry once it acks",
+                to.server, servers.generation
+            ));
+        }
+        Ok(())
     }
 
     /// Feeds one event; returns what to do, in order.

@@ -913,3 +913,108 @@ fn phase_1b_does_not_wait_for_a_server_without_a_watch_stream() {
     assert_eq!(published_to_clients(&a), [g2]);
     assert!(c.is_late(other));
 }
+
+/// A move-ready switches a move only once its destination has acked the newest map through
+/// phase 1a, and only if that map has the move (docs/cluster-protocol.md, "Moving an extent"):
+/// a destination that is catching up, hung or behind has not had the copier's passes.
+#[test]
+fn move_ready_waits_for_the_destination_to_ack_the_move() {
+    let m = base();
+    let (m1, _, owner) = move_maps(&m);
+    let to = m1.volume("a").unwrap().extents[0]
+        .moving
+        .as_ref()
+        .unwrap()
+        .to
+        .server
+        .clone();
+    let ready = |extent: usize, server: &str, generation: u64| MoveReadyRequest {
+        server: server.into(),
+        volume: "a".into(),
+        extent,
+        generation,
+    };
+    let mut c = Coordinator::new(m);
+    // No owner changes: the move's start skips phase 1a.
+    let _ = c.handle(Event::Committed(Arc::new(m1.clone())));
+    assert_eq!(c.server_map(None).generation, m1.generation);
+    let e = c
+        .move_ready_check(&ready(0, &owner, m1.generation))
+        .unwrap_err();
+    assert!(
+        e.contains(&format!("move of a[0] to {to}"))
+            && e.contains(&format!("its destination {to} has acked generation 0"))
+            && e.contains(&format!("generation {}", m1.generation)),
+        "{e}"
+    );
+    // The owner's ack is not the destination's.
+    let _ = c.handle(ack(&owner, m1.generation));
+    assert!(
+        c.move_ready_check(&ready(0, &owner, m1.generation))
+            .is_err()
+    );
+    let _ = c.handle(ack(&to, m1.generation - 1));
+    assert!(
+        c.move_ready_check(&ready(0, &owner, m1.generation))
+            .is_err()
+    );
+    let _ = c.handle(ack(&to, m1.generation));
+    assert_eq!(c.move_ready_check(&ready(0, &owner, m1.generation)), Ok(()));
+    // An extent that is not moving: left to the plan's own error.
+    assert_eq!(c.move_ready_check(&ready(1, &owner, m1.generation)), Ok(()));
+}
+
+/// A move whose start is still queued behind a publication in phase 1a is not in the
+/// servers' map: its move-ready is refused, whatever the destination acked.
+#[test]
+fn move_ready_waits_for_the_moves_start_to_pass_phase_1a() {
+    let m = base();
+    // Extent 1 switches to the other server and waits in phase 1a for its old owner.
+    let owner1 = m.owner("a", 1).unwrap().server.clone();
+    let to1 = if owner1 == "s1" { "s2" } else { "s1" };
+    let s1 = plan::start_move(
+        &m,
+        &MoveRequest {
+            volume: "a".into(),
+            extent: 1,
+            to: to1.into(),
+        },
+    )
+    .unwrap();
+    let s2 = plan::switch_move(
+        &s1,
+        &MoveReadyRequest {
+            server: owner1.clone(),
+            volume: "a".into(),
+            extent: 1,
+            generation: s1.generation,
+        },
+    )
+    .unwrap();
+    let (m3, _, owner0) = move_maps(&s2);
+    let to0 = if owner0 == "s1" { "s2" } else { "s1" };
+    let mut c = Coordinator::new(s1);
+    let _ = c.handle(Event::Committed(Arc::new(s2.clone())));
+    let _ = c.handle(Event::Committed(Arc::new(m3.clone())));
+    assert_eq!(c.server_map(None).generation, s2.generation - 1);
+    for s in ["s1", "s2"] {
+        if s != owner1 {
+            let _ = c.handle(ack(s, m3.generation));
+        }
+    }
+    let req = MoveReadyRequest {
+        server: owner0,
+        volume: "a".into(),
+        extent: 0,
+        generation: m3.generation,
+    };
+    let e = c.move_ready_check(&req).unwrap_err();
+    assert!(
+        e.contains(&format!("move of a[0] to {to0}")) && e.contains("does not have it"),
+        "{e}"
+    );
+    // Once the switch ahead is through phase 1a and the move's start too, it may switch.
+    let _ = c.handle(ack(&owner1, m3.generation));
+    assert_eq!(c.server_map(None).generation, m3.generation);
+    assert_eq!(c.move_ready_check(&req), Ok(()));
+}

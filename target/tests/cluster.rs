@@ -49,6 +49,28 @@ const REPORT_DEADLINE: Duration = Duration::from_secs(30);
 const AEN_DEADLINE: Duration = Duration::from_secs(30);
 /// How often a wait loop looks again.
 const POLL: Duration = Duration::from_millis(50);
+
+/// Sends `req` until the manager accepts it, as the owner's copier does: the manager answers
+/// 409 until the move's destination has acked the map with the move.
+async fn move_ready_once_accepted(
+    client: &manager::client::Client,
+    req: &manager::api::MoveReadyRequest,
+) {
+    let deadline = Instant::now() + MOVE_DEADLINE;
+    loop {
+        match client.move_ready(req).await {
+            Ok(()) => return,
+            Err(manager::client::ClientError::Http {
+                status: 409,
+                message,
+            }) if Instant::now() < deadline => {
+                eprintln!("move-ready refused, retrying: {message}");
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => panic!("move-ready {req:?}: {e}"),
+        }
+    }
+}
 /// Starts of the whole cluster, each on fresh ports, when a process finds a port taken.
 const START_ATTEMPTS: usize = 4;
 
@@ -1027,15 +1049,16 @@ async fn a_hung_old_owner_marked_down_and_restarted_cannot_undo_an_acknowledged_
     let stopped = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
     assert!(stopped.success(), "kill -STOP {pid}");
     let moved = c.client.move_extent("vol1", 0, &b_id).await.unwrap();
-    c.client
-        .move_ready(&manager::api::MoveReadyRequest {
+    move_ready_once_accepted(
+        &c.client,
+        &manager::api::MoveReadyRequest {
             server: a_id.clone(),
             volume: "vol1".to_string(),
             extent: 0,
             generation: moved.generation,
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     // The switch waits for A in phase 1a. (The operator marks A down only then: the manager
     // excuses a down old owner only from a publication already in phase 1a when the map
     // marking it down is stored; a switch still queued then would wait for A forever.)
@@ -1228,21 +1251,30 @@ async fn a_hung_new_owner_marked_down_cancels_its_switch_and_loses_no_write() {
             .await
             .unwrap();
     }
-    // N hangs; the move to it starts and is reported ready (its copy cannot run: the state
-    // of a move whose copy converged just before N hung). The switch waits for A in phase 1a.
+    // N hangs; the move to it starts. The manager switches a move only once its destination
+    // has acked the map with the move: the move-ready is refused while N is hung.
     let pid = c.servers[n].3.0.id().to_string();
     let stopped = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
     assert!(stopped.success(), "kill -STOP {pid}");
     let moved = c.client.move_extent("vol1", 0, &n_id).await.unwrap();
-    c.client
-        .move_ready(&manager::api::MoveReadyRequest {
-            server: a_id.clone(),
-            volume: "vol1".to_string(),
-            extent: 0,
-            generation: moved.generation,
-        })
-        .await
-        .unwrap();
+    let ready = manager::api::MoveReadyRequest {
+        server: a_id.clone(),
+        volume: "vol1".to_string(),
+        extent: 0,
+        generation: moved.generation,
+    };
+    match c.client.move_ready(&ready).await {
+        Err(manager::client::ClientError::Http { status, message }) => assert!(
+            status == 409 && message.contains(&format!("its destination {n_id} has acked")),
+            "{status}: {message}"
+        ),
+        other => panic!("a move-ready for a move to a hung server: {other:?}"),
+    }
+    // The state of a move whose copy converged just before N hung: N had acked the move's
+    // map (the test sends that ack in its place: no credentials), and the move is reported
+    // ready (its copy cannot run). The switch waits for A in phase 1a.
+    c.client.ack(&n_id, moved.generation).await.unwrap();
+    c.client.move_ready(&ready).await.unwrap();
     let deadline = Instant::now() + MOVE_DEADLINE;
     loop {
         let s = c.client.status().await.unwrap();

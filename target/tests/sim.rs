@@ -68,21 +68,31 @@ const FAILURES_SHOWN: usize = 5;
 /// Seeds that found the bugs reported with the tests below.
 const SEED_RESTART_IN_1A: u64 = 311;
 /// The seeds (of 0..2000, SERVER_CRASHES, state check off) where restart-in-1a made a client
-/// read stale data.
-const SEEDS_STALE_READ: [u64; 3] = [311, 569, 672];
+/// read stale data (rescanned when the move-ready check reshuffled the traces: 311 no longer
+/// reads stale data with the restart booting at the fetched map; 532 does).
+const SEEDS_STALE_READ: [u64; 3] = [532, 569, 672];
 const SEED_LATE_OLD_OWNER: u64 = 1131;
 /// A seed whose late old owner's final copy adopts the new owner's generation under the
 /// current model (seeds do not carry over when the model changes: 1131 no longer does, nor
-/// 70 since a final pass starts no try past its install's budget).
-const SEED_STAMP_ADOPTED: u64 = 50;
+/// 70 since a final pass starts no try past its install's budget, nor 50 since the manager
+/// switches a move only once its destination acked it).
+const SEED_STAMP_ADOPTED: u64 = 83;
 const SEED_FORGOTTEN_ACKS: u64 = 4;
 const SEED_POSTPONED: u64 = 36;
 /// Healing with hangs: a switch of an extent added behind a stuck switch, to a hung server
-/// marked down, was not given back.
+/// marked down, was not given back (a trace of the manager before the move-ready check, which
+/// refuses the forged move-readies it needs: run with `Mutation::SwitchBeforeDestAck`).
 const SEED_ADDED_EXTENT: u64 = 173;
+/// Seeds (of `HANGS`) on which the hung-server scenario loses an acknowledged write without
+/// the source rule, and without the freeze fence (first of 0..2000 with the move-ready check).
+const SEED_NO_SOURCE_RULE: u64 = 780;
+const SEED_NO_FREEZE_FENCE: u64 = 1;
 /// Healing with hangs: an install's final pass to a hung new owner kept its gate closed over
-/// a minute (the known wedge, docs/cluster-protocol.md).
+/// a minute (docs/cluster-protocol.md, "Bounds"), then wedged on a forged switch.
 const SEED_UNBOUNDED_GATE: u64 = 442;
+/// A seed whose trace, with `Mutation::UnboundedFinalPass`, keeps a gate closed beyond its
+/// bound now that seed 442's does not.
+const SEED_UNBOUNDED_GATE_NOW: u64 = 732;
 /// The label the model puts on a failure of an extent that restart-in-1a hit.
 const RESTART_IN_1A: &str = "after known bug restart-in-1a";
 
@@ -535,7 +545,13 @@ fn publications_complete_once_faults_stop_with_hangs() {
 /// host has a map with).
 #[test]
 fn an_added_extents_switch_to_a_hung_server_is_given_back() {
-    let s = now_passes(SEED_ADDED_EXTENT, liveness(ALL_WITH_HANGS));
+    // The forged move-readies of this trace are refused since the move-ready check; the
+    // mutation lets them through, so the cancellation of an added extent's switch still runs.
+    let cfg = Config {
+        mutation: Mutation::SwitchBeforeDestAck,
+        ..liveness(ALL_WITH_HANGS)
+    };
+    let s = now_passes(SEED_ADDED_EXTENT, cfg);
     assert!(
         s.marked_down > 0 && s.manager_crashes > 0 && s.forged > 0,
         "seed {SEED_ADDED_EXTENT} no longer marks down a hung server after manager restarts \
@@ -543,33 +559,23 @@ fn an_added_extents_switch_to_a_hung_server_is_given_back() {
     );
 }
 
-/// Healing with hangs, seed 442 (docs/cluster-protocol.md, "Known wedge"): a serving old
-/// owner's phase-1a install final-copied to a new owner that hung, and the pass in flight when
-/// the install's budget ended ran all its ranges' tries (20 each, each waiting out its
-/// timeout), so its gate stayed closed over a minute. Now a final pass starts no try past the
-/// budget and the install is postponed with the gate open; every gate the simulation opens
-/// (or finds closed at the end) is checked against the bound ("Bounds"). The seed still does
-/// not heal, but no longer on the gate: its trace now ends in the cycle of seed 858 (a
-/// forged switch to a server catching up, which final-copies to the hung server, and the map
-/// marking that server down queued behind the switch), which the bound does not break. When
-/// that is fixed, this becomes a `now_passes`.
+/// Healing with hangs, seed 442 (docs/cluster-protocol.md, "A switch to a server catching
+/// up"): a serving old owner's phase-1a install final-copied to a new owner that hung, and the
+/// pass in flight when the install's budget ended ran all its ranges' tries (20 each, each
+/// waiting out its timeout), so its gate stayed closed over a minute. Now a final pass starts
+/// no try past the budget and the install is postponed with the gate open; every gate the
+/// simulation opens (or finds closed at the end) is checked against the bound ("Bounds").
 #[test]
 fn the_install_gate_is_closed_within_its_bound_seed_442() {
     let cfg = liveness(ALL_WITH_HANGS);
-    match World::new(SEED_UNBOUNDED_GATE, cfg).run() {
-        Ok(s) => panic!(
-            "seed {SEED_UNBOUNDED_GATE} heals now ({s:?}): make this a now_passes and update \
-             the Known wedge section"
-        ),
-        Err(f) => assert!(
-            f.what.contains("liveness") && f.what.contains("g46"),
-            "seed {SEED_UNBOUNDED_GATE} fails differently now:\n{f}"
-        ),
-    }
+    now_passes(SEED_UNBOUNDED_GATE, cfg);
     // Not vacuous: with the final pass unbounded (the shell before the fix), a gate stays
-    // closed beyond the bound again.
+    // closed beyond the bound again. Since the move-ready check
+    // (`a_switch_waits_for_its_destination_seed_442`), seed 442's trace no longer reaches such
+    // a gate; seed 732 does (s3's gate closed 67.6 s with the mutation).
+    now_passes(SEED_UNBOUNDED_GATE_NOW, cfg);
     still_fails(
-        SEED_UNBOUNDED_GATE,
+        SEED_UNBOUNDED_GATE_NOW,
         Config {
             mutation: Mutation::UnboundedFinalPass,
             ..cfg
@@ -578,30 +584,52 @@ fn the_install_gate_is_closed_within_its_bound_seed_442() {
     );
 }
 
+/// Healing with hangs, seed 442 again (docs/cluster-protocol.md, "A switch to a server
+/// catching up"): with the gate bounded, its trace reached the cycle of seeds 858 and 1388. A
+/// forged move-ready switched a move to s3, a server catching up that never had the copier's
+/// passes; the old owner's install of that switch (g46) final-copied to s3, which answered
+/// "server behind" while its own catch-up install waited for a hung s2, and the map marking s2
+/// down queued behind g46 forever. The manager now switches a move only once its destination
+/// has acked the newest map through phase 1a that has the move
+/// (`Coordinator::move_ready_check`): the forged move-ready is refused and the seed heals.
+#[test]
+fn a_switch_waits_for_its_destination_seed_442() {
+    let cfg = liveness(ALL_WITH_HANGS);
+    let s = now_passes(SEED_UNBOUNDED_GATE, cfg);
+    assert!(
+        s.hangs > 0 && s.marked_down > 0 && s.forged > 0,
+        "seed {SEED_UNBOUNDED_GATE} no longer hangs, marks down and forges: {s:?}"
+    );
+    // Not vacuous: with every move-ready switched at once (the manager before the check), the
+    // seed wedges on the forged switch to the server catching up again.
+    still_fails(
+        SEED_UNBOUNDED_GATE,
+        Config {
+            mutation: Mutation::SwitchBeforeDestAck,
+            ..cfg
+        },
+        "g46",
+    );
+}
+
 /// Not vacuous: without the source rule (a copy admitted like a routed write) or without the
 /// freeze fence (a resumed process serves at once at its old map), the hung-server scenario
 /// loses an acknowledged write.
 #[test]
 fn a_missing_fence_is_caught() {
-    for (mutation, what) in [
-        (Mutation::NoSourceRule, "no source rule"),
-        (Mutation::NoFreezeFence, "no freeze fence"),
+    for (seed, mutation) in [
+        (SEED_NO_SOURCE_RULE, Mutation::NoSourceRule),
+        (SEED_NO_FREEZE_FENCE, Mutation::NoFreezeFence),
     ] {
-        let seeds: Vec<u64> = (0..SEEDS_DEBUG).collect();
-        let cfg = Config {
-            mutation,
-            ..config(HANGS)
-        };
-        let (_, failures) = run_all(&seeds, cfg, 1);
-        let caught = failures.iter().find(|f| f.what.contains("invariant 3"));
-        assert!(
-            caught.is_some(),
-            "{SEEDS_DEBUG} seeds with {what} and no invariant-3 failure: {:?}",
-            failures.iter().map(|f| &f.what).collect::<Vec<_>>()
+        now_passes(seed, config(HANGS));
+        still_fails(
+            seed,
+            Config {
+                mutation,
+                ..config(HANGS)
+            },
+            "invariant 3",
         );
-        if let Some(f) = caught {
-            eprintln!("{what}: caught: {f}");
-        }
     }
 }
 

@@ -344,6 +344,14 @@ impl Shared {
             );
         }
         let changed = next.generation != head.generation;
+        if changed && let Change::SwitchMove(req) = &change {
+            // Only once the destination has the move (docs/cluster-protocol.md, "Moving an
+            // extent"); checked with the chain held, so the servers' map cannot move meanwhile.
+            self.lock()
+                .coord
+                .move_ready_check(req)
+                .map_err(|e| ApiError::new(409, e))?;
+        }
         if changed {
             self.fill_pools(&mut next);
         }

@@ -205,6 +205,14 @@ impl World {
         if next.generation == head.generation {
             return Ok(());
         }
+        if let Change::SwitchMove(req) = &change
+            && self.cfg.mutation != Mutation::SwitchBeforeDestAck
+            && let Some(coord) = self.mgr.coord.as_ref()
+        {
+            coord
+                .move_ready_check(req)
+                .map_err(|e| format!("409: {e}"))?;
+        }
         if !self.mgr.coord.as_ref().is_some_and(Coordinator::can_accept) {
             return Err("503: publication queue full".to_owned());
         }

@@ -369,6 +369,10 @@ pub enum Mutation {
     /// A final pass runs to its end once started, whatever the install's budget (every range,
     /// each with all its tries): the shell before the gate's bound.
     UnboundedFinalPass,
+    /// The manager switches a move on any move-ready, whether or not its destination has acked
+    /// the newest map through phase 1a that has the move (`Coordinator::move_ready_check`):
+    /// the manager before the fix.
+    SwitchBeforeDestAck,
 }
 
 #[derive(Debug, Clone, Copy)]
