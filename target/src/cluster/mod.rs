@@ -413,45 +413,42 @@ pub async fn start(
             entry.internal
         )));
     }
-    let spec = match pool_spec {
-        PoolSpec::Ram => hw::BackendSpec::Ram {
-            size: entry.pool_bytes,
-            preallocate: false,
-        },
-        PoolSpec::Null => hw::BackendSpec::Null {
-            size: entry.pool_bytes,
-        },
-        PoolSpec::File(p) => hw::BackendSpec::File {
-            path: p.clone(),
-            size: Some(entry.pool_bytes),
-            create: true,
-        },
-        PoolSpec::Block(p) | PoolSpec::BlockUnlabeled(p) => {
-            hw::BackendSpec::Block { path: p.clone() }
+    let backend: Arc<dyn hw::Backend> = if let Some(mut dev) = block {
+        let path = dev.path().display().to_string();
+        let room = match pool_spec {
+            // The pool never reaches the label (past the map's pool size).
+            PoolSpec::Block(_) => pool::check_label_room(&dev, entry.pool_bytes)
+                .map_err(|e| NodeError(format!("block pool {path}: {e}")))?,
+            _ => hw::Backend::len_bytes(&dev),
+        };
+        if entry.pool_bytes > room {
+            return Err(NodeError(format!(
+                "block pool {path}: the map's pool size for this server is {} bytes, the \
+                 device has {room}",
+                entry.pool_bytes
+            )));
         }
-    };
-    let backend: Arc<dyn hw::Backend> = match (block, pool_spec) {
-        (Some(mut dev), kind) => {
-            let room = match kind {
-                // The pool never reaches the label (past the map's pool size).
-                PoolSpec::Block(_) => pool::check_label_room(&dev, entry.pool_bytes),
-                _ => Ok(hw::Backend::len_bytes(&dev)),
-            };
-            let room = room.map_err(|e| NodeError(format!("block pool: {e}")))?;
-            if entry.pool_bytes > room {
-                return Err(NodeError(format!(
-                    "block pool {}: the map's pool size for this server is {} bytes, the \
-                     device has {room}",
-                    dev.path().display(),
-                    entry.pool_bytes
-                )));
+        dev.limit_len(room);
+        Arc::new(dev)
+    } else {
+        let spec = match pool_spec {
+            PoolSpec::Ram => hw::BackendSpec::Ram {
+                size: entry.pool_bytes,
+                preallocate: false,
+            },
+            PoolSpec::Null => hw::BackendSpec::Null {
+                size: entry.pool_bytes,
+            },
+            PoolSpec::File(p) => hw::BackendSpec::File {
+                path: p.clone(),
+                size: Some(entry.pool_bytes),
+                create: true,
+            },
+            PoolSpec::Block(p) | PoolSpec::BlockUnlabeled(p) => {
+                hw::BackendSpec::Block { path: p.clone() }
             }
-            dev.limit_len(room);
-            Arc::new(dev)
-        }
-        (None, _) => {
-            hw::open(&spec).map_err(|e| NodeError(format!("cannot open the pool: {e}")))?
-        }
+        };
+        hw::open(&spec).map_err(|e| NodeError(format!("cannot open the pool: {e}")))?
     };
     let pool = PoolVolume(Arc::new(TrackedPool::new(backend)));
     if let (PoolSpec::File(p), Some(id)) = (pool_spec, pool_id) {
