@@ -525,7 +525,13 @@ async fn a_block_pool_keeps_its_identity_in_its_label_and_a_new_disk_is_rebuilt_
         let f = std::fs::File::create(path).unwrap();
         f.set_len(disk_len).unwrap();
     };
-    let disk = c.dir.join("disk-a");
+    // The "disks" live on the build's filesystem: O_DIRECT may fail on the temporary
+    // directory (an older tmpfs).
+    let disks = tempfile::Builder::new()
+        .prefix("block-pool-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let disk = disks.path().join("disk-a");
     new_disk(&disk);
     let gone = |c: &Cluster| log_count(&c.dir, "manager", "its data is gone");
     let gone0 = gone(&c);
@@ -538,7 +544,7 @@ async fn a_block_pool_keeps_its_identity_in_its_label_and_a_new_disk_is_rebuilt_
     let compared = check_copies(&c).await;
 
     // 2. The same disk under another path: the same identity, nothing marked, data kept.
-    let moved = c.dir.join("disk-a-moved");
+    let moved = disks.path().join("disk-a-moved");
     let generation = c.map().await.generation;
     c.servers[k].3.0.kill().unwrap();
     c.servers[k].3.0.wait().unwrap();

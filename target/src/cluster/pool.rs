@@ -474,11 +474,21 @@ mod tests {
             .collect()
     }
 
+    /// A directory beside the test binary, on the build's filesystem: O_DIRECT may fail on the
+    /// temporary directory (an older tmpfs).
+    fn scratch() -> tempfile::TempDir {
+        let exe = std::env::current_exe().unwrap();
+        tempfile::Builder::new()
+            .prefix("pool-label-test-")
+            .tempdir_in(exe.parent().unwrap())
+            .unwrap()
+    }
+
     /// A regular file stands in for the device (the block backend opens both with O_DIRECT).
     #[test]
     fn a_block_label_follows_the_device_and_never_overwrites_pool_data() {
         const DEV: usize = 1 << 20;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch();
         let path = dir.path().join("disk");
         // A pool from before labels, with data in every block.
         std::fs::write(&path, pattern(DEV)).unwrap();
