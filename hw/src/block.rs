@@ -155,6 +155,14 @@ impl BlockBackend {
         &self.path
     }
 
+    /// Serves only the first `len` bytes from now on (rounded down to the logical block size;
+    /// never more than before): I/O past it is refused as out of range. A block pool keeps its
+    /// label past its usable size this way (target's `cluster::pool`, docs/replication.md).
+    pub fn limit_len(&mut self, len: u64) {
+        let block = self.block_bytes as u64; // usize -> u64 widens.
+        self.len_bytes = self.len_bytes.min(len - len % block);
+    }
+
     /// True for a block device, false for a regular file opened with O_DIRECT.
     pub fn is_block_device(&self) -> bool {
         self.is_block_device

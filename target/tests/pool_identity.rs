@@ -433,3 +433,153 @@ async fn a_single_copy_on_an_empty_ram_pool_is_lost_until_the_operator_clears_it
         m.generation
     );
 }
+
+/// How many lines of `dir/<name>.log` contain `what`.
+fn log_count(dir: &std::path::Path, name: &str, what: &str) -> usize {
+    std::fs::read_to_string(dir.join(format!("{name}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .count()
+}
+
+/// Kills server `k` and starts it again on the block pool `disk`; returns once it is up.
+async fn restart_on_block(c: &mut Cluster, k: usize, disk: &std::path::Path, deadline: Instant) {
+    let id = c.servers[k].0.clone();
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+    let ups = log_count(&c.dir, &id, "cluster storage server up");
+    let pool = format!("block:{}", disk.display());
+    c.servers[k].3 = harness::spawn_server_with(&c.dir, &c.maddr, &id, false, &["--pool", &pool]);
+    while log_count(&c.dir, &id, "cluster storage server up") == ups {
+        assert!(
+            c.servers[k].3.0.try_wait().unwrap().is_none(),
+            "{id} exited on {pool}; its log: {}",
+            std::fs::read_to_string(c.dir.join(format!("{id}.log"))).unwrap_or_default()
+        );
+        assert!(Instant::now() < deadline, "{id} not up on {pool}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until `victim` has a pool identity other than `old` recorded and every copy is in
+/// sync; returns the new identity.
+async fn rebuilt_with_new_pool(
+    c: &Cluster,
+    victim: &str,
+    old: Option<manager::map::PoolId>,
+    deadline: Instant,
+) -> manager::map::PoolId {
+    loop {
+        let map = c.map().await;
+        let pool = map.server(victim).unwrap().pool;
+        if let Some(p) = pool.filter(|p| Some(*p) != old)
+            && all_in_sync(&map)
+        {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{victim}'s copies not rebuilt on a new pool: {map:?}; status: {:?}",
+            c.client.status().await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The identity in the label of the device (here a file) `disk`.
+fn label_of(disk: &std::path::Path) -> tessera::cluster::pool::BlockLabel {
+    let bytes = std::fs::read(disk).unwrap();
+    let at = tessera::cluster::pool::label_offset(bytes.len() as u64).unwrap();
+    tessera::cluster::pool::decode_label(&bytes[at as usize..], at).unwrap()
+}
+
+/// A block pool (a regular file stands in for the device: the block backend opens both the
+/// same way, with O_DIRECT). A server moved from RAM onto a new disk labels it with a new
+/// identity and its copies are rebuilt whole; the same disk under another path keeps its
+/// identity (nothing is rebuilt and its copies hold the data); an empty disk at that path gets
+/// a new identity and the copies are rebuilt whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_pool_keeps_its_identity_in_its_label_and_a_new_disk_is_rebuilt_whole() {
+    use tessera::cluster::pool::BlockLabel;
+    let mut c = start_cluster(false, 2).await;
+    let deadline = Instant::now() + DEADLINE;
+    let map = c.map().await;
+    let victim = map.volume("pvol").unwrap().extents[0].replicas[0]
+        .server
+        .clone();
+    let k = c.index(&victim);
+    let ram_pool = map.server(&victim).unwrap().pool;
+    assert!(ram_pool.is_some());
+    let mut queues = Vec::new();
+    for s in &c.servers {
+        queues.push(connect_queue(s.1, NQN, HOST).await);
+    }
+    for n in 0..BLOCKS {
+        write_block(&queues[(n % 3) as usize].1, n).await;
+    }
+    drop(queues);
+    // The map's pool (64 MiB) and the label's 64 KiB: a sparse file, all zeros.
+    let disk_len = (64 << 20) + 64 * 1024;
+    let new_disk = |path: &std::path::Path| {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len(disk_len).unwrap();
+    };
+    // The "disks" live on the build's filesystem: O_DIRECT may fail on the temporary
+    // directory (an older tmpfs).
+    let disks = tempfile::Builder::new()
+        .prefix("block-pool-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let disk = disks.path().join("disk-a");
+    new_disk(&disk);
+    let gone = |c: &Cluster| log_count(&c.dir, "manager", "its data is gone");
+    let gone0 = gone(&c);
+
+    // 1. A new disk: labeled, a new identity, rebuilt whole.
+    restart_on_block(&mut c, k, &disk, deadline).await;
+    let labeled = rebuilt_with_new_pool(&c, &victim, ram_pool, deadline).await;
+    assert_eq!(label_of(&disk), BlockLabel::Found(labeled));
+    assert_eq!(gone(&c), gone0 + 1);
+    let compared = check_copies(&c).await;
+
+    // 2. The same disk under another path: the same identity, nothing marked, data kept.
+    let moved = disks.path().join("disk-a-moved");
+    let generation = c.map().await.generation;
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+    std::fs::rename(&disk, &moved).unwrap();
+    restart_on_block(&mut c, k, &moved, deadline).await;
+    let (_ctrl, q) = connect_queue(c.servers[k].1, NQN, HOST).await;
+    for n in (0..BLOCKS).step_by(7) {
+        assert!(read_block(&q, n).await.unwrap() == block(n), "block {n}");
+    }
+    let map = c.map().await;
+    assert_eq!(map.server(&victim).unwrap().pool, Some(labeled));
+    assert!(
+        all_in_sync(&map),
+        "copies marked after a restart on the same disk"
+    );
+    assert_eq!(
+        map.generation, generation,
+        "a restart on the same disk changed the map"
+    );
+    assert_eq!(gone(&c), gone0 + 1);
+    // Its copies, read from its internal namespace, still hold what was written.
+    assert_eq!(check_copies(&c).await, compared);
+
+    // 3. A replaced disk at that path: a new identity, rebuilt whole.
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+    std::fs::remove_file(&moved).unwrap();
+    new_disk(&moved);
+    restart_on_block(&mut c, k, &moved, deadline).await;
+    let replaced = rebuilt_with_new_pool(&c, &victim, Some(labeled), deadline).await;
+    assert_eq!(label_of(&moved), BlockLabel::Found(replaced));
+    assert_eq!(gone(&c), gone0 + 2);
+    let compared = check_copies(&c).await;
+    eprintln!(
+        "{victim}: RAM pool {ram_pool:?}, new disk {labeled}, same disk moved {labeled}, \
+         replaced disk {replaced}; {compared} copies equal"
+    );
+}

@@ -53,8 +53,9 @@ struct Args {
     /// configures credentials (docs/cluster.md, "Credentials").
     #[arg(long, value_name = "FILE", requires = "manager")]
     credential: Option<std::path::PathBuf>,
-    /// Cluster mode: the pool backend (its size comes from the map): ram, null, file:PATH or
-    /// block:PATH.
+    /// Cluster mode: the pool backend (its size comes from the map): ram, null, file:PATH,
+    /// block:PATH (a label with the pool's identity in the device's last 64 KiB) or
+    /// block-unlabeled:PATH (a pool from before labels that uses the whole device).
     #[arg(long, default_value = "ram")]
     pool: tessera::cluster::PoolSpec,
     /// The local control socket (line-delimited JSON: status, apply, reload; `tessera target`

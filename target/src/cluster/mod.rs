@@ -240,7 +240,11 @@ pub enum PoolSpec {
     Ram,
     Null,
     File(std::path::PathBuf),
+    /// A block device with a pool label (its identity) in its last 64 KiB.
     Block(std::path::PathBuf),
+    /// A block device used without a label (no identity): a pool from before labels that uses
+    /// the whole device (`block-unlabeled:PATH`).
+    BlockUnlabeled(std::path::PathBuf),
 }
 
 impl std::str::FromStr for PoolSpec {
@@ -251,8 +255,9 @@ impl std::str::FromStr for PoolSpec {
             None if s == "null" => Ok(Self::Null),
             Some(("file", p)) => Ok(Self::File(p.into())),
             Some(("block", p)) => Ok(Self::Block(p.into())),
+            Some(("block-unlabeled", p)) => Ok(Self::BlockUnlabeled(p.into())),
             _ => Err(format!(
-                "pool `{s}`: expected ram, null, file:PATH or block:PATH"
+                "pool `{s}`: expected ram, null, file:PATH, block:PATH or block-unlabeled:PATH"
             )),
         }
     }
@@ -330,21 +335,65 @@ pub async fn start(
     dhchap: Option<ClusterSecrets>,
 ) -> Result<Node, NodeError> {
     // The pool's identity (docs/replication.md, "A server whose data is gone"): a fresh pool
-    // (RAM at every start, a file pool whose file does not exist yet) gets a new one, and the
-    // manager, seeing it differ from the one it recorded, marks this server's copies stale
-    // before answering. Block pools have no place to keep one yet: they send none.
-    let (pool_id, fresh) = match pool_spec {
-        PoolSpec::Ram | PoolSpec::Null => (Some(pool::draw_pool_id().map_err(NodeError)?), true),
-        PoolSpec::File(p) => {
+    // (RAM at every start, a file pool whose file does not exist yet, a block device without a
+    // valid label) gets a new one, and the manager, seeing it differ from the one it recorded,
+    // marks this server's copies stale before answering. A block pool's is in its label.
+    let block = match pool_spec {
+        PoolSpec::Block(p) | PoolSpec::BlockUnlabeled(p) => Some(
+            hw::BlockBackend::open(p)
+                .map_err(|e| NodeError(format!("cannot open the pool: {e}")))?,
+        ),
+        _ => None,
+    };
+    let (mut pool_id, mut fresh) = match (pool_spec, &block) {
+        (PoolSpec::Ram | PoolSpec::Null, _) => {
+            (Some(pool::draw_pool_id().map_err(NodeError)?), true)
+        }
+        (PoolSpec::File(p), _) => {
             let (id, fresh) = pool::file_pool_id(p).map_err(NodeError)?;
             (Some(id), fresh)
         }
-        PoolSpec::Block(_) => (None, false),
+        (PoolSpec::Block(p), Some(dev)) => match block_label(p, dev)? {
+            Some(id) => (Some(id), false),
+            // Labeled below, once the map says how large the pool is.
+            None => (None, false),
+        },
+        _ => (None, false),
     };
     let client = match credential {
         Some(token) => Client::with_credential(manager, token),
         None => Client::new(manager),
     };
+    let role = Role::Server(server_id.to_string());
+    let deadline = tokio::time::Instant::now() + FIRST_MAP_WAIT;
+    if let (PoolSpec::Block(p), Some(dev), None) = (pool_spec, &block, pool_id) {
+        // A block device without a valid label: a new identity, written in the label before
+        // any manager sees it (a crash between the two leaves the label, never an identity the
+        // manager has but the device has not). The label goes past the map's pool size only,
+        // which the map fetched without an identity (as older servers do) tells.
+        let map = first_map(&client, &role, server_id, None, manager, deadline).await?;
+        let pool_bytes = map
+            .server(server_id)
+            .ok_or_else(|| NodeError(format!("server id `{server_id}` is not in the cluster map")))?
+            .pool_bytes;
+        pool::check_label_room(dev, pool_bytes).map_err(|e| {
+            NodeError(format!(
+                "block pool {} has no pool label, and {e}: nothing was written. A pool from \
+                 before pool labels that uses the device up to its end runs without a label \
+                 (and without a pool identity) with --pool block-unlabeled:{} \
+                 (docs/cluster.md)",
+                p.display(),
+                p.display()
+            ))
+        })?;
+        let id = pool::draw_pool_id().map_err(NodeError)?;
+        pool::write_block_label(dev, id, pool_bytes)
+            .map_err(|e| NodeError(format!("block pool {}: {e}", p.display())))?;
+        tracing::warn!(path = %p.display(), pool = %id,
+            "block pool without a label: labeled with a new pool identity");
+        pool_id = Some(id);
+        fresh = true;
+    }
     let client = match pool_id {
         Some(id) => client.with_pool(id),
         None => client,
@@ -352,29 +401,7 @@ pub async fn start(
     if let Some(id) = pool_id {
         tracing::info!(pool = %id, fresh, "pool identity");
     }
-    let role = Role::Server(server_id.to_string());
-    let deadline = tokio::time::Instant::now() + FIRST_MAP_WAIT;
-    // Nothing is served from a map that records another pool for this server: in such a map
-    // its copies may still be in_sync although their data is gone. (A map that records none is
-    // fine: the manager records a pool before it counts on the data of a copy there.)
-    let map = loop {
-        let error = match client.map(&role).await {
-            Ok(m) if pool_usable(&m, server_id, pool_id) => break m,
-            Ok(m) => format!(
-                "map generation {} records another pool for this server (the manager is \
-                 publishing the change)",
-                m.generation
-            ),
-            Err(e) => e.to_string(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(NodeError(format!(
-                "no map from the manager at {manager}: {error}"
-            )));
-        }
-        tracing::warn!(error = %error, "waiting for the manager's first map");
-        tokio::time::sleep(Duration::from_millis(node::policy::BOOT_RETRY_MS)).await;
-    };
+    let map = first_map(&client, &role, server_id, pool_id, manager, deadline).await?;
     let entry = map
         .server(server_id)
         .ok_or_else(|| NodeError(format!("server id `{server_id}` is not in the cluster map")))?
@@ -386,22 +413,43 @@ pub async fn start(
             entry.internal
         )));
     }
-    let spec = match pool_spec {
-        PoolSpec::Ram => hw::BackendSpec::Ram {
-            size: entry.pool_bytes,
-            preallocate: false,
-        },
-        PoolSpec::Null => hw::BackendSpec::Null {
-            size: entry.pool_bytes,
-        },
-        PoolSpec::File(p) => hw::BackendSpec::File {
-            path: p.clone(),
-            size: Some(entry.pool_bytes),
-            create: true,
-        },
-        PoolSpec::Block(p) => hw::BackendSpec::Block { path: p.clone() },
+    let backend: Arc<dyn hw::Backend> = if let Some(mut dev) = block {
+        let path = dev.path().display().to_string();
+        let room = match pool_spec {
+            // The pool never reaches the label (past the map's pool size).
+            PoolSpec::Block(_) => pool::check_label_room(&dev, entry.pool_bytes)
+                .map_err(|e| NodeError(format!("block pool {path}: {e}")))?,
+            _ => hw::Backend::len_bytes(&dev),
+        };
+        if entry.pool_bytes > room {
+            return Err(NodeError(format!(
+                "block pool {path}: the map's pool size for this server is {} bytes, the \
+                 device has {room}",
+                entry.pool_bytes
+            )));
+        }
+        dev.limit_len(room);
+        Arc::new(dev)
+    } else {
+        let spec = match pool_spec {
+            PoolSpec::Ram => hw::BackendSpec::Ram {
+                size: entry.pool_bytes,
+                preallocate: false,
+            },
+            PoolSpec::Null => hw::BackendSpec::Null {
+                size: entry.pool_bytes,
+            },
+            PoolSpec::File(p) => hw::BackendSpec::File {
+                path: p.clone(),
+                size: Some(entry.pool_bytes),
+                create: true,
+            },
+            PoolSpec::Block(p) | PoolSpec::BlockUnlabeled(p) => {
+                hw::BackendSpec::Block { path: p.clone() }
+            }
+        };
+        hw::open(&spec).map_err(|e| NodeError(format!("cannot open the pool: {e}")))?
     };
-    let backend = hw::open(&spec).map_err(|e| NodeError(format!("cannot open the pool: {e}")))?;
     let pool = PoolVolume(Arc::new(TrackedPool::new(backend)));
     if let (PoolSpec::File(p), Some(id)) = (pool_spec, pool_id) {
         pool::write_pool_id(p, id).map_err(|e| {
@@ -944,6 +992,56 @@ fn pool_usable(map: &ClusterMap, me: &str, pool: Option<manager::map::PoolId>) -
         || map
             .server(me)
             .is_none_or(|e| e.pool.is_none() || e.pool == pool)
+}
+
+/// The identity in a block pool's label; None when it has no valid label (a new disk, a pool
+/// from before labels, a damaged label): it gets a new one.
+fn block_label(
+    path: &std::path::Path,
+    dev: &hw::BlockBackend,
+) -> Result<Option<manager::map::PoolId>, NodeError> {
+    match pool::read_block_label(dev) {
+        Ok(pool::BlockLabel::Found(id)) => Ok(Some(id)),
+        Ok(pool::BlockLabel::Missing) => Ok(None),
+        Ok(pool::BlockLabel::Damaged(why)) => {
+            tracing::warn!(path = %path.display(), reason = %why,
+                "damaged pool label: the pool gets a new identity");
+            Ok(None)
+        }
+        Err(e) => Err(NodeError(format!("block pool {}: {e}", path.display()))),
+    }
+}
+
+/// The first map, fetched with the pool identity `pool_id` if any (the client's). Nothing is
+/// served from a map that records another pool for this server: in such a map its copies may
+/// still be in_sync although their data is gone. (A map that records none is fine: the
+/// manager records a pool before it counts on the data of a copy there.)
+async fn first_map(
+    client: &Client,
+    role: &Role,
+    server_id: &str,
+    pool_id: Option<manager::map::PoolId>,
+    manager: &str,
+    deadline: tokio::time::Instant,
+) -> Result<ClusterMap, NodeError> {
+    loop {
+        let error = match client.map(role).await {
+            Ok(m) if pool_usable(&m, server_id, pool_id) => return Ok(m),
+            Ok(m) => format!(
+                "map generation {} records another pool for this server (the manager is \
+                 publishing the change)",
+                m.generation
+            ),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError(format!(
+                "no map from the manager at {manager}: {error}"
+            )));
+        }
+        tracing::warn!(error = %error, "waiting for the manager's first map");
+        tokio::time::sleep(Duration::from_millis(node::policy::BOOT_RETRY_MS)).await;
+    }
 }
 
 /// For tests: the stale-retry counter.

@@ -244,6 +244,152 @@ pub fn write_pool_id(pool: &Path, id: PoolId) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A block pool's label area: the last 64 KiB of the device, from an offset that is a
+/// multiple of 64 KiB (so aligned for every logical block size), after the pool's usable
+/// bytes. Offsets of the pool's data are device offsets, as without a label (docs/replication.md,
+/// "A server whose data is gone", has the format).
+pub const LABEL_AREA_BYTES: u64 = 64 * 1024;
+
+/// The label's first 16 bytes.
+pub const LABEL_MAGIC: [u8; 16] = *b"TESSERA-POOL-LBL";
+
+/// The label format written (and the only one read).
+pub const LABEL_VERSION: u32 = 1;
+
+/// Bytes of the label that carry data (the rest of the area is zeros).
+const LABEL_BYTES: usize = 64;
+
+/// Where the label area of a device of `device_bytes` starts, which is also the pool's usable
+/// size; None when the device is too small to hold a pool and a label (less than 128 KiB).
+#[must_use]
+pub fn label_offset(device_bytes: u64) -> Option<u64> {
+    let at = (device_bytes / LABEL_AREA_BYTES).checked_sub(1)? * LABEL_AREA_BYTES;
+    (at > 0).then_some(at)
+}
+
+/// The label for identity `id` in an area at `offset`: magic, version, the area's own offset,
+/// the identity, CRC32C of the bytes before it (all little-endian).
+#[must_use]
+pub fn encode_label(id: PoolId, offset: u64) -> [u8; LABEL_BYTES] {
+    let mut b = [0u8; LABEL_BYTES];
+    b[..16].copy_from_slice(&LABEL_MAGIC);
+    b[16..20].copy_from_slice(&LABEL_VERSION.to_le_bytes());
+    b[24..32].copy_from_slice(&offset.to_le_bytes());
+    b[32..48].copy_from_slice(&id.0.to_le_bytes());
+    let crc = codec::pdu::digest::crc32c(&b[..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// What the label area of a block pool holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockLabel {
+    /// A valid label: the pool's identity.
+    Found(PoolId),
+    /// No label magic: a new disk, or a pool from before labels.
+    Missing,
+    /// The magic but a bad checksum or offset (a torn or damaged label): the reason.
+    Damaged(String),
+}
+
+/// Reads the label of a device whose area starts at `offset`.
+///
+/// # Errors
+/// A label of a newer format (never overwritten), or a read of fewer than 64 bytes.
+pub fn decode_label(b: &[u8], offset: u64) -> Result<BlockLabel, String> {
+    let Some(b) = b.get(..LABEL_BYTES) else {
+        return Err(format!(
+            "a pool label is {LABEL_BYTES} bytes, got {}",
+            b.len()
+        ));
+    };
+    if b[..16] != LABEL_MAGIC {
+        return Ok(BlockLabel::Missing);
+    }
+    // Little-endian integer of `b[r]` (at most 16 bytes).
+    let word = |r: std::ops::Range<usize>| {
+        b[r].iter()
+            .rev()
+            .fold(0u128, |a, &x| (a << 8) | u128::from(x))
+    };
+    let stored = word(60..64);
+    let crc = codec::pdu::digest::crc32c(&b[..60]);
+    if stored != u128::from(crc) {
+        return Ok(BlockLabel::Damaged(format!(
+            "checksum {stored:08x}, computed {crc:08x}"
+        )));
+    }
+    let version = word(16..20);
+    if version != u128::from(LABEL_VERSION) {
+        return Err(format!(
+            "pool label version {version}: this server reads version {LABEL_VERSION} only \
+             (written by a newer release?); nothing was written to the device"
+        ));
+    }
+    if word(24..32) != u128::from(offset) {
+        return Ok(BlockLabel::Damaged(format!(
+            "written for a label area at byte {}, found at byte {offset} (the device's size \
+             changed?)",
+            word(24..32)
+        )));
+    }
+    Ok(BlockLabel::Found(PoolId(word(32..48))))
+}
+
+fn device_offset(dev: &dyn Backend) -> Result<u64, String> {
+    label_offset(dev.len_bytes()).ok_or_else(|| {
+        format!(
+            "the device has {} bytes: a labeled pool needs at least {} (the label takes the \
+             last {LABEL_AREA_BYTES})",
+            dev.len_bytes(),
+            2 * LABEL_AREA_BYTES
+        )
+    })
+}
+
+/// Reads a block pool's label from the end of `dev` (opened whole).
+///
+/// # Errors
+/// The device is too small, the read failed, or the label is of a newer format.
+pub fn read_block_label(dev: &dyn Backend) -> Result<BlockLabel, String> {
+    let at = device_offset(dev)?;
+    // A whole area: a read of any logical block size (up to 64 KiB) is aligned.
+    let mut area = vec![0u8; usize::try_from(LABEL_AREA_BYTES).unwrap_or(LABEL_BYTES)];
+    dev.read_at(at, &mut area)
+        .map_err(|e| format!("cannot read the pool label at byte {at}: {e}"))?;
+    decode_label(&area, at)
+}
+
+/// Checks that a pool of `pool_bytes` (the map's size) fits on `dev` beside its label: the
+/// pool never writes the label area, and the label never overwrites the pool.
+///
+/// # Errors
+/// The pool reaches into the label area, or the device is too small.
+pub fn check_label_room(dev: &dyn Backend, pool_bytes: u64) -> Result<u64, String> {
+    let at = device_offset(dev)?;
+    if pool_bytes > at {
+        return Err(format!(
+            "the map's pool size for this server is {pool_bytes} bytes, but the device has \
+             {at} bytes before its last {LABEL_AREA_BYTES}, which hold the pool label"
+        ));
+    }
+    Ok(at)
+}
+
+/// Writes a label with identity `id` at the end of `dev` (the whole 64 KiB area, durably),
+/// after checking that a pool of `pool_bytes` does not reach into it.
+///
+/// # Errors
+/// As [`check_label_room`], or the write or the flush failed.
+pub fn write_block_label(dev: &dyn Backend, id: PoolId, pool_bytes: u64) -> Result<(), String> {
+    let at = check_label_room(dev, pool_bytes)?;
+    let mut area = vec![0u8; usize::try_from(LABEL_AREA_BYTES).unwrap_or(LABEL_BYTES)];
+    area[..LABEL_BYTES].copy_from_slice(&encode_label(id, at));
+    dev.write_fua(at, &area)
+        .and_then(|()| dev.flush())
+        .map_err(|e| format!("cannot write the pool label at byte {at}: {e}"))
+}
+
 /// Reads `len` bytes of the pool synchronously-or-not (for the mover).
 pub async fn read_pool(pool: &PoolVolume, off: u64, len: usize) -> IoResult<Bytes> {
     pool.read(off, vec![0u8; len]).await
@@ -274,6 +420,132 @@ mod tests {
         let (c, fresh) = file_pool_id(&pool).unwrap();
         assert!(!fresh);
         assert_ne!(c, a);
+    }
+
+    #[test]
+    fn the_label_area_is_the_last_aligned_64_kib() {
+        assert_eq!(label_offset(0), None);
+        assert_eq!(label_offset(LABEL_AREA_BYTES), None, "no room for a pool");
+        assert_eq!(label_offset(2 * LABEL_AREA_BYTES - 512), None);
+        assert_eq!(label_offset(2 * LABEL_AREA_BYTES), Some(LABEL_AREA_BYTES));
+        // A size that is not a multiple of 64 KiB: the area ends before the device does.
+        assert_eq!(
+            label_offset((1 << 20) + 4096),
+            Some((1 << 20) - LABEL_AREA_BYTES)
+        );
+        assert_eq!(label_offset(1 << 30), Some((1 << 30) - LABEL_AREA_BYTES));
+    }
+
+    #[test]
+    fn a_block_label_is_found_only_whole_and_at_its_offset() {
+        let id = PoolId(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
+        let at = 5 * LABEL_AREA_BYTES;
+        let label = encode_label(id, at);
+        assert_eq!(&label[..16], b"TESSERA-POOL-LBL");
+        assert_eq!(decode_label(&label, at), Ok(BlockLabel::Found(id)));
+        assert_eq!(decode_label(&[0u8; 64], at), Ok(BlockLabel::Missing));
+        // Any flipped bit of the identity (or elsewhere) fails the checksum.
+        for byte in 16..64 {
+            let mut bad = label;
+            bad[byte] ^= 0x10;
+            assert!(
+                matches!(decode_label(&bad, at), Ok(BlockLabel::Damaged(_))),
+                "byte {byte} flipped"
+            );
+        }
+        // The same label read at another offset (the device's size changed): not trusted.
+        assert!(matches!(
+            decode_label(&label, at + LABEL_AREA_BYTES),
+            Ok(BlockLabel::Damaged(_))
+        ));
+        // A newer format is refused, never overwritten.
+        let mut newer = label;
+        newer[16..20].copy_from_slice(&2u32.to_le_bytes());
+        let crc = codec::pdu::digest::crc32c(&newer[..60]);
+        newer[60..64].copy_from_slice(&crc.to_le_bytes());
+        let e = decode_label(&newer, at).unwrap_err();
+        assert!(e.contains("version 2"), "{e}");
+        assert!(decode_label(&label[..63], at).is_err());
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| u8::try_from((i * 31 + i / 4096) % 251).unwrap())
+            .collect()
+    }
+
+    /// A directory beside the test binary, on the build's filesystem: O_DIRECT may fail on the
+    /// temporary directory (an older tmpfs).
+    fn scratch() -> tempfile::TempDir {
+        let exe = std::env::current_exe().unwrap();
+        tempfile::Builder::new()
+            .prefix("pool-label-test-")
+            .tempdir_in(exe.parent().unwrap())
+            .unwrap()
+    }
+
+    /// A regular file stands in for the device (the block backend opens both with O_DIRECT).
+    #[test]
+    fn a_block_label_follows_the_device_and_never_overwrites_pool_data() {
+        const DEV: usize = 1 << 20;
+        let dir = scratch();
+        let path = dir.path().join("disk");
+        // A pool from before labels, with data in every block.
+        std::fs::write(&path, pattern(DEV)).unwrap();
+        let dev = hw::BlockBackend::open(&path).unwrap();
+        assert_eq!(read_block_label(&dev), Ok(BlockLabel::Missing));
+        let at = label_offset(DEV as u64).unwrap();
+        // Its pool uses the whole device: no label is written, nothing changes.
+        let id = draw_pool_id().unwrap();
+        let e = write_block_label(&dev, id, DEV as u64).unwrap_err();
+        assert!(e.contains("hold the pool label"), "{e}");
+        assert!(check_label_room(&dev, at + 512).is_err());
+        drop(dev);
+        assert!(
+            std::fs::read(&path).unwrap() == pattern(DEV),
+            "pool data changed"
+        );
+
+        // Its pool ends where the label area starts: labeled, the pool's bytes untouched.
+        let mut dev = hw::BlockBackend::open(&path).unwrap();
+        write_block_label(&dev, id, at).unwrap();
+        assert_eq!(read_block_label(&dev), Ok(BlockLabel::Found(id)));
+        // Limited to the pool's size, the backend refuses I/O into the label area.
+        dev.limit_len(at);
+        assert_eq!(hw::Backend::len_bytes(&dev), at);
+        assert!(hw::Backend::write_at(&dev, at, &[0u8; 4096]).is_err());
+        drop(dev);
+        let bytes = std::fs::read(&path).unwrap();
+        let at_usize = usize::try_from(at).unwrap();
+        assert!(
+            bytes[..at_usize] == pattern(DEV)[..at_usize],
+            "pool data changed"
+        );
+        assert_eq!(bytes.len(), DEV);
+
+        // The same device under another path keeps its identity.
+        let moved = dir.path().join("by-id-link");
+        std::fs::rename(&path, &moved).unwrap();
+        let dev = hw::BlockBackend::open(&moved).unwrap();
+        assert_eq!(read_block_label(&dev), Ok(BlockLabel::Found(id)));
+        drop(dev);
+        // Another (empty) device at the old path has none: it gets a new identity.
+        std::fs::write(&path, vec![0u8; DEV]).unwrap();
+        let dev = hw::BlockBackend::open(&path).unwrap();
+        assert_eq!(read_block_label(&dev), Ok(BlockLabel::Missing));
+        let other = draw_pool_id().unwrap();
+        assert_ne!(other, id);
+        write_block_label(&dev, other, at).unwrap();
+        assert_eq!(read_block_label(&dev), Ok(BlockLabel::Found(other)));
+        // Too small a device for a pool and a label: a clear error, nothing written.
+        let tiny = dir.path().join("tiny");
+        std::fs::write(&tiny, pattern(64 * 1024)).unwrap();
+        let dev = hw::BlockBackend::open(&tiny).unwrap();
+        let e = read_block_label(&dev).unwrap_err();
+        assert!(e.contains("at least 131072"), "{e}");
+        assert!(write_block_label(&dev, other, 0).is_err());
+        drop(dev);
+        assert!(std::fs::read(&tiny).unwrap() == pattern(64 * 1024));
     }
 
     #[test]
