@@ -837,7 +837,7 @@ fn without_the_after_done_fix_a_write_is_lost() {
 #[test]
 fn without_the_stale_done_fix_a_write_is_lost() {
     known_bug_caught(
-        "stale done (not fixed in the manager)",
+        "stale done (the manager's rebuild-done check bypassed)",
         replica::Fixes {
             stale_done: false,
             ..replica::Fixes::ALL

@@ -64,10 +64,12 @@ pub struct Fixes {
     /// failed `in_sync` copy's does. Without it the old primary acknowledges the write, and
     /// when the rebuilt copy is its extent's first copy it becomes the primary without it.
     pub after_done: bool,
-    /// Not in the manager (a fix this model proposes): a rebuild-done report stamped with a
-    /// generation older than the one in which the copy last became `rebuilding` is refused.
-    /// Without it a late report from an earlier rebuild of the copy (the copy's server went
-    /// down and came back meanwhile) marks the new rebuild's copy `in_sync` before it is.
+    /// The manager's (`plan::rebuild_done`): a rebuild-done report stamped with a generation
+    /// older than the one in which the copy last became `rebuilding` (the map's
+    /// `Replica::rebuilding_since`, set by `plan::rebuild_start`) is refused. Off, the model's
+    /// manager drops that record from the map it hands the planner, so the real check never
+    /// fires: a late report from an earlier rebuild of the copy (the copy's server went down and
+    /// came back meanwhile) then marks the new rebuild's copy `in_sync` before it is.
     pub stale_done: bool,
 }
 
@@ -80,7 +82,7 @@ impl Fixes {
         stale_done: true,
     };
     /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
-    /// check is the model's `stale_done`, kept on so that its losses do not hide theirs).
+    /// check, `stale_done`, kept on so that its losses do not hide theirs).
     pub const DAEMON: Self = Self {
         after_done: false,
         ..Self::ALL
@@ -247,8 +249,6 @@ pub struct Sim {
     servers: Vec<Server>,
     /// Servers whose watch stream the manager sees open.
     connected: Vec<bool>,
-    /// The generation in which each copy last became `rebuilding` (the manager's record).
-    rebuilding_since: BTreeMap<usize, u64>,
     msgs: Vec<Msg>,
     host: [HostBlock; BLOCKS],
     acked: [u64; BLOCKS],
@@ -374,7 +374,6 @@ impl Sim {
             committed: map,
             servers,
             connected: vec![true; cfg.replicas],
-            rebuilding_since: BTreeMap::new(),
             msgs: Vec::new(),
             host: [HostBlock::Idle; BLOCKS],
             acked: [0; BLOCKS],
@@ -567,13 +566,6 @@ impl Sim {
             self.faults.failovers += 1;
         }
         self.trace(format!("commit g{} ({why})", next.generation));
-        for k in copies(&next) {
-            let now = state_of(&next, k) == Some(ReplicaState::Rebuilding);
-            let before = state_of(&self.committed, k) == Some(ReplicaState::Rebuilding);
-            if now && !before {
-                self.rebuilding_since.insert(k, next.generation);
-            }
-        }
         self.committed = next;
         for k in 0..self.servers.len() {
             self.msgs.push(Msg::Install {
@@ -644,10 +636,22 @@ impl Sim {
                     server: name(copy),
                     generation,
                 };
-                let since = self.rebuilding_since.get(&copy).copied().unwrap_or(0);
-                let late = self.cfg.fixes.stale_done && generation < since;
-                if !late && let Ok(next) = plan::rebuild_done(&self.committed, &req) {
-                    self.commit(next, "rebuild done");
+                // Without the fix, the planner gets the map without the record it checks
+                // the report against (as a manager from before it kept none).
+                let mut current = self.committed.clone();
+                if !self.cfg.fixes.stale_done {
+                    for r in current
+                        .volumes
+                        .iter_mut()
+                        .flat_map(|v| v.extents.iter_mut())
+                        .flat_map(|e| e.replicas.iter_mut())
+                    {
+                        r.rebuilding_since = None;
+                    }
+                }
+                match plan::rebuild_done(&current, &req) {
+                    Ok(next) => self.commit(next, "rebuild done"),
+                    Err(e) => self.trace(format!("rebuild done s{} refused: {e}", copy + 1)),
                 }
                 let map = Box::new(self.committed.clone());
                 self.msgs.push(Msg::Install { to: from, map });
