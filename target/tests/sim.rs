@@ -727,6 +727,27 @@ fn a_replica_seed_replays_exactly() {
     }
 }
 
+/// Seeds that failed at 5000 seeds (release) while the model's write that missed a
+/// `rebuilding` copy with a rebuild-done report out waited for any newer map instead of that
+/// report's outcome (the daemon's `promotions_settled`): 3864 (three copies) acknowledged a
+/// write on a newer map without the outcome, and the copy was then marked `in_sync` without it;
+/// 4797 (two copies), 2935, 3077 and 4071 (three) waited forever for a newer map that only the
+/// end of the rebuild the waiting write's range lock blocked could bring (docs/replication.md,
+/// "The simulation").
+#[test]
+fn a_write_that_misses_a_copy_with_a_rebuild_done_report_out_waits_for_its_outcome() {
+    for (replicas, seed) in [(3, 3864), (2, 4797), (3, 2935), (3, 3077), (3, 4071)] {
+        let o = replica::Sim::new(seed, replica_config(replicas))
+            .run()
+            .unwrap_or_else(|e| panic!("replicas {replicas} seed {seed}: {e}"));
+        assert!(
+            o.settle_waits > 0,
+            "replicas {replicas} seed {seed} no longer reaches a write that waits for a \
+             rebuild-done report's outcome: pick another seed"
+        );
+    }
+}
+
 /// The first seed in `0..REPLICA_SEARCH` on which `broken` fails and `good` (the same
 /// scenario without the breakage) passes, printed.
 fn first_failing(what: &str, broken: replica::Config, good: replica::Config) -> Option<u64> {

@@ -59,10 +59,13 @@ pub struct Fixes {
     pub mark_late: bool,
     /// The rebuild's end takes the whole-extent range lock before its last dirty-map check.
     pub in_flight: bool,
-    /// Not in the daemon (a fix this model proposes): a write to a `rebuilding` copy that fails
-    /// after the primary reported that copy's rebuild done waits for the newer map, as a
-    /// failed `in_sync` copy's does. Without it the old primary acknowledges the write, and
-    /// when the rebuilt copy is its extent's first copy it becomes the primary without it.
+    /// A write to a `rebuilding` copy that fails after the primary reported that copy's
+    /// rebuild done waits until the report's outcome is installed (the manager's answer, or a
+    /// map in which the copy is not `rebuilding`: the daemon's `promotions_settled`), then is
+    /// re-checked as one whose `in_sync` copy failed. Without it the old primary acknowledges
+    /// the write, and when the rebuilt copy is its extent's first copy it becomes the primary
+    /// without it. (The daemon has it; [`Fixes::DAEMON`] leaves it off so that the other
+    /// switches' tests find their own losses.)
     pub after_done: bool,
     /// The manager's (`plan::rebuild_done`): a rebuild-done report stamped with a generation
     /// older than the one in which the copy last became `rebuilding` (the map's
@@ -132,6 +135,9 @@ pub struct Outcome {
     pub hash: u64,
     pub faults: Faults,
     pub acked: u64,
+    /// Writes that missed a `rebuilding` copy while a rebuild-done report of it was out, and
+    /// so waited for that report's outcome.
+    pub settle_waits: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +165,15 @@ enum Msg {
         from: usize,
         copy: usize,
         generation: u64,
+    },
+    /// Manager to primary: the answer to a rebuild-done report sent at `generation` (the map,
+    /// and whether it was accepted).
+    DoneAnswer {
+        to: usize,
+        copy: usize,
+        generation: u64,
+        accepted: bool,
+        map: Box<ClusterMap>,
     },
     /// The manager notices a server's watch stream is gone.
     Lost { server: usize, epoch: u64 },
@@ -194,6 +209,9 @@ struct Write {
     skipped: Vec<usize>,
     /// Waiting for a map newer than this generation (`out_of_write_set`).
     wait_newer: Option<u64>,
+    /// `rebuilding` copies it missed while a rebuild-done report of theirs was out: it waits
+    /// until that report's outcome is installed (`promotions_settled`).
+    wait_done: BTreeSet<usize>,
     /// The host has its answer; the record stays until every forward resolved (lock held).
     answered: bool,
 }
@@ -224,8 +242,10 @@ struct Server {
     /// clean only then).
     was_primary: bool,
     runs: BTreeMap<u64, Run>,
-    /// Copies whose rebuild-done was sent at a generation.
+    /// Copies whose rebuild-done was sent at a generation (the daemon's `Tracked::reported_at`).
     done_sent: BTreeMap<usize, u64>,
+    /// The generation of the manager's answer to that report, once accepted (`answered_at`).
+    done_answered: BTreeMap<usize, u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -256,6 +276,7 @@ pub struct Sim {
     next_wid: u64,
     faults_on: bool,
     pub faults: Faults,
+    settle_waits: u64,
     hash: u64,
     step_no: u64,
     log: Vec<String>,
@@ -366,6 +387,7 @@ impl Sim {
                 was_primary: primary_of(&map) == Some(k),
                 runs: BTreeMap::new(),
                 done_sent: BTreeMap::new(),
+                done_answered: BTreeMap::new(),
             })
             .collect();
         Self {
@@ -381,6 +403,7 @@ impl Sim {
             next_wid: 1,
             faults_on: true,
             faults: Faults::default(),
+            settle_waits: 0,
             hash: 0xcbf2_9ce4_8422_2325,
             step_no: 0,
             log: Vec::new(),
@@ -442,6 +465,7 @@ impl Sim {
             hash: self.hash,
             faults: self.faults,
             acked,
+            settle_waits: self.settle_waits,
         })
     }
 
@@ -533,6 +557,7 @@ impl Sim {
         s.dirty.clear();
         s.runs.clear();
         s.done_sent.clear();
+        s.done_answered.clear();
         s.was_primary = false;
         // The host's writes in flight there fail (connection lost).
         for h in &mut self.host {
@@ -649,12 +674,24 @@ impl Sim {
                         r.rebuilding_since = None;
                     }
                 }
-                match plan::rebuild_done(&current, &req) {
-                    Ok(next) => self.commit(next, "rebuild done"),
-                    Err(e) => self.trace(format!("rebuild done s{} refused: {e}", copy + 1)),
-                }
+                let accepted = match plan::rebuild_done(&current, &req) {
+                    Ok(next) => {
+                        self.commit(next, "rebuild done");
+                        true
+                    }
+                    Err(e) => {
+                        self.trace(format!("rebuild done s{} refused: {e}", copy + 1));
+                        false
+                    }
+                };
                 let map = Box::new(self.committed.clone());
-                self.msgs.push(Msg::Install { to: from, map });
+                self.msgs.push(Msg::DoneAnswer {
+                    to: from,
+                    copy,
+                    generation,
+                    accepted,
+                    map,
+                });
             }
             _ => {}
         }
@@ -666,6 +703,31 @@ impl Sim {
         match m {
             Msg::Ack { .. } | Msg::Lost { .. } | Msg::Failed { .. } | Msg::Done { .. } => {
                 self.manager(m);
+            }
+            Msg::DoneAnswer {
+                to,
+                copy,
+                generation,
+                accepted,
+                map,
+            } => {
+                if !self.servers[to].running {
+                    return;
+                }
+                // `finish`: an accepted answer to the report still out records the answer's
+                // generation (a refused one leaves the report without a known outcome).
+                let s = &mut self.servers[to];
+                if accepted && s.done_sent.get(&copy) == Some(&generation) {
+                    s.done_answered.insert(copy, map.generation);
+                }
+                let newer = map.generation > s.map.generation;
+                self.deliver(Msg::Install { to, map });
+                if !newer {
+                    let wids: Vec<u64> = self.servers[to].writes.keys().copied().collect();
+                    for wid in wids {
+                        self.advance(to, wid);
+                    }
+                }
             }
             Msg::Install { to, map } => {
                 if !self.servers[to].running {
@@ -783,6 +845,7 @@ impl Sim {
                 let out = is_down(&map, c) || state_of(&map, c) != Some(ReplicaState::InSync);
                 if state_of(&map, c) != Some(ReplicaState::Rebuilding) {
                     self.servers[k].done_sent.remove(&c);
+                    self.servers[k].done_answered.remove(&c);
                 }
                 if out && !self.servers[k].dirty.contains_key(&c) {
                     self.servers[k]
@@ -804,6 +867,7 @@ impl Sim {
                         });
                     }
                     self.servers[k].done_sent.remove(&c);
+                    self.servers[k].done_answered.remove(&c);
                 }
             }
             self.servers[k].was_primary = true;
@@ -883,6 +947,7 @@ impl Sim {
             failed: BTreeSet::new(),
             skipped,
             wait_newer: None,
+            wait_done: BTreeSet::new(),
             answered: false,
         };
         for &c in &fan {
@@ -921,9 +986,14 @@ impl Sim {
                 let block = w.block;
                 let in_sync = state_of(&map, c) == Some(ReplicaState::InSync) && !is_down(&map, c);
                 let after_done = fixes.after_done && s.done_sent.contains_key(&c);
-                if in_sync || after_done {
+                if in_sync {
                     // `out_of_write_set`: report, wait for a map without it in sync.
                     w.wait_newer = Some(w.wait_newer.unwrap_or(0).max(map.generation));
+                } else if after_done {
+                    // `promotions_settled`: wait until the report's outcome is installed,
+                    // then re-check as for an `in_sync` copy.
+                    w.wait_done.insert(c);
+                    self.settle_waits += 1;
                 } else if let Refusal::Stale(current) = why
                     && fixes.handover
                     && current > map.generation
@@ -951,14 +1021,28 @@ impl Sim {
         let map = self.servers[p].map.clone();
         let early = self.cfg.mutation == Some(Mutation::AckEarly);
         let mark_late = !self.cfg.fixes.mark_late;
+        // Copies with a rebuild-done report out whose outcome is not installed here
+        // (`Tracked::promotion_settled_at` above the installed generation).
+        let s = &self.servers[p];
+        let unsettled: BTreeSet<usize> = s
+            .done_sent
+            .keys()
+            .copied()
+            .filter(|c| s.done_answered.get(c).is_none_or(|g| map.generation < *g))
+            .collect();
         let Some(w) = self.servers[p].writes.get_mut(&wid) else {
             return;
         };
         if !w.answered {
-            let waiting = w.wait_newer.is_some_and(|g| map.generation <= g);
-            if !waiting {
+            let settling = w.wait_done.iter().any(|c| unsettled.contains(c));
+            if !settling {
+                w.wait_done.clear();
+            }
+            let newer = w.wait_newer.is_some_and(|g| map.generation <= g);
+            if !newer {
                 w.wait_newer = None;
             }
+            let waiting = newer || settling;
             let mut answer = None;
             if primary_of(&map) != Some(p) {
                 answer = Some(false);
@@ -1101,6 +1185,7 @@ impl Sim {
                 return;
             }
             s.done_sent.insert(c, map.generation);
+            s.done_answered.remove(&c);
             self.trace(format!("rebuild done s{} by s{}", c + 1, p + 1));
             self.msgs.push(Msg::Done {
                 from: p,
