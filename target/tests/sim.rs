@@ -748,6 +748,22 @@ fn a_write_that_misses_a_copy_with_a_rebuild_done_report_out_waits_for_its_outco
     }
 }
 
+/// Seed 47947 (two copies) did not quiesce once the model waited for a report's outcome: the
+/// report was refused (sent at g50, the copy rebuilding again since g53), so no outcome came,
+/// and the writes waiting for it held every block, which the rebuild's next report needed. In
+/// the daemon their forwarding deadline ends them; the model has no clock, so a write waiting
+/// for a refused report fails at once (docs/replication.md, "The simulation").
+#[test]
+fn a_write_waiting_for_a_refused_reports_outcome_fails_at_its_deadline_seed_47947() {
+    let o = replica::Sim::new(47947, replica_config(2))
+        .run()
+        .unwrap_or_else(|e| panic!("seed 47947: {e}"));
+    assert!(
+        o.refused_waits > 0,
+        "seed 47947 no longer reaches a write waiting for a refused report: pick another seed"
+    );
+}
+
 /// The first seed in `0..REPLICA_SEARCH` on which `broken` fails and `good` (the same
 /// scenario without the breakage) passes, printed.
 fn first_failing(what: &str, broken: replica::Config, good: replica::Config) -> Option<u64> {

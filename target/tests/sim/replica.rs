@@ -138,6 +138,8 @@ pub struct Outcome {
     /// Writes that missed a `rebuilding` copy while a rebuild-done report of it was out, and
     /// so waited for that report's outcome.
     pub settle_waits: u64,
+    /// Of those, writes failed at their deadline because the report was refused.
+    pub refused_waits: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +214,8 @@ struct Write {
     /// `rebuilding` copies it missed while a rebuild-done report of theirs was out: it waits
     /// until that report's outcome is installed (`promotions_settled`).
     wait_done: BTreeSet<usize>,
+    /// Its forwarding deadline passed (it fails; the host retries).
+    expired: bool,
     /// The host has its answer; the record stays until every forward resolved (lock held).
     answered: bool,
 }
@@ -246,6 +250,8 @@ struct Server {
     done_sent: BTreeMap<usize, u64>,
     /// The generation of the manager's answer to that report, once accepted (`answered_at`).
     done_answered: BTreeMap<usize, u64>,
+    /// Copies whose report out was refused (no outcome will come for it).
+    done_refused: BTreeSet<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -277,6 +283,7 @@ pub struct Sim {
     faults_on: bool,
     pub faults: Faults,
     settle_waits: u64,
+    refused_waits: u64,
     hash: u64,
     step_no: u64,
     log: Vec<String>,
@@ -388,6 +395,7 @@ impl Sim {
                 runs: BTreeMap::new(),
                 done_sent: BTreeMap::new(),
                 done_answered: BTreeMap::new(),
+                done_refused: BTreeSet::new(),
             })
             .collect();
         Self {
@@ -404,6 +412,7 @@ impl Sim {
             faults_on: true,
             faults: Faults::default(),
             settle_waits: 0,
+            refused_waits: 0,
             hash: 0xcbf2_9ce4_8422_2325,
             step_no: 0,
             log: Vec::new(),
@@ -466,6 +475,7 @@ impl Sim {
             faults: self.faults,
             acked,
             settle_waits: self.settle_waits,
+            refused_waits: self.refused_waits,
         })
     }
 
@@ -558,6 +568,7 @@ impl Sim {
         s.runs.clear();
         s.done_sent.clear();
         s.done_answered.clear();
+        s.done_refused.clear();
         s.was_primary = false;
         // The host's writes in flight there fail (connection lost).
         for h in &mut self.host {
@@ -715,10 +726,23 @@ impl Sim {
                     return;
                 }
                 // `finish`: an accepted answer to the report still out records the answer's
-                // generation (a refused one leaves the report without a known outcome).
+                // generation. A refused one leaves the report without a known outcome: the
+                // writes waiting for it wait until their deadline, since the next report
+                // needs the whole-extent lock they hold (the model has no clock: they fail
+                // now, as at their deadline).
                 let s = &mut self.servers[to];
-                if accepted && s.done_sent.get(&copy) == Some(&generation) {
-                    s.done_answered.insert(copy, map.generation);
+                if s.done_sent.get(&copy) == Some(&generation) {
+                    if accepted {
+                        s.done_answered.insert(copy, map.generation);
+                    } else {
+                        s.done_refused.insert(copy);
+                        for w in s.writes.values_mut() {
+                            if !w.answered && w.wait_done.contains(&copy) && !w.expired {
+                                w.expired = true;
+                                self.refused_waits += 1;
+                            }
+                        }
+                    }
                 }
                 let newer = map.generation > s.map.generation;
                 self.deliver(Msg::Install { to, map });
@@ -846,6 +870,7 @@ impl Sim {
                 if state_of(&map, c) != Some(ReplicaState::Rebuilding) {
                     self.servers[k].done_sent.remove(&c);
                     self.servers[k].done_answered.remove(&c);
+                    self.servers[k].done_refused.remove(&c);
                 }
                 if out && !self.servers[k].dirty.contains_key(&c) {
                     self.servers[k]
@@ -868,6 +893,7 @@ impl Sim {
                     }
                     self.servers[k].done_sent.remove(&c);
                     self.servers[k].done_answered.remove(&c);
+                    self.servers[k].done_refused.remove(&c);
                 }
             }
             self.servers[k].was_primary = true;
@@ -948,6 +974,7 @@ impl Sim {
             skipped,
             wait_newer: None,
             wait_done: BTreeSet::new(),
+            expired: false,
             answered: false,
         };
         for &c in &fan {
@@ -993,6 +1020,11 @@ impl Sim {
                     // `promotions_settled`: wait until the report's outcome is installed,
                     // then re-check as for an `in_sync` copy.
                     w.wait_done.insert(c);
+                    // Refused: no outcome comes before its deadline (see `DoneAnswer`).
+                    if s.done_refused.contains(&c) && !w.expired {
+                        w.expired = true;
+                        self.refused_waits += 1;
+                    }
                     self.settle_waits += 1;
                 } else if let Refusal::Stale(current) = why
                     && fixes.handover
@@ -1044,7 +1076,7 @@ impl Sim {
             }
             let waiting = newer || settling;
             let mut answer = None;
-            if primary_of(&map) != Some(p) {
+            if primary_of(&map) != Some(p) || w.expired {
                 answer = Some(false);
             } else if early {
                 answer = Some(true);
@@ -1186,6 +1218,7 @@ impl Sim {
             }
             s.done_sent.insert(c, map.generation);
             s.done_answered.remove(&c);
+            s.done_refused.remove(&c);
             self.trace(format!("rebuild done s{} by s{}", c + 1, p + 1));
             self.msgs.push(Msg::Done {
                 from: p,
