@@ -862,7 +862,7 @@ fn without_the_in_flight_fix_a_write_is_lost() {
 #[test]
 fn without_the_after_done_fix_a_write_is_lost() {
     known_bug_caught(
-        "after done (not fixed in the daemon)",
+        "after done",
         replica::Fixes {
             after_done: false,
             ..replica::Fixes::ALL
