@@ -187,6 +187,12 @@ pub struct Replica {
     /// maps stored before it load unchanged, and maps of unreplicated volumes look the same).
     #[serde(default, skip_serializing_if = "ReplicaState::is_in_sync")]
     pub state: ReplicaState,
+    /// The generation in which this copy last became `rebuilding` (JSON `rebuilding_since`),
+    /// kept while it is `rebuilding` only: the manager refuses a rebuild-done report older than
+    /// it, which comes from an earlier rebuild (docs/replication.md, "The end of a rebuild").
+    /// Absent otherwise, and in maps stored before it (a report is then not checked against it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuilding_since: Option<Generation>,
 }
 
 impl Replica {
@@ -231,6 +237,7 @@ impl Replica {
             server: server.into(),
             offset,
             state: ReplicaState::InSync,
+            rebuilding_since: None,
         }
     }
 }
@@ -890,6 +897,21 @@ mod tests {
         let rebuilding: Replica =
             serde_json::from_str(r#"{"server":"s1","offset":0,"state":"rebuilding"}"#).unwrap();
         assert_eq!(rebuilding.state, ReplicaState::Rebuilding);
+        // A map stored before `rebuilding_since`: no record (not written back either).
+        assert_eq!(rebuilding.rebuilding_since, None);
+        assert!(
+            !serde_json::to_string(&rebuilding)
+                .unwrap()
+                .contains("rebuilding_since")
+        );
+        let mut since = rebuilding.clone();
+        since.rebuilding_since = Some(42);
+        let json = serde_json::to_string(&since).unwrap();
+        assert_eq!(
+            json,
+            r#"{"server":"s1","offset":0,"state":"rebuilding","rebuilding_since":42}"#
+        );
+        assert_eq!(serde_json::from_str::<Replica>(&json).unwrap(), since);
         assert!(
             serde_json::from_str::<Replica>(r#"{"server":"s1","offset":0,"state":"x"}"#).is_err()
         );

@@ -755,6 +755,43 @@ fn a_replica_seed_replays_exactly() {
     }
 }
 
+/// Seeds that failed at 5000 seeds (release) while the model's write that missed a
+/// `rebuilding` copy with a rebuild-done report out waited for any newer map instead of that
+/// report's outcome (the daemon's `promotions_settled`): 3864 (three copies) acknowledged a
+/// write on a newer map without the outcome, and the copy was then marked `in_sync` without it;
+/// 4797 (two copies), 2935, 3077 and 4071 (three) waited forever for a newer map that only the
+/// end of the rebuild the waiting write's range lock blocked could bring (docs/replication.md,
+/// "The simulation").
+#[test]
+fn a_write_that_misses_a_copy_with_a_rebuild_done_report_out_waits_for_its_outcome() {
+    for (replicas, seed) in [(3, 3864), (2, 4797), (3, 2935), (3, 3077), (3, 4071)] {
+        let o = replica::Sim::new(seed, replica_config(replicas))
+            .run()
+            .unwrap_or_else(|e| panic!("replicas {replicas} seed {seed}: {e}"));
+        assert!(
+            o.settle_waits > 0,
+            "replicas {replicas} seed {seed} no longer reaches a write that waits for a \
+             rebuild-done report's outcome: pick another seed"
+        );
+    }
+}
+
+/// Seed 47947 (two copies) did not quiesce once the model waited for a report's outcome: the
+/// report was refused (sent at g50, the copy rebuilding again since g53), so no outcome came,
+/// and the writes waiting for it held every block, which the rebuild's next report needed. In
+/// the daemon their forwarding deadline ends them; the model has no clock, so a write waiting
+/// for a refused report fails at once (docs/replication.md, "The simulation").
+#[test]
+fn a_write_waiting_for_a_refused_reports_outcome_fails_at_its_deadline_seed_47947() {
+    let o = replica::Sim::new(47947, replica_config(2))
+        .run()
+        .unwrap_or_else(|e| panic!("seed 47947: {e}"));
+    assert!(
+        o.refused_waits > 0,
+        "seed 47947 no longer reaches a write waiting for a refused report: pick another seed"
+    );
+}
+
 /// The first seed in `0..REPLICA_SEARCH` on which `broken` fails and `good` (the same
 /// scenario without the breakage) passes, printed.
 fn first_failing(what: &str, broken: replica::Config, good: replica::Config) -> Option<u64> {
@@ -853,7 +890,7 @@ fn without_the_in_flight_fix_a_write_is_lost() {
 #[test]
 fn without_the_after_done_fix_a_write_is_lost() {
     known_bug_caught(
-        "after done (not fixed in the daemon)",
+        "after done",
         replica::Fixes {
             after_done: false,
             ..replica::Fixes::ALL
@@ -865,7 +902,7 @@ fn without_the_after_done_fix_a_write_is_lost() {
 #[test]
 fn without_the_stale_done_fix_a_write_is_lost() {
     known_bug_caught(
-        "stale done (not fixed in the manager)",
+        "stale done (the manager's rebuild-done check bypassed)",
         replica::Fixes {
             stale_done: false,
             ..replica::Fixes::ALL

@@ -239,6 +239,27 @@ pub enum PlanError {
         /// Extent index.
         extent: usize,
     },
+    /// A rebuild-done report sent at a generation older than the one in which the copy last
+    /// became `rebuilding`: it comes from an earlier rebuild of the copy, which the copy left
+    /// (stale) since.
+    #[error(
+        "rebuild-done report for server {server:?}'s copy of extent {extent} of volume \
+         {volume:?} was sent at generation {generation}, before generation {since} in which the \
+         copy last became rebuilding: it is from an earlier rebuild (rebuild it and report \
+         again from generation {since} or later)"
+    )]
+    StaleRebuildDone {
+        /// The copy's server.
+        server: String,
+        /// Volume name.
+        volume: String,
+        /// Extent index.
+        extent: usize,
+        /// The report's generation.
+        generation: u64,
+        /// The generation in which the copy last became `rebuilding`.
+        since: u64,
+    },
     /// A generation newer than the manager's.
     #[error("generation {generation} is newer than the manager's {current}")]
     FutureGeneration {
@@ -303,6 +324,7 @@ impl PlanError {
             | Self::NotOwner { .. }
             | Self::NotPrimary { .. }
             | Self::NotRebuilding { .. }
+            | Self::StaleRebuildDone { .. }
             | Self::ServerNotUp { .. }
             | Self::NoSpace { .. }
             | Self::NoSpaceOn { .. }

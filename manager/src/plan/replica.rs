@@ -94,6 +94,8 @@ pub fn rebuild_start(map: &ClusterMap, id: &str) -> Result<ClusterMap, PlanError
                 .collect()
         })
         .collect();
+    // The generation of the map this change makes (`step` bumps it by one).
+    let since = map.generation.saturating_add(1);
     step(map, |m| {
         for (v, ok) in m.volumes.iter_mut().zip(&rebuildable) {
             for (e, ok) in v.extents.iter_mut().zip(ok) {
@@ -103,6 +105,7 @@ pub fn rebuild_start(map: &ClusterMap, id: &str) -> Result<ClusterMap, PlanError
                 for r in e.replicas.iter_mut().filter(|r| r.server == id) {
                     if r.state == ReplicaState::Stale {
                         r.state = ReplicaState::Rebuilding;
+                        r.rebuilding_since = Some(since);
                     }
                 }
             }
@@ -201,13 +204,19 @@ pub fn rebuild_due(map: &ClusterMap, id: &str) -> bool {
 
 /// `POST /v1/rebuild-done`: the map with `req.server`'s copy of the extent `in_sync`.
 ///
-/// Accepted only from the extent's primary in `map`, about a `rebuilding` copy. A copy already
-/// `in_sync` leaves the map unchanged (a repeated report). A copy gone `stale` since (it failed
-/// a write, or its server was lost) is refused: it missed writes the rebuild did not copy.
+/// Accepted only from the extent's primary in `map`, about a `rebuilding` copy, sent at a
+/// generation no older than the one in which the copy last became `rebuilding`
+/// (`Replica::rebuilding_since`; the primary sends the generation it has installed, in which it
+/// saw the copy `rebuilding`). A copy already `in_sync` leaves the map unchanged (a repeated
+/// report). A copy gone `stale` since (it failed a write, or its server was lost) is refused:
+/// it missed writes the rebuild did not copy. So is an older report, even for a copy
+/// `rebuilding` again: it comes from an earlier rebuild, late (docs/replication.md, "The end of
+/// a rebuild").
 ///
 /// # Errors
 /// Unknown volume or extent, a server holding no copy of it, a sender that is not its primary
-/// (or reports itself), a copy that is `stale`, a generation newer than the map's.
+/// (or reports itself), a copy that is `stale`, a report older than the copy's rebuild, a
+/// generation newer than the map's.
 pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<ClusterMap, PlanError> {
     let report = Report {
         primary: &req.primary,
@@ -222,6 +231,17 @@ pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<Cluste
         match copy.state {
             ReplicaState::InSync => Ok(()),
             ReplicaState::Rebuilding => {
+                if let Some(since) = copy.rebuilding_since
+                    && req.generation < since
+                {
+                    return Err(PlanError::StaleRebuildDone {
+                        server: req.server.clone(),
+                        volume: req.volume.clone(),
+                        extent: req.extent,
+                        generation: req.generation,
+                        since,
+                    });
+                }
                 copy.state = ReplicaState::InSync;
                 Ok(())
             }
@@ -240,7 +260,25 @@ pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<Cluste
 /// reload, or the manager's old-owner timeout) hands each extent it was the primary of to the
 /// next `in_sync` copy, and setting the server `up` again does not bring back copies that
 /// missed writes meanwhile. Volumes with one copy are unchanged.
+///
+/// It also drops the `rebuilding_since` record of every copy that is not `rebuilding` (any
+/// change that takes a copy out of `rebuilding` drops it with it, so `in_sync` and `stale`
+/// copies are written as before).
 pub(super) fn down_copies_stale(m: &mut ClusterMap) {
+    mark_down_copies_stale(m);
+    for r in m
+        .volumes
+        .iter_mut()
+        .flat_map(|v| v.extents.iter_mut())
+        .flat_map(|e| e.replicas.iter_mut())
+        .filter(|r| r.state != ReplicaState::Rebuilding)
+    {
+        r.rebuilding_since = None;
+    }
+}
+
+/// [`down_copies_stale`] without the `rebuilding_since` tidying.
+fn mark_down_copies_stale(m: &mut ClusterMap) {
     let down: Vec<String> = m
         .servers
         .iter()
@@ -740,6 +778,90 @@ mod tests {
             replica_failed(&again, &report(&again, 2, &p, &c), false).unwrap(),
             again
         );
+    }
+
+    fn since_of(m: &ClusterMap, extent: usize, server: &str) -> Option<u64> {
+        m.volume("v").unwrap().extents[extent]
+            .replicas
+            .iter()
+            .find(|r| r.server == server)
+            .unwrap()
+            .rebuilding_since
+    }
+
+    #[test]
+    fn a_late_rebuild_done_from_an_earlier_rebuild_of_the_copy_is_refused() {
+        let m = cluster();
+        let (p, c) = copies(&m, 1);
+        // First rebuild: the copy's server is gone, then back.
+        let stale = replica_failed(&m, &report(&m, 1, &p, &c), true).unwrap();
+        assert_eq!(since_of(&stale, 1, &c), None);
+        let first = rebuild_start(&stale, &c).unwrap();
+        assert_eq!(since_of(&first, 1, &c), Some(first.generation));
+        // The primary reports it done at that generation; the report is delayed. Meanwhile
+        // the copy's server is gone again (stale: the record goes) and back (a second rebuild).
+        let late = done(&first, 1, &p, &c);
+        let again = replica_failed(&first, &report(&first, 1, &p, &c), true).unwrap();
+        assert_eq!(state_of(&again, 1, &c), ReplicaState::Stale);
+        assert_eq!(since_of(&again, 1, &c), None);
+        let second = rebuild_start(&again, &c).unwrap();
+        assert_eq!(state_of(&second, 1, &c), ReplicaState::Rebuilding);
+        assert_eq!(since_of(&second, 1, &c), Some(second.generation));
+        // The late report, and one sent at the stale map: refused with a 409 that says why.
+        for r in [late, done(&again, 1, &p, &c)] {
+            let e = rebuild_done(&second, &r).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    PlanError::StaleRebuildDone { generation, since, .. }
+                        if generation == r.generation && since == second.generation
+                ),
+                "{e}"
+            );
+            assert_eq!(e.http_status(), 409);
+            assert!(e.to_string().contains("earlier rebuild"), "{e}");
+        }
+        // The current rebuild's report (sent at the generation that made it rebuilding, or
+        // later) is accepted; the in_sync copy carries no record, and is written as before.
+        let synced = rebuild_done(&second, &done(&second, 1, &p, &c)).unwrap();
+        assert_eq!(state_of(&synced, 1, &c), ReplicaState::InSync);
+        assert_eq!(since_of(&synced, 1, &c), None);
+        assert_eq!(
+            synced.volume("v").unwrap().extents[1],
+            m.volume("v").unwrap().extents[1]
+        );
+        synced.validate().unwrap();
+    }
+
+    #[test]
+    fn the_rebuilding_record_goes_with_the_rebuilding_state_and_old_maps_are_not_checked() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let rebuilding = rebuild_start(&set_down_up(&m, &c), &c).unwrap();
+        assert_eq!(state_of(&rebuilding, 0, &c), ReplicaState::Rebuilding);
+        assert_eq!(since_of(&rebuilding, 0, &c), Some(rebuilding.generation));
+        // Marked down while rebuilding: stale, and the record is dropped with the state.
+        let down = crate::plan::set_server_state(&rebuilding, &c, ServerState::Down).unwrap();
+        assert_eq!(state_of(&down, 0, &c), ReplicaState::Stale);
+        assert_eq!(since_of(&down, 0, &c), None);
+        // A map stored before the record: a rebuilding copy without one takes the report of
+        // any generation (as before).
+        let mut old = rebuilding.clone();
+        for e in &mut old.volumes[0].extents {
+            for r in &mut e.replicas {
+                r.rebuilding_since = None;
+            }
+        }
+        let mut early = done(&old, 0, &p, &c);
+        early.generation = 1;
+        let synced = rebuild_done(&old, &early).unwrap();
+        assert_eq!(state_of(&synced, 0, &c), ReplicaState::InSync);
+    }
+
+    /// `m` with server `id` marked down, then up again (its copies stale).
+    fn set_down_up(m: &ClusterMap, id: &str) -> ClusterMap {
+        let down = crate::plan::set_server_state(m, id, ServerState::Down).unwrap();
+        crate::plan::set_server_state(&down, id, ServerState::Up).unwrap()
     }
 
     #[test]

@@ -667,7 +667,7 @@ async fn run(node: Arc<NodeShared>, t: Arc<Tracked>) {
             from = 0;
             continue;
         }
-        match finish(&node, &t, &copy, volume, extent, map.generation).await {
+        match finish(&node, &t, &copy, volume, extent).await {
             Finish::Done => {
                 // A write to the copy failed between the last pass and the map that has it
                 // in sync: it differs, so it goes out of the write set again.
@@ -756,14 +756,18 @@ async fn last_check(
     t.dirty.is_clean() && report()
 }
 
-/// No dirty chunk left: flush the copy, then report it done.
+/// No dirty chunk left: flush the copy, then report it done, with the generation of the map
+/// in which the last check (under the whole extent's lock) saw the copy `rebuilding` under
+/// this server. The manager refuses a report older than the generation in which the copy last
+/// became `rebuilding` (an earlier rebuild's); sent at the map the last check saw, the report
+/// of this rebuild is never that old once this server has installed that generation (a
+/// refused one is sent again by the next task, [`supervise`], from the newer map).
 async fn finish(
     node: &Arc<NodeShared>,
     t: &Tracked,
     copy: &Copy,
     volume: &str,
     extent: usize,
-    generation: u64,
 ) -> Finish {
     let Some(addr) = node.map.load().server(&copy.server).map(|s| s.internal) else {
         return Finish::Refused;
@@ -781,10 +785,13 @@ async fn finish(
     }
     let key = t.key();
     let deadline = tokio::time::Instant::now() + node.forward_timeout();
+    let checked = AtomicU64::new(0);
     let clean = last_check(&node.replica_locks, t, deadline, || {
         let installed = node.registry.generation.current();
         t.reporting(installed);
-        locate(&node.map.load(), &node.me, t.start, &key)
+        let map = node.map.load();
+        checked.store(map.generation, Ordering::Relaxed);
+        locate(&map, &node.me, t.start, &key)
             .is_some_and(|(_, _, st, _)| st == ReplicaState::Rebuilding)
     })
     .await;
@@ -796,7 +803,7 @@ async fn finish(
         volume: volume.to_owned(),
         extent,
         server: copy.server.clone(),
-        generation,
+        generation: checked.load(Ordering::Relaxed),
     };
     match tokio::time::timeout(MANAGER_CALL, node.client.rebuild_done(&req)).await {
         Ok(Ok(m)) => {

@@ -59,15 +59,20 @@ pub struct Fixes {
     pub mark_late: bool,
     /// The rebuild's end takes the whole-extent range lock before its last dirty-map check.
     pub in_flight: bool,
-    /// Not in the daemon (a fix this model proposes): a write to a `rebuilding` copy that fails
-    /// after the primary reported that copy's rebuild done waits for the newer map, as a
-    /// failed `in_sync` copy's does. Without it the old primary acknowledges the write, and
-    /// when the rebuilt copy is its extent's first copy it becomes the primary without it.
+    /// A write to a `rebuilding` copy that fails after the primary reported that copy's
+    /// rebuild done waits until the report's outcome is installed (the manager's answer, or a
+    /// map in which the copy is not `rebuilding`: the daemon's `promotions_settled`), then is
+    /// re-checked as one whose `in_sync` copy failed. Without it the old primary acknowledges
+    /// the write, and when the rebuilt copy is its extent's first copy it becomes the primary
+    /// without it. (The daemon has it; [`Fixes::DAEMON`] leaves it off so that the other
+    /// switches' tests find their own losses.)
     pub after_done: bool,
-    /// Not in the manager (a fix this model proposes): a rebuild-done report stamped with a
-    /// generation older than the one in which the copy last became `rebuilding` is refused.
-    /// Without it a late report from an earlier rebuild of the copy (the copy's server went
-    /// down and came back meanwhile) marks the new rebuild's copy `in_sync` before it is.
+    /// The manager's (`plan::rebuild_done`): a rebuild-done report stamped with a generation
+    /// older than the one in which the copy last became `rebuilding` (the map's
+    /// `Replica::rebuilding_since`, set by `plan::rebuild_start`) is refused. Off, the model's
+    /// manager drops that record from the map it hands the planner, so the real check never
+    /// fires: a late report from an earlier rebuild of the copy (the copy's server went down and
+    /// came back meanwhile) then marks the new rebuild's copy `in_sync` before it is.
     pub stale_done: bool,
 }
 
@@ -80,7 +85,7 @@ impl Fixes {
         stale_done: true,
     };
     /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
-    /// check is the model's `stale_done`, kept on so that its losses do not hide theirs).
+    /// check, `stale_done`, kept on so that its losses do not hide theirs).
     pub const DAEMON: Self = Self {
         after_done: false,
         ..Self::ALL
@@ -130,6 +135,11 @@ pub struct Outcome {
     pub hash: u64,
     pub faults: Faults,
     pub acked: u64,
+    /// Writes that missed a `rebuilding` copy while a rebuild-done report of it was out, and
+    /// so waited for that report's outcome.
+    pub settle_waits: u64,
+    /// Of those, writes failed at their deadline because the report was refused.
+    pub refused_waits: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +167,15 @@ enum Msg {
         from: usize,
         copy: usize,
         generation: u64,
+    },
+    /// Manager to primary: the answer to a rebuild-done report sent at `generation` (the map,
+    /// and whether it was accepted).
+    DoneAnswer {
+        to: usize,
+        copy: usize,
+        generation: u64,
+        accepted: bool,
+        map: Box<ClusterMap>,
     },
     /// The manager notices a server's watch stream is gone.
     Lost { server: usize, epoch: u64 },
@@ -192,6 +211,11 @@ struct Write {
     skipped: Vec<usize>,
     /// Waiting for a map newer than this generation (`out_of_write_set`).
     wait_newer: Option<u64>,
+    /// `rebuilding` copies it missed while a rebuild-done report of theirs was out: it waits
+    /// until that report's outcome is installed (`promotions_settled`).
+    wait_done: BTreeSet<usize>,
+    /// Its forwarding deadline passed (it fails; the host retries).
+    expired: bool,
     /// The host has its answer; the record stays until every forward resolved (lock held).
     answered: bool,
 }
@@ -222,8 +246,12 @@ struct Server {
     /// clean only then).
     was_primary: bool,
     runs: BTreeMap<u64, Run>,
-    /// Copies whose rebuild-done was sent at a generation.
+    /// Copies whose rebuild-done was sent at a generation (the daemon's `Tracked::reported_at`).
     done_sent: BTreeMap<usize, u64>,
+    /// The generation of the manager's answer to that report, once accepted (`answered_at`).
+    done_answered: BTreeMap<usize, u64>,
+    /// Copies whose report out was refused (no outcome will come for it).
+    done_refused: BTreeSet<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -247,8 +275,6 @@ pub struct Sim {
     servers: Vec<Server>,
     /// Servers whose watch stream the manager sees open.
     connected: Vec<bool>,
-    /// The generation in which each copy last became `rebuilding` (the manager's record).
-    rebuilding_since: BTreeMap<usize, u64>,
     msgs: Vec<Msg>,
     host: [HostBlock; BLOCKS],
     acked: [u64; BLOCKS],
@@ -256,6 +282,8 @@ pub struct Sim {
     next_wid: u64,
     faults_on: bool,
     pub faults: Faults,
+    settle_waits: u64,
+    refused_waits: u64,
     hash: u64,
     step_no: u64,
     log: Vec<String>,
@@ -366,6 +394,8 @@ impl Sim {
                 was_primary: primary_of(&map) == Some(k),
                 runs: BTreeMap::new(),
                 done_sent: BTreeMap::new(),
+                done_answered: BTreeMap::new(),
+                done_refused: BTreeSet::new(),
             })
             .collect();
         Self {
@@ -374,7 +404,6 @@ impl Sim {
             committed: map,
             servers,
             connected: vec![true; cfg.replicas],
-            rebuilding_since: BTreeMap::new(),
             msgs: Vec::new(),
             host: [HostBlock::Idle; BLOCKS],
             acked: [0; BLOCKS],
@@ -382,6 +411,8 @@ impl Sim {
             next_wid: 1,
             faults_on: true,
             faults: Faults::default(),
+            settle_waits: 0,
+            refused_waits: 0,
             hash: 0xcbf2_9ce4_8422_2325,
             step_no: 0,
             log: Vec::new(),
@@ -443,6 +474,8 @@ impl Sim {
             hash: self.hash,
             faults: self.faults,
             acked,
+            settle_waits: self.settle_waits,
+            refused_waits: self.refused_waits,
         })
     }
 
@@ -534,6 +567,8 @@ impl Sim {
         s.dirty.clear();
         s.runs.clear();
         s.done_sent.clear();
+        s.done_answered.clear();
+        s.done_refused.clear();
         s.was_primary = false;
         // The host's writes in flight there fail (connection lost).
         for h in &mut self.host {
@@ -567,13 +602,6 @@ impl Sim {
             self.faults.failovers += 1;
         }
         self.trace(format!("commit g{} ({why})", next.generation));
-        for k in copies(&next) {
-            let now = state_of(&next, k) == Some(ReplicaState::Rebuilding);
-            let before = state_of(&self.committed, k) == Some(ReplicaState::Rebuilding);
-            if now && !before {
-                self.rebuilding_since.insert(k, next.generation);
-            }
-        }
         self.committed = next;
         for k in 0..self.servers.len() {
             self.msgs.push(Msg::Install {
@@ -644,13 +672,37 @@ impl Sim {
                     server: name(copy),
                     generation,
                 };
-                let since = self.rebuilding_since.get(&copy).copied().unwrap_or(0);
-                let late = self.cfg.fixes.stale_done && generation < since;
-                if !late && let Ok(next) = plan::rebuild_done(&self.committed, &req) {
-                    self.commit(next, "rebuild done");
+                // Without the fix, the planner gets the map without the record it checks
+                // the report against (as a manager from before it kept none).
+                let mut current = self.committed.clone();
+                if !self.cfg.fixes.stale_done {
+                    for r in current
+                        .volumes
+                        .iter_mut()
+                        .flat_map(|v| v.extents.iter_mut())
+                        .flat_map(|e| e.replicas.iter_mut())
+                    {
+                        r.rebuilding_since = None;
+                    }
                 }
+                let accepted = match plan::rebuild_done(&current, &req) {
+                    Ok(next) => {
+                        self.commit(next, "rebuild done");
+                        true
+                    }
+                    Err(e) => {
+                        self.trace(format!("rebuild done s{} refused: {e}", copy + 1));
+                        false
+                    }
+                };
                 let map = Box::new(self.committed.clone());
-                self.msgs.push(Msg::Install { to: from, map });
+                self.msgs.push(Msg::DoneAnswer {
+                    to: from,
+                    copy,
+                    generation,
+                    accepted,
+                    map,
+                });
             }
             _ => {}
         }
@@ -662,6 +714,44 @@ impl Sim {
         match m {
             Msg::Ack { .. } | Msg::Lost { .. } | Msg::Failed { .. } | Msg::Done { .. } => {
                 self.manager(m);
+            }
+            Msg::DoneAnswer {
+                to,
+                copy,
+                generation,
+                accepted,
+                map,
+            } => {
+                if !self.servers[to].running {
+                    return;
+                }
+                // `finish`: an accepted answer to the report still out records the answer's
+                // generation. A refused one leaves the report without a known outcome: the
+                // writes waiting for it wait until their deadline, since the next report
+                // needs the whole-extent lock they hold (the model has no clock: they fail
+                // now, as at their deadline).
+                let s = &mut self.servers[to];
+                if s.done_sent.get(&copy) == Some(&generation) {
+                    if accepted {
+                        s.done_answered.insert(copy, map.generation);
+                    } else {
+                        s.done_refused.insert(copy);
+                        for w in s.writes.values_mut() {
+                            if !w.answered && w.wait_done.contains(&copy) && !w.expired {
+                                w.expired = true;
+                                self.refused_waits += 1;
+                            }
+                        }
+                    }
+                }
+                let newer = map.generation > s.map.generation;
+                self.deliver(Msg::Install { to, map });
+                if !newer {
+                    let wids: Vec<u64> = self.servers[to].writes.keys().copied().collect();
+                    for wid in wids {
+                        self.advance(to, wid);
+                    }
+                }
             }
             Msg::Install { to, map } => {
                 if !self.servers[to].running {
@@ -779,6 +869,8 @@ impl Sim {
                 let out = is_down(&map, c) || state_of(&map, c) != Some(ReplicaState::InSync);
                 if state_of(&map, c) != Some(ReplicaState::Rebuilding) {
                     self.servers[k].done_sent.remove(&c);
+                    self.servers[k].done_answered.remove(&c);
+                    self.servers[k].done_refused.remove(&c);
                 }
                 if out && !self.servers[k].dirty.contains_key(&c) {
                     self.servers[k]
@@ -800,6 +892,8 @@ impl Sim {
                         });
                     }
                     self.servers[k].done_sent.remove(&c);
+                    self.servers[k].done_answered.remove(&c);
+                    self.servers[k].done_refused.remove(&c);
                 }
             }
             self.servers[k].was_primary = true;
@@ -879,6 +973,8 @@ impl Sim {
             failed: BTreeSet::new(),
             skipped,
             wait_newer: None,
+            wait_done: BTreeSet::new(),
+            expired: false,
             answered: false,
         };
         for &c in &fan {
@@ -917,9 +1013,19 @@ impl Sim {
                 let block = w.block;
                 let in_sync = state_of(&map, c) == Some(ReplicaState::InSync) && !is_down(&map, c);
                 let after_done = fixes.after_done && s.done_sent.contains_key(&c);
-                if in_sync || after_done {
+                if in_sync {
                     // `out_of_write_set`: report, wait for a map without it in sync.
                     w.wait_newer = Some(w.wait_newer.unwrap_or(0).max(map.generation));
+                } else if after_done {
+                    // `promotions_settled`: wait until the report's outcome is installed,
+                    // then re-check as for an `in_sync` copy.
+                    w.wait_done.insert(c);
+                    // Refused: no outcome comes before its deadline (see `DoneAnswer`).
+                    if s.done_refused.contains(&c) && !w.expired {
+                        w.expired = true;
+                        self.refused_waits += 1;
+                    }
+                    self.settle_waits += 1;
                 } else if let Refusal::Stale(current) = why
                     && fixes.handover
                     && current > map.generation
@@ -947,16 +1053,30 @@ impl Sim {
         let map = self.servers[p].map.clone();
         let early = self.cfg.mutation == Some(Mutation::AckEarly);
         let mark_late = !self.cfg.fixes.mark_late;
+        // Copies with a rebuild-done report out whose outcome is not installed here
+        // (`Tracked::promotion_settled_at` above the installed generation).
+        let s = &self.servers[p];
+        let unsettled: BTreeSet<usize> = s
+            .done_sent
+            .keys()
+            .copied()
+            .filter(|c| s.done_answered.get(c).is_none_or(|g| map.generation < *g))
+            .collect();
         let Some(w) = self.servers[p].writes.get_mut(&wid) else {
             return;
         };
         if !w.answered {
-            let waiting = w.wait_newer.is_some_and(|g| map.generation <= g);
-            if !waiting {
+            let settling = w.wait_done.iter().any(|c| unsettled.contains(c));
+            if !settling {
+                w.wait_done.clear();
+            }
+            let newer = w.wait_newer.is_some_and(|g| map.generation <= g);
+            if !newer {
                 w.wait_newer = None;
             }
+            let waiting = newer || settling;
             let mut answer = None;
-            if primary_of(&map) != Some(p) {
+            if primary_of(&map) != Some(p) || w.expired {
                 answer = Some(false);
             } else if early {
                 answer = Some(true);
@@ -1097,6 +1217,8 @@ impl Sim {
                 return;
             }
             s.done_sent.insert(c, map.generation);
+            s.done_answered.remove(&c);
+            s.done_refused.remove(&c);
             self.trace(format!("rebuild done s{} by s{}", c + 1, p + 1));
             self.msgs.push(Msg::Done {
                 from: p,
