@@ -445,7 +445,13 @@ async fn authentications_and_reloads_are_counted_by_outcome() {
     let good = auth_layout(dir.path(), 1).replace("port: 4420", &format!("port: {port}"));
     std::fs::write(&layout, good).unwrap();
     sighup(&d);
-    let s = scrape_until(maddr, "an applied reload", |s| reloads(s, "applied") == 1.0).await;
+    scrape_until(maddr, "an applied reload", |s| reloads(s, "applied") == 1.0).await;
+    // A scrape is not one atomic snapshot: the one that first shows the reload counted may
+    // have read the namespace gauge just before the reload applied. The counter moves after
+    // the change is in force, so a scrape begun after seeing it must show the change.
+    let (_, body) = get(maddr, "/metrics").await;
+    let s = scrape(&body);
+    assert_eq!(reloads(&s, "applied"), 1.0);
     assert_eq!(reloads(&s, "refused"), 1.0);
     assert_eq!(value(&s, "tessera_namespaces", &[]), 2.0);
     // The connection the reload does not concern is still there.
