@@ -261,6 +261,13 @@ pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<Cluste
 /// next `in_sync` copy, and setting the server `up` again does not bring back copies that
 /// missed writes meanwhile. Volumes with one copy are unchanged.
 ///
+/// A failover (the extent's primary is a copy made `stale` this way) also makes every other
+/// `in_sync` copy of the extent on a server not down, except the new primary, `rebuilding`
+/// since the generation of the map being made (`m`'s own plus one: `m` is a copy of the
+/// previous map being edited): a write the old primary forwarded
+/// but never acknowledged may be on some of them only, so the new primary rebuilds them whole
+/// from its own copy (docs/replication.md, "Failover: a new primary").
+///
 /// It also drops the `rebuilding_since` record of every copy that is not `rebuilding` (any
 /// change that takes a copy out of `rebuilding` drops it with it, so `in_sync` and `stale`
 /// copies are written as before).
@@ -279,6 +286,7 @@ pub(super) fn down_copies_stale(m: &mut ClusterMap) {
 
 /// [`down_copies_stale`] without the `rebuilding_since` tidying.
 fn mark_down_copies_stale(m: &mut ClusterMap) {
+    let since = m.generation.saturating_add(1);
     let down: Vec<String> = m
         .servers
         .iter()
@@ -298,12 +306,35 @@ fn mark_down_copies_stale(m: &mut ClusterMap) {
             if !live_in_sync {
                 continue;
             }
+            // The primary before this map is the first `in_sync` copy; on a down server now,
+            // it loses the role here: a failover. (Had its server been down already, it was
+            // `in_sync` as the last such copy, and a copy whose server is back is rebuilt as
+            // well: a copy more, nothing lost.)
+            let failover = e
+                .replicas
+                .iter()
+                .find(|r| r.state == ReplicaState::InSync)
+                .is_some_and(|r| is_down(&r.server));
             for r in e.replicas.iter_mut().filter(|r| is_down(&r.server)) {
                 // A rebuilding copy on a down server stops taking writes too: it is stale
                 // again (rebuilt when its server is back).
                 if r.state != ReplicaState::Stale {
                     r.state = ReplicaState::Stale;
                 }
+            }
+            if !failover {
+                continue;
+            }
+            // The new primary is the first live `in_sync` copy; the others may lack a write
+            // the old primary forwarded to some copies only.
+            let mut live = e
+                .replicas
+                .iter_mut()
+                .filter(|r| r.state == ReplicaState::InSync && !is_down(&r.server));
+            let _new_primary = live.next();
+            for r in live {
+                r.state = ReplicaState::Rebuilding;
+                r.rebuilding_since = Some(since);
             }
         }
     }
@@ -372,6 +403,11 @@ mod tests {
 
     /// Three servers and volume `v` of 4 extents with 2 copies each.
     fn cluster() -> ClusterMap {
+        cluster_with(2)
+    }
+
+    /// Three servers and volume `v` of 4 extents with `copies` copies each.
+    fn cluster_with(copies: u32) -> ClusterMap {
         let mut m = crate::plan::tests::two_servers();
         m = add_server(
             &m,
@@ -391,7 +427,7 @@ mod tests {
                 size: 4 * MIB,
                 block_size: None,
                 extent_size: Some(MIB),
-                replicas: Some(2),
+                replicas: Some(copies),
                 subsystem: "nqn.2026-11.dev.tessera:t".to_owned(),
                 nsid: None,
                 hosts: Some(HostPolicy::Any),
@@ -672,6 +708,101 @@ mod tests {
                 .any(|r| r.server == c && r.state == ReplicaState::InSync)
         );
         both.validate().unwrap();
+    }
+
+    /// The copies' servers and states of extent `x`, in map order.
+    fn states(m: &ClusterMap, x: usize) -> Vec<(String, ReplicaState)> {
+        m.volume("v").unwrap().extents[x]
+            .replicas
+            .iter()
+            .map(|r| (r.server.clone(), r.state))
+            .collect()
+    }
+
+    #[test]
+    fn a_failover_with_three_copies_has_the_new_primary_rebuild_the_other_copy() {
+        let m = cluster_with(3);
+        let p = m.volume("v").unwrap().extents[0].replicas[0].server.clone();
+        let down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        assert_eq!(down.generation, m.generation + 1);
+        let mut failovers = 0;
+        for x in 0..4 {
+            let before = states(&m, x);
+            assert_eq!(before.len(), 3);
+            let after = states(&down, x);
+            let e = &down.volume("v").unwrap().extents[x];
+            if before[0].0 == p {
+                // p was the primary: the next copy takes over, the third is rebuilt whole
+                // from it, since this generation.
+                failovers += 1;
+                assert_eq!(after[0], (p.clone(), ReplicaState::Stale), "extent {x}");
+                assert_eq!(after[1].1, ReplicaState::InSync, "extent {x}");
+                assert_eq!(after[2].1, ReplicaState::Rebuilding, "extent {x}");
+                assert_eq!(down.primary(e).unwrap().server, after[1].0);
+                assert_eq!(since_of(&down, x, &after[2].0), Some(down.generation));
+            } else {
+                // Not the primary: only p's copy leaves the write set.
+                for ((s0, st0), (s1, st1)) in before.iter().zip(&after) {
+                    assert_eq!(s0, s1);
+                    let want = if *s0 == p { ReplicaState::Stale } else { *st0 };
+                    assert_eq!(*st1, want, "extent {x}: {after:?}");
+                }
+                assert_eq!(down.primary(e).unwrap().server, before[0].0);
+            }
+        }
+        assert!(failovers > 0);
+        down.validate().unwrap();
+        // The new primary reports the rebuild done: in_sync again.
+        let x = 0;
+        let after = states(&down, x);
+        let synced = rebuild_done(&down, &done(&down, x, &after[1].0, &after[2].0)).unwrap();
+        assert_eq!(state_of(&synced, x, &after[2].0), ReplicaState::InSync);
+        // p back up and rebuilt: its copy, first again, is the primary again (a handover,
+        // not a failover): the other copies stay in_sync.
+        let up = crate::plan::set_server_state(&synced, &p, ServerState::Up).unwrap();
+        let rebuilding = rebuild_start(&up, &p).unwrap();
+        assert_eq!(state_of(&rebuilding, x, &p), ReplicaState::Rebuilding);
+        let back = rebuild_done(&rebuilding, &done(&rebuilding, x, &after[1].0, &p)).unwrap();
+        assert!(
+            states(&back, x)
+                .iter()
+                .all(|(_, st)| *st == ReplicaState::InSync),
+            "{:?}",
+            states(&back, x)
+        );
+        let e = &back.volume("v").unwrap().extents[x];
+        assert_eq!(back.primary(e).unwrap().server, p);
+    }
+
+    #[test]
+    fn a_non_primarys_mark_down_rebuilds_nothing_else() {
+        let m = cluster_with(3);
+        let c = m.volume("v").unwrap().extents[0].replicas[1].server.clone();
+        let down = crate::plan::set_server_state(&m, &c, ServerState::Down).unwrap();
+        let x = 0;
+        for (s, st) in states(&down, x) {
+            let want = if s == c {
+                ReplicaState::Stale
+            } else {
+                ReplicaState::InSync
+            };
+            assert_eq!(st, want, "{s}");
+        }
+    }
+
+    #[test]
+    fn a_failover_with_two_copies_leaves_no_other_copy_to_rebuild() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        assert_eq!(state_of(&down, 0, &c), ReplicaState::InSync);
+        assert!(
+            down.volumes
+                .iter()
+                .flat_map(|v| &v.extents)
+                .flat_map(|e| &e.replicas)
+                .all(|r| r.state != ReplicaState::Rebuilding)
+        );
     }
 
     fn done(m: &ClusterMap, extent: usize, from: &str, copy: &str) -> RebuildDoneRequest {
