@@ -74,6 +74,12 @@ pub struct Fixes {
     /// fires: a late report from an earlier rebuild of the copy (the copy's server went down and
     /// came back meanwhile) then marks the new rebuild's copy `in_sync` before it is.
     pub stale_done: bool,
+    /// The manager's (`plan::set_server_state`'s mark-down): a failover makes the other
+    /// `in_sync` copies of the old primary's extent `rebuilding`, so the new primary rebuilds
+    /// them whole (a write the old primary forwarded to some copies only, never acknowledged
+    /// and never retried, would leave them different). Off, the model's manager sets them back
+    /// `in_sync` in the map it commits.
+    pub failover_resync: bool,
 }
 
 impl Fixes {
@@ -83,6 +89,7 @@ impl Fixes {
         in_flight: true,
         after_done: true,
         stale_done: true,
+        failover_resync: true,
     };
     /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
     /// check, `stale_done`, kept on so that its losses do not hide theirs).
@@ -107,6 +114,11 @@ pub struct Config {
     pub steps: u64,
     pub fixes: Fixes,
     pub mutation: Option<Mutation>,
+    /// The host sometimes gives up a refused or failed write instead of retrying it (never
+    /// acknowledged; its value may be on any copy). The quiescence check then allows a read
+    /// to return such a value newer than the last acknowledged one, but still requires every
+    /// copy to be equal.
+    pub give_up: bool,
 }
 
 /// Faults injected in one run, per kind.
@@ -278,6 +290,8 @@ pub struct Sim {
     msgs: Vec<Msg>,
     host: [HostBlock; BLOCKS],
     acked: [u64; BLOCKS],
+    /// Values of writes the host gave up (`Config::give_up`).
+    given_up: BTreeSet<u64>,
     next_val: u64,
     next_wid: u64,
     faults_on: bool,
@@ -407,6 +421,7 @@ impl Sim {
             msgs: Vec::new(),
             host: [HostBlock::Idle; BLOCKS],
             acked: [0; BLOCKS],
+            given_up: BTreeSet::new(),
             next_val: 1,
             next_wid: 1,
             faults_on: true,
@@ -636,9 +651,24 @@ impl Sim {
                     return;
                 }
                 self.connected[server] = false;
-                let next =
+                let mut next =
                     plan::set_server_state(&self.committed, &name(server), ServerState::Down)
                         .expect("known server");
+                if !self.cfg.fixes.failover_resync {
+                    // Without the fix: copies `in_sync` before stay `in_sync`.
+                    for (v, ov) in next.volumes.iter_mut().zip(&self.committed.volumes) {
+                        for (e, oe) in v.extents.iter_mut().zip(&ov.extents) {
+                            for (r, or) in e.replicas.iter_mut().zip(&oe.replicas) {
+                                if or.state == ReplicaState::InSync
+                                    && r.state == ReplicaState::Rebuilding
+                                {
+                                    r.state = ReplicaState::InSync;
+                                    r.rebuilding_since = None;
+                                }
+                            }
+                        }
+                    }
+                }
                 self.commit(next, "down");
             }
             Msg::Failed {
@@ -916,7 +946,15 @@ impl Sim {
                 self.next_val += 1;
                 v
             }
-            HostBlock::Retry { val } => val,
+            HostBlock::Retry { val } => {
+                if self.cfg.give_up && self.rng.index(3) == 0 {
+                    self.given_up.insert(val);
+                    self.host[b] = HostBlock::Idle;
+                    self.trace(format!("host gave up b{b}={val}"));
+                    return;
+                }
+                val
+            }
             HostBlock::InFlight { .. } => return,
         };
         self.host[b] = HostBlock::Retry { val };
@@ -1330,7 +1368,13 @@ impl Sim {
                 primary_of(m).unwrap_or(r)
             };
             for b in 0..BLOCKS {
-                if self.servers[src].data[b] != self.acked[b] {
+                let got = self.servers[src].data[b];
+                // A given-up write newer than the last acknowledged one may have landed (on
+                // every copy: they are equal, checked above).
+                if got > self.acked[b] && self.given_up.contains(&got) {
+                    continue;
+                }
+                if got != self.acked[b] {
                     return Err(self.fail(&format!(
                         "read of b{b} through s{} returns {}, last acknowledged {}",
                         r + 1,
