@@ -6,7 +6,7 @@
 //! docs/replication.md, "Rebuild").
 
 use super::{PlanError, extent_mut, step};
-use crate::api::{RebuildDoneRequest, ReplicaFailedRequest};
+use crate::api::{CopiesDivergedRequest, RebuildDoneRequest, ReplicaFailedRequest};
 use crate::map::{ClusterMap, PoolId, Replica, ReplicaState, ServerState};
 
 /// `POST /v1/replica-failed`: the map with `req.server`'s copy of the extent `stale`; with
@@ -251,6 +251,63 @@ pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<Cluste
                 extent: req.extent,
             }),
         }
+    })
+}
+
+/// A former primary of an extent lost the role while a write it had applied to its own copy
+/// failed (a forward refused by a copy already on the map that took the role away): that
+/// write may be on some copies and not others, and no primary records which
+/// (docs/replication.md, "A primary that loses the role mid-write"). Every `in_sync` copy of
+/// the extent on a server not `down`, except the current primary's, becomes `rebuilding` since
+/// the generation of the map this makes, so the primary rebuilds each whole from its own copy
+/// (a copy going straight from `in_sync` to `rebuilding` is rebuilt whole: `rebuild::reconcile`
+/// in the target). Nothing to do (the sender's copy is no longer `in_sync`: a failover already
+/// did this; the extent has no primary; no other `in_sync` copy) leaves the map unchanged,
+/// generation included.
+///
+/// # Errors
+/// Unknown volume or extent, a sender holding no copy of it, a generation newer than the
+/// map's.
+pub fn copies_diverged(
+    map: &ClusterMap,
+    req: &CopiesDivergedRequest,
+) -> Result<ClusterMap, PlanError> {
+    if req.generation > map.generation {
+        return Err(PlanError::FutureGeneration {
+            generation: req.generation,
+            current: map.generation,
+        });
+    }
+    let since = map.generation.saturating_add(1);
+    let down: Vec<String> = map
+        .servers
+        .iter()
+        .filter(|s| s.state == ServerState::Down)
+        .map(|s| s.id.clone())
+        .collect();
+    step(map, |m| {
+        let (_, ext) = extent_mut(m, &req.volume, req.extent)?;
+        let Some(mine) = ext.replicas.iter().find(|r| r.server == req.server) else {
+            return Err(PlanError::NoSuchReplica {
+                server: req.server.clone(),
+                volume: req.volume.clone(),
+                extent: req.extent,
+            });
+        };
+        if mine.state != ReplicaState::InSync || down.contains(&req.server) {
+            return Ok(());
+        }
+        let live = |r: &Replica| r.state == ReplicaState::InSync && !down.contains(&r.server);
+        let Some(primary) = ext.replicas.iter().position(&live) else {
+            return Ok(());
+        };
+        for (i, r) in ext.replicas.iter_mut().enumerate() {
+            if i != primary && live(r) {
+                r.state = ReplicaState::Rebuilding;
+                r.rebuilding_since = Some(since);
+            }
+        }
+        Ok(())
     })
 }
 
@@ -803,6 +860,89 @@ mod tests {
                 .flat_map(|e| &e.replicas)
                 .all(|r| r.state != ReplicaState::Rebuilding)
         );
+    }
+
+    fn diverged(m: &ClusterMap, extent: usize, from: &str) -> CopiesDivergedRequest {
+        CopiesDivergedRequest {
+            server: from.to_owned(),
+            volume: "v".to_owned(),
+            extent,
+            generation: m.generation,
+        }
+    }
+
+    #[test]
+    fn a_former_primarys_diverged_report_rebuilds_every_copy_but_the_primarys() {
+        // Three copies, all in_sync; the first is the primary.
+        let m = cluster_with(3);
+        let x = 0;
+        let before = states(&m, x);
+        let (first, second, third) = (
+            before[0].0.clone(),
+            before[1].0.clone(),
+            before[2].0.clone(),
+        );
+        // The second copy's server reports: it was the primary (say) and lost the role
+        // mid-write. The primary's copy stays in_sync; both others are rebuilt whole.
+        let next = copies_diverged(&m, &diverged(&m, x, &second)).unwrap();
+        assert_eq!(next.generation, m.generation + 1);
+        assert_eq!(state_of(&next, x, &first), ReplicaState::InSync);
+        assert_eq!(state_of(&next, x, &second), ReplicaState::Rebuilding);
+        assert_eq!(state_of(&next, x, &third), ReplicaState::Rebuilding);
+        assert_eq!(since_of(&next, x, &second), Some(next.generation));
+        assert_eq!(since_of(&next, x, &third), Some(next.generation));
+        let e = &next.volume("v").unwrap().extents[x];
+        assert_eq!(next.primary(e).unwrap().server, first);
+        next.validate().unwrap();
+        // Other extents are untouched.
+        for y in 1..4 {
+            assert_eq!(states(&next, y), states(&m, y), "extent {y}");
+        }
+        // Repeated (the sender's copy is rebuilding now): nothing changes, no generation.
+        let again = copies_diverged(&next, &diverged(&next, x, &second)).unwrap();
+        assert_eq!(again, next);
+        // Rebuilt and reported done by the primary: in_sync again.
+        let d = rebuild_done(&next, &done(&next, x, &first, &second)).unwrap();
+        assert_eq!(state_of(&d, x, &second), ReplicaState::InSync);
+    }
+
+    #[test]
+    fn a_diverged_report_changes_nothing_without_another_in_sync_copy_and_refuses_strangers() {
+        // Two copies, the other copy's server down: the sender's copy is the only live
+        // in_sync one (the primary): nothing to rebuild.
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let down = crate::plan::set_server_state(&m, &c, ServerState::Down).unwrap();
+        let same = copies_diverged(&down, &diverged(&down, 0, &p)).unwrap();
+        assert_eq!(same, down);
+        // The primary itself reporting (it got the role back): the other copy is rebuilt
+        // whole from it.
+        let next = copies_diverged(&m, &diverged(&m, 0, &p)).unwrap();
+        assert_eq!(state_of(&next, 0, &p), ReplicaState::InSync);
+        assert_eq!(state_of(&next, 0, &c), ReplicaState::Rebuilding);
+        // A sender on a server marked down (a failover already rebuilds the others): nothing.
+        let p_down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        let same = copies_diverged(&p_down, &diverged(&p_down, 0, &p)).unwrap();
+        assert_eq!(same, p_down);
+        // A server holding no copy of the extent, an unknown extent, a future generation.
+        let stranger = ["s1", "s2", "s3"]
+            .into_iter()
+            .find(|s| *s != p && *s != c)
+            .unwrap();
+        assert!(matches!(
+            copies_diverged(&m, &diverged(&m, 0, stranger)),
+            Err(PlanError::NoSuchReplica { .. })
+        ));
+        assert!(matches!(
+            copies_diverged(&m, &diverged(&m, 9, &p)),
+            Err(PlanError::NoSuchExtent { .. })
+        ));
+        let mut future = diverged(&m, 0, &p);
+        future.generation = m.generation + 1;
+        assert!(matches!(
+            copies_diverged(&m, &future),
+            Err(PlanError::FutureGeneration { .. })
+        ));
     }
 
     fn done(m: &ClusterMap, extent: usize, from: &str, copy: &str) -> RebuildDoneRequest {

@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use manager::api::{
-    AddServerRequest, CreateVolumeRequest, RebuildDoneRequest, ReplicaFailedRequest,
+    AddServerRequest, CopiesDivergedRequest, CreateVolumeRequest, RebuildDoneRequest,
+    ReplicaFailedRequest,
 };
 use manager::map::{ClusterMap, HostPolicy, ReplicaState, ServerState};
 use manager::plan;
@@ -80,6 +81,13 @@ pub struct Fixes {
     /// and never retried, would leave them different). Off, the model's manager sets them back
     /// `in_sync` in the map it commits.
     pub failover_resync: bool,
+    /// A primary whose write fails because it lost the role meanwhile (a handover: a rebuilt
+    /// first copy turned `in_sync`; or a mark-down) reports `POST /v1/copies-diverged`, and
+    /// the manager has every other `in_sync` copy rebuilt whole by the new primary (its own
+    /// copy has the failed write, some copy does not, and no primary recorded it). The
+    /// primary's half of the rule (a copy going straight from `in_sync` to `rebuilding` is
+    /// rebuilt whole) stays on either way. Off, no report is sent.
+    pub diverged_report: bool,
 }
 
 impl Fixes {
@@ -90,6 +98,7 @@ impl Fixes {
         after_done: true,
         stale_done: true,
         failover_resync: true,
+        diverged_report: true,
     };
     /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
     /// check, `stale_done`, kept on so that its losses do not hide theirs).
@@ -174,6 +183,8 @@ enum Msg {
         copy: usize,
         generation: u64,
     },
+    /// Former primary to manager: `POST /v1/copies-diverged`.
+    Diverged { from: usize, generation: u64 },
     /// Primary to manager: `POST /v1/rebuild-done`.
     Done {
         from: usize,
@@ -690,6 +701,22 @@ impl Sim {
                 let map = Box::new(self.committed.clone());
                 self.msgs.push(Msg::Install { to: from, map });
             }
+            Msg::Diverged { from, generation } => {
+                let req = CopiesDivergedRequest {
+                    server: name(from),
+                    volume: VOL.to_owned(),
+                    extent: 0,
+                    generation,
+                };
+                match plan::copies_diverged(&self.committed, &req) {
+                    Ok(next) => self.commit(next, "copies diverged"),
+                    Err(e) => {
+                        self.trace(format!("copies diverged from s{} refused: {e}", from + 1))
+                    }
+                }
+                let map = Box::new(self.committed.clone());
+                self.msgs.push(Msg::Install { to: from, map });
+            }
             Msg::Done {
                 from,
                 copy,
@@ -742,7 +769,11 @@ impl Sim {
 
     fn deliver(&mut self, m: Msg) {
         match m {
-            Msg::Ack { .. } | Msg::Lost { .. } | Msg::Failed { .. } | Msg::Done { .. } => {
+            Msg::Ack { .. }
+            | Msg::Lost { .. }
+            | Msg::Failed { .. }
+            | Msg::Diverged { .. }
+            | Msg::Done { .. } => {
                 self.manager(m);
             }
             Msg::DoneAnswer {
@@ -887,7 +918,7 @@ impl Sim {
     /// for copies out of the write set, writes waiting for a newer map go on, rebuilds start.
     fn install(&mut self, k: usize, map: ClusterMap) {
         self.trace(format!("s{} installs g{}", k + 1, map.generation));
-        self.servers[k].map = map;
+        let old = std::mem::replace(&mut self.servers[k].map, map);
         let map = self.servers[k].map.clone();
         let me_primary = primary_of(&map) == Some(k);
         if me_primary {
@@ -901,6 +932,18 @@ impl Sim {
                     self.servers[k].done_sent.remove(&c);
                     self.servers[k].done_answered.remove(&c);
                     self.servers[k].done_refused.remove(&c);
+                }
+                // Straight from counting to `rebuilding`: the manager asks for the whole
+                // extent (`rebuild::reconcile`'s resync).
+                let resync = state_of(&map, c) == Some(ReplicaState::Rebuilding)
+                    && state_of(&old, c) == Some(ReplicaState::InSync)
+                    && !is_down(&old, c);
+                if resync {
+                    if let Some(d) = self.servers[k].dirty.get(&c) {
+                        d.mark(0, EXTENT);
+                    } else {
+                        self.servers[k].dirty.insert(c, DirtyMap::new(EXTENT, true));
+                    }
                 }
                 if out && !self.servers[k].dirty.contains_key(&c) {
                     self.servers[k]
@@ -1114,7 +1157,17 @@ impl Sim {
             }
             let waiting = newer || settling;
             let mut answer = None;
-            if primary_of(&map) != Some(p) || w.expired {
+            if primary_of(&map) != Some(p) {
+                answer = Some(false);
+                // `out_of_write_set`'s "no longer the primary": its own copy has the write.
+                if self.cfg.fixes.diverged_report {
+                    let generation = map.generation;
+                    self.msgs.push(Msg::Diverged {
+                        from: p,
+                        generation,
+                    });
+                }
+            } else if w.expired {
                 answer = Some(false);
             } else if early {
                 answer = Some(true);
