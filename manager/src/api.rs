@@ -122,6 +122,24 @@ pub struct ReplicaFailedRequest {
     pub generation: Generation,
 }
 
+/// `POST /v1/copies-diverged`: the sender, the extent's primary at `generation`, lost the role
+/// while a write it had applied to its own copy was failing (a forward refused by a copy on a
+/// newer map): the copies of the extent may differ on blocks whose last write failed
+/// (docs/replication.md, "A primary that loses the role mid-write"). Answered with the current
+/// map, in which every `in_sync` copy but the primary's is `rebuilding` (rebuilt whole).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopiesDivergedRequest {
+    /// The sender: a server holding a copy of the extent.
+    pub server: String,
+    /// Volume name.
+    pub volume: String,
+    /// Extent index.
+    pub extent: usize,
+    /// The sender's generation when the write failed.
+    pub generation: Generation,
+}
+
 /// `POST /v1/rebuild-done`: the primary copied every block a `rebuilding` copy missed
 /// (docs/replication.md, "Rebuild"). Answered with the current map, in which that copy is
 /// `in_sync`.

@@ -27,9 +27,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MoveReadyRequest,
-    MoveRequest, RebuildDoneRequest, RebuildProgressRequest, ReplicaFailedRequest, ReportRequest,
-    ResizeRequest, Role, ServerStateRequest, ServerUnreachableRequest, Status,
+    AckRequest, AddServerRequest, CopiesDivergedRequest, CreateVolumeRequest, Empty, ErrorBody,
+    MoveReadyRequest, MoveRequest, RebuildDoneRequest, RebuildProgressRequest,
+    ReplicaFailedRequest, ReportRequest, ResizeRequest, Role, ServerStateRequest,
+    ServerUnreachableRequest, Status,
 };
 use crate::map::{ClusterMap, Generation, PoolId, ServerState};
 
@@ -298,6 +299,25 @@ impl Client {
         self.call(
             Method::POST,
             self.url(&["v1", "replica-failed"])?,
+            &[],
+            Some(req),
+        )
+        .await
+    }
+
+    /// `POST /v1/copies-diverged`: this server lost the primary role of an extent while a
+    /// write it had applied to its own copy failed. The answer is the map in which every
+    /// `in_sync` copy but the primary's is `rebuilding`.
+    ///
+    /// # Errors
+    /// [`ClientError`]; 404 when this server holds no copy of the extent.
+    pub async fn copies_diverged(
+        &self,
+        req: &CopiesDivergedRequest,
+    ) -> Result<ClusterMap, ClientError> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "copies-diverged"])?,
             &[],
             Some(req),
         )

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use manager::api::{
-    AckRequest, CreateVolumeRequest, MoveReadyRequest, ReportKind, ReportRequest, Role,
+    AckRequest, CopiesDivergedRequest, CreateVolumeRequest, MoveReadyRequest, ReportKind,
+    ReportRequest, Role,
 };
 use manager::client::{Client, ClientError};
 use manager::map::ServerState;
@@ -148,6 +149,22 @@ async fn every_call_needs_a_credential_and_each_role_has_its_rights() {
         count: 1,
     };
     assert_eq!(http_err(c.s1.report(&report).await).0, 403);
+    // A copies-diverged report only in the sender's own name (it makes copies rebuild).
+    let diverged = CopiesDivergedRequest {
+        server: "s2".into(),
+        volume: "v".into(),
+        extent: 0,
+        generation: 2,
+    };
+    assert_eq!(http_err(c.anon.copies_diverged(&diverged).await).0, 401);
+    let (status, message) = http_err(c.s1.copies_diverged(&diverged).await);
+    assert_eq!(status, 403);
+    assert_eq!(
+        message,
+        "server s1's credential cannot send a copies-diverged report for server s2 (expected \
+         server s2's own credential)"
+    );
+    assert_eq!(http_err(c.op.copies_diverged(&diverged).await).0, 403);
     c.s2.report(&report).await.unwrap();
     assert_eq!(c.op.status().await.unwrap().reports.stale, 1);
     ack_both(&c, 2).await;

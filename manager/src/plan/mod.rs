@@ -24,8 +24,8 @@ pub use lost::{clear_lost, lost_with, pool_seen};
 use reload::reload_holding;
 pub use reload::{initial_map, reload, reload_from};
 pub use replica::{
-    holds_replicated_copy, pool_lost_extents, rebuild_done, rebuild_due, rebuild_start,
-    replica_failed,
+    copies_diverged, holds_replicated_copy, pool_lost_extents, rebuild_done, rebuild_due,
+    rebuild_start, replica_failed,
 };
 
 use crate::api::{AddServerRequest, CreateVolumeRequest, MoveReadyRequest, MoveRequest};
@@ -77,6 +77,8 @@ pub enum Change {
     },
     /// `POST /v1/rebuild-done`.
     RebuildDone(crate::api::RebuildDoneRequest),
+    /// `POST /v1/copies-diverged`.
+    CopiesDiverged(crate::api::CopiesDivergedRequest),
     /// A server fetched or watched the map with its pool identity: recorded; when it differs
     /// from the recorded one, its copies are stale ([`replica::pool_seen`]) and the extents
     /// whose only `in_sync` copy it held are marked `lost` ([`lost::pool_seen`]).
@@ -125,6 +127,7 @@ impl Change {
             Self::ReplicaFailed { .. } => "replica failed",
             Self::RebuildStart { .. } => "rebuild start",
             Self::RebuildDone(_) => "rebuild done",
+            Self::CopiesDiverged(_) => "copies diverged",
             Self::PoolSeen { .. } => "pool seen",
             Self::ClearLost { .. } => "clear lost",
             Self::SetServerState { .. } => "server state",
@@ -160,6 +163,7 @@ fn apply_holding(
         Change::ReplicaFailed { req, server_gone } => replica_failed(map, req, *server_gone),
         Change::RebuildStart { id } => replica::rebuild_start(map, id),
         Change::RebuildDone(req) => replica::rebuild_done(map, req),
+        Change::CopiesDiverged(req) => replica::copies_diverged(map, req),
         Change::PoolSeen { id, pool, previous } => lost::pool_seen(map, id, *pool, *previous),
         Change::ClearLost { volume, extent } => clear_lost(map, volume, *extent),
         Change::SetServerState { id, state } => set_server_state(map, id, *state),

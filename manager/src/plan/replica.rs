@@ -6,7 +6,7 @@
 //! docs/replication.md, "Rebuild").
 
 use super::{PlanError, extent_mut, step};
-use crate::api::{RebuildDoneRequest, ReplicaFailedRequest};
+use crate::api::{CopiesDivergedRequest, RebuildDoneRequest, ReplicaFailedRequest};
 use crate::map::{ClusterMap, PoolId, Replica, ReplicaState, ServerState};
 
 /// `POST /v1/replica-failed`: the map with `req.server`'s copy of the extent `stale`; with
@@ -254,12 +254,76 @@ pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<Cluste
     })
 }
 
+/// A former primary of an extent lost the role while a write it had applied to its own copy
+/// failed (a forward refused by a copy already on the map that took the role away): that
+/// write may be on some copies and not others, and no primary records which
+/// (docs/replication.md, "A primary that loses the role mid-write"). Every `in_sync` copy of
+/// the extent on a server not `down`, except the current primary's, becomes `rebuilding` since
+/// the generation of the map this makes, so the primary rebuilds each whole from its own copy
+/// (a copy going straight from `in_sync` to `rebuilding` is rebuilt whole: `rebuild::reconcile`
+/// in the target). Nothing to do (the sender's copy is no longer `in_sync`: a failover already
+/// did this; the extent has no primary; no other `in_sync` copy) leaves the map unchanged,
+/// generation included.
+///
+/// # Errors
+/// Unknown volume or extent, a sender holding no copy of it, a generation newer than the
+/// map's.
+pub fn copies_diverged(
+    map: &ClusterMap,
+    req: &CopiesDivergedRequest,
+) -> Result<ClusterMap, PlanError> {
+    if req.generation > map.generation {
+        return Err(PlanError::FutureGeneration {
+            generation: req.generation,
+            current: map.generation,
+        });
+    }
+    let since = map.generation.saturating_add(1);
+    let down: Vec<String> = map
+        .servers
+        .iter()
+        .filter(|s| s.state == ServerState::Down)
+        .map(|s| s.id.clone())
+        .collect();
+    step(map, |m| {
+        let (_, ext) = extent_mut(m, &req.volume, req.extent)?;
+        let Some(mine) = ext.replicas.iter().find(|r| r.server == req.server) else {
+            return Err(PlanError::NoSuchReplica {
+                server: req.server.clone(),
+                volume: req.volume.clone(),
+                extent: req.extent,
+            });
+        };
+        if mine.state != ReplicaState::InSync || down.contains(&req.server) {
+            return Ok(());
+        }
+        let live = |r: &Replica| r.state == ReplicaState::InSync && !down.contains(&r.server);
+        let Some(primary) = ext.replicas.iter().position(&live) else {
+            return Ok(());
+        };
+        for (i, r) in ext.replicas.iter_mut().enumerate() {
+            if i != primary && live(r) {
+                r.state = ReplicaState::Rebuilding;
+                r.rebuilding_since = Some(since);
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Every `in_sync` copy on a server marked `down` becomes `stale`, unless no copy of its
 /// extent on a server that is not down is `in_sync` (then it stays: it holds the newest data,
 /// as no write could complete without it). Run on every next map, so a mark-down (operator,
 /// reload, or the manager's old-owner timeout) hands each extent it was the primary of to the
 /// next `in_sync` copy, and setting the server `up` again does not bring back copies that
 /// missed writes meanwhile. Volumes with one copy are unchanged.
+///
+/// A failover (the extent's primary is a copy made `stale` this way) also makes every other
+/// `in_sync` copy of the extent on a server not down, except the new primary, `rebuilding`
+/// since the generation of the map being made (`m`'s own plus one: `m` is a copy of the
+/// previous map being edited): a write the old primary forwarded
+/// but never acknowledged may be on some of them only, so the new primary rebuilds them whole
+/// from its own copy (docs/replication.md, "Failover: a new primary").
 ///
 /// It also drops the `rebuilding_since` record of every copy that is not `rebuilding` (any
 /// change that takes a copy out of `rebuilding` drops it with it, so `in_sync` and `stale`
@@ -279,6 +343,7 @@ pub(super) fn down_copies_stale(m: &mut ClusterMap) {
 
 /// [`down_copies_stale`] without the `rebuilding_since` tidying.
 fn mark_down_copies_stale(m: &mut ClusterMap) {
+    let since = m.generation.saturating_add(1);
     let down: Vec<String> = m
         .servers
         .iter()
@@ -298,12 +363,35 @@ fn mark_down_copies_stale(m: &mut ClusterMap) {
             if !live_in_sync {
                 continue;
             }
+            // The primary before this map is the first `in_sync` copy; on a down server now,
+            // it loses the role here: a failover. (Had its server been down already, it was
+            // `in_sync` as the last such copy, and a copy whose server is back is rebuilt as
+            // well: a copy more, nothing lost.)
+            let failover = e
+                .replicas
+                .iter()
+                .find(|r| r.state == ReplicaState::InSync)
+                .is_some_and(|r| is_down(&r.server));
             for r in e.replicas.iter_mut().filter(|r| is_down(&r.server)) {
                 // A rebuilding copy on a down server stops taking writes too: it is stale
                 // again (rebuilt when its server is back).
                 if r.state != ReplicaState::Stale {
                     r.state = ReplicaState::Stale;
                 }
+            }
+            if !failover {
+                continue;
+            }
+            // The new primary is the first live `in_sync` copy; the others may lack a write
+            // the old primary forwarded to some copies only.
+            let mut live = e
+                .replicas
+                .iter_mut()
+                .filter(|r| r.state == ReplicaState::InSync && !is_down(&r.server));
+            let _new_primary = live.next();
+            for r in live {
+                r.state = ReplicaState::Rebuilding;
+                r.rebuilding_since = Some(since);
             }
         }
     }
@@ -372,6 +460,11 @@ mod tests {
 
     /// Three servers and volume `v` of 4 extents with 2 copies each.
     fn cluster() -> ClusterMap {
+        cluster_with(2)
+    }
+
+    /// Three servers and volume `v` of 4 extents with `copies` copies each.
+    fn cluster_with(copies: u32) -> ClusterMap {
         let mut m = crate::plan::tests::two_servers();
         m = add_server(
             &m,
@@ -391,7 +484,7 @@ mod tests {
                 size: 4 * MIB,
                 block_size: None,
                 extent_size: Some(MIB),
-                replicas: Some(2),
+                replicas: Some(copies),
                 subsystem: "nqn.2026-11.dev.tessera:t".to_owned(),
                 nsid: None,
                 hosts: Some(HostPolicy::Any),
@@ -672,6 +765,184 @@ mod tests {
                 .any(|r| r.server == c && r.state == ReplicaState::InSync)
         );
         both.validate().unwrap();
+    }
+
+    /// The copies' servers and states of extent `x`, in map order.
+    fn states(m: &ClusterMap, x: usize) -> Vec<(String, ReplicaState)> {
+        m.volume("v").unwrap().extents[x]
+            .replicas
+            .iter()
+            .map(|r| (r.server.clone(), r.state))
+            .collect()
+    }
+
+    #[test]
+    fn a_failover_with_three_copies_has_the_new_primary_rebuild_the_other_copy() {
+        let m = cluster_with(3);
+        let p = m.volume("v").unwrap().extents[0].replicas[0].server.clone();
+        let down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        assert_eq!(down.generation, m.generation + 1);
+        let mut failovers = 0;
+        for x in 0..4 {
+            let before = states(&m, x);
+            assert_eq!(before.len(), 3);
+            let after = states(&down, x);
+            let e = &down.volume("v").unwrap().extents[x];
+            if before[0].0 == p {
+                // p was the primary: the next copy takes over, the third is rebuilt whole
+                // from it, since this generation.
+                failovers += 1;
+                assert_eq!(after[0], (p.clone(), ReplicaState::Stale), "extent {x}");
+                assert_eq!(after[1].1, ReplicaState::InSync, "extent {x}");
+                assert_eq!(after[2].1, ReplicaState::Rebuilding, "extent {x}");
+                assert_eq!(down.primary(e).unwrap().server, after[1].0);
+                assert_eq!(since_of(&down, x, &after[2].0), Some(down.generation));
+            } else {
+                // Not the primary: only p's copy leaves the write set.
+                for ((s0, st0), (s1, st1)) in before.iter().zip(&after) {
+                    assert_eq!(s0, s1);
+                    let want = if *s0 == p { ReplicaState::Stale } else { *st0 };
+                    assert_eq!(*st1, want, "extent {x}: {after:?}");
+                }
+                assert_eq!(down.primary(e).unwrap().server, before[0].0);
+            }
+        }
+        assert!(failovers > 0);
+        down.validate().unwrap();
+        // The new primary reports the rebuild done: in_sync again.
+        let x = 0;
+        let after = states(&down, x);
+        let synced = rebuild_done(&down, &done(&down, x, &after[1].0, &after[2].0)).unwrap();
+        assert_eq!(state_of(&synced, x, &after[2].0), ReplicaState::InSync);
+        // p back up and rebuilt: its copy, first again, is the primary again (a handover,
+        // not a failover): the other copies stay in_sync.
+        let up = crate::plan::set_server_state(&synced, &p, ServerState::Up).unwrap();
+        let rebuilding = rebuild_start(&up, &p).unwrap();
+        assert_eq!(state_of(&rebuilding, x, &p), ReplicaState::Rebuilding);
+        let back = rebuild_done(&rebuilding, &done(&rebuilding, x, &after[1].0, &p)).unwrap();
+        assert!(
+            states(&back, x)
+                .iter()
+                .all(|(_, st)| *st == ReplicaState::InSync),
+            "{:?}",
+            states(&back, x)
+        );
+        let e = &back.volume("v").unwrap().extents[x];
+        assert_eq!(back.primary(e).unwrap().server, p);
+    }
+
+    #[test]
+    fn a_non_primarys_mark_down_rebuilds_nothing_else() {
+        let m = cluster_with(3);
+        let c = m.volume("v").unwrap().extents[0].replicas[1].server.clone();
+        let down = crate::plan::set_server_state(&m, &c, ServerState::Down).unwrap();
+        let x = 0;
+        for (s, st) in states(&down, x) {
+            let want = if s == c {
+                ReplicaState::Stale
+            } else {
+                ReplicaState::InSync
+            };
+            assert_eq!(st, want, "{s}");
+        }
+    }
+
+    #[test]
+    fn a_failover_with_two_copies_leaves_no_other_copy_to_rebuild() {
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        assert_eq!(state_of(&down, 0, &c), ReplicaState::InSync);
+        assert!(
+            down.volumes
+                .iter()
+                .flat_map(|v| &v.extents)
+                .flat_map(|e| &e.replicas)
+                .all(|r| r.state != ReplicaState::Rebuilding)
+        );
+    }
+
+    fn diverged(m: &ClusterMap, extent: usize, from: &str) -> CopiesDivergedRequest {
+        CopiesDivergedRequest {
+            server: from.to_owned(),
+            volume: "v".to_owned(),
+            extent,
+            generation: m.generation,
+        }
+    }
+
+    #[test]
+    fn a_former_primarys_diverged_report_rebuilds_every_copy_but_the_primarys() {
+        // Three copies, all in_sync; the first is the primary.
+        let m = cluster_with(3);
+        let x = 0;
+        let before = states(&m, x);
+        let (first, second, third) = (
+            before[0].0.clone(),
+            before[1].0.clone(),
+            before[2].0.clone(),
+        );
+        // The second copy's server reports: it was the primary (say) and lost the role
+        // mid-write. The primary's copy stays in_sync; both others are rebuilt whole.
+        let next = copies_diverged(&m, &diverged(&m, x, &second)).unwrap();
+        assert_eq!(next.generation, m.generation + 1);
+        assert_eq!(state_of(&next, x, &first), ReplicaState::InSync);
+        assert_eq!(state_of(&next, x, &second), ReplicaState::Rebuilding);
+        assert_eq!(state_of(&next, x, &third), ReplicaState::Rebuilding);
+        assert_eq!(since_of(&next, x, &second), Some(next.generation));
+        assert_eq!(since_of(&next, x, &third), Some(next.generation));
+        let e = &next.volume("v").unwrap().extents[x];
+        assert_eq!(next.primary(e).unwrap().server, first);
+        next.validate().unwrap();
+        // Other extents are untouched.
+        for y in 1..4 {
+            assert_eq!(states(&next, y), states(&m, y), "extent {y}");
+        }
+        // Repeated (the sender's copy is rebuilding now): nothing changes, no generation.
+        let again = copies_diverged(&next, &diverged(&next, x, &second)).unwrap();
+        assert_eq!(again, next);
+        // Rebuilt and reported done by the primary: in_sync again.
+        let d = rebuild_done(&next, &done(&next, x, &first, &second)).unwrap();
+        assert_eq!(state_of(&d, x, &second), ReplicaState::InSync);
+    }
+
+    #[test]
+    fn a_diverged_report_changes_nothing_without_another_in_sync_copy_and_refuses_strangers() {
+        // Two copies, the other copy's server down: the sender's copy is the only live
+        // in_sync one (the primary): nothing to rebuild.
+        let m = cluster();
+        let (p, c) = copies(&m, 0);
+        let down = crate::plan::set_server_state(&m, &c, ServerState::Down).unwrap();
+        let same = copies_diverged(&down, &diverged(&down, 0, &p)).unwrap();
+        assert_eq!(same, down);
+        // The primary itself reporting (it got the role back): the other copy is rebuilt
+        // whole from it.
+        let next = copies_diverged(&m, &diverged(&m, 0, &p)).unwrap();
+        assert_eq!(state_of(&next, 0, &p), ReplicaState::InSync);
+        assert_eq!(state_of(&next, 0, &c), ReplicaState::Rebuilding);
+        // A sender on a server marked down (a failover already rebuilds the others): nothing.
+        let p_down = crate::plan::set_server_state(&m, &p, ServerState::Down).unwrap();
+        let same = copies_diverged(&p_down, &diverged(&p_down, 0, &p)).unwrap();
+        assert_eq!(same, p_down);
+        // A server holding no copy of the extent, an unknown extent, a future generation.
+        let stranger = ["s1", "s2", "s3"]
+            .into_iter()
+            .find(|s| *s != p && *s != c)
+            .unwrap();
+        assert!(matches!(
+            copies_diverged(&m, &diverged(&m, 0, stranger)),
+            Err(PlanError::NoSuchReplica { .. })
+        ));
+        assert!(matches!(
+            copies_diverged(&m, &diverged(&m, 9, &p)),
+            Err(PlanError::NoSuchExtent { .. })
+        ));
+        let mut future = diverged(&m, 0, &p);
+        future.generation = m.generation + 1;
+        assert!(matches!(
+            copies_diverged(&m, &future),
+            Err(PlanError::FutureGeneration { .. })
+        ));
     }
 
     fn done(m: &ClusterMap, extent: usize, from: &str, copy: &str) -> RebuildDoneRequest {

@@ -14,8 +14,8 @@ use axum::{Json, Router};
 use super::auth::Caller;
 use super::{ApiError, REPORTS_PER_SECOND_MAX, REQUEST_BYTES_MAX, ReportWindow, Shared};
 use crate::api::{
-    AckRequest, AddServerRequest, CreateVolumeRequest, Empty, ErrorBody, MapQuery,
-    MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, RebuildDoneRequest,
+    AckRequest, AddServerRequest, CopiesDivergedRequest, CreateVolumeRequest, Empty, ErrorBody,
+    MapQuery, MoveReadyRequest, MoveRequest, MoveStatus, PublishStatus, RebuildDoneRequest,
     RebuildProgressRequest, RebuildingReplica, ReplicaFailedRequest, ReportKind, ReportRequest,
     ResizeRequest, ServerStateRequest, ServerStatus, ServerUnreachableRequest, StaleReplica,
     Status,
@@ -82,6 +82,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/replica-failed", post(replica_failed))
         .route("/v1/server-unreachable", post(server_unreachable))
         .route("/v1/rebuild-done", post(rebuild_done))
+        .route("/v1/copies-diverged", post(copies_diverged))
         .route("/v1/rebuild-progress", post(rebuild_progress))
         .route("/v1/status", get(status))
         .route("/v1/volumes", post(create_volume))
@@ -292,6 +293,23 @@ async fn rebuild_done(
     let m = s.change(Change::RebuildDone(req)).await?;
     s.rebuild_progress().remove(&key);
     Ok(Json(m))
+}
+
+/// A server lost the primary role of an extent while a write it had applied to its own copy
+/// failed: the answer is the map in which every `in_sync` copy but the primary's is
+/// `rebuilding` (docs/replication.md, "A primary that loses the role mid-write").
+async fn copies_diverged(
+    State(s): S,
+    Extension(caller): C,
+    b: Result<Json<CopiesDivergedRequest>, JsonRejection>,
+) -> Result<Json<ClusterMap>, ApiError> {
+    let req = body(b)?;
+    caller.speaks_for(&req.server, "copies-diverged report")?;
+    known_server(&s, &req.server)?;
+    tracing::warn!(server = %req.server, volume = %req.volume, extent = req.extent,
+        generation = req.generation,
+        "copies may differ after a failed write of a former primary: rebuilding them whole");
+    Ok(Json(s.change(Change::CopiesDiverged(req)).await?))
 }
 
 /// Progress of a rebuild, kept in memory for `GET /v1/status`.

@@ -8,7 +8,9 @@
 //! [`reconcile`]) or when a write to an `in_sync` copy fails: empty when the copy took every
 //! write until then under this primary, all set otherwise (this server restarted, or became
 //! the primary after a failover: it cannot know what the copy missed, so the whole extent is
-//! copied). Bits are set and cleared only under the extent's range lock
+//! copied), or when the copy goes straight from `in_sync` to `rebuilding` in one map (the
+//! manager asks for a whole rebuild: a failover's resync, or a former primary's
+//! copies-diverged report, docs/replication.md). Bits are set and cleared only under the extent's range lock
 //! ([`super::replica::RangeLocks`]), by the write that did not reach the copy and by the
 //! rebuild chunk that copies it, so a host write and a rebuild chunk of the same blocks are
 //! ordered.
@@ -429,12 +431,29 @@ pub fn reconcile(node: &Arc<NodeShared>, old: Option<&ClusterMap>, new: &Cluster
                     }
                     continue;
                 }
+                // Straight from counting to `rebuilding`: the manager asks for the whole
+                // extent (a failover's resync, or a former primary's diverged report: the copy
+                // may hold a write no primary recorded; docs/replication.md).
+                let resync = r.state == ReplicaState::Rebuilding
+                    && old.is_some_and(|m| {
+                        m.volume(&v.name)
+                            .and_then(|ov| ov.extents.get(i))
+                            .is_some_and(|oe| {
+                                oe.replicas.iter().any(|or| {
+                                    or.server == r.server && or.offset == r.offset && counts(m, or)
+                                })
+                            })
+                    });
                 if let Some(t) = existing {
+                    if resync {
+                        t.dirty.mark(0, t.len);
+                    }
                     next.push(Arc::clone(t));
                     continue;
                 }
                 // Counted under this primary in the map before: it has every write so far.
                 let took_all = !pool_replaced
+                    && !resync
                     && old.is_some_and(|m| {
                         m.volume(&v.name)
                             .and_then(|ov| ov.extents.get(i))
@@ -448,7 +467,10 @@ pub fn reconcile(node: &Arc<NodeShared>, old: Option<&ClusterMap>, new: &Cluster
                                     })
                             })
                     });
-                if !took_all {
+                if resync {
+                    tracing::info!(volume = %v.name, extent = i, copy = %r.server,
+                        "the manager asks for a whole rebuild of this copy (it may differ)");
+                } else if !took_all {
                     tracing::info!(volume = %v.name, extent = i, copy = %r.server,
                         "no record of what this copy missed: a rebuild will copy the whole extent");
                 }

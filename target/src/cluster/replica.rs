@@ -449,6 +449,10 @@ async fn out_of_write_set(
                 extent = index,
                 "replicated write: no longer the primary"
             );
+            // This server's copy has the write and some copy does not, and the new primary
+            // has no record of it: the manager has every other copy rebuilt whole from the
+            // primary (docs/replication.md, "A primary that loses the role mid-write").
+            report_diverged(node, volume, index, generation).await;
             return Err(settling());
         }
         // The copies this map counts for the ack that do not have the write yet.
@@ -649,6 +653,44 @@ pub(super) async fn report(
             lock(&node.replica_reports.sent).insert(
                 (volume.to_owned(), index, server.to_owned()),
                 (0, std::time::Instant::now()),
+            );
+        }
+    }
+}
+
+/// How long a write that lost the primary role waits for the manager to take its
+/// copies-diverged report (the write fails either way; its range stays locked meanwhile).
+const DIVERGED_CALL: Duration = Duration::from_secs(2);
+
+/// `POST /v1/copies-diverged` for extent `index` of `volume`: a write this server applied to
+/// its own copy as the primary failed after it lost the role. Waits at most [`DIVERGED_CALL`]
+/// (a lost report is logged; the manager answers a repeated one without a new generation).
+async fn report_diverged(node: &NodeShared, volume: &str, index: usize, generation: u64) {
+    let req = manager::api::CopiesDivergedRequest {
+        server: node.me.clone(),
+        volume: volume.to_owned(),
+        extent: index,
+        generation,
+    };
+    match tokio::time::timeout(DIVERGED_CALL, node.client.copies_diverged(&req)).await {
+        Ok(Ok(m)) => {
+            tracing::info!(
+                volume,
+                extent = index,
+                generation = m.generation,
+                "the manager answered the copies-diverged report"
+            );
+            node.refresh.notify_one();
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(volume, extent = index, error = %e,
+                "copies-diverged report refused or lost: the copies may differ on blocks whose last write failed");
+        }
+        Err(_) => {
+            tracing::warn!(
+                volume,
+                extent = index,
+                "copies-diverged report: no answer in time: the copies may differ on blocks whose last write failed"
             );
         }
     }

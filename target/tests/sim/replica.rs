@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use manager::api::{
-    AddServerRequest, CreateVolumeRequest, RebuildDoneRequest, ReplicaFailedRequest,
+    AddServerRequest, CopiesDivergedRequest, CreateVolumeRequest, RebuildDoneRequest,
+    ReplicaFailedRequest,
 };
 use manager::map::{ClusterMap, HostPolicy, ReplicaState, ServerState};
 use manager::plan;
@@ -74,6 +75,19 @@ pub struct Fixes {
     /// fires: a late report from an earlier rebuild of the copy (the copy's server went down and
     /// came back meanwhile) then marks the new rebuild's copy `in_sync` before it is.
     pub stale_done: bool,
+    /// The manager's (`plan::set_server_state`'s mark-down): a failover makes the other
+    /// `in_sync` copies of the old primary's extent `rebuilding`, so the new primary rebuilds
+    /// them whole (a write the old primary forwarded to some copies only, never acknowledged
+    /// and never retried, would leave them different). Off, the model's manager sets them back
+    /// `in_sync` in the map it commits.
+    pub failover_resync: bool,
+    /// A primary whose write fails because it lost the role meanwhile (a handover: a rebuilt
+    /// first copy turned `in_sync`; or a mark-down) reports `POST /v1/copies-diverged`, and
+    /// the manager has every other `in_sync` copy rebuilt whole by the new primary (its own
+    /// copy has the failed write, some copy does not, and no primary recorded it). The
+    /// primary's half of the rule (a copy going straight from `in_sync` to `rebuilding` is
+    /// rebuilt whole) stays on either way. Off, no report is sent.
+    pub diverged_report: bool,
 }
 
 impl Fixes {
@@ -83,6 +97,8 @@ impl Fixes {
         in_flight: true,
         after_done: true,
         stale_done: true,
+        failover_resync: true,
+        diverged_report: true,
     };
     /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
     /// check, `stale_done`, kept on so that its losses do not hide theirs).
@@ -107,6 +123,11 @@ pub struct Config {
     pub steps: u64,
     pub fixes: Fixes,
     pub mutation: Option<Mutation>,
+    /// The host sometimes gives up a refused or failed write instead of retrying it (never
+    /// acknowledged; its value may be on any copy). The quiescence check then allows a read
+    /// to return such a value newer than the last acknowledged one, but still requires every
+    /// copy to be equal.
+    pub give_up: bool,
 }
 
 /// Faults injected in one run, per kind.
@@ -162,6 +183,8 @@ enum Msg {
         copy: usize,
         generation: u64,
     },
+    /// Former primary to manager: `POST /v1/copies-diverged`.
+    Diverged { from: usize, generation: u64 },
     /// Primary to manager: `POST /v1/rebuild-done`.
     Done {
         from: usize,
@@ -278,6 +301,8 @@ pub struct Sim {
     msgs: Vec<Msg>,
     host: [HostBlock; BLOCKS],
     acked: [u64; BLOCKS],
+    /// Values of writes the host gave up (`Config::give_up`).
+    given_up: BTreeSet<u64>,
     next_val: u64,
     next_wid: u64,
     faults_on: bool,
@@ -407,6 +432,7 @@ impl Sim {
             msgs: Vec::new(),
             host: [HostBlock::Idle; BLOCKS],
             acked: [0; BLOCKS],
+            given_up: BTreeSet::new(),
             next_val: 1,
             next_wid: 1,
             faults_on: true,
@@ -636,9 +662,24 @@ impl Sim {
                     return;
                 }
                 self.connected[server] = false;
-                let next =
+                let mut next =
                     plan::set_server_state(&self.committed, &name(server), ServerState::Down)
                         .expect("known server");
+                if !self.cfg.fixes.failover_resync {
+                    // Without the fix: copies `in_sync` before stay `in_sync`.
+                    for (v, ov) in next.volumes.iter_mut().zip(&self.committed.volumes) {
+                        for (e, oe) in v.extents.iter_mut().zip(&ov.extents) {
+                            for (r, or) in e.replicas.iter_mut().zip(&oe.replicas) {
+                                if or.state == ReplicaState::InSync
+                                    && r.state == ReplicaState::Rebuilding
+                                {
+                                    r.state = ReplicaState::InSync;
+                                    r.rebuilding_since = None;
+                                }
+                            }
+                        }
+                    }
+                }
                 self.commit(next, "down");
             }
             Msg::Failed {
@@ -656,6 +697,22 @@ impl Sim {
                 if let Ok(next) = plan::replica_failed(&self.committed, &req, !self.connected[copy])
                 {
                     self.commit(next, "replica failed");
+                }
+                let map = Box::new(self.committed.clone());
+                self.msgs.push(Msg::Install { to: from, map });
+            }
+            Msg::Diverged { from, generation } => {
+                let req = CopiesDivergedRequest {
+                    server: name(from),
+                    volume: VOL.to_owned(),
+                    extent: 0,
+                    generation,
+                };
+                match plan::copies_diverged(&self.committed, &req) {
+                    Ok(next) => self.commit(next, "copies diverged"),
+                    Err(e) => {
+                        self.trace(format!("copies diverged from s{} refused: {e}", from + 1))
+                    }
                 }
                 let map = Box::new(self.committed.clone());
                 self.msgs.push(Msg::Install { to: from, map });
@@ -712,7 +769,11 @@ impl Sim {
 
     fn deliver(&mut self, m: Msg) {
         match m {
-            Msg::Ack { .. } | Msg::Lost { .. } | Msg::Failed { .. } | Msg::Done { .. } => {
+            Msg::Ack { .. }
+            | Msg::Lost { .. }
+            | Msg::Failed { .. }
+            | Msg::Diverged { .. }
+            | Msg::Done { .. } => {
                 self.manager(m);
             }
             Msg::DoneAnswer {
@@ -857,7 +918,7 @@ impl Sim {
     /// for copies out of the write set, writes waiting for a newer map go on, rebuilds start.
     fn install(&mut self, k: usize, map: ClusterMap) {
         self.trace(format!("s{} installs g{}", k + 1, map.generation));
-        self.servers[k].map = map;
+        let old = std::mem::replace(&mut self.servers[k].map, map);
         let map = self.servers[k].map.clone();
         let me_primary = primary_of(&map) == Some(k);
         if me_primary {
@@ -871,6 +932,18 @@ impl Sim {
                     self.servers[k].done_sent.remove(&c);
                     self.servers[k].done_answered.remove(&c);
                     self.servers[k].done_refused.remove(&c);
+                }
+                // Straight from counting to `rebuilding`: the manager asks for the whole
+                // extent (`rebuild::reconcile`'s resync).
+                let resync = state_of(&map, c) == Some(ReplicaState::Rebuilding)
+                    && state_of(&old, c) == Some(ReplicaState::InSync)
+                    && !is_down(&old, c);
+                if resync {
+                    if let Some(d) = self.servers[k].dirty.get(&c) {
+                        d.mark(0, EXTENT);
+                    } else {
+                        self.servers[k].dirty.insert(c, DirtyMap::new(EXTENT, true));
+                    }
                 }
                 if out && !self.servers[k].dirty.contains_key(&c) {
                     self.servers[k]
@@ -916,7 +989,15 @@ impl Sim {
                 self.next_val += 1;
                 v
             }
-            HostBlock::Retry { val } => val,
+            HostBlock::Retry { val } => {
+                if self.cfg.give_up && self.rng.index(3) == 0 {
+                    self.given_up.insert(val);
+                    self.host[b] = HostBlock::Idle;
+                    self.trace(format!("host gave up b{b}={val}"));
+                    return;
+                }
+                val
+            }
             HostBlock::InFlight { .. } => return,
         };
         self.host[b] = HostBlock::Retry { val };
@@ -1076,7 +1157,17 @@ impl Sim {
             }
             let waiting = newer || settling;
             let mut answer = None;
-            if primary_of(&map) != Some(p) || w.expired {
+            if primary_of(&map) != Some(p) {
+                answer = Some(false);
+                // `out_of_write_set`'s "no longer the primary": its own copy has the write.
+                if self.cfg.fixes.diverged_report {
+                    let generation = map.generation;
+                    self.msgs.push(Msg::Diverged {
+                        from: p,
+                        generation,
+                    });
+                }
+            } else if w.expired {
                 answer = Some(false);
             } else if early {
                 answer = Some(true);
@@ -1330,7 +1421,13 @@ impl Sim {
                 primary_of(m).unwrap_or(r)
             };
             for b in 0..BLOCKS {
-                if self.servers[src].data[b] != self.acked[b] {
+                let got = self.servers[src].data[b];
+                // A given-up write newer than the last acknowledged one may have landed (on
+                // every copy: they are equal, checked above).
+                if got > self.acked[b] && self.given_up.contains(&got) {
+                    continue;
+                }
+                if got != self.acked[b] {
                     return Err(self.fail(&format!(
                         "read of b{b} through s{} returns {}, last acknowledged {}",
                         r + 1,
