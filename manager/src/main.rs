@@ -137,6 +137,19 @@ async fn run(args: Args) -> ExitCode {
         eprintln!("tessera-manager: --config and --data-dir are required (or --check FILE)");
         return ExitCode::FAILURE;
     };
+    // The handlers go in before the API listens: a SIGTERM or SIGINT that arrives once a client
+    // can connect must stop the manager in order, not kill it by the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("tessera-manager: cannot handle SIGTERM/SIGINT: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = manager::server::Config {
         cluster_file,
         data_dir,
@@ -157,13 +170,6 @@ async fn run(args: Args) -> ExitCode {
         let _ = running.shutdown().await;
         return ExitCode::FAILURE;
     }
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tessera-manager: cannot handle SIGTERM: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     // The API is listening and the map loaded: ready. The watchdog pings while this runtime
     // runs its tasks (the heartbeat and the pinger both live on it).
     notify::ready();
@@ -171,7 +177,7 @@ async fn run(args: Args) -> ExitCode {
     tokio::spawn(notify::watchdog());
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
         r = running.wait() => {
             tracing::error!("server stopped: {r:?}");
             return ExitCode::FAILURE;

@@ -183,3 +183,83 @@ async fn sighup_reloads_the_layout_and_sigterm_still_exits_0() {
     assert_eq!(st.code(), Some(0), "SIGTERM exit status");
     assert!(!socket.exists(), "the control socket outlived the target");
 }
+
+/// A SIGTERM sent the moment the listener accepts (a supervisor stopping a target that has just
+/// started) still takes the orderly way out, exit status 0, never the default action that
+/// kills the process. The handlers used to be installed only once the control socket and the
+/// metrics endpoint were up, a few milliseconds after the listener; a signal in that window
+/// killed the target (exit by signal, no `stopped` line). Several starts, since each probes
+/// one moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_the_moment_the_listener_accepts_exits_0() {
+    let dir = TestDir::new();
+    for round in 0..8 {
+        let mut started = None;
+        for attempt in 0..PORT_TRIES {
+            let port = daemon_port();
+            let layout = dir.path().join(format!("early{round}-{attempt}.yaml"));
+            std::fs::write(
+                &layout,
+                STD_YAML.replace("port: 4420", &format!("port: {port}")),
+            )
+            .unwrap();
+            let log = dir.path().join(format!("early{round}-{attempt}.stderr"));
+            let child = Command::new(target_bin())
+                .arg("--config")
+                .arg(&layout)
+                .arg("--control")
+                .arg(dir.path().join(format!("early{round}-{attempt}.sock")))
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("spawn tessera-target");
+            let mut d = Daemon(child);
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let t0 = Instant::now();
+            // Probe with a blocking connect in a tight loop: the signal follows the first
+            // accepted connection as closely as this test can make it.
+            let accepted = loop {
+                if d.0.try_wait().unwrap().is_some() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    assert!(text.contains("in use"), "daemon exited at start:\n{text}");
+                    break false;
+                }
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    signal(&d.0, libc::SIGTERM);
+                    break true;
+                }
+                assert!(t0.elapsed() < DAEMON_STEP, "daemon not listening on {addr}");
+                std::thread::yield_now();
+            };
+            if accepted {
+                started = Some((d, log));
+                break;
+            }
+        }
+        let (mut d, log) = started.expect("a free port");
+        let t0 = Instant::now();
+        let st = loop {
+            if let Some(st) = d.0.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < DAEMON_STEP,
+                "round {round}: no exit within {DAEMON_STEP:?} of the SIGTERM:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "round {round}: a SIGTERM right after the listener accepted: {st}:\n{text}"
+        );
+        assert!(
+            text.contains("stopped"),
+            "round {round}: no `stopped` line:\n{text}"
+        );
+    }
+}

@@ -157,10 +157,10 @@ fn status_line(target: &Target) -> String {
 
 /// Serves until SIGTERM/SIGINT, feeding the service manager's watchdog and status line, then
 /// says `STOPPING=1`.
-async fn serve_until_signal(target: &Target, live: Option<&LiveConfig>) {
+async fn serve_until_signal(target: &Target, signals: Signals, live: Option<&LiveConfig>) {
     tokio::spawn(notify::watchdog());
     tokio::select! {
-        () = wait_for_signal(live) => {}
+        () = signals.wait(live) => {}
         () = notify::status_loop(STATUS_EVERY, || status_line(target)) => {}
     }
     notify::stopping();
@@ -220,6 +220,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        let signals = Signals::install();
         let registry = match build_registry(&layout) {
             Ok(r) => r,
             Err(e) => {
@@ -276,7 +277,7 @@ fn main() -> ExitCode {
         }
         // Listeners bound, layout loaded: ready.
         notify::ready();
-        serve_until_signal(&target, Some(&live)).await;
+        serve_until_signal(&target, signals, Some(&live)).await;
         tracing::info!("shutting down");
         if let Some(c) = control {
             c.close();
@@ -312,35 +313,59 @@ fn start_control(args: &Args, live: &Arc<LiveConfig>) -> Result<Option<ControlSo
     }
 }
 
-/// Waits for SIGTERM or SIGINT (then the caller drains and stops). SIGHUP, which would kill
-/// the process by default, re-reads the layout file and applies the difference (`live`); a
-/// cluster server (`None`) takes its configuration from the manager, so there it only says so.
-async fn wait_for_signal(live: Option<&LiveConfig>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        // Without signal handlers we can only run until killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => match live {
-                // The outcome (changes, or the error that kept the file out) is logged there.
-                Some(live) => {
-                    tracing::info!("SIGHUP: reloading the layout");
-                    let _ = live.reload().await;
-                }
-                None => tracing::warn!(
-                    "SIGHUP: a cluster server's configuration comes from the manager \
-                     (`tessera reload` there); nothing to reload here"
-                ),
-            },
+/// The process's SIGTERM, SIGINT and SIGHUP handlers. They are installed before any listener
+/// is bound: a signal that arrives once a host can connect (a supervisor stopping a target
+/// that just started) must reach the orderly shutdown, not the default action that kills the
+/// process on the spot.
+struct Signals {
+    /// `None`: the handlers could not be installed; the process runs until killed.
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    /// Installs the handlers (needs the runtime).
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+            _ => {
+                tracing::warn!("cannot install signal handlers; the target runs until killed");
+                None
+            }
+        };
+        Signals { streams }
+    }
+
+    /// Waits for SIGTERM or SIGINT (then the caller drains and stops). SIGHUP, which would
+    /// kill the process by default, re-reads the layout file and applies the difference
+    /// (`live`); a cluster server (`None`) takes its configuration from the manager, so there
+    /// it only says so.
+    async fn wait(self, live: Option<&LiveConfig>) {
+        let Some([mut term, mut int, mut hup]) = self.streams else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => match live {
+                    // The outcome (changes, or the error that kept the file out) is logged
+                    // there.
+                    Some(live) => {
+                        tracing::info!("SIGHUP: reloading the layout");
+                        let _ = live.reload().await;
+                    }
+                    None => tracing::warn!(
+                        "SIGHUP: a cluster server's configuration comes from the manager \
+                         (`tessera reload` there); nothing to reload here"
+                    ),
+                },
+            }
         }
     }
 }
@@ -357,6 +382,7 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        let signals = Signals::install();
         let opts = TargetOptions {
             reactors: args.reactors,
             cpus: args.cpus.clone(),
@@ -412,7 +438,7 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
         }
         // Listeners bound, the map loaded and installed: ready.
         notify::ready();
-        serve_until_signal(&node.target, None).await;
+        serve_until_signal(&node.target, signals, None).await;
         tracing::info!("shutting down");
         node.target.shutdown().await;
         tracing::info!("stopped");
