@@ -715,18 +715,25 @@ fn replica_scenario_with(cfg: replica::Config) {
     let seeds = replica_seeds();
     let mut faults = replica::Faults::default();
     let mut acked = 0;
+    // Writes that waited for a rebuild-done report's outcome; of those, refused reports; of
+    // those, writes failed at their deadline (none with `Fixes::refused_answer`).
+    let (mut settle, mut refused, mut deadlines) = (0, 0, 0);
     let mut failures = Vec::new();
     for &seed in &seeds {
         match replica::Sim::new(seed, cfg).run() {
             Ok(o) => {
                 faults.add(&o.faults);
                 acked += o.acked;
+                settle += o.settle_waits;
+                refused += o.refused_waits;
+                deadlines += o.refused_deadlines;
             }
             Err(e) => failures.push((seed, e)),
         }
     }
     println!(
-        "replicas {replicas}: {} seeds ({}..={}), {acked} blocks acknowledged at the end; faults: {faults:?}; {} failing",
+        "replicas {replicas}: {} seeds ({}..={}), {acked} blocks acknowledged at the end; faults: {faults:?}; \
+         writes waiting for a rebuild-done outcome {settle} (refused reports {refused}, failed at the deadline {deadlines}); {} failing",
         seeds.len(),
         seeds.first().copied().unwrap_or(0),
         seeds.last().copied().unwrap_or(0),
@@ -736,6 +743,12 @@ fn replica_scenario_with(cfg: replica::Config) {
         println!("seed {seed} failed: {e}");
     }
     assert!(failures.is_empty(), "{} seeds failed", failures.len());
+    if cfg.fixes.refused_answer {
+        assert_eq!(
+            deadlines, 0,
+            "writes failed at their deadline after a refused report"
+        );
+    }
 }
 
 #[test]
@@ -803,17 +816,41 @@ fn a_write_that_misses_a_copy_with_a_rebuild_done_report_out_waits_for_its_outco
 
 /// Seed 47947 (two copies) did not quiesce once the model waited for a report's outcome: the
 /// report was refused (sent at g50, the copy rebuilding again since g53), so no outcome came,
-/// and the writes waiting for it held every block, which the rebuild's next report needed. In
-/// the daemon their forwarding deadline ends them; the model has no clock, so a write waiting
-/// for a refused report fails at once (docs/replication.md, "The simulation").
+/// and the writes waiting for it held every block, which the rebuild's next report needed. The
+/// daemon's forwarding deadline ended them (a 5 s stall, then a failed write: the model, which
+/// has no clock, failed them at once). Now the refusal names the manager's generation and is
+/// the report's outcome (the daemon's `rebuild::settled_by`): those writes wait until that map
+/// is installed and are re-checked, and none fails for want of an outcome
+/// (docs/replication.md, "The end of a rebuild" and "The simulation").
 #[test]
-fn a_write_waiting_for_a_refused_reports_outcome_fails_at_its_deadline_seed_47947() {
+fn a_write_waiting_for_a_refused_reports_outcome_goes_on_at_the_refusals_generation_seed_47947() {
     let o = replica::Sim::new(47947, replica_config(2))
         .run()
         .unwrap_or_else(|e| panic!("seed 47947: {e}"));
     assert!(
         o.refused_waits > 0,
         "seed 47947 no longer reaches a write waiting for a refused report: pick another seed"
+    );
+    assert_eq!(
+        o.refused_deadlines, 0,
+        "a write waited for a refused report's outcome until its deadline"
+    );
+    // Without the fix the same seed's writes fail at their deadline instead.
+    let before = replica::Sim::new(
+        47947,
+        replica::Config {
+            fixes: replica::Fixes {
+                refused_answer: false,
+                ..replica::Fixes::ALL
+            },
+            ..replica_config(2)
+        },
+    )
+    .run()
+    .unwrap_or_else(|e| panic!("seed 47947 without the fix: {e}"));
+    assert!(
+        before.refused_deadlines > 0,
+        "seed 47947 without the fix no longer fails a write at its deadline: pick another seed"
     );
 }
 

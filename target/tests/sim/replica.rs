@@ -88,6 +88,12 @@ pub struct Fixes {
     /// primary's half of the rule (a copy going straight from `in_sync` to `rebuilding` is
     /// rebuilt whole) stays on either way. Off, no report is sent.
     pub diverged_report: bool,
+    /// A rebuild-done report the manager refuses has its outcome too: the refusal names the
+    /// manager's generation (the daemon's `rebuild::settled_by`), and the writes that missed
+    /// the copy wait until that map is installed, then are re-checked. Off (the daemon before
+    /// it), a refusal gives no outcome, and those writes fail at their forwarding deadline (a
+    /// host-visible 5 s stall; the model has no clock: they fail at once).
+    pub refused_answer: bool,
 }
 
 impl Fixes {
@@ -99,6 +105,7 @@ impl Fixes {
         stale_done: true,
         failover_resync: true,
         diverged_report: true,
+        refused_answer: true,
     };
     /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
     /// check, `stale_done`, kept on so that its losses do not hide theirs).
@@ -159,8 +166,12 @@ pub struct Outcome {
     /// Writes that missed a `rebuilding` copy while a rebuild-done report of it was out, and
     /// so waited for that report's outcome.
     pub settle_waits: u64,
-    /// Of those, writes failed at their deadline because the report was refused.
+    /// Of those, writes whose report was refused: they waited for the map the refusal named
+    /// (with [`Fixes::refused_answer`]).
     pub refused_waits: u64,
+    /// Writes failed at their deadline because the report they waited for was refused (only
+    /// without [`Fixes::refused_answer`]).
+    pub refused_deadlines: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -273,7 +284,8 @@ struct Server {
     done_sent: BTreeMap<usize, u64>,
     /// The generation of the manager's answer to that report, once accepted (`answered_at`).
     done_answered: BTreeMap<usize, u64>,
-    /// Copies whose report out was refused (no outcome will come for it).
+    /// Copies whose report out was refused (its outcome is the map the refusal named, kept in
+    /// `done_answered`; without [`Fixes::refused_answer`], no outcome will come for it).
     done_refused: BTreeSet<usize>,
 }
 
@@ -309,6 +321,7 @@ pub struct Sim {
     pub faults: Faults,
     settle_waits: u64,
     refused_waits: u64,
+    refused_deadlines: u64,
     hash: u64,
     step_no: u64,
     log: Vec<String>,
@@ -439,6 +452,7 @@ impl Sim {
             faults: Faults::default(),
             settle_waits: 0,
             refused_waits: 0,
+            refused_deadlines: 0,
             hash: 0xcbf2_9ce4_8422_2325,
             step_no: 0,
             log: Vec::new(),
@@ -502,6 +516,7 @@ impl Sim {
             acked,
             settle_waits: self.settle_waits,
             refused_waits: self.refused_waits,
+            refused_deadlines: self.refused_deadlines,
         })
     }
 
@@ -786,21 +801,31 @@ impl Sim {
                 if !self.servers[to].running {
                     return;
                 }
-                // `finish`: an accepted answer to the report still out records the answer's
-                // generation. A refused one leaves the report without a known outcome: the
-                // writes waiting for it wait until their deadline, since the next report
-                // needs the whole-extent lock they hold (the model has no clock: they fail
-                // now, as at their deadline).
+                // `finish` (`rebuild::settled_by`): an accepted answer to the report still out
+                // records the answer's generation; so does a refused one, whose 409 names the
+                // manager's generation (the map sent here is the manager's at the refusal):
+                // every report accepted before is in it. The writes waiting for the outcome
+                // wait until that map is installed, then are re-checked. Without the fix a
+                // refusal gives no outcome: those writes wait until their deadline, since the
+                // next report needs the whole-extent lock they hold (the model has no clock:
+                // they fail now, as at their deadline).
+                let refused_answer = self.cfg.fixes.refused_answer;
                 let s = &mut self.servers[to];
                 if s.done_sent.get(&copy) == Some(&generation) {
                     if accepted {
                         s.done_answered.insert(copy, map.generation);
                     } else {
                         s.done_refused.insert(copy);
+                        if refused_answer {
+                            s.done_answered.insert(copy, map.generation);
+                        }
                         for w in s.writes.values_mut() {
                             if !w.answered && w.wait_done.contains(&copy) && !w.expired {
-                                w.expired = true;
                                 self.refused_waits += 1;
+                                if !refused_answer {
+                                    w.expired = true;
+                                    self.refused_deadlines += 1;
+                                }
                             }
                         }
                     }
@@ -1101,10 +1126,15 @@ impl Sim {
                     // `promotions_settled`: wait until the report's outcome is installed,
                     // then re-check as for an `in_sync` copy.
                     w.wait_done.insert(c);
-                    // Refused: no outcome comes before its deadline (see `DoneAnswer`).
+                    // Refused: the outcome is the map the refusal named (already installed: it
+                    // came with the answer); without the fix, none comes before its deadline
+                    // (see `DoneAnswer`).
                     if s.done_refused.contains(&c) && !w.expired {
-                        w.expired = true;
                         self.refused_waits += 1;
+                        if !fixes.refused_answer {
+                            w.expired = true;
+                            self.refused_deadlines += 1;
+                        }
                     }
                     self.settle_waits += 1;
                 } else if let Refusal::Stale(current) = why
