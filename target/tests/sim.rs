@@ -703,6 +703,7 @@ fn replica_config(replicas: usize) -> replica::Config {
         fixes: replica::Fixes::ALL,
         mutation: None,
         give_up: false,
+        lose_diverged: false,
     }
 }
 
@@ -776,6 +777,27 @@ fn replicas_2_end_equal_when_the_host_gives_up_failed_writes() {
 fn replicas_3_end_equal_when_the_host_gives_up_failed_writes() {
     replica_scenario_with(replica::Config {
         give_up: true,
+        ..replica_config(3)
+    });
+}
+
+/// The host gives up failed writes and a former primary's copies-diverged report is lost half
+/// the time (the former primary killed or cut off before it arrives): the copy that refused
+/// its stale replica write reports instead, and the copies still end equal.
+#[test]
+fn replicas_2_end_equal_when_former_primaries_reports_are_lost() {
+    replica_scenario_with(replica::Config {
+        give_up: true,
+        lose_diverged: true,
+        ..replica_config(2)
+    });
+}
+
+#[test]
+fn replicas_3_end_equal_when_former_primaries_reports_are_lost() {
+    replica_scenario_with(replica::Config {
+        give_up: true,
+        lose_diverged: true,
         ..replica_config(3)
     });
 }
@@ -983,11 +1005,13 @@ fn without_the_failover_resync_fix_the_copies_differ() {
     // writing, so the interim primary nearly always has a write fail across that handover and
     // its report has every copy rebuilt, hiding this fix's seeds (none in 10,000). A dead old
     // primary reports nothing itself, and a handover need not follow, so this finds a seed
-    // that only the failover resync fixes.
+    // that only the failover resync fixes. The same goes for the refusing copy's report (a
+    // copy already on the newer map refuses the interim primary's stale write): off too.
     let give_up = replica::Config {
         give_up: true,
         fixes: replica::Fixes {
             diverged_report: false,
+            refuser_report: false,
             ..replica::Fixes::ALL
         },
         ..replica_config(3)
@@ -1011,11 +1035,17 @@ fn without_the_failover_resync_fix_the_copies_differ() {
 
 /// A former primary whose write fails because it lost the role (a handover) reports
 /// `copies-diverged`; without the report, a write it applied to its own copy and the new
-/// primary refused, given up by the host, leaves two copies different at quiescence.
+/// primary refused, given up by the host, leaves two copies different at quiescence. Both
+/// runs without the refusing copy's report, which covers the same cases when the former
+/// primary's report is missing (`without_the_refusers_diverged_report_the_copies_differ`).
 #[test]
 fn without_the_diverged_report_the_copies_differ() {
     let give_up = replica::Config {
         give_up: true,
+        fixes: replica::Fixes {
+            refuser_report: false,
+            ..replica::Fixes::ALL
+        },
         ..replica_config(2)
     };
     let seed = first_failing(
@@ -1023,7 +1053,7 @@ fn without_the_diverged_report_the_copies_differ() {
         replica::Config {
             fixes: replica::Fixes {
                 diverged_report: false,
-                ..replica::Fixes::ALL
+                ..give_up.fixes
             },
             ..give_up
         },
@@ -1032,5 +1062,37 @@ fn without_the_diverged_report_the_copies_differ() {
     assert!(
         seed.is_some(),
         "diverged report: no divergence found without the fix"
+    );
+}
+
+/// A former primary killed (or cut off from the manager) before its copies-diverged report
+/// arrives: the copy that refused its stale replica write reports instead. Without that
+/// report, a write the former primary applied to its own copy (and maybe others), refused by a
+/// copy already on the newer map and given up by the host, leaves `in_sync` copies different
+/// at quiescence.
+#[test]
+fn without_the_refusers_diverged_report_the_copies_differ() {
+    let caught = [2, 3].into_iter().any(|replicas| {
+        let lost = replica::Config {
+            give_up: true,
+            lose_diverged: true,
+            ..replica_config(replicas)
+        };
+        first_failing(
+            "refuser's diverged report",
+            replica::Config {
+                fixes: replica::Fixes {
+                    refuser_report: false,
+                    ..replica::Fixes::ALL
+                },
+                ..lost
+            },
+            lost,
+        )
+        .is_some()
+    });
+    assert!(
+        caught,
+        "refuser's diverged report: no divergence found without it"
     );
 }

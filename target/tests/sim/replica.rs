@@ -94,6 +94,12 @@ pub struct Fixes {
     /// it), a refusal gives no outcome, and those writes fail at their forwarding deadline (a
     /// host-visible 5 s stall; the model has no clock: they fail at once).
     pub refused_answer: bool,
+    /// A copy that refuses a replica write because its stamp is older than the copy's map, from
+    /// a sender that map no longer names the primary, while its own copy is `in_sync` there,
+    /// reports `POST /v1/copies-diverged` itself (once per map generation): the former primary
+    /// may die, or lose the manager, before its own report arrives
+    /// ([`Config::lose_diverged`]). Off, only the former primary reports.
+    pub refuser_report: bool,
 }
 
 impl Fixes {
@@ -106,6 +112,7 @@ impl Fixes {
         failover_resync: true,
         diverged_report: true,
         refused_answer: true,
+        refuser_report: true,
     };
     /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
     /// check, `stale_done`, kept on so that its losses do not hide theirs).
@@ -135,6 +142,10 @@ pub struct Config {
     /// to return such a value newer than the last acknowledged one, but still requires every
     /// copy to be equal.
     pub give_up: bool,
+    /// A former primary's copies-diverged report is lost half the time, while quiescing too
+    /// (the former primary killed, or cut off from the manager, before it arrives). Off, no
+    /// random draw is made for it.
+    pub lose_diverged: bool,
 }
 
 /// Faults injected in one run, per kind.
@@ -146,6 +157,10 @@ pub struct Faults {
     pub restarts: u64,
     pub rebuilds: u64,
     pub failovers: u64,
+    /// Former primaries' copies-diverged reports lost ([`Config::lose_diverged`]).
+    pub diverged_lost: u64,
+    /// Copies-diverged reports sent by a copy that refused a stale replica write.
+    pub refuser_reports: u64,
 }
 
 impl Faults {
@@ -156,6 +171,8 @@ impl Faults {
         self.restarts += o.restarts;
         self.rebuilds += o.rebuilds;
         self.failovers += o.failovers;
+        self.diverged_lost += o.diverged_lost;
+        self.refuser_reports += o.refuser_reports;
     }
 }
 
@@ -284,6 +301,9 @@ struct Server {
     done_sent: BTreeMap<usize, u64>,
     /// The generation of the manager's answer to that report, once accepted (`answered_at`).
     done_answered: BTreeMap<usize, u64>,
+    /// Map generations at which this server, as a copy, reported copies-diverged after refusing
+    /// a former primary's stale replica write (one report per generation).
+    diverged_at: BTreeSet<u64>,
     /// Copies whose report out was refused (its outcome is the map the refusal named, kept in
     /// `done_answered`; without [`Fixes::refused_answer`], no outcome will come for it).
     done_refused: BTreeSet<usize>,
@@ -434,6 +454,7 @@ impl Sim {
                 done_sent: BTreeMap::new(),
                 done_answered: BTreeMap::new(),
                 done_refused: BTreeSet::new(),
+                diverged_at: BTreeSet::new(),
             })
             .collect();
         Self {
@@ -610,6 +631,7 @@ impl Sim {
         s.done_sent.clear();
         s.done_answered.clear();
         s.done_refused.clear();
+        s.diverged_at.clear();
         s.was_primary = false;
         // The host's writes in flight there fail (connection lost).
         for h in &mut self.host {
@@ -919,6 +941,7 @@ impl Sim {
             Stamp::Current => {}
             Stamp::Stale { current } => {
                 if self.cfg.mutation != Some(Mutation::AcceptOldStamp) {
+                    self.refused_stale(me, from, current);
                     return Err(Refusal::Stale(current));
                 }
             }
@@ -937,6 +960,36 @@ impl Sim {
         }
         self.servers[me].data[block] = val;
         Ok(())
+    }
+
+    /// Copy `me` refused a replica write from `from` as stale (its map is at `current`): when
+    /// that map no longer names `from` the primary and has `me`'s copy `in_sync` on a server
+    /// not down, `me` reports copies-diverged itself, once per generation (the daemon's
+    /// `replica::refused_stale`, with [`Fixes::refuser_report`]). The sender's write cannot
+    /// complete any more, and it may be on other copies already.
+    fn refused_stale(&mut self, me: usize, from: usize, current: u64) {
+        if !self.cfg.fixes.refuser_report {
+            return;
+        }
+        let s = &self.servers[me];
+        let due = primary_of(&s.map) != Some(from)
+            && state_of(&s.map, me) == Some(ReplicaState::InSync)
+            && !is_down(&s.map, me)
+            && !s.diverged_at.contains(&current);
+        if !due {
+            return;
+        }
+        self.servers[me].diverged_at.insert(current);
+        self.faults.refuser_reports += 1;
+        self.trace(format!(
+            "s{} refused a stale write of s{}: copies diverged",
+            me + 1,
+            from + 1
+        ));
+        self.msgs.push(Msg::Diverged {
+            from: me,
+            generation: current,
+        });
     }
 
     /// Installs `map` at `k` (the watch loop's install, then `rebuild::reconcile`): dirty maps
@@ -1192,10 +1245,18 @@ impl Sim {
                 // `out_of_write_set`'s "no longer the primary": its own copy has the write.
                 if self.cfg.fixes.diverged_report {
                     let generation = map.generation;
-                    self.msgs.push(Msg::Diverged {
-                        from: p,
-                        generation,
-                    });
+                    // The former primary killed (or cut off) before its report arrives. Also
+                    // while quiescing (a lost report does not keep the cluster from going
+                    // quiet; the handovers back to rebuilt first copies happen then).
+                    if self.cfg.lose_diverged && self.rng.chance(500) {
+                        self.faults.diverged_lost += 1;
+                        self.trace(format!("copies-diverged report of s{} lost", p + 1));
+                    } else {
+                        self.msgs.push(Msg::Diverged {
+                            from: p,
+                            generation,
+                        });
+                    }
                 }
             } else if w.expired {
                 answer = Some(false);
