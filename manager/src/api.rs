@@ -385,6 +385,12 @@ pub struct PublishStatus {
 pub struct ErrorBody {
     /// What went wrong, specifically.
     pub error: String,
+    /// The generation of the manager's newest map when it refused a change against that map
+    /// (a planner's refusal, e.g. a rebuild-done report answered 409): every change the
+    /// manager accepted before the refusal is in that generation or an older one. Absent on
+    /// other errors, and from managers that predate it (readers treat it as unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// `POST /v1/servers/{id}/state`: set a server's state (e.g. `up` again after the manager marked

@@ -62,6 +62,10 @@ pub enum ClientError {
         status: u16,
         /// The manager's message.
         message: String,
+        /// The generation of the manager's newest map when it refused a change against it
+        /// ([`crate::api::ErrorBody::generation`]); `None` on other errors and from older
+        /// managers.
+        generation: Option<u64>,
     },
     /// The answer is not the expected JSON.
     #[error("bad answer from manager: {0}")]
@@ -490,13 +494,17 @@ fn decode_answer<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Resul
     if status.is_success() {
         return serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()));
     }
-    let message = match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(b) => b.error,
-        Err(_) => String::from_utf8_lossy(bytes).chars().take(200).collect(),
+    let (message, generation) = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => (b.error, b.generation),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).chars().take(200).collect(),
+            None,
+        ),
     };
     Err(ClientError::Http {
         status: status.as_u16(),
         message,
+        generation,
     })
 }
 

@@ -51,7 +51,9 @@ fn clients(r: &Running) -> Clients {
 
 fn http_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
     match r {
-        Err(ClientError::Http { status, message }) => (status, message),
+        Err(ClientError::Http {
+            status, message, ..
+        }) => (status, message),
         other => panic!("expected an HTTP error, got {other:?}"),
     }
 }

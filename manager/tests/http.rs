@@ -74,7 +74,9 @@ async fn manager(dir: &std::path::Path) -> (Running, Client) {
 
 fn http_err(e: ClientError) -> (u16, String) {
     match e {
-        ClientError::Http { status, message } => (status, message),
+        ClientError::Http {
+            status, message, ..
+        } => (status, message),
         other => panic!("expected an HTTP error, got {other}"),
     }
 }
@@ -274,6 +276,76 @@ async fn changes_are_published_in_two_phases() {
     assert_eq!(status, 400);
     assert!(message.ends_with("cluster.yaml:1:10: servers: wrong type: found integer 3 (expected a list of servers {id, portal, internal, pool})"), "{message}");
 
+    running.shutdown().await.unwrap();
+}
+
+/// A planner's refusal names the manager's generation, machine-readable beside the message
+/// (a primary whose rebuild-done report is refused learns from it which map settles the
+/// report: docs/replication.md, "The end of a rebuild"); other errors do not.
+#[tokio::test]
+async fn a_refused_rebuild_done_report_names_the_managers_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, c) = manager(dir.path()).await;
+    let mut req = create("r", 8 * MIB);
+    req.replicas = Some(2);
+    let m = c.create_volume(&req).await.unwrap();
+    let e = &m.volume("r").unwrap().extents[0];
+    let primary = m.primary(e).unwrap().server.clone();
+    let other = e
+        .replicas
+        .iter()
+        .find(|r| r.server != primary)
+        .unwrap()
+        .server
+        .clone();
+    // From a copy that is not the primary: refused against the newest map, which is not
+    // published yet (no server acked it): the generation is the manager's, not a published one.
+    let done = manager::api::RebuildDoneRequest {
+        primary: other.clone(),
+        volume: "r".into(),
+        extent: 0,
+        server: primary.clone(),
+        generation: m.generation,
+    };
+    match c.rebuild_done(&done).await {
+        Err(ClientError::Http {
+            status,
+            message,
+            generation,
+        }) => {
+            assert_eq!(status, 409, "{message}");
+            assert!(message.contains("not the primary"), "{message}");
+            assert_eq!(generation, Some(m.generation), "{message}");
+        }
+        other => panic!("rebuild-done from a copy: {other:?}"),
+    }
+    // The same over raw HTTP: the message kept for humans, the generation beside it.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", running.local_addr());
+    let resp = http
+        .post(format!("{base}/v1/rebuild-done"))
+        .json(&done)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 409);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("not the primary"),
+        "{v}"
+    );
+    assert_eq!(v["generation"].as_u64(), Some(m.generation), "{v}");
+    // An error not decided by the planner names none (and a body without it still decodes).
+    let unknown = manager::api::RebuildDoneRequest {
+        primary: "s9".into(),
+        ..done
+    };
+    match c.rebuild_done(&unknown).await {
+        Err(ClientError::Http {
+            status, generation, ..
+        }) => assert_eq!((status, generation), (404, None)),
+        other => panic!("rebuild-done from an unknown server: {other:?}"),
+    }
     running.shutdown().await.unwrap();
 }
 

@@ -63,6 +63,7 @@ async fn move_ready_once_accepted(
             Err(manager::client::ClientError::Http {
                 status: 409,
                 message,
+                ..
             }) if Instant::now() < deadline => {
                 eprintln!("move-ready refused, retrying: {message}");
                 tokio::time::sleep(POLL).await;
@@ -1264,7 +1265,9 @@ async fn a_hung_new_owner_marked_down_cancels_its_switch_and_loses_no_write() {
         generation: moved.generation,
     };
     match c.client.move_ready(&ready).await {
-        Err(manager::client::ClientError::Http { status, message }) => assert!(
+        Err(manager::client::ClientError::Http {
+            status, message, ..
+        }) => assert!(
             status == 409 && message.contains(&format!("its destination {n_id} has acked")),
             "{status}: {message}"
         ),

@@ -419,7 +419,9 @@ async fn replicated_volume(replicas: u32) {
         .find(|s| e0.replicas.iter().all(|r| r.server != *s))
         .unwrap_or("s1");
     match c.client.move_extent("rvol", 0, to).await {
-        Err(ClientError::Http { status, message }) => {
+        Err(ClientError::Http {
+            status, message, ..
+        }) => {
             assert_eq!(status, 409, "{message}");
             assert!(message.contains("replicas"), "{message}");
         }
@@ -831,7 +833,9 @@ async fn a_restarted_copy_is_rebuilt(replicas: u32) {
         generation: map.generation,
     };
     match c.client.rebuild_done(&done).await {
-        Err(ClientError::Http { status, message }) => {
+        Err(ClientError::Http {
+            status, message, ..
+        }) => {
             assert_eq!(status, 409, "{message}");
             assert!(message.contains("not the primary"), "{message}");
         }
@@ -846,7 +850,9 @@ async fn a_restarted_copy_is_rebuilt(replicas: u32) {
         total_bytes: 2,
     };
     match c.client.rebuild_progress(&progress).await {
-        Err(ClientError::Http { status, message }) => assert_eq!(status, 409, "{message}"),
+        Err(ClientError::Http {
+            status, message, ..
+        }) => assert_eq!(status, 409, "{message}"),
         other => panic!("rebuild progress of a copy in sync: {other:?}"),
     }
 }

@@ -703,6 +703,7 @@ fn replica_config(replicas: usize) -> replica::Config {
         fixes: replica::Fixes::ALL,
         mutation: None,
         give_up: false,
+        lose_diverged: false,
     }
 }
 
@@ -715,18 +716,25 @@ fn replica_scenario_with(cfg: replica::Config) {
     let seeds = replica_seeds();
     let mut faults = replica::Faults::default();
     let mut acked = 0;
+    // Writes that waited for a rebuild-done report's outcome; of those, refused reports; of
+    // those, writes failed at their deadline (none with `Fixes::refused_answer`).
+    let (mut settle, mut refused, mut deadlines) = (0, 0, 0);
     let mut failures = Vec::new();
     for &seed in &seeds {
         match replica::Sim::new(seed, cfg).run() {
             Ok(o) => {
                 faults.add(&o.faults);
                 acked += o.acked;
+                settle += o.settle_waits;
+                refused += o.refused_waits;
+                deadlines += o.refused_deadlines;
             }
             Err(e) => failures.push((seed, e)),
         }
     }
     println!(
-        "replicas {replicas}: {} seeds ({}..={}), {acked} blocks acknowledged at the end; faults: {faults:?}; {} failing",
+        "replicas {replicas}: {} seeds ({}..={}), {acked} blocks acknowledged at the end; faults: {faults:?}; \
+         writes waiting for a rebuild-done outcome {settle} (refused reports {refused}, failed at the deadline {deadlines}); {} failing",
         seeds.len(),
         seeds.first().copied().unwrap_or(0),
         seeds.last().copied().unwrap_or(0),
@@ -736,6 +744,12 @@ fn replica_scenario_with(cfg: replica::Config) {
         println!("seed {seed} failed: {e}");
     }
     assert!(failures.is_empty(), "{} seeds failed", failures.len());
+    if cfg.fixes.refused_answer {
+        assert_eq!(
+            deadlines, 0,
+            "writes failed at their deadline after a refused report"
+        );
+    }
 }
 
 #[test]
@@ -763,6 +777,27 @@ fn replicas_2_end_equal_when_the_host_gives_up_failed_writes() {
 fn replicas_3_end_equal_when_the_host_gives_up_failed_writes() {
     replica_scenario_with(replica::Config {
         give_up: true,
+        ..replica_config(3)
+    });
+}
+
+/// The host gives up failed writes and a former primary's copies-diverged report is lost half
+/// the time (the former primary killed or cut off before it arrives): the copy that refused
+/// its stale replica write reports instead, and the copies still end equal.
+#[test]
+fn replicas_2_end_equal_when_former_primaries_reports_are_lost() {
+    replica_scenario_with(replica::Config {
+        give_up: true,
+        lose_diverged: true,
+        ..replica_config(2)
+    });
+}
+
+#[test]
+fn replicas_3_end_equal_when_former_primaries_reports_are_lost() {
+    replica_scenario_with(replica::Config {
+        give_up: true,
+        lose_diverged: true,
         ..replica_config(3)
     });
 }
@@ -803,17 +838,41 @@ fn a_write_that_misses_a_copy_with_a_rebuild_done_report_out_waits_for_its_outco
 
 /// Seed 47947 (two copies) did not quiesce once the model waited for a report's outcome: the
 /// report was refused (sent at g50, the copy rebuilding again since g53), so no outcome came,
-/// and the writes waiting for it held every block, which the rebuild's next report needed. In
-/// the daemon their forwarding deadline ends them; the model has no clock, so a write waiting
-/// for a refused report fails at once (docs/replication.md, "The simulation").
+/// and the writes waiting for it held every block, which the rebuild's next report needed. The
+/// daemon's forwarding deadline ended them (a 5 s stall, then a failed write: the model, which
+/// has no clock, failed them at once). Now the refusal names the manager's generation and is
+/// the report's outcome (the daemon's `rebuild::settled_by`): those writes wait until that map
+/// is installed and are re-checked, and none fails for want of an outcome
+/// (docs/replication.md, "The end of a rebuild" and "The simulation").
 #[test]
-fn a_write_waiting_for_a_refused_reports_outcome_fails_at_its_deadline_seed_47947() {
+fn a_write_waiting_for_a_refused_reports_outcome_goes_on_at_the_refusals_generation_seed_47947() {
     let o = replica::Sim::new(47947, replica_config(2))
         .run()
         .unwrap_or_else(|e| panic!("seed 47947: {e}"));
     assert!(
         o.refused_waits > 0,
         "seed 47947 no longer reaches a write waiting for a refused report: pick another seed"
+    );
+    assert_eq!(
+        o.refused_deadlines, 0,
+        "a write waited for a refused report's outcome until its deadline"
+    );
+    // Without the fix the same seed's writes fail at their deadline instead.
+    let before = replica::Sim::new(
+        47947,
+        replica::Config {
+            fixes: replica::Fixes {
+                refused_answer: false,
+                ..replica::Fixes::ALL
+            },
+            ..replica_config(2)
+        },
+    )
+    .run()
+    .unwrap_or_else(|e| panic!("seed 47947 without the fix: {e}"));
+    assert!(
+        before.refused_deadlines > 0,
+        "seed 47947 without the fix no longer fails a write at its deadline: pick another seed"
     );
 }
 
@@ -946,11 +1005,13 @@ fn without_the_failover_resync_fix_the_copies_differ() {
     // writing, so the interim primary nearly always has a write fail across that handover and
     // its report has every copy rebuilt, hiding this fix's seeds (none in 10,000). A dead old
     // primary reports nothing itself, and a handover need not follow, so this finds a seed
-    // that only the failover resync fixes.
+    // that only the failover resync fixes. The same goes for the refusing copy's report (a
+    // copy already on the newer map refuses the interim primary's stale write): off too.
     let give_up = replica::Config {
         give_up: true,
         fixes: replica::Fixes {
             diverged_report: false,
+            refuser_report: false,
             ..replica::Fixes::ALL
         },
         ..replica_config(3)
@@ -974,11 +1035,17 @@ fn without_the_failover_resync_fix_the_copies_differ() {
 
 /// A former primary whose write fails because it lost the role (a handover) reports
 /// `copies-diverged`; without the report, a write it applied to its own copy and the new
-/// primary refused, given up by the host, leaves two copies different at quiescence.
+/// primary refused, given up by the host, leaves two copies different at quiescence. Both
+/// runs without the refusing copy's report, which covers the same cases when the former
+/// primary's report is missing (`without_the_refusers_diverged_report_the_copies_differ`).
 #[test]
 fn without_the_diverged_report_the_copies_differ() {
     let give_up = replica::Config {
         give_up: true,
+        fixes: replica::Fixes {
+            refuser_report: false,
+            ..replica::Fixes::ALL
+        },
         ..replica_config(2)
     };
     let seed = first_failing(
@@ -986,7 +1053,7 @@ fn without_the_diverged_report_the_copies_differ() {
         replica::Config {
             fixes: replica::Fixes {
                 diverged_report: false,
-                ..replica::Fixes::ALL
+                ..give_up.fixes
             },
             ..give_up
         },
@@ -995,5 +1062,37 @@ fn without_the_diverged_report_the_copies_differ() {
     assert!(
         seed.is_some(),
         "diverged report: no divergence found without the fix"
+    );
+}
+
+/// A former primary killed (or cut off from the manager) before its copies-diverged report
+/// arrives: the copy that refused its stale replica write reports instead. Without that
+/// report, a write the former primary applied to its own copy (and maybe others), refused by a
+/// copy already on the newer map and given up by the host, leaves `in_sync` copies different
+/// at quiescence.
+#[test]
+fn without_the_refusers_diverged_report_the_copies_differ() {
+    let caught = [2, 3].into_iter().any(|replicas| {
+        let lost = replica::Config {
+            give_up: true,
+            lose_diverged: true,
+            ..replica_config(replicas)
+        };
+        first_failing(
+            "refuser's diverged report",
+            replica::Config {
+                fixes: replica::Fixes {
+                    refuser_report: false,
+                    ..replica::Fixes::ALL
+                },
+                ..lost
+            },
+            lost,
+        )
+        .is_some()
+    });
+    assert!(
+        caught,
+        "refuser's diverged report: no divergence found without it"
     );
 }

@@ -169,11 +169,15 @@ pub(crate) struct Shared {
     pools_seen: Mutex<HashMap<String, crate::map::PoolId>>,
 }
 
-/// An error answer: HTTP status and message (`{"error": message}`).
+/// An error answer: HTTP status and message (`{"error": message}`, with `"generation"` when
+/// set).
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
     pub status: u16,
     pub message: String,
+    /// The generation of the map a planner's refusal was decided against
+    /// ([`crate::api::ErrorBody::generation`]).
+    pub generation: Option<u64>,
 }
 
 impl ApiError {
@@ -181,6 +185,15 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            generation: None,
+        }
+    }
+
+    /// The same error, refused against the map of `generation`.
+    pub(crate) fn at_generation(self, generation: u64) -> Self {
+        Self {
+            generation: Some(generation),
+            ..self
         }
     }
 }
@@ -332,7 +345,12 @@ impl Shared {
             )
         };
         let _hold = HoldGuard(Arc::clone(self));
-        let (mut next, cancelled) = plan::apply_cancelling(&head, &change, &chain)?;
+        // A refusal names the generation it was decided against (the newest map: every change
+        // accepted before is in it or older). A primary whose rebuild-done report is refused
+        // learns from it which map settles the report (docs/replication.md, "The end of a
+        // rebuild").
+        let (mut next, cancelled) = plan::apply_cancelling(&head, &change, &chain)
+            .map_err(|e| ApiError::from(e).at_generation(head.generation))?;
         for c in &cancelled {
             tracing::warn!(
                 volume = %c.volume,

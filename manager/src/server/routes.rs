@@ -39,6 +39,7 @@ impl IntoResponse for ApiError {
             status,
             Json(ErrorBody {
                 error: self.message,
+                generation: self.generation,
             }),
         )
             .into_response()

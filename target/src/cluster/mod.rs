@@ -56,6 +56,9 @@ pub struct Admission {
     /// The heartbeat's last tick, in ms since `started` (a frozen process misses ticks).
     last_tick: AtomicU64,
     started: std::time::Instant,
+    /// Where replica writes refused as stale go ([`Admission::refused_stale`]): a task of the
+    /// node decides whether to report copies-diverged (`replica::refused_stale`).
+    stale_copy_writes: std::sync::OnceLock<tokio::sync::mpsc::Sender<replica::StaleCopyWrite>>,
 }
 
 impl Admission {
@@ -65,7 +68,55 @@ impl Admission {
             watch: std::sync::Mutex::new(watch),
             last_tick: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            stale_copy_writes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// An internal command was refused because its stamp is older than this server's map
+    /// (80h). A replica write (namespace [`node::REPLICA_NSID`]) is handed to the node
+    /// (`replica::refused_stale`), which may report copies-diverged: its sender may have lost
+    /// the primary role with the write on other copies already (docs/replication.md, "A primary
+    /// that loses the role mid-write"). Never waits: the refusal is answered at once (a full
+    /// queue drops it).
+    pub fn refused_stale(
+        &self,
+        stamp: u64,
+        hostnqn: &str,
+        cmd: &codec::nvme::cmd::IoCommand,
+        data: &[u8],
+    ) {
+        use codec::nvme::cmd::IoCommand;
+        if cmd.nsid() != node::REPLICA_NSID {
+            return;
+        }
+        let Some(tx) = self.stale_copy_writes.get() else {
+            return;
+        };
+        let slba = match cmd {
+            IoCommand::Write(rw) => rw.slba,
+            IoCommand::WriteZeroes(wz) => wz.slba,
+            // The first range (bytes 8..16 of each 16-byte range): all lie in one extent.
+            IoCommand::DatasetManagement(_) => match data.get(8..16) {
+                Some(b) => {
+                    let mut slba = [0u8; 8];
+                    slba.copy_from_slice(b);
+                    u64::from_le_bytes(slba)
+                }
+                None => return,
+            },
+            _ => return,
+        };
+        let sender = hostnqn
+            .strip_prefix(peers::SERVER_HOSTNQN_PREFIX)
+            .unwrap_or("");
+        if sender.is_empty() {
+            return;
+        }
+        let _ = tx.try_send(replica::StaleCopyWrite {
+            sender: sender.to_owned(),
+            offset: slba.saturating_mul(u64::from(INTERNAL_BLOCK)),
+            stamp,
+        });
     }
 
     /// Feeds the watch loop one event (`map`: the installed map); a thaw serves again at once.
@@ -533,6 +584,8 @@ pub async fn start(
     let _ = registry.admission.set(Arc::clone(&admission));
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(REPORT_QUEUE_MAX);
     registry.generation.set_reporter(report_tx);
+    let (stale_tx, stale_rx) = tokio::sync::mpsc::channel(REPORT_QUEUE_MAX);
+    let _ = admission.stale_copy_writes.set(stale_tx);
 
     let shared = Arc::new(NodeShared {
         me: server_id.to_string(),
@@ -592,6 +645,10 @@ pub async fn start(
     tokio::spawn(watch(Arc::clone(&shared)));
     tokio::spawn(heartbeat(Arc::clone(&shared)));
     tokio::spawn(report(Arc::clone(&shared), report_rx));
+    tokio::spawn(replica::stale_copy_writes(
+        Arc::downgrade(&shared),
+        stale_rx,
+    ));
     tokio::spawn(rebuild::supervise(Arc::downgrade(&shared)));
     tracing::info!(
         server = server_id,

@@ -171,7 +171,9 @@ pub struct Tracked {
     /// a write that did not reach it must not complete on a map that still has it
     /// `rebuilding` ([`Tracked::promotion_settled_at`]).
     reported_at: AtomicU64,
-    /// The generation of the manager's answer to that report (0: no answer yet).
+    /// The generation of the manager's answer to that report (0: no answer yet): the map of
+    /// an accepting answer, or the manager's generation named by a refusal (every report the
+    /// manager accepted before it is in that map or an older one).
     answered_at: AtomicU64,
     /// The latest map installed (or being installed) here in which the copy is not
     /// `rebuilding` under this primary (0: none).
@@ -217,6 +219,12 @@ impl Tracked {
     pub(super) fn reporting(&self, installed: u64) {
         self.answered_at.store(0, Ordering::Release);
         self.reported_at.store(installed.max(1), Ordering::Release);
+    }
+
+    /// The manager answered the report out: its outcome is known in the map of `generation`
+    /// (see [`settled_by`]).
+    fn answered(&self, generation: u64) {
+        self.answered_at.store(generation.max(1), Ordering::Release);
     }
 
     fn key(&self) -> CopyKey {
@@ -827,9 +835,16 @@ async fn finish(
         server: copy.server.clone(),
         generation: checked.load(Ordering::Relaxed),
     };
-    match tokio::time::timeout(MANAGER_CALL, node.client.rebuild_done(&req)).await {
+    let answer = tokio::time::timeout(MANAGER_CALL, node.client.rebuild_done(&req)).await;
+    if let Ok(r) = &answer
+        && let Some(g) = settled_by(r)
+    {
+        // Writes that missed the copy since the last check wait until this server has
+        // installed that map, then re-check it ([`Tracked::promotion_settled_at`]).
+        t.answered(g);
+    }
+    match answer {
         Ok(Ok(m)) => {
-            t.answered_at.store(m.generation.max(1), Ordering::Release);
             tracing::info!(volume, extent, copy = %copy.server, generation = m.generation,
                 "rebuild done: the copy is in sync again");
             node.refresh.notify_one();
@@ -843,8 +858,10 @@ async fn finish(
         Ok(Err(ClientError::Http {
             status: 409,
             message,
+            generation,
         })) => {
-            tracing::warn!(volume, extent, copy = %copy.server, message, "rebuild-done refused");
+            tracing::warn!(volume, extent, copy = %copy.server, message, manager_generation = ?generation,
+                "rebuild-done refused");
             node.refresh.notify_one();
             Finish::Refused
         }
@@ -856,6 +873,26 @@ async fn finish(
             tracing::warn!(volume, extent, copy = %copy.server, "rebuild-done report: no answer");
             Finish::Retry
         }
+    }
+}
+
+/// The generation of the map in which the outcome of a rebuild-done report is known, from
+/// the manager's answer `r` (docs/replication.md, "The end of a rebuild"): accepted, the
+/// answer's map (the copy `in_sync` there); refused by the planner, the manager's generation
+/// the refusal names (the report changed nothing, and every earlier report of the copy the
+/// manager accepted, e.g. one whose answer was lost, is in that map or an older one). `None`
+/// when nothing is known: no answer, or an error that names no generation (a manager from
+/// before refusals named one, an authentication or transport error); writes that missed the
+/// copy then wait for a map in which it is not `rebuilding`, or their deadline.
+///
+/// The refusal's own generation, not the one installed here: this server may not yet have
+/// the map of an earlier report's acceptance, and a write that missed the copy must not be
+/// acknowledged on a map older than that.
+fn settled_by(r: &Result<manager::map::ClusterMap, ClientError>) -> Option<u64> {
+    match r {
+        Ok(m) => Some(m.generation),
+        Err(ClientError::Http { generation, .. }) => *generation,
+        Err(_) => None,
     }
 }
 
@@ -995,6 +1032,42 @@ mod tests {
         // A map in which the copy is not rebuilding settles it too.
         t.left_at.store(9, Ordering::Release);
         assert_eq!(t.promotion_settled_at(), 9);
+    }
+
+    #[test]
+    fn a_refused_rebuild_done_report_is_settled_at_the_managers_generation() {
+        let t = Tracked::new(1 << 20, 256 * KIB, "s2", 0, false);
+        t.reporting(7);
+        assert_eq!(t.promotion_settled_at(), u64::MAX, "no answer yet");
+        // A 409 naming the manager's generation (12): the outcome is known once this server
+        // has installed map 12 (an earlier report accepted meanwhile is in it or older), not
+        // at the map installed here (7), and not never.
+        let refused: Result<manager::map::ClusterMap, ClientError> = Err(ClientError::Http {
+            status: 409,
+            message: "rebuild-done report ... is from an earlier rebuild".to_owned(),
+            generation: Some(12),
+        });
+        assert_eq!(settled_by(&refused), Some(12));
+        t.answered(settled_by(&refused).unwrap());
+        assert_eq!(t.promotion_settled_at(), 12);
+        // An accepted answer: its map.
+        let mut m = manager::map::ClusterMap::empty();
+        m.generation = 13;
+        assert_eq!(settled_by(&Ok(m)), Some(13));
+        // Nothing known: a refusal from a manager that names no generation, no answer.
+        let old_manager: Result<manager::map::ClusterMap, ClientError> = Err(ClientError::Http {
+            status: 409,
+            message: "refused".to_owned(),
+            generation: None,
+        });
+        assert_eq!(settled_by(&old_manager), None);
+        assert_eq!(
+            settled_by(&Err(ClientError::Unreachable("reset".to_owned()))),
+            None
+        );
+        // The next report starts without an answer again.
+        t.reporting(12);
+        assert_eq!(t.promotion_settled_at(), u64::MAX);
     }
 
     #[tokio::test]

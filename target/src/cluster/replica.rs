@@ -543,6 +543,9 @@ type ReportKey = (String, usize, String);
 #[derive(Default)]
 pub struct Reports {
     sent: Mutex<HashMap<ReportKey, (u64, std::time::Instant)>>,
+    /// Copies-diverged reports this server sent as a copy that refused a stale replica write:
+    /// (volume, extent) → the map generation of the refusal (one report per pair).
+    diverged: Mutex<HashMap<(String, usize), u64>>,
     /// Peers last reported unreachable, and when.
     unreachable: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -694,6 +697,80 @@ async fn report_diverged(node: &NodeShared, volume: &str, index: usize, generati
             );
         }
     }
+}
+
+/// A replica write this server refused because its stamp was older than this server's map
+/// (`Admission::refused_stale`).
+#[derive(Debug)]
+pub struct StaleCopyWrite {
+    /// The sender's server id.
+    pub sender: String,
+    /// Where it wrote: this server's pool offset.
+    pub offset: u64,
+    /// Its stamp.
+    pub stamp: u64,
+}
+
+/// Handles the replica writes refused as stale ([`refused_stale`]) until the node goes away.
+pub async fn stale_copy_writes(
+    node: Weak<NodeShared>,
+    mut rx: tokio::sync::mpsc::Receiver<StaleCopyWrite>,
+) {
+    while let Some(w) = rx.recv().await {
+        let Some(n) = node.upgrade() else {
+            return;
+        };
+        refused_stale(&n, &w);
+    }
+}
+
+/// Whether this server `me`, having refused a replica write of `sender` to its pool offset
+/// `off` as stale under `map` (its installed map, newer than the write's stamp), reports
+/// copies-diverged for that extent: `Some((volume, extent))` when `map` has this server's copy
+/// of the extent `in_sync` on a server not `down`, and no longer names `sender` its primary.
+///
+/// The sender then cannot complete that write (it fails it as "no longer the primary"), and
+/// it may be on the sender's copy and on copies still on the older map already: the copies
+/// may differ on its blocks. The sender reports that itself, but it may be killed, or cut off
+/// from the manager, before its report arrives; the copy that refused reports too (the
+/// manager takes a repeated report as a no-op). A sender this map still names the primary
+/// is not reported: it fetches the map and sends the write again, stamped anew. A `rebuilding`
+/// copy does not report: the manager would change nothing for it (only an `in_sync` copy's
+/// report counts), and it does not count for the ack anyway, so it is rebuilt from the
+/// primary before it serves (docs/replication.md, "A primary that loses the role mid-write").
+fn diverged_due(map: &ClusterMap, me: &str, sender: &str, off: u64) -> Option<(String, usize)> {
+    let (volume, index, ext) = extent_at(map, me, off)?;
+    let mine = ext.replicas.iter().find(|r| r.server == me)?;
+    let live = map.server(me).is_some_and(|s| s.state != ServerState::Down);
+    let sender_primary = map.primary(ext).is_some_and(|p| p.server == sender);
+    (mine.state == ReplicaState::InSync && live && !sender_primary)
+        .then(|| (volume.to_owned(), index))
+}
+
+/// A replica write `w` was refused here as stale: reports copies-diverged in the background
+/// when [`diverged_due`], at most once per (extent, generation of the refusing map), bounded
+/// like the former primary's report ([`DIVERGED_CALL`]). The refusal's answer does not wait.
+pub(super) fn refused_stale(node: &Arc<NodeShared>, w: &StaleCopyWrite) {
+    let map = node.map.load_full();
+    let Some((volume, index)) = diverged_due(&map, &node.me, &w.sender, w.offset) else {
+        return;
+    };
+    let generation = map.generation;
+    {
+        let mut sent = lock(&node.replica_reports.diverged);
+        if sent.get(&(volume.clone(), index)) == Some(&generation) {
+            return;
+        }
+        // Bounded: a report of an older map is of no use once a newer one is installed.
+        sent.retain(|_, g| *g >= generation);
+        sent.insert((volume.clone(), index), generation);
+    }
+    tracing::warn!(volume, extent = index, sender = %w.sender, stamp = w.stamp, generation,
+        "refused a stale replica write of a former primary: the copies may differ, reporting it");
+    let node = Arc::clone(node);
+    tokio::spawn(async move {
+        report_diverged(&node, &volume, index, generation).await;
+    });
 }
 
 /// `op` on this server's own pool.
@@ -915,6 +992,17 @@ pub(super) mod testing {
 
     /// Server `me` of `map`, with a forwarding deadline of `forward_ms`.
     pub fn node(map: &ClusterMap, me: &str, forward_ms: u64) -> Arc<NodeShared> {
+        // Nothing listens there: every report fails at once.
+        node_with_manager(map, me, forward_ms, "127.0.0.1:1")
+    }
+
+    /// [`node`], its manager at `manager`.
+    pub fn node_with_manager(
+        map: &ClusterMap,
+        me: &str,
+        forward_ms: u64,
+        manager: &str,
+    ) -> Arc<NodeShared> {
         #[allow(clippy::expect_used)]
         let backend = hw::open(&hw::BackendSpec::Ram {
             size: 1 << 20,
@@ -927,8 +1015,7 @@ pub(super) mod testing {
             pool: PoolVolume(Arc::new(TrackedPool::new(backend))),
             peers: Peers::new(me),
             registry: Arc::new(Registry::new_cluster(Vec::new(), map.generation)),
-            // Nothing listens there: every report fails at once.
-            client: Client::new("127.0.0.1:1"),
+            client: Client::new(manager),
             refresh: tokio::sync::Notify::new(),
             stale_retries: AtomicU64::new(0),
             movers: mover::Movers::default(),
@@ -1028,6 +1115,140 @@ mod tests {
     }
 
     use ReplicaState::{InSync, Rebuilding, Stale};
+
+    /// A manager that records the body of every request and answers 409: its address and the
+    /// bodies so far.
+    async fn recording_manager() -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let b = Arc::clone(&bodies);
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let b = Arc::clone(&b);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request: its headers, then Content-Length bytes of body.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match c.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            match c.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body = String::from_utf8_lossy(&buf[head_end..head_end + len]);
+                        lock(&b).push(body.into_owned());
+                        buf.drain(..head_end + len);
+                        let answer = r#"{"error":"recorded"}"#;
+                        let resp = format!(
+                            "HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if c.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, bodies)
+    }
+
+    #[test]
+    fn a_copy_that_refuses_a_stale_write_of_a_former_primary_reports_it() {
+        let sv = servers(&["s1", "s2", "s3"]);
+        // s1 still the primary in s3's map: it re-sends the write stamped anew, no report.
+        let g = one_extent(5, &sv, &[("s1", InSync), ("s2", InSync), ("s3", InSync)]);
+        assert_eq!(diverged_due(&g, "s3", "s1", 0), None);
+        // s1 lost the role (stale: s2 is the primary): s3 and s2 report, whoever refused.
+        let g = one_extent(6, &sv, &[("s1", Stale), ("s2", InSync), ("s3", InSync)]);
+        assert_eq!(
+            diverged_due(&g, "s3", "s1", 0),
+            Some(("vol1".to_owned(), 0))
+        );
+        assert_eq!(
+            diverged_due(&g, "s2", "s1", 0),
+            Some(("vol1".to_owned(), 0))
+        );
+        // A handover: a rebuilt first copy is the primary again.
+        let g = one_extent(7, &sv, &[("s3", InSync), ("s1", InSync), ("s2", InSync)]);
+        assert_eq!(
+            diverged_due(&g, "s3", "s1", 0),
+            Some(("vol1".to_owned(), 0))
+        );
+        // A rebuilding copy does not report (the manager would change nothing for it).
+        let g = one_extent(8, &sv, &[("s1", Stale), ("s2", InSync), ("s3", Rebuilding)]);
+        assert_eq!(diverged_due(&g, "s3", "s1", 0), None);
+        // Nor one on a server marked down, nor a range that is no copy of this server's.
+        let mut down = sv.clone();
+        down[2].state = ServerState::Down;
+        let g = one_extent(9, &down, &[("s1", Stale), ("s2", InSync), ("s3", InSync)]);
+        assert_eq!(diverged_due(&g, "s3", "s1", 0), None);
+        let g = one_extent(9, &sv, &[("s1", Stale), ("s2", InSync), ("s3", InSync)]);
+        assert_eq!(diverged_due(&g, "s3", "s1", 1 << 30), None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_stale_write_is_reported_once_per_extent_and_generation() {
+        let (manager, bodies) = recording_manager().await;
+        let sv = servers(&["s1", "s2", "s3"]);
+        let g6 = one_extent(6, &sv, &[("s1", Stale), ("s2", InSync), ("s3", InSync)]);
+        let node = testing::node_with_manager(&g6, "s3", 4000, &manager);
+        let w = StaleCopyWrite {
+            sender: "s1".to_owned(),
+            offset: 512,
+            stamp: 5,
+        };
+        // A burst of refusals at g6: one report, sent by this copy, at g6.
+        for _ in 0..5 {
+            refused_stale(&node, &w);
+        }
+        until(|| !lock(&bodies).is_empty()).await;
+        let got: serde_json::Value = serde_json::from_str(&lock(&bodies)[0]).expect("json");
+        assert_eq!(
+            got,
+            serde_json::json!({"server": "s3", "volume": "vol1", "extent": 0, "generation": 6})
+        );
+        // A refusal from a sender still the primary at a newer map: none.
+        testing::install(
+            &node,
+            &one_extent(7, &sv, &[("s1", InSync), ("s2", InSync), ("s3", InSync)]),
+        );
+        refused_stale(&node, &w);
+        // The next map that took the role from the sender: one more.
+        testing::install(
+            &node,
+            &one_extent(8, &sv, &[("s1", Stale), ("s2", InSync), ("s3", InSync)]),
+        );
+        refused_stale(&node, &w);
+        refused_stale(&node, &w);
+        until(|| lock(&bodies).len() >= 2).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let all = lock(&bodies).clone();
+        assert_eq!(all.len(), 2, "{all:?}");
+        let got: serde_json::Value = serde_json::from_str(&all[1]).expect("json");
+        assert_eq!(got["generation"], 8);
+    }
 
     #[tokio::test]
     async fn a_write_marks_the_copies_it_skips_before_it_sends_anything() {

@@ -92,8 +92,30 @@ pub fn execute(
                 checked(&ctrl, internal, ns, cmd, data, pass, true).await
             }))
         }
-        Step::Answer(v) => mismatch(v),
+        Step::Answer(v) => {
+            refused_stale(ctrl, internal, stamp, v, &cmd, &data);
+            mismatch(v)
+        }
         Step::Refuse(why) => crate::cluster::refusal_completion(why).into(),
+    }
+}
+
+/// A peer's command refused because its stamp is older than our map: a replica write may mean
+/// that its sender lost the primary role mid-write, which the cluster node may report
+/// (`cluster::Admission::refused_stale`; it never delays the answer).
+fn refused_stale(
+    ctrl: &Controller,
+    internal: bool,
+    stamp: u64,
+    v: Stamp,
+    cmd: &IoCommand,
+    data: &Bytes,
+) {
+    if internal
+        && matches!(v, Stamp::Stale { .. })
+        && let Some(a) = ctrl.registry.admission.get()
+    {
+        a.refused_stale(stamp, &ctrl.hostnqn, cmd, data);
     }
 }
 
@@ -144,7 +166,10 @@ async fn checked(
     );
     let outcome = match step {
         Step::Run => run(ctrl, ns, cmd, data, None),
-        Step::Answer(v) => mismatch(v),
+        Step::Answer(v) => {
+            refused_stale(ctrl, internal, stamp, v, &cmd, &data);
+            mismatch(v)
+        }
         Step::Refuse(why) => crate::cluster::refusal_completion(why).into(),
         // Not at this stage: the gate pass is held, and a command waits for our map once.
         Step::WaitGate | Step::WaitBehind => Status::INTERNAL.into(),

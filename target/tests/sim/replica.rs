@@ -88,6 +88,18 @@ pub struct Fixes {
     /// primary's half of the rule (a copy going straight from `in_sync` to `rebuilding` is
     /// rebuilt whole) stays on either way. Off, no report is sent.
     pub diverged_report: bool,
+    /// A rebuild-done report the manager refuses has its outcome too: the refusal names the
+    /// manager's generation (the daemon's `rebuild::settled_by`), and the writes that missed
+    /// the copy wait until that map is installed, then are re-checked. Off (the daemon before
+    /// it), a refusal gives no outcome, and those writes fail at their forwarding deadline (a
+    /// host-visible 5 s stall; the model has no clock: they fail at once).
+    pub refused_answer: bool,
+    /// A copy that refuses a replica write because its stamp is older than the copy's map, from
+    /// a sender that map no longer names the primary, while its own copy is `in_sync` there,
+    /// reports `POST /v1/copies-diverged` itself (once per map generation): the former primary
+    /// may die, or lose the manager, before its own report arrives
+    /// ([`Config::lose_diverged`]). Off, only the former primary reports.
+    pub refuser_report: bool,
 }
 
 impl Fixes {
@@ -99,6 +111,8 @@ impl Fixes {
         stale_done: true,
         failover_resync: true,
         diverged_report: true,
+        refused_answer: true,
+        refuser_report: true,
     };
     /// The daemon as it is with the three fixes (no `after_done`; the manager's rebuild-done
     /// check, `stale_done`, kept on so that its losses do not hide theirs).
@@ -128,6 +142,10 @@ pub struct Config {
     /// to return such a value newer than the last acknowledged one, but still requires every
     /// copy to be equal.
     pub give_up: bool,
+    /// A former primary's copies-diverged report is lost half the time, while quiescing too
+    /// (the former primary killed, or cut off from the manager, before it arrives). Off, no
+    /// random draw is made for it.
+    pub lose_diverged: bool,
 }
 
 /// Faults injected in one run, per kind.
@@ -139,6 +157,10 @@ pub struct Faults {
     pub restarts: u64,
     pub rebuilds: u64,
     pub failovers: u64,
+    /// Former primaries' copies-diverged reports lost ([`Config::lose_diverged`]).
+    pub diverged_lost: u64,
+    /// Copies-diverged reports sent by a copy that refused a stale replica write.
+    pub refuser_reports: u64,
 }
 
 impl Faults {
@@ -149,6 +171,8 @@ impl Faults {
         self.restarts += o.restarts;
         self.rebuilds += o.rebuilds;
         self.failovers += o.failovers;
+        self.diverged_lost += o.diverged_lost;
+        self.refuser_reports += o.refuser_reports;
     }
 }
 
@@ -159,8 +183,12 @@ pub struct Outcome {
     /// Writes that missed a `rebuilding` copy while a rebuild-done report of it was out, and
     /// so waited for that report's outcome.
     pub settle_waits: u64,
-    /// Of those, writes failed at their deadline because the report was refused.
+    /// Of those, writes whose report was refused: they waited for the map the refusal named
+    /// (with [`Fixes::refused_answer`]).
     pub refused_waits: u64,
+    /// Writes failed at their deadline because the report they waited for was refused (only
+    /// without [`Fixes::refused_answer`]).
+    pub refused_deadlines: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -273,7 +301,11 @@ struct Server {
     done_sent: BTreeMap<usize, u64>,
     /// The generation of the manager's answer to that report, once accepted (`answered_at`).
     done_answered: BTreeMap<usize, u64>,
-    /// Copies whose report out was refused (no outcome will come for it).
+    /// Map generations at which this server, as a copy, reported copies-diverged after refusing
+    /// a former primary's stale replica write (one report per generation).
+    diverged_at: BTreeSet<u64>,
+    /// Copies whose report out was refused (its outcome is the map the refusal named, kept in
+    /// `done_answered`; without [`Fixes::refused_answer`], no outcome will come for it).
     done_refused: BTreeSet<usize>,
 }
 
@@ -309,6 +341,7 @@ pub struct Sim {
     pub faults: Faults,
     settle_waits: u64,
     refused_waits: u64,
+    refused_deadlines: u64,
     hash: u64,
     step_no: u64,
     log: Vec<String>,
@@ -421,6 +454,7 @@ impl Sim {
                 done_sent: BTreeMap::new(),
                 done_answered: BTreeMap::new(),
                 done_refused: BTreeSet::new(),
+                diverged_at: BTreeSet::new(),
             })
             .collect();
         Self {
@@ -439,6 +473,7 @@ impl Sim {
             faults: Faults::default(),
             settle_waits: 0,
             refused_waits: 0,
+            refused_deadlines: 0,
             hash: 0xcbf2_9ce4_8422_2325,
             step_no: 0,
             log: Vec::new(),
@@ -502,6 +537,7 @@ impl Sim {
             acked,
             settle_waits: self.settle_waits,
             refused_waits: self.refused_waits,
+            refused_deadlines: self.refused_deadlines,
         })
     }
 
@@ -595,6 +631,7 @@ impl Sim {
         s.done_sent.clear();
         s.done_answered.clear();
         s.done_refused.clear();
+        s.diverged_at.clear();
         s.was_primary = false;
         // The host's writes in flight there fail (connection lost).
         for h in &mut self.host {
@@ -786,21 +823,31 @@ impl Sim {
                 if !self.servers[to].running {
                     return;
                 }
-                // `finish`: an accepted answer to the report still out records the answer's
-                // generation. A refused one leaves the report without a known outcome: the
-                // writes waiting for it wait until their deadline, since the next report
-                // needs the whole-extent lock they hold (the model has no clock: they fail
-                // now, as at their deadline).
+                // `finish` (`rebuild::settled_by`): an accepted answer to the report still out
+                // records the answer's generation; so does a refused one, whose 409 names the
+                // manager's generation (the map sent here is the manager's at the refusal):
+                // every report accepted before is in it. The writes waiting for the outcome
+                // wait until that map is installed, then are re-checked. Without the fix a
+                // refusal gives no outcome: those writes wait until their deadline, since the
+                // next report needs the whole-extent lock they hold (the model has no clock:
+                // they fail now, as at their deadline).
+                let refused_answer = self.cfg.fixes.refused_answer;
                 let s = &mut self.servers[to];
                 if s.done_sent.get(&copy) == Some(&generation) {
                     if accepted {
                         s.done_answered.insert(copy, map.generation);
                     } else {
                         s.done_refused.insert(copy);
+                        if refused_answer {
+                            s.done_answered.insert(copy, map.generation);
+                        }
                         for w in s.writes.values_mut() {
                             if !w.answered && w.wait_done.contains(&copy) && !w.expired {
-                                w.expired = true;
                                 self.refused_waits += 1;
+                                if !refused_answer {
+                                    w.expired = true;
+                                    self.refused_deadlines += 1;
+                                }
                             }
                         }
                     }
@@ -894,6 +941,7 @@ impl Sim {
             Stamp::Current => {}
             Stamp::Stale { current } => {
                 if self.cfg.mutation != Some(Mutation::AcceptOldStamp) {
+                    self.refused_stale(me, from, current);
                     return Err(Refusal::Stale(current));
                 }
             }
@@ -912,6 +960,36 @@ impl Sim {
         }
         self.servers[me].data[block] = val;
         Ok(())
+    }
+
+    /// Copy `me` refused a replica write from `from` as stale (its map is at `current`): when
+    /// that map no longer names `from` the primary and has `me`'s copy `in_sync` on a server
+    /// not down, `me` reports copies-diverged itself, once per generation (the daemon's
+    /// `replica::refused_stale`, with [`Fixes::refuser_report`]). The sender's write cannot
+    /// complete any more, and it may be on other copies already.
+    fn refused_stale(&mut self, me: usize, from: usize, current: u64) {
+        if !self.cfg.fixes.refuser_report {
+            return;
+        }
+        let s = &self.servers[me];
+        let due = primary_of(&s.map) != Some(from)
+            && state_of(&s.map, me) == Some(ReplicaState::InSync)
+            && !is_down(&s.map, me)
+            && !s.diverged_at.contains(&current);
+        if !due {
+            return;
+        }
+        self.servers[me].diverged_at.insert(current);
+        self.faults.refuser_reports += 1;
+        self.trace(format!(
+            "s{} refused a stale write of s{}: copies diverged",
+            me + 1,
+            from + 1
+        ));
+        self.msgs.push(Msg::Diverged {
+            from: me,
+            generation: current,
+        });
     }
 
     /// Installs `map` at `k` (the watch loop's install, then `rebuild::reconcile`): dirty maps
@@ -1101,10 +1179,15 @@ impl Sim {
                     // `promotions_settled`: wait until the report's outcome is installed,
                     // then re-check as for an `in_sync` copy.
                     w.wait_done.insert(c);
-                    // Refused: no outcome comes before its deadline (see `DoneAnswer`).
+                    // Refused: the outcome is the map the refusal named (already installed: it
+                    // came with the answer); without the fix, none comes before its deadline
+                    // (see `DoneAnswer`).
                     if s.done_refused.contains(&c) && !w.expired {
-                        w.expired = true;
                         self.refused_waits += 1;
+                        if !fixes.refused_answer {
+                            w.expired = true;
+                            self.refused_deadlines += 1;
+                        }
                     }
                     self.settle_waits += 1;
                 } else if let Refusal::Stale(current) = why
@@ -1162,10 +1245,18 @@ impl Sim {
                 // `out_of_write_set`'s "no longer the primary": its own copy has the write.
                 if self.cfg.fixes.diverged_report {
                     let generation = map.generation;
-                    self.msgs.push(Msg::Diverged {
-                        from: p,
-                        generation,
-                    });
+                    // The former primary killed (or cut off) before its report arrives. Also
+                    // while quiescing (a lost report does not keep the cluster from going
+                    // quiet; the handovers back to rebuilt first copies happen then).
+                    if self.cfg.lose_diverged && self.rng.chance(500) {
+                        self.faults.diverged_lost += 1;
+                        self.trace(format!("copies-diverged report of s{} lost", p + 1));
+                    } else {
+                        self.msgs.push(Msg::Diverged {
+                            from: p,
+                            generation,
+                        });
+                    }
                 }
             } else if w.expired {
                 answer = Some(false);
