@@ -36,39 +36,55 @@ fn signal(child: &Child, sig: i32) {
     assert_eq!(r, 0, "kill({pid}, {sig})");
 }
 
-/// Starts the daemon on a free port below the ephemeral range (`daemon_port`); if another
-/// process took that port in between (the daemon exits), tries another one. Returns the
-/// daemon, its address, its layout file, its log and its control socket.
+/// Spawns the daemon on a free port below the ephemeral range (`daemon_port`), its files
+/// named after `tag` in `dir`. Returns the daemon, its address, its layout file, its log and
+/// its control socket; the daemon may still be starting, or may exit because another process
+/// took the port meanwhile ([`port_taken`]).
+fn spawn(dir: &Path, tag: &str) -> (Daemon, std::net::SocketAddr, PathBuf, PathBuf, PathBuf) {
+    let port = daemon_port();
+    let layout = dir.join(format!("layout{tag}.yaml"));
+    std::fs::write(
+        &layout,
+        STD_YAML.replace("port: 4420", &format!("port: {port}")),
+    )
+    .unwrap();
+    let log = dir.join(format!("target{tag}.stderr"));
+    let socket = dir.join(format!("control{tag}.sock"));
+    let child = Command::new(target_bin())
+        .arg("--config")
+        .arg(&layout)
+        .arg("--control")
+        .arg(&socket)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn tessera-target");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    (Daemon(child), addr, layout, log, socket)
+}
+
+/// Whether the daemon exited at start because its port was taken (then the caller tries
+/// another); any other exit at start fails the test. `false` while it runs.
+fn port_taken(d: &mut Daemon, log: &Path) -> bool {
+    if d.0.try_wait().unwrap().is_none() {
+        return false;
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(text.contains("in use"), "daemon exited at start:\n{text}");
+    true
+}
+
+/// Starts the daemon ([`spawn`]) and waits until it listens and has its control socket; if
+/// another process took the port in between, tries another one.
 async fn start(dir: &Path) -> (Daemon, std::net::SocketAddr, PathBuf, PathBuf, PathBuf) {
-    for attempt in 0..PORT_TRIES {
-        let port = daemon_port();
-        let layout = dir.join(format!("layout{attempt}.yaml"));
-        std::fs::write(
-            &layout,
-            STD_YAML.replace("port: 4420", &format!("port: {port}")),
-        )
-        .unwrap();
-        let log = dir.join(format!("target{attempt}.stderr"));
-        let socket = dir.join(format!("control{attempt}.sock"));
-        let child = Command::new(target_bin())
-            .arg("--config")
-            .arg(&layout)
-            .arg("--control")
-            .arg(&socket)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn tessera-target");
-        let mut d = Daemon(child);
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    'attempt: for attempt in 0..PORT_TRIES {
+        let (mut d, addr, layout, log, socket) = spawn(dir, &attempt.to_string());
         let t0 = Instant::now();
         loop {
-            if d.0.try_wait().unwrap().is_some() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                assert!(text.contains("in use"), "daemon exited at start:\n{text}");
-                break; // The port was taken meanwhile: another one.
+            if port_taken(&mut d, &log) {
+                continue 'attempt;
             }
             if tokio::net::TcpStream::connect(addr).await.is_ok() && socket.exists() {
                 return (d, addr, layout, log, socket);
@@ -195,47 +211,22 @@ async fn a_sigterm_the_moment_the_listener_accepts_exits_0() {
     let dir = TestDir::new();
     for round in 0..8 {
         let mut started = None;
-        for attempt in 0..PORT_TRIES {
-            let port = daemon_port();
-            let layout = dir.path().join(format!("early{round}-{attempt}.yaml"));
-            std::fs::write(
-                &layout,
-                STD_YAML.replace("port: 4420", &format!("port: {port}")),
-            )
-            .unwrap();
-            let log = dir.path().join(format!("early{round}-{attempt}.stderr"));
-            let child = Command::new(target_bin())
-                .arg("--config")
-                .arg(&layout)
-                .arg("--control")
-                .arg(dir.path().join(format!("early{round}-{attempt}.sock")))
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("spawn tessera-target");
-            let mut d = Daemon(child);
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        'attempt: for attempt in 0..PORT_TRIES {
+            let (mut d, addr, _, log, _) = spawn(dir.path(), &format!("early{round}-{attempt}"));
             let t0 = Instant::now();
             // Probe with a blocking connect in a tight loop: the signal follows the first
             // accepted connection as closely as this test can make it.
-            let accepted = loop {
-                if d.0.try_wait().unwrap().is_some() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    assert!(text.contains("in use"), "daemon exited at start:\n{text}");
-                    break false;
+            loop {
+                if port_taken(&mut d, &log) {
+                    continue 'attempt;
                 }
                 if std::net::TcpStream::connect(addr).is_ok() {
                     signal(&d.0, libc::SIGTERM);
-                    break true;
+                    started = Some((d, log));
+                    break 'attempt;
                 }
                 assert!(t0.elapsed() < DAEMON_STEP, "daemon not listening on {addr}");
                 std::thread::yield_now();
-            };
-            if accepted {
-                started = Some((d, log));
-                break;
             }
         }
         let (mut d, log) = started.expect("a free port");
