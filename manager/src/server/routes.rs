@@ -561,6 +561,16 @@ async fn status(State(s): S) -> Json<Status> {
                     extent: i,
                     from: owner.server.clone(),
                     to: m.to.server.clone(),
+                    copy: false,
+                });
+            }
+            if let Some((to, from)) = crate::plan::pending_copy_move(ext) {
+                moves.push(MoveStatus {
+                    volume: v.name.clone(),
+                    extent: i,
+                    from: from.to_owned(),
+                    to: to.server.clone(),
+                    copy: true,
                 });
             }
         }
