@@ -608,7 +608,11 @@ impl ClusterMap {
     ) -> Result<(), MapError> {
         // A copy being moved (docs/replication.md, "Moving a copy"): at most one copy that
         // replaces another copy of the extent, beyond the volume's count.
-        let pending: Vec<&Replica> = ext.replicas.iter().filter(|r| r.replaces.is_some()).collect();
+        let pending: Vec<&Replica> = ext
+            .replicas
+            .iter()
+            .filter(|r| r.replaces.is_some())
+            .collect();
         let pending_ok = pending.len() <= 1
             && pending.iter().all(|p| {
                 ext.replicas

@@ -64,7 +64,11 @@ fn ext(m: &ClusterMap, i: usize) -> &crate::map::ExtentEntry {
 }
 
 fn servers_of(m: &ClusterMap, i: usize) -> Vec<String> {
-    ext(m, i).replicas.iter().map(|r| r.server.clone()).collect()
+    ext(m, i)
+        .replicas
+        .iter()
+        .map(|r| r.server.clone())
+        .collect()
 }
 
 /// The extent of `m` whose copies are on exactly `on` (in order).
@@ -105,8 +109,15 @@ fn a_move_adds_a_rebuilding_copy_on_to_that_replaces_from() {
     // The other copies are as they were: both in_sync, s1 the primary.
     assert_eq!(e.replicas[..2], ext(&m, i).replicas[..]);
     assert_eq!(m1.primary(e).unwrap().server, "s1");
-    assert_eq!(m1.free_bytes("s3"), free_s3 - MIB, "the new copy's range is reserved");
-    assert_eq!(pending(e).map(|(r, f)| (r.server.as_str(), f)), Some(("s3", "s2")));
+    assert_eq!(
+        m1.free_bytes("s3"),
+        free_s3 - MIB,
+        "the new copy's range is reserved"
+    );
+    assert_eq!(
+        pending(e).map(|(r, f)| (r.server.as_str(), f)),
+        Some(("s3", "s2"))
+    );
     // Owners unchanged: no phase 1a for the add.
     assert!(ClusterMap::changed_owners(&m, &m1).is_empty());
     m1.validate().unwrap();
@@ -119,11 +130,17 @@ fn refusals_name_the_field_at_fault() {
     // `from` missing for a replicated volume: 400 naming the field.
     let (code, msg) = refusal(&m, &mv(i, None, "s3"));
     assert_eq!(code, 400, "{msg}");
-    assert!(msg.contains("\"from\"") && msg.contains("2 copies"), "{msg}");
+    assert!(
+        msg.contains("\"from\"") && msg.contains("2 copies"),
+        "{msg}"
+    );
     // `from` holds no copy.
     let (code, msg) = refusal(&m, &mv(i, Some("s3"), "s4"));
     assert_eq!(code, 409);
-    assert!(msg.contains("\"from\": server \"s3\" holds no copy"), "{msg}");
+    assert!(
+        msg.contains("\"from\": server \"s3\" holds no copy"),
+        "{msg}"
+    );
     // `to` holds one already.
     let (code, msg) = refusal(&m, &mv(i, Some("s2"), "s1"));
     assert_eq!(code, 409);
@@ -141,7 +158,11 @@ fn refusals_name_the_field_at_fault() {
     }
     // `to` without room (a pool of nothing left).
     let mut full = m.clone();
-    full.servers.iter_mut().find(|s| s.id == "s4").unwrap().pool_bytes = 0;
+    full.servers
+        .iter_mut()
+        .find(|s| s.id == "s4")
+        .unwrap()
+        .pool_bytes = 0;
     let (code, msg) = refusal(&full, &mv(i, Some("s2"), "s4"));
     assert_eq!(code, 409, "{msg}");
     assert!(msg.contains("s4"), "{msg}");
@@ -153,7 +174,10 @@ fn refusals_name_the_field_at_fault() {
 fn a_single_copy_volume_moves_as_before_and_from_must_be_its_owner() {
     let m = cluster(&[("s1", None), ("s2", None), ("s3", None)], 1);
     let owner = ext(&m, 0).replicas[0].server.clone();
-    let other = ["s1", "s2", "s3"].into_iter().find(|s| *s != owner).unwrap();
+    let other = ["s1", "s2", "s3"]
+        .into_iter()
+        .find(|s| *s != owner)
+        .unwrap();
     let to = ["s1", "s2", "s3"]
         .into_iter()
         .find(|s| *s != owner && *s != other)
@@ -181,20 +205,38 @@ fn rebuild_done_of_the_new_copy_makes_it_in_sync_and_drops_from_in_the_same_gene
     let e = ext(&m2, i);
     assert_eq!(servers_of(&m2, i), ["s1", "s3"]);
     assert!(e.replicas.iter().all(|r| r.state == ReplicaState::InSync));
-    assert!(e.replicas.iter().all(|r| r.replaces.is_none() && r.rebuilding_since.is_none()));
+    assert!(
+        e.replicas
+            .iter()
+            .all(|r| r.replaces.is_none() && r.rebuilding_since.is_none())
+    );
     assert_eq!(m2.free_bytes("s2"), free_s2 + MIB, "s2's range is free");
     assert_eq!(m2.primary(e).unwrap().server, "s1");
     assert!(ClusterMap::changed_owners(&m1, &m2).is_empty());
     // The exported `plan::rebuild_done` is the same change.
-    assert_eq!(crate::plan::rebuild_done(&m1, &done(&m1, i, "s3")).unwrap(), m2);
+    assert_eq!(
+        crate::plan::rebuild_done(&m1, &done(&m1, i, "s3")).unwrap(),
+        m2
+    );
     // A repeated report changes nothing.
-    assert_eq!(apply(&m2, &Change::RebuildDone(done(&m2, i, "s3"))).unwrap(), m2);
+    assert_eq!(
+        apply(&m2, &Change::RebuildDone(done(&m2, i, "s3"))).unwrap(),
+        m2
+    );
     // A report for the new copy from an earlier rebuild (before the move) is refused.
     let mut old = done(&m1, i, "s3");
     old.generation = m.generation;
-    assert_eq!(apply(&m1, &Change::RebuildDone(old)).unwrap_err().http_status(), 409);
+    assert_eq!(
+        apply(&m1, &Change::RebuildDone(old))
+            .unwrap_err()
+            .http_status(),
+        409
+    );
     // A report about the replaced copy (in sync already) changes nothing and drops nothing.
-    assert_eq!(apply(&m1, &Change::RebuildDone(done(&m1, i, "s2"))).unwrap(), m1);
+    assert_eq!(
+        apply(&m1, &Change::RebuildDone(done(&m1, i, "s2"))).unwrap(),
+        m1
+    );
 }
 
 #[test]
@@ -227,10 +269,20 @@ fn a_dead_servers_stale_copy_is_re_placed() {
     assert_eq!(r.primary, "s2");
     let m2 = apply(&m1, &Change::RebuildDone(r)).unwrap();
     assert_eq!(servers_of(&m2, i), ["s2", "s3"]);
-    assert!(ext(&m2, i).replicas.iter().all(|r| r.state == ReplicaState::InSync));
+    assert!(
+        ext(&m2, i)
+            .replicas
+            .iter()
+            .all(|r| r.state == ReplicaState::InSync)
+    );
     // s1 is down: phase 1a does not wait for it (the coordinator skips down old owners), and
     // it holds nothing of this extent any more.
-    assert!(!m2.volume("v").unwrap().extents[i].replicas.iter().any(|r| r.server == "s1"));
+    assert!(
+        !m2.volume("v").unwrap().extents[i]
+            .replicas
+            .iter()
+            .any(|r| r.server == "s1")
+    );
 }
 
 #[test]
@@ -297,7 +349,10 @@ fn racks_a_copy_goes_to_a_rack_no_remaining_copy_uses_when_one_has_room() {
     // Replacing s2 (r2) by s3 (r1, like s1) while s4 (r3) has room: refused, naming s4.
     let (code, msg) = refusal(&m, &mv(i, Some("s2"), "s3"));
     assert_eq!(code, 409);
-    assert!(msg.contains("rack \"r1\"") && msg.contains("\"s4\""), "{msg}");
+    assert!(
+        msg.contains("rack \"r1\"") && msg.contains("\"s4\""),
+        "{msg}"
+    );
     apply(&m, &mv(i, Some("s2"), "s4")).unwrap();
     // Replacing s1 (r1) by s3 (r1): s2 is r2, s3 is r1: fine.
     apply(&m, &mv(i, Some("s1"), "s3")).unwrap();

@@ -20,11 +20,11 @@ use std::sync::Arc;
 
 use yaml::derived_volume_uuid;
 
+pub use copy_move::{CopyMoveError, pending as pending_copy_move, rebuild_done};
 pub use error::PlanError;
 pub use lost::{clear_lost, lost_with, pool_seen};
 use reload::reload_holding;
 pub use reload::{initial_map, reload, reload_from};
-pub use copy_move::{CopyMoveError, pending as pending_copy_move, rebuild_done};
 pub use replica::{
     copies_diverged, holds_replicated_copy, pool_lost_extents, rebuild_due, rebuild_start,
     replica_failed,

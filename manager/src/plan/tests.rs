@@ -456,8 +456,14 @@ fn arb_change() -> impl Strategy<Value = Change> {
             req.rack = rack.map(|r| format!("r{r}"));
             Change::AddServer(req)
         }),
-        (name("v"), 0..8usize, name("s"))
-            .prop_map(|(volume, extent, to)| Change::StartMove(MoveRequest { volume, extent, to, from: None })),
+        (name("v"), 0..8usize, name("s")).prop_map(|(volume, extent, to)| Change::StartMove(
+            MoveRequest {
+                volume,
+                extent,
+                to,
+                from: None
+            }
+        )),
         (name("v"), 0..8usize, name("s")).prop_map(|(volume, extent, server)| {
             Change::SwitchMove(MoveReadyRequest {
                 server,
