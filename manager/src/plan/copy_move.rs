@@ -152,6 +152,12 @@ impl fmt::Display for CopyMoveError {
 
 impl std::error::Error for CopyMoveError {}
 
+impl From<CopyMoveError> for PlanError {
+    fn from(e: CopyMoveError) -> Self {
+        Self::CopyMove(Box::new(e))
+    }
+}
+
 /// Whether `req` is a copy move: its volume has several copies. Otherwise the move is the
 /// single-copy copy-then-switch, and a `from` it names must be the owner ([`check_from_owner`]).
 pub(super) fn is_copy_move(m: &ClusterMap, req: &MoveRequest) -> bool {

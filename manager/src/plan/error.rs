@@ -302,7 +302,7 @@ pub enum PlanError {
     Invalid(MapError),
     /// A move of a copy of a replicated extent refused (docs/replication.md, "Moving a copy").
     #[error(transparent)]
-    CopyMove(#[from] super::copy_move::CopyMoveError),
+    CopyMove(Box<super::copy_move::CopyMoveError>),
 }
 
 impl PlanError {
