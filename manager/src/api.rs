@@ -262,6 +262,12 @@ pub struct MoveRequest {
     pub extent: usize,
     /// Destination server id.
     pub to: String,
+    /// The server whose copy the move replaces (docs/replication.md, "Moving a copy"):
+    /// required for a volume with several copies (its copy there leaves the extent once the
+    /// copy on `to` is rebuilt); for a volume with one copy, optional and then the owner.
+    /// Absent in requests of older clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// `GET /v1/status`.
@@ -365,6 +371,10 @@ pub struct MoveStatus {
     pub from: String,
     /// Destination.
     pub to: String,
+    /// A copy of a replicated extent being moved (add, rebuild, drop: `from`'s copy leaves
+    /// once the copy on `to` is rebuilt), not a copy-then-switch. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy: bool,
 }
 
 /// The publication in progress, in [`Status`].

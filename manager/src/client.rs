@@ -446,6 +446,35 @@ impl Client {
             volume: volume.to_owned(),
             extent,
             to: to.to_owned(),
+            from: None,
+        };
+        self.call(
+            Method::POST,
+            self.url(&["v1", "extents", "move"])?,
+            &[],
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/extents/move` naming the copy it replaces (`from`): for a volume with several
+    /// copies, the copy on `from` leaves the extent once the copy on `to` is rebuilt
+    /// (docs/replication.md, "Moving a copy"); for one copy, `from` must be the owner.
+    ///
+    /// # Errors
+    /// [`ClientError`]; 4xx with the reason when the change is refused.
+    pub async fn move_copy(
+        &self,
+        volume: &str,
+        extent: usize,
+        from: &str,
+        to: &str,
+    ) -> Result<ClusterMap, ClientError> {
+        let body = MoveRequest {
+            volume: volume.to_owned(),
+            extent,
+            to: to.to_owned(),
+            from: Some(from.to_owned()),
         };
         self.call(
             Method::POST,

@@ -42,6 +42,7 @@ fn move_maps(m: &ClusterMap) -> (ClusterMap, ClusterMap, String) {
             volume: "a".into(),
             extent: 0,
             to: to.into(),
+            from: None,
         },
     )
     .unwrap();
@@ -457,6 +458,7 @@ fn a_switch_of_an_extent_added_in_phase_1a_is_given_back() {
             volume: "a".into(),
             extent: 2,
             to: to.into(),
+            from: None,
         }),
     );
     let m6 = store(
@@ -776,6 +778,7 @@ proptest! {
                             volume: "a".into(),
                             extent: 0,
                             to: to.into(),
+                            from: None,
                         })
                     })
                 }
@@ -978,6 +981,7 @@ fn move_ready_waits_for_the_moves_start_to_pass_phase_1a() {
             volume: "a".into(),
             extent: 1,
             to: to1.into(),
+            from: None,
         },
     )
     .unwrap();

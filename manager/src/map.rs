@@ -193,6 +193,13 @@ pub struct Replica {
     /// Absent otherwise, and in maps stored before it (a report is then not checked against it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuilding_since: Option<Generation>,
+    /// The copy this one replaces (JSON `replaces`, a server id): set on the copy a move of a
+    /// replicated extent adds (docs/replication.md, "Moving a copy"); when the manager accepts
+    /// its rebuild-done report it becomes `in_sync` and the copy on that server leaves the
+    /// extent in the same generation. An extent has at most one such copy, beyond its
+    /// `replicas`. Absent otherwise, and in maps stored before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 impl Replica {
@@ -238,6 +245,7 @@ impl Replica {
             offset,
             state: ReplicaState::InSync,
             rebuilding_since: None,
+            replaces: None,
         }
     }
 }
@@ -598,7 +606,21 @@ impl ClusterMap {
         i: usize,
         ext: &ExtentEntry,
     ) -> Result<(), MapError> {
-        let replicas_ok = u32::try_from(ext.replicas.len()).ok() == Some(v.replicas)
+        // A copy being moved (docs/replication.md, "Moving a copy"): at most one copy that
+        // replaces another copy of the extent, beyond the volume's count.
+        let pending: Vec<&Replica> = ext
+            .replicas
+            .iter()
+            .filter(|r| r.replaces.is_some())
+            .collect();
+        let pending_ok = pending.len() <= 1
+            && pending.iter().all(|p| {
+                ext.replicas
+                    .iter()
+                    .any(|r| r.replaces.is_none() && Some(&r.server) == p.replaces.as_ref())
+            });
+        let replicas_ok = pending_ok
+            && u32::try_from(ext.replicas.len() - pending.len()).ok() == Some(v.replicas)
             && ext
                 .replicas
                 .iter()

@@ -126,6 +126,8 @@ async fn every_call_needs_a_credential_and_each_role_has_its_rights() {
     );
     assert_eq!(http_err(c.s1.reload().await).0, 403);
     assert_eq!(http_err(c.s2.move_extent("v", 0, "s1").await).0, 403);
+    // A copy move (naming `from`) is the same operator-only route.
+    assert_eq!(http_err(c.s2.move_copy("v", 0, "s2", "s1").await).0, 403);
     assert_eq!(http_err(c.s1.map(&Role::server("s2")).await).0, 403);
 
     // The operator changes the cluster; servers ack for themselves only.

@@ -411,7 +411,8 @@ async fn replicated_volume(replicas: u32) {
     );
     assert_eq!(check_copies(&c, replicas as usize).await, compared);
 
-    // Moves of replicated extents are refused with a clear reason.
+    // A move of a replicated extent must name the copy it replaces (docs/replication.md,
+    // "Moving a copy"): without `from` it is refused, naming the field.
     let to = c
         .servers
         .iter()
@@ -422,10 +423,10 @@ async fn replicated_volume(replicas: u32) {
         Err(ClientError::Http {
             status, message, ..
         }) => {
-            assert_eq!(status, 409, "{message}");
-            assert!(message.contains("replicas"), "{message}");
+            assert_eq!(status, 400, "{message}");
+            assert!(message.contains("\"from\""), "{message}");
         }
-        other => panic!("a move of a replicated extent: {other:?}"),
+        other => panic!("a move of a replicated extent without from: {other:?}"),
     }
 }
 
@@ -1598,4 +1599,215 @@ async fn a_seeded_schedule_of_kills_and_restarts_with_two_copies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_schedule_of_kills_and_restarts_with_three_copies() {
     a_seeded_schedule_of_kills_and_restarts(3).await;
+}
+
+/// Whether server `id` holds a copy of an extent of `m`.
+fn holds_any(m: &ClusterMap, id: &str) -> bool {
+    m.volumes.iter().any(|v| {
+        v.extents
+            .iter()
+            .any(|e| e.replicas.iter().any(|r| r.server == id))
+    })
+}
+
+/// [`check_copies`] reading only through the servers `live` (indexes): a dead server holds no
+/// copy of the map any more.
+async fn check_copies_on(c: &Cluster, replicas: usize, live: &[usize]) -> usize {
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let mut queues = BTreeMap::new();
+    for &i in live {
+        queues.insert(i, c.internal_queue(i, &c.servers[live[0]].0).await);
+    }
+    let mut compared = 0;
+    for (x, e) in vol.extents.iter().enumerate() {
+        assert_eq!(e.replicas.len(), replicas, "extent {x}: {e:?}");
+        let mut copies = Vec::new();
+        for r in &e.replicas {
+            let (_, q) = queues
+                .get(&c.index(&r.server))
+                .unwrap_or_else(|| panic!("extent {x} has a copy on {}, not live", r.server));
+            let mut data = Vec::with_capacity(EXTENT as usize);
+            let chunk = 128 * 1024u64;
+            for at in (0..EXTENT).step_by(chunk as usize) {
+                let got = q
+                    .with_generation(map.generation)
+                    .read(
+                        INTERNAL_NSID,
+                        (r.offset + at) / u64::from(INTERNAL_BLOCK),
+                        (chunk / u64::from(INTERNAL_BLOCK)) as u32,
+                        INTERNAL_BLOCK,
+                    )
+                    .await
+                    .unwrap();
+                data.extend_from_slice(&got);
+            }
+            copies.push((r.server.clone(), data));
+        }
+        let (first_server, first) = &copies[0];
+        for (server, data) in &copies[1..] {
+            if data != first {
+                let at = data.iter().zip(first).position(|(a, b)| a != b).unwrap();
+                panic!(
+                    "extent {x}: the copy on {server} differs from the one on {first_server} \
+                     at byte {at}"
+                );
+            }
+            compared += 1;
+        }
+    }
+    compared
+}
+
+/// Moves every copy on server `from` to the server of the three that holds no copy of its
+/// extent, one move per extent (add, rebuild, drop: docs/replication.md, "Moving a copy"),
+/// then waits until `from` holds nothing and every copy is `in_sync`. Returns the copies moved
+/// and the time it took.
+async fn move_copies_off(c: &Cluster, from: &str, deadline: Instant) -> (usize, Duration) {
+    let t0 = Instant::now();
+    let map = c.map().await;
+    let vol = map.volume("rvol").unwrap();
+    let mut moved = 0;
+    let mut saw_pending = false;
+    for (x, e) in vol.extents.iter().enumerate() {
+        if !e.replicas.iter().any(|r| r.server == from) {
+            continue;
+        }
+        let to = c
+            .servers
+            .iter()
+            .map(|s| s.0.as_str())
+            .find(|s| e.replicas.iter().all(|r| r.server != *s))
+            .unwrap();
+        let m = c.client.move_copy("rvol", x, from, to).await.unwrap();
+        let added = &m.volume("rvol").unwrap().extents[x];
+        assert!(
+            added.replicas.iter().any(|r| r.server == to
+                && r.replaces.as_deref() == Some(from)
+                && r.state == manager::map::ReplicaState::Rebuilding),
+            "extent {x}: {added:?}"
+        );
+        // A second move of the extent is refused: pending, or (already done) `from` holds
+        // no copy any more.
+        match c.client.move_copy("rvol", x, from, to).await {
+            Err(ClientError::Http {
+                status, message, ..
+            }) => {
+                assert_eq!(status, 409, "{message}");
+                assert!(
+                    message.contains("pending") || message.contains("holds no copy"),
+                    "{message}"
+                );
+                saw_pending |= message.contains("pending");
+            }
+            other => panic!("a second move of extent {x}: {other:?}"),
+        }
+        if let Ok(s) = c.client.status().await {
+            saw_pending |= s.moves.iter().any(|m| m.copy && m.extent == x);
+        }
+        moved += 1;
+    }
+    loop {
+        let map = c.map().await;
+        let pending = map
+            .volume("rvol")
+            .unwrap()
+            .extents
+            .iter()
+            .any(|e| e.replicas.iter().any(|r| r.replaces.is_some()));
+        if !holds_any(&map, from) && !pending && all_in_sync(&map) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copies did not leave {from}: {:?}; status: {:?}",
+            map.volume("rvol"),
+            c.client.status().await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    eprintln!("{moved} copies moved off {from} (a move seen pending: {saw_pending})");
+    (moved, t0.elapsed())
+}
+
+/// Copies of a replicated volume (2 copies on 3 servers, file pools) move under a verified
+/// write load through every server: first every copy on s1 (live: a drain) to the server
+/// holding no copy of its extent; then s2 is killed (SIGKILL) and marked down, and its copies
+/// (stale) are re-placed on s1. After each step every acknowledged block reads back through
+/// every live server and every copy of every extent is equal (docs/replication.md, "Moving a
+/// copy").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_move_off_a_live_server_and_off_a_dead_one() {
+    let mut c = start_cluster_with(2, true).await;
+    let deadline = Instant::now() + 2 * LOAD_DEADLINE;
+    let map = c.map().await;
+    let all: Vec<usize> = (0..map.volume("rvol").unwrap().extents.len()).collect();
+
+    // 1. A live drain of s1, under writes through all three servers.
+    let writers = spawn_writers(&c, &[0, 1, 2], &all, (1, 30)).await;
+    let (moved1, took1) = move_copies_off(&c, "s1", deadline).await;
+    let mut expect = BTreeMap::new();
+    for t in writers {
+        let acked = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), t)
+            .await
+            .expect("the writes did not go on during the moves")
+            .unwrap();
+        expect.extend(acked);
+    }
+    let mut verified = 0;
+    for i in 0..3 {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(got, *want, "block {n} through s{}", i + 1);
+            verified += 1;
+        }
+    }
+    let compared = check_copies(&c, 2).await;
+    eprintln!(
+        "drain: {moved1} copies of {EXTENT} bytes moved off s1 in {took1:?} under writes; \
+         {} blocks, {verified} reads verified through 3 servers, {compared} copies equal",
+        expect.len()
+    );
+
+    // 2. s2 dies for good: killed, marked down by the operator, its copies re-placed on s1,
+    //    under writes through s1 and s3.
+    let k = c.index("s2");
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+    c.client
+        .set_server_state("s2", manager::map::ServerState::Down)
+        .await
+        .unwrap();
+    let survivors = [c.index("s1"), c.index("s3")];
+    let writers = spawn_writers(&c, &survivors, &all, (100, 130)).await;
+    let (moved2, took2) = move_copies_off(&c, "s2", deadline).await;
+    for t in writers {
+        let acked = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), t)
+            .await
+            .expect("the writes did not go on during the re-placement")
+            .unwrap();
+        expect.extend(acked);
+    }
+    let mut verified = 0;
+    for &i in &survivors {
+        let (_ci, qi) = c.host_queue(i).await;
+        for (&n, want) in &expect {
+            let got = qi.read(1, n * 8, 8, LBA).await.unwrap();
+            assert_eq!(got, *want, "block {n} through s{}", i + 1);
+            verified += 1;
+        }
+    }
+    let compared = check_copies_on(&c, 2, &survivors).await;
+    eprintln!(
+        "re-placement: {moved2} copies of the dead s2 re-placed on s1 in {took2:?} under \
+         writes; {} blocks, {verified} reads verified through 2 servers, {compared} copies \
+         equal",
+        expect.len()
+    );
+    let text = std::fs::read_to_string(c.dir.join("manager.log")).unwrap_or_default();
+    assert!(
+        text.contains("rebuild done"),
+        "no rebuild-done in the manager's log"
+    );
 }

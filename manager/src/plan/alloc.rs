@@ -69,6 +69,13 @@ impl Pools {
             .map_or(0, |g| g.iter().map(|&(_, len)| len).sum())
     }
 
+    /// Whether `len` bytes fit in one free range of `server`.
+    pub(super) fn fits(&self, server: &str, len: u64) -> bool {
+        self.free
+            .get(server)
+            .is_some_and(|g| g.iter().any(|&(_, l)| l >= len))
+    }
+
     /// Reserves `len` bytes on `server` at the lowest offset that fits (first fit).
     pub(super) fn alloc(&mut self, server: &str, len: u64) -> Option<u64> {
         let gaps = self.free.get_mut(server)?;

@@ -300,6 +300,9 @@ pub enum PlanError {
     /// The result would break a map invariant (a bug; the change is refused).
     #[error("internal error: the change would break a map invariant: {0}")]
     Invalid(MapError),
+    /// A move of a copy of a replicated extent refused (docs/replication.md, "Moving a copy").
+    #[error(transparent)]
+    CopyMove(Box<super::copy_move::CopyMoveError>),
 }
 
 impl PlanError {
@@ -308,6 +311,7 @@ impl PlanError {
     #[must_use]
     pub fn http_status(&self) -> u16 {
         match self {
+            Self::CopyMove(e) => e.http_status(),
             Self::UnknownVolume(_)
             | Self::UnknownServer(_)
             | Self::NoSuchExtent { .. }

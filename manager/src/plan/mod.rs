@@ -8,6 +8,7 @@
 //! server publishes nothing.
 
 mod alloc;
+mod copy_move;
 mod error;
 mod lost;
 mod reload;
@@ -19,13 +20,14 @@ use std::sync::Arc;
 
 use yaml::derived_volume_uuid;
 
+pub use copy_move::{CopyMoveError, pending as pending_copy_move, rebuild_done};
 pub use error::PlanError;
 pub use lost::{clear_lost, lost_with, pool_seen};
 use reload::reload_holding;
 pub use reload::{initial_map, reload, reload_from};
 pub use replica::{
-    copies_diverged, holds_replicated_copy, pool_lost_extents, rebuild_done, rebuild_due,
-    rebuild_start, replica_failed,
+    copies_diverged, holds_replicated_copy, pool_lost_extents, rebuild_due, rebuild_start,
+    replica_failed,
 };
 
 use crate::api::{AddServerRequest, CreateVolumeRequest, MoveReadyRequest, MoveRequest};
@@ -162,7 +164,7 @@ fn apply_holding(
         Change::SwitchMove(req) => switch_move(map, req),
         Change::ReplicaFailed { req, server_gone } => replica_failed(map, req, *server_gone),
         Change::RebuildStart { id } => replica::rebuild_start(map, id),
-        Change::RebuildDone(req) => replica::rebuild_done(map, req),
+        Change::RebuildDone(req) => copy_move::rebuild_done(map, req),
         Change::CopiesDiverged(req) => replica::copies_diverged(map, req),
         Change::PoolSeen { id, pool, previous } => lost::pool_seen(map, id, *pool, *previous),
         Change::ClearLost { volume, extent } => clear_lost(map, volume, *extent),
@@ -608,6 +610,11 @@ pub(crate) fn edit_start_move(
     req: &MoveRequest,
     held: &[Held],
 ) -> Result<(), PlanError> {
+    // A volume with several copies moves one copy: add, rebuild, drop.
+    if copy_move::is_copy_move(m, req) {
+        return copy_move::edit_start_copy_move(m, req, held);
+    }
+    copy_move::check_from_owner(m, req)?;
     let to = m
         .server(&req.to)
         .ok_or_else(|| PlanError::UnknownServer(req.to.clone()))?;
@@ -738,7 +745,9 @@ pub fn cancel_moves_to_down(chain: &[Arc<ClusterMap>], next: &mut ClusterMap) ->
         .map(AsRef::as_ref)
         .chain(std::iter::once(&*next))
     {
-        for v in &m.volumes {
+        // A volume with several copies changes `replicas[0]` only when a moved copy drops the
+        // first one (docs/replication.md, "Moving a copy"): not a switch, nothing to give back.
+        for v in m.volumes.iter().filter(|v| v.replicas == 1) {
             for i in 0..v.extents.len() {
                 if !keys.contains(&(v.name.as_str(), i)) {
                     keys.push((v.name.as_str(), i));

@@ -200,6 +200,7 @@ fn move_then_switch_frees_the_old_range() {
         volume: "a".into(),
         extent: 1,
         to: to.into(),
+        from: None,
     };
     let m1 = start_move(&m, &mv).unwrap();
     let moving = m1.volume("a").unwrap().extents[1].moving.clone().unwrap();
@@ -248,6 +249,7 @@ fn move_then_switch_frees_the_old_range() {
         volume: "a".into(),
         extent: 1,
         to: to.into(),
+        from: None,
     };
     assert!(
         start_move(&m2, &back)
@@ -262,6 +264,7 @@ fn move_then_switch_frees_the_old_range() {
             volume: "a".into(),
             extent: 1,
             to: from.server.clone(),
+            from: None,
         },
     )
     .unwrap_err();
@@ -278,6 +281,7 @@ fn move_then_switch_frees_the_old_range() {
             volume: "a".into(),
             extent: 9,
             to: to.into(),
+            from: None,
         },
     )
     .unwrap_err();
@@ -452,8 +456,14 @@ fn arb_change() -> impl Strategy<Value = Change> {
             req.rack = rack.map(|r| format!("r{r}"));
             Change::AddServer(req)
         }),
-        (name("v"), 0..8usize, name("s"))
-            .prop_map(|(volume, extent, to)| Change::StartMove(MoveRequest { volume, extent, to })),
+        (name("v"), 0..8usize, name("s")).prop_map(|(volume, extent, to)| Change::StartMove(
+            MoveRequest {
+                volume,
+                extent,
+                to,
+                from: None
+            }
+        )),
         (name("v"), 0..8usize, name("s")).prop_map(|(volume, extent, server)| {
             Change::SwitchMove(MoveReadyRequest {
                 server,

@@ -562,6 +562,16 @@ async fn status(State(s): S) -> Json<Status> {
                     extent: i,
                     from: owner.server.clone(),
                     to: m.to.server.clone(),
+                    copy: false,
+                });
+            }
+            if let Some((to, from)) = crate::plan::pending_copy_move(ext) {
+                moves.push(MoveStatus {
+                    volume: v.name.clone(),
+                    extent: i,
+                    from: from.to_owned(),
+                    to: to.server.clone(),
+                    copy: true,
                 });
             }
         }
@@ -673,23 +683,8 @@ async fn move_extent(
 ) -> Result<Json<ClusterMap>, ApiError> {
     caller.operator("move extents")?;
     let req = body(b)?;
-    // A move (copy-then-switch) switches `replicas[0]` only, and the replicated write path
-    // does not reach a move's destination: extents with several copies are not moved yet
-    // (docs/replication.md, "Moves").
-    let replicas = {
-        let inner = s.lock();
-        inner.head.volume(&req.volume).map_or(1, |v| v.replicas)
-    };
-    if replicas > 1 {
-        return Err(ApiError::new(
-            409,
-            format!(
-                "volume {}: cannot move an extent of a volume with {replicas} replicas (moves of \
-                 replicated extents are not supported yet)",
-                req.volume
-            ),
-        ));
-    }
+    // One copy: copy-then-switch; several: a copy moved by add-rebuild-drop, which names the
+    // copy it replaces (`plan::edit_start_move`; docs/replication.md, "Moving a copy").
     Ok(Json(s.change(Change::StartMove(req)).await?))
 }
 

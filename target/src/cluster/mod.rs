@@ -19,6 +19,11 @@ pub mod rebuild;
 pub mod replica;
 pub mod routed;
 
+/// Unit tests of a moved copy of a replicated extent on the target (docs/replication.md,
+/// "Moving a copy").
+#[cfg(test)]
+mod copy_move_tests;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1239,6 +1239,7 @@ impl World {
                 volume: vol.name.clone(),
                 extent,
                 to: to.id.clone(),
+                from: None,
             })
         } else if roll < 85 {
             let Some(vol) = pick(&mut self.rng, &head.volumes) else {

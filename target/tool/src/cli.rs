@@ -128,13 +128,18 @@ pub enum ServerCmd {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum ExtentCmd {
-    /// Move an extent to another server (copy, then switch).
+    /// Move an extent to another server (copy, then switch); for a volume with several
+    /// copies, move the copy on `--from` (a copy on `--to` is rebuilt, then `--from`'s leaves).
     Move {
         volume: String,
         extent: usize,
         /// Destination server id.
         #[arg(long)]
         to: String,
+        /// The server whose copy the move replaces (required for a volume with several
+        /// copies; for one copy, optional and then the owner).
+        #[arg(long)]
+        from: Option<String>,
     },
 }
 
@@ -267,7 +272,37 @@ pub async fn run(m: &ManagerArg, cmd: AdminCmd) -> ExitCode {
                 );
                 Ok(())
             }
-            AdminCmd::Extent(ExtentCmd::Move { volume, extent, to }) => {
+            AdminCmd::Extent(ExtentCmd::Move {
+                volume,
+                extent,
+                to,
+                from: Some(from),
+            }) => {
+                let m = client
+                    .move_copy(&volume, extent, &from, &to)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let replicated = m.volume(&volume).is_some_and(|v| v.replicas > 1);
+                if replicated {
+                    println!(
+                        "moving {volume} extent {extent}'s copy from {from} to {to} (generation {}; \
+                         the copy on {from} leaves once the one on {to} is rebuilt)",
+                        m.generation
+                    );
+                } else {
+                    println!(
+                        "moving {volume} extent {extent} to {to} (generation {}; the switch follows when the copy converges)",
+                        m.generation
+                    );
+                }
+                Ok(())
+            }
+            AdminCmd::Extent(ExtentCmd::Move {
+                volume,
+                extent,
+                to,
+                from: None,
+            }) => {
                 let m = client
                     .move_extent(&volume, extent, &to)
                     .await
@@ -331,8 +366,16 @@ async fn status(client: &Client) -> Result<(), String> {
     );
     for m in &s.moves {
         println!(
-            "moving: {} extent {} from {} to {}",
-            m.volume, m.extent, m.from, m.to
+            "moving: {} extent {} from {} to {}{}",
+            m.volume,
+            m.extent,
+            m.from,
+            m.to,
+            if m.copy {
+                " (a copy: rebuilding on the destination, then dropped from the source)"
+            } else {
+                ""
+            }
         );
     }
     for r in &s.stale_replicas {

@@ -318,8 +318,11 @@ impl Install {
             out.push(Action::Forget { key });
             return self.lost_done(out);
         }
+        // A volume with several copies loses `replicas[0]` only when a moved copy drops it
+        // (docs/replication.md, "Moving a copy"): the other copies have every write, so there
+        // is no final copy (and no copier): the gate drains the writes in flight, that is all.
         let whole = self.old.owner(&key.0, key.1).and_then(|o| {
-            let v = self.old.volume(&key.0)?;
+            let v = self.old.volume(&key.0).filter(|v| v.replicas == 1)?;
             let (_, len) = v.extent_range(key.1)?;
             Some((o.offset, len))
         });
