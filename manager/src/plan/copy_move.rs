@@ -344,7 +344,33 @@ pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<Cluste
     };
     let from = ext.replicas.get_mut(k).and_then(|r| r.replaces.take());
     if let Some(from) = from {
+        // The dropped copy led the extent without being its first copy: no phase 1a fences it
+        // (the owner, `replicas[0]`, does not change), so a write it ordered under the older
+        // map may have reached some copies and not others, and its copies-diverged report
+        // would be refused (it holds no copy any more). Treated as a failover: every other
+        // live `in_sync` copy but the new primary is rebuilt whole from it.
+        let led = map
+            .volume(&req.volume)
+            .and_then(|v| v.extents.get(req.extent))
+            .is_some_and(|e| {
+                e.replicas.first().is_some_and(|r| r.server != from)
+                    && map.primary(e).is_some_and(|p| p.server == from)
+            });
         ext.replicas.retain(|r| r.server != from);
+        if led {
+            let since = map.generation.saturating_add(1);
+            let mut others = ext.replicas.iter_mut().filter(|r| {
+                r.state == ReplicaState::InSync
+                    && map
+                        .server(&r.server)
+                        .is_some_and(|s| s.state != ServerState::Down)
+            });
+            let _new_primary = others.next();
+            for r in others {
+                r.state = ReplicaState::Rebuilding;
+                r.rebuilding_since = Some(since);
+            }
+        }
     }
     finish(map, out)
 }

@@ -405,3 +405,51 @@ fn the_map_records_the_replaced_copy_and_older_maps_load() {
     bad.volumes[0].extents[i].replicas[2].replaces = None;
     assert!(bad.validate().is_err(), "three copies of a two-copy volume");
 }
+
+/// The primary replaced is not the first copy (that one is `stale`): no phase 1a fences it, so
+/// a write it ordered under the older map may have reached some copies only. The drop map
+/// treats it as a failover: the copies but the new primary are rebuilt whole from it.
+#[test]
+fn a_primary_that_is_not_the_first_copy_replaced_the_others_are_rebuilt_from_the_next() {
+    let m = cluster(&[("s1", None), ("s2", None), ("s3", None), ("s4", None)], 3);
+    let i = extent_on(&m, &["s1", "s2", "s3"]);
+    // s1 dies: s2 leads, and the failover has s3 rebuilt whole; s3's rebuild completes.
+    let d = set_server_state(&m, "s1", ServerState::Down).unwrap();
+    assert_eq!(d.primary(ext(&d, i)).unwrap().server, "s2");
+    let d = apply(&d, &Change::RebuildDone(done(&d, i, "s3"))).unwrap();
+    assert_eq!(ext(&d, i).replicas[2].state, ReplicaState::InSync);
+    // The copy on s2 (the primary, not replicas[0]) moves to s4.
+    let m1 = apply(&d, &mv(i, Some("s2"), "s4")).unwrap();
+    assert_eq!(servers_of(&m1, i), ["s1", "s2", "s3", "s4"]);
+    let m2 = apply(&m1, &Change::RebuildDone(done(&m1, i, "s4"))).unwrap();
+    assert_eq!(m2.generation, m1.generation + 1, "one generation");
+    assert_eq!(servers_of(&m2, i), ["s1", "s3", "s4"]);
+    let e = ext(&m2, i);
+    assert_eq!(m2.primary(e).unwrap().server, "s3");
+    let s4 = &e.replicas[2];
+    assert_eq!(s4.state, ReplicaState::Rebuilding, "{e:?}");
+    assert_eq!(s4.rebuilding_since, Some(m2.generation));
+    assert!(s4.replaces.is_none());
+    assert_eq!(e.replicas[0].state, ReplicaState::Stale);
+    // No owner change: no phase 1a.
+    assert!(ClusterMap::changed_owners(&m1, &m2).is_empty());
+    // The new copy's second rebuild, reported by the new primary, makes it `in_sync`.
+    let m3 = apply(&m2, &Change::RebuildDone(done(&m2, i, "s4"))).unwrap();
+    assert!(
+        ext(&m3, i).replicas[1..]
+            .iter()
+            .all(|r| r.state == ReplicaState::InSync)
+    );
+    // A copy that does not lead moves without touching the others.
+    let m4 = apply(&m3, &mv(i, Some("s4"), "s2")).unwrap();
+    let m5 = apply(&m4, &Change::RebuildDone(done(&m4, i, "s2"))).unwrap();
+    assert_eq!(servers_of(&m5, i), ["s1", "s3", "s2"]);
+    assert_eq!(m5.primary(ext(&m5, i)).unwrap().server, "s3");
+    assert!(
+        ext(&m5, i).replicas[1..]
+            .iter()
+            .all(|r| r.state == ReplicaState::InSync),
+        "{:?}",
+        ext(&m5, i)
+    );
+}
