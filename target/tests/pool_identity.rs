@@ -450,7 +450,14 @@ async fn restart_on_block(c: &mut Cluster, k: usize, disk: &std::path::Path, dea
     c.servers[k].3.0.wait().unwrap();
     let ups = log_count(&c.dir, &id, "cluster storage server up");
     let pool = format!("block:{}", disk.display());
-    c.servers[k].3 = harness::spawn_server_with(&c.dir, &c.maddr, &id, false, &["--pool", &pool]);
+    let state_dir = c.dir.display().to_string();
+    c.servers[k].3 = harness::spawn_server_with(
+        &c.dir,
+        &c.maddr,
+        &id,
+        false,
+        &["--pool", &pool, "--state-dir", &state_dir],
+    );
     while log_count(&c.dir, &id, "cluster storage server up") == ups {
         assert!(
             c.servers[k].3.0.try_wait().unwrap().is_none(),
@@ -567,6 +574,47 @@ async fn a_block_pool_keeps_its_identity_in_its_label_and_a_new_disk_is_rebuilt_
     assert_eq!(gone(&c), gone0 + 1);
     // Its copies, read from its internal namespace, still hold what was written.
     assert_eq!(check_copies(&c).await, compared);
+
+    // 2b. The map it installed is kept in the state directory under the pool's identity, and
+    // a restart starts from it: a generation made while the server is down arrives through
+    // the catch-up install (docs/cluster-protocol.md, "Restarting during phase 1a").
+    all_acked(&c, map.generation, deadline).await;
+    let state = c.dir.join(format!("pool-{labeled}.tessera-map.json"));
+    let persisted = |state: &std::path::Path| -> ClusterMap {
+        serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap()
+    };
+    assert_eq!(persisted(&state).generation, map.generation);
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+    let created = c
+        .client
+        .create_volume(&manager::api::CreateVolumeRequest {
+            name: "other".to_owned(),
+            size: EXTENT,
+            block_size: None,
+            extent_size: Some(EXTENT),
+            replicas: Some(1),
+            subsystem: NQN.to_owned(),
+            nsid: Some(2),
+            hosts: None,
+        })
+        .await
+        .unwrap();
+    assert!(created.generation > map.generation);
+    let from_state = "starting from the persisted map";
+    assert_eq!(log_count(&c.dir, &victim, from_state), 0);
+    restart_on_block(&mut c, k, &moved, deadline).await;
+    assert_eq!(
+        log_count(&c.dir, &victim, from_state),
+        1,
+        "{victim} did not start from its persisted map"
+    );
+    all_acked(&c, created.generation, deadline).await;
+    assert_eq!(persisted(&state).generation, created.generation);
+    let (_ctrl, q) = connect_queue(c.servers[k].1, NQN, HOST).await;
+    for n in (0..BLOCKS).step_by(7) {
+        assert!(read_block(&q, n).await.unwrap() == block(n), "block {n}");
+    }
 
     // 3. A replaced disk at that path: a new identity, rebuilt whole.
     c.servers[k].3.0.kill().unwrap();

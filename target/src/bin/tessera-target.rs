@@ -58,6 +58,12 @@ struct Args {
     /// block-unlabeled:PATH (a pool from before labels that uses the whole device).
     #[arg(long, default_value = "ram")]
     pool: tessera::cluster::PoolSpec,
+    /// Cluster mode, `block:` pools: the directory where the server keeps the map it last
+    /// installed (`pool-<identity>.tessera-map.json`; a file pool keeps it beside the pool
+    /// file). Default: $STATE_DIRECTORY (systemd's `StateDirectory=`), else /var/lib/tessera.
+    /// Created if missing; a directory the server cannot write stops the start.
+    #[arg(long, value_name = "DIR", requires = "manager")]
+    state_dir: Option<PathBuf>,
     /// The local control socket (line-delimited JSON: status, apply, reload; `tessera target`
     /// drives it), or `off`. Default: `<dir>/<layout file stem>.sock`, `<dir>` being
     /// $RUNTIME_DIRECTORY or /run/tessera (a default that cannot be created is only warned
@@ -417,8 +423,21 @@ fn run_cluster(manager: &str, id: &str, args: &Args) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let node = match tessera::cluster::start(manager, credential, id, &args.pool, opts, secrets)
-            .await
+        let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("STATE_DIRECTORY")
+                .filter(|d| !d.is_empty())
+                // systemd may list several directories, colon-separated: the first is ours.
+                .and_then(|d| {
+                    d.to_str()
+                        .and_then(|d| d.split(':').next())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| PathBuf::from("/var/lib/tessera"))
+        });
+        let node = match tessera::cluster::start(
+            manager, credential, id, &args.pool, &state_dir, opts, secrets,
+        )
+        .await
         {
             Ok(n) => n,
             Err(e) => {

@@ -378,7 +378,8 @@ impl std::fmt::Display for NodeError {
 
 impl std::error::Error for NodeError {}
 
-/// Starts a storage server `server_id` of the cluster managed at `manager`, presenting
+/// Starts a storage server `server_id` of the cluster managed at `manager`, keeping a labeled
+/// block pool's installed map in `state_dir` (other pools ignore it), presenting
 /// `credential` (the token of its credential file) on every control API call, and
 /// authenticating internal connections with `dhchap` (DH-HMAC-CHAP, per-server secrets;
 /// without it the internal portal must be a loopback address).
@@ -387,6 +388,7 @@ pub async fn start(
     credential: Option<String>,
     server_id: &str,
     pool_spec: &PoolSpec,
+    state_dir: &std::path::Path,
     opts: TargetOptions,
     dhchap: Option<ClusterSecrets>,
 ) -> Result<Node, NodeError> {
@@ -523,7 +525,7 @@ pub async fn start(
     // It serves nothing and writes to no peer until it has installed the fetched map (the
     // catch-up install: docs/cluster-protocol.md, "Fencing").
     // A fresh pool holds none of the data the persisted map places on it: that map is dropped.
-    let state = state_path(pool_spec);
+    let state = state_path(pool_spec, state_dir, pool_id)?;
     if fresh && let Some(path) = &state {
         match std::fs::remove_file(path) {
             Ok(()) => tracing::warn!(path = %path.display(),
@@ -1111,15 +1113,38 @@ pub fn stale_retries(node: &NodeShared) -> u64 {
     node.stale_retries.load(Ordering::Relaxed)
 }
 
-/// The state file of a durable pool: the last installed map, beside a file pool. (Block pools
-/// have no place for it yet: they start from the fetched map, as RAM pools do.)
-fn state_path(pool: &PoolSpec) -> Option<std::path::PathBuf> {
-    match pool {
-        PoolSpec::File(p) => Some(std::path::PathBuf::from(format!(
+/// The state file of a durable pool: the last installed map. A file pool's is beside the pool
+/// file; a labeled block pool's is `pool-<identity>.tessera-map.json` in `state_dir` (created
+/// if missing; checked writable here, so a server that could not keep its map does not start).
+/// Keyed by the identity, a new disk under the same server never starts from the old disk's
+/// map. RAM and null pools, and `block-unlabeled:` ones (no identity), have none: they start
+/// from the fetched map.
+fn state_path(
+    pool: &PoolSpec,
+    state_dir: &std::path::Path,
+    pool_id: Option<manager::map::PoolId>,
+) -> Result<Option<std::path::PathBuf>, NodeError> {
+    match (pool, pool_id) {
+        (PoolSpec::File(p), _) => Ok(Some(std::path::PathBuf::from(format!(
             "{}.tessera-map.json",
             p.display()
-        ))),
-        _ => None,
+        )))),
+        (PoolSpec::Block(_), Some(id)) => {
+            let bad = |e: std::io::Error| {
+                NodeError(format!(
+                    "the state directory {} (--state-dir), where a block pool keeps its \
+                     installed map: {e}",
+                    state_dir.display()
+                ))
+            };
+            std::fs::create_dir_all(state_dir).map_err(bad)?;
+            let probe = state_dir.join(format!(".probe-{}", std::process::id()));
+            std::fs::write(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(bad)?;
+            Ok(Some(state_dir.join(format!("pool-{id}.tessera-map.json"))))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -1159,6 +1184,48 @@ async fn persist(node: &NodeShared, map: &ClusterMap) {
         tracing::error!(
             generation = map.generation,
             "cannot persist the installed map"
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod state_path_tests {
+    use super::*;
+
+    #[test]
+    fn a_block_pools_state_file_is_named_by_its_identity_and_an_unusable_dir_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = PoolSpec::Block("/dev/null".into());
+        let id = manager::map::PoolId(0xabc);
+        let state_dir = dir.path().join("state");
+        let p = state_path(&block, &state_dir, Some(id)).unwrap().unwrap();
+        assert_eq!(
+            p,
+            state_dir.join("pool-00000000000000000000000000000abc.tessera-map.json")
+        );
+        assert!(state_dir.is_dir(), "the directory is created");
+        assert_eq!(
+            std::fs::read_dir(&state_dir).unwrap().count(),
+            0,
+            "probe left"
+        );
+        // Under a regular file: no directory can be made there; the error names the flag.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let e = state_path(&block, &file.join("sub"), Some(id)).unwrap_err();
+        assert!(
+            e.0.contains("--state-dir") && e.0.contains("file/sub"),
+            "{e}"
+        );
+        // No identity (block-unlabeled, or RAM): no state file; a file pool's is beside it.
+        let unlabeled = PoolSpec::BlockUnlabeled("/dev/null".into());
+        assert_eq!(state_path(&unlabeled, &file, None).unwrap(), None);
+        assert_eq!(state_path(&PoolSpec::Ram, &file, Some(id)).unwrap(), None);
+        let f = PoolSpec::File("/x/p.img".into());
+        assert_eq!(
+            state_path(&f, &file, Some(id)).unwrap(),
+            Some("/x/p.img.tessera-map.json".into())
         );
     }
 }
