@@ -616,6 +616,40 @@ async fn a_block_pool_keeps_its_identity_in_its_label_and_a_new_disk_is_rebuilt_
         assert!(read_block(&q, n).await.unwrap() == block(n), "block {n}");
     }
 
+    // 2c. The device grows (by 1 MiB) while the server is down: the label is no longer at
+    // the end, but where the last start saw it (recorded in the state directory). It moves to
+    // the new end and the pool keeps its identity and its data: nothing is marked.
+    let generation = c.map().await.generation;
+    c.servers[k].3.0.kill().unwrap();
+    c.servers[k].3.0.wait().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&moved)
+        .unwrap()
+        .set_len(disk_len + (1 << 20))
+        .unwrap();
+    assert_eq!(
+        label_of(&moved),
+        BlockLabel::Missing,
+        "no label at the new end yet"
+    );
+    restart_on_block(&mut c, k, &moved, deadline).await;
+    assert_eq!(label_of(&moved), BlockLabel::Found(labeled));
+    assert_eq!(log_count(&c.dir, &victim, "device grew"), 1);
+    let map = c.map().await;
+    assert_eq!(map.server(&victim).unwrap().pool, Some(labeled));
+    assert!(all_in_sync(&map), "copies marked after the device grew");
+    assert_eq!(
+        map.generation, generation,
+        "growing the device changed the map"
+    );
+    assert_eq!(gone(&c), gone0 + 1);
+    let (_ctrl, q) = connect_queue(c.servers[k].1, NQN, HOST).await;
+    for n in (0..BLOCKS).step_by(7) {
+        assert!(read_block(&q, n).await.unwrap() == block(n), "block {n}");
+    }
+    assert_eq!(check_copies(&c).await, compared);
+
     // 3. A replaced disk at that path: a new identity, rebuilt whole.
     c.servers[k].3.0.kill().unwrap();
     c.servers[k].3.0.wait().unwrap();

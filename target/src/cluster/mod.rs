@@ -403,6 +403,11 @@ pub async fn start(
         ),
         _ => None,
     };
+    // Where a labeled block pool's label is (the end of the device as opened).
+    let label_at = match (pool_spec, &block) {
+        (PoolSpec::Block(_), Some(dev)) => pool::label_offset(hw::Backend::len_bytes(dev)),
+        _ => None,
+    };
     let (mut pool_id, mut fresh) = match (pool_spec, &block) {
         (PoolSpec::Ram | PoolSpec::Null, _) => {
             (Some(pool::draw_pool_id().map_err(NodeError)?), true)
@@ -444,13 +449,31 @@ pub async fn start(
                 p.display()
             ))
         })?;
-        let id = pool::draw_pool_id().map_err(NodeError)?;
+        // The device may have grown: the label of the identity the map records for this
+        // server is then where the last start saw it, no longer at the end. It moves to the
+        // end (written before anything else, the old one left in place: the pool never
+        // reaches either), and the identity, with the data, is kept.
+        let recorded = map.server(server_id).and_then(|e| e.pool);
+        let grown = recorded.and_then(|id| {
+            let at = pool::read_label_hint(state_dir, id)?;
+            pool::label_found_at(dev, at, id).then_some((id, at))
+        });
+        let (id, moved_from) = match grown {
+            Some((id, at)) => (id, Some(at)),
+            None => (pool::draw_pool_id().map_err(NodeError)?, None),
+        };
         pool::write_block_label(dev, id, pool_bytes)
             .map_err(|e| NodeError(format!("block pool {}: {e}", p.display())))?;
-        tracing::warn!(path = %p.display(), pool = %id,
-            "block pool without a label: labeled with a new pool identity");
+        if let Some(at) = moved_from {
+            tracing::warn!(path = %p.display(), pool = %id, from = at,
+                to = pool::label_offset(hw::Backend::len_bytes(dev)),
+                "block pool device grew: its label moved to the new end, identity kept");
+        } else {
+            tracing::warn!(path = %p.display(), pool = %id,
+                "block pool without a label: labeled with a new pool identity");
+            fresh = true;
+        }
         pool_id = Some(id);
-        fresh = true;
     }
     let client = match pool_id {
         Some(id) => client.with_pool(id),
@@ -526,6 +549,12 @@ pub async fn start(
     // catch-up install: docs/cluster-protocol.md, "Fencing").
     // A fresh pool holds none of the data the persisted map places on it: that map is dropped.
     let state = state_path(pool_spec, state_dir, pool_id)?;
+    if let (Some(at), Some(id)) = (label_at, pool_id)
+        && let Err(e) = pool::write_label_hint(state_dir, id, at)
+    {
+        tracing::warn!(dir = %state_dir.display(), error = %e,
+            "cannot record where the pool label is (a grown device would get a new identity)");
+    }
     if fresh && let Some(path) = &state {
         match std::fs::remove_file(path) {
             Ok(()) => tracing::warn!(path = %path.display(),

@@ -231,17 +231,72 @@ pub fn file_pool_id(pool: &Path) -> Result<(PoolId, bool), String> {
 /// # Errors
 /// Any I/O error.
 pub fn write_pool_id(pool: &Path, id: PoolId) -> std::io::Result<()> {
+    write_durably(&pool_id_path(pool), format!("{id}\n").as_bytes())
+}
+
+/// Writes `data` to `path` durably: a temporary file beside it, fsync, rename, fsync of the
+/// directory.
+fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let path = pool_id_path(pool);
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{id}")?;
+    f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Where a block pool's label was last seen, kept in the server's state directory: a device
+/// that grew has its label at this offset, no longer at its end (docs/replication.md, "Block
+/// pools: a device that grows").
+#[must_use]
+pub fn label_hint_path(state_dir: &Path, id: PoolId) -> std::path::PathBuf {
+    state_dir.join(format!("pool-{id}.label-offset"))
+}
+
+/// Records that pool `id`'s label is at byte `offset` (durably; rewritten only when it
+/// changed).
+///
+/// # Errors
+/// Any I/O error.
+pub fn write_label_hint(state_dir: &Path, id: PoolId, offset: u64) -> std::io::Result<()> {
+    if read_label_hint(state_dir, id) == Some(offset) {
+        return Ok(());
+    }
+    write_durably(
+        &label_hint_path(state_dir, id),
+        format!("{offset}\n").as_bytes(),
+    )
+}
+
+/// The offset recorded for pool `id`'s label, if any (an unreadable record is none).
+#[must_use]
+pub fn read_label_hint(state_dir: &Path, id: PoolId) -> Option<u64> {
+    std::fs::read_to_string(label_hint_path(state_dir, id))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The label of pool `id` at byte `offset` of `dev`, where an earlier start saw it: true when
+/// a valid label of that identity is there (the device grew since). Any failure (the offset
+/// past the device, a read error, no label, another identity) is false.
+#[must_use]
+pub fn label_found_at(dev: &dyn Backend, offset: u64, id: PoolId) -> bool {
+    if !offset.is_multiple_of(LABEL_AREA_BYTES)
+        || offset
+            .checked_add(LABEL_AREA_BYTES)
+            .is_none_or(|end| end > dev.len_bytes())
+    {
+        return false;
+    }
+    let mut area = vec![0u8; usize::try_from(LABEL_AREA_BYTES).unwrap_or(LABEL_BYTES)];
+    dev.read_at(offset, &mut area).is_ok()
+        && decode_label(&area, offset) == Ok(BlockLabel::Found(id))
 }
 
 /// A block pool's label area: the last 64 KiB of the device, from an offset that is a
@@ -482,6 +537,52 @@ mod tests {
             .prefix("pool-label-test-")
             .tempdir_in(exe.parent().unwrap())
             .unwrap()
+    }
+
+    /// A device that grew: the label is found where the recorded hint says, only with the
+    /// identity asked for, and never past the device or off the 64 KiB grid.
+    #[test]
+    fn a_grown_devices_label_is_found_at_its_recorded_offset() {
+        let dir = scratch();
+        let path = dir.path().join("disk");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(512 * 1024)
+            .unwrap();
+        let id = PoolId(0x5eed);
+        let at = {
+            let dev = hw::BlockBackend::open(&path).unwrap();
+            write_block_label(&dev, id, 256 * 1024).unwrap();
+            label_offset(dev.len_bytes()).unwrap()
+        };
+        assert_eq!(at, 448 * 1024);
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        assert_eq!(read_label_hint(&state, id), None);
+        write_label_hint(&state, id, at).unwrap();
+        assert_eq!(read_label_hint(&state, id), Some(at));
+        assert_eq!(read_label_hint(&state, PoolId(1)), None, "another pool's");
+        // Grown by 1 MiB: no label at the end, the old one where the hint says.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(512 * 1024 + (1 << 20))
+            .unwrap();
+        let dev = hw::BlockBackend::open(&path).unwrap();
+        assert_eq!(read_block_label(&dev).unwrap(), BlockLabel::Missing);
+        assert!(label_found_at(&dev, at, id));
+        assert!(!label_found_at(&dev, at, PoolId(1)), "another identity");
+        assert!(
+            !label_found_at(&dev, at - LABEL_AREA_BYTES, id),
+            "no label there"
+        );
+        assert!(!label_found_at(&dev, at + 512, id), "off the grid");
+        assert!(!label_found_at(&dev, dev.len_bytes(), id), "past the end");
+        assert!(!label_found_at(&dev, u64::MAX - 10, id), "overflow");
+        // A damaged hint is none.
+        std::fs::write(label_hint_path(&state, id), b"not a number\n").unwrap();
+        assert_eq!(read_label_hint(&state, id), None);
     }
 
     /// A regular file stands in for the device (the block backend opens both with O_DIRECT).
