@@ -442,19 +442,7 @@ impl Client {
         extent: usize,
         to: &str,
     ) -> Result<ClusterMap, ClientError> {
-        let body = MoveRequest {
-            volume: volume.to_owned(),
-            extent,
-            to: to.to_owned(),
-            from: None,
-        };
-        self.call(
-            Method::POST,
-            self.url(&["v1", "extents", "move"])?,
-            &[],
-            Some(&body),
-        )
-        .await
+        self.post_move(volume, extent, None, to).await
     }
 
     /// `POST /v1/extents/move` naming the copy it replaces (`from`): for a volume with several
@@ -470,11 +458,21 @@ impl Client {
         from: &str,
         to: &str,
     ) -> Result<ClusterMap, ClientError> {
+        self.post_move(volume, extent, Some(from), to).await
+    }
+
+    async fn post_move(
+        &self,
+        volume: &str,
+        extent: usize,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<ClusterMap, ClientError> {
         let body = MoveRequest {
             volume: volume.to_owned(),
             extent,
             to: to.to_owned(),
-            from: Some(from.to_owned()),
+            from: from.map(str::to_owned),
         };
         self.call(
             Method::POST,

@@ -245,15 +245,7 @@ pub(super) fn edit_start_copy_move(
         }
         .into());
     }
-    let to = m
-        .server(&req.to)
-        .ok_or_else(|| PlanError::UnknownServer(req.to.clone()))?;
-    if to.state != ServerState::Up {
-        return Err(PlanError::ServerNotUp {
-            server: req.to.clone(),
-            state: to.state,
-        });
-    }
+    let to = super::up_destination(m, &req.to)?;
     if ext.replicas.iter().any(|r| r.server == req.to) {
         return Err(PlanError::AlreadyThere {
             volume: req.volume.clone(),

@@ -186,6 +186,23 @@ fn step(
 }
 
 /// `next` with generation `map.generation + 1`, validated; or `map` itself if nothing changed.
+/// Server `id` of `m` as a move's destination: it must exist (404) and be `up` (409).
+fn up_destination<'m>(
+    m: &'m ClusterMap,
+    id: &str,
+) -> Result<&'m crate::map::ServerEntry, PlanError> {
+    let to = m
+        .server(id)
+        .ok_or_else(|| PlanError::UnknownServer(id.to_owned()))?;
+    if to.state != ServerState::Up {
+        return Err(PlanError::ServerNotUp {
+            server: id.to_owned(),
+            state: to.state,
+        });
+    }
+    Ok(to)
+}
+
 fn finish(map: &ClusterMap, mut next: ClusterMap) -> Result<ClusterMap, PlanError> {
     replica::down_copies_stale(&mut next);
     if next == *map {
@@ -615,15 +632,7 @@ pub(crate) fn edit_start_move(
         return copy_move::edit_start_copy_move(m, req, held);
     }
     copy_move::check_from_owner(m, req)?;
-    let to = m
-        .server(&req.to)
-        .ok_or_else(|| PlanError::UnknownServer(req.to.clone()))?;
-    if to.state != ServerState::Up {
-        return Err(PlanError::ServerNotUp {
-            server: req.to.clone(),
-            state: to.state,
-        });
-    }
+    up_destination(m, &req.to)?;
     let mut pools = Pools::of(m, held);
     let (size, ext) = extent_mut(m, &req.volume, req.extent)?;
     if let Some(mv) = &ext.moving {
