@@ -403,6 +403,24 @@ fn release(st: &mut State, i: usize) {
     }
 }
 
+/// Clears `stream`'s cached read readiness without a syscall (the closure's `WouldBlock` is
+/// how tokio lets a caller say "drained"). Readiness raised by the I/O driver after it was
+/// observed here is kept (tokio compares the event's tick).
+fn clear_read_readiness(stream: &TcpStream) {
+    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+    });
+}
+
+/// Whether a read would try the socket now (its cached read readiness is set): tests.
+#[cfg(test)]
+pub(super) fn read_ready_cached(q: &PolledQueue) -> bool {
+    let st = q.lock();
+    st.stream
+        .as_ref()
+        .is_some_and(|s| s.try_io(tokio::io::Interest::READABLE, || Ok(())).is_ok())
+}
+
 /// After the task registered for read readiness stops waiting, another waiting command's task
 /// takes over (the runtime keeps one reader waker per socket).
 fn hand_over(st: &mut State, from: usize) {
@@ -673,9 +691,19 @@ impl State {
         let Some(stream) = self.stream.as_ref() else {
             return Err(InitiatorError::Closed);
         };
+        let room = self.rbuf.capacity() - self.rbuf.len();
         let n = match stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => return Err(InitiatorError::eof()),
-            Ok(n) => n,
+            Ok(n) => {
+                if n < room {
+                    // A short read drained the socket: forget its readiness now, as tokio's
+                    // own `poll_read` does, instead of learning it from one more `recv` that
+                    // fails with EAGAIN (the next command's first poll would make it, on every
+                    // forwarded read and copy write). Data arriving later raises a new event.
+                    clear_read_readiness(stream);
+                }
+                n
+            }
             Err(e)
                 if matches!(
                     e.kind(),

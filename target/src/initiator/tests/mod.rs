@@ -453,6 +453,38 @@ async fn polled_queue_end_to_end() {
     assert!(!q.is_closed());
 }
 
+/// A completion read whole by a short `recv` leaves the socket's read readiness cleared: the
+/// next command's first poll does not make a `recv` that can only fail with EAGAIN (one
+/// syscall per forwarded read or copy write on a storage server). Nothing is lost: commands
+/// one at a time keep completing, each woken by its own readiness event.
+#[tokio::test]
+async fn polled_queue_forgets_read_readiness_after_a_short_read() {
+    let (ctrl, _io) = bring_up(FakeOpts::default(), TransportOptions::default()).await;
+    let q = polled_on(&ctrl, 2, 31).await;
+    let data = pattern(4096, 9);
+    q.write((0, 0), NSID, 0, LBA, data.clone(), false)
+        .await
+        .expect("write");
+    assert!(
+        !super::polled::read_ready_cached(&q),
+        "readiness left set after the write's completion"
+    );
+    for _ in 0..50 {
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            q.read((0, 0), NSID, 0, 8, LBA),
+        )
+        .await
+        .expect("a read one at a time completes (no lost wake-up)")
+        .expect("read");
+        assert_eq!(got, data);
+        assert!(
+            !super::polled::read_ready_cached(&q),
+            "readiness left set after a read's completion"
+        );
+    }
+}
+
 #[tokio::test]
 async fn polled_queue_with_digests_response_capsules_and_split_data() {
     let t = TransportOptions {
