@@ -36,7 +36,11 @@
 #                       to kill -9 the server of portal P and later to restart it; `nvme
 #                       list-subsys` must show that path leave the live state and come back
 #                       live (then ANA optimized), every fio run must pass its verify, and the
-#                       kernel log must show no I/O error. Only flush and disconnect follow.
+#                       kernel log must show no I/O error. With GUEST_KILL_ID (that server's id)
+#                       and GUEST_MANAGER_PORT, the guest then asks (COPY-MOVE-REQUEST) for its
+#                       copies to move off it and waits until the manager's map
+#                       (10.0.2.2:PORT, GET /v1/map) holds none on it, fio still verifying.
+#                       Only flush and disconnect follow.
 #   GUEST_RECONNECT_DELAY=S  multipath: `nvme connect-all --reconnect-delay=S` (default: the
 #                       kernel's 10 s)
 #
@@ -525,6 +529,26 @@ step_fio_kill() {
   echo "ANA-STATE port $GUEST_KILL_PORT: optimized $(since "$trs") s after the restart request"
   echo "paths (port:controller:state:ana_state): $(paths_line)"
   nvme list-subsys "/dev/$ns" 2>&1
+  # Then every copy on that server moves off it (the harness starts the moves: add, rebuild,
+  # drop), fio still running: the committed map must come to hold no copy on it, no pending
+  # move and no copy out of sync. The host keeps its path to that server, which forwards.
+  if [ -n "$GUEST_KILL_ID" ] && [ -n "$GUEST_MANAGER_PORT" ]; then
+    copies_moved() {
+      m="$(wget -q -O - "http://10.0.2.2:$GUEST_MANAGER_PORT/v1/map?role=client" 2>/dev/null)" ||
+        return 1
+      case "$m" in
+        '') return 1 ;;
+        *"\"server\":\"$GUEST_KILL_ID\""*|*'"replaces"'*|*'"rebuilding"'*|*'"stale"'*) return 1 ;;
+      esac
+    }
+    copies_moved && die "the map holds no copy on $GUEST_KILL_ID before the moves (wrong id?)"
+    tm="$(uptime_s)"
+    r0="$(runs)"
+    echo "COPY-MOVE-REQUEST server $GUEST_KILL_ID (fio runs done: $r0)"
+    until_ 180 "the copies on $GUEST_KILL_ID did not move off it" copies_moved
+    echo "COPIES-MOVED off $GUEST_KILL_ID $(since "$tm") s after the request (fio runs done: $(runs))"
+    echo "paths (port:controller:state:ana_state): $(paths_line)"
+  fi
   r1="$(runs)"
   until_ 180 "no fio run completed after the path of port $GUEST_KILL_PORT came back" runs_over "$r1"
   touch "$STATE/kill-done"
