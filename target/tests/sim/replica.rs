@@ -14,13 +14,27 @@
 //! persisted map) and restarts, at most N-1 servers down at once. A host writes through any
 //! server, which routes the write to the primary of its own map and retries on refusal.
 //!
+//! Copy moves (docs/replication.md, "Moving a copy"; [`Config::moves`], with spare servers):
+//! the operator's `POST /v1/extents/move` with `from` planned by the REAL planner
+//! (`plan::apply_cancelling` of `Change::StartMove`) at random points, `from` any copy (the
+//! primary, `replicas[0]`, a stale copy on a down server), `to` a server without one. The
+//! primary installs the added copy with an all-set dirty map (a copy new to the extent, by
+//! server and offset, as `rebuild::reconcile`) and rebuilds it whole; the manager's REAL
+//! `plan::rebuild_done` drops `from` in the generation that accepts the new copy; a dropped
+//! server neither takes replica writes nor serves reads for the extent (its map names no copy
+//! there). A map that changes `replicas[0]` is published with a phase 1a: the old owner gets it
+//! first and installs it once its gate drained the writes it ordered (a write waiting there for
+//! a map fails at its deadline); the other servers get it (and any map queued behind) once it
+//! acked, or once the newest map marks it down.
+//!
 //! Checked after every step: every acknowledged write is on every `in_sync` copy of the
 //! committed map, except while a replica write carrying it is still on its way to that copy
 //! (the window of docs/replication.md, "Rebuild": a write that fails between the rebuild-done
 //! report and that map's install) or the primary has recorded the miss in its dirty map and
 //! reports it. At quiescence (faults off, every server back, every message delivered, every
-//! rebuild finished): every copy is `in_sync` and equal, and a read through every server
-//! returns the last acknowledged value.
+//! rebuild finished): the extent has exactly `replicas` copies, none replacing another, every
+//! copy is `in_sync` and equal, and a read through every server returns the last acknowledged
+//! value.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -197,6 +211,11 @@ pub struct Faults {
     /// Writes of an old owner in phase 1a that waited for a map the closed gate held back
     /// (a newer map, or a rebuild-done report's outcome), failed at their deadline.
     pub gate_deadlines: u64,
+    /// A copy added to the extent (a move's) whose primary already had a dirty record for it,
+    /// at that offset (made by a forward to the same copy that failed after its drop), and so
+    /// kept it instead of rebuilding the copy whole (`rebuild::reconcile` matches records by
+    /// server and offset).
+    pub stray_records_kept: u64,
 }
 
 impl Faults {
@@ -216,6 +235,7 @@ impl Faults {
         self.gap_drops += o.gap_drops;
         self.moves_replaced += o.moves_replaced;
         self.gate_deadlines += o.gate_deadlines;
+        self.stray_records_kept += o.stray_records_kept;
     }
 }
 
@@ -1322,6 +1342,16 @@ impl Sim {
                         self.servers[k].dirty.insert(c, DirtyMap::new(EXTENT, true));
                         self.servers[k].dirty_off.insert(c, off);
                     }
+                }
+                if new_copy && self.servers[k].dirty.contains_key(&c) {
+                    // A record made by a failed forward after the copy's drop, at the offset it
+                    // is added at again: `reconcile` keeps it (not rebuilt whole).
+                    self.faults.stray_records_kept += 1;
+                    self.trace(format!(
+                        "s{} keeps a record of s{} new to the extent",
+                        k + 1,
+                        c + 1
+                    ));
                 }
                 if out && !self.servers[k].dirty.contains_key(&c) {
                     self.servers[k]
