@@ -761,7 +761,8 @@ fn replica_scenario_with(cfg: replica::Config) {
         println!(
             "replicas {replicas} (+{} spare): copy moves started {} (refused {}, replacing a pending copy {}), \
              completed {} (dropping replicas[0] with phase 1a {}, dropping a primary not first {}); \
-             old owners' writes failed at the phase-1a gate {}; failing seeds of the known gap or the phase-1a gate bug (counted apart) {}",
+             old owners' writes failed at the phase-1a gate {}; records of a dropped copy kept when it came back {}; \
+             failing seeds of the known gap or the phase-1a gate bug (counted apart) {}",
             cfg.spares,
             faults.moves_started,
             faults.moves_refused,
@@ -770,6 +771,7 @@ fn replica_scenario_with(cfg: replica::Config) {
             faults.owner_drops,
             faults.gap_drops,
             faults.gate_deadlines,
+            faults.stray_records_kept,
             gap_failures.len()
         );
         for (seed, e) in gap_failures.iter().take(FAILURES_SHOWN) {
