@@ -704,6 +704,9 @@ fn replica_config(replicas: usize) -> replica::Config {
         mutation: None,
         give_up: false,
         lose_diverged: false,
+        spares: 0,
+        moves: false,
+        gap_moves: false,
     }
 }
 
@@ -720,6 +723,9 @@ fn replica_scenario_with(cfg: replica::Config) {
     // those, writes failed at their deadline (none with `Fixes::refused_answer`).
     let (mut settle, mut refused, mut deadlines) = (0, 0, 0);
     let mut failures = Vec::new();
+    // Failures of runs that dropped a primary not `replicas[0]` (the known gap of "Moving a
+    // copy"), counted apart when the scenario does not choose such a `from` itself.
+    let mut gap_failures = Vec::new();
     for &seed in &seeds {
         match replica::Sim::new(seed, cfg).run() {
             Ok(o) => {
@@ -728,6 +734,17 @@ fn replica_scenario_with(cfg: replica::Config) {
                 settle += o.settle_waits;
                 refused += o.refused_waits;
                 deadlines += o.refused_deadlines;
+            }
+            // With a host that gives up failed writes, copies left different by a write that
+            // failed across a drop: the known gap (when not chosen on purpose), and the
+            // phase-1a gate bug (`a_dropped_first_copys_write_failing_at_its_gate_...`).
+            Err(e)
+                if cfg.moves
+                    && cfg.give_up
+                    && ((!cfg.gap_moves && e.starts_with(replica::KNOWN_GAP))
+                        || e.starts_with(replica::PHASE_1A_GATE)) =>
+            {
+                gap_failures.push((seed, e));
             }
             Err(e) => failures.push((seed, e)),
         }
@@ -740,6 +757,30 @@ fn replica_scenario_with(cfg: replica::Config) {
         seeds.last().copied().unwrap_or(0),
         failures.len()
     );
+    if cfg.moves {
+        println!(
+            "replicas {replicas} (+{} spare): copy moves started {} (refused {}, replacing a pending copy {}), \
+             completed {} (dropping replicas[0] with phase 1a {}, dropping a primary not first {}); \
+             old owners' writes failed at the phase-1a gate {}; records of a dropped copy kept when it came back {}; \
+             failing seeds of the known gap or the phase-1a gate bug (counted apart) {}",
+            cfg.spares,
+            faults.moves_started,
+            faults.moves_refused,
+            faults.moves_replaced,
+            faults.moves_done,
+            faults.owner_drops,
+            faults.gap_drops,
+            faults.gate_deadlines,
+            faults.stray_records_kept,
+            gap_failures.len()
+        );
+        for (seed, e) in gap_failures.iter().take(FAILURES_SHOWN) {
+            println!(
+                "seed {seed} (counted apart): {}",
+                e.lines().next().unwrap_or("")
+            );
+        }
+    }
     for (seed, e) in failures.iter().take(FAILURES_SHOWN) {
         println!("seed {seed} failed: {e}");
     }
@@ -750,6 +791,68 @@ fn replica_scenario_with(cfg: replica::Config) {
             "writes failed at their deadline after a refused report"
         );
     }
+}
+
+/// Copy moves ("Moving a copy": add, rebuild, drop) with one spare server, under the faults of
+/// the scenarios above; `from` any copy (the primary, `replicas[0]`, a stale copy on a down
+/// server), `to` a server without one.
+fn move_config(replicas: usize) -> replica::Config {
+    replica::Config {
+        spares: 1,
+        moves: true,
+        gap_moves: true,
+        ..replica_config(replicas)
+    }
+}
+
+fn move_scenario(cfg: replica::Config) {
+    replica_scenario_with(cfg);
+}
+
+#[test]
+fn replicas_2_move_copies_losing_no_acknowledged_write_through_crashes_and_copy_failures() {
+    move_scenario(move_config(2));
+}
+
+#[test]
+fn replicas_3_move_copies_losing_no_acknowledged_write_through_crashes_and_copy_failures() {
+    move_scenario(move_config(3));
+}
+
+/// Two spare servers: a move can go on while its pending copy's server is marked down, the
+/// next move replacing that copy (the planner drops it, its range freed). Two copies only:
+/// with three and two spares, four copies per extent while a move is pending, the model's
+/// host writes (its range lock is not fair, and a replica write stamped ahead of its copy
+/// fails at once) keep the rebuilds' ends from their whole-extent lock for long: seed 1902 of
+/// 2000 did not quiesce within the model's step bound.
+#[test]
+fn replicas_2_move_copies_with_two_spares_replacing_pending_copies_on_down_servers() {
+    move_scenario(replica::Config {
+        spares: 2,
+        ..move_config(2)
+    });
+}
+
+/// The host gives up failed writes while copies move: the copies must end equal. A `from`
+/// that is the primary but not `replicas[0]` is not chosen (the known gap: its in-flight
+/// write's copies-diverged report is refused); a run in which the primary became such a copy
+/// later and was dropped is counted apart when it fails.
+#[test]
+fn replicas_2_move_copies_ending_equal_when_the_host_gives_up_failed_writes() {
+    move_scenario(replica::Config {
+        give_up: true,
+        gap_moves: false,
+        ..move_config(2)
+    });
+}
+
+#[test]
+fn replicas_3_move_copies_ending_equal_when_the_host_gives_up_failed_writes() {
+    move_scenario(replica::Config {
+        give_up: true,
+        gap_moves: false,
+        ..move_config(3)
+    });
 }
 
 #[test]
@@ -1095,4 +1198,33 @@ fn without_the_refusers_diverged_report_the_copies_differ() {
         caught,
         "refuser's diverged report: no divergence found without it"
     );
+}
+
+/// A bug the copy-move scenarios found (daemon and manager; not fixed here): the drop of
+/// `replicas[0]` by a copy move ("Moving a copy") while the old owner (the primary) has a
+/// write in flight whose forward to an `in_sync` copy fails (here: refused by a copy not yet
+/// on the write's map; a lost forward or a copy I/O error does the same). The old owner reports
+/// replica-failed; the manager plans it on its newest map, the drop, in which the old owner is
+/// no longer the primary (nor holds a copy): refused. The write then waits for a map newer than
+/// its own, which is the drop itself, held back by the old owner's own phase-1a gate until the
+/// write leaves: it fails at its deadline (host-visible: a 5 s stall, then a retryable path
+/// error) after it reached the new copy but not the copy that failed. Nobody reports or
+/// rebuilds that: with a host that does not retry the write, the two `in_sync` copies of the
+/// new map differ on its block (reads through them disagree). Seed 616 (two copies; w234
+/// b1=224 is on s3, not on s2) and seed 1975 (three copies; w364 b2=373 on s3 and s4, not on
+/// s2): `TESSERA_SIM_LOG=200 TESSERA_SIM_SEED=616 cargo test --release -p tessera-target
+/// --test sim -- --ignored a_dropped_first --nocapture` prints the trace.
+#[test]
+#[ignore = "bug found by the simulation, not fixed: an old owner's write failing at its phase-1a gate leaves the new map's copies different"]
+fn a_dropped_first_copys_write_failing_at_its_gate_leaves_no_copies_different() {
+    for (replicas, seed) in [(2, 616), (3, 1975)] {
+        let cfg = replica::Config {
+            give_up: true,
+            gap_moves: false,
+            ..move_config(replicas)
+        };
+        if let Err(e) = replica::Sim::new(seed, cfg).run() {
+            panic!("replicas {replicas} seed {seed}: {e}");
+        }
+    }
 }

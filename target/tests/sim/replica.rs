@@ -14,23 +14,37 @@
 //! persisted map) and restarts, at most N-1 servers down at once. A host writes through any
 //! server, which routes the write to the primary of its own map and retries on refusal.
 //!
+//! Copy moves (docs/replication.md, "Moving a copy"; [`Config::moves`], with spare servers):
+//! the operator's `POST /v1/extents/move` with `from` planned by the REAL planner
+//! (`plan::apply_cancelling` of `Change::StartMove`) at random points, `from` any copy (the
+//! primary, `replicas[0]`, a stale copy on a down server), `to` a server without one. The
+//! primary installs the added copy with an all-set dirty map (a copy new to the extent, by
+//! server and offset, as `rebuild::reconcile`) and rebuilds it whole; the manager's REAL
+//! `plan::rebuild_done` drops `from` in the generation that accepts the new copy; a dropped
+//! server neither takes replica writes nor serves reads for the extent (its map names no copy
+//! there). A map that changes `replicas[0]` is published with a phase 1a: the old owner gets it
+//! first and installs it once its gate drained the writes it ordered (a write waiting there for
+//! a map fails at its deadline); the other servers get it (and any map queued behind) once it
+//! acked, or once the newest map marks it down.
+//!
 //! Checked after every step: every acknowledged write is on every `in_sync` copy of the
 //! committed map, except while a replica write carrying it is still on its way to that copy
 //! (the window of docs/replication.md, "Rebuild": a write that fails between the rebuild-done
 //! report and that map's install) or the primary has recorded the miss in its dirty map and
 //! reports it. At quiescence (faults off, every server back, every message delivered, every
-//! rebuild finished): every copy is `in_sync` and equal, and a read through every server
-//! returns the last acknowledged value.
+//! rebuild finished): the extent has exactly `replicas` copies, none replacing another, every
+//! copy is `in_sync` and equal, and a read through every server returns the last acknowledged
+//! value.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use manager::api::{
-    AddServerRequest, CopiesDivergedRequest, CreateVolumeRequest, RebuildDoneRequest,
+    AddServerRequest, CopiesDivergedRequest, CreateVolumeRequest, MoveRequest, RebuildDoneRequest,
     ReplicaFailedRequest,
 };
 use manager::map::{ClusterMap, HostPolicy, ReplicaState, ServerState};
-use manager::plan;
+use manager::plan::{self, Change};
 use tessera::cluster::node::admission::{Stamp, compare};
 use tessera::cluster::rebuild::DirtyMap;
 
@@ -44,6 +58,15 @@ const EXTENT: u64 = CHUNK * BLOCKS as u64;
 /// The rebuild task's run size (the daemon's is 128 KiB; the model copies one chunk a run).
 const RUN: u64 = CHUNK;
 const VOL: &str = "vol1";
+/// The start of the failure of a run that dropped a primary which was not `replicas[0]`.
+pub const KNOWN_GAP: &str = "known gap: a primary not first dropped";
+/// The start of the failure of a run in which a write of an old owner in phase 1a (the drop of
+/// `replicas[0]`) failed at its gate: its forward to an `in_sync` copy failed, its
+/// replica-failed report is refused (the manager's newest map no longer names it the primary)
+/// and the newer map it waits for is the one its own gate holds back, so it fails at its
+/// deadline, having reached some copies of the new map and not others; nothing reports or
+/// repairs that (docs/replication.md says the drain makes the drop of `replicas[0]` safe).
+pub const PHASE_1A_GATE: &str = "phase-1a gate: an old owner's write failed at its gate";
 /// Steps of the quiescing phase before it gives up.
 const QUIESCE_STEPS: u64 = 60_000;
 
@@ -146,6 +169,18 @@ pub struct Config {
     /// (the former primary killed, or cut off from the manager, before it arrives). Off, no
     /// random draw is made for it.
     pub lose_diverged: bool,
+    /// Servers besides the extent's `replicas` copies, holding none at first.
+    pub spares: usize,
+    /// The operator moves copies ([`Sim::move_copy`]): `POST /v1/extents/move` with `from`
+    /// (any copy, the primary and stale copies on down servers included) and `to` (a server
+    /// without a copy), planned by the REAL planner, at random points.
+    pub moves: bool,
+    /// A move may name as `from` the primary when it is not `replicas[0]` (the known gap of
+    /// docs/replication.md, "Moving a copy": a write of the dropped primary in flight at the
+    /// drop may leave the copies different, its copies-diverged report refused). Off, such a
+    /// `from` is not chosen at the move's start (the primary may still become it later: the
+    /// drops of such a primary are counted, [`Faults::gap_drops`]).
+    pub gap_moves: bool,
 }
 
 /// Faults injected in one run, per kind.
@@ -161,6 +196,26 @@ pub struct Faults {
     pub diverged_lost: u64,
     /// Copies-diverged reports sent by a copy that refused a stale replica write.
     pub refuser_reports: u64,
+    /// Copy moves the planner accepted (a copy added, `replaces` set).
+    pub moves_started: u64,
+    /// Of those, refused by the planner (pending move, `to` not up, no primary, ...).
+    pub moves_refused: u64,
+    /// Copy moves completed: the rebuild-done of the new copy accepted and `from` dropped.
+    pub moves_done: u64,
+    /// Drops whose `from` was `replicas[0]` (the owner): published with a phase 1a.
+    pub owner_drops: u64,
+    /// Drops whose `from` was the primary but not `replicas[0]` (the known gap).
+    pub gap_drops: u64,
+    /// A pending copy on a server marked down replaced by a new move.
+    pub moves_replaced: u64,
+    /// Writes of an old owner in phase 1a that waited for a map the closed gate held back
+    /// (a newer map, or a rebuild-done report's outcome), failed at their deadline.
+    pub gate_deadlines: u64,
+    /// A copy added to the extent (a move's) whose primary already had a dirty record for it,
+    /// at that offset (made by a forward to the same copy that failed after its drop), and so
+    /// kept it instead of rebuilding the copy whole (`rebuild::reconcile` matches records by
+    /// server and offset).
+    pub stray_records_kept: u64,
 }
 
 impl Faults {
@@ -173,6 +228,14 @@ impl Faults {
         self.failovers += o.failovers;
         self.diverged_lost += o.diverged_lost;
         self.refuser_reports += o.refuser_reports;
+        self.moves_started += o.moves_started;
+        self.moves_refused += o.moves_refused;
+        self.moves_done += o.moves_done;
+        self.owner_drops += o.owner_drops;
+        self.gap_drops += o.gap_drops;
+        self.moves_replaced += o.moves_replaced;
+        self.gate_deadlines += o.gate_deadlines;
+        self.stray_records_kept += o.stray_records_kept;
     }
 }
 
@@ -260,6 +323,8 @@ struct Write {
     failed: BTreeSet<usize>,
     /// Copies not in the fan-out (their misses, marked at completion without the fix).
     skipped: Vec<usize>,
+    /// The pool offset of each copy in the write's map (a dirty record is per copy and offset).
+    offs: BTreeMap<usize, u64>,
     /// Waiting for a map newer than this generation (`out_of_write_set`).
     wait_newer: Option<u64>,
     /// `rebuilding` copies it missed while a rebuild-done report of theirs was out: it waits
@@ -274,6 +339,8 @@ struct Write {
 /// A rebuild run in flight (mirrors the rebuild task's run: lock, clear, read, write).
 struct Run {
     copy: usize,
+    /// The copy's offset when the run started.
+    off: u64,
     at: u64,
     len: u64,
 }
@@ -293,6 +360,13 @@ struct Server {
     locks: BTreeSet<usize>,
     /// Dirty maps per copy (a primary's, in memory only).
     dirty: BTreeMap<usize, DirtyMap>,
+    /// The pool offset of the copy each dirty map is for (the daemon keys them by server and
+    /// offset: a copy dropped and added again elsewhere on the same server is another copy).
+    dirty_off: BTreeMap<usize, u64>,
+    /// A map that takes the extent's ownership (`replicas[0]`) away from this server, held
+    /// while its install gate drains the writes it ordered (the phase 1a install of a drop of
+    /// the first copy: `node::install`, no final copy for a volume with several copies).
+    gated: Option<ClusterMap>,
     /// Whether this server has been primary since it started (a dirty map it creates starts
     /// clean only then).
     was_primary: bool,
@@ -326,7 +400,14 @@ enum HostBlock {
 pub struct Sim {
     cfg: Config,
     rng: Rng,
+    /// The manager's newest map (stored; maybe still in phase 1a or queued behind it).
     committed: ClusterMap,
+    /// The newest map whose phase 1a is done: what servers other than an old owner in phase 1a
+    /// get (pushes, and the fetch at boot).
+    published: ClusterMap,
+    /// A publication in phase 1a: the old owner (`replicas[0]` before) and the map it must
+    /// install and ack before any other server gets it (or a newer one).
+    phase1a: Option<(usize, ClusterMap)>,
     servers: Vec<Server>,
     /// Servers whose watch stream the manager sees open.
     connected: Vec<bool>,
@@ -345,6 +426,8 @@ pub struct Sim {
     hash: u64,
     step_no: u64,
     log: Vec<String>,
+    /// Events kept for a failure's trace (`TESSERA_SIM_LOG`, 40 by default).
+    log_max: usize,
 }
 
 fn name(k: usize) -> String {
@@ -355,9 +438,9 @@ fn index(id: &str) -> usize {
     id.trim_start_matches('s').parse::<usize>().unwrap_or(1) - 1
 }
 
-fn initial_map(n: usize) -> ClusterMap {
+fn initial_map(n: usize, spares: usize) -> ClusterMap {
     let mut m = ClusterMap::empty();
-    for k in 0..n {
+    for k in 0..n + spares {
         let port = u16::try_from(4420 + 2 * k).unwrap_or(4420);
         let req = AddServerRequest {
             id: name(k),
@@ -389,6 +472,27 @@ fn state_of(map: &ClusterMap, k: usize) -> Option<ReplicaState> {
         .iter()
         .find(|r| r.server == name(k))
         .map(|r| r.state)
+}
+
+/// The pool offset of `k`'s copy in `map`.
+fn offset_of(map: &ClusterMap, k: usize) -> Option<u64> {
+    let v = map.volume(VOL)?;
+    v.extents[0]
+        .replicas
+        .iter()
+        .find(|r| r.server == name(k))
+        .map(|r| r.offset)
+}
+
+/// `replicas[0]`: the extent's owner.
+fn first_of(map: &ClusterMap) -> Option<usize> {
+    map.owner(VOL, 0).map(|r| index(&r.server))
+}
+
+/// The pending copy move: (the new copy, the copy it replaces).
+fn pending_of(map: &ClusterMap) -> Option<(usize, usize)> {
+    let v = map.volume(VOL)?;
+    plan::pending_copy_move(&v.extents[0]).map(|(r, from)| (index(&r.server), index(from)))
 }
 
 fn primary_of(map: &ClusterMap) -> Option<usize> {
@@ -438,8 +542,9 @@ fn in_sync_others(map: &ClusterMap, me: usize) -> Vec<usize> {
 
 impl Sim {
     pub fn new(seed: u64, cfg: Config) -> Self {
-        let map = initial_map(cfg.replicas);
-        let servers = (0..cfg.replicas)
+        let map = initial_map(cfg.replicas, cfg.spares);
+        let n = cfg.replicas + cfg.spares;
+        let servers = (0..n)
             .map(|k| Server {
                 running: true,
                 serving: true,
@@ -449,6 +554,8 @@ impl Sim {
                 writes: BTreeMap::new(),
                 locks: BTreeSet::new(),
                 dirty: BTreeMap::new(),
+                dirty_off: BTreeMap::new(),
+                gated: None,
                 was_primary: primary_of(&map) == Some(k),
                 runs: BTreeMap::new(),
                 done_sent: BTreeMap::new(),
@@ -460,9 +567,11 @@ impl Sim {
         Self {
             cfg,
             rng: Rng::new(seed),
-            committed: map,
+            committed: map.clone(),
+            published: map,
+            phase1a: None,
             servers,
-            connected: vec![true; cfg.replicas],
+            connected: vec![true; n],
             msgs: Vec::new(),
             host: [HostBlock::Idle; BLOCKS],
             acked: [0; BLOCKS],
@@ -477,6 +586,10 @@ impl Sim {
             hash: 0xcbf2_9ce4_8422_2325,
             step_no: 0,
             log: Vec::new(),
+            log_max: std::env::var("TESSERA_SIM_LOG")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(40),
         }
     }
 
@@ -484,14 +597,28 @@ impl Sim {
         for b in s.bytes() {
             self.hash = (self.hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
-        if self.log.len() >= 40 {
+        if self.log.len() >= self.log_max {
             self.log.remove(0);
         }
         self.log.push(format!("{}: {s}", self.step_no));
     }
 
     fn fail(&self, what: &str) -> String {
-        let mut s = format!("step {}: {what}\nlast events:\n", self.step_no);
+        // A run in which the primary, not `replicas[0]`, was dropped (the known gap of "Moving
+        // a copy") says so first: the scenarios count its failures apart.
+        // So does a run in which an old owner's write failed at its phase-1a gate (the bug of
+        // `PHASE_1A_GATE`).
+        let gap = if self.faults.gap_drops > 0 {
+            format!("{KNOWN_GAP} ({} such drops) ", self.faults.gap_drops)
+        } else if self.faults.gate_deadlines > 0 {
+            format!(
+                "{PHASE_1A_GATE} ({} such writes) ",
+                self.faults.gate_deadlines
+            )
+        } else {
+            String::new()
+        };
+        let mut s = format!("{gap}step {}: {what}\nlast events:\n", self.step_no);
         for (k, sv) in self.servers.iter().enumerate() {
             let dirty: Vec<(usize, u64)> = sv
                 .dirty
@@ -555,7 +682,8 @@ impl Sim {
             && self
                 .servers
                 .iter()
-                .all(|s| s.map.generation == self.committed.generation)
+                .all(|s| s.map.generation == self.committed.generation && s.gated.is_none())
+            && self.phase1a.is_none()
     }
 
     fn step(&mut self) {
@@ -580,11 +708,15 @@ impl Sim {
     }
 
     fn fault(&mut self) {
+        if self.cfg.moves && self.rng.chance(100) {
+            self.move_copy();
+            return;
+        }
         let down = self.servers.iter().filter(|s| !s.running).count();
         let k = self.rng.index(self.servers.len());
         if self.servers[k].running {
-            // At most N-1 servers down at once.
-            if down + 1 < self.servers.len() && self.rng.chance(300) {
+            // At most N-1 servers down at once (spares included).
+            if down + 1 < self.cfg.replicas && self.rng.chance(300) {
                 self.crash(k);
             }
         } else {
@@ -627,6 +759,8 @@ impl Sim {
         s.writes.clear();
         s.locks.clear();
         s.dirty.clear();
+        s.dirty_off.clear();
+        s.gated = None;
         s.runs.clear();
         s.done_sent.clear();
         s.done_answered.clear();
@@ -665,7 +799,40 @@ impl Sim {
             self.faults.failovers += 1;
         }
         self.trace(format!("commit g{} ({why})", next.generation));
+        let old_first = first_of(&self.committed);
         self.committed = next;
+        if let Some((o, _)) = &self.phase1a {
+            // Queued behind the publication in phase 1a; phase 1a does not wait for an old
+            // owner the newest map marks down.
+            if is_down(&self.committed, *o) {
+                self.release();
+            }
+            return;
+        }
+        // A map that changes the owner (a drop of `replicas[0]`: "Moving a copy") goes to the
+        // old owner first (phase 1a), unless that server is marked down.
+        if let Some(o) = old_first
+            && first_of(&self.committed) != Some(o)
+            && !is_down(&self.committed, o)
+        {
+            self.trace(format!(
+                "phase 1a of g{} at s{}",
+                self.committed.generation,
+                o + 1
+            ));
+            self.phase1a = Some((o, self.committed.clone()));
+            self.msgs.push(Msg::Install {
+                to: o,
+                map: Box::new(self.committed.clone()),
+            });
+            return;
+        }
+        self.publish();
+    }
+
+    /// The newest map becomes every server's (phase 1b).
+    fn publish(&mut self) {
+        self.published = self.committed.clone();
         for k in 0..self.servers.len() {
             self.msgs.push(Msg::Install {
                 to: k,
@@ -674,11 +841,77 @@ impl Sim {
         }
     }
 
+    /// Phase 1a is done (the old owner acked, or is marked down): the newest map is published.
+    fn release(&mut self) {
+        if let Some((o, m)) = self.phase1a.take() {
+            self.trace(format!("phase 1a of g{} done (s{})", m.generation, o + 1));
+            self.publish();
+        }
+    }
+
+    /// The map server `k` gets from the manager: the phase-1a map for the old owner in phase
+    /// 1a, else the newest map through phase 1a.
+    fn map_for(&self, k: usize) -> Box<ClusterMap> {
+        match &self.phase1a {
+            Some((o, m)) if *o == k => Box::new(m.clone()),
+            _ => Box::new(self.published.clone()),
+        }
+    }
+
+    /// The operator moves a copy (`POST /v1/extents/move` with `from`, planned by the REAL
+    /// planner as the route does: `Change::StartMove`): `from` any copy of the extent (the
+    /// primary, `replicas[0]`, a stale copy on a down server), `to` a server without a copy.
+    fn move_copy(&mut self) {
+        let map = self.committed.clone();
+        let cs = copies(&map);
+        let (first, primary) = (first_of(&map), primary_of(&map));
+        let gap = self.cfg.gap_moves;
+        let froms: Vec<usize> = cs
+            .iter()
+            .copied()
+            .filter(|&c| gap || Some(c) != primary || Some(c) == first)
+            .collect();
+        let tos: Vec<usize> = (0..self.servers.len())
+            .filter(|k| !cs.contains(k))
+            .collect();
+        if froms.is_empty() || tos.is_empty() {
+            return;
+        }
+        let from = froms[self.rng.index(froms.len())];
+        let to = tos[self.rng.index(tos.len())];
+        let req = MoveRequest {
+            volume: VOL.to_owned(),
+            extent: 0,
+            to: name(to),
+            from: Some(name(from)),
+        };
+        let pending = pending_of(&map);
+        match plan::apply_cancelling(&map, &Change::StartMove(req), &[]) {
+            Ok((next, _)) => {
+                self.faults.moves_started += 1;
+                if pending.is_some() {
+                    self.faults.moves_replaced += 1;
+                }
+                self.commit(next, &format!("move s{} to s{}", from + 1, to + 1));
+            }
+            Err(e) => {
+                self.faults.moves_refused += 1;
+                self.trace(format!("move s{} to s{} refused: {e}", from + 1, to + 1));
+            }
+        }
+    }
+
     fn manager(&mut self, m: Msg) {
         match m {
             Msg::Ack { from } => {
                 if !self.connected[from] {
                     return;
+                }
+                if let Some((o, m)) = &self.phase1a
+                    && *o == from
+                    && self.servers[from].map.generation >= m.generation
+                {
+                    self.release();
                 }
                 if is_down(&self.committed, from) {
                     let next =
@@ -691,7 +924,7 @@ impl Sim {
                     self.faults.rebuilds += 1;
                     self.commit(next, "rebuild start");
                 }
-                let map = Box::new(self.committed.clone());
+                let map = self.map_for(from);
                 self.msgs.push(Msg::Install { to: from, map });
             }
             Msg::Lost { server, epoch } => {
@@ -735,7 +968,7 @@ impl Sim {
                 {
                     self.commit(next, "replica failed");
                 }
-                let map = Box::new(self.committed.clone());
+                let map = self.map_for(from);
                 self.msgs.push(Msg::Install { to: from, map });
             }
             Msg::Diverged { from, generation } => {
@@ -751,7 +984,7 @@ impl Sim {
                         self.trace(format!("copies diverged from s{} refused: {e}", from + 1))
                     }
                 }
-                let map = Box::new(self.committed.clone());
+                let map = self.map_for(from);
                 self.msgs.push(Msg::Install { to: from, map });
             }
             Msg::Done {
@@ -781,6 +1014,18 @@ impl Sim {
                 }
                 let accepted = match plan::rebuild_done(&current, &req) {
                     Ok(next) => {
+                        // A copy move's drop: `from` leaves the extent in the same generation.
+                        let before = copies(&self.committed);
+                        let after = copies(&next);
+                        if let Some(&gone) = before.iter().find(|c| !after.contains(c)) {
+                            self.faults.moves_done += 1;
+                            if first_of(&self.committed) == Some(gone) {
+                                self.faults.owner_drops += 1;
+                            } else if primary_of(&self.committed) == Some(gone) {
+                                self.faults.gap_drops += 1;
+                                self.trace(format!("drop of primary s{} (not first)", gone + 1));
+                            }
+                        }
                         self.commit(next, "rebuild done");
                         true
                     }
@@ -789,7 +1034,7 @@ impl Sim {
                         false
                     }
                 };
-                let map = Box::new(self.committed.clone());
+                let map = self.map_for(from);
                 self.msgs.push(Msg::DoneAnswer {
                     to: from,
                     copy,
@@ -867,11 +1112,35 @@ impl Sim {
                 }
                 // Serving again once it has the manager's current map (the model's shortcut
                 // for the fetch at boot; an older map still on its way does not count).
-                if map.generation >= self.committed.generation {
+                if map.generation >= self.published.generation {
                     self.servers[to].serving = true;
                 }
                 if map.generation > self.servers[to].map.generation {
-                    self.install(to, *map);
+                    if self.loses_ownership(to, &map) {
+                        // Phase 1a at the old owner: its gate closes and the writes it ordered
+                        // drain (no final copy: the other copies have every write); the map is
+                        // installed once none is left.
+                        let newer = self.servers[to]
+                            .gated
+                            .as_ref()
+                            .is_none_or(|g| g.generation < map.generation);
+                        if newer {
+                            self.trace(format!(
+                                "s{} gate closed for g{} ({} writes inside)",
+                                to + 1,
+                                map.generation,
+                                self.servers[to].writes.len()
+                            ));
+                            self.servers[to].gated = Some(*map);
+                        }
+                        let wids: Vec<u64> = self.servers[to].writes.keys().copied().collect();
+                        for wid in wids {
+                            self.advance(to, wid);
+                        }
+                        self.open_gate(to);
+                    } else {
+                        self.install(to, *map);
+                    }
                 }
             }
             Msg::Fwd {
@@ -928,7 +1197,11 @@ impl Sim {
         block: usize,
         val: u64,
     ) -> Result<(), Refusal> {
-        if !self.servers[me].running || !self.servers[me].serving {
+        // A closed gate (phase 1a) holds the command, then answers 81h.
+        if !self.servers[me].running
+            || !self.servers[me].serving
+            || self.servers[me].gated.is_some()
+        {
             return Err(Refusal::Other);
         }
         if self.faults_on && self.rng.chance(15) {
@@ -992,6 +1265,33 @@ impl Sim {
         });
     }
 
+    /// Whether installing `map` takes the extent's ownership (`replicas[0]`) away from `k`:
+    /// a phase 1a install, whose gate closes (a server not serving, or marked down in `map`,
+    /// closes none: nothing runs that it could hold).
+    fn loses_ownership(&self, k: usize, map: &ClusterMap) -> bool {
+        let s = &self.servers[k];
+        s.running
+            && s.serving
+            && first_of(&s.map) == Some(k)
+            && first_of(map) != Some(k)
+            && !is_down(map, k)
+    }
+
+    /// The gate of `k`'s phase 1a install: once the writes inside have left, the held map is
+    /// installed (and acked).
+    fn open_gate(&mut self, k: usize) {
+        if !self.servers[k].writes.is_empty() {
+            return;
+        }
+        let Some(map) = self.servers[k].gated.take() else {
+            return;
+        };
+        self.trace(format!("s{} drained: gate open", k + 1));
+        if map.generation > self.servers[k].map.generation {
+            self.install(k, map);
+        }
+    }
+
     /// Installs `map` at `k` (the watch loop's install, then `rebuild::reconcile`): dirty maps
     /// for copies out of the write set, writes waiting for a newer map go on, rebuilds start.
     fn install(&mut self, k: usize, map: ClusterMap) {
@@ -1001,10 +1301,29 @@ impl Sim {
         let me_primary = primary_of(&map) == Some(k);
         if me_primary {
             let fresh = !self.servers[k].was_primary;
-            for c in copies(&map) {
+            // `reconcile` keeps only the records of copies of the map (by server and offset):
+            // a dropped copy's goes, and so do its report's records.
+            let now = copies(&map);
+            let s = &mut self.servers[k];
+            let keep: Vec<usize> = s
+                .dirty
+                .keys()
+                .copied()
+                .filter(|c| now.contains(c) && s.dirty_off.get(c) == offset_of(&map, *c).as_ref())
+                .collect();
+            s.dirty.retain(|c, _| keep.contains(c));
+            s.dirty_off.retain(|c, _| keep.contains(c));
+            s.done_sent.retain(|c, _| now.contains(c));
+            s.done_answered.retain(|c, _| now.contains(c));
+            s.done_refused.retain(|c| now.contains(c));
+            for c in now {
                 if c == k {
                     continue;
                 }
+                let off = offset_of(&map, c).unwrap_or(u64::MAX);
+                // A copy new to the extent (not in the map before, at this offset: a copy
+                // move's): no record of what it holds, rebuilt whole.
+                let new_copy = offset_of(&old, c) != Some(off);
                 let out = is_down(&map, c) || state_of(&map, c) != Some(ReplicaState::InSync);
                 if state_of(&map, c) != Some(ReplicaState::Rebuilding) {
                     self.servers[k].done_sent.remove(&c);
@@ -1021,12 +1340,24 @@ impl Sim {
                         d.mark(0, EXTENT);
                     } else {
                         self.servers[k].dirty.insert(c, DirtyMap::new(EXTENT, true));
+                        self.servers[k].dirty_off.insert(c, off);
                     }
+                }
+                if new_copy && self.servers[k].dirty.contains_key(&c) {
+                    // A record made by a failed forward after the copy's drop, at the offset it
+                    // is added at again: `reconcile` keeps it (not rebuilt whole).
+                    self.faults.stray_records_kept += 1;
+                    self.trace(format!(
+                        "s{} keeps a record of s{} new to the extent",
+                        k + 1,
+                        c + 1
+                    ));
                 }
                 if out && !self.servers[k].dirty.contains_key(&c) {
                     self.servers[k]
                         .dirty
-                        .insert(c, DirtyMap::new(EXTENT, fresh));
+                        .insert(c, DirtyMap::new(EXTENT, fresh || new_copy));
+                    self.servers[k].dirty_off.insert(c, off);
                 }
                 if !out {
                     // Back in sync: a miss recorded since the rebuild-done report makes it
@@ -1041,6 +1372,8 @@ impl Sim {
                             copy: c,
                             generation,
                         });
+                    } else {
+                        self.servers[k].dirty_off.remove(&c);
                     }
                     self.servers[k].done_sent.remove(&c);
                     self.servers[k].done_answered.remove(&c);
@@ -1050,6 +1383,7 @@ impl Sim {
             self.servers[k].was_primary = true;
         } else {
             self.servers[k].dirty.clear();
+            self.servers[k].dirty_off.clear();
             self.servers[k].was_primary = false;
         }
         let wids: Vec<u64> = self.servers[k].writes.keys().copied().collect();
@@ -1094,6 +1428,7 @@ impl Sim {
         }
         if compare(stamp, self.servers[p].map.generation, true) != Stamp::Current
             || primary_of(&self.servers[p].map) != Some(p)
+            || self.servers[p].gated.is_some()
         {
             return;
         }
@@ -1119,9 +1454,13 @@ impl Sim {
             .into_iter()
             .filter(|c| *c != p && !fan.contains(c))
             .collect();
+        let offs: BTreeMap<usize, u64> = copies(&map)
+            .into_iter()
+            .filter_map(|c| offset_of(&map, c).map(|o| (c, o)))
+            .collect();
         if self.cfg.fixes.mark_late {
             for c in &skipped {
-                mark(s, *c, block);
+                mark(s, *c, offs[c], block);
             }
         }
         let mut w = Write {
@@ -1131,6 +1470,7 @@ impl Sim {
             acked: BTreeSet::new(),
             failed: BTreeSet::new(),
             skipped,
+            offs,
             wait_newer: None,
             wait_done: BTreeSet::new(),
             expired: false,
@@ -1197,7 +1537,8 @@ impl Sim {
                     w.wait_newer = Some(w.wait_newer.unwrap_or(0).max(current - 1));
                 }
                 if fixes.mark_late {
-                    mark(s, c, block);
+                    let off = w.offs[&c];
+                    mark(s, c, off, block);
                 }
                 let generation = map.generation;
                 self.msgs.push(Msg::Failed {
@@ -1217,6 +1558,7 @@ impl Sim {
         let map = self.servers[p].map.clone();
         let early = self.cfg.mutation == Some(Mutation::AckEarly);
         let mark_late = !self.cfg.fixes.mark_late;
+        let gated = self.servers[p].gated.is_some();
         // Copies with a rebuild-done report out whose outcome is not installed here
         // (`Tracked::promotion_settled_at` above the installed generation).
         let s = &self.servers[p];
@@ -1239,6 +1581,13 @@ impl Sim {
                 w.wait_newer = None;
             }
             let waiting = newer || settling;
+            // At an old owner whose phase 1a install drains its writes, a write waiting for a
+            // map (a newer one, or a report's outcome) waits for what the closed gate holds
+            // back: it fails at its deadline (the model has no clock: now).
+            if gated && waiting && !w.expired {
+                w.expired = true;
+                self.faults.gate_deadlines += 1;
+            }
             let mut answer = None;
             if primary_of(&map) != Some(p) {
                 answer = Some(false);
@@ -1303,14 +1652,15 @@ impl Sim {
                 w.answered = true;
                 let (block, val) = (w.block, w.val);
                 if mark_late {
-                    let missed: Vec<usize> = w
+                    let missed: Vec<(usize, u64)> = w
                         .skipped
                         .iter()
                         .copied()
                         .chain(w.failed.iter().copied())
+                        .map(|c| (c, w.offs[&c]))
                         .collect();
-                    for c in missed {
-                        mark(&mut self.servers[p], c, block);
+                    for (c, off) in missed {
+                        mark(&mut self.servers[p], c, off, block);
                     }
                 }
                 if let HostBlock::InFlight { val: v, wid: hw } = self.host[block]
@@ -1332,6 +1682,7 @@ impl Sim {
             let block = w.block;
             self.servers[p].writes.remove(&wid);
             self.servers[p].locks.remove(&block);
+            self.open_gate(p);
         }
     }
 
@@ -1357,6 +1708,11 @@ impl Sim {
             return;
         }
         let s = &mut self.servers[p];
+        let off = offset_of(&map, c).unwrap_or(u64::MAX);
+        if s.dirty_off.get(&c) != Some(&off) {
+            s.dirty.remove(&c);
+        }
+        s.dirty_off.insert(c, off);
         let d = s
             .dirty
             .entry(c)
@@ -1372,7 +1728,15 @@ impl Sim {
             }
             let wid = self.next_wid;
             self.next_wid += 1;
-            s.runs.insert(wid, Run { copy: c, at, len });
+            s.runs.insert(
+                wid,
+                Run {
+                    copy: c,
+                    off,
+                    at,
+                    len,
+                },
+            );
             let stamp = map.generation;
             let b0 = blocks.start;
             let v0 = s.data[b0];
@@ -1418,7 +1782,10 @@ impl Sim {
         for b in block_range(run.at, run.len) {
             s.locks.remove(&b);
         }
-        if !ok && let Some(d) = s.dirty.get(&run.copy) {
+        if !ok
+            && s.dirty_off.get(&run.copy) == Some(&run.off)
+            && let Some(d) = s.dirty.get(&run.copy)
+        {
             d.mark(run.at, run.len);
         }
     }
@@ -1470,8 +1837,10 @@ impl Sim {
                 .is_some_and(|w| w.block == b && w.val >= v),
             _ => false,
         });
+        let off = offset_of(&self.committed, k);
         let recorded = self.servers.iter().any(|s| {
             s.running
+                && s.dirty_off.get(&k) == off.as_ref()
                 && s.dirty.get(&k).is_some_and(|d| {
                     let at = b as u64 * CHUNK;
                     d.next_run(at, CHUNK).is_some_and(|(a, _)| a == at)
@@ -1490,6 +1859,15 @@ impl Sim {
     fn check_quiet(&self) -> Result<(), String> {
         let map = &self.committed;
         let cs = copies(map);
+        // Every copy move over: exactly `replicas` copies, none replacing another.
+        if cs.len() != self.cfg.replicas || pending_of(map).is_some() {
+            return Err(self.fail(&format!(
+                "quiescent extent has copies {:?} (pending move {:?}), not {} plain ones",
+                cs.iter().map(|c| name(*c)).collect::<Vec<_>>(),
+                pending_of(map),
+                self.cfg.replicas
+            )));
+        }
         let first = self.servers[cs[0]].data;
         for &k in &cs {
             if self.servers[k].data != first {
@@ -1532,15 +1910,22 @@ impl Sim {
     }
 }
 
-fn mark(s: &mut Server, c: usize, block: usize) {
+/// Marks `block` missed by copy `c` at pool offset `off` (`Rebuilds::failed`, `missed`): the
+/// record of that copy, made first when there is none, as the daemon does, even for a copy no
+/// longer in the map (a forward to a copy dropped meanwhile; `reconcile` drops it at the next
+/// install). A record of the same server at another offset is another copy's: left alone.
+fn mark(s: &mut Server, c: usize, off: u64, block: usize) {
     if let Some(d) = s.dirty.get(&c) {
-        d.mark(block as u64 * CHUNK, CHUNK);
+        if s.dirty_off.get(&c) == Some(&off) {
+            d.mark(block as u64 * CHUNK, CHUNK);
+        }
     } else {
         // Created now: clean only if this server has been the primary, seeing every write,
         // since it started (`rebuild::reconcile`).
         let d = DirtyMap::new(EXTENT, !s.was_primary);
         d.mark(block as u64 * CHUNK, CHUNK);
         s.dirty.insert(c, d);
+        s.dirty_off.insert(c, off);
     }
 }
 
