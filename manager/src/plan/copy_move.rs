@@ -336,18 +336,18 @@ pub fn rebuild_done(map: &ClusterMap, req: &RebuildDoneRequest) -> Result<Cluste
     };
     let from = ext.replicas.get_mut(k).and_then(|r| r.replaces.take());
     if let Some(from) = from {
-        // The dropped copy led the extent without being its first copy: no phase 1a fences it
-        // (the owner, `replicas[0]`, does not change), so a write it ordered under the older
-        // map may have reached some copies and not others, and its copies-diverged report
-        // would be refused (it holds no copy any more). Treated as a failover: every other
-        // live `in_sync` copy but the new primary is rebuilt whole from it.
+        // The dropped copy led the extent: a write it ordered under the older map may have
+        // reached some copies and not others. Not first, no phase 1a fences it (the owner,
+        // `replicas[0]`, does not change); first, phase 1a drains its writes, but one whose
+        // forward failed is refused its replica-failed report (the newest map no longer
+        // names it the primary) and fails, after reaching some copies only. Its
+        // copies-diverged report would be refused too (it holds no copy any more). So the drop
+        // is treated as a failover: every other live `in_sync` copy but the new primary is
+        // rebuilt whole from it (docs/replication.md, "Moving a copy").
         let led = map
             .volume(&req.volume)
             .and_then(|v| v.extents.get(req.extent))
-            .is_some_and(|e| {
-                e.replicas.first().is_some_and(|r| r.server != from)
-                    && map.primary(e).is_some_and(|p| p.server == from)
-            });
+            .is_some_and(|e| map.primary(e).is_some_and(|p| p.server == from));
         ext.replicas.retain(|r| r.server != from);
         if led {
             let since = map.generation.saturating_add(1);

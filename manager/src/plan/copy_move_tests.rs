@@ -253,6 +253,19 @@ fn the_primary_replaced_the_next_copy_leads_and_phase_1a_fences_the_old_one() {
     let lost = ClusterMap::changed_owners(&m1, &m2);
     assert_eq!(lost.len(), 1);
     assert_eq!((lost[0].extent, lost[0].old_owner.as_str()), (i, "s1"));
+    // The dropped copy led: the new copy is rebuilt again, whole, from the new primary (a
+    // write of s1's in flight may have reached it and not s2), then turns `in_sync`.
+    let s3 = &ext(&m2, i).replicas[1];
+    assert_eq!(s3.state, ReplicaState::Rebuilding);
+    assert_eq!(s3.rebuilding_since, Some(m2.generation));
+    assert!(s3.replaces.is_none());
+    let m3 = apply(&m2, &Change::RebuildDone(done(&m2, i, "s3"))).unwrap();
+    assert!(
+        ext(&m3, i)
+            .replicas
+            .iter()
+            .all(|r| r.state == ReplicaState::InSync)
+    );
 }
 
 #[test]
@@ -377,7 +390,10 @@ fn a_copy_move_is_not_a_switch_to_give_back() {
     let (next, cancelled) = apply_cancelling(&m2, &change, &chain).unwrap();
     assert!(cancelled.is_empty(), "{cancelled:?}");
     assert_eq!(servers_of(&next, i), ["s2", "s3"]);
-    assert_eq!(next.primary(ext(&next, i)).unwrap().server, "s3");
+    // The drop of the primary had s3 rebuilt again from s2: with s2 down the extent has no
+    // primary until s2 is back (the price of the resync; "Moving a copy").
+    assert_eq!(ext(&next, i).replicas[1].state, ReplicaState::Rebuilding);
+    assert!(next.primary(ext(&next, i)).is_none());
 }
 
 #[test]
