@@ -761,7 +761,7 @@ fn replica_scenario_with(cfg: replica::Config) {
         println!(
             "replicas {replicas} (+{} spare): copy moves started {} (refused {}, replacing a pending copy {}), \
              completed {} (dropping replicas[0] with phase 1a {}, dropping a primary not first {}); \
-             old owners' writes failed at the phase-1a gate {}; records of a dropped copy kept when it came back {}; \
+             old owners' writes failed at the phase-1a gate {}; records of a dropped copy found when it came back (rebuilt whole) {}; \
              failing seeds counted apart (a primary not first dropped while never chosen as from) {}",
             cfg.spares,
             faults.moves_started,

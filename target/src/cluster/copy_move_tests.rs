@@ -90,6 +90,44 @@ async fn the_primary_rebuilds_a_copy_new_to_the_extent_whole() {
     assert!(node.rebuilds.tracked().is_empty());
 }
 
+/// A copy write that fails after its copy left the extent (a forward started under the older
+/// map) leaves a record with one dirty chunk; a copy added back at the same server and offset
+/// in the next map is still new to the extent (it missed every write since the drop): it is
+/// rebuilt whole, not just that chunk.
+#[tokio::test]
+async fn a_copy_added_back_where_a_dropped_one_was_is_rebuilt_whole() {
+    // Extents of four 64 KiB dirty chunks (the fixtures' are one chunk).
+    const BIG: u64 = 256 * 1024;
+    let map = |g, copies: &[(&str, ReplicaState, Option<&str>)]| {
+        let mut m = map(g, copies);
+        m.volumes[0].extent_size = BIG;
+        m.volumes[0].size_bytes = BIG;
+        m
+    };
+    let g1 = map(1, &[("s1", InSync, None), ("s2", InSync, None)]);
+    let node = testing::node(&g1, "s1", 1000);
+    let g2 = map(2, &[("s1", InSync, None), ("s3", InSync, None)]);
+    testing::install(&node, &g2);
+    assert!(node.rebuilds.tracked().is_empty());
+    // A forward to s2 from before g2 fails now: its chunk is marked on a fresh record.
+    node.rebuilds
+        .failed(4096, 4096, &(0, BIG, ("s2".to_owned(), 0)));
+    assert_eq!(node.rebuilds.tracked().len(), 1);
+    // The next map adds s2 back at offset 0 (a move of s3's copy to it).
+    let g3 = map(
+        3,
+        &[
+            ("s1", InSync, None),
+            ("s3", InSync, None),
+            ("s2", Rebuilding, Some("s3")),
+        ],
+    );
+    testing::install(&node, &g3);
+    let t = node.rebuilds.tracked();
+    let s2 = t.iter().find(|t| t.server == "s2").expect("s2 tracked");
+    assert_eq!(s2.dirty.dirty_bytes(), BIG, "the whole extent is copied");
+}
+
 #[test]
 fn the_dropped_first_copy_fences_without_a_final_copy() {
     let g1 = Arc::new(map(

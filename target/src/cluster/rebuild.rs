@@ -452,8 +452,21 @@ pub fn reconcile(node: &Arc<NodeShared>, old: Option<&ClusterMap>, new: &Cluster
                                 })
                             })
                     });
+                // Not a copy of the extent in the map before (added by a copy move, maybe where
+                // a dropped copy was): a record of it can only be a stray one, made by a write
+                // that failed to the dropped copy after that map's install, and says nothing of
+                // the writes it missed since the drop.
+                let new_to_extent = old.is_some_and(|m| {
+                    !m.volume(&v.name)
+                        .and_then(|ov| ov.extents.get(i))
+                        .is_some_and(|oe| {
+                            oe.replicas
+                                .iter()
+                                .any(|or| or.server == r.server && or.offset == r.offset)
+                        })
+                });
                 if let Some(t) = existing {
-                    if resync {
+                    if resync || new_to_extent {
                         t.dirty.mark(0, t.len);
                     }
                     next.push(Arc::clone(t));

@@ -1343,12 +1343,14 @@ impl Sim {
                         self.servers[k].dirty_off.insert(c, off);
                     }
                 }
-                if new_copy && self.servers[k].dirty.contains_key(&c) {
+                if new_copy && let Some(d) = self.servers[k].dirty.get(&c) {
                     // A record made by a failed forward after the copy's drop, at the offset it
-                    // is added at again: `reconcile` keeps it (not rebuilt whole).
+                    // is added at again: `reconcile` marks it whole (it says nothing of the
+                    // writes missed since the drop).
+                    d.mark(0, EXTENT);
                     self.faults.stray_records_kept += 1;
                     self.trace(format!(
-                        "s{} keeps a record of s{} new to the extent",
+                        "s{} finds a record of s{} new to the extent: rebuilt whole",
                         k + 1,
                         c + 1
                     ));
