@@ -1196,19 +1196,7 @@ async fn persist(node: &NodeShared, map: &ClusterMap) {
     let Ok(json) = serde_json::to_vec(map) else {
         return;
     };
-    let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })
-    .await;
+    let r = tokio::task::spawn_blocking(move || pool::write_durably(&path, &json)).await;
     if !matches!(r, Ok(Ok(()))) {
         tracing::error!(
             generation = map.generation,

@@ -236,7 +236,10 @@ pub fn write_pool_id(pool: &Path, id: PoolId) -> std::io::Result<()> {
 
 /// Writes `data` to `path` durably: a temporary file beside it, fsync, rename, fsync of the
 /// directory.
-fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+///
+/// # Errors
+/// Any I/O error.
+pub(crate) fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -294,9 +297,16 @@ pub fn label_found_at(dev: &dyn Backend, offset: u64, id: PoolId) -> bool {
     {
         return false;
     }
+    read_label_at(dev, offset).is_ok_and(|l| l == BlockLabel::Found(id))
+}
+
+/// Reads and decodes the label area at `at` (a whole area: a read of any logical block size,
+/// up to 64 KiB, is aligned).
+fn read_label_at(dev: &dyn Backend, at: u64) -> Result<BlockLabel, String> {
     let mut area = vec![0u8; usize::try_from(LABEL_AREA_BYTES).unwrap_or(LABEL_BYTES)];
-    dev.read_at(offset, &mut area).is_ok()
-        && decode_label(&area, offset) == Ok(BlockLabel::Found(id))
+    dev.read_at(at, &mut area)
+        .map_err(|e| format!("cannot read the pool label at byte {at}: {e}"))?;
+    decode_label(&area, at)
 }
 
 /// A block pool's label area: the last 64 KiB of the device, from an offset that is a
@@ -407,12 +417,7 @@ fn device_offset(dev: &dyn Backend) -> Result<u64, String> {
 /// # Errors
 /// The device is too small, the read failed, or the label is of a newer format.
 pub fn read_block_label(dev: &dyn Backend) -> Result<BlockLabel, String> {
-    let at = device_offset(dev)?;
-    // A whole area: a read of any logical block size (up to 64 KiB) is aligned.
-    let mut area = vec![0u8; usize::try_from(LABEL_AREA_BYTES).unwrap_or(LABEL_BYTES)];
-    dev.read_at(at, &mut area)
-        .map_err(|e| format!("cannot read the pool label at byte {at}: {e}"))?;
-    decode_label(&area, at)
+    read_label_at(dev, device_offset(dev)?)
 }
 
 /// Checks that a pool of `pool_bytes` (the map's size) fits on `dev` beside its label: the
