@@ -63,6 +63,22 @@ pub struct AckRequest {
     pub generation: Generation,
 }
 
+/// `POST /v1/lease`: a storage server asks for a read lease.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// Server id.
+    pub server: String,
+}
+
+/// The answer to `POST /v1/lease`: the lease's length, counted by the server from when it
+/// sent the request (docs/replication.md, "Read leases").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct LeaseGrant {
+    /// Milliseconds.
+    pub lease_ms: u64,
+}
+
 /// What a mismatch report is about (`POST /v1/report`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -259,6 +259,21 @@ impl Client {
         Ok(())
     }
 
+    /// `POST /v1/lease`: a read lease for `server`; its length in milliseconds, counted from
+    /// before the call (docs/replication.md, "Read leases").
+    ///
+    /// # Errors
+    /// [`ClientError`]; HTTP 409 while a map that takes reads from `server` waits for its ack.
+    pub async fn lease(&self, server: &str) -> Result<u64, ClientError> {
+        let body = crate::api::LeaseRequest {
+            server: server.to_owned(),
+        };
+        let g: crate::api::LeaseGrant = self
+            .call(Method::POST, self.url(&["v1", "lease"])?, &[], Some(&body))
+            .await?;
+        Ok(g.lease_ms)
+    }
+
     /// `POST /v1/report`: mismatch counts.
     ///
     /// # Errors

@@ -17,6 +17,14 @@
 //!   ([`Event::ServersLost`]): the same outcome as the deadline, sooner.
 //! - **2**: the map becomes the clients' (committed) map.
 //!
+//! - **Read leases**: a server that loses the right to read its own copy of a replicated extent
+//!   (its `in_sync` copy made `stale`, `rebuilding` or dropped, or its server marked `down`) is
+//!   waited for in phase 1a too, like an old owner, but it is also released once its read lease
+//!   has run out ([`Event::LeasesExpired`], fed by the I/O layer after
+//!   [`Action::AwaitLeases`]); until it acks, it is granted no new lease
+//!   ([`Coordinator::lease_fenced`]). So no server takes a write that such a copy misses while
+//!   that copy may still serve reads (docs/replication.md, "Read leases").
+//!
 //! A map that gives switched extents back to their old owners (`plan::cancel_moves_to_down`: a
 //! switch's new owner was marked down before the switch's phase 1a was done) abandons the maps
 //! that hold those switches: they are published no further, and the new map takes their place
@@ -27,7 +35,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::api::MoveReadyRequest;
-use crate::map::{ClusterMap, Generation, ServerState};
+use crate::map::{ClusterMap, Generation, ReplicaState, ServerState};
 
 /// Phase 1a re-send period: a live old owner acks within milliseconds; a second try catches a
 /// watch stream that reconnected between the send and the ack.
@@ -75,6 +83,15 @@ pub enum Event {
         server: String,
         /// Installed generation.
         generation: Generation,
+    },
+    /// The read leases of these servers, waited for after [`Action::AwaitLeases`] of
+    /// `generation`, have run out: phase 1a of `generation` stops waiting for those that are
+    /// there only as readers losing their reads (never for an old owner).
+    LeasesExpired {
+        /// The publication it is meant for.
+        generation: Generation,
+        /// Server ids.
+        servers: Vec<String>,
     },
     /// A timer from [`Action::StartTimer`] fired.
     Timeout {
@@ -126,6 +143,15 @@ pub enum Action {
         /// The old owners that have not acked.
         servers: Vec<String>,
     },
+    /// Phase 1a of `generation` waits for these servers as readers losing their reads: once
+    /// every lease granted to them before this action has run out, feed
+    /// [`Event::LeasesExpired`] (no lease is granted to them meanwhile: [`Coordinator::lease_fenced`]).
+    AwaitLeases {
+        /// The generation waiting in phase 1a.
+        generation: Generation,
+        /// Server ids.
+        servers: Vec<String>,
+    },
     /// Feed `Event::Timeout { generation, phase }` back after `ms` milliseconds.
     StartTimer {
         /// Generation.
@@ -150,6 +176,13 @@ struct Publication {
     waited_ms: u64,
     /// [`Action::MarkDown`] was asked for.
     mark_down_asked: bool,
+    /// Servers waited for in phase 1a only because they lose reads of their copies
+    /// ([`readers_losing`]): released by an ack or once their leases ran out.
+    readers: BTreeSet<String>,
+    /// Readers not sent the map in phase 1a (released only when their leases run out): they
+    /// are the primary in this map of an extent whose reads another server loses, and a
+    /// primary that installs the map early could acknowledge writes that server misses.
+    held_back: BTreeSet<String>,
     /// Old owners in `waiting` that a newer durable map marks `down`: released once the down
     /// fence has passed (time counted in re-send periods).
     releasing: BTreeMap<String, u64>,
@@ -179,6 +212,11 @@ pub struct Coordinator {
     /// Maps up to this generation were through phase 1a before the manager restarted (the store
     /// records it): their switches are never given back ([`Coordinator::resumed_at`]).
     resumed_at: Generation,
+    /// Wait in phase 1a for servers losing reads of their copies (read leases): the manager's
+    /// setting ([`Coordinator::with_read_leases`]).
+    read_leases: bool,
+    /// Servers granted no read lease until they ack this generation (or a newer one).
+    lease_fence: BTreeMap<String, Generation>,
     /// A change is being planned against [`Coordinator::phase_1a_chain`]: no publication leaves
     /// phase 1a until it is fed (or dropped), so the chain it was planned on stays true.
     holding: bool,
@@ -203,6 +241,8 @@ impl Coordinator {
             down_fence_ms: 0,
             abandoned: 0,
             resumed_at: 0,
+            read_leases: false,
+            lease_fence: BTreeMap::new(),
             holding: false,
         }
     }
@@ -225,6 +265,26 @@ impl Coordinator {
     pub fn with_down_fence(mut self, ms: u64) -> Self {
         self.down_fence_ms = ms;
         self
+    }
+
+    /// The same coordinator waiting in phase 1a, besides the old owners, for every server that
+    /// loses reads of its copy of a replicated extent, until it acks or its read lease has run
+    /// out (the manager's setting; off in [`Coordinator::new`], so a driver that grants no
+    /// leases needs none).
+    #[must_use]
+    pub fn with_read_leases(mut self) -> Self {
+        self.read_leases = true;
+        self
+    }
+
+    /// Whether `server` may not be granted a read lease now: a map that takes reads from it
+    /// is waiting (or was published) and it has not acked that map yet.
+    #[must_use]
+    pub fn lease_fenced(&self, server: &str) -> Option<Generation> {
+        self.lease_fence
+            .get(server)
+            .copied()
+            .filter(|g| self.acked(server) < *g)
     }
 
     /// The same coordinator, started by a manager whose store records that phase 1a of
@@ -443,6 +503,13 @@ impl Coordinator {
                 }
                 let a = self.acked.entry(server.clone()).or_insert(0);
                 *a = (*a).max(generation);
+                if self
+                    .lease_fence
+                    .get(&server)
+                    .is_some_and(|g| *g <= generation)
+                {
+                    self.lease_fence.remove(&server);
+                }
                 if generation >= self.servers_map.generation {
                     self.late.remove(&server);
                 }
@@ -453,6 +520,31 @@ impl Coordinator {
                     p.releasing.remove(&server);
                 }
                 self.advance(&mut out);
+            }
+            Event::LeasesExpired {
+                generation,
+                servers,
+            } => {
+                let Some(p) = &mut self.pending else {
+                    return out;
+                };
+                if p.map.generation != generation || p.phase != Phase::OldOwners {
+                    return out;
+                }
+                let released: Vec<String> = servers
+                    .into_iter()
+                    .filter(|id| p.readers.contains(id) && !p.old_owners.contains(id))
+                    .filter(|id| p.waiting.remove(id))
+                    .collect();
+                if !released.is_empty() {
+                    tracing::warn!(
+                        generation,
+                        ?released,
+                        "phase 1a: servers losing reads of their copies have not acked; their \
+                         read leases have run out, so they serve none of those reads now"
+                    );
+                    self.advance(&mut out);
+                }
             }
             Event::Timeout { generation, phase } => {
                 let Some(p) = &mut self.pending else {
@@ -492,6 +584,7 @@ impl Coordinator {
                             .waiting
                             .iter()
                             .filter(|id| !p.releasing.contains_key(*id))
+                            .filter(|id| p.old_owners.contains(*id))
                             .cloned()
                             .collect();
                         if self.old_owner_timeout_ms > 0
@@ -512,10 +605,14 @@ impl Coordinator {
                                 servers: unasked,
                             });
                         }
-                        out.push(Action::SendToServers {
-                            servers: p.waiting.iter().cloned().collect(),
-                            map: Arc::clone(&p.map),
-                        });
+                        let sent: Vec<String> =
+                            p.waiting.difference(&p.held_back).cloned().collect();
+                        if !sent.is_empty() {
+                            out.push(Action::SendToServers {
+                                servers: sent,
+                                map: Arc::clone(&p.map),
+                            });
+                        }
                         out.push(Action::StartTimer {
                             generation,
                             phase,
@@ -697,17 +794,59 @@ impl Coordinator {
             })
             .cloned()
             .collect();
+        let mut waiting = waiting;
+        let (readers, held_back) = if self.read_leases {
+            let lost = reads_lost(&self.committed, &map);
+            let readers: BTreeSet<String> = lost
+                .iter()
+                .map(|(id, _, _)| id.clone())
+                .filter(|id| !old_owners.contains(id))
+                .filter(|id| self.acked(id) < map.generation)
+                .collect();
+            // The primaries (in `map`) of the extents whose reads someone loses.
+            let primaries: BTreeSet<&str> = lost
+                .iter()
+                .filter_map(|(_, v, i)| {
+                    let e = map.volume(v)?.extents.get(*i)?;
+                    map.write_owner(e).map(|r| r.server.as_str())
+                })
+                .collect();
+            let held_back: BTreeSet<String> = readers
+                .iter()
+                .filter(|id| primaries.contains(id.as_str()))
+                .cloned()
+                .collect();
+            (readers, held_back)
+        } else {
+            (BTreeSet::new(), BTreeSet::new())
+        };
+        let generation = map.generation;
+        for id in &readers {
+            self.lease_fence
+                .entry(id.clone())
+                .and_modify(|g| *g = (*g).max(generation))
+                .or_insert(generation);
+            waiting.insert(id.clone());
+        }
+        if !readers.is_empty() {
+            out.push(Action::AwaitLeases {
+                generation,
+                servers: readers.iter().cloned().collect(),
+            });
+        }
         let releasing: BTreeMap<String, u64> = waiting
             .iter()
             .filter(|id| down_later(id))
             .map(|id| (id.clone(), 0))
             .collect();
-        let generation = map.generation;
         if !waiting.is_empty() {
-            out.push(Action::SendToServers {
-                servers: waiting.iter().cloned().collect(),
-                map: Arc::clone(&map),
-            });
+            let sent: Vec<String> = waiting.difference(&held_back).cloned().collect();
+            if !sent.is_empty() {
+                out.push(Action::SendToServers {
+                    servers: sent,
+                    map: Arc::clone(&map),
+                });
+            }
             out.push(Action::StartTimer {
                 generation,
                 phase: Phase::OldOwners,
@@ -721,6 +860,8 @@ impl Coordinator {
             waiting,
             waited_ms: 0,
             mark_down_asked: false,
+            readers,
+            held_back,
             releasing,
         });
     }
@@ -783,6 +924,49 @@ fn cancels(prev: &ClusterMap, newer: &ClusterMap) -> bool {
             !was.same_place(now) && e.moving.as_ref().is_none_or(|m| !m.to.same_place(now))
         })
     })
+}
+
+/// The servers that read their own copy of some replicated extent under `prev` and may not
+/// under `next`: a copy `in_sync` in `prev` (of an extent with several copies, on a server
+/// not `down`) that `next` does not keep `in_sync` at the same place on a server not `down`.
+/// A volume that `next` no longer has takes no writes, so its readers are left out.
+#[must_use]
+pub fn readers_losing(prev: &ClusterMap, next: &ClusterMap) -> BTreeSet<String> {
+    reads_lost(prev, next)
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
+/// [`readers_losing`], with the extent (volume, index) whose reads each loses.
+fn reads_lost(prev: &ClusterMap, next: &ClusterMap) -> Vec<(String, String, usize)> {
+    let live =
+        |m: &ClusterMap, id: &str| m.server(id).is_some_and(|s| s.state != ServerState::Down);
+    let mut out = Vec::new();
+    for v in &prev.volumes {
+        let Some(nv) = next.volume(&v.name) else {
+            continue;
+        };
+        for (i, e) in v.extents.iter().enumerate() {
+            if e.replicas.len() < 2 {
+                continue;
+            }
+            for r in &e.replicas {
+                if r.state != ReplicaState::InSync || !live(prev, &r.server) {
+                    continue;
+                }
+                let kept = nv.extents.get(i).is_some_and(|ne| {
+                    ne.replicas
+                        .iter()
+                        .any(|n| n.same_place(r) && n.state == ReplicaState::InSync)
+                }) && live(next, &r.server);
+                if !kept {
+                    out.push((r.server.clone(), v.name.clone(), i));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether two owners are the same copy (a replica's state changing, e.g. to `stale` when its

@@ -706,7 +706,7 @@ proptest! {
                         client_seen.push(m.generation);
                     }
                     // The mark-down map is not made here: the old owner stays awaited.
-                    Action::SendToServers { .. } | Action::StartTimer { .. } | Action::MarkDown { .. } => {}
+                    Action::SendToServers { .. } | Action::StartTimer { .. } | Action::MarkDown { .. } | Action::AwaitLeases { .. } => {}
                 }
             }
             prop_assert!(c.client_map().generation <= c.server_map(None).generation);
@@ -858,7 +858,8 @@ proptest! {
                     }
                     Action::SendToServers { .. }
                     | Action::StartTimer { .. }
-                    | Action::MarkDown { .. } => {}
+                    | Action::MarkDown { .. }
+                    | Action::AwaitLeases { .. } => {}
                 }
             }
         }
@@ -1021,4 +1022,227 @@ fn move_ready_waits_for_the_moves_start_to_pass_phase_1a() {
     let _ = c.handle(ack(&owner1, m3.generation));
     assert_eq!(c.server_map(None).generation, m3.generation);
     assert_eq!(c.move_ready_check(&req), Ok(()));
+}
+
+/// `a` with two copies of each extent (on s1 and s2), and the same map one generation later
+/// with the copy of extent 0 on `stale` made stale.
+fn replicated_maps(stale: &str) -> (ClusterMap, ClusterMap) {
+    let m = plan::tests::two_servers();
+    let m = plan::create_volume(
+        &m,
+        &CreateVolumeRequest {
+            name: "a".into(),
+            size: 16 * MIB,
+            block_size: None,
+            extent_size: Some(8 * MIB),
+            replicas: Some(2),
+            subsystem: "nqn.2026-11.dev.tessera:t".into(),
+            nsid: None,
+            hosts: Some(HostPolicy::Any),
+        },
+    )
+    .unwrap();
+    let mut next = m.clone();
+    next.generation += 1;
+    let e = &mut next.volumes[0].extents[0];
+    let r = e.replicas.iter_mut().find(|r| r.server == stale).unwrap();
+    r.state = crate::map::ReplicaState::Stale;
+    (m, next)
+}
+
+/// A copy made stale without its ack is waited for in phase 1a, and gets no read lease, until
+/// it acks or its lease has run out (docs/replication.md, "Read leases"); the other servers
+/// learn the map only then.
+#[test]
+fn a_copy_losing_its_reads_is_waited_for_until_its_lease_runs_out() {
+    let (m, next) = replicated_maps("s2");
+    let g = next.generation;
+    assert_eq!(
+        readers_losing(&m, &next),
+        BTreeSet::from(["s2".to_string()])
+    );
+    let mut c = Coordinator::new(m).with_read_leases();
+    let a = c.handle(Event::Committed(Arc::new(next)));
+    assert!(
+        a.contains(&Action::AwaitLeases {
+            generation: g,
+            servers: vec!["s2".into()]
+        }),
+        "{a:?}"
+    );
+    assert!(
+        a.iter().any(
+            |x| matches!(x, Action::SendToServers { servers, .. } if servers == &["s2".to_string()])
+        ),
+        "{a:?}"
+    );
+    assert!(!a.iter().any(|x| matches!(x, Action::PublishToServers(_))));
+    assert_eq!(c.lease_fenced("s2"), Some(g));
+    assert_eq!(c.lease_fenced("s1"), None);
+    // Not for another generation, nor for a server it does not wait for as a reader.
+    assert!(
+        c.handle(Event::LeasesExpired {
+            generation: g + 1,
+            servers: vec!["s2".into()]
+        })
+        .is_empty()
+    );
+    assert!(
+        c.handle(Event::LeasesExpired {
+            generation: g,
+            servers: vec!["s1".into()]
+        })
+        .is_empty()
+    );
+    // The phase-1a timer re-sends and asks no mark-down of a reader, however long it waits.
+    for _ in 0..100 {
+        let a = c.handle(Event::Timeout {
+            generation: g,
+            phase: Phase::OldOwners,
+        });
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::MarkDown { .. })),
+            "{a:?}"
+        );
+    }
+    let a = c.handle(Event::LeasesExpired {
+        generation: g,
+        servers: vec!["s2".into()],
+    });
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g)),
+        "{a:?}"
+    );
+    // Still no lease until it has the map.
+    assert_eq!(c.lease_fenced("s2"), Some(g));
+    let _ = c.handle(ack("s2", g));
+    assert_eq!(c.lease_fenced("s2"), None);
+}
+
+/// Its ack releases it at once; without read leases (the simulation's coordinator) nobody
+/// waits.
+#[test]
+fn a_copy_losing_its_reads_that_acks_is_released_and_without_leases_nobody_waits() {
+    let (m, next) = replicated_maps("s1");
+    let g = next.generation;
+    let mut c = Coordinator::new(m.clone()).with_read_leases();
+    let _ = c.handle(Event::Committed(Arc::new(next.clone())));
+    assert_eq!(c.publishing().map(|p| p.1), Some(Phase::OldOwners));
+    let a = c.handle(ack("s1", g));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g)),
+        "{a:?}"
+    );
+    assert_eq!(c.lease_fenced("s1"), None);
+    let mut plain = Coordinator::new(m);
+    let a = plain.handle(Event::Committed(Arc::new(next)));
+    assert!(
+        a.iter().any(|x| matches!(x, Action::PublishToServers(_))),
+        "{a:?}"
+    );
+    assert_eq!(plain.lease_fenced("s1"), None);
+}
+
+/// Who loses reads: a copy made stale or rebuilding, dropped, or on a server marked down;
+/// not a copy that stays in sync, nor one of a single-copy extent (its owner is an old owner
+/// when it changes), nor one that was not in sync.
+#[test]
+fn readers_losing_names_exactly_the_copies_that_stop_reading() {
+    let (m, stale) = replicated_maps("s2");
+    assert!(readers_losing(&m, &m).is_empty());
+    let mut down = m.clone();
+    down.servers
+        .iter_mut()
+        .find(|s| s.id == "s1")
+        .unwrap()
+        .state = ServerState::Down;
+    assert_eq!(
+        readers_losing(&m, &down),
+        BTreeSet::from(["s1".to_string()])
+    );
+    let mut dropped = m.clone();
+    dropped.volumes[0].extents[1]
+        .replicas
+        .retain(|r| r.server != "s1");
+    assert_eq!(
+        readers_losing(&m, &dropped),
+        BTreeSet::from(["s1".to_string()])
+    );
+    let mut rebuilding = m.clone();
+    for r in &mut rebuilding.volumes[0].extents[0].replicas {
+        if r.server == "s2" {
+            r.state = crate::map::ReplicaState::Rebuilding;
+        }
+    }
+    assert_eq!(
+        readers_losing(&m, &rebuilding),
+        BTreeSet::from(["s2".to_string()])
+    );
+    // From stale back to rebuilding: it was not reading.
+    assert!(readers_losing(&stale, &rebuilding).is_empty());
+    let single = base();
+    let mut single_down = single.clone();
+    single_down
+        .servers
+        .iter_mut()
+        .for_each(|s| s.state = ServerState::Down);
+    assert!(readers_losing(&single, &single_down).is_empty());
+}
+
+/// A server losing reads of one extent that becomes the primary of another whose reads a
+/// second server loses is not sent the map in phase 1a (it could acknowledge writes that the
+/// second one misses while it still serves reads): only the end of its lease releases it.
+#[test]
+fn a_reader_that_becomes_a_primary_of_an_affected_extent_is_held_back() {
+    let (m, _) = replicated_maps("s1");
+    let mut m = m;
+    // Extent 0 led by s1, extent 1 by s2.
+    for (i, first) in [(0, "s1"), (1, "s2")] {
+        let e = &mut m.volumes[0].extents[i];
+        e.replicas.sort_by_key(|r| r.server != first);
+    }
+    let mut next = m.clone();
+    next.generation += 1;
+    // s1's copy of extent 0 and s2's copy of extent 1 go stale: each leads the other's extent.
+    for (i, stale) in [(0, "s1"), (1, "s2")] {
+        let e = &mut next.volumes[0].extents[i];
+        e.replicas
+            .iter_mut()
+            .find(|r| r.server == stale)
+            .unwrap()
+            .state = crate::map::ReplicaState::Stale;
+    }
+    let g = next.generation;
+    let mut c = Coordinator::new(m).with_read_leases();
+    let a = c.handle(Event::Committed(Arc::new(next)));
+    assert!(
+        a.contains(&Action::AwaitLeases {
+            generation: g,
+            servers: vec!["s1".into(), "s2".into()]
+        }),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::SendToServers { .. })),
+        "{a:?}"
+    );
+    let a = c.handle(Event::Timeout {
+        generation: g,
+        phase: Phase::OldOwners,
+    });
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::SendToServers { .. })),
+        "{a:?}"
+    );
+    let a = c.handle(Event::LeasesExpired {
+        generation: g,
+        servers: vec!["s1".into(), "s2".into()],
+    });
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g)),
+        "{a:?}"
+    );
 }

@@ -33,6 +33,7 @@
 //! | `tessera_path_errors_total` | counter | `reason` (unmapped, unreachable, map_settling) |
 //! | `tessera_extent_moves_total` | counter | `outcome` (done, failed, cancelled) |
 //! | `tessera_forwarded_commands_total` | counter | |
+//! | `tessera_reads_confirmed_total` | counter | |
 //!
 //! The event counters are bumped on their (rare) paths only: the transport and the controllers
 //! call [`count_term_req`], [`count_error_status`], [`count_keep_alive_expiry`],
@@ -308,6 +309,15 @@ pub fn count_forwarded() {
     FORWARDED[shard_index() % SHARDS]
         .0
         .fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reads served from this server's own copy without a read lease, confirmed with the other
+/// copies (docs/replication.md, "Read leases"): rare, a relaxed add.
+static READS_CONFIRMED: AtomicU64 = AtomicU64::new(0);
+
+/// A read of a replicated extent is being confirmed with the other copies (no read lease).
+pub fn count_read_confirmed() {
+    READS_CONFIRMED.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A command is completing with Internal Path Error for this reason.
@@ -652,6 +662,12 @@ impl Source {
             "tessera_forwarded_commands",
             "Pieces of commands forwarded to the server that owns their extent (cluster mode; each try)",
             &[(NoLabels, forwarded)],
+        )?;
+        counters(
+            enc,
+            "tessera_reads_confirmed",
+            "Reads of replicated extents served from this server's copy without a read lease, confirmed with the other copies (cluster mode)",
+            &[(NoLabels, load(&READS_CONFIRMED))],
         )?;
         counters(
             enc,

@@ -138,6 +138,10 @@ struct Inner {
     report_windows: HashMap<String, ReportWindow>,
     /// The cluster file text last applied (the base the next reload compares against).
     applied_file: Option<String>,
+    /// When each server was last granted a read lease (`POST /v1/lease`); a server not in it
+    /// is counted from `started` (a lease from this manager's previous life may still run).
+    lease_grants: HashMap<String, std::time::Instant>,
+    started: std::time::Instant,
 }
 
 /// Rebuild progress by (volume, extent, copy's server): (done, total) bytes.
@@ -564,6 +568,19 @@ fn run_actions(shared: &Arc<Shared>, actions: Vec<Action>) {
             } => {
                 tokio::spawn(Arc::clone(shared).mark_down(generation, servers));
             }
+            Action::AwaitLeases {
+                generation,
+                servers,
+            } => {
+                tracing::info!(
+                    generation,
+                    ?servers,
+                    "phase 1a: servers losing reads of their copies (their acks, or their read \
+                     leases running out)"
+                );
+                wake = true;
+                tokio::spawn(await_leases(Arc::downgrade(shared), generation, servers));
+            }
             Action::StartTimer {
                 generation,
                 phase,
@@ -615,6 +632,61 @@ async fn skip_lost_servers(shared: Weak<Shared>, generation: crate::map::Generat
             });
             run_actions(&shared, actions);
         }
+    }
+}
+
+/// A read lease's length (`POST /v1/lease`), counted by the server from when it sent the
+/// request: the manager answered later, so the lease runs out on the server no later than
+/// [`LEASE_MS`] after the manager granted it (docs/replication.md, "Read leases").
+pub const LEASE_MS: u64 = 1_500;
+/// Waited on top of a lease before a server that has not acked is taken to serve no reads:
+/// clocks that run at slightly different rates, and timer slack.
+pub const LEASE_MARGIN_MS: u64 = 250;
+
+impl Shared {
+    /// Grants `server` a read lease, recorded now, unless a map that takes reads from it waits
+    /// for its ack (`Coordinator::lease_fenced`): then `Err` with that generation.
+    pub(crate) fn grant_lease(&self, server: &str) -> Result<u64, crate::map::Generation> {
+        let mut inner = self.lock();
+        if let Some(g) = inner.coord.lease_fenced(server) {
+            return Err(g);
+        }
+        inner
+            .lease_grants
+            .insert(server.to_owned(), std::time::Instant::now());
+        Ok(LEASE_MS)
+    }
+
+    /// When every lease granted to `servers` so far has run out, margin included.
+    fn leases_end(&self, servers: &[String]) -> std::time::Instant {
+        let inner = self.lock();
+        let lease = Duration::from_millis(LEASE_MS + LEASE_MARGIN_MS);
+        servers
+            .iter()
+            .map(|id| inner.lease_grants.get(id).copied().unwrap_or(inner.started) + lease)
+            .max()
+            .unwrap_or(inner.started)
+    }
+}
+
+/// Phase 1a of `generation` waits for `servers` as readers losing their reads: they get no
+/// lease now (the coordinator fenced them before this runs), so once the last one granted has
+/// run out, they serve none of those reads and need not be waited for.
+async fn await_leases(
+    shared: Weak<Shared>,
+    generation: crate::map::Generation,
+    servers: Vec<String>,
+) {
+    let Some(end) = shared.upgrade().map(|s| s.leases_end(&servers)) else {
+        return;
+    };
+    tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
+    if let Some(shared) = shared.upgrade() {
+        let actions = shared.feed(Event::LeasesExpired {
+            generation,
+            servers,
+        });
+        run_actions(&shared, actions);
     }
 }
 
@@ -826,10 +898,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             coord: Coordinator::new(committed)
                 .with_old_owner_timeout(config.old_owner_timeout_ms)
                 .with_down_fence(crate::coord::DOWN_FENCE_MS)
-                .resumed_at(phase_1a_done),
+                .resumed_at(phase_1a_done)
+                .with_read_leases(),
             reports: ReportCounts::default(),
             report_windows: HashMap::new(),
             applied_file,
+            lease_grants: HashMap::new(),
+            started: std::time::Instant::now(),
         }),
         changes: tokio::sync::Mutex::new(()),
         store: Arc::new(store),

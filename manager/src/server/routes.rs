@@ -78,6 +78,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/map", get(map))
         .route("/v1/watch", get(super::watch::watch))
         .route("/v1/ack", post(ack))
+        .route("/v1/lease", post(lease))
         .route("/v1/report", post(report))
         .route("/v1/move-ready", post(move_ready))
         .route("/v1/replica-failed", post(replica_failed))
@@ -252,6 +253,30 @@ async fn ack(
     super::run_actions(&s, actions);
     rebuild_if_due(&s, &id);
     Ok(Json(Empty {}))
+}
+
+/// A read lease for the server named in the body (docs/replication.md, "Read leases"): 409
+/// while a map that takes reads from it waits for its ack.
+async fn lease(
+    State(s): S,
+    Extension(caller): C,
+    b: Result<Json<crate::api::LeaseRequest>, JsonRejection>,
+) -> Result<Json<crate::api::LeaseGrant>, ApiError> {
+    let req = body(b)?;
+    caller.speaks_for(&req.server, "lease")?;
+    known_server(&s, &req.server)?;
+    match s.grant_lease(&req.server) {
+        Ok(lease_ms) => Ok(Json(crate::api::LeaseGrant { lease_ms })),
+        Err(g) => Err(ApiError::new(
+            409,
+            format!(
+                "no read lease for {}: a map that takes reads of its copies away (generation \
+                 {g}) waits for its ack; install it first",
+                req.server
+            ),
+        )
+        .at_generation(g)),
+    }
 }
 
 /// A server that acks a map while its watch stream is open is back: its `stale` copies that

@@ -11,6 +11,7 @@
 
 pub mod gate;
 pub mod generation;
+pub mod lease;
 pub mod mover;
 pub mod node;
 pub mod peers;
@@ -346,6 +347,8 @@ pub struct NodeShared {
     pub replica_reports: replica::Reports,
     /// Dirty maps of copies out of the write set, and the rebuild rate (this server as primary).
     pub rebuilds: rebuild::Rebuilds,
+    /// The read lease from the manager (docs/replication.md, "Read leases").
+    pub lease: lease::Lease,
 }
 
 impl NodeShared {
@@ -642,6 +645,7 @@ pub async fn start(
         replica_locks: replica::RangeLocks::default(),
         replica_reports: replica::Reports::default(),
         rebuilds: rebuild::Rebuilds::default(),
+        lease: lease::Lease::default(),
     });
     // Copies out of the write set in the first map: this process has no record of what they
     // missed (a rebuild copies their whole extent).
@@ -680,6 +684,7 @@ pub async fn start(
     }
     tokio::spawn(watch(Arc::clone(&shared)));
     tokio::spawn(heartbeat(Arc::clone(&shared)));
+    tokio::spawn(lease::renew(Arc::clone(&shared)));
     tokio::spawn(report(Arc::clone(&shared), report_rx));
     tokio::spawn(replica::stale_copy_writes(
         Arc::downgrade(&shared),

@@ -951,8 +951,24 @@ impl Volume for FanoutPool {
         self.pool.kind()
     }
 
+    /// A routed read (this server is the extent's primary in the sender's map, which is
+    /// ours): from the pool; without a read lease, confirmed with the other copies first
+    /// (docs/replication.md, "Read leases").
     fn read(&self, offset: u64, buf: Vec<u8>) -> IoFuture<Bytes> {
-        self.pool.read(offset, buf)
+        match self.node.upgrade() {
+            Some(node) if !node.lease.valid() => {
+                let pool = self.pool.clone();
+                IoFuture::Boxed(Box::pin(async move {
+                    let len = buf.len() as u64;
+                    let data = pool.read(offset, buf).await?;
+                    super::lease::confirm(&node, offset, len)
+                        .await
+                        .map_err(|_| VolumeError::NoPath(NoPath::MapSettling))?;
+                    Ok(data)
+                }))
+            }
+            _ => self.pool.read(offset, buf),
+        }
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<()> {
@@ -1026,6 +1042,7 @@ pub(super) mod testing {
             replica_locks: RangeLocks::default(),
             replica_reports: Reports::default(),
             rebuilds: rebuild::Rebuilds::default(),
+            lease: super::super::lease::Lease::forever(),
         });
         rebuild::reconcile(&shared, None, map);
         shared

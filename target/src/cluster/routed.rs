@@ -138,6 +138,17 @@ impl RoutedVolume {
         match t {
             // A write here: this server is the extent's primary; it reaches every copy
             // (`replica::write`, the same path as a write routed here by a peer).
+            // Without a read lease, a read of our copy is confirmed with the other copies once
+            // read (docs/replication.md, "Read leases").
+            Target::Local(off) if matches!(io, PieceIo::Read) && !node.lease.valid() => {
+                let data = node
+                    .pool
+                    .read(off, vec![0u8; len])
+                    .await
+                    .map_err(RouteError::Io)?;
+                super::lease::confirm(node, off, p.len).await?;
+                Ok(data)
+            }
             Target::Local(off) => match io {
                 PieceIo::Read => node.pool.read(off, vec![0u8; len]).await,
                 PieceIo::Write { data, fua } => {
@@ -497,7 +508,9 @@ impl RoutedVolume {
     /// from this server's own in-sync copy, while this server serves (not of a `lost` extent:
     /// `with_retries` fails those).
     fn local_piece(&self, offset: u64, len: u64) -> Option<u64> {
-        if !self.node.admission.serving() {
+        // Without a read lease a read is confirmed (`with_retries`); a lease is what makes
+        // this path safe for a replicated extent.
+        if !self.node.admission.serving() || !self.node.lease.valid() {
             return None;
         }
         let map = self.node.map.load();
@@ -585,5 +598,55 @@ mod tests {
         });
         let back = vol.read(EXTENT, vec![0u8; 512]).await.expect("cleared");
         assert_eq!(&back[..], &[9u8; 512][..]);
+    }
+
+    /// Without a read lease, a read of this server's copy of a replicated extent is confirmed
+    /// with the other copy before it is served (docs/replication.md, "Read leases"): with that
+    /// copy unreachable the read fails with a retryable path error instead of returning what
+    /// may be stale. With the lease it is served from the pool; a single-copy extent is served
+    /// without one.
+    #[tokio::test]
+    async fn without_a_read_lease_a_replicated_read_is_confirmed_with_the_other_copy() {
+        let e = |replicas| ExtentEntry {
+            replicas,
+            moving: None,
+            lost: false,
+        };
+        let mut m = fixtures::map(
+            3,
+            vec![server("s1", ServerState::Up), server("s2", ServerState::Up)],
+            vec![
+                e(vec![rep("s1", 0), rep("s2", 0)]),
+                e(vec![rep("s1", EXTENT)]),
+            ],
+        );
+        m.volumes[0].replicas = 2;
+        let node = testing::node(&m, "s1", 300);
+        let vol = RoutedVolume::new(Arc::clone(&node), "vol1", 2 * EXTENT);
+        let ok = vol
+            .read(0, vec![0u8; 512])
+            .await
+            .expect("read under a lease");
+        assert_eq!(ok.len(), 512);
+        node.lease.end();
+        // Nothing listens at s2's internal address: the confirmation cannot be had.
+        let e = vol
+            .read(0, vec![0u8; 512])
+            .await
+            .expect_err("a replicated read served without a lease or a confirmation");
+        let st = from_volume_error(&e);
+        assert!(
+            st.same_code(Status::INTERNAL_PATH_ERROR) && !st.dnr(),
+            "{e}: got {st}"
+        );
+        let single = vol
+            .read(EXTENT, vec![0u8; 512])
+            .await
+            .expect("a single-copy extent needs no lease");
+        assert_eq!(single.len(), 512);
+        // The routed path (a peer's read of our copy) is held to the same rule.
+        let fan = replica::FanoutPool::new(&node);
+        assert!(fan.read(0, vec![0u8; 512]).await.is_err());
+        assert!(fan.read(EXTENT, vec![0u8; 512]).await.is_ok());
     }
 }

@@ -110,6 +110,9 @@ impl World {
                     phase,
                     ms,
                 } => self.timer(Node::Mgr, ms, Timer::Coord { generation, phase }),
+                // Only with read leases, which this coordinator does not set (the simulated
+                // servers serve no host reads of their own to fence).
+                Action::AwaitLeases { .. } => {}
                 // Only with an old-owner timeout, which this coordinator does not set.
                 Action::MarkDown {
                     generation,

@@ -166,9 +166,22 @@ pub async fn try_start(
 pub async fn try_start_with(
     dir: &Path,
     yaml: impl Fn(&[(u16, u16)]) -> String,
+    args: (&[&str], &[&str]),
+    file_pools: bool,
+    deadline: Duration,
+) -> Result<(Proc, String, Servers), String> {
+    try_start_via(dir, yaml, args, file_pools, deadline, |_, m| m.to_string()).await
+}
+
+/// [`try_start_with`], each server reaching the manager at `via(server id, manager address)`
+/// (a proxy the test can cut).
+pub async fn try_start_via(
+    dir: &Path,
+    yaml: impl Fn(&[(u16, u16)]) -> String,
     (manager_args, server_args): (&[&str], &[&str]),
     file_pools: bool,
     deadline: Duration,
+    via: impl Fn(&str, &str) -> String,
 ) -> Result<(Proc, String, Servers), String> {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (daemon_port(), daemon_port())).collect();
     std::fs::write(dir.join("cluster.yaml"), yaml(&ports)).unwrap();
@@ -177,7 +190,7 @@ pub async fn try_start_with(
     let mut servers = Vec::new();
     for (i, (p, q)) in ports.iter().enumerate() {
         let id = format!("s{}", i + 1);
-        let child = spawn_server_with(dir, &maddr, &id, file_pools, server_args);
+        let child = spawn_server_with(dir, &via(&id, &maddr), &id, file_pools, server_args);
         servers.push((
             id,
             SocketAddr::from(([127, 0, 0, 1], *p)),
