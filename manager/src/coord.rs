@@ -310,7 +310,7 @@ impl Coordinator {
     pub fn server_map(&self, server: Option<&str>) -> Arc<ClusterMap> {
         if let (Some(p), Some(id)) = (&self.pending, server)
             && p.phase == Phase::OldOwners
-            && p.old_owners.contains(id)
+            && (p.old_owners.contains(id) || (p.readers.contains(id) && !p.held_back.contains(id)))
         {
             return Arc::clone(&p.map);
         }
@@ -913,15 +913,20 @@ impl Coordinator {
 
 /// Whether `newer`, the map stored after `prev`, gives switched extents back
 /// (`plan::cancel_moves_to_down`): it changes the owner of an extent to a replica that is not
-/// the destination of that extent's move in `prev`. A switch (`plan::switch_move`) always
-/// changes the owner to the move's destination, so only a cancellation does this.
+/// the destination of that extent's move in `prev`, nor one of the extent's copies in `prev`.
+/// A switch (`plan::switch_move`) always changes the owner to the move's destination, and the
+/// drop of a replicated extent's first copy (a copy move: docs/replication.md, "Moving a
+/// copy") to the next copy, already in `prev`; only a cancellation gives the extent to a
+/// server that `prev` does not hold it on (the old owner it was switched away from).
 fn cancels(prev: &ClusterMap, newer: &ClusterMap) -> bool {
     prev.volumes.iter().any(|v| {
         v.extents.iter().enumerate().any(|(i, e)| {
             let (Some(was), Some(now)) = (e.replicas.first(), newer.owner(&v.name, i)) else {
                 return false;
             };
-            !was.same_place(now) && e.moving.as_ref().is_none_or(|m| !m.to.same_place(now))
+            !was.same_place(now)
+                && e.moving.as_ref().is_none_or(|m| !m.to.same_place(now))
+                && !e.replicas.iter().any(|r| r.same_place(now))
         })
     })
 }

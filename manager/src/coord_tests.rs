@@ -1077,6 +1077,9 @@ fn a_copy_losing_its_reads_is_waited_for_until_its_lease_runs_out() {
         "{a:?}"
     );
     assert!(!a.iter().any(|x| matches!(x, Action::PublishToServers(_))));
+    // It gets the map when it fetches or watches (so it can ack); nobody else does yet.
+    assert_eq!(c.server_map(Some("s2")).generation, g);
+    assert_eq!(c.server_map(Some("s1")).generation, g - 1);
     assert_eq!(c.lease_fenced("s2"), Some(g));
     assert_eq!(c.lease_fenced("s1"), None);
     // Not for another generation, nor for a server it does not wait for as a reader.
@@ -1228,6 +1231,8 @@ fn a_reader_that_becomes_a_primary_of_an_affected_extent_is_held_back() {
         !a.iter().any(|x| matches!(x, Action::SendToServers { .. })),
         "{a:?}"
     );
+    assert_eq!(c.server_map(Some("s1")).generation, g - 1);
+    assert_eq!(c.server_map(Some("s2")).generation, g - 1);
     let a = c.handle(Event::Timeout {
         generation: g,
         phase: Phase::OldOwners,
@@ -1243,6 +1248,45 @@ fn a_reader_that_becomes_a_primary_of_an_affected_extent_is_held_back() {
     assert!(
         a.iter()
             .any(|x| matches!(x, Action::PublishToServers(m) if m.generation == g)),
+        "{a:?}"
+    );
+}
+
+/// Copy moves that drop the first copy of two replicated extents, one map after the other
+/// (their rebuild-done reports arrive together): the second map does not abandon the first
+/// (it gives no switched extent back: the new first copy was already a copy of the extent),
+/// so each is published in turn once the old first copy acks. The first used to be abandoned,
+/// and its old owner, which had installed it, routed with a generation nobody else would get.
+#[test]
+fn a_dropped_first_copy_is_not_taken_for_a_cancelled_switch() {
+    let (m, _) = replicated_maps("s1");
+    let mut m = m;
+    for e in &mut m.volumes[0].extents {
+        e.replicas.sort_by_key(|r| r.server != "s1");
+    }
+    let drop_first = |from: &ClusterMap, i: usize| {
+        let mut next = from.clone();
+        next.generation += 1;
+        next.volumes[0].extents[i]
+            .replicas
+            .retain(|r| r.server != "s1");
+        next
+    };
+    let m1 = drop_first(&m, 0);
+    let m2 = drop_first(&m1, 1);
+    assert!(!cancels(&m1, &m2) && !cancels(&m, &m1));
+    let mut c = Coordinator::new(m).with_read_leases();
+    let _ = c.handle(Event::Committed(Arc::new(m1.clone())));
+    assert_eq!(
+        c.publishing().map(|p| (p.0, p.1)),
+        Some((m1.generation, Phase::OldOwners))
+    );
+    let _ = c.handle(Event::Committed(Arc::new(m2.clone())));
+    assert_eq!(c.abandoned(), 0, "the first drop was abandoned");
+    let a = c.handle(ack("s1", m1.generation));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::PublishToServers(p) if p.generation == m1.generation)),
         "{a:?}"
     );
 }
