@@ -349,6 +349,9 @@ pub struct NodeShared {
     pub rebuilds: rebuild::Rebuilds,
     /// The read lease from the manager (docs/replication.md, "Read leases").
     pub lease: lease::Lease,
+    /// The map an install that closes the gate is installing, until it is installed: a
+    /// write waiting for a newer map looks at it (its own gate holds that map back).
+    pub installing: arc_swap::ArcSwapOption<ClusterMap>,
 }
 
 impl NodeShared {
@@ -646,6 +649,7 @@ pub async fn start(
         replica_reports: replica::Reports::default(),
         rebuilds: rebuild::Rebuilds::default(),
         lease: lease::Lease::default(),
+        installing: arc_swap::ArcSwapOption::empty(),
     });
     // Copies out of the write set in the first map: this process has no record of what they
     // missed (a rebuild copies their whole extent).
@@ -891,6 +895,17 @@ pub async fn install(node: &Arc<NodeShared>, new: Arc<ClusterMap>) -> Vec<node::
     let Some(mut ins) = node::install::Install::start(old, new, &node.me, gate.is_some()) else {
         return Vec::new();
     };
+    // Shown to writes in flight while it closes the gate, until installed (or given up).
+    struct Installing<'a>(&'a NodeShared);
+    impl Drop for Installing<'_> {
+        fn drop(&mut self) {
+            self.0.installing.store(None);
+        }
+    }
+    let _installing = ins.closes_gate().then(|| {
+        node.installing.store(Some(Arc::clone(ins.map())));
+        Installing(node)
+    });
     let mut then = Vec::new();
     let generation = ins.map().generation;
     let lost = ins.lost().len();
@@ -969,6 +984,7 @@ pub async fn install(node: &Arc<NodeShared>, new: Arc<ClusterMap>) -> Vec<node::
                     sync_subsystems(node, &map);
                     node.admission.installed(&map, &node.me);
                     node.registry.generation.install(map.generation);
+                    node.installing.store(None);
                 }
                 // Durable before the ack: a restart resumes from here (see `start`).
                 Action::Persist(map) => persist(node, &map).await,

@@ -500,6 +500,25 @@ async fn out_of_write_set(
                 }
             }
         }
+        if waiting && dropped_by_install(node, off, generation) {
+            // The map this server is installing (its gate closed, so it is not installed
+            // before this write leaves) no longer names it the primary: the manager refuses
+            // its report for that reason, and no map it could install before the deadline
+            // would let the write complete. As if that map were installed (above).
+            tracing::warn!(
+                volume,
+                extent = index,
+                "replicated write: the map being installed no longer names this server the \
+                 primary"
+            );
+            // A map that drops this server's copy rebuilds the others from the new primary
+            // (the drop of a primary: docs/replication.md, "Moving a copy"); one that keeps it
+            // needs the report, as above.
+            if installing_keeps_copy(node, off) {
+                report_diverged(node, volume, index, generation).await;
+            }
+            return Err(settling());
+        }
         if waiting {
             // The manager's answer comes back as a new generation on the watch stream.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -517,6 +536,23 @@ async fn out_of_write_set(
                 .await;
         }
     }
+}
+
+/// Whether a map newer than `generation` that an install is putting in place (the gate closed)
+/// no longer names this server the primary of the extent at pool offset `off`.
+fn dropped_by_install(node: &NodeShared, off: u64, generation: u64) -> bool {
+    node.installing.load_full().is_some_and(|next| {
+        next.generation > generation
+            && extent_at(&next, &node.me, off)
+                .is_none_or(|(_, _, e)| next.primary(e).is_none_or(|p| p.server != node.me))
+    })
+}
+
+/// Whether the map being installed still has this server's copy at pool offset `off`.
+fn installing_keeps_copy(node: &NodeShared, off: u64) -> bool {
+    node.installing
+        .load_full()
+        .is_some_and(|next| extent_at(&next, &node.me, off).is_some())
 }
 
 /// The extent this server holds a copy of at pool offset `off`: (volume, index, extent).
@@ -1043,6 +1079,7 @@ pub(super) mod testing {
             replica_reports: Reports::default(),
             rebuilds: rebuild::Rebuilds::default(),
             lease: super::super::lease::Lease::forever(),
+            installing: arc_swap::ArcSwapOption::empty(),
         });
         rebuild::reconcile(&shared, None, map);
         shared
@@ -1375,6 +1412,43 @@ mod tests {
         t.reporting(2);
         let r = write(&node, 0, 512, data()).await;
         assert!(matches!(r, Err(VolumeError::NoPath(_))), "{r:?}");
+    }
+
+    /// A primary draining for an install of a map that drops it (phase 1a of a copy move: its
+    /// gate closed) whose copy write fails does not wait for a newer map, which its own gate
+    /// holds back: the map being installed no longer names it the primary, so the write fails
+    /// at once (retryable; that map rebuilds the other copies from the new primary). It waited
+    /// until its forwarding deadline before (docs/replication.md, "Known problems", fixed).
+    #[tokio::test]
+    async fn a_failed_copy_write_under_an_install_that_drops_the_primary_fails_at_once() {
+        let (maddr, bodies) = recording_manager().await;
+        let sv = servers(&["s1", "s2", "s3"]);
+        let g5 = one_extent(5, &sv, &[("s1", InSync), ("s2", InSync)]);
+        // A forwarding deadline the hang guard below is well inside of.
+        let node = testing::node_with_manager(&g5, "s1", 60_000, &maddr);
+        // Being installed: s1's copy dropped for one on s3, s2 the primary.
+        let g6 = one_extent(6, &sv, &[("s2", InSync), ("s3", InSync)]);
+        node.installing.store(Some(Arc::new(g6)));
+        // Nothing listens at s2's internal address: its copy write fails.
+        let r = tokio::time::timeout(Duration::from_secs(30), write(&node, 0, 512, data()))
+            .await
+            .expect("the write waited for a map its own install holds back");
+        assert!(
+            matches!(r, Err(VolumeError::NoPath(NoPath::MapSettling))),
+            "{r:?}"
+        );
+        // Its report of s2 went out (and was refused) before: the wait it ends.
+        let sent = lock(&bodies).clone();
+        assert!(
+            sent.iter()
+                .any(|b| b.contains("\"primary\":\"s1\"") && b.contains("\"server\":\"s2\"")),
+            "no replica-failed report: {sent:?}"
+        );
+        // Without a map being installed, the same write waits for one (here until the guard).
+        node.installing.store(None);
+        let waited =
+            tokio::time::timeout(Duration::from_millis(1500), write(&node, 0, 512, data())).await;
+        assert!(waited.is_err(), "{waited:?}");
     }
 
     #[tokio::test]
