@@ -173,7 +173,13 @@ pub async fn confirm(node: &NodeShared, pool_off: u64, len: u64) -> Result<(), R
                 return Err(match e {
                     crate::initiator::InitiatorError::Generation {
                         server_generation, ..
-                    } => RouteError::Generation { server_generation },
+                    } => {
+                        // A copy with another map: ours may be old; ask for the current one
+                        // (a routed read's retry waits for it; a peer's read is retried by
+                        // its sender).
+                        node.refresh.notify_one();
+                        RouteError::Generation { server_generation }
+                    }
                     _ => RouteError::PathError,
                 });
             }
