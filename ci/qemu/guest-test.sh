@@ -40,6 +40,10 @@
 #                       and GUEST_MANAGER_PORT, the guest then asks (COPY-MOVE-REQUEST) for its
 #                       copies to move off it and waits until the manager's map
 #                       (10.0.2.2:PORT, GET /v1/map) holds none on it, fio still verifying.
+#                       Then it asks (MANAGER-STOP-REQUEST) for the manager to be stopped
+#                       (SIGSTOP) and waits for a whole fio run to pass its verify with it
+#                       stopped (the servers' read leases run out: every read is confirmed
+#                       with the other copy), then asks (MANAGER-CONT-REQUEST) for it to go on.
 #                       Only flush and disconnect follow.
 #   GUEST_RECONNECT_DELAY=S  multipath: `nvme connect-all --reconnect-delay=S` (default: the
 #                       kernel's 10 s)
@@ -548,6 +552,20 @@ step_fio_kill() {
     until_ 180 "the copies on $GUEST_KILL_ID did not move off it" copies_moved
     echo "COPIES-MOVED off $GUEST_KILL_ID $(since "$tm") s after the request (fio runs done: $(runs))"
     echo "paths (port:controller:state:ana_state): $(paths_line)"
+    # A manager outage: stopped (the harness answers within a quarter of a second) for a whole
+    # fio run, past every server's read lease (1.5 s); reads go on, each confirmed with the
+    # other copy (docs/replication.md, "Read leases"), and must verify.
+    tms="$(uptime_s)"
+    echo "MANAGER-STOP-REQUEST (fio runs done: $(runs))"
+    sleep 3
+    fio_ok
+    r0="$(runs)"
+    until_ 180 "no fio run completed with the manager stopped" runs_over "$r0"
+    r0="$(runs)"
+    until_ 180 "no whole fio run completed with the manager stopped" runs_over "$r0"
+    echo "FIO-MANAGER-STOPPED run $(runs) (started and finished with the manager stopped)" \
+      "passed its verify $(since "$tms") s after the stop request"
+    echo "MANAGER-CONT-REQUEST"
   fi
   r1="$(runs)"
   until_ 180 "no fio run completed after the path of port $GUEST_KILL_PORT came back" runs_over "$r1"
