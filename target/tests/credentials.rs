@@ -297,7 +297,13 @@ async fn forged_move_ready_and_ack_cannot_switch_past_a_hung_old_owner() {
         "a forged move-ready made a map: {s:?}"
     );
 
-    // s2's own move-ready: the switch waits for s2 in phase 1a.
+    // s2's own move-ready: the switch waits for s2 in phase 1a. (The manager takes it only
+    // once the destination has the map with the move, 409 before: a real source's copy takes
+    // longer than that.)
+    wait_status(&op, "s3 acks the map with the move", |s| {
+        s.servers.iter().any(|x| x.id == "s3" && x.acked >= g_start)
+    })
+    .await;
     s2c.move_ready(&ready).await.unwrap();
     let g_switch = g_start + 1;
     wait_status(&op, "the switch waits for s2 in phase 1a", |s| {
