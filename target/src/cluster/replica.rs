@@ -440,21 +440,7 @@ async fn out_of_write_set(
     loop {
         let map = node.map.load_full();
         let generation = map.generation;
-        let Some((volume, index, ext)) = extent_at(&map, &node.me, off) else {
-            return Err(settling());
-        };
-        if map.primary(ext).is_none_or(|p| p.server != node.me) {
-            tracing::warn!(
-                volume,
-                extent = index,
-                "replicated write: no longer the primary"
-            );
-            // This server's copy has the write and some copy does not, and the new primary
-            // has no record of it: the manager has every other copy rebuilt whole from the
-            // primary (docs/replication.md, "A primary that loses the role mid-write").
-            report_diverged(node, volume, index, generation).await;
-            return Err(settling());
-        }
+        let (volume, index, ext) = primary_or_leave(node, &map, off, generation).await?;
         // The copies this map counts for the ack that do not have the write yet.
         let missing: Vec<CopyKey> = ext
             .replicas
@@ -500,24 +486,15 @@ async fn out_of_write_set(
                 }
             }
         }
-        if waiting && dropped_by_install(node, off, generation) {
-            // The map this server is installing (its gate closed, so it is not installed
-            // before this write leaves) no longer names it the primary: the manager refuses
-            // its report for that reason, and no map it could install before the deadline
-            // would let the write complete. As if that map were installed (above).
-            tracing::warn!(
-                volume,
-                extent = index,
-                "replicated write: the map being installed no longer names this server the \
-                 primary"
-            );
-            // A map that drops this server's copy rebuilds the others from the new primary
-            // (the drop of a primary: docs/replication.md, "Moving a copy"); one that keeps it
-            // needs the report, as above.
-            if installing_keeps_copy(node, off) {
-                report_diverged(node, volume, index, generation).await;
-            }
-            return Err(settling());
+        if waiting
+            && let Some(next) = node.installing.load_full()
+            && next.generation > generation
+        {
+            // The map this server is installing closed its gate, so it is not installed
+            // before this write leaves, and no newer one either: a write it no longer leads
+            // would wait out its deadline (the manager refuses its report for that reason).
+            // It leaves now, as it would with that map installed.
+            primary_or_leave(node, &next, off, generation).await?;
         }
         if waiting {
             // The manager's answer comes back as a new generation on the watch stream.
@@ -538,21 +515,33 @@ async fn out_of_write_set(
     }
 }
 
-/// Whether a map newer than `generation` that an install is putting in place (the gate closed)
-/// no longer names this server the primary of the extent at pool offset `off`.
-fn dropped_by_install(node: &NodeShared, off: u64, generation: u64) -> bool {
-    node.installing.load_full().is_some_and(|next| {
-        next.generation > generation
-            && extent_at(&next, &node.me, off)
-                .is_none_or(|(_, _, e)| next.primary(e).is_none_or(|p| p.server != node.me))
-    })
-}
-
-/// Whether the map being installed still has this server's copy at pool offset `off`.
-fn installing_keeps_copy(node: &NodeShared, off: u64) -> bool {
-    node.installing
-        .load_full()
-        .is_some_and(|next| extent_at(&next, &node.me, off).is_some())
+/// The extent at pool offset `off` if `map` names this server its primary. Otherwise the write
+/// leaves with a retryable error; when `map` keeps this server's copy, after a copies-diverged
+/// report stamped with `generation` (the installed map's): this copy has the write and some
+/// copy does not, and the new primary has no record of it, so the manager has every other copy
+/// rebuilt whole from the primary (docs/replication.md, "A primary that loses the role
+/// mid-write"). A map that drops this copy rebuilds the others from the new primary by itself
+/// (the drop of a primary: "Moving a copy").
+async fn primary_or_leave<'m>(
+    node: &NodeShared,
+    map: &'m ClusterMap,
+    off: u64,
+    generation: u64,
+) -> IoResult<(&'m str, usize, &'m ExtentEntry)> {
+    let Some((volume, index, ext)) = extent_at(map, &node.me, off) else {
+        return Err(VolumeError::NoPath(NoPath::MapSettling));
+    };
+    if map.primary(ext).is_none_or(|p| p.server != node.me) {
+        tracing::warn!(
+            volume,
+            extent = index,
+            map_generation = map.generation,
+            "replicated write: no longer the primary"
+        );
+        report_diverged(node, volume, index, generation).await;
+        return Err(VolumeError::NoPath(NoPath::MapSettling));
+    }
+    Ok((volume, index, ext))
 }
 
 /// The extent this server holds a copy of at pool offset `off`: (volume, index, extent).
